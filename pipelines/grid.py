@@ -1,0 +1,126 @@
+"""Grids: projected x/y coordinates plus a CF grid mapping.
+
+A grid is compared by shape, coordinates and CRS, so a radar file on another
+grid or projection is refused before anything is written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+import numpy as np
+import pyproj
+import xarray as xr
+
+CRS_VAR = "crs"
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Grid:
+    """A regular projected grid: pixel-centre coordinates and a CRS.
+
+    Attributes:
+        y: pixel-centre y coordinates, in file order (descending for north-up).
+        x: pixel-centre x coordinates.
+        crs_attrs: CF grid-mapping attributes (``grid_mapping_name``,
+            ``crs_wkt`` and, when known, the original ``proj4`` string).
+        units: unit of the coordinates (``m`` or ``km``).
+    """
+
+    y: np.ndarray
+    x: np.ndarray
+    crs_attrs: Mapping[str, object]
+    units: str = "m"
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (len(self.y), len(self.x))
+
+    @property
+    def crs(self) -> pyproj.CRS:
+        if "crs_wkt" in self.crs_attrs:
+            return pyproj.CRS.from_wkt(str(self.crs_attrs["crs_wkt"]))
+        return pyproj.CRS.from_cf(dict(self.crs_attrs))
+
+    @classmethod
+    def from_pysteps_metadata(cls, metadata: Mapping[str, object], shape: tuple[int, int]) -> Grid:
+        """The grid described by a pysteps importer's metadata."""
+        ny, nx = shape
+        x1, x2 = float(metadata["x1"]), float(metadata["x2"])
+        y1, y2 = float(metadata["y1"]), float(metadata["y2"])
+        dx = (x2 - x1) / nx
+        dy = (y2 - y1) / ny
+        x = x1 + (np.arange(nx) + 0.5) * dx
+        y = y1 + (np.arange(ny) + 0.5) * dy
+        if metadata.get("yorigin", "upper") == "upper":
+            y = y[::-1]
+        return cls(y=y, x=x, crs_attrs=cf_grid_mapping(str(metadata["projection"])),
+                   units=str(metadata.get("cartesian_unit", "m")))
+
+    @classmethod
+    def from_coords(cls, y: np.ndarray, x: np.ndarray, crs: pyproj.CRS | str,
+                    units: str = "m") -> Grid:
+        proj = crs.to_proj4() if isinstance(crs, pyproj.CRS) else str(crs)
+        return cls(y=np.asarray(y, "float64"), x=np.asarray(x, "float64"),
+                   crs_attrs=cf_grid_mapping(proj), units=units)
+
+    @classmethod
+    def from_dataset(cls, ds: xr.Dataset) -> Grid:
+        crs_name = _grid_mapping_name(ds)
+        return cls(y=ds["y"].values, x=ds["x"].values, crs_attrs=dict(ds[crs_name].attrs),
+                   units=str(ds["x"].attrs.get("units", "m")))
+
+    @classmethod
+    def from_zarr_group(cls, group) -> Grid:  # noqa: ANN001 (zarr.Group)
+        return cls(y=group["y"][:], x=group["x"][:], crs_attrs=dict(group[CRS_VAR].attrs),
+                   units=str(group["x"].attrs.get("units", "m")))
+
+    def coords(self) -> dict[str, tuple]:
+        """xarray coordinates (with CF attributes) for this grid."""
+        return {
+            "y": ("y", np.asarray(self.y, "float64"),
+                  {"standard_name": "projection_y_coordinate", "units": self.units, "axis": "Y"}),
+            "x": ("x", np.asarray(self.x, "float64"),
+                  {"standard_name": "projection_x_coordinate", "units": self.units, "axis": "X"}),
+        }
+
+    def mismatch(self, other: Grid) -> str | None:
+        """Describes how ``other`` differs from this grid, or None if it matches."""
+        if self.shape != other.shape:
+            return f"shape {other.shape} (y, x) instead of {self.shape}"
+        if self.units != other.units:
+            return f"coordinate units {other.units!r} instead of {self.units!r}"
+        pixel = max(abs(float(np.diff(self.x[:2])[0])) if len(self.x) > 1 else 1.0, 1e-9)
+        for name, mine, theirs in (("x", self.x, other.x), ("y", self.y, other.y)):
+            if not np.allclose(mine, theirs, rtol=0, atol=1e-3 * pixel):
+                offset = float(np.max(np.abs(np.asarray(mine) - np.asarray(theirs))))
+                return f"{name} coordinates differ by up to {offset:g} {self.units}"
+        if not self.crs.equals(other.crs, ignore_axis_order=True):
+            return f"projection {other.crs.to_proj4()!r} instead of {self.crs.to_proj4()!r}"
+        return None
+
+
+def cf_grid_mapping(proj4: str) -> dict[str, object]:
+    """CF grid-mapping attributes for a PROJ string (pyproj's ``to_cf``)."""
+    crs = pyproj.CRS.from_proj4(proj4)
+    attrs = {k: _plain(v) for k, v in crs.to_cf().items()}
+    attrs["proj4"] = " ".join(proj4.split())
+    return attrs
+
+
+def _plain(value: object) -> object:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _grid_mapping_name(ds: xr.Dataset) -> str:
+    for var in ds.data_vars.values():
+        if "grid_mapping" in var.attrs:
+            return str(var.attrs["grid_mapping"])
+    if CRS_VAR in ds.variables:
+        return CRS_VAR
+    raise ValueError("dataset has no CF grid mapping: add a 'crs' variable and grid_mapping attrs")
