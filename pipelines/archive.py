@@ -186,7 +186,7 @@ def _template(
                 data_vars[name] = xr.Variable(
                     ("time", f"{field.name}_threshold"),
                     da.full((length, len(field.thresholds)), np.nan, dtype="float32"),
-                    {"long_name": f"fraction of observed pixels at or above each threshold"},
+                    {"long_name": "fraction of observed pixels at or above each threshold"},
                 )
             else:
                 data_vars[name] = xr.Variable(

@@ -1,0 +1,31 @@
+"""Every benchmark runs at its smoke size and writes the keys its issue names."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from bench.run import names
+
+EXPECTED_KEYS = {
+    "ingest": {"frames_per_s_1_worker", "frames_per_s_2_workers", "reference_to_zarr_frames_per_s"},
+    "windows": {"windows_job_mb_s", "limit_mb_s", "xbatcher_mb_s", "read_amplification",
+                "peak_rss_mb", "peak_rss_mb_double_length"},
+    "train": {"pipeline_samples_per_s", "memory_samples_per_s", "step_gflops", "matmul_gflops"},
+    "score": {"end_to_end_per_s", "predict_only_per_s", "speedup_2_workers", "latency_512_s",
+              "pysteps_latency_512_s"},
+    "latency": {"median_s"},
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", names())
+def test_quick_benchmark_writes_its_keys(name, tmp_path):
+    subprocess.run([sys.executable, "-m", f"bench.{name}", "--quick", "--out", str(tmp_path)],
+                   check=True, timeout=900)
+    result = json.loads((tmp_path / f"{name}.quick.json").read_text())
+    missing = EXPECTED_KEYS.get(name, set()) - result.keys()
+    assert not missing, f"bench.{name} lacks keys {missing}"

@@ -1,0 +1,23 @@
+"""Shared fixtures: the real radar data folder and an offline-friendly environment."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+RADAR_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "radar"
+
+
+@pytest.fixture(scope="session")
+def radar_dir() -> Path:
+    """../shared/data/radar; missing fails under CI=true and skips elsewhere."""
+    if not RADAR_DIR.is_dir():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"real radar data missing at {RADAR_DIR}; CI must provide ../shared")
+        pytest.skip(f"real radar data not found at {RADAR_DIR}")
+    return RADAR_DIR
