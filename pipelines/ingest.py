@@ -23,6 +23,7 @@ run.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -45,6 +46,7 @@ from pipelines.archive import (
     read_info,
     write_block,
 )
+from pipelines.grid import Grid
 from pipelines.runners import RunnerOptions
 from pipelines.sources.base import Source, SourceError, SourceItem, sorted_unique
 from pipelines.stores import exists, zarr_store
@@ -181,35 +183,37 @@ def check_frame(source: Source, item: SourceItem, fields: Sequence[FieldSpec],
 
 # ---------------------------------------------------------------- Beam DoFns
 
-class _CheckFrame(beam.DoFn):
-    """Reads one frame and records its problems as a small JSON file."""
+def check_item(source: Source, item: SourceItem, grid: Grid,
+               fields: Sequence[FieldSpec]) -> dict[str, object]:
+    """Reads one frame and reports its problems and whether it is all-NaN."""
+    try:
+        grid_problem = grid.mismatch(source.read_grid(item))
+        data = source.read(item)
+        problems = check_frame(source, item, fields, grid_problem, data)
+        all_nan = all(not np.isfinite(v).any() for v in data.values())
+    except SourceError as error:
+        problems, all_nan = [str(error)], False
+    return {"item": item.path, "problems": problems, "all_nan": all_nan}
 
-    def __init__(self, source: Source, fields: tuple[FieldSpec, ...], grid_url: str | None,
-                 reference_item: SourceItem, report_dir: str) -> None:
+
+class _CheckFrame(beam.DoFn):
+    """Checks one frame and records the report as a small JSON file."""
+
+    def __init__(self, source: Source, fields: tuple[FieldSpec, ...], grid: Grid,
+                 report_dir: str) -> None:
         self.source = source
         self.fields = fields
-        self.grid_url = grid_url
-        self.reference_item = reference_item
+        self.grid = grid
         self.report_dir = report_dir
         self.checked = Metrics.counter(NAMESPACE, "frames_checked")
 
-    def setup(self) -> None:
-        self.grid = (read_info(self.grid_url).grid if self.grid_url
-                     else self.source.read_grid(self.reference_item))
-
     def process(self, item: SourceItem):
-        try:
-            grid_problem = self.grid.mismatch(self.source.read_grid(item))
-            data = self.source.read(item)
-            problems = check_frame(self.source, item, self.fields, grid_problem, data)
-            all_nan = all(not np.isfinite(v).any() for v in data.values())
-        except SourceError as error:
-            problems, all_nan = [str(error)], False
+        report = check_item(self.source, item, self.grid, self.fields)
         self.checked.inc()
-        name = f"{abs(hash((item.path, item.index_in_file)))}.json"
+        name = hashlib.sha1(f"{item.path}#{item.index_in_file}".encode()).hexdigest() + ".json"
         with open(os.path.join(self.report_dir, name), "w") as handle:
-            json.dump({"item": item.path, "problems": problems, "all_nan": all_nan}, handle)
-        yield len(problems)
+            json.dump(report, handle)
+        yield len(report["problems"])
 
 
 class _WriteChunk(beam.DoFn):
@@ -286,19 +290,31 @@ def _run_pipeline(options: RunnerOptions, attach) -> None:  # noqa: ANN001
     result.wait_until_finish()
 
 
+def reference_grid(spec: IngestSpec, first: SourceItem) -> Grid:
+    """The grid every frame must be on: the archive's, or the batch's first frame's."""
+    return read_info(spec.archive).grid if exists(spec.archive) else spec.source.read_grid(first)
+
+
 def check_batch(spec: IngestSpec, items: Sequence[SourceItem], fields: tuple[FieldSpec, ...],
-                runner: RunnerOptions) -> set[str]:
-    """Reads every frame once; raises IngestError listing problems; returns all-NaN paths."""
-    grid_url = spec.archive if exists(spec.archive) else None
-    with tempfile.TemporaryDirectory(prefix="nowcast-check-") as report_dir:
-        _run_pipeline(runner, lambda p: (
-            p | "Items" >> beam.Create(list(items), reshuffle=False)
-              | "Reshuffle" >> beam.Reshuffle()
-              | "Check" >> beam.ParDo(_CheckFrame(spec.source, fields, grid_url, items[0], report_dir))))
-        reports = []
-        for name in os.listdir(report_dir):
-            with open(os.path.join(report_dir, name)) as handle:
-                reports.append(json.load(handle))
+                runner: RunnerOptions | None) -> set[str]:
+    """Reads every frame once; raises IngestError listing problems; returns all-NaN paths.
+
+    With ``runner`` None the frames are checked in this process (used by the
+    streaming job, which runs inside a Beam worker already).
+    """
+    grid = reference_grid(spec, items[0])
+    if runner is None:
+        reports = [check_item(spec.source, item, grid, fields) for item in items]
+    else:
+        with tempfile.TemporaryDirectory(prefix="nowcast-check-") as report_dir:
+            _run_pipeline(runner, lambda p: (
+                p | "Items" >> beam.Create(list(items), reshuffle=False)
+                  | "Reshuffle" >> beam.Reshuffle()
+                  | "Check" >> beam.ParDo(_CheckFrame(spec.source, fields, grid, report_dir))))
+            reports = []
+            for name in os.listdir(report_dir):
+                with open(os.path.join(report_dir, name)) as handle:
+                    reports.append(json.load(handle))
     problems = sorted(p for report in reports for p in report["problems"])
     if len(reports) != len(items):
         problems.append(f"only {len(reports)} of {len(items)} frames were checked")
@@ -306,7 +322,7 @@ def check_batch(spec: IngestSpec, items: Sequence[SourceItem], fields: tuple[Fie
         shown = "\n  ".join(problems[:20])
         more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
         raise IngestError(f"{len(problems)} problem(s) in the input; nothing was written:\n  {shown}{more}")
-    return {r["item"] for r in reports if r["all_nan"]}
+    return {str(r["item"]) for r in reports if r["all_nan"]}
 
 
 def prepare_archive(spec: IngestSpec, items: Sequence[SourceItem],
@@ -348,15 +364,20 @@ def check_fields(info: ArchiveInfo, fields: Sequence[FieldSpec]) -> None:
 
 
 def run(spec: IngestSpec, runner: RunnerOptions | None = None) -> IngestResult:
-    """Ingests every item of ``spec.source`` into ``spec.archive``.
+    """Ingests every item of ``spec.source`` into ``spec.archive`` with a Beam runner.
 
     Raises:
         IngestError: the batch has a problem; the archive is unchanged.
         SourceError: the source cannot be listed (empty folder, unknown names).
     """
-    spec.validate()
-    runner = runner or RunnerOptions()
     items = sorted_unique(spec.source.items())
+    return ingest_items(spec, items, runner or RunnerOptions())
+
+
+def ingest_items(spec: IngestSpec, items: Sequence[SourceItem],
+                 runner: RunnerOptions | None) -> IngestResult:
+    """Checks, prepares and writes ``items``; in this process when ``runner`` is None."""
+    spec.validate()
     if not items:
         raise IngestError(f"source {spec.source.name} has no frames to ingest")
     fields = tuple(spec.source.fields())
@@ -374,11 +395,13 @@ def run(spec: IngestSpec, runner: RunnerOptions | None = None) -> IngestResult:
     indexed = frame_indices(items, info.start, info.time_step)
     tasks = plan_chunks(indexed, info.time_chunk, info.length)
     log.info("ingest: %d frames in %d chunks into %s", len(items), len(tasks), spec.archive)
-    before = np.asarray(zarr.open_group(zarr_store(spec.archive, read_only=True), mode="r",
-                                        zarr_format=3)[VALID][:])
-    _run_pipeline(runner, lambda p: build(p, spec, tasks))
-    after = np.asarray(zarr.open_group(zarr_store(spec.archive, read_only=True), mode="r",
-                                       zarr_format=3)[VALID][:])
+    before = valid_flags(spec.archive)
+    if runner is None:
+        for task in tasks:
+            write_chunk(spec.archive, spec.source, task, spec.overwrite)
+    else:
+        _run_pipeline(runner, lambda p: build(p, spec, tasks))
+    after = valid_flags(spec.archive)
     indices = np.array([i for i, _ in indexed])
     pending = spec.overwrite | ~before[indices]
     return IngestResult(
@@ -389,6 +412,11 @@ def run(spec: IngestSpec, runner: RunnerOptions | None = None) -> IngestResult:
         chunks_written=len({i // info.time_chunk for i in indices[pending]}),
         time_length=int(after.shape[0]),
     )
+
+
+def valid_flags(url: str) -> np.ndarray:
+    """The archive's per-frame ``valid`` flags."""
+    return np.asarray(zarr.open_group(zarr_store(url, read_only=True), mode="r", zarr_format=3)[VALID][:])
 
 
 def _existing_info(url: str) -> ArchiveInfo:
