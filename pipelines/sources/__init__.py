@@ -1,0 +1,67 @@
+"""Input sources for ingest: radar composites, CF NetCDF files and a synthetic generator.
+
+>>> source = get_source("synthetic", shape=(64, 64), n_frames=3)
+>>> [item.path for item in source.items()]
+['synthetic:0', 'synthetic:1', 'synthetic:2']
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+
+from pipelines.sources.base import Source, SourceError, SourceItem
+from pipelines.sources.netcdf import NetCDFSource
+from pipelines.sources.radar import FORMATS, RadarSource, detect_radar_format
+from pipelines.sources.synthetic import SyntheticSource
+
+__all__ = ["FORMATS", "NetCDFSource", "RadarSource", "Source", "SourceError", "SourceItem",
+           "SyntheticSource", "detect_radar_format", "get_source", "source_kinds"]
+
+
+def _radar(fmt: str | None = None, **options: object) -> RadarSource:
+    """A radar source; without ``fmt`` the format is detected from the file names."""
+    directory = options.pop("directory", None)
+    if directory is None:
+        raise SourceError("a radar source needs directory=<folder of radar files>")
+    return RadarSource(directory=str(directory), fmt=fmt or detect_radar_format(str(directory)),
+                       **options)  # type: ignore[arg-type]
+
+
+def _format(fmt: str) -> Callable[..., Source]:
+    return lambda **options: RadarSource(fmt=fmt, **options)  # type: ignore[arg-type]
+
+
+_SOURCES: dict[str, tuple[Callable[..., Source], type]] = {
+    "radar": (_radar, RadarSource),
+    **{name: (_format(name), RadarSource) for name in FORMATS},
+    "netcdf": (NetCDFSource, NetCDFSource),
+    "synthetic": (SyntheticSource, SyntheticSource),
+}
+
+
+def source_kinds() -> list[str]:
+    """The names :func:`get_source` accepts."""
+    return sorted(_SOURCES)
+
+
+def get_source(kind: str, **options: object) -> Source:
+    """A source by name, pySTEPS ``get_method`` style.
+
+    Args:
+        kind: ``radar`` (format detected), a radar format (``knmi``, ``bom``,
+            ``fmi``, ``mch``), ``netcdf`` or ``synthetic``.
+        **options: the source's constructor arguments, e.g. ``directory=...``.
+
+    Raises:
+        SourceError: for an unknown kind or option, listing what is accepted.
+    """
+    key = str(kind).lower()
+    if key not in _SOURCES:
+        raise SourceError(f"unknown source kind {kind!r}; known kinds: {', '.join(source_kinds())}")
+    factory, cls = _SOURCES[key]
+    try:
+        return factory(**options)
+    except TypeError as error:
+        accepted = [name for name in inspect.signature(cls).parameters if key == "radar" or name != "fmt"]
+        raise SourceError(f"bad options for source {kind!r} ({error}); it accepts {accepted}") from error

@@ -1,0 +1,147 @@
+"""The contract between input sources and the ingest job.
+
+A source lists its frames from file names or headers alone (cheap, done once
+on the launcher) and reads one frame at a time (done on workers), so the
+ingest job can plan chunk-aligned writes before touching any data. Sources
+are frozen dataclasses of plain configuration: Beam pickles them to workers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import warnings
+from collections.abc import Iterable, Sequence
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import pyproj
+
+from pipelines.archive import FieldSpec
+from pipelines.grid import Grid
+
+
+class SourceError(ValueError):
+    """A bad input (file, folder or option): the message names it, the problem and the fix."""
+
+
+@dataclasses.dataclass(frozen=True, order=True)
+class SourceItem:
+    """One frame of a source.
+
+    Attributes:
+        time: frame valid time, ``datetime64[s]``.
+        path: file path, or ``synthetic:<index>`` for generated frames.
+        index_in_file: position along ``time`` in a multi-time file (NetCDF).
+    """
+
+    time: np.datetime64
+    path: str
+    index_in_file: int = 0
+
+
+@runtime_checkable
+class Source(Protocol):
+    """What the ingest job needs from an input source."""
+
+    @property
+    def name(self) -> str:
+        """Short source kind, e.g. ``knmi``, ``netcdf``, ``synthetic``."""
+        ...
+
+    def fields(self) -> tuple[FieldSpec, ...]:
+        """The archive variables this source fills (radar: ``(PRECIP,)``)."""
+        ...
+
+    def time_step(self) -> np.timedelta64 | None:
+        """The native time step if the format defines one, else None."""
+        ...
+
+    def items(self) -> list[SourceItem]:
+        """Every frame, sorted by time, from file names or headers only."""
+        ...
+
+    def read_grid(self, item: SourceItem) -> Grid:
+        """The grid of one frame, from the file header where possible."""
+        ...
+
+    def read(self, item: SourceItem) -> dict[str, np.ndarray]:
+        """Per field, a float32 ``(y, x)`` frame in archive units, NaN where unobserved."""
+        ...
+
+
+def list_files(directory: str, suffixes: Sequence[str]) -> list[str]:
+    """Files under ``directory`` (recursively, in path order) whose names end with a suffix.
+
+    Hidden files and folders (``.name``) are skipped.
+
+    Raises:
+        SourceError: if ``directory`` is not a folder.
+    """
+    if not os.path.isdir(directory):
+        raise SourceError(f"input folder {directory!r} does not exist or is not a folder; "
+                          "give the folder that holds the input files")
+    found = []
+    for root, dirs, files in os.walk(directory):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found += [os.path.join(root, name) for name in sorted(files)
+                  if not name.startswith(".") and name.endswith(tuple(suffixes))]
+    return sorted(found)
+
+
+def sorted_unique(items: Iterable[SourceItem]) -> list[SourceItem]:
+    """Items sorted by time; two items at the same time are an error.
+
+    Raises:
+        SourceError: naming both inputs of a duplicated time.
+    """
+    ordered = sorted(items)
+    for previous, current in zip(ordered, ordered[1:], strict=False):
+        if previous.time == current.time:
+            raise SourceError(
+                f"time {current.time} appears twice: {_where(previous)} and {_where(current)}; "
+                "remove one of the duplicate inputs"
+            )
+    return ordered
+
+
+def check_frame_shape(item: SourceItem, name: str, frame: np.ndarray,
+                      shape: tuple[int, int] | None) -> np.ndarray:
+    """Checks that a frame is 2-D (and of ``shape`` when given); returns it as float32.
+
+    Raises:
+        SourceError: naming the file, the shape found and the shape expected.
+    """
+    frame = np.asarray(frame)
+    if frame.ndim != 2 or (shape is not None and frame.shape != tuple(shape)):
+        expected = f"{tuple(shape)}" if shape is not None else "a 2-D (y, x) frame"
+        raise SourceError(
+            f"{_where(item)}: variable {name!r} has shape {frame.shape}, expected {expected}; "
+            "the file is truncated or on another grid: replace it or ingest it separately"
+        )
+    return frame.astype("float32", copy=False)
+
+
+def grid_from_crs(y: np.ndarray, x: np.ndarray, crs: pyproj.CRS, units: str = "m") -> Grid:
+    """A grid whose CF grid mapping keeps the full CRS (WKT), not just a PROJ string.
+
+    ``Grid.from_coords`` goes through PROJ strings, which drop the datum of
+    CRSs such as EPSG:3035; the WKT in ``crs_wkt`` keeps it.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pyproj: CF or PROJ cannot hold every CRS detail
+        attrs = {key: _plain(value) for key, value in crs.to_cf().items()}
+        attrs["proj4"] = crs.to_proj4()
+    return Grid(y=np.asarray(y, "float64"), x=np.asarray(x, "float64"), crs_attrs=attrs, units=units)
+
+
+def _plain(value: object) -> object:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _where(item: SourceItem) -> str:
+    return item.path if item.index_in_file == 0 else f"{item.path} (time index {item.index_in_file})"

@@ -1,0 +1,240 @@
+"""Generic CF NetCDF files: one or more gridded variables over ``time``, ``y``, ``x``.
+
+For sensor fields (temperature, humidity, ...) or any gridded product that is
+already in CF NetCDF. Each file holds one or many times; every selected
+variable becomes an archive field whose units and names come from the file's
+attributes, so nothing is converted: the archive holds what the file holds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import os
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import numpy as np
+import pyproj
+import xarray as xr
+
+from pipelines.archive import FieldSpec
+from pipelines.grid import Grid
+from pipelines.sources.base import (
+    SourceError,
+    SourceItem,
+    check_frame_shape,
+    grid_from_crs,
+    list_files,
+    sorted_unique,
+)
+
+SUFFIXES = (".nc", ".nc4", ".netcdf")
+Y_DIMS = ("y", "projection_y_coordinate")
+X_DIMS = ("x", "projection_x_coordinate")
+
+
+@contextmanager
+def _open(path: str) -> Iterator[xr.Dataset]:
+    """Opens a file lazily (headers only until data is indexed)."""
+    try:
+        ds = xr.open_dataset(path, engine="netcdf4", cache=False)
+    except Exception as error:  # noqa: BLE001 (any open failure means a bad file)
+        raise SourceError(
+            f"{path}: cannot open it as NetCDF ({type(error).__name__}: {error}); the file is corrupt "
+            "or truncated: write it again, or remove it to ingest its frames as missing"
+        ) from error
+    try:
+        yield ds
+    finally:
+        ds.close()
+
+
+def _spatial_dims(ds: xr.Dataset, name: str, path: str) -> tuple[str, str]:
+    dims = ds[name].dims
+    y = next((d for d in Y_DIMS if d in dims), None)
+    x = next((d for d in X_DIMS if d in dims), None)
+    if "time" not in dims or y is None or x is None or len(dims) != 3:
+        raise SourceError(
+            f"{path}: variable {name!r} has dims {dims}; expected (time, y, x) (or "
+            "projection_y_coordinate/projection_x_coordinate): transpose or squeeze it first"
+        )
+    return y, x
+
+
+@dataclasses.dataclass(frozen=True)
+class NetCDFSource:
+    """CF NetCDF files holding gridded variables over (time, y, x).
+
+    Attributes:
+        paths: a folder (searched recursively for ``*.nc``), a glob pattern, one
+            file, or a tuple of files.
+        variables: variables to ingest, in order; None takes every
+            (time, y, x) variable of the first file.
+    """
+
+    paths: str | tuple[str, ...]
+    variables: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.paths, str):
+            object.__setattr__(self, "paths", tuple(os.fspath(p) for p in self.paths))
+        if self.variables is not None:
+            if isinstance(self.variables, str):
+                object.__setattr__(self, "variables", (self.variables,))
+            object.__setattr__(self, "variables", tuple(self.variables))
+            if not self.variables:
+                raise SourceError("variables=() selects nothing; give variable names or None for all")
+
+    @property
+    def name(self) -> str:
+        return "netcdf"
+
+    def files(self) -> list[str]:
+        """The input files, in name order.
+
+        Raises:
+            SourceError: if nothing matches.
+        """
+        if isinstance(self.paths, tuple):
+            files = sorted(self.paths)
+        elif os.path.isdir(self.paths):
+            files = list_files(self.paths, SUFFIXES)
+        elif glob.has_magic(self.paths):
+            files = sorted(p for p in glob.glob(self.paths, recursive=True) if os.path.isfile(p))
+        else:
+            files = [self.paths] if os.path.isfile(self.paths) else []
+        if not files:
+            raise SourceError(
+                f"no NetCDF files found at {self.paths!r}; give a folder holding *.nc files, a glob "
+                "such as 'data/*.nc', or a list of files"
+            )
+        return files
+
+    def _variables(self, ds: xr.Dataset, path: str) -> tuple[str, ...]:
+        if self.variables is None:
+            names = tuple(
+                name for name, var in ds.data_vars.items()
+                if "time" in var.dims and any(d in var.dims for d in Y_DIMS)
+                and any(d in var.dims for d in X_DIMS)
+            )
+            if not names:
+                raise SourceError(f"{path}: no (time, y, x) variable; variables are {list(ds.data_vars)}")
+            return names
+        missing = [v for v in self.variables if v not in ds.data_vars]
+        if missing:
+            raise SourceError(
+                f"{path}: variables {missing} not found (present: {list(ds.data_vars)}); "
+                "fix the variables option"
+            )
+        return self.variables
+
+    def fields(self) -> tuple[FieldSpec, ...]:
+        """FieldSpecs from the first file's attributes (units are required).
+
+        Raises:
+            SourceError: if a variable has no ``units`` attribute.
+        """
+        path = self.files()[0]
+        with _open(path) as ds:
+            specs = []
+            for name in self._variables(ds, path):
+                attrs = ds[name].attrs
+                if not str(attrs.get("units", "")).strip():
+                    raise SourceError(
+                        f"{path}: variable {name!r} has no 'units' attribute; set it in the file "
+                        f"(e.g. ds[{name!r}].attrs['units'] = 'K') so the archive records what it holds"
+                    )
+                specs.append(FieldSpec(
+                    name=name,
+                    units=str(attrs["units"]),
+                    long_name=str(attrs.get("long_name", name)),
+                    standard_name=attrs.get("standard_name"),
+                    valid_min=_number(attrs.get("valid_min")),
+                    valid_max=_number(attrs.get("valid_max")),
+                ))
+            _spatial_dims(ds, specs[0].name, path)
+        return tuple(specs)
+
+    def items(self) -> list[SourceItem]:
+        """One item per time of every file, from the ``time`` coordinates only.
+
+        Raises:
+            SourceError: for files without a ``time`` coordinate or duplicate times.
+        """
+        items = []
+        for path in self.files():
+            with _open(path) as ds:
+                if "time" not in ds.coords or not np.issubdtype(ds["time"].dtype, np.datetime64):
+                    raise SourceError(
+                        f"{path}: no decodable 'time' coordinate; add a time dimension with CF units "
+                        "(e.g. 'minutes since 2024-01-01')"
+                    )
+                times = np.atleast_1d(ds["time"].values).astype("datetime64[s]")
+            items += [SourceItem(time=t, path=path, index_in_file=i) for i, t in enumerate(times)]
+        return sorted_unique(items)
+
+    def time_step(self) -> np.timedelta64 | None:
+        """The most common spacing of the times (None with fewer than two times)."""
+        times = np.array([item.time for item in self.items()], dtype="datetime64[s]")
+        if len(times) < 2:
+            return None
+        counts = Counter(np.diff(times).tolist())
+        step, _ = max(counts.items(), key=lambda kv: (kv[1], -kv[0].total_seconds()))
+        return np.timedelta64(step, "s")
+
+    def read_grid(self, item: SourceItem) -> Grid:
+        """The grid from the y/x coordinates and the CF grid-mapping variable.
+
+        Raises:
+            SourceError: if coordinates or the grid mapping are missing.
+        """
+        with _open(item.path) as ds:
+            name = self._variables(ds, item.path)[0]
+            y_dim, x_dim = _spatial_dims(ds, name, item.path)
+            mapping = ds[name].attrs.get("grid_mapping") or ds[name].encoding.get("grid_mapping")
+            if not mapping or mapping not in ds.variables:
+                raise SourceError(
+                    f"{item.path}: variable {name!r} has no CF grid mapping; add a grid-mapping variable "
+                    "and point at it (e.g. ds['crs'] = xr.DataArray(0, attrs=pyproj.CRS(...).to_cf()); "
+                    f"ds[{name!r}].attrs['grid_mapping'] = 'crs')"
+                )
+            if y_dim not in ds.coords or x_dim not in ds.coords:
+                raise SourceError(f"{item.path}: coordinates {y_dim!r}/{x_dim!r} are missing; "
+                                  "write the projected pixel-centre coordinates")
+            try:
+                crs = pyproj.CRS.from_cf(dict(ds[mapping].attrs))
+            except pyproj.exceptions.CRSError as error:
+                raise SourceError(f"{item.path}: grid mapping {mapping!r} is not a valid CF grid "
+                                  f"mapping ({error}); write it with pyproj.CRS.to_cf()") from error
+            units = str(ds[x_dim].attrs.get("units", "m"))
+            return grid_from_crs(ds[y_dim].values, ds[x_dim].values, crs, units=units)
+
+    def read(self, item: SourceItem) -> dict[str, np.ndarray]:
+        """Every selected variable at the item's time, float32 (y, x), fill values as NaN.
+
+        Raises:
+            SourceError: for a missing variable, wrong dims or an unreadable file.
+        """
+        frames = {}
+        with _open(item.path) as ds:
+            for name in self._variables(ds, item.path):
+                y_dim, x_dim = _spatial_dims(ds, name, item.path)
+                shape = (ds.sizes[y_dim], ds.sizes[x_dim])
+                try:
+                    values = ds[name].isel(time=item.index_in_file).transpose(y_dim, x_dim).values
+                except Exception as error:  # noqa: BLE001 (any decoding failure means a bad file)
+                    raise SourceError(
+                        f"{item.path}: cannot read {name!r} at time index {item.index_in_file} "
+                        f"({type(error).__name__}: {error}); the file is corrupt or truncated"
+                    ) from error
+                frame = check_frame_shape(item, name, values, shape)
+                frames[name] = np.where(np.isfinite(frame), frame, np.float32("nan"))
+        return frames
+
+
+def _number(value: object) -> float | None:
+    if value is None:
+        return None
+    return float(np.asarray(value).reshape(-1)[0])

@@ -1,0 +1,170 @@
+"""NetCDF sources on CF files written here with xarray."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pyproj
+import pytest
+import xarray as xr
+
+from pipelines.sources import NetCDFSource, SourceError, get_source
+
+CRS = pyproj.CRS.from_epsg(3035)  # ETRS89 LAEA Europe
+
+
+def sensor_dataset(times: list[str], seed: int, ny: int = 12, nx: int = 17, y_name: str = "y",
+                   x_name: str = "x") -> xr.Dataset:
+    """Temperature and humidity over (time, y, x) with a CF grid mapping and a few NaNs."""
+    rng = np.random.default_rng(seed)
+    shape = (len(times), ny, nx)
+    temperature = (280 + 10 * rng.random(shape)).astype("float32")
+    temperature[:, 0, :3] = np.nan
+    humidity = (100 * rng.random(shape)).astype("float64")
+    humidity[-1, 5, 5] = np.nan
+    y = 3_200_000.0 - 2000.0 * np.arange(ny)
+    x = 4_000_000.0 + 2000.0 * np.arange(nx)
+    ds = xr.Dataset(
+        {
+            "temperature": (("time", y_name, x_name), temperature,
+                            {"units": "K", "long_name": "air temperature at 2 m",
+                             "standard_name": "air_temperature", "valid_min": 180.0, "valid_max": 340.0,
+                             "grid_mapping": "crs"}),
+            "humidity": (("time", y_name, x_name), humidity,
+                         {"units": "%", "long_name": "relative humidity", "grid_mapping": "crs"}),
+            "station_count": (("time",), np.arange(len(times)), {"units": "1"}),
+        },
+        coords={
+            "time": ("time", np.array(times, dtype="datetime64[ns]")),
+            y_name: (y_name, y, {"standard_name": "projection_y_coordinate", "units": "m"}),
+            x_name: (x_name, x, {"standard_name": "projection_x_coordinate", "units": "m"}),
+        },
+    )
+    ds["crs"] = xr.DataArray(np.int32(0), attrs=CRS.to_cf())
+    return ds
+
+
+def write(ds: xr.Dataset, path, **encoding) -> str:
+    ds.to_netcdf(path, engine="netcdf4", encoding=encoding or None)
+    return str(path)
+
+
+@pytest.fixture
+def two_files(tmp_path):
+    first = sensor_dataset(["2024-03-01T00:00", "2024-03-01T00:10", "2024-03-01T00:20"], seed=1)
+    second = sensor_dataset(["2024-03-01T00:30", "2024-03-01T00:40"], seed=2)
+    # Stored packed as int16 with a fill value, as many sensor archives are.
+    packed = {"humidity": {"dtype": "int16", "scale_factor": 0.01, "_FillValue": -32768}}
+    folder = tmp_path / "sensor"
+    folder.mkdir()
+    write(second, folder / "b.nc", **packed)
+    write(first, folder / "a.nc")
+    return folder, first, second
+
+
+def test_multi_variable_files_round_trip(two_files):
+    folder, first, second = two_files
+    source = NetCDFSource(str(folder))
+    items = source.items()
+    assert [(i.path.rsplit("/", 1)[-1], i.index_in_file) for i in items] == [
+        ("a.nc", 0), ("a.nc", 1), ("a.nc", 2), ("b.nc", 0), ("b.nc", 1)]
+    expected_times = np.concatenate([first.time.values, second.time.values]).astype("datetime64[s]")
+    np.testing.assert_array_equal([i.time for i in items], expected_times)
+    assert source.time_step() == np.timedelta64(600, "s")
+    for item, ds, index in zip(items, [first] * 3 + [second] * 2, [0, 1, 2, 0, 1], strict=True):
+        frames = source.read(item)
+        assert list(frames) == ["temperature", "humidity"]
+        np.testing.assert_array_equal(frames["temperature"], ds.temperature.values[index])
+        tolerance = 0.005 if ds is second else 0  # int16 packing rounds to 0.01
+        np.testing.assert_allclose(frames["humidity"], ds.humidity.values[index].astype("float32"),
+                                   atol=tolerance, rtol=0)
+        assert np.isnan(frames["humidity"]).sum() == np.isnan(ds.humidity.values[index]).sum()
+        assert all(frame.dtype == np.float32 for frame in frames.values())
+
+
+def test_fields_come_from_the_attributes(two_files):
+    folder, _, _ = two_files
+    temperature, humidity = NetCDFSource(str(folder)).fields()
+    assert (temperature.name, temperature.units, temperature.long_name) == (
+        "temperature", "K", "air temperature at 2 m")
+    assert temperature.standard_name == "air_temperature"
+    assert (temperature.valid_min, temperature.valid_max) == (180.0, 340.0)
+    assert (humidity.name, humidity.units, humidity.valid_min, humidity.standard_name) == (
+        "humidity", "%", None, None)
+
+
+def test_grid_from_coordinates_and_grid_mapping(two_files):
+    folder, first, _ = two_files
+    source = NetCDFSource(str(folder))
+    grid = source.read_grid(source.items()[0])
+    np.testing.assert_array_equal(grid.y, first.y.values)
+    np.testing.assert_array_equal(grid.x, first.x.values)
+    assert grid.crs.equals(CRS, ignore_axis_order=True)
+    assert grid.units == "m"
+    assert grid.mismatch(source.read_grid(source.items()[-1])) is None
+
+
+def test_variable_selection_globs_and_lists(two_files):
+    folder, first, _ = two_files
+    selected = NetCDFSource(str(folder / "*.nc"), variables=("humidity",))
+    assert [f.name for f in selected.fields()] == ["humidity"]
+    assert list(selected.read(selected.items()[0])) == ["humidity"]
+    listed = get_source("netcdf", paths=[str(folder / "a.nc")], variables=["temperature"])
+    assert len(listed.items()) == 3
+    assert pickle.loads(pickle.dumps(listed)) == listed
+    with pytest.raises(SourceError, match="pressure.*not found"):
+        NetCDFSource(str(folder), variables=("pressure",)).fields()
+
+
+def test_cf_projection_dim_names_and_other_dim_orders(tmp_path):
+    ds = sensor_dataset(["2024-03-01T00:00"], seed=3, y_name="projection_y_coordinate",
+                        x_name="projection_x_coordinate")
+    ds = ds.transpose("time", "projection_x_coordinate", "projection_y_coordinate")
+    source = NetCDFSource(write(ds, tmp_path / "t.nc"))
+    (item,) = source.items()
+    frame = source.read(item)["temperature"]
+    assert frame.shape == (12, 17)
+    np.testing.assert_array_equal(frame, ds.temperature.values[0].T)
+    assert source.read_grid(item).shape == (12, 17)
+    assert source.time_step() is None
+
+
+def test_missing_units_is_a_source_error_with_the_fix(tmp_path):
+    ds = sensor_dataset(["2024-03-01T00:00"], seed=4)
+    del ds["humidity"].attrs["units"]
+    with pytest.raises(SourceError, match=r"'humidity' has no 'units'.*attrs\['units'\]"):
+        NetCDFSource(write(ds, tmp_path / "t.nc")).fields()
+
+
+def test_missing_grid_mapping_is_a_source_error(tmp_path):
+    ds = sensor_dataset(["2024-03-01T00:00"], seed=5).drop_vars("crs")
+    for name in ("temperature", "humidity"):
+        del ds[name].attrs["grid_mapping"]
+    source = NetCDFSource(write(ds, tmp_path / "t.nc"))
+    with pytest.raises(SourceError, match="grid mapping"):
+        source.read_grid(source.items()[0])
+
+
+def test_bad_inputs_are_source_errors(tmp_path, two_files):
+    folder, _, _ = two_files
+    with pytest.raises(SourceError, match="no NetCDF files"):
+        NetCDFSource(str(tmp_path / "empty" / "*.nc")).items()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SourceError, match="no NetCDF files"):
+        NetCDFSource(str(tmp_path / "empty")).items()
+    data = (folder / "a.nc").read_bytes()
+    (tmp_path / "empty" / "cut.nc").write_bytes(data[: len(data) // 3])
+    with pytest.raises(SourceError, match="cut.nc.*corrupt"):
+        NetCDFSource(str(tmp_path / "empty")).items()
+    duplicate = sensor_dataset(["2024-03-01T00:10"], seed=6)
+    write(duplicate, folder / "c.nc")
+    with pytest.raises(SourceError, match="2024-03-01T00:10:00 appears twice"):
+        NetCDFSource(str(folder)).items()
+
+
+def test_variable_without_time_y_x_is_a_source_error(tmp_path):
+    ds = sensor_dataset(["2024-03-01T00:00"], seed=7)
+    with pytest.raises(SourceError, match="station_count.*expected \\(time, y, x\\)"):
+        source = NetCDFSource(write(ds, tmp_path / "t.nc"), variables=("station_count",))
+        source.read(source.items()[0])

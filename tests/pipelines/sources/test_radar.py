@@ -1,0 +1,240 @@
+"""Radar sources against pysteps' own importers on the real composites in ../shared/data/radar."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import shutil
+from pathlib import Path
+
+import netCDF4
+import numpy as np
+import pyproj
+import pytest
+
+from pipelines.grid import Grid
+from pipelines.sources import RadarSource, SourceError, detect_radar_format, get_source
+from pipelines.sources.radar import FORMATS, import_radar
+
+pytestmark = pytest.mark.shared_data
+
+# (format, event folder relative to the radar data root)
+EVENTS = [
+    ("knmi", "knmi/20100826"),
+    ("bom", "bom/prcp-c10/66/20201031"),
+    ("fmi", "fmi/pgm/20160928"),
+    ("mch", "mch/20150515"),
+    ("mch", "mch/20160711"),
+]
+FORMAT_DIRS = {"knmi": "knmi", "bom": "bom", "fmi": "fmi", "mch": "mch"}
+# Where each composite lies (lat, lon of the grid centre, within a few degrees): checks the CRS.
+CENTRES = {"knmi": (52.0, 5.0), "bom": (-27.7, 153.2), "fmi": (64.5, 26.0), "mch": (46.5, 8.0)}
+
+
+def direct_read(fmt: str, path: str) -> tuple[np.ndarray, dict]:
+    """What a user would do by hand: the pysteps importer, then to_rainrate, as float32."""
+    from pysteps.io import importers
+    from pysteps.utils import to_rainrate
+
+    calls = {
+        "knmi": lambda: importers.import_knmi_hdf5(path),
+        "bom": lambda: importers.import_bom_rf3(path),
+        "fmi": lambda: importers.import_fmi_pgm(path, gzipped=True),
+        "mch": lambda: importers.import_mch_gif(path, product="AQC", unit="mm", accutime=5.0),
+    }
+    field, _, metadata = calls[fmt]()
+    field = np.ma.filled(np.ma.asarray(field, dtype="float64"), np.nan)
+    rate, _ = to_rainrate(field, metadata)
+    return rate.astype("float32"), metadata
+
+
+def event_files(radar_dir: Path, event: str, suffix: str) -> list[str]:
+    return sorted(str(p) for p in (radar_dir / event).rglob(f"*{suffix}"))
+
+
+@pytest.mark.parametrize(("fmt", "event"), EVENTS)
+def test_items_follow_the_file_names_at_the_native_step(radar_dir, fmt, event):
+    source = RadarSource(str(radar_dir / event), fmt)
+    items = source.items()
+    files = event_files(radar_dir, event, FORMATS[fmt].suffixes[0])
+    assert sorted(item.path for item in items) == files
+    times = np.array([item.time for item in items])
+    assert times.dtype == np.dtype("datetime64[s]")
+    # Each event here is complete: consecutive files are one native step apart.
+    assert np.all(np.diff(times) == source.time_step())
+
+
+@pytest.mark.parametrize(("fmt", "name", "expected"), [
+    ("knmi", "RAD_NL25_RAP_5min_201008260000.h5", "2010-08-26T00:00"),
+    ("bom", "66_20201031_235000.prcp-c10.nc", "2020-10-31T23:50"),
+    ("fmi", "201609281445_fmi.radar.composite.lowest_FIN_SUOMI1.pgm.gz", "2016-09-28T14:45"),
+    ("mch", "AQC151351545F_00005.801.gif", "2015-05-15T15:45"),  # day 135 of 2015
+    ("mch", "AQC161932045V_00005.801.gif", "2016-07-11T20:45"),  # day 193 of leap year 2016
+])
+def test_times_are_parsed_from_names(fmt, name, expected):
+    assert FORMATS[fmt].parse_time(name) == np.datetime64(expected, "s")
+    assert FORMATS[fmt].parse_time("x" + name) is None
+
+
+def test_bom_name_time_is_the_file_valid_time(radar_dir):
+    source = RadarSource(str(radar_dir / "bom"), "bom")
+    for item in source.items()[::47]:
+        with netCDF4.Dataset(item.path) as ds:
+            valid = np.datetime64(int(ds["valid_time"][...]), "s")
+        assert item.time == valid
+
+
+def test_all_formats_are_listed_in_time_order(radar_dir):
+    counts = {}
+    for fmt, folder in FORMAT_DIRS.items():
+        items = RadarSource(str(radar_dir / folder), fmt).items()
+        assert items == sorted(items)
+        counts[fmt] = len(items)
+    expected = {fmt: len(event_files(radar_dir, folder, FORMATS[fmt].suffixes[0]))
+                for fmt, folder in FORMAT_DIRS.items()}
+    assert counts == expected
+
+
+def _subset(items):
+    return [items[0], items[len(items) // 2], items[-1]]
+
+
+@pytest.mark.parametrize(("fmt", "event"), EVENTS)
+def test_frames_equal_a_direct_pysteps_read(radar_dir, fmt, event):
+    source = RadarSource(str(radar_dir / event), fmt)
+    for item in _subset(source.items()):
+        frames = source.read(item)
+        assert list(frames) == ["precip"]
+        frame = frames["precip"]
+        expected, _ = direct_read(fmt, item.path)
+        assert frame.dtype == np.float32 and frame.shape == expected.shape
+        np.testing.assert_array_equal(frame, expected)  # NaN == NaN here
+        assert np.nanmin(frame) >= 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", sorted(FORMAT_DIRS))
+def test_every_file_equals_a_direct_pysteps_read(radar_dir, fmt):
+    source = RadarSource(str(radar_dir / FORMAT_DIRS[fmt]), fmt)
+    for item in source.items():
+        expected, _ = direct_read(fmt, item.path)
+        np.testing.assert_array_equal(source.read(item)["precip"], expected, err_msg=item.path)
+
+
+@pytest.mark.parametrize(("fmt", "event"), EVENTS)
+def test_grid_matches_the_pysteps_metadata(radar_dir, fmt, event):
+    source = RadarSource(str(radar_dir / event), fmt)
+    item = source.items()[0]
+    grid = source.read_grid(item)
+    field, metadata = direct_read(fmt, item.path)
+    assert grid.shape == field.shape
+    assert grid.units == "m"
+    scale = 1000.0 if metadata["cartesian_unit"] == "km" else 1.0  # KNMI: km in pysteps
+    dx, dy = float(metadata["xpixelsize"]), float(metadata["ypixelsize"])
+    # pysteps gives the outermost pixel centres for BoM and the grid edges for the others.
+    inset = 0.0 if fmt == "bom" else 0.5
+    ny, nx = field.shape
+    x = float(metadata["x1"]) + (np.arange(nx) + inset) * dx
+    y = (float(metadata["y1"]) + (np.arange(ny) + inset) * dy)[::-1]  # yorigin upper: north first
+    np.testing.assert_allclose(grid.x, x * scale, rtol=0, atol=1e-3 * dx * scale)
+    np.testing.assert_allclose(grid.y, y * scale, rtol=0, atol=1e-3 * dy * scale)
+    # Same places on Earth: inverse-project corner pixels with both definitions.
+    corners = (np.array([0, -1, 0, -1]), np.array([0, 0, -1, -1]))
+    lon, lat = pyproj.Proj(grid.crs)(grid.x[corners[0]], grid.y[corners[1]], inverse=True)
+    lon_ps, lat_ps = pyproj.Proj(metadata["projection"])(x[corners[0]], y[corners[1]], inverse=True)
+    tolerance = 2e-3 if fmt == "bom" else 1e-6  # pysteps rounds BoM's projection to 3 decimals
+    np.testing.assert_allclose(lon, lon_ps, atol=tolerance)
+    np.testing.assert_allclose(lat, lat_ps, atol=tolerance)
+    to_lonlat = pyproj.Transformer.from_crs(grid.crs, "EPSG:4326", always_xy=True)
+    lon_c, lat_c = to_lonlat.transform(grid.x.mean(), grid.y.mean())
+    assert (lat_c, lon_c) == pytest.approx(CENTRES[fmt], abs=3.0)
+    # The CF grid mapping the archive stores describes the same grid.
+    stored = Grid(y=grid.y, x=grid.x, crs_attrs=dict(grid.crs_attrs), units=grid.units)
+    assert stored.mismatch(grid) is None
+
+
+@pytest.mark.filterwarnings("ignore:angle from rectified")  # pyproj, somerc to CF
+@pytest.mark.parametrize("fmt", ["fmi", "mch", "bom"])
+def test_header_grid_equals_the_grid_of_a_full_read(radar_dir, fmt):
+    source = RadarSource(str(radar_dir / FORMAT_DIRS[fmt]), fmt)
+    items = source.items()
+    for item in (items[0], items[-1]):
+        field, metadata = import_radar(fmt, item.path)
+        header = source.read_grid(item)
+        assert header.shape == field.shape
+        if fmt != "bom":
+            assert header.mismatch(Grid.from_pysteps_metadata(metadata, field.shape)) is None
+
+
+@pytest.mark.parametrize("fmt", sorted(FORMAT_DIRS))
+def test_truncated_or_empty_file_is_a_source_error_naming_it(radar_dir, tmp_path, fmt):
+    good = RadarSource(str(radar_dir / FORMAT_DIRS[fmt]), fmt).items()[0].path
+    folder = tmp_path / fmt
+    folder.mkdir()
+    truncated = folder / os.path.basename(good)
+    data = Path(good).read_bytes()
+    truncated.write_bytes(data[: len(data) // 2])
+    source = RadarSource(str(folder), fmt)
+    (item,) = source.items()
+    with pytest.raises(SourceError, match=os.path.basename(good)) as error:
+        source.read(item)
+    assert "corrupt" in str(error.value)
+    truncated.write_bytes(b"")
+    with pytest.raises(SourceError, match=os.path.basename(good)):
+        source.read(item)
+
+
+def test_unparsable_name_is_a_source_error(radar_dir, tmp_path):
+    good = RadarSource(str(radar_dir / "knmi"), "knmi").items()[0].path
+    shutil.copy(good, tmp_path / os.path.basename(good))
+    shutil.copy(good, tmp_path / "RAD_NL25_RAP_5min_latest.h5")
+    (tmp_path / "README.txt").write_text("other files are ignored")
+    with pytest.raises(SourceError, match="RAD_NL25_RAP_5min_latest.h5.*rename"):
+        RadarSource(str(tmp_path), "knmi").items()
+
+
+def test_same_time_twice_is_a_source_error(radar_dir, tmp_path):
+    good = RadarSource(str(radar_dir / "mch"), "mch").items()[0].path
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+        shutil.copy(good, tmp_path / sub / os.path.basename(good))
+    with pytest.raises(SourceError, match="appears twice"):
+        RadarSource(str(tmp_path), "mch").items()
+
+
+def test_empty_or_missing_folder_is_a_source_error(tmp_path):
+    with pytest.raises(SourceError, match="no knmi files"):
+        RadarSource(str(tmp_path), "knmi").items()
+    with pytest.raises(SourceError, match="does not exist"):
+        RadarSource(str(tmp_path / "nowhere"), "knmi").items()
+
+
+def test_format_detection(radar_dir, tmp_path):
+    for fmt, folder in FORMAT_DIRS.items():
+        assert detect_radar_format(str(radar_dir / folder)) == fmt
+    with pytest.raises(SourceError, match="mixes radar formats"):
+        detect_radar_format(str(radar_dir))
+    (tmp_path / "notes.h5").write_text("not a radar file")
+    with pytest.raises(SourceError) as error:
+        detect_radar_format(str(tmp_path))
+    for fmt in FORMATS:
+        assert fmt in str(error.value)
+
+
+def test_unknown_format_and_kind_are_source_errors(radar_dir):
+    with pytest.raises(SourceError, match="knmi"):
+        RadarSource(str(radar_dir / "knmi"), "nexrad")
+    with pytest.raises(SourceError, match="synthetic"):
+        get_source("nexrad")
+    with pytest.raises(SourceError, match="directory"):
+        get_source("knmi", folder=str(radar_dir))
+
+
+def test_registry_builds_picklable_radar_sources(radar_dir):
+    detected = get_source("radar", directory=str(radar_dir / "fmi"))
+    named = get_source("fmi", directory=str(radar_dir / "fmi"))
+    assert detected == named == RadarSource(str(radar_dir / "fmi"), "fmi")
+    assert detected.name == "fmi" and detected.time_step() == np.timedelta64(300, "s")
+    clone = pickle.loads(pickle.dumps(detected))
+    item = detected.items()[5]
+    np.testing.assert_array_equal(clone.read(item)["precip"], detected.read(item)["precip"])
