@@ -112,7 +112,7 @@ class _WriteTask(beam.DoFn):
         self.bytes_read = Metrics.counter(NAMESPACE, "bytes_read")
         self.bytes_written = Metrics.counter(NAMESPACE, "bytes_written")
 
-    def process(self, task: Task) -> Iterator[tuple[str, Stats]]:
+    def process(self, task: Task) -> Iterator[tuple[str, tuple[int, Stats]]]:
         began = time.perf_counter()
         stats, tallies = run_task(self.archive, self.output, task, self.plan)
         self.windows.inc(tallies["windows"])
@@ -123,12 +123,14 @@ class _WriteTask(beam.DoFn):
         log.info("windows: task %d/%d wrote %d samples (%.0f MB) in %.1f s (%.0f MB/s)",
                  task.index + 1, len(self.plan.tasks), tallies["samples"],
                  tallies["bytes_written"] / 1e6, seconds, tallies["bytes_written"] / 1e6 / max(seconds, 1e-9))
-        yield from stats.items()
+        for name, part in stats.items():
+            yield name, (task.index, part)
 
 
-def _merge_variable(item: tuple[str, Iterable[Stats]]) -> tuple[None, tuple[str, Stats]]:
+def _merge_variable(item: tuple[str, Iterable[tuple[int, Stats]]]) -> tuple[None, tuple[str, Stats]]:
+    # merged in task order, so every runner gives the same floating-point result
     name, parts = item
-    return None, (name, merge_stats(parts))
+    return None, (name, merge_stats(part for _, part in sorted(parts, key=lambda p: p[0])))
 
 
 class _WriteNormalization(beam.DoFn):
@@ -152,7 +154,7 @@ class CutWindows(beam.PTransform):
     def expand(self, root: beam.pvalue.PBegin) -> beam.PCollection:
         plan = self.plan
         _ = (root | "Counts" >> beam.Create([plan.counts]) | "CountPlan" >> beam.ParDo(_CountPlan()))
-        empty = [(name, merge_stats([_empty(name, plan)])) for name in plan.spec.variables]
+        empty = [(name, (-1, _empty(name, plan))) for name in plan.spec.variables]
         partials = (
             root
             | "Tasks" >> beam.Create(plan.tasks)
