@@ -1,0 +1,234 @@
+"""Train a forecaster from windows.zarr and save it to the registry.
+
+``python -m model.train --windows windows.zarr --models models --name cnn_lstm``
+
+Defaults: Adam, MSE (or intensity-weighted MSE), early stopping on the
+validation loss with the best weights restored, the best model checkpointed,
+``keras.callbacks.BackupAndRestore`` so a crashed run resumes from its last
+finished epoch when started again with the same ``workdir``, TensorBoard logs
+and a CSV history under ``workdir``, Keras's progress bar, and a seeded run
+(``keras.utils.set_random_seed``). With GPUs present (TensorFlow backend)
+training uses ``mixed_float16`` and a ``MirroredStrategy``; on CPU neither.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+
+from model import data, registry
+from model.architectures import ArchitectureConfig, build_model
+from model.losses import get_loss
+
+
+class TrainConfigError(ValueError):
+    """A training configuration that cannot run."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """One training run, validated once.
+
+    Attributes:
+        windows: windows.zarr URL.
+        models: registry root folder.
+        architecture: ``cnn_lstm`` or ``convlstm``.
+        workdir: checkpoints, backups, TensorBoard logs and CSV history.
+        options: :class:`ArchitectureConfig` fields other than the shapes
+            (``filters``, ``lstm_units``, ...).
+        epochs: maximum epochs.
+        steps_per_epoch: batches per epoch (``None``: one pass over the split).
+        batch_size: samples per batch.
+        learning_rate: Adam's learning rate.
+        loss: ``mse`` or ``intensity_weighted_mse``.
+        intensity_weight: weight of the intensity term.
+        patience: early-stopping patience in epochs.
+        seed: seeds Python, NumPy, the backend and the input shuffles.
+        augment: random flips/rotations of training samples.
+        version: registry version (default: a UTC timestamp).
+        archive: archive description (time_step, variables, grid_shape) to
+            record instead of reading the archive named by windows.zarr.
+        verbose: Keras verbosity (1: progress bar).
+    """
+
+    windows: str
+    models: str
+    architecture: str = "cnn_lstm"
+    workdir: str = "runs"
+    options: Mapping[str, object] = dataclasses.field(default_factory=dict)
+    epochs: int = 20
+    steps_per_epoch: int | None = None
+    batch_size: int = 8
+    learning_rate: float = 1e-3
+    loss: str = "mse"
+    intensity_weight: float = 1.0
+    patience: int = 4
+    seed: int = 0
+    augment: bool = False
+    version: str | None = None
+    archive: Mapping[str, object] | None = None
+    verbose: int = 1
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.patience < 0:
+            raise TrainConfigError("epochs and batch_size must be >= 1 and patience >= 0")
+        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
+            raise TrainConfigError("steps_per_epoch must be >= 1 or None")
+        if not self.learning_rate > 0:
+            raise TrainConfigError(f"learning_rate must be positive, got {self.learning_rate}")
+        get_loss(self.loss)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainResult:
+    path: Path
+    history: dict[str, list[float]]
+    metrics: dict[str, float]
+
+
+def gpu_count() -> int:
+    """GPUs visible to the TensorFlow backend (0 for other backends or none)."""
+    if keras.backend.backend() != "tensorflow":
+        return 0
+    import tensorflow as tf
+
+    return len(tf.config.list_physical_devices("GPU"))
+
+
+def lead_times(time_step: str, t_out: int) -> list[str]:
+    """ISO 8601 lead times ``k * time_step`` for ``k = 1..t_out``."""
+    seconds = int(pd.Timedelta(time_step).total_seconds())
+    return [_iso_duration(seconds * k) for k in range(1, t_out + 1)]
+
+
+def _iso_duration(seconds: int) -> str:
+    """Shortest ISO 8601 duration, e.g. 600 -> ``PT10M`` (the archive's ``time_step`` style)."""
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    clock = (f"{hours}H" if hours else "") + (f"{minutes}M" if minutes else "") + (f"{secs}S" if secs else "")
+    return "P" + (f"{days}D" if days else "") + ("T" + clock if clock else "")
+
+
+def training_range(store: data.WindowsStore, time_step: str, t_in: int, t_out: int) -> dict[str, str]:
+    """First input frame and last target frame covered by the training windows."""
+    times = store.init_times()
+    step = np.timedelta64(pd.Timedelta(time_step).to_timedelta64(), "s")
+    return {"start": str(times.min() - (t_in - 1) * step), "end": str(times.max() + t_out * step)}
+
+
+def callbacks(cfg: TrainConfig, monitor: str) -> list[keras.callbacks.Callback]:
+    """Early stopping, best checkpoint, crash backup, CSV history and TensorBoard."""
+    work = Path(cfg.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    cbs: list[keras.callbacks.Callback] = [
+        keras.callbacks.BackupAndRestore(str(work / "backup")),
+        keras.callbacks.EarlyStopping(monitor=monitor, patience=cfg.patience, restore_best_weights=True),
+        keras.callbacks.ModelCheckpoint(str(work / "best.keras"), monitor=monitor, save_best_only=True),
+        keras.callbacks.CSVLogger(str(work / "history.csv"), append=True),
+    ]
+    if keras.backend.backend() == "tensorflow":
+        cbs.append(keras.callbacks.TensorBoard(str(work / "logs"), profile_batch=0))
+    return cbs
+
+
+def train(cfg: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callback] = ()) -> TrainResult:
+    """Trains ``cfg.architecture`` on windows.zarr and saves it as a registry version.
+
+    ``extra_callbacks`` run after the defaults (e.g. a flow's progress reporter).
+    """
+    keras.utils.set_random_seed(cfg.seed)
+    store = data.WindowsStore(cfg.windows, "train")
+    (t_in, height, width, channels), (t_out, *_rest) = store.sample_shapes
+    arch = ArchitectureConfig.from_dict({**dict(cfg.options), "t_in": t_in, "t_out": t_out, "height": height,
+                                         "width": width, "channels": channels,
+                                         "target_channel": list(store.channels).index(store.target)
+                                         if store.target in store.channels else 0})
+    has_val = "val" in store.root and store.root["val"]["inputs"].shape[0] > 0
+    train_ds = data.make_dataset(cfg.windows, "train", cfg.batch_size, seed=cfg.seed, augment=cfg.augment,
+                                 repeat=cfg.steps_per_epoch is not None)
+    val_ds = data.make_dataset(cfg.windows, "val", cfg.batch_size, shuffle=False) if has_val else None
+    gpus = gpu_count()
+    strategy = contextlib.nullcontext()
+    if gpus:
+        import tensorflow as tf
+
+        keras.mixed_precision.set_global_policy("mixed_float16")
+        strategy = tf.distribute.MirroredStrategy().scope()
+    with strategy:
+        net = build_model(cfg.architecture, arch)
+        net.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate),
+                    loss=get_loss(cfg.loss, cfg.intensity_weight), metrics=["mae"])
+    monitor = "val_loss" if has_val else "loss"
+    started = time.time()
+    fit = net.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, steps_per_epoch=cfg.steps_per_epoch,
+                  callbacks=[*callbacks(cfg, monitor), *extra_callbacks], verbose=cfg.verbose)
+    seconds = time.time() - started
+    keras.mixed_precision.set_global_policy("float32")
+    history = {k: [float(v) for v in vals] for k, vals in fit.history.items()}
+    metrics = {"train_seconds": seconds, "epochs_run": len(history.get("loss", []))}
+    if val_ds is not None:
+        scores = net.evaluate(val_ds, verbose=0, return_dict=True)
+        metrics.update({f"val_{k}": float(v) for k, v in scores.items()})
+    time_step = str(store.attrs.get("time_step"))
+    archive = dict(cfg.archive) if cfg.archive else data.archive_description_dict(cfg.windows)
+    metadata = {
+        "architecture": cfg.architecture,
+        "architecture_config": arch.to_dict(),
+        "window_spec": store.attrs.get("window_spec"),
+        "windows": cfg.windows,
+        "normalization": store.normalizer().to_dict(),
+        "channels": list(store.channels),
+        "target": store.target,
+        "t_in": t_in,
+        "t_out": t_out,
+        "input_shape": [height, width],
+        "time_step": time_step,
+        "lead_times": lead_times(time_step, t_out),
+        "archive": registry.ArchiveDescription.from_dict(archive).to_dict(),
+        "training_range": training_range(store, time_step, t_in, t_out),
+        "training_data_hash": data.fingerprint(cfg.windows, "train"),
+        "training": {"loss": cfg.loss, "intensity_weight": cfg.intensity_weight, "batch_size": cfg.batch_size,
+                     "learning_rate": cfg.learning_rate, "seed": cfg.seed, "augment": cfg.augment,
+                     "samples": store.num_samples, "gpus": gpus},
+    }
+    path = registry.save_model(net, cfg.models, cfg.architecture, metadata, {**metrics, "history": history},
+                               version=cfg.version)
+    return TrainResult(path=path, history=history, metrics=metrics)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--windows", required=True, help="windows.zarr URL")
+    p.add_argument("--models", default="models", help="registry root")
+    p.add_argument("--name", default="cnn_lstm", choices=["cnn_lstm", "convlstm"])
+    p.add_argument("--workdir", default="runs")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--steps-per-epoch", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--learning-rate", type=float, default=1e-3)
+    p.add_argument("--loss", default="mse", choices=["mse", "intensity_weighted_mse"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--augment", action="store_true")
+    p.add_argument("--options", default="{}",
+                   help='architecture options as JSON, e.g. \'{"filters": [16, 32]}\'')
+    a = p.parse_args(argv)
+    result = train(TrainConfig(
+        windows=a.windows, models=a.models, architecture=a.name, workdir=a.workdir,
+        options=json.loads(a.options), epochs=a.epochs, steps_per_epoch=a.steps_per_epoch,
+        batch_size=a.batch_size, learning_rate=a.learning_rate, loss=a.loss, seed=a.seed, augment=a.augment))
+    print(f"saved {result.path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,81 @@
+"""Registry: versions, the latest pointer, checksums and archive checks."""
+
+from __future__ import annotations
+
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from model import registry
+from model.architectures import ArchitectureConfig, build_model
+
+ARCHIVE = registry.ArchiveDescription(time_step="PT5M", variables={"precip": "mm h-1"}, grid_shape=(8, 8))
+
+
+def _metadata() -> dict[str, object]:
+    return {"archive": ARCHIVE.to_dict(), "t_in": 3, "t_out": 2}
+
+
+@pytest.fixture(params=["cnn_lstm", "convlstm"])
+def saved(request, tmp_path):
+    keras.utils.set_random_seed(0)
+    model = build_model(request.param, ArchitectureConfig(t_in=3, t_out=2, height=8, width=8, filters=(4,),
+                                                          lstm_units=4))
+    path = registry.save_model(model, tmp_path, request.param, _metadata(), {"val_loss": 0.5}, version="v1")
+    return model, path, tmp_path, request.param
+
+
+def test_save_then_load_gives_identical_predictions(saved):
+    model, path, root, name = saved
+    loaded = registry.load_model(root, name, archive=ARCHIVE)
+    batch = np.random.default_rng(0).normal(size=(2, 3, 8, 8, 1)).astype("float32")
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(loaded.model(batch)),
+                                  keras.ops.convert_to_numpy(model(batch)))
+    assert loaded.path == path
+    assert loaded.metrics == {"val_loss": 0.5}
+    meta = json.loads((path / "metadata.json").read_text())
+    assert meta["model_sha256"] == registry.sha256_file(path / "model.keras")
+    assert meta["packages"]["keras"] == keras.__version__
+
+
+def test_latest_pointer_follows_promotion(saved):
+    model, _, root, name = saved
+    registry.save_model(model, root, name, _metadata(), version="v2")
+    assert (root / name / "latest").read_text().strip() == "v2"
+    registry.save_model(model, root, name, _metadata(), version="v3", promote=False)
+    assert registry.resolve_version(root, name).name == "v2"
+    registry.promote_version(root, name, "v3")
+    assert registry.resolve_version(root, name).name == "v3"
+    assert sorted(p.name for p in (root / name).iterdir()) == ["latest", "v1", "v2", "v3"]
+    with pytest.raises(registry.RegistryError, match="immutable"):
+        registry.save_model(model, root, name, _metadata(), version="v1")
+
+
+def test_corrupted_model_file_is_refused(saved):
+    _, path, root, name = saved
+    with open(path / "model.keras", "ab") as handle:
+        handle.write(b"\0")
+    with pytest.raises(registry.ChecksumMismatchError, match="modified or corrupted"):
+        registry.load_model(root, name, archive=ARCHIVE)
+
+
+@pytest.mark.parametrize(("archive", "message"), [
+    (registry.ArchiveDescription("PT10M", {"precip": "mm h-1"}, (8, 8)), "time step: model trained on PT5M"),
+    (registry.ArchiveDescription("PT5M", {"precip": "mm"}, (8, 8)), "expects units 'mm h-1'"),
+    (registry.ArchiveDescription("PT5M", {"rain": "mm h-1"}, (8, 8)), "'precip' .* is missing"),
+    (registry.ArchiveDescription("PT5M", {"precip": "mm h-1"}, (16, 8)), "grid: model trained on"),
+])
+def test_archive_mismatch_is_refused(saved, archive, message):
+    _, _, root, name = saved
+    with pytest.raises(registry.ArchiveMismatchError, match=message):
+        registry.load_model(root, name, "v1", archive=archive)
+    assert issubclass(registry.ArchiveMismatchError, ValueError)
+
+
+def test_missing_versions_are_named(tmp_path):
+    with pytest.raises(registry.RegistryError, match="no promoted version"):
+        registry.load_model(tmp_path, "cnn_lstm", archive=ARCHIVE)
+    with pytest.raises(registry.RegistryError, match="not a complete model version"):
+        registry.load_model(tmp_path, "cnn_lstm", "v9", archive=ARCHIVE)

@@ -1,0 +1,62 @@
+"""Training end to end on a tiny windows.zarr: registry output, resume, refusal."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import keras
+import pytest
+
+from model import registry
+from model.train import TrainConfig, TrainConfigError, train
+
+OPTIONS = {"filters": [4], "lstm_units": 4, "decoder_filters": 2}
+
+
+class CrashAtEpoch(keras.callbacks.Callback):
+    def __init__(self, epoch: int) -> None:
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.epoch:
+            raise RuntimeError("simulated crash")
+
+
+def _epochs(workdir) -> list[int]:
+    with open(workdir / "history.csv") as handle:
+        return [int(row["epoch"]) for row in csv.DictReader(handle)]
+
+
+@pytest.mark.slow
+def test_train_saves_a_version_and_resumes_after_a_crash(tiny_windows, tmp_path):
+    cfg = TrainConfig(windows=tiny_windows, models=str(tmp_path / "models"), architecture="convlstm",
+                      workdir=str(tmp_path / "run"), options=OPTIONS, epochs=4, batch_size=4, patience=10,
+                      loss="intensity_weighted_mse", augment=True, verbose=0, version="v1")
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(cfg, extra_callbacks=[CrashAtEpoch(2)])
+    assert _epochs(tmp_path / "run") == [0, 1]
+    result = train(cfg)
+    assert _epochs(tmp_path / "run") == [0, 1, 2, 3]  # resumed at epoch 2, not from scratch
+    assert len(result.history["loss"]) == 2
+
+    meta = json.loads((result.path / "metadata.json").read_text())
+    assert meta["time_step"] == "PT5M" and meta["lead_times"] == ["PT5M", "PT10M", "PT15M"]
+    assert meta["archive"] == {"time_step": "PT5M", "variables": {"precip": "mm h-1"}, "grid_shape": [8, 12]}
+    assert meta["normalization"]["kinds"] == {"precip": "log1p"}
+    assert meta["training_range"] == {"start": "2019-12-31T23:45:00", "end": "2020-01-01T01:00:00"}
+    assert len(meta["training_data_hash"]) == 64
+    loaded = registry.load_model(cfg.models, "convlstm", archive=registry.ArchiveDescription.from_dict(
+        meta["archive"]))
+    assert loaded.model.loss.name == "intensity_weighted_mse"
+    ten_minutes = registry.ArchiveDescription("PT10M", {"precip": "mm h-1"}, (8, 12))
+    with pytest.raises(registry.ArchiveMismatchError, match="time step"):
+        registry.load_model(cfg.models, "convlstm", archive=ten_minutes)
+
+
+def test_bad_training_config_is_refused():
+    with pytest.raises(TrainConfigError, match="learning_rate"):
+        TrainConfig(windows="w", models="m", learning_rate=0)
+    with pytest.raises(ValueError, match="unknown loss"):
+        TrainConfig(windows="w", models="m", loss="mae2")
