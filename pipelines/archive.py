@@ -171,7 +171,9 @@ def _template(
     time_step: np.timedelta64,
     length: int,
     attrs: Mapping[str, object],
+    chunks: tuple[int, int, int],
 ) -> xr.Dataset:
+    """The archive as lazy all-missing arrays, dask-chunked like the store (nothing computed)."""
     import dask.array as da
 
     times = time_values(start, time_step, length).astype("datetime64[ns]")
@@ -179,7 +181,7 @@ def _template(
     data_vars: dict[str, xr.Variable] = {}
     for field in fields:
         data_vars[field.name] = xr.Variable(
-            FRAME_DIMS, da.full((length, ny, nx), np.nan, dtype="float32"), field.attrs()
+            FRAME_DIMS, da.full((length, ny, nx), np.nan, dtype="float32", chunks=chunks), field.attrs()
         )
         for name in stat_names(field):
             if name.endswith("_fraction_above"):
@@ -243,7 +245,8 @@ def create_archive(
     if not fields:
         raise ArchiveError("an archive needs at least one field")
     chunks_yx = spatial_chunks or grid.shape
-    ds = _template(grid, fields, to_datetime64(start), step, length, attrs or {})
+    ds = _template(grid, fields, to_datetime64(start), step, length, attrs or {},
+                   chunks=(time_chunk, *chunks_yx))
     encoding: dict[str, dict[str, object]] = {
         "time": {"units": TIME_UNITS, "dtype": "int64", "chunks": (time_chunk,)},
         VALID: {"chunks": (time_chunk,), "fill_value": False},

@@ -1,0 +1,75 @@
+"""Every real radar event of ../shared/data/radar, ingested and checked against pysteps."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyproj
+import pytest
+from pysteps.io import importers
+from pysteps.utils import to_rainrate
+
+from pipelines.archive import open_archive, read_info
+from pipelines.ingest import IngestSpec, run
+from pipelines.runners import RunnerOptions
+from pipelines.sources import get_source
+
+EVENTS = {  # event folder -> (format, direct pysteps importer call)
+    "knmi/20100826": ("knmi", lambda p: importers.import_knmi_hdf5(p)),
+    "bom/prcp-c10/66/20201031": ("bom", lambda p: importers.import_bom_rf3(p)),
+    "fmi/pgm/20160928": ("fmi", lambda p: importers.import_fmi_pgm(p, gzipped=True)),
+    "mch/20150515": ("mch", lambda p: importers.import_mch_gif(p, "AQC", "mm", 5.0)),
+    "mch/20160711": ("mch", lambda p: importers.import_mch_gif(p, "AQC", "mm", 5.0)),
+}
+
+
+def pysteps_rain_rate(importer, path: str) -> tuple[np.ndarray, dict]:
+    data, _, metadata = importer(path)
+    data = np.ma.filled(data.astype("float64"), np.nan) if np.ma.isMaskedArray(data) else data
+    rate, metadata = to_rainrate(data, metadata)
+    return rate.astype("float32"), metadata
+
+
+@pytest.mark.slow
+@pytest.mark.shared_data
+@pytest.mark.parametrize("event", sorted(EVENTS))
+def test_event_ingests_equal_to_pysteps(tmp_path, radar_dir, event):
+    fmt, importer = EVENTS[event]
+    folder = radar_dir / event
+    files = sorted(p for p in folder.iterdir() if p.is_file())
+    source = get_source(fmt, directory=str(folder))
+    url = str(tmp_path / "archive.zarr")
+    result = run(IngestSpec(archive=url, source=source, time_chunk=12),
+                 RunnerOptions(kind="multiprocess", workers=2))
+    assert result.frames_written + result.frames_missing == len(files)
+
+    ds = open_archive(url)
+    info = read_info(url)
+    items = source.items()
+    assert ds.sizes["time"] == len(files)  # every event is gap-free at its native step
+    np.testing.assert_array_equal(ds.time.values.astype("datetime64[s]"), [i.time for i in items])
+    assert ds.attrs["time_step"] == {"bom": "PT10M"}.get(fmt, "PT5M")
+
+    for index, path in enumerate(files):
+        expected, metadata = pysteps_rain_rate(importer, str(path))
+        np.testing.assert_allclose(ds["precip"][index].values, expected, rtol=1e-6, equal_nan=True,
+                                   err_msg=f"{path.name}")
+    ny, nx = expected.shape
+    # KNMI gives km (coordinates and ellipsoid axes); the archive stores metres, the CF default.
+    scale = 1000.0 if metadata["cartesian_unit"] == "km" else 1.0
+    x = metadata["x1"] + (np.arange(nx) + 0.5) * (metadata["x2"] - metadata["x1"]) / nx
+    y = metadata["y2"] - (np.arange(ny) + 0.5) * (metadata["y2"] - metadata["y1"]) / ny
+    assert ds.x.attrs["units"] == "m"
+    np.testing.assert_allclose(ds.x.values, x * scale)
+    np.testing.assert_allclose(ds.y.values, y * scale)
+    source_crs = pyproj.CRS.from_proj4(metadata["projection"])
+    stored = info.grid.crs
+    assert stored.ellipsoid.semi_major_metre == pytest.approx(source_crs.ellipsoid.semi_major_metre * scale)
+    assert stored.ellipsoid.semi_minor_metre == pytest.approx(source_crs.ellipsoid.semi_minor_metre * scale)
+    params = stored.to_dict()
+    for key, value in source_crs.to_dict().items():
+        if key in ("a", "b", "rf", "ellps", "towgs84", "no_defs", "type", "units"):
+            continue
+        value = value * scale if key in ("x_0", "y_0") else value
+        assert params.get(key) == (pytest.approx(value) if isinstance(value, float) else value), key
+    assert ds["crs"].attrs["grid_mapping_name"] and "crs_wkt" in ds["crs"].attrs
+    assert ds["precip"].attrs["units"] == "mm h-1"
