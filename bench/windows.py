@@ -1,0 +1,150 @@
+"""Windows job against the one-process limit and xbatcher, on one synthetic archive.
+
+Issue 3's definition: an archive of 4096 frames of 256x256 float32 (1 GiB),
+windows of t_in 12 + t_out 6 frames every 6 frames (680 windows, 3.2 GB).
+(a) the Beam job with 2 local workers (FnApiRunner multi_processing);
+(b) the limit: one process, zarr reads and numpy cuts, the same plan, codec
+and writer, no Beam (:func:`pipelines.windows.run_in_process`);
+(c) xbatcher 0.4's BatchGenerator cutting the same windows from the archive
+opened with xarray, written with the same writer.
+Reported: windows/s, MB/s of window data (uncompressed) written, source bytes
+read / archive bytes, peak RSS of the process tree, and (a)'s peak RSS on an
+archive of twice the length. Stores live in a temporary folder under /tmp and
+are deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.common import parser, peak_rss, write_results
+from pipelines.archive import PRECIP, create_archive, open_archive, write_block
+from pipelines.grid import Grid
+from pipelines.runners import RunnerOptions
+from pipelines.window_plan import plan_from_archive
+from pipelines.window_spec import SplitSpec, WindowSpec
+from pipelines.window_store import create_windows_store, write_output_chunk
+from pipelines.windows import WindowJob, run, run_in_process
+
+TIME_CHUNK = 24
+SPEC = WindowSpec(channels=("precip",), target="precip", t_in=12, t_out=6, stride=6,
+                  split=SplitSpec(fractions=(1.0, 0.0, 0.0)))
+
+
+def synthetic_archive(path: Path, frames: int, size: int, seed: int = 0) -> str:
+    """Rain-like smooth random fields (about a third of pixels wet), written chunk by chunk."""
+    from scipy.ndimage import zoom
+
+    grid = Grid.from_coords(np.arange(size)[::-1] * 1000.0, np.arange(size) * 1000.0,
+                            "+proj=stere +lat_0=90 +lon_0=10 +lat_ts=60")
+    info = create_archive(str(path), grid, [PRECIP], "2024-01-01T00:00", "PT5M", frames,
+                          time_chunk=TIME_CHUNK)
+    rng = np.random.default_rng(seed)
+    coarse = max(size // 16, 2)
+    for first in range(0, frames, TIME_CHUNK):
+        count = min(TIME_CHUNK, frames - first)
+        noise = rng.standard_normal((count, coarse, coarse)).astype("float32")
+        smooth = zoom(noise, (1, size / coarse, size / coarse), order=1)[:, :size, :size]
+        rain = np.maximum(smooth - 0.4, 0.0) * 8.0
+        write_block(info.url, first, {"precip": rain}, np.ones(count, bool))
+    return info.url
+
+
+def measure(label: str, fn) -> dict[str, float]:  # noqa: ANN001 (a callable returning tallies)
+    with peak_rss() as rss:
+        began = time.perf_counter()
+        tallies = fn()
+        seconds = time.perf_counter() - began
+    figures = {"seconds": seconds, "windows_s": tallies["windows"] / seconds,
+               "mb_s": tallies["bytes_written"] / 1e6 / seconds, "peak_rss_mb": rss["peak"] / 2**20,
+               **{k: v for k, v in tallies.items() if k in ("windows", "bytes_read", "bytes_written")}}
+    logging.getLogger("bench.windows").warning("%s: %s", label, {k: round(v, 2) for k, v in figures.items()})
+    return figures
+
+
+def job_run(archive: str, output: str, workers: int) -> dict[str, int]:
+    result = run(WindowJob(archive, output, SPEC, overwrite=True),
+                 RunnerOptions(kind="multiprocess", workers=workers))
+    return {"windows": result.metrics["windows_emitted"], "bytes_read": result.metrics["bytes_read"],
+            "bytes_written": result.metrics["bytes_written"]}
+
+
+def limit_run(archive: str, output: str) -> dict[str, int]:
+    return run_in_process(WindowJob(archive, output, SPEC, overwrite=True)).metrics
+
+
+def xbatcher_run(archive: str, output: str) -> dict[str, int]:
+    """xbatcher's BatchGenerator over the lazily opened archive, the job's writer for the output."""
+    import xbatcher
+
+    plan = plan_from_archive(archive, SPEC)
+    root = create_windows_store(output, plan, overwrite=True)
+    ds = open_archive(archive)[["precip"]]
+    ny, nx = ds.sizes["y"], ds.sizes["x"]
+    batches = xbatcher.BatchGenerator(ds, input_dims={"time": SPEC.length, "y": ny, "x": nx},
+                                      input_overlap={"time": SPEC.length - SPEC.stride})
+    chunks = [c for task in plan.tasks for c in task.outputs]
+    written = windows = 0
+    batch_iter = iter(batches)
+    for chunk in chunks:
+        block = np.stack([next(batch_iter)["precip"].values for _ in chunk.starts])
+        inputs, targets = block[:, :SPEC.t_in, ..., None], block[:, SPEC.t_in:, ..., None]
+        written += write_output_chunk(root, chunk, inputs, targets)
+        windows += len(chunk.starts)
+    return {"windows": windows, "bytes_read": plan.source_bytes(), "bytes_written": written}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser(__doc__.splitlines()[0]).parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    frames, size = (384, 64) if args.quick else (4096, 256)
+    workdir = Path(tempfile.mkdtemp(prefix="bench-windows-", dir="/tmp"))
+    try:
+        archive = synthetic_archive(workdir / "archive.zarr", frames, size)
+        archive_bytes = plan_from_archive(archive, SPEC).source_bytes()
+        results = {}
+        for label, fn in (("job", lambda: job_run(archive, str(workdir / "job.zarr"), 2)),
+                          ("limit", lambda: limit_run(archive, str(workdir / "limit.zarr"))),
+                          ("xbatcher", lambda: xbatcher_run(archive, str(workdir / "xbatcher.zarr")))):
+            results[label] = measure(label, fn)
+            shutil.rmtree(workdir / f"{label}.zarr", ignore_errors=True)
+        shutil.rmtree(workdir / "archive.zarr", ignore_errors=True)
+        double = synthetic_archive(workdir / "double.zarr", 2 * frames, size, seed=1)
+        results["job_double"] = measure("job_double", lambda: job_run(double, str(workdir / "job.zarr"), 2))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    job, limit, xb = results["job"], results["limit"], results["xbatcher"]
+    figures = {
+        "frames": frames, "grid": [size, size], "windows": job["windows"],
+        "archive_mb": archive_bytes / 1e6, "window_data_mb": job["bytes_written"] / 1e6,
+        "windows_job_mb_s": job["mb_s"], "windows_job_windows_s": job["windows_s"],
+        "limit_mb_s": limit["mb_s"], "limit_windows_s": limit["windows_s"],
+        "xbatcher_mb_s": xb["mb_s"], "xbatcher_windows_s": xb["windows_s"],
+        "job_over_limit": job["mb_s"] / limit["mb_s"], "job_over_xbatcher": job["mb_s"] / xb["mb_s"],
+        "read_amplification": job["bytes_read"] / archive_bytes,
+        "peak_rss_mb": job["peak_rss_mb"], "peak_rss_mb_double_length": results["job_double"]["peak_rss_mb"],
+        "windows_job_windows_s_double_length": results["job_double"]["windows_s"],
+        "limit_peak_rss_mb": limit["peak_rss_mb"], "xbatcher_peak_rss_mb": xb["peak_rss_mb"],
+    }
+    figures["goals_met"] = {
+        "job_at_least_1.5x_limit": figures["job_over_limit"] >= 1.5,
+        "job_at_least_2.5x_xbatcher": figures["job_over_xbatcher"] >= 2.5,
+        "read_amplification_at_most_1.1": figures["read_amplification"] <= 1.1,
+        "peak_rss_under_2gb": max(figures["peak_rss_mb"], figures["peak_rss_mb_double_length"]) < 2048,
+    }
+    notes = ("(a) FnApiRunner multi_processing, 2 workers; (b) run_in_process: one process, same plan, "
+             "zarr zstd-3 writer; (c) xbatcher 0.4 BatchGenerator over xarray.open_zarr, same writer. "
+             "MB/s counts uncompressed window data written. Synthetic rain-like smooth fields.")
+    path = write_results("windows", figures, args.out, args.quick, notes=notes)
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
