@@ -1,0 +1,86 @@
+"""Verification: streaming scores equal one-shot pySTEPS scores; baselines behave."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from pysteps.verification import detcatscores
+
+from model import verification as v
+
+
+def _moving_blobs(steps: int, shape=(64, 64), speed=(1.5, 2.0), seed=0) -> np.ndarray:
+    """Gaussian rain cells translating at ``speed`` pixels per step (mm/h)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    centres = rng.uniform(10, 40, (4, 2))
+    frames = []
+    for t in range(steps):
+        field = np.zeros(shape)
+        for cy, cx in centres:
+            field += 12 * np.exp(-(((yy - cy - speed[0] * t) ** 2) + (xx - cx - speed[1] * t) ** 2) / 40.0)
+        frames.append(field)
+    return np.asarray(frames, dtype="float32")
+
+
+def test_perfect_forecast_scores_perfectly():
+    obs = _moving_blobs(3)
+    state = v.skill_init(3)
+    v.skill_accum(state, obs, obs)
+    scores = v.skill_compute(state, 5)
+    assert list(scores) == ["5", "10", "15"]
+    for lead in scores.values():
+        assert lead["mae"] == 0 and lead["csi_1"] == 1 and lead["fss_1"] == pytest.approx(1)
+
+
+def test_streaming_equals_one_shot_and_skips_uncovered_pixels():
+    rng = np.random.default_rng(1)
+    obs = rng.gamma(0.5, 2.0, (2, 1, 16, 16)).astype("float32")
+    fct = rng.gamma(0.5, 2.0, (2, 1, 16, 16)).astype("float32")
+    coverage = np.ones((16, 16), bool)
+    coverage[:, :4] = False
+    obs[:, :, :, :4] = np.nan
+    fct[:, :, :, :4] = 50.0  # rain outside coverage must not count as false alarms
+    fct[0, 0, 5, 5] = np.nan  # a NaN forecast inside coverage counts as dry
+    state = v.skill_init(1)
+    for i in range(2):
+        v.skill_accum(state, fct[i], obs[i], coverage)
+    streamed = v.skill_compute(state, 10)["10"]
+    inside = np.nan_to_num(fct[:, 0, :, 4:], nan=0.0), obs[:, 0, :, 4:]
+    one_shot = detcatscores.det_cat_fct(inside[0], inside[1], 1.0, ["CSI", "POD", "FAR"])
+    assert streamed["csi_1"] == pytest.approx(one_shot["CSI"])
+    assert streamed["far_1"] == pytest.approx(one_shot["FAR"])
+    assert streamed["mae"] == pytest.approx(np.mean(np.abs(inside[0] - inside[1])), rel=1e-6)
+    assert streamed["n"] == 2
+
+
+def test_baselines_on_a_moving_field():
+    frames = _moving_blobs(10)
+    inputs, truth = frames[:4], frames[4:]
+    scores = {}
+    for name in v.BASELINES:
+        forecast = v.get_baseline(name)(inputs, 6)
+        assert forecast.shape == truth.shape and forecast.dtype == np.float32
+        assert np.isfinite(forecast).all() and (forecast >= 0).all()
+        state = v.skill_init(6)
+        v.skill_accum(state, forecast, truth)
+        scores[name] = v.skill_compute(state, 5)
+    # Advection follows the motion that persistence ignores.
+    assert scores["extrapolation"]["30"]["csi_1"] > scores["persistence"]["30"]["csi_1"] + 0.1
+    assert scores["sprog"]["15"]["csi_1"] > scores["persistence"]["15"]["csi_1"]
+    with pytest.raises(ValueError, match="unknown baseline"):
+        v.get_baseline("optical")
+
+
+def test_report_table_and_plots(tmp_path):
+    obs = _moving_blobs(4)
+    scores = {}
+    for name, fct in {"persistence": v.persistence(obs[:1], 3), "perfect": obs[1:]}.items():
+        state = v.skill_init(3)
+        v.skill_accum(state, fct, obs[1:])
+        scores[name] = v.skill_compute(state, 5)
+    table = v.markdown_table(scores)
+    assert "| perfect | 15 | 0.000 | 1.000 | 1.000 |" in table
+    assert v.plot_scores(scores, tmp_path / "scores.png").stat().st_size > 1000
+    maps = v.plot_maps(obs[1:], {"persistence": v.persistence(obs[:1], 3)}, [0, 2], tmp_path / "maps.png")
+    assert maps.stat().st_size > 1000
