@@ -1,0 +1,58 @@
+"""The command line turns bad input into a clear message, exit status 2 and no output."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from pipelines.archive import open_archive
+from tests.pipelines.ingest_helpers import snapshot
+
+
+def nowcast(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "flows.cli", *args], capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.mark.slow
+def test_empty_folder_and_unknown_format_are_refused(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    archive = tmp_path / "archive.zarr"
+    result = nowcast("ingest", "--archive", str(archive), "--input", str(empty))
+    assert result.returncode == 2 and "error:" in result.stderr and str(empty) in result.stderr
+    (tmp_path / "odd").mkdir()
+    (tmp_path / "odd" / "frame_0001.tiff").write_bytes(b"II*\x00")
+    result = nowcast("ingest", "--archive", str(archive), "--input", str(tmp_path / "odd"))
+    assert result.returncode == 2 and "knmi" in result.stderr  # names the supported formats
+    result = nowcast("ingest", "--archive", str(archive), "--input", str(empty), "--format", "gif")
+    assert result.returncode == 2 and "unknown source kind 'gif'" in result.stderr
+    assert not archive.exists()
+
+
+@pytest.mark.slow
+def test_corrupt_radar_file_leaves_archive_unchanged(tmp_path, radar_dir):
+    files = sorted((radar_dir / "mch" / "20150515").iterdir())
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    for path in files[:6]:
+        shutil.copy(path, first / path.name)
+    for path in files[6:12]:
+        shutil.copy(path, second / path.name)
+    corrupt = second / files[9].name
+    corrupt.write_bytes(corrupt.read_bytes()[:200])  # a truncated download
+    archive = tmp_path / "archive.zarr"
+    assert nowcast("ingest", "--archive", str(archive), "--input", str(first)).returncode == 0
+    before = snapshot(str(archive))
+    result = nowcast("ingest", "--archive", str(archive), "--input", str(second))
+    assert result.returncode == 2
+    assert corrupt.name in result.stderr and "nothing was written" in result.stderr
+    assert snapshot(str(archive)) == before
+    corrupt.unlink()
+    assert nowcast("ingest", "--archive", str(archive), "--input", str(second)).returncode == 0
+    ds = open_archive(str(archive))
+    assert ds.sizes["time"] == 12 and ds["valid"].values.tolist() == [True] * 9 + [False] + [True] * 2
