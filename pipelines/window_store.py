@@ -162,21 +162,27 @@ def partial_stats(values: np.ndarray, log1p: bool) -> Stats:
     Mean-centred sums (not raw sums of squares) keep the merged variance
     accurate over billions of pixels.
     """
-    finite = np.asarray(values, dtype="float64")
-    finite = finite[np.isfinite(finite)]
+    finite = np.asarray(values).reshape(-1)
+    observed = np.isfinite(finite)
+    finite = (finite if observed.all() else finite[observed]).astype("float64")
     stats = _moments(finite, "")
     stats["min"] = float(finite.min()) if finite.size else math.inf
     stats["max"] = float(finite.max()) if finite.size else -math.inf
     if log1p:
-        stats.update(_moments(np.log1p(np.maximum(finite, 0.0)), "log1p_"))
+        # log1p(0) = 0: only the positive values (a minority of rain pixels) need the logarithm
+        logs = np.zeros_like(finite)
+        np.log1p(finite, out=logs, where=finite > 0)
+        stats.update(_moments(logs, "log1p_"))
     return stats
 
 
 def _moments(values: np.ndarray, prefix: str) -> Stats:
-    count = float(values.size)
-    mean = float(values.mean()) if values.size else 0.0
-    return {f"{prefix}count": count, f"{prefix}mean": mean,
-            f"{prefix}m2": float(((values - mean) ** 2).sum()) if values.size else 0.0}
+    if not values.size:
+        return {f"{prefix}count": 0.0, f"{prefix}mean": 0.0, f"{prefix}m2": 0.0}
+    mean = float(values.sum()) / values.size
+    deviations = values - mean
+    m2 = float(np.einsum("i,i->", deviations, deviations))
+    return {f"{prefix}count": float(values.size), f"{prefix}mean": mean, f"{prefix}m2": m2}
 
 
 def merge_stats(parts: Iterable[Stats]) -> Stats:
