@@ -132,6 +132,10 @@ def _pysteps() -> tuple[Any, Any]:
 def import_radar(fmt: str, path: str) -> tuple[np.ndarray, dict[str, Any]]:
     """Reads one file with its pysteps importer: raw field (NaN = no data) and metadata."""
     importers, _ = _pysteps()
+    if fmt == "bom":
+        fast = _import_bom_fast(path)
+        if fast is not None:
+            return fast
     calls: Mapping[str, Callable[[], tuple]] = {
         "knmi": lambda: importers.import_knmi_hdf5(path),
         "bom": lambda: importers.import_bom_rf3(path),
@@ -143,12 +147,49 @@ def import_radar(fmt: str, path: str) -> tuple[np.ndarray, dict[str, Any]]:
     return np.ma.filled(np.ma.asarray(field, dtype="float64"), np.nan), dict(metadata)
 
 
+def _import_bom_fast(path: str) -> tuple[np.ndarray, dict[str, Any]] | None:
+    """A BoM Rainfields3 file as ``import_bom_rf3`` returns it, about 50 times faster.
+
+    pysteps' importer spends ~0.5 s per file in Python ``min``/``max`` loops over
+    the coordinate variables to build georeferencing that :func:`_bom_grid` reads
+    from the header anyway. The field is decoded by the same netCDF4 call, so
+    the values are identical (tests compare every file). Returns None for files
+    this shortcut does not cover, which then go through pysteps.
+    """
+    import netCDF4
+
+    importers, _ = _pysteps()
+    with netCDF4.Dataset(path) as ds:
+        names = ds.variables.keys()
+        if not {"precipitation", "valid_time", "start_time"} <= names:
+            return None
+        units = {getattr(ds[v], "units", "") for v in ("valid_time", "start_time")}
+        if len(units) != 1 or not units.pop().startswith("seconds since"):
+            return None
+        if getattr(ds["precipitation"], "units", "") not in ("kg m-2", "mm"):
+            return None
+        accutime = (int(ds["valid_time"][...]) - int(ds["start_time"][...])) // 60
+        field = ds["precipitation"][:]
+    field = np.ma.filled(np.ma.asarray(field, dtype="float64"), np.nan)
+    metadata = {"unit": "mm", "accutime": accutime, "transform": None,
+                "zerovalue": np.nanmin(field), "threshold": importers._get_threshold_value(field),
+                "institution": "Commonwealth of Australia, Bureau of Meteorology"}
+    return field, metadata
+
+
 def to_rain_rate(field: np.ndarray, metadata: Mapping[str, Any]) -> np.ndarray:
-    """pysteps' ``to_rainrate`` (mm, dBZ, ... to mm/h) as float32."""
+    """pysteps' ``to_rainrate`` (mm, dBZ, ... to mm/h) as float32, negative rates as NaN.
+
+    A negative rate is a flag, not an amount: BoM files hold a few pixels of raw
+    -2 (-0.1 mm) beside their -1 fill value. Left in, they would break the
+    archive's ``valid_min=0`` and make ingest refuse the whole frame.
+    """
     _, to_rainrate = _pysteps()
     with _quiet():
         rate, _ = to_rainrate(field, dict(metadata))
-    return np.asarray(rate, dtype="float32")
+    rate = np.asarray(rate, dtype="float32")
+    rate[rate < 0] = np.nan
+    return rate
 
 
 def _shape_from_extent(metadata: Mapping[str, Any]) -> tuple[int, int]:

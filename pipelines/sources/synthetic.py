@@ -7,7 +7,7 @@ be checked against the truth.
 
 Frame ``i`` is a closed-form function of ``(configuration, i)``: cells are born
 in per-step slots whose properties come from a random generator seeded with
-``(seed, slot)``, and each cell's position, size and intensity follow from
+``(seed, block of 16 slots)``, and each cell's position, size and intensity follow from
 its birth slot and the frame time. A worker can therefore generate any subset
 of frames, in any order, and get the same numbers as a sequential run; the
 cost of a frame is O(pixels) (a rank-K product of separable Gaussians plus an
@@ -36,6 +36,7 @@ PROJECTION = "+proj=stere +lat_0=90 +lon_0=10 +lat_ts=60 +x_0=0 +y_0=0 +ellps=WG
 CENTRE_XY = (0.0, -3_700_000.0)  # about 56.5 N, 10 E in the projection above
 PIXEL_M = 1000.0
 MAX_LIFETIME = 60  # steps; a frame looks back this many birth slots
+SLOTS_PER_BLOCK = 16  # birth slots drawn from one generator
 TEXTURE_SIZE = 256  # power of two: wrapped with a bit mask
 DRIZZLE_FLOOR = 0.1  # mm/h; weaker rates read as dry, like a radar's detection floor
 
@@ -180,8 +181,9 @@ class SyntheticSource:
 
     def _live_cells(self, index: int) -> dict[str, np.ndarray]:
         """Position, size and peak of every cell alive at frame ``index`` near the domain."""
-        slots = [_slot_cells(self, slot) for slot in range(index - MAX_LIFETIME + 1, index + 1)]
-        born = {key: np.concatenate([s[key] for s in slots]) for key in slots[0]}
+        first, last = (index - MAX_LIFETIME + 1) // SLOTS_PER_BLOCK, index // SLOTS_PER_BLOCK
+        blocks = [_block_cells(self, block) for block in range(first, last + 1)]
+        born = {key: np.concatenate([b[key] for b in blocks]) for key in blocks[0]}
         age = index - born["birth"]
         alive = (age >= 0) & (age <= born["life"])
         born = {key: values[alive] for key, values in born.items()}
@@ -234,14 +236,20 @@ class SyntheticSource:
         return np.take(texture, flat)
 
 
-@functools.lru_cache(maxsize=4096)
-def _slot_cells(source: SyntheticSource, slot: int) -> dict[str, np.ndarray]:
-    """The cells born in step ``slot``: a pure function of the seed and the slot."""
-    rng = np.random.default_rng([source.seed, slot + 2**32])
+@functools.lru_cache(maxsize=256)
+def _block_cells(source: SyntheticSource, block: int) -> dict[str, np.ndarray]:
+    """The cells born in steps ``[block * SLOTS_PER_BLOCK, (block + 1) * SLOTS_PER_BLOCK)``.
+
+    A pure function of the seed and the block number: one generator per block
+    (not per step) keeps a cold frame cheap.
+    """
+    rng = np.random.default_rng([source.seed, block + 2**32])
     col0, col1, row0, row1 = source._birth_box()
-    mean_life = 12 + 0.75 * 36  # mean of the lifetime law below
+    mean_life = 12 + 0.75 * 36  # mean of the lifetime law below, for sizes near 24 px
     rate = source.density * (col1 - col0) * (row1 - row0) / 1e4 / mean_life
-    n = int(rng.poisson(rate))
+    per_slot = rng.poisson(rate, SLOTS_PER_BLOCK)
+    n = int(per_slot.sum())
+    slot = block * SLOTS_PER_BLOCK + np.repeat(np.arange(SLOTS_PER_BLOCK), per_slot)
     size = np.exp(rng.uniform(math.log(2.0), math.log(24.0), n))  # pixels
     aspect = np.exp(rng.uniform(-0.4, 0.4, n))
     # Small cells are convective (intense, short-lived), large ones stratiform (weak, long-lived).

@@ -9,7 +9,7 @@ import pytest
 from scipy import ndimage
 
 from pipelines.sources import SourceError, SyntheticSource, get_source
-from pipelines.sources.synthetic import _slot_cells, _texture
+from pipelines.sources.synthetic import _block_cells, _texture
 
 
 def frames(source: SyntheticSource, indices) -> np.ndarray:
@@ -19,13 +19,13 @@ def frames(source: SyntheticSource, indices) -> np.ndarray:
 def test_same_seed_same_frames_in_any_order_or_partition():
     source = SyntheticSource(shape=(96, 128), n_frames=40, seed=11)
     sequential = frames(source, range(40))
-    _slot_cells.cache_clear()
+    _block_cells.cache_clear()
     _texture.cache_clear()
     # A worker that owns only a late chunk, computed backwards, on an unpickled copy.
     clone = pickle.loads(pickle.dumps(source))
     late = frames(clone, range(39, 29, -1))[::-1]
     np.testing.assert_array_equal(late, sequential[30:40])
-    _slot_cells.cache_clear()
+    _block_cells.cache_clear()
     assert np.array_equal(SyntheticSource(shape=(96, 128), n_frames=40, seed=11).frame(17), sequential[17])
     other_seed = SyntheticSource(shape=(96, 128), n_frames=40, seed=12).frame(17)
     assert not np.array_equal(other_seed, sequential[17])
@@ -53,23 +53,25 @@ def _advect_back(frame: np.ndarray, motion: np.ndarray, steps: int) -> np.ndarra
 
 @pytest.mark.parametrize("rotation", [0.0, 0.004])
 def test_rain_moves_with_the_motion_field(rotation):
-    source = SyntheticSource(shape=(160, 192), n_frames=60, seed=5, motion=(3.0, -1.5),
+    source = SyntheticSource(shape=(192, 256), n_frames=60, seed=5, motion=(3.0, -1.5),
                              rotation=rotation)
     motion = source.motion_field()
-    assert motion.shape == (2, 160, 192) and motion.dtype == np.float32
-    np.testing.assert_allclose(motion[:, 80, 96], [3.0, -1.5], atol=0.02)
+    assert motion.shape == (2, 192, 256) and motion.dtype == np.float32
+    np.testing.assert_allclose(motion[:, 96, 128], [3.0, -1.5], atol=0.02)
     if rotation:
         assert np.ptp(motion[0]) > 0.5 and np.ptp(motion[1]) > 0.5  # varies smoothly in space
     steps = 3
-    for start in (10, 40):
+    shifted, still = [], []
+    for start in (5, 20, 35, 50):
         earlier, later = frames(source, [start, start + steps])
-        assert (later >= 1.0).mean() > 0.02  # enough rain for the correlation to mean something
+        assert (later >= 1.0).mean() > 0.01  # enough rain for the correlation to mean something
         moved = _advect_back(earlier, motion, steps)
         inside = np.isfinite(moved)
-        shifted_corr = np.corrcoef(moved[inside], later[inside])[0, 1]
-        still_corr = np.corrcoef(earlier[inside], later[inside])[0, 1]
-        assert shifted_corr > 0.85, shifted_corr
-        assert shifted_corr > still_corr + 0.1, (shifted_corr, still_corr)
+        shifted.append(np.corrcoef(moved[inside], later[inside])[0, 1])
+        still.append(np.corrcoef(earlier[inside], later[inside])[0, 1])
+    # Cells also grow and decay over the 3 steps, so the match is close but not exact.
+    assert np.mean(shifted) > 0.85, shifted
+    assert np.mean(shifted) > np.mean(still) + 0.2, (shifted, still)
 
 
 def test_best_matching_shift_is_the_motion():
