@@ -47,7 +47,7 @@ from pipelines.archive import (
     write_block,
 )
 from pipelines.grid import Grid
-from pipelines.runners import RunnerOptions
+from pipelines.runners import RunnerOptions, run_pipeline
 from pipelines.sources.base import Source, SourceError, SourceItem, sorted_unique
 from pipelines.stores import exists, zarr_store
 from pipelines.timeaxis import format_time_step, parse_time_step, time_index, to_datetime64
@@ -282,14 +282,6 @@ def build(root: beam.PBegin | beam.Pipeline, spec: IngestSpec, tasks: Sequence[C
             | "WriteChunks" >> beam.ParDo(_WriteChunk(spec.archive, spec.source, spec.overwrite)))
 
 
-def _run_pipeline(options: RunnerOptions, attach) -> None:  # noqa: ANN001
-    runner, pipeline_options = options.build()
-    pipeline = beam.Pipeline(runner=runner, options=pipeline_options)
-    attach(pipeline)
-    result = pipeline.run()
-    result.wait_until_finish()
-
-
 def reference_grid(spec: IngestSpec, first: SourceItem) -> Grid:
     """The grid every frame must be on: the archive's, or the batch's first frame's."""
     return read_info(spec.archive).grid if exists(spec.archive) else spec.source.read_grid(first)
@@ -307,7 +299,7 @@ def check_batch(spec: IngestSpec, items: Sequence[SourceItem], fields: tuple[Fie
         reports = [check_item(spec.source, item, grid, fields) for item in items]
     else:
         with tempfile.TemporaryDirectory(prefix="nowcast-check-") as report_dir:
-            _run_pipeline(runner, lambda p: (
+            run_pipeline(runner, lambda p: (
                 p | "Items" >> beam.Create(list(items), reshuffle=False)
                   | "Reshuffle" >> beam.Reshuffle()
                   | "Check" >> beam.ParDo(_CheckFrame(spec.source, fields, grid, report_dir))))
@@ -400,7 +392,7 @@ def ingest_items(spec: IngestSpec, items: Sequence[SourceItem],
         for task in tasks:
             write_chunk(spec.archive, spec.source, task, spec.overwrite)
     else:
-        _run_pipeline(runner, lambda p: build(p, spec, tasks))
+        run_pipeline(runner, lambda p: build(p, spec, tasks))
     after = valid_flags(spec.archive)
     indices = np.array([i for i, _ in indexed])
     pending = spec.overwrite | ~before[indices]

@@ -7,8 +7,10 @@ download the Prism binary first, which fails offline.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Literal
 
+import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.runner import PipelineRunner
 
@@ -65,3 +67,21 @@ class RunnerOptions:
         if self.kind == "flink":
             return "PortableRunner", PipelineOptions(["--runner=FlinkRunner", *args])
         return "DataflowRunner", PipelineOptions(args)
+
+
+def run_pipeline(options: RunnerOptions, attach: Callable[[beam.Pipeline], object]) -> None:
+    """Builds a pipeline with ``attach``, runs it to completion, and releases the runner.
+
+    The DaskRunner opens a dask client per run and leaves it connected; it is
+    closed here so that a finished job holds no connection to the scheduler.
+    """
+    runner, pipeline_options = options.build()
+    pipeline = beam.Pipeline(runner=runner, options=pipeline_options)
+    attach(pipeline)
+    result = pipeline.run()
+    try:
+        result.wait_until_finish()
+    finally:
+        client = getattr(result, "client", None)
+        if client is not None:
+            client.close()

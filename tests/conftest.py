@@ -21,3 +21,13 @@ def radar_dir() -> Path:
             pytest.fail(f"real radar data missing at {RADAR_DIR}; CI must provide ../shared")
         pytest.skip(f"real radar data not found at {RADAR_DIR}")
     return RADAR_DIR
+
+
+@pytest.fixture(scope="session")
+def dask_scheduler() -> str:
+    """Address of a real dask.distributed LocalCluster (2 worker processes) for DaskRunner tests."""
+    from distributed import LocalCluster
+
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+    yield cluster.scheduler_address
+    cluster.close()
