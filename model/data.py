@@ -67,6 +67,9 @@ class Normalizer:
 
     def _mean_std(self, var: str) -> tuple[float, float]:
         s = self.stats[var]
+        if s.get("mean") is None:
+            raise WindowsError(f"normalisation statistics of {var!r} are empty (the train split has no "
+                               "finite values); widen the training range or relax the wet filter")
         if self.kind(var) == "log1p":
             return float(s["log1p_mean"]), float(s["log1p_std"])
         return float(s["mean"]), float(s["std"])
@@ -155,14 +158,23 @@ class WindowsStore:
         sl = slice(index * self.chunk, min((index + 1) * self.chunk, self.num_samples))
         return np.asarray(self.inputs[sl], dtype="float32"), np.asarray(self.targets[sl], dtype="float32")
 
-    def read_model_chunk(self, index: int, normalizer: Normalizer | None) -> tuple[np.ndarray, ...]:
+    def read_model_chunk(self, index: int, normalizer: Normalizer | None,
+                         wet: tuple[float, float] | None = None) -> tuple[np.ndarray, ...]:
         """Inputs, targets (target channel only) and coverage weights of a chunk, ready for Keras.
 
         With ``normalizer=None`` the values stay physical (NaN kept), which
-        tests use to compare with the store.
+        tests use to compare with the store. ``wet = (threshold, fraction)``
+        keeps only samples whose observed target pixels are at least that
+        fraction at or above the threshold (physical units), e.g. to skip dry
+        patches that the windows job's whole-frame wet filter keeps.
         """
         inputs, targets = self.read_chunk(int(index))
         targets = targets[..., :1]
+        if wet is not None:
+            observed = np.isfinite(targets).sum(axis=(1, 2, 3, 4))
+            above = (np.nan_to_num(targets, nan=-np.inf) >= wet[0]).sum(axis=(1, 2, 3, 4))
+            keep = above >= wet[1] * np.maximum(observed, 1)
+            inputs, targets = inputs[keep], targets[keep]
         weights = np.isfinite(targets[..., 0]).astype("float32")
         if normalizer is not None:
             inputs = normalizer.normalize_inputs(inputs)
@@ -223,7 +235,7 @@ def _augment(inputs, targets, weights, seed_pair, square: bool):
 def make_dataset(url: str, split: str = "train", batch_size: int = 8, *, shuffle: bool = True,
                  seed: int = 0, shuffle_buffer: int = 256, cycle_length: int = 4, augment: bool = False,
                  normalize: bool = True, with_weights: bool = True, repeat: bool = False,
-                 drop_remainder: bool = False):
+                 drop_remainder: bool = False, wet: tuple[float, float] | None = None):
     """A ``tf.data.Dataset`` of ``(inputs, targets[, weights])`` batches from windows.zarr.
 
     Args:
@@ -240,6 +252,8 @@ def make_dataset(url: str, split: str = "train", batch_size: int = 8, *, shuffle
         with_weights: also yield per-pixel weights, 0 where the target is NaN.
         repeat: repeat forever (training with ``steps_per_epoch``).
         drop_remainder: drop a final short batch.
+        wet: ``(threshold, fraction)``: keep only samples whose target has at
+            least ``fraction`` of observed pixels at or above ``threshold``.
 
     Returns:
         The dataset; shapes ``(b, t_in, y, x, c)``, ``(b, t_out, y, x, 1)``, ``(b, t_out, y, x)``.
@@ -256,7 +270,7 @@ def make_dataset(url: str, split: str = "train", batch_size: int = 8, *, shuffle
              tf.TensorSpec((None, *out_shape[:-1]), tf.float32))
 
     def read_arrays(index):
-        arrays = tf.numpy_function(lambda i: store.read_model_chunk(i, normalizer), [index],
+        arrays = tf.numpy_function(lambda i: store.read_model_chunk(i, normalizer, wet), [index],
                                    [tf.float32, tf.float32, tf.float32], stateful=False)
         for array, spec in zip(arrays, specs, strict=True):
             array.set_shape(spec.shape)
@@ -284,7 +298,11 @@ def make_dataset(url: str, split: str = "train", batch_size: int = 8, *, shuffle
             num_parallel_calls=tf.data.AUTOTUNE)
     if not with_weights:
         ds = ds.map(lambda x, y, w: (x, y), num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    if not repeat and wet is None:  # a known length gives Keras's progress bar its total
+        batches = store.num_samples // batch_size if drop_remainder else -(-store.num_samples // batch_size)
+        ds = ds.apply(tf.data.experimental.assert_cardinality(batches))
+    return ds.prefetch(tf.data.AUTOTUNE)
 
 
 def archive_description_dict(url: str, variables: Sequence[str] | None = None) -> dict[str, object]:

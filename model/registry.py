@@ -183,6 +183,10 @@ def resolve_version(root: str | Path, name: str, version: str = LATEST) -> Path:
 def check_archive(metadata: Mapping[str, object], archive: ArchiveDescription) -> None:
     """Refuses an archive whose time step, variables/units or grid differ from training.
 
+    A model trained on the whole grid needs the same grid shape; a model
+    trained on patches (``input_shape`` smaller than the grid) runs tile by
+    tile on any grid at least one patch large, with the same time step and units.
+
     Raises:
         ArchiveMismatchError: naming every difference found.
     """
@@ -196,9 +200,14 @@ def check_archive(metadata: Mapping[str, object], archive: ArchiveDescription) -
         elif archive.variables[var] != units:
             problems.append(f"variable {var!r}: model expects units {units!r}, archive has "
                             f"{archive.variables[var]!r}")
-    if tuple(trained.grid_shape) != tuple(archive.grid_shape):
-        problems.append(f"grid: model trained on {tuple(trained.grid_shape)}, archive has "
-                        f"{tuple(archive.grid_shape)}")
+    patch = tuple(int(n) for n in metadata.get("input_shape") or trained.grid_shape)  # type: ignore[union-attr]
+    if patch == tuple(trained.grid_shape):
+        if tuple(trained.grid_shape) != tuple(archive.grid_shape):
+            problems.append(f"grid: model trained on the whole {tuple(trained.grid_shape)} grid, archive has "
+                            f"{tuple(archive.grid_shape)}")
+    elif any(a < p for a, p in zip(archive.grid_shape, patch, strict=True)):
+        problems.append(f"grid: archive grid {tuple(archive.grid_shape)} is smaller than the model's "
+                        f"{patch} patch")
     if problems:
         raise ArchiveMismatchError(
             f"model {metadata.get('name')}/{metadata.get('version')} does not fit this archive: "

@@ -46,7 +46,7 @@ def write_windows(path: Path, splits: dict[str, tuple[np.ndarray, np.ndarray]], 
         offset += n + 100
         ds = xr.Dataset(
             {"inputs": (("sample", "t_in", "y", "x", "channel"), inputs),
-             "targets": (("sample", "t_out", "y", "x", "channel"), targets),
+             "targets": (("sample", "t_out", "y", "x", "target_channel"), targets),
              "init_time": (("sample",), times),
              "y0": (("sample",), np.zeros(n, "int32")), "x0": (("sample",), np.zeros(n, "int32"))})
         encoding = {"inputs": {"chunks": (chunk, *inputs.shape[1:])},

@@ -78,3 +78,14 @@ def test_fingerprint_changes_with_the_data_index(tmp_path):
     b = data.fingerprint(write_windows(tmp_path / "b.zarr", {"train": pair}, archive="x"))
     c = data.fingerprint(write_windows(tmp_path / "c.zarr", {"train": pair}, archive="x", start="2021-01-01"))
     assert a == b != c
+
+
+def test_wet_filter_keeps_only_wet_samples(tiny_windows):
+    raw = zarr.open_group(tiny_windows, mode="r")["train"]["targets"][...]
+    fraction = (raw >= 2.0).sum(axis=(1, 2, 3, 4)) / np.isfinite(raw).sum(axis=(1, 2, 3, 4))
+    cut = float(np.median(fraction))
+    batches = list(data.make_dataset(tiny_windows, "train", 4, normalize=False, wet=(2.0, cut)))
+    kept = _rows(batches, 1)
+    expected = sorted(np.ascontiguousarray(r).tobytes()
+                      for r, f in zip(raw, fraction, strict=True) if f >= cut)
+    assert kept == expected and 0 < len(kept) < len(raw)

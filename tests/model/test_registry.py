@@ -79,3 +79,19 @@ def test_missing_versions_are_named(tmp_path):
         registry.load_model(tmp_path, "cnn_lstm", archive=ARCHIVE)
     with pytest.raises(registry.RegistryError, match="not a complete model version"):
         registry.load_model(tmp_path, "cnn_lstm", "v9", archive=ARCHIVE)
+
+
+def test_patch_models_run_on_any_grid_of_at_least_one_patch(tmp_path):
+    model = build_model("cnn_lstm", ArchitectureConfig(t_in=3, t_out=2, height=8, width=8, filters=(4,),
+                                                       lstm_units=4))
+    trained = registry.ArchiveDescription("PT5M", {"precip": "mm h-1"}, (64, 80))
+    meta = {"archive": trained.to_dict(), "input_shape": [8, 8]}
+    registry.save_model(model, tmp_path, "cnn_lstm", meta, version="v1")
+    other_grid = registry.ArchiveDescription("PT5M", {"precip": "mm h-1"}, (32, 40))
+    assert registry.load_model(tmp_path, "cnn_lstm", archive=other_grid).metadata["input_shape"] == [8, 8]
+    with pytest.raises(registry.ArchiveMismatchError, match="smaller than the model's"):
+        registry.load_model(tmp_path, "cnn_lstm", archive=registry.ArchiveDescription(
+            "PT5M", {"precip": "mm h-1"}, (4, 40)))
+    with pytest.raises(registry.ArchiveMismatchError, match="time step"):
+        registry.load_model(tmp_path, "cnn_lstm", archive=registry.ArchiveDescription(
+            "PT10M", {"precip": "mm h-1"}, (64, 80)))
