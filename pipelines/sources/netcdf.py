@@ -219,6 +219,12 @@ class NetCDFSource:
         """
         frames = {}
         with _open(item.path) as ds:
+            times = np.atleast_1d(ds["time"].values).astype("datetime64[s]") if "time" in ds else []
+            if item.index_in_file >= len(times) or times[item.index_in_file] != item.time:
+                raise SourceError(
+                    f"{item.path}: time index {item.index_in_file} is no longer {item.time}; the file "
+                    "changed after it was listed: list the source again"
+                )
             for name in self._variables(ds, item.path):
                 y_dim, x_dim = _spatial_dims(ds, name, item.path)
                 shape = (ds.sizes[y_dim], ds.sizes[x_dim])

@@ -9,7 +9,7 @@ import pyproj
 import pytest
 import xarray as xr
 
-from pipelines.sources import NetCDFSource, SourceError, get_source
+from pipelines.sources import NetCDFSource, Source, SourceError, get_source
 
 CRS = pyproj.CRS.from_epsg(3035)  # ETRS89 LAEA Europe
 
@@ -111,6 +111,7 @@ def test_variable_selection_globs_and_lists(two_files):
     assert [f.name for f in selected.fields()] == ["humidity"]
     assert list(selected.read(selected.items()[0])) == ["humidity"]
     listed = get_source("netcdf", paths=[str(folder / "a.nc")], variables=["temperature"])
+    assert isinstance(listed, Source) and listed.name == "netcdf"
     assert len(listed.items()) == 3
     assert pickle.loads(pickle.dumps(listed)) == listed
     with pytest.raises(SourceError, match="pressure.*not found"):
@@ -168,3 +169,12 @@ def test_variable_without_time_y_x_is_a_source_error(tmp_path):
     with pytest.raises(SourceError, match="station_count.*expected \\(time, y, x\\)"):
         source = NetCDFSource(write(ds, tmp_path / "t.nc"), variables=("station_count",))
         source.read(source.items()[0])
+
+
+def test_a_file_rewritten_after_listing_is_a_source_error(two_files):
+    folder, _, _ = two_files
+    source = NetCDFSource(str(folder))
+    item = source.items()[-1]
+    write(sensor_dataset(["2024-03-01T01:00"], seed=8), folder / "b.nc")
+    with pytest.raises(SourceError, match="changed after it was listed"):
+        source.read(item)

@@ -13,7 +13,7 @@ import pyproj
 import pytest
 
 from pipelines.grid import Grid
-from pipelines.sources import RadarSource, SourceError, detect_radar_format, get_source
+from pipelines.sources import RadarSource, Source, SourceError, detect_radar_format, get_source
 from pipelines.sources.radar import FORMATS, import_radar
 
 pytestmark = pytest.mark.shared_data
@@ -256,6 +256,7 @@ def test_registry_builds_picklable_radar_sources(radar_dir):
     detected = get_source("radar", directory=str(radar_dir / "fmi"))
     named = get_source("fmi", directory=str(radar_dir / "fmi"))
     assert detected == named == RadarSource(str(radar_dir / "fmi"), "fmi")
+    assert isinstance(detected, Source)
     assert detected.name == "fmi" and detected.time_step() == np.timedelta64(300, "s")
     clone = pickle.loads(pickle.dumps(detected))
     item = detected.items()[5]

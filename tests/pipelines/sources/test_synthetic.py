@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from pipelines.sources import SourceError, SyntheticSource, get_source
+from pipelines.sources import Source, SourceError, SyntheticSource, get_source
 from pipelines.sources.synthetic import _block_cells, _texture
 
 
@@ -107,6 +107,7 @@ def test_missing_frames_are_listed_and_read_as_nan():
 
 def test_grid_is_1_km_polar_stereographic_north_up():
     source = get_source("synthetic", shape=(40, 60), n_frames=2)
+    assert isinstance(source, Source) and source.trusted
     grid = source.read_grid(source.items()[0])
     assert grid.shape == (40, 60) and grid.units == "m"
     np.testing.assert_allclose(np.diff(grid.x), 1000.0)
