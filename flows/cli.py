@@ -9,12 +9,18 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
 from pipelines.runners import RunnerOptions
 
 EXIT_BAD_INPUT = 2
+
+# Prefect's ephemeral server (used when no PREFECT_API_URL is set) can take
+# longer than its default 20 s to start on a busy 2-core machine.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
 def _runner_args(parser: argparse.ArgumentParser) -> None:

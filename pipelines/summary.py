@@ -53,16 +53,17 @@ def plot_frames(url: str, path: str | Path, count: int = 4, field: str | None = 
     if valid_idx.size == 0:
         raise ValueError(f"{url} has no valid frame to plot")
     picks = valid_idx[np.linspace(0, valid_idx.size - 1, min(count, valid_idx.size)).astype(int)]
-    fig, axes = plt.subplots(1, len(picks), figsize=(4 * len(picks), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(picks), figsize=(3.2 * len(picks) + 1, 3.4), squeeze=False,
+                             layout="constrained")
     units = ds[name].attrs.get("units", "")
     vmax = float(np.nanmax([np.nanmax(ds[name][int(i)].values) for i in picks]))
     for ax, i in zip(axes[0], picks, strict=True):
         frame = ds[name][int(i)]
-        image = ax.imshow(frame.values, vmin=0, vmax=max(vmax, 1e-6), cmap="viridis")
+        image = ax.imshow(frame.values, vmin=0, vmax=max(vmax, 1e-6), cmap="Blues")
         ax.set_title(str(np.datetime_as_string(frame.time.values, unit="m")))
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.colorbar(image, ax=axes[0].tolist(), label=f"{name} [{units}]", shrink=0.8)
+    fig.colorbar(image, ax=axes[0].tolist(), label=f"{name} [{units}]", shrink=0.9)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=80)
