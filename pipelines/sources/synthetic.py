@@ -37,8 +37,10 @@ CENTRE_XY = (0.0, -3_700_000.0)  # about 56.5 N, 10 E in the projection above
 PIXEL_M = 1000.0
 MAX_LIFETIME = 60  # steps; a frame looks back this many birth slots
 SLOTS_PER_BLOCK = 16  # birth slots drawn from one generator
+STORM_SPREAD = 18.0  # pixels; how far a storm's cells lie from its centre
 TEXTURE_SIZE = 256  # power of two: wrapped with a bit mask
 DRIZZLE_FLOOR = 0.1  # mm/h; weaker rates read as dry, like a radar's detection floor
+MAX_RATE = 150.0  # mm/h; a cap on the rare texture peaks
 
 
 @dataclasses.dataclass(frozen=True, init=False)
@@ -55,7 +57,7 @@ class SyntheticSource:
         motion: flow ``(u, v)`` at the domain centre, pixels per step; ``u`` along
             columns (east), ``v`` along rows (down, i.e. south on this north-up grid).
         rotation: angular velocity of the flow, radians per step (0: uniform flow).
-        density: mean number of live cells per 100 x 100 pixels.
+        density: roughly how many cells are alive per 100 x 100 pixels (sets the wet fraction).
         missing: frame indices listed but read as all-NaN (to exercise gaps).
     """
 
@@ -74,7 +76,7 @@ class SyntheticSource:
     def __init__(self, shape: tuple[int, int] = (256, 256), n_frames: int = 288,
                  start: str = "2024-01-01T00:00", time_step: str = "PT5M", seed: int = 0,
                  motion: tuple[float, float] = (2.0, 1.0), rotation: float = 0.002,
-                 density: float = 1.5, missing: tuple[int, ...] = ()) -> None:
+                 density: float = 2.0, missing: tuple[int, ...] = ()) -> None:
         values = {
             "shape": tuple(int(n) for n in shape), "n_frames": int(n_frames), "start": str(start),
             "step": str(time_step), "seed": int(seed), "motion": tuple(float(m) for m in motion),
@@ -157,6 +159,7 @@ class SyntheticSource:
         rain = (gy * cells["peak"][:, None]).T @ gx
         rain *= self._texture_at(index)
         rain[rain < DRIZZLE_FLOOR] = 0.0
+        np.minimum(rain, MAX_RATE, out=rain)
         return rain.astype("float32", copy=False)
 
     # Cell population --------------------------------------------------------------------------
@@ -190,7 +193,7 @@ class SyntheticSource:
         age = age[alive]
         phase = np.sin(np.pi * age / born["life"])
         envelope = phase * np.sqrt(phase)  # grows, peaks mid-life, decays
-        col, row = self._advect(born["col"], born["row"], age)
+        col, row = self._advect(born["col"], born["row"], index - born["anchor"])
         scale = 0.5 + 0.5 * envelope
         cells = {"x": col, "y": row, "sx": born["sx"] * scale, "sy": born["sy"] * scale,
                  "peak": born["peak"] * envelope}
@@ -256,11 +259,21 @@ def _block_cells(source: SyntheticSource, block: int) -> dict[str, np.ndarray]:
     peak = np.exp(rng.normal(math.log(30.0) - 0.9 * np.log(size / 2.0), 0.6))
     life = 12 + 36 * rng.uniform(0.5, 1.0, n) * (size / 24.0) ** 0.3
     life = np.minimum(life, MAX_LIFETIME - 1)
+    # Cells gather in storms: most sit near one of a few storm centres of the block. Positions
+    # are given at the block's first step and carried by the flow, so a storm's cells move together.
+    storms = max(1, n // 5)
+    storm_col, storm_row = rng.uniform(col0, col1, storms), rng.uniform(row0, row1, storms)
+    storm = rng.integers(0, storms, n)
+    clustered = rng.random(n) < 0.75
+    spread = rng.normal(0.0, STORM_SPREAD, (2, n))
+    col = np.where(clustered, storm_col[storm] + spread[0], rng.uniform(col0, col1, n))
+    row = np.where(clustered, storm_row[storm] + spread[1], rng.uniform(row0, row1, n))
     return {
         "birth": slot + rng.uniform(0.0, 1.0, n),
         "life": life,
-        "col": rng.uniform(col0, col1, n),
-        "row": rng.uniform(row0, row1, n),
+        "anchor": np.full(n, float(block * SLOTS_PER_BLOCK)),
+        "col": col,
+        "row": row,
         "sx": size * aspect,
         "sy": size / aspect,
         "peak": peak,
@@ -277,7 +290,7 @@ def _texture(seed: int) -> np.ndarray:
     amplitude = (radius**2 + (2.0 / TEXTURE_SIZE) ** 2) ** -0.8 * np.exp(-((radius / 0.15) ** 2))
     field = np.fft.ifft2(np.fft.fft2(noise) * amplitude).real
     field = (field - field.mean()) / field.std()
-    sigma = 0.5
+    sigma = 0.8
     return np.exp(sigma * field - sigma**2 / 2).astype("float32").ravel()
 
 

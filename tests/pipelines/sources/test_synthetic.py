@@ -88,7 +88,8 @@ def test_best_matching_shift_is_the_motion():
             scores[dx, dy] = np.corrcoef(a.ravel(), b.ravel())[0, 1]
     best = max(scores, key=scores.get)
     assert best == (10, 4)  # steps * motion = (10, 4) pixels
-    assert scores[best] > 0.8
+    # Cells grow and decay over 4 steps, so the aligned frames match well but not exactly.
+    assert scores[best] > 0.6 and scores[best] > scores[0, 0] + 0.2
 
 
 def test_missing_frames_are_listed_and_read_as_nan():
