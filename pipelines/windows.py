@@ -90,6 +90,14 @@ class WindowResult:
     metrics: dict[str, int]
     read_amplification: float
 
+    def summary(self) -> str:
+        """One paragraph for a log or the command line."""
+        counts = self.counts
+        skipped = ", ".join(f"{k} {v}" for k, v in counts["skipped"].items())  # type: ignore[union-attr]
+        samples = ", ".join(f"{k} {v}" for k, v in counts["samples"].items())  # type: ignore[union-attr]
+        return (f"windows: {counts['planned']} planned, {counts['emitted']} emitted, skipped: {skipped}; "
+                f"samples: {samples}; read amplification {self.read_amplification:.3f}")
+
 
 class _CountPlan(beam.DoFn):
     """Reports the plan's window counts as Beam counters (once, from one element)."""

@@ -192,7 +192,8 @@ def test_store_layout_reads_back_with_xarray(tmp_path):
     frames = random_frames(np.random.default_rng(2), 40, 4, 6)
     info = make_archive(tmp_path / "a.zarr", frames, np.ones(40, bool), 8)
     spec = WindowSpec(channels=("temp", "precip"), target="precip", t_in=3, t_out=2, stride=2,
-                      patch_size=(2, 3), samples_per_chunk=3, split=SplitSpec(block="PT12H"))
+                      patch_size=(2, 3), samples_per_chunk=3, split=SplitSpec(block="PT12H"),
+                      wet=WetFilter(threshold=0.1, min_fraction=0.05))
     job = WindowJob(info.url, str(tmp_path / "w.zarr"), spec)
     result = run_in_process(job)
     root = xr.open_zarr(job.output, consolidated=False)
@@ -200,6 +201,7 @@ def test_store_layout_reads_back_with_xarray(tmp_path):
     assert WindowSpec.from_dict(root.attrs["window_spec"]) == spec
     assert root.attrs["time_step"] == "PT1H" and root.attrs["archive"] == info.url
     assert root.attrs["counts"] == result.counts
+    assert result.summary().startswith(f"windows: {result.counts['planned']} planned")
     train = xr.open_zarr(job.output, group="train", consolidated=False)
     assert train["inputs"].dims == ("sample", "t_in", "y", "x", "channel")
     assert train["inputs"].shape[1:] == (3, 2, 3, 2) and train["targets"].shape[1:] == (2, 2, 3, 1)
