@@ -20,6 +20,13 @@ import pyproj
 from pipelines.archive import FieldSpec
 from pipelines.grid import Grid
 
+# pyproj warns whenever a CRS is written as a PROJ string or CF attributes, which the
+# archive's grid mapping always does (its crs_wkt keeps the full definition). The filters
+# are installed once, by message, because swapping filters per call is not thread-safe.
+for _message in ("You will likely lose important projection information",
+                 "angle from rectified to skew grid parameter lost in conversion to CF"):
+    warnings.filterwarnings("ignore", message=_message, category=UserWarning)
+
 
 class SourceError(ValueError):
     """A bad input (file, folder or option): the message names it, the problem and the fix."""
@@ -128,10 +135,8 @@ def grid_from_crs(y: np.ndarray, x: np.ndarray, crs: pyproj.CRS, units: str = "m
     ``Grid.from_coords`` goes through PROJ strings, which drop the datum of
     CRSs such as EPSG:3035; the WKT in ``crs_wkt`` keeps it.
     """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # pyproj: CF or PROJ cannot hold every CRS detail
-        attrs = {key: _plain(value) for key, value in crs.to_cf().items()}
-        attrs["proj4"] = crs.to_proj4()
+    attrs = {key: _plain(value) for key, value in crs.to_cf().items()}
+    attrs["proj4"] = crs.to_proj4()
     return Grid(y=np.asarray(y, "float64"), x=np.asarray(x, "float64"), crs_attrs=attrs, units=units)
 
 

@@ -14,8 +14,8 @@ import functools
 import io
 import os
 import re
-import warnings
-from collections.abc import Callable, Iterator, Mapping
+import threading
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -112,18 +112,18 @@ def detect_radar_format(directory: str) -> str:
     )
 
 
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """Silences pysteps' configuration banner and its runtime warnings."""
-    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
+_IMPORT_LOCK = threading.Lock()
 
 
 @functools.cache
 def _pysteps() -> tuple[Any, Any]:
-    """pysteps' importers module and ``to_rainrate``, imported once and quietly (~2 s)."""
-    with _quiet():
+    """pysteps' importers module and ``to_rainrate``, imported once (~2 s) without its banner.
+
+    Only the import is silenced (pysteps prints where it found its configuration
+    file): swapping ``sys.stdout`` or the warning filters around every read
+    would not be thread-safe under multi-threaded Beam workers.
+    """
+    with _IMPORT_LOCK, contextlib.redirect_stdout(io.StringIO()):
         from pysteps.io import importers
         from pysteps.utils import to_rainrate
     return importers, to_rainrate
@@ -142,8 +142,7 @@ def import_radar(fmt: str, path: str) -> tuple[np.ndarray, dict[str, Any]]:
         "fmi": lambda: importers.import_fmi_pgm(path, gzipped=path.endswith(".gz")),
         "mch": lambda: importers.import_mch_gif(path, product="AQC", unit="mm", accutime=5.0),
     }
-    with _quiet():
-        field, _quality, metadata = calls[fmt]()
+    field, _quality, metadata = calls[fmt]()
     return np.ma.filled(np.ma.asarray(field, dtype="float64"), np.nan), dict(metadata)
 
 
@@ -185,8 +184,7 @@ def to_rain_rate(field: np.ndarray, metadata: Mapping[str, Any]) -> np.ndarray:
     archive's ``valid_min=0`` and make ingest refuse the whole frame.
     """
     _, to_rainrate = _pysteps()
-    with _quiet():
-        rate, _ = to_rainrate(field, dict(metadata))
+    rate, _ = to_rainrate(field, dict(metadata))
     rate = np.asarray(rate, dtype="float32")
     rate[rate < 0] = np.nan
     return rate
@@ -316,10 +314,9 @@ class RadarSource:
             elif self.fmt == "knmi":
                 field, metadata = import_radar(self.fmt, item.path)
                 shape = field.shape
-            with _quiet():  # pyproj warns about CF details lost in PROJ strings
-                if self.fmt == "bom":
-                    return _bom_grid(item.path)
-                return Grid.from_pysteps_metadata(_in_metres(metadata), shape)
+            if self.fmt == "bom":
+                return _bom_grid(item.path)
+            return Grid.from_pysteps_metadata(_in_metres(metadata), shape)
         except Exception as error:  # noqa: BLE001 (any reader failure means a bad file)
             raise _unreadable(self.fmt, item.path, error) from error
 

@@ -11,6 +11,8 @@ import xarray as xr
 
 from pipelines.sources import NetCDFSource, Source, SourceError, get_source
 
+pytestmark = pytest.mark.filterwarnings("ignore:You will likely lose important projection:UserWarning")
+
 CRS = pyproj.CRS.from_epsg(3035)  # ETRS89 LAEA Europe
 
 
