@@ -58,6 +58,8 @@ class TrainConfig:
         archive: archive description (time_step, variables, grid_shape) to
             record instead of reading the archive named by windows.zarr.
         verbose: Keras verbosity (1: progress bar).
+        wet: ``(threshold, fraction)``: train only on samples whose targets are
+            at least that wet (see :func:`model.data.make_dataset`).
     """
 
     windows: str
@@ -77,6 +79,7 @@ class TrainConfig:
     version: str | None = None
     archive: Mapping[str, object] | None = None
     verbose: int = 1
+    wet: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.patience < 0:
@@ -155,7 +158,7 @@ def train(cfg: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callback] 
                                          if store.target in store.channels else 0})
     has_val = "val" in store.root and store.root["val"]["inputs"].shape[0] > 0
     train_ds = data.make_dataset(cfg.windows, "train", cfg.batch_size, seed=cfg.seed, augment=cfg.augment,
-                                 repeat=cfg.steps_per_epoch is not None)
+                                 repeat=cfg.steps_per_epoch is not None, wet=cfg.wet)
     val_ds = data.make_dataset(cfg.windows, "val", cfg.batch_size, shuffle=False) if has_val else None
     gpus = gpu_count()
     strategy = contextlib.nullcontext()
@@ -199,7 +202,8 @@ def train(cfg: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callback] 
         "training_data_hash": data.fingerprint(cfg.windows, "train"),
         "training": {"loss": cfg.loss, "intensity_weight": cfg.intensity_weight, "batch_size": cfg.batch_size,
                      "learning_rate": cfg.learning_rate, "seed": cfg.seed, "augment": cfg.augment,
-                     "samples": store.num_samples, "gpus": gpus},
+                     "samples": store.num_samples, "gpus": gpus,
+                     "wet": list(cfg.wet) if cfg.wet else None},
     }
     path = registry.save_model(net, cfg.models, cfg.architecture, metadata, {**metrics, "history": history},
                                version=cfg.version)

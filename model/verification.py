@@ -20,6 +20,8 @@ S-PROG on dBR). The report helpers write a markdown table and PNG plots.
 
 from __future__ import annotations
 
+import contextlib
+import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -136,8 +138,9 @@ def sprog(inputs: np.ndarray, t_out: int, threshold: float = 0.1, zerovalue: flo
     dbr, meta = transformation.dB_transform(frames, metadata, threshold=threshold, zerovalue=zerovalue)
     dbr[~np.isfinite(dbr)] = zerovalue
     velocity = motion.get_method("LK")(dbr[-3:], verbose=False)
-    forecast = nowcasts.get_method("sprog")(dbr[-3:], velocity, t_out, n_cascade_levels=n_cascade_levels,
-                                            precip_thr=meta["threshold"], measure_time=False)
+    with contextlib.redirect_stdout(io.StringIO()):  # S-PROG prints its settings and progress
+        forecast = nowcasts.get_method("sprog")(dbr[-3:], velocity, t_out, n_cascade_levels=n_cascade_levels,
+                                                precip_thr=meta["threshold"], measure_time=False)
     rain, _ = transformation.dB_transform(forecast, meta, inverse=True, threshold=meta["threshold"],
                                           zerovalue=0.0)
     return np.nan_to_num(rain, nan=0.0).astype("float32")
