@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import pickle
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -29,6 +32,19 @@ def test_same_seed_same_frames_in_any_order_or_partition():
     assert np.array_equal(SyntheticSource(shape=(96, 128), n_frames=40, seed=11).frame(17), sequential[17])
     other_seed = SyntheticSource(shape=(96, 128), n_frames=40, seed=12).frame(17)
     assert not np.array_equal(other_seed, sequential[17])
+
+
+def test_frames_do_not_depend_on_the_worker_thread_settings():
+    """A worker process with other BLAS/OpenMP thread counts computes the same bytes."""
+    code = ("import sys, numpy as np; from pipelines.sources import SyntheticSource; "
+            "sys.stdout.buffer.write(SyntheticSource(shape=(512, 512), n_frames=30, seed=9)"
+            ".frame(23).tobytes())")
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    worker = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, check=True,
+                            timeout=120).stdout
+    here = SyntheticSource(shape=(512, 512), n_frames=30, seed=9).frame(23)
+    assert np.frombuffer(worker, dtype=np.float32).reshape(here.shape).tobytes() == here.tobytes()
+    assert (here >= 1).any()
 
 
 def test_frames_look_like_radar_rain_rates():
