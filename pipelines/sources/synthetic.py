@@ -135,14 +135,12 @@ class SyntheticSource:
         so it can be compared with ``pysteps.motion`` estimates directly.
         """
         ny, nx = self.shape
-        cols = np.arange(nx, dtype="float64")[None, :]
-        rows = np.arange(ny, dtype="float64")[:, None]
         if self.rotation == 0:
-            return np.stack([np.full((ny, nx), self.motion[0]), np.full((ny, nx), self.motion[1])]
-                            ).astype("float32")
-        cx, cy = self._rotation_centre()
-        u = -self.rotation * (rows - cy) + 0 * cols
-        v = self.rotation * (cols - cx) + 0 * rows
+            u, v = np.full((ny, nx), self.motion[0]), np.full((ny, nx), self.motion[1])
+        else:
+            cx, cy = self._rotation_centre()
+            rows, cols = np.mgrid[0:ny, 0:nx].astype("float64")
+            u, v = -self.rotation * (rows - cy), self.rotation * (cols - cx)
         return np.stack([u, v]).astype("float32")
 
     def frame(self, index: int) -> np.ndarray:
