@@ -1,0 +1,241 @@
+"""The forecast store: schema, creation from a template, growth, and per-init-time writes.
+
+``forecasts.zarr`` (docs/schemas.md) holds ``(init_time, lead_time, y, x)``
+forecasts of one model version from one archive. Its ``init_time`` axis is
+the archive's time axis (same start, step and length), so init time ``i`` is
+forecast from archive frames ``i - t_in + 1 .. i`` and a new archive frame
+always has its slot; the first ``t_in - 1`` init times can never be scored and
+stay unwritten.
+
+Every array is chunked one init time deep (``written`` too), so each write
+owns its chunks outright: a write never merges with another, two runs that
+score the same init time write the same bytes, and no lock is needed. The
+data of an init time is written first and its ``written`` flag last, so an
+interrupted write is simply redone; readers trust only ``written`` init
+times.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Mapping
+
+import numpy as np
+import xarray as xr
+import zarr
+from zarr.codecs import ZstdCodec
+
+from pipelines.archive import CRS, TIME_UNITS, ZSTD_LEVEL, ArchiveInfo
+from pipelines.stores import exists, zarr_store
+from pipelines.timeaxis import format_time_step, parse_time_step, time_values, to_datetime64
+
+WRITTEN = "written"
+COORD_CHUNK = 4096  # init_time coordinate values per chunk (written by the driver only)
+
+
+class ForecastStoreError(ValueError):
+    """The forecast store does not follow the schema, or belongs to another model or archive."""
+
+
+@dataclasses.dataclass(frozen=True)
+class StoreIdentity:
+    """What a forecast store is a forecast of; a store holds exactly one identity.
+
+    Attributes:
+        model_name: registry name of the model.
+        model_version: its version (never ``latest``: the resolved version).
+        model_sha256: checksum of ``model.keras``.
+        archive: URL of the archive the inputs come from.
+        target: forecast variable.
+        t_in: input frames per forecast.
+        t_out: lead times per forecast.
+        tiling: how the grid was cut into model patches (documentation).
+    """
+
+    model_name: str
+    model_version: str
+    model_sha256: str
+    archive: str
+    target: str
+    t_in: int
+    t_out: int
+    tiling: str
+
+    def attrs(self) -> dict[str, object]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class StoreInfo:
+    """Layout of an existing forecast store, from metadata only."""
+
+    url: str
+    identity: StoreIdentity
+    start: np.datetime64
+    time_step: np.timedelta64
+    length: int
+
+
+def template(identity: StoreIdentity, archive: ArchiveInfo, length: int) -> tuple[xr.Dataset, dict]:
+    """The store as lazy all-missing arrays plus its zarr encoding (nothing computed)."""
+    import dask.array as da
+
+    ny, nx = archive.grid.shape
+    field = archive.field(identity.target)
+    chunks = (1, identity.t_out, *archive.spatial_chunks)
+    lazy = (COORD_CHUNK, identity.t_out, ny, nx)  # dask chunks: whole store chunks, few tasks, never computed
+    attrs = {**field.attrs(), "long_name": f"forecast {field.long_name}",
+             "comment": f"forecast by {identity.model_name}/{identity.model_version}; trust only init "
+                        f"times with {WRITTEN}=true"}
+    attrs.pop("stat_thresholds", None)
+    init_times = time_values(archive.start, archive.time_step, length).astype("datetime64[ns]")
+    leads = (np.arange(1, identity.t_out + 1) * archive.time_step).astype("timedelta64[ns]")
+    ds = xr.Dataset(
+        {identity.target: (("init_time", "lead_time", "y", "x"),
+                           da.full((length, identity.t_out, ny, nx), np.nan, dtype="float32", chunks=lazy),
+                           attrs),
+         WRITTEN: (("init_time",), da.zeros((length,), dtype=bool, chunks=COORD_CHUNK),
+                   {"long_name": "forecast of this init time complete (false: not scored yet)"})},
+        coords={"init_time": ("init_time", init_times,
+                              {"standard_name": "forecast_reference_time",
+                               "long_name": "initialisation time"}),
+                "lead_time": ("lead_time", leads, {"standard_name": "forecast_period",
+                                                    "long_name": "lead time"}),
+                **archive.grid.coords()})
+    ds[CRS] = xr.DataArray(np.int32(0), attrs=archive.grid.crs_attrs)
+    ds.attrs.update({"Conventions": "CF-1.8", "title": f"{identity.target} nowcasts",
+                     "time_step": format_time_step(archive.time_step),
+                     "time_start": str(to_datetime64(archive.start)), **identity.attrs()})
+    encoding = {
+        identity.target: {"chunks": chunks, "compressors": [ZstdCodec(level=ZSTD_LEVEL)],
+                          "fill_value": np.float32("nan")},
+        WRITTEN: {"chunks": (1,), "fill_value": False},
+        "init_time": {"units": TIME_UNITS, "dtype": "int64", "chunks": (COORD_CHUNK,)},
+        "lead_time": {"units": "seconds", "dtype": "int64"},
+    }
+    return ds, encoding
+
+
+def _group(url: str, mode: str = "r") -> zarr.Group:
+    try:
+        return zarr.open_group(zarr_store(url, read_only=(mode == "r")), mode=mode, zarr_format=3)
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError) as error:
+        raise ForecastStoreError(f"no forecast store at {url}: run the scoring job to create it") from error
+
+
+def read_store_info(url: str) -> StoreInfo:
+    """Reads a forecast store's identity and init-time axis from metadata."""
+    group = _group(url)
+    attrs = dict(group.attrs)
+    try:
+        identity = StoreIdentity(**{f.name: attrs[f.name] for f in dataclasses.fields(StoreIdentity)})
+    except KeyError as error:
+        raise ForecastStoreError(
+            f"{url} lacks the attribute {error.args[0]!r}; it is not a nowcast forecast store "
+            "(or its creation was interrupted: delete it and rerun)") from None
+    members = dict(group.members())
+    missing = {identity.target, WRITTEN, "init_time"} - set(members)
+    if missing:
+        raise ForecastStoreError(f"{url} lacks {sorted(missing)}; its creation was interrupted: delete it "
+                                 "and rerun the scoring job")
+    return StoreInfo(url=url, identity=identity, start=to_datetime64(attrs["time_start"]),
+                     time_step=parse_time_step(str(attrs["time_step"])),
+                     length=int(members["init_time"].shape[0]))
+
+
+def check_identity(info: StoreInfo, identity: StoreIdentity, archive: ArchiveInfo) -> None:
+    """Refuses to add forecasts of another model version, archive or layout to a store."""
+    problems = [f"{name}: store has {getattr(info.identity, name)!r}, this run {getattr(identity, name)!r}"
+                for name in ("model_name", "model_version", "model_sha256", "archive", "target", "t_in",
+                             "t_out", "tiling")
+                if getattr(info.identity, name) != getattr(identity, name)]
+    if info.start != archive.start or info.time_step != archive.time_step:
+        problems.append(f"init_time axis starts {info.start} every {format_time_step(info.time_step)}, the "
+                        f"archive {archive.start} every {format_time_step(archive.time_step)}")
+    if problems:
+        raise ForecastStoreError(f"{info.url} holds other forecasts (" + "; ".join(problems)
+                                 + "): write to a new forecast store for this model version")
+
+
+def ensure_store(url: str, identity: StoreIdentity, archive: ArchiveInfo) -> StoreInfo:
+    """Creates the store from its template once, or checks it and grows it to the archive's length.
+
+    Safe when two runs start together: the loser of the creation race waits
+    for the winner's metadata and checks it like any existing store.
+    """
+    if not exists(url):
+        ds, encoding = template(identity, archive, archive.length)
+        try:
+            ds.to_zarr(zarr_store(url), mode="w-", compute=False, encoding=encoding, consolidated=False,
+                       zarr_format=3)
+        except (FileExistsError, zarr.errors.ContainsGroupError, zarr.errors.ContainsArrayError):
+            pass
+    info = _read_when_complete(url)
+    check_identity(info, identity, archive)
+    if info.length < archive.length:
+        info = extend_init_time(url, archive.length)
+    return info
+
+
+def _read_when_complete(url: str, timeout_s: float = 30.0) -> StoreInfo:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return read_store_info(url)
+        except ForecastStoreError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def extend_init_time(url: str, length: int) -> StoreInfo:
+    """Grows the init_time axis to ``length`` (never shrinks; idempotent, restartable).
+
+    New init times read as unwritten from the fill values. Data arrays grow
+    first and the ``init_time`` coordinate last, as in the archive.
+    """
+    group = _group(url, mode="r+")
+    attrs = dict(group.attrs)
+    for name, arr in sorted(group.members()):
+        if isinstance(arr, zarr.Array) and name != "init_time" \
+                and (arr.metadata.dimension_names or (None,))[0] == "init_time" and arr.shape[0] < length:
+            arr.resize((length, *arr.shape[1:]))
+    coord = group["init_time"]
+    current = coord.shape[0]
+    if current < length:
+        coord.resize((length,))
+        times = time_values(to_datetime64(attrs["time_start"]), parse_time_step(str(attrs["time_step"])),
+                            length - current, offset=current)
+        coord[current:] = (times - np.datetime64(0, "s")).astype("int64")
+    return read_store_info(url)
+
+
+def written_flags(url: str) -> np.ndarray:
+    """The per-init-time ``written`` flags."""
+    return np.asarray(_group(url)[WRITTEN][:], dtype=bool)
+
+
+def write_forecast(url: str, index: int, target: str, forecast: np.ndarray) -> int:
+    """Writes one init time's ``(t_out, y, x)`` forecast, then its ``written`` flag; returns bytes."""
+    group = _group(url, mode="r+")
+    data = np.asarray(forecast, dtype="float32")
+    array = group[target]
+    if data.shape != array.shape[1:]:
+        raise ForecastStoreError(f"forecast of shape {data.shape} does not fit {url} ({array.shape[1:]})")
+    array[index] = data
+    group[WRITTEN][index] = True
+    return data.nbytes
+
+
+def open_forecasts(url: str) -> xr.Dataset:
+    """The store as an xarray Dataset (lazy); only ``written`` init times hold trusted values."""
+    read_store_info(url)
+    return xr.open_zarr(zarr_store(url, read_only=True), consolidated=False, zarr_format=3)
+
+
+def describe(info: StoreInfo) -> Mapping[str, object]:
+    """A small summary for logs and reports."""
+    flags = written_flags(info.url)
+    return {"url": info.url, "model": f"{info.identity.model_name}/{info.identity.model_version}",
+            "init_times": info.length, "written": int(flags.sum())}

@@ -1,0 +1,371 @@
+"""Scoring: forecasts of a registered model from archive.zarr into forecasts.zarr (batch job).
+
+The job runs in two steps:
+
+1. **Plan** (driver, metadata only): resolve the model version and check it
+   against the archive (:func:`model.registry.check_archive`), create the
+   forecast store from its template or grow it to the archive's length
+   (:mod:`pipelines.forecast_store`), and pick the init times to score: the
+   selected ones (a list, a range, or every archive frame) whose ``t_in``
+   input frames are all valid and that are not yet ``written``. They are
+   grouped by the archive time chunk of their last input frame.
+2. **Score** (Beam, one element per archive time chunk): read that chunk's
+   frames once, plus a halo of ``t_in - 1`` frames before it, cut the
+   windows, run them through ``RunInference`` with the Keras handler of
+   :mod:`model.handler` (model loaded once per worker, tiles of the model's
+   patch blended over the grid, de-normalised and clipped to the variable's
+   valid range), and write each init time's forecast, then its ``written``
+   flag, into its own chunks.
+
+Forecasts are a deterministic function of the archive and the model (fixed
+predict batch shapes), every write owns whole chunks and the flag comes last,
+so a rerun after a crash scores only the missing init times and the store
+ends byte-identical to an uninterrupted run; two overlapping runs at worst
+score an init time twice, writing the same bytes.
+
+The graph uses only Create, ParDo and GroupByKey (Reshuffle, BatchElements
+and RunInference are built from them), so it runs on the FnApiRunner and on
+Beam's DaskRunner alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import apache_beam as beam
+import numpy as np
+import zarr
+from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
+
+from pipelines.archive import VALID, ArchiveInfo, read_info
+from pipelines.forecast_store import StoreIdentity, ensure_store, write_forecast, written_flags
+from pipelines.runners import RunnerOptions, run_pipeline
+from pipelines.stores import zarr_store
+from pipelines.timeaxis import format_time_step, time_index, to_datetime64
+
+log = logging.getLogger(__name__)
+
+
+class ScoringError(ValueError):
+    """A scoring request that cannot run; nothing was written."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoringSpec:
+    """What to score, with which model, into which store; validated once by :meth:`validate`.
+
+    Attributes:
+        archive: archive URL (inputs).
+        forecasts: forecast store URL; created on the first run.
+        models: registry root folder (``models/``).
+        model: model name in the registry.
+        version: model version, or ``latest`` (resolved once, recorded in the store).
+        init_times: explicit init times (ISO timestamps on the archive axis).
+        start: first init time of a range (inclusive); default the archive start.
+        end: last init time of a range (inclusive); default the archive end.
+        overwrite: rescore init times that are already written.
+        overlap: tile overlap in pixels for grids larger than the model's patch
+            (default a quarter of the patch).
+        batch_size: most windows (init times) per RunInference batch.
+        predict_batch_size: tiles per model call.
+    """
+
+    archive: str
+    forecasts: str
+    models: str
+    model: str
+    version: str = "latest"
+    init_times: tuple[str, ...] | None = None
+    start: str | None = None
+    end: str | None = None
+    overwrite: bool = False
+    overlap: int | None = None
+    batch_size: int = 4
+    predict_batch_size: int = 8
+
+    def validate(self) -> None:
+        if self.init_times is not None and (self.start or self.end):
+            raise ScoringError("give either init_times or a start/end range, not both")
+        if self.init_times is not None and not self.init_times:
+            raise ScoringError("init_times is empty; omit it to score every frame not yet written")
+        for name in ("batch_size", "predict_batch_size"):
+            if getattr(self, name) < 1:
+                raise ScoringError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.overlap is not None and self.overlap < 0:
+            raise ScoringError(f"overlap must be non-negative, got {self.overlap}")
+        try:
+            bounds = [to_datetime64(t) for t in (self.start, self.end) if t]
+            [to_datetime64(t) for t in self.init_times or ()]
+        except ValueError as error:
+            raise ScoringError(f"cannot read a timestamp: {error}; use ISO 8601, e.g. 2024-05-01T12:05") \
+                from None
+        if self.start and self.end and bounds[0] > bounds[1]:
+            raise ScoringError(f"start {self.start} is after end {self.end}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoreTask:
+    """Init times whose last input frame lies in one archive time chunk (read together)."""
+
+    block: int
+    indices: tuple[int, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelRef:
+    """The resolved model: identity for the store, plus what the readers need."""
+
+    identity: StoreIdentity
+    version: str
+    channels: tuple[str, ...]
+    archive_description: dict[str, object]
+    valid_range: tuple[float | None, float | None]
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoringResult:
+    """Counts of one scoring run."""
+
+    forecasts: str
+    selected: int
+    scored: int
+    already_written: int
+    missing_input: int
+    tasks: int
+
+    def summary(self) -> str:
+        return (f"scored {self.scored} init times into {self.forecasts} ({self.already_written} already "
+                f"written, {self.missing_input} without complete input, {self.tasks} archive chunks read)")
+
+
+# ---------------------------------------------------------------- planning (pure)
+
+def scoreable(valid: np.ndarray, t_in: int) -> np.ndarray:
+    """Init times whose ``t_in`` input frames (``i - t_in + 1 .. i``) are all valid."""
+    valid = np.asarray(valid, dtype=bool)
+    counts = np.concatenate([[0], np.cumsum(valid, dtype="int64")])
+    ok = np.zeros(valid.shape, dtype=bool)
+    if len(valid) >= t_in:
+        ok[t_in - 1:] = (counts[t_in:] - counts[:-t_in]) == t_in
+    return ok
+
+
+def select_indices(spec: ScoringSpec, archive: ArchiveInfo) -> np.ndarray:
+    """Archive indices of the requested init times (all of the axis by default)."""
+    if spec.init_times is not None:
+        indices = []
+        for t in spec.init_times:
+            try:
+                index = time_index(t, archive.start, archive.time_step)
+            except ValueError as error:
+                raise ScoringError(str(error)) from None
+            if not 0 <= index < archive.length:
+                raise ScoringError(f"init time {t} is outside the archive ({archive.start} .. "
+                                   f"{archive.end}); ingest that frame first")
+            indices.append(index)
+        return np.unique(np.asarray(indices, dtype="int64"))
+    first = 0
+    last = archive.length - 1
+    if spec.start:
+        offset = (to_datetime64(spec.start) - archive.start) / archive.time_step
+        first = max(first, int(np.ceil(offset)))
+    if spec.end:
+        last = min(last, int((to_datetime64(spec.end) - archive.start) // archive.time_step))
+    return np.arange(first, last + 1, dtype="int64") if last >= first else np.zeros(0, "int64")
+
+
+def plan_tasks(indices: Sequence[int], time_chunk: int) -> list[ScoreTask]:
+    """Groups init indices by the archive time chunk of their last input frame."""
+    blocks: dict[int, list[int]] = {}
+    for index in sorted(int(i) for i in indices):
+        blocks.setdefault(index // time_chunk, []).append(index)
+    return [ScoreTask(block, tuple(members)) for block, members in sorted(blocks.items())]
+
+
+def resolve_model(spec: ScoringSpec, archive: ArchiveInfo) -> ModelRef:
+    """Resolves ``latest``, checks the model against the archive, and describes the store it writes."""
+    from model.registry import METADATA_FILE, ArchiveDescription, check_archive, resolve_version
+
+    path = resolve_version(spec.models, spec.model, spec.version)
+    metadata = json.loads((path / METADATA_FILE).read_text())
+    normalization = metadata.get("normalization") or {}
+    channels = tuple(normalization.get("channels") or metadata.get("channels") or ())
+    target = str(normalization.get("target") or metadata.get("target") or "")
+    if not channels or not target:
+        raise ScoringError(f"model {path} does not record its channels and target; "
+                           "retrain it with model.train")
+    for name in (*channels, target):
+        archive.field(name)
+    description = ArchiveDescription(time_step=format_time_step(archive.time_step),
+                                     variables={f.name: f.units for f in archive.fields},
+                                     grid_shape=archive.grid.shape)
+    check_archive(metadata, description)
+    patch = [int(n) for n in metadata.get("input_shape") or archive.grid.shape]
+    overlap = patch[0] // 4 if spec.overlap is None else spec.overlap
+    field = archive.field(target)
+    identity = StoreIdentity(
+        model_name=spec.model, model_version=str(metadata["version"]),
+        model_sha256=str(metadata.get("model_sha256", "")), archive=spec.archive, target=target,
+        t_in=int(metadata["t_in"]), t_out=int(metadata["t_out"]),
+        tiling=f"tiles {patch[0]}x{patch[1]}, overlap {overlap}, linear-ramp blending")
+    return ModelRef(identity=identity, version=str(metadata["version"]), channels=channels,
+                    archive_description=description.to_dict(),
+                    valid_range=(field.valid_min, field.valid_max))
+
+
+def valid_frames(url: str) -> np.ndarray:
+    """The archive's per-frame ``valid`` flags."""
+    group = zarr.open_group(zarr_store(url, read_only=True), mode="r", zarr_format=3)
+    return np.asarray(group[VALID][:], dtype=bool)
+
+
+def plan(spec: ScoringSpec,
+         exclude: set[int] | None = None) -> tuple[ModelRef, list[ScoreTask], ScoringResult]:
+    """Prepares the store and lists what to score; ``exclude`` drops indices already in flight."""
+    spec.validate()
+    archive = read_info(spec.archive)
+    model = resolve_model(spec, archive)
+    ensure_store(spec.forecasts, model.identity, archive)
+    selected = select_indices(spec, archive)
+    ok = scoreable(valid_frames(spec.archive)[: archive.length], model.identity.t_in)[selected]
+    written = written_flags(spec.forecasts)[selected]
+    todo = selected[ok & (spec.overwrite | ~written)]
+    if exclude:
+        todo = np.asarray([i for i in todo if int(i) not in exclude], dtype="int64")
+    tasks = plan_tasks(todo, archive.time_chunk)
+    counts = ScoringResult(forecasts=spec.forecasts, selected=len(selected), scored=0,
+                           already_written=int(np.sum(ok & written & (not spec.overwrite))),
+                           missing_input=int(np.sum(~ok)), tasks=len(tasks))
+    return model, tasks, counts
+
+
+# ---------------------------------------------------------------- reading windows (pure)
+
+def read_windows(archive: str, channels: Sequence[str], t_in: int,
+                 indices: Sequence[int]) -> Iterator[tuple[int, np.ndarray]]:
+    """``(index, window)`` for each init index, with one read of frames ``min - t_in + 1 .. max``.
+
+    A window is ``(t_in, y, x, channel)`` float32 in physical units.
+    """
+    first, last = min(indices) - t_in + 1, max(indices)
+    if first < 0:
+        raise ScoringError(f"init index {min(indices)} has fewer than {t_in} frames before it")
+    group = zarr.open_group(zarr_store(archive, read_only=True), mode="r", zarr_format=3)
+    frames = np.stack([np.asarray(group[name][first:last + 1], dtype="float32") for name in channels],
+                      axis=-1)
+    for index in indices:
+        offset = index - first
+        yield int(index), np.ascontiguousarray(frames[offset - t_in + 1: offset + 1])
+
+
+# ---------------------------------------------------------------- Beam
+
+class _ReadWindows(beam.DoFn):
+    """Reads one archive chunk (plus halo) and emits ``(init index, window)`` pairs."""
+
+    def __init__(self, archive: str, channels: tuple[str, ...], t_in: int) -> None:
+        self.archive, self.channels, self.t_in = archive, channels, t_in
+
+    def process(self, task: ScoreTask):
+        yield from read_windows(self.archive, self.channels, self.t_in, task.indices)
+
+
+class _WriteForecast(beam.DoFn):
+    """Writes one init time's forecast then its flag; optionally logs a ``scored`` event line."""
+
+    def __init__(self, forecasts: str, target: str, events_path: str | None = None) -> None:
+        self.forecasts, self.target, self.events_path = forecasts, target, events_path
+
+    def process(self, keyed: tuple[int, np.ndarray]):
+        index, forecast = keyed
+        write_forecast(self.forecasts, int(index), self.target, forecast)
+        if self.events_path:
+            with open(self.events_path, "a") as handle:  # one short O_APPEND write per line
+                handle.write(json.dumps({"init_index": int(index), "pid": os.getpid()}) + "\n")
+        yield int(index)
+
+
+def make_handler(spec: ScoringSpec, model: ModelRef):
+    """The keyed RunInference handler for ``model``."""
+    from model.handler import KerasForecastHandler
+
+    return KeyedModelHandler(KerasForecastHandler(
+        spec.models, spec.model, model.version, model.archive_description, overlap=spec.overlap,
+        predict_batch_size=spec.predict_batch_size, max_batch_size=spec.batch_size,
+        valid_range=model.valid_range))
+
+
+def score_tasks(tasks: beam.PCollection, spec: ScoringSpec, model: ModelRef,
+                events_path: str | None = None) -> beam.PCollection:
+    """Tasks -> windows -> RunInference -> writes; the part shared by the batch and streaming jobs."""
+    return (tasks
+            | "ReadWindows" >> beam.ParDo(_ReadWindows(spec.archive, model.channels, model.identity.t_in))
+            | "Forecast" >> RunInference(make_handler(spec, model))
+            | "Write" >> beam.ParDo(_WriteForecast(spec.forecasts, model.identity.target, events_path)))
+
+
+def build(root: beam.PBegin | beam.Pipeline, spec: ScoringSpec, model: ModelRef,
+          tasks: Sequence[ScoreTask], events_path: str | None = None) -> beam.PCollection:
+    """The batch graph: one element per archive chunk, spread over the workers."""
+    created = (root
+               | "Tasks" >> beam.Create(list(tasks), reshuffle=False)
+               | "Reshuffle" >> beam.Reshuffle())
+    return score_tasks(created, spec, model, events_path)
+
+
+def run(spec: ScoringSpec, runner: RunnerOptions | None = None,
+        events_path: str | None = None) -> ScoringResult:
+    """Scores the selected init times that are not yet written.
+
+    Raises:
+        ScoringError: a bad request; nothing was written.
+        model.registry.RegistryError: the model is missing or does not fit the archive.
+        pipelines.forecast_store.ForecastStoreError: the store holds another model's forecasts.
+    """
+    model, tasks, counts = plan(spec)
+    todo = [i for task in tasks for i in task.indices]
+    log.info("scoring %d init times in %d archive chunks into %s", len(todo), len(tasks), spec.forecasts)
+    if tasks:
+        run_pipeline(runner or RunnerOptions(), lambda p: build(p, spec, model, tasks, events_path))
+    done = written_flags(spec.forecasts)
+    return dataclasses.replace(counts, scored=int(np.sum(done[todo])) if todo else 0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m pipelines.scoring``: the batch job from the command line."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--archive", required=True)
+    p.add_argument("--forecasts", required=True)
+    p.add_argument("--models", required=True, type=Path)
+    p.add_argument("--model", required=True)
+    p.add_argument("--version", default="latest")
+    p.add_argument("--init-time", action="append", dest="init_times", help="repeatable")
+    p.add_argument("--start")
+    p.add_argument("--end")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overlap", type=int)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--predict-batch-size", type=int, default=8)
+    p.add_argument("--runner", default="inmemory", choices=["inmemory", "multiprocess", "dask"])
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--dask-address")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    spec = ScoringSpec(archive=args.archive, forecasts=args.forecasts, models=str(args.models),
+                       model=args.model, version=args.version,
+                       init_times=tuple(args.init_times) if args.init_times else None, start=args.start,
+                       end=args.end, overwrite=args.overwrite, overlap=args.overlap,
+                       batch_size=args.batch_size, predict_batch_size=args.predict_batch_size)
+    result = run(spec, RunnerOptions(kind=args.runner, workers=args.workers, dask_address=args.dask_address))
+    print(result.summary())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
