@@ -29,7 +29,7 @@ from pipelines.grid import Grid
 from pipelines.runners import RunnerOptions
 from pipelines.window_plan import plan_from_archive
 from pipelines.window_spec import SplitSpec, WindowSpec
-from pipelines.window_store import create_windows_store, write_output_chunk
+from pipelines.window_store import SourceFrames, create_windows_store, cut_samples, write_output_chunk
 from pipelines.windows import WindowJob, run, run_in_process
 
 TIME_CHUNK = 24
@@ -68,15 +68,33 @@ def measure(label: str, fn) -> dict[str, float]:  # noqa: ANN001 (a callable ret
     return figures
 
 
-def job_run(archive: str, output: str, workers: int) -> dict[str, int]:
-    result = run(WindowJob(archive, output, SPEC, overwrite=True),
-                 RunnerOptions(kind="multiprocess", workers=workers))
+def job_run(archive: str, output: str, workers: int, threads: bool = False) -> dict[str, int]:
+    """The Beam job on the FnApiRunner: ``workers`` processes, or threads of one process."""
+    options = RunnerOptions(kind="multiprocess", workers=workers)
+    if threads:
+        options = RunnerOptions(kind="inmemory", extra_args=(
+            "--direct_running_mode=multi_threading", f"--direct_num_workers={workers}"))
+    result = run(WindowJob(archive, output, SPEC, overwrite=True), options)
     return {"windows": result.metrics["windows_emitted"], "bytes_read": result.metrics["bytes_read"],
             "bytes_written": result.metrics["bytes_written"]}
 
 
 def limit_run(archive: str, output: str) -> dict[str, int]:
     return run_in_process(WindowJob(archive, output, SPEC, overwrite=True)).metrics
+
+
+def limit_without_stats_run(archive: str, output: str) -> dict[str, int]:
+    """(b) without the normalisation statistics: only read, cut and write (what xbatcher does)."""
+    plan = plan_from_archive(archive, SPEC)
+    root = create_windows_store(output, plan, overwrite=True)
+    info, read, written, windows = plan.info, 0, 0, 0
+    for task in plan.tasks:
+        source = SourceFrames(archive, task, SPEC.variables, info.time_chunk, info.length)
+        read += source.bytes_read
+        for chunk in task.outputs:
+            written += write_output_chunk(root, chunk, *cut_samples(source, chunk, plan))
+            windows += len(chunk.starts)
+    return {"windows": windows, "bytes_read": read, "bytes_written": written}
 
 
 def xbatcher_run(archive: str, output: str) -> dict[str, int]:
@@ -112,15 +130,23 @@ def main(argv: list[str] | None = None) -> int:
         archive = synthetic_archive(workdir / "archive.zarr", frames, size)
         archive_bytes = plan_from_archive(archive, SPEC).source_bytes()
         results = {}
-        for label, fn in (("job", lambda: job_run(archive, str(workdir / "job.zarr"), 2)),
-                          ("job_1_worker", lambda: job_run(archive, str(workdir / "job_1_worker.zarr"), 1)),
-                          ("limit", lambda: limit_run(archive, str(workdir / "limit.zarr"))),
-                          ("xbatcher", lambda: xbatcher_run(archive, str(workdir / "xbatcher.zarr")))):
-            results[label] = measure(label, fn)
-            shutil.rmtree(workdir / f"{label}.zarr", ignore_errors=True)
+        runs = {
+            "job": lambda out: job_run(archive, out, 2),
+            "job_threads": lambda out: job_run(archive, out, 2, threads=True),
+            "job_1_worker": lambda out: job_run(archive, out, 1),
+            "limit": lambda out: limit_run(archive, out),
+            "limit_without_stats": lambda out: limit_without_stats_run(archive, out),
+            "xbatcher": lambda out: xbatcher_run(archive, out),
+        }
+        for label, fn in runs.items():
+            output = workdir / f"{label}.zarr"
+            results[label] = measure(label, lambda fn=fn, output=output: fn(str(output)))
+            shutil.rmtree(output, ignore_errors=True)
         shutil.rmtree(workdir / "archive.zarr", ignore_errors=True)
         double = synthetic_archive(workdir / "double.zarr", 2 * frames, size, seed=1)
         results["job_double"] = measure("job_double", lambda: job_run(double, str(workdir / "job.zarr"), 2))
+        results["job_threads_double"] = measure(
+            "job_threads_double", lambda: job_run(double, str(workdir / "job_threads.zarr"), 2, threads=True))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     job, limit, xb = results["job"], results["limit"], results["xbatcher"]
@@ -129,7 +155,15 @@ def main(argv: list[str] | None = None) -> int:
         "archive_mb": archive_bytes / 1e6, "window_data_mb": job["bytes_written"] / 1e6,
         "windows_job_mb_s": job["mb_s"], "windows_job_windows_s": job["windows_s"],
         "limit_mb_s": limit["mb_s"], "limit_windows_s": limit["windows_s"],
+        "limit_without_stats_mb_s": results["limit_without_stats"]["mb_s"],
+        "job_over_limit_without_stats": job["mb_s"] / results["limit_without_stats"]["mb_s"],
         "xbatcher_mb_s": xb["mb_s"], "xbatcher_windows_s": xb["windows_s"],
+        "windows_job_threads_mb_s": results["job_threads"]["mb_s"],
+        "windows_job_threads_windows_s": results["job_threads"]["windows_s"],
+        "job_threads_over_limit": results["job_threads"]["mb_s"] / limit["mb_s"],
+        "job_threads_over_xbatcher": results["job_threads"]["mb_s"] / xb["mb_s"],
+        "peak_rss_mb_threads": results["job_threads"]["peak_rss_mb"],
+        "peak_rss_mb_threads_double_length": results["job_threads_double"]["peak_rss_mb"],
         "windows_job_1_worker_mb_s": results["job_1_worker"]["mb_s"],
         "job_2_over_1_worker": job["mb_s"] / results["job_1_worker"]["mb_s"],
         "job_over_limit": job["mb_s"] / limit["mb_s"], "job_over_xbatcher": job["mb_s"] / xb["mb_s"],
@@ -150,9 +184,11 @@ def main(argv: list[str] | None = None) -> int:
         "read_amplification_at_most_1.1": figures["read_amplification"] <= 1.1,
         "peak_rss_under_2gb": max(figures["peak_rss_mb"], figures["peak_rss_mb_double_length"]) < 2048,
     }
-    notes = ("(a) FnApiRunner multi_processing, 2 workers (1 worker: in-memory FnApiRunner, for scaling); "
-             "(b) run_in_process: one process, same plan, "
-             "zarr zstd-3 writer; (c) xbatcher 0.4 BatchGenerator over xarray.open_zarr, same writer. "
+    notes = ("(a) FnApiRunner multi_processing, 2 worker processes (job_threads: FnApiRunner "
+             "multi_threading, 2 worker threads in one process; 1 worker: in-memory FnApiRunner); "
+             "(b) run_in_process: one process, same plan and work (incl. train statistics), "
+             "zarr zstd-3 writer; limit_without_stats: (b) minus the statistics; "
+             "(c) xbatcher 0.4 BatchGenerator over xarray.open_zarr, same writer, no statistics. "
              "MB/s counts uncompressed window data written. Synthetic rain-like smooth fields.")
     path = write_results("windows", figures, args.out, args.quick, notes=notes)
     print(path)

@@ -75,6 +75,14 @@ def test_multiprocessing_runner_matches(archive, reference, tmp_path):
     _assert_same(_store(output), reference)
 
 
+def test_multithreading_runner_matches(archive, reference, tmp_path):
+    output = str(tmp_path / "w.zarr")
+    threads = RunnerOptions(kind="inmemory", extra_args=("--direct_running_mode=multi_threading",
+                                                         "--direct_num_workers=2"))
+    run(WindowJob(archive, output, SPEC, max_source_chunks=3), threads)
+    _assert_same(_store(output), reference)
+
+
 @pytest.mark.slow
 def test_dask_runner_matches(archive, reference, tmp_path):
     from dask.distributed import LocalCluster
