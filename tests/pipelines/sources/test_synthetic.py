@@ -136,7 +136,7 @@ def test_grid_is_1_km_polar_stereographic_north_up():
 def test_bad_options_are_source_errors():
     with pytest.raises(SourceError, match="ISO 8601"):
         SyntheticSource(time_step="5 minutes")
-    with pytest.raises(SourceError, match="at least 8"):
+    with pytest.raises(SourceError, match="8..8192"):
         SyntheticSource(shape=(4, 64))
     with pytest.raises(SourceError, match="accepts.*time_step"):
         get_source("synthetic", frames=3)
