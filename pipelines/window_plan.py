@@ -55,10 +55,6 @@ class OutputChunk:
     y0: np.ndarray
     x0: np.ndarray
 
-    @property
-    def frame_range(self) -> tuple[int, int]:
-        return int(self.starts.min()), int(self.starts.max())
-
 
 @dataclasses.dataclass(frozen=True)
 class Task:
@@ -100,7 +96,7 @@ class WindowPlan:
     counts: dict[str, object]
     tasks: tuple[Task, ...]
     patches: np.ndarray
-    frame_split: np.ndarray
+    frame_split: np.ndarray  # split index (0 train, 1 val, 2 test) of every archive frame
 
     @property
     def patch_shape(self) -> tuple[int, int]:
