@@ -24,7 +24,7 @@ from pipelines.window_spec import SPLITS, SplitSpec, WetFilter, WindowSpec, Wind
 from pipelines.windows import WindowJob, run_in_process
 from tests.pipelines.windows_testing import make_archive, oracle, random_frames, read_split
 
-SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 ARCHIVES = {  # name: (length, (ny, nx), time_chunk, share of missing frames)
