@@ -1,11 +1,23 @@
-"""Prefect flow: ingest a batch of frames into the archive (a thin shell over pipelines.ingest)."""
+"""Prefect flow: ingest new frames into the archive (a thin shell over pipelines.ingest).
+
+On a schedule it reads a folder of radar or NetCDF files and ingests only the
+files whose frame is not yet valid in the archive, so a run with nothing new
+does nothing. Without a folder it ingests the synthetic generator (the demo).
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from prefect import flow, get_run_logger, task
 
-from pipelines.ingest import IngestResult, IngestSpec, run
+from flows.artifacts import publish_store
+from flows.params import IngestParams
+from pipelines.ingest import IngestResult, IngestSpec, ingest_items, run
 from pipelines.runners import RunnerOptions
+from pipelines.sources import detect_radar_format, get_source
+from pipelines.sources.base import Source, sorted_unique
+from pipelines.stream import pending_items
 
 
 @task(name="ingest-batch", retries=1, retry_delay_seconds=5)
@@ -16,7 +28,41 @@ def ingest_task(spec: IngestSpec, runner: RunnerOptions) -> IngestResult:
     return result
 
 
+def source_for(params: IngestParams) -> Source:
+    """The source the parameters name: a folder of files, or the synthetic generator."""
+    if not params.input_dir:
+        return get_source("synthetic", shape=(params.synthetic_size, params.synthetic_size),
+                          n_frames=params.synthetic_frames, start=params.synthetic_start, seed=params.seed,
+                          density=params.synthetic_density)
+    if params.format == "netcdf":
+        return get_source("netcdf", paths=params.input_dir)
+    fmt = detect_radar_format(params.input_dir) if params.format == "auto" else params.format
+    return get_source(fmt, directory=params.input_dir)
+
+
+@task(name="ingest-new-frames", retries=1, retry_delay_seconds=5)
+def ingest_new(params: IngestParams) -> IngestResult | None:
+    """Ingests the frames not yet valid in the archive; None when there are none."""
+    logger = get_run_logger()
+    if params.input_dir and not any(path.is_file() for path in Path(params.input_dir).iterdir()):
+        logger.info("no files in %s: nothing to ingest", params.input_dir)
+        return None
+    source = source_for(params)
+    items = pending_items(sorted_unique(source.items()), params.archive)
+    if not items:
+        logger.info("every frame of %s is already in %s: nothing to ingest", source.name, params.archive)
+        return None
+    spec = IngestSpec(archive=params.archive, source=source, time_chunk=params.time_chunk)
+    result = ingest_items(spec, items, params.runner.options())
+    logger.info(result.summary())
+    return result
+
+
 @flow(name="ingest")
-def ingest_flow(spec: IngestSpec, runner: RunnerOptions | None = None) -> IngestResult:
-    """Ingests ``spec.source`` into ``spec.archive``."""
-    return ingest_task(spec, runner or RunnerOptions())
+def ingest_flow(params: IngestParams) -> dict[str, object]:
+    """Ingests new frames into ``params.archive``; a no-op when nothing is new."""
+    result = ingest_new(params)
+    if result is not None:
+        publish_store("ingest-archive", params.archive, "archive.zarr")
+    return {"archive": params.archive, "frames_written": result.frames_written if result else 0,
+            "time_length": result.time_length if result else None}

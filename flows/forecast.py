@@ -1,0 +1,128 @@
+"""Prefect flows: the scheduled forecast and the historical backfill (thin shells over pipelines.scoring).
+
+``forecast`` looks at the newest ``lookback`` init times of the archive, asks
+the scoring planner which of them have complete input and are not yet
+written, and scores only those: a run with nothing new does nothing.
+
+``backfill`` plans a time range the same way, cuts the init times still to
+do into chunks of ``chunk_size``, and scores each chunk as a task, at most
+``concurrency`` at a time. The store's per-init-time ``written`` flag makes it
+resumable: a rerun after a crash or a cancel plans only what is missing. A
+progress artifact follows the chunks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
+from prefect.futures import as_completed
+
+from flows.artifacts import artifact_key, publish_store
+from flows.params import BackfillParams, ForecastParams, Runner
+from pipelines import scoring
+from pipelines.archive import read_info
+from pipelines.timeaxis import time_values
+
+
+@dataclasses.dataclass(frozen=True)
+class Pending:
+    """Init times still to score (ISO strings), with the planner's counts."""
+
+    init_times: tuple[str, ...]
+    selected: int
+    already_written: int
+    missing_input: int
+
+
+def scoring_spec(params: ForecastParams | BackfillParams, **selection: object) -> scoring.ScoringSpec:
+    return scoring.ScoringSpec(archive=params.archive, forecasts=params.forecasts, models=params.models,
+                               model=params.model_name, version=params.model_version, **selection)
+
+
+def iso_times(archive: str, indices: list[int]) -> tuple[str, ...]:
+    """Archive indices as ISO init times."""
+    info = read_info(archive)
+    times = time_values(info.start, info.time_step, info.length)
+    return tuple(str(np.datetime64(times[i], "s")) for i in indices)
+
+
+@task(name="plan-init-times")
+def plan_pending(spec: scoring.ScoringSpec) -> Pending:
+    """Creates or grows the forecast store and lists the init times still to score."""
+    _model, tasks, counts = scoring.plan(spec)
+    indices = [i for t in tasks for i in t.indices]
+    return Pending(init_times=iso_times(spec.archive, indices), selected=counts.selected,
+                   already_written=counts.already_written, missing_input=counts.missing_input)
+
+
+@task(name="score-init-times", retries=1, retry_delay_seconds=2)
+def score(spec: scoring.ScoringSpec, runner: Runner) -> scoring.ScoringResult:
+    """Scores the listed init times (those written meanwhile are skipped by the job)."""
+    result = scoring.run(spec, runner.options())
+    get_run_logger().info(result.summary())
+    return result
+
+
+def newest_range(archive: str, lookback: int) -> tuple[str, str]:
+    """The last ``lookback`` init times of the archive as an ISO (start, end) range."""
+    info = read_info(archive)
+    first = max(0, info.length - lookback)
+    start, end = iso_times(archive, [first, info.length - 1])
+    return start, end
+
+
+@flow(name="forecast")
+def forecast_flow(params: ForecastParams) -> dict[str, object]:
+    """Scores the newest complete frames not yet forecast; a no-op when nothing is new."""
+    logger = get_run_logger()
+    start, end = newest_range(params.archive, params.lookback)
+    pending = plan_pending(scoring_spec(params, start=start, end=end))
+    if not pending.init_times:
+        logger.info("nothing new to forecast in %s .. %s (%d already written, %d without complete input)",
+                    start, end, pending.already_written, pending.missing_input)
+        return {"scored": 0, "init_times": []}
+    result = score(scoring_spec(params, init_times=pending.init_times), params.runner)
+    create_markdown_artifact(
+        key="forecast-latest",
+        markdown=f"Forecast **{params.model_name}/{params.model_version}** for init times "
+                 f"{', '.join(pending.init_times)}: {result.summary()}\n",
+        description="latest scheduled forecast")
+    return {"scored": result.scored, "init_times": list(pending.init_times)}
+
+
+def chunked(values: tuple[str, ...], size: int) -> list[tuple[str, ...]]:
+    """Consecutive chunks of at most ``size`` values."""
+    return [values[i:i + size] for i in range(0, len(values), size)]
+
+
+@flow(name="backfill")
+def backfill_flow(params: BackfillParams) -> dict[str, object]:
+    """Scores every init time in [start, end] not yet written, chunk by chunk, with a progress artifact."""
+    logger = get_run_logger()
+    pending = plan_pending(scoring_spec(params, start=params.start, end=params.end))
+    chunks = chunked(pending.init_times, params.chunk_size)
+    total = len(pending.init_times) + pending.already_written
+    logger.info("backfill %s .. %s: %d init times to score in %d chunks (%d already written, %d without "
+                "complete input)", params.start, params.end, len(pending.init_times), len(chunks),
+                pending.already_written, pending.missing_input)
+    done = pending.already_written
+    progress_id = create_progress_artifact(progress=100.0 * done / total if total else 100.0,
+                                           key=artifact_key("backfill-progress"),
+                                           description=f"init times scored of {total} in range")
+    running, queue, scored = [], list(chunks), 0
+    while queue or running:
+        while queue and len(running) < params.concurrency:
+            running.append(score.submit(scoring_spec(params, init_times=queue.pop(0)), params.runner))
+        finished = next(as_completed(running))
+        running.remove(finished)
+        result = finished.result()
+        scored += result.scored
+        done += result.scored
+        update_progress_artifact(progress_id, 100.0 * done / total if total else 100.0)
+        logger.info("backfill progress: %d of %d init times written", done, total)
+    publish_store("backfill-forecasts", params.forecasts, "forecasts.zarr")
+    return {"scored": scored, "chunks": len(chunks), "already_written": pending.already_written,
+            "missing_input": pending.missing_input, "init_times": list(pending.init_times)}

@@ -1,0 +1,251 @@
+"""Flow parameters as pydantic models: the forms the Prefect UI shows, validated before any work.
+
+Every flow takes one of these models. Prefect validates a flow's parameters
+before its first task runs, so a bad value (an end before the start, a model
+version that is not in the registry, a store outside the configured storage
+roots) fails the run at once with a message that names the fix, and nothing
+is read or written.
+
+Storage roots: stores must lie under one of the roots listed in the
+``NOWCAST_STORAGE_ROOTS`` environment variable (separated by ``os.pathsep``;
+local folders or URL prefixes such as ``s3://bucket/nowcast/``). Without it,
+the working directory of the process running the flow is the only root.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, ClassVar, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from pipelines.runners import RunnerOptions
+
+ROOTS_ENV = "NOWCAST_STORAGE_ROOTS"
+DEFAULT_WORKDIR = "runs/demo"
+
+
+class ParameterError(ValueError):
+    """A flow parameter that cannot work; raised before the flow does anything."""
+
+
+def storage_roots() -> list[str]:
+    """The configured storage roots (absolute paths or URL prefixes)."""
+    raw = os.environ.get(ROOTS_ENV, "")
+    roots = [r for r in raw.split(os.pathsep) if r.strip()] or [os.getcwd()]
+    return [r if "://" in r and not r.startswith("file://") else os.path.abspath(r.removeprefix("file://"))
+            for r in roots]
+
+
+def check_store_url(url: str) -> str:
+    """Returns ``url`` (local paths made absolute) if it lies under a storage root.
+
+    Raises:
+        ParameterError: naming the roots and how to add one.
+    """
+    url = url.strip()
+    if not url:
+        raise ParameterError("a store URL is empty; give a path or URL under the storage roots")
+    roots = storage_roots()
+    if "://" in url and not url.startswith("file://"):
+        if any(url.startswith(root.rstrip("/") + "/") for root in roots if "://" in root):
+            return url
+    else:
+        path = os.path.abspath(url.removeprefix("file://"))
+        for root in roots:
+            if "://" not in root and os.path.commonpath([root, path]) == root:
+                return path
+    raise ParameterError(
+        f"store {url!r} is outside the configured storage roots {roots}; use a location under one of "
+        f"them, or add its folder to {ROOTS_ENV} (separated by {os.pathsep!r}) where the flow runs"
+    )
+
+
+def parse_time(value: str, name: str) -> np.datetime64:
+    """An ISO 8601 UTC timestamp as datetime64[s]."""
+    try:
+        parsed = np.datetime64(str(value).strip().removesuffix("Z"), "s")
+    except ValueError:
+        raise ParameterError(f"{name} {value!r} is not an ISO 8601 time such as 2024-01-01T06:00") from None
+    if np.isnat(parsed):
+        raise ParameterError(f"{name} is empty; give an ISO 8601 time such as 2024-01-01T06:00")
+    return parsed
+
+
+StoreUrl = Annotated[str, Field(min_length=1)]
+
+
+class Runner(BaseModel):
+    """Which Beam runner the jobs use (see pipelines.runners)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["inmemory", "multiprocess", "dask"] = Field(
+        "inmemory", description="inmemory: one process; multiprocess: `workers` processes; dask: a cluster")
+    workers: int = Field(2, ge=1, le=256, description="worker processes for multiprocess")
+    dask_address: str | None = Field(None, description="scheduler address for dask, e.g. tcp://host:8786")
+
+    def options(self) -> RunnerOptions:
+        try:
+            return RunnerOptions(kind=self.kind, workers=self.workers, dask_address=self.dask_address)
+        except ValueError as error:
+            raise ParameterError(str(error)) from None
+
+
+class _Stores(BaseModel):
+    """Shared checks: every field named in ``STORE_FIELDS`` must lie under a storage root."""
+
+    model_config = ConfigDict(extra="forbid")
+    STORE_FIELDS: ClassVar[tuple[str, ...]] = ()
+
+    @model_validator(mode="after")
+    def _stores_under_roots(self):  # noqa: ANN202 (pydantic validator)
+        for name in self.STORE_FIELDS:
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, check_store_url(value))
+        return self
+
+
+def _registry_check(models: str, model_name: str, model_version: str) -> None:
+    from model.registry import LATEST, RegistryError, resolve_version
+
+    try:
+        resolve_version(models, model_name, model_version)
+    except RegistryError as error:
+        parent = Path(models) / model_name
+        known = sorted(p.name for p in parent.iterdir() if p.is_dir() and not p.name.startswith(".")) \
+            if parent.is_dir() else []
+        hint = f"known versions: {known}" if known else f"no versions of {model_name!r} under {models}"
+        which = "the promoted version" if model_version == LATEST else f"version {model_version!r}"
+        raise ParameterError(f"unknown model {model_name}/{model_version}: {which} is not in the registry "
+                             f"({error}); {hint}; train one first or pick a listed version") from None
+
+
+class IngestParams(_Stores):
+    """Ingest frames into the archive, from a folder of radar/NetCDF files or the synthetic generator."""
+
+    STORE_FIELDS: ClassVar[tuple[str, ...]] = ("archive",)
+    archive: StoreUrl = Field(f"{DEFAULT_WORKDIR}/archive.zarr", description="archive.zarr (created if new)")
+    input_dir: str | None = Field(
+        f"{DEFAULT_WORKDIR}/incoming",
+        description="folder of radar or NetCDF files; only files not yet in the archive are ingested "
+                    "(leave empty to use the synthetic generator)")
+    format: str = Field("auto", description="knmi, bom, fmi, mch, netcdf, or auto (from the file names)")
+    synthetic_frames: int = Field(48, ge=1, le=100_000, description="synthetic: number of 5-minute frames")
+    synthetic_size: int = Field(64, ge=8, le=4096, description="synthetic: grid size (square)")
+    synthetic_start: str = Field("2024-01-01T00:00", description="synthetic: time of the first frame")
+    synthetic_density: float = Field(2.0, gt=0, le=1000, description="synthetic: rain cells per 100x100 px")
+    seed: int = Field(0, ge=0, description="synthetic: random seed")
+    time_chunk: int = Field(24, ge=1, le=10_000, description="frames per chunk of a new archive")
+    runner: Runner = Field(default_factory=Runner)
+
+    @model_validator(mode="after")
+    def _check(self):  # noqa: ANN202
+        if self.input_dir:
+            folder = Path(self.input_dir)
+            if not folder.is_dir():
+                raise ParameterError(f"input_dir {self.input_dir!r} is not a folder; create it and drop "
+                                     "files there, or leave it empty for synthetic data")
+        else:
+            parse_time(self.synthetic_start, "synthetic_start")
+        return self
+
+
+class TrainParams(_Stores):
+    """Cut windows, fit a model, verify it against persistence, register it (promoted only if better)."""
+
+    STORE_FIELDS: ClassVar[tuple[str, ...]] = ("archive", "windows", "models", "workdir")
+    archive: StoreUrl = Field(f"{DEFAULT_WORKDIR}/archive.zarr", description="archive.zarr to train from")
+    windows: StoreUrl = Field(f"{DEFAULT_WORKDIR}/windows.zarr", description="windows.zarr (rewritten)")
+    models: StoreUrl = Field(f"{DEFAULT_WORKDIR}/models", description="model registry folder")
+    workdir: StoreUrl = Field(f"{DEFAULT_WORKDIR}/train", description="checkpoints, logs, pictures")
+    architecture: Literal["cnn_lstm", "convlstm"] = Field("cnn_lstm", description="model architecture")
+    variable: str = Field("precip", description="input and target variable")
+    t_in: int = Field(4, ge=2, le=48, description="input frames")
+    t_out: int = Field(3, ge=1, le=48, description="lead times")
+    stride: int = Field(1, ge=1, le=1000, description="frames between window starts")
+    patch_size: int | None = Field(None, ge=8, le=4096, description="square patches (empty: whole grid)")
+    split_block: str = Field("PT1H", description="ISO 8601 block length of the train/val/test split")
+    split_fractions: list[float] = Field(
+        [0.6, 0.2, 0.2], min_length=3, max_length=3, description="shares of blocks for train, val and test")
+    split_method: Literal["contiguous", "hash"] = Field(
+        "contiguous", description="contiguous: train, then val, then test in time; hash: interleaved blocks")
+    filters: list[int] = Field([8, 16], min_length=1, max_length=5, description="encoder filters per level")
+    lstm_units: int = Field(16, ge=1, le=1024, description="recurrent width")
+    epochs: int = Field(3, ge=1, le=1000, description="maximum epochs")
+    steps_per_epoch: int | None = Field(None, ge=1, description="batches per epoch (empty: whole split)")
+    batch_size: int = Field(8, ge=1, le=1024, description="samples per batch")
+    learning_rate: float = Field(2e-3, gt=0, le=1, description="Adam learning rate")
+    seed: int = Field(0, ge=0, description="random seed")
+    runner: Runner = Field(default_factory=Runner)
+
+    @model_validator(mode="after")
+    def _check(self):  # noqa: ANN202
+        if abs(sum(self.split_fractions) - 1) > 1e-6 or min(self.split_fractions) < 0:
+            raise ParameterError(f"split_fractions {self.split_fractions} must be three shares summing to 1")
+        if self.split_fractions[1] == 0:
+            raise ParameterError("split_fractions gives no validation share; promotion needs a val split")
+        if not (Path(self.archive) / "zarr.json").is_file() and "://" not in self.archive:
+            raise ParameterError(f"no archive at {self.archive}; run the ingest flow first")
+        return self
+
+
+class _ModelChoice(_Stores):
+    models: StoreUrl = Field(f"{DEFAULT_WORKDIR}/models", description="model registry folder")
+    model_name: str = Field("cnn_lstm", description="model name in the registry")
+    model_version: str = Field("latest", description="a registry version, or latest (the promoted one)")
+
+    @model_validator(mode="after")
+    def _model_known(self):  # noqa: ANN202
+        _registry_check(self.models, self.model_name, self.model_version)
+        return self
+
+
+class ForecastParams(_ModelChoice):
+    """Forecast the newest complete frames not yet forecast (a no-op when nothing is new)."""
+
+    STORE_FIELDS: ClassVar[tuple[str, ...]] = ("archive", "forecasts", "models")
+    archive: StoreUrl = Field(f"{DEFAULT_WORKDIR}/archive.zarr", description="archive.zarr to read")
+    forecasts: StoreUrl = Field(f"{DEFAULT_WORKDIR}/forecasts.zarr", description="forecasts.zarr to write")
+    lookback: int = Field(12, ge=1, le=10_000,
+                          description="newest init times considered; older gaps are left to backfills")
+    runner: Runner = Field(default_factory=Runner)
+
+
+class BackfillParams(_ModelChoice):
+    """Forecast every init time in [start, end], chunk by chunk; init times already written are skipped."""
+
+    STORE_FIELDS: ClassVar[tuple[str, ...]] = ("archive", "forecasts", "models")
+    archive: StoreUrl = Field(f"{DEFAULT_WORKDIR}/archive.zarr", description="archive.zarr to read")
+    forecasts: StoreUrl = Field(f"{DEFAULT_WORKDIR}/forecasts.zarr", description="forecasts.zarr to write")
+    start: str = Field(..., description="first init time, ISO 8601 UTC (e.g. 2024-01-01T02:00)")
+    end: str = Field(..., description="last init time, ISO 8601 UTC, not before start")
+    chunk_size: int = Field(12, ge=1, le=100_000, description="init times per chunk (one task each)")
+    concurrency: int = Field(1, ge=1, le=64, description="chunks running at the same time")
+    runner: Runner = Field(default_factory=Runner)
+
+    @field_validator("start", "end")
+    @classmethod
+    def _iso(cls, value: str, info) -> str:  # noqa: ANN001
+        parsed = parse_time(value, info.field_name)
+        start = info.data.get("start")
+        if info.field_name == "end" and start is not None and parsed < parse_time(start, "start"):
+            raise ParameterError(f"end {parsed} is before start {start}; swap them or widen the range")
+        return str(parsed)
+
+
+class EvaluateParams(_ModelChoice):
+    """Score a model on the test split against persistence and extrapolation; tables and pictures."""
+
+    STORE_FIELDS: ClassVar[tuple[str, ...]] = ("windows", "models", "workdir", "forecasts", "archive")
+    windows: StoreUrl = Field(f"{DEFAULT_WORKDIR}/windows.zarr", description="windows.zarr (test split)")
+    split: Literal["val", "test"] = Field("test", description="which split to score")
+    baselines: list[Literal["persistence", "extrapolation", "sprog"]] = Field(
+        ["persistence", "extrapolation"], description="pysteps baselines scored beside the model")
+    max_samples: int = Field(64, ge=1, le=1_000_000, description="samples scored at most")
+    workdir: StoreUrl = Field(f"{DEFAULT_WORKDIR}/evaluate", description="where tables and PNGs go")
+    archive: StoreUrl | None = Field(None, description="archive.zarr; with forecasts, also scores those")
+    forecasts: StoreUrl | None = Field(None, description="forecasts.zarr to score against the archive")
