@@ -111,7 +111,11 @@ def xbatcher_run(archive: str, output: str) -> dict[str, int]:
     written = windows = 0
     batch_iter = iter(batches)
     for chunk in chunks:
-        block = np.stack([next(batch_iter)["precip"].values for _ in chunk.starts])
+        batch = [next(batch_iter) for _ in chunk.starts]
+        first_times = np.array([b["time"].values[0] for b in batch]).astype("datetime64[s]")
+        if not np.array_equal(first_times, plan.info.start + chunk.starts * plan.info.time_step):
+            raise RuntimeError("xbatcher's windows do not match the plan's; the comparison would be void")
+        block = np.stack([b["precip"].values for b in batch])
         inputs, targets = block[:, :SPEC.t_in, ..., None], block[:, SPEC.t_in:, ..., None]
         written += write_output_chunk(root, chunk, inputs, targets)
         windows += len(chunk.starts)
