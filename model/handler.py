@@ -11,10 +11,11 @@ tile's forecast; in the overlaps the seams fade, which hides the edge effects
 of the zero padding. The last tile of each row and column is aligned with
 the grid's edge, so every pixel is covered and no padding is needed.
 
-Tiles go to the model in batches of exactly ``predict_batch_size`` (the last
-one zero-padded): the same compiled shape on every call, and the same
-arithmetic for a window whichever other windows share its batch, so a
-forecast is bitwise reproducible across runs, runners and restarts.
+The tiles of one window go to the model in batches of
+``min(predict_batch_size, tiles)`` (the last one zero-padded), never mixed
+with another window's: the CPU kernels' last bits depend on a sample's
+position in the batch, so this keeps a forecast bitwise reproducible across
+runs, runners, restarts and Beam batch sizes.
 
 The handler (:class:`KerasForecastHandler`) loads the model once per worker
 through :mod:`model.registry` (checksum and archive checks included), turns
@@ -100,7 +101,7 @@ class Tiling:
 
     def blend(self, tiles: np.ndarray) -> np.ndarray:
         """``(n * tiles, t, py, px)`` -> ``(n, t, ny, nx)``: weighted mean of the overlapping tiles."""
-        origins, weights = self.origins, self.weights
+        origins, weights = self.origins, self.weights.astype("float64")  # products exact: one tile -> itself
         py, px = self.patch
         n = tiles.shape[0] // len(origins)
         total = np.zeros((n, tiles.shape[1], *self.grid), dtype="float64")
@@ -109,7 +110,7 @@ class Tiling:
             norm[y0:y0 + py, x0:x0 + px] += weights
         for k, tile in enumerate(tiles):
             y0, x0 = origins[k % len(origins)]
-            total[k // len(origins), :, y0:y0 + py, x0:x0 + px] += tile * weights
+            total[k // len(origins), :, y0:y0 + py, x0:x0 + px] += tile.astype("float64") * weights
         return (total / norm).astype("float32")
 
 
@@ -152,8 +153,15 @@ class Forecaster:
         return int(self.metadata["t_out"])
 
     def predict_normalized(self, tiles: np.ndarray) -> np.ndarray:
-        """Model output ``(k, t_out, py, px)`` for normalised tiles, in fixed-size batches."""
-        size = self.predict_batch_size
+        """Model output ``(k, t_out, py, px)`` for the normalised tiles of one window.
+
+        Tiles go in batches of ``min(predict_batch_size, k)``, the last one
+        zero-padded, so a window's tiles always sit at the same batch positions
+        whatever else is being scored: the CPU kernels' results depend on a
+        sample's position in the batch (last bits), and this keeps forecasts
+        bitwise reproducible.
+        """
+        size = min(self.predict_batch_size, len(tiles))
         outputs = []
         for first in range(0, len(tiles), size):
             batch = tiles[first:first + size]
@@ -179,7 +187,10 @@ class Forecaster:
             raise ForecastError(f"windows must be (n, {self.t_in}, y, x, {len(self.channels)}), "
                                 f"got {windows.shape}")
         normalized = self.normalizer.normalize_inputs(windows)
-        blended = self.tiling.blend(self.predict_normalized(self.tiling.split(normalized)))
+        if not len(normalized):
+            return np.zeros((0, self.t_out, *self.tiling.grid), "float32")
+        tiles = [self.predict_normalized(self.tiling.split(window[None])) for window in normalized]
+        blended = self.tiling.blend(np.concatenate(tiles))
         physical = self.normalizer.denormalize(blended, self.target)
         low, high = self.valid_range
         if low is not None or high is not None:

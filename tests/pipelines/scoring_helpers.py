@@ -42,7 +42,7 @@ def synthetic_stats(frames: int = 40, size: tuple[int, int] = (32, 32), seed: in
 
 def save_tiny_model(models: Path, archive: str, stats: dict[str, float], patch: tuple[int, int] = (16, 16),
                     t_in: int = 3, t_out: int = 2, architecture: str = "cnn_lstm", seed: int = 1,
-                    version: str = "v1") -> Path:
+                    version: str = "v1", name: str = MODEL) -> Path:
     """A freshly initialised model (untrained, residual: persistence plus noise) saved via the registry."""
     import keras
 
@@ -64,4 +64,4 @@ def save_tiny_model(models: Path, archive: str, stats: dict[str, float], patch: 
         "archive": {"time_step": step, "variables": {"precip": "mm h-1"},
                     "grid_shape": list(info.grid.shape)},
     }
-    return save_model(net, models, MODEL, metadata, version=version)
+    return save_model(net, models, name, metadata, version=version)
