@@ -103,6 +103,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from flows.serve import serve_deployments
+
+    serve_deployments(args.workdir, args.cron)
+    return 0
+
+
+def cmd_server(args: argparse.Namespace) -> int:
+    from flows.serve import run_local_server
+
+    run_local_server(args.workdir, args.port, args.files_port, args.cron)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nowcast", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress of every chunk")
@@ -138,6 +152,18 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--frames", type=int, default=288, help="synthetic frames (5-min steps)")
     demo.add_argument("--size", type=int, default=128, help="grid size")
     demo.set_defaults(func=cmd_demo)
+
+    serve = sub.add_parser("serve", help="register the flows' deployments with PREFECT_API_URL and run them")
+    serve.add_argument("--workdir", default="runs/demo", help="where the stores are")
+    serve.add_argument("--cron", default="*/5 * * * *", help="cron of the ingest and forecast deployments")
+    serve.set_defaults(func=cmd_serve)
+
+    server = sub.add_parser("server", help="a local Prefect server (SQLite) with every deployment served")
+    server.add_argument("--workdir", default="runs/demo", help="where the stores are")
+    server.add_argument("--port", type=int, default=4200, help="Prefect UI and API port")
+    server.add_argument("--files-port", type=int, default=4201, help="port serving the PNG artifacts")
+    server.add_argument("--cron", default="*/5 * * * *", help="cron of the ingest and forecast deployments")
+    server.set_defaults(func=cmd_server)
     return parser
 
 

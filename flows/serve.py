@@ -1,0 +1,137 @@
+"""Deployments of every flow, and a local server that runs them (``nowcast server``).
+
+``build_deployments(workdir)`` gives the five deployments with parameters
+pointing at the stores under ``workdir``: ``ingest/local`` and
+``forecast/local`` on a cron schedule (every 5 minutes by default), and
+``backfill/local``, ``train/local`` and ``evaluate/local`` on demand.
+``nowcast serve`` registers them with the Prefect API in ``PREFECT_API_URL``
+and runs whatever is triggered in this process (Prefect's ``serve``);
+``nowcast server`` first starts ``prefect server start`` (SQLite under
+``PREFECT_HOME``) on 127.0.0.1:4200 and a small file server for the PNG
+artifacts, so the UI is at http://127.0.0.1:4200. Work-pool deployments for
+process, Docker and Kubernetes (GPU) workers are in infra/prefect.yaml.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import os
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+from flows.artifacts import ROOT_ENV, URL_ENV
+from flows.evaluate import evaluate_flow
+from flows.forecast import backfill_flow, forecast_flow
+from flows.ingest import ingest_flow
+from flows.params import ROOTS_ENV
+from flows.train import train_flow
+
+DEFAULT_CRON = "*/5 * * * *"
+DEPLOYMENT = "local"
+
+
+def stores(workdir: str | Path) -> dict[str, str]:
+    """Absolute store locations under ``workdir``."""
+    root = Path(workdir).resolve()
+    return {"archive": str(root / "archive.zarr"), "windows": str(root / "windows.zarr"),
+            "models": str(root / "models"), "forecasts": str(root / "forecasts.zarr")}
+
+
+def build_deployments(workdir: str | Path = "runs/demo", cron: str = DEFAULT_CRON,
+                      model_name: str = "cnn_lstm") -> list:
+    """The five deployments (prefect RunnerDeployment objects) for stores under ``workdir``."""
+    root = Path(workdir).resolve()
+    s = stores(root)
+    model = {"models": s["models"], "model_name": model_name, "model_version": "latest"}
+    tags = ["nowcast"]
+    return [
+        ingest_flow.to_deployment(
+            DEPLOYMENT, cron=cron, tags=tags, description="ingest new files from the incoming folder",
+            parameters={"params": {"archive": s["archive"], "input_dir": str(root / "incoming")}}),
+        forecast_flow.to_deployment(
+            DEPLOYMENT, cron=cron, tags=tags, description="forecast the newest frames not yet forecast",
+            parameters={"params": {"archive": s["archive"], "forecasts": s["forecasts"], **model}}),
+        backfill_flow.to_deployment(
+            DEPLOYMENT, tags=tags, description="forecast a historical range, resumable",
+            parameters={"params": {"archive": s["archive"], "forecasts": s["forecasts"], **model}}),
+        train_flow.to_deployment(
+            DEPLOYMENT, tags=tags, description="windows, fit, verify, register (promote if better)",
+            parameters={"params": {"archive": s["archive"], "windows": s["windows"], "models": s["models"],
+                                   "workdir": str(root / "train"), "architecture": model_name}}),
+        evaluate_flow.to_deployment(
+            DEPLOYMENT, tags=tags, description="verification tables and pictures",
+            parameters={"params": {"windows": s["windows"], "workdir": str(root / "evaluate"),
+                                   "archive": s["archive"], "forecasts": s["forecasts"], **model}}),
+    ]
+
+
+def serve_deployments(workdir: str | Path = "runs/demo", cron: str = DEFAULT_CRON, limit: int = 2) -> None:
+    """Registers the deployments and runs triggered flow runs here until interrupted."""
+    from prefect import serve
+
+    root = Path(workdir).resolve()
+    (root / "incoming").mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault(ROOTS_ENV, str(root))
+    serve(*build_deployments(root, cron), limit=limit)
+
+
+def start_file_server(folder: str | Path, port: int) -> http.server.ThreadingHTTPServer:
+    """Serves ``folder`` read-only over http on 127.0.0.1 (for image artifacts)."""
+    handler = functools.partial(_QuietHandler, directory=str(folder))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (stdlib signature)
+        return
+
+
+def wait_for_api(api_url: str, timeout_s: float = 120.0) -> None:
+    """Waits until ``<api_url>/health`` answers."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(f"{api_url}/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the Prefect server at {api_url} did not answer within {timeout_s:.0f} s")
+        time.sleep(0.5)
+
+
+def run_local_server(workdir: str | Path = "runs/demo", port: int = 4200, files_port: int = 4201,
+                     cron: str = DEFAULT_CRON) -> None:
+    """``prefect server start`` (SQLite) + artifact file server + served deployments, until Ctrl-C."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    root = Path(workdir).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    api = f"http://127.0.0.1:{port}/api"
+    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_API_URL": api}
+    server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+                               "--port", str(port)], env=env)
+    try:
+        wait_for_api(api)
+        artifacts_root = root.parent
+        start_file_server(artifacts_root, files_port)
+        os.environ.setdefault(URL_ENV, f"http://127.0.0.1:{files_port}/")
+        os.environ.setdefault(ROOT_ENV, str(artifacts_root))
+        print(f"Prefect UI: http://127.0.0.1:{port}  (deployments: ingest, forecast, backfill, train, "
+              f"evaluate / {DEPLOYMENT}); stores under {root}; Ctrl-C stops everything", flush=True)
+        with temporary_settings({PREFECT_API_URL: api}):
+            serve_deployments(root, cron)
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()

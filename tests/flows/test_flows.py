@@ -1,0 +1,178 @@
+"""Each flow runs for real on a tiny synthetic archive against a real Prefect test server."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from flows.params import ROOTS_ENV, BackfillParams, EvaluateParams, ForecastParams, IngestParams, TrainParams
+from pipelines.archive import open_archive
+from pipelines.forecast_store import written_flags
+
+SIZE, FRAMES, DENSITY = 64, 96, 25.0
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def synthetic(root: Path, frames: int = FRAMES) -> IngestParams:
+    return IngestParams(archive=str(root / "archive.zarr"), input_dir=None, synthetic_frames=frames,
+                        synthetic_size=SIZE, synthetic_density=DENSITY)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, prefect_server):
+    """An ingested archive and a model trained by the train flow (promoted or not)."""
+    from flows.ingest import ingest_flow
+    from flows.train import train_flow
+
+    root = tmp_path_factory.mktemp("flows")
+    previous = os.environ.get(ROOTS_ENV)
+    os.environ[ROOTS_ENV] = str(root)
+    ingested = ingest_flow(synthetic(root))
+    params = TrainParams(archive=str(root / "archive.zarr"), windows=str(root / "windows.zarr"),
+                         models=str(root / "models"), workdir=str(root / "train"), epochs=2)
+    result = train_flow(params)
+    yield root, ingested, result
+    if previous is None:
+        os.environ.pop(ROOTS_ENV, None)
+    else:
+        os.environ[ROOTS_ENV] = previous
+
+
+def model_choice(root: Path, version: str) -> dict[str, str]:
+    return {"archive": str(root / "archive.zarr"), "forecasts": str(root / "forecasts.zarr"),
+            "models": str(root / "models"), "model_version": version}
+
+
+@pytest.mark.slow
+def test_ingest_synthetic_then_nothing_new(trained):
+    from flows.ingest import ingest_flow
+
+    root, first, _ = trained
+    assert first["frames_written"] == FRAMES and first["time_length"] == FRAMES
+    assert ingest_flow(synthetic(root))["frames_written"] == 0  # a rerun finds nothing new
+
+
+@pytest.mark.slow
+def test_ingest_folder_takes_only_new_files(tmp_path, radar_dir, prefect_server, monkeypatch):
+    from flows.ingest import ingest_flow
+
+    monkeypatch.setenv(ROOTS_ENV, str(tmp_path))
+    files = sorted((radar_dir / "mch" / "20150515").iterdir())
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    params = IngestParams(archive=str(tmp_path / "archive.zarr"), input_dir=str(incoming))
+    assert ingest_flow(params)["frames_written"] == 0  # empty folder: a no-op, no archive
+    assert not (tmp_path / "archive.zarr").exists()
+    for path in files[:3]:
+        shutil.copy(path, incoming / path.name)
+    assert ingest_flow(params)["frames_written"] == 3
+    assert ingest_flow(params)["frames_written"] == 0
+    for path in files[3:5]:
+        shutil.copy(path, incoming / path.name)
+    assert ingest_flow(params)["frames_written"] == 2
+    assert bool(open_archive(str(tmp_path / "archive.zarr"))["valid"].all())
+
+
+@pytest.mark.slow
+def test_train_registers_and_promotes_only_a_model_that_beats_persistence(trained):
+    from model.registry import resolve_version
+
+    root, _, result = trained
+    version_dir = Path(result["path"])
+    assert (version_dir / "model.keras").is_file() and version_dir.parent.name == "cnn_lstm"
+    assert result["promoted"] == (result["val_mae"] < result["persistence_mae"])
+    latest = root / "models" / "cnn_lstm" / "latest"
+    if result["promoted"]:
+        assert resolve_version(root / "models", "cnn_lstm") == version_dir
+    else:
+        assert not latest.exists()
+    assert not (root / "models" / ".candidates").exists()
+    assert "| persistence |" in result["table"] and "| cnn_lstm |" in result["table"]
+    for path in result["pictures"].values():
+        assert Path(path).read_bytes()[:8] == PNG
+
+
+@pytest.mark.slow
+def test_forecast_scores_new_frames_and_is_a_no_op_otherwise(trained):
+    from flows.forecast import forecast_flow
+    from flows.ingest import ingest_flow
+
+    root, _, result = trained
+    params = ForecastParams(**model_choice(root, result["version"]), lookback=3)
+    first = forecast_flow(params)
+    assert first["scored"] == 3
+    assert first["init_times"][-1] == "2024-01-01T07:55:00"
+    assert forecast_flow(params) == {"scored": 0, "init_times": []}
+    ingest_flow(synthetic(root, FRAMES + 2))  # two new frames land
+    again = forecast_flow(params)
+    assert again["init_times"] == ["2024-01-01T08:00:00", "2024-01-01T08:05:00"]
+    flags = written_flags(str(root / "forecasts.zarr"))
+    assert flags.sum() == 5 and flags[-5:].all()
+
+
+@pytest.mark.slow
+def test_backfill_killed_part_way_then_rerun_does_only_the_rest(trained, prefect_server):
+    from prefect.settings import PREFECT_API_URL
+
+    from flows.forecast import backfill_flow
+
+    root, _, result = trained
+    forecasts = root / "backfill.zarr"
+    params = BackfillParams(**{**model_choice(root, result["version"]), "forecasts": str(forecasts)},
+                            start="2024-01-01T01:00", end="2024-01-01T02:55", chunk_size=3, concurrency=1)
+    script = textwrap.dedent(f"""
+        from flows.forecast import backfill_flow
+        from flows.params import BackfillParams
+        backfill_flow(BackfillParams.model_validate_json({params.model_dump_json()!r}))
+    """)
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    proc = subprocess.Popen([sys.executable, "-c", script], env=env, cwd=Path(__file__).parents[2],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if (forecasts / "written").exists() and written_flags(str(forecasts)).sum() >= 3:
+                break
+            time.sleep(0.1)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    done = np.flatnonzero(written_flags(str(forecasts)))
+    assert 0 < len(done) < 24, "the backfill should have been killed part way"
+    chunk_files = {i: forecasts / "precip" / "c" / str(i) for i in done}
+    stamps = {i: [p.stat().st_mtime_ns for p in sorted(d.rglob("*"))] for i, d in chunk_files.items()}
+
+    rerun = backfill_flow(params)
+    assert rerun["already_written"] == len(done)
+    assert rerun["scored"] == 24 - len(done)
+    flags = written_flags(str(forecasts))
+    assert flags[12:36].all() and flags.sum() == 24  # 01:00 .. 02:55 are indices 12 .. 35
+    assert {i: [p.stat().st_mtime_ns for p in sorted(d.rglob("*"))] for i, d in chunk_files.items()} == stamps
+    assert backfill_flow(params)["scored"] == 0
+
+
+@pytest.mark.slow
+def test_evaluate_scores_split_and_stored_forecasts_with_pictures(trained):
+    from flows.evaluate import evaluate_flow
+    from flows.forecast import backfill_flow
+
+    root, _, result = trained
+    choice = model_choice(root, result["version"])
+    backfill_flow(BackfillParams(**choice, start="2024-01-01T06:00", end="2024-01-01T06:30", chunk_size=8))
+    out = evaluate_flow(EvaluateParams(windows=str(root / "windows.zarr"), workdir=str(root / "evaluate"),
+                                       baselines=["persistence"], **choice))
+    assert f"| cnn_lstm/{result['version']} |" in out["table"] and "| persistence |" in out["table"]
+    assert "(stored) |" in out["stored_table"]
+    assert out["samples"] > 0
+    assert set(out["pictures"]) >= {"test_scores", "test_maps", "stored_scores", "stored_maps"}
+    for path in out["pictures"].values():
+        assert Path(path).read_bytes()[:8] == PNG
