@@ -80,7 +80,8 @@ class Source(Protocol):
 def list_files(directory: str, suffixes: Sequence[str]) -> list[str]:
     """Files under ``directory`` (recursively, in path order) whose names end with a suffix.
 
-    Hidden files and folders (``.name``) are skipped.
+    Paths are absolute, so items stay valid on workers with another working
+    directory. Hidden files and folders (``.name``) are skipped.
 
     Raises:
         SourceError: if ``directory`` is not a folder.
@@ -89,7 +90,7 @@ def list_files(directory: str, suffixes: Sequence[str]) -> list[str]:
         raise SourceError(f"input folder {directory!r} does not exist or is not a folder; "
                           "give the folder that holds the input files")
     found = []
-    for root, dirs, files in os.walk(directory):
+    for root, dirs, files in os.walk(os.path.abspath(directory)):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         found += [os.path.join(root, name) for name in sorted(files)
                   if not name.startswith(".") and name.endswith(tuple(suffixes))]

@@ -42,8 +42,9 @@ def _open(path: str) -> Iterator[xr.Dataset]:
         ds = xr.open_dataset(path, engine="netcdf4", cache=False)
     except Exception as error:  # noqa: BLE001 (any open failure means a bad file)
         raise SourceError(
-            f"{path}: cannot open it as NetCDF ({type(error).__name__}: {error}); the file is corrupt "
-            "or truncated: write it again, or remove it to ingest its frames as missing"
+            f"{path}: cannot open it as NetCDF ({type(error).__name__}: {error}); if the file is "
+            "corrupt or truncated, write it again or remove it to ingest its frames as missing; if "
+            "the error names an attribute (e.g. time units), fix that attribute"
         ) from error
     try:
         yield ds
@@ -110,7 +111,7 @@ class NetCDFSource:
                 f"no NetCDF files found at {self.paths!r}; give a folder holding *.nc files, a glob "
                 "such as 'data/*.nc', or a list of files"
             )
-        return files
+        return [os.path.abspath(path) for path in files]
 
     def _variables(self, ds: xr.Dataset, path: str) -> tuple[str, ...]:
         if self.variables is None:

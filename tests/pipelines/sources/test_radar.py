@@ -266,3 +266,14 @@ def test_registry_builds_picklable_radar_sources(radar_dir):
     clone = pickle.loads(pickle.dumps(detected))
     item = detected.items()[5]
     np.testing.assert_array_equal(clone.read(item)["precip"], detected.read(item)["precip"])
+
+
+def test_items_from_a_relative_folder_stay_readable_elsewhere(radar_dir, tmp_path, monkeypatch):
+    good = RadarSource(str(radar_dir / "mch"), "mch").items()[0].path
+    (tmp_path / "sub").mkdir()
+    shutil.copy(good, tmp_path / "sub" / os.path.basename(good))
+    monkeypatch.chdir(tmp_path)
+    (item,) = RadarSource("sub", "mch").items()
+    assert os.path.isabs(item.path)
+    monkeypatch.chdir(radar_dir)  # a worker started in another folder
+    np.testing.assert_array_equal(RadarSource("sub", "mch").read(item)["precip"], direct_read("mch", good)[0])
