@@ -26,7 +26,9 @@ def pysteps_rain_rate(importer, path: str) -> tuple[np.ndarray, dict]:
     data, _, metadata = importer(path)
     data = np.ma.filled(data.astype("float64"), np.nan) if np.ma.isMaskedArray(data) else data
     rate, metadata = to_rainrate(data, metadata)
-    return rate.astype("float32"), metadata
+    rate = rate.astype("float32")
+    rate[rate < 0] = np.nan  # BoM flags (raw -2 beside the -1 fill); see docs/sources.md
+    return rate, metadata
 
 
 @pytest.mark.slow
@@ -49,15 +51,22 @@ def test_event_ingests_equal_to_pysteps(tmp_path, radar_dir, event):
     np.testing.assert_array_equal(ds.time.values.astype("datetime64[s]"), [i.time for i in items])
     assert ds.attrs["time_step"] == {"bom": "PT10M"}.get(fmt, "PT5M")
 
-    for index, path in enumerate(files):
+    # pysteps' own BoM reader takes 0.6 s a file (Python loops over its geodata): compare every
+    # 4th BoM frame (36 of 144) and every frame of the other formats.
+    stride = 4 if fmt == "bom" else 1
+    for index, path in list(enumerate(files))[::stride]:
         expected, metadata = pysteps_rain_rate(importer, str(path))
         np.testing.assert_allclose(ds["precip"][index].values, expected, rtol=1e-6, equal_nan=True,
                                    err_msg=f"{path.name}")
     ny, nx = expected.shape
     # KNMI gives km (coordinates and ellipsoid axes); the archive stores metres, the CF default.
     scale = 1000.0 if metadata["cartesian_unit"] == "km" else 1.0
-    x = metadata["x1"] + (np.arange(nx) + 0.5) * (metadata["x2"] - metadata["x1"]) / nx
-    y = metadata["y2"] - (np.arange(ny) + 0.5) * (metadata["y2"] - metadata["y1"]) / ny
+    if fmt == "bom":  # pysteps takes BoM's x1..x2 from the file's pixel-centre coordinates
+        x = np.linspace(metadata["x1"], metadata["x2"], nx)
+        y = np.linspace(metadata["y2"], metadata["y1"], ny)
+    else:  # the other importers give the outer edges of the grid
+        x = metadata["x1"] + (np.arange(nx) + 0.5) * (metadata["x2"] - metadata["x1"]) / nx
+        y = metadata["y2"] - (np.arange(ny) + 0.5) * (metadata["y2"] - metadata["y1"]) / ny
     assert ds.x.attrs["units"] == "m"
     np.testing.assert_allclose(ds.x.values, x * scale)
     np.testing.assert_allclose(ds.y.values, y * scale)
@@ -70,6 +79,9 @@ def test_event_ingests_equal_to_pysteps(tmp_path, radar_dir, event):
         if key in ("a", "b", "rf", "ellps", "towgs84", "no_defs", "type", "units"):
             continue
         value = value * scale if key in ("x_0", "y_0") else value
-        assert params.get(key) == (pytest.approx(value) if isinstance(value, float) else value), key
+        # pysteps rounds BoM's angles to 3 decimals in its PROJ string; the file's grid mapping,
+        # which the archive keeps, has them in full.
+        close = pytest.approx(value, rel=1e-6, abs=1e-3) if isinstance(value, float) else value
+        assert params.get(key) == close, key
     assert ds["crs"].attrs["grid_mapping_name"] and "crs_wkt" in ds["crs"].attrs
     assert ds["precip"].attrs["units"] == "mm h-1"
