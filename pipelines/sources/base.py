@@ -9,9 +9,10 @@ are frozen dataclasses of plain configuration: Beam pickles them to workers.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -130,15 +131,35 @@ def check_frame_shape(item: SourceItem, name: str, frame: np.ndarray,
     return frame.astype("float32", copy=False)
 
 
-def grid_from_crs(y: np.ndarray, x: np.ndarray, crs: pyproj.CRS, units: str = "m") -> Grid:
-    """A grid whose CF grid mapping keeps the full CRS (WKT), not just a PROJ string.
+def grid_from_cf(y: np.ndarray, x: np.ndarray, grid_mapping: Mapping[str, object],
+                 units: str = "m") -> Grid:
+    """A grid from pixel-centre coordinates and a file's CF grid-mapping attributes.
 
-    ``Grid.from_coords`` goes through PROJ strings, which drop the datum of
-    CRSs such as EPSG:3035; the WKT in ``crs_wkt`` keeps it.
+    The stored mapping is pyproj's full CF form, with ``crs_wkt`` (``Grid.from_coords``
+    goes through PROJ strings, which drop the datum of CRSs such as EPSG:3035).
+
+    Raises:
+        pyproj.exceptions.CRSError: if the attributes are not a CF grid mapping.
     """
+    frozen = tuple(sorted((str(k), _hashable(v)) for k, v in grid_mapping.items()))
+    return Grid(y=np.asarray(y, "float64"), x=np.asarray(x, "float64"),
+                crs_attrs=dict(_cf_attrs(frozen)), units=units)
+
+
+@functools.lru_cache(maxsize=64)
+def _cf_attrs(frozen: tuple[tuple[str, object], ...]) -> dict[str, object]:
+    """pyproj's CF attributes for a grid mapping; cached because ``CRS.from_cf`` can take
+    ~0.75 s (a datum search in the PROJ database) and every file of a folder repeats it."""
+    crs = pyproj.CRS.from_cf({key: (list(value) if isinstance(value, tuple) else value)
+                              for key, value in frozen})
     attrs = {key: _plain(value) for key, value in crs.to_cf().items()}
     attrs["proj4"] = crs.to_proj4()
-    return Grid(y=np.asarray(y, "float64"), x=np.asarray(x, "float64"), crs_attrs=attrs, units=units)
+    return attrs
+
+
+def _hashable(value: object) -> object:
+    value = _plain(value.tolist() if isinstance(value, np.ndarray) else value)
+    return tuple(value) if isinstance(value, list) else value
 
 
 def _plain(value: object) -> object:

@@ -25,7 +25,7 @@ from pipelines.sources.base import (
     SourceError,
     SourceItem,
     check_frame_shape,
-    grid_from_crs,
+    grid_from_cf,
     list_files,
     sorted_unique,
 )
@@ -204,13 +204,12 @@ class NetCDFSource:
             if y_dim not in ds.coords or x_dim not in ds.coords:
                 raise SourceError(f"{item.path}: coordinates {y_dim!r}/{x_dim!r} are missing; "
                                   "write the projected pixel-centre coordinates")
+            units = str(ds[x_dim].attrs.get("units", "m"))
             try:
-                crs = pyproj.CRS.from_cf(dict(ds[mapping].attrs))
+                return grid_from_cf(ds[y_dim].values, ds[x_dim].values, dict(ds[mapping].attrs), units)
             except pyproj.exceptions.CRSError as error:
                 raise SourceError(f"{item.path}: grid mapping {mapping!r} is not a valid CF grid "
                                   f"mapping ({error}); write it with pyproj.CRS.to_cf()") from error
-            units = str(ds[x_dim].attrs.get("units", "m"))
-            return grid_from_crs(ds[y_dim].values, ds[x_dim].values, crs, units=units)
 
     def read(self, item: SourceItem) -> dict[str, np.ndarray]:
         """Every selected variable at the item's time, float32 (y, x), fill values as NaN.

@@ -27,7 +27,7 @@ from pipelines.sources.base import (
     SourceError,
     SourceItem,
     check_frame_shape,
-    grid_from_crs,
+    grid_from_cf,
     list_files,
     sorted_unique,
 )
@@ -229,14 +229,12 @@ def _bom_grid(path: str) -> Grid:
     up to half a pixel; the header's own coordinates are exact.
     """
     import netCDF4
-    import pyproj
-
     with netCDF4.Dataset(path) as ds:
         scale = {"km": 1000.0, "m": 1.0}[getattr(ds["x"], "units", "m")]
         x = np.asarray(ds["x"][:], "float64") * scale
         y = np.asarray(ds["y"][:], "float64") * scale
-        crs = pyproj.CRS.from_cf({k: ds["proj"].getncattr(k) for k in ds["proj"].ncattrs()})
-    return grid_from_crs(y, x, crs, units="m")
+        mapping = {k: ds["proj"].getncattr(k) for k in ds["proj"].ncattrs()}
+    return grid_from_cf(y, x, mapping, units="m")
 
 
 def _header_metadata(fmt: str, path: str) -> dict[str, Any]:
