@@ -18,6 +18,10 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 demo: $(STAMP)
 	$(VENV)/bin/nowcast demo
 
+## server: a local Prefect server (SQLite, http://127.0.0.1:4200) serving every deployment over runs/demo
+server: $(STAMP)
+	$(VENV)/bin/nowcast server --workdir runs/demo
+
 ## test: the whole test suite
 test: $(STAMP)
 	$(PY) -m ruff check .
