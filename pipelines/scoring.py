@@ -267,13 +267,25 @@ def read_windows(archive: str, channels: Sequence[str], t_in: int,
 # ---------------------------------------------------------------- Beam
 
 class _ReadWindows(beam.DoFn):
-    """Reads one archive chunk (plus halo) and emits ``(init index, window)`` pairs."""
+    """Reads one archive chunk (plus halo) and emits batches of ``(init index, window)`` pairs.
 
-    def __init__(self, archive: str, channels: tuple[str, ...], t_in: int) -> None:
-        self.archive, self.channels, self.t_in = archive, channels, t_in
+    Batches are formed here, from the windows of one chunk, rather than by
+    RunInference's BatchElements: BatchElements emits its last partial batch
+    from ``finish_bundle``, whose outputs Beam's DaskRunner (2.77) drops.
+    """
+
+    def __init__(self, archive: str, channels: tuple[str, ...], t_in: int, batch_size: int) -> None:
+        self.archive, self.channels, self.t_in, self.batch_size = archive, channels, t_in, batch_size
 
     def process(self, task: ScoreTask):
-        yield from read_windows(self.archive, self.channels, self.t_in, task.indices)
+        batch: list[tuple[int, np.ndarray]] = []
+        for pair in read_windows(self.archive, self.channels, self.t_in, task.indices):
+            batch.append(pair)
+            if len(batch) == self.batch_size:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
 
 
 class _WriteForecast(beam.DoFn):
@@ -292,20 +304,21 @@ class _WriteForecast(beam.DoFn):
 
 
 def make_handler(spec: ScoringSpec, model: ModelRef):
-    """The keyed RunInference handler for ``model``."""
+    """The keyed RunInference handler for ``model``, fed batches already formed by the reader."""
     from model.handler import KerasForecastHandler
 
     return KeyedModelHandler(KerasForecastHandler(
         spec.models, spec.model, model.version, model.archive_description, overlap=spec.overlap,
         predict_batch_size=spec.predict_batch_size, max_batch_size=spec.batch_size,
-        valid_range=model.valid_range))
+        valid_range=model.valid_range)).with_no_batching()
 
 
 def score_tasks(tasks: beam.PCollection, spec: ScoringSpec, model: ModelRef,
                 events_path: str | None = None) -> beam.PCollection:
     """Tasks -> windows -> RunInference -> writes; the part shared by the batch and streaming jobs."""
     return (tasks
-            | "ReadWindows" >> beam.ParDo(_ReadWindows(spec.archive, model.channels, model.identity.t_in))
+            | "ReadWindows" >> beam.ParDo(_ReadWindows(spec.archive, model.channels, model.identity.t_in,
+                                                       spec.batch_size))
             | "Forecast" >> RunInference(make_handler(spec, model))
             | "Write" >> beam.ParDo(_WriteForecast(spec.forecasts, model.identity.target, events_path)))
 
