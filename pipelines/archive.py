@@ -108,18 +108,17 @@ def frame_stats(field: FieldSpec, frames: np.ndarray) -> dict[str, np.ndarray]:
     """Per-frame statistics of a ``(time, y, x)`` block, NaN for all-NaN frames.
 
     The fractions are over finite (observed) pixels, so a static radar
-    coverage mask does not dilute them.
+    coverage mask does not dilute them. NaN compares false with every
+    threshold, so the counts need no mask.
     """
     frames = np.asarray(frames, dtype="float32")
-    finite = np.isfinite(frames)
-    counts = finite.sum(axis=(1, 2))
+    axes = (1, 2)
+    counts = np.count_nonzero(~np.isnan(frames), axis=axes)
     observed = counts > 0
-    safe = np.where(finite, frames, 0.0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.where(observed, safe.sum(axis=(1, 2), dtype="float64") / counts, np.nan)
-        maximum = np.where(
-            observed, np.where(finite, frames, -np.inf).max(axis=(1, 2), initial=-np.inf), np.nan
-        )
+    safe_counts = np.maximum(counts, 1)
+    with np.errstate(invalid="ignore"):
+        mean = np.where(observed, np.nansum(frames, axis=axes, dtype="float64") / safe_counts, np.nan)
+        maximum = np.where(observed, np.fmax.reduce(frames, axis=axes), np.nan)
     pixels = frames.shape[1] * frames.shape[2]
     stats = {
         f"{field.name}_mean": mean.astype("float32"),
@@ -127,11 +126,8 @@ def frame_stats(field: FieldSpec, frames: np.ndarray) -> dict[str, np.ndarray]:
         f"{field.name}_finite_fraction": (counts / pixels).astype("float32"),
     }
     if field.thresholds:
-        above = np.stack(
-            [(finite & (safe >= t)).sum(axis=(1, 2)) for t in field.thresholds], axis=1
-        )
-        with np.errstate(invalid="ignore", divide="ignore"):
-            fraction = np.where(observed[:, None], above / np.maximum(counts, 1)[:, None], np.nan)
+        above = np.stack([np.count_nonzero(frames >= t, axis=axes) for t in field.thresholds], axis=1)
+        fraction = np.where(observed[:, None], above / safe_counts[:, None], np.nan)
         stats[f"{field.name}_fraction_above"] = fraction.astype("float32")
     return stats
 
