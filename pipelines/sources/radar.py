@@ -306,14 +306,14 @@ class RadarSource:
     def read_grid(self, item: SourceItem) -> Grid:
         """The file's grid (BoM, FMI: header only; MeteoSwiss: the fixed CCS4 domain)."""
         try:
+            if self.fmt == "bom":
+                return _bom_grid(item.path)
             if self.fmt in ("fmi", "mch"):
                 metadata = _header_metadata(self.fmt, item.path)
                 shape = _shape_from_extent(metadata)
-            elif self.fmt == "knmi":
+            else:  # KNMI: the importer reads the whole (small) file anyway
                 field, metadata = import_radar(self.fmt, item.path)
                 shape = field.shape
-            if self.fmt == "bom":
-                return _bom_grid(item.path)
             return Grid.from_pysteps_metadata(_in_metres(metadata), shape)
         except Exception as error:  # noqa: BLE001 (any reader failure means a bad file)
             raise _unreadable(self.fmt, item.path, error) from error
