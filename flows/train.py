@@ -12,7 +12,6 @@ never picks up a model that lost to the trivial baseline.
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import keras
@@ -99,7 +98,14 @@ def register(params: TrainParams, candidate: Path, promote: bool) -> Path:
     os.rename(candidate, final)
     if promote:
         registry.promote_version(params.models, final.parent.name, final.name)
-    shutil.rmtree(Path(params.models) / CANDIDATES, ignore_errors=True)
+    pointer = candidate.parent / registry.LATEST  # train() promoted it inside the candidates folder
+    if pointer.is_file() and pointer.read_text().strip() == candidate.name:
+        pointer.unlink()
+    for folder in (candidate.parent, candidate.parent.parent):  # empty leftovers only: others may train too
+        try:
+            folder.rmdir()
+        except OSError:
+            break
     return final
 
 

@@ -1,19 +1,30 @@
-"""The main job (``make demo``) runs end to end against a real Prefect server."""
+"""The main job (``make demo``) runs the whole chain end to end against a real Prefect server."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from flows.demo import demo_flow
 from pipelines.archive import open_archive
+from pipelines.forecast_store import written_flags
+
+PNG = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.slow
-def test_demo_flow_ingests_and_draws(tmp_path, prefect_server):
-    out = demo_flow(workdir=str(tmp_path / "demo"), frames=48, size=64)
+def test_demo_flow_runs_the_chain_and_reports(tmp_path, prefect_server, monkeypatch):
+    monkeypatch.setenv("NOWCAST_STORAGE_ROOTS", str(tmp_path))
+    out = demo_flow(workdir=str(tmp_path / "demo"), frames=96, size=64, epochs=1, backfill_hours=0.5)
     ds = open_archive(out["archive"])
-    assert ds.sizes["time"] == 48 and bool(ds["valid"].all())
+    assert ds.sizes["time"] == 96 and bool(ds["valid"].all())
     assert np.nanmax(ds["precip"].values) > 0.1  # some rain was synthesised
-    with open(out["frames_png"], "rb") as handle:
-        assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
+    flags = written_flags(out["forecasts"])
+    assert out["backfilled"] == 6 and flags.sum() == 6 and flags[-6:].all()  # the last half hour
+    assert (Path(out["models"]) / "cnn_lstm" / out["version"] / "model.keras").is_file()
+    assert "| persistence |" in out["table"] and "| extrapolation |" in out["table"]
+    assert {"frames", "test_maps", "stored_maps"} <= set(out["pictures"])
+    for path in out["pictures"].values():
+        assert Path(path).read_bytes()[:8] == PNG

@@ -1,0 +1,153 @@
+"""The Prefect UI in headless Chromium: find the deployments, fill the backfill form, run it to completion.
+
+A real ``prefect server start`` (SQLite in a temporary PREFECT_HOME) on a free
+loopback port, the deployments served by ``nowcast serve`` in another process,
+and Debian's ``chromium`` driven by Playwright (never ``playwright install``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from flows.params import ROOTS_ENV
+from flows.serve import wait_for_api
+from pipelines.forecast_store import written_flags
+from tests.pipelines.scoring_helpers import make_archive, save_tiny_model, synthetic_stats
+
+CHROMIUM = "/usr/bin/chromium"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run"]
+REPO = Path(__file__).resolve().parents[2]
+FRAMES, SIZE = 40, (32, 32)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def api(url: str, path: str, body: dict | None = None) -> object:
+    request = urllib.request.Request(f"{url}{path}", data=json.dumps(body or {}).encode(),
+                                     headers={"content-type": "application/json"}, method="POST")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def flow_run(api_url: str, run_id: str) -> dict:
+    return api(api_url, "/flow_runs/filter", {"flow_runs": {"id": {"any_": [run_id]}}})[0]  # type: ignore[index]
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture
+def served(tmp_path):
+    """(UI url, API url, workdir): a Prefect server and the served deployments, a tiny archive and model."""
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium (.ci/run does)")
+    port = free_port()
+    api_url = f"http://127.0.0.1:{port}/api"
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_UI_API_URL": api_url,
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", ROOTS_ENV: str(tmp_path)}
+    env.pop("PREFECT_API_URL", None)
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+                               "--port", str(port)], env=env, cwd=tmp_path,
+                              stdout=open(logs / "server.log", "w"), stderr=subprocess.STDOUT)
+    workdir = tmp_path / "work"
+    archive = make_archive(str(workdir / "archive.zarr"), FRAMES, SIZE, time_chunk=8)
+    save_tiny_model(workdir / "models", archive, synthetic_stats(FRAMES, SIZE), patch=(16, 16), t_in=3,
+                    t_out=2, name="cnn_lstm")
+    worker = None
+    try:
+        wait_for_api(api_url, timeout_s=180)
+        worker = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve", "--workdir", str(workdir),
+                                   "--cron", "0 0 1 1 *"],
+                                  env={**env, "PREFECT_API_URL": api_url,
+                                       "PREFECT_RUNNER_POLL_FREQUENCY": "2"},
+                                  cwd=REPO, stdout=open(logs / "serve.log", "w"), stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 180
+        while len(api(api_url, "/deployments/filter")) < 5:  # type: ignore[arg-type]
+            assert worker.poll() is None, (logs / "serve.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "the deployments were not registered"
+            time.sleep(1)
+        yield f"http://127.0.0.1:{port}", api_url, workdir
+    finally:
+        if worker is not None:
+            stop(worker)
+        stop(server)
+        shutil.rmtree(tmp_path / "prefect", ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_backfill_from_the_ui_form_runs_to_completion(served):
+    from playwright.sync_api import sync_playwright
+
+    ui, api_url, workdir = served
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(f"{ui}/deployments", wait_until="networkidle", timeout=120_000)
+            for flow_name in ("ingest", "forecast", "backfill", "train", "evaluate"):
+                page.get_by_text(flow_name, exact=True).first.wait_for(timeout=60_000)
+            row = page.locator("tr", has=page.get_by_text("backfill", exact=True))
+            row.get_by_role("link", name="local").click()
+            page.get_by_role("button", name="Run", exact=True).click()
+            page.get_by_text("Custom run").click()
+            page.wait_for_url(re.compile(r"/deployments/deployment/[0-9a-f-]+/run"), timeout=60_000)
+
+            def field(label: str):
+                prop = page.locator(".schema-form-property",
+                                    has=page.locator(".schema-form-property__label",
+                                                     has_text=re.compile(rf"^{label}( \(Optional\))?$")))
+                return prop.last.locator("textarea, input").first
+
+            field("Start").fill("2024-01-01T01:00")
+            field("End").fill("2024-01-01T02:00")
+            field("Chunk Size").fill("5")
+            assert field("Model Version").input_value() == "latest"
+            deployment_id = re.search(r"/deployment/([0-9a-f-]+)/run", page.url).group(1)
+            page.get_by_role("button", name="Submit").click()
+            page.wait_for_url(re.compile(rf"/deployments/deployment/{deployment_id}(\?.*)?$"), timeout=60_000)
+            runs = api(api_url, "/flow_runs/filter", {"deployments": {"id": {"any_": [deployment_id]}}})
+            assert len(runs) == 1, runs  # the form's submission
+            run_id = runs[0]["id"]
+            deadline = time.monotonic() + 240
+            while True:
+                state = flow_run(api_url, run_id)["state"]
+                if state["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+                    break
+                assert time.monotonic() < deadline, f"flow run still {state['type']}"
+                time.sleep(1)
+            assert state["type"] == "COMPLETED", state
+            page.goto(f"{ui}/runs/flow-run/{run_id}", wait_until="networkidle", timeout=60_000)
+            page.get_by_text("Completed").first.wait_for(timeout=60_000)
+            page.get_by_text("backfill progress").first.wait_for(timeout=60_000)  # the run's logs
+        finally:
+            browser.close()
+    flags = written_flags(str(workdir / "forecasts.zarr"))
+    assert flags[12:25].all() and flags.sum() == 13  # 01:00 .. 02:00, every 5 minutes
+    params = flow_run(api_url, run_id)["parameters"]["params"]
+    assert params["chunk_size"] == 5 and params["start"] == "2024-01-01T01:00"
+    progress = api(api_url, "/artifacts/filter", {"artifacts": {"type": {"any_": ["progress"]}}})
+    assert [a["data"] for a in progress] == [100.0]
