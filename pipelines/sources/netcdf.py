@@ -9,6 +9,7 @@ attributes, so nothing is converted: the archive holds what the file holds.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import glob
 import os
 from collections import Counter
@@ -79,7 +80,9 @@ class NetCDFSource:
     variables: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.paths, str):
+        if isinstance(self.paths, os.PathLike):
+            object.__setattr__(self, "paths", os.fspath(self.paths))
+        elif not isinstance(self.paths, str):
             object.__setattr__(self, "paths", tuple(os.fspath(p) for p in self.paths))
         if self.variables is not None:
             if isinstance(self.variables, str):
@@ -114,22 +117,15 @@ class NetCDFSource:
         return [os.path.abspath(path) for path in files]
 
     def _variables(self, ds: xr.Dataset, path: str) -> tuple[str, ...]:
-        if self.variables is None:
-            names = tuple(
-                name for name, var in ds.data_vars.items()
-                if "time" in var.dims and any(d in var.dims for d in Y_DIMS)
-                and any(d in var.dims for d in X_DIMS)
-            )
-            if not names:
-                raise SourceError(f"{path}: no (time, y, x) variable; variables are {list(ds.data_vars)}")
-            return names
-        missing = [v for v in self.variables if v not in ds.data_vars]
+        """The selected variables, checked to be in ``ds``; None selects the first file's."""
+        wanted = self.variables if self.variables is not None else _first_file_variables(self)
+        missing = [v for v in wanted if v not in ds.data_vars]
         if missing:
             raise SourceError(
                 f"{path}: variables {missing} not found (present: {list(ds.data_vars)}); "
                 "fix the variables option"
             )
-        return self.variables
+        return wanted
 
     def fields(self) -> tuple[FieldSpec, ...]:
         """FieldSpecs from the first file's attributes (units are required).
@@ -238,6 +234,22 @@ class NetCDFSource:
                 frame = check_frame_shape(item, name, values, shape)
                 frames[name] = np.where(np.isfinite(frame), frame, np.float32("nan"))
         return frames
+
+
+@functools.lru_cache(maxsize=32)
+def _first_file_variables(source: NetCDFSource) -> tuple[str, ...]:
+    """Every (time, y, x) variable of the source's first file (cached per process), so that
+    ``variables=None`` means the same fields in every file."""
+    path = source.files()[0]
+    with _open(path) as ds:
+        names = tuple(
+            name for name, var in ds.data_vars.items()
+            if "time" in var.dims and any(d in var.dims for d in Y_DIMS)
+            and any(d in var.dims for d in X_DIMS)
+        )
+        if not names:
+            raise SourceError(f"{path}: no (time, y, x) variable; variables are {list(ds.data_vars)}")
+    return names
 
 
 def _number(value: object) -> float | None:

@@ -180,3 +180,16 @@ def test_a_file_rewritten_after_listing_is_a_source_error(two_files):
     write(sensor_dataset(["2024-03-01T01:00"], seed=8), folder / "b.nc")
     with pytest.raises(SourceError, match="changed after it was listed"):
         source.read(item)
+
+
+def test_all_variables_means_those_of_the_first_file(two_files):
+    folder, _, _ = two_files
+    extra = sensor_dataset(["2024-03-01T00:50"], seed=9)
+    extra["pressure"] = extra["humidity"].copy().assign_attrs(units="hPa")
+    write(extra, folder / "c.nc")
+    source = NetCDFSource(folder)  # a pathlib.Path works too
+    assert [f.name for f in source.fields()] == ["temperature", "humidity"]
+    assert list(source.read(source.items()[-1])) == ["temperature", "humidity"]
+    write(sensor_dataset(["2024-03-01T01:00"], seed=10).drop_vars("humidity"), folder / "d.nc")
+    with pytest.raises(SourceError, match="d.nc: variables \\['humidity'\\] not found"):
+        source.read(NetCDFSource(folder).items()[-1])
