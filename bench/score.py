@@ -1,0 +1,194 @@
+"""Scoring throughput and latency: the Beam scoring job against model.predict alone, and a pysteps nowcast.
+
+On a synthetic archive, with a freshly initialised ``cnn_lstm`` (weights do
+not change the cost) saved through the registry:
+
+- ``end_to_end_per_s``: init times per second of the batch job on the
+  in-memory runner (1 worker), from the Beam run to the last ``written``
+  flag: reading windows, RunInference with tiles, de-normalising, writing.
+  Pipeline start and model load are included.
+- ``predict_only_per_s``: init times per second of ``model.predict`` alone on
+  the same windows' tiles, normalised and held in memory, same batch size.
+- ``speedup_2_workers``: the job's wall time with 1 worker over 2 workers
+  (FnApiRunner multi_processing).
+- ``latency_512_s``: median seconds to score one init time on a 512 x 512
+  grid with the model loaded (read the window from the archive, forecast
+  all tiles, write the store): what the streaming job does per new frame.
+  ``batch_job_one_init_512_s`` is the cold batch job for one init time
+  (pipeline start and model load included).
+- ``pysteps_latency_512_s``: median seconds of a pysteps extrapolation
+  nowcast of the same frames: Lucas-Kanade motion from the last 3 frames
+  (dBR) and 12 semi-Lagrangian leads.
+
+    python -m bench.score            # 200 frames of 128 x 128, 12 leads
+    python -m bench.score --quick    # 24 frames of 64 x 64
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.common import parser, peak_rss, write_results
+from pipelines.ingest import IngestSpec, ingest_items
+from pipelines.runners import RunnerOptions
+from pipelines.sources import get_source
+
+T_IN, T_OUT_FULL, PATCH = 4, 12, 64
+NAME = "bench_cnn_lstm"
+
+
+def make_archive(url: str, frames: int, size: int, time_chunk: int) -> np.ndarray:
+    """Ingests synthetic frames (in this process); returns them."""
+    source = get_source("synthetic", shape=(size, size), n_frames=frames, seed=0)
+    ingest_items(IngestSpec(archive=url, source=source, time_chunk=time_chunk), source.items(), runner=None)
+    return np.stack([source.read(item)["precip"] for item in source.items()])
+
+
+def save_model(models: Path, frames: np.ndarray, grid: int, patch: int, t_out: int, version: str) -> None:
+    """A freshly initialised cnn_lstm on ``patch`` tiles, saved through the registry."""
+    import keras
+
+    from model.architectures import ArchitectureConfig, build_model
+    from model.registry import save_model as registry_save
+
+    finite = frames[np.isfinite(frames)].astype("float64")
+    stats = {"count": int(finite.size), "mean": float(finite.mean()), "std": float(finite.std()),
+             "min": float(finite.min()), "max": float(finite.max()),
+             "log1p_mean": float(np.log1p(finite).mean()), "log1p_std": float(np.log1p(finite).std())}
+    keras.utils.set_random_seed(0)
+    cfg = ArchitectureConfig(t_in=T_IN, t_out=t_out, height=patch, width=patch, filters=(16, 32),
+                             lstm_units=64)
+    metadata = {"architecture": "cnn_lstm", "architecture_config": cfg.to_dict(),
+                "normalization": {"channels": ["precip"], "target": "precip", "stats": {"precip": stats}},
+                "channels": ["precip"], "target": "precip", "t_in": T_IN, "t_out": t_out,
+                "input_shape": [patch, patch], "time_step": "PT5M",
+                "archive": {"time_step": "PT5M", "variables": {"precip": "mm h-1"},
+                            "grid_shape": [grid, grid]}}
+    registry_save(build_model("cnn_lstm", cfg), models, NAME, metadata, version=version)
+
+
+def job_seconds(spec, runner: RunnerOptions) -> tuple[float, int, int]:
+    """Wall seconds, init times scored and peak RSS of one batch job into a fresh store."""
+    from pipelines.scoring import run
+
+    with peak_rss() as memory:
+        start = time.perf_counter()
+        result = run(spec, runner)
+        seconds = time.perf_counter() - start
+    return seconds, result.scored, memory["peak"]
+
+
+def predict_only_seconds(forecaster, frames: np.ndarray, indices: list[int], batch_size: int) -> float:
+    """model.predict alone on the normalised tiles of every window, held in memory."""
+    windows = np.stack([frames[i - T_IN + 1: i + 1] for i in indices])[..., None]
+    tiles = forecaster.tiling.split(forecaster.normalizer.normalize_inputs(windows))
+    forecaster.model.predict(tiles, batch_size=batch_size, verbose=0)  # warm-up: traces every batch shape
+    start = time.perf_counter()
+    forecaster.model.predict(tiles, batch_size=batch_size, verbose=0)
+    return time.perf_counter() - start
+
+
+def pysteps_nowcast_seconds(frames: np.ndarray, index: int, leads: int) -> float:
+    """Lucas-Kanade motion on the last 3 frames (dBR) and a semi-Lagrangian extrapolation."""
+    from pysteps import extrapolation, motion
+    from pysteps.utils import transformation
+
+    start = time.perf_counter()
+    rain = np.nan_to_num(frames[index - 2: index + 1], nan=0.0)
+    dbr, _ = transformation.dB_transform(rain, threshold=0.1, zerovalue=-15.0)
+    velocity = motion.get_method("LK")(dbr)
+    extrapolation.get_method("semilagrangian")(rain[-1], velocity, leads)
+    return time.perf_counter() - start
+
+
+def latency_512(root: Path, quick: bool) -> dict[str, float]:
+    """One init time on a 512 x 512 grid: warm in-process scoring, the cold batch job, and pysteps."""
+    from model.handler import load_forecaster
+    from pipelines.forecast_store import write_forecast
+    from pipelines.scoring import ScoringSpec, plan, read_windows, run
+
+    size, frames_n, t_out = 512, T_IN + (2 if quick else 6), (6 if quick else T_OUT_FULL)
+    archive = str(root / "archive-512.zarr")
+    frames = make_archive(archive, frames_n, size, time_chunk=frames_n)
+    models = root / "models-512"
+    save_model(models, frames, size, PATCH, t_out, "v1")
+    spec = ScoringSpec(archive=archive, forecasts=str(root / "latency.zarr"), models=str(models), model=NAME)
+    model_ref, _, _ = plan(spec)
+    forecaster = load_forecaster(str(models), NAME, "v1", model_ref.archive_description,
+                                 predict_batch_size=spec.predict_batch_size,
+                                 valid_range=model_ref.valid_range)
+    indices = list(range(T_IN - 1, frames_n))
+    forecaster.forecast(np.stack([w for _, w in read_windows(archive, ("precip",), T_IN, indices[:1])]))
+    warm, nowcast = [], []
+    for index in indices[1:]:
+        start = time.perf_counter()
+        (_, window), = read_windows(archive, ("precip",), T_IN, [index])
+        write_forecast(spec.forecasts, index, "precip", forecaster.forecast(window[None])[0])
+        warm.append(time.perf_counter() - start)
+        nowcast.append(pysteps_nowcast_seconds(frames, index, t_out))
+    last = np.datetime64("2024-01-01T00:00") + np.timedelta64(5 * indices[-1], "m")
+    cold_spec = ScoringSpec(**{**spec.__dict__, "forecasts": str(root / "latency-cold.zarr"),
+                               "init_times": (str(last),)})
+    start = time.perf_counter()
+    run(cold_spec)
+    cold = time.perf_counter() - start
+    return {"latency_512_s": statistics.median(warm), "pysteps_latency_512_s": statistics.median(nowcast),
+            "batch_job_one_init_512_s": cold, "tiles_512": len(forecaster.tiling.origins),
+            "latency_512_samples": len(warm)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser(__doc__.splitlines()[0]).parse_args(argv)
+    from model.handler import load_forecaster
+    from pipelines.scoring import ScoringSpec, plan
+
+    n_frames, size, t_out, chunk = (16, 64, 6, 8) if args.quick else (200, 128, T_OUT_FULL, 24)
+    patch = 32 if args.quick else PATCH
+    with tempfile.TemporaryDirectory(prefix="bench-score-") as tmp:
+        root = Path(tmp)
+        archive = str(root / "archive.zarr")
+        frames = make_archive(archive, n_frames, size, chunk)
+        models = root / "models"
+        save_model(models, frames, size, patch, t_out, "v1")
+
+        def spec(name: str) -> ScoringSpec:
+            return ScoringSpec(archive=archive, forecasts=str(root / f"{name}.zarr"), models=str(models),
+                               model=NAME, batch_size=4, predict_batch_size=8)
+
+        one_s, scored, one_rss = job_seconds(spec("one"), RunnerOptions(kind="inmemory"))
+        two_s, scored_two, two_rss = job_seconds(spec("two"), RunnerOptions(kind="multiprocess", workers=2))
+        model_ref, _, _ = plan(spec("probe"))
+        forecaster = load_forecaster(str(models), NAME, "v1", model_ref.archive_description,
+                                     predict_batch_size=8, valid_range=model_ref.valid_range)
+        indices = list(range(T_IN - 1, n_frames))
+        predict_s = predict_only_seconds(forecaster, frames, indices, 8)
+        latency = latency_512(root, args.quick)
+    figures = {
+        "init_times": scored, "grid": [size, size], "patch": [patch, patch], "t_in": T_IN, "t_out": t_out,
+        "tiles_per_init_time": len(forecaster.tiling.origins),
+        "end_to_end_per_s": scored / one_s,
+        "end_to_end_2_workers_per_s": scored_two / two_s,
+        "predict_only_per_s": len(indices) / predict_s,
+        "end_to_end_over_predict_only": (scored / one_s) / (len(indices) / predict_s),
+        "speedup_2_workers": one_s / two_s,
+        "job_seconds_1_worker": one_s, "job_seconds_2_workers": two_s,
+        "peak_rss_mb_1_worker": one_rss / 2**20, "peak_rss_mb_2_workers": two_rss / 2**20,
+        **latency,
+    }
+    notes = ("Model: freshly initialised cnn_lstm (filters 16/32, LSTM 64) on square patches, tiles with "
+             "overlap patch/4. End-to-end includes Beam start-up and model load; predict-only is "
+             "model.predict on the normalised tiles in memory at the same batch size. latency_512_s is "
+             "the warm per-init-time path of the streaming job; batch_job_one_init_512_s the cold batch job.")
+    path = write_results("score", figures, args.out, args.quick, notes)
+    for key, value in figures.items():
+        print(f"{key:32s} {value}")
+    print(f"results written to {path}")
+
+
+if __name__ == "__main__":
+    main()
