@@ -11,9 +11,9 @@ tile's forecast; in the overlaps the seams fade, which hides the edge effects
 of the zero padding. The last tile of each row and column is aligned with
 the grid's edge, so every pixel is covered and no padding is needed.
 
-The tiles of one window go to the model in batches of
-``min(predict_batch_size, tiles)`` (the last one zero-padded), never mixed
-with another window's: the CPU kernels' last bits depend on a sample's
+The tiles of one window go to the model in equal batches of at most
+``predict_batch_size`` (the last one zero-padded), never mixed with another
+window's: the CPU kernels' last bits depend on a sample's
 position in the batch, so this keeps a forecast bitwise reproducible across
 runs, runners, restarts and Beam batch sizes.
 
@@ -155,13 +155,16 @@ class Forecaster:
     def predict_normalized(self, tiles: np.ndarray) -> np.ndarray:
         """Model output ``(k, t_out, py, px)`` for the normalised tiles of one window.
 
-        Tiles go in batches of ``min(predict_batch_size, k)``, the last one
-        zero-padded, so a window's tiles always sit at the same batch positions
-        whatever else is being scored: the CPU kernels' results depend on a
-        sample's position in the batch (last bits), and this keeps forecasts
-        bitwise reproducible.
+        The ``k`` tiles go in ``ceil(k / predict_batch_size)`` equal batches
+        (the last one zero-padded to the same size), so a window's tiles always
+        sit at the same batch positions whatever else is being scored: the CPU
+        kernels' results depend on a sample's position in the batch (last
+        bits), and this keeps forecasts bitwise reproducible.
         """
-        size = min(self.predict_batch_size, len(tiles))
+        if not len(tiles):
+            return np.zeros((0, self.t_out, *self.tiling.patch), "float32")
+        batches = -(-len(tiles) // self.predict_batch_size)
+        size = -(-len(tiles) // batches)
         outputs = []
         for first in range(0, len(tiles), size):
             batch = tiles[first:first + size]
@@ -170,8 +173,6 @@ class Forecaster:
                 batch = np.concatenate([batch, np.zeros((size - count, *batch.shape[1:]), batch.dtype)])
             out = np.asarray(self.model.predict_on_batch(batch), dtype="float32")
             outputs.append(out[:count, ..., 0])
-        if not outputs:
-            return np.zeros((0, self.t_out, *self.tiling.patch), "float32")
         return np.concatenate(outputs)
 
     def forecast(self, windows: np.ndarray) -> np.ndarray:
