@@ -200,7 +200,8 @@ def plot_maps(observed: np.ndarray, forecasts: Mapping[str, np.ndarray], leads: 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = {"observed": observed, **forecasts}
+    outside = ~np.isfinite(observed)  # show forecasts only where they are scored
+    rows = {"observed": observed, **{k: np.where(outside, np.nan, v) for k, v in forecasts.items()}}
     fig, axes = plt.subplots(len(rows), len(leads), figsize=(2.6 * len(leads), 2.4 * len(rows)),
                              squeeze=False)
     for r, (name, frames) in enumerate(rows.items()):
