@@ -124,6 +124,13 @@ def _registry_check(models: str, model_name: str, model_version: str) -> None:
                              f"({error}); {hint}; train one first or pick a listed version") from None
 
 
+def _archive_exists(url: str) -> None:
+    from pipelines.stores import exists
+
+    if not exists(url):
+        raise ParameterError(f"no archive at {url}; run the ingest flow first (or fix the path)")
+
+
 class IngestParams(_Stores):
     """Ingest frames into the archive, from a folder of radar/NetCDF files or the synthetic generator."""
 
@@ -188,8 +195,7 @@ class TrainParams(_Stores):
             raise ParameterError(f"split_fractions {self.split_fractions} must be three shares summing to 1")
         if self.split_fractions[1] == 0:
             raise ParameterError("split_fractions gives no validation share; promotion needs a val split")
-        if not (Path(self.archive) / "zarr.json").is_file() and "://" not in self.archive:
-            raise ParameterError(f"no archive at {self.archive}; run the ingest flow first")
+        _archive_exists(self.archive)
         return self
 
 
@@ -214,6 +220,11 @@ class ForecastParams(_ModelChoice):
                           description="newest init times considered; older gaps are left to backfills")
     runner: Runner = Field(default_factory=Runner)
 
+    @model_validator(mode="after")
+    def _archive(self):  # noqa: ANN202
+        _archive_exists(self.archive)
+        return self
+
 
 class BackfillParams(_ModelChoice):
     """Forecast every init time in [start, end], chunk by chunk; init times already written are skipped."""
@@ -235,6 +246,11 @@ class BackfillParams(_ModelChoice):
         if info.field_name == "end" and start is not None and parsed < parse_time(start, "start"):
             raise ParameterError(f"end {parsed} is before start {start}; swap them or widen the range")
         return str(parsed)
+
+    @model_validator(mode="after")
+    def _archive(self):  # noqa: ANN202
+        _archive_exists(self.archive)
+        return self
 
 
 class EvaluateParams(_ModelChoice):
