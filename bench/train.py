@@ -5,7 +5,8 @@ job (in process) into windows.zarr; then one ``cnn_lstm`` trains
 (a) from :func:`model.data.make_dataset` (chunk-wise zarr reads, interleave,
 shuffle buffer, prefetch) and (b) from the same normalised batches held in
 memory (a ``tf.data`` over the stacked batches, no reads, no shuffling), on the same compiled
-model, alternating, best of two rounds each. Goal: (a) >= 0.9 x (b).
+model, alternating, best of three rounds each (two in --quick), so that load from
+other processes on a shared machine hurts both sides alike. Goal: (a) >= 0.9 x (b).
 
 GFLOP/s of a training step are counted analytically (:func:`forward_flops`:
 multiply-adds of Conv2D, Conv2DTranspose, Dense, LSTM and ConvLSTM2D, 2 FLOPs
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             net.fit(dataset, epochs=1, verbose=0)  # trace both paths before timing
             net.fit(in_memory, epochs=1, verbose=0)
             pipeline_s, memory_s = math.inf, math.inf
-            for _ in range(2):
+            for _ in range(2 if args.quick else 3):
                 start = time.perf_counter()
                 net.fit(dataset, epochs=epochs, verbose=0)
                 pipeline_s = min(pipeline_s, time.perf_counter() - start)
