@@ -174,6 +174,7 @@ def train(cfg: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callback] 
     monitor = "val_loss" if has_val else "loss"
     started = time.time()
     fit = net.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, steps_per_epoch=cfg.steps_per_epoch,
+                  shuffle=False,  # make_dataset shuffles chunks and samples itself
                   callbacks=[*callbacks(cfg, monitor), *extra_callbacks], verbose=cfg.verbose)
     seconds = time.time() - started
     keras.mixed_precision.set_global_policy("float32")

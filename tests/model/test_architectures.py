@@ -79,3 +79,18 @@ def test_tiny_model_overfits_a_tiny_batch(name):
     first = model.evaluate(x, y, verbose=0)
     history = model.fit(x, y, batch_size=4, epochs=100, verbose=0)
     assert min(history.history["loss"]) <= first / 10, (first, history.history["loss"][-5:])
+
+
+@pytest.mark.parametrize("module", ["architectures", "losses"])
+def test_model_code_uses_keras_apis_only(module):
+    import ast
+    from pathlib import Path
+
+    import model
+
+    tree = ast.parse((Path(model.__file__).parent / f"{module}.py").read_text())
+    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+                for alias in node.names}
+    imported |= {node.module.split(".")[0] for node in ast.walk(tree)
+                 if isinstance(node, ast.ImportFrom) and node.module}
+    assert not imported & {"tensorflow", "jax", "torch"}, imported
