@@ -10,7 +10,11 @@ not change the cost) saved through the registry:
 - ``predict_only_per_s``: init times per second of ``model.predict`` alone on
   the same windows' tiles, normalised and held in memory, same batch size.
 - ``speedup_2_workers``: the job's wall time with 1 worker over 2 workers
-  (FnApiRunner multi_processing).
+  (FnApiRunner multi_processing, TensorFlow threads per worker = cores / 2;
+  the 1-worker run keeps TensorFlow's default of one thread per core).
+  ``speedup_2_workers_marginal`` compares the marginal rates measured from
+  runs over the first half and over all init times, which removes the fixed
+  start-up (worker processes importing TensorFlow and loading the model).
 - ``latency_512_s``: median seconds to score one init time on a 512 x 512
   grid with the model loaded (read the window from the archive, forecast
   all tiles, write the store): what the streaming job does per new frame.
@@ -26,6 +30,7 @@ not change the cost) saved through the registry:
 
 from __future__ import annotations
 
+import os
 import statistics
 import tempfile
 import time
@@ -156,12 +161,29 @@ def main(argv: list[str] | None = None) -> None:
         models = root / "models"
         save_model(models, frames, size, patch, t_out, "v1")
 
-        def spec(name: str) -> ScoringSpec:
-            return ScoringSpec(archive=archive, forecasts=str(root / f"{name}.zarr"), models=str(models),
-                               model=NAME, batch_size=4, predict_batch_size=8)
+        half_end = str(np.datetime64("2024-01-01T00:00") + np.timedelta64(5 * (n_frames // 2), "m"))
+        threads = max(1, (os.cpu_count() or 2) // 2)
 
-        one_s, scored, one_rss = job_seconds(spec("one"), RunnerOptions(kind="inmemory"))
-        two_s, scored_two, two_rss = job_seconds(spec("two"), RunnerOptions(kind="multiprocess", workers=2))
+        def spec(name: str, **options: object) -> ScoringSpec:
+            return ScoringSpec(archive=archive, forecasts=str(root / f"{name}.zarr"), models=str(models),
+                               model=NAME, batch_size=4, predict_batch_size=8, **options)
+
+        runs = {}
+        for label, runner, options in (
+                ("1", RunnerOptions(kind="inmemory"), {}),
+                ("2", RunnerOptions(kind="multiprocess", workers=2), {"threads_per_worker": threads})):
+            if not args.quick:  # the marginal rate needs sizes well above the noise
+                runs[label + "_half"] = job_seconds(spec(f"{label}-half", end=half_end, **options), runner)
+            runs[label] = job_seconds(spec(label, **options), runner)
+        one_s, scored, one_rss = runs["1"]
+        two_s, scored_two, two_rss = runs["2"]
+
+        def marginal(label: str) -> float | None:
+            if label + "_half" not in runs:
+                return None
+            (full_s, full_n, _), (half_s, half_n, _) = runs[label], runs[label + "_half"]
+            return (full_n - half_n) / (full_s - half_s) if full_s > half_s else None
+
         model_ref, _, _ = plan(spec("probe"))
         forecaster = load_forecaster(str(models), NAME, "v1", model_ref.archive_description,
                                      predict_batch_size=8, valid_range=model_ref.valid_range)
@@ -176,6 +198,10 @@ def main(argv: list[str] | None = None) -> None:
         "predict_only_per_s": len(indices) / predict_s,
         "end_to_end_over_predict_only": (scored / one_s) / (len(indices) / predict_s),
         "speedup_2_workers": one_s / two_s,
+        "marginal_per_s_1_worker": marginal("1"), "marginal_per_s_2_workers": marginal("2"),
+        "speedup_2_workers_marginal": (marginal("2") / marginal("1")  # type: ignore[operator]
+                                       if marginal("1") and marginal("2") else None),
+        "threads_per_worker_2_workers": threads,
         "job_seconds_1_worker": one_s, "job_seconds_2_workers": two_s,
         "peak_rss_mb_1_worker": one_rss / 2**20, "peak_rss_mb_2_workers": two_rss / 2**20,
         **latency,

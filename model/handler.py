@@ -280,14 +280,19 @@ class KerasForecastHandler(ModelHandler[np.ndarray, np.ndarray, Forecaster]):
     Beam loads the model once per worker process (``shared.Shared``) through
     :meth:`load_model`; ``min_batch_size``/``max_batch_size`` bound how many
     windows (init times) Beam hands to one :meth:`run_inference` call, and
-    ``predict_batch_size`` how many tiles go to one model call.
+    ``predict_batch_size`` how many tiles go to one model call. ``threads``
+    caps TensorFlow's threads per worker process (set through the
+    environment before the model loads), so N workers on N cores do not
+    each start a thread per core.
     """
 
     def __init__(self, models: str, name: str, version: str, archive: Mapping[str, Any], *,
                  overlap: int | None = None, predict_batch_size: int = 8, min_batch_size: int = 1,
                  max_batch_size: int = 8,
-                 valid_range: tuple[float | None, float | None] = (None, None)) -> None:
-        super().__init__(min_batch_size=min_batch_size, max_batch_size=max_batch_size)
+                 valid_range: tuple[float | None, float | None] = (None, None),
+                 threads: int | None = None) -> None:
+        env = {"TF_NUM_INTRAOP_THREADS": str(threads), "TF_NUM_INTEROP_THREADS": "1"} if threads else {}
+        super().__init__(min_batch_size=min_batch_size, max_batch_size=max_batch_size, env_vars=env)
         self.models, self.name, self.version = str(models), name, version
         self.archive = dict(archive)
         self.overlap, self.predict_batch_size, self.valid_range = overlap, predict_batch_size, valid_range

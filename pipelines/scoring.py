@@ -74,6 +74,8 @@ class ScoringSpec:
             (default a quarter of the patch).
         batch_size: most windows (init times) per RunInference batch.
         predict_batch_size: tiles per model call.
+        threads_per_worker: TensorFlow threads per worker process (default: TensorFlow's,
+            one per core); with several workers on one machine, cores / workers.
     """
 
     archive: str
@@ -88,6 +90,7 @@ class ScoringSpec:
     overlap: int | None = None
     batch_size: int = 4
     predict_batch_size: int = 8
+    threads_per_worker: int | None = None
 
     def validate(self) -> None:
         if self.init_times is not None and (self.start or self.end):
@@ -97,6 +100,8 @@ class ScoringSpec:
         for name in ("batch_size", "predict_batch_size"):
             if getattr(self, name) < 1:
                 raise ScoringError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.threads_per_worker is not None and self.threads_per_worker < 1:
+            raise ScoringError(f"threads_per_worker must be at least 1, got {self.threads_per_worker}")
         if self.overlap is not None and self.overlap < 0:
             raise ScoringError(f"overlap must be non-negative, got {self.overlap}")
         try:
@@ -310,7 +315,7 @@ def make_handler(spec: ScoringSpec, model: ModelRef):
     return KeyedModelHandler(KerasForecastHandler(
         spec.models, spec.model, model.version, model.archive_description, overlap=spec.overlap,
         predict_batch_size=spec.predict_batch_size, max_batch_size=spec.batch_size,
-        valid_range=model.valid_range)).with_no_batching()
+        valid_range=model.valid_range, threads=spec.threads_per_worker)).with_no_batching()
 
 
 def score_tasks(tasks: beam.PCollection, spec: ScoringSpec, model: ModelRef,
@@ -365,6 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--overlap", type=int)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--predict-batch-size", type=int, default=8)
+    p.add_argument("--threads-per-worker", type=int)
     p.add_argument("--runner", default="inmemory", choices=["inmemory", "multiprocess", "dask"])
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--dask-address")
@@ -374,7 +380,8 @@ def main(argv: list[str] | None = None) -> int:
                        model=args.model, version=args.version,
                        init_times=tuple(args.init_times) if args.init_times else None, start=args.start,
                        end=args.end, overwrite=args.overwrite, overlap=args.overlap,
-                       batch_size=args.batch_size, predict_batch_size=args.predict_batch_size)
+                       batch_size=args.batch_size, predict_batch_size=args.predict_batch_size,
+                       threads_per_worker=args.threads_per_worker)
     result = run(spec, RunnerOptions(kind=args.runner, workers=args.workers, dask_address=args.dask_address))
     print(result.summary())
     return 0
