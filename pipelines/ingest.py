@@ -276,9 +276,10 @@ def write_chunk(archive: str, source: Source, task: ChunkTask, overwrite: bool,
 
 def build(root: beam.PBegin | beam.Pipeline, spec: IngestSpec, tasks: Sequence[ChunkTask]):
     """The write step as a Beam graph: one element per archive time chunk."""
+    # Create's own reshuffle spreads elements over the multi-process runner's workers; a
+    # Create(reshuffle=False) | Reshuffle() ran them one at a time there (measured).
     return (root
-            | "ChunkTasks" >> beam.Create(list(tasks), reshuffle=False)
-            | "Reshuffle" >> beam.Reshuffle()
+            | "ChunkTasks" >> beam.Create(list(tasks))
             | "WriteChunks" >> beam.ParDo(_WriteChunk(spec.archive, spec.source, spec.overwrite)))
 
 
@@ -300,8 +301,7 @@ def check_batch(spec: IngestSpec, items: Sequence[SourceItem], fields: tuple[Fie
     else:
         with tempfile.TemporaryDirectory(prefix="nowcast-check-") as report_dir:
             run_pipeline(runner, lambda p: (
-                p | "Items" >> beam.Create(list(items), reshuffle=False)
-                  | "Reshuffle" >> beam.Reshuffle()
+                p | "Items" >> beam.Create(list(items))
                   | "Check" >> beam.ParDo(_CheckFrame(spec.source, fields, grid, report_dir))))
             reports = []
             for name in os.listdir(report_dir):
