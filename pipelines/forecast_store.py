@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Mapping
 
 import numpy as np
 import xarray as xr
@@ -232,10 +231,3 @@ def open_forecasts(url: str) -> xr.Dataset:
     """The store as an xarray Dataset (lazy); only ``written`` init times hold trusted values."""
     read_store_info(url)
     return xr.open_zarr(zarr_store(url, read_only=True), consolidated=False, zarr_format=3)
-
-
-def describe(info: StoreInfo) -> Mapping[str, object]:
-    """A small summary for logs and reports."""
-    flags = written_flags(info.url)
-    return {"url": info.url, "model": f"{info.identity.model_name}/{info.identity.model_version}",
-            "init_times": info.length, "written": int(flags.sum())}

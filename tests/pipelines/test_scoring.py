@@ -7,7 +7,7 @@ import pytest
 import xarray as xr
 
 from pipelines.archive import open_archive, read_info
-from pipelines.forecast_store import ForecastStoreError, written_flags
+from pipelines.forecast_store import ForecastStoreError, open_forecasts, written_flags
 from pipelines.scoring import (
     ScoringError,
     ScoringSpec,
@@ -96,10 +96,16 @@ def test_windows_are_archive_slices_read_once_per_block(setup):
 # ---------------------------------------------------------------- the job
 
 @pytest.mark.slow
-def test_forecasts_equal_model_predict_on_the_same_windows(setup):
+def test_forecasts_equal_model_predict_on_the_same_windows(setup, monkeypatch):
+    from model.handler import KerasForecastHandler
+
+    loads = []
+    original = KerasForecastHandler.load_model
+    monkeypatch.setattr(KerasForecastHandler, "load_model", lambda self: loads.append(1) or original(self))
     root, archive, models = setup
     url = str(root / "full.zarr")
     result = run(ScoringSpec(archive=archive, forecasts=url, models=str(models), model=FULL, batch_size=3))
+    assert len(loads) == 1 and result.tasks == 5  # one load for the worker, not one per chunk or batch
     expected_ok = scoreable(~np.isin(np.arange(FRAMES), MISSING), T_IN)
     assert result.scored == expected_ok.sum() and result.missing_input == (~expected_ok).sum()
 
@@ -129,7 +135,7 @@ def test_tiled_forecasts_match_the_tile_that_covers_a_pixel_alone(setup):
     url = str(root / "tiled.zarr")
     run(ScoringSpec(archive=archive, forecasts=url, models=str(models), model=MODEL,
                     init_times=("2024-01-01T00:20", "2024-01-01T02:00")))
-    ds = xr.open_zarr(url, consolidated=False)
+    ds = open_forecasts(url)
     indices = [4, 24]
     assert list(np.flatnonzero(ds["written"].values)) == indices
     assert ds.attrs["tiling"] == "tiles 16x16, overlap 4, linear-ramp blending"
