@@ -24,7 +24,7 @@ not change the cost) saved through the registry:
   nowcast of the same frames: Lucas-Kanade motion from the last 3 frames
   (dBR) and 12 semi-Lagrangian leads.
 
-    python -m bench.score            # 200 frames of 128 x 128, 12 leads
+    python -m bench.score            # 400 frames of 128 x 128, 12 leads
     python -m bench.score --quick    # 24 frames of 64 x 64
 """
 
@@ -152,8 +152,9 @@ def main(argv: list[str] | None = None) -> None:
     from model.handler import load_forecaster
     from pipelines.scoring import ScoringSpec, plan
 
-    n_frames, size, t_out, chunk = (16, 64, 6, 8) if args.quick else (200, 128, T_OUT_FULL, 24)
+    n_frames, size, t_out, chunk = (16, 64, 6, 8) if args.quick else (400, 128, T_OUT_FULL, 24)
     patch = 32 if args.quick else PATCH
+    load_start = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench-score-") as tmp:
         root = Path(tmp)
         archive = str(root / "archive.zarr")
@@ -205,11 +206,15 @@ def main(argv: list[str] | None = None) -> None:
         "job_seconds_1_worker": one_s, "job_seconds_2_workers": two_s,
         "peak_rss_mb_1_worker": one_rss / 2**20, "peak_rss_mb_2_workers": two_rss / 2**20,
         **latency,
+        "load_avg_1min_start": load_start, "load_avg_1min_end": os.getloadavg()[0],
     }
     notes = ("Model: freshly initialised cnn_lstm (filters 16/32, LSTM 64) on square patches, tiles with "
              "overlap patch/4. End-to-end includes Beam start-up and model load; predict-only is "
              "model.predict on the normalised tiles in memory at the same batch size. latency_512_s is "
-             "the warm per-init-time path of the streaming job; batch_job_one_init_512_s the cold batch job.")
+             "the warm per-init-time path of the streaming job; batch_job_one_init_512_s the cold batch job. "
+             f"Machine shared with other engineers' jobs: 1-minute load average {load_start:.1f} at the "
+             f"start and {figures['load_avg_1min_end']:.1f} at the end on {os.cpu_count()} CPUs "
+             "(above the CPU count means other work ran concurrently).")
     path = write_results("score", figures, args.out, args.quick, notes)
     for key, value in figures.items():
         print(f"{key:32s} {value}")
