@@ -35,6 +35,7 @@ import dataclasses
 import json
 import logging
 import os
+import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -43,9 +44,15 @@ import numpy as np
 import zarr
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
-from pipelines.archive import VALID, ArchiveInfo, read_info
-from pipelines.forecast_store import StoreIdentity, ensure_store, write_forecast, written_flags
-from pipelines.runners import RunnerOptions, run_pipeline
+from pipelines.archive import VALID, ArchiveError, ArchiveInfo, read_info
+from pipelines.forecast_store import (
+    ForecastStoreError,
+    StoreIdentity,
+    ensure_store,
+    write_forecast,
+    written_flags,
+)
+from pipelines.runners import RunnerError, RunnerOptions, run_pipeline
 from pipelines.stores import zarr_store
 from pipelines.timeaxis import format_time_step, time_index, to_datetime64
 
@@ -382,7 +389,14 @@ def main(argv: list[str] | None = None) -> int:
                        end=args.end, overwrite=args.overwrite, overlap=args.overlap,
                        batch_size=args.batch_size, predict_batch_size=args.predict_batch_size,
                        threads_per_worker=args.threads_per_worker)
-    result = run(spec, RunnerOptions(kind=args.runner, workers=args.workers, dask_address=args.dask_address))
+    from model.registry import RegistryError
+
+    try:
+        result = run(spec, RunnerOptions(kind=args.runner, workers=args.workers,
+                                         dask_address=args.dask_address))
+    except (ScoringError, RegistryError, ForecastStoreError, ArchiveError, RunnerError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     print(result.summary())
     return 0
 

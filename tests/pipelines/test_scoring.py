@@ -194,3 +194,17 @@ def test_store_refuses_another_model_version(setup, tmp_path):
         from model.registry import promote_version
 
         promote_version(models, MODEL, "v1")
+
+
+def test_cli_refuses_a_model_that_does_not_fit_the_archive(setup, tmp_path, capsys):
+    from pipelines.scoring import main
+
+    _, archive, models = setup
+    other = make_archive(str(tmp_path / "small.zarr"), 8, (24, 24), CHUNK)
+    code = main(["--archive", other, "--forecasts", str(tmp_path / "f.zarr"), "--models", str(models),
+                 "--model", FULL])
+    assert code == 2
+    assert "grid: model trained on the whole (32, 32) grid, archive has (24, 24)" in capsys.readouterr().err
+    assert main(["--archive", str(tmp_path / "none.zarr"), "--forecasts", str(tmp_path / "f.zarr"),
+                 "--models", str(models), "--model", FULL]) == 2
+    assert "no archive at" in capsys.readouterr().err
