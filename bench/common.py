@@ -41,6 +41,9 @@ def machine() -> dict[str, object]:
         "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
         "platform": platform.platform(),
         "python": platform.python_version(),
+        # Other work on the machine skews every timing: the 1/5/15-minute load averages
+        # when the results were written say how busy it was.
+        "load_average": [round(v, 2) for v in os.getloadavg()],
     }
 
 
@@ -105,8 +108,9 @@ def refresh_markdown(out: Path) -> Path:
         if path.name.endswith(".quick.json"):
             continue
         data = json.loads(path.read_text())
+        host = data.get("machine", {})
         lines += [f"## {path.stem}", "", f"Measured {data.get('measured_at', '?')} on "
-                  f"{data.get('machine', {}).get('cpus', '?')} CPUs.", ""]
+                  f"{host.get('cpus', '?')} CPUs (load average {host.get('load_average', '?')}).", ""]
         if data.get("notes"):
             lines += [str(data["notes"]), ""]
         lines += ["| key | value |", "| --- | --- |"]
