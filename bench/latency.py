@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
 
         wait_for_api(api_url, timeout_s=180)
         worker = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve", "--workdir", str(work),
-                                   "--cron", "0 0 1 1 *"],
+                                   "--cron", "0 0 1 1 *", "--model", "cnn_lstm"],
                                   env={**env, "PREFECT_API_URL": api_url,
                                        "PREFECT_RUNNER_POLL_FREQUENCY": "1"},
                                   cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -99,14 +99,14 @@ def cmd_summary(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from flows.demo import demo_flow
 
-    demo_flow(workdir=args.workdir, frames=args.frames, size=args.size)
+    demo_flow(workdir=args.workdir, frames=args.frames, size=args.size, epochs=args.epochs)
     return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from flows.serve import serve_deployments
 
-    serve_deployments(args.workdir, args.cron)
+    serve_deployments(args.workdir, args.cron, model_name=args.model)
     return 0
 
 
@@ -151,11 +151,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--workdir", default="runs/demo", help="where stores and pictures go")
     demo.add_argument("--frames", type=int, default=288, help="synthetic frames (5-min steps)")
     demo.add_argument("--size", type=int, default=128, help="grid size")
+    demo.add_argument("--epochs", type=int, default=4, help="training epochs (small model, CPU)")
     demo.set_defaults(func=cmd_demo)
 
     serve = sub.add_parser("serve", help="register the flows' deployments with PREFECT_API_URL and run them")
     serve.add_argument("--workdir", default="runs/demo", help="where the stores are")
     serve.add_argument("--cron", default="*/5 * * * *", help="cron of the ingest and forecast deployments")
+    serve.add_argument("--model", default="convlstm", help="registry model name the forms default to")
     serve.set_defaults(func=cmd_serve)
 
     server = sub.add_parser("server", help="a local Prefect server (SQLite) with every deployment served")

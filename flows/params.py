@@ -169,7 +169,8 @@ class TrainParams(_Stores):
     windows: StoreUrl = Field(f"{DEFAULT_WORKDIR}/windows.zarr", description="windows.zarr (rewritten)")
     models: StoreUrl = Field(f"{DEFAULT_WORKDIR}/models", description="model registry folder")
     workdir: StoreUrl = Field(f"{DEFAULT_WORKDIR}/train", description="checkpoints, logs, pictures")
-    architecture: Literal["cnn_lstm", "convlstm"] = Field("cnn_lstm", description="model architecture")
+    architecture: Literal["cnn_lstm", "convlstm"] = Field(
+        "convlstm", description="model architecture (convlstm learns motion from little data)")
     variable: str = Field("precip", description="input and target variable")
     t_in: int = Field(4, ge=2, le=48, description="input frames")
     t_out: int = Field(3, ge=1, le=48, description="lead times")
@@ -201,7 +202,7 @@ class TrainParams(_Stores):
 
 class _ModelChoice(_Stores):
     models: StoreUrl = Field(f"{DEFAULT_WORKDIR}/models", description="model registry folder")
-    model_name: str = Field("cnn_lstm", description="model name in the registry")
+    model_name: str = Field("convlstm", description="model name in the registry (the architecture trained)")
     model_version: str = Field("latest", description="a registry version, or latest (the promoted one)")
 
     @model_validator(mode="after")

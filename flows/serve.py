@@ -43,7 +43,7 @@ def stores(workdir: str | Path) -> dict[str, str]:
 
 
 def build_deployments(workdir: str | Path = "runs/demo", cron: str = DEFAULT_CRON,
-                      model_name: str = "cnn_lstm") -> list:
+                      model_name: str = "convlstm") -> list:
     """The five deployments (prefect RunnerDeployment objects) for stores under ``workdir``."""
     root = Path(workdir).resolve()
     s = stores(root)
@@ -70,14 +70,15 @@ def build_deployments(workdir: str | Path = "runs/demo", cron: str = DEFAULT_CRO
     ]
 
 
-def serve_deployments(workdir: str | Path = "runs/demo", cron: str = DEFAULT_CRON, limit: int = 2) -> None:
+def serve_deployments(workdir: str | Path = "runs/demo", cron: str = DEFAULT_CRON, limit: int = 2,
+                      model_name: str = "convlstm") -> None:
     """Registers the deployments and runs triggered flow runs here until interrupted."""
     from prefect import serve
 
     root = Path(workdir).resolve()
     (root / "incoming").mkdir(parents=True, exist_ok=True)
     os.environ.setdefault(ROOTS_ENV, str(root))
-    serve(*build_deployments(root, cron), limit=limit)
+    serve(*build_deployments(root, cron, model_name), limit=limit)
 
 
 def start_file_server(folder: str | Path, port: int) -> http.server.ThreadingHTTPServer:

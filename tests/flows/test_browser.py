@@ -76,7 +76,7 @@ def served(tmp_path):
     workdir = tmp_path / "work"
     archive = make_archive(str(workdir / "archive.zarr"), FRAMES, SIZE, time_chunk=8)
     save_tiny_model(workdir / "models", archive, synthetic_stats(FRAMES, SIZE), patch=(16, 16), t_in=3,
-                    t_out=2, name="cnn_lstm")
+                    t_out=2, name="convlstm")
     worker = None
     try:
         wait_for_api(api_url, timeout_s=180)

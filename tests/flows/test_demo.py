@@ -17,13 +17,14 @@ PNG = b"\x89PNG\r\n\x1a\n"
 @pytest.mark.slow
 def test_demo_flow_runs_the_chain_and_reports(tmp_path, prefect_server, monkeypatch):
     monkeypatch.setenv("NOWCAST_STORAGE_ROOTS", str(tmp_path))
-    out = demo_flow(workdir=str(tmp_path / "demo"), frames=96, size=64, epochs=1, backfill_hours=0.5)
+    out = demo_flow(workdir=str(tmp_path / "demo"), frames=96, size=32, epochs=1, backfill_hours=0.5,
+                   workers=1)
     ds = open_archive(out["archive"])
     assert ds.sizes["time"] == 96 and bool(ds["valid"].all())
     assert np.nanmax(ds["precip"].values) > 0.1  # some rain was synthesised
     flags = written_flags(out["forecasts"])
     assert out["backfilled"] == 6 and flags.sum() == 6 and flags[-6:].all()  # the last half hour
-    assert (Path(out["models"]) / "cnn_lstm" / out["version"] / "model.keras").is_file()
+    assert (Path(out["models"]) / "convlstm" / out["version"] / "model.keras").is_file()
     assert "| persistence |" in out["table"] and "| extrapolation |" in out["table"]
     assert {"frames", "test_maps", "stored_maps"} <= set(out["pictures"])
     for path in out["pictures"].values():

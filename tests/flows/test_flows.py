@@ -88,15 +88,15 @@ def test_train_registers_and_promotes_only_a_model_that_beats_persistence(traine
 
     root, _, result = trained
     version_dir = Path(result["path"])
-    assert (version_dir / "model.keras").is_file() and version_dir.parent.name == "cnn_lstm"
+    assert (version_dir / "model.keras").is_file() and version_dir.parent.name == "convlstm"
     assert result["promoted"] == (result["val_mae"] < result["persistence_mae"])
-    latest = root / "models" / "cnn_lstm" / "latest"
+    latest = root / "models" / "convlstm" / "latest"
     if result["promoted"]:
-        assert resolve_version(root / "models", "cnn_lstm") == version_dir
+        assert resolve_version(root / "models", "convlstm") == version_dir
     else:
         assert not latest.exists()
     assert not (root / "models" / ".candidates").exists()
-    assert "| persistence |" in result["table"] and "| cnn_lstm |" in result["table"]
+    assert "| persistence |" in result["table"] and "| convlstm |" in result["table"]
     for path in result["pictures"].values():
         assert Path(path).read_bytes()[:8] == PNG
 
@@ -170,7 +170,7 @@ def test_evaluate_scores_split_and_stored_forecasts_with_pictures(trained):
     backfill_flow(BackfillParams(**choice, start="2024-01-01T06:00", end="2024-01-01T06:30", chunk_size=8))
     out = evaluate_flow(EvaluateParams(windows=str(root / "windows.zarr"), workdir=str(root / "evaluate"),
                                        baselines=["persistence"], **choice))
-    assert f"| cnn_lstm/{result['version']} |" in out["table"] and "| persistence |" in out["table"]
+    assert f"| convlstm/{result['version']} |" in out["table"] and "| persistence |" in out["table"]
     assert "(stored) |" in out["stored_table"]
     assert out["samples"] > 0
     assert set(out["pictures"]) >= {"test_scores", "test_maps", "stored_scores", "stored_maps"}
