@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import http.server
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -109,6 +110,10 @@ def wait_for_api(api_url: str, timeout_s: float = 120.0) -> None:
         time.sleep(0.5)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def run_local_server(workdir: str | Path = "runs/demo", port: int = 4200, files_port: int = 4201,
                      cron: str = DEFAULT_CRON) -> None:
     """``prefect server start`` (SQLite) + artifact file server + served deployments, until Ctrl-C."""
@@ -120,6 +125,7 @@ def run_local_server(workdir: str | Path = "runs/demo", port: int = 4200, files_
     env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_API_URL": api}
     server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
                                "--port", str(port)], env=env)
+    signal.signal(signal.SIGTERM, _interrupt)  # a plain kill stops the server too, as Ctrl-C does
     try:
         wait_for_api(api)
         artifacts_root = root.parent
