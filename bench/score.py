@@ -43,7 +43,7 @@ from pipelines.ingest import IngestSpec, ingest_items
 from pipelines.runners import RunnerOptions
 from pipelines.sources import get_source
 
-T_IN, T_OUT_FULL, PATCH = 4, 12, 64
+T_IN, T_OUT_FULL, PATCH, PREDICT_BATCH = 4, 12, 64, 16
 NAME = "bench_cnn_lstm"
 
 
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> None:
 
         def spec(name: str, **options: object) -> ScoringSpec:
             return ScoringSpec(archive=archive, forecasts=str(root / f"{name}.zarr"), models=str(models),
-                               model=NAME, batch_size=4, predict_batch_size=8, **options)
+                               model=NAME, batch_size=4, predict_batch_size=PREDICT_BATCH, **options)
 
         runs = {}
         for label, runner, options in (
@@ -187,9 +187,9 @@ def main(argv: list[str] | None = None) -> None:
 
         model_ref, _, _ = plan(spec("probe"))
         forecaster = load_forecaster(str(models), NAME, "v1", model_ref.archive_description,
-                                     predict_batch_size=8, valid_range=model_ref.valid_range)
+                                     predict_batch_size=PREDICT_BATCH, valid_range=model_ref.valid_range)
         indices = list(range(T_IN - 1, n_frames))
-        predict_s = predict_only_seconds(forecaster, frames, indices, 8)
+        predict_s = predict_only_seconds(forecaster, frames, indices, PREDICT_BATCH)
         latency = latency_512(root, args.quick)
     figures = {
         "init_times": scored, "grid": [size, size], "patch": [patch, patch], "t_in": T_IN, "t_out": t_out,

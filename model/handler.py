@@ -238,7 +238,7 @@ def enable_gpu_memory_growth() -> int:
 
 
 def load_forecaster(models: str, name: str, version: str, archive: Mapping[str, Any], *,
-                    overlap: int | None = None, predict_batch_size: int = 8,
+                    overlap: int | None = None, predict_batch_size: int = 16,
                     valid_range: tuple[float | None, float | None] = (None, None)) -> Forecaster:
     """Loads ``models/name/version`` through the registry, checked against ``archive``.
 
@@ -287,7 +287,7 @@ class KerasForecastHandler(ModelHandler[np.ndarray, np.ndarray, Forecaster]):
     """
 
     def __init__(self, models: str, name: str, version: str, archive: Mapping[str, Any], *,
-                 overlap: int | None = None, predict_batch_size: int = 8, min_batch_size: int = 1,
+                 overlap: int | None = None, predict_batch_size: int = 16, min_batch_size: int = 1,
                  max_batch_size: int = 8,
                  valid_range: tuple[float | None, float | None] = (None, None),
                  threads: int | None = None) -> None:

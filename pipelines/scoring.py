@@ -96,7 +96,7 @@ class ScoringSpec:
     overwrite: bool = False
     overlap: int | None = None
     batch_size: int = 4
-    predict_batch_size: int = 8
+    predict_batch_size: int = 16
     threads_per_worker: int | None = None
 
     def validate(self) -> None:
@@ -376,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--overlap", type=int)
     p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--predict-batch-size", type=int, default=8)
+    p.add_argument("--predict-batch-size", type=int, default=16)
     p.add_argument("--threads-per-worker", type=int)
     p.add_argument("--runner", default="inmemory", choices=["inmemory", "multiprocess", "dask"])
     p.add_argument("--workers", type=int, default=2)
