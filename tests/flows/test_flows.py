@@ -18,7 +18,7 @@ from flows.params import ROOTS_ENV, BackfillParams, EvaluateParams, ForecastPara
 from pipelines.archive import open_archive
 from pipelines.forecast_store import written_flags
 
-SIZE, FRAMES, DENSITY = 64, 96, 25.0
+SIZE, FRAMES, DENSITY = 48, 96, 40.0
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
