@@ -7,7 +7,7 @@ roots) fails the run at once with a message that names the fix, and nothing
 is read or written.
 
 Storage roots: stores must lie under one of the roots listed in the
-``NOWCAST_STORAGE_ROOTS`` environment variable (separated by ``os.pathsep``;
+``NOWCAST_STORAGE_ROOTS`` environment variable (separated by ``:`` or ``,``;
 local folders or URL prefixes such as ``s3://bucket/nowcast/``). Without it,
 the working directory of the process running the flow is the only root.
 """
@@ -15,6 +15,7 @@ the working directory of the process running the flow is the only root.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, ClassVar, Literal
 
@@ -34,7 +35,7 @@ class ParameterError(ValueError):
 def storage_roots() -> list[str]:
     """The configured storage roots (absolute paths or URL prefixes)."""
     raw = os.environ.get(ROOTS_ENV, "")
-    roots = [r for r in raw.split(os.pathsep) if r.strip()] or [os.getcwd()]
+    roots = [r.strip() for r in re.split(r",|:(?!//)", raw) if r.strip()] or [os.getcwd()]
     return [r if "://" in r and not r.startswith("file://") else os.path.abspath(r.removeprefix("file://"))
             for r in roots]
 
@@ -59,7 +60,7 @@ def check_store_url(url: str) -> str:
                 return path
     raise ParameterError(
         f"store {url!r} is outside the configured storage roots {roots}; use a location under one of "
-        f"them, or add its folder to {ROOTS_ENV} (separated by {os.pathsep!r}) where the flow runs"
+        f"them, or add its folder to {ROOTS_ENV} (separated by ':' or ',') where the flow runs"
     )
 
 

@@ -1,0 +1,51 @@
+"""Plain helpers of the flows, without Prefect: chunking, promotion rule, store roots, artifact URLs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from flows.artifacts import artifact_key, public_url
+from flows.forecast import chunked
+from flows.params import ROOTS_ENV, ParameterError, check_store_url
+from flows.verify import Verification
+
+
+def test_chunks_cover_the_init_times_in_order():
+    times = tuple(f"t{i}" for i in range(7))
+    assert chunked(times, 3) == [("t0", "t1", "t2"), ("t3", "t4", "t5"), ("t6",)]
+    assert chunked((), 3) == []
+
+
+def scores(mae: list[float]) -> dict[str, dict[str, float]]:
+    return {str(5 * (k + 1)): {"mae": value} for k, value in enumerate(mae)}
+
+
+def test_promotion_needs_a_lower_mean_error_than_persistence():
+    better = Verification({"m": scores([1.0, 2.0]), "persistence": scores([1.0, 2.5])}, 4, None)
+    worse = Verification({"m": scores([1.0, 3.0]), "persistence": scores([1.0, 2.5])}, 4, None)
+    tie = Verification({"m": scores([1.0, 2.0]), "persistence": scores([1.0, 2.0])}, 4, None)
+    unscored = Verification({"m": {"5": {"n": 0.0}}, "persistence": {"5": {"n": 0.0}}}, 0, None)
+    assert better.beats("m") and better.mean("m") == pytest.approx(1.5)
+    assert not worse.beats("m") and not tie.beats("m") and not unscored.beats("m")
+    assert np.isnan(unscored.mean("m"))
+
+
+def test_store_roots_accept_paths_and_url_prefixes(tmp_path, monkeypatch):
+    monkeypatch.setenv(ROOTS_ENV, f"{tmp_path}:s3://bucket/nowcast/")
+    assert check_store_url(str(tmp_path / "a" / ".." / "b.zarr")) == str(tmp_path / "b.zarr")
+    assert check_store_url("s3://bucket/nowcast/archive.zarr") == "s3://bucket/nowcast/archive.zarr"
+    for outside in (str(tmp_path) + "-sibling/a.zarr", str(tmp_path / ".." / "a.zarr"),
+                    "s3://bucket/nowcast-other/a.zarr", "gs://bucket/nowcast/a.zarr"):
+        with pytest.raises(ParameterError, match=ROOTS_ENV):
+            check_store_url(outside)
+
+
+def test_artifact_keys_and_served_urls(tmp_path, monkeypatch):
+    assert artifact_key("Evaluate test_maps.PNG") == "evaluate-test-maps-png"
+    monkeypatch.delenv("NOWCAST_ARTIFACT_URL", raising=False)
+    assert public_url(tmp_path / "x.png") is None
+    monkeypatch.setenv("NOWCAST_ARTIFACT_URL", "http://127.0.0.1:4201/")
+    monkeypatch.setenv("NOWCAST_ARTIFACT_ROOT", str(tmp_path))
+    assert public_url(tmp_path / "demo" / "x.png") == "http://127.0.0.1:4201/demo/x.png"
+    assert public_url("/elsewhere/x.png") is None
