@@ -130,3 +130,11 @@ def _fmt(value: object) -> str:
     if isinstance(value, (dict, list)):
         return "`" + json.dumps(value, default=str)[:300] + "`"
     return str(value)
+
+
+def show(figures: dict[str, object], path: Path) -> None:
+    """Prints the figures one per line, then where they were written."""
+    width = max(map(len, figures), default=0) + 2
+    for key, value in figures.items():
+        print(f"{key:{width}s} {value}")
+    print(f"results written to {path}")

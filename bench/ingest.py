@@ -21,7 +21,7 @@ import numpy as np
 import xarray as xr
 from zarr.codecs import ZstdCodec
 
-from bench.common import parser, peak_rss, write_results
+from bench.common import parser, peak_rss, show, write_results
 from pipelines.archive import ZSTD_LEVEL
 from pipelines.ingest import IngestSpec, run
 from pipelines.runners import RunnerOptions
@@ -82,9 +82,7 @@ def main(argv: list[str] | None = None) -> None:
              "reference writes frames already in memory (same chunks, zstd level 3). MB are "
              "uncompressed float32 frame bytes.")
     path = write_results("ingest", figures, args.out, args.quick, notes)
-    for key, value in figures.items():
-        print(f"{key:40s} {value}")
-    print(f"results written to {path}")
+    show(figures, path)
 
 
 if __name__ == "__main__":

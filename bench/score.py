@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import parser, peak_rss, write_results
+from bench.common import parser, peak_rss, show, write_results
 from pipelines.ingest import IngestSpec, ingest_items
 from pipelines.runners import RunnerOptions
 from pipelines.sources import get_source
@@ -223,9 +223,7 @@ def main(argv: list[str] | None = None) -> None:
              f"start and {figures['load_avg_1min_end']:.1f} at the end on {os.cpu_count()} CPUs "
              "(above the CPU count means other work ran concurrently).")
     path = write_results("score", figures, args.out, args.quick, notes)
-    for key, value in figures.items():
-        print(f"{key:32s} {value}")
-    print(f"results written to {path}")
+    show(figures, path)
 
 
 if __name__ == "__main__":

@@ -104,16 +104,17 @@ class Grid:
 def cf_grid_mapping(proj4: str) -> dict[str, object]:
     """CF grid-mapping attributes for a PROJ string (pyproj's ``to_cf``)."""
     crs = pyproj.CRS.from_proj4(proj4)
-    attrs = {k: _plain(v) for k, v in crs.to_cf().items()}
+    attrs = {k: plain_value(v) for k, v in crs.to_cf().items()}
     attrs["proj4"] = " ".join(proj4.split())
     return attrs
 
 
-def _plain(value: object) -> object:
+def plain_value(value: object) -> object:
+    """Numpy scalars (also inside lists) as Python values, so attributes serialise to JSON."""
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [plain_value(v) for v in value]
     return value
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import pyproj
 
 from pipelines.archive import FieldSpec
-from pipelines.grid import Grid
+from pipelines.grid import Grid, plain_value
 
 # pyproj warns whenever a CRS is written as a PROJ string or CF attributes, which the
 # archive's grid mapping always does (its crs_wkt keeps the full definition). The filters
@@ -152,22 +152,15 @@ def _cf_attrs(frozen: tuple[tuple[str, object], ...]) -> dict[str, object]:
     ~0.75 s (a datum search in the PROJ database) and every file of a folder repeats it."""
     crs = pyproj.CRS.from_cf({key: (list(value) if isinstance(value, tuple) else value)
                               for key, value in frozen})
-    attrs = {key: _plain(value) for key, value in crs.to_cf().items()}
+    attrs = {key: plain_value(value) for key, value in crs.to_cf().items()}
     attrs["proj4"] = crs.to_proj4()
     return attrs
 
 
 def _hashable(value: object) -> object:
-    value = _plain(value.tolist() if isinstance(value, np.ndarray) else value)
+    value = plain_value(value.tolist() if isinstance(value, np.ndarray) else value)
     return tuple(value) if isinstance(value, list) else value
 
-
-def _plain(value: object) -> object:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
 
 
 def _where(item: SourceItem) -> str:
