@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import psutil
 
 RESULTS_DIR = Path(__file__).parent / "results"
@@ -138,3 +139,14 @@ def show(figures: dict[str, object], path: Path) -> None:
     for key, value in figures.items():
         print(f"{key:{width}s} {value}")
     print(f"results written to {path}")
+
+
+def rain_stats(frames: np.ndarray) -> dict[str, float]:
+    """Normalisation stats of rain-rate frames in windows.zarr's form (docs/schemas.md).
+
+    Benchmarks that save an untrained model through the registry need them.
+    """
+    finite = frames[np.isfinite(frames)].astype("float64")
+    return {"count": int(finite.size), "mean": float(finite.mean()), "std": float(finite.std()),
+            "min": float(finite.min()), "max": float(finite.max()),
+            "log1p_mean": float(np.log1p(finite).mean()), "log1p_std": float(np.log1p(finite).std())}

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import parser, peak_rss, write_results
+from bench.common import parser, peak_rss, rain_stats, write_results
 from pipelines.archive import read_info
 from pipelines.forecast_store import written_flags
 from pipelines.ingest import IngestSpec, ingest_items
@@ -72,10 +72,7 @@ def save_model(models: Path, archive: str, frames: np.ndarray) -> None:
     from model.registry import save_model as registry_save
 
     info = read_info(archive)
-    finite = frames[np.isfinite(frames)].astype("float64")
-    stats = {"count": int(finite.size), "mean": float(finite.mean()), "std": float(finite.std()),
-             "min": float(finite.min()), "max": float(finite.max()),
-             "log1p_mean": float(np.log1p(finite).mean()), "log1p_std": float(np.log1p(finite).std())}
+    stats = rain_stats(frames)
     keras.utils.set_random_seed(0)
     cfg = ArchitectureConfig(t_in=T_IN, t_out=T_OUT, height=PATCH, width=PATCH, filters=(8, 16),
                              lstm_units=32)

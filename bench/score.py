@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import parser, peak_rss, show, write_results
+from bench.common import parser, peak_rss, rain_stats, show, write_results
 from pipelines.ingest import IngestSpec, ingest_items
 from pipelines.runners import RunnerOptions
 from pipelines.sources import get_source
@@ -62,10 +62,7 @@ def save_model(models: Path, frames: np.ndarray, grid: int, patch: int, t_out: i
     from model.architectures import ArchitectureConfig, build_model
     from model.registry import save_model as registry_save
 
-    finite = frames[np.isfinite(frames)].astype("float64")
-    stats = {"count": int(finite.size), "mean": float(finite.mean()), "std": float(finite.std()),
-             "min": float(finite.min()), "max": float(finite.max()),
-             "log1p_mean": float(np.log1p(finite).mean()), "log1p_std": float(np.log1p(finite).std())}
+    stats = rain_stats(frames)
     keras.utils.set_random_seed(0)
     cfg = ArchitectureConfig(t_in=T_IN, t_out=t_out, height=patch, width=patch, filters=(16, 32),
                              lstm_units=64)
