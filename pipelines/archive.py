@@ -34,6 +34,10 @@ class ArchiveError(ValueError):
     """The archive (or an input meant for it) does not follow the schema."""
 
 
+class InterruptedExtensionError(ArchiveError):
+    """The time axis was being extended when a writer stopped; ``extend_time`` completes it."""
+
+
 @dataclasses.dataclass(frozen=True)
 class FieldSpec:
     """One gridded variable of the archive.
@@ -297,7 +301,7 @@ def read_info(url: str) -> ArchiveInfo:
         if isinstance(arr, zarr.Array) and (arr.metadata.dimension_names or (None,))[0] == "time"
     }
     if len(set(time_lengths.values())) != 1:
-        raise ArchiveError(
+        raise InterruptedExtensionError(
             f"archive {url} is part way through a time-axis extension (lengths "
             f"{sorted(set(time_lengths.values()))}); an ingest was interrupted: rerun it to repair"
         )
@@ -329,11 +333,10 @@ def open_archive(url: str, fields: Sequence[FieldSpec] | None = None,
     Raises:
         ArchiveError: naming the problem and the fix.
     """
-    info = read_info(url)
+    read_info(url)  # refuses an interrupted time-axis extension before xarray reads the arrays
     ds = xr.open_zarr(zarr_store(url, read_only=True), consolidated=False, chunks=None,
                       zarr_format=3)
     validate_archive(ds, fields=fields, grid=grid, url=url)
-    del info
     return ds
 
 

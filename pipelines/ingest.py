@@ -38,9 +38,9 @@ from apache_beam.metrics import Metrics
 from pipelines.archive import (
     DEFAULT_TIME_CHUNK,
     VALID,
-    ArchiveError,
     ArchiveInfo,
     FieldSpec,
+    InterruptedExtensionError,
     create_archive,
     extend_time,
     read_info,
@@ -158,7 +158,7 @@ def plan_chunks(indexed: Sequence[tuple[int, SourceItem]], time_chunk: int,
     return tasks
 
 
-def check_frame(source: Source, item: SourceItem, fields: Sequence[FieldSpec],
+def check_frame(item: SourceItem, fields: Sequence[FieldSpec],
                 grid_problem: str | None, data: dict[str, np.ndarray]) -> list[str]:
     """Problems with one frame's data (empty list if it can be ingested)."""
     problems = []
@@ -189,7 +189,7 @@ def check_item(source: Source, item: SourceItem, grid: Grid,
     try:
         grid_problem = grid.mismatch(source.read_grid(item))
         data = source.read(item)
-        problems = check_frame(source, item, fields, grid_problem, data)
+        problems = check_frame(item, fields, grid_problem, data)
         all_nan = all(not np.isfinite(v).any() for v in data.values())
     except SourceError as error:
         problems, all_nan = [str(error)], False
@@ -414,8 +414,6 @@ def valid_flags(url: str) -> np.ndarray:
 def _existing_info(url: str) -> ArchiveInfo:
     try:
         return read_info(url)
-    except ArchiveError as error:
-        if "interrupted" in str(error):
-            group = zarr.open_group(zarr_store(url), mode="r", zarr_format=3)
-            return extend_time(url, group["time"].shape[0])
-        raise
+    except InterruptedExtensionError:
+        group = zarr.open_group(zarr_store(url), mode="r", zarr_format=3)
+        return extend_time(url, group["time"].shape[0])
