@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 
 import numpy as np
 import zarr
@@ -268,15 +269,27 @@ def _needed_chunks(chunk: OutputChunk, length: int, time_chunk: int) -> set[int]
 
 def _pack_tasks(samples: dict[str, SplitSamples], spec: WindowSpec, info: ArchiveInfo,
                 max_source_chunks: int) -> tuple[Task, ...]:
-    """Greedily packs time-ordered output chunks into tasks of bounded source reads."""
-    groups: list[tuple[list[OutputChunk], set[int]]] = []
-    for chunk in _output_chunks(samples, spec.samples_per_chunk):
-        needed = _needed_chunks(chunk, spec.length, info.time_chunk)
-        if groups and len(groups[-1][1] | needed) <= max_source_chunks:
-            groups[-1][0].append(chunk)
-            groups[-1][1].update(needed)
-        else:
-            groups.append(([chunk], set(needed)))
+    """Packs time-ordered output chunks into tasks of bounded source reads.
+
+    A greedy pass finds the fewest tasks; the output chunks are then spread
+    evenly over that many tasks (where every task still fits the bound), so
+    no worker is left with one large task while the others idle.
+    """
+    chunks = _output_chunks(samples, spec.samples_per_chunk)
+    needed = [_needed_chunks(chunk, spec.length, info.time_chunk) for chunk in chunks]
+    bounds: list[int] = [0]  # task i owns chunks[bounds[i]:bounds[i + 1]]
+    reads: set[int] = set()
+    for i, chunk_needs in enumerate(needed):
+        if i > bounds[-1] and len(reads | chunk_needs) > max_source_chunks:
+            bounds.append(i)
+            reads = set()
+        reads |= chunk_needs
+    bounds.append(len(chunks))
+    even = [int(b) for b in np.linspace(0, len(chunks), len(bounds)).round()]
+    if all(len(set().union(*needed[lo:hi])) <= max_source_chunks for lo, hi in itertools.pairwise(even)):
+        bounds = even
+    groups = [(chunks[lo:hi], set().union(*needed[lo:hi]))
+              for lo, hi in itertools.pairwise(bounds) if hi > lo]
     owner = np.full(info.length, -1, dtype="int64")
     for task_index in range(len(groups) - 1, -1, -1):
         for chunk in groups[task_index][0]:
@@ -284,9 +297,9 @@ def _pack_tasks(samples: dict[str, SplitSamples], spec: WindowSpec, info: Archiv
                 for start in np.unique(chunk.starts)[::-1]:
                     owner[start:start + spec.length] = task_index
     return tuple(
-        Task(index=i, source_chunks=tuple(sorted(needed)), outputs=tuple(chunks),
+        Task(index=i, source_chunks=tuple(sorted(task_needs)), outputs=tuple(task_chunks),
              stat_frames=np.flatnonzero(owner == i))
-        for i, (chunks, needed) in enumerate(groups)
+        for i, (task_chunks, task_needs) in enumerate(groups)
     )
 
 

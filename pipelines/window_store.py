@@ -160,29 +160,31 @@ def partial_stats(values: np.ndarray, log1p: bool) -> Stats:
     """Count, mean, sum of squared deviations, min, max of the finite values.
 
     Mean-centred sums (not raw sums of squares) keep the merged variance
-    accurate over billions of pixels.
+    accurate over billions of pixels. Sums are float64; the logarithm is taken
+    of the positive values only (log1p(0) = 0), a minority of rain pixels.
     """
-    finite = np.asarray(values).reshape(-1)
-    observed = np.isfinite(finite)
-    finite = (finite if observed.all() else finite[observed]).astype("float64")
+    flat = np.asarray(values).reshape(-1)
+    observed = np.isfinite(flat)
+    finite = flat if observed.all() else np.compress(observed, flat)
     stats = _moments(finite, "")
     stats["min"] = float(finite.min()) if finite.size else math.inf
     stats["max"] = float(finite.max()) if finite.size else -math.inf
     if log1p:
-        # log1p(0) = 0: only the positive values (a minority of rain pixels) need the logarithm
-        logs = np.zeros_like(finite)
-        np.log1p(finite, out=logs, where=finite > 0)
-        stats.update(_moments(logs, "log1p_"))
+        logs = np.log1p(np.compress(finite > 0, finite).astype("float64"))
+        stats.update(_moments(logs, "log1p_", zeros=finite.size - logs.size))
     return stats
 
 
-def _moments(values: np.ndarray, prefix: str) -> Stats:
-    if not values.size:
+def _moments(values: np.ndarray, prefix: str, zeros: int = 0) -> Stats:
+    """Moments of ``values`` plus ``zeros`` further values equal to 0 (not materialised)."""
+    count = values.size + zeros
+    if not count:
         return {f"{prefix}count": 0.0, f"{prefix}mean": 0.0, f"{prefix}m2": 0.0}
-    mean = float(values.sum()) / values.size
-    deviations = values - mean
-    m2 = float(np.einsum("i,i->", deviations, deviations))
-    return {f"{prefix}count": float(values.size), f"{prefix}mean": mean, f"{prefix}m2": m2}
+    deviations = values.astype("float64")
+    mean = float(deviations.sum()) / count
+    deviations -= mean
+    m2 = float(np.dot(deviations, deviations)) + zeros * mean * mean
+    return {f"{prefix}count": float(count), f"{prefix}mean": mean, f"{prefix}m2": m2}
 
 
 def merge_stats(parts: Iterable[Stats]) -> Stats:
@@ -239,6 +241,7 @@ def log1p_variables(plan: WindowPlan) -> set[str]:
 def task_stats(source: SourceFrames, task: Task, plan: WindowPlan) -> dict[str, Stats]:
     """Partial train statistics of the frames this task owns, per variable."""
     mask = stats_mask(plan)
+    whole_grid = bool(mask.all())  # no patches, or patches tiling the grid: no masked copy needed
     logs = log1p_variables(plan)
     frames = np.asarray(task.stat_frames, dtype="int64")
     breaks = np.flatnonzero(np.diff(frames) != 1) + 1
@@ -248,7 +251,8 @@ def task_stats(source: SourceFrames, task: Task, plan: WindowPlan) -> dict[str, 
         for run in np.split(frames, breaks) if len(frames) else []:
             for lo in range(int(run[0]), int(run[-1]) + 1, plan.info.time_chunk):
                 hi = min(lo + plan.info.time_chunk, int(run[-1]) + 1)
-                parts.append(partial_stats(source.frames(name, lo, hi)[:, mask], log1p=name in logs))
+                block = source.frames(name, lo, hi)
+                parts.append(partial_stats(block if whole_grid else block[:, mask], log1p=name in logs))
         out[name] = merge_stats(parts)
     return out
 
