@@ -56,7 +56,7 @@ class RunnerOptions:
         if self.kind in ("inmemory", "multiprocess"):
             from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
-            if self.kind == "multiprocess" and self.workers > 1:
+            if self.kind == "multiprocess":  # one process per worker, even for a single worker
                 args += ["--direct_running_mode=multi_processing",
                          f"--direct_num_workers={self.workers}"]
             return FnApiRunner(), PipelineOptions(args)
