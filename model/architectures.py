@@ -18,7 +18,11 @@ backends.
 
 Both optionally add the forecast to the last observed frame of the target
 channel (``residual=True``), so an untrained model starts as persistence and
-learns the change, which trains much faster on small data sets.
+learns the change, which trains much faster on small data sets. With
+``advection=True`` they also estimate a motion field and add the forecast to
+the last frame advected along it (:class:`Advect`, the semi-Lagrangian step
+of an extrapolation nowcast), so the network learns motion and the change
+along the motion, not motion from scratch through convolutions.
 
 Constraint: the grid (or patch) height and width must be divisible by
 ``2 ** len(filters)``, because each encoder level halves them and each
@@ -66,6 +70,9 @@ class ArchitectureConfig:
         decoder_filters: channels of the bottleneck frame the ``cnn_lstm``
             Dense layer emits before the transposed convolutions.
         residual: add the forecast to the last input frame of ``target_channel``.
+        advection: (with ``residual``) add the forecast to the last frame
+            advected by a motion field the model estimates, instead of to the
+            last frame itself (see :class:`Advect`).
         target_channel: index of the target variable among the input channels.
     """
 
@@ -80,6 +87,7 @@ class ArchitectureConfig:
     kernel_size: int = 3
     decoder_filters: int = 8
     residual: bool = True
+    advection: bool = False
     target_channel: int = 0
 
     def __post_init__(self) -> None:
@@ -97,6 +105,9 @@ class ArchitectureConfig:
                 f"(depth = len(filters) = {len(self.filters)}); pick a patch size that is a "
                 f"multiple of {factor} or use fewer encoder levels"
             )
+        if self.advection and not self.residual:
+            raise ArchitectureError(
+                "advection=True needs residual=True: it advects the residual's base frame")
         if not 0 <= self.target_channel < self.channels:
             raise ArchitectureError(
                 f"target_channel {self.target_channel} is not among the {self.channels} input channels"
@@ -144,10 +155,81 @@ class LastFrame(layers.Layer):
         return {**super().get_config(), "t_out": self.t_out, "channel": self.channel}
 
 
-def _head(cfg: ArchitectureConfig, inputs, frames, name: str) -> keras.Model:
-    """1x1 convolution to one channel, plus persistence when residual."""
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class Advect(layers.Layer):
+    """Semi-Lagrangian advection of the last frame, once per lead time.
+
+    ``[inputs (batch, t_in, y, x, channels), motion (batch, y, x, 2)] ->
+    (batch, t_out, y, x, 1)``: lead ``k`` takes, at each pixel ``p``, the last
+    frame of ``channel`` at ``p - k * motion(p)`` (motion in pixels per time
+    step, ``(dy, dx)``), interpolated bilinearly; points that fall outside the
+    grid take the nearest edge pixel. This is the backward scheme of an
+    extrapolation nowcast with motion held constant along the trajectory, so
+    a model with zero motion is persistence. Only ``keras.ops``.
+    """
+
+    def __init__(self, t_out: int, channel: int = 0, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.t_out = int(t_out)
+        self.channel = int(channel)
+
+    def call(self, inputs, motion):  # noqa: D102
+        frame = inputs[:, -1, :, :, self.channel]
+        height, width = ops.shape(frame)[1], ops.shape(frame)[2]
+        rows = ops.cast(ops.arange(height), frame.dtype)[None, :, None]
+        cols = ops.cast(ops.arange(width), frame.dtype)[None, None, :]
+        flat = ops.reshape(frame, (-1, height * width))
+        leads = []
+        for k in range(1, self.t_out + 1):
+            ys = ops.clip(rows - k * motion[..., 0], 0.0, ops.cast(height - 1, frame.dtype))
+            xs = ops.clip(cols - k * motion[..., 1], 0.0, ops.cast(width - 1, frame.dtype))
+            leads.append(_bilinear(flat, ys, xs, height, width))
+        return ops.stack(leads, axis=1)[..., None]
+
+    def compute_output_shape(self, inputs_shape, motion_shape=None):  # noqa: D102
+        return (inputs_shape[0], self.t_out, inputs_shape[2], inputs_shape[3], 1)
+
+    def get_config(self) -> dict[str, object]:  # noqa: D102
+        return {**super().get_config(), "t_out": self.t_out, "channel": self.channel}
+
+
+def _bilinear(flat, ys, xs, height, width):
+    """``flat`` (batch, y*x) sampled at in-grid float positions ``ys, xs`` (batch, y, x)."""
+    y0, x0 = ops.floor(ys), ops.floor(xs)
+    wy, wx = ys - y0, xs - x0
+    y0, x0 = ops.cast(y0, "int32"), ops.cast(x0, "int32")
+    y1, x1 = ops.minimum(y0 + 1, height - 1), ops.minimum(x0 + 1, width - 1)
+
+    def at(yy, xx):
+        index = ops.reshape(yy * width + xx, (ops.shape(flat)[0], -1))
+        return ops.reshape(ops.take_along_axis(flat, index, axis=1), ops.shape(ys))
+
+    top = at(y0, x0) * (1 - wx) + at(y0, x1) * wx
+    bottom = at(y1, x0) * (1 - wx) + at(y1, x1) * wx
+    return top * (1 - wy) + bottom * wy
+
+
+def _motion(cfg: ArchitectureConfig, features) -> keras.KerasTensor:
+    """Motion (pixels per step) from ``(batch, y / 2**depth, x / 2**depth, c)`` features.
+
+    Zero-initialised, so an untrained model advects nothing (persistence);
+    smooth, because it is estimated at the features' resolution and
+    upsampled bilinearly.
+    """
+    motion = layers.Conv2D(2, cfg.kernel_size, padding="same", kernel_initializer="zeros",
+                           name="motion")(features)
+    return layers.UpSampling2D(cfg.downsampling, interpolation="bilinear", name="motion_upsample",
+                               dtype="float32")(motion)
+
+
+def _head(cfg: ArchitectureConfig, inputs, frames, name: str, features=None) -> keras.Model:
+    """1x1 convolution to one channel, plus persistence (or its advection) when residual."""
     outputs = layers.TimeDistributed(layers.Conv2D(1, 1, dtype="float32"), name="to_target")(frames)
-    if cfg.residual:
+    if cfg.residual and cfg.advection:
+        base = Advect(cfg.t_out, cfg.target_channel, name="advection", dtype="float32")(
+            inputs, _motion(cfg, features))
+        outputs = layers.Add(name="residual", dtype="float32")([base, outputs])
+    elif cfg.residual:
         persistence = LastFrame(cfg.t_out, cfg.target_channel, name="persistence", dtype="float32")(inputs)
         outputs = layers.Add(name="residual", dtype="float32")([persistence, outputs])
     return keras.Model(inputs, outputs, name=name)
@@ -166,13 +248,17 @@ def cnn_lstm(cfg: ArchitectureConfig) -> keras.Model:
     for i in range(cfg.lstm_layers):
         x = layers.LSTM(cfg.lstm_units, return_sequences=i < cfg.lstm_layers - 1, name=f"lstm{i}")(x)
     h, w = cfg.height // cfg.downsampling, cfg.width // cfg.downsampling
+    features = None
+    if cfg.advection:  # a motion field needs a spatial layout: one small frame from the LSTM state
+        features = layers.Dense(h * w * cfg.decoder_filters, activation="relu", name="motion_dense")(x)
+        features = layers.Reshape((h, w, cfg.decoder_filters), name="motion_features")(features)
     x = layers.Dense(cfg.t_out * h * w * cfg.decoder_filters, activation="relu", name="decoder_dense")(x)
     x = layers.Reshape((cfg.t_out, h, w, cfg.decoder_filters), name="decoder_reshape")(x)
     for level, f in reversed(list(enumerate(cfg.filters))):
         x = layers.TimeDistributed(
             layers.Conv2DTranspose(f, k, strides=2, padding="same", activation="relu"),
             name=f"decoder_upconv{level}")(x)
-    return _head(cfg, inputs, x, "cnn_lstm")
+    return _head(cfg, inputs, x, "cnn_lstm", features)
 
 
 def convlstm(cfg: ArchitectureConfig) -> keras.Model:
@@ -187,6 +273,7 @@ def convlstm(cfg: ArchitectureConfig) -> keras.Model:
         x = layers.ConvLSTM2D(cfg.lstm_units, k, padding="same", return_sequences=i < cfg.lstm_layers - 1,
                               name=f"encoder_convlstm{i}")(x)
     h, w = cfg.height // cfg.downsampling, cfg.width // cfg.downsampling
+    features = x  # the encoder's final spatial state
     x = layers.Flatten(name="state_flatten")(x)
     x = layers.RepeatVector(cfg.t_out, name="state_repeat")(x)
     x = layers.Reshape((cfg.t_out, h, w, cfg.lstm_units), name="state_frames")(x)
@@ -197,7 +284,7 @@ def convlstm(cfg: ArchitectureConfig) -> keras.Model:
         x = layers.TimeDistributed(
             layers.Conv2DTranspose(f, k, strides=2, padding="same", activation="relu"),
             name=f"decoder_upconv{level}")(x)
-    return _head(cfg, inputs, x, "convlstm")
+    return _head(cfg, inputs, x, "convlstm", features)
 
 
 ARCHITECTURES: dict[str, Callable[[ArchitectureConfig], keras.Model]] = {

@@ -18,13 +18,19 @@ def _metadata() -> dict[str, object]:
     return {"archive": ARCHIVE.to_dict(), "t_in": 3, "t_out": 2}
 
 
-@pytest.fixture(params=["cnn_lstm", "convlstm"])
+@pytest.fixture(params=[("cnn_lstm", False), ("convlstm", False), ("convlstm", True)],
+                ids=["cnn_lstm", "convlstm", "convlstm-advection"])
 def saved(request, tmp_path):
     keras.utils.set_random_seed(0)
-    model = build_model(request.param, ArchitectureConfig(t_in=3, t_out=2, height=8, width=8, filters=(4,),
-                                                          lstm_units=4))
-    path = registry.save_model(model, tmp_path, request.param, _metadata(), {"val_loss": 0.5}, version="v1")
-    return model, path, tmp_path, request.param
+    name, advection = request.param
+    model = build_model(name, ArchitectureConfig(t_in=3, t_out=2, height=8, width=8, filters=(4,),
+                                                 lstm_units=4, advection=advection))
+    if advection:  # the motion head starts at zero; give it weights so the round trip moves pixels
+        motion = model.get_layer("motion")
+        motion.set_weights([np.random.default_rng(3).normal(0, 0.5, w.shape).astype("float32")
+                            for w in motion.get_weights()])
+    path = registry.save_model(model, tmp_path, name, _metadata(), {"val_loss": 0.5}, version="v1")
+    return model, path, tmp_path, name
 
 
 def test_save_then_load_gives_identical_predictions(saved):
