@@ -87,10 +87,12 @@ class Normalizer:
         """Model space back to physical units (rain clipped at 0)."""
         var = var or self.target
         mean, std = self._mean_std(var)
-        out = np.asarray(values, dtype="float32") * np.float32(std) + np.float32(mean)
+        out = np.multiply(np.asarray(values, dtype="float32"), np.float32(std))  # the one new array
+        out += np.float32(mean)
         if self.kind(var) == "log1p":
-            out = np.maximum(np.expm1(out), 0.0)
-        return out.astype("float32", copy=False)
+            np.expm1(out, out=out)
+            np.maximum(out, np.float32(0.0), out=out)
+        return out
 
     def normalize_inputs(self, inputs: np.ndarray) -> np.ndarray:
         """``(..., channel)`` inputs, each channel by its own variable."""

@@ -107,10 +107,13 @@ class Tiling:
         grouped = tiles.reshape(n, len(origins), *tiles.shape[1:])
         total = np.zeros((n, tiles.shape[1], *self.grid), dtype="float64")
         norm = np.zeros(self.grid, dtype="float64")
+        weighted = np.empty((n, tiles.shape[1], py, px), dtype="float64")
         for k, (y0, x0) in enumerate(origins):
             norm[y0:y0 + py, x0:x0 + px] += weights
-            total[:, :, y0:y0 + py, x0:x0 + px] += grouped[:, k].astype("float64") * weights
-        return (total / norm).astype("float32")
+            np.multiply(grouped[:, k], weights, out=weighted)
+            total[:, :, y0:y0 + py, x0:x0 + px] += weighted
+        total /= norm
+        return total.astype("float32")
 
 
 # ---------------------------------------------------------------- the loaded model
