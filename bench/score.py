@@ -12,12 +12,14 @@ not change the cost) saved through the registry:
   measured just before and just after the 1-worker job, the faster kept.
 - ``speedup_2_workers``: the job's wall time with 1 worker over 2 workers,
   each worker one process with one TensorFlow thread (FnApiRunner
-  multi_processing, ``threads_per_worker=1``): the scaling of the job when
-  every worker gets the same share of the machine, as on a cluster. Worker
-  start-up (importing TensorFlow, loading the model) is included.
+  multi_processing, ``threads_per_worker=1``); the 1-worker run is confined
+  to one CPU core (affinity, inherited by its worker process and its
+  forecast-writer thread), the 2-worker run has both: the scaling of the
+  job when every worker gets one core, as on a cluster. Worker start-up
+  (importing TensorFlow, loading the model) is included.
   ``all_core_worker_over_2_workers`` compares the 1-worker in-memory run
-  (TensorFlow's default of a thread per core) with the same 2 workers: on
-  this 2-core machine that single worker already uses both cores.
+  (TensorFlow's default of a thread per core, unconfined) with the same 2
+  workers: on this 2-core machine that single worker already uses both cores.
 - ``latency_512_s``: median seconds to score one init time on a 512 x 512
   grid with the model loaded (read the window from the archive, forecast
   all tiles, write the store): what the streaming job does per new frame.
@@ -33,6 +35,7 @@ not change the cost) saved through the registry:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
 import tempfile
@@ -149,6 +152,17 @@ def latency_512(root: Path, quick: bool) -> dict[str, float]:
             "latency_512_samples": len(warm)}
 
 
+@contextlib.contextmanager
+def one_core():
+    """This process, and the processes it starts meanwhile, on one CPU core (Linux affinity)."""
+    cores = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(cores)})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, cores)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parser(__doc__.splitlines()[0]).parse_args(argv)
     from model.handler import load_forecaster
@@ -177,10 +191,12 @@ def main(argv: list[str] | None = None) -> None:
         predict_runs = [predict_only_seconds(forecaster, frames, indices, PREDICT_BATCH)]
         runs = {"1": job_seconds(spec("1"), RunnerOptions(kind="inmemory"))}
         predict_runs.append(predict_only_seconds(forecaster, frames, indices, PREDICT_BATCH))
-        # scaling: the same worker (one process, one TensorFlow thread) once and twice
-        for workers in (1, 2):
-            runs[f"{workers}_pinned"] = job_seconds(spec(f"{workers}-pinned", threads_per_worker=1),
-                                                    RunnerOptions(kind="multiprocess", workers=workers))
+        # scaling: one core for one worker process, then two cores for two (one TensorFlow thread each)
+        with one_core():  # the worker process inherits the affinity, its forecast-writer thread included
+            runs["1_pinned"] = job_seconds(spec("1-pinned", threads_per_worker=1),
+                                           RunnerOptions(kind="multiprocess", workers=1))
+        runs["2_pinned"] = job_seconds(spec("2-pinned", threads_per_worker=1),
+                                       RunnerOptions(kind="multiprocess", workers=2))
         predict_s = min(predict_runs)
         one_s, scored, one_rss = runs["1"]
         pinned_s, _, pinned_rss = runs["1_pinned"]
@@ -198,7 +214,7 @@ def main(argv: list[str] | None = None) -> None:
         "end_to_end_over_predict_only": (scored / one_s) / (len(indices) / predict_s),
         "speedup_2_workers": pinned_s / two_s,
         "all_core_worker_over_2_workers": one_s / two_s,
-        "threads_per_worker_scaling_runs": 1,
+        "threads_per_worker_scaling_runs": 1, "cores_1_worker_run": 1,
         "job_seconds_1_worker": one_s, "job_seconds_1_pinned_worker": pinned_s,
         "job_seconds_2_workers": two_s,
         "peak_rss_mb_1_worker": one_rss / 2**20, "peak_rss_mb_1_pinned_worker": pinned_rss / 2**20,
