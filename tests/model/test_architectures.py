@@ -40,13 +40,14 @@ def test_every_layer_is_named_in_summary(name):
     assert len(recurrent) == (2 if name == "cnn_lstm" else 4)
 
 
-def test_residual_model_starts_from_persistence():
-    cfg = ArchitectureConfig(t_in=3, t_out=2, height=8, width=8, filters=(4,), lstm_units=4)
-    model = build_model("convlstm", cfg)
-    for layer in model.layers:
-        if layer.name == "to_target":
-            kernel, bias = layer.get_weights()
-            layer.set_weights([np.zeros_like(kernel), np.zeros_like(bias)])
+@pytest.mark.parametrize(("name", "advection"), [("convlstm", False), ("cnn_lstm", True), ("convlstm", True)])
+def test_untrained_residual_model_is_persistence_plus_its_change(name, advection):
+    """With the change head zeroed: persistence (an untrained motion head moves nothing)."""
+    cfg = ArchitectureConfig(t_in=3, t_out=2, height=8, width=8, filters=(4,), lstm_units=4,
+                             decoder_filters=2, advection=advection)
+    model = build_model(name, cfg)
+    change = model.get_layer("to_target")
+    change.set_weights([np.zeros_like(w) for w in change.get_weights()])
     batch = np.random.default_rng(1).normal(size=(1, 3, 8, 8, 1)).astype("float32")
     out = keras.ops.convert_to_numpy(model(batch))
     np.testing.assert_allclose(out, np.repeat(batch[:, -1:], 2, axis=1), rtol=1e-6)
@@ -64,6 +65,8 @@ def test_bad_names_and_options_are_refused():
         ArchitectureConfig.from_dict({"t_in": 2, "t_out": 2, "height": 8, "width": 8, "filterz": [4]})
     with pytest.raises(ArchitectureError, match="target_channel"):
         ArchitectureConfig(t_in=2, t_out=2, height=8, width=8, channels=1, target_channel=1)
+    with pytest.raises(ArchitectureError, match="advection=True needs residual=True"):
+        ArchitectureConfig(t_in=3, t_out=2, height=8, width=8, residual=False, advection=True)
 
 
 @pytest.mark.slow
@@ -128,22 +131,6 @@ def test_advect_layer_matches_a_numpy_semi_lagrangian_step():
     moved = keras.ops.convert_to_numpy(Advect(t_out=2)(inputs[:1], shift))[0, ..., 0]
     np.testing.assert_array_equal(moved[0, 1:, 2:], inputs[0, -1, :-1, :-2, 0])
     np.testing.assert_array_equal(moved[1, 2:, 4:], inputs[0, -1, :-2, :-4, 0])
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_untrained_advection_model_is_persistence_plus_its_residual(name):
-    cfg = ArchitectureConfig(t_in=3, t_out=2, height=8, width=8, filters=(4,), lstm_units=4,
-                             decoder_filters=2, advection=True)
-    model = build_model(name, cfg)
-    for layer in model.layers:
-        if layer.name == "to_target":
-            kernel, bias = layer.get_weights()
-            layer.set_weights([np.zeros_like(kernel), np.zeros_like(bias)])
-    batch = np.random.default_rng(1).normal(size=(1, 3, 8, 8, 1)).astype("float32")
-    out = keras.ops.convert_to_numpy(model(batch))
-    np.testing.assert_allclose(out, np.repeat(batch[:, -1:], 2, axis=1), rtol=1e-6)
-    with pytest.raises(ArchitectureError, match="advection=True needs residual=True"):
-        ArchitectureConfig(t_in=3, t_out=2, height=8, width=8, residual=False, advection=True)
 
 
 @pytest.mark.slow
