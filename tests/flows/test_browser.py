@@ -25,6 +25,9 @@ from flows.serve import wait_for_api
 from pipelines.forecast_store import written_flags
 from tests.pipelines.scoring_helpers import make_archive, save_tiny_model, synthetic_stats
 
+# how long the UI may take to react: a liveness bound, not a speed check (a loaded 2-core CI
+# machine once took over 60 s for one navigation)
+UI_WAIT_MS = 180_000
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--no-first-run"]
@@ -107,14 +110,15 @@ def test_backfill_from_the_ui_form_runs_to_completion(served):
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(f"{ui}/deployments", wait_until="networkidle", timeout=120_000)
+            page.set_default_timeout(UI_WAIT_MS)  # clicks and fills too, not only the waits below
+            page.goto(f"{ui}/deployments", wait_until="networkidle", timeout=UI_WAIT_MS)
             for flow_name in ("ingest", "forecast", "backfill", "train", "evaluate"):
-                page.get_by_text(flow_name, exact=True).first.wait_for(timeout=60_000)
+                page.get_by_text(flow_name, exact=True).first.wait_for(timeout=UI_WAIT_MS)
             row = page.locator("tr", has=page.get_by_text("backfill", exact=True))
             row.get_by_role("link", name="local").click()
             page.get_by_role("button", name="Run", exact=True).click()
             page.get_by_text("Custom run").click()
-            page.wait_for_url(re.compile(r"/deployments/deployment/[0-9a-f-]+/run"), timeout=60_000)
+            page.wait_for_url(re.compile(r"/deployments/deployment/[0-9a-f-]+/run"), timeout=UI_WAIT_MS)
 
             def field(label: str):
                 prop = page.locator(".schema-form-property",
@@ -128,7 +132,7 @@ def test_backfill_from_the_ui_form_runs_to_completion(served):
             assert field("Model Version").input_value() == "latest"
             deployment_id = re.search(r"/deployment/([0-9a-f-]+)/run", page.url).group(1)
             page.get_by_role("button", name="Submit").click()
-            page.wait_for_url(re.compile(rf"/deployments/deployment/{deployment_id}(\?.*)?$"), timeout=60_000)
+            page.wait_for_url(re.compile(rf"/deployments/deployment/{deployment_id}(\?.*)?$"))
             runs = api(api_url, "/flow_runs/filter", {"deployments": {"id": {"any_": [deployment_id]}}})
             assert len(runs) == 1, runs  # the form's submission
             run_id = runs[0]["id"]
@@ -140,9 +144,9 @@ def test_backfill_from_the_ui_form_runs_to_completion(served):
                 assert time.monotonic() < deadline, f"flow run still {state['type']}"
                 time.sleep(1)
             assert state["type"] == "COMPLETED", state
-            page.goto(f"{ui}/runs/flow-run/{run_id}", wait_until="networkidle", timeout=60_000)
-            page.get_by_text("Completed").first.wait_for(timeout=60_000)
-            page.get_by_text("backfill progress").first.wait_for(timeout=60_000)  # the run's logs
+            page.goto(f"{ui}/runs/flow-run/{run_id}", wait_until="networkidle", timeout=UI_WAIT_MS)
+            page.get_by_text("Completed").first.wait_for(timeout=UI_WAIT_MS)
+            page.get_by_text("backfill progress").first.wait_for(timeout=UI_WAIT_MS)  # the run's logs
         finally:
             browser.close()
     flags = written_flags(str(workdir / "forecasts.zarr"))
