@@ -189,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
         "peak_rss_under_2gb": max(figures["peak_rss_mb"], figures["peak_rss_mb_double_length"]) < 2048,
     }
     notes = ("(a) FnApiRunner multi_processing, 2 worker processes (job_threads: FnApiRunner "
-             "multi_threading, 2 worker threads in one process; 1 worker: in-memory FnApiRunner); "
+             "multi_threading, 2 worker threads in one process; 1 worker: one worker process, "
+             "FnApiRunner multi_processing); "
              "(b) run_in_process: one process, same plan and work (incl. train statistics), "
              "zarr zstd-3 writer; limit_without_stats: (b) minus the statistics; "
              "(c) xbatcher 0.4 BatchGenerator over xarray.open_zarr, same writer, no statistics. "
