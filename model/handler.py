@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -193,17 +194,26 @@ class Forecaster:
             raise ForecastError(f"windows must be (n, {self.t_in}, y, x, {len(self.channels)}), "
                                 f"got {windows.shape}")
         normalized = self.normalizer.normalize_inputs(windows)
-        if not len(normalized):
-            return np.zeros((0, self.t_out, *self.tiling.grid), "float32")
-        tiles = [self.predict_normalized(self.tiling.split(window[None])) for window in normalized]
-        blended = self.tiling.blend(np.concatenate(tiles))
-        physical = self.normalizer.denormalize(blended, self.target)
+        out = np.empty((len(windows), self.t_out, *self.tiling.grid), "float32")
+        # each window's blending and de-normalising (numpy) runs on a second thread while the
+        # model (which releases the GIL) forecasts the next window's tiles
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="forecast-finish") as finisher:
+            finishing = [finisher.submit(self._finish, self.predict_normalized(self.tiling.split(w[None])),
+                                         windows[i], out, i)
+                         for i, w in enumerate(normalized)]
+            for done in finishing:
+                done.result()
+        return out
+
+    def _finish(self, tiles: np.ndarray, window: np.ndarray, out: np.ndarray, i: int) -> None:
+        """One window's tile forecasts -> its physical forecast in ``out[i]``."""
+        physical = self.normalizer.denormalize(self.tiling.blend(tiles), self.target)[0]
         low, high = self.valid_range
         if low is not None or high is not None:
-            physical = np.clip(physical, low, high)
-        unobserved = np.isnan(windows[..., self.channels.index(self.target)]).all(axis=1)
-        physical = np.where(unobserved[:, None], np.float32("nan"), physical)
-        return physical.astype("float32", copy=False)
+            np.clip(physical, low, high, out=physical)
+        unobserved = np.isnan(window[..., self.channels.index(self.target)]).all(axis=0)
+        physical[:, unobserved] = np.float32("nan")
+        out[i] = physical
 
 
 def compiled_predict(net: Any):
