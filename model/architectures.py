@@ -73,6 +73,11 @@ class ArchitectureConfig:
         advection: (with ``residual``) add the forecast to the last frame
             advected by a motion field the model estimates, instead of to the
             last frame itself (see :class:`Advect`).
+        matched_motion: (with ``advection``) start that motion field from a
+            block-matching estimate of the input frames' motion
+            (:class:`MatchMotion`, no weights), so the network only learns a
+            correction to it; an untrained model is then an extrapolation
+            nowcast rather than persistence.
         target_channel: index of the target variable among the input channels.
     """
 
@@ -88,6 +93,7 @@ class ArchitectureConfig:
     decoder_filters: int = 8
     residual: bool = True
     advection: bool = False
+    matched_motion: bool = False
     target_channel: int = 0
 
     def __post_init__(self) -> None:
@@ -108,6 +114,10 @@ class ArchitectureConfig:
         if self.advection and not self.residual:
             raise ArchitectureError(
                 "advection=True needs residual=True: it advects the residual's base frame")
+        if self.matched_motion and not (self.advection and self.t_in >= 2):
+            raise ArchitectureError(
+                "matched_motion=True needs advection=True and t_in >= 2: it estimates the motion "
+                "the advection uses from consecutive input frames")
         if not 0 <= self.target_channel < self.channels:
             raise ArchitectureError(
                 f"target_channel {self.target_channel} is not among the {self.channels} input channels"
@@ -193,6 +203,110 @@ class Advect(layers.Layer):
         return {**super().get_config(), "t_out": self.t_out, "channel": self.channel}
 
 
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class MatchMotion(layers.Layer):
+    """Motion of one channel over the last input frames, by block matching.
+
+    ``(batch, t_in, y, x, channels) -> (batch, y, x, 2)``, in pixels per time
+    step ``(dy, dx)``, the convention of :class:`Advect`. The frames are
+    averaged down by ``downsample``; for every shift of up to ``radius``
+    coarse pixels, the squared difference between each of the last ``pairs``
+    frames and its predecessor moved by that shift is averaged over a
+    ``window``-pixel neighbourhood; each pixel takes its cheapest shift (a
+    tiny penalty on the shift's length sends ties, such as dry areas, to no
+    motion), and the field is smoothed over ``smooth`` pixels. It has no
+    weights and passes no gradient: it is the motion estimate of an
+    extrapolation nowcast, which the model then corrects. Only ``keras.ops``.
+
+    The defaults came from the MeteoSwiss 2016-07-11 radar event (1 km, 5 min):
+    advecting its last frame along this motion scored CSI 0.516 at 1 mm/h
+    +30 min against 0.512 for pySTEPS' Lucas-Kanade extrapolation
+    (docs/model.md).
+    """
+
+    def __init__(self, channel: int = 0, radius: int = 4, downsample: int = 2, window: int = 64,
+                 smooth: int = 32, pairs: int = 3, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.channel, self.radius, self.downsample = int(channel), int(radius), int(downsample)
+        self.window, self.smooth, self.pairs = int(window), int(smooth), int(pairs)
+        self.shifts = [(dy, dx) for dy in range(-self.radius, self.radius + 1)
+                       for dx in range(-self.radius, self.radius + 1)]
+
+    def call(self, inputs):  # noqa: D102
+        frames = ops.stop_gradient(ops.transpose(inputs[..., self.channel], (0, 2, 3, 1)))  # (b, y, x, t)
+        height, width, steps = ops.shape(frames)[1], ops.shape(frames)[2], ops.shape(frames)[3]
+        d = self.downsample
+        if d > 1:
+            frames = ops.average_pool(frames, d, strides=d, padding="same")
+        pairs = [(frames[..., steps - 1 - j], frames[..., steps - 2 - j])
+                 for j in range(min(self.pairs, steps - 1))]
+        cost = self._cost(pairs)
+        penalty = ops.convert_to_tensor([dy * dy + dx * dx for dy, dx in self.shifts], dtype=cost.dtype)
+        best = ops.argmin(cost + 1e-4 * penalty, axis=-1)
+        vectors = ops.convert_to_tensor([[float(dy), float(dx)] for dy, dx in self.shifts],
+                                        dtype=frames.dtype)
+        motion = (ops.take(vectors, best, axis=0) + self._subpixel(cost, best)) * d  # full-grid pixels
+        if d > 1:
+            motion = ops.repeat(ops.repeat(motion, d, axis=1), d, axis=2)[:, :height, :width]
+        if self.smooth > 1:
+            motion = _box_mean(motion, self.smooth)
+        return motion
+
+    def _subpixel(self, cost, best):
+        """Offsets within ±0.5 coarse pixel: a parabola through the cost at the best shift and its neighbours.
+
+        Along each axis; a best shift on the edge of the search range keeps its whole-pixel value.
+        """
+        side = 2 * self.radius + 1
+        row, col = best // side, best % side
+        offsets = []
+        for position, step in ((row, side), (col, 1)):  # neighbours along y are a row of shifts apart
+            step = ops.where(ops.logical_and(position > 0, position < side - 1), step, 0)
+            below, centre, above = (_cost_at(cost, best + k * step) for k in (-1, 0, 1))
+            curvature = below - 2 * centre + above
+            offset = ops.where(curvature > 1e-12, 0.5 * (below - above) / ops.maximum(curvature, 1e-12), 0.0)
+            offsets.append(ops.clip(offset, -0.5, 0.5))
+        return ops.stack(offsets, axis=-1)
+
+    def _cost(self, pairs):
+        """Mean squared difference per coarse pixel and shift, over the window: (b, y, x, shifts)."""
+        r = self.radius
+        pad = ((0, 0), (r, r), (r, r))
+        height, width = ops.shape(pairs[0][0])[1], ops.shape(pairs[0][0])[2]
+        inside = ops.pad(ops.ones_like(pairs[0][0]), pad)  # where the shifted frame has data
+        padded = [(current, ops.pad(previous, pad)) for current, previous in pairs]
+        sums = []
+        for dy, dx in self.shifts:  # previous(p - shift) against current(p)
+            rows, cols = slice(r - dy, r - dy + height), slice(r - dx, r - dx + width)
+            valid = inside[:, rows, cols]
+            error = sum(valid * (current - previous[:, rows, cols]) ** 2 for current, previous in padded)
+            sums += [error, valid]
+        pooled = _box_mean(ops.stack(sums, axis=-1), max(self.window // self.downsample, 1))
+        return pooled[..., 0::2] / (pooled[..., 1::2] * len(pairs) + 1e-6)
+
+    def compute_output_shape(self, input_shape):  # noqa: D102
+        return (input_shape[0], input_shape[2], input_shape[3], 2)
+
+    def get_config(self) -> dict[str, object]:  # noqa: D102
+        return {**super().get_config(), "channel": self.channel, "radius": self.radius,
+                "downsample": self.downsample, "window": self.window, "smooth": self.smooth,
+                "pairs": self.pairs}
+
+
+def _cost_at(cost, index):
+    """``cost[..., index]`` per pixel: ``(b, y, x, shifts)`` and ``(b, y, x)`` -> ``(b, y, x)``."""
+    return ops.squeeze(ops.take_along_axis(cost, ops.expand_dims(index, -1), axis=-1), -1)
+
+
+def _box_mean(x, size: int):
+    """Mean of ``(batch, y, x, c)`` over a ``size`` square around each pixel (the part inside the grid).
+
+    Two one-dimensional passes: a 64-pixel box costs 128 additions per pixel, not 4096.
+    """
+    x = ops.average_pool(x, (size, 1), strides=1, padding="same")
+    return ops.average_pool(x, (1, size), strides=1, padding="same")
+
+
 def _bilinear(flat, ys, xs, height, width):
     """``flat`` (batch, y*x) sampled at in-grid float positions ``ys, xs`` (batch, y, x)."""
     y0, x0 = ops.floor(ys), ops.floor(xs)
@@ -226,8 +340,11 @@ def _head(cfg: ArchitectureConfig, inputs, frames, name: str, features=None) -> 
     """1x1 convolution to one channel, plus persistence (or its advection) when residual."""
     outputs = layers.TimeDistributed(layers.Conv2D(1, 1, dtype="float32"), name="to_target")(frames)
     if cfg.residual and cfg.advection:
-        base = Advect(cfg.t_out, cfg.target_channel, name="advection", dtype="float32")(
-            inputs, _motion(cfg, features))
+        motion = _motion(cfg, features)
+        if cfg.matched_motion:  # the network's motion is a correction to the matched one
+            matched = MatchMotion(cfg.target_channel, name="matched_motion", dtype="float32")(inputs)
+            motion = layers.Add(name="motion_total", dtype="float32")([matched, motion])
+        base = Advect(cfg.t_out, cfg.target_channel, name="advection", dtype="float32")(inputs, motion)
         outputs = layers.Add(name="residual", dtype="float32")([base, outputs])
     elif cfg.residual:
         persistence = LastFrame(cfg.t_out, cfg.target_channel, name="persistence", dtype="float32")(inputs)

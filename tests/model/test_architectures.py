@@ -67,6 +67,8 @@ def test_bad_names_and_options_are_refused():
         ArchitectureConfig(t_in=2, t_out=2, height=8, width=8, channels=1, target_channel=1)
     with pytest.raises(ArchitectureError, match="advection=True needs residual=True"):
         ArchitectureConfig(t_in=3, t_out=2, height=8, width=8, residual=False, advection=True)
+    with pytest.raises(ArchitectureError, match="matched_motion=True needs advection=True"):
+        ArchitectureConfig(t_in=3, t_out=2, height=8, width=8, matched_motion=True)
 
 
 @pytest.mark.slow
@@ -154,3 +156,56 @@ def test_advection_model_learns_a_steady_translation():
     persistence = float(np.mean((y - x[:, -1:]) ** 2))
     model.fit(x, y, batch_size=16, epochs=60, verbose=0)
     assert model.evaluate(x, y, verbose=0) < persistence / 5
+
+
+def _moving_field(shift: tuple[int, int], steps: int, size: int = 64, seed: int = 4) -> np.ndarray:
+    """``(steps, size, size)`` smooth rain-like frames moving ``shift`` pixels per step."""
+    from scipy.ndimage import gaussian_filter
+
+    pad = steps * 8
+    field = gaussian_filter(np.random.default_rng(seed).normal(size=(size + 2 * pad,) * 2), 3)
+    field = np.maximum(field / field.std() - 0.3, 0).astype("float32")
+    dy, dx = shift
+    return np.stack([field[pad - t * dy:pad - t * dy + size, pad - t * dx:pad - t * dx + size]
+                     for t in range(steps)])
+
+
+@pytest.mark.parametrize(("shift", "tolerance"), [((0, 0), 0.05), ((2, -4), 0.05), ((-6, 2), 0.05),
+                                                  ((3, -5), 0.3), ((1, 5), 0.3)])
+def test_match_motion_finds_a_steady_translation(shift, tolerance):
+    from model.architectures import MatchMotion
+
+    frames = _moving_field(shift, steps=4)[None, ..., None]
+    motion = keras.ops.convert_to_numpy(MatchMotion()(frames))[0]
+    assert motion.shape == (64, 64, 2)
+    # away from the edges, where the moved frame has no data yet, every pixel has the true motion
+    np.testing.assert_allclose(motion[16:-16, 16:-16], np.broadcast_to(shift, (32, 32, 2)), atol=tolerance)
+
+
+def test_match_motion_leaves_a_dry_or_steady_field_still():
+    from model.architectures import MatchMotion
+
+    steady = np.repeat(_moving_field((0, 0), 1, 32)[None, :, :, :, None], 4, axis=1)
+    for frames in (np.zeros((1, 4, 32, 32, 1), "float32"), steady):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(MatchMotion()(frames)), 0.0)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_untrained_matched_motion_model_is_an_extrapolation_nowcast(name):
+    """With the change head zeroed, the model advects the last frame along the matched motion."""
+    from model.architectures import Advect, MatchMotion
+
+    cfg = ArchitectureConfig(t_in=4, t_out=3, height=64, width=64, filters=(4,), lstm_units=4,
+                             decoder_filters=2, advection=True, matched_motion=True)
+    model = build_model(name, cfg)
+    change = model.get_layer("to_target")
+    change.set_weights([np.zeros_like(w) for w in change.get_weights()])
+    frames = _moving_field((2, -4), steps=7)
+    out = keras.ops.convert_to_numpy(model(frames[None, :4, :, :, None]))[0, ..., 0]
+    expected = Advect(3)(frames[None, :4, :, :, None], MatchMotion()(frames[None, :4, :, :, None]))
+    np.testing.assert_allclose(out, keras.ops.convert_to_numpy(expected)[0, ..., 0], atol=1e-6)
+    # and that is close to the truth (sub-pixel motion interpolates), away from the upwind edges,
+    # where persistence is far off
+    inner = (slice(None), slice(24, -24), slice(24, -24))
+    assert np.abs(out[inner] - frames[4:][inner]).max() < 0.05
+    assert np.abs(frames[3:4][:, 24:-24, 24:-24] - frames[4:][inner]).max() > 0.5
