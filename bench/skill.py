@@ -18,9 +18,13 @@ training windows cut with pipelines.windows; the models train with
 model.train (CPU, a few minutes), are saved to a registry, and are loaded
 back against the test archive's description (which they must fit) and
 against BoM's 10-minute archive description (which they must refuse).
-Models forecast from overlapping 64x64 tiles blended together, the
-baselines on the whole grid; every forecast is scored by model.verification
-on the pixels inside radar coverage. Leads are 5..30 min.
+Both models advect the last frame along a block-matched motion field and
+forecast the change along it (``advection`` and ``matched_motion``, see
+model/architectures.py). They forecast the whole grid the way the scoring job
+does (model.handler's forecaster: 64x64 tiles overlapping by half a tile,
+blended with linear ramps, clipped at 0), the baselines on the whole grid.
+Every forecast is scored by model.verification on the pixels inside radar
+coverage. Leads are 5..30 min.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ import xarray as xr
 
 from bench.common import parser, peak_rss, write_results
 from model import verification
-from model.data import Normalizer
+from model.handler import load_forecaster
 from model.registry import ArchiveDescription, ArchiveMismatchError, load_model
 from model.train import TrainConfig, train
 from pipelines.ingest import IngestSpec, ingest_items
@@ -48,9 +52,11 @@ from pipelines.windows import WindowJob, run_in_process
 RADAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "radar"
 TRAIN_EVENT, TEST_EVENT = "mch/20150515", "mch/20160711"
 T_IN, T_OUT, PATCH = 4, 6, 64
+# both forecast the change along a block-matched motion (model/architectures.py: MatchMotion)
+MOTION = {"advection": True, "matched_motion": True}
 MODELS = {
-    "cnn_lstm": {"filters": [16, 32], "lstm_units": 64, "decoder_filters": 8},
-    "convlstm": {"filters": [16, 32], "lstm_units": 24},
+    "cnn_lstm": {"filters": [16, 32], "lstm_units": 64, "decoder_filters": 8, **MOTION},
+    "convlstm": {"filters": [16, 32], "lstm_units": 24, **MOTION},
 }
 EPOCHS = {"cnn_lstm": 6, "convlstm": 10}  # convlstm was still improving after 6
 WET = (0.5, 0.05)
@@ -66,36 +72,6 @@ def ingest(event: str, url: str, frames: int | None = None) -> str:
 def _span(times: np.ndarray) -> list[str]:
     """First and last timestamp (UTC, to the second)."""
     return [str(times[0])[:19], str(times[-1])[:19]]
-
-
-def tile_forecast(model, normalizer: Normalizer, inputs: np.ndarray, patch: int) -> np.ndarray:  # noqa: ANN001
-    """Model forecast for a whole ``(t_in, y, x)`` grid from overlapping tiles (mm/h).
-
-    Tiles step by half a patch over the grid padded by half a patch (NaN, i.e.
-    outside coverage); their forecasts are blended in normalised space with a
-    Hann window, so no pixel depends on one tile's edge (non-overlapping tiles
-    leave visible seams).
-    """
-    t_in, ny, nx = inputs.shape
-    step = patch // 2
-    size_y = -(-(ny + 2 * step - patch) // step) * step + patch
-    size_x = -(-(nx + 2 * step - patch) // step) * step + patch
-    padded = np.full((t_in, size_y, size_x), np.nan, dtype="float32")
-    padded[:, step : step + ny, step : step + nx] = inputs
-    x = normalizer.normalize(padded, normalizer.channels[0])
-    starts = [(y0, x0) for y0 in range(0, size_y - patch + 1, step)
-              for x0 in range(0, size_x - patch + 1, step)]
-    tiles = np.stack([x[:, y0 : y0 + patch, x0 : x0 + patch] for y0, x0 in starts])[..., None]
-    out = np.asarray(model.predict(tiles, batch_size=32, verbose=0))[..., 0]
-    window = np.hanning(patch + 2)[1:-1]
-    weight = np.outer(window, window).astype("float32")
-    total = np.zeros((out.shape[1], size_y, size_x), dtype="float32")
-    weights = np.zeros((size_y, size_x), dtype="float32")
-    for (y0, x0), forecast in zip(starts, out, strict=True):
-        total[:, y0 : y0 + patch, x0 : x0 + patch] += forecast * weight
-        weights[y0 : y0 + patch, x0 : x0 + patch] += weight
-    blended = (total / weights)[:, step : step + ny, step : step + nx]
-    return normalizer.denormalize(blended)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,9 +116,10 @@ def main(argv: list[str] | None = None) -> int:
             description = ArchiveDescription(str(test.attrs["time_step"]), units, tuple(frames.shape[1:]))
             bom = ArchiveDescription("PT10M", {"precip": "mm h-1"}, (512, 512))
             models, refusals = {}, {}
-            for name in MODELS:
-                loaded = load_model(work / "models", name, archive=description)
-                models[name] = (loaded.model, Normalizer.from_dict(loaded.metadata["normalization"]))
+            for name in MODELS:  # the scoring job's forecaster: tiles blended with linear ramps
+                models[name] = load_forecaster(str(work / "models"), name, "latest", description.to_dict(),
+                                               overlap=PATCH // 2, predict_batch_size=32,
+                                               valid_range=(0.0, None))
                 try:
                     load_model(work / "models", name, archive=bom)
                     refusals[name] = "NOT refused"
@@ -158,9 +135,9 @@ def main(argv: list[str] | None = None) -> int:
             for i in inits:
                 inputs, truth = frames[i - T_IN + 1 : i + 1], frames[i + 1 : i + 1 + T_OUT]
                 forecasts = {}
-                for name, (net, norm) in models.items():
+                for name, forecaster in models.items():
                     t0 = time.perf_counter()
-                    forecasts[name] = tile_forecast(net, norm, inputs, PATCH)
+                    forecasts[name] = forecaster.forecast(inputs[None, ..., None])[0]
                     seconds[name] += time.perf_counter() - t0
                 for name, baseline in verification.BASELINES.items():
                     t0 = time.perf_counter()
