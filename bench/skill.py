@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--stride", type=int, default=None, help="frames between test init times")
+    p.add_argument("--seed", type=int, default=0, help="training seed (weights, shuffles, augmentation)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     epochs = {name: args.epochs or (1 if args.quick else EPOCHS[name]) for name in MODELS}
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
                                   steps_per_epoch=steps, batch_size=16, learning_rate=2e-3,
                                   loss="intensity_weighted_mse", patience=2, augment=True,
                                   verbose=0 if args.quick else 2,
-                                  wet=WET)
+                                  wet=WET, seed=args.seed)
                 result = train(cfg)
                 trained[name] = result.path
                 train_seconds[name] = result.metrics["train_seconds"]
@@ -177,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
             "forecast_seconds_per_init": {n: s / max(len(inits), 1) for n, s in seconds.items()},
             "prepare_seconds": prepare_s,
             "epochs": epochs,
+            "seed": args.seed,
             "refused_bom_10min": refusals,
             "peak_rss_mb": rss["peak"] / 2**20,
             "fss_1_scale_px": 5,

@@ -68,6 +68,7 @@ def test_baselines_on_a_moving_field():
     # Advection follows the motion that persistence ignores.
     assert scores["extrapolation"]["30"]["csi_1"] > scores["persistence"]["30"]["csi_1"] + 0.1
     assert scores["sprog"]["15"]["csi_1"] > scores["persistence"]["15"]["csi_1"]
+    assert scores["matched_motion"]["30"]["csi_1"] > scores["persistence"]["30"]["csi_1"] + 0.1
     with pytest.raises(ValueError, match="unknown baseline"):
         v.get_baseline("optical")
 
