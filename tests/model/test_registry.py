@@ -18,16 +18,15 @@ def _metadata() -> dict[str, object]:
     return {"archive": ARCHIVE.to_dict(), "t_in": 3, "t_out": 2}
 
 
-@pytest.fixture(params=[("cnn_lstm", False), ("convlstm", False), ("convlstm", True),
-                        ("cnn_lstm", "matched")],
+@pytest.fixture(params=[("cnn_lstm", {}), ("convlstm", {}), ("convlstm", {"advection": True}),
+                        ("cnn_lstm", {"advection": True, "matched_motion": True})],
                 ids=["cnn_lstm", "convlstm", "convlstm-advection", "cnn_lstm-matched-motion"])
 def saved(request, tmp_path):
     keras.utils.set_random_seed(0)
-    name, advection = request.param
+    name, options = request.param
     model = build_model(name, ArchitectureConfig(t_in=3, t_out=2, height=8, width=8, filters=(4,),
-                                                 lstm_units=4, advection=bool(advection),
-                                                 matched_motion=advection == "matched"))
-    if advection:  # the motion head starts at zero; give it weights so the round trip moves pixels
+                                                 lstm_units=4, **options))
+    if options.get("advection"):  # the motion head starts at zero; weights make the round trip move pixels
         motion = model.get_layer("motion")
         motion.set_weights([np.random.default_rng(3).normal(0, 0.5, w.shape).astype("float32")
                             for w in motion.get_weights()])
