@@ -25,7 +25,9 @@ clipped to the variable's valid range.
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
+import gc
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -287,6 +289,25 @@ def load_forecaster(models: str, name: str, version: str, archive: Mapping[str, 
 
 # ---------------------------------------------------------------- Beam handler
 
+_FREEZE_AT_EXIT: list[bool] = []
+
+
+def skip_final_collection_at_exit() -> None:
+    """Makes this process's exit skip the garbage collector's last full pass (once per process).
+
+    A process that has loaded TensorFlow and a model spends 1.2-1.6 s at exit
+    in the interpreter's final collection over millions of objects (measured,
+    docs/scoring.md); ``gc.freeze()`` run from ``atexit`` cuts that to about
+    0.15 s. The local multi-process runner stops its workers one after the
+    other, so every worker's exit adds to the job's wall time. Nothing is
+    lost: at that point the job's writes are finished and the OS reclaims the
+    memory; atexit handlers registered before this one still run.
+    """
+    if not _FREEZE_AT_EXIT:
+        atexit.register(gc.freeze)
+        _FREEZE_AT_EXIT.append(True)
+
+
 class KerasForecastHandler(ModelHandler[np.ndarray, np.ndarray, Forecaster]):
     """RunInference handler: physical ``(t_in, y, x, c)`` windows in, physical ``(t_out, y, x)`` out.
 
@@ -312,6 +333,7 @@ class KerasForecastHandler(ModelHandler[np.ndarray, np.ndarray, Forecaster]):
 
     def load_model(self) -> Forecaster:
         log.info("loading model %s/%s from %s", self.name, self.version, self.models)
+        skip_final_collection_at_exit()
         return load_forecaster(self.models, self.name, self.version, self.archive, overlap=self.overlap,
                                predict_batch_size=self.predict_batch_size, valid_range=self.valid_range)
 

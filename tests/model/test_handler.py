@@ -53,3 +53,36 @@ def test_single_coverage_pixels_take_their_tile_exactly_and_seams_mix():
     assert out[0, 0] == 0 and out[0, 9] == 1 and out[9, 0] == 2 and out[9, 9] == 3
     seam = out[0, 4:6]  # covered by tiles 0 and 1, weights ramp across the overlap
     assert 0 < seam[0] < seam[1] < 1
+
+
+_EXIT_PROBE = """
+import sys
+from model.handler import skip_final_collection_at_exit
+if sys.argv[2] == "skip":
+    skip_final_collection_at_exit()
+    skip_final_collection_at_exit()  # registered once
+
+
+class Cycle:
+    def __del__(self):
+        with open(sys.argv[1], "a") as handle:
+            handle.write("collected")
+
+
+cycle = Cycle()
+cycle.self = cycle
+del cycle  # garbage now; nothing allocates after this, so only the exit's collection can find it
+"""
+
+
+@pytest.mark.parametrize("mode, collected", [("default", True), ("skip", False)])
+def test_worker_exit_skips_the_final_collection(tmp_path, mode, collected):
+    """With the exit hook a worker leaves its heap to the OS: an unreachable cycle is never collected."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    marker = tmp_path / "marker"
+    root = Path(__file__).resolve().parents[2]
+    subprocess.run([sys.executable, "-c", _EXIT_PROBE, str(marker), mode], check=True, cwd=root)
+    assert marker.exists() is collected
