@@ -37,6 +37,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -303,7 +304,7 @@ class _ReadWindows(beam.DoFn):
 
 
 class _WriteForecast(beam.DoFn):
-    """Writes one init time's forecast then its flag; optionally logs a ``scored`` event line.
+    """Writes one init time's forecast then its flag; optionally appends an event line for it.
 
     Writes run on one background thread, so compressing and storing one
     forecast overlaps the model's next batch (measured: zarr writes were a
@@ -337,8 +338,9 @@ class _WriteForecast(beam.DoFn):
     def _write(self, index: int, forecast: np.ndarray) -> int:
         write_forecast(self.forecasts, index, self.target, forecast)
         if self.events_path:
+            event = {"init_index": index, "pid": os.getpid(), "time": time.time()}
             with open(self.events_path, "a") as handle:  # one short O_APPEND write per line
-                handle.write(json.dumps({"init_index": index, "pid": os.getpid()}) + "\n")
+                handle.write(json.dumps(event) + "\n")
         return index
 
 

@@ -115,7 +115,8 @@ def run_stream(spec: StreamSpec, events_path: str | None = None) -> StreamResult
 
     Args:
         spec: the stream.
-        events_path: if given, one JSON line per written init time is appended there.
+        events_path: if given, one JSON line per written init time is appended there
+            (``init_index``, the worker's ``pid``, and the ``time`` it was written, Unix seconds).
     """
     spec.validate()
     runner, options = RunnerOptions(kind="inmemory", extra_args=("--streaming",)).build()
