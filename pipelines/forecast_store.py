@@ -25,12 +25,18 @@ import xarray as xr
 import zarr
 from zarr.codecs import ZstdCodec
 
-from pipelines.archive import CRS, TIME_UNITS, ZSTD_LEVEL, ArchiveInfo
+from pipelines.archive import CRS, TIME_UNITS, ArchiveInfo
 from pipelines.stores import exists, zarr_store
 from pipelines.timeaxis import format_time_step, parse_time_step, time_values, to_datetime64
 
 WRITTEN = "written"
 COORD_CHUNK = 4096  # init_time coordinate values per chunk (written by the driver only)
+# Forecasts are written once per init time by every scoring run, so their codec is on the hot path:
+# zstd level 1 compresses a 12-lead 128 x 128 forecast in half the CPU time of the archive's level 3
+# (3.3 against 6.9 ms on radar-like fields, 5.7 against 10.4 ms on an untrained model's noisy output)
+# for the same size (ratio 2.84 against 2.84, and 1.38 against 1.42). Stores keep the codec they were
+# created with.
+FORECAST_ZSTD_LEVEL = 1
 
 
 class ForecastStoreError(ValueError):
@@ -107,7 +113,7 @@ def template(identity: StoreIdentity, archive: ArchiveInfo, length: int) -> tupl
                      "time_step": format_time_step(archive.time_step),
                      "time_start": str(to_datetime64(archive.start)), **identity.attrs()})
     encoding = {
-        identity.target: {"chunks": chunks, "compressors": [ZstdCodec(level=ZSTD_LEVEL)],
+        identity.target: {"chunks": chunks, "compressors": [ZstdCodec(level=FORECAST_ZSTD_LEVEL)],
                           "fill_value": np.float32("nan")},
         WRITTEN: {"chunks": (1,), "fill_value": False},
         "init_time": {"units": TIME_UNITS, "dtype": "int64", "chunks": (COORD_CHUNK,)},
