@@ -60,7 +60,6 @@ import sys
 from model.handler import skip_final_collection_at_exit
 if sys.argv[2] == "skip":
     skip_final_collection_at_exit()
-    skip_final_collection_at_exit()  # registered once
 
 
 class Cycle:
