@@ -25,7 +25,7 @@ not change the cost) saved through the registry:
   workers: on this 2-core machine that single worker already uses both cores.
 - Every run above is repeated twice, the four kinds alternating, and each
   figure keeps its faster run, as ``timeit`` does: the machine is shared,
-  and single runs swung 1.56-1.85x (speed-up) and 9.5-15 init times/s
+  and single runs swung 1.61-1.85x (speed-up) and 9.5-15 init times/s
   (predict-only).
 - ``latency_512_s``: median seconds to score one init time on a 512 x 512
   grid with the model loaded (read the window from the archive, forecast
@@ -93,7 +93,7 @@ def job_run(spec, runner: RunnerOptions) -> dict[str, float]:
     """One batch job into a fresh store: wall seconds, init times scored, peak RSS, and the span of writes.
 
     ``span_s`` runs from the first to the last forecast written (the job's
-    ``scored`` events); ``fixed_s`` is the rest of the wall time: planning,
+    write events); ``fixed_s`` is the rest of the wall time: planning,
     worker start-up, model load and the first model call, and shutdown.
     """
     from pipelines.scoring import run
