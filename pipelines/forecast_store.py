@@ -18,7 +18,9 @@ times.
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
+from collections.abc import Iterable
 
 import numpy as np
 import xarray as xr
@@ -26,7 +28,7 @@ import zarr
 from zarr.codecs import ZstdCodec
 
 from pipelines.archive import CRS, TIME_UNITS, ArchiveInfo
-from pipelines.stores import exists, zarr_store
+from pipelines.stores import exists, is_local, local_path, zarr_store
 from pipelines.timeaxis import format_time_step, parse_time_step, time_values, to_datetime64
 
 WRITTEN = "written"
@@ -221,6 +223,34 @@ def written_flags(url: str) -> np.ndarray:
     return np.asarray(_group(url)[WRITTEN][:], dtype=bool)
 
 
+def remove_stale_temporaries(url: str, target: str, indices: Iterable[int]) -> int:
+    """Deletes the chunk temporaries a killed writer left for init times ``indices``; returns how many.
+
+    zarr's LocalStore writes a chunk to ``<chunk>.<uuid>.partial`` and then
+    renames it, so a SIGKILL between the two leaves the temporary behind.
+    Readers ignore it, but the store would no longer be byte-identical to an
+    uninterrupted run. A run calls this while planning, for the init times it
+    is about to score (not written). Should another run be writing one of
+    them at that moment, its rename fails and :func:`write_forecast` writes
+    the chunk again. Stores off the local disk make no temporaries.
+    """
+    if not is_local(url):
+        return 0
+    wanted = {int(i) for i in indices}
+    removed = 0
+    for name in (target, WRITTEN):
+        top = os.path.join(local_path(url), name, "c")
+        for folder, _, files in os.walk(top):
+            for file in files:
+                if not file.endswith(".partial"):
+                    continue
+                relative = os.path.relpath(os.path.join(folder, file), top)
+                if int(relative.split(os.sep)[0].split(".")[0]) in wanted:
+                    os.unlink(os.path.join(folder, file))
+                    removed += 1
+    return removed
+
+
 def write_forecast(url: str, index: int, target: str, forecast: np.ndarray) -> int:
     """Writes one init time's ``(t_out, y, x)`` forecast, then its ``written`` flag; returns bytes."""
     group = _group(url, mode="r+")
@@ -228,9 +258,16 @@ def write_forecast(url: str, index: int, target: str, forecast: np.ndarray) -> i
     array = group[target]
     if data.shape != array.shape[1:]:
         raise ForecastStoreError(f"forecast of shape {data.shape} does not fit {url} ({array.shape[1:]})")
-    array[index] = data
-    group[WRITTEN][index] = True
+    _set(array, index, data)
+    _set(group[WRITTEN], index, True)
     return data.nbytes
+
+
+def _set(array: zarr.Array, index: int, value: object) -> None:
+    try:
+        array[index] = value
+    except FileNotFoundError:  # a run starting meanwhile took our temporary for a stale one: write again
+        array[index] = value
 
 
 def open_forecasts(url: str) -> xr.Dataset:

@@ -52,6 +52,7 @@ from pipelines.forecast_store import (
     ForecastStoreError,
     StoreIdentity,
     ensure_store,
+    remove_stale_temporaries,
     write_forecast,
     written_flags,
 )
@@ -253,6 +254,7 @@ def plan(spec: ScoringSpec,
     todo = selected[ok & (spec.overwrite | ~written)]
     if exclude:
         todo = np.asarray([i for i in todo if int(i) not in exclude], dtype="int64")
+    remove_stale_temporaries(spec.forecasts, model.identity.target, todo)
     tasks = plan_tasks(todo, archive.time_chunk)
     counts = ScoringResult(forecasts=spec.forecasts, selected=len(selected), scored=0,
                            already_written=int(np.sum(ok & written & (not spec.overwrite))),

@@ -208,3 +208,22 @@ def test_cli_refuses_a_model_that_does_not_fit_the_archive(setup, tmp_path, caps
     assert main(["--archive", str(tmp_path / "none.zarr"), "--forecasts", str(tmp_path / "f.zarr"),
                  "--models", str(models), "--model", FULL]) == 2
     assert "no archive at" in capsys.readouterr().err
+
+
+def test_a_rerun_removes_the_temporaries_a_killed_writer_left(setup, tmp_path):
+    """zarr writes ``<chunk>.<uuid>.partial`` then renames it: the rerun deletes what a SIGKILL left."""
+    _, archive, models = setup
+    url = str(tmp_path / "forecasts.zarr")
+    spec = ScoringSpec(archive=archive, forecasts=url, models=str(models), model=MODEL,
+                       init_times=("2024-01-01T01:05",))
+    run(spec)  # init time 13 written
+    store = tmp_path / "forecasts.zarr"
+    orphans = [store / "precip" / "c" / "14" / "0" / "0" / "0.d6b01fd1.partial",
+               store / "written" / "c" / "14.d6b01fd1.partial"]
+    kept = store / "written" / "c" / "13.0a1b2c3d.partial"  # an init time this run does not score
+    for path in (*orphans, kept):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"")
+    run(ScoringSpec(**{**spec.__dict__, "init_times": ("2024-01-01T01:10",)}))
+    assert list(np.flatnonzero(written_flags(url))) == [13, 14]
+    assert not any(path.exists() for path in orphans) and kept.exists()
