@@ -22,10 +22,10 @@ import xarray as xr
 from zarr.codecs import ZstdCodec
 
 from bench.common import parser, peak_rss, show, write_results
-from pipelines.archive import ZSTD_LEVEL
-from pipelines.ingest import IngestSpec, run
-from pipelines.runners import RunnerOptions
-from pipelines.sources import get_source
+from nowcast.pipelines.jobs.ingest import IngestSpec, run
+from nowcast.pipelines.jobs.runners import RunnerOptions
+from nowcast.pipelines.sources import get_source
+from nowcast.pipelines.stores.archive import ZSTD_LEVEL
 
 TIME_CHUNK = 24
 

@@ -7,7 +7,7 @@ existing init time already forecast, a real ``prefect server start`` (SQLite)
 and the deployments served by ``nowcast serve`` in another process, as
 ``make server`` runs them.
 
-Each repeat: ingest one new frame (``pipelines.ingest``, in this process);
+Each repeat: ingest one new frame (``nowcast.pipelines.jobs.ingest``, in this process);
 the clock starts when its ``valid`` flag is set. Then the ``forecast/local``
 deployment gets a flow run, as its schedule would create one; the served
 runner (polling every second) picks it up and runs the forecast flow in a
@@ -20,7 +20,7 @@ Not included: the wait for the next cron tick (up to the schedule's period,
 5 minutes by default; an event trigger on ingest would remove it). Reported
 beside it, in the same run: ``warm_flow_median_s``, the forecast flow called
 in an already warm process (no process start, no polling), and
-``scoring_only_median_s``, ``pipelines.scoring.run`` alone.
+``scoring_only_median_s``, ``nowcast.pipelines.jobs.scoring.run`` alone.
 """
 
 from __future__ import annotations
@@ -39,11 +39,11 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import parser, peak_rss, rain_stats, write_results
-from pipelines.archive import read_info
-from pipelines.forecast_store import written_flags
-from pipelines.ingest import IngestSpec, ingest_items
-from pipelines.sources import get_source
-from pipelines.timeaxis import format_time_step
+from nowcast.pipelines.jobs.ingest import IngestSpec, ingest_items
+from nowcast.pipelines.sources import get_source
+from nowcast.pipelines.stores.archive import read_info
+from nowcast.pipelines.stores.forecasts import written_flags
+from nowcast.pipelines.stores.timeaxis import format_time_step
 
 T_IN, T_OUT, PATCH, INITIAL = 4, 6, 64, 12
 REPO = Path(__file__).resolve().parents[1]
@@ -68,8 +68,8 @@ def save_model(models: Path, archive: str, frames: np.ndarray) -> None:
     """A small untrained cnn_lstm with normalisation from the archive's frames, promoted to latest."""
     import keras
 
-    from model.architectures import ArchitectureConfig, build_model
-    from model.registry import save_model as registry_save
+    from nowcast.model.architectures import ArchitectureConfig, build_model
+    from nowcast.model.registry import save_model as registry_save
 
     info = read_info(archive)
     stats = rain_stats(frames)
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     frames = np.stack([source.read(item)["precip"] for item in source.items()[:INITIAL]])
     save_model(work / "models", archive, frames)
 
-    from pipelines import scoring
+    from nowcast.pipelines.jobs import scoring
 
     spec = scoring.ScoringSpec(archive=archive, forecasts=forecasts, models=str(work / "models"),
                                model="cnn_lstm")
@@ -132,12 +132,12 @@ def main(argv: list[str] | None = None) -> int:
         from prefect.deployments import run_deployment
         from prefect.settings import PREFECT_API_URL, temporary_settings
 
-        from flows.forecast import forecast_flow
-        from flows.params import ForecastParams
-        from flows.serve import wait_for_api
+        from nowcast.flows.forecast import forecast_flow
+        from nowcast.flows.params import ForecastParams
+        from nowcast.flows.serve import wait_for_api
 
         wait_for_api(api_url, timeout_s=180)
-        worker = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve", "--workdir", str(work),
+        worker = subprocess.Popen([sys.executable, "-m", "nowcast.flows.cli", "serve", "--workdir", str(work),
                                    "--cron", "0 0 1 1 *", "--model", "cnn_lstm"],
                                   env={**env, "PREFECT_API_URL": api_url,
                                        "PREFECT_RUNNER_POLL_FREQUENCY": "1"},

@@ -53,9 +53,9 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import parser, peak_rss, rain_stats, show, write_results
-from pipelines.ingest import IngestSpec, ingest_items
-from pipelines.runners import RunnerOptions
-from pipelines.sources import get_source
+from nowcast.pipelines.jobs.ingest import IngestSpec, ingest_items
+from nowcast.pipelines.jobs.runners import RunnerOptions
+from nowcast.pipelines.sources import get_source
 
 T_IN, T_OUT_FULL, PATCH, PREDICT_BATCH = 4, 12, 64, 16
 REPEATS = 2
@@ -73,8 +73,8 @@ def save_model(models: Path, frames: np.ndarray, grid: int, patch: int, t_out: i
     """A freshly initialised cnn_lstm on ``patch`` tiles, saved through the registry."""
     import keras
 
-    from model.architectures import ArchitectureConfig, build_model
-    from model.registry import save_model as registry_save
+    from nowcast.model.architectures import ArchitectureConfig, build_model
+    from nowcast.model.registry import save_model as registry_save
 
     stats = rain_stats(frames)
     keras.utils.set_random_seed(0)
@@ -96,7 +96,7 @@ def job_run(spec, runner: RunnerOptions) -> dict[str, float]:
     write events); ``fixed_s`` is the rest of the wall time: planning,
     worker start-up, model load and the first model call, and shutdown.
     """
-    from pipelines.scoring import run
+    from nowcast.pipelines.jobs.scoring import run
 
     events = Path(spec.forecasts).with_suffix(".events.jsonl")
     with peak_rss() as memory:
@@ -146,9 +146,9 @@ def pysteps_nowcast_seconds(frames: np.ndarray, index: int, leads: int) -> float
 
 def latency_512(root: Path, quick: bool) -> dict[str, float]:
     """One init time on a 512 x 512 grid: warm in-process scoring, the cold batch job, and pysteps."""
-    from model.handler import load_forecaster
-    from pipelines.forecast_store import write_forecast
-    from pipelines.scoring import ScoringSpec, plan, read_windows, run
+    from nowcast.model.forecaster import load_forecaster
+    from nowcast.pipelines.jobs.scoring import ScoringSpec, plan, read_windows, run
+    from nowcast.pipelines.stores.forecasts import write_forecast
 
     size, frames_n, t_out = 512, T_IN + (2 if quick else 6), (6 if quick else T_OUT_FULL)
     archive = str(root / "archive-512.zarr")
@@ -193,8 +193,8 @@ def one_core():
 
 def main(argv: list[str] | None = None) -> None:
     args = parser(__doc__.splitlines()[0]).parse_args(argv)
-    from model.handler import load_forecaster
-    from pipelines.scoring import ScoringSpec, plan
+    from nowcast.model.forecaster import load_forecaster
+    from nowcast.pipelines.jobs.scoring import ScoringSpec, plan
 
     n_frames, size, t_out, chunk = (16, 64, 6, 8) if args.quick else (1600, 128, T_OUT_FULL, 24)
     patch = 32 if args.quick else PATCH

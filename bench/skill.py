@@ -13,17 +13,17 @@ Split (by event, so no test frame is ever seen in training):
 ``--quick`` (CI's smoke run) uses the first 12 frames of each event, two
 training steps and one test init time.
 
-Both events are ingested with pipelines.ingest (pysteps importers) and the
-training windows cut with pipelines.windows; the models train with
-model.train (CPU, a few minutes), are saved to a registry, and are loaded
+Both events are ingested with nowcast.pipelines.jobs.ingest (pysteps importers) and the
+training windows cut with nowcast.pipelines.jobs.windows; the models train with
+nowcast.model.train (CPU, a few minutes), are saved to a registry, and are loaded
 back against the test archive's description (which they must fit) and
 against BoM's 10-minute archive description (which they must refuse).
 Both models advect the last frame along a block-matched motion field and
 forecast the change along it (``advection`` and ``matched_motion``, see
 model/architectures.py). They forecast the whole grid the way the scoring job
-does (model.handler's forecaster: 64x64 tiles overlapping by half a tile,
+does (nowcast.model.forecaster's forecaster: 64x64 tiles overlapping by half a tile,
 blended with linear ramps, clipped at 0), the baselines on the whole grid.
-Every forecast is scored by model.verification on the pixels inside radar
+Every forecast is scored by nowcast.model.verification on the pixels inside radar
 coverage. Leads are 5..30 min.
 """
 
@@ -40,14 +40,14 @@ import numpy as np
 import xarray as xr
 
 from bench.common import parser, peak_rss, write_results
-from model import verification
-from model.handler import load_forecaster
-from model.registry import ArchiveDescription, ArchiveMismatchError, load_model
-from model.train import TrainConfig, train
-from pipelines.ingest import IngestSpec, ingest_items
-from pipelines.sources.radar import RadarSource
-from pipelines.window_spec import SplitSpec, WindowSpec
-from pipelines.windows import WindowJob, run_in_process
+from nowcast.model import verification
+from nowcast.model.forecaster import load_forecaster
+from nowcast.model.registry import ArchiveDescription, ArchiveMismatchError, load_model
+from nowcast.model.train import TrainConfig, train
+from nowcast.pipelines.jobs.ingest import IngestSpec, ingest_items
+from nowcast.pipelines.jobs.windows import WindowJob, run_in_process
+from nowcast.pipelines.plans.window_spec import SplitSpec, WindowSpec
+from nowcast.pipelines.sources.radar import RadarSource
 
 RADAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "radar"
 TRAIN_EVENT, TEST_EVENT = "mch/20150515", "mch/20160711"

@@ -22,9 +22,9 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bench.common import parser, peak_rss, write_results  # noqa: E402
-from pipelines.sources import RadarSource, SyntheticSource  # noqa: E402
-from pipelines.sources.radar import FORMATS  # noqa: E402
-from pipelines.sources.synthetic import _block_cells  # noqa: E402
+from nowcast.pipelines.sources import RadarSource, SyntheticSource  # noqa: E402
+from nowcast.pipelines.sources.radar import FORMATS  # noqa: E402
+from nowcast.pipelines.sources.synthetic import _block_cells  # noqa: E402
 
 NOTES = (
     "Synthetic: 512x512 on one core (BLAS threads 1), per wall second and per CPU second (the "
@@ -67,7 +67,7 @@ def synthetic_rates(shape: tuple[int, int], frames: int) -> dict[str, tuple[floa
 
 def radar_rates(files_per_format: int) -> dict[str, dict[str, float]]:
     """Files per second per format: this source against the direct pysteps read."""
-    from pipelines.sources.radar import _pysteps
+    from nowcast.pipelines.sources.radar import _pysteps
 
     importers, to_rainrate = _pysteps()
     direct = {

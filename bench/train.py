@@ -2,7 +2,7 @@
 
 A synthetic archive (bench.windows' rain-like fields) is cut by the windows
 job (in process) into windows.zarr; then one ``cnn_lstm`` trains
-(a) from :func:`model.data.make_dataset` (chunk-wise zarr reads, interleave,
+(a) from :func:`nowcast.model.data.make_dataset` (chunk-wise zarr reads, interleave,
 shuffle buffer, prefetch) and (b) from the same normalised batches held in
 memory (a ``tf.data`` over the stacked batches, no reads, no shuffling), on the same compiled
 model, alternating, best of three rounds each (two in --quick), so that load from
@@ -31,10 +31,10 @@ import tensorflow as tf
 
 from bench.common import parser, peak_rss, write_results
 from bench.windows import synthetic_archive
-from model.architectures import ArchitectureConfig, build_model
-from model.data import WindowsStore, make_dataset
-from pipelines.window_spec import SplitSpec, WindowSpec
-from pipelines.windows import WindowJob, run_in_process
+from nowcast.model.architectures import ArchitectureConfig, build_model
+from nowcast.model.data import WindowsStore, make_dataset
+from nowcast.pipelines.jobs.windows import WindowJob, run_in_process
+from nowcast.pipelines.plans.window_spec import SplitSpec, WindowSpec
 
 T_IN, T_OUT = 4, 6
 
@@ -151,8 +151,8 @@ def main(argv: list[str] | None = None) -> int:
             "peak_rss_mb": rss["peak"] / 2**20,
             "keras_backend": keras.backend.backend(),
         }
-        notes = ("cnn_lstm trained (a) from windows.zarr via model.data.make_dataset and (b) from the same "
-                 "normalised batches held in memory; step GFLOP/s = 3 x analytic forward FLOPs x "
+        notes = ("cnn_lstm trained (a) from windows.zarr via nowcast.model.data.make_dataset and (b) from "
+                 "the same normalised batches held in memory; step GFLOP/s = 3 x analytic forward FLOPs x "
                  "in-memory rate.")
         path = write_results("train", figures, args.out, args.quick, notes)
         print(f"wrote {path}: pipeline {pipeline_rate:.1f} vs memory {memory_rate:.1f} samples/s; "

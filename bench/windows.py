@@ -4,7 +4,7 @@ Issue 3's definition: an archive of 4096 frames of 256x256 float32 (1 GiB),
 windows of t_in 12 + t_out 6 frames every 6 frames (680 windows, 3.2 GB).
 (a) the Beam job with 2 local workers (FnApiRunner multi_processing);
 (b) the limit: one process, zarr reads and numpy cuts, the same plan, codec
-and writer, no Beam (:func:`pipelines.windows.run_in_process`);
+and writer, no Beam (:func:`nowcast.pipelines.jobs.windows.run_in_process`);
 (c) xbatcher 0.4's BatchGenerator cutting the same windows from the archive
 opened with xarray, written with the same writer.
 Reported: windows/s, MB/s of window data (uncompressed) written, source bytes
@@ -25,13 +25,14 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import parser, peak_rss, write_results
-from pipelines.archive import PRECIP, create_archive, open_archive, write_block
-from pipelines.grid import Grid
-from pipelines.runners import RunnerOptions
-from pipelines.window_plan import plan_from_archive
-from pipelines.window_spec import SplitSpec, WindowSpec
-from pipelines.window_store import SourceFrames, create_windows_store, cut_samples, write_output_chunk
-from pipelines.windows import WindowJob, run, run_in_process
+from nowcast.pipelines.jobs.runners import RunnerOptions
+from nowcast.pipelines.jobs.window_tasks import SourceFrames, cut_samples
+from nowcast.pipelines.jobs.windows import WindowJob, run, run_in_process
+from nowcast.pipelines.plans.window_spec import SplitSpec, WindowSpec
+from nowcast.pipelines.plans.windows import plan_from_archive
+from nowcast.pipelines.stores.archive import PRECIP, create_archive, open_archive, write_block
+from nowcast.pipelines.stores.grid import Grid
+from nowcast.pipelines.stores.windows import create_windows_store, write_sample_chunk
 
 TIME_CHUNK = 24
 SPEC = WindowSpec(channels=("precip",), target="precip", t_in=12, t_out=6, stride=6,
@@ -101,13 +102,13 @@ def limit_run(archive: str, output: str) -> dict[str, int]:
 def limit_without_stats_run(archive: str, output: str) -> dict[str, int]:
     """(b) without the normalisation statistics: only read, cut and write (what xbatcher does)."""
     plan = plan_from_archive(archive, SPEC)
-    root = create_windows_store(output, plan, overwrite=True)
+    root = create_windows_store(output, plan.layout(), overwrite=True)
     info, read, written, windows = plan.info, 0, 0, 0
     for task in plan.tasks:
         source = SourceFrames(archive, task, SPEC.variables, info.time_chunk, info.length)
         read += source.bytes_read
         for chunk in task.outputs:
-            written += write_output_chunk(root, chunk, *cut_samples(source, chunk, plan))
+            written += write_sample_chunk(root, chunk.split, chunk.first, *cut_samples(source, chunk, plan))
             windows += len(chunk.starts)
     return {"windows": windows, "bytes_read": read, "bytes_written": written}
 
@@ -117,7 +118,7 @@ def xbatcher_run(archive: str, output: str) -> dict[str, int]:
     import xbatcher
 
     plan = plan_from_archive(archive, SPEC)
-    root = create_windows_store(output, plan, overwrite=True)
+    root = create_windows_store(output, plan.layout(), overwrite=True)
     ds = open_archive(archive)[["precip"]]
     ny, nx = ds.sizes["y"], ds.sizes["x"]
     batches = xbatcher.BatchGenerator(ds, input_dims={"time": SPEC.length, "y": ny, "x": nx},
@@ -132,7 +133,7 @@ def xbatcher_run(archive: str, output: str) -> dict[str, int]:
             raise RuntimeError("xbatcher's windows do not match the plan's; the comparison would be void")
         block = np.stack([b["precip"].values for b in batch])
         inputs, targets = block[:, :SPEC.t_in, ..., None], block[:, SPEC.t_in:, ..., None]
-        written += write_output_chunk(root, chunk, inputs, targets)
+        written += write_sample_chunk(root, chunk.split, chunk.first, inputs, targets)
         windows += len(chunk.starts)
     # xarray's lazy indexing decompresses every archive chunk a window touches, once per window
     touched = [c for chunk in chunks for s in chunk.starts

@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from pipelines.runners import RunnerOptions
+from nowcast.pipelines.jobs.runners import RunnerOptions
 
 EXIT_BAD_INPUT = 2
 
@@ -49,8 +49,8 @@ def runner_from_args(args: argparse.Namespace) -> RunnerOptions:
     return RunnerOptions(kind=args.runner, workers=args.workers, dask_address=args.dask_address)
 
 
-def source_from_args(args: argparse.Namespace):  # noqa: ANN201 (a pipelines.sources Source)
-    from pipelines.sources import detect_radar_format, get_source
+def source_from_args(args: argparse.Namespace):  # noqa: ANN201 (a nowcast.pipelines.sources Source)
+    from nowcast.pipelines.sources import detect_radar_format, get_source
 
     if args.synthetic == bool(args.input):
         raise ValueError("give exactly one of --input DIR or --synthetic")
@@ -65,8 +65,8 @@ def source_from_args(args: argparse.Namespace):  # noqa: ANN201 (a pipelines.sou
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from pipelines.ingest import IngestSpec, run
-    from pipelines.summary import archive_summary
+    from nowcast.flows.views import archive_summary
+    from nowcast.pipelines.jobs.ingest import IngestSpec, run
 
     spec = IngestSpec(archive=args.archive, source=source_from_args(args), time_step=args.time_step,
                       start=args.start, time_chunk=args.time_chunk, overwrite=args.overwrite)
@@ -77,7 +77,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
-    from pipelines.stream import WatchSpec, run_watch
+    from nowcast.pipelines.jobs.watch import WatchSpec, run_watch
 
     spec = WatchSpec(archive=args.archive, directory=args.input, fmt=args.format,
                      interval_s=args.interval, duration_s=args.duration, time_step=args.time_step,
@@ -88,7 +88,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
-    from pipelines.summary import archive_summary, plot_frames
+    from nowcast.flows.views import archive_summary, plot_frames
 
     print(archive_summary(args.archive))
     if args.png:
@@ -97,21 +97,21 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from flows.demo import demo_flow
+    from nowcast.flows.demo import demo_flow
 
     demo_flow(workdir=args.workdir, frames=args.frames, size=args.size, epochs=args.epochs)
     return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from flows.serve import serve_deployments
+    from nowcast.flows.serve import serve_deployments
 
     serve_deployments(args.workdir, args.cron, model_name=args.model)
     return 0
 
 
 def cmd_server(args: argparse.Namespace) -> int:
-    from flows.serve import run_local_server
+    from nowcast.flows.serve import run_local_server
 
     run_local_server(args.workdir, args.port, args.files_port, args.cron)
     return 0

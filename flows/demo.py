@@ -10,21 +10,32 @@ tables and where the stores and the pictures are.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
 import numpy as np
 from prefect import flow, get_run_logger, task
 
-from flows.evaluate import evaluate_flow
-from flows.forecast import backfill_flow
-from flows.ingest import ingest_flow, ingest_task
-from flows.params import ROOTS_ENV, BackfillParams, EvaluateParams, IngestParams, TrainParams
-from flows.train import train_flow
-from pipelines.archive import read_info
-from pipelines.summary import archive_summary, plot_frames
+from nowcast.flows.evaluate import evaluate_flow
+from nowcast.flows.forecast import backfill_flow
+from nowcast.flows.ingest import ingest_flow
+from nowcast.flows.params import ROOTS_ENV, BackfillParams, EvaluateParams, IngestParams, TrainParams
+from nowcast.flows.train import train_flow
+from nowcast.flows.views import archive_summary, plot_frames
+from nowcast.pipelines.stores.archive import read_info
 
-__all__ = ["demo_flow", "ingest_task"]
+
+@dataclasses.dataclass(frozen=True)
+class DemoRun:
+    """Where the demo's stores and pictures are, and what its model did."""
+
+    stores: dict[str, str]
+    pictures: dict[str, str]
+    version: str
+    promoted: bool
+    table: str
+    backfilled: int
 
 ARCHITECTURE = "convlstm"  # learns the motion from a day of synthetic data; cnn_lstm does not
 
@@ -46,7 +57,7 @@ def backfill_range(archive: str, hours: float) -> tuple[str, str]:
 
 @flow(name="demo")
 def demo_flow(workdir: str = "runs/demo", frames: int = 288, size: int = 128, epochs: int = 4,
-              backfill_hours: float = 3.0, workers: int = 2) -> dict[str, object]:
+              backfill_hours: float = 3.0, workers: int = 2) -> DemoRun:
     """Synthetic data -> ingest -> windows -> train -> backfill -> evaluate, all under ``workdir``.
 
     ``workers`` Beam worker processes run ingest and windows (1: in this process).
@@ -67,7 +78,7 @@ def demo_flow(workdir: str = "runs/demo", frames: int = 288, size: int = 128, ep
     trained = train_flow(TrainParams(archive=archive, windows=str(root / "windows.zarr"),
                                      models=str(root / "models"), workdir=str(root / "train"),
                                      architecture=ARCHITECTURE, epochs=epochs, runner=runner))
-    model = {"models": str(root / "models"), "model_name": ARCHITECTURE, "model_version": trained["version"]}
+    model = {"models": str(root / "models"), "model_name": ARCHITECTURE, "model_version": trained.version}
     start, end = backfill_range(archive, backfill_hours)
     forecasts = str(root / "forecasts.zarr")
     backfilled = backfill_flow(BackfillParams(archive=archive, forecasts=forecasts, start=start, end=end,
@@ -76,17 +87,17 @@ def demo_flow(workdir: str = "runs/demo", frames: int = 288, size: int = 128, ep
                                              workdir=str(root / "evaluate"), archive=archive,
                                              forecasts=forecasts, **model))
 
-    verdict = "promoted to latest" if trained["promoted"] else "not promoted (it did not beat persistence)"
-    print(f"\nmodel {ARCHITECTURE}/{trained['version']}: validation MAE {trained['val_mae']:.3f} mm/h "
-          f"against persistence {trained['persistence_mae']:.3f}: {verdict}")
-    print("\nverification on the test split (model beside the pysteps baselines):\n" + evaluated["table"])
-    if "stored_table" in evaluated:
-        print("stored forecasts against the archive:\n" + evaluated["stored_table"])
-    pictures = {"frames": frames_png, **trained["pictures"], **evaluated["pictures"]}
+    verdict = "promoted to latest" if trained.promoted else "not promoted (it did not beat persistence)"
+    print(f"\nmodel {ARCHITECTURE}/{trained.version}: validation MAE {trained.val_mae:.3f} mm/h "
+          f"against persistence {trained.persistence_mae:.3f}: {verdict}")
+    print("\nverification on the test split (model beside the pysteps baselines):\n" + evaluated.table)
+    if evaluated.stored_table:
+        print("stored forecasts against the archive:\n" + evaluated.stored_table)
+    pictures = {"frames": frames_png, **trained.pictures, **evaluated.pictures}
     stores = {"archive": archive, "windows": str(root / "windows.zarr"), "models": str(root / "models"),
               "forecasts": forecasts}
-    print(f"backfilled {backfilled['scored']} init times {start} .. {end}")
+    print(f"backfilled {backfilled.scored} init times {start} .. {end}")
     print("stores:\n" + "".join(f"  {name:10s} {path}\n" for name, path in stores.items()))
     print("pictures:\n" + "".join(f"  {name:16s} {path}\n" for name, path in pictures.items()))
-    return {**stores, "frames_png": frames_png, "pictures": pictures, "version": trained["version"],
-            "promoted": trained["promoted"], "table": evaluated["table"], "backfilled": backfilled["scored"]}
+    return DemoRun(stores=stores, pictures=pictures, version=trained.version, promoted=trained.promoted,
+                   table=evaluated.table, backfilled=backfilled.scored)

@@ -1,4 +1,4 @@
-"""Prefect flows: the scheduled forecast and the historical backfill (thin shells over pipelines.scoring).
+"""Prefect flows: the scheduled forecast and the historical backfill (thin shells over the scoring job).
 
 ``forecast`` looks at the newest ``lookback`` init times of the archive, asks
 the scoring planner which of them have complete input and are not yet
@@ -20,11 +20,12 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 from prefect.futures import as_completed
 
-from flows.artifacts import artifact_key, publish_store
-from flows.params import BackfillParams, ForecastParams, Runner
-from pipelines import scoring
-from pipelines.archive import read_info
-from pipelines.timeaxis import time_values
+from nowcast.flows.artifacts import artifact_key, publish_store
+from nowcast.flows.params import BackfillParams, ForecastParams, Runner
+from nowcast.pipelines.jobs import scoring
+from nowcast.pipelines.plans.scoring import ScoringSpec
+from nowcast.pipelines.stores.archive import read_info
+from nowcast.pipelines.stores.timeaxis import time_values
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,8 +38,27 @@ class Pending:
     missing_input: int
 
 
-def scoring_spec(params: ForecastParams | BackfillParams, **selection: object) -> scoring.ScoringSpec:
-    return scoring.ScoringSpec(archive=params.archive, forecasts=params.forecasts, models=params.models,
+@dataclasses.dataclass(frozen=True)
+class ForecastRun:
+    """What a scheduled forecast did: the init times it scored (none when nothing was new)."""
+
+    scored: int
+    init_times: list[str]
+
+
+@dataclasses.dataclass(frozen=True)
+class BackfillRun:
+    """What a backfill did, with the planner's counts for the range."""
+
+    scored: int
+    chunks: int
+    already_written: int
+    missing_input: int
+    init_times: list[str]
+
+
+def scoring_spec(params: ForecastParams | BackfillParams, **selection: object) -> ScoringSpec:
+    return ScoringSpec(archive=params.archive, forecasts=params.forecasts, models=params.models,
                                model=params.model_name, version=params.model_version, **selection)
 
 
@@ -50,7 +70,7 @@ def iso_times(archive: str, indices: list[int]) -> tuple[str, ...]:
 
 
 @task(name="plan-init-times")
-def plan_pending(spec: scoring.ScoringSpec) -> Pending:
+def plan_pending(spec: ScoringSpec) -> Pending:
     """Creates or grows the forecast store and lists the init times still to score."""
     _model, tasks, counts = scoring.plan(spec)
     indices = [i for t in tasks for i in t.indices]
@@ -59,7 +79,7 @@ def plan_pending(spec: scoring.ScoringSpec) -> Pending:
 
 
 @task(name="score-init-times", retries=1, retry_delay_seconds=2)
-def score(spec: scoring.ScoringSpec, runner: Runner) -> scoring.ScoringResult:
+def score(spec: ScoringSpec, runner: Runner) -> scoring.ScoringResult:
     """Scores the listed init times (those written meanwhile are skipped by the job)."""
     result = scoring.run(spec, runner.options())
     get_run_logger().info(result.summary())
@@ -75,7 +95,7 @@ def newest_range(archive: str, lookback: int) -> tuple[str, str]:
 
 
 @flow(name="forecast")
-def forecast_flow(params: ForecastParams) -> dict[str, object]:
+def forecast_flow(params: ForecastParams) -> ForecastRun:
     """Scores the newest complete frames not yet forecast; a no-op when nothing is new."""
     logger = get_run_logger()
     start, end = newest_range(params.archive, params.lookback)
@@ -83,14 +103,14 @@ def forecast_flow(params: ForecastParams) -> dict[str, object]:
     if not pending.init_times:
         logger.info("nothing new to forecast in %s .. %s (%d already written, %d without complete input)",
                     start, end, pending.already_written, pending.missing_input)
-        return {"scored": 0, "init_times": []}
+        return ForecastRun(scored=0, init_times=[])
     result = score(scoring_spec(params, init_times=pending.init_times), params.runner)
     create_markdown_artifact(
         key="forecast-latest",
         markdown=f"Forecast **{params.model_name}/{params.model_version}** for init times "
                  f"{', '.join(pending.init_times)}: {result.summary()}\n",
         description="latest scheduled forecast")
-    return {"scored": result.scored, "init_times": list(pending.init_times)}
+    return ForecastRun(scored=result.scored, init_times=list(pending.init_times))
 
 
 def chunked(values: tuple[str, ...], size: int) -> list[tuple[str, ...]]:
@@ -99,7 +119,7 @@ def chunked(values: tuple[str, ...], size: int) -> list[tuple[str, ...]]:
 
 
 @flow(name="backfill")
-def backfill_flow(params: BackfillParams) -> dict[str, object]:
+def backfill_flow(params: BackfillParams) -> BackfillRun:
     """Scores every init time in [start, end] not yet written, chunk by chunk, with a progress artifact."""
     logger = get_run_logger()
     pending = plan_pending(scoring_spec(params, start=params.start, end=params.end))
@@ -124,5 +144,5 @@ def backfill_flow(params: BackfillParams) -> dict[str, object]:
         update_progress_artifact(progress_id, 100.0 * done / total if total else 100.0)
         logger.info("backfill progress: %d of %d init times written", done, total)
     publish_store("backfill-forecasts", params.forecasts, "forecasts.zarr")
-    return {"scored": scored, "chunks": len(chunks), "already_written": pending.already_written,
-            "missing_input": pending.missing_input, "init_times": list(pending.init_times)}
+    return BackfillRun(scored=scored, chunks=len(chunks), already_written=pending.already_written,
+                       missing_input=pending.missing_input, init_times=list(pending.init_times))

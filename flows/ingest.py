@@ -1,4 +1,4 @@
-"""Prefect flow: ingest new frames into the archive (a thin shell over pipelines.ingest).
+"""Prefect flow: ingest new frames into the archive (a thin shell over nowcast.pipelines.jobs.ingest).
 
 On a schedule it reads a folder of radar or NetCDF files and ingests only the
 files whose frame is not yet valid in the archive, so a run with nothing new
@@ -7,25 +7,26 @@ does nothing. Without a folder it ingests the synthetic generator (the demo).
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 
-from flows.artifacts import publish_store
-from flows.params import IngestParams
-from pipelines.ingest import IngestResult, IngestSpec, ingest_items, run
-from pipelines.runners import RunnerOptions
-from pipelines.sources import detect_radar_format, get_source
-from pipelines.sources.base import Source, sorted_unique
-from pipelines.stream import pending_items
+from nowcast.flows.artifacts import publish_store
+from nowcast.flows.params import IngestParams
+from nowcast.pipelines.jobs.ingest import IngestResult, IngestSpec, ingest_items
+from nowcast.pipelines.jobs.watch import pending_items
+from nowcast.pipelines.sources import detect_radar_format, get_source
+from nowcast.pipelines.sources.base import Source, sorted_unique
 
 
-@task(name="ingest-batch", retries=1, retry_delay_seconds=5)
-def ingest_task(spec: IngestSpec, runner: RunnerOptions) -> IngestResult:
-    """Runs the ingest job; a retry is safe because ingest is idempotent."""
-    result = run(spec, runner)
-    get_run_logger().info(result.summary())
-    return result
+@dataclasses.dataclass(frozen=True)
+class IngestRun:
+    """What a scheduled ingest did (``time_length`` is None when nothing was new)."""
+
+    archive: str
+    frames_written: int
+    time_length: int | None
 
 
 def source_for(params: IngestParams) -> Source:
@@ -59,10 +60,10 @@ def ingest_new(params: IngestParams) -> IngestResult | None:
 
 
 @flow(name="ingest")
-def ingest_flow(params: IngestParams) -> dict[str, object]:
+def ingest_flow(params: IngestParams) -> IngestRun:
     """Ingests new frames into ``params.archive``; a no-op when nothing is new."""
     result = ingest_new(params)
     if result is not None:
         publish_store("ingest-archive", params.archive, "archive.zarr")
-    return {"archive": params.archive, "frames_written": result.frames_written if result else 0,
-            "time_length": result.time_length if result else None}
+    return IngestRun(archive=params.archive, frames_written=result.frames_written if result else 0,
+                     time_length=result.time_length if result else None)

@@ -22,7 +22,7 @@ from typing import Annotated, ClassVar, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from pipelines.runners import RunnerOptions
+from nowcast.pipelines.jobs.runners import RunnerOptions
 
 ROOTS_ENV = "NOWCAST_STORAGE_ROOTS"
 DEFAULT_WORKDIR = "runs/demo"
@@ -79,7 +79,7 @@ StoreUrl = Annotated[str, Field(min_length=1)]
 
 
 class Runner(BaseModel):
-    """Which Beam runner the jobs use (see pipelines.runners)."""
+    """Which Beam runner the jobs use (see nowcast.pipelines.jobs.runners)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -111,7 +111,7 @@ class _Stores(BaseModel):
 
 
 def _registry_check(models: str, model_name: str, model_version: str) -> None:
-    from model.registry import LATEST, RegistryError, resolve_version
+    from nowcast.model.registry import LATEST, RegistryError, resolve_version
 
     try:
         resolve_version(models, model_name, model_version)
@@ -126,7 +126,7 @@ def _registry_check(models: str, model_name: str, model_version: str) -> None:
 
 
 def _archive_exists(url: str) -> None:
-    from pipelines.stores import exists
+    from nowcast.pipelines.stores.groups import exists
 
     if not exists(url):
         raise ParameterError(f"no archive at {url}; run the ingest flow first (or fix the path)")

@@ -25,12 +25,12 @@ import time
 import urllib.request
 from pathlib import Path
 
-from flows.artifacts import ROOT_ENV, URL_ENV
-from flows.evaluate import evaluate_flow
-from flows.forecast import backfill_flow, forecast_flow
-from flows.ingest import ingest_flow
-from flows.params import ROOTS_ENV
-from flows.train import train_flow
+from nowcast.flows.artifacts import ROOT_ENV, URL_ENV
+from nowcast.flows.evaluate import evaluate_flow
+from nowcast.flows.forecast import backfill_flow, forecast_flow
+from nowcast.flows.ingest import ingest_flow
+from nowcast.flows.params import ROOTS_ENV
+from nowcast.flows.train import train_flow
 
 DEFAULT_CRON = "*/5 * * * *"
 DEPLOYMENT = "local"

@@ -1,36 +1,49 @@
 """Prefect flow: windows -> fit -> verify -> register, promoting ``latest`` only when it beats persistence.
 
-The model is fitted into a candidates folder beside the registry
-(``<models>/.candidates``), scored on the validation split against
-persistence, then moved into ``<models>/<name>/<version>`` with one rename
-(a reader never sees it half-moved). ``latest`` moves to it only when its mean
-MAE over the lead times is lower than persistence's; otherwise the version is
-kept for inspection and ``latest`` stays where it was, so a scheduled forecast
-never picks up a model that lost to the trivial baseline.
+The model is fitted and saved as a new, unpromoted registry version; it is
+then verified on the validation split against persistence, and
+:func:`nowcast.model.registry.promote_version` moves ``latest`` to it only
+when its mean MAE over the lead times is lower than persistence's. A version
+that loses is kept for inspection and ``latest`` stays where it was, so a
+scheduled forecast never picks up a model that lost to the trivial baseline.
 """
 
 from __future__ import annotations
 
-import os
+import dataclasses
 from pathlib import Path
 
 import keras
 from prefect import flow, get_run_logger, task
 
-from flows.artifacts import publish_png, publish_scores, publish_store
-from flows.params import TrainParams
-from flows.verify import Verification, save_pictures, table, verify_split
-from model import registry
-from model.data import Normalizer, WindowsStore
-from model.train import TrainConfig, train
-from pipelines import windows as windows_job
-from pipelines.window_spec import SplitSpec, WindowSpec
-
-CANDIDATES = ".candidates"
+from nowcast.flows.artifacts import publish_png, publish_scores, publish_store
+from nowcast.flows.params import TrainParams
+from nowcast.model import registry
+from nowcast.model.data import Normalizer
+from nowcast.model.train import TrainConfig, train
+from nowcast.model.verify import Verification, save_pictures, table, verify_split
+from nowcast.pipelines.jobs import windows as windows_job
+from nowcast.pipelines.plans.window_spec import SplitSpec, WindowSpec
+from nowcast.pipelines.stores.timeaxis import step_minutes
+from nowcast.pipelines.stores.windows import WindowsStore
 
 
 class TrainFlowError(ValueError):
     """Training data that cannot give a verified model (e.g. an empty validation split)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainRun:
+    """What a train run produced: the version, whether it was promoted, and why."""
+
+    version: str
+    path: str
+    promoted: bool
+    val_mae: float
+    persistence_mae: float
+    table: str
+    counts: dict[str, object]
+    pictures: dict[str, str]
 
 
 class _EpochLog(keras.callbacks.Callback):
@@ -56,7 +69,7 @@ def cut_windows(params: TrainParams) -> dict[str, object]:
     job = windows_job.WindowJob(archive=params.archive, output=params.windows, spec=window_spec(params),
                                 overwrite=True)
     result = windows_job.run(job, params.runner.options())
-    samples = dict(result.counts.get("samples", {}))  # type: ignore[arg-type]
+    samples = dict(result.counts.get("samples", {}))  # type: ignore[call-overload]
     get_run_logger().info("windows: %s", samples)
     for split in ("train", "val"):
         if not samples.get(split):
@@ -67,57 +80,37 @@ def cut_windows(params: TrainParams) -> dict[str, object]:
 
 @task(name="fit")
 def fit(params: TrainParams) -> Path:
-    """Fits the model into the candidates folder; returns the candidate version directory."""
-    config = TrainConfig(windows=params.windows, models=os.path.join(params.models, CANDIDATES),
-                         architecture=params.architecture, workdir=params.workdir,
+    """Fits the model and saves it as a new registry version, not promoted; returns its directory."""
+    config = TrainConfig(windows=params.windows, models=params.models, architecture=params.architecture,
+                         workdir=params.workdir,
                          options={"filters": list(params.filters), "lstm_units": params.lstm_units},
                          epochs=params.epochs, steps_per_epoch=params.steps_per_epoch,
                          batch_size=params.batch_size, learning_rate=params.learning_rate, seed=params.seed,
-                         verbose=0)
+                         verbose=0, promote=False)
     result = train(config, extra_callbacks=[_EpochLog()])
     get_run_logger().info("fitted %s in %.1f s", result.path, result.metrics["train_seconds"])
     return result.path
 
 
 @task(name="verify")
-def verify(params: TrainParams, candidate: Path) -> Verification:
-    """Scores the candidate and persistence on the validation split."""
-    loaded = registry.load_model(candidate.parent.parent, candidate.parent.name, candidate.name, archive=None)
+def verify(params: TrainParams, version: Path) -> Verification:
+    """Verifies the new version and persistence on the validation split."""
+    loaded = registry.load_model(params.models, params.architecture, version.name, archive=None)
     normalizer = Normalizer.from_dict(loaded.metadata["normalization"])  # type: ignore[arg-type]
     return verify_split(params.windows, "val", loaded.model, normalizer, params.architecture,
                         baselines=("persistence",))
 
 
-@task(name="register")
-def register(params: TrainParams, candidate: Path, promote: bool) -> Path:
-    """Moves the candidate into the registry and, if ``promote``, points ``latest`` at it."""
-    final = Path(params.models) / candidate.parent.name / candidate.name
-    final.parent.mkdir(parents=True, exist_ok=True)
-    if final.exists():
-        raise TrainFlowError(f"{final} already exists; versions are immutable")
-    os.rename(candidate, final)
-    if promote:
-        registry.promote_version(params.models, final.parent.name, final.name)
-    pointer = candidate.parent / registry.LATEST  # train() promoted it inside the candidates folder
-    if pointer.is_file() and pointer.read_text().strip() == candidate.name:
-        pointer.unlink()
-    for folder in (candidate.parent, candidate.parent.parent):  # empty leftovers only: others may train too
-        try:
-            folder.rmdir()
-        except OSError:
-            break
-    return final
-
-
 @flow(name="train", log_prints=True)
-def train_flow(params: TrainParams) -> dict[str, object]:
-    """Cuts windows, fits, verifies on the validation split and registers the model."""
+def train_flow(params: TrainParams) -> TrainRun:
+    """Cuts windows, fits, verifies on the validation split and promotes the version if it is better."""
     logger = get_run_logger()
     counts = cut_windows(params)
-    candidate = fit(params)
-    result = verify(params, candidate)
+    version_dir = fit(params)
+    result = verify(params, version_dir)
     promote = result.beats(params.architecture, "persistence")
-    version_dir = register(params, candidate, promote)
+    if promote:
+        registry.promote_version(params.models, params.architecture, version_dir.name)
     ours, base = result.mean(params.architecture), result.mean("persistence")
     verdict = (f"promoted {version_dir.name} to latest" if promote else
                f"kept {version_dir.name} unpromoted: it does not beat persistence")
@@ -125,19 +118,12 @@ def train_flow(params: TrainParams) -> dict[str, object]:
     markdown = table(result)
     publish_scores("train-validation", result.scores, markdown + f"\n{verdict}.\n",
                    f"validation scores of {params.architecture}/{version_dir.name}")
-    store = WindowsStore(params.windows, "val")
-    pictures = save_pictures(result, Path(params.workdir) / "pictures", version_dir.name,
-                             _minutes(str(store.attrs.get("time_step"))))
+    minutes = step_minutes(WindowsStore(params.windows, "val").time_step)
+    pictures = save_pictures(result, Path(params.workdir) / "pictures", version_dir.name, minutes)
     for kind, path in pictures.items():
         publish_png(f"train-{kind}", path, f"{params.architecture}/{version_dir.name} validation {kind}")
     publish_store("train-model", str(version_dir), "model version directory")
     print(markdown)
-    return {"version": version_dir.name, "path": str(version_dir), "promoted": promote,
-            "val_mae": ours, "persistence_mae": base, "table": markdown, "counts": counts,
-            "pictures": {k: str(v) for k, v in pictures.items()}}
-
-
-def _minutes(time_step: str) -> float:
-    import pandas as pd
-
-    return pd.Timedelta(time_step).total_seconds() / 60
+    return TrainRun(version=version_dir.name, path=str(version_dir), promoted=promote, val_mae=ours,
+                    persistence_mae=base, table=markdown, counts=counts,
+                    pictures={k: str(v) for k, v in pictures.items()})

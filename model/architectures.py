@@ -2,7 +2,7 @@
 
 Both models map ``(batch, t_in, y, x, channels)`` inputs to
 ``(batch, t_out, y, x, 1)`` forecasts of the target variable, all in
-normalised space (see :mod:`model.data`). They use only ``keras.layers`` and
+normalised space (see :mod:`nowcast.model.data`). They use only ``keras.layers`` and
 ``keras.ops``, so the same code runs on the TensorFlow, JAX or PyTorch
 backends.
 
@@ -30,7 +30,7 @@ decoder level doubles them back; :class:`ArchitectureConfig` refuses other
 sizes with :class:`ArchitectureError`.
 
 Example:
-    >>> from model.architectures import ArchitectureConfig, get_architecture
+    >>> from nowcast.model.architectures import ArchitectureConfig, get_architecture
     >>> cfg = ArchitectureConfig(t_in=4, t_out=6, height=32, width=32, channels=1)
     >>> model = get_architecture("cnn_lstm")(cfg)
     >>> tuple(model.output_shape)
@@ -43,9 +43,9 @@ import dataclasses
 from collections.abc import Callable
 
 import keras
-from keras import layers, ops
+from keras import layers
 
-PACKAGE = "nowcast"
+from nowcast.model.layers import Advect, LastFrame, MatchMotion
 
 
 class ArchitectureError(ValueError):
@@ -138,190 +138,6 @@ class ArchitectureConfig:
         if unknown:
             raise ArchitectureError(f"unknown architecture options {sorted(unknown)}; known: {sorted(known)}")
         return cls(**{k: tuple(v) if k == "filters" else v for k, v in data.items()})  # type: ignore[arg-type]
-
-
-@keras.saving.register_keras_serializable(package=PACKAGE)
-class LastFrame(layers.Layer):
-    """The last input frame of one channel repeated over the lead times.
-
-    ``(batch, t_in, y, x, channels) -> (batch, t_out, y, x, 1)``: the
-    persistence forecast in normalised space, which the residual models add
-    their output to.
-    """
-
-    def __init__(self, t_out: int, channel: int = 0, **kwargs: object) -> None:
-        super().__init__(**kwargs)
-        self.t_out = int(t_out)
-        self.channel = int(channel)
-
-    def call(self, inputs):  # noqa: D102
-        last = inputs[:, -1:, :, :, self.channel : self.channel + 1]
-        return ops.repeat(last, self.t_out, axis=1)
-
-    def compute_output_shape(self, input_shape):  # noqa: D102
-        return (input_shape[0], self.t_out, input_shape[2], input_shape[3], 1)
-
-    def get_config(self) -> dict[str, object]:  # noqa: D102
-        return {**super().get_config(), "t_out": self.t_out, "channel": self.channel}
-
-
-@keras.saving.register_keras_serializable(package=PACKAGE)
-class Advect(layers.Layer):
-    """Semi-Lagrangian advection of the last frame, once per lead time.
-
-    ``[inputs (batch, t_in, y, x, channels), motion (batch, y, x, 2)] ->
-    (batch, t_out, y, x, 1)``: lead ``k`` takes, at each pixel ``p``, the last
-    frame of ``channel`` at ``p - k * motion(p)`` (motion in pixels per time
-    step, ``(dy, dx)``), interpolated bilinearly; points that fall outside the
-    grid take the nearest edge pixel. This is the backward scheme of an
-    extrapolation nowcast with motion held constant along the trajectory, so
-    a model with zero motion is persistence. Only ``keras.ops``.
-    """
-
-    def __init__(self, t_out: int, channel: int = 0, **kwargs: object) -> None:
-        super().__init__(**kwargs)
-        self.t_out = int(t_out)
-        self.channel = int(channel)
-
-    def call(self, inputs, motion):  # noqa: D102
-        frame = inputs[:, -1, :, :, self.channel]
-        height, width = ops.shape(frame)[1], ops.shape(frame)[2]
-        rows = ops.cast(ops.arange(height), frame.dtype)[None, :, None]
-        cols = ops.cast(ops.arange(width), frame.dtype)[None, None, :]
-        flat = ops.reshape(frame, (-1, height * width))
-        leads = []
-        for k in range(1, self.t_out + 1):
-            ys = ops.clip(rows - k * motion[..., 0], 0.0, ops.cast(height - 1, frame.dtype))
-            xs = ops.clip(cols - k * motion[..., 1], 0.0, ops.cast(width - 1, frame.dtype))
-            leads.append(_bilinear(flat, ys, xs, height, width))
-        return ops.stack(leads, axis=1)[..., None]
-
-    def compute_output_shape(self, inputs_shape, motion_shape=None):  # noqa: D102
-        return (inputs_shape[0], self.t_out, inputs_shape[2], inputs_shape[3], 1)
-
-    def get_config(self) -> dict[str, object]:  # noqa: D102
-        return {**super().get_config(), "t_out": self.t_out, "channel": self.channel}
-
-
-@keras.saving.register_keras_serializable(package=PACKAGE)
-class MatchMotion(layers.Layer):
-    """Motion of one channel over the last input frames, by block matching.
-
-    ``(batch, t_in, y, x, channels) -> (batch, y, x, 2)``, in pixels per time
-    step ``(dy, dx)``, the convention of :class:`Advect`. The frames are
-    averaged down by ``downsample``; for every shift of up to ``radius``
-    coarse pixels, the squared difference between each of the last ``pairs``
-    frames and its predecessor moved by that shift is averaged over a
-    ``window``-pixel neighbourhood; each pixel takes its cheapest shift (a
-    tiny penalty on the shift's length sends ties, such as dry areas, to no
-    motion), and the field is smoothed over ``smooth`` pixels. It has no
-    weights and passes no gradient: it is the motion estimate of an
-    extrapolation nowcast, which the model then corrects. Only ``keras.ops``.
-
-    The defaults (search radius 8 px per step, 64 px matching window, 32 px
-    smoothing) suit 1 km, 5 min radar composites; ``bench.skill`` scores this
-    motion alone as the ``matched_motion`` baseline (docs/model.md). Shifts
-    are found to the coarse pixel and refined by a parabola through the
-    neighbouring costs.
-    """
-
-    def __init__(self, channel: int = 0, radius: int = 4, downsample: int = 2, window: int = 64,
-                 smooth: int = 32, pairs: int = 3, **kwargs: object) -> None:
-        super().__init__(**kwargs)
-        self.channel, self.radius, self.downsample = int(channel), int(radius), int(downsample)
-        self.window, self.smooth, self.pairs = int(window), int(smooth), int(pairs)
-        self.shifts = [(dy, dx) for dy in range(-self.radius, self.radius + 1)
-                       for dx in range(-self.radius, self.radius + 1)]
-
-    def call(self, inputs):  # noqa: D102
-        frames = ops.stop_gradient(ops.transpose(inputs[..., self.channel], (0, 2, 3, 1)))  # (b, y, x, t)
-        height, width, steps = ops.shape(frames)[1], ops.shape(frames)[2], ops.shape(frames)[3]
-        d = self.downsample
-        if d > 1:
-            frames = ops.average_pool(frames, d, strides=d, padding="same")
-        pairs = [(frames[..., steps - 1 - j], frames[..., steps - 2 - j])
-                 for j in range(min(self.pairs, steps - 1))]
-        cost = self._cost(pairs)
-        penalty = ops.convert_to_tensor([dy * dy + dx * dx for dy, dx in self.shifts], dtype=cost.dtype)
-        best = ops.argmin(cost + 1e-4 * penalty, axis=-1)
-        vectors = ops.convert_to_tensor([[float(dy), float(dx)] for dy, dx in self.shifts],
-                                        dtype=frames.dtype)
-        motion = (ops.take(vectors, best, axis=0) + self._subpixel(cost, best)) * d  # full-grid pixels
-        if d > 1:
-            motion = ops.repeat(ops.repeat(motion, d, axis=1), d, axis=2)[:, :height, :width]
-        if self.smooth > 1:
-            motion = _box_mean(motion, self.smooth)
-        return motion
-
-    def _subpixel(self, cost, best):
-        """Offsets within ±0.5 coarse pixel: a parabola through the cost at the best shift and its neighbours.
-
-        Along each axis; a best shift on the edge of the search range keeps its whole-pixel value.
-        """
-        side = 2 * self.radius + 1
-        row, col = best // side, best % side
-        offsets = []
-        for position, step in ((row, side), (col, 1)):  # neighbours along y are a row of shifts apart
-            step = ops.where(ops.logical_and(position > 0, position < side - 1), step, 0)
-            below, centre, above = (_cost_at(cost, best + k * step) for k in (-1, 0, 1))
-            curvature = below - 2 * centre + above
-            offset = ops.where(curvature > 1e-12, 0.5 * (below - above) / ops.maximum(curvature, 1e-12), 0.0)
-            offsets.append(ops.clip(offset, -0.5, 0.5))
-        return ops.stack(offsets, axis=-1)
-
-    def _cost(self, pairs):
-        """Mean squared difference per coarse pixel and shift, over the window: (b, y, x, shifts)."""
-        r = self.radius
-        pad = ((0, 0), (r, r), (r, r))
-        height, width = ops.shape(pairs[0][0])[1], ops.shape(pairs[0][0])[2]
-        inside = ops.pad(ops.ones_like(pairs[0][0]), pad)  # where the shifted frame has data
-        padded = [(current, ops.pad(previous, pad)) for current, previous in pairs]
-        sums = []
-        for dy, dx in self.shifts:  # previous(p - shift) against current(p)
-            rows, cols = slice(r - dy, r - dy + height), slice(r - dx, r - dx + width)
-            valid = inside[:, rows, cols]
-            error = sum(valid * (current - previous[:, rows, cols]) ** 2 for current, previous in padded)
-            sums += [error, valid]
-        pooled = _box_mean(ops.stack(sums, axis=-1), max(self.window // self.downsample, 1))
-        return pooled[..., 0::2] / (pooled[..., 1::2] * len(pairs) + 1e-6)
-
-    def compute_output_shape(self, input_shape):  # noqa: D102
-        return (input_shape[0], input_shape[2], input_shape[3], 2)
-
-    def get_config(self) -> dict[str, object]:  # noqa: D102
-        return {**super().get_config(), "channel": self.channel, "radius": self.radius,
-                "downsample": self.downsample, "window": self.window, "smooth": self.smooth,
-                "pairs": self.pairs}
-
-
-def _cost_at(cost, index):
-    """``cost[..., index]`` per pixel: ``(b, y, x, shifts)`` and ``(b, y, x)`` -> ``(b, y, x)``."""
-    return ops.squeeze(ops.take_along_axis(cost, ops.expand_dims(index, -1), axis=-1), -1)
-
-
-def _box_mean(x, size: int):
-    """Mean of ``(batch, y, x, c)`` over a ``size`` square around each pixel (the part inside the grid).
-
-    Two one-dimensional passes: a 64-pixel box costs 128 additions per pixel, not 4096.
-    """
-    x = ops.average_pool(x, (size, 1), strides=1, padding="same")
-    return ops.average_pool(x, (1, size), strides=1, padding="same")
-
-
-def _bilinear(flat, ys, xs, height, width):
-    """``flat`` (batch, y*x) sampled at in-grid float positions ``ys, xs`` (batch, y, x)."""
-    y0, x0 = ops.floor(ys), ops.floor(xs)
-    wy, wx = ys - y0, xs - x0
-    y0, x0 = ops.cast(y0, "int32"), ops.cast(x0, "int32")
-    y1, x1 = ops.minimum(y0 + 1, height - 1), ops.minimum(x0 + 1, width - 1)
-
-    def at(yy, xx):
-        index = ops.reshape(yy * width + xx, (ops.shape(flat)[0], -1))
-        return ops.reshape(ops.take_along_axis(flat, index, axis=1), ops.shape(ys))
-
-    top = at(y0, x0) * (1 - wx) + at(y0, x1) * wx
-    bottom = at(y1, x0) * (1 - wx) + at(y1, x1) * wx
-    return top * (1 - wy) + bottom * wy
 
 
 def _motion(cfg: ArchitectureConfig, features) -> keras.KerasTensor:

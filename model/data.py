@@ -2,7 +2,8 @@
 
 ``windows.zarr`` (docs/schemas.md) stores physical values with NaN where the
 radar did not see, plus the train-split normalisation statistics. This module
-reads it with zarr directly (``model/`` imports nothing from ``pipelines/``):
+reads it through :class:`nowcast.pipelines.stores.windows.WindowsStore`, the
+same schema module the windows job writes with:
 
 - :class:`Normalizer` maps physical values to the model's space and back.
   For variables with ``valid_min >= 0`` (rain), ``log1p`` then standardise
@@ -23,18 +24,11 @@ reads it with zarr directly (``model/`` imports nothing from ``pipelines/``):
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping
 
 import numpy as np
-import zarr
 
-SPLITS = ("train", "val", "test")
-
-
-class WindowsError(ValueError):
-    """windows.zarr is missing something the model input needs."""
+from nowcast.pipelines.stores.windows import WindowsError, WindowsStore
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,115 +101,37 @@ class Normalizer:
                 "stats": {k: dict(v) for k, v in self.stats.items()}}
 
     @classmethod
+    def from_store(cls, store: WindowsStore) -> Normalizer:
+        """The normalisation from windows.zarr's train statistics."""
+        return cls(store.channels, store.target, store.normalization)
+
+    @classmethod
     def from_dict(cls, data: Mapping[str, object]) -> Normalizer:
         return cls(tuple(data["channels"]), str(data["target"]), data["stats"])  # type: ignore[arg-type]
 
 
-def _json_attr(value: object) -> object:
-    return json.loads(value) if isinstance(value, str) and value[:1] in "{[" else value
+def read_model_chunk(store: WindowsStore, index: int, normalizer: Normalizer | None,
+                     wet: tuple[float, float] | None = None) -> tuple[np.ndarray, ...]:
+    """Inputs, targets (target channel only) and coverage weights of a sample chunk, ready for Keras.
 
-
-class WindowsStore:
-    """Read access to one split of windows.zarr, one sample chunk at a time."""
-
-    def __init__(self, url: str, split: str = "train") -> None:
-        if split not in SPLITS:
-            raise WindowsError(f"split must be one of {SPLITS}, got {split!r}")
-        try:
-            self.root = zarr.open_group(url, mode="r")
-        except (FileNotFoundError, zarr.errors.GroupNotFoundError) as err:
-            raise WindowsError(f"no windows store at {url!r}: run the windows job first") from err
-        if split not in self.root:
-            raise WindowsError(f"{url!r} has no {split!r} group (has {sorted(self.root.group_keys())})")
-        self.url, self.split = url, split
-        self.group = self.root[split]
-        self.inputs, self.targets = self.group["inputs"], self.group["targets"]
-        self.attrs = {k: _json_attr(v) for k, v in self.root.attrs.items()}
-        if self.inputs.shape[0] != self.targets.shape[0]:
-            raise WindowsError(f"{url}/{split}: {self.inputs.shape[0]} inputs but {self.targets.shape[0]} "
-                               "targets; the windows job was interrupted, rerun it")
-        channels = self.attrs.get("channels")
-        self.channels = tuple([channels] if isinstance(channels, str) else channels or ())
-        self.target = str(self.attrs.get("target", self.channels[0] if self.channels else ""))
-        self.chunk = int(self.inputs.chunks[0])
-
-    @property
-    def num_samples(self) -> int:
-        return int(self.inputs.shape[0])
-
-    @property
-    def num_chunks(self) -> int:
-        return -(-self.num_samples // self.chunk)
-
-    @property
-    def sample_shapes(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        """``(t_in, y, x, channel)`` and ``(t_out, y, x, channel)``."""
-        return tuple(self.inputs.shape[1:]), tuple(self.targets.shape[1:])
-
-    def normalizer(self) -> Normalizer:
-        return Normalizer(self.channels, self.target, self.attrs.get("normalization") or {})
-
-    def read_chunk(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """Physical inputs and targets of sample chunk ``index``."""
-        sl = slice(index * self.chunk, min((index + 1) * self.chunk, self.num_samples))
-        return np.asarray(self.inputs[sl], dtype="float32"), np.asarray(self.targets[sl], dtype="float32")
-
-    def read_model_chunk(self, index: int, normalizer: Normalizer | None,
-                         wet: tuple[float, float] | None = None) -> tuple[np.ndarray, ...]:
-        """Inputs, targets (target channel only) and coverage weights of a chunk, ready for Keras.
-
-        With ``normalizer=None`` the values stay physical (NaN kept), which
-        tests use to compare with the store. ``wet = (threshold, fraction)``
-        keeps only samples whose observed target pixels are at least that
-        fraction at or above the threshold (physical units), e.g. to skip dry
-        patches that the windows job's whole-frame wet filter keeps.
-        """
-        inputs, targets = self.read_chunk(int(index))
-        targets = targets[..., :1]
-        if wet is not None:
-            observed = np.isfinite(targets).sum(axis=(1, 2, 3, 4))
-            above = (np.nan_to_num(targets, nan=-np.inf) >= wet[0]).sum(axis=(1, 2, 3, 4))
-            keep = above >= wet[1] * np.maximum(observed, 1)
-            inputs, targets = inputs[keep], targets[keep]
-        weights = np.isfinite(targets[..., 0]).astype("float32")
-        if normalizer is not None:
-            inputs = normalizer.normalize_inputs(inputs)
-            targets = normalizer.normalize(targets, normalizer.target)
-        return inputs, targets, weights
-
-    def init_times(self) -> np.ndarray:
-        """``init_time`` of every sample as datetime64[s] (decoded via xarray's CF rules)."""
-        import xarray as xr
-
-        ds = xr.open_zarr(self.url, group=self.split, consolidated=False)
-        return ds["init_time"].values.astype("datetime64[s]")
-
-    def iter_chunks(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """Physical ``(inputs, targets, init_time)`` chunk by chunk, in store order."""
-        times = self.init_times()
-        for i in range(self.num_chunks):
-            inputs, targets = self.read_chunk(i)
-            yield inputs, targets, times[i * self.chunk : i * self.chunk + len(inputs)]
-
-
-def fingerprint(url: str, split: str = "train") -> str:
-    """sha256 identifying a split's data without reading its pixels.
-
-    Hashes the root attributes (window spec, archive URL, normalisation,
-    counts), the arrays' shapes, chunks and codecs, and the sample index
-    (``init_time``, ``y0``, ``x0``). Windows are a pure function of the
-    archive and that index, so equal fingerprints mean equal data for an
-    archive that is only appended to.
+    With ``normalizer=None`` the values stay physical (NaN kept), which
+    tests use to compare with the store. ``wet = (threshold, fraction)``
+    keeps only samples whose observed target pixels are at least that
+    fraction at or above the threshold (physical units), e.g. to skip dry
+    patches that the windows job's whole-frame wet filter keeps.
     """
-    store = WindowsStore(url, split)
-    digest = hashlib.sha256(json.dumps(store.attrs, sort_keys=True, default=str).encode())
-    for name in ("inputs", "targets", "init_time", "y0", "x0"):
-        if name in store.group:
-            arr = store.group[name]
-            digest.update(f"{name}{arr.shape}{arr.chunks}{arr.dtype}".encode())
-            digest.update(json.dumps(arr.attrs.asdict(), sort_keys=True, default=str).encode())
-            digest.update(np.ascontiguousarray(arr[...]).tobytes() if arr.ndim == 1 else b"")
-    return digest.hexdigest()
+    inputs, targets = store.read_chunk(int(index))
+    targets = targets[..., :1]
+    if wet is not None:
+        observed = np.isfinite(targets).sum(axis=(1, 2, 3, 4))
+        above = (np.nan_to_num(targets, nan=-np.inf) >= wet[0]).sum(axis=(1, 2, 3, 4))
+        keep = above >= wet[1] * np.maximum(observed, 1)
+        inputs, targets = inputs[keep], targets[keep]
+    weights = np.isfinite(targets[..., 0]).astype("float32")
+    if normalizer is not None:
+        inputs = normalizer.normalize_inputs(inputs)
+        targets = normalizer.normalize(targets, normalizer.target)
+    return inputs, targets, weights
 
 
 def _augment(inputs, targets, weights, seed_pair, square: bool):
@@ -265,14 +181,14 @@ def make_dataset(url: str, split: str = "train", batch_size: int = 8, *, shuffle
     store = WindowsStore(url, split)
     if store.num_samples == 0:
         raise WindowsError(f"{url}/{split} holds no samples; widen the split or relax the wetness filter")
-    normalizer = store.normalizer() if normalize else None
+    normalizer = Normalizer.from_store(store) if normalize else None
     in_shape, out_shape = store.sample_shapes
     out_shape = (*out_shape[:-1], 1)
     specs = (tf.TensorSpec((None, *in_shape), tf.float32), tf.TensorSpec((None, *out_shape), tf.float32),
              tf.TensorSpec((None, *out_shape[:-1]), tf.float32))
 
     def read_arrays(index):
-        arrays = tf.numpy_function(lambda i: store.read_model_chunk(i, normalizer, wet), [index],
+        arrays = tf.numpy_function(lambda i: read_model_chunk(store, i, normalizer, wet), [index],
                                    [tf.float32, tf.float32, tf.float32], stateful=False)
         for array, spec in zip(arrays, specs, strict=True):
             array.set_shape(spec.shape)
@@ -305,25 +221,3 @@ def make_dataset(url: str, split: str = "train", batch_size: int = 8, *, shuffle
         batches = store.num_samples // batch_size if drop_remainder else -(-store.num_samples // batch_size)
         ds = ds.apply(tf.data.experimental.assert_cardinality(batches))
     return ds.prefetch(tf.data.AUTOTUNE)
-
-
-def archive_description_dict(url: str, variables: Sequence[str] | None = None) -> dict[str, object]:
-    """Time step, variable units and grid shape of the archive behind windows.zarr.
-
-    Read from the archive named in windows.zarr's ``archive`` attribute, with
-    zarr directly; returns a dict accepted by
-    ``model.registry.ArchiveDescription.from_dict``.
-    """
-    store = WindowsStore(url, "train")
-    archive_url = store.attrs.get("archive")
-    if not archive_url:
-        raise WindowsError(f"{url} does not name its archive (attrs['archive']); rerun the windows job")
-    try:
-        archive = zarr.open_group(str(archive_url), mode="r")
-    except (FileNotFoundError, zarr.errors.GroupNotFoundError) as err:
-        raise WindowsError(f"the archive {archive_url!r} named by {url} cannot be opened") from err
-    names = list(variables or dict.fromkeys((*store.channels, store.target)))
-    units = {name: str(archive[name].attrs.get("units", "")) for name in names}
-    grid = tuple(int(n) for n in archive[names[0]].shape[-2:])
-    time_step = str(store.attrs.get("time_step") or archive.attrs.get("time_step"))
-    return {"time_step": time_step, "variables": units, "grid_shape": list(grid)}

@@ -12,7 +12,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from model.architectures import PACKAGE
+from nowcast.model.layers import PACKAGE
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)

@@ -11,7 +11,7 @@ Loading verifies the checksum, compares the metadata with a description of
 the archive the caller is about to feed the model (time step, variables and
 their units, grid shape) and refuses any mismatch with an error that names it;
 then it loads with ``safe_mode=True`` (no arbitrary code from the file). The
-model's custom layers live in :mod:`model.architectures`, imported here so
+model's custom layers live in :mod:`nowcast.model.layers`, imported here so
 that they are registered before deserialisation.
 
 Paths are local directories: Keras writes and reads ``.keras`` files on a
@@ -33,8 +33,12 @@ from pathlib import Path
 
 import keras
 
-import model.architectures  # noqa: F401  (registers the custom layers for safe-mode loading)
-import model.losses  # noqa: F401  (registers the training losses)
+import nowcast.model.layers  # noqa: F401  (registers the custom layers for safe-mode loading)
+import nowcast.model.losses  # noqa: F401  (registers the training losses)
+from nowcast.pipelines.stores.archive import ArchiveDescription
+
+__all__ = ["ArchiveDescription", "ArchiveMismatchError", "ChecksumMismatchError", "LoadedModel",
+           "RegistryError", "check_archive", "load_model", "promote_version", "resolve_version", "save_model"]
 
 MODEL_FILE = "model.keras"
 METADATA_FILE = "metadata.json"
@@ -53,30 +57,6 @@ class ChecksumMismatchError(RegistryError):
 
 class ArchiveMismatchError(RegistryError):
     """The model was trained on data unlike the archive it is asked to read."""
-
-
-@dataclasses.dataclass(frozen=True)
-class ArchiveDescription:
-    """What a model needs to know about the archive it will forecast from.
-
-    Attributes:
-        time_step: ISO 8601 step of the archive, e.g. ``PT5M``.
-        variables: units of each variable, e.g. ``{"precip": "mm h-1"}``.
-        grid_shape: ``(y, x)`` size of the archive grid.
-    """
-
-    time_step: str
-    variables: Mapping[str, str]
-    grid_shape: tuple[int, int]
-
-    def to_dict(self) -> dict[str, object]:
-        return {"time_step": self.time_step, "variables": dict(self.variables),
-                "grid_shape": [int(n) for n in self.grid_shape]}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, object]) -> ArchiveDescription:
-        return cls(time_step=str(data["time_step"]), variables=dict(data["variables"]),  # type: ignore[arg-type]
-                   grid_shape=tuple(int(n) for n in data["grid_shape"]))  # type: ignore[arg-type, union-attr]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Train a forecaster from windows.zarr and save it to the registry.
 
-``python -m model.train --windows windows.zarr --models models --name cnn_lstm``
+``python -m nowcast.model.train --windows windows.zarr --models models --name cnn_lstm``
 
 Defaults: Adam, MSE (or intensity-weighted MSE), early stopping on the
 validation loss with the best weights restored, the best model checkpointed,
@@ -22,12 +22,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import keras
-import numpy as np
-import pandas as pd
 
-from model import data, registry
-from model.architectures import ArchitectureConfig, build_model
-from model.losses import get_loss
+from nowcast.model import data, registry
+from nowcast.model.architectures import ArchitectureConfig, build_model
+from nowcast.model.losses import get_loss
+from nowcast.pipelines.stores.timeaxis import format_time_step, parse_time_step
+from nowcast.pipelines.stores.windows import WindowsStore, describe_archive, fingerprint
 
 
 class TrainConfigError(ValueError):
@@ -59,7 +59,9 @@ class TrainConfig:
             record instead of reading the archive named by windows.zarr.
         verbose: Keras verbosity (1: progress bar).
         wet: ``(threshold, fraction)``: train only on samples whose targets are
-            at least that wet (see :func:`model.data.make_dataset`).
+            at least that wet (see :func:`nowcast.model.data.make_dataset`).
+        promote: point the registry's ``latest`` at the new version; a flow that
+            verifies the model first saves it unpromoted and promotes it after.
     """
 
     windows: str
@@ -80,6 +82,7 @@ class TrainConfig:
     archive: Mapping[str, object] | None = None
     verbose: int = 1
     wet: tuple[float, float] | None = None
+    promote: bool = True
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.patience < 0:
@@ -108,24 +111,19 @@ def gpu_count() -> int:
 
 
 def lead_times(time_step: str, t_out: int) -> list[str]:
-    """ISO 8601 lead times ``k * time_step`` for ``k = 1..t_out``."""
-    seconds = int(pd.Timedelta(time_step).total_seconds())
-    return [_iso_duration(seconds * k) for k in range(1, t_out + 1)]
+    """ISO 8601 lead times ``k * time_step`` for ``k = 1..t_out``.
+
+    >>> lead_times("PT5M", 3)
+    ['PT5M', 'PT10M', 'PT15M']
+    """
+    step = parse_time_step(time_step)
+    return [format_time_step(step * k) for k in range(1, t_out + 1)]
 
 
-def _iso_duration(seconds: int) -> str:
-    """Shortest ISO 8601 duration, e.g. 600 -> ``PT10M`` (the archive's ``time_step`` style)."""
-    days, rest = divmod(seconds, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    clock = (f"{hours}H" if hours else "") + (f"{minutes}M" if minutes else "") + (f"{secs}S" if secs else "")
-    return "P" + (f"{days}D" if days else "") + ("T" + clock if clock else "")
-
-
-def training_range(store: data.WindowsStore, time_step: str, t_in: int, t_out: int) -> dict[str, str]:
+def training_range(store: WindowsStore, time_step: str, t_in: int, t_out: int) -> dict[str, str]:
     """First input frame and last target frame covered by the training windows."""
     times = store.init_times()
-    step = np.timedelta64(pd.Timedelta(time_step).to_timedelta64(), "s")
+    step = parse_time_step(time_step)
     return {"start": str(times.min() - (t_in - 1) * step), "end": str(times.max() + t_out * step)}
 
 
@@ -150,13 +148,13 @@ def train(cfg: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callback] 
     ``extra_callbacks`` run after the defaults (e.g. a flow's progress reporter).
     """
     keras.utils.set_random_seed(cfg.seed)
-    store = data.WindowsStore(cfg.windows, "train")
+    store = WindowsStore(cfg.windows, "train")
     (t_in, height, width, channels), (t_out, *_rest) = store.sample_shapes
     arch = ArchitectureConfig.from_dict({**dict(cfg.options), "t_in": t_in, "t_out": t_out, "height": height,
                                          "width": width, "channels": channels,
                                          "target_channel": list(store.channels).index(store.target)
                                          if store.target in store.channels else 0})
-    has_val = "val" in store.root and store.root["val"]["inputs"].shape[0] > 0
+    has_val = store.has_samples("val")
     train_ds = data.make_dataset(cfg.windows, "train", cfg.batch_size, seed=cfg.seed, augment=cfg.augment,
                                  repeat=cfg.steps_per_epoch is not None, wet=cfg.wet)
     val_ds = data.make_dataset(cfg.windows, "val", cfg.batch_size, shuffle=False) if has_val else None
@@ -183,14 +181,15 @@ def train(cfg: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callback] 
     if val_ds is not None:
         scores = net.evaluate(val_ds, verbose=0, return_dict=True)
         metrics.update({f"val_{k}": float(v) for k, v in scores.items()})
-    time_step = str(store.attrs.get("time_step"))
-    archive = dict(cfg.archive) if cfg.archive else data.archive_description_dict(cfg.windows)
+    time_step = store.time_step
+    archive = (registry.ArchiveDescription.from_dict(cfg.archive) if cfg.archive
+               else describe_archive(cfg.windows))
     metadata = {
         "architecture": cfg.architecture,
         "architecture_config": arch.to_dict(),
         "window_spec": store.attrs.get("window_spec"),
         "windows": cfg.windows,
-        "normalization": store.normalizer().to_dict(),
+        "normalization": data.Normalizer.from_store(store).to_dict(),
         "channels": list(store.channels),
         "target": store.target,
         "t_in": t_in,
@@ -198,16 +197,16 @@ def train(cfg: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callback] 
         "input_shape": [height, width],
         "time_step": time_step,
         "lead_times": lead_times(time_step, t_out),
-        "archive": registry.ArchiveDescription.from_dict(archive).to_dict(),
+        "archive": archive.to_dict(),
         "training_range": training_range(store, time_step, t_in, t_out),
-        "training_data_hash": data.fingerprint(cfg.windows, "train"),
+        "training_data_hash": fingerprint(cfg.windows, "train"),
         "training": {"loss": cfg.loss, "intensity_weight": cfg.intensity_weight, "batch_size": cfg.batch_size,
                      "learning_rate": cfg.learning_rate, "seed": cfg.seed, "augment": cfg.augment,
                      "samples": store.num_samples, "gpus": gpus,
                      "wet": list(cfg.wet) if cfg.wet else None},
     }
     path = registry.save_model(net, cfg.models, cfg.architecture, metadata, {**metrics, "history": history},
-                               version=cfg.version)
+                               version=cfg.version, promote=cfg.promote)
     return TrainResult(path=path, history=history, metrics=metrics)
 
 

@@ -150,14 +150,14 @@ def sprog(inputs: np.ndarray, t_out: int, threshold: float = 0.1, zerovalue: flo
 def matched_motion(inputs: np.ndarray, t_out: int) -> np.ndarray:
     """The motion base of the ``matched_motion`` models alone, on the whole grid (mm/h).
 
-    :class:`model.architectures.MatchMotion` estimates the motion and
-    :class:`model.architectures.Advect` moves the last frame along it, in
+    :class:`nowcast.model.architectures.MatchMotion` estimates the motion and
+    :class:`nowcast.model.architectures.Advect` moves the last frame along it, in
     ``log1p`` space as the models do, without their learned correction: what
     the trained network adds shows against this.
     """
     from keras import ops
 
-    from model.architectures import Advect, MatchMotion
+    from nowcast.model.architectures import Advect, MatchMotion
 
     frames = np.log1p(_filled(inputs, 0.0)).astype("float32")[None, ..., None]
     moved = ops.convert_to_numpy(Advect(t_out)(frames, MatchMotion()(frames)))[0, ..., 0]

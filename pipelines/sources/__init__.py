@@ -10,10 +10,10 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 
-from pipelines.sources.base import Source, SourceError, SourceItem
-from pipelines.sources.netcdf import NetCDFSource
-from pipelines.sources.radar import FORMATS, RadarSource, detect_radar_format
-from pipelines.sources.synthetic import SyntheticSource
+from nowcast.pipelines.sources.base import Source, SourceError, SourceItem
+from nowcast.pipelines.sources.netcdf import NetCDFSource
+from nowcast.pipelines.sources.radar import FORMATS, RadarSource, detect_radar_format
+from nowcast.pipelines.sources.synthetic import SyntheticSource
 
 __all__ = ["FORMATS", "NetCDFSource", "RadarSource", "Source", "SourceError", "SourceItem",
            "SyntheticSource", "detect_radar_format", "get_source", "source_kinds"]

@@ -18,8 +18,8 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import pyproj
 
-from pipelines.archive import FieldSpec
-from pipelines.grid import Grid, plain_value
+from nowcast.pipelines.stores.archive import FieldSpec
+from nowcast.pipelines.stores.grid import Grid, plain_value
 
 # pyproj warns whenever a CRS is written as a PROJ string or CF attributes, which the
 # archive's grid mapping always does (its crs_wkt keeps the full definition). The filters

@@ -20,9 +20,7 @@ import numpy as np
 import pyproj
 import xarray as xr
 
-from pipelines.archive import FieldSpec
-from pipelines.grid import Grid
-from pipelines.sources.base import (
+from nowcast.pipelines.sources.base import (
     SourceError,
     SourceItem,
     check_frame_shape,
@@ -30,6 +28,8 @@ from pipelines.sources.base import (
     list_files,
     sorted_unique,
 )
+from nowcast.pipelines.stores.archive import FieldSpec
+from nowcast.pipelines.stores.grid import Grid
 
 SUFFIXES = (".nc", ".nc4", ".netcdf")
 Y_DIMS = ("y", "projection_y_coordinate")

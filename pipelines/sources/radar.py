@@ -21,9 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.archive import PRECIP, FieldSpec
-from pipelines.grid import Grid
-from pipelines.sources.base import (
+from nowcast.pipelines.sources.base import (
     SourceError,
     SourceItem,
     check_frame_shape,
@@ -31,6 +29,8 @@ from pipelines.sources.base import (
     list_files,
     sorted_unique,
 )
+from nowcast.pipelines.stores.archive import PRECIP, FieldSpec
+from nowcast.pipelines.stores.grid import Grid
 
 
 @dataclasses.dataclass(frozen=True)

@@ -27,10 +27,10 @@ from typing import ClassVar
 
 import numpy as np
 
-from pipelines.archive import PRECIP, FieldSpec
-from pipelines.grid import Grid
-from pipelines.sources.base import SourceError, SourceItem
-from pipelines.timeaxis import parse_time_step, to_datetime64
+from nowcast.pipelines.sources.base import SourceError, SourceItem
+from nowcast.pipelines.stores.archive import PRECIP, FieldSpec
+from nowcast.pipelines.stores.grid import Grid
+from nowcast.pipelines.stores.timeaxis import parse_time_step, to_datetime64
 
 PROJECTION = "+proj=stere +lat_0=90 +lon_0=10 +lat_ts=60 +x_0=0 +y_0=0 +ellps=WGS84 +units=m +no_defs"
 CENTRE_XY = (0.0, -3_700_000.0)  # about 56.5 N, 10 E in the projection above

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from flows.params import ROOTS_ENV
-from flows.serve import wait_for_api
-from pipelines.forecast_store import written_flags
-from tests.pipelines.scoring_helpers import make_archive, save_tiny_model, synthetic_stats
+from nowcast.flows.params import ROOTS_ENV
+from nowcast.flows.serve import wait_for_api
+from nowcast.pipelines.stores.forecasts import written_flags
+from tests.pipelines.jobs.scoring_helpers import make_archive, save_tiny_model, synthetic_stats
 
 # how long the UI may take to react: a liveness bound, not a speed check (a loaded 2-core CI
 # machine once took over 60 s for one navigation)
@@ -83,7 +83,8 @@ def served(tmp_path):
     worker = None
     try:
         wait_for_api(api_url, timeout_s=180)
-        worker = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve", "--workdir", str(workdir),
+        worker = subprocess.Popen([sys.executable, "-m", "nowcast.flows.cli", "serve",
+                                   "--workdir", str(workdir),
                                    "--cron", "0 0 1 1 *"],
                                   env={**env, "PREFECT_API_URL": api_url,
                                        "PREFECT_RUNNER_POLL_FREQUENCY": "2"},

@@ -8,12 +8,12 @@ import sys
 
 import pytest
 
-from pipelines.archive import open_archive
-from tests.pipelines.ingest_helpers import snapshot
+from nowcast.pipelines.stores.archive import open_archive
+from tests.pipelines.jobs.ingest_helpers import snapshot
 
 
 def nowcast(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "flows.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "nowcast.flows.cli", *args], capture_output=True, text=True,
                           timeout=300)
 
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flows.demo import demo_flow
-from pipelines.archive import open_archive
-from pipelines.forecast_store import written_flags
+from nowcast.flows.demo import demo_flow
+from nowcast.pipelines.stores.archive import open_archive
+from nowcast.pipelines.stores.forecasts import written_flags
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -19,13 +19,13 @@ def test_demo_flow_runs_the_chain_and_reports(tmp_path, prefect_server, monkeypa
     monkeypatch.setenv("NOWCAST_STORAGE_ROOTS", str(tmp_path))
     out = demo_flow(workdir=str(tmp_path / "demo"), frames=96, size=32, epochs=1, backfill_hours=0.5,
                    workers=1)
-    ds = open_archive(out["archive"])
+    ds = open_archive(out.stores["archive"])
     assert ds.sizes["time"] == 96 and bool(ds["valid"].all())
     assert np.nanmax(ds["precip"].values) > 0.1  # some rain was synthesised
-    flags = written_flags(out["forecasts"])
-    assert out["backfilled"] == 6 and flags.sum() == 6 and flags[-6:].all()  # the last half hour
-    assert (Path(out["models"]) / "convlstm" / out["version"] / "model.keras").is_file()
-    assert "| persistence |" in out["table"] and "| extrapolation |" in out["table"]
-    assert {"frames", "test_maps", "stored_maps"} <= set(out["pictures"])
-    for path in out["pictures"].values():
+    flags = written_flags(out.stores["forecasts"])
+    assert out.backfilled == 6 and flags.sum() == 6 and flags[-6:].all()  # the last half hour
+    assert (Path(out.stores["models"]) / "convlstm" / out.version / "model.keras").is_file()
+    assert "| persistence |" in out.table and "| extrapolation |" in out.table
+    assert {"frames", "test_maps", "stored_maps"} <= set(out.pictures)
+    for path in out.pictures.values():
         assert Path(path).read_bytes()[:8] == PNG

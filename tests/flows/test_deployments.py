@@ -8,7 +8,7 @@ import asyncio
 import pytest
 from prefect.exceptions import ParameterTypeError
 
-from flows.params import ROOTS_ENV, BackfillParams, TrainParams
+from nowcast.flows.params import ROOTS_ENV, BackfillParams, TrainParams
 
 CRON = "*/5 * * * *"
 
@@ -22,7 +22,7 @@ async def _read_back(names: list[str]) -> dict[str, object]:
 
 @pytest.mark.slow
 def test_deployments_register_with_schedules_and_forms(tmp_path, prefect_server):
-    from flows.serve import build_deployments
+    from nowcast.flows.serve import build_deployments
 
     for deployment in build_deployments(tmp_path, cron=CRON):
         deployment.apply()
@@ -62,7 +62,7 @@ def test_parameter_models_refuse_bad_input_with_the_fix(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_flow_with_invalid_parameters_fails_before_any_work(tmp_path, monkeypatch, prefect_server):
-    from flows.forecast import backfill_flow
+    from nowcast.flows.forecast import backfill_flow
 
     monkeypatch.setenv(ROOTS_ENV, str(tmp_path))
     params = {"archive": str(tmp_path / "a.zarr"), "forecasts": str(tmp_path / "f.zarr"),

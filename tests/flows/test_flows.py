@@ -14,9 +14,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flows.params import ROOTS_ENV, BackfillParams, EvaluateParams, ForecastParams, IngestParams, TrainParams
-from pipelines.archive import open_archive
-from pipelines.forecast_store import written_flags
+from nowcast.flows.params import (
+    ROOTS_ENV,
+    BackfillParams,
+    EvaluateParams,
+    ForecastParams,
+    IngestParams,
+    TrainParams,
+)
+from nowcast.pipelines.stores.archive import open_archive
+from nowcast.pipelines.stores.forecasts import written_flags
 
 SIZE, FRAMES, DENSITY = 48, 96, 40.0
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -30,8 +37,8 @@ def synthetic(root: Path, frames: int = FRAMES) -> IngestParams:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, prefect_server):
     """An ingested archive and a model trained by the train flow (promoted or not)."""
-    from flows.ingest import ingest_flow
-    from flows.train import train_flow
+    from nowcast.flows.ingest import ingest_flow
+    from nowcast.flows.train import train_flow
 
     root = tmp_path_factory.mktemp("flows")
     previous = os.environ.get(ROOTS_ENV)
@@ -54,67 +61,67 @@ def model_choice(root: Path, version: str) -> dict[str, str]:
 
 @pytest.mark.slow
 def test_ingest_synthetic_then_nothing_new(trained):
-    from flows.ingest import ingest_flow
+    from nowcast.flows.ingest import ingest_flow
 
     root, first, _ = trained
-    assert first["frames_written"] == FRAMES and first["time_length"] == FRAMES
-    assert ingest_flow(synthetic(root))["frames_written"] == 0  # a rerun finds nothing new
+    assert first.frames_written == FRAMES and first.time_length == FRAMES
+    assert ingest_flow(synthetic(root)).frames_written == 0  # a rerun finds nothing new
 
 
 @pytest.mark.slow
 def test_ingest_folder_takes_only_new_files(tmp_path, radar_dir, prefect_server, monkeypatch):
-    from flows.ingest import ingest_flow
+    from nowcast.flows.ingest import ingest_flow
 
     monkeypatch.setenv(ROOTS_ENV, str(tmp_path))
     files = sorted((radar_dir / "mch" / "20150515").iterdir())
     incoming = tmp_path / "incoming"
     incoming.mkdir()
     params = IngestParams(archive=str(tmp_path / "archive.zarr"), input_dir=str(incoming))
-    assert ingest_flow(params)["frames_written"] == 0  # empty folder: a no-op, no archive
+    assert ingest_flow(params).frames_written == 0  # empty folder: a no-op, no archive
     assert not (tmp_path / "archive.zarr").exists()
     for path in files[:3]:
         shutil.copy(path, incoming / path.name)
-    assert ingest_flow(params)["frames_written"] == 3
-    assert ingest_flow(params)["frames_written"] == 0
+    assert ingest_flow(params).frames_written == 3
+    assert ingest_flow(params).frames_written == 0
     for path in files[3:5]:
         shutil.copy(path, incoming / path.name)
-    assert ingest_flow(params)["frames_written"] == 2
+    assert ingest_flow(params).frames_written == 2
     assert bool(open_archive(str(tmp_path / "archive.zarr"))["valid"].all())
 
 
 @pytest.mark.slow
 def test_train_registers_and_promotes_only_a_model_that_beats_persistence(trained):
-    from model.registry import resolve_version
+    from nowcast.model.registry import resolve_version
 
     root, _, result = trained
-    version_dir = Path(result["path"])
+    version_dir = Path(result.path)
     assert (version_dir / "model.keras").is_file() and version_dir.parent.name == "convlstm"
-    assert result["promoted"] == (result["val_mae"] < result["persistence_mae"])
+    assert result.promoted == (result.val_mae < result.persistence_mae)
     latest = root / "models" / "convlstm" / "latest"
-    if result["promoted"]:
+    if result.promoted:
         assert resolve_version(root / "models", "convlstm") == version_dir
     else:
         assert not latest.exists()
     assert not (root / "models" / ".candidates").exists()
-    assert "| persistence |" in result["table"] and "| convlstm |" in result["table"]
-    for path in result["pictures"].values():
+    assert "| persistence |" in result.table and "| convlstm |" in result.table
+    for path in result.pictures.values():
         assert Path(path).read_bytes()[:8] == PNG
 
 
 @pytest.mark.slow
 def test_forecast_scores_new_frames_and_is_a_no_op_otherwise(trained):
-    from flows.forecast import forecast_flow
-    from flows.ingest import ingest_flow
+    from nowcast.flows.forecast import forecast_flow
+    from nowcast.flows.ingest import ingest_flow
 
     root, _, result = trained
-    params = ForecastParams(**model_choice(root, result["version"]), lookback=3)
+    params = ForecastParams(**model_choice(root, result.version), lookback=3)
     first = forecast_flow(params)
-    assert first["scored"] == 3
-    assert first["init_times"][-1] == "2024-01-01T07:55:00"
+    assert first.scored == 3
+    assert first.init_times[-1] == "2024-01-01T07:55:00"
     assert forecast_flow(params) == {"scored": 0, "init_times": []}
     ingest_flow(synthetic(root, FRAMES + 2))  # two new frames land
     again = forecast_flow(params)
-    assert again["init_times"] == ["2024-01-01T08:00:00", "2024-01-01T08:05:00"]
+    assert again.init_times == ["2024-01-01T08:00:00", "2024-01-01T08:05:00"]
     flags = written_flags(str(root / "forecasts.zarr"))
     assert flags.sum() == 5 and flags[-5:].all()
 
@@ -123,15 +130,15 @@ def test_forecast_scores_new_frames_and_is_a_no_op_otherwise(trained):
 def test_backfill_killed_part_way_then_rerun_does_only_the_rest(trained, prefect_server):
     from prefect.settings import PREFECT_API_URL
 
-    from flows.forecast import backfill_flow
+    from nowcast.flows.forecast import backfill_flow
 
     root, _, result = trained
     forecasts = root / "backfill.zarr"
-    params = BackfillParams(**{**model_choice(root, result["version"]), "forecasts": str(forecasts)},
+    params = BackfillParams(**{**model_choice(root, result.version), "forecasts": str(forecasts)},
                             start="2024-01-01T01:00", end="2024-01-01T01:55", chunk_size=3, concurrency=1)
     script = textwrap.dedent(f"""
-        from flows.forecast import backfill_flow
-        from flows.params import BackfillParams
+        from nowcast.flows.forecast import backfill_flow
+        from nowcast.flows.params import BackfillParams
         backfill_flow(BackfillParams.model_validate_json({params.model_dump_json()!r}))
     """)
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
@@ -152,27 +159,27 @@ def test_backfill_killed_part_way_then_rerun_does_only_the_rest(trained, prefect
     stamps = {i: [p.stat().st_mtime_ns for p in sorted(d.rglob("*"))] for i, d in chunk_files.items()}
 
     rerun = backfill_flow(params)
-    assert rerun["already_written"] == len(done)
-    assert rerun["scored"] == 12 - len(done)
+    assert rerun.already_written == len(done)
+    assert rerun.scored == 12 - len(done)
     flags = written_flags(str(forecasts))
     assert flags[12:24].all() and flags.sum() == 12  # 01:00 .. 01:55 are indices 12 .. 23
     assert {i: [p.stat().st_mtime_ns for p in sorted(d.rglob("*"))] for i, d in chunk_files.items()} == stamps
-    assert backfill_flow(params)["scored"] == 0
+    assert backfill_flow(params).scored == 0
 
 
 @pytest.mark.slow
 def test_evaluate_scores_split_and_stored_forecasts_with_pictures(trained):
-    from flows.evaluate import evaluate_flow
-    from flows.forecast import backfill_flow
+    from nowcast.flows.evaluate import evaluate_flow
+    from nowcast.flows.forecast import backfill_flow
 
     root, _, result = trained
-    choice = model_choice(root, result["version"])
+    choice = model_choice(root, result.version)
     backfill_flow(BackfillParams(**choice, start="2024-01-01T06:00", end="2024-01-01T06:30", chunk_size=8))
     out = evaluate_flow(EvaluateParams(windows=str(root / "windows.zarr"), workdir=str(root / "evaluate"),
                                        baselines=["persistence"], **choice))
-    assert f"| convlstm/{result['version']} |" in out["table"] and "| persistence |" in out["table"]
-    assert "(stored) |" in out["stored_table"]
-    assert out["samples"] > 0
-    assert set(out["pictures"]) >= {"test_scores", "test_maps", "stored_scores", "stored_maps"}
-    for path in out["pictures"].values():
+    assert f"| convlstm/{result.version} |" in out.table and "| persistence |" in out.table
+    assert "(stored) |" in out.stored_table
+    assert out.samples > 0
+    assert set(out.pictures) >= {"test_scores", "test_maps", "stored_scores", "stored_maps"}
+    for path in out.pictures.values():
         assert Path(path).read_bytes()[:8] == PNG

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from flows.artifacts import artifact_key, public_url
-from flows.forecast import chunked
-from flows.params import ROOTS_ENV, ParameterError, check_store_url
-from flows.verify import Verification
+from nowcast.flows.artifacts import artifact_key, public_url
+from nowcast.flows.forecast import chunked
+from nowcast.flows.params import ROOTS_ENV, ParameterError, check_store_url
+from nowcast.model.verify import Verification
 
 
 def test_chunks_cover_the_init_times_in_order():

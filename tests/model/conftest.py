@@ -1,29 +1,35 @@
-"""Tiny windows.zarr and archive.zarr stores written to the schema in docs/schemas.md.
+"""Tiny windows.zarr and archive.zarr stores written through their schema modules.
 
-The windows job (pipelines/windows.py) is tested on its own; these fixtures
-write the same layout directly with zarr/xarray so the model tests depend
-only on the documented contract.
+The windows job is tested on its own; these fixtures write arbitrary samples
+with the same schema writer (nowcast.pipelines.stores.windows) the job uses,
+so the model tests depend only on that contract, not on the job.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
-import xarray as xr
-import zarr
+
+from nowcast.pipelines.stores.archive import PRECIP, create_archive
+from nowcast.pipelines.stores.grid import Grid
+from nowcast.pipelines.stores.timeaxis import parse_time_step
+from nowcast.pipelines.stores.windows import (
+    SPLITS,
+    SplitIndex,
+    WindowsLayout,
+    create_windows_store,
+    write_normalization,
+    write_sample_chunk,
+)
 
 
-def write_archive(path: Path, length: int, shape: tuple[int, int], time_step: str = "PT5M",
-                  units: str = "mm h-1") -> str:
-    """An archive.zarr with one ``precip`` field (values unused by the model tests)."""
-    root = zarr.open_group(str(path), mode="w", zarr_format=3)
-    arr = root.create_array("precip", shape=(length, *shape), chunks=(4, *shape), dtype="float32",
-                            fill_value=np.nan)
-    arr.attrs.update({"units": units, "long_name": "precipitation rate", "valid_min": 0.0})
-    root.attrs.update({"time_step": time_step, "Conventions": "CF-1.8"})
+def write_archive(path: Path, length: int, shape: tuple[int, int], time_step: str = "PT5M") -> str:
+    """An empty archive.zarr with one ``precip`` field (values unused by the model tests)."""
+    grid = Grid.from_coords(np.arange(shape[0])[::-1] * 1000.0, np.arange(shape[1]) * 1000.0,
+                            "+proj=stere +lat_0=90 +lon_0=0 +lat_ts=60 +ellps=WGS84")
+    create_archive(str(path), grid, [PRECIP], "2020-01-01", time_step, length, time_chunk=4)
     return str(path)
 
 
@@ -37,32 +43,30 @@ def rain_like(rng: np.random.Generator, shape: tuple[int, ...], nan_border: int 
 
 def write_windows(path: Path, splits: dict[str, tuple[np.ndarray, np.ndarray]], chunk: int = 4,
                   time_step: str = "PT5M", archive: str = "archive.zarr", start: str = "2020-01-01") -> str:
-    """windows.zarr with the given (inputs, targets) per split and train-split stats."""
-    step = np.timedelta64(int(time_step[2:-1]), "m")
-    offset = 0
-    for split, (inputs, targets) in splits.items():
-        n = inputs.shape[0]
-        times = np.datetime64(start, "s") + (np.arange(n) + offset) * step
+    """windows.zarr with the given (inputs, targets) per split and train-split stats, through the schema."""
+    step = parse_time_step(time_step)
+    offset, index = 0, {}
+    for split in SPLITS:
+        n = len(splits[split][0]) if split in splits else 0
+        index[split] = SplitIndex(init_time=np.datetime64(start, "s") + (np.arange(n) + offset) * step,
+                                  y0=np.zeros(n, "int32"), x0=np.zeros(n, "int32"))
         offset += n + 100
-        ds = xr.Dataset(
-            {"inputs": (("sample", "t_in", "y", "x", "channel"), inputs),
-             "targets": (("sample", "t_out", "y", "x", "target_channel"), targets),
-             "init_time": (("sample",), times),
-             "y0": (("sample",), np.zeros(n, "int32")), "x0": (("sample",), np.zeros(n, "int32"))})
-        encoding = {"inputs": {"chunks": (chunk, *inputs.shape[1:])},
-                    "targets": {"chunks": (chunk, *targets.shape[1:])}}
-        ds.to_zarr(str(path), group=split, mode="w", zarr_format=3, consolidated=False, encoding=encoding)
-    train = splits["train"][0][..., 0]
-    finite = train[np.isfinite(train)].astype("float64")
+    inputs, targets = splits["train"]
+    layout = WindowsLayout(t_in=inputs.shape[1], t_out=targets.shape[1], patch_shape=inputs.shape[2:4],
+                           channels=("precip",), target="precip", samples_per_chunk=chunk, splits=index,
+                           attrs={"window_spec": {"t_in": inputs.shape[1], "t_out": targets.shape[1]},
+                                  "archive": archive, "time_step": time_step,
+                                  "counts": {"planned": 0, "emitted": 0}})
+    root = create_windows_store(str(path), layout)
+    for split, (split_inputs, split_targets) in splits.items():
+        for first in range(0, len(split_inputs), chunk):
+            write_sample_chunk(root, split, first, split_inputs[first:first + chunk],
+                               split_targets[first:first + chunk])
+    finite = inputs[..., 0][np.isfinite(inputs[..., 0])].astype("float64")
     stats = {"count": int(finite.size), "mean": float(finite.mean()), "std": float(finite.std()),
              "min": float(finite.min()), "max": float(finite.max()),
              "log1p_mean": float(np.log1p(finite).mean()), "log1p_std": float(np.log1p(finite).std())}
-    root = zarr.open_group(str(path), mode="a")
-    root.attrs.update({"window_spec": json.dumps({"t_in": splits["train"][0].shape[1],
-                                                  "t_out": splits["train"][1].shape[1]}),
-                       "archive": archive, "time_step": time_step, "channels": ["precip"],
-                       "target": "precip", "normalization": {"precip": stats},
-                       "counts": {"planned": 0, "emitted": 0}})
+    write_normalization(str(path), {"precip": stats})
     return str(path)
 
 

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from model.architectures import ArchitectureConfig, ArchitectureError, build_model, get_architecture
+from nowcast.model.architectures import ArchitectureConfig, ArchitectureError, build_model, get_architecture
 
 NAMES = ["cnn_lstm", "convlstm"]
 
@@ -118,7 +118,7 @@ def _advect(frame: np.ndarray, motion: np.ndarray, t_out: int) -> np.ndarray:
 
 
 def test_advect_layer_matches_a_numpy_semi_lagrangian_step():
-    from model.architectures import Advect
+    from nowcast.model.architectures import Advect
 
     rng = np.random.default_rng(2)
     inputs = rng.normal(size=(2, 3, 12, 10, 2)).astype("float32")
@@ -173,7 +173,7 @@ def _moving_field(shift: tuple[int, int], steps: int, size: int = 64, seed: int 
 @pytest.mark.parametrize(("shift", "tolerance"), [((0, 0), 0.05), ((2, -4), 0.05), ((-6, 2), 0.05),
                                                   ((3, -5), 0.3), ((1, 5), 0.3)])
 def test_match_motion_finds_a_steady_translation(shift, tolerance):
-    from model.architectures import MatchMotion
+    from nowcast.model.architectures import MatchMotion
 
     frames = _moving_field(shift, steps=4)[None, ..., None]
     motion = keras.ops.convert_to_numpy(MatchMotion()(frames))[0]
@@ -183,7 +183,7 @@ def test_match_motion_finds_a_steady_translation(shift, tolerance):
 
 
 def test_match_motion_leaves_a_dry_or_steady_field_still():
-    from model.architectures import MatchMotion
+    from nowcast.model.architectures import MatchMotion
 
     steady = np.repeat(_moving_field((0, 0), 1, 32)[None, :, :, :, None], 4, axis=1)
     for frames in (np.zeros((1, 4, 32, 32, 1), "float32"), steady):
@@ -193,7 +193,7 @@ def test_match_motion_leaves_a_dry_or_steady_field_still():
 @pytest.mark.parametrize("name", NAMES)
 def test_untrained_matched_motion_model_is_an_extrapolation_nowcast(name):
     """With the change head zeroed, the model advects the last frame along the matched motion."""
-    from model.architectures import Advect, MatchMotion
+    from nowcast.model.architectures import Advect, MatchMotion
 
     cfg = ArchitectureConfig(t_in=4, t_out=3, height=64, width=64, filters=(4,), lstm_units=4,
                              decoder_filters=2, advection=True, matched_motion=True)

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import zarr
 
-from model import data
+from nowcast.model import data
+from nowcast.pipelines.stores.windows import WindowsError, WindowsStore, fingerprint
 
 
 def _rows(batches, index: int) -> list[bytes]:
@@ -34,14 +35,14 @@ def test_shuffle_changes_order_between_seeds_but_not_content(tiny_windows):
 
 
 def test_normalisation_is_log1p_standardised_with_nan_to_zero(tiny_windows):
-    store = data.WindowsStore(tiny_windows, "train")
+    store = WindowsStore(tiny_windows, "train")
     stats = store.attrs["normalization"]["precip"]
     raw = zarr.open_group(tiny_windows, mode="r")["train"]["inputs"][...]
     expected = (np.log1p(raw) - stats["log1p_mean"]) / stats["log1p_std"]
     expected = np.where(np.isfinite(raw), expected, 0.0)
     got = np.concatenate([b[0].numpy() for b in data.make_dataset(tiny_windows, "train", 4, shuffle=False)])
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
-    norm = store.normalizer()
+    norm = data.Normalizer.from_store(store)
     finite = raw[np.isfinite(raw)]
     round_trip = norm.denormalize(norm.normalize(finite, "precip"))
     np.testing.assert_allclose(round_trip, finite, rtol=1e-4, atol=1e-5)
@@ -63,10 +64,10 @@ def test_augmentation_transforms_inputs_and_targets_alike(tmp_path):
 
 
 def test_missing_store_and_split_are_named(tmp_path, tiny_windows):
-    with pytest.raises(data.WindowsError, match="run the windows job"):
-        data.WindowsStore(str(tmp_path / "nope.zarr"))
-    with pytest.raises(data.WindowsError, match="split must be one of"):
-        data.WindowsStore(tiny_windows, "holdout")
+    with pytest.raises(WindowsError, match="run the windows job"):
+        WindowsStore(str(tmp_path / "nope.zarr"))
+    with pytest.raises(WindowsError, match="split must be one of"):
+        WindowsStore(tiny_windows, "holdout")
 
 
 def test_fingerprint_changes_with_the_data_index(tmp_path):
@@ -74,9 +75,9 @@ def test_fingerprint_changes_with_the_data_index(tmp_path):
 
     rng = np.random.default_rng(0)
     pair = (rain_like(rng, (4, 2, 8, 8, 1)), rain_like(rng, (4, 1, 8, 8, 1)))
-    a = data.fingerprint(write_windows(tmp_path / "a.zarr", {"train": pair}, archive="x"))
-    b = data.fingerprint(write_windows(tmp_path / "b.zarr", {"train": pair}, archive="x"))
-    c = data.fingerprint(write_windows(tmp_path / "c.zarr", {"train": pair}, archive="x", start="2021-01-01"))
+    a = fingerprint(write_windows(tmp_path / "a.zarr", {"train": pair}, archive="x"))
+    b = fingerprint(write_windows(tmp_path / "b.zarr", {"train": pair}, archive="x"))
+    c = fingerprint(write_windows(tmp_path / "c.zarr", {"train": pair}, archive="x", start="2021-01-01"))
     assert a == b != c
 
 

@@ -8,8 +8,8 @@ import keras
 import numpy as np
 import pytest
 
-from model import registry
-from model.architectures import ArchitectureConfig, build_model
+from nowcast.model import registry
+from nowcast.model.architectures import ArchitectureConfig, build_model
 
 ARCHIVE = registry.ArchiveDescription(time_step="PT5M", variables={"precip": "mm h-1"}, grid_shape=(8, 8))
 

@@ -8,8 +8,8 @@ import json
 import keras
 import pytest
 
-from model import registry
-from model.train import TrainConfig, TrainConfigError, train
+from nowcast.model import registry
+from nowcast.model.train import TrainConfig, TrainConfigError, train
 
 OPTIONS = {"filters": [4], "lstm_units": 4, "decoder_filters": 2}
 

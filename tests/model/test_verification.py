@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from pysteps.verification import detcatscores
 
-from model import verification as v
+from nowcast.model import verification as v
 
 
 def _moving_blobs(steps: int, shape=(64, 64), speed=(1.5, 2.0), seed=0) -> np.ndarray:

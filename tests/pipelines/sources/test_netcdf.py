@@ -9,7 +9,7 @@ import pyproj
 import pytest
 import xarray as xr
 
-from pipelines.sources import NetCDFSource, Source, SourceError, get_source
+from nowcast.pipelines.sources import NetCDFSource, Source, SourceError, get_source
 
 pytestmark = pytest.mark.filterwarnings("ignore:You will likely lose important projection:UserWarning")
 

@@ -12,13 +12,13 @@ import numpy as np
 import pyproj
 import pytest
 
-from pipelines.grid import Grid
-from pipelines.sources import RadarSource, Source, SourceError, detect_radar_format, get_source
-from pipelines.sources.radar import FORMATS, import_radar
+from nowcast.pipelines.sources import RadarSource, Source, SourceError, detect_radar_format, get_source
+from nowcast.pipelines.sources.radar import FORMATS, import_radar
+from nowcast.pipelines.stores.grid import Grid
 
 pytestmark = [
     pytest.mark.shared_data,
-    # pyproj, when the archive's CF grid mapping is written (pipelines.sources.base silences
+    # pyproj, when the archive's CF grid mapping is written (nowcast.pipelines.sources.base silences
     # these outside pytest, which resets warning filters per test).
     pytest.mark.filterwarnings("ignore:angle from rectified:UserWarning"),
     pytest.mark.filterwarnings("ignore:You will likely lose important projection:UserWarning"),

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from pipelines.sources import Source, SourceError, SyntheticSource, get_source
-from pipelines.sources.synthetic import _block_cells, _texture
+from nowcast.pipelines.sources import Source, SourceError, SyntheticSource, get_source
+from nowcast.pipelines.sources.synthetic import _block_cells, _texture
 
 
 def frames(source: SyntheticSource, indices) -> np.ndarray:
@@ -36,7 +36,7 @@ def test_same_seed_same_frames_in_any_order_or_partition():
 
 def test_frames_do_not_depend_on_the_worker_thread_settings():
     """A worker process with other BLAS/OpenMP thread counts computes the same bytes."""
-    code = ("import sys, numpy as np; from pipelines.sources import SyntheticSource; "
+    code = ("import sys, numpy as np; from nowcast.pipelines.sources import SyntheticSource; "
             "sys.stdout.buffer.write(SyntheticSource(shape=(512, 512), n_frames=30, seed=9)"
             ".frame(23).tobytes())")
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}

@@ -1,0 +1,146 @@
+"""Verifies a model on a windows.zarr split against the pysteps baselines.
+
+The train flow uses it on the validation split to decide promotion; the
+evaluate flow on the test split for its tables and pictures. The scores come
+from nowcast.model.verification's streaming accumulators, fed one sample chunk at a
+time, so a split is never held in memory. (This is model verification on
+stored windows, not the scoring job: nothing is written to forecasts.zarr.)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from nowcast.model import verification
+from nowcast.model.data import Normalizer
+from nowcast.pipelines.stores.archive import valid_flags
+from nowcast.pipelines.stores.forecasts import open_forecasts, read_store_info, written_flags
+from nowcast.pipelines.stores.timeaxis import step_minutes
+from nowcast.pipelines.stores.windows import WindowsStore
+
+PRIMARY = "mae"
+
+
+@dataclasses.dataclass(frozen=True)
+class Verification:
+    """Scores per source and lead, plus the wettest sample for a picture.
+
+    Attributes:
+        scores: ``scores[source][lead_minutes][metric]``.
+        samples: samples scored.
+        example: ``(observed, {source: forecast})`` of the wettest sample, ``(t_out, y, x)`` each.
+    """
+
+    scores: dict[str, dict[str, dict[str, float]]]
+    samples: int
+    example: tuple[np.ndarray, dict[str, np.ndarray]] | None
+
+    def mean(self, source: str, metric: str = PRIMARY) -> float:
+        """Mean of ``metric`` over the lead times (NaN when none was scored)."""
+        values = [v[metric] for v in self.scores[source].values() if metric in v]
+        return float(np.mean(values)) if values else float("nan")
+
+    def beats(self, source: str, baseline: str = "persistence", metric: str = PRIMARY) -> bool:
+        """True when ``source`` has a lower mean ``metric`` (an error, lower is better) than ``baseline``."""
+        ours, theirs = self.mean(source, metric), self.mean(baseline, metric)
+        return bool(np.isfinite(ours) and np.isfinite(theirs) and ours < theirs)
+
+
+def model_forecast(net, normalizer: Normalizer, inputs: np.ndarray) -> np.ndarray:  # noqa: ANN001
+    """Physical ``(n, t_out, y, x)`` forecasts from physical ``(n, t_in, y, x, channel)`` inputs."""
+    out = np.asarray(net.predict(normalizer.normalize_inputs(inputs), verbose=0, batch_size=16))
+    return normalizer.denormalize(out[..., 0])
+
+
+def verify_split(windows: str, split: str, net, normalizer: Normalizer, name: str,  # noqa: ANN001
+                 baselines: Sequence[str] = ("persistence",), max_samples: int | None = None,
+                 time_step_minutes: float | None = None) -> Verification:
+    """Scores ``net`` (called ``name``) and ``baselines`` on one split of windows.zarr."""
+    store = WindowsStore(windows, split)
+    t_out = store.sample_shapes[1][0]
+    if time_step_minutes is None:
+        time_step_minutes = step_minutes(store.time_step)
+    target = store.channels.index(store.target) if store.target in store.channels else 0
+    states = {source: verification.skill_init(t_out) for source in (name, *baselines)}
+    seen, example, wettest = 0, None, -1.0
+    for index in range(store.num_chunks):
+        if max_samples is not None and seen >= max_samples:
+            break
+        inputs, targets = store.read_chunk(index)
+        if max_samples is not None:
+            inputs, targets = inputs[: max_samples - seen], targets[: max_samples - seen]
+        forecasts = {name: model_forecast(net, normalizer, inputs)}
+        for baseline in baselines:
+            method = verification.get_baseline(baseline)
+            forecasts[baseline] = np.stack([method(sample[..., target], t_out) for sample in inputs])
+        for i in range(len(inputs)):
+            truth = targets[i, ..., 0]
+            for source, fct in forecasts.items():
+                verification.skill_accum(states[source], fct[i], truth)
+            wet = float(np.nanmean(truth >= 1.0)) if np.isfinite(truth).any() else 0.0
+            if wet > wettest:
+                wettest = wet
+                example = (truth, {source: fct[i] for source, fct in forecasts.items()})
+        seen += len(inputs)
+    scores = {source: verification.skill_compute(state, time_step_minutes)
+              for source, state in states.items()}
+    return Verification(scores=scores, samples=seen, example=example)
+
+
+def verify_forecasts(forecasts: str, archive: str, max_samples: int) -> Verification | None:
+    """The newest ``max_samples`` written forecasts of forecasts.zarr against the archive's later frames.
+
+    Beside persistence of each init frame: what users actually received.
+    None when no written forecast has all its truth in the archive yet.
+    """
+    import xarray as xr
+
+    info = read_store_info(forecasts)
+    target, t_out = info.identity.target, info.identity.t_out
+    valid = valid_flags(archive)
+    written = np.flatnonzero(written_flags(forecasts))
+    usable = [int(i) for i in written if i + t_out < len(valid) and valid[i:i + t_out + 1].all()]
+    usable = usable[-max_samples:]
+    if not usable:
+        return None
+    stored = open_forecasts(forecasts)[target]
+    truth_all = xr.open_zarr(archive, consolidated=False)[target]
+    name = f"{info.identity.model_name}/{info.identity.model_version} (stored)"
+    states = {name: verification.skill_init(t_out), "persistence": verification.skill_init(t_out)}
+    example, wettest = None, -1.0
+    for i in usable:
+        truth = truth_all[i + 1:i + 1 + t_out].values
+        fct = {name: stored[i].values,
+               "persistence": verification.persistence(truth_all[i:i + 1].values, t_out)}
+        for source, values in fct.items():
+            verification.skill_accum(states[source], values, truth)
+        wet = float(np.nanmean(truth >= 1.0))
+        if wet > wettest:
+            wettest, example = wet, (truth, fct)
+    minutes = step_minutes(info.time_step)
+    scores = {source: verification.skill_compute(state, minutes) for source, state in states.items()}
+    return Verification(scores=scores, samples=len(usable), example=example)
+
+
+def save_pictures(result: Verification, folder: str | Path, stem: str,
+                  time_step_minutes: float = 5.0) -> dict[str, Path]:
+    """Writes the score curves and the forecast-beside-truth maps as PNGs; returns their paths."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {"scores": verification.plot_scores(result.scores, folder / f"{stem}_scores.png")}
+    if result.example is not None:
+        observed, forecasts = result.example
+        leads = sorted({0, observed.shape[0] // 2, observed.shape[0] - 1})
+        paths["maps"] = verification.plot_maps(observed, forecasts, leads, folder / f"{stem}_maps.png",
+                                               time_step_minutes)
+    return paths
+
+
+def table(result: Verification | Mapping[str, Mapping[str, Mapping[str, float]]]) -> str:
+    """The markdown verification table."""
+    scores = result.scores if isinstance(result, Verification) else result
+    return verification.markdown_table(scores)

@@ -1,0 +1,358 @@
+"""Ingest: frames from a source (radar files, NetCDF, synthetic) into archive.zarr.
+
+The job runs in three steps, each safe to repeat:
+
+1. **Check** (Beam, one element per frame, skipped for trusted sources): read
+   every frame, compare its grid with the archive's and its values with the
+   field's physical range. Any problem refuses the whole batch before a byte
+   is written, so a bad file never leaves a half-updated archive.
+2. **Prepare** (driver, metadata only): create the archive from a template,
+   or extend its time axis to cover the batch.
+3. **Write** (Beam, one element per archive time chunk): read the frames of
+   that chunk, merge them with frames already in the chunk, write the whole
+   chunk, its statistics and finally its ``valid`` flags. No frame data is
+   shuffled: elements carry only file names.
+
+A frame already ``valid`` is skipped unless ``overwrite`` is set, so reruns
+and appends write only what is new, and a rerun after a crash redoes exactly
+the chunks whose flags were never set. Since every chunk is written whole
+from deterministic inputs, the store ends byte-identical to an uninterrupted
+run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.metrics import Metrics
+
+from nowcast.pipelines.jobs.runners import RunnerOptions, run_pipeline
+from nowcast.pipelines.plans.ingest import (
+    ChunkTask,
+    IngestError,
+    check_fields,
+    check_frame,
+    frame_indices,
+    plan_chunks,
+)
+from nowcast.pipelines.sources.base import Source, SourceError, SourceItem, sorted_unique
+from nowcast.pipelines.stores.archive import (
+    DEFAULT_TIME_CHUNK,
+    FRAME_DIMS,
+    VALID,
+    ArchiveError,
+    ArchiveInfo,
+    FieldSpec,
+    InterruptedExtensionError,
+    create_archive,
+    extend_time,
+    read_info,
+    valid_flags,
+    write_block,
+)
+from nowcast.pipelines.stores.grid import Grid
+from nowcast.pipelines.stores.groups import arrays_along, exists, open_group
+from nowcast.pipelines.stores.timeaxis import format_time_step, parse_time_step, time_index, to_datetime64
+
+log = logging.getLogger(__name__)
+NAMESPACE = "nowcast.ingest"
+# the Beam counter of each count write_chunk returns
+WRITE_COUNTERS = {"written": "frames_written", "skipped": "frames_skipped", "missing": "frames_missing",
+                  "chunks": "chunks_written", "bytes": "bytes_written"}
+
+
+@dataclasses.dataclass(frozen=True)
+class IngestSpec:
+    """What to ingest where; validated once, at construction.
+
+    Attributes:
+        archive: archive URL; created on first ingest.
+        source: where frames come from (nowcast.pipelines.sources).
+        time_step: ISO 8601 step of the archive when it is created; defaults to
+            the source's native step.
+        start: first timestamp of a new archive; defaults to the first frame.
+            Frames before an existing archive's start are refused.
+        time_chunk: frames per chunk of a new archive.
+        spatial_chunks: (y, x) chunk of a new archive; default the whole grid.
+        overwrite: rewrite frames that are already valid (default: skip them).
+        check: read and check every frame before writing (default: unless the
+            source is trusted, like the synthetic generator).
+    """
+
+    archive: str
+    source: Source
+    time_step: str | None = None
+    start: str | None = None
+    time_chunk: int = DEFAULT_TIME_CHUNK
+    spatial_chunks: tuple[int, int] | None = None
+    overwrite: bool = False
+    check: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.time_chunk < 1:
+            raise IngestError(f"time_chunk must be at least 1, got {self.time_chunk}")
+        if self.time_step is not None:
+            parse_time_step(self.time_step)
+
+    @property
+    def needs_check(self) -> bool:
+        return (not getattr(self.source, "trusted", False)) if self.check is None else self.check
+
+
+@dataclasses.dataclass(frozen=True)
+class IngestResult:
+    """Counts of one ingest run."""
+
+    archive: str
+    frames_in_batch: int
+    frames_written: int
+    frames_skipped: int
+    frames_missing: int
+    chunks_written: int
+    time_length: int
+
+    def summary(self) -> str:
+        return (f"ingested {self.frames_written} frames into {self.archive} "
+                f"({self.frames_skipped} already present, {self.frames_missing} missing or all-NaN, "
+                f"{self.chunks_written} chunks written; archive now {self.time_length} steps)")
+
+
+# ---------------------------------------------------------------- the work of one element
+
+def check_item(source: Source, item: SourceItem, grid: Grid,
+               fields: Sequence[FieldSpec]) -> dict[str, object]:
+    """Reads one frame and reports its problems and whether it is all-NaN."""
+    try:
+        grid_problem = grid.mismatch(source.read_grid(item))
+        data = source.read(item)
+        problems = check_frame(item, fields, grid_problem, data)
+        all_nan = all(not np.isfinite(v).any() for v in data.values())
+    except SourceError as error:
+        problems, all_nan = [str(error)], False
+    return {"item": item.path, "problems": problems, "all_nan": all_nan}
+
+
+def write_chunk(archive: str, source: Source, task: ChunkTask, overwrite: bool) -> dict[str, int]:
+    """Merges a chunk's new frames with its valid ones and writes it whole.
+
+    Returns counts (written, skipped, missing, chunks, bytes). Writes nothing
+    when every frame of the task is already valid and ``overwrite`` is off.
+    """
+    group = open_group(archive, "r+", error=ArchiveError)
+    region = slice(task.first_index, task.first_index + task.count)
+    present = np.asarray(group[VALID][region], dtype=bool)
+    todo = [(i, item) for i, item in task.frames if overwrite or not present[i - task.first_index]]
+    counts = {"written": 0, "skipped": len(task.frames) - len(todo), "missing": 0, "chunks": 0, "bytes": 0}
+    if todo:
+        fields = [name for name, arr in group.arrays() if arr.metadata.dimension_names == FRAME_DIMS]
+        blocks = {name: (np.asarray(group[name][region]) if present.any()
+                         else np.full((task.count, *group[name].shape[1:]), np.nan, "float32"))
+                  for name in fields}
+        for index, item in todo:
+            offset = index - task.first_index
+            data = source.read(item)
+            has_data = all(np.isfinite(data[name]).any() for name in fields)
+            for name in fields:
+                blocks[name][offset] = data[name]
+            present[offset] = has_data
+            counts["written" if has_data else "missing"] += 1
+        counts["bytes"] = write_block(archive, task.first_index, blocks, present)
+        counts["chunks"] = 1
+    log.info("chunk at %d: %s", task.first_index, counts)
+    return counts
+
+
+# ---------------------------------------------------------------- Beam
+
+class _CheckFrame(beam.DoFn):
+    """Checks one frame and records the report as a small JSON file."""
+
+    def __init__(self, source: Source, fields: tuple[FieldSpec, ...], grid: Grid,
+                 report_dir: str) -> None:
+        self.source = source
+        self.fields = fields
+        self.grid = grid
+        self.report_dir = report_dir
+        self.checked = Metrics.counter(NAMESPACE, "frames_checked")
+
+    def process(self, item: SourceItem) -> Iterator[int]:
+        report = check_item(self.source, item, self.grid, self.fields)
+        self.checked.inc()
+        name = hashlib.sha1(f"{item.path}#{item.index_in_file}".encode()).hexdigest() + ".json"
+        with open(os.path.join(self.report_dir, name), "w") as handle:
+            json.dump(report, handle)
+        yield len(report["problems"])  # type: ignore[arg-type]
+
+
+class CheckFrames(beam.PTransform):
+    """Reads and checks every item once; each report lands as a JSON file in ``report_dir``."""
+
+    def __init__(self, spec: IngestSpec, items: Sequence[SourceItem], fields: tuple[FieldSpec, ...],
+                 grid: Grid, report_dir: str) -> None:
+        super().__init__()
+        if not items:
+            raise IngestError(f"source {spec.source.name} has no frames to check")
+        self.items, self.check = list(items), _CheckFrame(spec.source, fields, grid, report_dir)
+
+    def expand(self, root: beam.pvalue.PBegin) -> beam.PCollection:
+        return root | "Items" >> beam.Create(self.items) | "Check" >> beam.ParDo(self.check)
+
+
+class _WriteChunk(beam.DoFn):
+    """Reads the frames of one archive time chunk and writes the chunk whole."""
+
+    def __init__(self, archive: str, source: Source, overwrite: bool) -> None:
+        self.archive = archive
+        self.source = source
+        self.overwrite = overwrite
+        self.counters = {count: Metrics.counter(NAMESPACE, name) for count, name in WRITE_COUNTERS.items()}
+
+    def process(self, task: ChunkTask) -> Iterator[dict[str, int]]:
+        counts = write_chunk(self.archive, self.source, task, self.overwrite)
+        for name, counter in self.counters.items():
+            counter.inc(counts[name])
+        yield counts
+
+
+class WriteChunks(beam.PTransform):
+    """The write step: one element per archive time chunk, each chunk written whole by one worker."""
+
+    def __init__(self, spec: IngestSpec, tasks: Sequence[ChunkTask]) -> None:
+        super().__init__()
+        starts = [task.first_index for task in tasks]
+        if len(set(starts)) != len(starts):
+            raise IngestError("two tasks write one archive chunk (a planning bug); plan with plan_chunks")
+        self.tasks, self.write = list(tasks), _WriteChunk(spec.archive, spec.source, spec.overwrite)
+
+    def expand(self, root: beam.pvalue.PBegin) -> beam.PCollection:
+        # Create's own reshuffle spreads elements over the multi-process runner's workers; a
+        # Create(reshuffle=False) | Reshuffle() ran them one at a time there (docs/ingest.md).
+        return root | "ChunkTasks" >> beam.Create(self.tasks) | "WriteChunks" >> beam.ParDo(self.write)
+
+
+# ---------------------------------------------------------------- the job
+
+def reference_grid(spec: IngestSpec, first: SourceItem) -> Grid:
+    """The grid every frame must be on: the archive's, or the batch's first frame's."""
+    return read_info(spec.archive).grid if exists(spec.archive) else spec.source.read_grid(first)
+
+
+def check_batch(spec: IngestSpec, items: Sequence[SourceItem], fields: tuple[FieldSpec, ...],
+                runner: RunnerOptions | None) -> set[str]:
+    """Reads every frame once; raises IngestError listing problems; returns all-NaN paths.
+
+    With ``runner`` None the frames are checked in this process (used by the
+    watcher, which runs inside a Beam worker already).
+    """
+    grid = reference_grid(spec, items[0])
+    if runner is None:
+        reports = [check_item(spec.source, item, grid, fields) for item in items]
+    else:
+        with tempfile.TemporaryDirectory(prefix="nowcast-check-") as report_dir:
+            run_pipeline(runner, lambda p: p | "CheckFrames" >> CheckFrames(spec, items, fields, grid,
+                                                                            report_dir))
+            reports = []
+            for name in os.listdir(report_dir):
+                with open(os.path.join(report_dir, name)) as handle:
+                    reports.append(json.load(handle))
+    problems = sorted(p for report in reports for p in report["problems"])  # type: ignore[attr-defined]
+    if len(reports) != len(items):
+        problems.append(f"only {len(reports)} of {len(items)} frames were checked")
+    if problems:
+        shown = "\n  ".join(problems[:20])
+        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+        raise IngestError(f"{len(problems)} problem(s) in the input; nothing was written:\n  {shown}{more}")
+    return {str(r["item"]) for r in reports if r["all_nan"]}
+
+
+def prepare_archive(spec: IngestSpec, items: Sequence[SourceItem],
+                    fields: tuple[FieldSpec, ...]) -> ArchiveInfo:
+    """Creates the archive or extends its time axis so every item has a slot."""
+    last = max(item.time for item in items)
+    if not exists(spec.archive):
+        step = parse_time_step(spec.time_step) if spec.time_step else spec.source.time_step()
+        if step is None:
+            raise IngestError("the source has no native time step: give one (e.g. --time-step PT5M)")
+        start = to_datetime64(spec.start) if spec.start else min(item.time for item in items)
+        grid = spec.source.read_grid(items[0])
+        length = time_index(last, start, step) + 1 if last >= start else 1
+        return create_archive(spec.archive, grid, fields, start, step, max(length, 1),
+                              time_chunk=spec.time_chunk, spatial_chunks=spec.spatial_chunks,
+                              attrs={"source": spec.source.name})
+    group = open_group(spec.archive, error=ArchiveError)
+    start = to_datetime64(group.attrs["time_start"])
+    step = parse_time_step(str(group.attrs["time_step"]))
+    if spec.time_step and parse_time_step(spec.time_step) != step:
+        raise IngestError(f"archive {spec.archive} has step {format_time_step(step)}, "
+                          f"not {spec.time_step}; ingest into a new archive")
+    needed = time_index(last, start, step) + 1 if last >= start else 0
+    lengths = {arr.shape[0] for arr in arrays_along(group, "time").values()}
+    current = group["time"].shape[0]
+    if needed > current or len(lengths) > 1:
+        return extend_time(spec.archive, max(needed, current))
+    return read_info(spec.archive)
+
+
+def run(spec: IngestSpec, runner: RunnerOptions | None = None) -> IngestResult:
+    """Ingests every item of ``spec.source`` into ``spec.archive`` with a Beam runner.
+
+    Raises:
+        IngestError: the batch has a problem; the archive is unchanged.
+        SourceError: the source cannot be listed (empty folder, unknown names).
+    """
+    items = sorted_unique(spec.source.items())
+    return ingest_items(spec, items, runner or RunnerOptions())
+
+
+def ingest_items(spec: IngestSpec, items: Sequence[SourceItem],
+                 runner: RunnerOptions | None) -> IngestResult:
+    """Checks, prepares and writes ``items``; in this process when ``runner`` is None."""
+    if not items:
+        raise IngestError(f"source {spec.source.name} has no frames to ingest")
+    fields = tuple(spec.source.fields())
+    if exists(spec.archive):
+        info = _existing_info(spec.archive)
+        check_fields(info, fields)
+        frame_indices(items, info.start, info.time_step)
+    if spec.needs_check:
+        all_nan = check_batch(spec, items, fields, runner)
+        if all_nan:
+            log.warning("%d all-NaN frames will be stored as missing (valid=false): %s",
+                        len(all_nan), sorted(all_nan)[:5])
+    info = prepare_archive(spec, items, fields)
+    check_fields(info, fields)
+    indexed = frame_indices(items, info.start, info.time_step)
+    tasks = plan_chunks(indexed, info.time_chunk, info.length)
+    log.info("ingest: %d frames in %d chunks into %s", len(items), len(tasks), spec.archive)
+    before = valid_flags(spec.archive)
+    if runner is None:
+        for task in tasks:
+            write_chunk(spec.archive, spec.source, task, spec.overwrite)
+    else:
+        run_pipeline(runner, lambda p: p | "WriteChunks" >> WriteChunks(spec, tasks))
+    after = valid_flags(spec.archive)
+    indices = np.array([i for i, _ in indexed])
+    pending = spec.overwrite | ~before[indices]
+    return IngestResult(
+        archive=spec.archive, frames_in_batch=len(items),
+        frames_written=int(np.sum(after[indices] & pending)),
+        frames_skipped=int(np.sum(~pending)),
+        frames_missing=int(np.sum(~after[indices])),
+        chunks_written=len({i // info.time_chunk for i in indices[pending]}),
+        time_length=int(after.shape[0]),
+    )
+
+
+def _existing_info(url: str) -> ArchiveInfo:
+    try:
+        return read_info(url)
+    except InterruptedExtensionError:
+        return extend_time(url, open_group(url, error=ArchiveError)["time"].shape[0])

@@ -1,0 +1,323 @@
+"""Scoring: forecasts of a registered model from archive.zarr into forecasts.zarr (batch job).
+
+The job runs in two steps:
+
+1. **Plan** (driver, metadata only): resolve the model version and check it
+   against the archive (:func:`nowcast.model.registry.check_archive`), create the
+   forecast store from its template or grow it to the archive's length
+   (:mod:`nowcast.pipelines.stores.forecasts`), and pick the init times to
+   score (:mod:`nowcast.pipelines.plans.scoring`): the selected ones (a list,
+   a range, or every archive frame) whose ``t_in`` input frames are all
+   valid and that are not yet ``written``. They are grouped by the archive
+   time chunk of their last input frame.
+2. **Score** (Beam, one element per archive time chunk): read that chunk's
+   frames once, plus a halo of ``t_in - 1`` frames before it, cut the
+   windows, run them through ``RunInference`` with the Keras handler of
+   :mod:`nowcast.pipelines.jobs.handler` (model loaded once per worker, tiles
+   of the model's patch blended over the grid, de-normalised and clipped to
+   the variable's valid range), and write each init time's forecast, then its
+   ``written`` flag, into its own chunks.
+
+Forecasts are a deterministic function of the archive and the model (fixed
+predict batch shapes), every write owns whole chunks and the flag comes last,
+so a rerun after a crash scores only the missing init times and the store
+ends byte-identical to an uninterrupted run; two overlapping runs at worst
+score an init time twice, writing the same bytes.
+
+The graph is Create (whose built-in reshuffle spreads the tasks over the
+workers), ParDo and RunInference (itself ParDos), so it runs on the
+FnApiRunner and on Beam's DaskRunner alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
+
+from nowcast.background import Background
+from nowcast.pipelines.jobs.runners import RunnerError, RunnerOptions, run_pipeline
+from nowcast.pipelines.plans.scoring import (
+    ScoreTask,
+    ScoringError,
+    ScoringSpec,
+    plan_tasks,
+    scoreable,
+    select_indices,
+)
+from nowcast.pipelines.stores.archive import ArchiveError, ArchiveInfo, read_info, valid_flags
+from nowcast.pipelines.stores.forecasts import (
+    ForecastStoreError,
+    StoreIdentity,
+    ensure_store,
+    remove_stale_temporaries,
+    write_forecast,
+    written_flags,
+)
+from nowcast.pipelines.stores.groups import open_group
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelRef:
+    """The resolved model: identity for the store, plus what the readers need."""
+
+    identity: StoreIdentity
+    version: str
+    channels: tuple[str, ...]
+    archive_description: dict[str, object]
+    valid_range: tuple[float | None, float | None]
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoringResult:
+    """Counts of one scoring run."""
+
+    forecasts: str
+    selected: int
+    scored: int
+    already_written: int
+    missing_input: int
+    tasks: int
+
+    def summary(self) -> str:
+        return (f"scored {self.scored} init times into {self.forecasts} ({self.already_written} already "
+                f"written, {self.missing_input} without complete input, {self.tasks} archive chunks read)")
+
+
+def resolve_model(spec: ScoringSpec, archive: ArchiveInfo) -> ModelRef:
+    """Resolves ``latest``, checks the model against the archive, and describes the store it writes."""
+    from nowcast.model.registry import METADATA_FILE, check_archive, resolve_version
+
+    path = resolve_version(spec.models, spec.model, spec.version)
+    metadata = json.loads((path / METADATA_FILE).read_text())
+    normalization = metadata.get("normalization") or {}
+    channels = tuple(normalization.get("channels") or metadata.get("channels") or ())
+    target = str(normalization.get("target") or metadata.get("target") or "")
+    if not channels or not target:
+        raise ScoringError(f"model {path} does not record its channels and target; "
+                           "retrain it with nowcast.model.train")
+    for name in (*channels, target):
+        archive.field(name)
+    description = archive.description()
+    check_archive(metadata, description)
+    patch = [int(n) for n in metadata.get("input_shape") or archive.grid.shape]
+    overlap = patch[0] // 4 if spec.overlap is None else spec.overlap
+    field = archive.field(target)
+    identity = StoreIdentity(
+        model_name=spec.model, model_version=str(metadata["version"]),
+        model_sha256=str(metadata.get("model_sha256", "")), archive=spec.archive, target=target,
+        t_in=int(metadata["t_in"]), t_out=int(metadata["t_out"]),
+        tiling=f"tiles {patch[0]}x{patch[1]}, overlap {overlap}, linear-ramp blending")
+    return ModelRef(identity=identity, version=str(metadata["version"]), channels=channels,
+                    archive_description=description.to_dict(),
+                    valid_range=(field.valid_min, field.valid_max))
+
+
+def plan(spec: ScoringSpec,
+         exclude: set[int] | None = None) -> tuple[ModelRef, list[ScoreTask], ScoringResult]:
+    """Prepares the store and lists what to score; ``exclude`` drops indices already in flight."""
+    archive = read_info(spec.archive)
+    model = resolve_model(spec, archive)
+    ensure_store(spec.forecasts, model.identity, archive)
+    selected = select_indices(spec, archive)
+    ok = scoreable(valid_flags(spec.archive)[: archive.length], model.identity.t_in)[selected]
+    written = written_flags(spec.forecasts)[selected]
+    todo = selected[ok & (spec.overwrite | ~written)]
+    if exclude:
+        todo = np.asarray([i for i in todo if int(i) not in exclude], dtype="int64")
+    remove_stale_temporaries(spec.forecasts, model.identity.target, todo)
+    tasks = plan_tasks(todo, archive.time_chunk)
+    counts = ScoringResult(forecasts=spec.forecasts, selected=len(selected), scored=0,
+                           already_written=int(np.sum(ok & written & (not spec.overwrite))),
+                           missing_input=int(np.sum(~ok)), tasks=len(tasks))
+    return model, tasks, counts
+
+
+# ---------------------------------------------------------------- reading windows (pure)
+
+def read_windows(archive: str, channels: Sequence[str], t_in: int,
+                 indices: Sequence[int]) -> Iterator[tuple[int, np.ndarray]]:
+    """``(index, window)`` for each init index, with one read of frames ``min - t_in + 1 .. max``.
+
+    A window is ``(t_in, y, x, channel)`` float32 in physical units.
+    """
+    first, last = min(indices) - t_in + 1, max(indices)
+    if first < 0:
+        raise ScoringError(f"init index {min(indices)} has fewer than {t_in} frames before it")
+    group = open_group(archive, error=ArchiveError)
+    frames = np.stack([np.asarray(group[name][first:last + 1], dtype="float32") for name in channels],
+                      axis=-1)
+    for index in indices:
+        offset = index - first
+        yield int(index), np.ascontiguousarray(frames[offset - t_in + 1: offset + 1])
+
+
+# ---------------------------------------------------------------- Beam
+
+class _ReadWindows(beam.DoFn):
+    """Reads one archive chunk (plus halo) and emits batches of ``(init index, window)`` pairs.
+
+    Batches are formed here, from the windows of one chunk, rather than by
+    RunInference's BatchElements: BatchElements emits its last partial batch
+    from ``finish_bundle``, whose outputs Beam's DaskRunner (2.77) drops.
+    """
+
+    def __init__(self, archive: str, channels: tuple[str, ...], t_in: int, batch_size: int) -> None:
+        self.archive, self.channels, self.t_in, self.batch_size = archive, channels, t_in, batch_size
+
+    def process(self, task: ScoreTask):
+        batch: list[tuple[int, np.ndarray]] = []
+        for pair in read_windows(self.archive, self.channels, self.t_in, task.indices):
+            batch.append(pair)
+            if len(batch) == self.batch_size:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+
+
+class _WriteForecast(beam.DoFn):
+    """Writes one init time's forecast then its flag; optionally appends an event line for it.
+
+    Writes run on one background thread, so compressing and storing one
+    forecast overlaps the model's next batch (docs/scoring.md). Each write
+    still sets its flag only after its data; the bundle finishes only once
+    every write has, and a failed write fails the bundle (which the runner
+    retries; writes are idempotent). An index is emitted once its write is
+    done.
+    """
+
+    def __init__(self, forecasts: str, target: str, events_path: str | None = None) -> None:
+        self.forecasts, self.target, self.events_path = forecasts, target, events_path
+
+    def setup(self) -> None:
+        self._writer = Background[int]("forecast-writer")
+
+    def process(self, keyed: tuple[int, np.ndarray]) -> Iterator[int]:
+        index, forecast = keyed
+        self._writer.submit(self._write, int(index), forecast)
+        yield from self._writer.finished()
+
+    def finish_bundle(self) -> None:
+        # no outputs here (Beam's DaskRunner drops them): wait, and raise the first failed write
+        self._writer.wait()
+
+    def teardown(self) -> None:
+        self._writer.close()
+
+    def _write(self, index: int, forecast: np.ndarray) -> int:
+        write_forecast(self.forecasts, index, self.target, forecast)
+        if self.events_path:
+            event = {"init_index": index, "pid": os.getpid(), "time": time.time()}
+            with open(self.events_path, "a") as handle:  # one short O_APPEND write per line
+                handle.write(json.dumps(event) + "\n")
+        return index
+
+
+def make_handler(spec: ScoringSpec, model: ModelRef) -> KeyedModelHandler:
+    """The keyed RunInference handler for ``model``, fed batches already formed by the reader."""
+    from nowcast.pipelines.jobs.handler import KerasForecastHandler
+
+    return KeyedModelHandler(KerasForecastHandler(
+        spec.models, spec.model, model.version, model.archive_description, overlap=spec.overlap,
+        predict_batch_size=spec.predict_batch_size, max_batch_size=spec.batch_size,
+        valid_range=model.valid_range, threads=spec.threads_per_worker)).with_no_batching()
+
+
+class ScoreInitTimes(beam.PTransform):
+    """Tasks -> windows -> RunInference -> writes; shared by the batch job and the streaming scorer.
+
+    Output: the init indices whose forecast (and ``written`` flag) is in the store.
+    """
+
+    def __init__(self, spec: ScoringSpec, model: ModelRef, events_path: str | None = None) -> None:
+        super().__init__()
+        if model.identity.model_name != spec.model:
+            raise ScoringError(f"the model was resolved for {model.identity.model_name!r}, the spec names "
+                               f"{spec.model!r}: resolve it with plan(spec)")
+        self.spec, self.model, self.events_path = spec, model, events_path
+
+    def expand(self, tasks: beam.PCollection) -> beam.PCollection:
+        spec, model = self.spec, self.model
+        return (tasks
+                | "ReadWindows" >> beam.ParDo(_ReadWindows(spec.archive, model.channels, model.identity.t_in,
+                                                           spec.batch_size))
+                | "Forecast" >> RunInference(make_handler(spec, model))
+                | "Write" >> beam.ParDo(_WriteForecast(spec.forecasts, model.identity.target,
+                                                       self.events_path)))
+
+
+def run(spec: ScoringSpec, runner: RunnerOptions | None = None,
+        events_path: str | None = None) -> ScoringResult:
+    """Scores the selected init times that are not yet written.
+
+    Raises:
+        ScoringError: a bad request; nothing was written.
+        nowcast.model.registry.RegistryError: the model is missing or does not fit the archive.
+        nowcast.pipelines.stores.forecasts.ForecastStoreError: the store holds another model's forecasts.
+    """
+    model, tasks, counts = plan(spec)
+    todo = [i for task in tasks for i in task.indices]
+    log.info("scoring %d init times in %d archive chunks into %s", len(todo), len(tasks), spec.forecasts)
+    if tasks:
+        # Create's own reshuffle spreads tasks over the multi-process runner's workers;
+        # Create(reshuffle=False) | Reshuffle() ran them one at a time there (docs/ingest.md).
+        run_pipeline(runner or RunnerOptions(), lambda p: (
+            p | "Tasks" >> beam.Create(list(tasks)) | "Score" >> ScoreInitTimes(spec, model, events_path)))
+    done = written_flags(spec.forecasts)
+    return dataclasses.replace(counts, scored=int(np.sum(done[todo])) if todo else 0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m nowcast.pipelines.jobs.scoring``: the batch job from the command line."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--archive", required=True)
+    p.add_argument("--forecasts", required=True)
+    p.add_argument("--models", required=True, type=Path)
+    p.add_argument("--model", required=True)
+    p.add_argument("--version", default="latest")
+    p.add_argument("--init-time", action="append", dest="init_times", help="repeatable")
+    p.add_argument("--start")
+    p.add_argument("--end")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overlap", type=int)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--predict-batch-size", type=int, default=16)
+    p.add_argument("--threads-per-worker", type=int)
+    p.add_argument("--runner", default="inmemory", choices=["inmemory", "multiprocess", "dask"])
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--dask-address")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    spec = ScoringSpec(archive=args.archive, forecasts=args.forecasts, models=str(args.models),
+                       model=args.model, version=args.version,
+                       init_times=tuple(args.init_times) if args.init_times else None, start=args.start,
+                       end=args.end, overwrite=args.overwrite, overlap=args.overlap,
+                       batch_size=args.batch_size, predict_batch_size=args.predict_batch_size,
+                       threads_per_worker=args.threads_per_worker)
+    from nowcast.model.registry import RegistryError
+
+    try:
+        result = run(spec, RunnerOptions(kind=args.runner, workers=args.workers,
+                                         dask_address=args.dask_address))
+    except (ScoringError, RegistryError, ForecastStoreError, ArchiveError, RunnerError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(result.summary())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,93 @@
+"""Ingest planning: where each frame goes in the archive, which chunks a batch touches, what is wrong.
+
+Plain functions over source items and numpy arrays; no Beam, no store writes.
+The ingest job (:mod:`nowcast.pipelines.jobs.ingest`) runs them on the
+driver (placing and grouping frames) and on workers (checking one frame).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+
+from nowcast.pipelines.sources.base import SourceItem
+from nowcast.pipelines.stores.archive import ArchiveInfo, FieldSpec
+from nowcast.pipelines.stores.timeaxis import time_index
+
+
+class IngestError(ValueError):
+    """A batch that cannot be ingested; the archive was left unchanged."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ChunkTask:
+    """One archive time chunk to (re)write, with the frames that go into it."""
+
+    first_index: int
+    count: int
+    frames: tuple[tuple[int, SourceItem], ...]
+
+
+def frame_indices(items: Sequence[SourceItem], start: np.datetime64,
+                  step: np.timedelta64) -> list[tuple[int, SourceItem]]:
+    """Archive index of every item; refuses items off the axis or before its start."""
+    indexed = []
+    for item in items:
+        try:
+            index = time_index(item.time, start, step)
+        except ValueError as error:
+            raise IngestError(f"{item.path}: {error}") from error
+        if index < 0:
+            raise IngestError(
+                f"{item.path}: time {item.time} is before the archive start {start}; ingest "
+                f"into a new archive created with start <= {item.time} (--start), or drop the file"
+            )
+        indexed.append((index, item))
+    return sorted(indexed, key=lambda pair: pair[0])
+
+
+def plan_chunks(indexed: Sequence[tuple[int, SourceItem]], time_chunk: int,
+                length: int) -> list[ChunkTask]:
+    """Groups indexed frames by archive time chunk (one task per touched chunk)."""
+    by_chunk: dict[int, list[tuple[int, SourceItem]]] = {}
+    for index, item in indexed:
+        by_chunk.setdefault(index // time_chunk, []).append((index, item))
+    tasks = []
+    for chunk, frames in sorted(by_chunk.items()):
+        first = chunk * time_chunk
+        tasks.append(ChunkTask(first, min(time_chunk, length - first), tuple(frames)))
+    return tasks
+
+
+def check_frame(item: SourceItem, fields: Sequence[FieldSpec],
+                grid_problem: str | None, data: dict[str, np.ndarray]) -> list[str]:
+    """Problems with one frame's data (empty list if it can be ingested)."""
+    problems = []
+    if grid_problem:
+        problems.append(f"{item.path}: grid differs from the archive's: {grid_problem}; "
+                        "ingest it into an archive on its own grid")
+    for field in fields:
+        if field.name not in data:
+            problems.append(f"{item.path}: variable {field.name!r} missing")
+            continue
+        values = data[field.name]
+        if field.valid_min is not None and np.nanmin(values, initial=np.inf) < field.valid_min:
+            count = int(np.sum(values < field.valid_min))
+            problems.append(
+                f"{item.path}: {count} values of {field.name} below its valid_min {field.valid_min} "
+                f"{field.units} (lowest {np.nanmin(values):g}); fix or mask them before ingest")
+        if field.valid_max is not None and np.nanmax(values, initial=-np.inf) > field.valid_max:
+            problems.append(f"{item.path}: values of {field.name} above its valid_max "
+                            f"{field.valid_max} {field.units}; fix or mask them before ingest")
+    return problems
+
+
+def check_fields(info: ArchiveInfo, fields: Sequence[FieldSpec]) -> None:
+    """Refuses a source whose variables or units differ from the archive's."""
+    for field in fields:
+        stored = info.field(field.name)
+        if stored.units != field.units:
+            raise IngestError(f"{field.name} is in {field.units!r} but the archive stores "
+                              f"{stored.units!r}; convert the input or use another archive")

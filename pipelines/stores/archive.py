@@ -1,0 +1,495 @@
+"""The archive store: schema, creation, validation and chunk-aligned writes.
+
+``archive.zarr`` holds gridded fields on a regular time axis (see
+docs/schemas.md). Its layout is read from metadata alone by
+:func:`read_info`, which every job calls first and which names the exact
+problem and its fix when the store does not follow the schema;
+:func:`open_archive` adds a full check of the dataset for readers that load
+values through xarray. Jobs read frames chunk by chunk with zarr
+(:func:`nowcast.pipelines.stores.groups.open_group`). Writers go through
+:func:`write_block`, which writes whole time chunks and sets the per-frame
+``valid`` flag only after the data is in place, so an interrupted write is
+redone on the next run and never trusted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import xarray as xr
+import zarr
+from zarr.codecs import ZstdCodec
+
+from nowcast.pipelines.stores.grid import CRS_VAR, Grid
+from nowcast.pipelines.stores.groups import StoreError, arrays_along, grow_axis, open_group, zarr_store
+from nowcast.pipelines.stores.timeaxis import (
+    TIME_UNITS,
+    epoch_seconds,
+    format_time_step,
+    parse_time_step,
+    time_values,
+    to_datetime64,
+)
+
+FRAME_DIMS = ("time", "y", "x")
+VALID = "valid"
+DEFAULT_TIME_CHUNK = 24
+ZSTD_LEVEL = 3
+
+
+class ArchiveError(StoreError):
+    """The archive (or an input meant for it) does not follow the schema."""
+
+    kind = "archive"
+    missing_fix = "create it by ingesting data (nowcast ingest ...)"
+
+
+class InterruptedExtensionError(ArchiveError):
+    """The time axis was being extended when a writer stopped; ``extend_time`` completes it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class FieldSpec:
+    """One gridded variable of the archive.
+
+    Attributes:
+        name: variable name in the store, e.g. ``precip``.
+        units: UDUNITS string, e.g. ``mm h-1``.
+        long_name: human-readable name.
+        standard_name: CF standard name, if one fits.
+        valid_min: smallest physical value; ingest refuses inputs below it.
+        valid_max: largest physical value; ingest refuses inputs above it.
+        thresholds: values for the per-frame ``<name>_fraction_above`` statistic
+            (e.g. rain-rate thresholds), so window planning needs no data pass.
+    """
+
+    name: str
+    units: str
+    long_name: str
+    standard_name: str | None = None
+    valid_min: float | None = None
+    valid_max: float | None = None
+    thresholds: tuple[float, ...] = ()
+
+    def attrs(self) -> dict[str, object]:
+        attrs: dict[str, object] = {
+            "units": self.units,
+            "long_name": self.long_name,
+            "grid_mapping": CRS_VAR,
+        }
+        if self.standard_name:
+            attrs["standard_name"] = self.standard_name
+        if self.valid_min is not None:
+            attrs["valid_min"] = float(self.valid_min)
+        if self.valid_max is not None:
+            attrs["valid_max"] = float(self.valid_max)
+        if self.thresholds:
+            attrs["stat_thresholds"] = [float(t) for t in self.thresholds]
+        return attrs
+
+    @classmethod
+    def from_attrs(cls, name: str, attrs: Mapping[str, object]) -> FieldSpec:
+        return cls(
+            name=name,
+            units=str(attrs.get("units", "")),
+            long_name=str(attrs.get("long_name", name)),
+            standard_name=attrs.get("standard_name"),  # type: ignore[arg-type]
+            valid_min=attrs.get("valid_min"),  # type: ignore[arg-type]
+            valid_max=attrs.get("valid_max"),  # type: ignore[arg-type]
+            thresholds=tuple(float(t) for t in attrs.get("stat_thresholds", ())),  # type: ignore[union-attr]
+        )
+
+
+PRECIP = FieldSpec(
+    name="precip",
+    units="mm h-1",
+    long_name="precipitation rate",
+    standard_name="lwe_precipitation_rate",
+    valid_min=0.0,
+    thresholds=(0.1, 0.5, 1.0, 2.0, 5.0, 10.0),
+)
+
+
+def stat_names(field: FieldSpec) -> list[str]:
+    """Names of the per-frame statistics stored for ``field``."""
+    names = [f"{field.name}_mean", f"{field.name}_max", f"{field.name}_finite_fraction"]
+    if field.thresholds:
+        names.append(f"{field.name}_fraction_above")
+    return names
+
+
+def frame_stats(field: FieldSpec, frames: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-frame statistics of a ``(time, y, x)`` block, NaN for all-NaN frames.
+
+    The fractions are over finite (observed) pixels, so a static radar
+    coverage mask does not dilute them. NaN compares false with every
+    threshold, so the counts need no mask.
+    """
+    frames = np.asarray(frames, dtype="float32")
+    axes = (1, 2)
+    counts = np.count_nonzero(~np.isnan(frames), axis=axes)
+    observed = counts > 0
+    safe_counts = np.maximum(counts, 1)
+    with np.errstate(invalid="ignore"):
+        mean = np.where(observed, np.nansum(frames, axis=axes, dtype="float64") / safe_counts, np.nan)
+        maximum = np.where(observed, np.fmax.reduce(frames, axis=axes), np.nan)
+    pixels = frames.shape[1] * frames.shape[2]
+    stats = {
+        f"{field.name}_mean": mean.astype("float32"),
+        f"{field.name}_max": maximum.astype("float32"),
+        f"{field.name}_finite_fraction": (counts / pixels).astype("float32"),
+    }
+    if field.thresholds:
+        above = np.stack([np.count_nonzero(frames >= t, axis=axes) for t in field.thresholds], axis=1)
+        fraction = np.where(observed[:, None], above / safe_counts[:, None], np.nan)
+        stats[f"{field.name}_fraction_above"] = fraction.astype("float32")
+    return stats
+
+
+@dataclasses.dataclass(frozen=True)
+class ArchiveDescription:
+    """What a model records about the archive it was trained on, and checks before it forecasts.
+
+    Attributes:
+        time_step: ISO 8601 step of the archive, e.g. ``PT5M``.
+        variables: units of each variable, e.g. ``{"precip": "mm h-1"}``.
+        grid_shape: ``(y, x)`` size of the archive grid.
+    """
+
+    time_step: str
+    variables: Mapping[str, str]
+    grid_shape: tuple[int, int]
+
+    def to_dict(self) -> dict[str, object]:
+        return {"time_step": self.time_step, "variables": dict(self.variables),
+                "grid_shape": [int(n) for n in self.grid_shape]}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, object]) -> ArchiveDescription:
+        return cls(time_step=str(data["time_step"]), variables=dict(data["variables"]),  # type: ignore[call-overload]
+                   grid_shape=tuple(int(n) for n in data["grid_shape"]))  # type: ignore[arg-type, attr-defined]
+
+
+@dataclasses.dataclass(frozen=True)
+class ArchiveInfo:
+    """What a job needs to know about an archive without touching its data."""
+
+    url: str
+    fields: tuple[FieldSpec, ...]
+    grid: Grid
+    start: np.datetime64
+    time_step: np.timedelta64
+    length: int
+    time_chunk: int
+    spatial_chunks: tuple[int, int]
+
+    @property
+    def end(self) -> np.datetime64:
+        """The last timestamp on the axis."""
+        return self.start + (self.length - 1) * self.time_step
+
+    def description(self) -> ArchiveDescription:
+        """The archive as a model's metadata records it."""
+        return ArchiveDescription(time_step=format_time_step(self.time_step),
+                                  variables={f.name: f.units for f in self.fields},
+                                  grid_shape=self.grid.shape)
+
+    def field(self, name: str) -> FieldSpec:
+        for field in self.fields:
+            if field.name == name:
+                return field
+        raise ArchiveError(
+            f"archive {self.url} has no variable {name!r}; it holds "
+            f"{[f.name for f in self.fields]}"
+        )
+
+
+def _template(
+    grid: Grid,
+    fields: Sequence[FieldSpec],
+    start: np.datetime64,
+    time_step: np.timedelta64,
+    length: int,
+    attrs: Mapping[str, object],
+    chunks: tuple[int, int, int],
+) -> xr.Dataset:
+    """The archive as lazy all-missing arrays, dask-chunked like the store (nothing computed)."""
+    import dask.array as da
+
+    times = time_values(start, time_step, length).astype("datetime64[ns]")
+    ny, nx = grid.shape
+    data_vars: dict[str, xr.Variable] = {}
+    for field in fields:
+        data_vars[field.name] = xr.Variable(
+            FRAME_DIMS, da.full((length, ny, nx), np.nan, dtype="float32", chunks=chunks), field.attrs()
+        )
+        for name in stat_names(field):
+            if name.endswith("_fraction_above"):
+                data_vars[name] = xr.Variable(
+                    ("time", f"{field.name}_threshold"),
+                    da.full((length, len(field.thresholds)), np.nan, dtype="float32"),
+                    {"long_name": "fraction of observed pixels at or above each threshold"},
+                )
+            else:
+                data_vars[name] = xr.Variable(
+                    ("time",), da.full((length,), np.nan, dtype="float32"),
+                    {"long_name": name.replace("_", " ")},
+                )
+    data_vars[VALID] = xr.Variable(
+        ("time",), da.zeros((length,), dtype=bool),
+        {"long_name": "frame present and written (false: missing, NaN)"},
+    )
+    coords: dict[str, object] = {
+        "time": ("time", times, {"standard_name": "time"}),
+        **grid.coords(),
+    }
+    for field in fields:
+        if field.thresholds:
+            coords[f"{field.name}_threshold"] = (
+                f"{field.name}_threshold",
+                np.asarray(field.thresholds, dtype="float32"),
+                {"units": field.units},
+            )
+    ds = xr.Dataset(data_vars, coords=coords)
+    ds[CRS_VAR] = xr.DataArray(np.int32(0), attrs=grid.crs_attrs)
+    ds.attrs.update(
+        {
+            "Conventions": "CF-1.8",
+            "time_step": format_time_step(time_step),
+            "time_start": str(to_datetime64(start)),
+            **attrs,
+        }
+    )
+    return ds
+
+
+def create_archive(
+    url: str,
+    grid: Grid,
+    fields: Sequence[FieldSpec],
+    start: object,
+    time_step: str | np.timedelta64,
+    length: int,
+    time_chunk: int = DEFAULT_TIME_CHUNK,
+    spatial_chunks: tuple[int, int] | None = None,
+    attrs: Mapping[str, object] | None = None,
+) -> ArchiveInfo:
+    """Creates an empty archive (all frames missing) with its chunk layout.
+
+    Only metadata and coordinates are written: data chunks appear as frames
+    are ingested, and a chunk never written reads as NaN.
+    """
+    step = parse_time_step(time_step) if isinstance(time_step, str) else time_step
+    if length < 1:
+        raise ArchiveError("an archive needs at least one time step")
+    if not fields:
+        raise ArchiveError("an archive needs at least one field")
+    chunks_yx = spatial_chunks or grid.shape
+    ds = _template(grid, fields, to_datetime64(start), step, length, attrs or {},
+                   chunks=(time_chunk, *chunks_yx))
+    encoding: dict[str, dict[str, object]] = {
+        "time": {"units": TIME_UNITS, "dtype": "int64", "chunks": (time_chunk,)},
+        VALID: {"chunks": (time_chunk,), "fill_value": False},
+    }
+    for field in fields:
+        encoding[field.name] = {
+            "chunks": (time_chunk, *chunks_yx),
+            "compressors": [ZstdCodec(level=ZSTD_LEVEL)],
+            "fill_value": np.float32("nan"),
+        }
+        for name in stat_names(field):
+            chunks = (time_chunk, len(field.thresholds)) if name.endswith("_above") else (time_chunk,)
+            encoding[name] = {"chunks": chunks, "fill_value": np.float32("nan")}
+    ds.to_zarr(zarr_store(url), mode="w-", compute=False, encoding=encoding, consolidated=False,
+               zarr_format=3)
+    return read_info(url)
+
+
+def read_info(url: str) -> ArchiveInfo:
+    """Reads the archive's layout from metadata only and checks it is consistent."""
+    group = open_group(url, error=ArchiveError)
+    attrs = dict(group.attrs)
+    for key in ("time_step", "time_start"):
+        if key not in attrs:
+            raise ArchiveError(
+                f"archive {url} lacks the attribute {key!r}; it was not written by nowcast. "
+                "Re-ingest the data with nowcast ingest"
+            )
+    members = dict(group.members())
+    fields = tuple(
+        FieldSpec.from_attrs(name, dict(arr.attrs))
+        for name, arr in sorted(members.items())
+        if isinstance(arr, zarr.Array)
+        and tuple(arr.metadata.dimension_names or ()) == FRAME_DIMS
+    )
+    if not fields:
+        raise ArchiveError(f"archive {url} has no (time, y, x) variable")
+    if VALID not in members:
+        raise ArchiveError(f"archive {url} lacks the per-frame {VALID!r} flag")
+    time_lengths = {name: arr.shape[0] for name, arr in arrays_along(group, "time").items()}
+    if len(set(time_lengths.values())) != 1:
+        raise InterruptedExtensionError(
+            f"archive {url} is part way through a time-axis extension (lengths "
+            f"{sorted(set(time_lengths.values()))}); an ingest was interrupted: rerun it to repair"
+        )
+    first = members[fields[0].name]
+    return ArchiveInfo(
+        url=url,
+        fields=fields,
+        grid=Grid.from_zarr_group(group),
+        start=to_datetime64(attrs["time_start"]),
+        time_step=parse_time_step(str(attrs["time_step"])),
+        length=int(first.shape[0]),
+        time_chunk=int(first.chunks[0]),
+        spatial_chunks=(int(first.chunks[1]), int(first.chunks[2])),
+    )
+
+
+def open_archive(url: str, fields: Sequence[FieldSpec] | None = None,
+                 grid: Grid | None = None) -> xr.Dataset:
+    """Opens and validates an archive; every job reads archives through this.
+
+    Args:
+        url: store URL or path.
+        fields: if given, variables that must be present with these units.
+        grid: if given, the grid the archive must be on.
+
+    Returns:
+        The lazily loaded dataset.
+
+    Raises:
+        ArchiveError: naming the problem and the fix.
+    """
+    read_info(url)  # refuses an interrupted time-axis extension before xarray reads the arrays
+    ds = xr.open_zarr(zarr_store(url, read_only=True), consolidated=False, chunks=None,
+                      zarr_format=3)
+    validate_archive(ds, fields=fields, grid=grid, url=url)
+    return ds
+
+
+def validate_archive(ds: xr.Dataset, fields: Sequence[FieldSpec] | None = None,
+                     grid: Grid | None = None, url: str = "<dataset>") -> None:
+    """Checks a dataset against the archive schema (docs/schemas.md).
+
+    Raises:
+        ArchiveError: naming the first problem found and how to fix it.
+    """
+    if "time_step" not in ds.attrs:
+        raise ArchiveError(f"{url}: attribute 'time_step' (ISO 8601, e.g. 'PT5M') is missing")
+    step = parse_time_step(str(ds.attrs["time_step"]))
+    for dim in FRAME_DIMS:
+        if dim not in ds.dims:
+            raise ArchiveError(f"{url}: dimension {dim!r} is missing; archives are (time, y, x)")
+    times = ds["time"].values.astype("datetime64[s]")
+    if times.size:
+        deltas = np.diff(times)
+        if np.any(deltas == np.timedelta64(0, "s")):
+            dup = times[1:][deltas == np.timedelta64(0, "s")][0]
+            raise ArchiveError(f"{url}: time {dup} appears twice; drop the duplicate frame")
+        if np.any(deltas < np.timedelta64(0, "s")):
+            bad = times[1:][deltas < np.timedelta64(0, "s")][0]
+            raise ArchiveError(f"{url}: time is not increasing at {bad}; sort by time")
+        if np.any(deltas != step):
+            bad = times[1:][deltas != step][0]
+            raise ArchiveError(
+                f"{url}: time axis is irregular at {bad} (step {format_time_step(step)} expected); "
+                "insert missing frames as NaN with valid=false"
+            )
+    if VALID not in ds or ds[VALID].dims != ("time",) or ds[VALID].dtype != bool:
+        raise ArchiveError(f"{url}: per-frame boolean variable {VALID!r} over time is missing")
+    frame_vars = [name for name, var in ds.data_vars.items() if "y" in var.dims and "x" in var.dims]
+    if not frame_vars:
+        raise ArchiveError(f"{url}: no gridded variable with dims (time, y, x)")
+    for name in frame_vars:
+        var = ds[name]
+        if var.dims != FRAME_DIMS:
+            raise ArchiveError(
+                f"{url}: variable {name!r} has dims {var.dims}, expected {FRAME_DIMS}; "
+                f"use ds[{name!r}].transpose('time', 'y', 'x')"
+            )
+        if var.dtype != np.float32:
+            raise ArchiveError(
+                f"{url}: variable {name!r} is {var.dtype}, expected float32; cast with .astype('float32')"
+            )
+        if "units" not in var.attrs:
+            raise ArchiveError(f"{url}: variable {name!r} has no 'units' attribute")
+    for spec in fields or ():
+        if spec.name not in ds:
+            raise ArchiveError(
+                f"{url}: variable {spec.name!r} is missing (present: {frame_vars}); "
+                "ingest it or pick another variable"
+            )
+        if ds[spec.name].attrs.get("units") != spec.units:
+            raise ArchiveError(
+                f"{url}: variable {spec.name!r} is in {ds[spec.name].attrs.get('units')!r}, "
+                f"expected {spec.units!r}; convert the input before ingest"
+            )
+    if grid is not None:
+        problem = grid.mismatch(Grid.from_dataset(ds))
+        if problem:
+            raise ArchiveError(f"{url}: grid differs from the expected one: {problem}")
+
+
+def extend_time(url: str, length: int) -> ArchiveInfo:
+    """Extends the time axis to ``length`` steps (idempotent, restartable).
+
+    New frames read as missing (NaN, ``valid`` false) from the fill values, so
+    no data chunk is written. The time coordinate grows last
+    (:func:`~nowcast.pipelines.stores.groups.grow_axis`), so :func:`read_info`
+    can tell an interrupted extension, and a rerun with the same length
+    completes it.
+    """
+    group = open_group(url, "r+", error=ArchiveError)
+    current = group["time"].shape[0]
+    if length < current:
+        raise ArchiveError(f"cannot shrink {url} from {current} to {length} time steps")
+    attrs = dict(group.attrs)
+    times = time_values(to_datetime64(attrs["time_start"]), parse_time_step(str(attrs["time_step"])), length)
+    grow_axis(group, "time", epoch_seconds(times))
+    return read_info(url)
+
+
+def valid_flags(url: str) -> np.ndarray:
+    """The archive's per-frame ``valid`` flags (one small read)."""
+    return np.asarray(open_group(url, error=ArchiveError)[VALID][:], dtype=bool)
+
+
+def write_block(url: str, first_index: int, frames: Mapping[str, np.ndarray],
+                present: np.ndarray) -> int:
+    """Writes whole time chunks of frames, their stats, then their ``valid`` flags.
+
+    Args:
+        url: archive URL.
+        first_index: time index of the first frame; must start a chunk.
+        frames: per field, a ``(n, y, x)`` float32 block; ``n`` must end a chunk or
+            the axis, so the write is chunk-aligned and never races another task.
+        present: ``(n,)`` bool, which frames hold data (the rest stay missing).
+
+    Returns:
+        Bytes of uncompressed field data written.
+    """
+    group = open_group(url, "r+", error=ArchiveError)
+    time_chunk = group[next(iter(frames))].chunks[0]
+    length = group["time"].shape[0]
+    count = len(present)
+    if first_index % time_chunk or (
+        (first_index + count) % time_chunk and first_index + count != length
+    ):
+        raise ArchiveError(
+            f"write of frames [{first_index}, {first_index + count}) is not aligned to the "
+            f"{time_chunk}-frame chunks of {url}"
+        )
+    region = slice(first_index, first_index + count)
+    written = 0
+    for name, block in frames.items():
+        block = np.asarray(block, dtype="float32")
+        block = np.where(present[:, None, None], block, np.float32("nan"))
+        group[name][region] = block
+        written += block.nbytes
+        spec = FieldSpec.from_attrs(name, dict(group[name].attrs))
+        for stat, values in frame_stats(spec, block).items():
+            group[stat][region] = values
+    group[VALID][region] = present
+    return written

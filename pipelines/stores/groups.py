@@ -1,0 +1,129 @@
+"""One way to reach a store: every store is a URL (path, file://, memory://, s3://, gs://).
+
+:func:`open_group` is the only place that opens a zarr group; the schema
+modules (:mod:`.archive`, :mod:`.windows`, :mod:`.forecasts`) call it with
+their own error class, so a missing store is reported with the fix that fits
+it. :func:`grow_axis` is the one way an axis grows (the archive's ``time``,
+the forecasts' ``init_time``) such that a writer stopped half way leaves a
+state the next run can recognise and complete.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import ClassVar, Literal
+
+import numpy as np
+import zarr
+from zarr.abc.store import Store
+from zarr.storage import FsspecStore, LocalStore
+
+Mode = Literal["r", "r+", "a", "w", "w-"]
+
+
+class StoreError(ValueError):
+    """A store that is missing or does not follow its schema; the message names the fix.
+
+    Subclasses name the kind of store and what to do when it is missing.
+    """
+
+    kind: ClassVar[str] = "store"
+    missing_fix: ClassVar[str] = "check the path or URL"
+
+
+def is_local(url: str) -> bool:
+    """True for plain paths and ``file://`` URLs.
+
+    >>> is_local("runs/archive.zarr"), is_local("s3://bucket/archive.zarr")
+    (True, False)
+    """
+    return "://" not in url or url.startswith("file://")
+
+
+def local_path(url: str) -> str:
+    """The filesystem path of a local store URL."""
+    if not is_local(url):
+        raise ValueError(f"{url} is not a local path")
+    return os.path.abspath(url[len("file://"):] if url.startswith("file://") else url)
+
+
+def zarr_store(url: str, read_only: bool = False) -> Store:
+    """A zarr v3 store for ``url``: LocalStore on disk, fsspec for everything else."""
+    if is_local(url):
+        return LocalStore(local_path(url), read_only=read_only)
+    return FsspecStore.from_url(url, read_only=read_only)
+
+
+def exists(url: str) -> bool:
+    """Whether a store (its root metadata) exists at ``url``."""
+    if is_local(url):
+        return os.path.exists(os.path.join(local_path(url), "zarr.json"))
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(url)
+    return fs.exists(f"{path.rstrip('/')}/zarr.json")
+
+
+def open_group(url: str, mode: Mode = "r", error: type[StoreError] = StoreError) -> zarr.Group:
+    """The root group of the zarr v3 store at ``url`` (read-only store for ``mode='r'``).
+
+    Raises:
+        StoreError: (of class ``error``) when there is no store at ``url`` and
+            ``mode`` needs one, with the fix the store kind names.
+    """
+    try:
+        return zarr.open_group(zarr_store(url, read_only=mode == "r"), mode=mode, zarr_format=3)
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError) as missing:
+        raise error(f"no {error.kind} at {url}: {error.missing_fix}") from missing
+
+
+def arrays_along(group: zarr.Group, dim: str) -> dict[str, zarr.Array]:
+    """The arrays of ``group`` whose first dimension is ``dim``, by name."""
+    return {name: array for name, array in group.arrays()
+            if (array.metadata.dimension_names or (None,))[0] == dim}
+
+
+def grow_axis(group: zarr.Group, dim: str, values: np.ndarray) -> None:
+    """Grows every array along ``dim`` to ``len(values)``; the coordinate ``dim`` last.
+
+    The data arrays are resized first (new entries read as their fill values,
+    so no chunk is written), then the coordinate takes its new values. A
+    writer stopped in between leaves arrays of unequal length, which the
+    schema modules report as an interrupted extension; calling this again
+    with the same values completes it. Never shrinks.
+
+    Args:
+        group: the store's root group, writable.
+        dim: the axis, e.g. ``time`` or ``init_time``.
+        values: the whole coordinate after growing (encoded, e.g. epoch seconds).
+    """
+    length = len(values)
+    arrays = arrays_along(group, dim)
+    coord = arrays[dim]
+    if length < coord.shape[0]:
+        raise ValueError(f"cannot shrink {dim} from {coord.shape[0]} to {length}")
+    for name, array in sorted(arrays.items()):
+        if name != dim and array.shape[0] < length:
+            array.resize((length, *array.shape[1:]))
+    written = _written_prefix(coord, values)
+    if coord.shape[0] < length:
+        coord.resize((length,))
+    if written < length:
+        coord[written:] = values[written:]
+
+
+def _written_prefix(coord: zarr.Array, values: np.ndarray) -> int:
+    """How many leading coordinate values already hold ``values``, checked from the end chunk by chunk.
+
+    Normally the last chunk matches and only it is read; after a writer was
+    stopped between resizing the coordinate and writing it, the walk finds
+    where its values stop.
+    """
+    end = min(coord.shape[0], len(values))
+    chunk = coord.chunks[0]
+    while end > 0:
+        first = (end - 1) // chunk * chunk
+        if np.array_equal(coord[first:end], values[first:end]):
+            return end
+        end = first
+    return 0

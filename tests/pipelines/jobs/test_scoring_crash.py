@@ -1,0 +1,83 @@
+"""Scoring survives SIGKILL and overlapping runs: the store ends byte-identical to one clean run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from nowcast.pipelines.jobs.scoring import ScoringSpec, run
+from nowcast.pipelines.stores.forecasts import written_flags
+from tests.pipelines.jobs.ingest_helpers import snapshot
+from tests.pipelines.jobs.scoring_helpers import MODEL, make_archive, save_tiny_model, synthetic_stats
+
+FRAMES, SIZE, CHUNK, T_IN = 120, (48, 48), 8, 3
+
+
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory):
+    """Archive, model, and the store of one uninterrupted run."""
+    root = tmp_path_factory.mktemp("scoring-crash")
+    archive = make_archive(str(root / "archive.zarr"), FRAMES, SIZE, CHUNK)
+    models = root / "models"
+    save_tiny_model(models, archive, synthetic_stats(FRAMES, SIZE), patch=(16, 16), t_in=T_IN)
+    url = root / "clean.zarr"
+    run(spec(archive, models, url))
+    return archive, models, snapshot(str(url))
+
+
+def spec(archive, models, forecasts) -> ScoringSpec:
+    return ScoringSpec(archive=str(archive), forecasts=str(forecasts), models=str(models), model=MODEL,
+                       batch_size=2)
+
+
+def command(archive, models, forecasts) -> list[str]:
+    return [sys.executable, "-m", "nowcast.pipelines.jobs.scoring", "--archive", str(archive), "--forecasts",
+            str(forecasts), "--models", str(models), "--model", MODEL, "--batch-size", "2"]
+
+
+def flags_on_disk(url) -> int:
+    folder = url / "written" / "c"
+    return len(os.listdir(folder)) if folder.is_dir() else 0
+
+
+@pytest.mark.slow
+def test_sigkill_then_rerun_is_byte_identical(clean, tmp_path):
+    archive, models, expected = clean
+    url = tmp_path / "crashed.zarr"
+    process = subprocess.Popen(command(archive, models, url), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 240
+    while flags_on_disk(url) < 10 and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    done_at_kill = int(written_flags(str(url)).sum())
+    total = FRAMES - (T_IN - 1)
+    assert 0 < done_at_kill < total, f"kill did not land part way ({done_at_kill}/{total} init times)"
+    assert snapshot(str(url)) != expected
+
+    rerun = run(spec(archive, models, url))
+    assert rerun.scored == total - done_at_kill and rerun.already_written == done_at_kill
+    assert snapshot(str(url)) == expected
+
+
+@pytest.mark.slow
+def test_two_overlapping_runs_leave_the_clean_store(clean, tmp_path):
+    archive, models, expected = clean
+    url = tmp_path / "shared.zarr"
+    other = subprocess.Popen(command(archive, models, url), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    deadline = time.monotonic() + 240
+    while flags_on_disk(url) < 2 and other.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert other.poll() is None, "the other run ended before this one started; nothing overlapped"
+    mine = run(spec(archive, models, url))  # plans what the other run has not finished yet, and races it
+    _, err = other.communicate(timeout=300)
+    assert other.returncode == 0, err[-3000:]
+    assert mine.scored > 0
+    assert snapshot(str(url)) == expected

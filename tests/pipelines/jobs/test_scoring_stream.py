@@ -1,0 +1,69 @@
+"""Streaming scoring: a bounded run on the local runner while frames are ingested."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from nowcast.pipelines.jobs.scoring import ScoringError, ScoringSpec, run, scoreable
+from nowcast.pipelines.jobs.scoring_stream import StreamSpec, run_stream
+from nowcast.pipelines.stores.archive import valid_flags
+from nowcast.pipelines.stores.forecasts import written_flags
+from tests.pipelines.jobs.ingest_helpers import snapshot
+from tests.pipelines.jobs.scoring_helpers import (
+    MODEL,
+    append_frames,
+    make_archive,
+    save_tiny_model,
+    synthetic_stats,
+)
+
+FRAMES, SIZE, CHUNK = 30, (32, 32), 8
+
+
+@pytest.mark.slow
+def test_stream_scores_each_new_init_time_once_and_like_the_batch_job(tmp_path):
+    full = make_archive(str(tmp_path / "full.zarr"), FRAMES, SIZE, CHUNK)
+    models = tmp_path / "models"
+    save_tiny_model(models, full, synthetic_stats(FRAMES, SIZE))
+    archive = str(tmp_path / "archive.zarr")
+    append_frames(archive, 6, FRAMES, SIZE, CHUNK)
+
+    def writer() -> None:  # the ingest side: frames land while the stream runs
+        time.sleep(2.0)
+        for upto in [*range(8, FRAMES, 3), FRAMES]:
+            append_frames(archive, upto, FRAMES, SIZE, CHUNK)
+            time.sleep(0.3)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    events = tmp_path / "events.jsonl"
+    spec = ScoringSpec(archive=archive, forecasts=str(tmp_path / "stream.zarr"), models=str(models),
+                       model=MODEL)
+    result = run_stream(StreamSpec(spec, interval_s=0.5, duration_s=14.0), events_path=str(events))
+    thread.join()
+
+    expected = np.flatnonzero(scoreable(valid_flags(archive), 3))
+    assert len(valid_flags(archive)) == FRAMES and len(expected) == FRAMES - 2
+    scored = [json.loads(line)["init_index"] for line in events.read_text().splitlines()]
+    assert sorted(scored) == list(expected)  # every init time exactly once
+    assert result.polls >= 10 and result.emitted == len(expected)
+    np.testing.assert_array_equal(np.flatnonzero(written_flags(spec.forecasts)), expected)
+
+    batch_url = str(tmp_path / "batch.zarr")
+    shutil.copytree(spec.forecasts, tmp_path / "stream-copy.zarr")
+    run(ScoringSpec(**{**spec.__dict__, "forecasts": batch_url}))
+    assert snapshot(batch_url) == snapshot(str(tmp_path / "stream-copy.zarr"))
+
+
+def test_stream_refuses_a_bounded_selection(tmp_path):
+    spec = ScoringSpec(archive="a", forecasts="f", models="m", model=MODEL, end="2024-01-01")
+    with pytest.raises(ScoringError, match="every new init time"):
+        StreamSpec(spec)
+    with pytest.raises(ScoringError, match="interval"):
+        StreamSpec(ScoringSpec(archive="a", forecasts="f", models="m", model=MODEL), interval_s=0)

@@ -1,0 +1,104 @@
+"""The Beam windows job on the three runners: identical stores, counters that add up."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import zarr
+
+from nowcast.pipelines.jobs.runners import RunnerOptions
+from nowcast.pipelines.jobs.windows import WindowJob, run, run_in_process
+from nowcast.pipelines.plans.window_spec import SplitSpec, WetFilter, WindowSpec
+from nowcast.pipelines.stores.windows import SPLITS
+from tests.pipelines.jobs.windows_testing import make_archive, random_frames
+
+SPEC = WindowSpec(channels=("precip", "temp"), target="precip", t_in=3, t_out=2, stride=2,
+                  patch_size=(4, 4), patch_stride=(3, 4), wet=WetFilter(threshold=0.5, min_fraction=0.4),
+                  split=SplitSpec(block="PT12H", fractions=(0.6, 0.2, 0.2), method="contiguous"),
+                  samples_per_chunk=3)
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory) -> str:
+    rng = np.random.default_rng(7)
+    frames = random_frames(rng, 72, 7, 8)
+    present = np.ones(72, bool)
+    present[[5, 40, 41]] = False
+    for field in frames.values():
+        field[~present] = np.nan
+    return make_archive(tmp_path_factory.mktemp("archive") / "a.zarr", frames, present, 6).url
+
+
+def _store(url: str) -> dict[str, object]:
+    root = zarr.open_group(url, mode="r")
+    arrays = {f"{split}/{name}": np.asarray(root[split][name][:])
+              for split in SPLITS for name in ("inputs", "targets", "init_time", "y0", "x0")}
+    return {"arrays": arrays, "attrs": dict(root.attrs)}
+
+
+def _assert_same(got: dict[str, object], want: dict[str, object]) -> None:
+    assert got["attrs"] == want["attrs"]
+    for name, values in want["arrays"].items():
+        np.testing.assert_array_equal(got["arrays"][name], values, err_msg=name)
+
+
+@pytest.fixture(scope="module")
+def reference(archive, tmp_path_factory) -> dict[str, object]:
+    """The job without Beam (checked against numpy slicing in test_windows_plan.py)."""
+    output = str(tmp_path_factory.mktemp("reference") / "w.zarr")
+    result = run_in_process(WindowJob(archive, output, SPEC, max_source_chunks=3))
+    assert all(result.counts["samples"][s] for s in SPLITS), "the spec should fill every split"
+    assert all(result.counts["skipped"].values()), "the spec should skip for every reason"
+    return _store(output)
+
+
+def test_in_memory_runner_matches_and_counts(archive, reference, tmp_path):
+    output = str(tmp_path / "w.zarr")
+    result = run(WindowJob(archive, output, SPEC, max_source_chunks=3), RunnerOptions(kind="inmemory"))
+    _assert_same(_store(output), reference)
+    counts = result.counts
+    metrics = result.metrics
+    assert metrics["windows_planned"] == counts["planned"]
+    assert metrics["windows_emitted"] == counts["emitted"]
+    for reason, value in counts["skipped"].items():
+        assert metrics[f"windows_skipped_{reason}"] == value
+    assert counts["planned"] == counts["emitted"] + sum(counts["skipped"].values())
+    assert metrics["samples_written"] == sum(counts["samples"].values())
+    sample_bytes = 4 * 16 * (SPEC.t_in * 2 + SPEC.t_out)
+    assert metrics["bytes_written"] == sample_bytes * sum(counts["samples"].values())
+    assert metrics["bytes_read"] == round(result.read_amplification * 72 * 7 * 8 * 4 * 2)
+
+
+@pytest.mark.slow
+def test_multiprocessing_runner_matches(archive, reference, tmp_path):
+    output = str(tmp_path / "w.zarr")
+    run(WindowJob(archive, output, SPEC, max_source_chunks=3), RunnerOptions(kind="multiprocess", workers=2))
+    _assert_same(_store(output), reference)
+
+
+def test_multithreading_runner_matches(archive, reference, tmp_path):
+    output = str(tmp_path / "w.zarr")
+    threads = RunnerOptions(kind="inmemory", extra_args=("--direct_running_mode=multi_threading",
+                                                         "--direct_num_workers=2"))
+    run(WindowJob(archive, output, SPEC, max_source_chunks=3), threads)
+    _assert_same(_store(output), reference)
+
+
+@pytest.mark.slow
+def test_dask_runner_matches(archive, reference, tmp_path):
+    from dask.distributed import LocalCluster
+
+    output = str(tmp_path / "w.zarr")
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        run(WindowJob(archive, output, SPEC, max_source_chunks=3),
+            RunnerOptions(kind="dask", dask_address=cluster.scheduler_address))
+    _assert_same(_store(output), reference)
+
+
+def test_no_train_windows_leaves_empty_statistics(archive, tmp_path):
+    spec = WindowSpec(channels=("temp",), target="temp", t_in=2, t_out=1,
+                      split=SplitSpec(fractions=(0.0, 0.5, 0.5)))
+    result = run(WindowJob(archive, str(tmp_path / "w.zarr"), spec), RunnerOptions(kind="inmemory"))
+    assert result.counts["samples"]["train"] == 0
+    assert result.normalization == {"temp": {"count": 0, "mean": None, "std": None, "min": None,
+                                             "max": None}}

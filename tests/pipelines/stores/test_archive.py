@@ -1,0 +1,100 @@
+"""The archive schema: creation, validation messages and the time axis."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from nowcast.pipelines.stores.archive import (
+    PRECIP,
+    ArchiveError,
+    FieldSpec,
+    create_archive,
+    extend_time,
+    frame_stats,
+    open_archive,
+    read_info,
+    validate_archive,
+)
+from nowcast.pipelines.stores.timeaxis import format_time_step, parse_time_step, time_index
+from tests.pipelines.jobs.ingest_helpers import make_grid
+
+
+@pytest.fixture
+def archive(tmp_path):
+    url = str(tmp_path / "a.zarr")
+    create_archive(url, make_grid(), [PRECIP], "2024-01-01T00:00", "PT5M", length=6, time_chunk=4)
+    return url
+
+
+def loaded(url):
+    return open_archive(url).load()
+
+
+def test_time_steps_round_trip():
+    for text in ("PT5M", "PT10M", "PT1H", "P1D", "PT30S", "PT1H30M"):
+        assert format_time_step(parse_time_step(text)) == text
+    with pytest.raises(ValueError, match="ISO 8601"):
+        parse_time_step("5 minutes")
+    start = np.datetime64("2024-01-01T00:00")
+    assert time_index("2024-01-01T01:00", start, parse_time_step("PT5M")) == 12
+
+
+def test_new_archive_follows_the_schema(archive):
+    info = read_info(archive)
+    assert (info.length, info.time_chunk, info.grid.shape) == (6, 4, (16, 20))
+    ds = loaded(archive)
+    assert ds["precip"].dims == ("time", "y", "x") and np.isnan(ds["precip"].values).all()
+    assert not ds["valid"].values.any()
+    assert ds.attrs["Conventions"] == "CF-1.8"
+    assert ds["crs"].attrs["grid_mapping_name"] == "polar_stereographic"
+    assert str(info.end) == "2024-01-01T00:25:00"
+
+
+@pytest.mark.parametrize("breakage, message", [
+    (lambda ds: ds.drop_vars("valid"), "'valid'"),
+    (lambda ds: ds.assign_coords(time=ds.time.values[[0, 1, 1, 3, 4, 5]]), "appears twice"),
+    (lambda ds: ds.assign_coords(time=ds.time.values[[0, 2, 1, 3, 4, 5]]), "not increasing"),
+    (lambda ds: ds.assign_coords(time=ds.time.values + np.array([0, 0, 0, 0, 0, 60], "timedelta64[s]")),
+     "irregular"),
+    (lambda ds: ds.assign(precip=ds["precip"].transpose("y", "time", "x")), "transpose"),
+    (lambda ds: ds.assign(precip=ds["precip"].astype("float64")), "float32"),
+    (lambda ds: ds.assign(precip=ds["precip"].assign_attrs(units=None).drop_attrs()), "units"),
+])
+def test_validation_names_the_problem_and_the_fix(archive, breakage, message):
+    with pytest.raises(ArchiveError, match=message):
+        validate_archive(breakage(loaded(archive)))
+
+
+def test_validation_against_expected_fields_and_grid(archive):
+    ds = loaded(archive)
+    with pytest.raises(ArchiveError, match="'temperature' is missing"):
+        validate_archive(ds, fields=[FieldSpec("temperature", "K", "air temperature")])
+    with pytest.raises(ArchiveError, match="expected 'mm/h'"):
+        validate_archive(ds, fields=[FieldSpec("precip", "mm/h", "rain")])
+    with pytest.raises(ArchiveError, match="grid differs"):
+        validate_archive(ds, grid=make_grid(x0=2000.0))
+    with pytest.raises(ArchiveError, match="shape"):
+        validate_archive(ds, grid=make_grid(ny=10))
+    validate_archive(ds, fields=[PRECIP], grid=make_grid())
+
+
+def test_missing_store_and_interrupted_extension_are_reported(tmp_path, archive):
+    with pytest.raises(ArchiveError, match="no archive at"):
+        read_info(str(tmp_path / "nothing.zarr"))
+    import zarr
+
+    zarr.open_group(archive, mode="r+")["precip"].resize((9, 16, 20))  # as if killed mid-extension
+    with pytest.raises(ArchiveError, match="interrupted: rerun it to repair"):
+        read_info(archive)
+    assert extend_time(archive, 9).length == 9
+    assert str(read_info(archive).end) == "2024-01-01T00:40:00"
+
+
+def test_frame_stats_ignore_unobserved_pixels():
+    frames = np.array([[[0.0, 2.0], [np.nan, 6.0]], [[np.nan, np.nan], [np.nan, np.nan]]], "float32")
+    stats = frame_stats(PRECIP, frames)
+    assert stats["precip_mean"][0] == pytest.approx(8 / 3) and np.isnan(stats["precip_mean"][1])
+    assert stats["precip_max"][0] == 6.0 and stats["precip_finite_fraction"].tolist() == [0.75, 0.0]
+    k = PRECIP.thresholds.index(5.0)
+    assert stats["precip_fraction_above"][0, k] == pytest.approx(1 / 3)
