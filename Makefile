@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TF_EXTRA ?= cpu
 
-.PHONY: demo test lint bench bench-quick server clean-venv constraints
+.PHONY: demo test test-fast lint typecheck bench bench-quick server clean-venv constraints
 
 $(STAMP): pyproject.toml requirements/constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -22,13 +22,22 @@ demo: $(STAMP)
 server: $(STAMP)
 	$(VENV)/bin/nowcast server --workdir runs/demo
 
-## test: the whole test suite
-test: $(STAMP)
-	$(PY) -m ruff check .
+## test: lint, type check and the whole test suite; test-fast: the tests not marked slow
+test: lint typecheck
 	$(PY) -m pytest
+
+test-fast: lint typecheck
+	$(PY) -m pytest -m "not slow"
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
+
+## typecheck: mypy over the installed namespace; a link tree maps nowcast.* onto the repository's folders
+typecheck: $(STAMP)
+	rm -rf .typecheck && mkdir -p .typecheck/nowcast
+	for f in nowcast/*.py; do ln -s ../../$$f .typecheck/nowcast/; done
+	for d in flows model pipelines; do ln -s ../../$$d .typecheck/nowcast/$$d; done
+	cd .typecheck && ../$(PY) -m mypy -p nowcast --config-file ../pyproject.toml
 
 ## bench: full-size benchmarks (slow); bench-quick: the smoke sizes CI runs
 bench: $(STAMP)

@@ -18,7 +18,7 @@ import platform
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import numpy as np
@@ -53,10 +53,8 @@ def tree_rss_bytes(pid: int | None = None) -> int:
     root = psutil.Process(pid or os.getpid())
     total = 0
     for proc in [root, *root.children(recursive=True)]:
-        try:
+        with suppress(psutil.Error):
             total += proc.memory_info().rss
-        except psutil.Error:
-            pass
     return total
 
 

@@ -86,7 +86,7 @@ def save_model(models: Path, archive: str, frames: np.ndarray) -> None:
     registry_save(build_model("cnn_lstm", cfg), models, "cnn_lstm", metadata, version="bench")
 
 
-def land(archive: str, source, index: int) -> float:  # noqa: ANN001
+def land(archive: str, source, index: int) -> float:
     """Ingests frame ``index``; returns the time its ``valid`` flag was set."""
     ingest_items(IngestSpec(archive=archive, source=source, time_chunk=24), [source.items()[index]], None)
     return time.perf_counter()
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
                     with get_client(sync_client=True) as client:
                         client.read_deployment_by_name("forecast/local")
                     break
-                except Exception:  # noqa: BLE001 (not there yet)
+                except Exception:  # not there yet
                     if time.monotonic() > deadline or worker.poll() is not None:
                         raise RuntimeError("nowcast serve did not register the deployments") from None
                     time.sleep(1)

@@ -39,11 +39,11 @@ from nowcast.pipelines.plans.window_spec import SplitSpec, WindowSpec
 T_IN, T_OUT = 4, 6
 
 
-def _prod(shape) -> int:  # noqa: ANN001
+def _prod(shape) -> int:
     return int(math.prod(int(n) for n in shape))
 
 
-def layer_flops(layer: keras.layers.Layer, in_shape, out_shape, steps: int = 1) -> int:  # noqa: ANN001
+def layer_flops(layer: keras.layers.Layer, in_shape, out_shape, steps: int = 1) -> int:
     """Forward FLOPs of one layer for one sample (``steps`` frames for TimeDistributed)."""
     if isinstance(layer, keras.layers.TimeDistributed):
         return layer_flops(layer.layer, in_shape[1:], out_shape[1:], steps * int(in_shape[0]))

@@ -72,7 +72,7 @@ def archive_in_child(path: Path, frames: int, size: int, seed: int = 0) -> str:
         return pool.submit(synthetic_archive, path, frames, size, seed).result()
 
 
-def measure(label: str, fn) -> dict[str, float]:  # noqa: ANN001 (a callable returning tallies)
+def measure(label: str, fn) -> dict[str, float]:
     with peak_rss() as rss:
         began = time.perf_counter()
         tallies = fn()

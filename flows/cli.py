@@ -49,7 +49,7 @@ def runner_from_args(args: argparse.Namespace) -> RunnerOptions:
     return RunnerOptions(kind=args.runner, workers=args.workers, dask_address=args.dask_address)
 
 
-def source_from_args(args: argparse.Namespace):  # noqa: ANN201 (a nowcast.pipelines.sources Source)
+def source_from_args(args: argparse.Namespace):
     from nowcast.pipelines.sources import detect_radar_format, get_source
 
     if args.synthetic == bool(args.input):

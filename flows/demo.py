@@ -52,7 +52,7 @@ def backfill_range(archive: str, hours: float) -> tuple[str, str]:
     info = read_info(archive)
     end = info.start + (info.length - 1) * info.time_step
     start = max(info.start, end - np.timedelta64(int(hours * 3600), "s") + info.time_step)
-    return str(np.datetime64(start, "s")), str(np.datetime64(end, "s"))
+    return str(start.astype("datetime64[s]")), str(end.astype("datetime64[s]"))
 
 
 @flow(name="demo")

@@ -40,7 +40,7 @@ class EvaluateRun:
 def verify_windows(params: EvaluateParams) -> Verification:
     """The model and the baselines on one windows.zarr split."""
     loaded = load_model(params.models, params.model_name, params.model_version, archive=None)
-    normalizer = Normalizer.from_dict(loaded.metadata["normalization"])  # type: ignore[arg-type]
+    normalizer = Normalizer.from_dict(loaded.metadata["normalization"])
     name = f"{params.model_name}/{loaded.metadata['version']}"
     return verify_split(params.windows, params.split, loaded.model, normalizer, name,
                         baselines=tuple(params.baselines), max_samples=params.max_samples)

@@ -14,11 +14,13 @@ progress artifact follows the chunks.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
+from uuid import UUID
 
 import numpy as np
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
-from prefect.futures import as_completed
+from prefect.futures import PrefectFuture, as_completed
 
 from nowcast.flows.artifacts import artifact_key, publish_store
 from nowcast.flows.params import BackfillParams, ForecastParams, Runner
@@ -57,9 +59,9 @@ class BackfillRun:
     init_times: list[str]
 
 
-def scoring_spec(params: ForecastParams | BackfillParams, **selection: object) -> ScoringSpec:
+def scoring_spec(params: ForecastParams | BackfillParams, **selection: Any) -> ScoringSpec:
     return ScoringSpec(archive=params.archive, forecasts=params.forecasts, models=params.models,
-                               model=params.model_name, version=params.model_version, **selection)
+                       model=params.model_name, version=params.model_version, **selection)
 
 
 def iso_times(archive: str, indices: list[int]) -> tuple[str, ...]:
@@ -129,10 +131,12 @@ def backfill_flow(params: BackfillParams) -> BackfillRun:
                 "complete input)", params.start, params.end, len(pending.init_times), len(chunks),
                 pending.already_written, pending.missing_input)
     done = pending.already_written
-    progress_id = create_progress_artifact(progress=100.0 * done / total if total else 100.0,
-                                           key=artifact_key("backfill-progress"),
-                                           description=f"init times scored of {total} in range")
-    running, queue, scored = [], list(chunks), 0
+    # a sync call in a flow returns the id, not a coroutine
+    progress_id: UUID = create_progress_artifact(  # type: ignore[assignment]
+        progress=100.0 * done / total if total else 100.0, key=artifact_key("backfill-progress"),
+        description=f"init times scored of {total} in range")
+    running: list[PrefectFuture[scoring.ScoringResult]] = []
+    queue, scored = list(chunks), 0
     while queue or running:
         while queue and len(running) < params.concurrency:
             running.append(score.submit(scoring_spec(params, init_times=queue.pop(0)), params.runner))

@@ -102,7 +102,7 @@ class _Stores(BaseModel):
     STORE_FIELDS: ClassVar[tuple[str, ...]] = ()
 
     @model_validator(mode="after")
-    def _stores_under_roots(self):  # noqa: ANN202 (pydantic validator)
+    def _stores_under_roots(self):
         for name in self.STORE_FIELDS:
             value = getattr(self, name)
             if value is not None:
@@ -151,7 +151,7 @@ class IngestParams(_Stores):
     runner: Runner = Field(default_factory=Runner)
 
     @model_validator(mode="after")
-    def _check(self):  # noqa: ANN202
+    def _check(self):
         if self.input_dir:
             folder = Path(self.input_dir)
             if not folder.is_dir():
@@ -192,7 +192,7 @@ class TrainParams(_Stores):
     runner: Runner = Field(default_factory=Runner)
 
     @model_validator(mode="after")
-    def _check(self):  # noqa: ANN202
+    def _check(self):
         if abs(sum(self.split_fractions) - 1) > 1e-6 or min(self.split_fractions) < 0:
             raise ParameterError(f"split_fractions {self.split_fractions} must be three shares summing to 1")
         if self.split_fractions[1] == 0:
@@ -207,7 +207,7 @@ class _ModelChoice(_Stores):
     model_version: str = Field("latest", description="a registry version, or latest (the promoted one)")
 
     @model_validator(mode="after")
-    def _model_known(self):  # noqa: ANN202
+    def _model_known(self):
         _registry_check(self.models, self.model_name, self.model_version)
         return self
 
@@ -223,7 +223,7 @@ class ForecastParams(_ModelChoice):
     runner: Runner = Field(default_factory=Runner)
 
     @model_validator(mode="after")
-    def _archive(self):  # noqa: ANN202
+    def _archive(self):
         _archive_exists(self.archive)
         return self
 
@@ -242,7 +242,7 @@ class BackfillParams(_ModelChoice):
 
     @field_validator("start", "end")
     @classmethod
-    def _iso(cls, value: str, info) -> str:  # noqa: ANN001
+    def _iso(cls, value: str, info) -> str:
         parsed = parse_time(value, info.field_name)
         start = info.data.get("start")
         if info.field_name == "end" and start is not None and parsed < parse_time(start, "start"):
@@ -250,7 +250,7 @@ class BackfillParams(_ModelChoice):
         return str(parsed)
 
     @model_validator(mode="after")
-    def _archive(self):  # noqa: ANN202
+    def _archive(self):
         _archive_exists(self.archive)
         return self
 

@@ -91,7 +91,7 @@ def start_file_server(folder: str | Path, port: int) -> http.server.ThreadingHTT
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (stdlib signature)
+    def log_message(self, format: str, *args: object) -> None:
         return
 
 

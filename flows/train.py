@@ -59,8 +59,13 @@ def window_spec(params: TrainParams) -> WindowSpec:
     patch = (params.patch_size, params.patch_size) if params.patch_size else None
     return WindowSpec(channels=(params.variable,), target=params.variable, t_in=params.t_in,
                       t_out=params.t_out, stride=params.stride, patch_size=patch,
-                      split=SplitSpec(block=params.split_block, fractions=tuple(params.split_fractions),
+                      split=SplitSpec(block=params.split_block, fractions=_three(params.split_fractions),
                                       method=params.split_method))
+
+
+def _three(fractions: list[float]) -> tuple[float, float, float]:
+    train, val, test = fractions
+    return train, val, test
 
 
 @task(name="cut-windows")
@@ -69,7 +74,7 @@ def cut_windows(params: TrainParams) -> dict[str, object]:
     job = windows_job.WindowJob(archive=params.archive, output=params.windows, spec=window_spec(params),
                                 overwrite=True)
     result = windows_job.run(job, params.runner.options())
-    samples = dict(result.counts.get("samples", {}))  # type: ignore[call-overload]
+    samples = dict(result.counts.get("samples", {}))
     get_run_logger().info("windows: %s", samples)
     for split in ("train", "val"):
         if not samples.get(split):
@@ -96,7 +101,7 @@ def fit(params: TrainParams) -> Path:
 def verify(params: TrainParams, version: Path) -> Verification:
     """Verifies the new version and persistence on the validation split."""
     loaded = registry.load_model(params.models, params.architecture, version.name, archive=None)
-    normalizer = Normalizer.from_dict(loaded.metadata["normalization"])  # type: ignore[arg-type]
+    normalizer = Normalizer.from_dict(loaded.metadata["normalization"])
     return verify_split(params.windows, "val", loaded.model, normalizer, params.architecture,
                         baselines=("persistence",))
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -43,7 +44,7 @@ class Normalizer:
 
     channels: tuple[str, ...]
     target: str
-    stats: Mapping[str, Mapping[str, float]]
+    stats: Mapping[str, Mapping[str, Any]]
 
     def __post_init__(self) -> None:
         for var in (*self.channels, self.target):
@@ -212,7 +213,7 @@ def make_dataset(url: str, split: str = "train", batch_size: int = 8, *, shuffle
         square = in_shape[1] == in_shape[2]
         seeds = tf.data.Dataset.random(seed=seed).batch(2)
         ds = tf.data.Dataset.zip(ds, seeds).map(
-            lambda sample, s: _augment(*sample, tf.cast(s, tf.int32), square),
+            lambda sample, s: _augment(sample[0], sample[1], sample[2], tf.cast(s, tf.int32), square),
             num_parallel_calls=tf.data.AUTOTUNE)
     if not with_weights:
         ds = ds.map(lambda x, y, w: (x, y), num_parallel_calls=tf.data.AUTOTUNE)

@@ -21,6 +21,7 @@ handler (:mod:`nowcast.pipelines.jobs.handler`); model/ itself imports no Beam.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Mapping
 from typing import Any
@@ -158,10 +159,8 @@ def enable_gpu_memory_growth() -> int:
 
     gpus = tf.config.list_physical_devices("GPU")
     for gpu in gpus:
-        try:
+        with contextlib.suppress(RuntimeError):  # already initialised here: the first load set growth
             tf.config.experimental.set_memory_growth(gpu, True)
-        except RuntimeError:  # already initialised in this process: growth was set by the first load
-            pass
     return len(gpus)
 
 
@@ -197,5 +196,5 @@ def load_forecaster(models: str, name: str, version: str, archive: Mapping[str, 
     overlap = patch[0] // 4 if overlap is None else int(overlap)
     return Forecaster(model=loaded.model, metadata=meta,
                       normalizer=Normalizer.from_dict(meta["normalization"]),
-                      tiling=Tiling(tuple(description.grid_shape), patch, overlap),  # type: ignore[arg-type]
+                      tiling=Tiling(description.grid_shape, patch, overlap),
                       predict_batch_size=int(predict_batch_size), valid_range=valid_range)

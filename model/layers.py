@@ -29,14 +29,14 @@ class LastFrame(layers.Layer):
         self.t_out = int(t_out)
         self.channel = int(channel)
 
-    def call(self, inputs):  # noqa: D102
+    def call(self, inputs):
         last = inputs[:, -1:, :, :, self.channel : self.channel + 1]
         return ops.repeat(last, self.t_out, axis=1)
 
-    def compute_output_shape(self, input_shape):  # noqa: D102
+    def compute_output_shape(self, input_shape):
         return (input_shape[0], self.t_out, input_shape[2], input_shape[3], 1)
 
-    def get_config(self) -> dict[str, object]:  # noqa: D102
+    def get_config(self) -> dict[str, object]:
         return {**super().get_config(), "t_out": self.t_out, "channel": self.channel}
 
 
@@ -58,7 +58,7 @@ class Advect(layers.Layer):
         self.t_out = int(t_out)
         self.channel = int(channel)
 
-    def call(self, inputs, motion):  # noqa: D102
+    def call(self, inputs, motion):
         frame = inputs[:, -1, :, :, self.channel]
         height, width = ops.shape(frame)[1], ops.shape(frame)[2]
         rows = ops.cast(ops.arange(height), frame.dtype)[None, :, None]
@@ -71,10 +71,10 @@ class Advect(layers.Layer):
             leads.append(_bilinear(flat, ys, xs, height, width))
         return ops.stack(leads, axis=1)[..., None]
 
-    def compute_output_shape(self, inputs_shape, motion_shape=None):  # noqa: D102
+    def compute_output_shape(self, inputs_shape, motion_shape=None):
         return (inputs_shape[0], self.t_out, inputs_shape[2], inputs_shape[3], 1)
 
-    def get_config(self) -> dict[str, object]:  # noqa: D102
+    def get_config(self) -> dict[str, object]:
         return {**super().get_config(), "t_out": self.t_out, "channel": self.channel}
 
 
@@ -108,7 +108,7 @@ class MatchMotion(layers.Layer):
         self.shifts = [(dy, dx) for dy in range(-self.radius, self.radius + 1)
                        for dx in range(-self.radius, self.radius + 1)]
 
-    def call(self, inputs):  # noqa: D102
+    def call(self, inputs):
         frames = ops.stop_gradient(ops.transpose(inputs[..., self.channel], (0, 2, 3, 1)))  # (b, y, x, t)
         height, width, steps = ops.shape(frames)[1], ops.shape(frames)[2], ops.shape(frames)[3]
         d = self.downsample
@@ -160,10 +160,10 @@ class MatchMotion(layers.Layer):
         pooled = _box_mean(ops.stack(sums, axis=-1), max(self.window // self.downsample, 1))
         return pooled[..., 0::2] / (pooled[..., 1::2] * len(pairs) + 1e-6)
 
-    def compute_output_shape(self, input_shape):  # noqa: D102
+    def compute_output_shape(self, input_shape):
         return (input_shape[0], input_shape[2], input_shape[3], 2)
 
-    def get_config(self) -> dict[str, object]:  # noqa: D102
+    def get_config(self) -> dict[str, object]:
         return {**super().get_config(), "channel": self.channel, "radius": self.radius,
                 "downsample": self.downsample, "window": self.window, "smooth": self.smooth,
                 "pairs": self.pairs}

@@ -23,12 +23,12 @@ class IntensityWeightedMSE(keras.losses.Loss):
         super().__init__(name=name, **kwargs)
         self.weight = float(weight)
 
-    def call(self, y_true, y_pred):  # noqa: D102
+    def call(self, y_true, y_pred):
         y_true = ops.cast(y_true, y_pred.dtype)
         weights = 1.0 + self.weight * ops.relu(y_true)
         return ops.mean(weights * ops.square(y_pred - y_true), axis=-1)
 
-    def get_config(self) -> dict[str, object]:  # noqa: D102
+    def get_config(self) -> dict[str, object]:
         return {**super().get_config(), "weight": self.weight}
 
 

@@ -30,11 +30,12 @@ import time
 from collections.abc import Mapping
 from importlib import metadata as importlib_metadata
 from pathlib import Path
+from typing import Any
 
 import keras
 
-import nowcast.model.layers  # noqa: F401  (registers the custom layers for safe-mode loading)
-import nowcast.model.losses  # noqa: F401  (registers the training losses)
+import nowcast.model.layers
+import nowcast.model.losses  # noqa: F401 (registers the training losses)
 from nowcast.pipelines.stores.archive import ArchiveDescription
 
 __all__ = ["ArchiveDescription", "ArchiveMismatchError", "ChecksumMismatchError", "LoadedModel",
@@ -64,8 +65,8 @@ class LoadedModel:
     """A verified model with its metadata and metrics."""
 
     model: keras.Model
-    metadata: dict[str, object]
-    metrics: dict[str, object]
+    metadata: dict[str, Any]
+    metrics: dict[str, Any]
     path: Path
 
 
@@ -94,7 +95,7 @@ def new_version() -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
 
 
-def save_model(model: keras.Model, root: str | Path, name: str, metadata: Mapping[str, object],
+def save_model(model: keras.Model, root: str | Path, name: str, metadata: Mapping[str, Any],
                metrics: Mapping[str, object] | None = None, version: str | None = None,
                promote: bool = True) -> Path:
     """Writes ``root/name/version/`` and (by default) points ``latest`` at it.
@@ -160,7 +161,7 @@ def resolve_version(root: str | Path, name: str, version: str = LATEST) -> Path:
     return path
 
 
-def check_archive(metadata: Mapping[str, object], archive: ArchiveDescription) -> None:
+def check_archive(metadata: Mapping[str, Any], archive: ArchiveDescription) -> None:
     """Refuses an archive whose time step, variables/units or grid differ from training.
 
     A model trained on the whole grid needs the same grid shape; a model
@@ -170,7 +171,7 @@ def check_archive(metadata: Mapping[str, object], archive: ArchiveDescription) -
     Raises:
         ArchiveMismatchError: naming every difference found.
     """
-    trained = ArchiveDescription.from_dict(metadata["archive"])  # type: ignore[arg-type]
+    trained = ArchiveDescription.from_dict(metadata["archive"])
     problems = []
     if trained.time_step != archive.time_step:
         problems.append(f"time step: model trained on {trained.time_step}, archive has {archive.time_step}")
@@ -180,7 +181,7 @@ def check_archive(metadata: Mapping[str, object], archive: ArchiveDescription) -
         elif archive.variables[var] != units:
             problems.append(f"variable {var!r}: model expects units {units!r}, archive has "
                             f"{archive.variables[var]!r}")
-    patch = tuple(int(n) for n in metadata.get("input_shape") or trained.grid_shape)  # type: ignore[union-attr]
+    patch = tuple(int(n) for n in metadata.get("input_shape") or trained.grid_shape)
     if patch == tuple(trained.grid_shape):
         if tuple(trained.grid_shape) != tuple(archive.grid_shape):
             problems.append(f"grid: model trained on the whole {tuple(trained.grid_shape)} grid, archive has "

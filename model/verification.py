@@ -25,6 +25,7 @@ import contextlib
 import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pysteps import motion, nowcasts
@@ -42,7 +43,7 @@ def _thr_key(thr: float) -> str:
 
 
 def skill_init(t_out: int, thresholds: Sequence[float] = THRESHOLDS, fss_scales: Sequence[int] = FSS_SCALES,
-               fss_threshold: float = FSS_THRESHOLD) -> dict[str, object]:
+               fss_threshold: float = FSS_THRESHOLD) -> dict[str, Any]:
     """An empty accumulator for ``t_out`` lead times."""
     return {
         "t_out": t_out,
@@ -65,10 +66,10 @@ def mask_to_coverage(forecast: np.ndarray, observed: np.ndarray,
     return fct.astype("float64"), obs.astype("float64")
 
 
-def skill_accum(state: Mapping[str, object], forecast: np.ndarray, observed: np.ndarray,
+def skill_accum(state: Mapping[str, Any], forecast: np.ndarray, observed: np.ndarray,
                 coverage: np.ndarray | None = None) -> None:
     """Adds one ``(t_out, y, x)`` forecast and its observations (physical units)."""
-    t_out = int(state["t_out"])  # type: ignore[arg-type]
+    t_out = int(state["t_out"])
     if forecast.shape != observed.shape or forecast.shape[0] != t_out:
         raise ValueError(f"forecast {forecast.shape} and observations {observed.shape} must both be "
                          f"({t_out}, y, x)")
@@ -76,36 +77,36 @@ def skill_accum(state: Mapping[str, object], forecast: np.ndarray, observed: np.
         fct, obs = mask_to_coverage(forecast[k], observed[k], coverage)
         if not np.isfinite(obs).any():
             continue
-        detcontscores.det_cont_fct_accum(state["cont"][k], fct, obs)  # type: ignore[index]
-        for cat in state["cat"][k].values():  # type: ignore[index]
+        detcontscores.det_cont_fct_accum(state["cont"][k], fct, obs)
+        for cat in state["cat"][k].values():
             detcatscores.det_cat_fct_accum(cat, fct, obs)
-        for fss in state["fss"][k].values():  # type: ignore[index]
+        for fss in state["fss"][k].values():
             spatialscores.fss_accum(fss, fct, obs)
-        state["count"][k] += 1  # type: ignore[index]
+        state["count"][k] += 1
 
 
-def skill_compute(state: Mapping[str, object], time_step_minutes: float) -> dict[str, dict[str, float]]:
+def skill_compute(state: Mapping[str, Any], time_step_minutes: float) -> dict[str, dict[str, float]]:
     """Scores per lead time in minutes: ``{"30": {"mae": ..., "csi_1": ..., ...}}``.
 
     FSS is reported per scale as ``fss_1_s<scale>``, and ``fss_1`` is the
     value at the smallest scale above 1 pixel (the first scale if all are 1).
     """
     out: dict[str, dict[str, float]] = {}
-    for k in range(int(state["t_out"])):  # type: ignore[arg-type]
-        scores: dict[str, float] = {"n": float(state["count"][k])}  # type: ignore[index]
-        if state["count"][k]:  # type: ignore[index]
-            scores["mae"] = float(detcontscores.det_cont_fct_compute(state["cont"][k], "MAE")["MAE"])  # type: ignore[index]
-            for thr, cat in state["cat"][k].items():  # type: ignore[index]
+    for k in range(int(state["t_out"])):
+        scores: dict[str, float] = {"n": float(state["count"][k])}
+        if state["count"][k]:
+            scores["mae"] = float(detcontscores.det_cont_fct_compute(state["cont"][k], "MAE")["MAE"])
+            for thr, cat in state["cat"][k].items():
                 values = detcatscores.det_cat_fct_compute(cat, ["CSI", "POD", "FAR"])
                 for name in ("CSI", "POD", "FAR"):
                     scores[f"{name.lower()}_{thr}"] = float(values[name])
-            scales = sorted(state["fss"][k])  # type: ignore[index]
+            scales = sorted(state["fss"][k])
             for scale in scales:
-                scores[f"fss_{_thr_key(state['fss_threshold'])}_s{scale}"] = float(  # type: ignore[arg-type]
-                    spatialscores.fss_compute(state["fss"][k][scale]))  # type: ignore[index]
+                scores[f"fss_{_thr_key(state['fss_threshold'])}_s{scale}"] = float(
+                    spatialscores.fss_compute(state["fss"][k][scale]))
             main = next((s for s in scales if s > 1), scales[0])
-            scores[f"fss_{_thr_key(state['fss_threshold'])}"] = scores[  # type: ignore[arg-type]
-                f"fss_{_thr_key(state['fss_threshold'])}_s{main}"]  # type: ignore[arg-type]
+            scores[f"fss_{_thr_key(state['fss_threshold'])}"] = scores[
+                f"fss_{_thr_key(state['fss_threshold'])}_s{main}"]
         out[f"{(k + 1) * time_step_minutes:g}"] = scores
     return out
 

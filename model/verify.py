@@ -50,13 +50,13 @@ class Verification:
         return bool(np.isfinite(ours) and np.isfinite(theirs) and ours < theirs)
 
 
-def model_forecast(net, normalizer: Normalizer, inputs: np.ndarray) -> np.ndarray:  # noqa: ANN001
+def model_forecast(net, normalizer: Normalizer, inputs: np.ndarray) -> np.ndarray:
     """Physical ``(n, t_out, y, x)`` forecasts from physical ``(n, t_in, y, x, channel)`` inputs."""
     out = np.asarray(net.predict(normalizer.normalize_inputs(inputs), verbose=0, batch_size=16))
     return normalizer.denormalize(out[..., 0])
 
 
-def verify_split(windows: str, split: str, net, normalizer: Normalizer, name: str,  # noqa: ANN001
+def verify_split(windows: str, split: str, net, normalizer: Normalizer, name: str,
                  baselines: Sequence[str] = ("persistence",), max_samples: int | None = None,
                  time_step_minutes: float | None = None) -> Verification:
     """Scores ``net`` (called ``name``) and ``baselines`` on one split of windows.zarr."""

@@ -59,7 +59,7 @@ from nowcast.pipelines.stores.archive import (
     write_block,
 )
 from nowcast.pipelines.stores.grid import Grid
-from nowcast.pipelines.stores.groups import arrays_along, exists, open_group
+from nowcast.pipelines.stores.groups import array, arrays_along, dimension_names, exists, open_group
 from nowcast.pipelines.stores.timeaxis import format_time_step, parse_time_step, time_index, to_datetime64
 
 log = logging.getLogger(__name__)
@@ -148,14 +148,14 @@ def write_chunk(archive: str, source: Source, task: ChunkTask, overwrite: bool) 
     """
     group = open_group(archive, "r+", error=ArchiveError)
     region = slice(task.first_index, task.first_index + task.count)
-    present = np.asarray(group[VALID][region], dtype=bool)
+    present = np.asarray(array(group, VALID)[region], dtype=bool)
     todo = [(i, item) for i, item in task.frames if overwrite or not present[i - task.first_index]]
     counts = {"written": 0, "skipped": len(task.frames) - len(todo), "missing": 0, "chunks": 0, "bytes": 0}
     if todo:
-        fields = [name for name, arr in group.arrays() if arr.metadata.dimension_names == FRAME_DIMS]
-        blocks = {name: (np.asarray(group[name][region]) if present.any()
-                         else np.full((task.count, *group[name].shape[1:]), np.nan, "float32"))
-                  for name in fields}
+        fields = {name: arr for name, arr in group.arrays() if dimension_names(arr) == FRAME_DIMS}
+        blocks = {name: (np.asarray(arr[region]) if present.any()
+                         else np.full((task.count, *arr.shape[1:]), np.nan, "float32"))
+                  for name, arr in fields.items()}
         for index, item in todo:
             offset = index - task.first_index
             data = source.read(item)
@@ -295,7 +295,7 @@ def prepare_archive(spec: IngestSpec, items: Sequence[SourceItem],
                           f"not {spec.time_step}; ingest into a new archive")
     needed = time_index(last, start, step) + 1 if last >= start else 0
     lengths = {arr.shape[0] for arr in arrays_along(group, "time").values()}
-    current = group["time"].shape[0]
+    current = array(group, "time").shape[0]
     if needed > current or len(lengths) > 1:
         return extend_time(spec.archive, max(needed, current))
     return read_info(spec.archive)
@@ -355,4 +355,4 @@ def _existing_info(url: str) -> ArchiveInfo:
     try:
         return read_info(url)
     except InterruptedExtensionError:
-        return extend_time(url, open_group(url, error=ArchiveError)["time"].shape[0])
+        return extend_time(url, array(open_group(url, error=ArchiveError), "time").shape[0])

@@ -43,7 +43,7 @@ from pathlib import Path
 
 import apache_beam as beam
 import numpy as np
-from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
+from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunInference
 
 from nowcast.background import Background
 from nowcast.pipelines.jobs.runners import RunnerError, RunnerOptions, run_pipeline
@@ -64,7 +64,7 @@ from nowcast.pipelines.stores.forecasts import (
     write_forecast,
     written_flags,
 )
-from nowcast.pipelines.stores.groups import open_group
+from nowcast.pipelines.stores.groups import array, open_group
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +157,7 @@ def read_windows(archive: str, channels: Sequence[str], t_in: int,
     if first < 0:
         raise ScoringError(f"init index {min(indices)} has fewer than {t_in} frames before it")
     group = open_group(archive, error=ArchiveError)
-    frames = np.stack([np.asarray(group[name][first:last + 1], dtype="float32") for name in channels],
+    frames = np.stack([np.asarray(array(group, name)[first:last + 1], dtype="float32") for name in channels],
                       axis=-1)
     for index in indices:
         offset = index - first
@@ -226,7 +226,7 @@ class _WriteForecast(beam.DoFn):
         return index
 
 
-def make_handler(spec: ScoringSpec, model: ModelRef) -> KeyedModelHandler:
+def make_handler(spec: ScoringSpec, model: ModelRef) -> ModelHandler:
     """The keyed RunInference handler for ``model``, fed batches already formed by the reader."""
     from nowcast.pipelines.jobs.handler import KerasForecastHandler
 

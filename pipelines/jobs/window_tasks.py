@@ -18,7 +18,7 @@ import numpy as np
 
 from nowcast.pipelines.plans.windows import OutputChunk, Task, WindowPlan
 from nowcast.pipelines.stores.archive import ArchiveError
-from nowcast.pipelines.stores.groups import open_group
+from nowcast.pipelines.stores.groups import array, open_group
 from nowcast.pipelines.stores.windows import WindowsError, write_sample_chunk
 
 Stats = dict[str, float]
@@ -38,7 +38,7 @@ class SourceFrames:
         self._runs: list[tuple[int, int, dict[str, np.ndarray]]] = []
         for first, last in _runs(task.source_chunks):
             lo, hi = first * time_chunk, min((last + 1) * time_chunk, length)
-            blocks = {name: np.asarray(group[name][lo:hi]) for name in variables}
+            blocks = {name: np.asarray(array(group, name)[lo:hi]) for name in variables}
             self.bytes_read += sum(b.nbytes for b in blocks.values())
             self._runs.append((lo, hi, blocks))
 

@@ -22,6 +22,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
 
 import apache_beam as beam
 import numpy as np
@@ -91,16 +92,16 @@ class WindowJob:
 class WindowResult:
     """What a run did: the plan's counts, the stored normalisation, Beam counters."""
 
-    counts: dict[str, object]
-    normalization: dict[str, object]
+    counts: dict[str, Any]
+    normalization: dict[str, dict[str, float | int | None]]
     metrics: dict[str, int]
     read_amplification: float
 
     def summary(self) -> str:
         """One paragraph for a log or the command line."""
         counts = self.counts
-        skipped = ", ".join(f"{k} {v}" for k, v in counts["skipped"].items())  # type: ignore[attr-defined]
-        samples = ", ".join(f"{k} {v}" for k, v in counts["samples"].items())  # type: ignore[attr-defined]
+        skipped = ", ".join(f"{k} {v}" for k, v in counts["skipped"].items())
+        samples = ", ".join(f"{k} {v}" for k, v in counts["samples"].items())
         return (f"windows: {counts['planned']} planned, {counts['emitted']} emitted, skipped: {skipped}; "
                 f"samples: {samples}; read amplification {self.read_amplification:.3f}")
 
@@ -108,11 +109,11 @@ class WindowResult:
 class _CountPlan(beam.DoFn):
     """Reports the plan's window counts as Beam counters (once, from one element)."""
 
-    def process(self, counts: dict[str, object]) -> Iterator[None]:
-        Metrics.counter(NAMESPACE, "windows_planned").inc(int(counts["planned"]))  # type: ignore[call-overload]
+    def process(self, counts: dict[str, Any]) -> Iterator[None]:
+        Metrics.counter(NAMESPACE, "windows_planned").inc(int(counts["planned"]))
         skipped = counts["skipped"]
         for reason in SKIP_REASONS:
-            Metrics.counter(NAMESPACE, f"windows_skipped_{reason}").inc(int(skipped[reason]))  # type: ignore[index]
+            Metrics.counter(NAMESPACE, f"windows_skipped_{reason}").inc(int(skipped[reason]))
         return iter(())
 
 
@@ -169,7 +170,7 @@ class _WriteNormalization(beam.DoFn):
     def __init__(self, output: str) -> None:
         self.output = output
 
-    def process(self, stats: Mapping[str, Stats]) -> Iterator[dict[str, object]]:
+    def process(self, stats: Mapping[str, Stats]) -> Iterator[dict[str, dict[str, float | int | None]]]:
         normalization = finish_all(stats)
         write_normalization(self.output, normalization)
         yield normalization

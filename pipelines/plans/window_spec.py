@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Mapping
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -158,7 +158,7 @@ class WindowSpec:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, object]) -> WindowSpec:
+    def from_dict(cls, data: Mapping[str, Any]) -> WindowSpec:
         """Builds and validates a spec from plain data (JSON, a flow's parameters)."""
         data = dict(data)
         wet = data.pop("wet", None)
@@ -169,12 +169,11 @@ class WindowSpec:
             raise WindowSpecError(f"unknown window spec fields {sorted(unknown)}; known: {sorted(known)}")
         for key in ("patch_size", "patch_stride", "channels"):
             if isinstance(data.get(key), list):
-                data[key] = tuple(data[key])  # type: ignore[arg-type]
+                data[key] = tuple(data[key])
         return cls(
-            wet=WetFilter(**wet) if isinstance(wet, Mapping) else wet,  # type: ignore[arg-type]
-            split=SplitSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in split.items()})
-            if isinstance(split, Mapping) else (split or SplitSpec()),  # type: ignore[arg-type]
-            **data,  # type: ignore[arg-type]
+            wet=WetFilter(**wet) if isinstance(wet, Mapping) else wet,
+            split=_split(split),
+            **data,
         )
 
     @classmethod
@@ -182,11 +181,17 @@ class WindowSpec:
         return cls.from_dict(json.loads(text))
 
 
-def _pair(name: str, value: object) -> tuple[int, int]:
+def _split(value: Any) -> SplitSpec:
+    if isinstance(value, Mapping):
+        return SplitSpec(**{str(k): tuple(v) if isinstance(v, list) else v for k, v in value.items()})  # type: ignore[arg-type]
+    return value or SplitSpec()
+
+
+def _pair(name: str, value: Any) -> tuple[int, int]:
     try:
-        pair = tuple(int(v) for v in value)  # type: ignore[union-attr]
+        pair = tuple(int(v) for v in value)
     except (TypeError, ValueError):
         raise WindowSpecError(f"{name} must be two positive integers (y, x), got {value!r}") from None
     if len(pair) != 2 or min(pair) < 1:
         raise WindowSpecError(f"{name} must be two positive integers (y, x), got {value!r}")
-    return pair  # type: ignore[return-value]
+    return pair[0], pair[1]

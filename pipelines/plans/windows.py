@@ -24,7 +24,7 @@ import numpy as np
 
 from nowcast.pipelines.plans.window_spec import SplitSpec, WindowSpec, WindowSpecError
 from nowcast.pipelines.stores.archive import ArchiveError, ArchiveInfo, read_info, valid_flags
-from nowcast.pipelines.stores.groups import open_group
+from nowcast.pipelines.stores.groups import array, open_group
 from nowcast.pipelines.stores.timeaxis import format_time_step
 from nowcast.pipelines.stores.windows import SPLITS, SplitIndex, WindowsLayout
 
@@ -157,7 +157,7 @@ def read_frame_meta(info: ArchiveInfo, spec: WindowSpec) -> FrameMeta:
                 f"pick one of {[float(t) for t in stored]} (the archive's {field.name}_fraction_above)"
             )
         group = open_group(info.url, error=ArchiveError)
-        wet = np.asarray(group[f"{field.name}_fraction_above"][:, int(hits[0])], dtype="float64")
+        wet = np.asarray(array(group, f"{field.name}_fraction_above")[:, int(hits[0])], dtype="float64")
     return FrameMeta(times=times.astype("datetime64[s]"), valid=valid, wet_fraction=wet)
 
 
@@ -187,7 +187,7 @@ def patch_origins(grid_shape: tuple[int, int], spec: WindowSpec) -> np.ndarray:
     """``(n, 2)`` top-left (y0, x0) of every patch, row-major; one (0, 0) without patches."""
     if spec.patch_size is None:
         return np.zeros((1, 2), dtype="int32")
-    (ny, nx), (py, px), (sy, sx) = grid_shape, spec.patch_size, spec.patch_stride
+    (ny, nx), (py, px), (sy, sx) = grid_shape, spec.patch_size, spec.patch_stride or spec.patch_size
     if py > ny or px > nx:
         raise WindowSpecError(f"patch_size {spec.patch_size} exceeds the archive grid {grid_shape} (y, x)")
     ys, xs = np.arange(0, ny - py + 1, sy), np.arange(0, nx - px + 1, sx)

@@ -25,11 +25,11 @@ def _radar(fmt: str | None = None, **options: object) -> RadarSource:
     if directory is None:
         raise SourceError("a radar source needs directory=<folder of radar files>")
     return RadarSource(directory=str(directory), fmt=fmt or detect_radar_format(str(directory)),
-                       **options)  # type: ignore[arg-type]
+                       **options)
 
 
 def _format(fmt: str) -> Callable[..., Source]:
-    return lambda **options: RadarSource(fmt=fmt, **options)  # type: ignore[arg-type]
+    return lambda **options: RadarSource(fmt=fmt, **options)
 
 
 _SOURCES: dict[str, tuple[Callable[..., Source], type]] = {

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import os
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
@@ -105,7 +106,7 @@ def sorted_unique(items: Iterable[SourceItem]) -> list[SourceItem]:
         SourceError: naming both inputs of a duplicated time.
     """
     ordered = sorted(items)
-    for previous, current in zip(ordered, ordered[1:], strict=False):
+    for previous, current in itertools.pairwise(ordered):
         if previous.time == current.time:
             raise SourceError(
                 f"time {current.time} appears twice: {_where(previous)} and {_where(current)}; "

@@ -41,7 +41,7 @@ def _open(path: str) -> Iterator[xr.Dataset]:
     """Opens a file lazily (headers only until data is indexed)."""
     try:
         ds = xr.open_dataset(path, engine="netcdf4", cache=False)
-    except Exception as error:  # noqa: BLE001 (any open failure means a bad file)
+    except Exception as error:  # any open failure means a bad file
         raise SourceError(
             f"{path}: cannot open it as NetCDF ({type(error).__name__}: {error}); if the file is "
             "corrupt or truncated, write it again or remove it to ingest its frames as missing; if "
@@ -215,7 +215,8 @@ class NetCDFSource:
         """
         frames = {}
         with _open(item.path) as ds:
-            times = np.atleast_1d(ds["time"].values).astype("datetime64[s]") if "time" in ds else []
+            times = (np.atleast_1d(ds["time"].values).astype("datetime64[s]") if "time" in ds
+                     else np.zeros(0, "datetime64[s]"))
             if item.index_in_file >= len(times) or times[item.index_in_file] != item.time:
                 raise SourceError(
                     f"{item.path}: time index {item.index_in_file} is no longer {item.time}; the file "
@@ -226,7 +227,7 @@ class NetCDFSource:
                 shape = (ds.sizes[y_dim], ds.sizes[x_dim])
                 try:
                     values = ds[name].isel(time=item.index_in_file).transpose(y_dim, x_dim).values
-                except Exception as error:  # noqa: BLE001 (any decoding failure means a bad file)
+                except Exception as error:  # any decoding failure means a bad file
                     raise SourceError(
                         f"{item.path}: cannot read {name!r} at time index {item.index_in_file} "
                         f"({type(error).__name__}: {error}); the file is corrupt or truncated"
@@ -243,7 +244,7 @@ def _first_file_variables(source: NetCDFSource) -> tuple[str, ...]:
     path = source.files()[0]
     with _open(path) as ds:
         names = tuple(
-            name for name, var in ds.data_vars.items()
+            str(name) for name, var in ds.data_vars.items()
             if "time" in var.dims and any(d in var.dims for d in Y_DIMS)
             and any(d in var.dims for d in X_DIMS)
         )

@@ -315,7 +315,7 @@ class RadarSource:
                 field, metadata = import_radar(self.fmt, item.path)
                 shape = field.shape
             return Grid.from_pysteps_metadata(_in_metres(metadata), shape)
-        except Exception as error:  # noqa: BLE001 (any reader failure means a bad file)
+        except Exception as error:  # any reader failure means a bad file
             raise _unreadable(self.fmt, item.path, error) from error
 
     def read(self, item: SourceItem) -> dict[str, np.ndarray]:
@@ -327,7 +327,7 @@ class RadarSource:
         try:
             field, metadata = import_radar(self.fmt, item.path)
             rate = to_rain_rate(field, metadata)
-        except Exception as error:  # noqa: BLE001 (any reader failure means a bad file)
+        except Exception as error:  # any reader failure means a bad file
             raise _unreadable(self.fmt, item.path, error) from error
         expected = None if self.fmt == "bom" else _shape_from_extent(metadata)
         return {PRECIP.name: check_frame_shape(item, PRECIP.name, rate, expected)}

@@ -19,11 +19,18 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import xarray as xr
-import zarr
 from zarr.codecs import ZstdCodec
 
 from nowcast.pipelines.stores.grid import CRS_VAR, Grid
-from nowcast.pipelines.stores.groups import StoreError, arrays_along, grow_axis, open_group, zarr_store
+from nowcast.pipelines.stores.groups import (
+    StoreError,
+    array,
+    arrays_along,
+    dimension_names,
+    grow_axis,
+    open_group,
+    zarr_store,
+)
 from nowcast.pipelines.stores.timeaxis import (
     TIME_UNITS,
     epoch_seconds,
@@ -98,7 +105,7 @@ class FieldSpec:
             standard_name=attrs.get("standard_name"),  # type: ignore[arg-type]
             valid_min=attrs.get("valid_min"),  # type: ignore[arg-type]
             valid_max=attrs.get("valid_max"),  # type: ignore[arg-type]
-            thresholds=tuple(float(t) for t in attrs.get("stat_thresholds", ())),  # type: ignore[union-attr]
+            thresholds=tuple(float(t) for t in attrs.get("stat_thresholds") or ()),  # type: ignore[attr-defined]
         )
 
 
@@ -317,16 +324,12 @@ def read_info(url: str) -> ArchiveInfo:
                 f"archive {url} lacks the attribute {key!r}; it was not written by nowcast. "
                 "Re-ingest the data with nowcast ingest"
             )
-    members = dict(group.members())
-    fields = tuple(
-        FieldSpec.from_attrs(name, dict(arr.attrs))
-        for name, arr in sorted(members.items())
-        if isinstance(arr, zarr.Array)
-        and tuple(arr.metadata.dimension_names or ()) == FRAME_DIMS
-    )
+    arrays = dict(group.arrays())
+    fields = tuple(FieldSpec.from_attrs(name, dict(arr.attrs)) for name, arr in sorted(arrays.items())
+                   if dimension_names(arr) == FRAME_DIMS)
     if not fields:
         raise ArchiveError(f"archive {url} has no (time, y, x) variable")
-    if VALID not in members:
+    if VALID not in arrays:
         raise ArchiveError(f"archive {url} lacks the per-frame {VALID!r} flag")
     time_lengths = {name: arr.shape[0] for name, arr in arrays_along(group, "time").items()}
     if len(set(time_lengths.values())) != 1:
@@ -334,7 +337,7 @@ def read_info(url: str) -> ArchiveInfo:
             f"archive {url} is part way through a time-axis extension (lengths "
             f"{sorted(set(time_lengths.values()))}); an ingest was interrupted: rerun it to repair"
         )
-    first = members[fields[0].name]
+    first = arrays[fields[0].name]
     return ArchiveInfo(
         url=url,
         fields=fields,
@@ -442,7 +445,7 @@ def extend_time(url: str, length: int) -> ArchiveInfo:
     completes it.
     """
     group = open_group(url, "r+", error=ArchiveError)
-    current = group["time"].shape[0]
+    current = array(group, "time").shape[0]
     if length < current:
         raise ArchiveError(f"cannot shrink {url} from {current} to {length} time steps")
     attrs = dict(group.attrs)
@@ -453,7 +456,7 @@ def extend_time(url: str, length: int) -> ArchiveInfo:
 
 def valid_flags(url: str) -> np.ndarray:
     """The archive's per-frame ``valid`` flags (one small read)."""
-    return np.asarray(open_group(url, error=ArchiveError)[VALID][:], dtype=bool)
+    return np.asarray(array(open_group(url, error=ArchiveError), VALID)[:], dtype=bool)
 
 
 def write_block(url: str, first_index: int, frames: Mapping[str, np.ndarray],
@@ -471,8 +474,8 @@ def write_block(url: str, first_index: int, frames: Mapping[str, np.ndarray],
         Bytes of uncompressed field data written.
     """
     group = open_group(url, "r+", error=ArchiveError)
-    time_chunk = group[next(iter(frames))].chunks[0]
-    length = group["time"].shape[0]
+    time_chunk = array(group, next(iter(frames))).chunks[0]
+    length = array(group, "time").shape[0]
     count = len(present)
     if first_index % time_chunk or (
         (first_index + count) % time_chunk and first_index + count != length
@@ -486,10 +489,10 @@ def write_block(url: str, first_index: int, frames: Mapping[str, np.ndarray],
     for name, block in frames.items():
         block = np.asarray(block, dtype="float32")
         block = np.where(present[:, None, None], block, np.float32("nan"))
-        group[name][region] = block
+        array(group, name)[region] = block
         written += block.nbytes
         spec = FieldSpec.from_attrs(name, dict(group[name].attrs))
         for stat, values in frame_stats(spec, block).items():
-            group[stat][region] = values
-    group[VALID][region] = present
+            array(group, stat)[region] = values
+    array(group, VALID)[region] = present
     return written

@@ -17,6 +17,7 @@ times.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import time
@@ -31,6 +32,7 @@ from nowcast.pipelines.stores.archive import ArchiveInfo
 from nowcast.pipelines.stores.grid import CRS_VAR
 from nowcast.pipelines.stores.groups import (
     StoreError,
+    array,
     exists,
     grow_axis,
     is_local,
@@ -148,19 +150,20 @@ def read_store_info(url: str) -> StoreInfo:
     group = open_group(url, error=ForecastStoreError)
     attrs = dict(group.attrs)
     try:
-        identity = StoreIdentity(**{f.name: attrs[f.name] for f in dataclasses.fields(StoreIdentity)})
+        identity = StoreIdentity(**{f.name: attrs[f.name]  # type: ignore[arg-type]
+                                    for f in dataclasses.fields(StoreIdentity)})
     except KeyError as error:
         raise ForecastStoreError(
             f"{url} lacks the attribute {error.args[0]!r}; it is not a nowcast forecast store "
             "(or its creation was interrupted: delete it and rerun)") from None
-    members = dict(group.members())
-    missing = {identity.target, WRITTEN, "init_time"} - set(members)
+    arrays = dict(group.arrays())
+    missing = {identity.target, WRITTEN, "init_time"} - set(arrays)
     if missing:
         raise ForecastStoreError(f"{url} lacks {sorted(missing)}; its creation was interrupted: delete it "
                                  "and rerun the scoring job")
     return StoreInfo(url=url, identity=identity, start=to_datetime64(attrs["time_start"]),
                      time_step=parse_time_step(str(attrs["time_step"])),
-                     length=int(members["init_time"].shape[0]))
+                     length=int(arrays["init_time"].shape[0]))
 
 
 def check_identity(info: StoreInfo, identity: StoreIdentity, archive: ArchiveInfo) -> None:
@@ -185,11 +188,10 @@ def ensure_store(url: str, identity: StoreIdentity, archive: ArchiveInfo) -> Sto
     """
     if not exists(url):
         ds, encoding = template(identity, archive, archive.length)
-        try:
+        lost_the_race = (FileExistsError, zarr.errors.ContainsGroupError, zarr.errors.ContainsArrayError)
+        with contextlib.suppress(*lost_the_race):
             ds.to_zarr(zarr_store(url), mode="w-", compute=False, encoding=encoding, consolidated=False,
                        zarr_format=3)
-        except (FileExistsError, zarr.errors.ContainsGroupError, zarr.errors.ContainsArrayError):
-            pass
     info = _read_when_complete(url)
     check_identity(info, identity, archive)
     if info.length < archive.length:
@@ -217,7 +219,7 @@ def extend_init_time(url: str, length: int) -> StoreInfo:
     """
     group = open_group(url, "r+", error=ForecastStoreError)
     attrs = dict(group.attrs)
-    length = max(length, group["init_time"].shape[0])
+    length = max(length, array(group, "init_time").shape[0])
     times = time_values(to_datetime64(attrs["time_start"]), parse_time_step(str(attrs["time_step"])), length)
     grow_axis(group, "init_time", epoch_seconds(times))
     return read_store_info(url)
@@ -225,7 +227,7 @@ def extend_init_time(url: str, length: int) -> StoreInfo:
 
 def written_flags(url: str) -> np.ndarray:
     """The per-init-time ``written`` flags."""
-    return np.asarray(open_group(url, error=ForecastStoreError)[WRITTEN][:], dtype=bool)
+    return np.asarray(array(open_group(url, error=ForecastStoreError), WRITTEN)[:], dtype=bool)
 
 
 def remove_stale_temporaries(url: str, target: str, indices: Iterable[int]) -> int:
@@ -260,19 +262,19 @@ def write_forecast(url: str, index: int, target: str, forecast: np.ndarray) -> i
     """Writes one init time's ``(t_out, y, x)`` forecast, then its ``written`` flag; returns bytes."""
     group = open_group(url, "r+", error=ForecastStoreError)
     data = np.asarray(forecast, dtype="float32")
-    array = group[target]
-    if data.shape != array.shape[1:]:
-        raise ForecastStoreError(f"forecast of shape {data.shape} does not fit {url} ({array.shape[1:]})")
-    _set(array, index, data)
-    _set(group[WRITTEN], index, True)
+    forecasts = array(group, target)
+    if data.shape != forecasts.shape[1:]:
+        raise ForecastStoreError(f"forecast of shape {data.shape} does not fit {url} ({forecasts.shape[1:]})")
+    _set(forecasts, index, data)
+    _set(array(group, WRITTEN), index, np.True_)
     return data.nbytes
 
 
-def _set(array: zarr.Array, index: int, value: object) -> None:
+def _set(target: zarr.Array, index: int, value: np.ndarray | np.bool_) -> None:
     try:
-        array[index] = value
+        target[index] = value
     except FileNotFoundError:  # a run starting meanwhile took our temporary for a stale one: write again
-        array[index] = value
+        target[index] = value
 
 
 def open_forecasts(url: str) -> xr.Dataset:

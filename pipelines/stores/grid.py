@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import pyproj
@@ -44,7 +45,7 @@ class Grid:
         return pyproj.CRS.from_cf(dict(self.crs_attrs))
 
     @classmethod
-    def from_pysteps_metadata(cls, metadata: Mapping[str, object], shape: tuple[int, int]) -> Grid:
+    def from_pysteps_metadata(cls, metadata: Mapping[str, Any], shape: tuple[int, int]) -> Grid:
         """The grid described by a pysteps importer's metadata."""
         ny, nx = shape
         x1, x2 = float(metadata["x1"]), float(metadata["x2"])
@@ -72,7 +73,7 @@ class Grid:
                    units=str(ds["x"].attrs.get("units", "m")))
 
     @classmethod
-    def from_zarr_group(cls, group) -> Grid:  # noqa: ANN001 (zarr.Group)
+    def from_zarr_group(cls, group) -> Grid:
         return cls(y=group["y"][:], x=group["x"][:], crs_attrs=dict(group[CRS_VAR].attrs),
                    units=str(group["x"].attrs.get("units", "m")))
 

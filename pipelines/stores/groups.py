@@ -77,10 +77,30 @@ def open_group(url: str, mode: Mode = "r", error: type[StoreError] = StoreError)
         raise error(f"no {error.kind} at {url}: {error.missing_fix}") from missing
 
 
+def array(group: zarr.Group, name: str) -> zarr.Array:
+    """The array ``name`` of ``group`` (a member that is a group is refused with its name)."""
+    member = group[name]
+    if not isinstance(member, zarr.Array):
+        raise StoreError(f"{name!r} in {group.store} is a group where the schema has an array")
+    return member
+
+
+def subgroup(group: zarr.Group, name: str) -> zarr.Group:
+    """The group ``name`` of ``group`` (a member that is an array is refused with its name)."""
+    member = group[name]
+    if not isinstance(member, zarr.Group):
+        raise StoreError(f"{name!r} in {group.store} is an array where the schema has a group")
+    return member
+
+
+def dimension_names(array: zarr.Array) -> tuple[str | None, ...]:
+    """The array's dimension names (empty for an array without them)."""
+    return tuple(getattr(array.metadata, "dimension_names", None) or ())
+
+
 def arrays_along(group: zarr.Group, dim: str) -> dict[str, zarr.Array]:
     """The arrays of ``group`` whose first dimension is ``dim``, by name."""
-    return {name: array for name, array in group.arrays()
-            if (array.metadata.dimension_names or (None,))[0] == dim}
+    return {name: member for name, member in group.arrays() if dimension_names(member)[:1] == (dim,)}
 
 
 def grow_axis(group: zarr.Group, dim: str, values: np.ndarray) -> None:

@@ -9,6 +9,7 @@ time coordinate.
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import numpy as np
 
@@ -56,7 +57,7 @@ def format_time_step(step: np.timedelta64) -> str:
     return text + ("T" + clock if clock else "")
 
 
-def to_datetime64(value: object) -> np.datetime64:
+def to_datetime64(value: Any) -> np.datetime64:
     """Normalises a timestamp (str, datetime, numpy) to ``datetime64[s]``."""
     return np.datetime64(value, "s")
 

@@ -27,7 +27,7 @@ import zarr
 from zarr.codecs import ZstdCodec
 
 from nowcast.pipelines.stores.archive import ZSTD_LEVEL, ArchiveDescription, read_info
-from nowcast.pipelines.stores.groups import StoreError, exists, open_group
+from nowcast.pipelines.stores.groups import StoreError, array, exists, open_group, subgroup
 from nowcast.pipelines.stores.timeaxis import TIME_UNITS, epoch_seconds
 
 SPLITS = ("train", "val", "test")
@@ -96,7 +96,7 @@ def create_windows_store(url: str, layout: WindowsLayout, overwrite: bool = Fals
         raise WindowsError(f"{url} already exists; pass overwrite=True (--overwrite) to replace it")
     root = open_group(url, "w", error=WindowsError)
     root.attrs.update({
-        **layout.attrs,
+        **layout.attrs,  # type: ignore[dict-item]
         "channels": list(layout.channels),
         "target": layout.target,
         NORMALIZATION: {},
@@ -134,14 +134,15 @@ def write_sample_chunk(root: zarr.Group, split: str, first: int, inputs: np.ndar
                        targets: np.ndarray) -> int:
     """Writes samples ``[first, first + len(inputs))`` of ``split`` (one whole chunk); returns bytes."""
     region = slice(first, first + len(inputs))
-    root[f"{split}/{INPUTS}"][region] = inputs
-    root[f"{split}/{TARGETS}"][region] = targets
+    group = subgroup(root, split)
+    array(group, INPUTS)[region] = inputs
+    array(group, TARGETS)[region] = targets
     return inputs.nbytes + targets.nbytes
 
 
 def write_normalization(url: str, normalization: Mapping[str, object]) -> None:
     """Stores the train statistics per variable in the root ``normalization`` attribute (last)."""
-    open_group(url, "r+", error=WindowsError).attrs[NORMALIZATION] = dict(normalization)
+    open_group(url, "r+", error=WindowsError).attrs[NORMALIZATION] = dict(normalization)  # type: ignore[arg-type]
 
 
 def _json_attr(value: object) -> object:
@@ -158,14 +159,14 @@ class WindowsStore:
         if split not in self.root:
             raise WindowsError(f"{url!r} has no {split!r} group (has {sorted(self.root.group_keys())})")
         self.url, self.split = url, split
-        self.group = self.root[split]
-        self.inputs, self.targets = self.group[INPUTS], self.group[TARGETS]
+        self.group = subgroup(self.root, split)
+        self.inputs, self.targets = array(self.group, INPUTS), array(self.group, TARGETS)
         self.attrs = {k: _json_attr(v) for k, v in self.root.attrs.items()}
         if self.inputs.shape[0] != self.targets.shape[0]:
             raise WindowsError(f"{url}/{split}: {self.inputs.shape[0]} inputs but {self.targets.shape[0]} "
                                "targets; the windows job was interrupted, rerun it")
         channels = self.attrs.get("channels")
-        self.channels = tuple([channels] if isinstance(channels, str) else channels or ())
+        self.channels: tuple[str, ...] = (channels,) if isinstance(channels, str) else tuple(channels or ())  # type: ignore[arg-type]
         self.target = str(self.attrs.get("target", self.channels[0] if self.channels else ""))
         self.chunk = int(self.inputs.chunks[0])
 
@@ -183,7 +184,7 @@ class WindowsStore:
         return tuple(self.inputs.shape[1:]), tuple(self.targets.shape[1:])
 
     @property
-    def normalization(self) -> dict[str, dict[str, float]]:
+    def normalization(self) -> dict[str, dict[str, float | int | None]]:
         """The train statistics per variable (empty until the windows job finished)."""
         return dict(self.attrs.get(NORMALIZATION) or {})  # type: ignore[call-overload]
 
@@ -193,7 +194,7 @@ class WindowsStore:
 
     def has_samples(self, split: str) -> bool:
         """Whether another split of the same store holds samples."""
-        return split in self.root and self.root[split][INPUTS].shape[0] > 0
+        return split in self.root and array(subgroup(self.root, split), INPUTS).shape[0] > 0
 
     def read_chunk(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Physical inputs and targets of sample chunk ``index``."""
@@ -202,7 +203,7 @@ class WindowsStore:
 
     def init_times(self) -> np.ndarray:
         """``init_time`` of every sample as datetime64[s]."""
-        return np.asarray(self.group["init_time"][:], dtype="int64").astype("datetime64[s]")
+        return np.asarray(array(self.group, "init_time")[:], dtype="int64").astype("datetime64[s]")
 
     def iter_chunks(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Physical ``(inputs, targets, init_time)`` chunk by chunk, in store order."""
@@ -225,7 +226,7 @@ def fingerprint(url: str, split: str = "train") -> str:
     digest = hashlib.sha256(json.dumps(store.attrs, sort_keys=True, default=str).encode())
     for name in (INPUTS, TARGETS, *INDEX):
         if name in store.group:
-            arr = store.group[name]
+            arr = array(store.group, name)
             digest.update(f"{name}{arr.shape}{arr.chunks}{arr.dtype}".encode())
             digest.update(json.dumps(arr.attrs.asdict(), sort_keys=True, default=str).encode())
             digest.update(np.ascontiguousarray(arr[...]).tobytes() if arr.ndim == 1 else b"")

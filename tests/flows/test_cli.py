@@ -23,13 +23,17 @@ def test_empty_folder_and_unknown_format_are_refused(tmp_path):
     empty.mkdir()
     archive = tmp_path / "archive.zarr"
     result = nowcast("ingest", "--archive", str(archive), "--input", str(empty))
-    assert result.returncode == 2 and "error:" in result.stderr and str(empty) in result.stderr
+    assert result.returncode == 2
+    assert "error:" in result.stderr
+    assert str(empty) in result.stderr
     (tmp_path / "odd").mkdir()
     (tmp_path / "odd" / "frame_0001.tiff").write_bytes(b"II*\x00")
     result = nowcast("ingest", "--archive", str(archive), "--input", str(tmp_path / "odd"))
-    assert result.returncode == 2 and "knmi" in result.stderr  # names the supported formats
+    assert result.returncode == 2
+    assert "knmi" in result.stderr
     result = nowcast("ingest", "--archive", str(archive), "--input", str(empty), "--format", "gif")
-    assert result.returncode == 2 and "unknown source kind 'gif'" in result.stderr
+    assert result.returncode == 2
+    assert "unknown source kind 'gif'" in result.stderr
     assert not archive.exists()
 
 
@@ -50,9 +54,11 @@ def test_corrupt_radar_file_leaves_archive_unchanged(tmp_path, radar_dir):
     before = snapshot(str(archive))
     result = nowcast("ingest", "--archive", str(archive), "--input", str(second))
     assert result.returncode == 2
-    assert corrupt.name in result.stderr and "nothing was written" in result.stderr
+    assert corrupt.name in result.stderr
+    assert "nothing was written" in result.stderr
     assert snapshot(str(archive)) == before
     corrupt.unlink()
     assert nowcast("ingest", "--archive", str(archive), "--input", str(second)).returncode == 0
     ds = open_archive(str(archive))
-    assert ds.sizes["time"] == 12 and ds["valid"].values.tolist() == [True] * 9 + [False] + [True] * 2
+    assert ds.sizes["time"] == 12
+    assert ds["valid"].values.tolist() == [True] * 9 + [False] + [True] * 2

@@ -51,7 +51,7 @@ def test_parameter_models_refuse_bad_input_with_the_fix(tmp_path, monkeypatch):
         BackfillParams(**{**base, "forecasts": "/elsewhere/f.zarr"}, start="2024-01-01", end="2024-01-02")
     with pytest.raises(ValueError, match="not an ISO 8601 time"):
         BackfillParams(**base, start="yesterday", end="2024-01-02")
-    with pytest.raises(ValueError, match="unknown model convlstm/v9.*no versions"):
+    with pytest.raises(ValueError, match=r"unknown model convlstm/v9.*no versions"):
         BackfillParams(**base, model_version="v9", start="2024-01-01", end="2024-01-02")
     with pytest.raises(ValueError, match="greater than or equal to 1"):
         BackfillParams(**base, chunk_size=0, start="2024-01-01", end="2024-01-02")

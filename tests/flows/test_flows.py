@@ -64,7 +64,8 @@ def test_ingest_synthetic_then_nothing_new(trained):
     from nowcast.flows.ingest import ingest_flow
 
     root, first, _ = trained
-    assert first.frames_written == FRAMES and first.time_length == FRAMES
+    assert first.frames_written == FRAMES
+    assert first.time_length == FRAMES
     assert ingest_flow(synthetic(root)).frames_written == 0  # a rerun finds nothing new
 
 
@@ -95,7 +96,8 @@ def test_train_registers_and_promotes_only_a_model_that_beats_persistence(traine
 
     root, _, result = trained
     version_dir = Path(result.path)
-    assert (version_dir / "model.keras").is_file() and version_dir.parent.name == "convlstm"
+    assert (version_dir / "model.keras").is_file()
+    assert version_dir.parent.name == "convlstm"
     assert result.promoted == (result.val_mae < result.persistence_mae)
     latest = root / "models" / "convlstm" / "latest"
     if result.promoted:
@@ -103,7 +105,8 @@ def test_train_registers_and_promotes_only_a_model_that_beats_persistence(traine
     else:
         assert not latest.exists()
     assert not (root / "models" / ".candidates").exists()
-    assert "| persistence |" in result.table and "| convlstm |" in result.table
+    assert "| persistence |" in result.table
+    assert "| convlstm |" in result.table
     for path in result.pictures.values():
         assert Path(path).read_bytes()[:8] == PNG
 
@@ -123,7 +126,8 @@ def test_forecast_scores_new_frames_and_is_a_no_op_otherwise(trained):
     again = forecast_flow(params)
     assert again.init_times == ["2024-01-01T08:00:00", "2024-01-01T08:05:00"]
     flags = written_flags(str(root / "forecasts.zarr"))
-    assert flags.sum() == 5 and flags[-5:].all()
+    assert flags.sum() == 5
+    assert flags[-5:].all()
 
 
 @pytest.mark.slow
@@ -162,7 +166,8 @@ def test_backfill_killed_part_way_then_rerun_does_only_the_rest(trained, prefect
     assert rerun.already_written == len(done)
     assert rerun.scored == 12 - len(done)
     flags = written_flags(str(forecasts))
-    assert flags[12:24].all() and flags.sum() == 12  # 01:00 .. 01:55 are indices 12 .. 23
+    assert flags[12:24].all()
+    assert flags.sum() == 12
     assert {i: [p.stat().st_mtime_ns for p in sorted(d.rglob("*"))] for i, d in chunk_files.items()} == stamps
     assert backfill_flow(params).scored == 0
 
@@ -177,7 +182,8 @@ def test_evaluate_scores_split_and_stored_forecasts_with_pictures(trained):
     backfill_flow(BackfillParams(**choice, start="2024-01-01T06:00", end="2024-01-01T06:30", chunk_size=8))
     out = evaluate_flow(EvaluateParams(windows=str(root / "windows.zarr"), workdir=str(root / "evaluate"),
                                        baselines=["persistence"], **choice))
-    assert f"| convlstm/{result.version} |" in out.table and "| persistence |" in out.table
+    assert f"| convlstm/{result.version} |" in out.table
+    assert "| persistence |" in out.table
     assert "(stored) |" in out.stored_table
     assert out.samples > 0
     assert set(out.pictures) >= {"test_scores", "test_maps", "stored_scores", "stored_maps"}

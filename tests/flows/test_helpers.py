@@ -26,8 +26,11 @@ def test_promotion_needs_a_lower_mean_error_than_persistence():
     worse = Verification({"m": scores([1.0, 3.0]), "persistence": scores([1.0, 2.5])}, 4, None)
     tie = Verification({"m": scores([1.0, 2.0]), "persistence": scores([1.0, 2.0])}, 4, None)
     unscored = Verification({"m": {"5": {"n": 0.0}}, "persistence": {"5": {"n": 0.0}}}, 0, None)
-    assert better.beats("m") and better.mean("m") == pytest.approx(1.5)
-    assert not worse.beats("m") and not tie.beats("m") and not unscored.beats("m")
+    assert better.beats("m")
+    assert better.mean("m") == pytest.approx(1.5)
+    assert not worse.beats("m")
+    assert not tie.beats("m")
+    assert not unscored.beats("m")
     assert np.isnan(unscored.mean("m"))
 
 

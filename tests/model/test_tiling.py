@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -24,7 +26,7 @@ def test_tiles_cover_the_axis_within_bounds(size, patch, overlap):
         covered[s:s + patch] = True
     assert covered.all()
     assert starts == sorted(set(starts))
-    assert all(b - a <= patch - overlap for a, b in zip(starts, starts[1:], strict=False))
+    assert all(b - a <= patch - overlap for a, b in itertools.pairwise(starts))
 
 
 def test_ramp_is_positive_and_flat_inside():
@@ -50,6 +52,9 @@ def test_single_coverage_pixels_take_their_tile_exactly_and_seams_mix():
     assert tiling.origins == [(0, 0), (0, 4), (4, 0), (4, 4)]
     tiles = np.stack([np.full((1, 6, 6), float(k)) for k in range(4)]).astype("float32")
     out = tiling.blend(tiles)[0, 0]
-    assert out[0, 0] == 0 and out[0, 9] == 1 and out[9, 0] == 2 and out[9, 9] == 3
+    assert out[0, 0] == 0
+    assert out[0, 9] == 1
+    assert out[9, 0] == 2
+    assert out[9, 9] == 3
     seam = out[0, 4:6]  # covered by tiles 0 and 1, weights ramp across the overlap
     assert 0 < seam[0] < seam[1] < 1

@@ -42,7 +42,8 @@ def test_train_saves_a_version_and_resumes_after_a_crash(tiny_windows, tmp_path)
     assert len(result.history["loss"]) == 2
 
     meta = json.loads((result.path / "metadata.json").read_text())
-    assert meta["time_step"] == "PT5M" and meta["lead_times"] == ["PT5M", "PT10M", "PT15M"]
+    assert meta["time_step"] == "PT5M"
+    assert meta["lead_times"] == ["PT5M", "PT10M", "PT15M"]
     assert meta["archive"] == {"time_step": "PT5M", "variables": {"precip": "mm h-1"}, "grid_shape": [8, 12]}
     assert meta["normalization"]["kinds"] == {"precip": "log1p"}
     assert meta["training_range"] == {"start": "2019-12-31T23:45:00", "end": "2020-01-01T01:00:00"}

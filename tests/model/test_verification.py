@@ -30,7 +30,9 @@ def test_perfect_forecast_scores_perfectly():
     scores = v.skill_compute(state, 5)
     assert list(scores) == ["5", "10", "15"]
     for lead in scores.values():
-        assert lead["mae"] == 0 and lead["csi_1"] == 1 and lead["fss_1"] == pytest.approx(1)
+        assert lead["mae"] == 0
+        assert lead["csi_1"] == 1
+        assert lead["fss_1"] == pytest.approx(1)
 
 
 def test_streaming_equals_one_shot_and_skips_uncovered_pixels():
@@ -60,8 +62,10 @@ def test_baselines_on_a_moving_field():
     scores = {}
     for name in v.BASELINES:
         forecast = v.get_baseline(name)(inputs, 6)
-        assert forecast.shape == truth.shape and forecast.dtype == np.float32
-        assert np.isfinite(forecast).all() and (forecast >= 0).all()
+        assert forecast.shape == truth.shape
+        assert forecast.dtype == np.float32
+        assert np.isfinite(forecast).all()
+        assert (forecast >= 0).all()
         state = v.skill_init(6)
         v.skill_accum(state, forecast, truth)
         scores[name] = v.skill_compute(state, 5)

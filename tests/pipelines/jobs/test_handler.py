@@ -23,7 +23,7 @@ del cycle  # garbage now; nothing allocates after this, so only the exit's colle
 """
 
 
-@pytest.mark.parametrize("mode, collected", [("default", True), ("skip", False)])
+@pytest.mark.parametrize(("mode", "collected"), [("default", True), ("skip", False)])
 def test_worker_exit_skips_the_final_collection(tmp_path, mode, collected):
     """With the exit hook a worker leaves its heap to the OS: an unreachable cycle is never collected."""
     import subprocess

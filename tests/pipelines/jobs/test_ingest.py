@@ -23,19 +23,23 @@ def test_ingest_writes_values_stats_and_gaps(tmp_path):
                          overrides=(("2024-01-01T00:35:00", "nan"),))
     result, url = ingest(tmp_path, source)
     ds = open_archive(url)
-    assert ds.sizes["time"] == 10 and read_info(url).time_chunk == 4
+    assert ds.sizes["time"] == 10
+    assert read_info(url).time_chunk == 4
     assert ds.attrs["time_step"] == "PT5M"
     valid = ds["valid"].values
     assert valid.tolist() == [True, True, True, False, True, True, True, False, True, True]
-    assert result.frames_written == 8 and result.frames_missing == 1
+    assert result.frames_written == 8
+    assert result.frames_missing == 1
     for i in np.flatnonzero(valid):
         expected = frame_for(ds.time.values[i].astype("datetime64[s]"), (16, 20))
         np.testing.assert_array_equal(ds["precip"][i].values, expected)
         assert ds["precip_mean"][i] == pytest.approx(float(expected.mean()), rel=1e-5)
         k = list(ds["precip_threshold"].values).index(1.0)
         assert ds["precip_fraction_above"][i, k] == pytest.approx(float((expected >= 1.0).mean()))
-    assert np.isnan(ds["precip"][3].values).all() and np.isnan(ds["precip"][7].values).all()
-    assert ds["precip"].attrs["units"] == "mm h-1" and ds["precip"].attrs["grid_mapping"] == "crs"
+    assert np.isnan(ds["precip"][3].values).all()
+    assert np.isnan(ds["precip"][7].values).all()
+    assert ds["precip"].attrs["units"] == "mm h-1"
+    assert ds["precip"].attrs["grid_mapping"] == "crs"
 
 
 def test_rerun_writes_nothing_and_backfill_touches_one_chunk(tmp_path):
@@ -43,12 +47,16 @@ def test_rerun_writes_nothing_and_backfill_touches_one_chunk(tmp_path):
     _, url = ingest(tmp_path, ArraySource(all_times[:5] + all_times[6:]))
     before = snapshot(url)
     again, _ = ingest(tmp_path, ArraySource(all_times[:5] + all_times[6:]))
-    assert again.frames_written == 0 and again.frames_skipped == 11 and snapshot(url) == before
+    assert again.frames_written == 0
+    assert again.frames_skipped == 11
+    assert snapshot(url) == before
     filled, _ = ingest(tmp_path, ArraySource((all_times[5],)))
     after = snapshot(url)
-    assert filled.frames_written == 1 and filled.chunks_written == 1
+    assert filled.frames_written == 1
+    assert filled.chunks_written == 1
     changed = {path for path in after if before.get(path) != after[path]}
-    assert changed and all(path.split("/c/")[1].split("/")[0] == "1" for path in changed), changed
+    assert changed
+    assert all(path.split("/c/")[1].split("/")[0] == "1" for path in changed), changed
     assert bool(open_archive(url)["valid"][5])
 
 
@@ -59,7 +67,8 @@ def test_append_extends_time_axis_and_keeps_old_frames(tmp_path):
     later = times("2024-01-01T01:00", 3)
     result, _ = ingest(tmp_path, ArraySource(later))
     ds = open_archive(url)
-    assert ds.sizes["time"] == 15 and result.time_length == 15
+    assert ds.sizes["time"] == 15
+    assert result.time_length == 15
     np.testing.assert_array_equal(ds["precip"].values[:6], old)
     assert ds["valid"].values.tolist() == [True] * 6 + [False] * 6 + [True] * 3
 
@@ -72,7 +81,7 @@ def test_out_of_order_input_equals_ordered_input(tmp_path):
     assert snapshot(str(tmp_path / "a" / "archive.zarr")) == snapshot(str(tmp_path / "b" / "archive.zarr"))
 
 
-@pytest.mark.parametrize("override, message", [
+@pytest.mark.parametrize(("override", "message"), [
     ("corrupt", "corrupt"),
     ("grid", "grid differs"),
     ("negative", "below its valid_min"),
@@ -108,5 +117,6 @@ def test_other_units_or_step_are_refused(tmp_path):
 def test_archive_readable_with_plain_xarray(tmp_path):
     _, url = ingest(tmp_path, ArraySource(times("2024-01-01T00:00", 5)))
     ds = xr.open_zarr(url, consolidated=False)
-    assert ds["precip"].dims == ("time", "y", "x") and ds["precip"].dtype == np.float32
+    assert ds["precip"].dims == ("time", "y", "x")
+    assert ds["precip"].dtype == np.float32
     assert str(ds.time.values[0].astype("datetime64[s]")) == "2024-01-01T00:00:00"

@@ -24,9 +24,11 @@ def test_two_variables_from_two_files_into_one_archive(tmp_path):
     result = run(IngestSpec(archive=url, source=source, time_step="PT10M", time_chunk=2))
     assert result.frames_written == 4
     ds = open_archive(url)
-    assert ds.attrs["time_step"] == "PT10M" and ds.sizes["time"] == 5
+    assert ds.attrs["time_step"] == "PT10M"
+    assert ds.sizes["time"] == 5
     assert ds["valid"].values.tolist() == [True, True, True, False, True]
-    assert ds["temperature"].attrs["units"] == "K" and ds["humidity"].attrs["units"] == "%"
+    assert ds["temperature"].attrs["units"] == "K"
+    assert ds["humidity"].attrs["units"] == "%"
     expected = xr.concat([first, second], "time")
     for name in ("temperature", "humidity"):
         np.testing.assert_allclose(ds[name].values[[0, 1, 2, 4]], expected[name].values.astype("float32"),

@@ -83,5 +83,6 @@ def test_event_ingests_equal_to_pysteps(tmp_path, radar_dir, event):
         # which the archive keeps, has them in full.
         close = pytest.approx(value, rel=1e-6, abs=1e-3) if isinstance(value, float) else value
         assert params.get(key) == close, key
-    assert ds["crs"].attrs["grid_mapping_name"] and "crs_wkt" in ds["crs"].attrs
+    assert ds["crs"].attrs["grid_mapping_name"]
+    assert "crs_wkt" in ds["crs"].attrs
     assert ds["precip"].attrs["units"] == "mm h-1"

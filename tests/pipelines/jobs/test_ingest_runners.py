@@ -18,7 +18,8 @@ def test_inmemory_multiprocess_and_dask_write_identical_stores(tmp_path, dask_sc
                     RunnerOptions("dask", dask_address=dask_scheduler)):
         url = str(tmp_path / f"{options.kind}.zarr")
         result = run(IngestSpec(archive=url, source=source, time_chunk=8), options)
-        assert result.frames_written == 58 and result.frames_missing == 2
+        assert result.frames_written == 58
+        assert result.frames_missing == 2
         stores[options.kind] = snapshot(url)
     assert stores["inmemory"] == stores["multiprocess"] == stores["dask"]
 

@@ -86,18 +86,23 @@ def test_forecasts_equal_model_predict_on_the_same_windows(setup, monkeypatch):
     root, archive, models = setup
     url = str(root / "full.zarr")
     result = run(ScoringSpec(archive=archive, forecasts=url, models=str(models), model=FULL, batch_size=3))
-    assert len(loads) == 1 and result.tasks == 5  # one load for the worker, not one per chunk or batch
+    assert len(loads) == 1
+    assert result.tasks == 5
     expected_ok = scoreable(~np.isin(np.arange(FRAMES), MISSING), T_IN)
-    assert result.scored == expected_ok.sum() and result.missing_input == (~expected_ok).sum()
+    assert result.scored == expected_ok.sum()
+    assert result.missing_input == (~expected_ok).sum()
 
     ds = xr.open_zarr(url, consolidated=False)
     source = open_archive(archive)
     np.testing.assert_array_equal(ds["written"].values, expected_ok)
     np.testing.assert_array_equal(ds["init_time"].values, source["time"].values)
     np.testing.assert_array_equal(ds["lead_time"].values, np.array([5, 10], "timedelta64[m]"))
-    assert ds.attrs["model_name"] == FULL and ds.attrs["model_version"] == "v1"
-    assert ds.attrs["archive"] == archive and ds.attrs["Conventions"] == "CF-1.8"
-    assert ds["precip"].attrs["units"] == "mm h-1" and ds["precip"].attrs["grid_mapping"] == "crs"
+    assert ds.attrs["model_name"] == FULL
+    assert ds.attrs["model_version"] == "v1"
+    assert ds.attrs["archive"] == archive
+    assert ds.attrs["Conventions"] == "CF-1.8"
+    assert ds["precip"].attrs["units"] == "mm h-1"
+    assert ds["precip"].attrs["grid_mapping"] == "crs"
     assert ds["init_time"].attrs["standard_name"] == "forecast_reference_time"
     assert ds["lead_time"].attrs["standard_name"] == "forecast_period"
 
@@ -153,15 +158,19 @@ def test_new_init_times_appended_and_history_filled(setup, tmp_path):
 
     append_frames(archive, FRAMES, FRAMES, SIZE, CHUNK)
     result = run(spec)
-    assert result.scored == FRAMES - (T_IN - 1) - 8 and result.already_written == 8
+    assert result.scored == FRAMES - (T_IN - 1) - 8
+    assert result.already_written == 8
     flags = written_flags(url)
-    assert len(flags) == FRAMES and flags[T_IN - 1:].all() and not flags[: T_IN - 1].any()
+    assert len(flags) == FRAMES
+    assert flags[T_IN - 1:].all()
+    assert not flags[: T_IN - 1].any()
     after = {i: chunk_file(tmp_path, i).stat().st_mtime_ns for i in range(12, 20)}
-    assert before == after and all(chunk_file(tmp_path, i).is_file() for i in before)  # never rewritten
+    assert before == after
+    assert all(chunk_file(tmp_path, i).is_file() for i in before)
 
 
 def test_store_refuses_another_model_version(setup, tmp_path):
-    root, archive, models = setup
+    _root, archive, models = setup
     url = str(tmp_path / "forecasts.zarr")
     spec = ScoringSpec(archive=archive, forecasts=url, models=str(models), model=MODEL,
                        init_times=("2024-01-01T00:20",))
@@ -180,7 +189,7 @@ def test_store_refuses_another_model_version(setup, tmp_path):
 def test_cli_refuses_a_model_that_does_not_fit_the_archive(setup, tmp_path, capsys):
     from nowcast.pipelines.jobs.scoring import main
 
-    _, archive, models = setup
+    _, _archive, models = setup
     other = make_archive(str(tmp_path / "small.zarr"), 8, (24, 24), CHUNK)
     code = main(["--archive", other, "--forecasts", str(tmp_path / "f.zarr"), "--models", str(models),
                  "--model", FULL])
@@ -207,4 +216,5 @@ def test_a_rerun_removes_the_temporaries_a_killed_writer_left(setup, tmp_path):
         path.write_bytes(b"")
     run(ScoringSpec(**{**spec.__dict__, "init_times": ("2024-01-01T01:10",)}))
     assert list(np.flatnonzero(written_flags(url))) == [13, 14]
-    assert not any(path.exists() for path in orphans) and kept.exists()
+    assert not any(path.exists() for path in orphans)
+    assert kept.exists()

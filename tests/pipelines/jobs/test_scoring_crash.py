@@ -62,7 +62,8 @@ def test_sigkill_then_rerun_is_byte_identical(clean, tmp_path):
     assert snapshot(str(url)) != expected
 
     rerun = run(spec(archive, models, url))
-    assert rerun.scored == total - done_at_kill and rerun.already_written == done_at_kill
+    assert rerun.scored == total - done_at_kill
+    assert rerun.already_written == done_at_kill
     assert snapshot(str(url)) == expected
 
 

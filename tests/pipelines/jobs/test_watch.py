@@ -48,6 +48,7 @@ def test_watch_appends_files_as_they_arrive(tmp_path, radar_dir):
     run(IngestSpec(archive=batch_url, source=get_source("knmi", directory=str(tmp_path / "batch")),
                    time_chunk=4))
     batch = open_archive(batch_url)
-    assert streamed["valid"].values.all() and streamed.sizes["time"] == len(files)
+    assert streamed["valid"].values.all()
+    assert streamed.sizes["time"] == len(files)
     np.testing.assert_array_equal(streamed["precip"].values, batch["precip"].values)
     np.testing.assert_array_equal(streamed["time"].values, batch["time"].values)

@@ -144,7 +144,7 @@ def test_splits_share_no_frame_and_tasks_read_each_chunk_once(archives, case):
 @SETTINGS
 @given(case=cases())
 def test_normalization_equals_numpy_on_train_frames(archives, case):
-    frames, _, info, job, result = _run(case, archives)
+    frames, _, info, job, _result = _run(case, archives)
     spec = job.spec
     ny, nx = info.grid.shape
     py, px = spec.patch_size or (ny, nx)
@@ -197,14 +197,17 @@ def test_store_layout_reads_back_with_xarray(tmp_path):
     job = WindowJob(info.url, str(tmp_path / "w.zarr"), spec)
     result = run_in_process(job)
     root = xr.open_zarr(job.output, consolidated=False)
-    assert root.attrs["channels"] == ["temp", "precip"] and root.attrs["target"] == "precip"
+    assert root.attrs["channels"] == ["temp", "precip"]
+    assert root.attrs["target"] == "precip"
     assert WindowSpec.from_dict(root.attrs["window_spec"]) == spec
-    assert root.attrs["time_step"] == "PT1H" and root.attrs["archive"] == info.url
+    assert root.attrs["time_step"] == "PT1H"
+    assert root.attrs["archive"] == info.url
     assert root.attrs["counts"] == result.counts
     assert result.summary().startswith(f"windows: {result.counts['planned']} planned")
     train = xr.open_zarr(job.output, group="train", consolidated=False)
     assert train["inputs"].dims == ("sample", "t_in", "y", "x", "channel")
-    assert train["inputs"].shape[1:] == (3, 2, 3, 2) and train["targets"].shape[1:] == (2, 2, 3, 1)
+    assert train["inputs"].shape[1:] == (3, 2, 3, 2)
+    assert train["targets"].shape[1:] == (2, 2, 3, 1)
     assert train["inputs"].encoding["chunks"] == (3, 3, 2, 3, 2)
     assert train["init_time"].dtype == np.dtype("datetime64[ns]")
     assert train["init_time"].values[0] == np.datetime64("2021-03-01T02:00")

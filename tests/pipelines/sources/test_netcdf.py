@@ -108,15 +108,16 @@ def test_grid_from_coordinates_and_grid_mapping(two_files):
 
 
 def test_variable_selection_globs_and_lists(two_files):
-    folder, first, _ = two_files
+    folder, _first, _ = two_files
     selected = NetCDFSource(str(folder / "*.nc"), variables=("humidity",))
     assert [f.name for f in selected.fields()] == ["humidity"]
     assert list(selected.read(selected.items()[0])) == ["humidity"]
     listed = get_source("netcdf", paths=[str(folder / "a.nc")], variables=["temperature"])
-    assert isinstance(listed, Source) and listed.name == "netcdf"
+    assert isinstance(listed, Source)
+    assert listed.name == "netcdf"
     assert len(listed.items()) == 3
     assert pickle.loads(pickle.dumps(listed)) == listed
-    with pytest.raises(SourceError, match="pressure.*not found"):
+    with pytest.raises(SourceError, match=r"pressure.*not found"):
         NetCDFSource(str(folder), variables=("pressure",)).fields()
 
 
@@ -158,18 +159,18 @@ def test_bad_inputs_are_source_errors(tmp_path, two_files):
         NetCDFSource(str(tmp_path / "empty")).items()
     data = (folder / "a.nc").read_bytes()
     (tmp_path / "empty" / "cut.nc").write_bytes(data[: len(data) // 3])
-    with pytest.raises(SourceError, match="cut.nc.*corrupt"):
+    with pytest.raises(SourceError, match=r"cut\.nc.*corrupt"):
         NetCDFSource(str(tmp_path / "empty")).items()
     duplicate = sensor_dataset(["2024-03-01T00:10"], seed=6)
     write(duplicate, folder / "c.nc")
-    with pytest.raises(SourceError, match="2024-03-01T00:10:00 appears twice"):
+    with pytest.raises(SourceError, match=r"2024-03-01T00:10:00 appears twice"):
         NetCDFSource(str(folder)).items()
 
 
 def test_variable_without_time_y_x_is_a_source_error(tmp_path):
     ds = sensor_dataset(["2024-03-01T00:00"], seed=7)
-    with pytest.raises(SourceError, match="station_count.*expected \\(time, y, x\\)"):
-        source = NetCDFSource(write(ds, tmp_path / "t.nc"), variables=("station_count",))
+    source = NetCDFSource(write(ds, tmp_path / "t.nc"), variables=("station_count",))
+    with pytest.raises(SourceError, match=r"station_count.*expected \(time, y, x\)"):
         source.read(source.items()[0])
 
 
@@ -191,5 +192,5 @@ def test_all_variables_means_those_of_the_first_file(two_files):
     assert [f.name for f in source.fields()] == ["temperature", "humidity"]
     assert list(source.read(source.items()[-1])) == ["temperature", "humidity"]
     write(sensor_dataset(["2024-03-01T01:00"], seed=10).drop_vars("humidity"), folder / "d.nc")
-    with pytest.raises(SourceError, match="d.nc: variables \\['humidity'\\] not found"):
+    with pytest.raises(SourceError, match=r"d\.nc: variables \['humidity'\] not found"):
         source.read(NetCDFSource(folder).items()[-1])

@@ -128,7 +128,8 @@ def test_frames_equal_a_direct_pysteps_read(radar_dir, fmt, event):
         assert list(frames) == ["precip"]
         frame = frames["precip"]
         expected, _ = direct_read(fmt, item.path)
-        assert frame.dtype == np.float32 and frame.shape == expected.shape
+        assert frame.dtype == np.float32
+        assert frame.shape == expected.shape
         np.testing.assert_array_equal(frame, expected)  # NaN == NaN here
         assert np.nanmin(frame) >= 0
 
@@ -143,7 +144,9 @@ def test_every_file_equals_a_direct_pysteps_read(radar_dir, fmt):
     compare_every = 24 if fmt == "bom" else 1
     for number, item in enumerate(items):
         frame = source.read(item)["precip"]
-        assert frame.dtype == np.float32 and frame.ndim == 2 and not np.nanmin(frame) < 0, item.path
+        assert frame.dtype == np.float32, item.path
+        assert frame.ndim == 2, item.path
+        assert not np.nanmin(frame) < 0, item.path
         if number % compare_every == 0 or item is items[-1]:
             expected, _ = direct_read(fmt, item.path)
             np.testing.assert_array_equal(frame, expected, err_msg=item.path)
@@ -216,7 +219,7 @@ def test_unparsable_name_is_a_source_error(radar_dir, tmp_path):
     shutil.copy(good, tmp_path / os.path.basename(good))
     shutil.copy(good, tmp_path / "RAD_NL25_RAP_5min_latest.h5")
     (tmp_path / "README.txt").write_text("other files are ignored")
-    with pytest.raises(SourceError, match="RAD_NL25_RAP_5min_latest.h5.*rename"):
+    with pytest.raises(SourceError, match=r"RAD_NL25_RAP_5min_latest\.h5.*rename"):
         RadarSource(str(tmp_path), "knmi").items()
 
 
@@ -262,7 +265,8 @@ def test_registry_builds_picklable_radar_sources(radar_dir):
     named = get_source("fmi", directory=str(radar_dir / "fmi"))
     assert detected == named == RadarSource(str(radar_dir / "fmi"), "fmi")
     assert isinstance(detected, Source)
-    assert detected.name == "fmi" and detected.time_step() == np.timedelta64(300, "s")
+    assert detected.name == "fmi"
+    assert detected.time_step() == np.timedelta64(300, "s")
     clone = pickle.loads(pickle.dumps(detected))
     item = detected.items()[5]
     np.testing.assert_array_equal(clone.read(item)["precip"], detected.read(item)["precip"])

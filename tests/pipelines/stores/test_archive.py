@@ -44,14 +44,15 @@ def test_new_archive_follows_the_schema(archive):
     info = read_info(archive)
     assert (info.length, info.time_chunk, info.grid.shape) == (6, 4, (16, 20))
     ds = loaded(archive)
-    assert ds["precip"].dims == ("time", "y", "x") and np.isnan(ds["precip"].values).all()
+    assert ds["precip"].dims == ("time", "y", "x")
+    assert np.isnan(ds["precip"].values).all()
     assert not ds["valid"].values.any()
     assert ds.attrs["Conventions"] == "CF-1.8"
     assert ds["crs"].attrs["grid_mapping_name"] == "polar_stereographic"
     assert str(info.end) == "2024-01-01T00:25:00"
 
 
-@pytest.mark.parametrize("breakage, message", [
+@pytest.mark.parametrize(("breakage", "message"), [
     (lambda ds: ds.drop_vars("valid"), "'valid'"),
     (lambda ds: ds.assign_coords(time=ds.time.values[[0, 1, 1, 3, 4, 5]]), "appears twice"),
     (lambda ds: ds.assign_coords(time=ds.time.values[[0, 2, 1, 3, 4, 5]]), "not increasing"),
@@ -94,7 +95,9 @@ def test_missing_store_and_interrupted_extension_are_reported(tmp_path, archive)
 def test_frame_stats_ignore_unobserved_pixels():
     frames = np.array([[[0.0, 2.0], [np.nan, 6.0]], [[np.nan, np.nan], [np.nan, np.nan]]], "float32")
     stats = frame_stats(PRECIP, frames)
-    assert stats["precip_mean"][0] == pytest.approx(8 / 3) and np.isnan(stats["precip_mean"][1])
-    assert stats["precip_max"][0] == 6.0 and stats["precip_finite_fraction"].tolist() == [0.75, 0.0]
+    assert stats["precip_mean"][0] == pytest.approx(8 / 3)
+    assert np.isnan(stats["precip_mean"][1])
+    assert stats["precip_max"][0] == 6.0
+    assert stats["precip_finite_fraction"].tolist() == [0.75, 0.0]
     k = PRECIP.thresholds.index(5.0)
     assert stats["precip_fraction_above"][0, k] == pytest.approx(1 / 3)
