@@ -256,14 +256,14 @@ class BackfillParams(_ModelChoice):
 
 
 class EvaluateParams(_ModelChoice):
-    """Score a model on the test split against persistence and extrapolation; tables and pictures."""
+    """Verify a model on the test split against persistence and extrapolation; tables and pictures."""
 
     STORE_FIELDS: ClassVar[tuple[str, ...]] = ("windows", "models", "workdir", "forecasts", "archive")
     windows: StoreUrl = Field(f"{DEFAULT_WORKDIR}/windows.zarr", description="windows.zarr (test split)")
-    split: Literal["val", "test"] = Field("test", description="which split to score")
+    split: Literal["val", "test"] = Field("test", description="which split to verify on")
     baselines: list[Literal["persistence", "extrapolation", "sprog"]] = Field(
-        ["persistence", "extrapolation"], description="pysteps baselines scored beside the model")
-    max_samples: int = Field(64, ge=1, le=1_000_000, description="samples scored at most")
+        ["persistence", "extrapolation"], description="pysteps baselines verified beside the model")
+    max_samples: int = Field(64, ge=1, le=1_000_000, description="samples verified at most")
     workdir: StoreUrl = Field(f"{DEFAULT_WORKDIR}/evaluate", description="where tables and PNGs go")
     archive: StoreUrl | None = Field(None, description="archive.zarr; with forecasts, also scores those")
-    forecasts: StoreUrl | None = Field(None, description="forecasts.zarr to score against the archive")
+    forecasts: StoreUrl | None = Field(None, description="forecasts.zarr to verify against the archive")

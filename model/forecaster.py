@@ -136,9 +136,9 @@ def compiled_predict(net: Any):
     """The model's inference call as a compiled function of one batch.
 
     On the TensorFlow backend a ``tf.function`` around ``model(x, training=False)``
-    (traced once per batch shape): measured about 20 % faster per call on CPU than
-    ``predict_on_batch``, whose per-call data-adapter work dominates for small
-    tiles. Other backends use ``predict_on_batch``.
+    (traced once per batch shape), which skips the per-call data-adapter work
+    of ``predict_on_batch`` that dominates for small tiles (docs/scoring.md);
+    other backends use ``predict_on_batch``.
     """
     import keras
 

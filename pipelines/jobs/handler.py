@@ -26,11 +26,11 @@ log = logging.getLogger(__name__)
 def skip_final_collection_at_exit() -> None:
     """Makes this process's exit skip the garbage collector's last full pass (once per process).
 
-    A process that has loaded TensorFlow and a model spends 1.2-1.6 s at exit
-    in the interpreter's final garbage collection (measured,
-    docs/scoring.md); ``gc.freeze()`` run from ``atexit`` cuts that to about
-    0.15 s. The local multi-process runner stops its workers one after the
-    other, so every worker's exit adds to the job's wall time. Nothing is
+    A process that has loaded TensorFlow and a model spends seconds at exit
+    in the interpreter's final garbage collection, and the local
+    multi-process runner stops its workers one after the other, so every
+    worker's exit adds to the job's wall time; ``gc.freeze()`` run from
+    ``atexit`` skips that collection (figures in docs/scoring.md). Nothing is
     lost: at that point the job's writes are finished and the OS reclaims the
     memory; atexit handlers registered before this one still run.
     """

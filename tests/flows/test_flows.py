@@ -113,7 +113,7 @@ def test_train_registers_and_promotes_only_a_model_that_beats_persistence(traine
 
 @pytest.mark.slow
 def test_forecast_scores_new_frames_and_is_a_no_op_otherwise(trained):
-    from nowcast.flows.forecast import forecast_flow
+    from nowcast.flows.forecast import ForecastRun, forecast_flow
     from nowcast.flows.ingest import ingest_flow
 
     root, _, result = trained
@@ -121,7 +121,7 @@ def test_forecast_scores_new_frames_and_is_a_no_op_otherwise(trained):
     first = forecast_flow(params)
     assert first.scored == 3
     assert first.init_times[-1] == "2024-01-01T07:55:00"
-    assert forecast_flow(params) == {"scored": 0, "init_times": []}
+    assert forecast_flow(params) == ForecastRun(scored=0, init_times=[])
     ingest_flow(synthetic(root, FRAMES + 2))  # two new frames land
     again = forecast_flow(params)
     assert again.init_times == ["2024-01-01T08:00:00", "2024-01-01T08:05:00"]
