@@ -33,6 +33,7 @@ NOTES = (
     "RadarSource.read vs the direct pysteps importer + to_rainrate on the same files."
 )
 RADAR_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "radar"
+FOLDERS = {"knmi": "knmi", "bom": "bom", "fmi": "fmi", "mch": "mch", "odim": "rmi"}  # under RADAR_DIR
 
 
 def _rate(count: int, run) -> tuple[float, float]:
@@ -67,18 +68,19 @@ def synthetic_rates(shape: tuple[int, int], frames: int) -> dict[str, tuple[floa
 
 def radar_rates(files_per_format: int) -> dict[str, dict[str, float]]:
     """Files per second per format: this source against the direct pysteps read."""
-    from nowcast.pipelines.sources.radar import _pysteps
+    from nowcast.pipelines.sources.importers import load_pysteps
 
-    importers, to_rainrate = _pysteps()
+    importers, to_rainrate = load_pysteps()
     direct = {
         "knmi": lambda p: importers.import_knmi_hdf5(p),
         "bom": lambda p: importers.import_bom_rf3(p),
         "fmi": lambda p: importers.import_fmi_pgm(p, gzipped=True),
         "mch": lambda p: importers.import_mch_gif(p, product="AQC", unit="mm", accutime=5.0),
+        "odim": lambda p: importers.import_odim_hdf5(p),
     }
     rates = {}
     for fmt in FORMATS:
-        source = RadarSource(str(RADAR_DIR / fmt), fmt)
+        source = RadarSource(str(RADAR_DIR / FOLDERS[fmt]), fmt)
         items = source.items()[:files_per_format]
         for item in items:  # imports, page cache: both readers then start warm
             source.read(item)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+from typing import Any
 
 from nowcast.pipelines.sources.base import Source, SourceError, SourceItem
 from nowcast.pipelines.sources.netcdf import NetCDFSource
@@ -19,8 +20,8 @@ __all__ = ["FORMATS", "NetCDFSource", "RadarSource", "Source", "SourceError", "S
            "SyntheticSource", "detect_radar_format", "get_source", "source_kinds"]
 
 
-def _radar(fmt: str | None = None, **options: object) -> RadarSource:
-    """A radar source; without ``fmt`` the format is detected from the file names."""
+def _radar(fmt: str | None = None, **options: Any) -> RadarSource:
+    """A radar source; without ``fmt`` the format is detected from the file names (ODIM: content)."""
     directory = options.pop("directory", None)
     if directory is None:
         raise SourceError("a radar source needs directory=<folder of radar files>")
@@ -50,8 +51,10 @@ def get_source(kind: str, **options: object) -> Source:
 
     Args:
         kind: ``radar`` (format detected), a radar format (``knmi``, ``bom``,
-            ``fmi``, ``mch``), ``netcdf`` or ``synthetic``.
-        **options: the source's constructor arguments, e.g. ``directory=...``.
+            ``fmi``, ``mch``, ``odim``), ``netcdf`` or ``synthetic``.
+        **options: the source's constructor arguments, e.g. ``directory=...``
+            (radar: also ``product`` for BoM, ``quantity`` for ODIM, ``zr_a``/``zr_b``
+            for reflectivity).
 
     Raises:
         SourceError: for an unknown kind or option, listing what is accepted.

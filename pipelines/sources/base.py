@@ -13,6 +13,7 @@ import functools
 import itertools
 import os
 import warnings
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
@@ -115,6 +116,20 @@ def sorted_unique(items: Iterable[SourceItem]) -> list[SourceItem]:
     return ordered
 
 
+def most_common_step(times: Iterable[np.datetime64]) -> np.timedelta64 | None:
+    """The most common spacing of sorted ``times`` (the shorter on a tie), None with fewer than two.
+
+    The mode rather than the minimum, so that gaps (missing files) and an odd
+    early file do not change the step.
+    """
+    ordered = np.array(sorted(times), dtype="datetime64[s]")
+    if len(ordered) < 2:
+        return None
+    counts = Counter(np.diff(ordered).tolist())
+    step, _ = max(counts.items(), key=lambda kv: (kv[1], -kv[0].total_seconds()))
+    return np.timedelta64(step, "s")
+
+
 def check_frame_shape(item: SourceItem, name: str, frame: np.ndarray,
                       shape: tuple[int, int] | None) -> np.ndarray:
     """Checks that a frame is 2-D (and of ``shape`` when given); returns it as float32.
@@ -161,7 +176,6 @@ def _cf_attrs(frozen: tuple[tuple[str, object], ...]) -> dict[str, object]:
 def _hashable(value: object) -> object:
     value = plain_value(value.tolist() if isinstance(value, np.ndarray) else value)
     return tuple(value) if isinstance(value, list) else value
-
 
 
 def _where(item: SourceItem) -> str:

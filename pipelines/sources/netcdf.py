@@ -12,7 +12,6 @@ import dataclasses
 import functools
 import glob
 import os
-from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -26,6 +25,7 @@ from nowcast.pipelines.sources.base import (
     check_frame_shape,
     grid_from_cf,
     list_files,
+    most_common_step,
     sorted_unique,
 )
 from nowcast.pipelines.stores.archive import FieldSpec
@@ -174,12 +174,7 @@ class NetCDFSource:
 
     def time_step(self) -> np.timedelta64 | None:
         """The most common spacing of the times (None with fewer than two times)."""
-        times = np.array([item.time for item in self.items()], dtype="datetime64[s]")
-        if len(times) < 2:
-            return None
-        counts = Counter(np.diff(times).tolist())
-        step, _ = max(counts.items(), key=lambda kv: (kv[1], -kv[0].total_seconds()))
-        return np.timedelta64(step, "s")
+        return most_common_step(item.time for item in self.items())
 
     def read_grid(self, item: SourceItem) -> Grid:
         """The grid from the y/x coordinates and the CF grid-mapping variable.

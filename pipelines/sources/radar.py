@@ -1,33 +1,51 @@
-"""Radar composites read with pysteps' importers: KNMI, BoM, FMI and MeteoSwiss.
+"""Radar composites read with pysteps' importers: KNMI, BoM, FMI, MeteoSwiss and ODIM_H5.
 
-Frames are listed from file names (the timestamp is in every name), read with
-the matching ``pysteps.io.importers`` function and converted with
+Frames are listed from file names (KNMI, BoM, FMI, MeteoSwiss: the timestamp is
+in every name) or from the files' metadata (ODIM_H5, whose names differ by
+service: the nominal time ``what/date`` + ``what/time``, see
+:mod:`nowcast.pipelines.sources.odim`), read with the matching
+``pysteps.io.importers`` function and converted with
 ``pysteps.utils.to_rainrate`` to a rain rate in mm/h, the archive's
-precipitation unit. No-data pixels (outside radar range) stay NaN.
+precipitation unit. No-data pixels (outside radar range) stay NaN; ODIM's
+undetect (observed, nothing detected) is 0 mm/h.
+
+Reflectivity (FMI, ODIM ``DBZH``) becomes a rate through Z = a R^b: the
+source's ``zr_a``/``zr_b`` options, else the file's relation (FMI: 223, 1.53;
+ODIM: ``how/zr_a``, ``how/zr_b``), else Marshall-Palmer (200, 1.6).
+
+The time step is the format's (5 min), the product's for BoM Rainfields3
+(``prcp-c10``: 10 min, ``prcp-cscn``: 6 min; other products: the spacing of
+the listed files) and, for ODIM, the spacing of the listed frames (5 min for
+a single frame).
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import functools
-import io
 import os
 import re
-import threading
-from collections.abc import Callable, Mapping
+from collections import Counter
 from datetime import datetime, timedelta
-from typing import Any
 
 import numpy as np
 
+from nowcast.pipelines.sources import odim
 from nowcast.pipelines.sources.base import (
     SourceError,
     SourceItem,
     check_frame_shape,
-    grid_from_cf,
     list_files,
+    most_common_step,
     sorted_unique,
+)
+from nowcast.pipelines.sources.importers import (
+    bom_grid,
+    header_metadata,
+    import_odim,
+    import_radar,
+    in_metres,
+    shape_from_extent,
+    to_rain_rate,
 )
 from nowcast.pipelines.stores.archive import PRECIP, FieldSpec
 from nowcast.pipelines.stores.grid import Grid
@@ -41,10 +59,15 @@ class RadarFormat:
         name: format key, e.g. ``knmi``.
         description: service and product, for messages and docs.
         suffixes: file-name endings that belong to the format (others are ignored).
-        pattern: regular expression over the file name; its groups build the time.
-        time_format: ``strptime`` format of the concatenated groups.
+        pattern: regular expression over the file name; its groups build the time
+            (for a format timed by its metadata, it only selects candidate files).
+        time_format: ``strptime`` format of the concatenated groups ("" when the
+            time is in the file).
         example: an example file name, for messages.
-        step_minutes: native time step.
+        step_minutes: native time step; None where it depends on the product
+            (BoM: :data:`BOM_PRODUCT_MINUTES`); for ODIM the step of a single frame.
+        time_in_file: the frame time is read from the file's metadata (ODIM),
+            because the names differ by service.
     """
 
     name: str
@@ -53,12 +76,14 @@ class RadarFormat:
     pattern: str
     time_format: str
     example: str
-    step_minutes: int
+    step_minutes: int | None
+    time_in_file: bool = False
 
     def parse_time(self, filename: str) -> np.datetime64 | None:
-        """The frame time in a file name, or None if the name does not follow the format."""
+        """The frame time in a file name; None if the name does not follow the format,
+        or the format keeps its times in the files."""
         match = re.fullmatch(self.pattern, filename)
-        if not match:
+        if not match or self.time_in_file:
             return None
         try:
             stamp = datetime.strptime("".join(match.groups()), self.time_format)
@@ -73,21 +98,42 @@ FORMATS: dict[str, RadarFormat] = {
         RadarFormat("knmi", "KNMI RAD_NL25 5-min accumulation (HDF5, mm)", (".h5",),
                     r"RAD_NL\d+_[A-Z]+_\d+min_(\d{12})\.h5", "%Y%m%d%H%M",
                     "RAD_NL25_RAP_5min_201008260000.h5", 5),
-        RadarFormat("bom", "BoM Rainfields3 10-min accumulation (NetCDF, mm)", (".nc",),
-                    r"\d+_(\d{8})_(\d{6})\.prcp-c10\.nc", "%Y%m%d%H%M%S",
-                    "66_20201031_000000.prcp-c10.nc", 10),
+        RadarFormat("bom", "BoM Rainfields3 precipitation (NetCDF, mm or mm/h)", (".nc",),
+                    r"\d+_(\d{8})_(\d{6})\.[A-Za-z0-9][\w-]*\.nc", "%Y%m%d%H%M%S",
+                    "66_20201031_000000.prcp-c10.nc", None),
         RadarFormat("fmi", "FMI composite reflectivity (gzipped PGM, dBZ)", (".pgm.gz", ".pgm"),
                     r"(\d{12})_fmi\.radar\.composite\.lowest_FIN_SUOMI1\.pgm(?:\.gz)?", "%Y%m%d%H%M",
                     "201609281445_fmi.radar.composite.lowest_FIN_SUOMI1.pgm.gz", 5),
         RadarFormat("mch", "MeteoSwiss AQC 5-min accumulation (GIF, mm)", (".gif",),
                     r"AQC(\d{2})(\d{3})(\d{4})[A-Z]_\d{5}\.\d{3}\.gif", "%y%j%H%M",
                     "AQC151351545F_00005.801.gif", 5),
+        RadarFormat("odim", "ODIM_H5 cartesian composite (HDF5, RATE in mm/h or DBZH in dBZ)",
+                    odim.ODIM_SUFFIXES, r".+\.(?:h5|hdf5?)", "",
+                    "20210704155000.rad.best.comp.rate.qpe.hdf (any name; ODIM_H5 content)", 5,
+                    time_in_file=True),
     )
 }
 
+# Native step of the BoM Rainfields3 products whose step is known (file names
+# ``<station>_<YYYYMMDD>_<HHMMSS>.<product>.nc``). Both are accumulations ending
+# at the time in the name (pysteps reports unit mm and accutime 10 and 6).
+BOM_PRODUCT_MINUTES = {"prcp-c10": 10, "prcp-cscn": 6}
+_BOM_NAME = re.compile(r"\d+_\d{8}_\d{6}\.([A-Za-z0-9][\w-]*)\.nc")
+
+
+def bom_product(filename: str) -> str | None:
+    """The Rainfields3 product in a BoM file name (``prcp-c10``), None for other names."""
+    match = _BOM_NAME.fullmatch(os.path.basename(filename))
+    return match[1] if match else None
+
 
 def detect_radar_format(directory: str) -> str:
-    """The radar format of the files under ``directory``, from their names.
+    """The radar format of the files under ``directory``, from their names or content.
+
+    Files named like a format's files count for it (names only, as cheap as a
+    listing); any other HDF5 file (``.h5``, ``.hdf``, ``.hdf5``) is opened, and
+    is ODIM if its root ``Conventions`` starts with ``ODIM_H5``, whatever its
+    name. KNMI's HDF5 files have no such attribute, and are told by their names.
 
     Raises:
         SourceError: if no file follows a supported format, or files of several
@@ -95,9 +141,12 @@ def detect_radar_format(directory: str) -> str:
     """
     counts = {name: 0 for name in FORMATS}
     for path in list_files(directory, tuple(s for fmt in FORMATS.values() for s in fmt.suffixes)):
-        for name, fmt in FORMATS.items():
-            if fmt.parse_time(os.path.basename(path)) is not None:
-                counts[name] += 1
+        name = os.path.basename(path)
+        named = [key for key, fmt in FORMATS.items() if fmt.parse_time(name) is not None]
+        for key in named:
+            counts[key] += 1
+        if not named and name.endswith(odim.ODIM_SUFFIXES) and odim.is_odim(path):
+            counts["odim"] += 1
     present = [name for name, count in counts.items() if count]
     if len(present) == 1:
         return present[0]
@@ -112,138 +161,7 @@ def detect_radar_format(directory: str) -> str:
     )
 
 
-_IMPORT_LOCK = threading.Lock()
-
-
-@functools.cache
-def _pysteps() -> tuple[Any, Any]:
-    """pysteps' importers module and ``to_rainrate``, imported once (~2 s) without its banner.
-
-    Only the import is silenced (pysteps prints where it found its configuration
-    file): swapping ``sys.stdout`` or the warning filters around every read
-    would not be thread-safe under multi-threaded Beam workers.
-    """
-    with _IMPORT_LOCK, contextlib.redirect_stdout(io.StringIO()):
-        from pysteps.io import importers
-        from pysteps.utils import to_rainrate
-    return importers, to_rainrate
-
-
-def import_radar(fmt: str, path: str) -> tuple[np.ndarray, dict[str, Any]]:
-    """Reads one file with its pysteps importer: raw field (NaN = no data) and metadata."""
-    importers, _ = _pysteps()
-    if fmt == "bom":
-        fast = _import_bom_fast(path)
-        if fast is not None:
-            return fast
-    calls: Mapping[str, Callable[[], tuple]] = {
-        "knmi": lambda: importers.import_knmi_hdf5(path),
-        "bom": lambda: importers.import_bom_rf3(path),
-        "fmi": lambda: importers.import_fmi_pgm(path, gzipped=path.endswith(".gz")),
-        "mch": lambda: importers.import_mch_gif(path, product="AQC", unit="mm", accutime=5.0),
-    }
-    field, _quality, metadata = calls[fmt]()
-    return np.ma.filled(np.ma.asarray(field, dtype="float64"), np.nan), dict(metadata)
-
-
-def _import_bom_fast(path: str) -> tuple[np.ndarray, dict[str, Any]] | None:
-    """A BoM Rainfields3 file as ``import_bom_rf3`` returns it, about 50 times faster.
-
-    pysteps' importer spends ~0.5 s per file in Python ``min``/``max`` loops over
-    the coordinate variables to build georeferencing that :func:`_bom_grid` reads
-    from the header anyway. The field is decoded by the same netCDF4 call, so
-    the values are identical (tests compare every file). Returns None for files
-    this shortcut does not cover, which then go through pysteps.
-    """
-    import netCDF4
-
-    importers, _ = _pysteps()
-    with netCDF4.Dataset(path) as ds:
-        names = ds.variables.keys()
-        if not {"precipitation", "valid_time", "start_time"} <= names:
-            return None
-        units = {getattr(ds[v], "units", "") for v in ("valid_time", "start_time")}
-        if len(units) != 1 or not units.pop().startswith("seconds since"):
-            return None
-        if getattr(ds["precipitation"], "units", "") not in ("kg m-2", "mm"):
-            return None
-        accutime = (int(ds["valid_time"][...]) - int(ds["start_time"][...])) // 60
-        field = ds["precipitation"][:]
-    field = np.ma.filled(np.ma.asarray(field, dtype="float64"), np.nan)
-    metadata = {"unit": "mm", "accutime": accutime, "transform": None,
-                "zerovalue": np.nanmin(field), "threshold": importers._get_threshold_value(field),
-                "institution": "Commonwealth of Australia, Bureau of Meteorology"}
-    return field, metadata
-
-
-def to_rain_rate(field: np.ndarray, metadata: Mapping[str, Any]) -> np.ndarray:
-    """pysteps' ``to_rainrate`` (mm, dBZ, ... to mm/h) as float32, negative rates as NaN.
-
-    A negative rate is a flag, not an amount: BoM files hold a few pixels of raw
-    -2 (-0.1 mm) beside their -1 fill value. Left in, they would break the
-    archive's ``valid_min=0`` and make ingest refuse the whole frame.
-    """
-    _, to_rainrate = _pysteps()
-    rate, _ = to_rainrate(field, dict(metadata))
-    rate = np.asarray(rate, dtype="float32")
-    rate[rate < 0] = np.nan
-    return rate
-
-
-def _shape_from_extent(metadata: Mapping[str, Any]) -> tuple[int, int]:
-    """Grid shape implied by pysteps' edge extents and pixel sizes."""
-    nx = round((float(metadata["x2"]) - float(metadata["x1"])) / float(metadata["xpixelsize"]))
-    ny = round((float(metadata["y2"]) - float(metadata["y1"])) / float(metadata["ypixelsize"]))
-    return ny, nx
-
-
-def _in_metres(metadata: Mapping[str, Any]) -> dict[str, Any]:
-    """Metadata with km coordinates rescaled to metres.
-
-    KNMI describes its grid in km with the ellipsoid axes in km too
-    (``+a=6378.137``), which PROJ treats as another planet: no transformation to
-    longitude/latitude exists. Scaling the coordinates, axes and false origin by
-    1000 gives the same projection in metres on the Earth.
-    """
-    metadata = dict(metadata)
-    if metadata.get("cartesian_unit") != "km":
-        return metadata
-    for key in ("x1", "x2", "y1", "y2", "xpixelsize", "ypixelsize"):
-        metadata[key] = float(metadata[key]) * 1000.0
-    projection = str(metadata["projection"])
-    if re.search(r"\+units=km", projection):
-        projection = projection.replace("+units=km", "+units=m")
-    else:
-        projection = re.sub(r"\+(a|b|x_0|y_0)=([-+\d.eE]+)",
-                            lambda m: f"+{m[1]}={float(m[2]) * 1000.0:.12g}", projection)
-    metadata["projection"] = projection
-    metadata["cartesian_unit"] = "m"
-    return metadata
-
-
-def _bom_grid(path: str) -> Grid:
-    """BoM grid from the NetCDF header: its pixel-centre coordinates and CF grid mapping.
-
-    pysteps' BoM metadata gives the first and last pixel *centres* as ``x1``/``x2``
-    (other importers give edges), so ``Grid.from_pysteps_metadata`` would be off by
-    up to half a pixel; the header's own coordinates are exact.
-    """
-    import netCDF4
-    with netCDF4.Dataset(path) as ds:
-        scale = {"km": 1000.0, "m": 1.0}[getattr(ds["x"], "units", "m")]
-        x = np.asarray(ds["x"][:], "float64") * scale
-        y = np.asarray(ds["y"][:], "float64") * scale
-        mapping = {k: ds["proj"].getncattr(k) for k in ds["proj"].ncattrs()}
-    return grid_from_cf(y, x, mapping, units="m")
-
-
-def _header_metadata(fmt: str, path: str) -> dict[str, Any]:
-    """pysteps geodata of a FMI or MeteoSwiss file without decoding the image."""
-    importers, _ = _pysteps()
-    if fmt == "fmi":
-        header = importers._import_fmi_pgm_metadata(path, gzipped=path.endswith(".gz"))
-        return importers._import_fmi_pgm_geodata(header)
-    return importers._import_mch_geodata()  # a fixed domain: the GIF has no georeferencing
+_REFLECTIVITY_FORMATS = ("fmi", "odim")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -252,16 +170,56 @@ class RadarSource:
 
     Attributes:
         directory: folder searched recursively for the format's files.
-        fmt: one of :data:`FORMATS` (``knmi``, ``bom``, ``fmi``, ``mch``).
+        fmt: one of :data:`FORMATS` (``knmi``, ``bom``, ``fmi``, ``mch``, ``odim``).
+        product: BoM only: the Rainfields3 product to read (``prcp-c10``,
+            ``prcp-cscn``, ...) from a folder holding several; default: the only
+            one in the folder.
+        quantity: ODIM only: ``RATE`` (mm/h) or ``DBZH`` (dBZ); default: RATE in
+            files that hold it, else DBZH. Every file must resolve to the same one.
+        zr_a, zr_b: reflectivity formats only (FMI, ODIM ``DBZH``): Z = a R^b
+            used for the rain rate; default: the file's relation, else
+            Marshall-Palmer (200, 1.6).
     """
 
     directory: str
     fmt: str
+    product: str | None = None
+    quantity: str | None = None
+    zr_a: float | None = None
+    zr_b: float | None = None
 
     def __post_init__(self) -> None:
         if self.fmt not in FORMATS:
             raise SourceError(f"unknown radar format {self.fmt!r}; supported formats: {sorted(FORMATS)}")
         object.__setattr__(self, "directory", os.fspath(self.directory))
+        if self.product is not None and self.fmt != "bom":
+            raise SourceError(f"product={self.product!r} applies to BoM Rainfields3 folders (format bom), "
+                              f"not to {self.fmt}; drop it")
+        if self.quantity is not None:
+            if self.fmt != "odim":
+                raise SourceError(f"quantity={self.quantity!r} applies to ODIM files (format odim), "
+                                  f"not to {self.fmt}; drop it")
+            quantity = str(self.quantity).upper()
+            if quantity not in odim.QUANTITIES:
+                raise SourceError(f"quantity={self.quantity!r}: ODIM files are read as one of "
+                                  f"{list(odim.QUANTITIES)} (rain rate or reflectivity); pick one")
+            object.__setattr__(self, "quantity", quantity)
+        for key in ("zr_a", "zr_b"):
+            value = getattr(self, key)
+            if value is None:
+                continue
+            if self.fmt not in _REFLECTIVITY_FORMATS:
+                raise SourceError(f"{key}={value!r}: a Z-R relation applies to reflectivity formats "
+                                  f"({', '.join(_REFLECTIVITY_FORMATS)}); {self.fmt} files hold rain "
+                                  "amounts or rates: drop it")
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                number = float("nan")
+            if not number > 0 or not np.isfinite(number):
+                raise SourceError(f"{key}={value!r}: give a positive number (Marshall-Palmer: "
+                                  f"zr_a={odim.MARSHALL_PALMER[0]}, zr_b={odim.MARSHALL_PALMER[1]})")
+            object.__setattr__(self, key, number)
 
     @property
     def name(self) -> str:
@@ -274,24 +232,45 @@ class RadarSource:
     def fields(self) -> tuple[FieldSpec, ...]:
         return (PRECIP,)
 
-    def time_step(self) -> np.timedelta64:
-        return np.timedelta64(timedelta(minutes=self.format.step_minutes), "s")
+    def time_step(self) -> np.timedelta64 | None:
+        """The native step (see the module docstring).
+
+        BoM products of unknown step with a single file, the one case without a
+        step, give None: ingest then asks for one (``--time-step``).
+        """
+        minutes = self.format.step_minutes
+        if self.fmt == "bom":
+            product = self.product or bom_product(self.items()[0].path)
+            minutes = BOM_PRODUCT_MINUTES.get(product or "")
+            if minutes is None:
+                return most_common_step(item.time for item in self.items())
+        elif self.fmt == "odim":
+            step = most_common_step(item.time for item in self.items())
+            if step is not None:
+                return step
+        return np.timedelta64(timedelta(minutes=minutes or 0), "s")
 
     def items(self) -> list[SourceItem]:
-        """Every file of the format, by time parsed from its name.
+        """Every file of the format, by time parsed from its name (ODIM: from its metadata).
 
         Raises:
             SourceError: on a missing or empty folder, a name without a parsable
-                time, or two files at the same time.
+                time, two files at the same time, BoM products mixed, or ODIM
+                files that are not ODIM or do not share a quantity.
         """
         fmt = self.format
         paths = list_files(self.directory, fmt.suffixes)
+        if self.product is not None:
+            paths = [path for path in paths if bom_product(path) in (None, self.product)]
         if not paths:
+            wanted = f"{fmt.name} files" + (f" of product {self.product}" if self.product else "")
             raise SourceError(
-                f"no {fmt.name} files ({' or '.join(fmt.suffixes)}, e.g. {fmt.example}) under "
+                f"no {wanted} ({' or '.join(fmt.suffixes)}, e.g. {fmt.example}) under "
                 f"{self.directory!r}; check the folder and the format (detected: "
                 f"{_try_detect(self.directory)})"
             )
+        if fmt.time_in_file:
+            return sorted_unique(self._odim_items(paths))
         items = []
         for path in paths:
             time = fmt.parse_time(os.path.basename(path))
@@ -301,20 +280,63 @@ class RadarSource:
                     f"{fmt.example}: rename the file or move it out of {self.directory!r}"
                 )
             items.append(SourceItem(time=time, path=path))
+        if self.fmt == "bom":
+            self._check_one_product(items)
         return sorted_unique(items)
 
+    def _check_one_product(self, items: list[SourceItem]) -> None:
+        """Refuses BoM products mixed in one listing (different steps and accumulations)."""
+        products = Counter(bom_product(item.path) or "" for item in items)
+        if len(products) > 1:
+            found = ", ".join(f"{count} {product}" for product, count in sorted(products.items()))
+            raise SourceError(
+                f"{self.directory!r} mixes BoM Rainfields3 products ({found}); pick one: pass "
+                f"product={sorted(products)[0]!r} (or another) to the source, or give the folder of one "
+                "product"
+            )
+
+    def _odim_items(self, paths: list[str]) -> list[SourceItem]:
+        """Items at the files' nominal times; every file must resolve to the same quantity."""
+        items: list[SourceItem] = []
+        by_quantity: dict[str, list[str]] = {}
+        for path in paths:
+            header = odim.read_header(path)
+            quantity = odim.choose_quantity(header, path, self.quantity)
+            by_quantity.setdefault(quantity, []).append(path)
+            items.append(SourceItem(time=header.time, path=path))
+        if len(by_quantity) > 1:
+            found = ", ".join(f"{len(files)} read as {quantity} (e.g. {os.path.basename(files[0])})"
+                              for quantity, files in sorted(by_quantity.items()))
+            raise SourceError(
+                f"{self.directory!r}: the ODIM files do not share a quantity ({found}); pass "
+                "quantity='DBZH' if every file holds reflectivity, or give the folder of one product"
+            )
+        if "RATE" in by_quantity and (self.zr_a is not None or self.zr_b is not None):
+            raise SourceError(
+                f"{self.directory!r}: zr_a/zr_b given, but the ODIM files are read as RATE (already mm/h); "
+                "drop zr_a/zr_b, or pass quantity='DBZH' to read reflectivity"
+            )
+        return items
+
     def read_grid(self, item: SourceItem) -> Grid:
-        """The file's grid (BoM, FMI: header only; MeteoSwiss: the fixed CCS4 domain)."""
+        """The file's grid (BoM, FMI, ODIM: header only; MeteoSwiss: the fixed CCS4 domain)."""
         try:
             if self.fmt == "bom":
-                return _bom_grid(item.path)
+                return bom_grid(item.path)
+            shape: tuple[int, int] | None
             if self.fmt in ("fmi", "mch"):
-                metadata = _header_metadata(self.fmt, item.path)
-                shape = _shape_from_extent(metadata)
+                metadata = header_metadata(self.fmt, item.path)
+                shape = shape_from_extent(metadata)
+            elif self.fmt == "odim":
+                metadata, shape = odim.geodata(item.path)
             else:  # KNMI: the importer reads the whole (small) file anyway
-                field, metadata = import_radar(self.fmt, item.path)
+                shape = None
+            if shape is None:
+                field, metadata = import_radar(self.fmt, item.path, self.quantity)
                 shape = field.shape
-            return Grid.from_pysteps_metadata(_in_metres(metadata), shape)
+            return Grid.from_pysteps_metadata(in_metres(metadata), shape)
+        except SourceError:
+            raise
         except Exception as error:  # any reader failure means a bad file
             raise _unreadable(self.fmt, item.path, error) from error
 
@@ -325,11 +347,19 @@ class RadarSource:
             SourceError: if the file is corrupt, truncated or not of this format.
         """
         try:
-            field, metadata = import_radar(self.fmt, item.path)
+            expected: tuple[int, int] | None
+            if self.fmt == "odim":
+                field, metadata, expected = import_odim(item.path, self.quantity)
+            else:
+                field, metadata = import_radar(self.fmt, item.path)
+                expected = None if self.fmt == "bom" else shape_from_extent(metadata)
+            metadata.update({key: value for key in ("zr_a", "zr_b")
+                             if (value := getattr(self, key)) is not None})
             rate = to_rain_rate(field, metadata)
+        except SourceError:
+            raise
         except Exception as error:  # any reader failure means a bad file
             raise _unreadable(self.fmt, item.path, error) from error
-        expected = None if self.fmt == "bom" else _shape_from_extent(metadata)
         return {PRECIP.name: check_frame_shape(item, PRECIP.name, rate, expected)}
 
 

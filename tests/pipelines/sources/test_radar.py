@@ -13,7 +13,8 @@ import pyproj
 import pytest
 
 from nowcast.pipelines.sources import RadarSource, Source, SourceError, detect_radar_format, get_source
-from nowcast.pipelines.sources.radar import FORMATS, import_radar
+from nowcast.pipelines.sources.importers import import_radar
+from nowcast.pipelines.sources.radar import FORMATS
 from nowcast.pipelines.stores.grid import Grid
 
 pytestmark = [
@@ -31,10 +32,14 @@ EVENTS = [
     ("fmi", "fmi/pgm/20160928"),
     ("mch", "mch/20150515"),
     ("mch", "mch/20160711"),
+    ("odim", "rmi/radqpe/20210704"),
 ]
-FORMAT_DIRS = {"knmi": "knmi", "bom": "bom", "fmi": "fmi", "mch": "mch"}
+FORMAT_DIRS = {"knmi": "knmi", "bom": "bom", "fmi": "fmi", "mch": "mch", "odim": "rmi"}
+# Formats timed by their file names (ODIM's times are in the files: see test_odim.py).
+NAMED = sorted(fmt for fmt in FORMAT_DIRS if not FORMATS[fmt].time_in_file)
 # Where each composite lies (lat, lon of the grid centre, within a few degrees): checks the CRS.
-CENTRES = {"knmi": (52.0, 5.0), "bom": (-27.7, 153.2), "fmi": (64.5, 26.0), "mch": (46.5, 8.0)}
+CENTRES = {"knmi": (52.0, 5.0), "bom": (-27.7, 153.2), "fmi": (64.5, 26.0), "mch": (46.5, 8.0),
+           "odim": (50.7, 4.4)}
 
 
 def direct_read(fmt: str, path: str) -> tuple[np.ndarray, dict]:
@@ -47,6 +52,7 @@ def direct_read(fmt: str, path: str) -> tuple[np.ndarray, dict]:
         "bom": lambda: importers.import_bom_rf3(path),
         "fmi": lambda: importers.import_fmi_pgm(path, gzipped=True),
         "mch": lambda: importers.import_mch_gif(path, product="AQC", unit="mm", accutime=5.0),
+        "odim": lambda: importers.import_odim_hdf5(path),  # RMI: quantity RATE, mm/h
     }
     field, _, metadata = calls[fmt]()
     field = np.ma.filled(np.ma.asarray(field, dtype="float64"), np.nan)
@@ -56,15 +62,16 @@ def direct_read(fmt: str, path: str) -> tuple[np.ndarray, dict]:
     return rate, metadata
 
 
-def event_files(radar_dir: Path, event: str, suffix: str) -> list[str]:
-    return sorted(str(p) for p in (radar_dir / event).rglob(f"*{suffix}"))
+def event_files(radar_dir: Path, event: str, fmt: str) -> list[str]:
+    return sorted(str(p) for p in (radar_dir / event).rglob("*")
+                  if p.is_file() and p.name.endswith(FORMATS[fmt].suffixes))
 
 
 @pytest.mark.parametrize(("fmt", "event"), EVENTS)
 def test_items_follow_the_file_names_at_the_native_step(radar_dir, fmt, event):
     source = RadarSource(str(radar_dir / event), fmt)
     items = source.items()
-    files = event_files(radar_dir, event, FORMATS[fmt].suffixes[0])
+    files = event_files(radar_dir, event, fmt)
     assert sorted(item.path for item in items) == files
     times = np.array([item.time for item in items])
     assert times.dtype == np.dtype("datetime64[s]")
@@ -78,10 +85,16 @@ def test_items_follow_the_file_names_at_the_native_step(radar_dir, fmt, event):
     ("fmi", "201609281445_fmi.radar.composite.lowest_FIN_SUOMI1.pgm.gz", "2016-09-28T14:45"),
     ("mch", "AQC151351545F_00005.801.gif", "2015-05-15T15:45"),  # day 135 of 2015
     ("mch", "AQC161932045V_00005.801.gif", "2016-07-11T20:45"),  # day 193 of leap year 2016
+    ("bom", "2_20180616_100600.prcp-cscn.nc", "2018-06-16T10:06"),  # any Rainfields3 product
 ])
 def test_times_are_parsed_from_names(fmt, name, expected):
     assert FORMATS[fmt].parse_time(name) == np.datetime64(expected, "s")
     assert FORMATS[fmt].parse_time("x" + name) is None
+
+
+def test_odim_times_are_not_taken_from_names():
+    # ODIM names differ by service; the time is the file's what/date + what/time (test_odim.py).
+    assert FORMATS["odim"].parse_time("20210704155000.rad.best.comp.rate.qpe.hdf") is None
 
 
 def test_bom_name_time_is_the_file_valid_time(radar_dir):
@@ -111,7 +124,7 @@ def test_all_formats_are_listed_in_time_order(radar_dir):
         items = RadarSource(str(radar_dir / folder), fmt).items()
         assert items == sorted(items)
         counts[fmt] = len(items)
-    expected = {fmt: len(event_files(radar_dir, folder, FORMATS[fmt].suffixes[0]))
+    expected = {fmt: len(event_files(radar_dir, folder, fmt))
                 for fmt, folder in FORMAT_DIRS.items()}
     assert counts == expected
 
@@ -184,7 +197,7 @@ def test_grid_matches_the_pysteps_metadata(radar_dir, fmt, event):
     assert stored.mismatch(grid) is None
 
 
-@pytest.mark.parametrize("fmt", ["fmi", "mch", "bom"])
+@pytest.mark.parametrize("fmt", ["fmi", "mch", "bom", "odim"])
 def test_header_grid_equals_the_grid_of_a_full_read(radar_dir, fmt):
     source = RadarSource(str(radar_dir / FORMAT_DIRS[fmt]), fmt)
     items = source.items()
@@ -196,7 +209,7 @@ def test_header_grid_equals_the_grid_of_a_full_read(radar_dir, fmt):
             assert header.mismatch(Grid.from_pysteps_metadata(metadata, field.shape)) is None
 
 
-@pytest.mark.parametrize("fmt", sorted(FORMAT_DIRS))
+@pytest.mark.parametrize("fmt", NAMED)  # ODIM: refused when listed, see test_odim.py
 def test_truncated_or_empty_file_is_a_source_error_naming_it(radar_dir, tmp_path, fmt):
     good = RadarSource(str(radar_dir / FORMAT_DIRS[fmt]), fmt).items()[0].path
     folder = tmp_path / fmt
