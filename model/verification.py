@@ -32,10 +32,12 @@ from pysteps import motion, nowcasts
 from pysteps.utils import transformation
 from pysteps.verification import detcatscores, detcontscores, spatialscores
 
-THRESHOLDS = (0.5, 1.0, 5.0)
+THRESHOLDS = (0.1, 0.5, 1.0, 5.0)
 FSS_THRESHOLD = 1.0
 FSS_SCALES = (1, 5, 15)
-METRICS = ("mae", "csi_0.5", "csi_1", "csi_5", "fss_1")
+# frequency bias (forecast over observed count) at 0.1 and 1 mm/h: above 1 paints rain that is not there
+METRICS = ("mae", "csi_0.5", "csi_1", "csi_5", "fss_1", "bias_0.1", "bias_1")
+CATEGORICAL = ("CSI", "POD", "FAR", "BIAS")
 
 
 def _thr_key(thr: float) -> str:
@@ -97,8 +99,8 @@ def skill_compute(state: Mapping[str, Any], time_step_minutes: float) -> dict[st
         if state["count"][k]:
             scores["mae"] = float(detcontscores.det_cont_fct_compute(state["cont"][k], "MAE")["MAE"])
             for thr, cat in state["cat"][k].items():
-                values = detcatscores.det_cat_fct_compute(cat, ["CSI", "POD", "FAR"])
-                for name in ("CSI", "POD", "FAR"):
+                values = detcatscores.det_cat_fct_compute(cat, list(CATEGORICAL))
+                for name in CATEGORICAL:
                     scores[f"{name.lower()}_{thr}"] = float(values[name])
             scales = sorted(state["fss"][k])
             for scale in scales:
@@ -214,27 +216,28 @@ def plot_scores(scores: Mapping[str, Mapping[str, Mapping[str, float]]], path: s
 
 def plot_maps(observed: np.ndarray, forecasts: Mapping[str, np.ndarray], leads: Sequence[int],
               path: str | Path, time_step_minutes: float = 5.0) -> Path:
-    """Forecast maps beside the truth: a row per source, a column per chosen lead index (PNG)."""
+    """Forecast maps beside the truth: a row per source, a column per chosen lead index (PNG).
+
+    Drawn as a forecaster sees rain: pysteps' intensity colour scale (steps
+    on a logarithmic ladder from 0.1 mm/h), dry (< 0.1 mm/h) left white so
+    drizzle shows, and the area outside radar coverage in grey.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from pysteps.visualization import plot_precip_field
 
     outside = ~np.isfinite(observed)  # show forecasts only where they are scored
     rows = {"observed": observed, **{k: np.where(outside, np.nan, v) for k, v in forecasts.items()}}
-    fig, axes = plt.subplots(len(rows), len(leads), figsize=(2.6 * len(leads), 2.4 * len(rows)),
-                             squeeze=False)
+    fig, axes = plt.subplots(len(rows), len(leads), figsize=(2.9 * len(leads) + 0.8, 2.5 * len(rows)),
+                             squeeze=False, layout="constrained")
     for r, (name, frames) in enumerate(rows.items()):
         for c, k in enumerate(leads):
             ax = axes[r][c]
-            ax.imshow(np.ma.masked_invalid(frames[k]), cmap="viridis", vmin=0, vmax=10)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if r == 0:
-                ax.set_title(f"+{(k + 1) * time_step_minutes:g} min", fontsize=9)
-            if c == 0:
-                ax.set_ylabel(name, fontsize=9)
-    fig.tight_layout()
+            ax.set_facecolor("white")  # dry is transparent in pysteps' scale; outside coverage is grey
+            plot_precip_field(frames[k], ax=ax, colorbar=c == len(leads) - 1, axis="off")
+            ax.set_title(f"{name}, +{(k + 1) * time_step_minutes:g} min", fontsize=8)
     fig.savefig(path, dpi=80)
     plt.close(fig)
     return Path(path)

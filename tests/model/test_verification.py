@@ -89,3 +89,17 @@ def test_report_table_and_plots(tmp_path):
     assert v.plot_scores(scores, tmp_path / "scores.png").stat().st_size > 1000
     maps = v.plot_maps(obs[1:], {"persistence": v.persistence(obs[:1], 3)}, [0, 2], tmp_path / "maps.png")
     assert maps.stat().st_size > 1000
+
+
+def test_frequency_bias_shows_drizzle_and_is_one_for_a_perfect_forecast():
+    obs = _moving_blobs(2)
+    perfect, drizzle = v.skill_init(2), v.skill_init(2)
+    v.skill_accum(perfect, obs, obs)
+    v.skill_accum(drizzle, obs + 0.2, obs)  # a thin veil of rain everywhere
+    for lead in v.skill_compute(perfect, 5).values():
+        assert lead["bias_0.1"] == pytest.approx(1)
+        assert lead["bias_1"] == pytest.approx(1)
+    wet = float(np.mean(obs[0] >= 0.1))
+    for lead in v.skill_compute(drizzle, 5).values():
+        assert lead["bias_0.1"] == pytest.approx(1 / wet, rel=0.05)  # every pixel forecast wet
+        assert lead["bias_0.1"] > 1.25
