@@ -36,7 +36,7 @@ def _source_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("source (one of --input or --synthetic)")
     group.add_argument("--input", help="folder (or file glob) of radar or NetCDF files")
     group.add_argument("--format", default="auto",
-                       help="knmi, bom, fmi, mch, netcdf, or auto (from the file names)")
+                       help="knmi, bom, fmi, mch, odim, netcdf, or auto (from the files)")
     group.add_argument("--variables", nargs="*", default=None, help="NetCDF variables to ingest")
     group.add_argument("--synthetic", action="store_true", help="generate synthetic precipitation")
     group.add_argument("--frames", type=int, default=288, help="synthetic: number of frames")
@@ -135,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     watch = sub.add_parser("watch", help="append radar files to an archive as they arrive (streaming)")
     watch.add_argument("--archive", required=True)
     watch.add_argument("--input", required=True, help="folder to watch")
-    watch.add_argument("--format", required=True, help="knmi, bom, fmi or mch")
+    watch.add_argument("--format", required=True, help="knmi, bom, fmi, mch or odim")
     watch.add_argument("--interval", type=float, default=5.0, help="seconds between polls")
     watch.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     watch.add_argument("--time-step", default=None)

@@ -141,7 +141,7 @@ class IngestParams(_Stores):
         f"{DEFAULT_WORKDIR}/incoming",
         description="folder of radar or NetCDF files; only files not yet in the archive are ingested "
                     "(leave empty to use the synthetic generator)")
-    format: str = Field("auto", description="knmi, bom, fmi, mch, netcdf, or auto (from the file names)")
+    format: str = Field("auto", description="knmi, bom, fmi, mch, odim, netcdf, or auto (from the files)")
     synthetic_frames: int = Field(48, ge=1, le=100_000, description="synthetic: number of 5-minute frames")
     synthetic_size: int = Field(64, ge=8, le=4096, description="synthetic: grid size (square)")
     synthetic_start: str = Field("2024-01-01T00:00", description="synthetic: time of the first frame")

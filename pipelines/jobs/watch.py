@@ -1,4 +1,4 @@
-"""The watcher: streaming ingest that follows a folder and appends radar files as they arrive.
+"""The watcher: follows a folder and appends radar files to the archive as they arrive.
 
 A Beam ``PeriodicImpulse`` fires every ``interval_s``; each firing lists the
 folder, picks the frames that are not yet valid in the archive and ingests
@@ -39,7 +39,7 @@ class WatchSpec:
     Attributes:
         archive: archive URL (created by the first file if missing).
         directory: folder to watch (searched recursively).
-        fmt: radar format (knmi, bom, fmi, mch).
+        fmt: radar format (knmi, bom, fmi, mch, odim).
         interval_s: seconds between polls.
         duration_s: stop after this many seconds; None runs until stopped.
         time_step: step of a new archive (default: the format's).
