@@ -2,32 +2,46 @@
 
 Both models map ``(batch, t_in, y, x, channels)`` inputs to
 ``(batch, t_out, y, x, 1)`` forecasts of the target variable, all in
-normalised space (see :mod:`nowcast.model.data`). They use only ``keras.layers`` and
-``keras.ops``, so the same code runs on the TensorFlow, JAX or PyTorch
-backends.
+normalised space (see :mod:`nowcast.model.data`). They are fully
+convolutional: no weight depends on the spatial size, so a model trained on
+patches is rebuilt for a whole grid with the same weights
+(:func:`for_grid`) and forecasts it in one call, motion included, with no
+tiles and no seams. (Keras's ConvLSTM2D needs a static spatial shape, hence
+a rebuild rather than one model with ``None`` height and width.) They use
+only ``keras.layers`` and ``keras.ops``, so the same code runs on the
+TensorFlow, JAX or PyTorch backends.
 
 - ``cnn_lstm``: the LRCN design. A TimeDistributed convolutional encoder
-  (Conv2D + MaxPooling2D per level) and Flatten turn each input frame into a
-  vector, an LSTM runs over time, and a decoder (Dense, Reshape, then one
-  Conv2DTranspose per level) emits the ``t_out`` frames.
+  (Conv2D + MaxPooling2D per level) turns each input frame into a coarse
+  feature map, an LSTM runs over time at every coarse pixel (a ConvLSTM2D
+  with a 1x1 kernel is exactly that), and a decoder emits the ``t_out``
+  frames.
 - ``convlstm``: the ConvLSTM encoder-forecaster of Shi et al. (2015). A
   strided convolution per level downsamples each frame, ConvLSTM2D layers
   encode the sequence into a spatial state, that state is repeated for each
-  lead time, forecaster ConvLSTM2D layers unroll it, and transposed
-  convolutions bring it back to the grid.
+  lead time, and forecaster ConvLSTM2D layers unroll it.
+
+Both decoders see the lead time (:class:`~nowcast.model.layers.RepeatLeads`
+adds it as a channel), so they can smooth what is unpredictable at long
+leads, and they upsample bilinearly before each convolution (transposed
+convolutions left a checkerboard).
 
 Both optionally add the forecast to the last observed frame of the target
 channel (``residual=True``), so an untrained model starts as persistence and
 learns the change, which trains much faster on small data sets. With
 ``advection=True`` they also estimate a motion field and add the forecast to
-the last frame advected along it (:class:`Advect`, the semi-Lagrangian step
-of an extrapolation nowcast), so the network learns motion and the change
-along the motion, not motion from scratch through convolutions.
+the last frame advected along it (:class:`~nowcast.model.layers.Advect`, the
+semi-Lagrangian step of an extrapolation nowcast), and the last convolutions
+see that advected frame, so the network learns the growth, decay and
+smoothing along the motion, not the motion itself. The change head starts at
+zero, so an untrained model is exactly its base (persistence or the
+advection).
 
-Constraint: the grid (or patch) height and width must be divisible by
-``2 ** len(filters)``, because each encoder level halves them and each
-decoder level doubles them back; :class:`ArchitectureConfig` refuses other
-sizes with :class:`ArchitectureError`.
+Constraint: height and width must be divisible by ``2 ** len(filters)``,
+because each encoder level halves them and each decoder level doubles them
+back; :class:`ArchitectureConfig` refuses other patch sizes with
+:class:`ArchitectureError`, and the forecaster pads a grid to the next
+multiple.
 
 Example:
     >>> from nowcast.model.architectures import ArchitectureConfig, get_architecture
@@ -35,6 +49,8 @@ Example:
     >>> model = get_architecture("cnn_lstm")(cfg)
     >>> tuple(model.output_shape)
     (None, 6, 32, 32, 1)
+    >>> tuple(for_grid(model, "cnn_lstm", cfg, (48, 64)).output_shape)  # same weights, any multiple of 4
+    (None, 6, 48, 64, 1)
 """
 
 from __future__ import annotations
@@ -45,7 +61,9 @@ from collections.abc import Callable
 import keras
 from keras import layers
 
-from nowcast.model.layers import Advect, LastFrame, MatchMotion
+from nowcast.model.layers import Advect, LastFrame, MatchMotion, RepeatLeads
+
+SMOOTHING = (5, 17)  # box sizes, in pixels, of the smoothed base frames the head sees
 
 
 class ArchitectureError(ValueError):
@@ -59,16 +77,18 @@ class ArchitectureConfig:
     Attributes:
         t_in: input frames per sample.
         t_out: forecast frames (lead times) per sample.
-        height: grid or patch height in pixels (divisible by ``2 ** len(filters)``).
-        width: grid or patch width in pixels (divisible by ``2 ** len(filters)``).
-        channels: input variables per pixel.
+        height: training patch height in pixels (divisible by ``2 ** len(filters)``);
+            the model itself takes any multiple of ``2 ** len(filters)``.
+        width: training patch width in pixels (the same).
+        channels: input channels per pixel (the variables, plus the coverage mask
+            when the normalisation adds one).
         filters: convolution filters per encoder level; its length is the depth
             (each level halves the height and width).
         lstm_units: LSTM width (``cnn_lstm``) or ConvLSTM2D filters (``convlstm``).
         lstm_layers: stacked recurrent layers (per encoder and forecaster for ``convlstm``).
         kernel_size: square kernel of every convolution.
-        decoder_filters: channels of the bottleneck frame the ``cnn_lstm``
-            Dense layer emits before the transposed convolutions.
+        decoder_filters: channels of the refinement convolution that sees the
+            decoder's output and the residual's base frame.
         residual: add the forecast to the last input frame of ``target_channel``.
         advection: (with ``residual``) add the forecast to the last frame
             advected by a motion field the model estimates, instead of to the
@@ -78,6 +98,11 @@ class ArchitectureConfig:
             (:class:`MatchMotion`, no weights), so the network only learns a
             correction to it; an untrained model is then an extrapolation
             nowcast rather than persistence.
+        learned_motion: (with ``matched_motion``) let the network correct the
+            matched motion; off, it learns only the change along the matched
+            motion (a patch's motion estimate is poorer near its edges than the
+            whole grid's the forecaster uses, and a correction learnt there need
+            not carry over).
         target_channel: index of the target variable among the input channels.
     """
 
@@ -94,6 +119,7 @@ class ArchitectureConfig:
     residual: bool = True
     advection: bool = False
     matched_motion: bool = False
+    learned_motion: bool = True
     target_channel: int = 0
 
     def __post_init__(self) -> None:
@@ -143,7 +169,7 @@ class ArchitectureConfig:
 def _motion(cfg: ArchitectureConfig, features) -> keras.KerasTensor:
     """Motion (pixels per step) from ``(batch, y / 2**depth, x / 2**depth, c)`` features.
 
-    Zero-initialised, so an untrained model advects nothing (persistence);
+    Zero-initialised, so an untrained model advects nothing of its own;
     smooth, because it is estimated at the features' resolution and
     upsampled bilinearly.
     """
@@ -153,52 +179,80 @@ def _motion(cfg: ArchitectureConfig, features) -> keras.KerasTensor:
                                dtype="float32")(motion)
 
 
-def _head(cfg: ArchitectureConfig, inputs, frames, name: str, features=None) -> keras.Model:
-    """1x1 convolution to one channel, plus persistence (or its advection) when residual."""
-    outputs = layers.TimeDistributed(layers.Conv2D(1, 1, dtype="float32"), name="to_target")(frames)
+def _decoder(cfg: ArchitectureConfig, frames) -> keras.KerasTensor:
+    """Coarse ``(batch, t_out, y', x', c)`` frames back to the grid: upsampling + convolution per level.
+
+    The last level only upsamples: the head's convolutions work at full resolution.
+    """
+    x = frames
+    for level, f in reversed(list(enumerate(cfg.filters))):
+        x = layers.TimeDistributed(layers.UpSampling2D(2, interpolation="bilinear"),
+                                   name=f"decoder_upsample{level}")(x)
+        if level:
+            x = layers.TimeDistributed(layers.Conv2D(f, cfg.kernel_size, padding="same", activation="relu"),
+                                       name=f"decoder_conv{level}")(x)
+    return x
+
+
+def _head(cfg: ArchitectureConfig, inputs, frames, name: str, features) -> keras.Model:
+    """The forecast from the decoder's frames and the last frame (advected when ``advection``).
+
+    With ``residual`` the output is that base plus a change that starts at
+    zero; without, the change alone.
+    """
+    k = cfg.kernel_size
     if cfg.residual and cfg.advection:
-        motion = _motion(cfg, features)
-        if cfg.matched_motion:  # the network's motion is a correction to the matched one
-            matched = MatchMotion(cfg.target_channel, name="matched_motion", dtype="float32")(inputs)
-            motion = layers.Add(name="motion_total", dtype="float32")([matched, motion])
+        if cfg.matched_motion:
+            motion = MatchMotion(cfg.target_channel, name="matched_motion", dtype="float32")(inputs)
+            if cfg.learned_motion:  # the network's motion is a correction to the matched one
+                motion = layers.Add(name="motion_total", dtype="float32")([motion, _motion(cfg, features)])
+        else:
+            motion = _motion(cfg, features)
         base = Advect(cfg.t_out, cfg.target_channel, name="advection", dtype="float32")(inputs, motion)
+    else:
+        base = LastFrame(cfg.t_out, cfg.target_channel, name="persistence", dtype="float32")(inputs)
+    # the last convolutions see the base frame at full resolution (a skip past the coarse encoder), and
+    # its box means over 5 and 17 pixels: growth, decay and scale-dependent smoothing along the motion
+    views = [frames, base]
+    for size in SMOOTHING:
+        smooth = layers.TimeDistributed(layers.AveragePooling2D((size, 1), strides=1, padding="same"),
+                                        name=f"smooth{size}_y")(base)
+        views.append(layers.TimeDistributed(layers.AveragePooling2D((1, size), strides=1, padding="same"),
+                                            name=f"smooth{size}_x")(smooth))
+    frames = layers.Concatenate(name="with_base")(views)
+    frames = layers.TimeDistributed(layers.Conv2D(cfg.decoder_filters, k, padding="same", activation="relu"),
+                                    name="refine")(frames)
+    outputs = layers.TimeDistributed(layers.Conv2D(1, 1, kernel_initializer="zeros" if cfg.residual
+                                                   else "glorot_uniform", dtype="float32"),
+                                     name="to_target")(frames)
+    if cfg.residual:
         outputs = layers.Add(name="residual", dtype="float32")([base, outputs])
-    elif cfg.residual:
-        persistence = LastFrame(cfg.t_out, cfg.target_channel, name="persistence", dtype="float32")(inputs)
-        outputs = layers.Add(name="residual", dtype="float32")([persistence, outputs])
     return keras.Model(inputs, outputs, name=name)
 
 
+def _inputs(cfg: ArchitectureConfig) -> keras.KerasTensor:
+    return keras.Input((cfg.t_in, cfg.height, cfg.width, cfg.channels), name="inputs")
+
+
 def cnn_lstm(cfg: ArchitectureConfig) -> keras.Model:
-    """TimeDistributed CNN encoder, LSTM over time, Dense + transposed-conv decoder."""
-    k = cfg.kernel_size
-    inputs = keras.Input((cfg.t_in, cfg.height, cfg.width, cfg.channels), name="inputs")
+    """TimeDistributed CNN encoder, an LSTM over time at every coarse pixel, lead-aware decoder."""
+    inputs = _inputs(cfg)
     x = inputs
     for level, f in enumerate(cfg.filters):
-        x = layers.TimeDistributed(layers.Conv2D(f, k, padding="same", activation="relu"),
+        x = layers.TimeDistributed(layers.Conv2D(f, cfg.kernel_size, padding="same", activation="relu"),
                                    name=f"encoder_conv{level}")(x)
         x = layers.TimeDistributed(layers.MaxPooling2D(2), name=f"encoder_pool{level}")(x)
-    x = layers.TimeDistributed(layers.Flatten(), name="encoder_flatten")(x)
-    for i in range(cfg.lstm_layers):
-        x = layers.LSTM(cfg.lstm_units, return_sequences=i < cfg.lstm_layers - 1, name=f"lstm{i}")(x)
-    h, w = cfg.height // cfg.downsampling, cfg.width // cfg.downsampling
-    features = None
-    if cfg.advection:  # a motion field needs a spatial layout: one small frame from the LSTM state
-        features = layers.Dense(h * w * cfg.decoder_filters, activation="relu", name="motion_dense")(x)
-        features = layers.Reshape((h, w, cfg.decoder_filters), name="motion_features")(features)
-    x = layers.Dense(cfg.t_out * h * w * cfg.decoder_filters, activation="relu", name="decoder_dense")(x)
-    x = layers.Reshape((cfg.t_out, h, w, cfg.decoder_filters), name="decoder_reshape")(x)
-    for level, f in reversed(list(enumerate(cfg.filters))):
-        x = layers.TimeDistributed(
-            layers.Conv2DTranspose(f, k, strides=2, padding="same", activation="relu"),
-            name=f"decoder_upconv{level}")(x)
-    return _head(cfg, inputs, x, "cnn_lstm", features)
+    for i in range(cfg.lstm_layers):  # a 1x1 ConvLSTM2D is one LSTM over time, shared by every pixel
+        x = layers.ConvLSTM2D(cfg.lstm_units, 1, return_sequences=i < cfg.lstm_layers - 1, name=f"lstm{i}")(x)
+    features = x
+    x = RepeatLeads(cfg.t_out, name="leads")(features)
+    return _head(cfg, inputs, _decoder(cfg, x), "cnn_lstm", features)
 
 
 def convlstm(cfg: ArchitectureConfig) -> keras.Model:
-    """ConvLSTM2D encoder-forecaster (Shi et al. 2015) between strided convolutions."""
+    """ConvLSTM2D encoder-forecaster (Shi et al. 2015) between strided convolutions and upsampling."""
     k = cfg.kernel_size
-    inputs = keras.Input((cfg.t_in, cfg.height, cfg.width, cfg.channels), name="inputs")
+    inputs = _inputs(cfg)
     x = inputs
     for level, f in enumerate(cfg.filters):
         x = layers.TimeDistributed(layers.Conv2D(f, k, strides=2, padding="same", activation="relu"),
@@ -206,19 +260,12 @@ def convlstm(cfg: ArchitectureConfig) -> keras.Model:
     for i in range(cfg.lstm_layers):
         x = layers.ConvLSTM2D(cfg.lstm_units, k, padding="same", return_sequences=i < cfg.lstm_layers - 1,
                               name=f"encoder_convlstm{i}")(x)
-    h, w = cfg.height // cfg.downsampling, cfg.width // cfg.downsampling
     features = x  # the encoder's final spatial state
-    x = layers.Flatten(name="state_flatten")(x)
-    x = layers.RepeatVector(cfg.t_out, name="state_repeat")(x)
-    x = layers.Reshape((cfg.t_out, h, w, cfg.lstm_units), name="state_frames")(x)
+    x = RepeatLeads(cfg.t_out, name="leads")(features)
     for i in range(cfg.lstm_layers):
         x = layers.ConvLSTM2D(cfg.lstm_units, k, padding="same", return_sequences=True,
                               name=f"forecaster_convlstm{i}")(x)
-    for level, f in reversed(list(enumerate(cfg.filters))):
-        x = layers.TimeDistributed(
-            layers.Conv2DTranspose(f, k, strides=2, padding="same", activation="relu"),
-            name=f"decoder_upconv{level}")(x)
-    return _head(cfg, inputs, x, "convlstm", features)
+    return _head(cfg, inputs, _decoder(cfg, x), "convlstm", features)
 
 
 ARCHITECTURES: dict[str, Callable[[ArchitectureConfig], keras.Model]] = {
@@ -240,3 +287,16 @@ def get_architecture(name: str) -> Callable[[ArchitectureConfig], keras.Model]:
 def build_model(name: str, cfg: ArchitectureConfig) -> keras.Model:
     """Builds the named architecture for ``cfg``."""
     return get_architecture(name)(cfg)
+
+
+def for_grid(model: keras.Model, name: str, cfg: ArchitectureConfig, shape: tuple[int, int]) -> keras.Model:
+    """``model`` (built by ``name`` for ``cfg``) rebuilt for a ``shape`` grid, with the same weights.
+
+    Raises:
+        ArchitectureError: if ``shape`` is not a multiple of ``2 ** len(filters)``.
+    """
+    if tuple(shape) == (cfg.height, cfg.width):
+        return model
+    grid = build_model(name, dataclasses.replace(cfg, height=int(shape[0]), width=int(shape[1])))
+    grid.set_weights(model.get_weights())
+    return grid

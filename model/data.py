@@ -11,9 +11,17 @@ same schema module the windows job writes with:
   ``mean``/``std``. ``log1p`` rather than dBR (``10 log10 R``): it is defined
   at zero without a threshold or a fill value for dry pixels (dBR needs both,
   e.g. -15 dBR below 0.1 mm/h), it compresses heavy rain about as much, and
-  its inverse ``expm1`` is exact and non-negative after clipping. NaN (outside
-  radar coverage, or missing) becomes 0 after normalisation, i.e. the training
-  mean, and the pipeline's sample weights are 0 there so the loss ignores it.
+  its inverse ``expm1`` is exact and non-negative after clipping. With
+  ``coverage`` (new models), NaN inputs (outside radar coverage, or missing)
+  become the normalised value of "nothing" (0 mm/h for rain, the mean
+  otherwise) and one more input channel marks which pixels of the target
+  variable were observed, so the model never mistakes the unobserved for
+  rain; without it (older models) NaN becomes 0, the training mean. The
+  pipeline's sample weights are 0 where the target is NaN, so the loss
+  ignores those pixels.
+- Several windows stores (one per radar network, each with its own grid)
+  train one model: their chunks are drawn together and their train
+  statistics merged (:meth:`Normalizer.from_stores`).
 - :func:`make_dataset` builds the pipeline: the sample chunks of a split are
   shuffled, read in parallel by ``interleave`` (each read decodes one zarr
   chunk along ``sample``), mixed in a shuffle buffer, optionally flipped and
@@ -24,7 +32,7 @@ same schema module the windows job writes with:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -40,11 +48,14 @@ class Normalizer:
         channels: input variable names, in channel order.
         target: the forecast variable.
         stats: ``normalization`` attribute of windows.zarr, per variable.
+        coverage: fill unobserved inputs with "nothing" and add a channel that
+            marks the observed pixels of the target (see the module docstring).
     """
 
     channels: tuple[str, ...]
     target: str
     stats: Mapping[str, Mapping[str, Any]]
+    coverage: bool = False
 
     def __post_init__(self) -> None:
         for var in (*self.channels, self.target):
@@ -69,14 +80,22 @@ class Normalizer:
             return float(s["log1p_mean"]), float(s["log1p_std"])
         return float(s["mean"]), float(s["std"])
 
+    def nothing(self, var: str) -> float:
+        """The model-space value unobserved inputs of ``var`` take: 0 mm/h for rain, else the mean (0)."""
+        if not self.coverage or self.kind(var) != "log1p":
+            return 0.0
+        mean, std = self._mean_std(var)
+        return -mean / std
+
     def normalize(self, values: np.ndarray, var: str) -> np.ndarray:
-        """Physical values of ``var`` to model space; NaN becomes 0."""
+        """Physical values of ``var`` to model space; NaN becomes :meth:`nothing`."""
         mean, std = self._mean_std(var)
         values = np.asarray(values, dtype="float32")
         if self.kind(var) == "log1p":
             values = np.log1p(np.maximum(values, 0.0))
         out = (values - np.float32(mean)) / np.float32(std)
-        return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0).astype("float32", copy=False)
+        fill = self.nothing(var)
+        return np.nan_to_num(out, nan=fill, posinf=fill, neginf=fill).astype("float32", copy=False)
 
     def denormalize(self, values: np.ndarray, var: str | None = None) -> np.ndarray:
         """Model space back to physical units (rain clipped at 0)."""
@@ -89,26 +108,76 @@ class Normalizer:
             np.maximum(out, np.float32(0.0), out=out)
         return out
 
+    @property
+    def input_channels(self) -> int:
+        """Channels of the model's input: the variables, plus the coverage mask."""
+        return len(self.channels) + int(self.coverage)
+
     def normalize_inputs(self, inputs: np.ndarray) -> np.ndarray:
-        """``(..., channel)`` inputs, each channel by its own variable."""
-        out = np.empty(np.shape(inputs), dtype="float32")
+        """Physical ``(..., channel)`` inputs, each channel by its own variable, plus the coverage mask."""
+        inputs = np.asarray(inputs)
+        out = np.empty((*inputs.shape[:-1], self.input_channels), dtype="float32")
         for c, var in enumerate(self.channels):
             out[..., c] = self.normalize(inputs[..., c], var)
+        if self.coverage:
+            observed = inputs[..., self.channels.index(self.target)] if self.target in self.channels \
+                else inputs[..., 0]
+            out[..., -1] = np.isfinite(observed)
         return out
 
     def to_dict(self) -> dict[str, object]:
         return {"channels": list(self.channels), "target": self.target,
                 "kinds": {v: self.kind(v) for v in {*self.channels, self.target}},
-                "stats": {k: dict(v) for k, v in self.stats.items()}}
+                "stats": {k: dict(v) for k, v in self.stats.items()}, "coverage": self.coverage}
 
     @classmethod
-    def from_store(cls, store: WindowsStore) -> Normalizer:
+    def from_store(cls, store: WindowsStore, coverage: bool = False) -> Normalizer:
         """The normalisation from windows.zarr's train statistics."""
-        return cls(store.channels, store.target, store.normalization)
+        return cls(store.channels, store.target, store.normalization, coverage)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, object]) -> Normalizer:
-        return cls(tuple(data["channels"]), str(data["target"]), data["stats"])  # type: ignore[arg-type]
+    def from_stores(cls, stores: Sequence[WindowsStore], coverage: bool = False) -> Normalizer:
+        """One normalisation for several windows stores: their train statistics merged by count.
+
+        Raises:
+            WindowsError: if the stores hold other variables.
+        """
+        first = stores[0]
+        for store in stores[1:]:
+            if (store.channels, store.target) != (first.channels, first.target):
+                raise WindowsError(f"{store.url} holds {store.channels} -> {store.target}, {first.url} "
+                                   f"{first.channels} -> {first.target}: train on windows of the same "
+                                   "variables")
+        names = dict.fromkeys((*first.channels, first.target))
+        stats = {name: merge_statistics([store.normalization.get(name) or {} for store in stores])
+                 for name in names}
+        return cls(first.channels, first.target, stats, coverage)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Normalizer:
+        return cls(tuple(data["channels"]), str(data["target"]), data["stats"], bool(data.get("coverage")))
+
+
+def merge_statistics(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Stored statistics (count, mean, std, min, max, log1p mean/std) of several stores as one.
+
+    Means weighted by count; variances by the parallel formula on the
+    population variances (exact).
+    """
+    parts = [p for p in parts if p.get("count")]
+    if not parts:
+        return {"count": 0, "mean": None, "std": None, "min": None, "max": None}
+    counts = np.array([float(p["count"]) for p in parts])
+    total = counts.sum()
+    merged: dict[str, Any] = {"count": int(total), "min": min(float(p["min"]) for p in parts),
+                              "max": max(float(p["max"]) for p in parts)}
+    for prefix in ("", "log1p_") if all("log1p_mean" in p for p in parts) else ("",):
+        means = np.array([float(p[f"{prefix}mean"]) for p in parts])
+        stds = np.array([float(p[f"{prefix}std"]) for p in parts])
+        mean = float((counts * means).sum() / total)
+        variance = float((counts * (stds**2 + (means - mean) ** 2)).sum() / total)
+        merged[f"{prefix}mean"], merged[f"{prefix}std"] = mean, variance**0.5
+    return merged
 
 
 def read_model_chunk(store: WindowsStore, index: int, normalizer: Normalizer | None,
@@ -151,23 +220,38 @@ def _augment(inputs, targets, weights, seed_pair, square: bool):
     return transform(inputs), transform(targets), w
 
 
-def make_dataset(url: str, split: str = "train", batch_size: int = 8, *, shuffle: bool = True,
+def open_stores(urls: str | Sequence[str], split: str) -> list[WindowsStore]:
+    """One split of each windows store; refuses stores whose samples differ in shape."""
+    stores = [WindowsStore(url, split) for url in ([urls] if isinstance(urls, str) else urls)]
+    if not stores:
+        raise WindowsError("no windows store given; cut windows first (nowcast.pipelines.jobs.windows)")
+    shapes = {store.url: store.sample_shapes for store in stores}
+    if len(set(shapes.values())) > 1:
+        raise WindowsError(f"windows stores hold samples of different shapes {shapes}; cut every store "
+                           "with the same t_in, t_out and patch_size")
+    return stores
+
+
+def make_dataset(urls: str | Sequence[str], split: str = "train", batch_size: int = 8, *,
+                 normalizer: Normalizer | None = None, normalize: bool = True, shuffle: bool = True,
                  seed: int = 0, shuffle_buffer: int = 256, cycle_length: int = 4, augment: bool = False,
-                 normalize: bool = True, with_weights: bool = True, repeat: bool = False,
-                 drop_remainder: bool = False, wet: tuple[float, float] | None = None):
-    """A ``tf.data.Dataset`` of ``(inputs, targets[, weights])`` batches from windows.zarr.
+                 with_weights: bool = True, repeat: bool = False, drop_remainder: bool = False,
+                 wet: tuple[float, float] | None = None):
+    """A ``tf.data.Dataset`` of ``(inputs, targets[, weights])`` batches from one or more windows stores.
 
     Args:
-        url: windows.zarr location.
+        urls: windows.zarr location, or several (e.g. one per radar network);
+            their sample chunks are drawn together.
         split: ``train``, ``val`` or ``test``.
         batch_size: samples per batch.
+        normalizer: the normalisation to apply; default the stores' own train
+            statistics (merged across stores, no coverage channel).
+        normalize: ``False`` yields the physical values as stored (NaN kept).
         shuffle: shuffle chunk order (each epoch) and samples within a buffer.
         seed: seed of both shuffles and the augmentation.
         shuffle_buffer: samples held for shuffling.
         cycle_length: chunks read concurrently.
         augment: random flips and 90-degree rotations (inputs and targets alike).
-        normalize: apply the stored normalisation (NaN to 0); ``False`` yields
-            the physical values as stored.
         with_weights: also yield per-pixel weights, 0 where the target is NaN.
         repeat: repeat forever (training with ``steps_per_epoch``).
         drop_remainder: drop a final short batch.
@@ -179,31 +263,43 @@ def make_dataset(url: str, split: str = "train", batch_size: int = 8, *, shuffle
     """
     import tensorflow as tf
 
-    store = WindowsStore(url, split)
-    if store.num_samples == 0:
-        raise WindowsError(f"{url}/{split} holds no samples; widen the split or relax the wetness filter")
-    normalizer = Normalizer.from_store(store) if normalize else None
-    in_shape, out_shape = store.sample_shapes
+    stores = open_stores(urls, split)
+    num_samples = sum(store.num_samples for store in stores)
+    if num_samples == 0:
+        raise WindowsError(f"{[s.url for s in stores]}/{split} hold no samples; widen the split or relax "
+                           "the wetness filter")
+    if normalize and normalizer is None:
+        normalizer = Normalizer.from_stores(stores)
+    active = normalizer if normalize else None
+    # (store, chunk) of every sample chunk, flattened so one index draws from all stores
+    chunk_of = np.array([(s, c) for s, store in enumerate(stores) for c in range(store.num_chunks)], "int64")
+    in_shape, out_shape = stores[0].sample_shapes
+    if active is not None:
+        in_shape = (*in_shape[:-1], active.input_channels)
     out_shape = (*out_shape[:-1], 1)
     specs = (tf.TensorSpec((None, *in_shape), tf.float32), tf.TensorSpec((None, *out_shape), tf.float32),
              tf.TensorSpec((None, *out_shape[:-1]), tf.float32))
 
+    def read(index: np.int64) -> tuple[np.ndarray, ...]:
+        store, chunk = chunk_of[int(index)]
+        return read_model_chunk(stores[store], int(chunk), active, wet)
+
     def read_arrays(index):
-        arrays = tf.numpy_function(lambda i: read_model_chunk(store, i, normalizer, wet), [index],
-                                   [tf.float32, tf.float32, tf.float32], stateful=False)
+        arrays = tf.numpy_function(read, [index], [tf.float32, tf.float32, tf.float32], stateful=False)
         for array, spec in zip(arrays, specs, strict=True):
             array.set_shape(spec.shape)
         return tuple(arrays)
 
-    chunks = tf.data.Dataset.range(store.num_chunks)
+    total_chunks = len(chunk_of)
+    chunks = tf.data.Dataset.range(total_chunks)
     if shuffle:
-        chunks = chunks.shuffle(store.num_chunks, seed=seed, reshuffle_each_iteration=True)
+        chunks = chunks.shuffle(total_chunks, seed=seed, reshuffle_each_iteration=True)
     if repeat:
         chunks = chunks.repeat()
     if shuffle:
         # Samples of `cycle_length` chunks, read concurrently, alternate in the stream.
         ds = chunks.interleave(lambda i: tf.data.Dataset.from_tensor_slices(read_arrays(i)),
-                               cycle_length=max(1, min(cycle_length, store.num_chunks)), block_length=1,
+                               cycle_length=max(1, min(cycle_length, total_chunks)), block_length=1,
                                num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
         ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     else:
@@ -219,6 +315,6 @@ def make_dataset(url: str, split: str = "train", batch_size: int = 8, *, shuffle
         ds = ds.map(lambda x, y, w: (x, y), num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     if not repeat and wet is None:  # a known length gives Keras's progress bar its total
-        batches = store.num_samples // batch_size if drop_remainder else -(-store.num_samples // batch_size)
+        batches = num_samples // batch_size if drop_remainder else -(-num_samples // batch_size)
         ds = ds.apply(tf.data.experimental.assert_cardinality(batches))
     return ds.prefetch(tf.data.AUTOTUNE)

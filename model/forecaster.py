@@ -1,10 +1,20 @@
 """Applying a registered model to full-grid windows in physical units.
 
-Scoring feeds whole archive frames, but models are trained on patches (the
-``input_shape`` in their metadata) and neither architecture is fully
-convolutional (``cnn_lstm`` has a Dense bottleneck, ``convlstm`` a Reshape to
-the patch size), so the grid is covered with overlapping tiles
-(:mod:`nowcast.model.tiling`).
+Scoring feeds whole archive frames. A fully convolutional model (metadata
+``fully_convolutional``) is rebuilt for the grid with its trained weights and
+sees the whole grid at once, padded to a size it accepts, so its motion is
+estimated over the whole frame; an older model, which only takes its training
+patch, covers the grid with overlapping tiles (:mod:`nowcast.model.tiling`).
+
+With probability matching (metadata ``postprocessing``, or the
+``probability_matching`` option) each lead's forecast keeps its spatial
+ranking but takes the value distribution of the extrapolation it corrects
+(the last observation advected along the model's motion, the residual's
+base) inside radar coverage, as pysteps' S-PROG matches to the observation:
+the model decides where it rains, the observed rain how much and over what
+area (less the rain that the motion carries out of coverage), so a forecast
+cannot paint drizzle over the domain or lose its heavy cores to smoothing.
+A model without such a base matches to the last observation.
 
 The tiles of one window go to the model in equal batches of at most
 ``predict_batch_size`` (the last one zero-padded), never mixed with another
@@ -29,7 +39,10 @@ from typing import Any
 import numpy as np
 
 from nowcast.background import Background
-from nowcast.model.tiling import Tiling
+from nowcast.model.tiling import Tiling, WholeGrid
+
+PROBABILITY_MATCHING = "probability_matching"  # the metadata's ``postprocessing`` value that turns it on
+BASE_LAYERS = ("advection", "persistence")  # the layers whose output a residual model corrects
 
 
 class ForecastError(ValueError):
@@ -44,20 +57,32 @@ class Forecaster:
         model: the Keras model (normalised ``(b, t_in, py, px, c)`` -> ``(b, t_out, py, px, 1)``).
         metadata: the registry metadata (``name``, ``version``, ``channels``, ``target``, ...).
         normalizer: the training normalisation (``nowcast.model.data.Normalizer``).
-        tiling: how the archive grid is cut into the model's patches (:mod:`nowcast.model.tiling`).
+        tiling: how the archive grid is covered (:mod:`nowcast.model.tiling`): the
+            whole grid, or the model's patches.
         predict_batch_size: tiles per model call (fixed, the last batch zero-padded).
         valid_range: ``(min, max)`` physical bounds of the target; None leaves a side open.
+        probability_matching: give each lead the value distribution of the
+            extrapolation the model corrects (see the module docstring).
     """
 
     model: Any
     metadata: Mapping[str, Any]
     normalizer: Any
-    tiling: Tiling
+    tiling: Tiling | WholeGrid
     predict_batch_size: int
     valid_range: tuple[float | None, float | None]
+    probability_matching: bool = False
 
     def __post_init__(self) -> None:
-        self._predict = compiled_predict(self.model)
+        self._net, self._with_base = self.model, False
+        if self.probability_matching and isinstance(self.tiling, WholeGrid):
+            base = next((layer for layer in self.model.layers if layer.name in BASE_LAYERS), None)
+            if base is not None:  # one call gives the forecast and the extrapolation it corrects
+                import keras
+
+                self._net = keras.Model(self.model.inputs, [self.model.outputs[0], base.output])
+                self._with_base = True
+        self._predict = compiled_predict(self._net)
 
     @property
     def channels(self) -> tuple[str, ...]:
@@ -94,17 +119,21 @@ class Forecaster:
             count = len(batch)
             if count < size:
                 batch = np.concatenate([batch, np.zeros((size - count, *batch.shape[1:]), batch.dtype)])
-            out = np.asarray(self._predict(batch), dtype="float32")
-            outputs.append(out[:count, ..., 0])
+            out = self._predict(batch)
+            if self._with_base:  # (k, 2, t_out, py, px): the forecast and its base
+                out = np.stack([np.asarray(o, dtype="float32")[..., 0] for o in out], axis=1)
+            else:
+                out = np.asarray(out, dtype="float32")[..., 0]
+            outputs.append(out[:count])
         return np.concatenate(outputs)
 
     def forecast(self, windows: np.ndarray) -> np.ndarray:
         """Physical ``(n, t_in, ny, nx, c)`` windows -> physical ``(n, t_out, ny, nx)`` forecasts.
 
-        NaN inputs (unobserved) enter the model as the training mean, as in
-        training; a pixel whose target variable is NaN in every input frame
-        (outside radar coverage) is NaN in the forecast. Values are clipped to
-        the target's valid range.
+        NaN inputs (unobserved) enter the model as in training (see
+        :class:`nowcast.model.data.Normalizer`); a pixel whose target variable
+        is NaN in every input frame (outside radar coverage) is NaN in the
+        forecast. Values are clipped to the target's valid range.
         """
         windows = np.asarray(windows, dtype="float32")
         if windows.ndim != 5 or windows.shape[1] != self.t_in or windows.shape[-1] != len(self.channels):
@@ -123,13 +152,42 @@ class Forecaster:
 
     def _finish(self, tiles: np.ndarray, window: np.ndarray, out: np.ndarray, i: int) -> None:
         """One window's tile forecasts -> its physical forecast in ``out[i]``."""
-        physical = self.normalizer.denormalize(self.tiling.blend(tiles), self.target)[0]
+        normalized = self.tiling.blend(tiles[:, 0] if self._with_base else tiles)[0]
+        if self.probability_matching:
+            last = window[-1, ..., self.channels.index(self.target)]
+            references = (self.tiling.blend(tiles[:, 1])[0] if self._with_base else
+                          np.broadcast_to(self.normalizer.normalize(last, self.target), normalized.shape))
+            covered = np.isfinite(last)
+            for lead, reference in zip(normalized, references, strict=True):
+                match_distribution(lead, reference, covered)
+        physical = self.normalizer.denormalize(normalized, self.target)
         low, high = self.valid_range
         if low is not None or high is not None:
             np.clip(physical, low, high, out=physical)
         unobserved = np.isnan(window[..., self.channels.index(self.target)]).all(axis=0)
         physical[:, unobserved] = np.float32("nan")
         out[i] = physical
+
+
+def match_distribution(field: np.ndarray, reference: np.ndarray, where: np.ndarray) -> None:
+    """Gives ``field`` the values of ``reference`` inside ``where``, rank for rank (in place).
+
+    The pixel with the k-th smallest forecast takes the k-th smallest
+    reference value, so the forecast keeps its pattern and takes the
+    reference's distribution (pysteps' empirical CDF matching). Ties keep
+    their order in the array (a stable sort), which matters only where the
+    model's continuous output repeats a value exactly.
+
+    >>> field = np.array([[0.3, 0.1], [0.2, 0.9]])
+    >>> match_distribution(field, np.array([[5.0, 0.0], [0.0, 1.0]]), np.ones((2, 2), bool))
+    >>> field
+    array([[1., 0.],
+           [0., 5.]])
+    """
+    values = field[where]
+    ranked = np.empty_like(values)
+    ranked[np.argsort(values, kind="stable")] = np.sort(reference[where]).astype(values.dtype)
+    field[where] = ranked
 
 
 def compiled_predict(net: Any):
@@ -166,7 +224,8 @@ def enable_gpu_memory_growth() -> int:
 
 def load_forecaster(models: str, name: str, version: str, archive: Mapping[str, Any], *,
                     overlap: int | None = None, predict_batch_size: int = 16,
-                    valid_range: tuple[float | None, float | None] = (None, None)) -> Forecaster:
+                    valid_range: tuple[float | None, float | None] = (None, None),
+                    probability_matching: bool | None = None) -> Forecaster:
     """Loads ``models/name/version`` through the registry, checked against ``archive``.
 
     Args:
@@ -174,9 +233,10 @@ def load_forecaster(models: str, name: str, version: str, archive: Mapping[str, 
         name: model name.
         version: a version or ``latest``.
         archive: ``ArchiveDescription.to_dict()`` of the archive to forecast from.
-        overlap: tile overlap in pixels; default a quarter of the patch.
+        overlap: tile overlap in pixels for a patch-only model; default a quarter of the patch.
         predict_batch_size: tiles per model call.
         valid_range: physical clipping bounds of the target.
+        probability_matching: override the model's recorded post-processing.
     """
     from nowcast.model.data import Normalizer
     from nowcast.model.registry import load_model
@@ -192,9 +252,25 @@ def load_forecaster(models: str, name: str, version: str, archive: Mapping[str, 
         if key not in meta:
             raise ForecastError(f"model {name}/{meta.get('version')} lacks {key!r} in its metadata; "
                                 "it was not saved by nowcast.model.train: retrain it")
+    normalizer = Normalizer.from_dict(meta["normalization"])
+    model, tiling = _covering(loaded.model, meta, normalizer, description.grid_shape, overlap)
+    if probability_matching is None:
+        probability_matching = meta.get("postprocessing") == PROBABILITY_MATCHING
+    return Forecaster(model=model, metadata=meta, normalizer=normalizer, tiling=tiling,
+                      predict_batch_size=int(predict_batch_size), valid_range=valid_range,
+                      probability_matching=bool(probability_matching))
+
+
+def _covering(model: Any, meta: Mapping[str, Any], normalizer: Any, grid: tuple[int, int],
+              overlap: int | None) -> tuple[Any, Tiling | WholeGrid]:
+    """The model to call and how it covers ``grid``: rebuilt for the whole grid, or tiles of its patch."""
+    if meta.get("fully_convolutional"):
+        from nowcast.model.architectures import ArchitectureConfig, for_grid
+
+        config = ArchitectureConfig.from_dict(meta["architecture_config"])
+        fill = tuple(normalizer.nothing(var) for var in normalizer.channels) + (0.0,) * normalizer.coverage
+        whole = WholeGrid(tuple(grid), config.downsampling, fill)  # type: ignore[arg-type]
+        return for_grid(model, meta["architecture"], config, whole.patch), whole
     patch = (int(meta["input_shape"][0]), int(meta["input_shape"][1]))
     overlap = patch[0] // 4 if overlap is None else int(overlap)
-    return Forecaster(model=loaded.model, metadata=meta,
-                      normalizer=Normalizer.from_dict(meta["normalization"]),
-                      tiling=Tiling(description.grid_shape, patch, overlap),
-                      predict_batch_size=int(predict_batch_size), valid_range=valid_range)
+    return model, Tiling(grid, patch, overlap)

@@ -3,6 +3,7 @@
 - :class:`LastFrame`: the last input frame repeated over the lead times (persistence).
 - :class:`Advect`: semi-Lagrangian advection of the last frame along a motion field.
 - :class:`MatchMotion`: a weightless block-matching motion estimate.
+- :class:`RepeatLeads`: a state repeated over the lead times, the lead as a channel.
 
 Only ``keras.ops``, so they run on the TensorFlow, JAX or PyTorch backend.
 """
@@ -197,3 +198,31 @@ def _bilinear(flat, ys, xs, height, width):
     top = at(y0, x0) * (1 - wx) + at(y0, x1) * wx
     bottom = at(y1, x0) * (1 - wx) + at(y1, x1) * wx
     return top * (1 - wy) + bottom * wy
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class RepeatLeads(layers.Layer):
+    """A spatial state repeated for every lead time, with the lead as an extra channel.
+
+    ``(batch, y, x, c) -> (batch, t_out, y, x, c + 1)``; the last channel of
+    lead ``k`` (1-based) is ``k / t_out``, so the layers after it can treat
+    the leads differently (smooth more at longer ones). Replaces a
+    Flatten/RepeatVector/Reshape, which fixed the spatial size.
+    """
+
+    def __init__(self, t_out: int, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.t_out = int(t_out)
+
+    def call(self, state):
+        repeated = ops.repeat(ops.expand_dims(state, 1), self.t_out, axis=1)
+        leads = ops.arange(1, self.t_out + 1, dtype=state.dtype) / self.t_out
+        lead_channel = ops.ones_like(repeated[..., :1]) * ops.reshape(leads, (1, self.t_out, 1, 1, 1))
+        return ops.concatenate([repeated, lead_channel], axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        channels = None if input_shape[-1] is None else input_shape[-1] + 1
+        return (input_shape[0], self.t_out, input_shape[1], input_shape[2], channels)
+
+    def get_config(self) -> dict[str, object]:
+        return {**super().get_config(), "t_out": self.t_out}

@@ -32,10 +32,22 @@ class IntensityWeightedMSE(keras.losses.Loss):
         return {**super().get_config(), "weight": self.weight}
 
 
+LOSSES = ("mse", "mae", "log_cosh", "intensity_weighted_mse")
+
+
 def get_loss(name: str, intensity_weight: float = 1.0) -> keras.losses.Loss:
-    """``mse`` or ``intensity_weighted_mse``."""
+    """A training loss by name: ``mse``, ``mae``, ``log_cosh`` (RainNet's) or ``intensity_weighted_mse``.
+
+    All compare in the normalised (log) space; the first three weigh every
+    observed pixel alike, so adding rain where there is none costs as much
+    as missing it.
+    """
     if name == "mse":
         return keras.losses.MeanSquaredError()
+    if name == "mae":
+        return keras.losses.MeanAbsoluteError()
+    if name == "log_cosh":
+        return keras.losses.LogCosh()
     if name == "intensity_weighted_mse":
         return IntensityWeightedMSE(intensity_weight)
-    raise ValueError(f"unknown loss {name!r}; choose 'mse' or 'intensity_weighted_mse'")
+    raise ValueError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")

@@ -164,9 +164,11 @@ def resolve_version(root: str | Path, name: str, version: str = LATEST) -> Path:
 def check_archive(metadata: Mapping[str, Any], archive: ArchiveDescription) -> None:
     """Refuses an archive whose time step, variables/units or grid differ from training.
 
-    A model trained on the whole grid needs the same grid shape; a model
-    trained on patches (``input_shape`` smaller than the grid) runs tile by
-    tile on any grid at least one patch large, with the same time step and units.
+    A fully convolutional model (metadata ``fully_convolutional``) runs on
+    any grid; an older model trained on the whole grid needs the same grid
+    shape, and one trained on patches (``input_shape`` smaller than the grid)
+    runs tile by tile on any grid at least one patch large. All need the same
+    time step and units.
 
     Raises:
         ArchiveMismatchError: naming every difference found.
@@ -182,7 +184,9 @@ def check_archive(metadata: Mapping[str, Any], archive: ArchiveDescription) -> N
             problems.append(f"variable {var!r}: model expects units {units!r}, archive has "
                             f"{archive.variables[var]!r}")
     patch = tuple(int(n) for n in metadata.get("input_shape") or trained.grid_shape)
-    if patch == tuple(trained.grid_shape):
+    if metadata.get("fully_convolutional"):
+        pass  # rebuilt for any grid with the same weights
+    elif patch == tuple(trained.grid_shape):
         if tuple(trained.grid_shape) != tuple(archive.grid_shape):
             problems.append(f"grid: model trained on the whole {tuple(trained.grid_shape)} grid, archive has "
                             f"{tuple(archive.grid_shape)}")

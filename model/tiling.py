@@ -1,6 +1,11 @@
 """Covering a grid with the model's patches and blending the patch forecasts back (pure numpy).
 
-Models are trained on patches (the ``input_shape`` in their metadata), so a
+Two coverings share one interface (``grid``, ``patch``, ``origins``,
+``split``, ``blend``): :class:`WholeGrid`, for fully convolutional models,
+which see the whole grid at once (padded to a size they accept), and
+:class:`Tiling`, for models that only take their training patch.
+
+A patch-only model is trained on patches (the ``input_shape`` in its metadata), so a
 grid larger than the patch is cut into **overlapping tiles** of the patch
 size, every tile is forecast, and the tiles are blended with weights that
 ramp linearly from 1/(overlap+1) at a tile's edge to 1 beyond ``overlap``
@@ -93,3 +98,50 @@ class Tiling:
             total[:, :, y0:y0 + py, x0:x0 + px] += weighted
         total /= norm
         return total.astype("float32")
+
+
+@dataclasses.dataclass(frozen=True)
+class WholeGrid:
+    """The whole grid as one tile, padded at the bottom and right to a multiple of ``multiple``.
+
+    Attributes:
+        grid: ``(ny, nx)`` of the archive.
+        multiple: the size the model's height and width must be a multiple of.
+        fill: per input channel, the value padded pixels take (unobserved:
+            "nothing", and 0 in a coverage channel).
+
+    >>> cover = WholeGrid((5, 6), 4, (0.0,))
+    >>> cover.patch, cover.split(np.ones((1, 2, 5, 6, 1), "float32")).shape
+    ((8, 8), (1, 2, 8, 8, 1))
+    >>> cover.blend(np.ones((1, 3, 8, 8), "float32")).shape
+    (1, 3, 5, 6)
+    """
+
+    grid: tuple[int, int]
+    multiple: int
+    fill: tuple[float, ...]
+
+    @property
+    def patch(self) -> tuple[int, int]:
+        """The padded grid: what the model sees."""
+        ny, nx = self.grid
+        return (-(-ny // self.multiple) * self.multiple, -(-nx // self.multiple) * self.multiple)
+
+    @property
+    def origins(self) -> list[tuple[int, int]]:
+        return [(0, 0)]
+
+    def split(self, windows: np.ndarray) -> np.ndarray:
+        """``(n, t, ny, nx, c)`` -> ``(n, t, py, px, c)``, padded with each channel's fill value."""
+        (ny, nx), (py, px) = self.grid, self.patch
+        if len(self.fill) != windows.shape[-1]:
+            raise TilingError(f"{len(self.fill)} fill values for {windows.shape[-1]} channels")
+        out = np.empty((*windows.shape[:2], py, px, windows.shape[-1]), dtype=windows.dtype)
+        out[...] = np.asarray(self.fill, dtype=windows.dtype)
+        out[:, :, :ny, :nx] = windows
+        return out
+
+    def blend(self, tiles: np.ndarray) -> np.ndarray:
+        """``(n, t, py, px)`` -> ``(n, t, ny, nx)``: the padding cut off."""
+        ny, nx = self.grid
+        return np.ascontiguousarray(tiles[:, :, :ny, :nx], dtype="float32")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import hashlib
 import json
 import time
 from collections.abc import Mapping, Sequence
@@ -25,7 +26,8 @@ import keras
 
 from nowcast.model import data, registry
 from nowcast.model.architectures import ArchitectureConfig, build_model
-from nowcast.model.losses import get_loss
+from nowcast.model.forecaster import PROBABILITY_MATCHING
+from nowcast.model.losses import LOSSES, get_loss
 from nowcast.pipelines.stores.timeaxis import format_time_step, parse_time_step
 from nowcast.pipelines.stores.windows import WindowsStore, describe_archive, fingerprint
 
@@ -39,7 +41,8 @@ class TrainConfig:
     """One training run, validated once.
 
     Attributes:
-        windows: windows.zarr URL.
+        windows: windows.zarr URL, or several (one per radar network: one model
+            learns from all of them; their samples must have one shape).
         models: registry root folder.
         architecture: ``cnn_lstm`` or ``convlstm``.
         workdir: checkpoints, backups, TensorBoard logs and CSV history.
@@ -49,7 +52,9 @@ class TrainConfig:
         steps_per_epoch: batches per epoch (``None``: one pass over the split).
         batch_size: samples per batch.
         learning_rate: Adam's learning rate.
-        loss: ``mse`` or ``intensity_weighted_mse``.
+        loss: ``mae`` (default: its optimum is the median, in log space the log of
+            the median rain rate, so it neither blurs nor adds drizzle), ``mse``,
+            ``log_cosh`` or ``intensity_weighted_mse``.
         intensity_weight: weight of the intensity term.
         patience: early-stopping patience in epochs.
         seed: seeds Python, NumPy, the backend and the input shuffles.
@@ -58,13 +63,22 @@ class TrainConfig:
         archive: archive description (time_step, variables, grid_shape) to
             record instead of reading the archive named by windows.zarr.
         verbose: Keras verbosity (1: progress bar).
-        wet: ``(threshold, fraction)``: train only on samples whose targets are
-            at least that wet (see :func:`nowcast.model.data.make_dataset`).
+        wet: ``(threshold, fraction)``: train and validate only on samples whose
+            targets are at least that wet (see :func:`nowcast.model.data.make_dataset`).
         promote: point the registry's ``latest`` at the new version; a flow that
             verifies the model first saves it unpromoted and promotes it after.
+        coverage: add the coverage channel and fill unobserved inputs with
+            "nothing" (see :mod:`nowcast.model.data`); off only for comparisons
+            with older models.
+        lr_schedule: ``plateau`` halves the learning rate when the monitored
+            loss stalls for ``patience // 2`` epochs; ``constant`` keeps it.
+        postprocessing: what the forecaster does to the model's output,
+            recorded in the metadata: None (default), or ``probability_matching``
+            (each lead takes the value distribution of the extrapolation it
+            corrects; docs/model.md compares the two).
     """
 
-    windows: str
+    windows: str | tuple[str, ...]
     models: str
     architecture: str = "cnn_lstm"
     workdir: str = "runs"
@@ -73,7 +87,7 @@ class TrainConfig:
     steps_per_epoch: int | None = None
     batch_size: int = 8
     learning_rate: float = 1e-3
-    loss: str = "mse"
+    loss: str = "mae"
     intensity_weight: float = 1.0
     patience: int = 4
     seed: int = 0
@@ -83,8 +97,21 @@ class TrainConfig:
     verbose: int = 1
     wet: tuple[float, float] | None = None
     promote: bool = True
+    coverage: bool = True
+    lr_schedule: str = "plateau"
+    postprocessing: str | None = None
 
     def __post_init__(self) -> None:
+        if not isinstance(self.windows, str):
+            object.__setattr__(self, "windows", tuple(self.windows))
+            if not self.windows:
+                raise TrainConfigError("windows is empty: give at least one windows.zarr")
+        if self.postprocessing not in (None, PROBABILITY_MATCHING):
+            raise TrainConfigError(f"postprocessing {self.postprocessing!r} is unknown; use "
+                                   f"{PROBABILITY_MATCHING!r} or None")
+        if self.lr_schedule not in ("plateau", "constant"):
+            raise TrainConfigError(f"lr_schedule {self.lr_schedule!r} is unknown; use 'plateau' or "
+                                   "'constant'")
         if self.epochs < 1 or self.batch_size < 1 or self.patience < 0:
             raise TrainConfigError("epochs and batch_size must be >= 1 and patience >= 0")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
@@ -120,15 +147,26 @@ def lead_times(time_step: str, t_out: int) -> list[str]:
     return [format_time_step(step * k) for k in range(1, t_out + 1)]
 
 
-def training_range(store: WindowsStore, time_step: str, t_in: int, t_out: int) -> dict[str, str]:
-    """First input frame and last target frame covered by the training windows."""
+def training_range(store: WindowsStore, t_in: int, t_out: int) -> dict[str, str]:
+    """First input frame and last target frame covered by a store's training windows."""
     times = store.init_times()
-    step = parse_time_step(time_step)
+    step = parse_time_step(store.time_step)
     return {"start": str(times.min() - (t_in - 1) * step), "end": str(times.max() + t_out * step)}
 
 
+def _fingerprint(urls: Sequence[str]) -> str:
+    """One sha256 over the training splits of every store (see windows.fingerprint)."""
+    if len(urls) == 1:
+        return fingerprint(urls[0], "train")
+    return hashlib.sha256("".join(fingerprint(url, "train") for url in urls).encode()).hexdigest()
+
+
+def _urls(windows: str | tuple[str, ...]) -> tuple[str, ...]:
+    return (windows,) if isinstance(windows, str) else tuple(windows)
+
+
 def callbacks(cfg: TrainConfig, monitor: str) -> list[keras.callbacks.Callback]:
-    """Early stopping, best checkpoint, crash backup, CSV history and TensorBoard."""
+    """Early stopping, learning-rate schedule, best checkpoint, crash backup, CSV history, TensorBoard."""
     work = Path(cfg.workdir)
     work.mkdir(parents=True, exist_ok=True)
     cbs: list[keras.callbacks.Callback] = [
@@ -137,6 +175,9 @@ def callbacks(cfg: TrainConfig, monitor: str) -> list[keras.callbacks.Callback]:
         keras.callbacks.ModelCheckpoint(str(work / "best.keras"), monitor=monitor, save_best_only=True),
         keras.callbacks.CSVLogger(str(work / "history.csv"), append=True),
     ]
+    if cfg.lr_schedule == "plateau":
+        cbs.append(keras.callbacks.ReduceLROnPlateau(monitor=monitor, factor=0.5,
+                                                     patience=max(cfg.patience // 2, 1), min_lr=1e-5))
     if keras.backend.backend() == "tensorflow":
         cbs.append(keras.callbacks.TensorBoard(str(work / "logs"), profile_batch=0))
     return cbs
@@ -148,16 +189,21 @@ def train(cfg: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callback] 
     ``extra_callbacks`` run after the defaults (e.g. a flow's progress reporter).
     """
     keras.utils.set_random_seed(cfg.seed)
-    store = WindowsStore(cfg.windows, "train")
-    (t_in, height, width, channels), (t_out, *_rest) = store.sample_shapes
+    urls = _urls(cfg.windows)
+    stores = data.open_stores(urls, "train")
+    store = stores[0]
+    normalizer = data.Normalizer.from_stores(stores, coverage=cfg.coverage)
+    (t_in, height, width, _), (t_out, *_rest) = store.sample_shapes
     arch = ArchitectureConfig.from_dict({**dict(cfg.options), "t_in": t_in, "t_out": t_out, "height": height,
-                                         "width": width, "channels": channels,
+                                         "width": width, "channels": normalizer.input_channels,
                                          "target_channel": list(store.channels).index(store.target)
                                          if store.target in store.channels else 0})
-    has_val = store.has_samples("val")
-    train_ds = data.make_dataset(cfg.windows, "train", cfg.batch_size, seed=cfg.seed, augment=cfg.augment,
-                                 repeat=cfg.steps_per_epoch is not None, wet=cfg.wet)
-    val_ds = data.make_dataset(cfg.windows, "val", cfg.batch_size, shuffle=False) if has_val else None
+    val_urls = [url for url, train_store in zip(urls, stores, strict=True) if train_store.has_samples("val")]
+    train_ds = data.make_dataset(urls, "train", cfg.batch_size, normalizer=normalizer, seed=cfg.seed,
+                                 augment=cfg.augment, repeat=cfg.steps_per_epoch is not None, wet=cfg.wet)
+    # validated on the samples it trains on: as wet (a dry patch's loss says nothing about skill)
+    val_ds = (data.make_dataset(val_urls, "val", cfg.batch_size, normalizer=normalizer, shuffle=False,
+                                wet=cfg.wet) if val_urls else None)
     gpus = gpu_count()
     strategy = contextlib.nullcontext()
     if gpus:
@@ -169,27 +215,35 @@ def train(cfg: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callback] 
         net = build_model(cfg.architecture, arch)
         net.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate),
                     loss=get_loss(cfg.loss, cfg.intensity_weight), metrics=["mae"])
-    monitor = "val_loss" if has_val else "loss"
+    monitor = "val_loss" if val_ds is not None else "loss"
     started = time.time()
-    fit = net.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, steps_per_epoch=cfg.steps_per_epoch,
-                  shuffle=False,  # make_dataset shuffles chunks and samples itself
-                  callbacks=[*callbacks(cfg, monitor), *extra_callbacks], verbose=cfg.verbose)
+    try:
+        fit = net.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs,
+                      steps_per_epoch=cfg.steps_per_epoch,
+                      shuffle=False,  # make_dataset shuffles chunks and samples itself
+                      callbacks=[*callbacks(cfg, monitor), *extra_callbacks], verbose=cfg.verbose)
+    finally:  # the policy is global: a failed run must not leave the next one in float16
+        keras.mixed_precision.set_global_policy("float32")
     seconds = time.time() - started
-    keras.mixed_precision.set_global_policy("float32")
     history = {k: [float(v) for v in vals] for k, vals in fit.history.items()}
     metrics = {"train_seconds": seconds, "epochs_run": len(history.get("loss", []))}
     if val_ds is not None:
         scores = net.evaluate(val_ds, verbose=0, return_dict=True)
         metrics.update({f"val_{k}": float(v) for k, v in scores.items()})
     time_step = store.time_step
-    archive = (registry.ArchiveDescription.from_dict(cfg.archive) if cfg.archive
-               else describe_archive(cfg.windows))
+    archives = [describe_archive(url) for url in urls] if not cfg.archive else []
+    archive = registry.ArchiveDescription.from_dict(cfg.archive) if cfg.archive else archives[0]
+    if any(a.time_step != archive.time_step or a.variables != archive.variables for a in archives):
+        raise TrainConfigError(f"the windows stores come from archives of different time steps or units "
+                               f"({[a.to_dict() for a in archives]}); train one model per time step")
     metadata = {
         "architecture": cfg.architecture,
         "architecture_config": arch.to_dict(),
+        "fully_convolutional": True,  # the forecaster rebuilds it for the whole grid (no tiles)
+        "postprocessing": cfg.postprocessing,
         "window_spec": store.attrs.get("window_spec"),
-        "windows": cfg.windows,
-        "normalization": data.Normalizer.from_store(store).to_dict(),
+        "windows": list(urls),
+        "normalization": normalizer.to_dict(),
         "channels": list(store.channels),
         "target": store.target,
         "t_in": t_in,
@@ -198,12 +252,13 @@ def train(cfg: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callback] 
         "time_step": time_step,
         "lead_times": lead_times(time_step, t_out),
         "archive": archive.to_dict(),
-        "training_range": training_range(store, time_step, t_in, t_out),
-        "training_data_hash": fingerprint(cfg.windows, "train"),
+        "training_archives": [a.to_dict() for a in archives],
+        "training_range": [training_range(s, t_in, t_out) for s in stores],
+        "training_data_hash": _fingerprint(urls),
         "training": {"loss": cfg.loss, "intensity_weight": cfg.intensity_weight, "batch_size": cfg.batch_size,
-                     "learning_rate": cfg.learning_rate, "seed": cfg.seed, "augment": cfg.augment,
-                     "samples": store.num_samples, "gpus": gpus,
-                     "wet": list(cfg.wet) if cfg.wet else None},
+                     "learning_rate": cfg.learning_rate, "lr_schedule": cfg.lr_schedule, "seed": cfg.seed,
+                     "augment": cfg.augment, "samples": sum(s.num_samples for s in stores), "gpus": gpus,
+                     "wet": list(cfg.wet) if cfg.wet else None, "coverage": cfg.coverage},
     }
     path = registry.save_model(net, cfg.models, cfg.architecture, metadata, {**metrics, "history": history},
                                version=cfg.version, promote=cfg.promote)
@@ -220,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps-per-epoch", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--learning-rate", type=float, default=1e-3)
-    p.add_argument("--loss", default="mse", choices=["mse", "intensity_weighted_mse"])
+    p.add_argument("--loss", default="mae", choices=list(LOSSES))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--augment", action="store_true")
     p.add_argument("--options", default="{}",

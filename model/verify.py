@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from nowcast.model import verification
-from nowcast.model.data import Normalizer
+from nowcast.model.forecaster import Forecaster, load_forecaster
 from nowcast.pipelines.stores.archive import valid_flags
 from nowcast.pipelines.stores.forecasts import open_forecasts, read_store_info, written_flags
 from nowcast.pipelines.stores.timeaxis import step_minutes
-from nowcast.pipelines.stores.windows import WindowsStore
+from nowcast.pipelines.stores.windows import WindowsStore, describe_archive
 
 PRIMARY = "mae"
 
@@ -44,22 +44,34 @@ class Verification:
         values = [v[metric] for v in self.scores[source].values() if metric in v]
         return float(np.mean(values)) if values else float("nan")
 
-    def beats(self, source: str, baseline: str = "persistence", metric: str = PRIMARY) -> bool:
-        """True when ``source`` has a lower mean ``metric`` (an error, lower is better) than ``baseline``."""
-        ours, theirs = self.mean(source, metric), self.mean(baseline, metric)
-        return bool(np.isfinite(ours) and np.isfinite(theirs) and ours < theirs)
+    def margins(self, source: str, baseline: str) -> dict[str, float]:
+        """How much better ``source`` is than ``baseline`` on the promotion scores, averaged over leads.
+
+        ``csi_1``: mean CSI at 1 mm/h, ``source`` minus ``baseline`` (higher is
+        better); ``mae``: ``baseline`` minus ``source`` (so positive is better
+        for both). NaN where either was not scored.
+        """
+        return {"csi_1": self.mean(source, "csi_1") - self.mean(baseline, "csi_1"),
+                "mae": self.mean(baseline, "mae") - self.mean(source, "mae")}
+
+    def beats(self, source: str, baseline: str) -> bool:
+        """True when ``source`` has a higher mean CSI at 1 mm/h and a lower mean MAE than ``baseline``."""
+        return all(np.isfinite(m) and m > 0 for m in self.margins(source, baseline).values())
 
 
-def model_forecast(net, normalizer: Normalizer, inputs: np.ndarray) -> np.ndarray:
-    """Physical ``(n, t_out, y, x)`` forecasts from physical ``(n, t_in, y, x, channel)`` inputs."""
-    out = np.asarray(net.predict(normalizer.normalize_inputs(inputs), verbose=0, batch_size=16))
-    return normalizer.denormalize(out[..., 0])
+def split_forecaster(models: str, name: str, version: str, windows: str) -> Forecaster:
+    """The model as the scoring job runs it (post-processing included), on the samples' grid."""
+    store = WindowsStore(windows, "train")
+    (_, height, width, _), _ = store.sample_shapes
+    description = describe_archive(windows)
+    grid = dataclasses.replace(description, grid_shape=(height, width)).to_dict()
+    return load_forecaster(models, name, version, grid)
 
 
-def verify_split(windows: str, split: str, net, normalizer: Normalizer, name: str,
+def verify_split(windows: str, split: str, forecaster: Forecaster, name: str,
                  baselines: Sequence[str] = ("persistence",), max_samples: int | None = None,
                  time_step_minutes: float | None = None) -> Verification:
-    """Scores ``net`` (called ``name``) and ``baselines`` on one split of windows.zarr."""
+    """Verifies ``forecaster`` (called ``name``) and ``baselines`` on one split of windows.zarr."""
     store = WindowsStore(windows, split)
     t_out = store.sample_shapes[1][0]
     if time_step_minutes is None:
@@ -73,7 +85,7 @@ def verify_split(windows: str, split: str, net, normalizer: Normalizer, name: st
         inputs, targets = store.read_chunk(index)
         if max_samples is not None:
             inputs, targets = inputs[: max_samples - seen], targets[: max_samples - seen]
-        forecasts = {name: model_forecast(net, normalizer, inputs)}
+        forecasts = {name: forecaster.forecast(inputs)}
         for baseline in baselines:
             method = verification.get_baseline(baseline)
             forecasts[baseline] = np.stack([method(sample[..., target], t_out) for sample in inputs])

@@ -40,6 +40,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import apache_beam as beam
 import numpy as np
@@ -112,17 +113,24 @@ def resolve_model(spec: ScoringSpec, archive: ArchiveInfo) -> ModelRef:
         archive.field(name)
     description = archive.description()
     check_archive(metadata, description)
-    patch = [int(n) for n in metadata.get("input_shape") or archive.grid.shape]
-    overlap = patch[0] // 4 if spec.overlap is None else spec.overlap
     field = archive.field(target)
     identity = StoreIdentity(
         model_name=spec.model, model_version=str(metadata["version"]),
         model_sha256=str(metadata.get("model_sha256", "")), archive=spec.archive, target=target,
-        t_in=int(metadata["t_in"]), t_out=int(metadata["t_out"]),
-        tiling=f"tiles {patch[0]}x{patch[1]}, overlap {overlap}, linear-ramp blending")
+        t_in=int(metadata["t_in"]), t_out=int(metadata["t_out"]), tiling=_covering(spec, metadata, archive))
     return ModelRef(identity=identity, version=str(metadata["version"]), channels=channels,
                     archive_description=description.to_dict(),
                     valid_range=(field.valid_min, field.valid_max))
+
+
+def _covering(spec: ScoringSpec, metadata: dict[str, Any], archive: ArchiveInfo) -> str:
+    """How the model covers the grid and what follows it, in words (recorded in the store)."""
+    after = f", then {metadata['postprocessing']}" if metadata.get("postprocessing") else ""
+    if metadata.get("fully_convolutional"):
+        return f"whole grid{after}"
+    patch = [int(n) for n in metadata.get("input_shape") or archive.grid.shape]
+    overlap = patch[0] // 4 if spec.overlap is None else spec.overlap
+    return f"tiles {patch[0]}x{patch[1]}, overlap {overlap}, linear-ramp blending{after}"
 
 
 def plan(spec: ScoringSpec,

@@ -46,7 +46,12 @@ def test_train_saves_a_version_and_resumes_after_a_crash(tiny_windows, tmp_path)
     assert meta["lead_times"] == ["PT5M", "PT10M", "PT15M"]
     assert meta["archive"] == {"time_step": "PT5M", "variables": {"precip": "mm h-1"}, "grid_shape": [8, 12]}
     assert meta["normalization"]["kinds"] == {"precip": "log1p"}
-    assert meta["training_range"] == {"start": "2019-12-31T23:45:00", "end": "2020-01-01T01:00:00"}
+    assert meta["training_range"] == [{"start": "2019-12-31T23:45:00", "end": "2020-01-01T01:00:00"}]
+    assert meta["fully_convolutional"]
+    assert meta["postprocessing"] is None  # the default: the model's own output (docs/model.md)
+    assert meta["training"]["loss"] == "intensity_weighted_mse"
+    assert meta["normalization"]["coverage"]
+    assert meta["architecture_config"]["channels"] == 2  # precip and its coverage mask
     assert len(meta["training_data_hash"]) == 64
     loaded = registry.load_model(cfg.models, "convlstm", archive=registry.ArchiveDescription.from_dict(
         meta["archive"]))
@@ -56,8 +61,44 @@ def test_train_saves_a_version_and_resumes_after_a_crash(tiny_windows, tmp_path)
         registry.load_model(cfg.models, "convlstm", archive=ten_minutes)
 
 
+@pytest.mark.slow
+def test_one_model_learns_from_several_stores_with_merged_statistics(tmp_path):
+    """Two networks' windows (other grids, one patch shape) train one model; statistics merge by count."""
+    import numpy as np
+
+    from nowcast.model.data import Normalizer
+    from nowcast.pipelines.stores.windows import WindowsStore
+    from tests.model.conftest import rain_like, write_archive, write_windows
+
+    rng = np.random.default_rng(5)
+    urls = []
+    for name, grid in (("a", (16, 16)), ("b", (24, 32))):
+        archive = write_archive(tmp_path / f"{name}_archive.zarr", 64, grid)
+        splits = {split: (rain_like(rng, (n, 4, 8, 8, 1)), rain_like(rng, (n, 3, 8, 8, 1)))
+                  for split, n in (("train", 6 if name == "a" else 10), ("val", 3))}
+        urls.append(write_windows(tmp_path / f"{name}_windows.zarr", splits, archive=archive))
+    cfg = TrainConfig(windows=tuple(urls), models=str(tmp_path / "models"), architecture="cnn_lstm",
+                      workdir=str(tmp_path / "run"), options=OPTIONS, epochs=1, batch_size=4, verbose=0)
+    result = train(cfg)
+    meta = json.loads((result.path / "metadata.json").read_text())
+    assert meta["windows"] == urls
+    assert [a["grid_shape"] for a in meta["training_archives"]] == [[16, 16], [24, 32]]
+    assert meta["training"]["samples"] == 16
+    merged = Normalizer.from_dict(meta["normalization"]).stats["precip"]
+    values = np.concatenate([np.asarray(WindowsStore(u, "train").inputs[...])[..., 0].ravel() for u in urls])
+    values = values[np.isfinite(values)].astype("float64")
+    assert merged["count"] == values.size
+    assert merged["mean"] == pytest.approx(values.mean(), rel=1e-9)
+    assert merged["std"] == pytest.approx(values.std(), rel=1e-9)
+    assert merged["log1p_std"] == pytest.approx(np.log1p(values).std(), rel=1e-9)
+
+
 def test_bad_training_config_is_refused():
     with pytest.raises(TrainConfigError, match="learning_rate"):
         TrainConfig(windows="w", models="m", learning_rate=0)
     with pytest.raises(ValueError, match="unknown loss"):
         TrainConfig(windows="w", models="m", loss="mae2")
+    with pytest.raises(TrainConfigError, match="postprocessing"):
+        TrainConfig(windows="w", models="m", postprocessing="smooth")
+    with pytest.raises(TrainConfigError, match="windows is empty"):
+        TrainConfig(windows=(), models="m")

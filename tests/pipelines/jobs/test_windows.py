@@ -102,3 +102,26 @@ def test_no_train_windows_leaves_empty_statistics(archive, tmp_path):
     assert result.counts["samples"]["train"] == 0
     assert result.normalization == {"temp": {"count": 0, "mean": None, "std": None, "min": None,
                                              "max": None}}
+
+
+def test_events_far_apart_in_one_archive_give_windows_inside_each_event_only(tmp_path):
+    """Two rain events a day apart ingested into one archive: the gap is missing frames, and no
+    window spans it (each event keeps every window that fits inside it)."""
+    from nowcast.pipelines.jobs.ingest import IngestSpec, ingest_items
+    from tests.pipelines.jobs.ingest_helpers import ArraySource, times
+
+    first, second = times("2024-05-01T12:00", 8), times("2024-05-02T18:00", 9)
+    archive = str(tmp_path / "a.zarr")
+    for event in (first, second):  # the second ingest appends across the gap
+        source = ArraySource(tuple(event))
+        ingest_items(IngestSpec(archive=archive, source=source, time_chunk=6), source.items(), None)
+    spec = WindowSpec(channels=("precip",), target="precip", t_in=3, t_out=2,
+                      split=SplitSpec(fractions=(1.0, 0.0, 0.0)))
+    result = run_in_process(WindowJob(archive, str(tmp_path / "w.zarr"), spec))
+    assert result.counts["emitted"] == (8 - 5 + 1) + (9 - 5 + 1)
+    init_times = zarr.open_group(str(tmp_path / "w.zarr"), mode="r")["train/init_time"][:]
+    starts = (init_times.astype("datetime64[s]") - 2 * np.timedelta64(300, "s")).astype("datetime64[s]")
+    ends = starts + 4 * np.timedelta64(300, "s")
+    for begin, end in zip(starts, ends, strict=True):
+        inside = [(np.datetime64(e[0]) <= begin and end <= np.datetime64(e[-1])) for e in (first, second)]
+        assert any(inside), (begin, end)
