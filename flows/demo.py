@@ -87,9 +87,10 @@ def demo_flow(workdir: str = "runs/demo", frames: int = 288, size: int = 128, ep
                                              workdir=str(root / "evaluate"), archive=archive,
                                              forecasts=forecasts, **model))
 
-    verdict = "promoted to latest" if trained.promoted else "not promoted (it did not beat persistence)"
+    verdict = "promoted to latest" if trained.promoted else "not promoted (it did not beat LK extrapolation)"
     print(f"\nmodel {ARCHITECTURE}/{trained.version}: validation MAE {trained.val_mae:.3f} mm/h "
-          f"against persistence {trained.persistence_mae:.3f}: {verdict}")
+          f"against LK extrapolation {trained.extrapolation_mae:.3f}, mean CSI at 1 mm/h "
+          f"{trained.margins['csi_1']:+.3f}: {verdict}")
     print("\nverification on the test split (model beside the pysteps baselines):\n" + evaluated.table)
     if evaluated.stored_table:
         print("stored forecasts against the archive:\n" + evaluated.stored_table)

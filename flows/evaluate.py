@@ -18,9 +18,14 @@ from prefect import flow, get_run_logger, task
 
 from nowcast.flows.artifacts import publish_png, publish_scores, publish_store
 from nowcast.flows.params import EvaluateParams
-from nowcast.model.data import Normalizer
-from nowcast.model.registry import load_model
-from nowcast.model.verify import Verification, save_pictures, table, verify_forecasts, verify_split
+from nowcast.model.verify import (
+    Verification,
+    save_pictures,
+    split_forecaster,
+    table,
+    verify_forecasts,
+    verify_split,
+)
 from nowcast.pipelines.stores.timeaxis import step_minutes
 from nowcast.pipelines.stores.windows import WindowsStore
 
@@ -39,10 +44,9 @@ class EvaluateRun:
 @task(name="verify-windows")
 def verify_windows(params: EvaluateParams) -> Verification:
     """The model and the baselines on one windows.zarr split."""
-    loaded = load_model(params.models, params.model_name, params.model_version, archive=None)
-    normalizer = Normalizer.from_dict(loaded.metadata["normalization"])
-    name = f"{params.model_name}/{loaded.metadata['version']}"
-    return verify_split(params.windows, params.split, loaded.model, normalizer, name,
+    forecaster = split_forecaster(params.models, params.model_name, params.model_version, params.windows)
+    name = f"{params.model_name}/{forecaster.metadata['version']}"
+    return verify_split(params.windows, params.split, forecaster, name,
                         baselines=tuple(params.baselines), max_samples=params.max_samples)
 
 

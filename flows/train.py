@@ -1,11 +1,13 @@
-"""Prefect flow: windows -> fit -> verify -> register, promoting ``latest`` only when it beats persistence.
+"""Prefect flow: windows -> fit -> verify -> register, promoted only when it beats LK extrapolation.
 
 The model is fitted and saved as a new, unpromoted registry version; it is
-then verified on the validation split against persistence, and
+then verified on the validation split, as the scoring job runs it, beside
+persistence and pysteps' Lucas-Kanade extrapolation, and
 :func:`nowcast.model.registry.promote_version` moves ``latest`` to it only
-when its mean MAE over the lead times is lower than persistence's. A version
-that loses is kept for inspection and ``latest`` stays where it was, so a
-scheduled forecast never picks up a model that lost to the trivial baseline.
+when it beats the extrapolation on both the mean CSI at 1 mm/h and the mean
+MAE over the lead times (persistence is a bar every extrapolation nowcast
+clears). A version that loses is kept for inspection and ``latest`` stays
+where it was; the run's report says by how much it won or lost.
 """
 
 from __future__ import annotations
@@ -19,13 +21,14 @@ from prefect import flow, get_run_logger, task
 from nowcast.flows.artifacts import publish_png, publish_scores, publish_store
 from nowcast.flows.params import TrainParams
 from nowcast.model import registry
-from nowcast.model.data import Normalizer
 from nowcast.model.train import TrainConfig, train
-from nowcast.model.verify import Verification, save_pictures, table, verify_split
+from nowcast.model.verify import Verification, save_pictures, split_forecaster, table, verify_split
 from nowcast.pipelines.jobs import windows as windows_job
 from nowcast.pipelines.plans.window_spec import SplitSpec, WindowSpec
 from nowcast.pipelines.stores.timeaxis import step_minutes
 from nowcast.pipelines.stores.windows import WindowsStore
+
+BASELINE = "extrapolation"  # what a new version must beat to be promoted
 
 
 class TrainFlowError(ValueError):
@@ -40,7 +43,8 @@ class TrainRun:
     path: str
     promoted: bool
     val_mae: float
-    persistence_mae: float
+    extrapolation_mae: float
+    margins: dict[str, float]
     table: str
     counts: dict[str, object]
     pictures: dict[str, str]
@@ -99,11 +103,10 @@ def fit(params: TrainParams) -> Path:
 
 @task(name="verify")
 def verify(params: TrainParams, version: Path) -> Verification:
-    """Verifies the new version and persistence on the validation split."""
-    loaded = registry.load_model(params.models, params.architecture, version.name, archive=None)
-    normalizer = Normalizer.from_dict(loaded.metadata["normalization"])
-    return verify_split(params.windows, "val", loaded.model, normalizer, params.architecture,
-                        baselines=("persistence",))
+    """Verifies the new version, persistence and LK extrapolation on the validation split."""
+    forecaster = split_forecaster(params.models, params.architecture, version.name, params.windows)
+    return verify_split(params.windows, "val", forecaster, params.architecture,
+                        baselines=("persistence", BASELINE))
 
 
 @flow(name="train", log_prints=True)
@@ -113,13 +116,16 @@ def train_flow(params: TrainParams) -> TrainRun:
     counts = cut_windows(params)
     version_dir = fit(params)
     result = verify(params, version_dir)
-    promote = result.beats(params.architecture, "persistence")
+    promote = result.beats(params.architecture, BASELINE)
     if promote:
         registry.promote_version(params.models, params.architecture, version_dir.name)
-    ours, base = result.mean(params.architecture), result.mean("persistence")
-    verdict = (f"promoted {version_dir.name} to latest" if promote else
-               f"kept {version_dir.name} unpromoted: it does not beat persistence")
-    logger.info("validation MAE %.4f vs persistence %.4f: %s", ours, base, verdict)
+    margins = result.margins(params.architecture, BASELINE)
+    ours, base = result.mean(params.architecture, "mae"), result.mean(BASELINE, "mae")
+    by = (f"mean CSI at 1 mm/h {margins['csi_1']:+.3f}, mean MAE {-margins['mae']:+.3f} mm/h against LK "
+          "extrapolation on the validation split")
+    verdict = (f"promoted {version_dir.name} to latest ({by})" if promote else
+               f"kept {version_dir.name} unpromoted: it does not beat LK extrapolation on both ({by})")
+    logger.info(verdict)
     markdown = table(result)
     publish_scores("train-validation", result.scores, markdown + f"\n{verdict}.\n",
                    f"validation scores of {params.architecture}/{version_dir.name}")
@@ -130,5 +136,5 @@ def train_flow(params: TrainParams) -> TrainRun:
     publish_store("train-model", str(version_dir), "model version directory")
     print(markdown)
     return TrainRun(version=version_dir.name, path=str(version_dir), promoted=promote, val_mae=ours,
-                    persistence_mae=base, table=markdown, counts=counts,
+                    extrapolation_mae=base, margins=margins, table=markdown, counts=counts,
                     pictures={k: str(v) for k, v in pictures.items()})

@@ -91,14 +91,15 @@ def test_ingest_folder_takes_only_new_files(tmp_path, radar_dir, prefect_server,
 
 
 @pytest.mark.slow
-def test_train_registers_and_promotes_only_a_model_that_beats_persistence(trained):
+def test_train_registers_and_promotes_only_a_model_that_beats_extrapolation(trained):
     from nowcast.model.registry import resolve_version
 
     root, _, result = trained
     version_dir = Path(result.path)
     assert (version_dir / "model.keras").is_file()
     assert version_dir.parent.name == "convlstm"
-    assert result.promoted == (result.val_mae < result.persistence_mae)
+    assert result.promoted == (result.margins["csi_1"] > 0 and result.margins["mae"] > 0)
+    assert result.margins["mae"] == pytest.approx(result.extrapolation_mae - result.val_mae)
     latest = root / "models" / "convlstm" / "latest"
     if result.promoted:
         assert resolve_version(root / "models", "convlstm") == version_dir
@@ -106,6 +107,7 @@ def test_train_registers_and_promotes_only_a_model_that_beats_persistence(traine
         assert not latest.exists()
     assert not (root / "models" / ".candidates").exists()
     assert "| persistence |" in result.table
+    assert "| extrapolation |" in result.table
     assert "| convlstm |" in result.table
     for path in result.pictures.values():
         assert Path(path).read_bytes()[:8] == PNG

@@ -17,20 +17,24 @@ def test_chunks_cover_the_init_times_in_order():
     assert chunked((), 3) == []
 
 
-def scores(mae: list[float]) -> dict[str, dict[str, float]]:
-    return {str(5 * (k + 1)): {"mae": value} for k, value in enumerate(mae)}
+def scores(mae: list[float], csi: list[float]) -> dict[str, dict[str, float]]:
+    return {str(5 * (k + 1)): {"mae": m, "csi_1": c} for k, (m, c) in enumerate(zip(mae, csi, strict=True))}
 
 
-def test_promotion_needs_a_lower_mean_error_than_persistence():
-    better = Verification({"m": scores([1.0, 2.0]), "persistence": scores([1.0, 2.5])}, 4, None)
-    worse = Verification({"m": scores([1.0, 3.0]), "persistence": scores([1.0, 2.5])}, 4, None)
-    tie = Verification({"m": scores([1.0, 2.0]), "persistence": scores([1.0, 2.0])}, 4, None)
-    unscored = Verification({"m": {"5": {"n": 0.0}}, "persistence": {"5": {"n": 0.0}}}, 0, None)
-    assert better.beats("m")
-    assert better.mean("m") == pytest.approx(1.5)
-    assert not worse.beats("m")
-    assert not tie.beats("m")
-    assert not unscored.beats("m")
+def test_promotion_needs_a_higher_csi_and_a_lower_mae_than_extrapolation():
+    base = scores([1.0, 2.5], [0.5, 0.3])
+    better = Verification({"m": scores([1.0, 2.0], [0.5, 0.4]), "extrapolation": base}, 4, None)
+    wetter = Verification({"m": scores([1.0, 3.0], [0.6, 0.5]), "extrapolation": base}, 4, None)
+    blurrier = Verification({"m": scores([0.5, 2.0], [0.4, 0.3]), "extrapolation": base}, 4, None)
+    tie = Verification({"m": base, "extrapolation": base}, 4, None)
+    unscored = Verification({"m": {"5": {"n": 0.0}}, "extrapolation": {"5": {"n": 0.0}}}, 0, None)
+    assert better.beats("m", "extrapolation")
+    assert better.margins("m", "extrapolation") == pytest.approx({"csi_1": 0.05, "mae": 0.25})
+    assert better.mean("m", "mae") == pytest.approx(1.5)
+    assert not wetter.beats("m", "extrapolation")  # higher CSI, but a larger error
+    assert not blurrier.beats("m", "extrapolation")  # smaller error, but lower CSI
+    assert not tie.beats("m", "extrapolation")
+    assert not unscored.beats("m", "extrapolation")
     assert np.isnan(unscored.mean("m"))
 
 
