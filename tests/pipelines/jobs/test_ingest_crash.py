@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.pipelines.jobs.ingest_helpers import snapshot
+from tests.pipelines.jobs.ingest_helpers import kill_part_way, snapshot
 
 FRAMES, SIZE, CHUNK = 480, 192, 8
 
@@ -32,13 +30,7 @@ def test_sigkill_then_rerun_is_byte_identical(tmp_path):
     subprocess.run(ingest_command(clean), check=True, capture_output=True, timeout=300)
 
     crashed = tmp_path / "crashed.zarr"
-    process = subprocess.Popen(ingest_command(crashed), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 240
-    while written_chunks(crashed) < 2 and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
+    kill_part_way(ingest_command(crashed), lambda: written_chunks(crashed), 2)
     done_at_kill = written_chunks(crashed)
     total = FRAMES // CHUNK
     assert 0 < done_at_kill < total, f"kill did not land part way ({done_at_kill}/{total} chunks)"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -12,7 +11,7 @@ import pytest
 
 from nowcast.pipelines.jobs.scoring import ScoringSpec, run
 from nowcast.pipelines.stores.forecasts import written_flags
-from tests.pipelines.jobs.ingest_helpers import snapshot
+from tests.pipelines.jobs.ingest_helpers import kill_part_way, snapshot
 from tests.pipelines.jobs.scoring_helpers import MODEL, make_archive, save_tiny_model, synthetic_stats
 
 FRAMES, SIZE, CHUNK, T_IN = 120, (48, 48), 8, 3
@@ -49,13 +48,7 @@ def flags_on_disk(url) -> int:
 def test_sigkill_then_rerun_is_byte_identical(clean, tmp_path):
     archive, models, expected = clean
     url = tmp_path / "crashed.zarr"
-    process = subprocess.Popen(command(archive, models, url), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 240
-    while flags_on_disk(url) < 10 and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.005)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
+    kill_part_way(command(archive, models, url), lambda: flags_on_disk(url), 10, poll_s=0.005)
     done_at_kill = int(written_flags(str(url)).sum())
     total = FRAMES - (T_IN - 1)
     assert 0 < done_at_kill < total, f"kill did not land part way ({done_at_kill}/{total} init times)"
