@@ -1,7 +1,7 @@
 """The main job on embedded defaults: the whole chain, everything local, nothing to configure.
 
 synthetic precipitation -> ingest (archive.zarr) -> windows (windows.zarr) ->
-train a small ConvLSTM (verified against persistence on the validation
+train a small ConvLSTM (verified against LK extrapolation on the validation
 split, registered, promoted only if better) -> backfill the last few hours
 (forecasts.zarr) -> evaluate (the test split beside the pysteps baselines,
 and the stored forecasts against the archive). It prints the verification

@@ -163,7 +163,7 @@ class IngestParams(_Stores):
 
 
 class TrainParams(_Stores):
-    """Cut windows, fit a model, verify it against persistence, register it (promoted only if better)."""
+    """Cut windows, fit a model, verify it against LK extrapolation, register it (promoted only if better)."""
 
     STORE_FIELDS: ClassVar[tuple[str, ...]] = ("archive", "windows", "models", "workdir")
     archive: StoreUrl = Field(f"{DEFAULT_WORKDIR}/archive.zarr", description="archive.zarr to train from")
