@@ -73,9 +73,10 @@ class TrainConfig:
         lr_schedule: ``plateau`` halves the learning rate when the monitored
             loss stalls for ``patience // 2`` epochs; ``constant`` keeps it.
         postprocessing: what the forecaster does to the model's output,
-            recorded in the metadata: None (default), or ``probability_matching``
-            (each lead takes the value distribution of the extrapolation it
-            corrects; docs/model.md compares the two).
+            recorded in the metadata: ``probability_matching`` (default: each
+            lead takes the value distribution of the extrapolation it corrects,
+            so the frequency bias stays near 1; docs/model.md compares the two)
+            or None (the model's own output).
     """
 
     windows: str | tuple[str, ...]
@@ -99,7 +100,7 @@ class TrainConfig:
     promote: bool = True
     coverage: bool = True
     lr_schedule: str = "plateau"
-    postprocessing: str | None = None
+    postprocessing: str | None = PROBABILITY_MATCHING
 
     def __post_init__(self) -> None:
         if not isinstance(self.windows, str):

@@ -18,7 +18,10 @@ EXPECTED_KEYS = {
     "score": {"end_to_end_per_s", "predict_only_per_s", "speedup_2_workers", "latency_512_s",
               "pysteps_latency_512_s"},
     "latency": {"median_s"},
+    "skill": {"cnn_lstm", "convlstm", "matched_motion", "persistence", "extrapolation", "sprog", "split",
+              "training_events", "checks"},
 }
+PER_LEAD = {"mae", "csi_0.5", "csi_1", "csi_5", "fss_1", "bias_0.1", "bias_1"}  # skill's scores per lead
 
 
 @pytest.mark.slow
@@ -29,3 +32,7 @@ def test_quick_benchmark_writes_its_keys(name, tmp_path):
     result = json.loads((tmp_path / f"{name}.quick.json").read_text())
     missing = EXPECTED_KEYS.get(name, set()) - result.keys()
     assert not missing, f"bench.{name} lacks keys {missing}"
+    if name == "skill":
+        for source in EXPECTED_KEYS["skill"] - {"split", "training_events", "checks"}:
+            assert set(result[source]) == {"5", "10", "15", "20", "25", "30"}, source
+            assert all(result[source][lead].keys() >= PER_LEAD for lead in result[source]), source

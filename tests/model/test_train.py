@@ -48,7 +48,7 @@ def test_train_saves_a_version_and_resumes_after_a_crash(tiny_windows, tmp_path)
     assert meta["normalization"]["kinds"] == {"precip": "log1p"}
     assert meta["training_range"] == [{"start": "2019-12-31T23:45:00", "end": "2020-01-01T01:00:00"}]
     assert meta["fully_convolutional"]
-    assert meta["postprocessing"] is None  # the default: the model's own output (docs/model.md)
+    assert meta["postprocessing"] == "probability_matching"  # the default (docs/model.md)
     assert meta["training"]["loss"] == "intensity_weighted_mse"
     assert meta["normalization"]["coverage"]
     assert meta["architecture_config"]["channels"] == 2  # precip and its coverage mask
