@@ -50,7 +50,7 @@ from nowcast.pipelines.jobs.ingest import IngestSpec, ingest_items
 from nowcast.pipelines.jobs.windows import WindowJob, run_in_process
 from nowcast.pipelines.plans.window_spec import SplitSpec, WindowSpec
 from nowcast.pipelines.sources.radar import RadarSource
-from nowcast.pipelines.stores.archive import open_archive
+from nowcast.pipelines.stores.archive import open_archive, read_info
 
 RADAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "radar"
 TRAIN_EVENTS = {"knmi": "knmi/20100826", "fmi": "fmi/pgm/20160928", "mch": "mch/20150515",
@@ -83,15 +83,21 @@ def cut(archive: str, output: str) -> dict[str, object]:
     return run_in_process(WindowJob(archive=archive, output=output, spec=spec)).counts
 
 
-def _frames(archive: str) -> tuple[np.ndarray, np.ndarray]:
-    ds = open_archive(archive)
-    return ds["precip"].values.astype("float32"), ds["time"].values
+def _frames(archive: str) -> np.ndarray:
+    return open_archive(archive)["precip"].values.astype("float32")
+
+
+def deploy(models: Path, archive: str) -> dict[str, Forecaster]:
+    """Every trained model as the scoring job runs it on ``archive``'s grid (rebuilt for it)."""
+    description = read_info(archive).description().to_dict()
+    return {name: load_forecaster(str(models), name, "latest", description, valid_range=(0.0, None))
+            for name in MODELS}
 
 
 def score_event(archive: str, forecasters: Mapping[str, Forecaster], baselines: Mapping[str, object],
                 stride: int, limit: int | None) -> tuple[dict, dict, tuple | None, list[int]]:
     """Every ``stride``-th init time of an event: scores per source and lead, seconds, the wettest case."""
-    frames, _ = _frames(archive)
+    frames = _frames(archive)
     inits = list(range(T_IN - 1, len(frames) - T_OUT, stride))[:limit]
     sources = [*forecasters, *baselines]
     states = {n: verification.skill_init(T_OUT) for n in sources}
@@ -185,14 +191,12 @@ def main(argv: list[str] | None = None) -> int:
                 train_seconds[name] = result.metrics["train_seconds"]
                 epochs_run[name] = result.metrics["epochs_run"]
 
-            test_frames, test_times = _frames(test_archive)
-            description = ArchiveDescription("PT5M", {"precip": "mm h-1"}, tuple(test_frames.shape[1:]))
+            test_info = read_info(test_archive)
+            test_times = open_archive(test_archive)["time"].values
             bom = ArchiveDescription("PT10M", {"precip": "mm h-1"}, (512, 512))
-            deployed: dict[str, Forecaster] = {}
+            deployed = deploy(work / "models", test_archive)
             refusals = {}
             for name in MODELS:
-                deployed[name] = load_forecaster(str(work / "models"), name, "latest",
-                                                 description.to_dict(), valid_range=(0.0, None))
                 try:
                     load_model(work / "models", name, archive=bom)
                     refusals[name] = "NOT refused"
@@ -208,13 +212,8 @@ def main(argv: list[str] | None = None) -> int:
             events = {}
             train_baselines = {n: verification.BASELINES[n] for n in ("persistence", "extrapolation")}
             for event, archive in archives.items():
-                # each event on its own grid: the forecasters rebuilt for it
-                frames, _ = _frames(archive)
-                grid = ArchiveDescription("PT5M", {"precip": "mm h-1"}, tuple(frames.shape[1:])).to_dict()
-                on_grid = {n: load_forecaster(str(work / "models"), n, "latest", grid,
-                                              valid_range=(0.0, None)) for n in MODELS}
-                event_scores, _, _, event_inits = score_event(archive, on_grid, train_baselines, train_stride,
-                                                              limit)
+                event_scores, _, _, event_inits = score_event(archive, deploy(work / "models", archive),
+                                                              train_baselines, train_stride, limit)
                 events[event] = {"scores": event_scores, "init_times": len(event_inits),
                                  "checks": wet_bias_check(event_scores, list(MODELS))}
         out = Path(args.out)
@@ -233,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
                       "validation": dataclasses.asdict(VALIDATION), "patch": [PATCH, PATCH],
                       "wet_filter": {"threshold_mm_h": WET[0], "min_fraction": WET[1]}},
             "test": {"event": TEST_EVENT[1], "init_times": [str(test_times[i])[:19] for i in inits],
-                     "grid": list(test_frames.shape[1:])},
+                     "grid": list(test_info.grid.shape)},
         }
         checks = {
             "test": wet_bias_check(scores, list(MODELS)),
