@@ -252,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
             "checks": checks,
             "train_seconds": train_seconds,
             "epochs_run": epochs_run,
+            "lead_scale": {n: (f.metadata.get("lead_scale") or {}).get("scales")
+                           for n, f in deployed.items()},
             "forecast_seconds_per_init": seconds,
             "prepare_seconds": prepare_s,
             "evaluate_seconds": evaluate_s,

@@ -61,7 +61,7 @@ from collections.abc import Callable
 import keras
 from keras import layers
 
-from nowcast.model.layers import Advect, LastFrame, MatchMotion, RepeatLeads
+from nowcast.model.layers import Advect, BoxMean, LastFrame, LeadScale, MatchMotion, RepeatLeads
 
 SMOOTHING = (5, 17)  # box sizes, in pixels, of the smoothed base frames the head sees
 
@@ -214,18 +214,15 @@ def _head(cfg: ArchitectureConfig, inputs, frames, name: str, features) -> keras
     # the last convolutions see the base frame at full resolution (a skip past the coarse encoder), and
     # its box means over 5 and 17 pixels: growth, decay and scale-dependent smoothing along the motion
     views = [frames, base]
-    for size in SMOOTHING:
-        smooth = layers.TimeDistributed(layers.AveragePooling2D((size, 1), strides=1, padding="same"),
-                                        name=f"smooth{size}_y")(base)
-        views.append(layers.TimeDistributed(layers.AveragePooling2D((1, size), strides=1, padding="same"),
-                                            name=f"smooth{size}_x")(smooth))
+    views += [BoxMean(size, name=f"smooth{size}")(base) for size in SMOOTHING]
     frames = layers.Concatenate(name="with_base")(views)
     frames = layers.TimeDistributed(layers.Conv2D(cfg.decoder_filters, k, padding="same", activation="relu"),
                                     name="refine")(frames)
     outputs = layers.TimeDistributed(layers.Conv2D(1, 1, kernel_initializer="zeros" if cfg.residual
                                                    else "glorot_uniform", dtype="float32"),
                                      name="to_target")(frames)
-    if cfg.residual:
+    if cfg.residual:  # the change, scaled per lead by factors chosen after training (1 until then)
+        outputs = LeadScale(cfg.t_out, name="change_scale", dtype="float32")(outputs)
         outputs = layers.Add(name="residual", dtype="float32")([base, outputs])
     return keras.Model(inputs, outputs, name=name)
 

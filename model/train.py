@@ -7,7 +7,9 @@ validation loss with the best weights restored, the best model checkpointed,
 ``keras.callbacks.BackupAndRestore`` so a crashed run resumes from its last
 finished epoch when started again with the same ``workdir``, TensorBoard logs
 and a CSV history under ``workdir``, Keras's progress bar, and a seeded run
-(``keras.utils.set_random_seed``). With GPUs present (TensorFlow backend)
+(``keras.utils.set_random_seed``). With a validation split, each lead's
+learned change is then weighted by the factor that gives the lowest
+validation MAE (:mod:`nowcast.model.calibration`). With GPUs present (TensorFlow backend)
 training uses ``mixed_float16`` and a ``MirroredStrategy``; on CPU neither.
 """
 
@@ -24,7 +26,7 @@ from pathlib import Path
 
 import keras
 
-from nowcast.model import data, registry
+from nowcast.model import calibration, data, registry
 from nowcast.model.architectures import ArchitectureConfig, build_model
 from nowcast.model.forecaster import PROBABILITY_MATCHING
 from nowcast.model.losses import LOSSES, get_loss
@@ -228,7 +230,10 @@ def train(cfg: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callback] 
     seconds = time.time() - started
     history = {k: [float(v) for v in vals] for k, vals in fit.history.items()}
     metrics = {"train_seconds": seconds, "epochs_run": len(history.get("loss", []))}
-    if val_ds is not None:
+    lead_scale = None
+    if val_ds is not None:  # the change's weight per lead, then the validation scores of the result
+        lead_scale = calibration.calibrate(net, val_ds.as_numpy_iterator(), normalizer,
+                                           cfg.postprocessing == PROBABILITY_MATCHING)
         scores = net.evaluate(val_ds, verbose=0, return_dict=True)
         metrics.update({f"val_{k}": float(v) for k, v in scores.items()})
     time_step = store.time_step
@@ -256,6 +261,7 @@ def train(cfg: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callback] 
         "training_archives": [a.to_dict() for a in archives],
         "training_range": [training_range(s, t_in, t_out) for s in stores],
         "training_data_hash": _fingerprint(urls),
+        "lead_scale": lead_scale,
         "training": {"loss": cfg.loss, "intensity_weight": cfg.intensity_weight, "batch_size": cfg.batch_size,
                      "learning_rate": cfg.learning_rate, "lr_schedule": cfg.lr_schedule, "seed": cfg.seed,
                      "augment": cfg.augment, "samples": sum(s.num_samples for s in stores), "gpus": gpus,

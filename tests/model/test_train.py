@@ -8,7 +8,7 @@ import json
 import keras
 import pytest
 
-from nowcast.model import registry
+from nowcast.model import calibration, registry
 from nowcast.model.train import TrainConfig, TrainConfigError, train
 
 OPTIONS = {"filters": [4], "lstm_units": 4, "decoder_filters": 2}
@@ -53,9 +53,13 @@ def test_train_saves_a_version_and_resumes_after_a_crash(tiny_windows, tmp_path)
     assert meta["normalization"]["coverage"]
     assert meta["architecture_config"]["channels"] == 2  # precip and its coverage mask
     assert len(meta["training_data_hash"]) == 64
+    scales = meta["lead_scale"]["scales"]  # chosen on the validation split, saved in the model
+    assert len(scales) == 3
+    assert set(scales) <= set(calibration.SCALES)
     loaded = registry.load_model(cfg.models, "convlstm", archive=registry.ArchiveDescription.from_dict(
         meta["archive"]))
     assert loaded.model.loss.name == "intensity_weighted_mse"
+    assert loaded.model.get_layer("change_scale").get_weights()[0].tolist() == scales
     ten_minutes = registry.ArchiveDescription("PT10M", {"precip": "mm h-1"}, (8, 12))
     with pytest.raises(registry.ArchiveMismatchError, match="time step"):
         registry.load_model(cfg.models, "convlstm", archive=ten_minutes)

@@ -1,0 +1,70 @@
+"""The change's weight per lead, chosen on validation batches (nowcast.model.calibration)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from nowcast.model import calibration
+from nowcast.model.architectures import ArchitectureConfig, build_model
+from nowcast.model.data import Normalizer
+
+STATS = {"precip": {"mean": 0.5, "std": 1.0, "log1p_mean": 0.3, "log1p_std": 0.5}}
+
+
+def _persistence_plus_one(t_out: int):
+    """A residual model whose change is +1 (normalised) everywhere: its head's bias set by hand."""
+    cfg = ArchitectureConfig(t_in=3, t_out=t_out, height=8, width=8, channels=2, filters=(4,), lstm_units=4,
+                             decoder_filters=2)
+    net = build_model("cnn_lstm", cfg)
+    head = net.get_layer("to_target")
+    kernel, _ = head.get_weights()
+    head.set_weights([kernel, np.ones(1, "float32")])
+    return net
+
+
+def _batch(rng, t_out: int, helpful_from: int):
+    """Inputs; targets equal to persistence before lead ``helpful_from``, persistence + 1 from it on."""
+    inputs = rng.normal(size=(4, 3, 8, 8, 2)).astype("float32")
+    inputs[..., 1] = 1.0  # covered everywhere
+    last = inputs[:, -1, :, :, :1]
+    targets = np.repeat(last[:, None], t_out, axis=1)
+    targets[:, helpful_from:] += 1.0
+    return inputs, targets, np.ones(targets.shape[:-1], "float32")
+
+
+def test_each_lead_takes_the_factor_that_fits_the_validation_data():
+    rng = np.random.default_rng(0)
+    net = _persistence_plus_one(t_out=3)
+    normalizer = Normalizer(("precip",), "precip", STATS, coverage=True)
+    batches = [_batch(rng, 3, helpful_from=1) for _ in range(2)]
+    result = calibration.calibrate(net, batches, normalizer, matching=False)
+    assert result is not None
+    assert result["scales"] == [0.0, 1.0, 1.0]  # the change only hurts at the first lead
+    assert result["validation_mae"]["0.0"][0] == pytest.approx(0.0, abs=1e-5)
+    assert result["validation_mae"]["1.0"][0] > 0.1
+    np.testing.assert_array_equal(net.get_layer("change_scale").get_weights()[0], [0.0, 1.0, 1.0])
+    inputs, targets, _ = batches[0]
+    np.testing.assert_allclose(np.asarray(net(inputs)), targets, atol=1e-5)  # the model now fits every lead
+
+
+def test_probability_matching_is_applied_before_the_errors_are_counted():
+    """Matched to its base, a constant change vanishes: every factor scores alike, the model stays."""
+    rng = np.random.default_rng(1)
+    net = _persistence_plus_one(t_out=2)
+    normalizer = Normalizer(("precip",), "precip", STATS, coverage=True)
+    result = calibration.calibrate(net, [_batch(rng, 2, helpful_from=2)], normalizer, matching=True)
+    assert result is not None
+    assert result["scales"] == [1.0, 1.0]
+    maes = np.array(list(result["validation_mae"].values()))
+    np.testing.assert_allclose(maes, 0.0, atol=1e-5)  # without matching, factor 1 would miss by +1
+
+
+def test_models_without_a_change_or_without_batches_are_left_alone():
+    normalizer = Normalizer(("precip",), "precip", STATS, coverage=True)
+    plain = build_model("cnn_lstm", ArchitectureConfig(t_in=3, t_out=2, height=8, width=8, channels=2,
+                                                        filters=(4,), lstm_units=4, residual=False))
+    assert calibration.calibrate(plain, [], normalizer, matching=False) is None
+    net = _persistence_plus_one(t_out=2)
+    assert calibration.calibrate(net, [], normalizer, matching=False) is None
+    np.testing.assert_array_equal(net.get_layer("change_scale").get_weights()[0], [1.0, 1.0])
