@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from nowcast.model.forecaster import BASE_LAYERS, compiled_predict, match_distribution
+from nowcast.model.forecaster import compiled_predict, match_distribution, with_base
 
 SCALES = (0.0, 0.25, 0.5, 0.75, 1.0)
 SCALE_LAYER = "change_scale"
@@ -84,15 +84,12 @@ def calibrate(net: Any, batches: Iterable[tuple[np.ndarray, ...]], normalizer: A
     untouched) when the model has no scale layer or no base, or ``batches``
     is empty.
     """
-    import keras
-
-    names = {layer.name for layer in net.layers}
-    base_name = next((name for name in BASE_LAYERS if name in names), None)
-    if SCALE_LAYER not in names or base_name is None:
+    both = with_base(net)
+    if both is None or SCALE_LAYER not in {layer.name for layer in net.layers}:
         return None
     layer = net.get_layer(SCALE_LAYER)
     layer.scale.assign(np.ones(layer.t_out, "float32"))
-    predict = compiled_predict(keras.Model(net.inputs, [net.outputs[0], net.get_layer(base_name).output]))
+    predict = compiled_predict(both)
     errors, counts = np.zeros((len(scales), layer.t_out)), np.zeros(layer.t_out)
     for inputs, targets, weights in batches:
         inputs, targets, weights = (np.asarray(a) for a in (inputs, targets, weights))

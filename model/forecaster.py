@@ -76,12 +76,9 @@ class Forecaster:
     def __post_init__(self) -> None:
         self._net, self._with_base = self.model, False
         if self.probability_matching and isinstance(self.tiling, WholeGrid):
-            base = next((layer for layer in self.model.layers if layer.name in BASE_LAYERS), None)
-            if base is not None:  # one call gives the forecast and the extrapolation it corrects
-                import keras
-
-                self._net = keras.Model(self.model.inputs, [self.model.outputs[0], base.output])
-                self._with_base = True
+            both = with_base(self.model)
+            if both is not None:  # one call gives the forecast and the extrapolation it corrects
+                self._net, self._with_base = both, True
         self._predict = compiled_predict(self._net)
 
     @property
@@ -188,6 +185,16 @@ def match_distribution(field: np.ndarray, reference: np.ndarray, where: np.ndarr
     ranked = np.empty_like(values)
     ranked[np.argsort(values, kind="stable")] = np.sort(reference[where]).astype(values.dtype)
     field[where] = ranked
+
+
+def with_base(model: Any) -> Any:
+    """``model`` with a second output, the base its residual corrects (``BASE_LAYERS``); None without one."""
+    base = next((layer for layer in model.layers if layer.name in BASE_LAYERS), None)
+    if base is None:
+        return None
+    import keras
+
+    return keras.Model(model.inputs, [model.outputs[0], base.output])
 
 
 def compiled_predict(net: Any):

@@ -203,7 +203,6 @@ def box_mean(x, size: int):
     return sums / counts
 
 
-
 def _box_sum(x, size: int, axis: int):
     """Sums over ``size`` consecutive pixels along ``axis`` (1 or 2), aligned as ``same`` pooling aligns them.
 
