@@ -166,7 +166,8 @@ def latency_512(root: Path, quick: bool) -> dict[str, float]:
     for index in indices[1:]:
         start = time.perf_counter()
         (_, window), = read_windows(archive, ("precip",), T_IN, [index])
-        write_forecast(spec.forecasts, index, "precip", forecaster.forecast(window[None])[0])
+        write_forecast(spec.forecasts, index, "precip", forecaster.forecast(window[None])[0],
+                       model_ref.written_by)
         warm.append(time.perf_counter() - start)
         nowcast.append(pysteps_nowcast_seconds(frames, index, t_out))
     last = np.datetime64("2024-01-01T00:00") + np.timedelta64(5 * indices[-1], "m")

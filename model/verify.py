@@ -18,7 +18,7 @@ import numpy as np
 from nowcast.model import verification
 from nowcast.model.forecaster import Forecaster, load_forecaster
 from nowcast.pipelines.stores.archive import valid_flags
-from nowcast.pipelines.stores.forecasts import open_forecasts, read_store_info, written_flags
+from nowcast.pipelines.stores.forecasts import MODEL_VERSION, open_forecasts, read_store_info, written_flags
 from nowcast.pipelines.stores.timeaxis import step_minutes
 from nowcast.pipelines.stores.windows import WindowsStore, describe_archive
 
@@ -106,7 +106,8 @@ def verify_split(windows: str, split: str, forecaster: Forecaster, name: str,
 def verify_forecasts(forecasts: str, archive: str, max_samples: int) -> Verification | None:
     """The newest ``max_samples`` written forecasts of forecasts.zarr against the archive's later frames.
 
-    Beside persistence of each init frame: what users actually received.
+    Scored per model version (the version that wrote each init time), beside persistence of each
+    init frame: what users actually received.
     None when no written forecast has all its truth in the archive yet.
     """
     import xarray as xr
@@ -119,14 +120,17 @@ def verify_forecasts(forecasts: str, archive: str, max_samples: int) -> Verifica
     usable = usable[-max_samples:]
     if not usable:
         return None
-    stored = open_forecasts(forecasts)[target]
+    store = open_forecasts(forecasts)
+    stored, versions = store[target], store[MODEL_VERSION].values
     truth_all = xr.open_zarr(archive, consolidated=False)[target]
-    name = f"{info.identity.model_name}/{info.identity.model_version} (stored)"
-    states = {name: verification.skill_init(t_out), "persistence": verification.skill_init(t_out)}
+    # one row per model version: a promotion during the period shows as two rows
+    names = {i: f"{info.identity.model_name}/{versions[i]} (stored)" for i in usable}
+    states = {name: verification.skill_init(t_out) for name in sorted(set(names.values()))}
+    states["persistence"] = verification.skill_init(t_out)
     example, wettest = None, -1.0
     for i in usable:
         truth = truth_all[i + 1:i + 1 + t_out].values
-        fct = {name: stored[i].values,
+        fct = {names[i]: stored[i].values,
                "persistence": verification.persistence(truth_all[i:i + 1].values, t_out)}
         for source, values in fct.items():
             verification.skill_accum(states[source], values, truth)

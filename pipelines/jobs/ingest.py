@@ -59,7 +59,14 @@ from nowcast.pipelines.stores.archive import (
     write_block,
 )
 from nowcast.pipelines.stores.grid import Grid
-from nowcast.pipelines.stores.groups import array, arrays_along, dimension_names, exists, open_group
+from nowcast.pipelines.stores.groups import (
+    array,
+    arrays_along,
+    consolidate_if_behind,
+    dimension_names,
+    exists,
+    open_group,
+)
 from nowcast.pipelines.stores.timeaxis import format_time_step, parse_time_step, time_index, to_datetime64
 
 log = logging.getLogger(__name__)
@@ -298,6 +305,7 @@ def prepare_archive(spec: IngestSpec, items: Sequence[SourceItem],
     current = array(group, "time").shape[0]
     if needed > current or len(lengths) > 1:
         return extend_time(spec.archive, max(needed, current))
+    consolidate_if_behind(open_group(spec.archive, "r+", error=ArchiveError))  # a stopped writer's lag
     return read_info(spec.archive)
 
 

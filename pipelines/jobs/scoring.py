@@ -40,7 +40,6 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
 import apache_beam as beam
 import numpy as np
@@ -59,6 +58,7 @@ from nowcast.pipelines.plans.scoring import (
 from nowcast.pipelines.stores.archive import ArchiveError, ArchiveInfo, read_info, valid_flags
 from nowcast.pipelines.stores.forecasts import (
     ForecastStoreError,
+    ModelVersion,
     StoreIdentity,
     ensure_store,
     remove_stale_temporaries,
@@ -76,9 +76,15 @@ class ModelRef:
 
     identity: StoreIdentity
     version: str
+    sha256: str
     channels: tuple[str, ...]
     archive_description: dict[str, object]
     valid_range: tuple[float | None, float | None]
+
+    @property
+    def written_by(self) -> ModelVersion:
+        """What each init time it scores records about it."""
+        return ModelVersion(self.version, self.sha256)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,23 +120,12 @@ def resolve_model(spec: ScoringSpec, archive: ArchiveInfo) -> ModelRef:
     description = archive.description()
     check_archive(metadata, description)
     field = archive.field(target)
-    identity = StoreIdentity(
-        model_name=spec.model, model_version=str(metadata["version"]),
-        model_sha256=str(metadata.get("model_sha256", "")), archive=spec.archive, target=target,
-        t_in=int(metadata["t_in"]), t_out=int(metadata["t_out"]), tiling=_covering(spec, metadata, archive))
-    return ModelRef(identity=identity, version=str(metadata["version"]), channels=channels,
+    identity = StoreIdentity(model_name=spec.model, archive=archive.fingerprint(), target=target,
+                             t_in=int(metadata["t_in"]), t_out=int(metadata["t_out"]))
+    return ModelRef(identity=identity, version=str(metadata["version"]),
+                    sha256=str(metadata.get("model_sha256", "")), channels=channels,
                     archive_description=description.to_dict(),
                     valid_range=(field.valid_min, field.valid_max))
-
-
-def _covering(spec: ScoringSpec, metadata: dict[str, Any], archive: ArchiveInfo) -> str:
-    """How the model covers the grid and what follows it, in words (recorded in the store)."""
-    after = f", then {metadata['postprocessing']}" if metadata.get("postprocessing") else ""
-    if metadata.get("fully_convolutional"):
-        return f"whole grid{after}"
-    patch = [int(n) for n in metadata.get("input_shape") or archive.grid.shape]
-    overlap = patch[0] // 4 if spec.overlap is None else spec.overlap
-    return f"tiles {patch[0]}x{patch[1]}, overlap {overlap}, linear-ramp blending{after}"
 
 
 def plan(spec: ScoringSpec,
@@ -140,8 +135,7 @@ def plan(spec: ScoringSpec,
     model = resolve_model(spec, archive)
     ensure_store(spec.forecasts, model.identity, archive)
     selected = select_indices(spec, archive)
-    ok = scoreable(valid_flags(spec.archive)[: archive.length], model.identity.t_in)[selected]
-    written = written_flags(spec.forecasts)[selected]
+    ok, written = _flags(spec, selected, model.identity.t_in)
     todo = selected[ok & (spec.overwrite | ~written)]
     if exclude:
         todo = np.asarray([i for i in todo if int(i) not in exclude], dtype="int64")
@@ -151,6 +145,21 @@ def plan(spec: ScoringSpec,
                            already_written=int(np.sum(ok & written & (not spec.overwrite))),
                            missing_input=int(np.sum(~ok)), tasks=len(tasks))
     return model, tasks, counts
+
+
+def _flags(spec: ScoringSpec, selected: np.ndarray, t_in: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per selected init time: whether its inputs are complete, and whether it is written.
+
+    Reads only the flags between the first and the last selected init time
+    (the inputs reach ``t_in - 1`` frames further back): a scheduled run's
+    few newest init times cost the same reads in a store of any age.
+    """
+    if not len(selected):
+        return np.zeros(0, bool), np.zeros(0, bool)
+    first, stop = int(selected.min()), int(selected.max()) + 1
+    back = max(first - t_in + 1, 0)
+    ok = scoreable(valid_flags(spec.archive, back, stop), t_in)[selected - back]
+    return ok, written_flags(spec.forecasts, first, stop)[selected - first]
 
 
 # ---------------------------------------------------------------- reading windows (pure)
@@ -207,8 +216,9 @@ class _WriteForecast(beam.DoFn):
     done.
     """
 
-    def __init__(self, forecasts: str, target: str, events_path: str | None = None) -> None:
-        self.forecasts, self.target, self.events_path = forecasts, target, events_path
+    def __init__(self, forecasts: str, target: str, model: ModelVersion,
+                 events_path: str | None = None) -> None:
+        self.forecasts, self.target, self.model, self.events_path = forecasts, target, model, events_path
 
     def setup(self) -> None:
         self._writer = Background[int]("forecast-writer")
@@ -226,7 +236,7 @@ class _WriteForecast(beam.DoFn):
         self._writer.close()
 
     def _write(self, index: int, forecast: np.ndarray) -> int:
-        write_forecast(self.forecasts, index, self.target, forecast)
+        write_forecast(self.forecasts, index, self.target, forecast, self.model)
         if self.events_path:
             event = {"init_index": index, "pid": os.getpid(), "time": time.time()}
             with open(self.events_path, "a") as handle:  # one short O_APPEND write per line
@@ -264,7 +274,7 @@ class ScoreInitTimes(beam.PTransform):
                                                            spec.batch_size))
                 | "Forecast" >> RunInference(make_handler(spec, model))
                 | "Write" >> beam.ParDo(_WriteForecast(spec.forecasts, model.identity.target,
-                                                       self.events_path)))
+                                                       model.written_by, self.events_path)))
 
 
 def run(spec: ScoringSpec, runner: RunnerOptions | None = None,
@@ -284,8 +294,10 @@ def run(spec: ScoringSpec, runner: RunnerOptions | None = None,
         # Create(reshuffle=False) | Reshuffle() ran them one at a time there (docs/ingest.md).
         run_pipeline(runner or RunnerOptions(), lambda p: (
             p | "Tasks" >> beam.Create(list(tasks)) | "Score" >> ScoreInitTimes(spec, model, events_path)))
-    done = written_flags(spec.forecasts)
-    return dataclasses.replace(counts, scored=int(np.sum(done[todo])) if todo else 0)
+    if not todo:
+        return counts
+    done = written_flags(spec.forecasts, min(todo), max(todo) + 1)
+    return dataclasses.replace(counts, scored=int(np.sum(done[np.asarray(todo) - min(todo)])))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,6 +15,8 @@ redone on the next run and never trusted.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -26,6 +28,7 @@ from nowcast.pipelines.stores.groups import (
     StoreError,
     array,
     arrays_along,
+    consolidate,
     dimension_names,
     grow_axis,
     open_group,
@@ -44,6 +47,7 @@ FRAME_DIMS = ("time", "y", "x")
 VALID = "valid"
 DEFAULT_TIME_CHUNK = 24
 ZSTD_LEVEL = 3
+FINGERPRINT_HEX = 16  # hex digits of an archive's fingerprint (64 bits)
 
 
 class ArchiveError(StoreError):
@@ -203,6 +207,21 @@ class ArchiveInfo:
                                   variables={f.name: f.units for f in self.fields},
                                   grid_shape=self.grid.shape)
 
+    def fingerprint(self) -> str:
+        """What the archive is, as a short hash: grid, time axis origin and step, variables and units.
+
+        Not where it lies (a copy, another mount point or a bucket gives the
+        same fingerprint) and not its length (it grows): the forecast store
+        names its archive by this.
+        """
+        described = {"fields": sorted((f.name, f.units) for f in self.fields),
+                     "crs": sorted((str(k), str(v)) for k, v in self.grid.crs_attrs.items()),
+                     "units": self.grid.units,
+                     "y": hashlib.sha256(np.asarray(self.grid.y, "float64").tobytes()).hexdigest(),
+                     "x": hashlib.sha256(np.asarray(self.grid.x, "float64").tobytes()).hexdigest(),
+                     "start": str(to_datetime64(self.start)), "time_step": format_time_step(self.time_step)}
+        return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:FINGERPRINT_HEX]
+
     def field(self, name: str) -> FieldSpec:
         for field in self.fields:
             if field.name == name:
@@ -311,6 +330,7 @@ def create_archive(
             encoding[name] = {"chunks": chunks, "fill_value": np.float32("nan")}
     ds.to_zarr(zarr_store(url), mode="w-", compute=False, encoding=encoding, consolidated=False,
                zarr_format=3)
+    consolidate(open_group(url, "r+", error=ArchiveError))
     return read_info(url)
 
 
@@ -454,9 +474,9 @@ def extend_time(url: str, length: int) -> ArchiveInfo:
     return read_info(url)
 
 
-def valid_flags(url: str) -> np.ndarray:
-    """The archive's per-frame ``valid`` flags (one small read)."""
-    return np.asarray(array(open_group(url, error=ArchiveError), VALID)[:], dtype=bool)
+def valid_flags(url: str, start: int | None = None, stop: int | None = None) -> np.ndarray:
+    """The archive's per-frame ``valid`` flags, of frames ``start .. stop - 1`` (all by default)."""
+    return np.asarray(array(open_group(url, error=ArchiveError), VALID)[start:stop], dtype=bool)
 
 
 def write_block(url: str, first_index: int, frames: Mapping[str, np.ndarray],

@@ -1,17 +1,29 @@
 """The forecast store: schema, creation from a template, growth, and per-init-time writes.
 
 ``forecasts.zarr`` (docs/schemas.md) holds ``(init_time, lead_time, y, x)``
-forecasts of one model version from one archive. Its ``init_time`` axis is
-the archive's time axis (same start, step and length), so init time ``i`` is
-forecast from archive frames ``i - t_in + 1 .. i`` and a new archive frame
-always has its slot; the first ``t_in - 1`` init times can never be scored and
-stay unwritten.
+forecasts of one model (any of its versions) from one archive. Its
+``init_time`` axis is the archive's time axis (same start, step and length),
+so init time ``i`` is forecast from archive frames ``i - t_in + 1 .. i`` and a
+new archive frame always has its slot; the first ``t_in - 1`` init times can
+never be scored and stay unwritten.
 
-Every array is chunked one init time deep (``written`` too), so each write
-owns its chunks outright: a write never merges with another, two runs that
-score the same init time write the same bytes, and no lock is needed. The
-data of an init time is written first and its ``written`` flag last, so an
-interrupted write is simply redone; readers trust only ``written`` init
+Model versions: each init time records the version and the ``model.keras``
+checksum that wrote it (``model_version``, ``model_sha256``), so a promotion
+needs no new store: the scheduled forecast that follows ``latest`` writes the
+next init times with the new version, and the init times already written
+keep theirs. One store per version would make every reader stitch stores
+together to see the forecasts users received; a variable along ``init_time``
+keeps one store and one ``xr.open_zarr``. What must match for a run to add
+to a store is what makes forecasts comparable: the model's name, target,
+input and lead counts, and the archive's fingerprint (its grid, time axis and
+variables, not its path, so a copied or moved pair of stores still fit).
+
+Every array is chunked one init time deep (``written`` and the version
+arrays too), so each write owns its chunks outright: a write never merges
+with another, two runs that score the same init time with the same model
+write the same bytes, and no lock is needed. The data of an init time is
+written first, then its version and checksum, and its ``written`` flag last,
+so an interrupted write is simply redone; readers trust only ``written`` init
 times.
 """
 
@@ -33,6 +45,8 @@ from nowcast.pipelines.stores.grid import CRS_VAR
 from nowcast.pipelines.stores.groups import (
     StoreError,
     array,
+    consolidate,
+    consolidate_if_behind,
     exists,
     grow_axis,
     is_local,
@@ -50,6 +64,10 @@ from nowcast.pipelines.stores.timeaxis import (
 )
 
 WRITTEN = "written"
+MODEL_VERSION = "model_version"
+MODEL_SHA256 = "model_sha256"
+VERSION_ARRAYS = (MODEL_VERSION, MODEL_SHA256)  # strings along init_time, "" until written
+STRING = np.dtypes.StringDType()  # zarr v3's variable-length UTF-8 ("string"), lazily: no object arrays
 COORD_CHUNK = 4096  # init_time coordinate values per chunk (written by the driver only)
 # Forecasts are compressed on every scoring run's hot path, so they use zstd level 1, cheaper than the
 # archive's level 3 for the same size (measured in docs/scoring.md). Stores keep the codec they were
@@ -66,30 +84,38 @@ class ForecastStoreError(StoreError):
 
 @dataclasses.dataclass(frozen=True)
 class StoreIdentity:
-    """What a forecast store is a forecast of; a store holds exactly one identity.
+    """What a forecast store is a forecast of; every run that writes to a store has its identity.
 
     Attributes:
-        model_name: registry name of the model.
-        model_version: its version (never ``latest``: the resolved version).
-        model_sha256: checksum of ``model.keras``.
-        archive: URL of the archive the inputs come from.
+        model_name: registry name of the model (its versions may change from init time to init time).
+        archive: the fingerprint of the archive the inputs come from
+            (:meth:`~nowcast.pipelines.stores.archive.ArchiveInfo.fingerprint`).
         target: forecast variable.
         t_in: input frames per forecast.
         t_out: lead times per forecast.
-        tiling: how the grid was cut into model patches (documentation).
     """
 
     model_name: str
-    model_version: str
-    model_sha256: str
     archive: str
     target: str
     t_in: int
     t_out: int
-    tiling: str
 
     def attrs(self) -> dict[str, object]:
         return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelVersion:
+    """The model version a run writes with, recorded per init time.
+
+    Attributes:
+        version: the resolved version (never ``latest``).
+        sha256: checksum of its ``model.keras``.
+    """
+
+    version: str
+    sha256: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,8 +138,8 @@ def template(identity: StoreIdentity, archive: ArchiveInfo, length: int) -> tupl
     chunks = (1, identity.t_out, *archive.spatial_chunks)
     lazy = (COORD_CHUNK, identity.t_out, ny, nx)  # dask chunks: whole store chunks, few tasks, never computed
     attrs = {**field.attrs(), "long_name": f"forecast {field.long_name}",
-             "comment": f"forecast by {identity.model_name}/{identity.model_version}; trust only init "
-                        f"times with {WRITTEN}=true"}
+             "comment": f"forecast by {identity.model_name} (the version per init time in {MODEL_VERSION}); "
+                        f"trust only init times with {WRITTEN}=true"}
     attrs.pop("stat_thresholds", None)
     init_times = time_values(archive.start, archive.time_step, length).astype("datetime64[ns]")
     leads = (np.arange(1, identity.t_out + 1) * archive.time_step).astype("timedelta64[ns]")
@@ -122,7 +148,11 @@ def template(identity: StoreIdentity, archive: ArchiveInfo, length: int) -> tupl
                            da.full((length, identity.t_out, ny, nx), np.nan, dtype="float32", chunks=lazy),
                            attrs),
          WRITTEN: (("init_time",), da.zeros((length,), dtype=bool, chunks=COORD_CHUNK),
-                   {"long_name": "forecast of this init time complete (false: not scored yet)"})},
+                   {"long_name": "forecast of this init time complete (false: not scored yet)"}),
+         MODEL_VERSION: (("init_time",), da.full((length,), "", dtype=STRING, chunks=COORD_CHUNK),
+                         {"long_name": f"version of {identity.model_name} that wrote this init time"}),
+         MODEL_SHA256: (("init_time",), da.full((length,), "", dtype=STRING, chunks=COORD_CHUNK),
+                        {"long_name": "sha256 of the model.keras that wrote this init time"})},
         coords={"init_time": ("init_time", init_times,
                               {"standard_name": "forecast_reference_time",
                                "long_name": "initialisation time"}),
@@ -132,11 +162,13 @@ def template(identity: StoreIdentity, archive: ArchiveInfo, length: int) -> tupl
     ds[CRS_VAR] = xr.DataArray(np.int32(0), attrs=archive.grid.crs_attrs)
     ds.attrs.update({"Conventions": "CF-1.8", "title": f"{identity.target} nowcasts",
                      "time_step": format_time_step(archive.time_step),
-                     "time_start": str(to_datetime64(archive.start)), **identity.attrs()})
+                     "time_start": str(to_datetime64(archive.start)), "archive_url": archive.url,
+                     **identity.attrs()})
     encoding = {
         identity.target: {"chunks": chunks, "compressors": [ZstdCodec(level=FORECAST_ZSTD_LEVEL)],
                           "fill_value": np.float32("nan")},
         WRITTEN: {"chunks": (1,), "fill_value": False},
+        **{name: {"chunks": (1,), "fill_value": ""} for name in VERSION_ARRAYS},
         "init_time": {"units": TIME_UNITS, "dtype": "int64", "chunks": (COORD_CHUNK,)},
         "lead_time": {"units": "seconds", "dtype": "int64"},
     }
@@ -147,6 +179,10 @@ def read_store_info(url: str) -> StoreInfo:
     """Reads a forecast store's identity and init-time axis from metadata."""
     group = open_group(url, error=ForecastStoreError)
     attrs = dict(group.attrs)
+    if "model_version" in attrs:
+        raise ForecastStoreError(
+            f"{url} was written by an older nowcast, which kept one model version per store; score into a "
+            "new forecast store (or move this one aside) to record the version per init time")
     try:
         identity = StoreIdentity(**{f.name: attrs[f.name]  # type: ignore[arg-type]
                                     for f in dataclasses.fields(StoreIdentity)})
@@ -155,7 +191,7 @@ def read_store_info(url: str) -> StoreInfo:
             f"{url} lacks the attribute {error.args[0]!r}; it is not a nowcast forecast store "
             "(or its creation was interrupted: delete it and rerun)") from None
     arrays = dict(group.arrays())
-    missing = {identity.target, WRITTEN, "init_time"} - set(arrays)
+    missing = {identity.target, WRITTEN, *VERSION_ARRAYS, "init_time"} - set(arrays)
     if missing:
         raise ForecastStoreError(f"{url} lacks {sorted(missing)}; its creation was interrupted: delete it "
                                  "and rerun the scoring job")
@@ -167,15 +203,14 @@ def read_store_info(url: str) -> StoreInfo:
 def check_identity(info: StoreInfo, identity: StoreIdentity, archive: ArchiveInfo) -> None:
     """Refuses to add forecasts of another model version, archive or layout to a store."""
     problems = [f"{name}: store has {getattr(info.identity, name)!r}, this run {getattr(identity, name)!r}"
-                for name in ("model_name", "model_version", "model_sha256", "archive", "target", "t_in",
-                             "t_out", "tiling")
+                for name in ("model_name", "archive", "target", "t_in", "t_out")
                 if getattr(info.identity, name) != getattr(identity, name)]
     if info.start != archive.start or info.time_step != archive.time_step:
         problems.append(f"init_time axis starts {info.start} every {format_time_step(info.time_step)}, the "
                         f"archive {archive.start} every {format_time_step(archive.time_step)}")
     if problems:
         raise ForecastStoreError(f"{info.url} holds other forecasts (" + "; ".join(problems)
-                                 + "): write to a new forecast store for this model version")
+                                 + "): write this model's forecasts of this archive to a new forecast store")
 
 
 def ensure_store(url: str, identity: StoreIdentity, archive: ArchiveInfo) -> StoreInfo:
@@ -190,10 +225,13 @@ def ensure_store(url: str, identity: StoreIdentity, archive: ArchiveInfo) -> Sto
         with contextlib.suppress(*lost_the_race):
             ds.to_zarr(zarr_store(url), mode="w-", compute=False, encoding=encoding, consolidated=False,
                        zarr_format=3)
+            consolidate(open_group(url, "r+", error=ForecastStoreError))
     info = _read_when_complete(url)
     check_identity(info, identity, archive)
     if info.length < archive.length:
         info = extend_init_time(url, archive.length)
+    else:
+        consolidate_if_behind(open_group(url, "r+", error=ForecastStoreError))
     return info
 
 
@@ -223,9 +261,12 @@ def extend_init_time(url: str, length: int) -> StoreInfo:
     return read_store_info(url)
 
 
-def written_flags(url: str) -> np.ndarray:
-    """The per-init-time ``written`` flags."""
-    return np.asarray(array(open_group(url, error=ForecastStoreError), WRITTEN)[:], dtype=bool)
+def written_flags(url: str, start: int | None = None, stop: int | None = None) -> np.ndarray:
+    """The per-init-time ``written`` flags, of init times ``start .. stop - 1`` (all by default).
+
+    A range reads only its own chunks: what a scheduled run reads does not grow with the store's age.
+    """
+    return np.asarray(array(open_group(url, error=ForecastStoreError), WRITTEN)[start:stop], dtype=bool)
 
 
 def remove_stale_temporaries(url: str, target: str, indices: Iterable[int]) -> int:
@@ -243,7 +284,7 @@ def remove_stale_temporaries(url: str, target: str, indices: Iterable[int]) -> i
         return 0
     wanted = {int(i) for i in indices}
     removed = 0
-    for name in (target, WRITTEN):
+    for name in (target, *VERSION_ARRAYS, WRITTEN):
         top = os.path.join(local_path(url), name, "c")
         for folder, _, files in os.walk(top):
             for file in files:
@@ -256,14 +297,16 @@ def remove_stale_temporaries(url: str, target: str, indices: Iterable[int]) -> i
     return removed
 
 
-def write_forecast(url: str, index: int, target: str, forecast: np.ndarray) -> int:
-    """Writes one init time's ``(t_out, y, x)`` forecast, then its ``written`` flag; returns bytes."""
+def write_forecast(url: str, index: int, target: str, forecast: np.ndarray, model: ModelVersion) -> int:
+    """Writes one init time's ``(t_out, y, x)``, its model version, then ``written``; returns bytes."""
     group = open_group(url, "r+", error=ForecastStoreError)
     data = np.asarray(forecast, dtype="float32")
     forecasts = array(group, target)
     if data.shape != forecasts.shape[1:]:
         raise ForecastStoreError(f"forecast of shape {data.shape} does not fit {url} ({forecasts.shape[1:]})")
     _set(forecasts, index, data)
+    _set(array(group, MODEL_VERSION), index, np.asarray(model.version, dtype=STRING))
+    _set(array(group, MODEL_SHA256), index, np.asarray(model.sha256, dtype=STRING))
     _set(array(group, WRITTEN), index, np.True_)
     return data.nbytes
 

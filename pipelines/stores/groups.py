@@ -11,6 +11,7 @@ state the next run can recognise and complete.
 from __future__ import annotations
 
 import os
+import warnings
 from typing import ClassVar, Literal
 
 import numpy as np
@@ -67,12 +68,16 @@ def exists(url: str) -> bool:
 def open_group(url: str, mode: Mode = "r", error: type[StoreError] = StoreError) -> zarr.Group:
     """The root group of the zarr v3 store at ``url`` (read-only store for ``mode='r'``).
 
+    Always from the members' own metadata, never the consolidated copy, which
+    may lag a writer that stopped before consolidating (:func:`consolidate`).
+
     Raises:
         StoreError: (of class ``error``) when there is no store at ``url`` and
             ``mode`` needs one, with the fix the store kind names.
     """
     try:
-        return zarr.open_group(zarr_store(url, read_only=mode == "r"), mode=mode, zarr_format=3)
+        return zarr.open_group(zarr_store(url, read_only=mode == "r"), mode=mode, zarr_format=3,
+                               use_consolidated=False)
     except (FileNotFoundError, zarr.errors.GroupNotFoundError) as missing:
         raise error(f"no {error.kind} at {url}: {error.missing_fix}") from missing
 
@@ -83,6 +88,39 @@ def array(group: zarr.Group, name: str) -> zarr.Array:
     if not isinstance(member, zarr.Array):
         raise StoreError(f"{name!r} in {group.store} is a group where the schema has an array")
     return member
+
+
+def consolidate(group: zarr.Group) -> None:
+    """Copies every member's metadata into the root ``zarr.json``, so a reader opens the store in one request.
+
+    Plain ``xr.open_zarr`` then reads one object instead of one per array
+    (and does not warn). Writers call it after every change of metadata
+    (creation, growing an axis, attributes set last); data writes do not
+    touch metadata. A writer stopped before it leaves the consolidated copy
+    one change behind: readers of it see the store as it was (a shorter
+    axis, whose init times or frames are simply not there yet), the jobs
+    read the members' own metadata (:func:`open_group`), and the next
+    change consolidates again. zarr warns that consolidated metadata is not
+    yet in the v3 specification; zarr-python and xarray read it.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
+        zarr.consolidate_metadata(group.store, zarr_format=3)
+
+
+def consolidate_if_behind(group: zarr.Group) -> bool:
+    """Consolidates when the consolidated copy lacks a root array or has an old shape; True if it did.
+
+    Lets a run repair what a writer stopped before consolidating left behind
+    (:func:`consolidate`), at the cost of reading the root metadata once more.
+    """
+    copy = zarr.open_group(group.store, mode="r", zarr_format=3, use_consolidated=None).metadata
+    known = copy.consolidated_metadata.metadata if copy.consolidated_metadata is not None else {}
+    behind = any(name not in known or tuple(getattr(known[name], "shape", ())) != member.shape
+                 for name, member in group.arrays())
+    if behind:
+        consolidate(group)
+    return behind
 
 
 def subgroup(group: zarr.Group, name: str) -> zarr.Group:
@@ -130,6 +168,7 @@ def grow_axis(group: zarr.Group, dim: str, values: np.ndarray) -> None:
         coord.resize((length,))
     if written < length:
         coord[written:] = values[written:]
+    consolidate(group)
 
 
 def _written_prefix(coord: zarr.Array, values: np.ndarray) -> int:

@@ -27,7 +27,7 @@ import zarr
 from zarr.codecs import ZstdCodec
 
 from nowcast.pipelines.stores.archive import ZSTD_LEVEL, ArchiveDescription, read_info
-from nowcast.pipelines.stores.groups import StoreError, array, exists, open_group, subgroup
+from nowcast.pipelines.stores.groups import StoreError, array, consolidate, exists, open_group, subgroup
 from nowcast.pipelines.stores.timeaxis import TIME_UNITS, epoch_seconds
 
 SPLITS = ("train", "val", "test")
@@ -127,6 +127,7 @@ def create_windows_store(url: str, layout: WindowsLayout, overwrite: bool = Fals
                 arr[:] = values
         if n:
             init[:] = epoch_seconds(index.init_time)
+    consolidate(root)
     return root
 
 
@@ -142,7 +143,9 @@ def write_sample_chunk(root: zarr.Group, split: str, first: int, inputs: np.ndar
 
 def write_normalization(url: str, normalization: Mapping[str, object]) -> None:
     """Stores the train statistics per variable in the root ``normalization`` attribute (last)."""
-    open_group(url, "r+", error=WindowsError).attrs[NORMALIZATION] = dict(normalization)  # type: ignore[arg-type]
+    root = open_group(url, "r+", error=WindowsError)
+    root.attrs[NORMALIZATION] = dict(normalization)  # type: ignore[arg-type]
+    consolidate(root)
 
 
 def _json_attr(value: object) -> object:

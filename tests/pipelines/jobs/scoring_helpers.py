@@ -14,9 +14,10 @@ MODEL = "tiny"
 
 
 def make_archive(url: str, frames: int = 40, size: tuple[int, int] = (32, 32), time_chunk: int = 8,
-                 seed: int = 0, missing: tuple[int, ...] = (), first: int = 0) -> str:
+                 seed: int = 0, missing: tuple[int, ...] = (), first: int = 0,
+                 start: str = "2024-01-01T00:00") -> str:
     """A synthetic archive (ingested in this process); ``first`` ingests only frames ``first..``."""
-    source = get_source("synthetic", shape=size, n_frames=frames, seed=seed, missing=missing)
+    source = get_source("synthetic", shape=size, n_frames=frames, seed=seed, missing=missing, start=start)
     items = source.items()[first:]
     ingest_items(IngestSpec(archive=url, source=source, time_chunk=time_chunk), items, runner=None)
     return url

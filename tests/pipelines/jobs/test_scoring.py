@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+import warnings
+
 import numpy as np
 import pytest
 import xarray as xr
 
 from nowcast.pipelines.jobs.scoring import read_windows, run
 from nowcast.pipelines.plans.scoring import ScoringError, ScoringSpec, scoreable, select_indices
+from nowcast.pipelines.stores import groups
 from nowcast.pipelines.stores.archive import open_archive, read_info
 from nowcast.pipelines.stores.forecasts import ForecastStoreError, open_forecasts, written_flags
 from tests.pipelines.jobs.scoring_helpers import (
@@ -98,8 +103,12 @@ def test_forecasts_equal_model_predict_on_the_same_windows(setup, monkeypatch):
     np.testing.assert_array_equal(ds["init_time"].values, source["time"].values)
     np.testing.assert_array_equal(ds["lead_time"].values, np.array([5, 10], "timedelta64[m]"))
     assert ds.attrs["model_name"] == FULL
-    assert ds.attrs["model_version"] == "v1"
-    assert ds.attrs["archive"] == archive
+    assert set(ds["model_version"].values[np.flatnonzero(expected_ok)]) == {"v1"}  # per init time
+    assert set(ds["model_version"].values[~expected_ok]) == {""}
+    sha = json.loads((models / FULL / "v1" / "metadata.json").read_text())["model_sha256"]
+    assert set(ds["model_sha256"].values[np.flatnonzero(expected_ok)]) == {sha}
+    assert ds.attrs["archive"] == read_info(archive).fingerprint()  # what it is, not where it lies
+    assert ds.attrs["archive_url"] == archive
     assert ds.attrs["Conventions"] == "CF-1.8"
     assert ds["precip"].attrs["units"] == "mm h-1"
     assert ds["precip"].attrs["grid_mapping"] == "crs"
@@ -124,7 +133,6 @@ def test_tiled_forecasts_match_the_tile_that_covers_a_pixel_alone(setup):
     ds = open_forecasts(url)
     indices = [4, 24]
     assert list(np.flatnonzero(ds["written"].values)) == indices
-    assert ds.attrs["tiling"] == "tiles 16x16, overlap 4, linear-ramp blending"
     frames = open_archive(archive)["precip"].values
     windows = np.stack([frames[i - T_IN + 1: i + 1] for i in indices])[..., None]
     stored = ds["precip"].values[indices]
@@ -169,21 +177,89 @@ def test_new_init_times_appended_and_history_filled(setup, tmp_path):
     assert all(chunk_file(tmp_path, i).is_file() for i in before)
 
 
-def test_store_refuses_another_model_version(setup, tmp_path):
+def _plain_xarray_length(url: str) -> int:
+    """The store's length as plain ``xr.open_zarr`` sees it; any warning (no consolidated metadata) fails."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ds = xr.open_zarr(url)
+    return ds.sizes.get("init_time", ds.sizes.get("time", 0))
+
+
+def test_stores_open_in_plain_xarray_and_a_lagging_consolidation_catches_up(setup, tmp_path, monkeypatch):
+    """Consolidated metadata follows every growth; a writer stopped before it leaves an older view."""
+    _, _, models = setup
+    archive = str(tmp_path / "archive.zarr")
+    append_frames(archive, 20, FRAMES, SIZE, CHUNK)
+    url = str(tmp_path / "forecasts.zarr")
+    spec = ScoringSpec(archive=archive, forecasts=url, models=str(models), model=MODEL)
+    run(spec)
+    assert _plain_xarray_length(archive) == _plain_xarray_length(url) == 20
+
+    def stopped(group):
+        raise KeyboardInterrupt("writer stopped before consolidating")
+
+    append_frames(archive, 28, FRAMES, SIZE, CHUNK)  # the archive grows and consolidates
+    assert _plain_xarray_length(archive) == 28
+    monkeypatch.setattr(groups, "consolidate", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        run(spec)  # dies right after growing the forecast store
+    monkeypatch.undo()
+    assert len(written_flags(url)) == 28  # the jobs see the store as it is
+    assert _plain_xarray_length(url) == 20  # plain readers: the store as it was, one change behind
+    assert run(spec).scored == 8
+    assert _plain_xarray_length(url) == 28
+
+
+def test_a_promoted_version_continues_the_store_and_each_init_time_keeps_its_version(setup, tmp_path):
+    """A retrained model writes the next init times; those written keep the version that wrote them."""
     _root, archive, models = setup
     url = str(tmp_path / "forecasts.zarr")
-    spec = ScoringSpec(archive=archive, forecasts=url, models=str(models), model=MODEL,
-                       init_times=("2024-01-01T00:20",))
-    run(spec)
+    first = ("2024-01-01T00:20",)
+    run(ScoringSpec(archive=archive, forecasts=url, models=str(models), model=MODEL, init_times=first))
     save_tiny_model(models, archive, synthetic_stats(FRAMES, SIZE), patch=(16, 16), t_in=T_IN, t_out=T_OUT,
                     version="v2", seed=5)
     try:
-        with pytest.raises(ForecastStoreError, match="model_version: store has 'v1', this run 'v2'"):
-            run(spec)
+        spec = ScoringSpec(archive=archive, forecasts=url, models=str(models), model=MODEL,
+                           init_times=(*first, "2024-01-01T00:25"))
+        assert run(spec).scored == 1  # the new init time only: 00:20 stays v1's
     finally:
         from nowcast.model.registry import promote_version
 
         promote_version(models, MODEL, "v1")
+    ds = open_forecasts(url)
+    assert ds["model_version"].values[[4, 5]].tolist() == ["v1", "v2"]
+    shas = [json.loads((models / MODEL / v / "metadata.json").read_text())["model_sha256"]
+            for v in ("v1", "v2")]
+    assert ds["model_sha256"].values[[4, 5]].tolist() == shas
+
+
+def test_store_refuses_another_model_or_another_archive(setup, tmp_path):
+    _root, archive, models = setup
+    url = str(tmp_path / "forecasts.zarr")
+    run(ScoringSpec(archive=archive, forecasts=url, models=str(models), model=MODEL,
+                    init_times=("2024-01-01T00:20",)))
+    with pytest.raises(ForecastStoreError, match=f"model_name: store has '{MODEL}', this run '{FULL}'"):
+        run(ScoringSpec(archive=archive, forecasts=url, models=str(models), model=FULL,
+                        init_times=("2024-01-01T00:20",)))
+    other = make_archive(str(tmp_path / "other.zarr"), FRAMES, SIZE, CHUNK,
+                         start="2024-01-02T00:00")
+    with pytest.raises(ForecastStoreError, match="archive: store has"):
+        run(ScoringSpec(archive=other, forecasts=url, models=str(models), model=MODEL,
+                        init_times=("2024-01-02T00:20",)))
+
+
+def test_a_copied_pair_of_stores_still_fits(setup, tmp_path):
+    """The store names its archive by fingerprint: copies of both, elsewhere, go on together."""
+    _root, archive, models = setup
+    url = str(tmp_path / "a" / "forecasts.zarr")
+    run(ScoringSpec(archive=archive, forecasts=url, models=str(models), model=MODEL,
+                    init_times=("2024-01-01T00:20",)))
+    shutil.copytree(archive, tmp_path / "b" / "archive.zarr")
+    shutil.copytree(url, tmp_path / "b" / "forecasts.zarr")
+    copy = tmp_path / "b"
+    copied = ScoringSpec(archive=str(copy / "archive.zarr"), forecasts=str(copy / "forecasts.zarr"),
+                         models=str(models), model=MODEL, init_times=("2024-01-01T00:20", "2024-01-01T00:25"))
+    assert run(copied).scored == 1
 
 
 def test_cli_refuses_a_model_that_does_not_fit_the_archive(setup, tmp_path, capsys):
