@@ -26,11 +26,11 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
-import tempfile
+import uuid
 from collections.abc import Iterator, Sequence
 
 import apache_beam as beam
+import fsspec
 import numpy as np
 from apache_beam.metrics import Metrics
 
@@ -65,6 +65,8 @@ from nowcast.pipelines.stores.groups import (
     consolidate_if_behind,
     dimension_names,
     exists,
+    is_local,
+    local_path,
     open_group,
 )
 from nowcast.pipelines.stores.timeaxis import format_time_step, parse_time_step, time_index, to_datetime64
@@ -180,7 +182,7 @@ def write_chunk(archive: str, source: Source, task: ChunkTask, overwrite: bool) 
 # ---------------------------------------------------------------- Beam
 
 class _CheckFrame(beam.DoFn):
-    """Checks one frame and records the report as a small JSON file."""
+    """Checks one frame and records the report as a small JSON object under ``report_dir`` (any URL)."""
 
     def __init__(self, source: Source, fields: tuple[FieldSpec, ...], grid: Grid,
                  report_dir: str) -> None:
@@ -194,13 +196,13 @@ class _CheckFrame(beam.DoFn):
         report = check_item(self.source, item, self.grid, self.fields)
         self.checked.inc()
         name = hashlib.sha1(f"{item.path}#{item.index_in_file}".encode()).hexdigest() + ".json"
-        with open(os.path.join(self.report_dir, name), "w") as handle:
+        with fsspec.open(f"{self.report_dir}/{name}", "w") as handle:
             json.dump(report, handle)
         yield len(report["problems"])  # type: ignore[arg-type]
 
 
 class CheckFrames(beam.PTransform):
-    """Reads and checks every item once; each report lands as a JSON file in ``report_dir``."""
+    """Reads and checks every item once; each report lands as a JSON object under ``report_dir``."""
 
     def __init__(self, spec: IngestSpec, items: Sequence[SourceItem], fields: tuple[FieldSpec, ...],
                  grid: Grid, report_dir: str) -> None:
@@ -252,6 +254,20 @@ def reference_grid(spec: IngestSpec, first: SourceItem) -> Grid:
     return read_info(spec.archive).grid if exists(spec.archive) else spec.source.read_grid(first)
 
 
+def check_reports_url(archive: str) -> str:
+    """Where one run's check reports go: beside the archive, where every worker can write.
+
+    Workers may be other machines (a Dask cluster, Flink, Dataflow) that share
+    nothing with the launcher but the store, so not the launcher's temporary
+    folder. The folder is unique to the run and removed once read.
+
+    >>> check_reports_url("s3://bucket/archive.zarr").startswith("s3://bucket/archive.zarr.check-")
+    True
+    """
+    base = archive if not is_local(archive) else local_path(archive)
+    return f"{base.rstrip('/')}.check-{uuid.uuid4().hex}"
+
+
 def check_batch(spec: IngestSpec, items: Sequence[SourceItem], fields: tuple[FieldSpec, ...],
                 runner: RunnerOptions | None) -> set[str]:
     """Reads every frame once; raises IngestError listing problems; returns all-NaN paths.
@@ -263,13 +279,16 @@ def check_batch(spec: IngestSpec, items: Sequence[SourceItem], fields: tuple[Fie
     if runner is None:
         reports = [check_item(spec.source, item, grid, fields) for item in items]
     else:
-        with tempfile.TemporaryDirectory(prefix="nowcast-check-") as report_dir:
+        report_dir = check_reports_url(spec.archive)
+        fs, path = fsspec.core.url_to_fs(report_dir)
+        try:
             run_pipeline(runner, lambda p: p | "CheckFrames" >> CheckFrames(spec, items, fields, grid,
                                                                             report_dir))
-            reports = []
-            for name in os.listdir(report_dir):
-                with open(os.path.join(report_dir, name)) as handle:
-                    reports.append(json.load(handle))
+            names = fs.ls(path, detail=False) if fs.exists(path) else []
+            reports = [json.loads(fs.cat_file(name)) for name in names]
+        finally:
+            if fs.exists(path):
+                fs.rm(path, recursive=True)
     problems = sorted(p for report in reports for p in report["problems"])  # type: ignore[attr-defined]
     if len(reports) != len(items):
         problems.append(f"only {len(reports)} of {len(items)} frames were checked")

@@ -22,6 +22,8 @@ def test_inmemory_multiprocess_and_dask_write_identical_stores(tmp_path, dask_sc
         assert result.frames_missing == 2
         stores[options.kind] = snapshot(url)
     assert stores["inmemory"] == stores["multiprocess"] == stores["dask"]
+    # the workers' check reports went beside the archive (a folder every worker can reach), then away
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dask.zarr", "inmemory.zarr", "multiprocess.zarr"]
 
 
 def test_runner_options_are_validated():
