@@ -254,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
             "epochs_run": epochs_run,
             "lead_scale": {n: (f.metadata.get("lead_scale") or {}).get("scales")
                            for n, f in deployed.items()},
+            "lead_smoothing_px": {n: (f.metadata.get("lead_scale") or {}).get("smoothing")
+                                  for n, f in deployed.items()},
             "forecast_seconds_per_init": seconds,
             "prepare_seconds": prepare_s,
             "evaluate_seconds": evaluate_s,

@@ -61,9 +61,10 @@ from collections.abc import Callable
 import keras
 from keras import layers
 
-from nowcast.model.layers import Advect, BoxMean, LastFrame, LeadScale, MatchMotion, RepeatLeads
+from nowcast.model.layers import Advect, BoxMean, LastFrame, LeadScale, LeadSmooth, MatchMotion, RepeatLeads
 
 SMOOTHING = (5, 17)  # box sizes, in pixels, of the smoothed base frames the head sees
+SMOOTHING_LAYER = "lead_smoothing"
 
 
 class ArchitectureError(ValueError):
@@ -224,6 +225,8 @@ def _head(cfg: ArchitectureConfig, inputs, frames, name: str, features) -> keras
     if cfg.residual:  # the change, scaled per lead by factors chosen after training (1 until then)
         outputs = LeadScale(cfg.t_out, name="change_scale", dtype="float32")(outputs)
         outputs = layers.Add(name="residual", dtype="float32")([base, outputs])
+        # the scales unpredictable at each lead smoothed away (chosen after training, none until then)
+        outputs = LeadSmooth(cfg.t_out, name=SMOOTHING_LAYER, dtype="float32")(outputs)
     return keras.Model(inputs, outputs, name=name)
 
 

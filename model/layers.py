@@ -6,6 +6,7 @@
 - :class:`RepeatLeads`: a state repeated over the lead times, the lead as a channel.
 - :class:`BoxMean`: each frame's mean over a square around each pixel.
 - :class:`LeadScale`: the learned change scaled per lead, by factors chosen on the validation split.
+- :class:`LeadSmooth`: each lead smoothed over a box size chosen on the validation split.
 
 Only ``keras.ops``, so they run on the TensorFlow, JAX or PyTorch backend.
 """
@@ -321,3 +322,54 @@ class LeadScale(layers.Layer):
 
     def get_config(self) -> dict[str, object]:
         return {**super().get_config(), "t_out": self.t_out}
+
+
+LEAD_SMOOTHING = (1, 3, 5, 9, 17, 33)  # box sizes, in pixels, a lead's forecast can be smoothed over
+
+
+def _first_only(shape, dtype=None):
+    """Initial mixing weights: every lead takes the first view (the forecast itself)."""
+    return ops.one_hot(ops.zeros((shape[0],), "int32"), shape[1], dtype=dtype or "float32")
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class LeadSmooth(layers.Layer):
+    """Each lead's forecast as a weighted mix of its box means: ``(batch, t_out, y, x, c)`` -> the same.
+
+    The scales a forecast cannot predict grow with the lead time; S-PROG
+    filters them out with its cascade. Here each lead mixes box means over
+    ``sizes`` pixels (1: the forecast itself) with non-trained weights, which
+    start at "size 1 only" (no effect while the network learns) and are then
+    chosen on the validation split (:mod:`nowcast.model.calibration`), after
+    which probability matching gives the smoothed field back its rain
+    distribution. Saved with the model. In training it passes its input
+    through unchanged (the network learns the unsmoothed forecast; the
+    weights are chosen afterwards).
+    """
+
+    def __init__(self, t_out: int, sizes: tuple[int, ...] = LEAD_SMOOTHING, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.t_out = int(t_out)
+        self.sizes = tuple(int(s) for s in sizes)
+
+    def build(self, input_shape) -> None:
+        self.mix = self.add_weight(shape=(self.t_out, len(self.sizes)), initializer=_first_only,
+                                   trainable=False, name="mix")
+
+    def call(self, frames, training=None):
+        if training:  # the weights are chosen after training; until then they change nothing
+            return frames
+        shape = ops.shape(frames)
+        flat = ops.reshape(frames, (-1, shape[2], shape[3], shape[4]))
+        mix = ops.cast(self.mix, frames.dtype)
+        out = ops.zeros_like(frames)
+        for k, size in enumerate(self.sizes):
+            view = frames if size == 1 else ops.reshape(box_mean(flat, size), shape)
+            out = out + view * ops.reshape(mix[:, k], (1, self.t_out, 1, 1, 1))
+        return out
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self) -> dict[str, object]:
+        return {**super().get_config(), "t_out": self.t_out, "sizes": list(self.sizes)}

@@ -13,7 +13,7 @@ from nowcast.model.architectures import (
     for_grid,
     get_architecture,
 )
-from nowcast.model.layers import RepeatLeads
+from nowcast.model.layers import LeadSmooth, RepeatLeads, box_mean
 
 NAMES = ["cnn_lstm", "convlstm"]
 
@@ -82,6 +82,19 @@ def test_repeat_leads_adds_the_lead_as_a_channel():
     for k in range(3):
         np.testing.assert_array_equal(out[:, k, ..., :4], state)
         np.testing.assert_allclose(out[:, k, ..., 4], (k + 1) / 3)
+
+
+def test_lead_smooth_mixes_box_means_per_lead_and_passes_through_in_training():
+    frames = np.random.default_rng(0).random((2, 3, 12, 10, 1)).astype("float32")
+    layer = LeadSmooth(3, sizes=(1, 3, 5))
+    np.testing.assert_array_equal(np.asarray(layer(frames)), frames)  # built as "no smoothing"
+    layer.mix.assign(np.array([[1, 0, 0], [0, 1, 0], [0, 0.5, 0.5]], "float32"))
+    out = np.asarray(layer(frames))
+    np.testing.assert_allclose(out[:, 0], frames[:, 0])
+    np.testing.assert_allclose(out[:, 1], keras.ops.convert_to_numpy(box_mean(frames[:, 1], 3)), atol=1e-6)
+    both = [keras.ops.convert_to_numpy(box_mean(frames[:, 2], size)) for size in (3, 5)]
+    np.testing.assert_allclose(out[:, 2], 0.5 * (both[0] + both[1]), atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(layer(frames, training=True)), frames)
 
 
 def test_indivisible_grid_is_refused_with_the_fix():

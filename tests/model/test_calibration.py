@@ -1,13 +1,15 @@
-"""The change's weight per lead, chosen on validation batches (nowcast.model.calibration)."""
+"""The change's weight and smoothing per lead, chosen on validation batches (nowcast.model.calibration)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from keras import ops
 
 from nowcast.model import calibration
 from nowcast.model.architectures import ArchitectureConfig, build_model
 from nowcast.model.data import Normalizer
+from nowcast.model.layers import box_mean
 
 STATS = {"precip": {"mean": 0.5, "std": 1.0, "log1p_mean": 0.3, "log1p_std": 0.5}}
 
@@ -41,11 +43,28 @@ def test_each_lead_takes_the_factor_that_fits_the_validation_data():
     result = calibration.calibrate(net, batches, normalizer, matching=False)
     assert result is not None
     assert result["scales"] == [0.0, 1.0, 1.0]  # the change only hurts at the first lead
-    assert result["validation_mae"]["0.0"][0] == pytest.approx(0.0, abs=1e-5)
-    assert result["validation_mae"]["1.0"][0] > 0.1
+    assert result["smoothing"] == [1, 1, 1]  # the targets are pixel noise: smoothing only loses it
+    assert result["validation_mae"]["0.0"]["1"][0] == pytest.approx(0.0, abs=1e-5)
+    assert result["validation_mae"]["1.0"]["1"][0] > 0.1
     np.testing.assert_array_equal(net.get_layer("change_scale").get_weights()[0], [0.0, 1.0, 1.0])
     inputs, targets, _ = batches[0]
     np.testing.assert_allclose(np.asarray(net(inputs)), targets, atol=1e-5)  # the model now fits every lead
+
+
+def test_each_lead_takes_the_box_size_that_fits_the_validation_data():
+    """Targets that are the model's own forecast at lead 1 and its 5-pixel box mean at lead 2."""
+    rng = np.random.default_rng(2)
+    net = _persistence_plus_one(t_out=2)
+    normalizer = Normalizer(("precip",), "precip", STATS, coverage=True)
+    inputs, _, weights = _batch(rng, 2, helpful_from=0)
+    forecast = np.asarray(net(inputs))
+    targets = forecast.copy()
+    targets[:, 1] = ops.convert_to_numpy(box_mean(forecast[:, 1], 5))
+    result = calibration.calibrate(net, [(inputs, targets, weights)], normalizer, matching=False)
+    assert result is not None
+    assert (result["scales"], result["smoothing"]) == ([1.0, 1.0], [1, 5])
+    np.testing.assert_array_equal(net.get_layer("lead_smoothing").get_weights()[0][1], [0, 0, 1, 0, 0, 0])
+    np.testing.assert_allclose(np.asarray(net(inputs)), targets, atol=1e-5)
 
 
 def test_probability_matching_is_applied_before_the_errors_are_counted():
@@ -56,8 +75,9 @@ def test_probability_matching_is_applied_before_the_errors_are_counted():
     result = calibration.calibrate(net, [_batch(rng, 2, helpful_from=2)], normalizer, matching=True)
     assert result is not None
     assert result["scales"] == [1.0, 1.0]
-    maes = np.array(list(result["validation_mae"].values()))
-    np.testing.assert_allclose(maes, 0.0, atol=1e-5)  # without matching, factor 1 would miss by +1
+    assert result["smoothing"] == [1, 1]
+    unsmoothed = np.array([by_size["1"] for by_size in result["validation_mae"].values()])
+    np.testing.assert_allclose(unsmoothed, 0.0, atol=1e-5)  # without matching, factor 1 would miss by +1
 
 
 def test_models_without_a_change_or_without_batches_are_left_alone():

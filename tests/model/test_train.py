@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import keras
+import numpy as np
 import pytest
 
 from nowcast.model import calibration, registry
@@ -41,7 +43,7 @@ def test_train_saves_a_version_and_resumes_after_a_crash(tiny_windows, tmp_path)
     assert _epochs(tmp_path / "run") == [0, 1, 2, 3]  # resumed at epoch 2, not from scratch
     assert len(result.history["loss"]) == 2
 
-    meta = json.loads((result.path / "metadata.json").read_text())
+    meta = json.loads((Path(result.path) / "metadata.json").read_text())
     assert meta["time_step"] == "PT5M"
     assert meta["lead_times"] == ["PT5M", "PT10M", "PT15M"]
     assert meta["archive"] == {"time_step": "PT5M", "variables": {"precip": "mm h-1"}, "grid_shape": [8, 12]}
@@ -60,6 +62,10 @@ def test_train_saves_a_version_and_resumes_after_a_crash(tiny_windows, tmp_path)
         meta["archive"]))
     assert loaded.model.loss.name == "intensity_weighted_mse"
     assert loaded.model.get_layer("change_scale").get_weights()[0].tolist() == scales
+    mix = loaded.model.get_layer("lead_smoothing").get_weights()[0]  # one box size per lead, saved too
+    sizes = loaded.model.get_layer("lead_smoothing").sizes
+    assert [sizes[k] for k in mix.argmax(axis=1)] == meta["lead_scale"]["smoothing"]
+    np.testing.assert_array_equal(mix.sum(axis=1), 1.0)
     ten_minutes = registry.ArchiveDescription("PT10M", {"precip": "mm h-1"}, (8, 12))
     with pytest.raises(registry.ArchiveMismatchError, match="time step"):
         registry.load_model(cfg.models, "convlstm", archive=ten_minutes)
@@ -84,7 +90,7 @@ def test_one_model_learns_from_several_stores_with_merged_statistics(tmp_path):
     cfg = TrainConfig(windows=tuple(urls), models=str(tmp_path / "models"), architecture="cnn_lstm",
                       workdir=str(tmp_path / "run"), options=OPTIONS, epochs=1, batch_size=4, verbose=0)
     result = train(cfg)
-    meta = json.loads((result.path / "metadata.json").read_text())
+    meta = json.loads((Path(result.path) / "metadata.json").read_text())
     assert meta["windows"] == urls
     assert [a["grid_shape"] for a in meta["training_archives"]] == [[16, 16], [24, 32]]
     assert meta["training"]["samples"] == 16
