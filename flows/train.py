@@ -88,7 +88,7 @@ def cut_windows(params: TrainParams) -> dict[str, object]:
 
 
 @task(name="fit")
-def fit(params: TrainParams) -> Path:
+def fit(params: TrainParams) -> str:
     """Fits the model and saves it as a new registry version, not promoted; returns its directory."""
     config = TrainConfig(windows=params.windows, models=params.models, architecture=params.architecture,
                          workdir=params.workdir,
@@ -101,10 +101,15 @@ def fit(params: TrainParams) -> Path:
     return result.path
 
 
+def version_name(version_dir: str) -> str:
+    """The version of a registry folder (path or URL)."""
+    return version_dir.rstrip("/").rsplit("/", 1)[-1]
+
+
 @task(name="verify")
-def verify(params: TrainParams, version: Path) -> Verification:
+def verify(params: TrainParams, version: str) -> Verification:
     """Verifies the new version, persistence and LK extrapolation on the validation split."""
-    forecaster = split_forecaster(params.models, params.architecture, version.name, params.windows)
+    forecaster = split_forecaster(params.models, params.architecture, version_name(version), params.windows)
     return verify_split(params.windows, "val", forecaster, params.architecture,
                         baselines=("persistence", BASELINE))
 
@@ -115,26 +120,27 @@ def train_flow(params: TrainParams) -> TrainRun:
     logger = get_run_logger()
     counts = cut_windows(params)
     version_dir = fit(params)
+    version = version_name(version_dir)
     result = verify(params, version_dir)
     promote = result.beats(params.architecture, BASELINE)
     if promote:
-        registry.promote_version(params.models, params.architecture, version_dir.name)
+        registry.promote_version(params.models, params.architecture, version)
     margins = result.margins(params.architecture, BASELINE)
     ours, base = result.mean(params.architecture, "mae"), result.mean(BASELINE, "mae")
     by = (f"mean CSI at 1 mm/h {margins['csi_1']:+.3f}, mean MAE {-margins['mae']:+.3f} mm/h against LK "
           "extrapolation on the validation split")
-    verdict = (f"promoted {version_dir.name} to latest ({by})" if promote else
-               f"kept {version_dir.name} unpromoted: it does not beat LK extrapolation on both ({by})")
+    verdict = (f"promoted {version} to latest ({by})" if promote else
+               f"kept {version} unpromoted: it does not beat LK extrapolation on both ({by})")
     logger.info(verdict)
     markdown = table(result)
     publish_scores("train-validation", result.scores, markdown + f"\n{verdict}.\n",
-                   f"validation scores of {params.architecture}/{version_dir.name}")
+                   f"validation scores of {params.architecture}/{version}")
     minutes = step_minutes(WindowsStore(params.windows, "val").time_step)
-    pictures = save_pictures(result, Path(params.workdir) / "pictures", version_dir.name, minutes)
+    pictures = save_pictures(result, Path(params.workdir) / "pictures", version, minutes)
     for kind, path in pictures.items():
-        publish_png(f"train-{kind}", path, f"{params.architecture}/{version_dir.name} validation {kind}")
+        publish_png(f"train-{kind}", path, f"{params.architecture}/{version} validation {kind}")
     publish_store("train-model", str(version_dir), "model version directory")
     print(markdown)
-    return TrainRun(version=version_dir.name, path=str(version_dir), promoted=promote, val_mae=ours,
+    return TrainRun(version=version, path=str(version_dir), promoted=promote, val_mae=ours,
                     extrapolation_mae=base, margins=margins, table=markdown, counts=counts,
                     pictures={k: str(v) for k, v in pictures.items()})

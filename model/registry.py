@@ -1,21 +1,28 @@
 """Versioned model artifacts: ``models/<name>/<version>/`` and a ``latest`` pointer.
 
-A version directory holds ``model.keras`` (Keras 3 format), ``metadata.json``
+A version folder holds ``model.keras`` (Keras 3 format), ``metadata.json``
 (what the model was trained on and how its inputs are normalised, plus the
-sha256 of ``model.keras``) and ``metrics.json``. A version is written into a
-hidden temporary directory and renamed into place, so a reader never sees a
-half-written version; ``models/<name>/latest`` names the promoted version and
-is replaced atomically with ``os.replace``.
+sha256 of ``model.keras``) and ``metrics.json``. ``models/<name>/latest``
+names the promoted version.
+
+The registry root is a local folder or any fsspec URL (``s3://bucket/models``
+with the s3 extra, ``gs://`` with gcs), so workers on other machines share
+it through the object store. Nothing half-written is ever read as a version:
+on a local disk a version is written into a hidden temporary folder and
+renamed into place, and ``latest`` is replaced with ``os.replace``; on an
+object store ``metadata.json`` is uploaded last (a version without it is not
+a version) and ``latest`` is one object, replaced by a single PUT.
 
 Loading verifies the checksum, compares the metadata with a description of
 the archive the caller is about to feed the model (time step, variables and
 their units, grid shape) and refuses any mismatch with an error that names it;
-then it loads with ``safe_mode=True`` (no arbitrary code from the file). The
+then it loads with ``safe_mode=True`` (no arbitrary code from the file). Keras
+reads ``.keras`` files from a local disk, so a remote version is first copied
+into a local cache (``NOWCAST_MODEL_CACHE``, default
+``~/.cache/nowcast/models``) under its checksum and checked there (a cached
+copy that matches the recorded checksum is used as it is). The
 model's custom layers live in :mod:`nowcast.model.layers`, imported here so
 that they are registered before deserialisation.
-
-Paths are local directories: Keras writes and reads ``.keras`` files on a
-local filesystem.
 """
 
 from __future__ import annotations
@@ -32,14 +39,17 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
+import fsspec
 import keras
+from fsspec.implementations.local import LocalFileSystem
 
 import nowcast.model.layers
 import nowcast.model.losses  # noqa: F401 (registers the training losses)
 from nowcast.pipelines.stores.archive import ArchiveDescription
 
 __all__ = ["ArchiveDescription", "ArchiveMismatchError", "ChecksumMismatchError", "LoadedModel",
-           "RegistryError", "check_archive", "load_model", "promote_version", "resolve_version", "save_model"]
+           "RegistryError", "check_archive", "list_versions", "load_model", "promote_version",
+           "read_metadata", "resolve_version", "save_model"]
 
 MODEL_FILE = "model.keras"
 METADATA_FILE = "metadata.json"
@@ -67,10 +77,10 @@ class LoadedModel:
     model: keras.Model
     metadata: dict[str, Any]
     metrics: dict[str, Any]
-    path: Path
+    path: str
 
 
-def sha256_file(path: Path, block: int = 1 << 20) -> str:
+def sha256_file(path: str | Path, block: int = 1 << 20) -> str:
     """Hex sha256 of a file, read in blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -95,14 +105,30 @@ def new_version() -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
 
 
+def _location(root: str | Path, *parts: str) -> tuple[Any, str]:
+    """The filesystem of ``root`` and the path of ``parts`` below it."""
+    fs, base = fsspec.core.url_to_fs(str(root))
+    return fs, "/".join([base.rstrip("/"), *parts])
+
+
+def _url(fs: Any, path: str) -> str:
+    """A path as the caller names it again: plain for the local disk, with its protocol otherwise."""
+    return path if isinstance(fs, LocalFileSystem) else fs.unstrip_protocol(path)
+
+
+def _check_part(part: str, label: str) -> None:
+    if not part or "/" in part or part.startswith(".") or part == LATEST:
+        raise RegistryError(f"model {label} {part!r} must be a plain folder name, not '{LATEST}'")
+
+
 def save_model(model: keras.Model, root: str | Path, name: str, metadata: Mapping[str, Any],
                metrics: Mapping[str, object] | None = None, version: str | None = None,
-               promote: bool = True) -> Path:
+               promote: bool = True) -> str:
     """Writes ``root/name/version/`` and (by default) points ``latest`` at it.
 
     Args:
         model: the trained model.
-        root: the registry folder (``models/``).
+        root: the registry folder or URL (``models/``, ``s3://bucket/models``).
         name: model name, e.g. ``cnn_lstm``.
         metadata: training facts (window spec, normalisation, archive, ...); this
             function adds ``name``, ``version``, ``model_sha256``, ``packages`` and ``saved_at``.
@@ -111,54 +137,100 @@ def save_model(model: keras.Model, root: str | Path, name: str, metadata: Mappin
         promote: replace ``latest`` with this version.
 
     Returns:
-        The version directory.
+        The version's folder (a path, or a URL for a remote registry).
     """
     version = version or new_version()
     for part, label in ((name, "name"), (version, "version")):
-        if not part or "/" in part or part.startswith(".") or part == LATEST:
-            raise RegistryError(f"model {label} {part!r} must be a plain folder name, not '{LATEST}'")
-    parent = Path(root) / name
-    final = parent / version
-    if final.exists():
-        raise RegistryError(f"{final} already exists; versions are immutable, pick a new version")
-    parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=parent))
-    model.save(staging / MODEL_FILE)
-    full = {**metadata, "name": name, "version": version, "model_sha256": sha256_file(staging / MODEL_FILE),
-            "packages": package_versions(), "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    (staging / METADATA_FILE).write_text(json.dumps(full, indent=2, sort_keys=True, default=str) + "\n")
-    (staging / METRICS_FILE).write_text(json.dumps(dict(metrics or {}), indent=2, sort_keys=True,
-                                                   default=str) + "\n")
-    os.rename(staging, final)
+        _check_part(part, label)
+    fs, parent = _location(root, name)
+    final = f"{parent}/{version}"
+    if fs.exists(f"{final}/{METADATA_FILE}") or (isinstance(fs, LocalFileSystem) and fs.exists(final)):
+        raise RegistryError(f"{_url(fs, final)} already exists; versions are immutable, pick a new version")
+    with tempfile.TemporaryDirectory(prefix=f"nowcast-{version}-") as local:
+        staging = Path(local)
+        model.save(staging / MODEL_FILE)
+        full = {**metadata, "name": name, "version": version,
+                "model_sha256": sha256_file(staging / MODEL_FILE), "packages": package_versions(),
+                "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        (staging / METADATA_FILE).write_text(json.dumps(full, indent=2, sort_keys=True, default=str) + "\n")
+        (staging / METRICS_FILE).write_text(json.dumps(dict(metrics or {}), indent=2, sort_keys=True,
+                                                       default=str) + "\n")
+        if isinstance(fs, LocalFileSystem):  # a hidden folder beside the final one, renamed into place
+            os.makedirs(parent, exist_ok=True)
+            hidden = tempfile.mkdtemp(prefix=f".{version}.", dir=parent)
+            for file in (MODEL_FILE, METRICS_FILE, METADATA_FILE):
+                os.replace(staging / file, os.path.join(hidden, file))
+            os.rename(hidden, final)
+        else:  # metadata.json last: until it lands, readers see no version here
+            for file in (MODEL_FILE, METRICS_FILE, METADATA_FILE):
+                fs.put_file(str(staging / file), f"{final}/{file}")
     if promote:
         promote_version(root, name, version)
-    return final
+    return _url(fs, final)
 
 
 def promote_version(root: str | Path, name: str, version: str) -> None:
     """Atomically points ``root/name/latest`` at an existing version."""
-    parent = Path(root) / name
-    if not (parent / version / METADATA_FILE).is_file():
-        raise RegistryError(f"cannot promote {name}/{version}: {parent / version} is not a saved version")
-    tmp = parent / f".{LATEST}.{os.getpid()}.tmp"
-    tmp.write_text(version + "\n")
-    os.replace(tmp, parent / LATEST)
+    fs, parent = _location(root, name)
+    if not fs.isfile(f"{parent}/{version}/{METADATA_FILE}"):
+        raise RegistryError(f"cannot promote {name}/{version}: {_url(fs, f'{parent}/{version}')} is not a "
+                            "saved version")
+    if isinstance(fs, LocalFileSystem):
+        tmp = os.path.join(parent, f".{LATEST}.{os.getpid()}.tmp")
+        Path(tmp).write_text(version + "\n")
+        os.replace(tmp, os.path.join(parent, LATEST))
+    else:  # one PUT replaces the object whole
+        fs.pipe_file(f"{parent}/{LATEST}", (version + "\n").encode())
 
 
-def resolve_version(root: str | Path, name: str, version: str = LATEST) -> Path:
-    """The directory of ``name/version``, following the ``latest`` pointer."""
-    parent = Path(root) / name
+def resolve_version(root: str | Path, name: str, version: str = LATEST) -> str:
+    """The folder (path or URL) of ``name/version``, following the ``latest`` pointer."""
+    fs, parent = _location(root, name)
     if version == LATEST:
-        pointer = parent / LATEST
-        if not pointer.is_file():
-            raise RegistryError(f"no promoted version of {name!r} in {root}: {pointer} is missing; "
+        pointer = f"{parent}/{LATEST}"
+        if not fs.isfile(pointer):
+            raise RegistryError(f"no promoted version of {name!r} in {root}: {_url(fs, pointer)} is missing; "
                                 "save a model with promote=True or give a version")
-        version = pointer.read_text().strip()
-    path = parent / version
-    if not (path / MODEL_FILE).is_file() or not (path / METADATA_FILE).is_file():
-        raise RegistryError(f"{path} is not a complete model version "
+        version = fs.cat_file(pointer).decode().strip()
+    path = f"{parent}/{version}"
+    if not fs.isfile(f"{path}/{MODEL_FILE}") or not fs.isfile(f"{path}/{METADATA_FILE}"):
+        raise RegistryError(f"{_url(fs, path)} is not a complete model version "
                             f"(needs {MODEL_FILE} and {METADATA_FILE})")
-    return path
+    return _url(fs, path)
+
+
+def read_metadata(version_dir: str, file: str = METADATA_FILE) -> dict[str, Any]:
+    """A version's ``metadata.json`` (or another of its JSON files; ``{}`` when that one is absent)."""
+    fs, path = fsspec.core.url_to_fs(f"{version_dir.rstrip('/')}/{file}")
+    if file != METADATA_FILE and not fs.isfile(path):
+        return {}
+    return json.loads(fs.cat_file(path))
+
+
+def list_versions(root: str | Path, name: str) -> list[str]:
+    """The complete versions of ``name`` (those with their metadata), sorted."""
+    fs, parent = _location(root, name)
+    if not fs.isdir(parent):
+        return []
+    folders = [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(parent, detail=False)]
+    return sorted(f for f in folders if not f.startswith(".") and f != LATEST
+                  and fs.isfile(f"{parent}/{f}/{METADATA_FILE}"))
+
+
+def _local_copy(version_dir: str, expected: str | None) -> str:
+    """``model.keras`` of a version on the local disk: itself, or a cached copy of a remote one."""
+    fs, path = fsspec.core.url_to_fs(f"{version_dir.rstrip('/')}/{MODEL_FILE}")
+    if isinstance(fs, LocalFileSystem):
+        return path
+    cache = Path(os.environ.get("NOWCAST_MODEL_CACHE", Path.home() / ".cache" / "nowcast" / "models"))
+    cache.mkdir(parents=True, exist_ok=True)
+    cached = cache / f"{expected or 'unknown'}.keras"
+    if not expected or not cached.is_file() or sha256_file(cached) != expected:
+        handle, partial = tempfile.mkstemp(prefix=".download.", suffix=".keras", dir=cache)
+        os.close(handle)
+        fs.get_file(path, partial)
+        os.replace(partial, cached)
+    return str(cached)
 
 
 def check_archive(metadata: Mapping[str, Any], archive: ArchiveDescription) -> None:
@@ -205,7 +277,7 @@ def load_model(root: str | Path, name: str, version: str = LATEST, *,
     """Loads a verified model version.
 
     Args:
-        root: the registry folder.
+        root: the registry folder or URL.
         name: model name.
         version: a version or ``latest``.
         archive: the archive the caller will forecast from; ``None`` skips the
@@ -217,17 +289,17 @@ def load_model(root: str | Path, name: str, version: str = LATEST, *,
         ArchiveMismatchError: the archive differs from the training archive.
     """
     path = resolve_version(root, name, version)
-    metadata = json.loads((path / METADATA_FILE).read_text())
+    metadata = read_metadata(path)
     expected = metadata.get("model_sha256")
-    actual = sha256_file(path / MODEL_FILE)
+    local = _local_copy(path, expected)
+    actual = sha256_file(local)
     if expected != actual:
         raise ChecksumMismatchError(
-            f"{path / MODEL_FILE} has sha256 {actual} but its metadata records {expected}; the file was "
+            f"{path}/{MODEL_FILE} has sha256 {actual} but its metadata records {expected}; the file was "
             "modified or corrupted after saving: restore it or retrain and save a new version"
         )
     if archive is not None:
         check_archive(metadata, archive)
-    metrics_path = path / METRICS_FILE
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
-    loaded = keras.saving.load_model(path / MODEL_FILE, safe_mode=True)
+    metrics = read_metadata(path, METRICS_FILE)
+    loaded = keras.saving.load_model(local, safe_mode=True)
     return LoadedModel(model=loaded, metadata=metadata, metrics=metrics, path=path)

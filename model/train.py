@@ -126,7 +126,7 @@ class TrainConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TrainResult:
-    path: Path
+    path: str  # the version folder: a path, or a URL for a remote registry
     history: dict[str, list[float]]
     metrics: dict[str, float]
 

@@ -102,7 +102,7 @@ def test_train_registers_and_promotes_only_a_model_that_beats_extrapolation(trai
     assert result.margins["mae"] == pytest.approx(result.extrapolation_mae - result.val_mae)
     latest = root / "models" / "convlstm" / "latest"
     if result.promoted:
-        assert resolve_version(root / "models", "convlstm") == version_dir
+        assert resolve_version(root / "models", "convlstm") == str(version_dir)
     else:
         assert not latest.exists()
     assert not (root / "models" / ".candidates").exists()

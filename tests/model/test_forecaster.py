@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -46,7 +47,7 @@ def trained(tmp_path_factory):
     result = train(TrainConfig(windows=windows, models=str(root / "models"), architecture="cnn_lstm",
                                workdir=str(root / "run"), options=OPTIONS, epochs=1, batch_size=4, verbose=0,
                                postprocessing="probability_matching"))
-    return str(root / "models"), result.path.name
+    return str(root / "models"), Path(result.path).name
 
 
 def _grid(shape):

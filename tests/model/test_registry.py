@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -31,7 +32,8 @@ def saved(request, tmp_path):
         motion.set_weights([np.random.default_rng(3).normal(0, 0.5, w.shape).astype("float32")
                             for w in motion.get_weights()])
     path = registry.save_model(model, tmp_path, name, _metadata(), {"val_loss": 0.5}, version="v1")
-    return model, path, tmp_path, name
+    assert isinstance(path, str)
+    return model, Path(path), tmp_path, name
 
 
 def test_save_then_load_gives_identical_predictions(saved):
@@ -40,7 +42,7 @@ def test_save_then_load_gives_identical_predictions(saved):
     batch = np.random.default_rng(0).normal(size=(2, 3, 8, 8, 1)).astype("float32")
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(loaded.model(batch)),
                                   keras.ops.convert_to_numpy(model(batch)))
-    assert loaded.path == path
+    assert loaded.path == str(path)
     assert loaded.metrics == {"val_loss": 0.5}
     meta = json.loads((path / "metadata.json").read_text())
     assert meta["model_sha256"] == registry.sha256_file(path / "model.keras")
@@ -52,10 +54,11 @@ def test_latest_pointer_follows_promotion(saved):
     registry.save_model(model, root, name, _metadata(), version="v2")
     assert (root / name / "latest").read_text().strip() == "v2"
     registry.save_model(model, root, name, _metadata(), version="v3", promote=False)
-    assert registry.resolve_version(root, name).name == "v2"
+    assert Path(registry.resolve_version(root, name)).name == "v2"
     registry.promote_version(root, name, "v3")
-    assert registry.resolve_version(root, name).name == "v3"
+    assert Path(registry.resolve_version(root, name)).name == "v3"
     assert sorted(p.name for p in (root / name).iterdir()) == ["latest", "v1", "v2", "v3"]
+    assert registry.list_versions(root, name) == ["v1", "v2", "v3"]
     with pytest.raises(registry.RegistryError, match="immutable"):
         registry.save_model(model, root, name, _metadata(), version="v1")
 
@@ -102,3 +105,39 @@ def test_patch_models_run_on_any_grid_of_at_least_one_patch(tmp_path):
     with pytest.raises(registry.ArchiveMismatchError, match="time step"):
         registry.load_model(tmp_path, "cnn_lstm", archive=registry.ArchiveDescription(
             "PT10M", {"precip": "mm h-1"}, (64, 80)))
+
+
+def test_a_registry_on_an_object_store_saves_promotes_and_loads(s3_bucket, tmp_path, monkeypatch):
+    """The same registry on S3 (moto's server): workers on other machines share models through it."""
+    import s3fs
+
+    monkeypatch.setenv("NOWCAST_MODEL_CACHE", str(tmp_path / "cache"))
+    keras.utils.set_random_seed(0)
+    model = build_model("cnn_lstm", ArchitectureConfig(t_in=3, t_out=2, height=8, width=8, filters=(4,),
+                                                       lstm_units=4))
+    root = f"{s3_bucket}/models"
+    path = registry.save_model(model, root, "cnn_lstm", _metadata(), {"val_loss": 0.5}, version="v1")
+    assert path == f"{root}/cnn_lstm/v1"
+    registry.save_model(model, root, "cnn_lstm", _metadata(), version="v2", promote=False)
+    assert registry.resolve_version(root, "cnn_lstm") == path  # latest: v1
+    assert registry.list_versions(root, "cnn_lstm") == ["v1", "v2"]
+    registry.promote_version(root, "cnn_lstm", "v2")
+    loaded = registry.load_model(root, "cnn_lstm", archive=ARCHIVE)
+    assert loaded.path == f"{root}/cnn_lstm/v2"
+    assert loaded.metadata["version"] == "v2"
+    batch = np.random.default_rng(0).normal(size=(2, 3, 8, 8, 1)).astype("float32")
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(loaded.model(batch)),
+                                  keras.ops.convert_to_numpy(model(batch)))
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [f"{loaded.metadata['model_sha256']}.keras"]
+    with pytest.raises(registry.RegistryError, match="immutable"):
+        registry.save_model(model, root, "cnn_lstm", _metadata(), version="v1")
+
+    fs = s3fs.S3FileSystem()
+    fs.pipe_file(f"{root}/cnn_lstm/v2/model.keras".removeprefix("s3://"), b"not a model")
+    fs.invalidate_cache()
+    monkeypatch.setenv("NOWCAST_MODEL_CACHE", str(tmp_path / "fresh"))  # a worker without the good copy
+    with pytest.raises(registry.ChecksumMismatchError, match="modified or corrupted"):
+        registry.load_model(root, "cnn_lstm", archive=ARCHIVE)
+    fs.rm(f"{root}/cnn_lstm/v1/metadata.json".removeprefix("s3://"))
+    with pytest.raises(registry.RegistryError, match="not a complete model version"):
+        registry.load_model(root, "cnn_lstm", "v1", archive=ARCHIVE)
