@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from nowcast.pipelines.jobs.runners import RunnerOptions
+from nowcast.pipelines.jobs.runners import KINDS, RunnerOptions
 
 EXIT_BAD_INPUT = 2
 
@@ -25,9 +25,10 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 def _runner_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("runner")
-    group.add_argument("--runner", default="inmemory",
-                       choices=["inmemory", "multiprocess", "dask", "flink", "dataflow"],
-                       help="Beam runner (default: inmemory FnApiRunner)")
+    group.add_argument("--runner", default="inmemory", choices=list(KINDS),
+                       help="Beam runner (default: inmemory FnApiRunner); beam: any Beam runner, configured "
+                            "by Beam's own flags after '--' (e.g. -- --runner=FlinkRunner "
+                            "--flink_master=host:8081)")
     group.add_argument("--workers", type=int, default=2, help="worker processes for multiprocess")
     group.add_argument("--dask-address", default=None, help="dask scheduler address for --runner dask")
 
@@ -46,7 +47,8 @@ def _source_args(parser: argparse.ArgumentParser) -> None:
 
 
 def runner_from_args(args: argparse.Namespace) -> RunnerOptions:
-    return RunnerOptions(kind=args.runner, workers=args.workers, dask_address=args.dask_address)
+    return RunnerOptions(kind=args.runner, workers=args.workers, dask_address=args.dask_address,
+                         extra_args=tuple(getattr(args, "beam_args", ())))
 
 
 def source_from_args(args: argparse.Namespace):
@@ -170,7 +172,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Beam's own pipeline flags follow '--' and pass through unchanged (the beam runner)
+    beam_args = argv[argv.index("--") + 1:] if "--" in argv else []
+    args = build_parser().parse_args(argv[:argv.index("--")] if "--" in argv else argv)
+    args.beam_args = beam_args
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

@@ -83,14 +83,24 @@ class Runner(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    kind: Literal["inmemory", "multiprocess", "dask"] = Field(
-        "inmemory", description="inmemory: one process; multiprocess: `workers` processes; dask: a cluster")
+    kind: Literal["inmemory", "multiprocess", "dask", "beam"] = Field(
+        "inmemory", description="inmemory: one process; multiprocess: `workers` processes; dask: a cluster; "
+                                "beam: any Beam runner, named and configured by `beam_args`")
     workers: int = Field(2, ge=1, le=256, description="worker processes for multiprocess")
     dask_address: str | None = Field(None, description="scheduler address for dask, e.g. tcp://host:8786")
+    beam_args: list[str] = Field(default_factory=list,
+                                 description="Beam pipeline flags, passed through unchanged, e.g. "
+                                             "['--runner=FlinkRunner', '--flink_master=host:8081']")
+
+    @model_validator(mode="after")
+    def _runs(self) -> Runner:
+        self.options()  # a missing required option fails the form, before any work
+        return self
 
     def options(self) -> RunnerOptions:
         try:
-            return RunnerOptions(kind=self.kind, workers=self.workers, dask_address=self.dask_address)
+            return RunnerOptions(kind=self.kind, workers=self.workers, dask_address=self.dask_address,
+                                 extra_args=tuple(self.beam_args))
         except ValueError as error:
             raise ParameterError(str(error)) from None
 
@@ -111,14 +121,12 @@ class _Stores(BaseModel):
 
 
 def _registry_check(models: str, model_name: str, model_version: str) -> None:
-    from nowcast.model.registry import LATEST, RegistryError, resolve_version
+    from nowcast.model.registry import LATEST, RegistryError, list_versions, resolve_version
 
     try:
         resolve_version(models, model_name, model_version)
     except RegistryError as error:
-        parent = Path(models) / model_name
-        known = sorted(p.name for p in parent.iterdir() if p.is_dir() and not p.name.startswith(".")) \
-            if parent.is_dir() else []
+        known = list_versions(models, model_name)
         hint = f"known versions: {known}" if known else f"no versions of {model_name!r} under {models}"
         which = "the promoted version" if model_version == LATEST else f"version {model_version!r}"
         raise ParameterError(f"unknown model {model_name}/{model_version}: {which} is not in the registry "

@@ -1,24 +1,87 @@
 """Beam runner selection shared by every job.
 
 Local runs pin the FnApiRunner explicitly: the default DirectRunner tries to
-download the Prism binary first, which fails offline.
+download the Prism binary first, which fails offline. Every other Beam
+runner (Flink, Spark, Dataflow, a portable job endpoint) is reached with
+``kind="beam"`` and Beam's own pipeline flags, passed through unchanged
+(``--runner=FlinkRunner --flink_master=host:8081``); the options a runner
+cannot start without are checked first, so a missing one is a clear error,
+not a traceback or a download attempt.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.runners.runner import PipelineResult, PipelineRunner
 
-RunnerKind = Literal["inmemory", "multiprocess", "dask", "flink", "dataflow"]
+RunnerKind = Literal["inmemory", "multiprocess", "dask", "beam"]
+KINDS = ("inmemory", "multiprocess", "dask", "beam")
+
+# Per Beam runner, the options it needs (each entry: one of these names). Without an endpoint,
+# Flink and Spark would start a local job server from a jar downloaded at run time.
+REQUIRED_OPTIONS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "FlinkRunner": (("flink_master",),),
+    "SparkRunner": (("spark_master_url", "spark_rest_url"),),
+    "PortableRunner": (("job_endpoint",),),
+    "DataflowRunner": (("project",), ("region",), ("temp_location", "staging_location")),
+}
 
 
 class RunnerError(ValueError):
     """Runner options that cannot work."""
+
+
+def _flags(args: Sequence[str]) -> dict[str, str]:
+    """``--name=value`` and ``--name value`` pipeline flags by name (a bare flag maps to "").
+
+    >>> _flags(["--runner=FlinkRunner", "--flink_master", "host:8081", "--streaming"])
+    {'runner': 'FlinkRunner', 'flink_master': 'host:8081', 'streaming': ''}
+    """
+    flags: dict[str, str] = {}
+    args = list(args)
+    for i, arg in enumerate(args):
+        if not arg.startswith("--"):
+            continue
+        name, sep, value = arg[2:].partition("=")
+        if not sep and i + 1 < len(args) and not args[i + 1].startswith("--"):
+            value = args[i + 1]
+        flags[name] = value
+    return flags
+
+
+def check_beam_args(args: Sequence[str]) -> str:
+    """The runner named by pass-through Beam flags, after checking the options it needs.
+
+    Raises:
+        RunnerError: no ``--runner``, a local runner that needs a download, a
+            missing required option, or a runner whose package is not installed.
+    """
+    flags = _flags(args)
+    runner = flags.get("runner", "")
+    if not runner:
+        raise RunnerError("the beam runner takes Beam's own pipeline flags and needs --runner=<Name>, e.g. "
+                          "--runner=FlinkRunner --flink_master=host:8081 (after '--' on the command line)")
+    short = runner.rsplit(".", 1)[-1]
+    if short in ("DirectRunner", "PrismRunner"):
+        raise RunnerError(f"--runner={runner} downloads the Prism binary at run time; for a local run use "
+                          "the inmemory or multiprocess runner")
+    missing = [" or ".join(f"--{o}" for o in options)
+               for options in REQUIRED_OPTIONS.get(short, ()) if not any(flags.get(o) for o in options)]
+    if missing:
+        raise RunnerError(f"--runner={runner} needs {', '.join(missing)}; pass them after '--' as Beam flags")
+    if short == "DataflowRunner":
+        try:
+            import apache_beam.runners.dataflow.dataflow_runner  # noqa: F401
+            import google.cloud.storage  # noqa: F401
+        except ImportError:
+            raise RunnerError("--runner=DataflowRunner needs Beam's GCP packages: pip install "
+                              "'apache-beam[gcp]' in this environment (and the workers' image)") from None
+    return runner
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,11 +91,12 @@ class RunnerOptions:
     Attributes:
         kind: ``inmemory`` (FnApiRunner, one process), ``multiprocess``
             (FnApiRunner with ``workers`` processes), ``dask`` (DaskRunner on the
-            dask.distributed scheduler at ``dask_address``), or ``flink`` /
-            ``dataflow`` (portable runners configured by ``extra_args``).
+            dask.distributed scheduler at ``dask_address``), or ``beam`` (any
+            Beam runner, named and configured by ``extra_args``).
         workers: worker processes for ``multiprocess``.
         dask_address: scheduler address for ``dask``.
-        extra_args: further Beam pipeline arguments (``--flink_master=...``).
+        extra_args: Beam pipeline flags, passed through unchanged
+            (``--runner=FlinkRunner``, ``--flink_master=...``).
     """
 
     kind: RunnerKind = "inmemory"
@@ -41,14 +105,17 @@ class RunnerOptions:
     extra_args: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.kind not in ("inmemory", "multiprocess", "dask", "flink", "dataflow"):
-            raise RunnerError(
-                f"unknown runner {self.kind!r}; use inmemory, multiprocess, dask, flink or dataflow"
-            )
+        if self.kind not in KINDS:
+            raise RunnerError(f"unknown runner {self.kind!r}; use one of {', '.join(KINDS)} (beam: any Beam "
+                              "runner by its own flags, e.g. --runner=FlinkRunner --flink_master=host:8081)")
         if self.workers < 1:
             raise RunnerError(f"workers must be at least 1, got {self.workers}")
         if self.kind == "dask" and not self.dask_address:
             raise RunnerError("the dask runner needs dask_address (e.g. tcp://127.0.0.1:8786)")
+        if self.kind == "beam":
+            check_beam_args(self.extra_args)
+        elif "runner" in _flags(self.extra_args):
+            raise RunnerError(f"--runner in the Beam flags needs the beam runner, not {self.kind!r}")
 
     def build(self) -> tuple[PipelineRunner | str, PipelineOptions]:
         """The runner and pipeline options for ``beam.Pipeline(runner, options=...)``."""
@@ -64,9 +131,8 @@ class RunnerOptions:
             from apache_beam.runners.dask.dask_runner import DaskRunner
 
             return DaskRunner(), PipelineOptions([f"--dask_client_address={self.dask_address}", *args])
-        if self.kind == "flink":
-            return "PortableRunner", PipelineOptions(["--runner=FlinkRunner", *args])
-        return "DataflowRunner", PipelineOptions(args)
+        options = PipelineOptions(args)
+        return str(options.view_as(StandardOptions).runner), options
 
 
 def run_pipeline(options: RunnerOptions, attach: Callable[[beam.Pipeline], object]) -> PipelineResult:

@@ -105,10 +105,10 @@ class ScoringResult:
 
 def resolve_model(spec: ScoringSpec, archive: ArchiveInfo) -> ModelRef:
     """Resolves ``latest``, checks the model against the archive, and describes the store it writes."""
-    from nowcast.model.registry import METADATA_FILE, check_archive, resolve_version
+    from nowcast.model.registry import check_archive, read_metadata, resolve_version
 
     path = resolve_version(spec.models, spec.model, spec.version)
-    metadata = json.loads((path / METADATA_FILE).read_text())
+    metadata = read_metadata(path)
     normalization = metadata.get("normalization") or {}
     channels = tuple(normalization.get("channels") or metadata.get("channels") or ())
     target = str(normalization.get("target") or metadata.get("target") or "")
@@ -140,7 +140,7 @@ def plan(spec: ScoringSpec,
     if exclude:
         todo = np.asarray([i for i in todo if int(i) not in exclude], dtype="int64")
     remove_stale_temporaries(spec.forecasts, model.identity.target, todo)
-    tasks = plan_tasks(todo, archive.time_chunk)
+    tasks = plan_tasks(todo.tolist(), archive.time_chunk)
     counts = ScoringResult(forecasts=spec.forecasts, selected=len(selected), scored=0,
                            already_written=int(np.sum(ok & written & (not spec.overwrite))),
                            missing_input=int(np.sum(~ok)), tasks=len(tasks))

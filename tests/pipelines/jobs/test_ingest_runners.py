@@ -26,9 +26,64 @@ def test_inmemory_multiprocess_and_dask_write_identical_stores(tmp_path, dask_sc
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dask.zarr", "inmemory.zarr", "multiprocess.zarr"]
 
 
+@pytest.mark.slow
+def test_beam_flags_pass_through_to_any_beam_runner(tmp_path):
+    """``kind="beam"`` runs whatever Beam runner its flags name, with the flags unchanged.
+
+    BundleBasedDirectRunner is the Beam runner here that needs nothing from
+    the internet; Flink, Spark and Dataflow need their clusters (checked below
+    for their required options only).
+    """
+    source = get_source("synthetic", shape=(24, 20), n_frames=20, seed=5)
+    stores = {}
+    for name, options in (("local", RunnerOptions("inmemory")),
+                          ("beam", RunnerOptions("beam", extra_args=("--runner=BundleBasedDirectRunner",)))):
+        url = str(tmp_path / f"{name}.zarr")
+        run(IngestSpec(archive=url, source=source, time_chunk=8), options)
+        stores[name] = snapshot(url)
+    assert stores["local"] == stores["beam"]
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    ((), "needs --runner=<Name>"),
+    (("--runner=FlinkRunner",), "needs --flink_master"),
+    (("--runner=SparkRunner",), "needs --spark_master_url or --spark_rest_url"),
+    (("--runner=PortableRunner",), "needs --job_endpoint"),
+    (("--runner=DataflowRunner", "--project=p"), "needs --region, --temp_location or --staging_location"),
+    (("--runner=DirectRunner",), "downloads the Prism binary"),
+])
+def test_beam_runners_name_the_option_they_miss(flags, message):
+    with pytest.raises(RunnerError, match=message):
+        RunnerOptions("beam", extra_args=flags)
+
+
+def test_beam_flags_are_handed_to_beam_unchanged():
+    flags = ("--runner=FlinkRunner", "--flink_master=flink.example.org:8081", "--parallelism=4",
+             "--environment_type=DOCKER")
+    runner, options = RunnerOptions("beam", extra_args=flags).build()
+    assert runner == "FlinkRunner"
+    everything = options.get_all_options(retain_unknown_options=True)
+    assert (everything["flink_master"], everything["parallelism"]) == ("flink.example.org:8081", 4)
+    assert everything["environment_type"] == "DOCKER"
+
+
+def test_cli_reports_a_missing_beam_option_with_exit_2(tmp_path, capsys):
+    from nowcast.flows.cli import main
+
+    code = main(["ingest", "--archive", str(tmp_path / "a.zarr"), "--synthetic", "--frames", "4", "--size",
+                 "16", "--runner", "beam", "--", "--runner=FlinkRunner"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "needs --flink_master" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "a.zarr").exists()
+
+
 def test_runner_options_are_validated():
     with pytest.raises(RunnerError, match="unknown runner"):
         RunnerOptions("spark")  # type: ignore[arg-type]
+    with pytest.raises(RunnerError, match="needs the beam runner"):
+        RunnerOptions("inmemory", extra_args=("--runner=FlinkRunner",))
     with pytest.raises(RunnerError, match="dask_address"):
         RunnerOptions("dask")
     with pytest.raises(RunnerError, match="at least 1"):
