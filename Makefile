@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TF_EXTRA ?= cpu
 
-.PHONY: demo test test-fast lint typecheck bench bench-quick server clean-venv constraints
+.PHONY: demo test test-fast lint typecheck bench bench-quick server stack stack-down clean-venv constraints
 
 $(STAMP): pyproject.toml requirements/constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,13 @@ demo: $(STAMP)
 ## server: a local Prefect server (SQLite, http://127.0.0.1:4200) serving every deployment over runs/demo
 server: $(STAMP)
 	$(VENV)/bin/nowcast server --workdir runs/demo
+
+## stack: the deployment on this machine (PostgreSQL-backed Prefect server, process worker, S3, dask)
+stack: $(STAMP)
+	$(VENV)/bin/nowcast stack up --folder runs/stack
+
+stack-down: $(STAMP)
+	$(VENV)/bin/nowcast stack down --folder runs/stack
 
 ## test: lint, type check and the whole test suite; test-fast: the tests not marked slow
 test: lint typecheck

@@ -119,6 +119,34 @@ def cmd_server(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_stack(args: argparse.Namespace) -> int:
+    from nowcast.flows import stack
+
+    try:
+        return _stack_action(stack, args)
+    except stack.StackError as error:  # a service that did not start: its log says why
+        print(f"nowcast stack {args.action}: error: {error}", file=sys.stderr)
+        return 1
+
+
+def _stack_action(stack, args: argparse.Namespace) -> int:
+    if args.action == "up":
+        state = stack.up(args.folder, workers=args.workers)
+        env = stack.client_env(state)
+        print(f"stack up in {state['folder']}: Prefect UI {env['PREFECT_API_URL'].removesuffix('/api')}, "
+              f"S3 {env['AWS_ENDPOINT_URL']}, dask {env['NOWCAST_DASK_ADDRESS']}; stores in "
+              f"{env['NOWCAST_STORES']}")
+        print("client environment (export these to use it):")
+    elif args.action == "down":
+        stopped = stack.down(args.folder)
+        print(f"stopped {', '.join(stopped)}" if stopped else f"no stack was up in {args.folder}")
+        return 0
+    state = stack.read_state(args.folder)
+    for key, value in stack.client_env(state).items():
+        print(f"export {key}={value}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nowcast", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress of every chunk")
@@ -168,6 +196,13 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--files-port", type=int, default=4201, help="port serving the PNG artifacts")
     server.add_argument("--cron", default="*/5 * * * *", help="cron of the ingest and forecast deployments")
     server.set_defaults(func=cmd_server)
+
+    stack = sub.add_parser("stack", help="the deployment on this machine: PostgreSQL-backed Prefect server, "
+                                         "a process worker, S3 (moto), a dask cluster")
+    stack.add_argument("action", choices=["up", "down", "status"])
+    stack.add_argument("--folder", default="runs/stack", help="state, logs and the database")
+    stack.add_argument("--workers", type=int, default=2, help="dask worker processes")
+    stack.set_defaults(func=cmd_stack)
     return parser
 
 

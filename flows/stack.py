@@ -1,0 +1,297 @@
+"""``nowcast stack up|down|status``: the deployment, as separate processes on this machine.
+
+What a weather service runs on several machines, started here as separate
+process trees that share nothing but their network ports and the object
+store:
+
+- **PostgreSQL** (Debian's ``postgresql``; its own cluster under the stack
+  folder) behind **a Prefect server** (``prefect server start``; SQLite
+  stays the laptop default of ``nowcast server``);
+- **an S3-compatible object store**: moto's server (``moto_server``, a real S3
+  HTTP API on 127.0.0.1) holding every store in the bucket ``nowcast``;
+  clients find it through ``AWS_ENDPOINT_URL`` and take credentials from the
+  environment (moto's dummy ones here, never in a file of the repository);
+- **a dask.distributed cluster**: ``dask scheduler`` and ``workers`` ``dask
+  worker`` processes, each in its own working directory with its own
+  ``TMPDIR``, for the Beam jobs' DaskRunner;
+- **deployments registered with** ``prefect deploy`` from infra/prefect.yaml
+  (the process pool's ones) and **a** ``prefect worker`` on that pool, a
+  separate process that runs them.
+
+``up`` writes ``stack.json`` (ports, process ids, the environment a client
+needs: :func:`client_env`) into the stack folder; ``down`` stops every
+process (process groups, newest first) and the database. The logs stay in
+the stack folder. Run as root, PostgreSQL runs as the ``postgres`` user with
+its data in a private temporary folder, which ``down`` removes (the stack is
+for trying the deployment out, not for keeping the Prefect history); as
+another user the database lives in the stack folder and is kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+STATE_FILE = "stack.json"
+BUCKET = "nowcast"
+POOL = "local-process"
+# the process pool's deployments of infra/prefect.yaml (`prefect deploy --name`: flow function/deployment)
+DEPLOYMENTS = ("ingest_flow/scheduled", "forecast_flow/scheduled-cpu", "backfill_flow/on-demand-cpu",
+               "train_flow/on-demand-cpu", "evaluate_flow/on-demand")
+REPO = Path(__file__).resolve().parents[1]
+DUMMY_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "nowcast-stack", "AWS_SECRET_ACCESS_KEY": "nowcast-stack",
+                     "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+class StackError(RuntimeError):
+    """A part of the stack that could not start; the message names it and its log."""
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _bin(name: str) -> str:
+    """An executable of this environment (beside the running Python), else from PATH."""
+    here = Path(sys.executable).parent / name
+    found = str(here) if here.exists() else shutil.which(name)
+    if not found:
+        raise StackError(f"{name} is not installed; install the dev extra (pip install -e '.[dev]')")
+    return found
+
+
+def _postgres_bin() -> Path:
+    """The binaries of Debian's newest PostgreSQL."""
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4]))
+    if not found:
+        raise StackError("PostgreSQL is not installed: apt-get install postgresql (Debian), as .ci/run does")
+    return Path(found[-1]).parent
+
+
+def _as_postgres(command: Sequence[str]) -> list[str]:
+    """PostgreSQL refuses to run as root: as root, run it as the ``postgres`` user."""
+    return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else list(command)
+
+
+def _wait(what: str, ready, log: Path, timeout_s: float = 120.0, process: subprocess.Popen | None = None):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with contextlib.suppress(OSError, ValueError):
+            if ready():
+                return
+        if process is not None and process.poll() is not None:
+            raise StackError(f"{what} exited with {process.returncode}; see {log}")
+        if time.monotonic() > deadline:
+            raise StackError(f"{what} did not become ready in {timeout_s:.0f} s; see {log}")
+        time.sleep(0.3)
+
+
+def _listening(port: int) -> bool:
+    with socket.create_connection(("127.0.0.1", port), 1):
+        return True
+
+
+def _http_ok(url: str) -> bool:
+    with urllib.request.urlopen(url, timeout=2) as response:
+        return 200 <= response.status < 500
+
+
+def _start(name: str, command: Sequence[str], folder: Path, env: Mapping[str, str],
+           cwd: Path | None = None) -> subprocess.Popen:
+    """A service in its own process group, its output in ``folder/<name>.log``."""
+    with open(folder / f"{name}.log", "ab") as log:
+        return subprocess.Popen(list(command), stdout=log, stderr=subprocess.STDOUT, cwd=cwd or folder,
+                                env=dict(env), start_new_session=True)
+
+
+def client_env(state: Mapping[str, object]) -> dict[str, str]:
+    """What a client of the stack sets: the Prefect API, the object store and its credentials."""
+    env = state["env"]
+    assert isinstance(env, Mapping)
+    return {str(k): str(v) for k, v in env.items()}
+
+
+def _run(what: str, command: Sequence[str]) -> None:
+    done = subprocess.run(list(command), capture_output=True, text=True)
+    if done.returncode:
+        raise StackError(f"{what} failed ({done.returncode}): {(done.stderr or done.stdout).strip()[-2000:]}")
+
+
+def _postgres_data(folder: Path) -> Path:
+    """The database folder. As root, PostgreSQL runs as ``postgres``, which may not enter ``folder``
+    (pytest's and many home folders are private), so the data then lives in a folder of its own
+    under the system's temporary folder, recorded in the stack's state."""
+    if os.geteuid() != 0:
+        return folder / "postgres"
+    import tempfile
+
+    data = Path(tempfile.mkdtemp(prefix="nowcast-stack-pg-"))
+    data.chmod(0o700)
+    shutil.chown(data, "postgres")
+    return data
+
+
+def _postgres(data: Path, port: int) -> str:
+    pg = _postgres_bin()
+    if not (data / "PG_VERSION").exists():
+        data.mkdir(parents=True, exist_ok=True)
+        _run("initdb", _as_postgres([str(pg / "initdb"), "-D", str(data), "-U", "nowcast", "--auth=trust",
+                                     "-E", "UTF8"]))
+    options = f"-p {port} -k {data} -c listen_addresses=127.0.0.1"
+    _run("PostgreSQL", _as_postgres([str(pg / "pg_ctl"), "-D", str(data), "-l", str(data / "server.log"),
+                                     "-w", "-o", options, "start"]))
+    created = subprocess.run([str(pg / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "nowcast",
+                              "prefect"], capture_output=True, text=True)
+    if created.returncode and "already exists" not in created.stderr:
+        raise StackError(f"createdb failed: {created.stderr.strip()}")
+    return f"postgresql+asyncpg://nowcast@127.0.0.1:{port}/prefect"
+
+
+def up(folder: str | Path = "runs/stack", workers: int = 2) -> dict[str, object]:
+    """Starts the stack (see the module docstring); returns its state, also written to ``stack.json``."""
+    root = Path(folder).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    if (root / STATE_FILE).exists():
+        raise StackError(f"a stack is already up in {root} ({STATE_FILE} exists): nowcast stack down first")
+    ports = {name: _free_port() for name in ("postgres", "s3", "prefect", "dask")}
+    s3 = f"http://127.0.0.1:{ports['s3']}"
+    api = f"http://127.0.0.1:{ports['prefect']}/api"
+    stores = f"s3://{BUCKET}"
+    client = {**{k: os.environ.get(k, v) for k, v in DUMMY_CREDENTIALS.items()},
+              "AWS_ENDPOINT_URL": s3, "PREFECT_API_URL": api, "NOWCAST_STORES": stores,
+              "NOWCAST_STORAGE_ROOTS": stores, "NOWCAST_DASK_ADDRESS": f"tcp://127.0.0.1:{ports['dask']}",
+              "NOWCAST_REPO": str(REPO), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    base = {**os.environ, **client}
+    state: dict[str, object] = {"folder": str(root), "ports": ports, "env": client, "pids": {}}
+    pids: dict[str, int] = state["pids"]  # type: ignore[assignment]
+
+    def save() -> None:
+        (root / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
+
+    data = _postgres_data(root)
+    state["postgres_data"] = str(data)
+    save()
+    try:
+        database = _postgres(data, ports["postgres"])
+        state["database"] = database
+        moto = _start("s3", [_bin("moto_server"), "-p", str(ports["s3"])], root, base)
+        pids["s3"] = moto.pid
+        save()
+        _wait("moto S3 server", lambda: _http_ok(s3), root / "s3.log", process=moto)
+        import s3fs
+
+        s3fs.S3FileSystem(key=client["AWS_ACCESS_KEY_ID"], secret=client["AWS_SECRET_ACCESS_KEY"],
+                          client_kwargs={"endpoint_url": s3}
+                          ).mkdir(BUCKET)
+        home = root / "prefect-home"
+        home.mkdir(exist_ok=True)
+        server_env = {**base, "PREFECT_HOME": str(home), "PREFECT_API_DATABASE_CONNECTION_URL": database}
+        server_env.pop("PREFECT_API_URL")
+        server = _start("prefect-server", [_bin("prefect"), "server", "start", "--host", "127.0.0.1",
+                                           "--port", str(ports["prefect"])], root, server_env)
+        pids["prefect-server"] = server.pid
+        save()
+        _wait("Prefect server", lambda: _http_ok(f"{api}/health"), root / "prefect-server.log", 180, server)
+        scheduler = _start("dask-scheduler", [_bin("dask"), "scheduler", "--host", "127.0.0.1", "--port",
+                                              str(ports["dask"]), "--no-dashboard"], root, base)
+        pids["dask-scheduler"] = scheduler.pid
+        save()
+        _wait("dask scheduler", lambda: _listening(ports["dask"]), root / "dask-scheduler.log",
+              process=scheduler)
+        for i in range(workers):  # each its own working directory and TMPDIR: nothing shared but S3
+            own = root / f"dask-worker-{i}"
+            (own / "tmp").mkdir(parents=True, exist_ok=True)
+            worker = _start(f"dask-worker-{i}", [_bin("dask"), "worker", client["NOWCAST_DASK_ADDRESS"],
+                                                 "--nworkers", "1", "--nthreads", "1", "--no-dashboard",
+                                                 "--local-directory", str(own)],
+                            root, {**base, "TMPDIR": str(own / "tmp"), "HOME": str(own)}, cwd=own)
+            pids[f"dask-worker-{i}"] = worker.pid
+        save()
+        _prefect(["work-pool", "create", POOL, "--type", "process", "--overwrite"], base, root)
+        deploy = [arg for name in DEPLOYMENTS for arg in ("--name", name)]
+        _prefect(["deploy", "--prefect-file", str(REPO / "infra" / "prefect.yaml"), *deploy, "--no-prompt"],
+                 base, root, cwd=REPO)
+        worker_home = root / "prefect-worker"
+        (worker_home / "tmp").mkdir(parents=True, exist_ok=True)
+        prefect_worker = _start("prefect-worker", [_bin("prefect"), "worker", "start", "--pool", POOL,
+                                                   "--type", "process"],
+                                root, {**base, "TMPDIR": str(worker_home / "tmp")}, cwd=worker_home)
+        pids["prefect-worker"] = prefect_worker.pid
+        save()
+        _wait("Prefect worker", lambda: "started" in (root / "prefect-worker.log").read_text().lower(),
+              root / "prefect-worker.log", 120, prefect_worker)
+    except BaseException:
+        down(root)
+        raise
+    return state
+
+
+def _prefect(args: Sequence[str], env: Mapping[str, str], folder: Path, cwd: Path | None = None) -> None:
+    done = subprocess.run([_bin("prefect"), *args], env=dict(env), cwd=cwd or folder, capture_output=True,
+                          text=True, timeout=300)
+    with open(folder / "prefect-cli.log", "a") as log:
+        log.write(f"$ prefect {' '.join(args)}\n{done.stdout}{done.stderr}\n")
+    if done.returncode:
+        raise StackError(f"prefect {args[0]} failed ({done.returncode}); see {folder / 'prefect-cli.log'}")
+
+
+def read_state(folder: str | Path = "runs/stack") -> dict[str, object]:
+    path = Path(folder).resolve() / STATE_FILE
+    if not path.is_file():
+        raise StackError(f"no stack is up in {Path(folder).resolve()}: nowcast stack up first")
+    return json.loads(path.read_text())
+
+
+def down(folder: str | Path = "runs/stack", timeout_s: float = 20.0) -> list[str]:
+    """Stops every process of the stack and its database; returns what was stopped."""
+    root = Path(folder).resolve()
+    path = root / STATE_FILE
+    if not path.is_file():
+        return []
+    state = json.loads(path.read_text())
+    stopped = []
+    for name, pid in reversed(list(state.get("pids", {}).items())):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGTERM)
+            stopped.append(name)
+    deadline = time.monotonic() + timeout_s
+    for pid in state.get("pids", {}).values():
+        while time.monotonic() < deadline and _alive(pid):
+            time.sleep(0.2)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            if _alive(pid):
+                os.killpg(pid, signal.SIGKILL)
+    data = Path(state.get("postgres_data", root / "postgres"))
+    if (data / "postmaster.pid").exists():
+        subprocess.run(_as_postgres([str(_postgres_bin() / "pg_ctl"), "-D", str(data), "-m", "fast", "-w",
+                                     "stop"]), capture_output=True)
+        stopped.append("postgres")
+    if data.parent != root:  # root's database folder outside the stack folder: the stack's own
+        shutil.rmtree(data, ignore_errors=True)
+    path.unlink()
+    return stopped
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with contextlib.suppress(ChildProcessError):
+        finished, _ = os.waitpid(pid, os.WNOHANG)
+        if finished:
+            return False
+    return True
