@@ -9,6 +9,11 @@ do into chunks of ``chunk_size``, and scores each chunk as a task, at most
 ``concurrency`` at a time. The store's per-init-time ``written`` flag makes it
 resumable: a rerun after a crash or a cancel plans only what is missing. A
 progress artifact follows the chunks.
+
+Every scoring job takes the forecast store's turn first
+(:mod:`nowcast.flows.concurrency`): a scheduled forecast and an overlapping
+backfill, or two backfills, score one after the other and each skips what
+the other wrote, so no init time is written twice, even across a promotion.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 from prefect.futures import PrefectFuture, as_completed
 
 from nowcast.flows.artifacts import artifact_key, publish_store
+from nowcast.flows.concurrency import store_slot
 from nowcast.flows.params import BackfillParams, ForecastParams, Runner
 from nowcast.pipelines.jobs import scoring
 from nowcast.pipelines.plans.scoring import ScoringSpec
@@ -82,8 +88,9 @@ def plan_pending(spec: ScoringSpec) -> Pending:
 
 @task(name="score-init-times", retries=1, retry_delay_seconds=2)
 def score(spec: ScoringSpec, runner: Runner) -> scoring.ScoringResult:
-    """Scores the listed init times (those written meanwhile are skipped by the job)."""
-    result = scoring.run(spec, runner.options())
+    """Scores the listed init times in the store's turn (those written meanwhile are skipped)."""
+    with store_slot(spec.forecasts):
+        result = scoring.run(spec, runner.options())
     get_run_logger().info(result.summary())
     return result
 

@@ -1,0 +1,54 @@
+"""Writers of one store take turns: a Prefect global concurrency limit of one slot per store.
+
+The forecast store's writes are chunk-disjoint per init time, but two runs
+that plan the same init time at the same moment (the scheduled forecast and
+an overlapping backfill, or two backfills) would both score and write it,
+and across a promotion with different model versions. So every scoring job
+a flow starts first takes the store's slot (:func:`store_slot`), then plans
+inside it (the job skips what is written), so no init time is written
+twice. One job still spreads over every worker of its runner; what waits is
+the next job on the same store. The limit is created on first use (named
+``nowcast-store-<hash of the URL>``, one slot); a run that cannot reach the
+Prefect API fails rather than write unguarded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from collections.abc import Iterator
+
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+from prefect.concurrency.sync import concurrency
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+PREFIX = "nowcast-store-"
+
+
+def slot_name(url: str) -> str:
+    """The limit's name for a store URL (Prefect names cannot hold every URL character).
+
+    >>> slot_name("s3://bucket/forecasts.zarr")
+    'nowcast-store-1e1318b04c742209'
+    """
+    return PREFIX + hashlib.sha256(url.rstrip("/").encode()).hexdigest()[:16]
+
+
+def ensure_limit(name: str) -> None:
+    """Creates the one-slot limit ``name`` unless it exists (two creators racing is fine)."""
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            with contextlib.suppress(ObjectAlreadyExists):
+                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
+
+
+@contextlib.contextmanager
+def store_slot(url: str, timeout_s: float | None = None) -> Iterator[None]:
+    """Holds the store's one slot for the block (waits for it; ``timeout_s`` None: as long as it takes)."""
+    name = slot_name(url)
+    ensure_limit(name)
+    with concurrency(name, occupy=1, timeout_seconds=timeout_s, strict=True):
+        yield

@@ -1,0 +1,34 @@
+"""Writers of one store take turns (nowcast.flows.concurrency), on a real Prefect server."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from nowcast.flows.concurrency import slot_name, store_slot
+
+
+def test_one_writer_at_a_time_per_store_and_stores_do_not_block_each_other(prefect_server, tmp_path):
+    store, other = str(tmp_path / "forecasts.zarr"), str(tmp_path / "other.zarr")
+    assert slot_name(store) != slot_name(other)
+    inside, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with store_slot(store):
+            inside.set()
+            release.wait(60)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert inside.wait(60)
+        with pytest.raises(TimeoutError), store_slot(store, timeout_s=2):
+            pytest.fail("a second writer got the store's slot while the first held it")
+        with store_slot(other, timeout_s=10):  # another store is free
+            pass
+    finally:
+        release.set()
+        holder.join(60)
+    with store_slot(store, timeout_s=10):  # released: the next writer's turn
+        pass
