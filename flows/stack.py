@@ -40,7 +40,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 STATE_FILE = "stack.json"
@@ -71,6 +71,33 @@ def _bin(name: str) -> str:
     if not found:
         raise StackError(f"{name} is not installed; install the dev extra (pip install -e '.[dev]')")
     return found
+
+
+S3_CLIENT_VARIABLES = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
+
+
+@contextlib.contextmanager
+def s3_client(env: Mapping[str, str]) -> Iterator[None]:
+    """This process as a client of the stack's object store for the block (``env``: its S3 variables).
+
+    Sets the S3 variables in ``os.environ`` and restores them afterwards, and
+    drops s3fs's cached filesystems on both sides, which keep the endpoint
+    they were made with.
+    """
+    import s3fs
+
+    saved = {k: os.environ.get(k) for k in S3_CLIENT_VARIABLES}
+    os.environ.update({k: env[k] for k in S3_CLIENT_VARIABLES if k in env})
+    s3fs.S3FileSystem.clear_instance_cache()
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        s3fs.S3FileSystem.clear_instance_cache()
 
 
 def _postgres_bin() -> Path:
@@ -160,6 +187,43 @@ def _postgres(data: Path, port: int) -> str:
     return f"postgresql+asyncpg://nowcast@127.0.0.1:{port}/prefect"
 
 
+def start_s3(folder: Path, port: int, env: Mapping[str, str]) -> subprocess.Popen:
+    """moto's S3 server on ``port``, ready, with the bucket ``nowcast`` (credentials from ``env``)."""
+    moto = _start("s3", [_bin("moto_server"), "-p", str(port)], folder, env)
+    endpoint = f"http://127.0.0.1:{port}"
+    _wait("moto S3 server", lambda: _http_ok(endpoint), folder / "s3.log", process=moto)
+    import s3fs
+
+    s3fs.S3FileSystem(key=env["AWS_ACCESS_KEY_ID"], secret=env["AWS_SECRET_ACCESS_KEY"],
+                      client_kwargs={"endpoint_url": endpoint}).mkdir(BUCKET)
+    return moto
+
+
+def start_dask(folder: Path, port: int, workers: int, env: Mapping[str, str]) -> list[subprocess.Popen]:
+    """``dask scheduler`` on ``port`` and ``workers`` one-thread ``dask worker`` processes, each in its own
+    folder with its own TMPDIR and HOME (nothing shared but the network and the object store)."""
+    scheduler = _start("dask-scheduler", [_bin("dask"), "scheduler", "--host", "127.0.0.1", "--port",
+                                          str(port), "--no-dashboard"], folder, env)
+    _wait("dask scheduler", lambda: _listening(port), folder / "dask-scheduler.log", process=scheduler)
+    started = [scheduler]
+    for i in range(workers):
+        own = folder / f"dask-worker-{i}"
+        (own / "tmp").mkdir(parents=True, exist_ok=True)
+        started.append(_start(f"dask-worker-{i}", [_bin("dask"), "worker", f"tcp://127.0.0.1:{port}",
+                                                   "--nworkers", "1", "--nthreads", "1", "--no-dashboard",
+                                                   "--local-directory", str(own)],
+                              folder, {**env, "TMPDIR": str(own / "tmp"), "HOME": str(own)}, cwd=own))
+    return started
+
+
+def wait_for_workers(address: str, workers: int, timeout_s: float = 120.0) -> None:
+    """Blocks until ``workers`` workers have joined the scheduler at ``address``."""
+    from distributed import Client
+
+    with Client(address, timeout=timeout_s) as client:
+        client.wait_for_workers(workers, timeout=timeout_s)
+
+
 def up(folder: str | Path = "runs/stack", workers: int = 2) -> dict[str, object]:
     """Starts the stack (see the module docstring); returns its state, also written to ``stack.json``."""
     root = Path(folder).resolve()
@@ -187,15 +251,8 @@ def up(folder: str | Path = "runs/stack", workers: int = 2) -> dict[str, object]
     try:
         database = _postgres(data, ports["postgres"])
         state["database"] = database
-        moto = _start("s3", [_bin("moto_server"), "-p", str(ports["s3"])], root, base)
-        pids["s3"] = moto.pid
+        pids["s3"] = start_s3(root, ports["s3"], base).pid
         save()
-        _wait("moto S3 server", lambda: _http_ok(s3), root / "s3.log", process=moto)
-        import s3fs
-
-        s3fs.S3FileSystem(key=client["AWS_ACCESS_KEY_ID"], secret=client["AWS_SECRET_ACCESS_KEY"],
-                          client_kwargs={"endpoint_url": s3}
-                          ).mkdir(BUCKET)
         home = root / "prefect-home"
         home.mkdir(exist_ok=True)
         server_env = {**base, "PREFECT_HOME": str(home), "PREFECT_API_DATABASE_CONNECTION_URL": database}
@@ -205,21 +262,10 @@ def up(folder: str | Path = "runs/stack", workers: int = 2) -> dict[str, object]
         pids["prefect-server"] = server.pid
         save()
         _wait("Prefect server", lambda: _http_ok(f"{api}/health"), root / "prefect-server.log", 180, server)
-        scheduler = _start("dask-scheduler", [_bin("dask"), "scheduler", "--host", "127.0.0.1", "--port",
-                                              str(ports["dask"]), "--no-dashboard"], root, base)
-        pids["dask-scheduler"] = scheduler.pid
+        for i, process in enumerate(start_dask(root, ports["dask"], workers, base)):
+            pids["dask-scheduler" if i == 0 else f"dask-worker-{i - 1}"] = process.pid
         save()
-        _wait("dask scheduler", lambda: _listening(ports["dask"]), root / "dask-scheduler.log",
-              process=scheduler)
-        for i in range(workers):  # each its own working directory and TMPDIR: nothing shared but S3
-            own = root / f"dask-worker-{i}"
-            (own / "tmp").mkdir(parents=True, exist_ok=True)
-            worker = _start(f"dask-worker-{i}", [_bin("dask"), "worker", client["NOWCAST_DASK_ADDRESS"],
-                                                 "--nworkers", "1", "--nthreads", "1", "--no-dashboard",
-                                                 "--local-directory", str(own)],
-                            root, {**base, "TMPDIR": str(own / "tmp"), "HOME": str(own)}, cwd=own)
-            pids[f"dask-worker-{i}"] = worker.pid
-        save()
+        wait_for_workers(client["NOWCAST_DASK_ADDRESS"], workers)
         _prefect(["work-pool", "create", POOL, "--type", "process", "--overwrite"], base, root)
         deploy = [arg for name in DEPLOYMENTS for arg in ("--name", name)]
         _prefect(["deploy", "--prefect-file", str(REPO / "infra" / "prefect.yaml"), *deploy, "--no-prompt"],
