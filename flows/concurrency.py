@@ -10,12 +10,19 @@ twice. One job still spreads over every worker of its runner; what waits is
 the next job on the same store. The limit is created on first use (named
 ``nowcast-store-<hash of the URL>``, one slot); a run that cannot reach the
 Prefect API fails rather than write unguarded.
+
+A slot is a lease the holder renews while it works. A holder that dies
+without releasing it (killed, its machine lost) stops renewing, and the
+server's repossessor frees the slot once the lease runs out: the lease is
+Prefect's shortest, 60 s, so the next writer waits at most about 75 s.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
+import time
 from collections.abc import Iterator
 
 from prefect.client.orchestration import get_client
@@ -24,6 +31,9 @@ from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 PREFIX = "nowcast-store-"
+LEASE_S = 60  # the server's minimum; a dead holder's slot is freed this long after its last renewal
+
+log = logging.getLogger(__name__)
 
 
 def slot_name(url: str) -> str:
@@ -35,20 +45,27 @@ def slot_name(url: str) -> str:
     return PREFIX + hashlib.sha256(url.rstrip("/").encode()).hexdigest()[:16]
 
 
-def ensure_limit(name: str) -> None:
-    """Creates the one-slot limit ``name`` unless it exists (two creators racing is fine)."""
+def ensure_limit(name: str) -> int:
+    """Creates the one-slot limit ``name`` unless it exists (two creators racing is fine); its busy slots."""
     with get_client(sync_client=True) as client:
         try:
-            client.read_global_concurrency_limit_by_name(name)
+            return client.read_global_concurrency_limit_by_name(name).active_slots
         except ObjectNotFound:
             with contextlib.suppress(ObjectAlreadyExists):
                 client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
+            return 0
 
 
 @contextlib.contextmanager
 def store_slot(url: str, timeout_s: float | None = None) -> Iterator[None]:
     """Holds the store's one slot for the block (waits for it; ``timeout_s`` None: as long as it takes)."""
     name = slot_name(url)
-    ensure_limit(name)
-    with concurrency(name, occupy=1, timeout_seconds=timeout_s, strict=True):
+    busy = ensure_limit(name)
+    if busy:
+        log.warning("%s is being written by another run; waiting for its turn (a killed writer's slot "
+                    "frees within about %d s)", url, LEASE_S + 15)
+    started = time.monotonic()
+    with concurrency(name, occupy=1, timeout_seconds=timeout_s, lease_duration=LEASE_S, strict=True):
+        if busy:
+            log.info("%s: our turn came after %.0f s", url, time.monotonic() - started)
         yield

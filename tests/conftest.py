@@ -34,12 +34,51 @@ def dask_scheduler() -> str:
 
 
 @pytest.fixture(scope="session")
-def prefect_server():
-    """A real temporary Prefect server (SQLite) for the whole session (about 10 s to start)."""
-    from prefect.testing.utilities import prefect_test_harness
+def prefect_server(tmp_path_factory):
+    """A real ``prefect server start`` (SQLite, its own PREFECT_HOME) for the whole session.
 
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
+    Not ``prefect_test_harness``: its ephemeral server runs none of the server's
+    services, so the repossessor never frees a concurrency slot whose holder was
+    killed, and a test that kills a writer would wait for its slot forever.
+    """
+    import subprocess
+    import sys
+
+    import prefect.context
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from nowcast.flows.serve import wait_for_api
+
+    home = tmp_path_factory.mktemp("prefect-server")
+    api = f"http://127.0.0.1:{_free_port()}/api"
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "PREFECT_UI_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
+    with open(home / "server.log", "w") as log:
+        server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+                                   "--port", api.split(":")[-1].removesuffix("/api")],
+                                  env=env, cwd=home, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for_api(api, timeout_s=180)
+        os.environ["PREFECT_API_URL"] = api  # for the subprocesses tests start
+        # threads start with a fresh context: make the setting the process-global one too (as the
+        # test harness does)
+        with temporary_settings({PREFECT_API_URL: api}), \
+                prefect.context._temporary_global_settings_context(prefect.context.get_settings_context()):
+            yield api
+            # ship the session's flow-run logs and events while the server still answers
+            APILogWorker.drain_all()
+            EventsWorker.drain_all()
+    finally:
+        os.environ.pop("PREFECT_API_URL", None)
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
 
 
 def _free_port() -> int:
