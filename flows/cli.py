@@ -52,7 +52,7 @@ def runner_from_args(args: argparse.Namespace) -> RunnerOptions:
 
 
 def source_from_args(args: argparse.Namespace):
-    from nowcast.pipelines.sources import detect_radar_format, get_source
+    from nowcast.pipelines.sources import folder_source, get_source
 
     if args.synthetic == bool(args.input):
         raise ValueError("give exactly one of --input DIR or --synthetic")
@@ -60,10 +60,7 @@ def source_from_args(args: argparse.Namespace):
         return get_source("synthetic", shape=(args.size, args.size), n_frames=args.frames,
                           start=args.synthetic_start, time_step=args.time_step or "PT5M",
                           seed=args.seed)
-    if args.format == "netcdf":
-        return get_source("netcdf", paths=args.input, variables=args.variables)
-    fmt = detect_radar_format(args.input) if args.format == "auto" else args.format
-    return get_source(fmt, directory=args.input)
+    return folder_source(args.input, args.format, args.variables)
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:

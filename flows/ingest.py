@@ -1,14 +1,15 @@
 """Prefect flow: ingest new frames into the archive (a thin shell over nowcast.pipelines.jobs.ingest).
 
-On a schedule it reads a folder of radar or NetCDF files and ingests only the
-files whose frame is not yet valid in the archive, so a run with nothing new
+On a schedule it reads a folder of radar or NetCDF files (searched
+recursively, so dated subfolders work; local or an object-store prefix such
+as ``s3://bucket/incoming``) and ingests only the files whose frame is not
+yet valid in the archive, so a run with nothing new
 does nothing. Without a folder it ingests the synthetic generator (the demo).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 
@@ -16,8 +17,8 @@ from nowcast.flows.artifacts import publish_store
 from nowcast.flows.params import IngestParams
 from nowcast.pipelines.jobs.ingest import IngestResult, IngestSpec, ingest_items
 from nowcast.pipelines.jobs.watch import pending_items
-from nowcast.pipelines.sources import detect_radar_format, get_source
-from nowcast.pipelines.sources.base import Source, sorted_unique
+from nowcast.pipelines.sources import folder_source, get_source
+from nowcast.pipelines.sources.base import Source, list_files, sorted_unique
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,17 +36,14 @@ def source_for(params: IngestParams) -> Source:
         return get_source("synthetic", shape=(params.synthetic_size, params.synthetic_size),
                           n_frames=params.synthetic_frames, start=params.synthetic_start, seed=params.seed,
                           density=params.synthetic_density)
-    if params.format == "netcdf":
-        return get_source("netcdf", paths=params.input_dir)
-    fmt = detect_radar_format(params.input_dir) if params.format == "auto" else params.format
-    return get_source(fmt, directory=params.input_dir)
+    return folder_source(params.input_dir, params.format)
 
 
 @task(name="ingest-new-frames", retries=1, retry_delay_seconds=5)
 def ingest_new(params: IngestParams) -> IngestResult | None:
     """Ingests the frames not yet valid in the archive; None when there are none."""
     logger = get_run_logger()
-    if params.input_dir and not any(path.is_file() for path in Path(params.input_dir).iterdir()):
+    if params.input_dir and not list_files(params.input_dir, ("",)):  # recursive, as the sources search
         logger.info("no files in %s: nothing to ingest", params.input_dir)
         return None
     source = source_for(params)

@@ -147,8 +147,9 @@ class IngestParams(_Stores):
     archive: StoreUrl = Field(f"{DEFAULT_WORKDIR}/archive.zarr", description="archive.zarr (created if new)")
     input_dir: str | None = Field(
         f"{DEFAULT_WORKDIR}/incoming",
-        description="folder of radar or NetCDF files; only files not yet in the archive are ingested "
-                    "(leave empty to use the synthetic generator)")
+        description="folder (or object-store prefix, e.g. s3://bucket/incoming) of radar or NetCDF files, "
+                    "searched recursively; only files not yet in the archive are ingested (leave empty "
+                    "to use the synthetic generator)")
     format: str = Field("auto", description="knmi, bom, fmi, mch, odim, netcdf, or auto (from the files)")
     synthetic_frames: int = Field(48, ge=1, le=100_000, description="synthetic: number of 5-minute frames")
     synthetic_size: int = Field(64, ge=8, le=4096, description="synthetic: grid size (square)")
@@ -162,7 +163,7 @@ class IngestParams(_Stores):
     def _check(self):
         if self.input_dir:
             folder = Path(self.input_dir)
-            if not folder.is_dir():
+            if "://" not in self.input_dir and not folder.is_dir():  # an object-store prefix may be empty
                 raise ParameterError(f"input_dir {self.input_dir!r} is not a folder; create it and drop "
                                      "files there, or leave it empty for synthetic data")
         else:
@@ -197,6 +198,10 @@ class TrainParams(_Stores):
     batch_size: int = Field(8, ge=1, le=1024, description="samples per batch")
     learning_rate: float = Field(2e-3, gt=0, le=1, description="Adam learning rate")
     seed: int = Field(0, ge=0, description="random seed")
+    promote: Literal["if_better", "always", "never"] = Field(
+        "if_better", description="if_better: latest moves to the new version only when it beats LK "
+                                 "extrapolation; always: a planned roll-out (the report still says by how "
+                                 "much it won or lost); never: register a candidate only")
     runner: Runner = Field(default_factory=Runner)
 
     @model_validator(mode="after")

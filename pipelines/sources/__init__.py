@@ -11,13 +11,15 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
-from nowcast.pipelines.sources.base import Source, SourceError, SourceItem
+from nowcast.pipelines.sources.base import Source, SourceError, SourceItem, list_files
+from nowcast.pipelines.sources.netcdf import SUFFIXES as NETCDF_SUFFIXES
 from nowcast.pipelines.sources.netcdf import NetCDFSource
-from nowcast.pipelines.sources.radar import FORMATS, RadarSource, detect_radar_format
+from nowcast.pipelines.sources.radar import FORMATS, NoRadarFilesError, RadarSource, detect_radar_format
 from nowcast.pipelines.sources.synthetic import SyntheticSource
 
 __all__ = ["FORMATS", "NetCDFSource", "RadarSource", "Source", "SourceError", "SourceItem",
-           "SyntheticSource", "detect_radar_format", "get_source", "source_kinds"]
+           "SyntheticSource", "detect_format", "detect_radar_format", "folder_source", "get_source",
+           "source_kinds"]
 
 
 def _radar(fmt: str | None = None, **options: Any) -> RadarSource:
@@ -68,3 +70,31 @@ def get_source(kind: str, **options: object) -> Source:
     except TypeError as error:
         accepted = [name for name in inspect.signature(cls).parameters if key == "radar" or name != "fmt"]
         raise SourceError(f"bad options for source {kind!r} ({error}); it accepts {accepted}") from error
+
+
+def detect_format(directory: str) -> str:
+    """The input format under ``directory``: a radar format (:func:`detect_radar_format`), or ``netcdf``
+    for CF NetCDF files that no radar format claims.
+
+    Raises:
+        SourceError: if neither is there, or radar formats are mixed.
+    """
+    try:
+        return detect_radar_format(directory)
+    except NoRadarFilesError as error:
+        if list_files(directory, NETCDF_SUFFIXES):
+            return "netcdf"
+        raise NoRadarFilesError(f"{error}; or CF NetCDF files ({', '.join(NETCDF_SUFFIXES)})") from None
+
+
+def folder_source(directory: str, fmt: str = "auto", variables: Any = None) -> Source:
+    """The source for a folder (or object-store prefix) of input files; ``fmt`` auto: :func:`detect_format`.
+
+    ``variables`` selects NetCDF variables (None: every gridded one).
+    """
+    fmt = detect_format(directory) if fmt == "auto" else fmt
+    if fmt == "netcdf":
+        chosen = {} if variables is None else {"variables": variables}
+        return get_source("netcdf", paths=directory, **chosen)
+    return get_source(fmt, directory=directory)
+

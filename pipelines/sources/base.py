@@ -8,13 +8,17 @@ are frozen dataclasses of plain configuration: Beam pickles them to workers.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import itertools
 import os
+import posixpath
+import shutil
+import tempfile
 import warnings
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -80,15 +84,25 @@ class Source(Protocol):
         ...
 
 
+def is_url(path: str) -> bool:
+    """True for an fsspec URL (``s3://bucket/incoming``), False for a local path."""
+    return "://" in path
+
+
 def list_files(directory: str, suffixes: Sequence[str]) -> list[str]:
     """Files under ``directory`` (recursively, in path order) whose names end with a suffix.
 
-    Paths are absolute, so items stay valid on workers with another working
-    directory. Hidden files and folders (``.name``) are skipped.
+    ``directory`` is a local folder or an fsspec URL (``s3://bucket/incoming``,
+    where files arrive on an object store; a prefix that holds nothing yet is
+    an empty folder). Local paths are absolute, so items stay valid on workers
+    with another working directory; URLs stay URLs, read by every worker
+    through :func:`local_file`. Hidden files and folders (``.name``) are skipped.
 
     Raises:
         SourceError: if ``directory`` is not a folder.
     """
+    if is_url(directory):
+        return _list_url(directory, suffixes)
     if not os.path.isdir(directory):
         raise SourceError(f"input folder {directory!r} does not exist or is not a folder; "
                           "give the folder that holds the input files")
@@ -98,6 +112,40 @@ def list_files(directory: str, suffixes: Sequence[str]) -> list[str]:
         found += [os.path.join(root, name) for name in sorted(files)
                   if not name.startswith(".") and name.endswith(tuple(suffixes))]
     return sorted(found)
+
+
+def _list_url(url: str, suffixes: Sequence[str]) -> list[str]:
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(url)
+    root = root.rstrip("/")
+    if fs.isfile(root):
+        raise SourceError(f"input folder {url!r} is a file; give the prefix (folder) that holds the files")
+    found = []
+    for path in fs.find(root):
+        parts = posixpath.relpath(path, root).split("/")
+        if not any(part.startswith(".") for part in parts) and path.endswith(tuple(suffixes)):
+            found.append(fs.unstrip_protocol(path))
+    return sorted(found)
+
+
+@contextlib.contextmanager
+def local_file(path: str) -> Iterator[str]:
+    """A local file to read ``path`` from: ``path`` itself, or for a URL a temporary copy.
+
+    The copy keeps the file's name (some formats' readers parse it), lies in the
+    reading process's TMPDIR (a worker's own disk) and is removed afterwards.
+    """
+    if not is_url(path):
+        yield path
+        return
+    import fsspec
+
+    with tempfile.TemporaryDirectory(prefix="nowcast-input-") as folder:
+        local = os.path.join(folder, posixpath.basename(path.rstrip("/")))
+        with fsspec.open(path, "rb") as remote, open(local, "wb") as copy:
+            shutil.copyfileobj(remote, copy, length=1 << 20)
+        yield local
 
 
 def sorted_unique(items: Iterable[SourceItem]) -> list[SourceItem]:

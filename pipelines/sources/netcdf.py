@@ -24,7 +24,9 @@ from nowcast.pipelines.sources.base import (
     SourceItem,
     check_frame_shape,
     grid_from_cf,
+    is_url,
     list_files,
+    local_file,
     most_common_step,
     sorted_unique,
 )
@@ -39,18 +41,19 @@ X_DIMS = ("x", "projection_x_coordinate")
 @contextmanager
 def _open(path: str) -> Iterator[xr.Dataset]:
     """Opens a file lazily (headers only until data is indexed)."""
-    try:
-        ds = xr.open_dataset(path, engine="netcdf4", cache=False)
-    except Exception as error:  # any open failure means a bad file
-        raise SourceError(
-            f"{path}: cannot open it as NetCDF ({type(error).__name__}: {error}); if the file is "
-            "corrupt or truncated, write it again or remove it to ingest its frames as missing; if "
-            "the error names an attribute (e.g. time units), fix that attribute"
-        ) from error
-    try:
-        yield ds
-    finally:
-        ds.close()
+    with local_file(path) as local:
+        try:
+            ds = xr.open_dataset(local, engine="netcdf4", cache=False)
+        except Exception as error:  # any open failure means a bad file
+            raise SourceError(
+                f"{path}: cannot open it as NetCDF ({type(error).__name__}: {error}); if the file is "
+                "corrupt or truncated, write it again or remove it to ingest its frames as missing; if "
+                "the error names an attribute (e.g. time units), fix that attribute"
+            ) from error
+        try:
+            yield ds
+        finally:
+            ds.close()
 
 
 def _spatial_dims(ds: xr.Dataset, name: str, path: str) -> tuple[str, str]:
@@ -103,7 +106,7 @@ class NetCDFSource:
         """
         if isinstance(self.paths, tuple):
             files = sorted(self.paths)
-        elif os.path.isdir(self.paths):
+        elif is_url(self.paths) or os.path.isdir(self.paths):
             files = list_files(self.paths, SUFFIXES)
         elif glob.has_magic(self.paths):
             files = sorted(p for p in glob.glob(self.paths, recursive=True) if os.path.isfile(p))
@@ -114,7 +117,7 @@ class NetCDFSource:
                 f"no NetCDF files found at {self.paths!r}; give a folder holding *.nc files, a glob "
                 "such as 'data/*.nc', or a list of files"
             )
-        return [os.path.abspath(path) for path in files]
+        return [path if is_url(path) else os.path.abspath(path) for path in files]
 
     def _variables(self, ds: xr.Dataset, path: str) -> tuple[str, ...]:
         """The selected variables, checked to be in ``ds``; None selects the first file's."""

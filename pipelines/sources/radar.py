@@ -35,6 +35,7 @@ from nowcast.pipelines.sources.base import (
     SourceItem,
     check_frame_shape,
     list_files,
+    local_file,
     most_common_step,
     sorted_unique,
 )
@@ -127,6 +128,10 @@ def bom_product(filename: str) -> str | None:
     return match[1] if match else None
 
 
+class NoRadarFilesError(SourceError):
+    """No file under a folder follows a radar format (it may hold other inputs, e.g. NetCDF)."""
+
+
 def detect_radar_format(directory: str) -> str:
     """The radar format of the files under ``directory``, from their names or content.
 
@@ -145,13 +150,14 @@ def detect_radar_format(directory: str) -> str:
         named = [key for key, fmt in FORMATS.items() if fmt.parse_time(name) is not None]
         for key in named:
             counts[key] += 1
-        if not named and name.endswith(odim.ODIM_SUFFIXES) and odim.is_odim(path):
-            counts["odim"] += 1
+        if not named and name.endswith(odim.ODIM_SUFFIXES):
+            with local_file(path) as local:
+                counts["odim"] += odim.is_odim(local)
     present = [name for name, count in counts.items() if count]
     if len(present) == 1:
         return present[0]
     if not present:
-        raise SourceError(
+        raise NoRadarFilesError(
             f"no radar file of a supported format under {directory!r}; supported formats: "
             + ", ".join(f"{fmt.name} (e.g. {fmt.example})" for fmt in FORMATS.values())
         )
@@ -300,7 +306,8 @@ class RadarSource:
         items: list[SourceItem] = []
         by_quantity: dict[str, list[str]] = {}
         for path in paths:
-            header = odim.read_header(path)
+            with local_file(path) as local:
+                header = odim.read_header(local)
             quantity = odim.choose_quantity(header, path, self.quantity)
             by_quantity.setdefault(quantity, []).append(path)
             items.append(SourceItem(time=header.time, path=path))
@@ -321,24 +328,28 @@ class RadarSource:
     def read_grid(self, item: SourceItem) -> Grid:
         """The file's grid (BoM, FMI, ODIM: header only; MeteoSwiss: the fixed CCS4 domain)."""
         try:
-            if self.fmt == "bom":
-                return bom_grid(item.path)
-            shape: tuple[int, int] | None
-            if self.fmt in ("fmi", "mch"):
-                metadata = header_metadata(self.fmt, item.path)
-                shape = shape_from_extent(metadata)
-            elif self.fmt == "odim":
-                metadata, shape = odim.geodata(item.path)
-            else:  # KNMI: the importer reads the whole (small) file anyway
-                shape = None
-            if shape is None:
-                field, metadata = import_radar(self.fmt, item.path, self.quantity)
-                shape = field.shape
-            return Grid.from_pysteps_metadata(in_metres(metadata), shape)
+            with local_file(item.path) as path:
+                return self._read_grid(path)
         except SourceError:
             raise
         except Exception as error:  # any reader failure means a bad file
             raise _unreadable(self.fmt, item.path, error) from error
+
+    def _read_grid(self, path: str) -> Grid:
+        if self.fmt == "bom":
+            return bom_grid(path)
+        shape: tuple[int, int] | None
+        if self.fmt in ("fmi", "mch"):
+            metadata = header_metadata(self.fmt, path)
+            shape = shape_from_extent(metadata)
+        elif self.fmt == "odim":
+            metadata, shape = odim.geodata(path)
+        else:  # KNMI: the importer reads the whole (small) file anyway
+            shape = None
+        if shape is None:
+            field, metadata = import_radar(self.fmt, path, self.quantity)
+            shape = field.shape
+        return Grid.from_pysteps_metadata(in_metres(metadata), shape)
 
     def read(self, item: SourceItem) -> dict[str, np.ndarray]:
         """The frame as a rain rate in mm/h (float32, NaN outside radar coverage).
@@ -348,11 +359,12 @@ class RadarSource:
         """
         try:
             expected: tuple[int, int] | None
-            if self.fmt == "odim":
-                field, metadata, expected = import_odim(item.path, self.quantity)
-            else:
-                field, metadata = import_radar(self.fmt, item.path)
-                expected = None if self.fmt == "bom" else shape_from_extent(metadata)
+            with local_file(item.path) as path:
+                if self.fmt == "odim":
+                    field, metadata, expected = import_odim(path, self.quantity)
+                else:
+                    field, metadata = import_radar(self.fmt, path)
+                    expected = None if self.fmt == "bom" else shape_from_extent(metadata)
             metadata.update({key: value for key in ("zr_a", "zr_b")
                              if (value := getattr(self, key)) is not None})
             rate = to_rain_rate(field, metadata)

@@ -70,24 +70,50 @@ def test_ingest_synthetic_then_nothing_new(trained):
 
 
 @pytest.mark.slow
-def test_ingest_folder_takes_only_new_files(tmp_path, radar_dir, prefect_server, monkeypatch):
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_ingest_folder_takes_only_new_files(where, tmp_path, radar_dir, prefect_server, monkeypatch, request):
+    """Files arrive in dated subfolders (a scheduled run once looked at the top level only and did
+    nothing), in a local folder or under an object-store prefix, with the archive beside them."""
     from nowcast.flows.ingest import ingest_flow
 
-    monkeypatch.setenv(ROOTS_ENV, str(tmp_path))
     files = sorted((radar_dir / "mch" / "20150515").iterdir())
-    incoming = tmp_path / "incoming"
-    incoming.mkdir()
-    params = IngestParams(archive=str(tmp_path / "archive.zarr"), input_dir=str(incoming))
+    if where == "local":
+        root = str(tmp_path)
+        (tmp_path / "incoming").mkdir()
+        put = shutil.copy
+    else:
+        import fsspec
+
+        root = request.getfixturevalue("s3_bucket")
+        fs = fsspec.filesystem("s3")
+        put = fs.put_file
+    monkeypatch.setenv(ROOTS_ENV, root)
+    incoming, archive = f"{root}/incoming", f"{root}/archive.zarr"
+    params = IngestParams(archive=archive, input_dir=incoming)
     assert ingest_flow(params).frames_written == 0  # empty folder: a no-op, no archive
-    assert not (tmp_path / "archive.zarr").exists()
-    for path in files[:3]:
-        shutil.copy(path, incoming / path.name)
+    assert not fsspec_exists(archive)
+
+    def arrive(paths) -> None:
+        for path in paths:
+            folder = f"{incoming}/{path.parent.name}"
+            if where == "local":
+                os.makedirs(folder, exist_ok=True)
+            put(str(path), f"{folder}/{path.name}")
+
+    arrive(files[:3])
     assert ingest_flow(params).frames_written == 3
     assert ingest_flow(params).frames_written == 0
-    for path in files[3:5]:
-        shutil.copy(path, incoming / path.name)
+    arrive(files[3:5])
     assert ingest_flow(params).frames_written == 2
-    assert bool(open_archive(str(tmp_path / "archive.zarr"))["valid"].all())
+    assert bool(open_archive(archive)["valid"].all())
+    assert int(open_archive(archive).sizes["time"]) == 5
+
+
+def fsspec_exists(url: str) -> bool:
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(url)
+    return bool(fs.exists(path))
 
 
 @pytest.mark.slow

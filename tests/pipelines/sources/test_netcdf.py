@@ -85,6 +85,23 @@ def test_multi_variable_files_round_trip(two_files):
         assert all(frame.dtype == np.float32 for frame in frames.values())
 
 
+def test_files_under_an_object_store_prefix_read_as_the_local_ones(two_files, s3_bucket):
+    import fsspec
+
+    folder = two_files[0]
+    fs = fsspec.filesystem("s3")
+    for name in ("a.nc", "b.nc"):
+        fs.put_file(str(folder / name), f"{s3_bucket}/sensor/2024/{name}")
+    remote, local = NetCDFSource(f"{s3_bucket}/sensor"), NetCDFSource(str(folder))
+    remote_items, local_items = remote.items(), local.items()
+    assert [(i.path, i.index_in_file) for i in remote_items] == [
+        (f"{s3_bucket}/sensor/2024/{i.path.rsplit('/', 1)[-1]}", i.index_in_file) for i in local_items]
+    assert remote.read_grid(remote_items[0]).mismatch(local.read_grid(local_items[0])) is None
+    for mine, theirs in zip(remote_items, local_items, strict=True):
+        for name, frame in remote.read(mine).items():
+            np.testing.assert_array_equal(frame, local.read(theirs)[name])
+
+
 def test_fields_come_from_the_attributes(two_files):
     folder, _, _ = two_files
     temperature, humidity = NetCDFSource(str(folder)).fields()
@@ -194,3 +211,14 @@ def test_all_variables_means_those_of_the_first_file(two_files):
     write(sensor_dataset(["2024-03-01T01:00"], seed=10).drop_vars("humidity"), folder / "d.nc")
     with pytest.raises(SourceError, match=r"d\.nc: variables \['humidity'\] not found"):
         source.read(NetCDFSource(folder).items()[-1])
+
+
+def test_auto_detection_takes_a_folder_of_netcdf_files_as_netcdf(two_files, tmp_path):
+    from nowcast.pipelines.sources import detect_format, folder_source
+
+    folder = two_files[0]
+    assert detect_format(str(folder)) == "netcdf"
+    assert isinstance(folder_source(str(folder)), NetCDFSource)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SourceError, match="or CF NetCDF files"):
+        detect_format(str(tmp_path / "empty"))

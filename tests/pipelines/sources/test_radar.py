@@ -294,3 +294,38 @@ def test_items_from_a_relative_folder_stay_readable_elsewhere(radar_dir, tmp_pat
     assert os.path.isabs(item.path)
     monkeypatch.chdir(radar_dir)  # a worker started in another folder
     np.testing.assert_array_equal(RadarSource("sub", "mch").read(item)["precip"], direct_read("mch", good)[0])
+
+
+@pytest.mark.parametrize(("fmt", "event"), EVENTS[:4] + EVENTS[5:], ids=lambda v: v.replace("/", "-"))
+def test_files_under_an_object_store_prefix_read_as_the_local_ones(fmt, event, radar_dir, s3_bucket):
+    """Files arriving on S3 (moto's real S3 API): found recursively, hidden ones skipped, each frame and
+    grid equal to the local file's, for every format (detection included)."""
+    import fsspec
+
+    fs = fsspec.filesystem("s3")
+    local = sorted(p for p in (radar_dir / event).rglob("*")
+                   if p.is_file() and not p.name.startswith("."))[:2]
+    prefix = f"{s3_bucket}/incoming"
+    for path in local:
+        fs.put_file(str(path), f"{prefix}/{event}/{path.name}")
+    fs.pipe_file(f"{prefix}/{event}/.partial-upload", b"not yet")
+    assert detect_radar_format(prefix) == fmt
+    remote_source = get_source(fmt, directory=prefix)
+    local_source = get_source(fmt, directory=str(local[0].parent))
+    remote_items, local_items = remote_source.items(), local_source.items()[:2]
+    assert [item.path for item in remote_items] == [f"{prefix}/{event}/{p.name}" for p in local]
+    assert [item.time for item in remote_items] == [item.time for item in local_items]
+    assert remote_source.read_grid(remote_items[0]).mismatch(local_source.read_grid(local_items[0])) is None
+    np.testing.assert_array_equal(remote_source.read(remote_items[1])["precip"],
+                                  local_source.read(local_items[1])["precip"])
+
+
+def test_an_empty_object_store_prefix_has_no_files_and_a_file_is_not_a_folder(s3_bucket):
+    import fsspec
+
+    from nowcast.pipelines.sources.base import list_files
+
+    assert list_files(f"{s3_bucket}/incoming", ("",)) == []  # nothing has arrived yet
+    fsspec.filesystem("s3").pipe_file(f"{s3_bucket}/a-file", b"x")
+    with pytest.raises(SourceError, match="is a file"):
+        list_files(f"{s3_bucket}/a-file", ("",))
