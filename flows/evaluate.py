@@ -18,6 +18,7 @@ from prefect import flow, get_run_logger, task
 
 from nowcast.flows.artifacts import publish_png, publish_scores, publish_store
 from nowcast.flows.params import EvaluateParams
+from nowcast.flows.workdir import local_workdir, published
 from nowcast.model.verify import (
     Verification,
     save_pictures,
@@ -59,8 +60,12 @@ def verify_store(params: EvaluateParams) -> Verification | None:
 @flow(name="evaluate", log_prints=True)
 def evaluate_flow(params: EvaluateParams) -> EvaluateRun:
     """Verifies the model on a split (and stored forecasts, if given); tables and PNGs as artifacts."""
+    with local_workdir(params.workdir) as workdir:
+        return _evaluate(params, workdir)
+
+
+def _evaluate(params: EvaluateParams, workdir: Path) -> EvaluateRun:
     logger = get_run_logger()
-    workdir = Path(params.workdir)
     result = verify_windows(params)
     markdown = table(result)
     print(markdown)
@@ -86,5 +91,6 @@ def evaluate_flow(params: EvaluateParams) -> EvaluateRun:
     for key, path in pictures.items():
         publish_png(f"evaluate-{key}", path, key.replace("_", " "))
     print("pictures: " + ", ".join(pictures.values()))
+    pictures = {key: published(Path(path), workdir, params.workdir) for key, path in pictures.items()}
     return EvaluateRun(table=markdown, samples=result.samples, scores=result.scores, pictures=pictures,
                        stored_table=stored_md)

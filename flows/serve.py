@@ -53,9 +53,11 @@ def build_deployments(workdir: str | Path = "runs/demo", cron: str = DEFAULT_CRO
     return [
         ingest_flow.to_deployment(
             DEPLOYMENT, cron=cron, tags=tags, description="ingest new files from the incoming folder",
+            concurrency_limit=1,  # a slow run and the next one would both append the same new files
             parameters={"params": {"archive": s["archive"], "input_dir": str(root / "incoming")}}),
         forecast_flow.to_deployment(
             DEPLOYMENT, cron=cron, tags=tags, description="forecast the newest frames not yet forecast",
+            concurrency_limit=1,
             parameters={"params": {"archive": s["archive"], "forecasts": s["forecasts"], **model}}),
         backfill_flow.to_deployment(
             DEPLOYMENT, tags=tags, description="forecast a historical range, resumable",

@@ -20,6 +20,7 @@ from prefect import flow, get_run_logger, task
 
 from nowcast.flows.artifacts import publish_png, publish_scores, publish_store
 from nowcast.flows.params import TrainParams
+from nowcast.flows.workdir import local_workdir, published
 from nowcast.model import registry
 from nowcast.model.train import TrainConfig, train
 from nowcast.model.verify import Verification, save_pictures, split_forecaster, table, verify_split
@@ -88,10 +89,10 @@ def cut_windows(params: TrainParams) -> dict[str, object]:
 
 
 @task(name="fit")
-def fit(params: TrainParams) -> str:
+def fit(params: TrainParams, workdir: Path) -> str:
     """Fits the model and saves it as a new registry version, not promoted; returns its directory."""
     config = TrainConfig(windows=params.windows, models=params.models, architecture=params.architecture,
-                         workdir=params.workdir,
+                         workdir=str(workdir),
                          options={"filters": list(params.filters), "lstm_units": params.lstm_units},
                          epochs=params.epochs, steps_per_epoch=params.steps_per_epoch,
                          batch_size=params.batch_size, learning_rate=params.learning_rate, seed=params.seed,
@@ -99,6 +100,19 @@ def fit(params: TrainParams) -> str:
     result = train(config, extra_callbacks=[_EpochLog()])
     get_run_logger().info("fitted %s in %.1f s", result.path, result.metrics["train_seconds"])
     return result.path
+
+
+def verdict_text(version: str, promoted: bool, better: bool, policy: str, by: str) -> str:
+    """What the run did with the new version, and why.
+
+    >>> verdict_text("v2", True, False, "always", "by x")
+    'promoted v2 to latest as asked (promote=always); it does not beat LK extrapolation on both (by x)'
+    """
+    beats = f"it {'beats' if better else 'does not beat'} LK extrapolation on both ({by})"
+    if policy != "if_better":
+        did = f"promoted {version} to latest" if promoted else f"kept {version} unpromoted"
+        return f"{did} as asked (promote={policy}); {beats}"
+    return f"promoted {version} to latest ({by})" if promoted else f"kept {version} unpromoted: {beats}"
 
 
 def version_name(version_dir: str) -> str:
@@ -117,30 +131,35 @@ def verify(params: TrainParams, version: str) -> Verification:
 @flow(name="train", log_prints=True)
 def train_flow(params: TrainParams) -> TrainRun:
     """Cuts windows, fits, verifies on the validation split and promotes the version if it is better."""
+    with local_workdir(params.workdir) as workdir:
+        return _train(params, workdir)
+
+
+def _train(params: TrainParams, workdir: Path) -> TrainRun:
     logger = get_run_logger()
     counts = cut_windows(params)
-    version_dir = fit(params)
+    version_dir = fit(params, workdir)
     version = version_name(version_dir)
     result = verify(params, version_dir)
-    promote = result.beats(params.architecture, BASELINE)
+    better = result.beats(params.architecture, BASELINE)
+    promote = params.promote == "always" or (params.promote == "if_better" and better)
     if promote:
         registry.promote_version(params.models, params.architecture, version)
     margins = result.margins(params.architecture, BASELINE)
     ours, base = result.mean(params.architecture, "mae"), result.mean(BASELINE, "mae")
     by = (f"mean CSI at 1 mm/h {margins['csi_1']:+.3f}, mean MAE {-margins['mae']:+.3f} mm/h against LK "
           "extrapolation on the validation split")
-    verdict = (f"promoted {version} to latest ({by})" if promote else
-               f"kept {version} unpromoted: it does not beat LK extrapolation on both ({by})")
+    verdict = verdict_text(version, promote, better, params.promote, by)
     logger.info(verdict)
     markdown = table(result)
     publish_scores("train-validation", result.scores, markdown + f"\n{verdict}.\n",
                    f"validation scores of {params.architecture}/{version}")
     minutes = step_minutes(WindowsStore(params.windows, "val").time_step)
-    pictures = save_pictures(result, Path(params.workdir) / "pictures", version, minutes)
+    pictures = save_pictures(result, workdir / "pictures", version, minutes)
     for kind, path in pictures.items():
         publish_png(f"train-{kind}", path, f"{params.architecture}/{version} validation {kind}")
     publish_store("train-model", str(version_dir), "model version directory")
     print(markdown)
     return TrainRun(version=version, path=str(version_dir), promoted=promote, val_mae=ours,
                     extrapolation_mae=base, margins=margins, table=markdown, counts=counts,
-                    pictures={k: str(v) for k, v in pictures.items()})
+                    pictures={k: published(Path(v), workdir, params.workdir) for k, v in pictures.items()})

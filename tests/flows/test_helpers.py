@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -56,3 +58,40 @@ def test_artifact_keys_and_served_urls(tmp_path, monkeypatch):
     monkeypatch.setenv("NOWCAST_ARTIFACT_ROOT", str(tmp_path))
     assert public_url(tmp_path / "demo" / "x.png") == "http://127.0.0.1:4201/demo/x.png"
     assert public_url("/elsewhere/x.png") is None
+
+
+def test_a_workdir_url_is_a_local_folder_copied_to_the_object_store_even_when_the_flow_fails(s3_bucket):
+    import fsspec
+
+    from nowcast.flows.workdir import local_workdir, published
+
+    url = f"{s3_bucket}/train"
+
+    def failing_flow() -> Path:
+        with local_workdir(url) as folder:
+            (folder / "pictures").mkdir(exist_ok=True)
+            (folder / "pictures" / "maps.png").write_bytes(b"png")
+            (folder / "history.csv").write_text("epoch\n0\n")
+            assert published(folder / "pictures" / "maps.png", folder, url) == f"{url}/pictures/maps.png"
+            raise RuntimeError(str(folder))
+
+    with pytest.raises(RuntimeError) as failed:
+        failing_flow()
+    folder = Path(str(failed.value))
+    fs = fsspec.filesystem("s3")
+    assert fs.cat_file(f"{url}/pictures/maps.png") == b"png"
+    assert fs.cat_file(f"{url}/history.csv") == b"epoch\n0\n"
+    with local_workdir(str(folder)) as same:  # a local workdir is itself
+        assert same == folder
+
+
+def test_the_train_verdict_says_what_was_done_and_why():
+    from nowcast.flows.train import verdict_text
+
+    assert verdict_text("v2", True, True, "if_better", "m") == "promoted v2 to latest (m)"
+    assert verdict_text("v2", False, False, "if_better", "m") == \
+        "kept v2 unpromoted: it does not beat LK extrapolation on both (m)"
+    assert verdict_text("v2", True, False, "always", "m") == \
+        "promoted v2 to latest as asked (promote=always); it does not beat LK extrapolation on both (m)"
+    assert verdict_text("v2", False, True, "never", "m") == \
+        "kept v2 unpromoted as asked (promote=never); it beats LK extrapolation on both (m)"
