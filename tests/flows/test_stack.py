@@ -14,7 +14,9 @@ import json
 import os
 import subprocess
 import sys
+import time
 
+import numpy as np
 import pytest
 
 from nowcast.flows import stack
@@ -44,44 +46,52 @@ def _s3_snapshot(fs, prefix: str) -> dict[str, str]:
             for key in fs.find(prefix)}
 
 
-@pytest.mark.slow
-def test_a_deployment_runs_on_the_stack_worker_into_s3_through_the_dask_cluster(tmp_path):
-    state = stack.up(tmp_path / "stack")
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory):
+    """(folder, state): the stack up for this module's tests; afterwards every process is gone."""
+    folder = tmp_path_factory.mktemp("deployed")
+    state = stack.up(folder / "stack")
     try:
-        env = stack.client_env(state)
-        assert str(state["database"]).startswith("postgresql+asyncpg://")
-        params = {"archive": f"{env['NOWCAST_STORES']}/archive.zarr", "input_dir": None, **SYNTHETIC,
-                  "runner": {"kind": "dask", "dask_address": env["NOWCAST_DASK_ADDRESS"]}}
-        done = subprocess.run([sys.executable, "-c", CLIENT, json.dumps(params)], env={**os.environ, **env},
-                              capture_output=True, text=True, timeout=900, cwd=tmp_path)
-        assert done.returncode == 0, done.stderr[-3000:]
-        report = json.loads(done.stdout.strip().splitlines()[-1])
-        assert report["state"] == "COMPLETED", report
-        assert report["deployments"] == [  # registered by prefect deploy from infra/prefect.yaml
-            "backfill/on-demand-cpu", "evaluate/on-demand", "forecast/scheduled-cpu", "ingest/scheduled",
-            "train/on-demand-cpu"]
-        assert report["pools"] == [stack.POOL]
-        worker_log = (tmp_path / "stack" / "prefect-worker.log").read_text()
-        assert report["id"] in worker_log  # the separate worker process ran it
-
-        import s3fs
-
-        fs = s3fs.S3FileSystem(key=env["AWS_ACCESS_KEY_ID"], secret=env["AWS_SECRET_ACCESS_KEY"],
-                               client_kwargs={"endpoint_url": env["AWS_ENDPOINT_URL"]})
-        remote = _s3_snapshot(fs, f"{stack.BUCKET}/archive.zarr")
-        source = get_source("synthetic", shape=(32, 32), n_frames=24, seed=3, density=2.0)
-        local = str(tmp_path / "local.zarr")
-        run(IngestSpec(archive=local, source=source, time_chunk=8))  # the local runner, on local disk
-        assert remote == snapshot(local)  # byte-identical: cluster + object store against the local runner
-        assert fs.ls(stack.BUCKET) == [f"{stack.BUCKET}/archive.zarr"]  # the check reports went away
-        _windows_and_scoring_match_the_local_runner(env, fs, local, tmp_path)
+        yield folder, state
     finally:
-        stopped = stack.down(tmp_path / "stack")
+        stopped = stack.down(folder / "stack")
     assert set(stopped) == {*state["pids"], "postgres"}  # type: ignore[misc]
     for pid in state["pids"].values():  # type: ignore[attr-defined]
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
-    assert not (tmp_path / "stack" / stack.STATE_FILE).exists()
+    assert not (folder / "stack" / stack.STATE_FILE).exists()
+
+
+@pytest.mark.slow
+def test_a_deployment_runs_on_the_stack_worker_into_s3_through_the_dask_cluster(deployed, tmp_path):
+    folder, state = deployed
+    env = stack.client_env(state)
+    assert str(state["database"]).startswith("postgresql+asyncpg://")
+    params = {"archive": f"{env['NOWCAST_STORES']}/dask/archive.zarr", "input_dir": None, **SYNTHETIC,
+              "runner": {"kind": "dask", "dask_address": env["NOWCAST_DASK_ADDRESS"]}}
+    done = subprocess.run([sys.executable, "-c", CLIENT, json.dumps(params)], env={**os.environ, **env},
+                          capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["state"] == "COMPLETED", report
+    assert report["deployments"] == [  # registered by prefect deploy from infra/prefect.yaml
+        "backfill/on-demand-cpu", "evaluate/on-demand", "forecast/scheduled-cpu", "ingest/scheduled",
+        "train/on-demand-cpu"]
+    assert report["pools"] == [stack.POOL]
+    worker_log = (folder / "stack" / "prefect-worker.log").read_text()
+    assert report["id"] in worker_log  # the separate worker process ran it
+
+    import s3fs
+
+    fs = s3fs.S3FileSystem(key=env["AWS_ACCESS_KEY_ID"], secret=env["AWS_SECRET_ACCESS_KEY"],
+                           client_kwargs={"endpoint_url": env["AWS_ENDPOINT_URL"]})
+    remote = _s3_snapshot(fs, f"{stack.BUCKET}/dask/archive.zarr")
+    source = get_source("synthetic", shape=(32, 32), n_frames=24, seed=3, density=2.0)
+    local = str(tmp_path / "local.zarr")
+    run(IngestSpec(archive=local, source=source, time_chunk=8))  # the local runner, on local disk
+    assert remote == snapshot(local)  # byte-identical: cluster + object store against the local runner
+    assert fs.ls(f"{stack.BUCKET}/dask") == [f"{stack.BUCKET}/dask/archive.zarr"]  # check reports went away
+    _windows_and_scoring_match_the_local_runner(env, fs, local, tmp_path)
 
 
 def _without_location(digests: dict[str, str], remote: dict[str, str]) -> tuple[dict, dict]:
@@ -106,7 +116,7 @@ def _windows_and_scoring_match_the_local_runner(env, fs, local_archive: str, tmp
     from tests.pipelines.jobs.scoring_helpers import MODEL, save_tiny_model, synthetic_stats
 
     with stack.s3_client(env):  # this process is the jobs' launcher
-        stores = env["NOWCAST_STORES"]
+        stores = f"{env['NOWCAST_STORES']}/dask"
         cluster = RunnerOptions("dask", dask_address=env["NOWCAST_DASK_ADDRESS"])
         split = SplitSpec(block="PT1H", fractions=(0.5, 0.5, 0.0), method="contiguous")
         spec = WindowSpec(channels=("precip",), target="precip", t_in=3, t_out=2, stride=1,
@@ -116,7 +126,7 @@ def _windows_and_scoring_match_the_local_runner(env, fs, local_archive: str, tmp
         run_windows(WindowJob(archive=local_archive, output=str(tmp_path / "windows.zarr"), spec=spec),
                     RunnerOptions("inmemory"))
         local, remote = _without_location(snapshot(str(tmp_path / "windows.zarr")),
-                                          _s3_snapshot(fs, f"{stack.BUCKET}/windows.zarr"))
+                                          _s3_snapshot(fs, f"{stack.BUCKET}/dask/windows.zarr"))
         assert local == remote
         assert len(local) > 10
 
@@ -129,7 +139,7 @@ def _windows_and_scoring_match_the_local_runner(env, fs, local_archive: str, tmp
             result = scoring.run(spec_, runner)
             assert result.scored == 22
         local, remote = _without_location(snapshot(str(tmp_path / "forecasts.zarr")),
-                                          _s3_snapshot(fs, f"{stack.BUCKET}/forecasts.zarr"))
+                                          _s3_snapshot(fs, f"{stack.BUCKET}/dask/forecasts.zarr"))
         assert local == remote
         attrs = [dict(open_group(url).attrs) for url in (str(tmp_path / "forecasts.zarr"),
                                                          f"{stores}/forecasts.zarr")]
@@ -144,3 +154,261 @@ def test_stack_commands_without_a_stack_say_so(tmp_path, capsys):
     assert "no stack is up" in capsys.readouterr().err
     assert main(["stack", "down", "--folder", str(tmp_path)]) == 0
     assert "no stack was up" in capsys.readouterr().out
+
+
+# --- the life cycle under a live schedule -------------------------------------------------------
+
+EVERY_S = 20  # the test's schedule for ingest and forecast (infra/prefect.yaml: every 5 minutes)
+LIFE = {"size": 48, "density": 40.0, "seed": 5, "hours": 9}  # 5-minute frames, one file per hour
+# a planned roll-out: one epoch on a few hours decides nothing about skill, and whether a version beats
+# LK extrapolation is tested in test_flows.py; here the promotion itself is what the schedule must survive
+TRAIN = {"epochs": 1, "promote": "always"}
+WAIT_S = 600  # a liveness bound for each stage, not a speed check
+
+
+def _hourly_files(tmp_path) -> list:
+    """The synthetic event as CF NetCDF files, one per hour: what an upstream system drops off."""
+    import xarray as xr
+
+    archive = str(tmp_path / "upstream.zarr")
+    source = get_source("synthetic", shape=(LIFE["size"],) * 2, n_frames=12 * LIFE["hours"],
+                        seed=LIFE["seed"], density=LIFE["density"])
+    run(IngestSpec(archive=archive, source=source, time_chunk=12))
+    upstream = xr.open_zarr(archive)
+    files = []
+    for hour in range(LIFE["hours"]):
+        part = upstream.isel(time=slice(12 * hour, 12 * hour + 12))
+        path = tmp_path / f"{str(part.time.values[0])[:13].replace('-', '')}.nc"
+        part[[name for name in part.data_vars if name != "valid"]].load().to_netcdf(path)
+        files.append(path)
+    return files
+
+
+class Life:
+    """The test as an operator and an upstream system: files arrive, runs are triggered through the API."""
+
+    def __init__(self, env: dict[str, str]):
+        import s3fs
+
+        self.env, self.stores = env, env["NOWCAST_STORES"]
+        self.fs = s3fs.S3FileSystem(key=env["AWS_ACCESS_KEY_ID"], secret=env["AWS_SECRET_ACCESS_KEY"],
+                                    client_kwargs={"endpoint_url": env["AWS_ENDPOINT_URL"]},
+                                    use_listings_cache=False, skip_instance_cache=True)
+
+    def client(self):
+        from prefect.client.orchestration import get_client
+
+        return get_client(sync_client=True)
+
+    def deployment(self, client, name: str):
+        flow, _, deployment = name.partition("/")
+        return client.read_deployment_by_name(f"{flow}/{deployment}")
+
+    def every(self, name: str, seconds: int) -> None:
+        """Replaces the deployment's cron schedule with a short interval."""
+        from datetime import timedelta
+
+        from prefect.client.schemas.schedules import IntervalSchedule
+
+        with self.client() as client:
+            deployment = self.deployment(client, name)
+            for schedule in client.read_deployment_schedules(deployment.id):
+                client.delete_deployment_schedule(deployment.id, schedule.id)
+            interval = IntervalSchedule(interval=timedelta(seconds=seconds))
+            client.create_deployment_schedules(deployment.id, [(interval, True)])
+
+    def stop_schedules(self) -> None:
+        with self.client() as client:
+            for name in ("ingest/scheduled", "forecast/scheduled-cpu"):
+                deployment = self.deployment(client, name)
+                for schedule in client.read_deployment_schedules(deployment.id):
+                    client.delete_deployment_schedule(deployment.id, schedule.id)
+
+    def trigger(self, name: str, **params) -> str:
+        """A run of the deployment with ``params`` over its defaults, through the API; returns its id."""
+        from prefect.deployments import run_deployment
+
+        with self.client() as client:
+            defaults = self.deployment(client, name).parameters["params"]
+        run = run_deployment(name, parameters={"params": {**defaults, **params}}, timeout=0)
+        return str(run.id)
+
+    def wait_run(self, run_id: str) -> str:
+        """Waits for a run to end; its final state's type."""
+        from uuid import UUID
+
+        deadline = time.monotonic() + WAIT_S
+        with self.client() as client:
+            while time.monotonic() < deadline:
+                state = client.read_flow_run(UUID(run_id)).state
+                if state is not None and state.is_final():
+                    return state.type.value
+                time.sleep(2)
+        pytest.fail(f"flow run {run_id} did not end within {WAIT_S} s")
+
+    def runs(self, name: str) -> list:
+        from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+        with self.client() as client:
+            deployment = self.deployment(client, name)
+            return client.read_flow_runs(
+                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])))
+
+    def now(self):
+        from datetime import UTC, datetime
+
+        return datetime.now(UTC)
+
+    def completed_since(self, name: str, moment) -> bool:
+        """Whether a run of ``name`` that started after ``moment`` has completed."""
+        return any(run.start_time and run.start_time > moment and run.state and run.state.is_completed()
+                   for run in self.runs(name))
+
+    def wait_until(self, what: str, condition) -> None:
+        deadline = time.monotonic() + WAIT_S
+        while time.monotonic() < deadline:
+            if condition():
+                return
+            time.sleep(2)
+        failed = [(run.name, run.state.message) for name in ("ingest/scheduled", "forecast/scheduled-cpu")
+                  for run in self.runs(name) if run.state and run.state.is_failed()]
+        pytest.fail(f"{what}: not within {WAIT_S} s (failed scheduled runs: {failed[:3]})")
+
+    def arrive(self, path) -> None:
+        day = path.name[:8]
+        self.fs.put_file(str(path), f"{stack.BUCKET}/incoming/{day}/{path.name}")
+
+    def valid_frames(self) -> int:
+        from nowcast.pipelines.stores.archive import open_archive
+
+        try:
+            return int(open_archive(f"{self.stores}/archive.zarr")["valid"].sum())
+        except Exception:  # not there yet, or its first ingest is creating it
+            return 0
+
+    def forecasts(self):
+        """(init times, written, versions, sha256s) of forecasts.zarr."""
+        from nowcast.pipelines.stores.forecasts import open_forecasts
+
+        if not self.fs.exists(f"{stack.BUCKET}/forecasts.zarr/zarr.json"):
+            return None
+        ds = open_forecasts(f"{self.stores}/forecasts.zarr")
+        def text(name: str) -> np.ndarray:  # zarr's variable-length strings as fixed-width ones
+            return np.array([str(value) for value in ds[name].values.tolist()])
+
+        return (ds.init_time.values, ds.written.values.astype(bool), text("model_version"),
+                text("model_sha256"))
+
+    def written_at(self, init_time) -> str | None:
+        """The version that wrote ``init_time``, None while unwritten."""
+        found = self.forecasts()
+        if found is None:
+            return None
+        times, written, versions, _ = found
+        hits = np.flatnonzero(times == init_time)
+        return str(versions[hits[0]]) if len(hits) and written[hits[0]] else None
+
+    def latest(self) -> str | None:
+        """The promoted version's name."""
+        name = f"{stack.BUCKET}/models/convlstm/latest"
+        return self.fs.cat_file(name).decode().strip() if self.fs.exists(name) else None
+
+    def object_versions(self, prefix: str) -> dict[str, int]:
+        """How many times each object under ``prefix`` was written (the bucket keeps every version)."""
+        import boto3
+
+        s3 = boto3.client("s3", endpoint_url=self.env["AWS_ENDPOINT_URL"])
+        counts: dict[str, int] = {}
+        for page in s3.get_paginator("list_object_versions").paginate(Bucket=stack.BUCKET, Prefix=prefix):
+            for version in page.get("Versions", []):
+                counts[version["Key"]] = counts.get(version["Key"], 0) + 1
+        return counts
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_the_life_cycle_under_a_live_schedule(deployed, tmp_path):
+    """Files arrive and are ingested on a schedule; forecasts run on a schedule; a training run
+    promotes a new model half way and the schedule carries on with it, untouched; a backfill
+    triggered through the API overlaps the schedule. Every init time records the version that wrote
+    it, no forecast object was written twice, and evaluate scores each version."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    _, state = deployed
+    env = stack.client_env(state)
+    files = _hourly_files(tmp_path)
+    times = np.array([np.datetime64(f"{f.name[:4]}-{f.name[4:6]}-{f.name[6:8]}T{f.name[9:11]}:00", "s")
+                      for f in files])
+    step = np.timedelta64(5, "m")
+    with stack.s3_client(env), temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}):
+        life = Life(env)
+        # every write kept as an object version: "written twice" shows as a second version
+        import boto3
+
+        boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"]).put_bucket_versioning(
+            Bucket=stack.BUCKET, VersioningConfiguration={"Status": "Enabled"})
+        life.stop_schedules()  # the operator turns forecasting on once a model is promoted
+        life.every("ingest/scheduled", EVERY_S)
+        for path in files[:6]:
+            life.arrive(path)
+        life.wait_until("the first 6 hours ingested", lambda: life.valid_frames() == 72)
+
+        assert life.wait_run(life.trigger("train/on-demand-cpu", **TRAIN)) == "COMPLETED"
+        first = life.latest()
+        assert first is not None
+        life.every("forecast/scheduled-cpu", EVERY_S)  # forecasting starts once a model is promoted
+        life.arrive(files[6])
+        hour7_last = times[6] + 11 * step
+        life.wait_until("hour 7 forecast by the first model", lambda: life.written_at(hour7_last) == first)
+
+        # half way: a new model is trained and promoted while the schedule runs, and a backfill of
+        # everything so far overlaps the schedule's runs
+        train = life.trigger("train/on-demand-cpu", seed=1, **TRAIN)
+        backfill = life.trigger("backfill/on-demand-cpu", start=str(times[0] + 4 * step),
+                                end=str(hour7_last), chunk_size=12)
+        life.arrive(files[7])
+        assert life.wait_run(train) == "COMPLETED"
+        second = life.latest()
+        assert second not in (None, first)
+        promoted_at = life.now()
+        assert life.wait_run(backfill) == "COMPLETED"
+        life.wait_until("a scheduled forecast that started after the promotion",
+                        lambda: life.completed_since("forecast/scheduled-cpu", promoted_at))
+        life.arrive(files[8])  # the last hour: whichever run forecasts it starts after that one
+        last = times[-1] + 11 * step
+        life.wait_until("the last hour forecast", lambda: life.written_at(last))
+        life.stop_schedules()
+        life.wait_until("the scheduled runs finished", lambda: not any(
+            run.state and not run.state.is_final() and not run.state.is_scheduled()
+            for name in ("ingest/scheduled", "forecast/scheduled-cpu") for run in life.runs(name)))
+
+        init_times, written, versions, shas = life.forecasts()
+        covered = (init_times >= times[0] + 4 * step) & (init_times <= last)
+        assert written[covered].all(), f"unwritten init times: {init_times[covered & ~written]}"
+        assert set(versions[written]) == {first, second}
+        assert all(v == "" for v in versions[~written])
+        from nowcast.model.registry import read_metadata
+
+        for version in (first, second):  # each init time carries the checksum of the version that wrote it
+            expected = read_metadata(f"{life.stores}/models/convlstm/{version}")["model_sha256"]
+            assert set(shas[written & (versions == version)]) == {expected}
+        # the last hour was forecast by a scheduled run that started after the promotion: the schedule
+        # went on with the new model, its parameters untouched
+        assert set(versions[init_times >= times[-1]]) == {second}
+        for array in ("precip", "model_version", "model_sha256"):
+            counts = life.object_versions(f"forecasts.zarr/{array}/c/")
+            assert len(counts) == int(written.sum())
+            assert max(counts.values()) == 1, {k: n for k, n in counts.items() if n > 1}
+
+        evaluate = life.trigger("evaluate/on-demand", forecasts=f"{life.stores}/forecasts.zarr",
+                                baselines=["persistence"], max_samples=200)
+        assert life.wait_run(evaluate) == "COMPLETED"
+        from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+        with life.client() as client:
+            stored = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(
+                any_=["evaluate-stored"])))
+        table = stored[0].data
+        assert f"convlstm/{first} (stored)" in table
+        assert f"convlstm/{second} (stored)" in table
+        assert life.fs.ls(f"{stack.BUCKET}/evaluate")  # its pictures went to the object store
