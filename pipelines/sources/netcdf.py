@@ -161,11 +161,15 @@ class NetCDFSource:
         """One item per time of every file, from the ``time`` coordinates only.
 
         Raises:
-            SourceError: for files without a ``time`` coordinate or duplicate times.
+            SourceError: for files without a ``time`` coordinate, duplicate times, or a variable
+                whose units differ between files (a batch must agree within itself, not only with
+                the archive).
         """
         items = []
+        units: dict[str, tuple[str, str]] = {}  # variable -> (units, first file saying so)
         for path in self.files():
             with _open(path) as ds:
+                _check_units(ds, self._variables(ds, path), path, units)
                 if "time" not in ds.coords or not np.issubdtype(ds["time"].dtype, np.datetime64):
                     raise SourceError(
                         f"{path}: no decodable 'time' coordinate; add a time dimension with CF units "
@@ -249,6 +253,17 @@ def _first_file_variables(source: NetCDFSource) -> tuple[str, ...]:
         if not names:
             raise SourceError(f"{path}: no (time, y, x) variable; variables are {list(ds.data_vars)}")
     return names
+
+
+def _check_units(ds: xr.Dataset, names: tuple[str, ...], path: str, seen: dict[str, tuple[str, str]]) -> None:
+    """Each variable's units equal those of the first file that had it (recorded in ``seen``)."""
+    for name in names:
+        found = str(ds[name].attrs.get("units", "")).strip()
+        first = seen.setdefault(name, (found, path))
+        if found != first[0]:
+            raise SourceError(
+                f"{path}: variable {name!r} is in {found!r} but {first[1]} has it in {first[0]!r}; one "
+                "archive variable has one unit: convert the files to one unit, or ingest them separately")
 
 
 def _number(value: object) -> float | None:

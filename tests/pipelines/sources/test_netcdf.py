@@ -222,3 +222,18 @@ def test_auto_detection_takes_a_folder_of_netcdf_files_as_netcdf(two_files, tmp_
     (tmp_path / "empty").mkdir()
     with pytest.raises(SourceError, match="or CF NetCDF files"):
         detect_format(str(tmp_path / "empty"))
+
+
+def test_a_batch_whose_files_disagree_on_units_is_refused(tmp_path):
+    """A hostile-user find: one file in degC and one in K went into one variable (mean 152 degC)."""
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    first = sensor_dataset(["2024-03-01T00:00", "2024-03-01T00:10"], seed=1)
+    second = sensor_dataset(["2024-03-01T00:20"], seed=2)
+    first["temperature"] = first.temperature - 273.15
+    first["temperature"].attrs.update(units="degC", grid_mapping="crs")
+    write(first, folder / "a.nc")
+    write(second, folder / "b.nc")
+    refused = r"b\.nc: variable 'temperature' is in 'K' but .*a\.nc has it in 'degC'"
+    with pytest.raises(SourceError, match=refused):
+        NetCDFSource(str(folder)).items()
