@@ -44,6 +44,9 @@ MAX_RATE = 150.0  # mm/h; a cap on the rare texture peaks
 CELL_REACH = 4.0  # sigmas; beyond it a cell adds < 4e-4 of its peak (below the drizzle floor)
 
 
+MAX_FRAMES = 200_000  # about two years of 5-minute frames: a bound, so a typo cannot fill memory or a disk
+
+
 @dataclasses.dataclass(frozen=True, init=False)
 class SyntheticSource:
     """Generated rain-rate frames (mm/h) with a known motion field.
@@ -88,8 +91,9 @@ class SyntheticSource:
             object.__setattr__(self, key, value)
         if len(self.shape) != 2 or min(self.shape) < 8 or max(self.shape) > 8192:
             raise SourceError(f"shape {self.shape} must be (ny, nx) with both in 8..8192 pixels")
-        if self.n_frames < 1:
-            raise SourceError(f"n_frames={self.n_frames} must be at least 1")
+        if not 1 <= self.n_frames <= MAX_FRAMES:
+            raise SourceError(f"n_frames={self.n_frames} must be 1..{MAX_FRAMES} (a year of 5-minute frames "
+                              "is 105,120): generate a longer record in several ingests")
         if self.density <= 0:
             raise SourceError(f"density={self.density} must be positive (live cells per 100x100 px)")
         if len(self.motion) != 2 or not all(math.isfinite(m) for m in self.motion):

@@ -150,3 +150,12 @@ def test_bad_options_are_source_errors():
         get_source("synthetic", frames=3)
     with pytest.raises(SourceError, match="outside"):
         SyntheticSource(n_frames=3).frame(3)
+
+
+def test_a_frame_count_past_the_bound_is_refused_before_any_work():
+    """A hostile-user find: --synthetic --frames 1000000000000 started and grew to 4 GB in a minute."""
+    from nowcast.pipelines.sources.synthetic import MAX_FRAMES
+
+    with pytest.raises(SourceError, match=r"must be 1\.\.200000"):
+        get_source("synthetic", n_frames=10**12)
+    assert get_source("synthetic", n_frames=MAX_FRAMES, shape=(8, 8)).n_frames == MAX_FRAMES
