@@ -209,23 +209,23 @@ def train(cfg: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callback] 
                                 wet=cfg.wet) if val_urls else None)
     gpus = gpu_count()
     strategy = contextlib.nullcontext()
-    if gpus:
-        import tensorflow as tf
-
-        keras.mixed_precision.set_global_policy("mixed_float16")
-        strategy = tf.distribute.MirroredStrategy().scope()
-    with strategy:
-        net = build_model(cfg.architecture, arch)
-        net.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate),
-                    loss=get_loss(cfg.loss, cfg.intensity_weight), metrics=["mae"])
     monitor = "val_loss" if val_ds is not None else "loss"
-    started = time.time()
-    try:
+    try:  # the policy is global: a run failing anywhere must not leave the next one in float16
+        if gpus:
+            import tensorflow as tf
+
+            keras.mixed_precision.set_global_policy("mixed_float16")
+            strategy = tf.distribute.MirroredStrategy().scope()
+        with strategy:
+            net = build_model(cfg.architecture, arch)
+            net.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate),
+                        loss=get_loss(cfg.loss, cfg.intensity_weight), metrics=["mae"])
+        started = time.time()
         fit = net.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs,
                       steps_per_epoch=cfg.steps_per_epoch,
                       shuffle=False,  # make_dataset shuffles chunks and samples itself
                       callbacks=[*callbacks(cfg, monitor), *extra_callbacks], verbose=cfg.verbose)
-    finally:  # the policy is global: a failed run must not leave the next one in float16
+    finally:
         keras.mixed_precision.set_global_policy("float32")
     seconds = time.time() - started
     history = {k: [float(v) for v in vals] for k, vals in fit.history.items()}

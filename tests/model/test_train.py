@@ -112,3 +112,23 @@ def test_bad_training_config_is_refused():
         TrainConfig(windows="w", models="m", postprocessing="smooth")
     with pytest.raises(TrainConfigError, match="windows is empty"):
         TrainConfig(windows=(), models="m")
+
+
+def test_a_run_failing_on_a_gpu_machine_leaves_the_precision_policy_as_it_was(tiny_windows, tmp_path,
+                                                                               monkeypatch):
+    """The mixed-precision policy is process-global. No GPU here: ``gpu_count`` is patched to 1 (on CPU
+    the policy and MirroredStrategy still apply), and the model build fails after the policy is set."""
+    import nowcast.model.train as train_module
+
+    monkeypatch.setattr(train_module, "gpu_count", lambda: 1)
+
+    def broken_build(*args, **kwargs):
+        assert keras.mixed_precision.global_policy().name == "mixed_float16"
+        raise RuntimeError("out of GPU memory while building")
+
+    monkeypatch.setattr(train_module, "build_model", broken_build)
+    cfg = TrainConfig(windows=tiny_windows, models=str(tmp_path / "models"), architecture="convlstm",
+                      workdir=str(tmp_path / "run"), options=OPTIONS, epochs=1, batch_size=4, verbose=0)
+    with pytest.raises(RuntimeError, match="out of GPU memory"):
+        train(cfg)
+    assert keras.mixed_precision.global_policy().name == "float32"
