@@ -70,6 +70,9 @@ class StreamResult:
         return f"{self.polls} polls, {self.emitted} init times emitted for scoring"
 
 
+MAX_FAILED_POLLS = 10  # consecutive polls whose planning failed before the stream gives up
+
+
 class _Poll(beam.DoFn):
     """On each impulse: plan, emit the new tasks, record totals in the status file."""
 
@@ -79,12 +82,18 @@ class _Poll(beam.DoFn):
     def setup(self) -> None:
         self.emitted: set[int] = set()
         self.polls = 0
+        self.failed_in_a_row = 0
 
     def process(self, _tick: float):
         try:
             _, tasks, _ = plan(self.spec, exclude=self.emitted)
-        except Exception as error:  # an archive mid-extension or not there yet: try again next poll
-            log.warning("poll skipped: %s", error)
+            self.failed_in_a_row = 0
+        except (ValueError, OSError) as error:  # the stores' errors: an archive mid-extension or not
+            self.failed_in_a_row += 1           # there yet; try again next poll (any other error is a bug)
+            if self.failed_in_a_row >= MAX_FAILED_POLLS:
+                raise ScoringError(f"{MAX_FAILED_POLLS} polls in a row failed, the last with: {error}; fix "
+                                   "the archive or the forecast store and start the stream again") from error
+            log.warning("poll skipped (%d in a row): %s", self.failed_in_a_row, error)
             tasks = []
         self.polls += 1
         for task in tasks:

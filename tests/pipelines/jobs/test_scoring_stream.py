@@ -69,3 +69,23 @@ def test_stream_refuses_a_bounded_selection(tmp_path):
         StreamSpec(spec)
     with pytest.raises(ScoringError, match="interval"):
         StreamSpec(ScoringSpec(archive="a", forecasts="f", models="m", model=MODEL), interval_s=0)
+
+
+def test_a_poll_retries_store_errors_a_while_and_never_hides_a_bug(tmp_path, monkeypatch):
+    """Polling once caught every Exception and retried it forever, hiding real bugs."""
+    from nowcast.pipelines.jobs import scoring_stream
+
+    poll = scoring_stream._Poll(spec=None, status_path=str(tmp_path / "status.json"))  # type: ignore[arg-type]
+    poll.setup()
+    monkeypatch.setattr(scoring_stream, "plan", lambda *a, **k: (_ for _ in ()).throw(TypeError("a bug")))
+    with pytest.raises(TypeError, match="a bug"):
+        list(poll.process(0.0))
+
+    def store_error(*args, **kwargs):
+        raise FileNotFoundError("archive.zarr/precip/zarr.json (mid-extension)")
+
+    monkeypatch.setattr(scoring_stream, "plan", store_error)
+    for _ in range(scoring_stream.MAX_FAILED_POLLS - 1):
+        assert list(poll.process(0.0)) == []  # skipped: the next poll may find the store complete
+    with pytest.raises(ScoringError, match="polls in a row failed"):
+        list(poll.process(0.0))
