@@ -13,6 +13,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from nowcast.errors import InputError
 from nowcast.pipelines.jobs.runners import KINDS, RunnerOptions
 
 EXIT_BAD_INPUT = 2
@@ -55,7 +56,7 @@ def source_from_args(args: argparse.Namespace):
     from nowcast.pipelines.sources import folder_source, get_source
 
     if args.synthetic == bool(args.input):
-        raise ValueError("give exactly one of --input DIR or --synthetic")
+        raise InputError("give exactly one of --input DIR or --synthetic")
     if args.synthetic:
         return get_source("synthetic", shape=(args.size, args.size), n_frames=args.frames,
                           start=args.synthetic_start, time_step=args.time_step or "PT5M",
@@ -213,7 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except ValueError as error:  # every input error of ours subclasses ValueError
+    except InputError as error:  # bad input; anything else is a bug and keeps its traceback
         print(f"nowcast {args.command}: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
 

@@ -22,13 +22,14 @@ from typing import Annotated, ClassVar, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from nowcast.errors import InputError
 from nowcast.pipelines.jobs.runners import RunnerOptions
 
 ROOTS_ENV = "NOWCAST_STORAGE_ROOTS"
 DEFAULT_WORKDIR = "runs/demo"
 
 
-class ParameterError(ValueError):
+class ParameterError(InputError):
     """A flow parameter that cannot work; raised before the flow does anything."""
 
 

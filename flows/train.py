@@ -18,6 +18,7 @@ from pathlib import Path
 import keras
 from prefect import flow, get_run_logger, task
 
+from nowcast.errors import InputError
 from nowcast.flows.artifacts import publish_png, publish_scores, publish_store
 from nowcast.flows.params import TrainParams
 from nowcast.flows.workdir import local_workdir, published
@@ -32,7 +33,7 @@ from nowcast.pipelines.stores.windows import WindowsStore
 BASELINE = "extrapolation"  # what a new version must beat to be promoted
 
 
-class TrainFlowError(ValueError):
+class TrainFlowError(InputError):
     """Training data that cannot give a verified model (e.g. an empty validation split)."""
 
 

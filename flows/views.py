@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nowcast.errors import InputError
 from nowcast.pipelines.stores.archive import VALID, open_archive, read_info
 
 
@@ -51,7 +52,7 @@ def plot_frames(url: str, path: str | Path, count: int = 4, field: str | None = 
     ds = open_archive(url)
     valid_idx = np.flatnonzero(ds[VALID].values)
     if valid_idx.size == 0:
-        raise ValueError(f"{url} has no valid frame to plot")
+        raise InputError(f"{url} has no valid frame to plot; ingest frames first")
     picks = valid_idx[np.linspace(0, valid_idx.size - 1, min(count, valid_idx.size)).astype(int)]
     fig, axes = plt.subplots(1, len(picks), figsize=(3.2 * len(picks) + 1, 3.4), squeeze=False,
                              layout="constrained")

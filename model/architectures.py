@@ -61,13 +61,14 @@ from collections.abc import Callable
 import keras
 from keras import layers
 
+from nowcast.errors import InputError
 from nowcast.model.layers import Advect, BoxMean, LastFrame, LeadScale, LeadSmooth, MatchMotion, RepeatLeads
 
 SMOOTHING = (5, 17)  # box sizes, in pixels, of the smoothed base frames the head sees
 SMOOTHING_LAYER = "lead_smoothing"
 
 
-class ArchitectureError(ValueError):
+class ArchitectureError(InputError):
     """An architecture name or configuration that cannot build a model."""
 
 

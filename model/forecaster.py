@@ -39,13 +39,14 @@ from typing import Any
 import numpy as np
 
 from nowcast.background import Background
+from nowcast.errors import InputError
 from nowcast.model.tiling import Tiling, WholeGrid
 
 PROBABILITY_MATCHING = "probability_matching"  # the metadata's ``postprocessing`` value that turns it on
 BASE_LAYERS = ("advection", "persistence")  # the layers whose output a residual model corrects
 
 
-class ForecastError(ValueError):
+class ForecastError(InputError):
     """A model or window that cannot produce a forecast."""
 
 

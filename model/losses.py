@@ -12,6 +12,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from nowcast.errors import InputError
 from nowcast.model.layers import PACKAGE
 
 
@@ -50,4 +51,4 @@ def get_loss(name: str, intensity_weight: float = 1.0) -> keras.losses.Loss:
         return keras.losses.LogCosh()
     if name == "intensity_weighted_mse":
         return IntensityWeightedMSE(intensity_weight)
-    raise ValueError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")
+    raise InputError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")

@@ -45,6 +45,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 import nowcast.model.layers
 import nowcast.model.losses  # noqa: F401 (registers the training losses)
+from nowcast.errors import InputError
 from nowcast.pipelines.stores.archive import ArchiveDescription
 
 __all__ = ["ArchiveDescription", "ArchiveMismatchError", "ChecksumMismatchError", "LoadedModel",
@@ -58,7 +59,7 @@ LATEST = "latest"
 _PACKAGES = ("keras", "tensorflow", "tensorflow-cpu", "jax", "torch", "numpy", "zarr", "xarray", "pysteps")
 
 
-class RegistryError(ValueError):
+class RegistryError(InputError):
     """A model version that is missing, malformed or cannot be stored."""
 
 

@@ -21,8 +21,10 @@ import dataclasses
 
 import numpy as np
 
+from nowcast.errors import InputError
 
-class TilingError(ValueError):
+
+class TilingError(InputError):
     """A grid, patch and overlap that cannot tile."""
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import keras
 
+from nowcast.errors import InputError
 from nowcast.model import calibration, data, registry
 from nowcast.model.architectures import ArchitectureConfig, build_model
 from nowcast.model.forecaster import PROBABILITY_MATCHING
@@ -34,7 +35,7 @@ from nowcast.pipelines.stores.timeaxis import format_time_step, parse_time_step
 from nowcast.pipelines.stores.windows import WindowsStore, describe_archive, fingerprint
 
 
-class TrainConfigError(ValueError):
+class TrainConfigError(InputError):
     """A training configuration that cannot run."""
 
 

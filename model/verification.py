@@ -32,6 +32,8 @@ from pysteps import motion, nowcasts
 from pysteps.utils import transformation
 from pysteps.verification import detcatscores, detcontscores, spatialscores
 
+from nowcast.errors import InputError
+
 THRESHOLDS = (0.1, 0.5, 1.0, 5.0)
 FSS_THRESHOLD = 1.0
 FSS_SCALES = (1, 5, 15)
@@ -176,7 +178,7 @@ def get_baseline(name: str):
     try:
         return BASELINES[name]
     except KeyError:
-        raise ValueError(f"unknown baseline {name!r}; choose one of {sorted(BASELINES)}") from None
+        raise InputError(f"unknown baseline {name!r}; choose one of {sorted(BASELINES)}") from None
 
 
 def markdown_table(scores: Mapping[str, Mapping[str, Mapping[str, float]]],

@@ -19,6 +19,8 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.runners.runner import PipelineResult, PipelineRunner
 
+from nowcast.errors import InputError
+
 RunnerKind = Literal["inmemory", "multiprocess", "dask", "beam"]
 KINDS = ("inmemory", "multiprocess", "dask", "beam")
 
@@ -32,7 +34,7 @@ REQUIRED_OPTIONS: dict[str, tuple[tuple[str, ...], ...]] = {
 }
 
 
-class RunnerError(ValueError):
+class RunnerError(InputError):
     """Runner options that cannot work."""
 
 

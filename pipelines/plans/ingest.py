@@ -12,12 +12,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from nowcast.errors import InputError
 from nowcast.pipelines.sources.base import SourceItem
 from nowcast.pipelines.stores.archive import ArchiveInfo, FieldSpec
 from nowcast.pipelines.stores.timeaxis import time_index
 
 
-class IngestError(ValueError):
+class IngestError(InputError):
     """A batch that cannot be ingested; the archive was left unchanged."""
 
 

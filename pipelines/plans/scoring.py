@@ -11,11 +11,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from nowcast.errors import InputError
 from nowcast.pipelines.stores.archive import ArchiveInfo
 from nowcast.pipelines.stores.timeaxis import time_index, to_datetime64
 
 
-class ScoringError(ValueError):
+class ScoringError(InputError):
     """A scoring request that cannot run; nothing was written."""
 
 

@@ -17,12 +17,13 @@ from typing import Any, Literal
 
 import numpy as np
 
+from nowcast.errors import InputError
 from nowcast.pipelines.stores.timeaxis import parse_time_step
 
 SplitMethod = Literal["hash", "contiguous"]
 
 
-class WindowSpecError(ValueError):
+class WindowSpecError(InputError):
     """A window spec (or its combination with an archive) that cannot work."""
 
 

@@ -24,6 +24,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import pyproj
 
+from nowcast.errors import InputError
 from nowcast.pipelines.stores.archive import FieldSpec
 from nowcast.pipelines.stores.grid import Grid, plain_value
 
@@ -35,7 +36,7 @@ for _message in ("You will likely lose important projection information",
     warnings.filterwarnings("ignore", message=_message, category=UserWarning)
 
 
-class SourceError(ValueError):
+class SourceError(InputError):
     """A bad input (file, folder or option): the message names it, the problem and the fix."""
 
 

@@ -14,6 +14,8 @@ import numpy as np
 import pyproj
 import xarray as xr
 
+from nowcast.errors import InputError
+
 CRS_VAR = "crs"
 
 
@@ -125,4 +127,4 @@ def _grid_mapping_name(ds: xr.Dataset) -> str:
             return str(var.attrs["grid_mapping"])
     if CRS_VAR in ds.variables:
         return CRS_VAR
-    raise ValueError("dataset has no CF grid mapping: add a 'crs' variable and grid_mapping attrs")
+    raise InputError("dataset has no CF grid mapping: add a 'crs' variable and grid_mapping attrs")

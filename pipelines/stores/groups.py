@@ -19,10 +19,12 @@ import zarr
 from zarr.abc.store import Store
 from zarr.storage import FsspecStore, LocalStore
 
+from nowcast.errors import InputError
+
 Mode = Literal["r", "r+", "a", "w", "w-"]
 
 
-class StoreError(ValueError):
+class StoreError(InputError):
     """A store that is missing or does not follow its schema; the message names the fix.
 
     Subclasses name the kind of store and what to do when it is missing.

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from nowcast.errors import InputError
+
 TIME_UNITS = "seconds since 1970-01-01"  # how every store encodes its time coordinates
 _ISO_DURATION = re.compile(
     r"^P(?:(?P<days>\d+)D)?(?:T(?:(?P<hours>\d+)H)?(?:(?P<minutes>\d+)M)?(?:(?P<seconds>\d+)S)?)?$"
@@ -27,14 +29,14 @@ def parse_time_step(step: str) -> np.timedelta64:
     """
     match = _ISO_DURATION.match(step or "")
     if not match or not any(match.groupdict().values()):
-        raise ValueError(
+        raise InputError(
             f"time step {step!r} is not an ISO 8601 duration such as 'PT5M' or 'PT1H'; "
             "give days, hours, minutes or seconds, e.g. 'PT10M'"
         )
     parts = {k: int(v or 0) for k, v in match.groupdict().items()}
     seconds = parts["days"] * 86400 + parts["hours"] * 3600 + parts["minutes"] * 60 + parts["seconds"]
     if seconds <= 0:
-        raise ValueError(f"time step {step!r} must be positive")
+        raise InputError(f"time step {step!r} must be positive")
     return np.timedelta64(seconds, "s")
 
 
@@ -46,7 +48,7 @@ def format_time_step(step: np.timedelta64) -> str:
     """
     seconds = int(step / np.timedelta64(1, "s"))
     if seconds <= 0:
-        raise ValueError(f"time step must be positive, got {step}")
+        raise InputError(f"time step must be positive, got {step}")
     days, rest = divmod(seconds, 86400)
     hours, rest = divmod(rest, 3600)
     minutes, secs = divmod(rest, 60)
@@ -71,7 +73,7 @@ def time_index(time: object, start: object, step: np.timedelta64) -> int:
     offset = to_datetime64(time) - to_datetime64(start)
     index, remainder = divmod(int(offset / np.timedelta64(1, "s")), int(step / np.timedelta64(1, "s")))
     if remainder:
-        raise ValueError(
+        raise InputError(
             f"time {to_datetime64(time)} is not on the archive's {format_time_step(step)} axis "
             f"that starts at {to_datetime64(start)}; resample the input to that step first"
         )

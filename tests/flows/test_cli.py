@@ -62,3 +62,16 @@ def test_corrupt_radar_file_leaves_archive_unchanged(tmp_path, radar_dir):
     ds = open_archive(str(archive))
     assert ds.sizes["time"] == 12
     assert ds["valid"].values.tolist() == [True] * 9 + [False] + [True] * 2
+
+
+def test_only_input_errors_are_reported_as_bad_input(tmp_path, capsys, monkeypatch):
+    """Every ValueError, internal bugs included, was once printed as the user's mistake with exit 2."""
+    from nowcast.errors import InputError
+    from nowcast.flows import cli
+
+    monkeypatch.setattr(cli, "cmd_ingest", lambda args: (_ for _ in ()).throw(ValueError("a bug's message")))
+    with pytest.raises(ValueError, match="a bug's message"):  # a traceback, exit 1
+        cli.main(["ingest", "--synthetic", "--archive", str(tmp_path / "a.zarr")])
+    monkeypatch.setattr(cli, "cmd_ingest", lambda args: (_ for _ in ()).throw(InputError("bad; fix it")))
+    assert cli.main(["ingest", "--synthetic", "--archive", str(tmp_path / "a.zarr")]) == 2
+    assert "nowcast ingest: error: bad; fix it" in capsys.readouterr().err

@@ -1,0 +1,14 @@
+"""The one error class a user may cause: bad input, with a message that names the problem and the fix.
+
+Every error of nowcast that input can provoke (a bad file, parameter, store,
+model choice) subclasses :class:`InputError`; the command line turns these
+into ``<command>: error: <message>`` and exit status 2. Any other exception,
+a plain ``ValueError`` from a library included, is a bug and keeps its
+traceback (exit 1), so a bug is never reported as the user's mistake.
+"""
+
+from __future__ import annotations
+
+
+class InputError(ValueError):
+    """Bad input: the message names the problem and the fix (the command line exits 2)."""
