@@ -2,7 +2,8 @@
 
 A version folder holds ``model.keras`` (Keras 3 format), ``metadata.json``
 (what the model was trained on and how its inputs are normalised, plus the
-sha256 of ``model.keras``) and ``metrics.json``. ``models/<name>/latest``
+sha256 of ``model.keras``), ``metrics.json`` and ``manifest.json`` (the
+sha256 of each of the other three). ``models/<name>/latest``
 names the promoted version.
 
 The registry root is a local folder or any fsspec URL (``s3://bucket/models``
@@ -13,7 +14,8 @@ renamed into place, and ``latest`` is replaced with ``os.replace``; on an
 object store ``metadata.json`` is uploaded last (a version without it is not
 a version) and ``latest`` is one object, replaced by a single PUT.
 
-Loading verifies the checksum, compares the metadata with a description of
+Loading verifies every file against the manifest (an edited normalisation
+in metadata.json is refused like a changed model.keras), compares the metadata with a description of
 the archive the caller is about to feed the model (time step, variables and
 their units, grid shape) and refuses any mismatch with an error that names it;
 then it loads with ``safe_mode=True`` (no arbitrary code from the file). Keras
@@ -30,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import platform
 import tempfile
@@ -55,7 +58,9 @@ __all__ = ["ArchiveDescription", "ArchiveMismatchError", "ChecksumMismatchError"
 MODEL_FILE = "model.keras"
 METADATA_FILE = "metadata.json"
 METRICS_FILE = "metrics.json"
+MANIFEST_FILE = "manifest.json"  # sha256 of every other file of the version
 LATEST = "latest"
+log = logging.getLogger(__name__)
 _PACKAGES = ("keras", "tensorflow", "tensorflow-cpu", "jax", "torch", "numpy", "zarr", "xarray", "pysteps")
 
 
@@ -156,14 +161,18 @@ def save_model(model: keras.Model, root: str | Path, name: str, metadata: Mappin
         (staging / METADATA_FILE).write_text(json.dumps(full, indent=2, sort_keys=True, default=str) + "\n")
         (staging / METRICS_FILE).write_text(json.dumps(dict(metrics or {}), indent=2, sort_keys=True,
                                                        default=str) + "\n")
+        manifest = {"files": {file: sha256_file(staging / file) for file in (MODEL_FILE, METRICS_FILE,
+                                                                              METADATA_FILE)}}
+        (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        files = (MODEL_FILE, METRICS_FILE, MANIFEST_FILE, METADATA_FILE)
         if isinstance(fs, LocalFileSystem):  # a hidden folder beside the final one, renamed into place
             os.makedirs(parent, exist_ok=True)
             hidden = tempfile.mkdtemp(prefix=f".{version}.", dir=parent)
-            for file in (MODEL_FILE, METRICS_FILE, METADATA_FILE):
+            for file in files:
                 os.replace(staging / file, os.path.join(hidden, file))
             os.rename(hidden, final)
         else:  # metadata.json last: until it lands, readers see no version here
-            for file in (MODEL_FILE, METRICS_FILE, METADATA_FILE):
+            for file in files:
                 fs.put_file(str(staging / file), f"{final}/{file}")
     if promote:
         promote_version(root, name, version)
@@ -234,6 +243,30 @@ def _local_copy(version_dir: str, expected: str | None) -> str:
     return str(cached)
 
 
+def check_manifest(version_dir: str, known: Mapping[str, str]) -> None:
+    """Every file of the version against ``manifest.json`` (``known``: digests already computed).
+
+    A version saved before manifests existed has none; its metadata then goes unchecked (logged).
+
+    Raises:
+        ChecksumMismatchError: naming each file whose bytes differ from the manifest.
+    """
+    fs, folder = fsspec.core.url_to_fs(version_dir.rstrip("/"))
+    if not fs.isfile(f"{folder}/{MANIFEST_FILE}"):
+        log.warning("%s has no %s (saved by an older nowcast): only %s is verified", version_dir,
+                    MANIFEST_FILE, MODEL_FILE)
+        return
+    recorded = json.loads(fs.cat_file(f"{folder}/{MANIFEST_FILE}"))["files"]
+    changed = [file for file, digest in recorded.items()
+               if known.get(file) != digest and hashlib.sha256(fs.cat_file(f"{folder}/{file}")).hexdigest()
+               != digest]
+    if changed:
+        raise ChecksumMismatchError(
+            f"{version_dir}: {', '.join(changed)} changed since the version was saved (their sha256 differs "
+            f"from {MANIFEST_FILE}); a model's files are immutable: restore them, or retrain and save a new "
+            "version")
+
+
 def check_archive(metadata: Mapping[str, Any], archive: ArchiveDescription) -> None:
     """Refuses an archive whose time step, variables/units or grid differ from training.
 
@@ -299,6 +332,7 @@ def load_model(root: str | Path, name: str, version: str = LATEST, *,
             f"{path}/{MODEL_FILE} has sha256 {actual} but its metadata records {expected}; the file was "
             "modified or corrupted after saving: restore it or retrain and save a new version"
         )
+    check_manifest(path, {MODEL_FILE: actual})
     if archive is not None:
         check_archive(metadata, archive)
     metrics = read_metadata(path, METRICS_FILE)

@@ -46,6 +46,9 @@ def test_save_then_load_gives_identical_predictions(saved):
     assert loaded.metrics == {"val_loss": 0.5}
     meta = json.loads((path / "metadata.json").read_text())
     assert meta["model_sha256"] == registry.sha256_file(path / "model.keras")
+    manifest = json.loads((path / "manifest.json").read_text())["files"]
+    assert manifest == {f: registry.sha256_file(path / f)
+                        for f in ("model.keras", "metadata.json", "metrics.json")}
     assert meta["packages"]["keras"] == keras.__version__
 
 
@@ -69,6 +72,27 @@ def test_corrupted_model_file_is_refused(saved):
         handle.write(b"\0")
     with pytest.raises(registry.ChecksumMismatchError, match="modified or corrupted"):
         registry.load_model(root, name, archive=ARCHIVE)
+
+
+@pytest.mark.parametrize("file", ["metadata.json", "metrics.json"])
+def test_an_edited_metadata_or_metrics_file_is_refused(saved, file):
+    """metadata.json (its normalisation statistics, say) could once be edited and used without a word."""
+    _, path, root, name = saved
+    content = json.loads((path / file).read_text())
+    if file == "metadata.json":
+        content["t_in"] = 4
+    else:
+        content["val_loss"] = 0.1
+    (path / file).write_text(json.dumps(content))
+    with pytest.raises(registry.ChecksumMismatchError, match=f"{file} changed since the version was saved"):
+        registry.load_model(root, name, archive=ARCHIVE)
+
+
+def test_a_version_saved_before_manifests_still_loads(saved, caplog):
+    _, path, root, name = saved
+    (path / "manifest.json").unlink()
+    assert registry.load_model(root, name, archive=ARCHIVE).metrics == {"val_loss": 0.5}
+    assert "has no manifest.json" in caplog.text
 
 
 @pytest.mark.parametrize(("archive", "message"), [
