@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import parser, peak_rss, rain_stats, write_results
+from nowcast.flows.serve import stop_process
 from nowcast.pipelines.jobs.ingest import IngestSpec, ingest_items
 from nowcast.pipelines.sources import get_source
 from nowcast.pipelines.stores.archive import read_info
@@ -53,15 +54,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def save_model(models: Path, archive: str, frames: np.ndarray) -> None:
@@ -178,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for proc in (worker, server):
             if proc is not None:
-                stop(proc)
+                stop_process(proc)
         shutil.rmtree(work, ignore_errors=True)
     figures = {
         "median_s": statistics.median(scheduled),

@@ -97,6 +97,16 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         return
 
 
+def stop_process(process: subprocess.Popen, timeout_s: float = 20.0) -> None:
+    """Terminates a child (SIGTERM), then kills it if it has not exited within ``timeout_s``."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def wait_for_api(api_url: str, timeout_s: float = 120.0) -> None:
     """Waits until ``<api_url>/health`` answers."""
     deadline = time.monotonic() + timeout_s
@@ -139,8 +149,4 @@ def run_local_server(workdir: str | Path = "runs/demo", port: int = 4200, files_
         with temporary_settings({PREFECT_API_URL: api}):
             serve_deployments(root, cron)
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop_process(server)

@@ -49,7 +49,7 @@ def prefect_server(tmp_path_factory):
     from prefect.logging.handlers import APILogWorker
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from nowcast.flows.serve import wait_for_api
+    from nowcast.flows.serve import stop_process, wait_for_api
 
     home = tmp_path_factory.mktemp("prefect-server")
     api = f"http://127.0.0.1:{_free_port()}/api"
@@ -73,12 +73,7 @@ def prefect_server(tmp_path_factory):
             EventsWorker.drain_all()
     finally:
         os.environ.pop("PREFECT_API_URL", None)
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop_process(server, timeout_s=30)
 
 
 def _free_port() -> int:

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from nowcast.flows.params import ROOTS_ENV
-from nowcast.flows.serve import wait_for_api
+from nowcast.flows.serve import stop_process, wait_for_api
 from nowcast.pipelines.stores.forecasts import written_flags
 from tests.pipelines.jobs.scoring_helpers import make_archive, save_tiny_model, synthetic_stats
 
@@ -50,15 +50,6 @@ def api(url: str, path: str, body: dict | None = None) -> object:
 
 def flow_run(api_url: str, run_id: str) -> dict:
     return api(api_url, "/flow_runs/filter", {"flow_runs": {"id": {"any_": [run_id]}}})[0]  # type: ignore[index]
-
-
-def stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 @pytest.fixture
@@ -99,8 +90,8 @@ def served(tmp_path):
         yield f"http://127.0.0.1:{port}", api_url, workdir
     finally:
         if worker is not None:
-            stop(worker)
-        stop(server)
+            stop_process(worker)
+        stop_process(server)
         shutil.rmtree(tmp_path / "prefect", ignore_errors=True)
 
 
