@@ -15,6 +15,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from nowcast.pipelines.stores.groups import filesystem
+
 
 @contextlib.contextmanager
 def local_workdir(workdir: str) -> Iterator[Path]:
@@ -24,7 +26,6 @@ def local_workdir(workdir: str) -> Iterator[Path]:
     if "://" not in workdir:
         yield Path(workdir)
         return
-    import fsspec
 
     digest = hashlib.sha256(workdir.encode()).hexdigest()[:16]
     local = Path(tempfile.gettempdir()) / "nowcast-workdir" / digest
@@ -32,7 +33,7 @@ def local_workdir(workdir: str) -> Iterator[Path]:
     try:
         yield local
     finally:
-        fs, root = fsspec.core.url_to_fs(workdir)
+        fs, root = filesystem(workdir)
         fs.put(f"{local}/", root.rstrip("/") + "/", recursive=True)
 
 

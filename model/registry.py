@@ -42,7 +42,6 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
-import fsspec
 import keras
 from fsspec.implementations.local import LocalFileSystem
 
@@ -50,6 +49,7 @@ import nowcast.model.layers
 import nowcast.model.losses  # noqa: F401 (registers the training losses)
 from nowcast.errors import InputError
 from nowcast.pipelines.stores.archive import ArchiveDescription
+from nowcast.pipelines.stores.groups import filesystem
 
 __all__ = ["ArchiveDescription", "ArchiveMismatchError", "ChecksumMismatchError", "LoadedModel",
            "RegistryError", "check_archive", "list_versions", "load_model", "promote_version",
@@ -113,7 +113,7 @@ def new_version() -> str:
 
 def _location(root: str | Path, *parts: str) -> tuple[Any, str]:
     """The filesystem of ``root`` and the path of ``parts`` below it."""
-    fs, base = fsspec.core.url_to_fs(str(root))
+    fs, base = filesystem(str(root))
     return fs, "/".join([base.rstrip("/"), *parts])
 
 
@@ -211,7 +211,7 @@ def resolve_version(root: str | Path, name: str, version: str = LATEST) -> str:
 
 def read_metadata(version_dir: str, file: str = METADATA_FILE) -> dict[str, Any]:
     """A version's ``metadata.json`` (or another of its JSON files; ``{}`` when that one is absent)."""
-    fs, path = fsspec.core.url_to_fs(f"{version_dir.rstrip('/')}/{file}")
+    fs, path = filesystem(f"{version_dir.rstrip('/')}/{file}")
     if file != METADATA_FILE and not fs.isfile(path):
         return {}
     return json.loads(fs.cat_file(path))
@@ -229,7 +229,7 @@ def list_versions(root: str | Path, name: str) -> list[str]:
 
 def _local_copy(version_dir: str, expected: str | None) -> str:
     """``model.keras`` of a version on the local disk: itself, or a cached copy of a remote one."""
-    fs, path = fsspec.core.url_to_fs(f"{version_dir.rstrip('/')}/{MODEL_FILE}")
+    fs, path = filesystem(f"{version_dir.rstrip('/')}/{MODEL_FILE}")
     if isinstance(fs, LocalFileSystem):
         return path
     cache = Path(os.environ.get("NOWCAST_MODEL_CACHE", Path.home() / ".cache" / "nowcast" / "models"))
@@ -251,7 +251,7 @@ def check_manifest(version_dir: str, known: Mapping[str, str]) -> None:
     Raises:
         ChecksumMismatchError: naming each file whose bytes differ from the manifest.
     """
-    fs, folder = fsspec.core.url_to_fs(version_dir.rstrip("/"))
+    fs, folder = filesystem(version_dir.rstrip("/"))
     if not fs.isfile(f"{folder}/{MANIFEST_FILE}"):
         log.warning("%s has no %s (saved by an older nowcast): only %s is verified", version_dir,
                     MANIFEST_FILE, MODEL_FILE)

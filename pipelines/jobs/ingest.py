@@ -30,7 +30,6 @@ import uuid
 from collections.abc import Iterator, Sequence
 
 import apache_beam as beam
-import fsspec
 import numpy as np
 from apache_beam.metrics import Metrics
 
@@ -65,6 +64,7 @@ from nowcast.pipelines.stores.groups import (
     consolidate_if_behind,
     dimension_names,
     exists,
+    filesystem,
     is_local,
     local_path,
     open_group,
@@ -196,7 +196,8 @@ class _CheckFrame(beam.DoFn):
         report = check_item(self.source, item, self.grid, self.fields)
         self.checked.inc()
         name = hashlib.sha1(f"{item.path}#{item.index_in_file}".encode()).hexdigest() + ".json"
-        with fsspec.open(f"{self.report_dir}/{name}", "w") as handle:
+        fs, folder = filesystem(self.report_dir)
+        with fs.open(f"{folder}/{name}", "w") as handle:
             json.dump(report, handle)
         yield len(report["problems"])  # type: ignore[arg-type]
 
@@ -280,7 +281,7 @@ def check_batch(spec: IngestSpec, items: Sequence[SourceItem], fields: tuple[Fie
         reports = [check_item(spec.source, item, grid, fields) for item in items]
     else:
         report_dir = check_reports_url(spec.archive)
-        fs, path = fsspec.core.url_to_fs(report_dir)
+        fs, path = filesystem(report_dir)
         try:
             run_pipeline(runner, lambda p: p | "CheckFrames" >> CheckFrames(spec, items, fields, grid,
                                                                             report_dir))

@@ -27,6 +27,7 @@ import pyproj
 from nowcast.errors import InputError
 from nowcast.pipelines.stores.archive import FieldSpec
 from nowcast.pipelines.stores.grid import Grid, plain_value
+from nowcast.pipelines.stores.groups import filesystem
 
 # pyproj warns whenever a CRS is written as a PROJ string or CF attributes, which the
 # archive's grid mapping always does (its crs_wkt keeps the full definition). The filters
@@ -116,9 +117,8 @@ def list_files(directory: str, suffixes: Sequence[str]) -> list[str]:
 
 
 def _list_url(url: str, suffixes: Sequence[str]) -> list[str]:
-    import fsspec
 
-    fs, root = fsspec.core.url_to_fs(url)
+    fs, root = filesystem(url)
     root = root.rstrip("/")
     if fs.isfile(root):
         raise SourceError(f"input folder {url!r} is a file; give the prefix (folder) that holds the files")
@@ -140,11 +140,11 @@ def local_file(path: str) -> Iterator[str]:
     if not is_url(path):
         yield path
         return
-    import fsspec
 
     with tempfile.TemporaryDirectory(prefix="nowcast-input-") as folder:
         local = os.path.join(folder, posixpath.basename(path.rstrip("/")))
-        with fsspec.open(path, "rb") as remote, open(local, "wb") as copy:
+        fs, remote_path = filesystem(path)
+        with fs.open(remote_path, "rb") as remote, open(local, "wb") as copy:
             shutil.copyfileobj(remote, copy, length=1 << 20)
         yield local
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import zarr
@@ -50,20 +50,31 @@ def local_path(url: str) -> str:
     return os.path.abspath(url[len("file://"):] if url.startswith("file://") else url)
 
 
+# Stores, inputs and registries are written by other processes while this one runs: a cached listing
+# would hide what they wrote (a long-lived process polling for a new store never saw it appear, and a
+# stale size or absence is answered from the cache). Every lookup asks the storage.
+FRESH = {"use_listings_cache": False}
+
+
+def filesystem(url: str) -> tuple[Any, str]:
+    """fsspec's filesystem and path for ``url`` (local or remote), without a listings cache."""
+    import fsspec
+
+    return fsspec.core.url_to_fs(url, **FRESH)
+
+
 def zarr_store(url: str, read_only: bool = False) -> Store:
-    """A zarr v3 store for ``url``: LocalStore on disk, fsspec for everything else."""
+    """A zarr v3 store for ``url``: LocalStore on disk, fsspec (no listings cache) for everything else."""
     if is_local(url):
         return LocalStore(local_path(url), read_only=read_only)
-    return FsspecStore.from_url(url, read_only=read_only)
+    return FsspecStore.from_url(url, storage_options=dict(FRESH), read_only=read_only)
 
 
 def exists(url: str) -> bool:
     """Whether a store (its root metadata) exists at ``url``."""
     if is_local(url):
         return os.path.exists(os.path.join(local_path(url), "zarr.json"))
-    import fsspec
-
-    fs, path = fsspec.core.url_to_fs(url)
+    fs, path = filesystem(url)
     return fs.exists(f"{path.rstrip('/')}/zarr.json")
 
 

@@ -191,6 +191,7 @@ class Life:
         import s3fs
 
         self.env, self.stores = env, env["NOWCAST_STORES"]
+        self.last_error: str | None = None
         self.fs = s3fs.S3FileSystem(key=env["AWS_ACCESS_KEY_ID"], secret=env["AWS_SECRET_ACCESS_KEY"],
                                     client_kwargs={"endpoint_url": env["AWS_ENDPOINT_URL"]},
                                     use_listings_cache=False, skip_instance_cache=True)
@@ -272,7 +273,8 @@ class Life:
             time.sleep(2)
         failed = [(run.name, run.state.message) for name in ("ingest/scheduled", "forecast/scheduled-cpu")
                   for run in self.runs(name) if run.state and run.state.is_failed()]
-        pytest.fail(f"{what}: not within {WAIT_S} s (failed scheduled runs: {failed[:3]})")
+        pytest.fail(f"{what}: not within {WAIT_S} s (failed scheduled runs: {failed[:3]}; the last error "
+                    f"reading a store: {self.last_error})")
 
     def arrive(self, path) -> None:
         day = path.name[:8]
@@ -283,7 +285,8 @@ class Life:
 
         try:
             return int(open_archive(f"{self.stores}/archive.zarr")["valid"].sum())
-        except Exception:  # not there yet, or its first ingest is creating it
+        except Exception as error:  # not there yet, or its first ingest is creating it
+            self.last_error = f"{type(error).__name__}: {error}"
             return 0
 
     def forecasts(self):
