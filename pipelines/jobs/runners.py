@@ -132,10 +132,6 @@ class RunnerOptions:
         if self.kind == "dask":
             from apache_beam.runners.dask.dask_runner import DaskRunner
 
-            # Beam's DaskRunner puts up to 128 created elements in one dask partition, so a job of
-            # fewer tasks ran on one worker; a task here is a whole archive chunk: one per partition
-            if not any(a.startswith(("--dask_partition_size", "--dask_npartitions")) for a in args):
-                args.append("--dask_partition_size=1")
             return DaskRunner(), PipelineOptions([f"--dask_client_address={self.dask_address}", *args])
         options = PipelineOptions(args)
         return str(options.view_as(StandardOptions).runner), options

@@ -88,13 +88,3 @@ def test_runner_options_are_validated():
         RunnerOptions("dask")
     with pytest.raises(RunnerError, match="at least 1"):
         RunnerOptions("multiprocess", workers=0)
-
-
-def test_the_dask_runner_gives_every_task_its_own_partition():
-    """Beam's default (128 elements a partition) ran a job of fewer tasks on one dask worker."""
-    _, options = RunnerOptions("dask", dask_address="tcp://127.0.0.1:8786").build()
-    assert options.get_all_options()["partition_size"] == 1
-    _, chosen = RunnerOptions("dask", dask_address="tcp://127.0.0.1:8786",
-                              extra_args=("--dask_npartitions=4",)).build()
-    assert chosen.get_all_options()["npartitions"] == 4
-    assert chosen.get_all_options()["partition_size"] is None
