@@ -197,6 +197,7 @@ class _CheckFrame(beam.DoFn):
         self.checked.inc()
         name = hashlib.sha1(f"{item.path}#{item.index_in_file}".encode()).hexdigest() + ".json"
         fs, folder = filesystem(self.report_dir)
+        fs.makedirs(folder, exist_ok=True)  # a local folder must exist; on an object store a no-op
         with fs.open(f"{folder}/{name}", "w") as handle:
             json.dump(report, handle)
         yield len(report["problems"])  # type: ignore[arg-type]
