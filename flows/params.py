@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from nowcast.errors import InputError
 from nowcast.pipelines.jobs.runners import RunnerOptions
+from nowcast.pipelines.stores.groups import is_local, local_path
 
 ROOTS_ENV = "NOWCAST_STORAGE_ROOTS"
 DEFAULT_WORKDIR = "runs/demo"
@@ -163,8 +164,8 @@ class IngestParams(_Stores):
     @model_validator(mode="after")
     def _check(self):
         if self.input_dir:
-            folder = Path(self.input_dir)
-            if "://" not in self.input_dir and not folder.is_dir():  # an object-store prefix may be empty
+            # an object-store prefix may be empty; a local folder must exist
+            if is_local(self.input_dir) and not Path(local_path(self.input_dir)).is_dir():
                 raise ParameterError(f"input_dir {self.input_dir!r} is not a folder; create it and drop "
                                      "files there, or leave it empty for synthetic data")
         else:

@@ -192,11 +192,18 @@ def start_s3(folder: Path, port: int, env: Mapping[str, str]) -> subprocess.Pope
     moto = _start("s3", [_bin("moto_server"), "-p", str(port)], folder, env)
     endpoint = f"http://127.0.0.1:{port}"
     _wait("moto S3 server", lambda: _http_ok(endpoint), folder / "s3.log", process=moto)
+    s3_filesystem({**env, "AWS_ENDPOINT_URL": endpoint}).mkdir(BUCKET)
+    return moto
+
+
+def s3_filesystem(env: Mapping[str, str]):
+    """An s3fs filesystem on the stack's object store (``env``: its S3 variables), without any cache:
+    its own instance, and every listing asked of the store."""
     import s3fs
 
-    s3fs.S3FileSystem(key=env["AWS_ACCESS_KEY_ID"], secret=env["AWS_SECRET_ACCESS_KEY"],
-                      client_kwargs={"endpoint_url": endpoint}).mkdir(BUCKET)
-    return moto
+    return s3fs.S3FileSystem(key=env["AWS_ACCESS_KEY_ID"], secret=env["AWS_SECRET_ACCESS_KEY"],
+                             client_kwargs={"endpoint_url": env["AWS_ENDPOINT_URL"]},
+                             use_listings_cache=False, skip_instance_cache=True)
 
 
 def start_dask(folder: Path, port: int, workers: int, env: Mapping[str, str]) -> list[subprocess.Popen]:

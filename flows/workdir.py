@@ -15,7 +15,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from nowcast.pipelines.stores.groups import filesystem
+from nowcast.pipelines.stores.groups import filesystem, is_local, local_path
 
 
 @contextlib.contextmanager
@@ -23,8 +23,8 @@ def local_workdir(workdir: str) -> Iterator[Path]:
     """The folder a flow writes into: ``workdir``, or for a URL a folder on this worker's disk (the same
     one for the same URL) copied to the URL afterwards. Checkpoints then stay on the worker: a training
     run restarted there resumes, one restarted on another machine starts over."""
-    if "://" not in workdir:
-        yield Path(workdir)
+    if is_local(workdir):
+        yield Path(local_path(workdir))
         return
 
     digest = hashlib.sha256(workdir.encode()).hexdigest()[:16]
@@ -39,6 +39,6 @@ def local_workdir(workdir: str) -> Iterator[Path]:
 
 def published(path: Path, local: Path, workdir: str) -> str:
     """Where a file written under ``local`` ends up under ``workdir``."""
-    if "://" not in workdir:
+    if is_local(workdir):
         return str(path)
     return f"{workdir.rstrip('/')}/{path.relative_to(local).as_posix()}"

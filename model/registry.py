@@ -257,9 +257,10 @@ def check_manifest(version_dir: str, known: Mapping[str, str]) -> None:
                     MANIFEST_FILE, MODEL_FILE)
         return
     recorded = json.loads(fs.cat_file(f"{folder}/{MANIFEST_FILE}"))["files"]
-    changed = [file for file, digest in recorded.items()
-               if known.get(file) != digest and hashlib.sha256(fs.cat_file(f"{folder}/{file}")).hexdigest()
-               != digest]
+    def digest_of(file: str) -> str:  # a digest already computed is not computed again
+        return known.get(file) or hashlib.sha256(fs.cat_file(f"{folder}/{file}")).hexdigest()
+
+    changed = [file for file, digest in recorded.items() if digest_of(file) != digest]
     if changed:
         raise ChecksumMismatchError(
             f"{version_dir}: {', '.join(changed)} changed since the version was saved (their sha256 differs "

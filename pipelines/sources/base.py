@@ -27,7 +27,7 @@ import pyproj
 from nowcast.errors import InputError
 from nowcast.pipelines.stores.archive import FieldSpec
 from nowcast.pipelines.stores.grid import Grid, plain_value
-from nowcast.pipelines.stores.groups import filesystem
+from nowcast.pipelines.stores.groups import filesystem, is_local, local_path
 
 # pyproj warns whenever a CRS is written as a PROJ string or CF attributes, which the
 # archive's grid mapping always does (its crs_wkt keeps the full definition). The filters
@@ -86,11 +86,6 @@ class Source(Protocol):
         ...
 
 
-def is_url(path: str) -> bool:
-    """True for an fsspec URL (``s3://bucket/incoming``), False for a local path."""
-    return "://" in path
-
-
 def list_files(directory: str, suffixes: Sequence[str]) -> list[str]:
     """Files under ``directory`` (recursively, in path order) whose names end with a suffix.
 
@@ -103,8 +98,9 @@ def list_files(directory: str, suffixes: Sequence[str]) -> list[str]:
     Raises:
         SourceError: if ``directory`` is not a folder.
     """
-    if is_url(directory):
+    if not is_local(directory):
         return _list_url(directory, suffixes)
+    directory = local_path(directory)
     if not os.path.isdir(directory):
         raise SourceError(f"input folder {directory!r} does not exist or is not a folder; "
                           "give the folder that holds the input files")
@@ -137,8 +133,8 @@ def local_file(path: str) -> Iterator[str]:
     The copy keeps the file's name (some formats' readers parse it), lies in the
     reading process's TMPDIR (a worker's own disk) and is removed afterwards.
     """
-    if not is_url(path):
-        yield path
+    if is_local(path):
+        yield local_path(path)
         return
 
     with tempfile.TemporaryDirectory(prefix="nowcast-input-") as folder:

@@ -24,7 +24,6 @@ from nowcast.pipelines.sources.base import (
     SourceItem,
     check_frame_shape,
     grid_from_cf,
-    is_url,
     list_files,
     local_file,
     most_common_step,
@@ -32,6 +31,7 @@ from nowcast.pipelines.sources.base import (
 )
 from nowcast.pipelines.stores.archive import FieldSpec
 from nowcast.pipelines.stores.grid import Grid
+from nowcast.pipelines.stores.groups import is_local
 
 SUFFIXES = (".nc", ".nc4", ".netcdf")
 Y_DIMS = ("y", "projection_y_coordinate")
@@ -106,7 +106,7 @@ class NetCDFSource:
         """
         if isinstance(self.paths, tuple):
             files = sorted(self.paths)
-        elif is_url(self.paths) or os.path.isdir(self.paths):
+        elif not is_local(self.paths) or os.path.isdir(self.paths):
             files = list_files(self.paths, SUFFIXES)
         elif glob.has_magic(self.paths):
             files = sorted(p for p in glob.glob(self.paths, recursive=True) if os.path.isfile(p))
@@ -117,7 +117,7 @@ class NetCDFSource:
                 f"no NetCDF files found at {self.paths!r}; give a folder holding *.nc files, a glob "
                 "such as 'data/*.nc', or a list of files"
             )
-        return [path if is_url(path) else os.path.abspath(path) for path in files]
+        return [path if not is_local(path) else os.path.abspath(path) for path in files]
 
     def _variables(self, ds: xr.Dataset, path: str) -> tuple[str, ...]:
         """The selected variables, checked to be in ``ds``; None selects the first file's."""

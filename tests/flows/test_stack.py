@@ -86,10 +86,7 @@ def test_a_deployment_runs_on_the_stack_worker_into_s3_through_the_dask_cluster(
     worker_log = (folder / "stack" / "prefect-worker.log").read_text()
     assert report["id"] in worker_log  # the separate worker process ran it
 
-    import s3fs
-
-    fs = s3fs.S3FileSystem(key=env["AWS_ACCESS_KEY_ID"], secret=env["AWS_SECRET_ACCESS_KEY"],
-                           client_kwargs={"endpoint_url": env["AWS_ENDPOINT_URL"]})
+    fs = stack.s3_filesystem(env)
     remote = _s3_snapshot(fs, f"{stack.BUCKET}/dask/archive.zarr")
     source = get_source("synthetic", shape=(32, 32), n_frames=24, seed=3, density=2.0)
     local = str(tmp_path / "local.zarr")
@@ -193,13 +190,9 @@ class Life:
     """The test as an operator and an upstream system: files arrive, runs are triggered through the API."""
 
     def __init__(self, env: dict[str, str]):
-        import s3fs
-
         self.env, self.stores = env, env["NOWCAST_STORES"]
         self.last_error: str | None = None
-        self.fs = s3fs.S3FileSystem(key=env["AWS_ACCESS_KEY_ID"], secret=env["AWS_SECRET_ACCESS_KEY"],
-                                    client_kwargs={"endpoint_url": env["AWS_ENDPOINT_URL"]},
-                                    use_listings_cache=False, skip_instance_cache=True)
+        self.fs = stack.s3_filesystem(env)
 
     def client(self):
         from prefect.client.orchestration import get_client
