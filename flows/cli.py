@@ -69,7 +69,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     from nowcast.pipelines.jobs.ingest import IngestSpec, run
 
     spec = IngestSpec(archive=args.archive, source=source_from_args(args), time_step=args.time_step,
-                      start=args.start, time_chunk=args.time_chunk, overwrite=args.overwrite)
+                      start=args.start, time_chunk=args.time_chunk, overwrite=args.overwrite,
+                      repair=args.repair)
     result = run(spec, runner_from_args(args))
     print(result.summary())
     print(archive_summary(args.archive))
@@ -93,6 +94,20 @@ def cmd_summary(args: argparse.Namespace) -> int:
     print(archive_summary(args.archive))
     if args.png:
         print(f"frames saved to {plot_frames(args.archive, args.png)}")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from nowcast.pipelines.stores.integrity import StoreDamagedError, check_store
+
+    def progress(done: int, total: int) -> None:
+        if args.verbose:
+            print(f"  read {done} of {total} chunks", file=sys.stderr)
+
+    report = check_store(args.store, progress)
+    if not report.ok:
+        raise StoreDamagedError(report.text())
+    print(report.text())
     return 0
 
 
@@ -157,6 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--start", default=None, help="first time of a new archive (default: first frame)")
     ingest.add_argument("--time-chunk", type=int, default=24, help="frames per chunk of a new archive")
     ingest.add_argument("--overwrite", action="store_true", help="rewrite frames already ingested")
+    ingest.add_argument("--repair", action="store_true",
+                        help="rewrite only the chunks `nowcast check` finds damaged, from the input's files")
     _runner_args(ingest)
     ingest.set_defaults(func=cmd_ingest)
 
@@ -174,6 +191,11 @@ def build_parser() -> argparse.ArgumentParser:
     summary.add_argument("--archive", required=True)
     summary.add_argument("--png", default=None)
     summary.set_defaults(func=cmd_summary)
+
+    check = sub.add_parser("check", help="read every chunk of an archive, forecasts or windows store and "
+                                         "list the damaged ones with the fix (exit 2 if any)")
+    check.add_argument("store", help="store URL or path")
+    check.set_defaults(func=cmd_check)
 
     demo = sub.add_parser("demo", help="the whole chain on synthetic data with local defaults")
     demo.add_argument("--workdir", default="runs/demo", help="where stores and pictures go")

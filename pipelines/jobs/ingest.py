@@ -13,6 +13,10 @@ The job runs in three steps, each safe to repeat:
    chunk, its statistics and finally its ``valid`` flags. No frame data is
    shuffled: elements carry only file names.
 
+Steps 2 and 3 hold the archive's writers' lock
+(:mod:`nowcast.pipelines.stores.lock`): two ingests into one archive run one
+after the other, the second planning from what the first wrote.
+
 A frame already ``valid`` is skipped unless ``overwrite`` is set, so reruns
 and appends write only what is new, and a rerun after a crash redoes exactly
 the chunks whose flags were never set. Since every chunk is written whole
@@ -69,7 +73,15 @@ from nowcast.pipelines.stores.groups import (
     local_path,
     open_group,
 )
-from nowcast.pipelines.stores.timeaxis import format_time_step, parse_time_step, time_index, to_datetime64
+from nowcast.pipelines.stores.lock import store_lock
+from nowcast.pipelines.stores.timeaxis import (
+    epoch_seconds,
+    format_time_step,
+    parse_time_step,
+    time_index,
+    time_values,
+    to_datetime64,
+)
 
 log = logging.getLogger(__name__)
 NAMESPACE = "nowcast.ingest"
@@ -94,6 +106,8 @@ class IngestSpec:
         overwrite: rewrite frames that are already valid (default: skip them).
         check: read and check every frame before writing (default: unless the
             source is trusted, like the synthetic generator).
+        repair: rewrite only the archive's damaged time chunks
+            (nowcast.pipelines.stores.integrity) from this batch's frames.
     """
 
     archive: str
@@ -104,8 +118,11 @@ class IngestSpec:
     spatial_chunks: tuple[int, int] | None = None
     overwrite: bool = False
     check: bool | None = None
+    repair: bool = False
 
     def __post_init__(self) -> None:
+        if self.repair and self.overwrite:
+            raise IngestError("give --repair or --overwrite, not both: --repair rewrites only damaged chunks")
         if self.time_chunk < 1:
             raise IngestError(f"time_chunk must be at least 1, got {self.time_chunk}")
         if self.time_step is not None:
@@ -157,8 +174,10 @@ def write_chunk(archive: str, source: Source, task: ChunkTask, overwrite: bool) 
     """
     group = open_group(archive, "r+", error=ArchiveError)
     region = slice(task.first_index, task.first_index + task.count)
-    present = np.asarray(array(group, VALID)[region], dtype=bool)
-    todo = [(i, item) for i, item in task.frames if overwrite or not present[i - task.first_index]]
+    present = (np.zeros(task.count, bool) if task.rebuild
+               else np.asarray(array(group, VALID)[region], dtype=bool))
+    todo = [(i, item) for i, item in task.frames
+            if overwrite or task.rebuild or not present[i - task.first_index]]
     counts = {"written": 0, "skipped": len(task.frames) - len(todo), "missing": 0, "chunks": 0, "bytes": 0}
     if todo:
         fields = {name: arr for name, arr in group.arrays() if dimension_names(arr) == FRAME_DIMS}
@@ -315,6 +334,10 @@ def prepare_archive(spec: IngestSpec, items: Sequence[SourceItem],
         return create_archive(spec.archive, grid, fields, start, step, max(length, 1),
                               time_chunk=spec.time_chunk, spatial_chunks=spec.spatial_chunks,
                               attrs={"source": spec.source.name})
+    problem = read_info(spec.archive).grid.mismatch(spec.source.read_grid(items[0]))
+    if problem:  # the archive was created by another writer since this batch was checked
+        raise IngestError(f"the batch is on another grid than {spec.archive} ({problem}); nothing was "
+                          "written: ingest it into a new archive")
     group = open_group(spec.archive, error=ArchiveError)
     start = to_datetime64(group.attrs["time_start"])
     step = parse_time_step(str(group.attrs["time_step"]))
@@ -356,19 +379,26 @@ def ingest_items(spec: IngestSpec, items: Sequence[SourceItem],
         if all_nan:
             log.warning("%d all-NaN frames will be stored as missing (valid=false): %s",
                         len(all_nan), sorted(all_nan)[:5])
-    info = prepare_archive(spec, items, fields)
-    check_fields(info, fields)
-    indexed = frame_indices(items, info.start, info.time_step)
-    tasks = plan_chunks(indexed, info.time_chunk, info.length)
-    log.info("ingest: %d frames in %d chunks into %s", len(items), len(tasks), spec.archive)
-    before = valid_flags(spec.archive)
-    if runner is None:
-        for task in tasks:
-            write_chunk(spec.archive, spec.source, task, spec.overwrite)
-    else:
-        run_pipeline(runner, lambda p: p | "WriteChunks" >> WriteChunks(spec, tasks))
-    after = valid_flags(spec.archive)
-    indices = np.array([i for i, _ in indexed])
+    with store_lock(spec.archive, "ingest"):  # writers merge into shared chunks: one at a time
+        if exists(spec.archive) and not spec.repair:  # before the axis grows: a refusal changes nothing
+            check_chunks_to_merge(spec.archive, items)
+        info = prepare_archive(spec, items, fields)
+        check_fields(info, fields)
+        indexed = frame_indices(items, info.start, info.time_step)
+        tasks = plan_chunks(indexed, info.time_chunk, info.length)
+        log.info("ingest: %d frames in %d chunks into %s", len(items), len(tasks), spec.archive)
+        if spec.repair:  # the valid flags may be among the damaged chunks: not read before
+            tasks = repair_tasks(spec, indexed, info)
+            before = np.zeros(info.length, bool)
+        else:
+            before = valid_flags(spec.archive)
+        if runner is None:
+            for task in tasks:
+                write_chunk(spec.archive, spec.source, task, spec.overwrite)
+        else:
+            run_pipeline(runner, lambda p: p | "WriteChunks" >> WriteChunks(spec, tasks))
+        after = valid_flags(spec.archive)
+    indices = np.array([i for task in tasks for i, _ in task.frames], dtype="int64")
     pending = spec.overwrite | ~before[indices]
     return IngestResult(
         archive=spec.archive, frames_in_batch=len(items),
@@ -378,6 +408,87 @@ def ingest_items(spec: IngestSpec, items: Sequence[SourceItem],
         chunks_written=len({i // info.time_chunk for i in indices[pending]}),
         time_length=int(after.shape[0]),
     )
+
+
+def check_chunks_to_merge(archive: str, items: Sequence[SourceItem]) -> None:
+    """Refuses, before any write, to merge new frames into a chunk of ``archive`` that cannot be read.
+
+    A damaged chunk would otherwise fail in a worker with a codec's traceback
+    (or, read as fill values, lose its frames); only chunks that hold valid
+    frames are read, and a run that only appends new chunks reads none.
+    """
+    info = _existing_info(archive)
+    valid = valid_flags(archive)
+    on_axis = [(i, item) for i, item in frame_indices(items, info.start, info.time_step) if i < info.length]
+    tasks = plan_chunks(on_axis, info.time_chunk, info.length)
+    group = open_group(archive, error=ArchiveError)
+    fields = [arr for _, arr in group.arrays() if dimension_names(arr) == FRAME_DIMS]
+    for task in tasks:
+        if not valid[task.first_index:task.first_index + task.count].any():
+            continue
+        for arr in fields:
+            chunk = (task.first_index // arr.chunks[0], *([0] * (arr.ndim - 1)))
+            try:
+                arr.get_block_selection(chunk)
+            except Exception as error:  # whatever the codec raises for a damaged chunk
+                raise ArchiveError(
+                    f"chunk {'/'.join(map(str, chunk))} of {archive}/{arr.basename} (time index "
+                    f"{task.first_index}) cannot be read ({type(error).__name__}: {str(error)[:100]}); "
+                    f"nothing was written. `nowcast check {archive}` lists every damaged chunk and "
+                    "`nowcast ingest ... --repair` rewrites them from the source files") from error
+
+
+def repair_tasks(spec: IngestSpec, indexed: Sequence[tuple[int, SourceItem]],
+                 info: ArchiveInfo) -> list[ChunkTask]:
+    """The damaged time chunks of the archive, each rebuilt from the batch's frames that fall in it.
+
+    Refuses when a damaged chunk has frames flagged valid that the batch does
+    not have (they would be lost), or when a damaged chunk is not along time.
+    """
+    from nowcast.pipelines.stores.integrity import check_store
+
+    report = check_store(spec.archive)
+    other = [d for d in report.damaged if d.array not in _time_arrays(spec.archive)]
+    if other:
+        raise IngestError(f"--repair rewrites chunks along time; {spec.archive} has other damage:\n"
+                          + report.text())
+    chunk = info.time_chunk
+    damaged = sorted({d.first // chunk for d in report.damaged})
+    by_chunk: dict[int, list[tuple[int, SourceItem]]] = {c: [] for c in damaged}
+    for index, item in indexed:
+        if index // chunk in by_chunk:
+            by_chunk[index // chunk].append((index, item))
+    flags_damaged = any(d.array == VALID for d in report.damaged)
+    valid = None if flags_damaged else valid_flags(spec.archive)
+    lost = []
+    for c, frames in by_chunk.items():
+        given = {i for i, _ in frames}
+        region = range(c * chunk, min((c + 1) * chunk, info.length))
+        lost += [i for i in region if (valid is None or valid[i]) and i not in given]
+    if lost and valid is not None:
+        times = [str(time_values(info.start, info.time_step, info.length)[i])[:16] for i in lost[:10]]
+        raise IngestError(f"--repair needs every frame of the damaged chunks; the input lacks {len(lost)} "
+                          f"valid frame(s) of them ({', '.join(times)}{' ...' if len(lost) > 10 else ''}): "
+                          "give the folder holding them. Nothing was written")
+    if lost:
+        log.warning("the valid flags of the damaged chunks are damaged too: %d slot(s) of them not in the "
+                    "input will read as missing", len(lost))
+    tasks = [ChunkTask(c * chunk, min(chunk, info.length - c * chunk), tuple(frames), rebuild=True)
+             for c, frames in sorted(by_chunk.items())]
+    if any(d.array == "time" for d in report.damaged):
+        rewrite_time_coordinate(spec.archive, info)
+    log.warning("repair: rewriting %d damaged chunk(s) of %s", len(tasks), spec.archive)
+    return tasks
+
+
+def _time_arrays(archive: str) -> set[str]:
+    return set(arrays_along(open_group(archive, error=ArchiveError), "time"))
+
+
+def rewrite_time_coordinate(archive: str, info: ArchiveInfo) -> None:
+    """Writes the time coordinate again from the archive's start and step (its values are implied)."""
+    group = open_group(archive, "r+", error=ArchiveError)
+    array(group, "time")[:] = epoch_seconds(time_values(info.start, info.time_step, info.length))
 
 
 def _existing_info(url: str) -> ArchiveInfo:

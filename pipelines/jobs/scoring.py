@@ -66,6 +66,7 @@ from nowcast.pipelines.stores.forecasts import (
     written_flags,
 )
 from nowcast.pipelines.stores.groups import array, open_group
+from nowcast.pipelines.stores.lock import store_lock
 
 log = logging.getLogger(__name__)
 
@@ -286,14 +287,16 @@ def run(spec: ScoringSpec, runner: RunnerOptions | None = None,
         nowcast.model.registry.RegistryError: the model is missing or does not fit the archive.
         nowcast.pipelines.stores.forecasts.ForecastStoreError: the store holds another model's forecasts.
     """
-    model, tasks, counts = plan(spec)
-    todo = [i for task in tasks for i in task.indices]
-    log.info("scoring %d init times in %d archive chunks into %s", len(todo), len(tasks), spec.forecasts)
-    if tasks:
-        # Create's own reshuffle spreads tasks over the multi-process runner's workers;
-        # Create(reshuffle=False) | Reshuffle() ran them one at a time there (docs/ingest.md).
-        run_pipeline(runner or RunnerOptions(), lambda p: (
-            p | "Tasks" >> beam.Create(list(tasks)) | "Score" >> ScoreInitTimes(spec, model, events_path)))
+    with store_lock(spec.forecasts, "scoring"):  # written flags share chunks: one writer at a time
+        model, tasks, counts = plan(spec)
+        todo = [i for task in tasks for i in task.indices]
+        log.info("scoring %d init times in %d archive chunks into %s", len(todo), len(tasks), spec.forecasts)
+        if tasks:
+            # Create's own reshuffle spreads tasks over the multi-process runner's workers;
+            # Create(reshuffle=False) | Reshuffle() ran them one at a time there (docs/ingest.md).
+            run_pipeline(runner or RunnerOptions(), lambda p: (
+                p | "Tasks" >> beam.Create(list(tasks)) | "Score" >> ScoreInitTimes(spec, model,
+                                                                                    events_path)))
     if not todo:
         return counts
     done = written_flags(spec.forecasts, min(todo), max(todo) + 1)

@@ -32,6 +32,7 @@ from apache_beam.transforms.periodicsequence import PeriodicImpulse
 from nowcast.pipelines.jobs.runners import RunnerOptions
 from nowcast.pipelines.jobs.scoring import ScoreInitTimes, plan
 from nowcast.pipelines.plans.scoring import ScoringError, ScoringSpec
+from nowcast.pipelines.stores.lock import store_lock
 
 log = logging.getLogger(__name__)
 
@@ -121,13 +122,19 @@ def build(root: beam.Pipeline, spec: StreamSpec, status_path: str, events_path: 
 def run_stream(spec: StreamSpec, events_path: str | None = None) -> StreamResult:
     """Runs the stream on the local runner until ``duration_s`` passes (or forever).
 
+    The stream holds the forecast store's writers' lock while it runs
+    (:mod:`nowcast.pipelines.stores.lock`): a batch run into the same store
+    waits for it to end.
+
     Args:
         spec: the stream.
         events_path: if given, one JSON line per written init time is appended there
             (``init_index``, the worker's ``pid``, and the ``time`` it was written, Unix seconds).
     """
     runner, options = RunnerOptions(kind="inmemory", extra_args=("--streaming",)).build()
-    with tempfile.TemporaryDirectory(prefix="nowcast-score-stream-") as state:
+    # the stream is the forecast store's one writer for as long as it runs
+    with store_lock(spec.scoring.forecasts, "scoring stream"), \
+            tempfile.TemporaryDirectory(prefix="nowcast-score-stream-") as state:
         status_path = os.path.join(state, "status.json")
         pipeline = beam.Pipeline(runner=runner, options=options)
         build(pipeline, spec, status_path, events_path)

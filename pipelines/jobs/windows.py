@@ -45,6 +45,7 @@ from nowcast.pipelines.plans.windows import (
     WindowPlan,
     plan_from_archive,
 )
+from nowcast.pipelines.stores.lock import store_lock
 from nowcast.pipelines.stores.windows import WindowsStore, create_windows_store, write_normalization
 
 NAMESPACE = "windows"
@@ -215,9 +216,10 @@ def _empty(name: str, plan: WindowPlan) -> Stats:
 
 def run(job: WindowJob, runner_options: RunnerOptions | None = None) -> WindowResult:
     """Plans, creates windows.zarr and runs the job to completion; reports what it did."""
-    plan = job.prepare()
-    result = run_pipeline(runner_options or RunnerOptions(),
-                          lambda pipeline: pipeline | "CutWindows" >> CutWindows(job, plan))
+    with store_lock(job.output, "windows"):
+        plan = job.prepare()
+        result = run_pipeline(runner_options or RunnerOptions(),
+                              lambda pipeline: pipeline | "CutWindows" >> CutWindows(job, plan))
     stored = WindowsStore(job.output, "train")
     return WindowResult(counts=plan.counts, normalization=stored.normalization,
                         metrics=counters(result, NAMESPACE), read_amplification=plan.read_amplification())
@@ -229,16 +231,17 @@ def run_in_process(job: WindowJob) -> WindowResult:
     The reference the Beam runs must match, and the benchmark's limit (zarr
     and numpy alone, same plan, same codec).
     """
-    plan = job.prepare()
-    parts: dict[str, list[Stats]] = {name: [_empty(name, plan)] for name in plan.spec.variables}
-    totals: dict[str, int] = {}
-    for task in plan.tasks:
-        stats, tallies = run_task(job.archive, job.output, task, plan)
-        for name, part in stats.items():
-            parts[name].append(part)
-        for key, value in tallies.items():
-            totals[key] = totals.get(key, 0) + value
-    normalization = finish_all({name: merge_stats(values) for name, values in parts.items()})
-    write_normalization(job.output, normalization)
+    with store_lock(job.output, "windows"):
+        plan = job.prepare()
+        parts: dict[str, list[Stats]] = {name: [_empty(name, plan)] for name in plan.spec.variables}
+        totals: dict[str, int] = {}
+        for task in plan.tasks:
+            stats, tallies = run_task(job.archive, job.output, task, plan)
+            for name, part in stats.items():
+                parts[name].append(part)
+            for key, value in tallies.items():
+                totals[key] = totals.get(key, 0) + value
+        normalization = finish_all({name: merge_stats(values) for name, values in parts.items()})
+        write_normalization(job.output, normalization)
     return WindowResult(counts=plan.counts, normalization=normalization, metrics=totals,
                         read_amplification=plan.read_amplification())

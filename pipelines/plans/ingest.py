@@ -24,11 +24,16 @@ class IngestError(InputError):
 
 @dataclasses.dataclass(frozen=True)
 class ChunkTask:
-    """One archive time chunk to (re)write, with the frames that go into it."""
+    """One archive time chunk to (re)write, with the frames that go into it.
+
+    ``rebuild``: the chunk is damaged (nowcast.pipelines.stores.integrity), so
+    it is written from these frames alone, without reading what it holds.
+    """
 
     first_index: int
     count: int
     frames: tuple[tuple[int, SourceItem], ...]
+    rebuild: bool = False
 
 
 def frame_indices(items: Sequence[SourceItem], start: np.datetime64,

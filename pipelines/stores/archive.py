@@ -317,12 +317,12 @@ def create_archive(
                    chunks=(time_chunk, *chunks_yx))
     encoding: dict[str, dict[str, object]] = {
         "time": {"units": TIME_UNITS, "dtype": "int64", "chunks": (time_chunk,)},
-        VALID: {"chunks": (time_chunk,), "fill_value": False},
+        VALID: {"chunks": (time_chunk,), "fill_value": False, "compressors": [ZstdCodec(checksum=True)]},
     }
     for field in fields:
         encoding[field.name] = {
             "chunks": (time_chunk, *chunks_yx),
-            "compressors": [ZstdCodec(level=ZSTD_LEVEL)],
+            "compressors": [ZstdCodec(level=ZSTD_LEVEL, checksum=True)],  # a flipped bit fails the read
             "fill_value": np.float32("nan"),
         }
         for name in stat_names(field):
@@ -475,8 +475,18 @@ def extend_time(url: str, length: int) -> ArchiveInfo:
 
 
 def valid_flags(url: str, start: int | None = None, stop: int | None = None) -> np.ndarray:
-    """The archive's per-frame ``valid`` flags, of frames ``start .. stop - 1`` (all by default)."""
-    return np.asarray(array(open_group(url, error=ArchiveError), VALID)[start:stop], dtype=bool)
+    """The archive's per-frame ``valid`` flags, of frames ``start .. stop - 1`` (all by default).
+
+    Raises:
+        ArchiveError: a chunk of the flags cannot be read (damaged on disk), with the fix.
+    """
+    flags = array(open_group(url, error=ArchiveError), VALID)
+    try:
+        return np.asarray(flags[start:stop], dtype=bool)
+    except Exception as error:  # whatever the codec raises for a damaged chunk
+        raise ArchiveError(f"the valid flags of {url} cannot be read ({type(error).__name__}: "
+                           f"{str(error)[:100]}); `nowcast check {url}` lists the damaged chunks and "
+                           "`nowcast ingest ... --repair` rewrites them from the source files") from error
 
 
 def write_block(url: str, first_index: int, frames: Mapping[str, np.ndarray],

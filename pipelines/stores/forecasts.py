@@ -165,8 +165,8 @@ def template(identity: StoreIdentity, archive: ArchiveInfo, length: int) -> tupl
                      "time_start": str(to_datetime64(archive.start)), "archive_url": archive.url,
                      **identity.attrs()})
     encoding = {
-        identity.target: {"chunks": chunks, "compressors": [ZstdCodec(level=FORECAST_ZSTD_LEVEL)],
-                          "fill_value": np.float32("nan")},
+        identity.target: {"chunks": chunks, "fill_value": np.float32("nan"),  # checksum: a flipped bit fails
+                          "compressors": [ZstdCodec(level=FORECAST_ZSTD_LEVEL, checksum=True)]},
         WRITTEN: {"chunks": (1,), "fill_value": False},
         **{name: {"chunks": (1,), "fill_value": ""} for name in VERSION_ARRAYS},
         "init_time": {"units": TIME_UNITS, "dtype": "int64", "chunks": (COORD_CHUNK,)},

@@ -104,7 +104,7 @@ def create_windows_store(url: str, layout: WindowsLayout, overwrite: bool = Fals
     })
     py, px = layout.patch_shape
     per_chunk = layout.samples_per_chunk
-    codec = [ZstdCodec(level=ZSTD_LEVEL)]
+    codec = [ZstdCodec(level=ZSTD_LEVEL, checksum=True)]  # a damaged chunk fails its read, never trains
     for split in SPLITS:
         index = layout.splits[split]
         n = len(index)

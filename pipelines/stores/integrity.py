@@ -1,0 +1,221 @@
+"""Reads every chunk of a store and reports what is damaged, with the fix for its kind of store.
+
+A chunk can be damaged on disk or in a bucket (a truncated upload, a bad
+sector, a copy stopped half way) while the store's metadata stays fine: zarr
+reads a missing chunk as its fill value and only fails on a damaged one when
+a job reads it, days later. :func:`check_store` reads them all now:
+
+- **unreadable**: a chunk object that does not decode (truncated, not zstd,
+  a zstd checksum that does not match: stores written since the checksums
+  were switched on detect a flipped bit, older ones only a broken frame);
+- **missing**: a frame (archive) or init time (forecasts) flagged complete
+  whose data chunk does not exist, which would read as NaN without a word.
+
+The report names the time range of each damaged chunk and the fix, which
+never deletes anything: ``nowcast ingest --repair`` rewrites an archive's
+damaged chunks from the source files; forecasts and windows are derived
+stores, rewritten by rescoring those init times or rerunning the windows job.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import zarr
+
+from nowcast.pipelines.stores.groups import StoreError, dimension_names, filesystem, open_group
+from nowcast.pipelines.stores.groups import array as group_array
+
+log = logging.getLogger(__name__)
+FLAGS = {"archive": "valid", "forecasts": "written"}  # per kind: the flag array along the first axis
+AXES = {"archive": "time", "forecasts": "init_time"}
+
+
+class StoreDamagedError(StoreError):
+    """A store has chunks that cannot be read or that its flags say exist; the message names the fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Damage:
+    """One damaged chunk: the array, its chunk coordinates, what is wrong, and the axis indices it covers."""
+
+    array: str
+    chunk: tuple[int, ...]
+    problem: str
+    first: int
+    stop: int
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckReport:
+    """What :func:`check_store` found in one store."""
+
+    url: str
+    kind: str
+    chunks_read: int
+    damaged: tuple[Damage, ...]
+    times: np.ndarray | None = None  # the store's first axis as datetimes, to name damaged ranges
+
+    @property
+    def ok(self) -> bool:
+        return not self.damaged
+
+    def damaged_indices(self) -> list[int]:
+        """Indices along the first axis (time, init_time, sample) covered by a damaged chunk."""
+        return sorted({i for d in self.damaged for i in range(d.first, d.stop)})
+
+    def _span(self, damage: Damage) -> str:
+        if self.times is None or self.kind not in AXES:
+            return f"{AXES.get(self.kind, 'index')} [{damage.first}, {damage.stop})"
+        last = min(damage.stop, len(self.times)) - 1
+        return f"{str(self.times[damage.first])[:16]} .. {str(self.times[last])[:16]}"
+
+    def fix(self) -> str:
+        """What to do, for this kind of store; never deletes the store."""
+        if self.kind == "archive":
+            return (f"rewrite those chunks from the source files: nowcast ingest --archive {self.url} "
+                    "--input <the files of those times> --repair")
+        if self.kind == "forecasts":
+            return ("rescore those init times: a backfill over that range with overwrite (or python -m "
+                    "nowcast.pipelines.jobs.scoring ... --start FIRST --end LAST --overwrite)")
+        return ("the windows are cut from the archive: rerun the windows job with overwrite (check the "
+                "archive first)")
+
+    def text(self) -> str:
+        if self.ok:
+            return f"{self.url}: {self.kind} store, {self.chunks_read} chunks read, none damaged"
+        shown = [f"{d.array} chunk {'/'.join(map(str, d.chunk))} ({self._span(d)}): {d.problem}"
+                 for d in self.damaged[:20]]
+        more = f"\n  ... and {len(self.damaged) - 20} more" if len(self.damaged) > 20 else ""
+        head = f"{self.url}: {self.kind} store, {len(self.damaged)} of {self.chunks_read} chunks damaged:"
+        return head + "\n  " + "\n  ".join(shown) + more + f"\nFix: {self.fix()}"
+
+
+def store_kind(group: zarr.Group) -> str:
+    """``archive``, ``forecasts`` or ``windows``, from the arrays the schema defines."""
+    names = {name for name, _ in group.arrays()}
+    if {"time", "valid"} <= names:
+        return "archive"
+    if {"init_time", "written"} <= names:
+        return "forecasts"
+    if "normalization" in group.attrs or any(name == "train" for name, _ in group.groups()):
+        return "windows"
+    raise StoreError(f"{group.store} is not a nowcast archive, forecasts or windows store")
+
+
+def _arrays(group: zarr.Group, prefix: str = "") -> Iterator[tuple[str, zarr.Array]]:
+    for name, member in group.members():
+        if isinstance(member, zarr.Array):
+            yield f"{prefix}{name}", member
+        else:
+            yield from _arrays(member, f"{prefix}{name}/")
+
+
+def _chunk_keys(url: str, path: str) -> list[tuple[int, ...]]:
+    """The chunk coordinates that exist as objects for the array at ``path`` (default key encoding)."""
+    fs, root = filesystem(url)
+    base = f"{root.rstrip('/')}/{path}/c"
+    try:
+        found = fs.find(base)
+    except FileNotFoundError:
+        return []
+    keys: list[tuple[int, ...]] = []
+    for name in found:
+        if name == base:  # a 0-d array's one chunk
+            keys.append(())
+            continue
+        parts = name[len(base) + 1:].split("/")
+        if all(part.isdigit() for part in parts):
+            keys.append(tuple(int(part) for part in parts))
+    return sorted(keys)
+
+
+def _read_chunk(array: zarr.Array, chunk: tuple[int, ...]) -> str | None:
+    try:
+        array.get_block_selection(chunk) if chunk else array[...]
+    except Exception as error:  # any decode failure is the finding, whatever the codec raises
+        return f"unreadable ({type(error).__name__}: {str(error)[:120]})"
+    return None
+
+
+def check_store(url: str, progress: Callable[[int, int], None] | None = None) -> CheckReport:
+    """Reads every chunk of the store at ``url`` and reports the damaged ones.
+
+    Args:
+        url: an archive, forecasts or windows store.
+        progress: called as ``progress(done, total)`` after each array's chunks.
+
+    Raises:
+        StoreError: no store there, or metadata that cannot be read (with its fix).
+    """
+    group = open_group(url)
+    kind = store_kind(group)
+    arrays = dict(_arrays(group))
+    keys = {path: _chunk_keys(url, path) for path in arrays}
+    total, done, damaged = sum(map(len, keys.values())), 0, []
+    for path, array in arrays.items():
+        first_chunk = array.chunks[0] if array.ndim else 1
+        for chunk in keys[path]:
+            problem = _read_chunk(array, chunk)
+            if problem:
+                first = chunk[0] * first_chunk if chunk else 0
+                damaged.append(Damage(path, chunk, problem, first, min(first + first_chunk, array.shape[0]
+                                                                       if array.ndim else 1)))
+        done += len(keys[path])
+        if progress:
+            progress(done, total)
+    times = None
+    if kind in FLAGS:
+        damaged += _missing_chunks(group, kind, arrays, keys, {d.array for d in damaged})
+        with np.errstate(all="ignore"):
+            times = _axis_times(group, kind)
+    damaged.sort(key=lambda d: (d.first, d.array))
+    return CheckReport(url=url, kind=kind, chunks_read=total, damaged=tuple(damaged), times=times)
+
+
+def _axis_times(group: zarr.Group, kind: str) -> np.ndarray | None:
+    from nowcast.pipelines.stores.timeaxis import parse_time_step, time_values, to_datetime64
+
+    try:
+        start = to_datetime64(group.attrs["time_start"])
+        step = parse_time_step(str(group.attrs["time_step"]))
+        return time_values(start, step, group_array(group, AXES[kind]).shape[0])
+    except Exception:  # the names of damaged ranges fall back to indices
+        return None
+
+
+def _missing_chunks(group: zarr.Group, kind: str, arrays: dict[str, zarr.Array],
+                    keys: dict[str, list[tuple[int, ...]]], unreadable: set[str]) -> list[Damage]:
+    """Time chunks of the data arrays that the flags say hold data but that have no chunk object at all.
+
+    Per time chunk, not per tile: a tile that is NaN throughout (outside radar
+    coverage) is legitimately never stored, but a frame flagged valid has data
+    somewhere.
+    """
+    flag_name, axis = FLAGS[kind], AXES[kind]
+    if flag_name in unreadable:
+        return []  # the flags themselves are damaged: the unreadable chunks are reported already
+    flags = np.asarray(arrays[flag_name][:], dtype=bool)
+    missing = []
+    for path, array in arrays.items():
+        if path == flag_name or dimension_names(array)[:1] != (axis,) or array.ndim < 3:
+            continue
+        chunk = array.chunks[0]
+        present = {key[0] for key in keys[path]}
+        for index in range(0, array.shape[0], chunk):
+            if flags[index:index + chunk].any() and index // chunk not in present:
+                stop = min(index + chunk, array.shape[0])
+                missing.append(Damage(path, (index // chunk,), f"missing (flagged {flag_name} but no chunk)",
+                                      index, stop))
+    return missing
+
+
+def require_intact(url: str) -> CheckReport:
+    """:func:`check_store`, raising :class:`StoreDamagedError` with the report when anything is damaged."""
+    report = check_store(url)
+    if not report.ok:
+        raise StoreDamagedError(report.text())
+    return report

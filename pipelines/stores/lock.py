@@ -1,0 +1,256 @@
+"""One writer at a time per store, on local disk and on object storage: a lease with expiry.
+
+Two writers that read a store, merge and write whole chunks lose each
+other's work (each rewrites a shared chunk from what it read: the last one
+wins), so every job that writes a store holds its lock while it plans and
+writes (docs/operations.md, "Concurrency"). Readers take no lock: every
+chunk is replaced atomically (a rename on disk, one PUT on S3), so a reader
+sees a chunk before or after a write, never half of one.
+
+The lock of ``archive.zarr`` is the folder ``archive.zarr.lock/`` beside it
+(the store's own bytes stay the job's), holding lease objects named by a
+generation number. A writer
+
+1. lists the folder; while the newest lease is held (not released, not
+   expired) it waits, saying once who holds it;
+2. creates the next generation with an exclusive create, which storage
+   makes atomic (``O_EXCL`` on disk, a conditional PUT ``If-None-Match: *``
+   on S3, ``ifGenerationMatch=0`` on GCS): of writers racing for it, one
+   wins and the others list again;
+3. lists once more and withdraws if a newer generation exists (a writer
+   that listed before the old leases were cleaned away could recreate one);
+4. renews its lease every third of its term while it works; a renewal that
+   finds a newer generation means the lease ran out (the process was paused
+   for longer than the term) and another writer went on, so the run fails
+   with :class:`LockLostError` instead of reporting success;
+5. marks its lease released and deletes the older generations.
+
+A writer killed with SIGKILL leaves its lease held until it expires
+(``lease_s``, default 60 s, or ``NOWCAST_LOCK_LEASE_S``); the next writer then
+takes over. Expiry is read against the waiting machine's clock, so the
+machines' clocks must agree to well within a lease (NTP does).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+
+from nowcast.pipelines.stores.groups import StoreError, filesystem, is_local, local_path
+
+log = logging.getLogger(__name__)
+LEASE_S = 60.0
+SUFFIX = ".lock"
+DIGITS = 12
+
+
+class LockLostError(StoreError):
+    """The writer's lease ran out and another writer took the store over while this one wrote."""
+
+
+class LockTimeoutError(StoreError):
+    """The lock was held by another writer for longer than this writer would wait."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Lease:
+    """One lease object: who holds the store, for what, until when (epoch seconds)."""
+
+    generation: int
+    owner: str
+    purpose: str
+    expires: float
+    released: bool = False
+
+    def held(self, now: float) -> bool:
+        return not self.released and self.expires > now
+
+    def describe(self) -> str:
+        left = self.expires - time.time()
+        return f"{self.purpose} by {self.owner} (lease runs {left:.0f} s more unless renewed)"
+
+
+def lock_url(store: str) -> str:
+    """The lock folder of a store: beside it, named after it.
+
+    >>> lock_url("s3://bucket/archive.zarr/"), lock_url("file:///data/forecasts.zarr")
+    ('s3://bucket/archive.zarr.lock', '/data/forecasts.zarr.lock')
+    """
+    base = local_path(store) if is_local(store) else store
+    return base.rstrip("/") + SUFFIX
+
+
+def default_lease_s() -> float:
+    """The lease term: ``NOWCAST_LOCK_LEASE_S`` or 60 s."""
+    value = os.environ.get("NOWCAST_LOCK_LEASE_S")
+    return float(value) if value else LEASE_S
+
+
+class _Folder:
+    """The lease objects of one lock folder, through fsspec (local paths through the OS, for O_EXCL)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.local = is_local(url)
+        self.fs, self.path = filesystem(url)
+
+    def _name(self, generation: int) -> str:
+        return f"{self.path}/{generation:0{DIGITS}d}.json"
+
+    def generations(self) -> list[int]:
+        try:
+            names = self.fs.ls(self.path, detail=False)
+        except FileNotFoundError:
+            return []
+        found = []
+        for name in names:
+            stem = name.rstrip("/").rsplit("/", 1)[-1].removesuffix(".json")
+            if stem.isdigit() and len(stem) == DIGITS:
+                found.append(int(stem))
+        return sorted(found)
+
+    def read(self, generation: int) -> Lease | None:
+        try:
+            fields = json.loads(self.fs.cat_file(self._name(generation)))
+        except FileNotFoundError:  # cleaned away since the listing
+            return None
+        except ValueError:  # a lease whose writer died mid-write on a store without atomic puts
+            return Lease(generation, "unknown", "unknown", 0.0)
+        return Lease(generation, str(fields["owner"]), str(fields["purpose"]), float(fields["expires"]),
+                     bool(fields.get("released", False)))
+
+    def create(self, lease: Lease) -> bool:
+        """Writes a new generation exclusively; False when another writer created it first."""
+        data = json.dumps(dataclasses.asdict(lease)).encode()
+        name = self._name(lease.generation)
+        try:
+            if self.local:
+                os.makedirs(self.path, exist_ok=True)
+                descriptor = os.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                with os.fdopen(descriptor, "wb") as handle:  # a half-written lease reads as expired
+                    handle.write(data)
+            else:
+                self.fs.pipe_file(name, data, mode="create")
+        except FileExistsError:
+            return False
+        return True
+
+    def replace(self, lease: Lease) -> None:
+        """Rewrites a lease this writer holds (renewal, release): only its holder ever writes it."""
+        data = json.dumps(dataclasses.asdict(lease)).encode()
+        name = self._name(lease.generation)
+        if self.local:
+            temporary = f"{name}.{uuid.uuid4().hex}.tmp"
+            with open(temporary, "wb") as handle:
+                handle.write(data)
+            os.replace(temporary, name)
+        else:
+            self.fs.pipe_file(name, data)
+
+    def remove_older(self, generation: int) -> None:
+        for older in self.generations():
+            if older < generation:
+                with contextlib.suppress(FileNotFoundError):
+                    self.fs.rm_file(self._name(older))
+
+
+def _owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
+
+
+_held: dict[tuple[str, int], Lease] = {}  # (lock folder, thread) -> the lease this thread holds
+
+
+def _acquire(folder: _Folder, purpose: str, lease_s: float, wait_s: float | None, poll_s: float,
+             store: str) -> Lease:
+    started, told = time.monotonic(), False
+    while True:
+        generations = folder.generations()
+        newest = folder.read(generations[-1]) if generations else None
+        if newest is None or not newest.held(time.time()):
+            lease = Lease((generations[-1] if generations else 0) + 1, _owner(), purpose,
+                          time.time() + lease_s)
+            if folder.create(lease):
+                if folder.generations()[-1] == lease.generation:
+                    return lease
+                folder.replace(dataclasses.replace(lease, released=True))  # a newer one exists: withdraw
+            continue
+        if wait_s is not None and time.monotonic() - started > wait_s:
+            raise LockTimeoutError(
+                f"{store} is being written: {newest.describe()}; waited {wait_s:.0f} s. Wait for that run "
+                f"to end, or, if its process is gone, for its lease to run out (then rerun)")
+        if not told:
+            log.warning("waiting for %s: it is being written, %s", store, newest.describe())
+            told = True
+        time.sleep(poll_s)
+
+
+@contextlib.contextmanager
+def store_lock(store: str, purpose: str, lease_s: float | None = None, wait_s: float | None = None,
+               poll_s: float = 0.5) -> Iterator[Lease]:
+    """Holds the writers' lock of ``store`` (any URL) for the body; see the module docstring.
+
+    Args:
+        store: the store's URL; it need not exist yet (creation is a write).
+        purpose: what the writer does, shown to writers that wait (``ingest``).
+        lease_s: the lease term (default :func:`default_lease_s`); renewed every third of it.
+        wait_s: give up after waiting this long (default: wait while the holder renews).
+        poll_s: how often a waiting writer looks again.
+
+    The lock is re-entrant per thread: a job called inside a flow step that
+    holds the lock already does not wait for itself.
+
+    Raises:
+        LockLostError: on leaving the body, when the lease ran out while it ran and another writer
+            took the store; the body's writes may have been overwritten, so the run must not succeed.
+        LockTimeoutError: ``wait_s`` passed with the lock held by another writer.
+    """
+    term = default_lease_s() if lease_s is None else lease_s
+    folder = _Folder(lock_url(store))
+    key = (folder.url, threading.get_ident())
+    if key in _held:  # a job inside a flow that holds the lock already
+        yield _held[key]
+        return
+    lease = _acquire(folder, purpose, term, wait_s, poll_s, store)
+    _held[key] = lease
+    log.debug("locked %s: %s", store, lease)
+    stop, lost = threading.Event(), threading.Event()
+
+    def renew() -> None:
+        nonlocal lease
+        while not stop.wait(term / 3):
+            try:
+                if folder.generations()[-1] != lease.generation:
+                    lost.set()
+                    return
+                lease = dataclasses.replace(lease, expires=time.time() + term)
+                folder.replace(lease)
+            except Exception as error:  # a storage hiccup: the next renewal tries again
+                log.warning("could not renew the lock of %s: %s", store, error)
+
+    renewer = threading.Thread(target=renew, name=f"lock-renewal {store}", daemon=True)
+    renewer.start()
+    try:
+        yield lease
+    finally:
+        del _held[key]
+        stop.set()
+        renewer.join()
+        if not lost.is_set() and folder.generations()[-1:] == [lease.generation]:
+            folder.replace(dataclasses.replace(lease, released=True, expires=time.time()))
+            folder.remove_older(lease.generation)
+        else:
+            lost.set()
+    if lost.is_set():
+        raise LockLostError(
+            f"the lock of {store} ran out while this {purpose} wrote (its lease was not renewed for "
+            f"{term:.0f} s: the process was paused or its storage unreachable) and another writer took "
+            f"over; this run's writes may be overwritten. Rerun it: a rerun writes only what is missing")

@@ -1,0 +1,156 @@
+"""`nowcast check` finds damaged chunks of every kind of store; `ingest --repair` rewrites an archive's.
+
+Before these, a truncated data chunk passed `summary` ("48 valid") and ingest
+("already present"), and only failed later, in windowing or scoring.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nowcast.pipelines.jobs.ingest import IngestError, IngestSpec, ingest_items
+from nowcast.pipelines.sources import get_source
+from nowcast.pipelines.stores.archive import ArchiveError, open_archive
+from nowcast.pipelines.stores.integrity import check_store
+from tests.pipelines.jobs.ingest_helpers import snapshot
+from tests.pipelines.jobs.scoring_helpers import make_archive, save_tiny_model, synthetic_stats
+
+FRAMES, SIZE, CHUNK = 24, 32, 8
+SYNTHETIC = ["--synthetic", "--frames", str(FRAMES), "--size", str(SIZE), "--time-chunk", str(CHUNK)]
+
+
+def nowcast(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "nowcast.flows.cli", *args], capture_output=True, text=True,
+                          timeout=300)
+
+
+def source(frames: int = FRAMES):
+    return get_source("synthetic", shape=(SIZE, SIZE), n_frames=frames, seed=0)
+
+
+@pytest.fixture
+def archive(tmp_path) -> Path:
+    """A 24-frame archive in three chunks, as `nowcast ingest --synthetic` writes it."""
+    path = tmp_path / "archive.zarr"
+    ingest_items(IngestSpec(archive=str(path), source=source(), time_chunk=CHUNK), source().items(), None)
+    return path
+
+
+def truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def flip_a_bit(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x10  # same length, still a zstd frame: only its checksum tells
+    path.write_bytes(bytes(data))
+
+
+def test_a_sound_archive_reads_whole(archive):
+    report = check_store(str(archive))
+    assert report.ok
+    assert report.kind == "archive"
+    assert report.chunks_read > 3 * 2  # every data, stats and flag chunk
+
+
+@pytest.mark.parametrize("damage", [truncate, flip_a_bit], ids=["truncated", "flipped-bit"])
+def test_a_damaged_data_chunk_is_found_and_named_by_its_times(archive, damage):
+    damage(archive / "precip" / "c" / "1" / "0" / "0")
+    report = check_store(str(archive))
+    assert [(d.array, d.chunk) for d in report.damaged] == [("precip", (1, 0, 0))]
+    assert "2024-01-01T00:40 .. 2024-01-01T01:15" in report.text()
+    assert "unreadable" in report.text()
+    assert "--repair" in report.fix()
+
+
+def test_a_chunk_flagged_valid_but_gone_is_missing(archive):
+    os.remove(archive / "precip" / "c" / "2" / "0" / "0")
+    (damage,) = check_store(str(archive)).damaged
+    assert (damage.array, damage.first, damage.stop) == ("precip", 16, 24)
+    assert damage.problem.startswith("missing")
+
+
+@pytest.mark.slow
+def test_check_then_repair_from_the_command_line(tmp_path):
+    archive = tmp_path / "archive.zarr"
+    assert nowcast("ingest", "--archive", str(archive), *SYNTHETIC).returncode == 0
+    sound = snapshot(str(archive))
+    truncate(archive / "precip" / "c" / "1" / "0" / "0")
+    truncate(archive / "valid" / "c" / "2")
+    damaged = snapshot(str(archive))
+
+    result = nowcast("check", str(archive))
+    assert result.returncode == 2
+    assert "precip chunk 1/0/0 (2024-01-01T00:40 .. 2024-01-01T01:15): unreadable" in result.stderr
+    assert "valid chunk 2" in result.stderr
+    assert "--repair" in result.stderr
+    assert "Traceback" not in result.stderr
+
+    # a plain ingest that would merge into the damaged chunk refuses before writing anything
+    appended = nowcast("ingest", "--archive", str(archive), *SYNTHETIC[:1], "--frames", "30",
+                       *SYNTHETIC[3:], "--overwrite")
+    assert appended.returncode == 2
+    assert "cannot be read" in appended.stderr
+    assert "--repair" in appended.stderr
+    assert snapshot(str(archive)) == damaged
+
+    repaired = nowcast("ingest", "--archive", str(archive), *SYNTHETIC, "--repair")
+    assert repaired.returncode == 0, repaired.stderr
+    assert "ingested 16 frames" in repaired.stdout
+    assert snapshot(str(archive)) == sound
+    assert nowcast("check", str(archive)).returncode == 0
+
+
+def test_repair_refuses_when_the_input_lacks_valid_frames_of_a_damaged_chunk(archive):
+    truncate(archive / "precip" / "c" / "1" / "0" / "0")
+    damaged = snapshot(str(archive))
+    partial = source().items()[:12]  # ends half way through the damaged chunk
+    with pytest.raises(IngestError, match=r"lacks 4 valid frame\(s\) of them \(2024-01-01T01:00"):
+        ingest_items(IngestSpec(archive=str(archive), source=source(), repair=True), partial, None)
+    assert snapshot(str(archive)) == damaged
+
+
+def test_merging_into_a_damaged_chunk_is_refused_by_the_job(archive):
+    truncate(archive / "precip" / "c" / "2" / "0" / "0")
+    longer = source(FRAMES + 2)
+    with pytest.raises(ArchiveError, match=r"chunk 2/0/0 of .*precip \(time index 16\) cannot be read"):
+        ingest_items(IngestSpec(archive=str(archive), source=longer, overwrite=True), longer.items()[16:], None)
+
+
+def test_forecast_and_windows_stores_are_checked_with_their_own_fix(tmp_path):
+    from nowcast.pipelines.jobs.scoring import run
+    from nowcast.pipelines.jobs.windows import WindowJob, run_in_process
+    from nowcast.pipelines.plans.scoring import ScoringSpec
+    from nowcast.pipelines.plans.window_spec import SplitSpec, WindowSpec
+
+    archive = make_archive(str(tmp_path / "archive.zarr"), frames=16)
+    save_tiny_model(tmp_path / "models", archive, synthetic_stats(frames=16))
+    forecasts = str(tmp_path / "forecasts.zarr")
+    run(ScoringSpec(archive=archive, forecasts=forecasts, models=str(tmp_path / "models"), model="tiny"))
+    windows = str(tmp_path / "windows.zarr")
+    everything_trains = SplitSpec(fractions=(1.0, 0.0, 0.0))
+    run_in_process(WindowJob(archive, windows, WindowSpec(("precip",), "precip", t_in=3, t_out=2,
+                                                          patch_size=(16, 16), split=everything_trains)))
+    assert check_store(forecasts).ok
+    assert check_store(windows).ok
+
+    chunk = sorted((tmp_path / "forecasts.zarr" / "precip" / "c").rglob("*"))
+    truncate(next(p for p in chunk if p.is_file()))
+    report = check_store(forecasts)
+    assert report.kind == "forecasts"
+    assert len(report.damaged) == 1
+    assert "rescore those init times" in report.text()
+
+    truncate(next(p for p in (tmp_path / "windows.zarr" / "train" / "inputs" / "c").rglob("*") if p.is_file()))
+    report = check_store(windows)
+    assert report.kind == "windows"
+    assert report.damaged[0].array == "train/inputs"
+    assert "rerun the windows job" in report.text()
+    np.testing.assert_array_equal(open_archive(archive)["valid"].values, True)

@@ -1,0 +1,139 @@
+"""The writers' lock: one holder at a time across processes, on disk and on S3; killed holders expire."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+import time
+
+import fsspec
+import pytest
+
+from nowcast.pipelines.stores.lock import LockLostError, LockTimeoutError, lock_url, store_lock
+
+ROUNDS, WRITERS = 8, 4
+SPAWN = multiprocessing.get_context("spawn")
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(request, tmp_path):
+    """A store URL (it need not exist: the lock lives beside it) on local disk or on moto's S3."""
+    if request.param == "local":
+        return str(tmp_path / "archive.zarr")
+    return f"{request.getfixturevalue('s3_bucket')}/archive.zarr"
+
+
+def _count(store: str, counter: str, rounds: int) -> None:
+    """Read-modify-write of a shared counter under the lock: without it, increments are lost."""
+    for _ in range(rounds):
+        with store_lock(store, "counting", poll_s=0.05):
+            with fsspec.open(counter, "r") as handle:
+                value = int(handle.read())
+            time.sleep(0.01)  # widen the window another writer would slip into
+            with fsspec.open(counter, "w") as handle:
+                handle.write(str(value + 1))
+
+
+def test_writers_in_separate_processes_never_overlap(store):
+    counter = store + ".counter"
+    with fsspec.open(counter, "w") as handle:
+        handle.write("0")
+    workers = [SPAWN.Process(target=_count, args=(store, counter, ROUNDS)) for _ in range(WRITERS)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=300)
+        assert worker.exitcode == 0
+    with fsspec.open(counter, "r") as handle:
+        assert int(handle.read()) == ROUNDS * WRITERS
+    fs, folder = fsspec.core.url_to_fs(lock_url(store))
+    leases = fs.ls(folder, detail=False)
+    assert len(leases) == 1, "older leases are cleaned away"
+    lease = json.loads(fs.cat_file(leases[0]))
+    assert lease["released"]
+    assert lease["generation"] == ROUNDS * WRITERS
+
+
+def _hold_then_wait(store: str, ready: str, go: str, lease_s: float) -> None:
+    """Holds the lock, says so, then waits for ``go`` (exits 3 when the lock was lost meanwhile)."""
+    try:
+        with store_lock(store, "ingest", lease_s=lease_s):
+            open(ready, "w").close()
+            while not os.path.exists(go):
+                time.sleep(0.05)
+    except LockLostError as error:
+        print(error, file=sys.stderr)
+        sys.exit(3)
+
+
+def _wait_for(path: str, process, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not os.path.exists(path):
+        assert process.is_alive(), "the holder died before it held the lock"
+        assert time.monotonic() < deadline, "the holder never took the lock"
+        time.sleep(0.05)
+
+
+def test_a_killed_holder_blocks_only_until_its_lease_runs_out(store, tmp_path):
+    ready, go = str(tmp_path / "ready"), str(tmp_path / "go")
+    holder = SPAWN.Process(target=_hold_then_wait, args=(store, ready, go, 2.0))
+    holder.start()
+    try:
+        _wait_for(ready, holder)
+        refused = r"being written: ingest by .*:\d+:\d+ .*lease to run out"
+        with pytest.raises(LockTimeoutError, match=refused), store_lock(store, "scoring", wait_s=0.3):
+            pass
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.join()
+    with store_lock(store, "scoring", wait_s=60) as lease:
+        assert lease.purpose == "scoring"
+        assert lease.generation == 2
+
+
+def test_a_paused_holder_whose_lease_ran_out_fails_instead_of_reporting_success(store, tmp_path):
+    ready, go = str(tmp_path / "ready"), str(tmp_path / "go")
+    holder = SPAWN.Process(target=_hold_then_wait, args=(store, ready, go, 1.5))
+    holder.start()
+    _wait_for(ready, holder)
+    os.kill(holder.pid, signal.SIGSTOP)  # a paused process (swapped out, a stopped VM) renews nothing
+    try:
+        with store_lock(store, "scoring", wait_s=60) as lease:
+            assert lease.generation == 2
+    finally:
+        os.kill(holder.pid, signal.SIGCONT)
+    open(go, "w").close()
+    holder.join(timeout=60)
+    assert holder.exitcode == 3
+
+
+def test_the_lock_is_reentrant_in_one_thread_and_exclusive_between_threads(tmp_path):
+    store = str(tmp_path / "forecasts.zarr")
+    held, results = threading.Event(), []
+
+    def other_thread() -> None:
+        held.wait()
+        try:
+            with store_lock(store, "ingest", wait_s=0.3):
+                results.append("got it")
+        except LockTimeoutError:
+            results.append("refused")
+
+    thread = threading.Thread(target=other_thread)
+    thread.start()
+    with store_lock(store, "scoring") as outer, store_lock(store, "scoring") as inner:
+        assert inner is outer
+        held.set()
+        thread.join()
+    assert results == ["refused"]
+    with store_lock(store, "ingest", wait_s=0.3) as lease:  # released on leaving the outer block
+        assert lease.generation == 2
+
+
+def test_the_lock_of_a_store_lies_beside_it():
+    assert lock_url("runs/archive.zarr").endswith("/runs/archive.zarr.lock")
+    assert lock_url("s3://bucket/a/forecasts.zarr/") == "s3://bucket/a/forecasts.zarr.lock"
