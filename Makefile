@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TF_EXTRA ?= cpu
 
-.PHONY: demo test test-fast lint typecheck bench bench-quick server stack stack-down clean-venv constraints
+.PHONY: catalogue demo test test-fast lint typecheck bench bench-quick server stack stack-down clean-venv constraints
 
 $(STAMP): pyproject.toml requirements/constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -58,3 +58,7 @@ clean-venv:
 
 constraints: $(STAMP)
 	$(PY) -m pip freeze --exclude-editable > requirements/constraints.txt
+
+## catalogue: regenerate docs/operations.md's fault catalogue from the tests marked `fault`
+catalogue: $(STAMP)
+	$(PY) -m tests.catalogue

@@ -53,12 +53,16 @@ def check_store_url(url: str) -> str:
         raise ParameterError("a store URL is empty; give a path or URL under the storage roots")
     roots = storage_roots()
     if "://" in url and not url.startswith("file://"):
-        if any(url.startswith(root.rstrip("/") + "/") for root in roots if "://" in root):
+        # object stores take '..' literally, but fsspec and readers may not: a URL never climbs
+        climbs = ".." in url.split("://", 1)[1].split("/")
+        if not climbs and any(url.startswith(root.rstrip("/") + "/") for root in roots if "://" in root):
             return url
     else:
         path = os.path.abspath(url.removeprefix("file://"))
+        real = os.path.realpath(path)  # a symbolic link inside a root that leads out of it stays outside
         for root in roots:
-            if "://" not in root and os.path.commonpath([root, path]) == root:
+            if "://" not in root and all(os.path.commonpath([base, p]) == base
+                                         for base, p in ((root, path), (os.path.realpath(root), real))):
                 return path
     raise ParameterError(
         f"store {url!r} is outside the configured storage roots {roots}; use a location under one of "

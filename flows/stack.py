@@ -206,11 +206,16 @@ def s3_filesystem(env: Mapping[str, str]):
                              use_listings_cache=False, skip_instance_cache=True)
 
 
+LOOPBACK_ANY = "127.0.0.1:0"  # any free port, on loopback
+
+
 def start_dask(folder: Path, port: int, workers: int, env: Mapping[str, str]) -> list[subprocess.Popen]:
     """``dask scheduler`` on ``port`` and ``workers`` one-thread ``dask worker`` processes, each in its own
     folder with its own TMPDIR and HOME (nothing shared but the network and the object store)."""
+    # --no-dashboard still serves /health over http, on every interface unless told: loopback only
     scheduler = _start("dask-scheduler", [_bin("dask"), "scheduler", "--host", "127.0.0.1", "--port",
-                                          str(port), "--no-dashboard"], folder, env)
+                                          str(port), "--no-dashboard", "--dashboard-address", LOOPBACK_ANY],
+                       folder, env)
     _wait("dask scheduler", lambda: _listening(port), folder / "dask-scheduler.log", process=scheduler)
     started = [scheduler]
     for i in range(workers):
@@ -218,6 +223,7 @@ def start_dask(folder: Path, port: int, workers: int, env: Mapping[str, str]) ->
         (own / "tmp").mkdir(parents=True, exist_ok=True)
         started.append(_start(f"dask-worker-{i}", [_bin("dask"), "worker", f"tcp://127.0.0.1:{port}",
                                                    "--nworkers", "1", "--nthreads", "1", "--no-dashboard",
+                                                   "--host", "127.0.0.1", "--dashboard-address", LOOPBACK_ANY,
                                                    "--local-directory", str(own)],
                               folder, {**env, "TMPDIR": str(own / "tmp"), "HOME": str(own)}, cwd=own))
     return started

@@ -72,6 +72,10 @@ class ChecksumMismatchError(RegistryError):
     """``model.keras`` does not match the sha256 recorded in its metadata."""
 
 
+class UnsafeModelError(RegistryError):
+    """A model file that would run code on load (refused: models load in Keras' safe mode)."""
+
+
 class ArchiveMismatchError(RegistryError):
     """The model was trained on data unlike the archive it is asked to read."""
 
@@ -337,5 +341,14 @@ def load_model(root: str | Path, name: str, version: str = LATEST, *,
     if archive is not None:
         check_archive(metadata, archive)
     metrics = read_metadata(path, METRICS_FILE)
-    loaded = keras.saving.load_model(local, safe_mode=True)
+    try:
+        loaded = keras.saving.load_model(local, safe_mode=True)
+    except ValueError as error:
+        if "safe_mode" not in str(error):
+            raise
+        raise UnsafeModelError(
+            f"{path}/{MODEL_FILE} carries Python code (a Lambda layer or a pickled function) that would run "
+            "on load; nowcast loads models in Keras' safe mode and refuses it. Retrain with nowcast's "
+            f"architectures (nowcast.model.architectures), which need no code in the file ({error})"
+        ) from None
     return LoadedModel(model=loaded, metadata=metadata, metrics=metrics, path=path)

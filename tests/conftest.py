@@ -13,6 +13,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 RADAR_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "radar"
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Keeps every collected item for the fault catalogue's check (tests/test_catalogue.py)."""
+    from tests.catalogue import ALL_ITEMS
+
+    config.stash[ALL_ITEMS] = list(items)
+
+
 @pytest.fixture(scope="session")
 def radar_dir() -> Path:
     """../shared/data/radar; missing fails under CI=true and skips elsewhere."""

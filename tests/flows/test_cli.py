@@ -18,6 +18,8 @@ def nowcast(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
+@pytest.mark.fault("command line", "an empty input folder; files of no known format; an unknown --format",
+                   "exit 2 naming the folder or the formats; no archive created")
 def test_empty_folder_and_unknown_format_are_refused(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -38,6 +40,8 @@ def test_empty_folder_and_unknown_format_are_refused(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.fault("command line", "a corrupt radar file among good ones",
+                   "exit 2 naming the file, archive unchanged; after removing it the rest ingests")
 def test_corrupt_radar_file_leaves_archive_unchanged(tmp_path, radar_dir):
     files = sorted((radar_dir / "mch" / "20150515").iterdir())
     first, second = tmp_path / "first", tmp_path / "second"
@@ -64,6 +68,8 @@ def test_corrupt_radar_file_leaves_archive_unchanged(tmp_path, radar_dir):
     assert ds["valid"].values.tolist() == [True] * 9 + [False] + [True] * 2
 
 
+@pytest.mark.fault("command line", "an internal bug raising ValueError",
+                   "keeps its traceback (exit 1); only input errors exit 2 with a message")
 def test_only_input_errors_are_reported_as_bad_input(tmp_path, capsys, monkeypatch):
     """Every ValueError, internal bugs included, was once printed as the user's mistake with exit 2."""
     from nowcast.errors import InputError

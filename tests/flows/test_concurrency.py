@@ -9,6 +9,8 @@ import pytest
 from nowcast.flows.concurrency import slot_name, store_slot
 
 
+@pytest.mark.fault("flows", "two flows writing one forecast store at once",
+                   "one at a time (Prefect limit per store); other stores not blocked")
 def test_one_writer_at_a_time_per_store_and_stores_do_not_block_each_other(prefect_server, tmp_path):
     store, other = str(tmp_path / "forecasts.zarr"), str(tmp_path / "other.zarr")
     assert slot_name(store) != slot_name(other)

@@ -41,6 +41,8 @@ def test_deployments_register_with_schedules_and_forms(tmp_path, prefect_server)
     assert "description" in form["properties"]["concurrency"]
 
 
+@pytest.mark.fault("flows", "bad flow parameters (end before start, unknown version, outside the roots)",
+                   "refused with the fix before the flow runs")
 def test_parameter_models_refuse_bad_input_with_the_fix(tmp_path, monkeypatch):
     monkeypatch.setenv(ROOTS_ENV, str(tmp_path))
     base = {"archive": str(tmp_path / "a.zarr"), "forecasts": str(tmp_path / "f.zarr"),
@@ -61,6 +63,8 @@ def test_parameter_models_refuse_bad_input_with_the_fix(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.fault("flows", "a flow run with invalid parameters",
+                   "fails before any work; nothing created")
 def test_flow_with_invalid_parameters_fails_before_any_work(tmp_path, monkeypatch, prefect_server):
     from nowcast.flows.forecast import backfill_flow
 

@@ -60,6 +60,8 @@ def test_artifact_keys_and_served_urls(tmp_path, monkeypatch):
     assert public_url("/elsewhere/x.png") is None
 
 
+@pytest.mark.fault("flows", "a flow failing with its workdir on an object store",
+                   "what it wrote is still copied to the store")
 def test_a_workdir_url_is_a_local_folder_copied_to_the_object_store_even_when_the_flow_fails(s3_bucket):
     import fsspec
 

@@ -9,6 +9,7 @@ folder with its own TMPDIR) running the Beam job.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -92,7 +93,9 @@ def test_a_deployment_runs_on_the_stack_worker_into_s3_through_the_dask_cluster(
     local = str(tmp_path / "local.zarr")
     run(IngestSpec(archive=local, source=source, time_chunk=8))  # the local runner, on local disk
     assert remote == snapshot(local)  # byte-identical: cluster + object store against the local runner
-    assert fs.ls(f"{stack.BUCKET}/dask") == [f"{stack.BUCKET}/dask/archive.zarr"]  # check reports went away
+    # the check reports went away; the writers' lock stays beside the store (docs/operations.md)
+    assert fs.ls(f"{stack.BUCKET}/dask") == [f"{stack.BUCKET}/dask/archive.zarr",
+                                             f"{stack.BUCKET}/dask/archive.zarr.lock"]
     _windows_and_scoring_match_the_local_runner(env, fs, local, tmp_path)
 
 
@@ -415,3 +418,39 @@ def test_the_life_cycle_under_a_live_schedule(deployed, tmp_path):
         assert f"convlstm/{first} (stored)" in table
         assert f"convlstm/{second} (stored)" in table
         assert life.fs.ls(f"{stack.BUCKET}/evaluate")  # its pictures went to the object store
+
+
+
+def listening_addresses(pids: dict[str, int], *folders: str) -> dict[str, set[str]]:
+    """Addresses the stack's processes listen on, by name: its own processes with their children, and
+    any process whose command line names one of ``folders`` (PostgreSQL's server, started by pg_ctl)."""
+    import psutil
+
+    family = {}
+    for name, pid in pids.items():
+        with contextlib.suppress(psutil.NoSuchProcess):
+            top = psutil.Process(pid)
+            family.update({p.pid: name for p in [top, *top.children(recursive=True)]})
+    for process in psutil.process_iter(["cmdline", "name"]):
+        if any(folder in part for part in process.info["cmdline"] or () for folder in folders):
+            family.setdefault(process.pid, process.info["name"])
+    found: dict[str, set[str]] = {}
+    for pid, name in family.items():
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            for conn in psutil.Process(pid).net_connections(kind="inet"):
+                if conn.status == psutil.CONN_LISTEN:
+                    found.setdefault(name, set()).add(conn.laddr.ip)
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.fault("security", "`nowcast stack up` with defaults",
+                   "every part listens on loopback only")
+def test_every_part_of_the_stack_listens_on_loopback_only(deployed):
+    """Security: the server, the database, S3, the scheduler and its workers are reachable from this
+    machine only (a deployment opens them to a network on purpose, behind its own access control)."""
+    folder, state = deployed
+    found = listening_addresses(state["pids"], str(folder / "stack"), state["postgres_data"])
+    assert {"prefect-server", "s3", "dask-scheduler", "postgres"} <= set(found), found
+    exposed = {name: addresses - {"127.0.0.1", "::1"} for name, addresses in found.items()}
+    assert not any(exposed.values()), exposed

@@ -66,6 +66,8 @@ def test_latest_pointer_follows_promotion(saved):
         registry.save_model(model, root, name, _metadata(), version="v1")
 
 
+@pytest.mark.fault("models", "a model.keras changed after saving",
+                   "refused: its sha256 differs from the metadata's")
 def test_corrupted_model_file_is_refused(saved):
     _, path, root, name = saved
     with open(path / "model.keras", "ab") as handle:
@@ -75,6 +77,8 @@ def test_corrupted_model_file_is_refused(saved):
 
 
 @pytest.mark.parametrize("file", ["metadata.json", "metrics.json"])
+@pytest.mark.fault("models", "an edited metadata.json or metrics.json",
+                   "refused by the version's manifest")
 def test_an_edited_metadata_or_metrics_file_is_refused(saved, file):
     """metadata.json (its normalisation statistics, say) could once be edited and used without a word."""
     _, path, root, name = saved
@@ -101,6 +105,8 @@ def test_a_version_saved_before_manifests_still_loads(saved, caplog):
     (registry.ArchiveDescription("PT5M", {"rain": "mm h-1"}, (8, 8)), "'precip' .* is missing"),
     (registry.ArchiveDescription("PT5M", {"precip": "mm h-1"}, (16, 8)), "grid: model trained on"),
 ])
+@pytest.mark.fault("models", "a model used on an archive of another step, variables or grid",
+                   "refused naming the difference")
 def test_archive_mismatch_is_refused(saved, archive, message):
     _, _, root, name = saved
     with pytest.raises(registry.ArchiveMismatchError, match=message):
@@ -108,6 +114,8 @@ def test_archive_mismatch_is_refused(saved, archive, message):
     assert issubclass(registry.ArchiveMismatchError, ValueError)
 
 
+@pytest.mark.fault("models", "a model name or version that does not exist",
+                   "refused naming what exists")
 def test_missing_versions_are_named(tmp_path):
     with pytest.raises(registry.RegistryError, match="no promoted version"):
         registry.load_model(tmp_path, "cnn_lstm", archive=ARCHIVE)

@@ -32,6 +32,8 @@ def _epochs(workdir) -> list[int]:
 
 
 @pytest.mark.slow
+@pytest.mark.fault("train", "training killed after an epoch",
+                   "the rerun resumes from the checkpoint and saves a version")
 def test_train_saves_a_version_and_resumes_after_a_crash(tiny_windows, tmp_path):
     cfg = TrainConfig(windows=tiny_windows, models=str(tmp_path / "models"), architecture="convlstm",
                       workdir=str(tmp_path / "run"), options=OPTIONS, epochs=4, batch_size=4, patience=10,
@@ -103,6 +105,8 @@ def test_one_model_learns_from_several_stores_with_merged_statistics(tmp_path):
     assert merged["log1p_std"] == pytest.approx(np.log1p(values).std(), rel=1e-9)
 
 
+@pytest.mark.fault("train", "a bad training configuration",
+                   "refused naming the setting")
 def test_bad_training_config_is_refused():
     with pytest.raises(TrainConfigError, match="learning_rate"):
         TrainConfig(windows="w", models="m", learning_rate=0)
@@ -114,6 +118,8 @@ def test_bad_training_config_is_refused():
         TrainConfig(windows=(), models="m")
 
 
+@pytest.mark.fault("train", "a training run failing under mixed precision",
+                   "the global precision policy is restored")
 def test_a_run_failing_on_a_gpu_machine_leaves_the_precision_policy_as_it_was(tiny_windows, tmp_path,
                                                                                monkeypatch):
     """The mixed-precision policy is process-global. No GPU here: ``gpu_count`` is patched to 1 (on CPU

@@ -42,6 +42,8 @@ def test_ingest_writes_values_stats_and_gaps(tmp_path):
     assert ds["precip"].attrs["grid_mapping"] == "crs"
 
 
+@pytest.mark.fault("ingest", "the same batch ingested twice; a late file for a gap",
+                   "the rerun writes nothing; the late file rewrites one chunk")
 def test_rerun_writes_nothing_and_backfill_touches_one_chunk(tmp_path):
     all_times = times("2024-01-01T00:00", 12)
     _, url = ingest(tmp_path, ArraySource(all_times[:5] + all_times[6:]))
@@ -86,6 +88,8 @@ def test_out_of_order_input_equals_ordered_input(tmp_path):
     ("grid", "grid differs"),
     ("negative", "below its valid_min"),
 ])
+@pytest.mark.fault("ingest", "a bad frame in a batch (corrupt, other grid, negative rain)",
+                   "the whole batch is refused naming the file and problem; archive bytes unchanged")
 def test_bad_frame_refuses_batch_and_leaves_archive_unchanged(tmp_path, override, message):
     _, url = ingest(tmp_path, ArraySource(times("2024-01-01T00:00", 4)))
     before = snapshot(url)
@@ -95,12 +99,16 @@ def test_bad_frame_refuses_batch_and_leaves_archive_unchanged(tmp_path, override
     assert snapshot(url) == before
 
 
+@pytest.mark.fault("ingest", "two files with one timestamp",
+                   "refused naming both; no archive created")
 def test_duplicate_timestamp_is_refused(tmp_path):
     with pytest.raises(SourceError, match="appears twice"):
         ingest(tmp_path, ArraySource(("2024-01-01T00:00", "2024-01-01T00:05", "2024-01-01T00:00")))
     assert not (tmp_path / "archive.zarr").exists()
 
 
+@pytest.mark.fault("ingest", "a batch in other units, or off the archive's time step",
+                   "refused with the fix (convert, or a new archive); archive bytes unchanged")
 def test_other_units_or_step_are_refused(tmp_path):
     _, url = ingest(tmp_path, ArraySource(times("2024-01-01T00:00", 4)))
     before = snapshot(url)

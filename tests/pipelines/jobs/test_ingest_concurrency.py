@@ -65,6 +65,8 @@ def where(request, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("where", ["local", "s3"], indirect=True)
+@pytest.mark.fault("ingest", "four `nowcast ingest` runs at once into a new, then an existing archive",
+                   "serialised by the store lock: all exit 0, store byte-identical to a serial run")
 def test_four_ingests_started_together_equal_a_serial_run(where, radar_dir, tmp_path):
     """Into a new archive (all four create it), then into the existing one (all four extend it)."""
     files = sorted((radar_dir / EVENT).glob("*.gif"))[:2 * FRAMES]

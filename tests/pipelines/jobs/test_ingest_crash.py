@@ -25,6 +25,8 @@ def written_chunks(archive: Path) -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.fault("ingest", "SIGKILL part way through an ingest",
+                   "the rerun ends byte-identical to an uninterrupted run")
 def test_sigkill_then_rerun_is_byte_identical(tmp_path):
     clean = tmp_path / "clean.zarr"
     subprocess.run(ingest_command(clean), check=True, capture_output=True, timeout=300)

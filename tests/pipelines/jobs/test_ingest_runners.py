@@ -67,6 +67,8 @@ def test_beam_flags_are_handed_to_beam_unchanged():
     assert everything["environment_type"] == "DOCKER"
 
 
+@pytest.mark.fault("command line", "a Beam runner without its required option (e.g. Dataflow project)",
+                   "exit 2 naming the option, no traceback")
 def test_cli_reports_a_missing_beam_option_with_exit_2(tmp_path, capsys):
     from nowcast.flows.cli import main
 

@@ -233,6 +233,8 @@ def test_a_promoted_version_continues_the_store_and_each_init_time_keeps_its_ver
     assert ds["model_sha256"].values[[4, 5]].tolist() == shas
 
 
+@pytest.mark.fault("score", "forecasts of another model or archive into one store",
+                   "refused naming both; store unchanged")
 def test_store_refuses_another_model_or_another_archive(setup, tmp_path):
     _root, archive, models = setup
     url = str(tmp_path / "forecasts.zarr")
@@ -262,6 +264,8 @@ def test_a_copied_pair_of_stores_still_fits(setup, tmp_path):
     assert run(copied).scored == 1
 
 
+@pytest.mark.fault("score", "a model that does not fit the archive, from the command line",
+                   "exit 2 naming the mismatch")
 def test_cli_refuses_a_model_that_does_not_fit_the_archive(setup, tmp_path, capsys):
     from nowcast.pipelines.jobs.scoring import main
 
@@ -276,6 +280,8 @@ def test_cli_refuses_a_model_that_does_not_fit_the_archive(setup, tmp_path, caps
     assert "no archive at" in capsys.readouterr().err
 
 
+@pytest.mark.fault("score", "temporaries left by a killed writer",
+                   "the next run removes them")
 def test_a_rerun_removes_the_temporaries_a_killed_writer_left(setup, tmp_path):
     """zarr writes ``<chunk>.<uuid>.partial`` then renames it: the rerun deletes what a SIGKILL left."""
     _, archive, models = setup

@@ -45,6 +45,8 @@ def flags_on_disk(url) -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.fault("score", "SIGKILL part way through batch scoring",
+                   "the rerun ends byte-identical to an uninterrupted run")
 def test_sigkill_then_rerun_is_byte_identical(clean, tmp_path):
     archive, models, expected = clean
     url = tmp_path / "crashed.zarr"
@@ -61,6 +63,8 @@ def test_sigkill_then_rerun_is_byte_identical(clean, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.fault("score", "two scoring runs over overlapping init times at once",
+                   "the store equals a single clean run")
 def test_two_overlapping_runs_leave_the_clean_store(clean, tmp_path):
     archive, models, expected = clean
     url = tmp_path / "shared.zarr"

@@ -71,6 +71,8 @@ def test_stream_refuses_a_bounded_selection(tmp_path):
         StreamSpec(ScoringSpec(archive="a", forecasts="f", models="m", model=MODEL), interval_s=0)
 
 
+@pytest.mark.fault("score", "a store error, or a bug, in the scoring stream's poll",
+                   "store errors retried a bounded number of polls; a bug fails the stream")
 def test_a_poll_retries_store_errors_a_while_and_never_hides_a_bug(tmp_path, monkeypatch):
     """Polling once caught every Exception and retried it forever, hiding real bugs."""
     from nowcast.pipelines.jobs import scoring_stream

@@ -221,6 +221,8 @@ def test_store_layout_reads_back_with_xarray(tmp_path):
     ({"patch_stride": (2, 2)}, "patch_stride needs patch_size"),
     ({"patch_size": (0, 3)}, "patch_size must be two positive integers"),
 ])
+@pytest.mark.fault("windows", "an impossible windowing spec",
+                   "refused naming the problem")
 def test_bad_specs_name_the_problem(change, message):
     base = {"channels": ("precip",), "target": "precip", "t_in": 2, "t_out": 1}
     with pytest.raises(WindowSpecError, match=message):

@@ -141,6 +141,8 @@ def test_product_step_is_known_or_the_spacing_of_the_files(tmp_path):
 
 
 @pytest.mark.shared_data
+@pytest.mark.fault("sources", "a folder mixing two BoM products",
+                   "refused until one product is picked")
 def test_mixed_products_are_refused_until_one_is_picked(radar_dir, cscn_dir):
     c10 = sorted((radar_dir / "bom").rglob("*.prcp-c10.nc"))[:2]
     for path in c10:

@@ -151,6 +151,8 @@ def test_cf_projection_dim_names_and_other_dim_orders(tmp_path):
     assert source.time_step() is None
 
 
+@pytest.mark.fault("sources", "a NetCDF variable without units",
+                   "a source error with the fix")
 def test_missing_units_is_a_source_error_with_the_fix(tmp_path):
     ds = sensor_dataset(["2024-03-01T00:00"], seed=4)
     del ds["humidity"].attrs["units"]
@@ -191,6 +193,8 @@ def test_variable_without_time_y_x_is_a_source_error(tmp_path):
         source.read(source.items()[0])
 
 
+@pytest.mark.fault("sources", "a NetCDF file rewritten between listing and reading",
+                   "a source error naming the file")
 def test_a_file_rewritten_after_listing_is_a_source_error(two_files):
     folder, _, _ = two_files
     source = NetCDFSource(str(folder))
@@ -224,6 +228,8 @@ def test_auto_detection_takes_a_folder_of_netcdf_files_as_netcdf(two_files, tmp_
         detect_format(str(tmp_path / "empty"))
 
 
+@pytest.mark.fault("sources", "a NetCDF batch mixing degC and K",
+                   "refused inside the batch, before any archive exists")
 def test_a_batch_whose_files_disagree_on_units_is_refused(tmp_path):
     """A hostile-user find: one file in degC and one in K went into one variable (mean 152 degC)."""
     folder = tmp_path / "mixed"

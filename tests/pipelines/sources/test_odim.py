@@ -194,6 +194,8 @@ def test_quantity_rate_first_or_as_asked(tmp_path):
         RadarSource(str(folder), "knmi", quantity="RATE")
 
 
+@pytest.mark.fault("sources", "ODIM files of different quantities in one folder",
+                   "refused naming the quantities")
 def test_files_that_resolve_to_different_quantities_are_refused(tmp_path):
     write_odim(tmp_path / "a.h5", time="120000")
     rate = np.zeros(RAW_DBZH.shape, dtype="uint8")
@@ -305,6 +307,8 @@ def test_knmi_hdf5_is_not_taken_for_odim(radar_dir, tmp_path):
 
 
 @pytest.mark.shared_data
+@pytest.mark.fault("sources", "a truncated or empty ODIM file",
+                   "a source error naming the file")
 def test_truncated_or_empty_odim_file_is_a_source_error_naming_it(radar_dir, tmp_path):
     good = sorted((radar_dir / RMI).glob("*.hdf"))[0]
     truncated = tmp_path / good.name
@@ -351,6 +355,8 @@ def test_data_of_another_shape_is_a_source_error_naming_the_file(tmp_path):
         source.read(item)
 
 
+@pytest.mark.fault("sources", "an ODIM file with damaged data",
+                   "a source error naming the file")
 def test_damaged_data_is_a_source_error_naming_the_file(tmp_path):
     path = write_odim(tmp_path / "damaged.h5")
     source = RadarSource(str(tmp_path), "odim")

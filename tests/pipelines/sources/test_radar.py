@@ -210,6 +210,8 @@ def test_header_grid_equals_the_grid_of_a_full_read(radar_dir, fmt):
 
 
 @pytest.mark.parametrize("fmt", NAMED)  # ODIM: refused when listed, see test_odim.py
+@pytest.mark.fault("sources", "a truncated or empty radar file",
+                   "a source error naming the file")
 def test_truncated_or_empty_file_is_a_source_error_naming_it(radar_dir, tmp_path, fmt):
     good = RadarSource(str(radar_dir / FORMAT_DIRS[fmt]), fmt).items()[0].path
     folder = tmp_path / fmt
@@ -227,6 +229,8 @@ def test_truncated_or_empty_file_is_a_source_error_naming_it(radar_dir, tmp_path
         source.read(item)
 
 
+@pytest.mark.fault("sources", "a radar file whose name carries no time",
+                   "a source error naming the file")
 def test_unparsable_name_is_a_source_error(radar_dir, tmp_path):
     good = RadarSource(str(radar_dir / "knmi"), "knmi").items()[0].path
     shutil.copy(good, tmp_path / os.path.basename(good))
@@ -236,6 +240,8 @@ def test_unparsable_name_is_a_source_error(radar_dir, tmp_path):
         RadarSource(str(tmp_path), "knmi").items()
 
 
+@pytest.mark.fault("sources", "two radar files for one time",
+                   "a source error naming both")
 def test_same_time_twice_is_a_source_error(radar_dir, tmp_path):
     good = RadarSource(str(radar_dir / "mch"), "mch").items()[0].path
     for sub in ("a", "b"):
@@ -245,6 +251,8 @@ def test_same_time_twice_is_a_source_error(radar_dir, tmp_path):
         RadarSource(str(tmp_path), "mch").items()
 
 
+@pytest.mark.fault("sources", "an empty or missing input folder",
+                   "a source error naming the folder")
 def test_empty_or_missing_folder_is_a_source_error(tmp_path):
     with pytest.raises(SourceError, match="no knmi files"):
         RadarSource(str(tmp_path), "knmi").items()
@@ -320,6 +328,8 @@ def test_files_under_an_object_store_prefix_read_as_the_local_ones(fmt, event, r
                                   local_source.read(local_items[1])["precip"])
 
 
+@pytest.mark.fault("sources", "an empty S3 prefix; an object given as a folder",
+                   "a source error naming the URL")
 def test_an_empty_object_store_prefix_has_no_files_and_a_file_is_not_a_folder(s3_bucket):
     import fsspec
 

@@ -152,6 +152,8 @@ def test_bad_options_are_source_errors():
         SyntheticSource(n_frames=3).frame(3)
 
 
+@pytest.mark.fault("sources", "`--synthetic --frames 1000000000000`",
+                   "refused before any work, naming the bound")
 def test_a_frame_count_past_the_bound_is_refused_before_any_work():
     """A hostile-user find: --synthetic --frames 1000000000000 started and grew to 4 GB in a minute."""
     from nowcast.pipelines.sources.synthetic import MAX_FRAMES

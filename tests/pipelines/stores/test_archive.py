@@ -80,6 +80,8 @@ def test_validation_against_expected_fields_and_grid(archive):
     validate_archive(ds, fields=[PRECIP], grid=make_grid())
 
 
+@pytest.mark.fault("stores", "a missing archive; a time-axis extension stopped half way",
+                   "reported with the fix; the next ingest completes it")
 def test_missing_store_and_interrupted_extension_are_reported(tmp_path, archive):
     with pytest.raises(ArchiveError, match="no archive at"):
         read_info(str(tmp_path / "nothing.zarr"))

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import zarr
 
 from nowcast.pipelines.stores.groups import exists, open_group
 
 
+@pytest.mark.fault("stores", "a long-lived reader and a store another process writes on S3",
+                   "no stale listing: the reader sees the new store")
 def test_a_long_lived_reader_sees_stores_and_arrays_that_another_process_writes(s3_bucket):
     """A reader once listed a store while its first writer was creating it, and fsspec's listings
     cache hid the arrays written afterwards from every later open in that process (a life-cycle

@@ -61,6 +61,8 @@ def test_a_sound_archive_reads_whole(archive):
 
 
 @pytest.mark.parametrize("damage", [truncate, flip_a_bit], ids=["truncated", "flipped-bit"])
+@pytest.mark.fault("stores", "a data chunk truncated or with a flipped bit",
+                   "`check` names it with its times and the --repair fix")
 def test_a_damaged_data_chunk_is_found_and_named_by_its_times(archive, damage):
     damage(archive / "precip" / "c" / "1" / "0" / "0")
     report = check_store(str(archive))
@@ -70,6 +72,8 @@ def test_a_damaged_data_chunk_is_found_and_named_by_its_times(archive, damage):
     assert "--repair" in report.fix()
 
 
+@pytest.mark.fault("stores", "a data chunk deleted while its frames are flagged valid",
+                   "`check` reports it missing")
 def test_a_chunk_flagged_valid_but_gone_is_missing(archive):
     os.remove(archive / "precip" / "c" / "2" / "0" / "0")
     (damage,) = check_store(str(archive)).damaged
@@ -78,6 +82,9 @@ def test_a_chunk_flagged_valid_but_gone_is_missing(archive):
 
 
 @pytest.mark.slow
+@pytest.mark.fault("stores", "a truncated data chunk and a truncated flag chunk",
+                   "`check` exit 2 with the fix; ingest refuses to merge (bytes unchanged); "
+                   "`--repair` restores the original bytes")
 def test_check_then_repair_from_the_command_line(tmp_path):
     archive = tmp_path / "archive.zarr"
     assert nowcast("ingest", "--archive", str(archive), *SYNTHETIC).returncode == 0
@@ -108,6 +115,8 @@ def test_check_then_repair_from_the_command_line(tmp_path):
     assert nowcast("check", str(archive)).returncode == 0
 
 
+@pytest.mark.fault("stores", "`--repair` without all frames of a damaged chunk",
+                   "refused naming the missing times; bytes unchanged")
 def test_repair_refuses_when_the_input_lacks_valid_frames_of_a_damaged_chunk(archive):
     truncate(archive / "precip" / "c" / "1" / "0" / "0")
     damaged = snapshot(str(archive))
@@ -121,9 +130,12 @@ def test_merging_into_a_damaged_chunk_is_refused_by_the_job(archive):
     truncate(archive / "precip" / "c" / "2" / "0" / "0")
     longer = source(FRAMES + 2)
     with pytest.raises(ArchiveError, match=r"chunk 2/0/0 of .*precip \(time index 16\) cannot be read"):
-        ingest_items(IngestSpec(archive=str(archive), source=longer, overwrite=True), longer.items()[16:], None)
+        ingest_items(IngestSpec(archive=str(archive), source=longer, overwrite=True), longer.items()[16:],
+                     None)
 
 
+@pytest.mark.fault("stores", "a damaged forecast or windows chunk",
+                   "`check` names it with the fix for that store")
 def test_forecast_and_windows_stores_are_checked_with_their_own_fix(tmp_path):
     from nowcast.pipelines.jobs.scoring import run
     from nowcast.pipelines.jobs.windows import WindowJob, run_in_process
@@ -148,7 +160,8 @@ def test_forecast_and_windows_stores_are_checked_with_their_own_fix(tmp_path):
     assert len(report.damaged) == 1
     assert "rescore those init times" in report.text()
 
-    truncate(next(p for p in (tmp_path / "windows.zarr" / "train" / "inputs" / "c").rglob("*") if p.is_file()))
+    inputs = tmp_path / "windows.zarr" / "train" / "inputs" / "c"
+    truncate(next(p for p in inputs.rglob("*") if p.is_file()))
     report = check_store(windows)
     assert report.kind == "windows"
     assert report.damaged[0].array == "train/inputs"

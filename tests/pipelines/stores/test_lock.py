@@ -38,6 +38,8 @@ def _count(store: str, counter: str, rounds: int) -> None:
                 handle.write(str(value + 1))
 
 
+@pytest.mark.fault("stores", "four writer processes at once",
+                   "the store lock admits one at a time: no update lost")
 def test_writers_in_separate_processes_never_overlap(store):
     counter = store + ".counter"
     with fsspec.open(counter, "w") as handle:
@@ -78,6 +80,8 @@ def _wait_for(path: str, process, timeout_s: float = 120) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.fault("stores", "a writer SIGKILLed while holding the store lock",
+                   "others are refused while it is held, then take over when its lease ends")
 def test_a_killed_holder_blocks_only_until_its_lease_runs_out(store, tmp_path):
     ready, go = str(tmp_path / "ready"), str(tmp_path / "go")
     holder = SPAWN.Process(target=_hold_then_wait, args=(store, ready, go, 2.0))
@@ -95,6 +99,8 @@ def test_a_killed_holder_blocks_only_until_its_lease_runs_out(store, tmp_path):
         assert lease.generation == 2
 
 
+@pytest.mark.fault("stores", "a writer paused (SIGSTOP) past its lease while another takes over",
+                   "it fails with LockLostError instead of reporting success")
 def test_a_paused_holder_whose_lease_ran_out_fails_instead_of_reporting_success(store, tmp_path):
     ready, go = str(tmp_path / "ready"), str(tmp_path / "go")
     holder = SPAWN.Process(target=_hold_then_wait, args=(store, ready, go, 1.5))
