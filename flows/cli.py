@@ -234,6 +234,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.beam_args = beam_args
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.verbose:  # a failing worker's traceback is logged by Beam, then raised to this command
+        logging.getLogger("apache_beam").setLevel(logging.CRITICAL)
     try:
         return args.func(args)
     except InputError as error:  # bad input; anything else is a bug and keeps its traceback

@@ -31,6 +31,13 @@ def radar_dir() -> Path:
     return RADAR_DIR
 
 
+@pytest.fixture
+def short_lock_lease(monkeypatch):
+    """Store-lock leases of 10 s instead of 60 s in this process and its children, for tests that kill a
+    writer and rerun at once (the lease itself is tested in tests/pipelines/stores/test_lock.py)."""
+    monkeypatch.setenv("NOWCAST_LOCK_LEASE_S", "10")
+
+
 @pytest.fixture(scope="session")
 def dask_scheduler() -> str:
     """Address of a real dask.distributed LocalCluster (2 worker processes) for DaskRunner tests."""

@@ -72,6 +72,7 @@ from nowcast.pipelines.stores.groups import (
     is_local,
     local_path,
     open_group,
+    storage_errors,
 )
 from nowcast.pipelines.stores.lock import store_lock
 from nowcast.pipelines.stores.timeaxis import (
@@ -379,7 +380,8 @@ def ingest_items(spec: IngestSpec, items: Sequence[SourceItem],
         if all_nan:
             log.warning("%d all-NaN frames will be stored as missing (valid=false): %s",
                         len(all_nan), sorted(all_nan)[:5])
-    with store_lock(spec.archive, "ingest"):  # writers merge into shared chunks: one at a time
+    # writers merge into shared chunks: one at a time; a full or read-only disk is a message
+    with storage_errors(spec.archive, "ingest"), store_lock(spec.archive, "ingest"):
         if exists(spec.archive) and not spec.repair:  # before the axis grows: a refusal changes nothing
             check_chunks_to_merge(spec.archive, items)
         info = prepare_archive(spec, items, fields)

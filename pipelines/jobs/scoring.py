@@ -65,7 +65,7 @@ from nowcast.pipelines.stores.forecasts import (
     write_forecast,
     written_flags,
 )
-from nowcast.pipelines.stores.groups import array, open_group
+from nowcast.pipelines.stores.groups import array, open_group, storage_errors
 from nowcast.pipelines.stores.lock import store_lock
 
 log = logging.getLogger(__name__)
@@ -287,7 +287,8 @@ def run(spec: ScoringSpec, runner: RunnerOptions | None = None,
         nowcast.model.registry.RegistryError: the model is missing or does not fit the archive.
         nowcast.pipelines.stores.forecasts.ForecastStoreError: the store holds another model's forecasts.
     """
-    with store_lock(spec.forecasts, "scoring"):  # written flags share chunks: one writer at a time
+    # written flags share chunks: one writer at a time; a full or read-only disk is a message
+    with storage_errors(spec.forecasts, "scoring"), store_lock(spec.forecasts, "scoring"):
         model, tasks, counts = plan(spec)
         todo = [i for task in tasks for i in task.indices]
         log.info("scoring %d init times in %d archive chunks into %s", len(todo), len(tasks), spec.forecasts)

@@ -45,6 +45,7 @@ from nowcast.pipelines.plans.windows import (
     WindowPlan,
     plan_from_archive,
 )
+from nowcast.pipelines.stores.groups import storage_errors
 from nowcast.pipelines.stores.lock import store_lock
 from nowcast.pipelines.stores.windows import WindowsStore, create_windows_store, write_normalization
 
@@ -216,7 +217,7 @@ def _empty(name: str, plan: WindowPlan) -> Stats:
 
 def run(job: WindowJob, runner_options: RunnerOptions | None = None) -> WindowResult:
     """Plans, creates windows.zarr and runs the job to completion; reports what it did."""
-    with store_lock(job.output, "windows"):
+    with storage_errors(job.output, "windows"), store_lock(job.output, "windows"):
         plan = job.prepare()
         result = run_pipeline(runner_options or RunnerOptions(),
                               lambda pipeline: pipeline | "CutWindows" >> CutWindows(job, plan))
@@ -231,7 +232,7 @@ def run_in_process(job: WindowJob) -> WindowResult:
     The reference the Beam runs must match, and the benchmark's limit (zarr
     and numpy alone, same plan, same codec).
     """
-    with store_lock(job.output, "windows"):
+    with storage_errors(job.output, "windows"), store_lock(job.output, "windows"):
         plan = job.prepare()
         parts: dict[str, list[Stats]] = {name: [_empty(name, plan)] for name in plan.spec.variables}
         totals: dict[str, int] = {}

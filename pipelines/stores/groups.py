@@ -10,8 +10,12 @@ state the next run can recognise and complete.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import re
 import warnings
+from collections.abc import Iterator
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -32,6 +36,59 @@ class StoreError(InputError):
 
     kind: ClassVar[str] = "store"
     missing_fix: ClassVar[str] = "check the path or URL"
+
+
+class StorageWriteError(StoreError):
+    """The storage under a store refused a write (full, read-only, no permission); the message names it."""
+
+
+# errno -> (the problem, the fix); the fixes never touch what the store holds
+STORAGE_ERRORS = {
+    errno.ENOSPC: ("the disk is full", "free space or move the store to a larger volume, then rerun"),
+    errno.EDQUOT: ("the disk quota is used up", "free space or raise the quota, then rerun"),
+    errno.EROFS: ("it is on a read-only file system", "give a writable location, or remount it writable"),
+    errno.EACCES: ("permission denied", "give this user write permission on it, or another location"),
+    errno.EPERM: ("operation not permitted", "give this user write permission on it, or another location"),
+}
+
+
+def storage_problem(error: BaseException) -> int | None:
+    """The errno of a storage failure behind ``error``, or None.
+
+    Looks through the exception chain and, for errors a Beam runner re-raised
+    from a worker as text (``RuntimeError: OSError: [Errno 28] ...``), at the message.
+    """
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in STORAGE_ERRORS:
+            return seen.errno
+        found = re.search(r"(?:OSError|PermissionError): \[Errno (\d+)\]", str(seen))
+        if found and int(found.group(1)) in STORAGE_ERRORS:
+            return int(found.group(1))
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+@contextlib.contextmanager
+def storage_errors(url: str, job: str) -> Iterator[None]:
+    """Turns a storage failure while ``job`` writes ``url`` into a :class:`StorageWriteError` with the fix.
+
+    Everything a job writes is whole chunks flagged complete last, so the
+    store opens as before the failed chunk and a rerun writes only what is
+    missing; the message says so.
+    """
+    try:
+        yield
+    except StoreError:
+        raise
+    except Exception as error:
+        code = storage_problem(error)
+        if code is None:
+            raise
+        problem, fix = STORAGE_ERRORS[code]
+        raise StorageWriteError(
+            f"{job} could not write {url}: {problem} ({os.strerror(code)}). The store keeps what was "
+            f"complete before (a rerun writes only what is missing): {fix}") from error
 
 
 def is_local(url: str) -> bool:

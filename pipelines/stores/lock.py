@@ -244,11 +244,15 @@ def store_lock(store: str, purpose: str, lease_s: float | None = None, wait_s: f
         del _held[key]
         stop.set()
         renewer.join()
-        if not lost.is_set() and folder.generations()[-1:] == [lease.generation]:
-            folder.replace(dataclasses.replace(lease, released=True, expires=time.time()))
-            folder.remove_older(lease.generation)
-        else:
-            lost.set()
+        try:
+            if not lost.is_set() and folder.generations()[-1:] == [lease.generation]:
+                folder.replace(dataclasses.replace(lease, released=True, expires=time.time()))
+                folder.remove_older(lease.generation)
+            else:
+                lost.set()
+        except OSError as error:  # a full or failing disk: the lease then simply expires
+            log.warning("could not release the lock of %s (%s); it frees itself within %.0f s",
+                        store, error, term)
     if lost.is_set():
         raise LockLostError(
             f"the lock of {store} ran out while this {purpose} wrote (its lease was not renewed for "

@@ -13,6 +13,8 @@ from tests.pipelines.jobs.ingest_helpers import kill_part_way, snapshot
 
 FRAMES, SIZE, CHUNK = 480, 192, 8
 
+pytestmark = pytest.mark.usefixtures("short_lock_lease")  # a killed run's lease ends in 10 s
+
 
 def ingest_command(archive: Path) -> list[str]:
     return [sys.executable, "-m", "nowcast.flows.cli", "ingest", "--archive", str(archive), "--synthetic",

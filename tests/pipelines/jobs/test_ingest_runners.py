@@ -22,8 +22,10 @@ def test_inmemory_multiprocess_and_dask_write_identical_stores(tmp_path, dask_sc
         assert result.frames_missing == 2
         stores[options.kind] = snapshot(url)
     assert stores["inmemory"] == stores["multiprocess"] == stores["dask"]
-    # the workers' check reports went beside the archive (a folder every worker can reach), then away
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["dask.zarr", "inmemory.zarr", "multiprocess.zarr"]
+    # the workers' check reports went beside the archive (a folder every worker can reach), then away;
+    # each archive's writers' lock stays beside it
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [f"{kind}.zarr{lock}" for kind in ("dask", "inmemory", "multiprocess") for lock in ("", ".lock")])
 
 
 @pytest.mark.slow
