@@ -333,6 +333,9 @@ def down(folder: str | Path = "runs/stack", timeout_s: float = 20.0) -> list[str
         with contextlib.suppress(ProcessLookupError, PermissionError):
             if _alive(pid):
                 os.killpg(pid, signal.SIGKILL)
+        killed_by = time.monotonic() + 10  # until it is gone (and reaped, when it is this process's child)
+        while time.monotonic() < killed_by and _alive(pid):
+            time.sleep(0.1)
     data = Path(state.get("postgres_data", root / "postgres"))
     if (data / "postmaster.pid").exists():
         subprocess.run(_as_postgres([str(_postgres_bin() / "pg_ctl"), "-D", str(data), "-m", "fast", "-w",

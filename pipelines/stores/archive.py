@@ -31,6 +31,7 @@ from nowcast.pipelines.stores.groups import (
     consolidate,
     dimension_names,
     grow_axis,
+    not_a_store,
     open_group,
     zarr_store,
 )
@@ -308,6 +309,9 @@ def create_archive(
     are ingested, and a chunk never written reads as NaN.
     """
     step = parse_time_step(time_step) if isinstance(time_step, str) else time_step
+    problem = not_a_store(url)
+    if problem:  # a file or a folder of something else at the path: never written over
+        raise ArchiveError(problem)
     if length < 1:
         raise ArchiveError("an archive needs at least one time step")
     if not fields:

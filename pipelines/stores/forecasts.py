@@ -51,6 +51,7 @@ from nowcast.pipelines.stores.groups import (
     grow_axis,
     is_local,
     local_path,
+    not_a_store,
     open_group,
     zarr_store,
 )
@@ -188,13 +189,14 @@ def read_store_info(url: str) -> StoreInfo:
                                     for f in dataclasses.fields(StoreIdentity)})
     except KeyError as error:
         raise ForecastStoreError(
-            f"{url} lacks the attribute {error.args[0]!r}; it is not a nowcast forecast store "
-            "(or its creation was interrupted: delete it and rerun)") from None
+            f"{url} lacks the attribute {error.args[0]!r}; it is not a nowcast forecast store, or its "
+            "creation was interrupted: give the forecasts another path (or, if nowcast created it, move it "
+            "aside and rerun; it holds no forecasts yet)") from None
     arrays = dict(group.arrays())
     missing = {identity.target, WRITTEN, *VERSION_ARRAYS, "init_time"} - set(arrays)
     if missing:
-        raise ForecastStoreError(f"{url} lacks {sorted(missing)}; its creation was interrupted: delete it "
-                                 "and rerun the scoring job")
+        raise ForecastStoreError(f"{url} lacks {sorted(missing)}; its creation was interrupted before any "
+                                 "forecast was written: move it aside (rename it) and rerun the scoring job")
     return StoreInfo(url=url, identity=identity, start=to_datetime64(attrs["time_start"]),
                      time_step=parse_time_step(str(attrs["time_step"])),
                      length=int(arrays["init_time"].shape[0]))
@@ -220,6 +222,9 @@ def ensure_store(url: str, identity: StoreIdentity, archive: ArchiveInfo) -> Sto
     for the winner's metadata and checks it like any existing store.
     """
     if not exists(url):
+        problem = not_a_store(url)
+        if problem:  # a file or a folder of something else at the path: never written over
+            raise ForecastStoreError(problem)
         ds, encoding = template(identity, archive, archive.length)
         lost_the_race = (FileExistsError, zarr.errors.ContainsGroupError, zarr.errors.ContainsArrayError)
         with contextlib.suppress(*lost_the_race):

@@ -114,17 +114,53 @@ FRESH = {"use_listings_cache": False}
 
 
 def filesystem(url: str) -> tuple[Any, str]:
-    """fsspec's filesystem and path for ``url`` (local or remote), without a listings cache."""
+    """fsspec's filesystem and path for ``url`` (local or remote), without a listings cache.
+
+    Raises:
+        StoreError: the URL's scheme needs a package that is not installed (s3fs for s3://, ...).
+    """
     import fsspec
 
-    return fsspec.core.url_to_fs(url, **FRESH)
+    try:
+        return fsspec.core.url_to_fs(url, **FRESH)
+    except ImportError as error:
+        raise StoreError(f"{url}: {error} (extras: pip install 'nowcast[s3]' or 'nowcast[gcs]')") from None
+    except ValueError as error:  # an unknown protocol
+        raise StoreError(f"{url}: {error}; give a local path or an s3://, gs:// or file:// URL") from None
 
 
 def zarr_store(url: str, read_only: bool = False) -> Store:
     """A zarr v3 store for ``url``: LocalStore on disk, fsspec (no listings cache) for everything else."""
     if is_local(url):
         return LocalStore(local_path(url), read_only=read_only)
+    filesystem(url)  # a clear error for a scheme whose package is missing
     return FsspecStore.from_url(url, storage_options=dict(FRESH), read_only=read_only)
+
+
+def not_a_store(url: str) -> str | None:
+    """Why something at ``url`` is not a zarr v3 store, when something is there; None when nothing is.
+
+    Tells a file, a zarr v2 store and a folder whose ``zarr.json`` is gone
+    apart from a path where nothing exists yet, so no message advises
+    creating (or overwriting) a store over data that is there.
+    """
+    fs, path = filesystem(url)
+    path = path.rstrip("/")
+    if fs.isfile(path):
+        return f"{url} is a file, not a store folder: give the store another path"
+    if not fs.isdir(path):
+        return None
+    names = {name.rstrip("/").rsplit("/", 1)[-1] for name in fs.ls(path, detail=False)}
+    if "zarr.json" in names:
+        return None
+    if names & {".zgroup", ".zarray", ".zattrs"}:
+        return (f"{url} is a zarr v2 store; nowcast reads and writes zarr v3. Convert a copy (for example "
+                "xr.open_zarr(old).to_zarr(new, zarr_format=3)) or give another path")
+    if names:
+        return (f"{url} exists and holds {len(names)} entries but no zarr.json: it is not a zarr store, or "
+                "its root metadata was deleted (restore zarr.json from a copy). Nothing was written to it; "
+                "give another path for a new store")
+    return None
 
 
 def exists(url: str) -> bool:
@@ -148,8 +184,11 @@ def open_group(url: str, mode: Mode = "r", error: type[StoreError] = StoreError)
     try:
         return zarr.open_group(zarr_store(url, read_only=mode == "r"), mode=mode, zarr_format=3,
                                use_consolidated=False)
-    except (FileNotFoundError, zarr.errors.GroupNotFoundError) as missing:
-        raise error(f"no {error.kind} at {url}: {error.missing_fix}") from missing
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError, NotADirectoryError) as missing:
+        raise error(not_a_store(url) or f"no {error.kind} at {url}: {error.missing_fix}") from missing
+    except ValueError as unreadable:  # zarr.json that is not JSON, or not zarr metadata
+        raise error(f"the root metadata {url}/zarr.json cannot be read ({unreadable}); restore it from a "
+                    f"copy of the store (the data chunks are untouched)") from unreadable
 
 
 def array(group: zarr.Group, name: str) -> zarr.Array:

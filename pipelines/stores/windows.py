@@ -27,7 +27,15 @@ import zarr
 from zarr.codecs import ZstdCodec
 
 from nowcast.pipelines.stores.archive import ZSTD_LEVEL, ArchiveDescription, read_info
-from nowcast.pipelines.stores.groups import StoreError, array, consolidate, exists, open_group, subgroup
+from nowcast.pipelines.stores.groups import (
+    StoreError,
+    array,
+    consolidate,
+    exists,
+    not_a_store,
+    open_group,
+    subgroup,
+)
 from nowcast.pipelines.stores.timeaxis import TIME_UNITS, epoch_seconds
 
 SPLITS = ("train", "val", "test")
@@ -94,6 +102,12 @@ def create_windows_store(url: str, layout: WindowsLayout, overwrite: bool = Fals
     """
     if exists(url) and not overwrite:
         raise WindowsError(f"{url} already exists; pass overwrite=True (--overwrite) to replace it")
+    if exists(url) and NORMALIZATION not in open_group(url, error=WindowsError).attrs:
+        raise WindowsError(f"{url} is a zarr store but not a windows store; overwrite replaces only windows "
+                           "stores: give the windows another path")
+    problem = not_a_store(url)
+    if problem:  # a file, a zarr v2 store, a folder of something else: never replaced
+        raise WindowsError(problem)
     root = open_group(url, "w", error=WindowsError)
     root.attrs.update({
         **layout.attrs,  # type: ignore[dict-item]

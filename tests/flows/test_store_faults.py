@@ -1,0 +1,94 @@
+"""Store- and file-system-level faults on the command line: exit 2 with the path, the problem and a fix
+that never destroys what is there; nothing is written. (Before: tracebacks, or "no archive ... create it
+by ingesting" about a folder full of data.)"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from nowcast.flows import cli
+from tests.pipelines.jobs.ingest_helpers import snapshot
+
+SYNTHETIC = ["--synthetic", "--frames", "8", "--size", "16"]
+
+
+def make_file(good: Path, bad: Path) -> None:
+    bad.write_text("not a store")
+
+
+def delete_root_metadata(good: Path, bad: Path) -> None:
+    shutil.copytree(good, bad)
+    (bad / "zarr.json").unlink()
+
+
+def truncate_root_metadata(good: Path, bad: Path) -> None:
+    shutil.copytree(good, bad)
+    (bad / "zarr.json").write_bytes((good / "zarr.json").read_bytes()[:50])
+
+
+def make_zarr_v2(good: Path, bad: Path) -> None:
+    import zarr
+
+    zarr.open_group(str(bad), mode="w", zarr_format=2).create_array("precip", shape=(3,), dtype="f4")
+
+
+def digest(path: Path) -> dict[str, str]:
+    return {"": path.read_text()} if path.is_file() else snapshot(str(path))
+
+
+@pytest.fixture(scope="module")
+def good(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("good") / "archive.zarr"
+    assert cli.main(["ingest", "--archive", str(path), *SYNTHETIC]) == 0
+    return path
+
+
+@pytest.mark.fault("stores", "the archive path is a file, a zarr v2 store, or a store whose root zarr.json "
+                   "is deleted or truncated",
+                   "summary and ingest exit 2 naming the path, the problem and a fix that keeps the data; "
+                   "nothing written")
+@pytest.mark.parametrize(("damage", "message"), [
+    (make_file, "is a file, not a store folder"),
+    (delete_root_metadata, "holds 11 entries but no zarr.json"),
+    (truncate_root_metadata, "zarr.json cannot be read"),
+    (make_zarr_v2, "is a zarr v2 store; nowcast reads and writes zarr v3"),
+], ids=["file", "no-zarr-json", "truncated-zarr-json", "zarr-v2"])
+def test_a_path_that_is_not_a_v3_store_is_named_and_left_alone(good, tmp_path, capsys, damage, message):
+    bad = tmp_path / "archive.zarr"
+    damage(good, bad)
+    before = digest(bad)
+    for command in (["summary", "--archive", str(bad)], ["ingest", "--archive", str(bad), *SYNTHETIC]):
+        assert cli.main(command) == 2
+        err = capsys.readouterr().err
+        assert message in err
+        assert str(bad) in err
+        assert "create it by ingesting" not in err
+    assert digest(bad) == before
+
+
+@pytest.mark.fault("stores", "a store URL whose scheme needs a package that is not installed",
+                   "exit 2 naming the URL and the package to install")
+def test_a_url_whose_filesystem_is_not_installed_is_named(capsys):
+    assert cli.main(["summary", "--archive", "abfs://container/archive.zarr"]) == 2
+    err = capsys.readouterr().err
+    assert "abfs://container/archive.zarr" in err
+    assert "adlfs" in err
+
+
+@pytest.mark.fault("windows", "windows output, with overwrite, pointing at a store of another kind",
+                   "refused: overwrite replaces only windows stores; the store is unchanged")
+def test_windows_overwrite_never_replaces_another_store(good, tmp_path):
+    from nowcast.pipelines.jobs.windows import WindowJob, run_in_process
+    from nowcast.pipelines.plans.window_spec import WindowSpec
+    from nowcast.pipelines.stores.windows import WindowsError
+
+    other = tmp_path / "other.zarr"
+    shutil.copytree(good, other)
+    before = snapshot(str(other))
+    job = WindowJob(str(good), str(other), WindowSpec(("precip",), "precip", t_in=2, t_out=1), overwrite=True)
+    with pytest.raises(WindowsError, match="not a windows store"):
+        run_in_process(job)
+    assert snapshot(str(other)) == before
