@@ -74,6 +74,7 @@ from nowcast.pipelines.stores.groups import (
     open_group,
     storage_errors,
 )
+from nowcast.pipelines.stores.integrity import unreadable
 from nowcast.pipelines.stores.lock import store_lock
 from nowcast.pipelines.stores.timeaxis import (
     epoch_seconds,
@@ -321,9 +322,13 @@ def check_batch(spec: IngestSpec, items: Sequence[SourceItem], fields: tuple[Fie
     return {str(r["item"]) for r in reports if r["all_nan"]}
 
 
-def prepare_archive(spec: IngestSpec, items: Sequence[SourceItem],
-                    fields: tuple[FieldSpec, ...]) -> ArchiveInfo:
-    """Creates the archive or extends its time axis so every item has a slot."""
+def prepare_archive(spec: IngestSpec, items: Sequence[SourceItem], fields: tuple[FieldSpec, ...],
+                    created_meanwhile: bool = False) -> ArchiveInfo:
+    """Creates the archive or extends its time axis so every item has a slot.
+
+    ``created_meanwhile``: another writer created the archive after this batch
+    was checked against its own first frame, so the grid is compared again.
+    """
     last = max(item.time for item in items)
     if not exists(spec.archive):
         step = parse_time_step(spec.time_step) if spec.time_step else spec.source.time_step()
@@ -335,10 +340,11 @@ def prepare_archive(spec: IngestSpec, items: Sequence[SourceItem],
         return create_archive(spec.archive, grid, fields, start, step, max(length, 1),
                               time_chunk=spec.time_chunk, spatial_chunks=spec.spatial_chunks,
                               attrs={"source": spec.source.name})
-    problem = read_info(spec.archive).grid.mismatch(spec.source.read_grid(items[0]))
-    if problem:  # the archive was created by another writer since this batch was checked
-        raise IngestError(f"the batch is on another grid than {spec.archive} ({problem}); nothing was "
-                          "written: ingest it into a new archive")
+    if created_meanwhile:
+        problem = read_info(spec.archive).grid.mismatch(spec.source.read_grid(items[0]))
+        if problem:
+            raise IngestError(f"the batch is on another grid than {spec.archive} ({problem}); nothing was "
+                              "written: ingest it into a new archive")
     group = open_group(spec.archive, error=ArchiveError)
     start = to_datetime64(group.attrs["time_start"])
     step = parse_time_step(str(group.attrs["time_step"]))
@@ -371,7 +377,8 @@ def ingest_items(spec: IngestSpec, items: Sequence[SourceItem],
     if not items:
         raise IngestError(f"source {spec.source.name} has no frames to ingest")
     fields = tuple(spec.source.fields())
-    if exists(spec.archive):
+    existed = exists(spec.archive)
+    if existed:
         info = _existing_info(spec.archive)
         check_fields(info, fields)
         frame_indices(items, info.start, info.time_step)
@@ -384,7 +391,7 @@ def ingest_items(spec: IngestSpec, items: Sequence[SourceItem],
     with storage_errors(spec.archive, "ingest"), store_lock(spec.archive, "ingest"):
         if exists(spec.archive) and not spec.repair:  # before the axis grows: a refusal changes nothing
             check_chunks_to_merge(spec.archive, items)
-        info = prepare_archive(spec, items, fields)
+        info = prepare_archive(spec, items, fields, created_meanwhile=not existed and spec.needs_check)
         check_fields(info, fields)
         indexed = frame_indices(items, info.start, info.time_step)
         tasks = plan_chunks(indexed, info.time_chunk, info.length)
@@ -430,14 +437,13 @@ def check_chunks_to_merge(archive: str, items: Sequence[SourceItem]) -> None:
             continue
         for arr in fields:
             chunk = (task.first_index // arr.chunks[0], *([0] * (arr.ndim - 1)))
-            try:
-                arr.get_block_selection(chunk)
-            except Exception as error:  # whatever the codec raises for a damaged chunk
+            problem = unreadable(arr, chunk)
+            if problem:
                 raise ArchiveError(
                     f"chunk {'/'.join(map(str, chunk))} of {archive}/{arr.basename} (time index "
-                    f"{task.first_index}) cannot be read ({type(error).__name__}: {str(error)[:100]}); "
-                    f"nothing was written. `nowcast check {archive}` lists every damaged chunk and "
-                    "`nowcast ingest ... --repair` rewrites them from the source files") from error
+                    f"{task.first_index}) cannot be read: {problem}; nothing was written. "
+                    f"`nowcast check {archive}` lists every damaged chunk and "
+                    "`nowcast ingest ... --repair` rewrites them from the source files")
 
 
 def repair_tasks(spec: IngestSpec, indexed: Sequence[tuple[int, SourceItem]],
@@ -455,18 +461,14 @@ def repair_tasks(spec: IngestSpec, indexed: Sequence[tuple[int, SourceItem]],
         raise IngestError(f"--repair rewrites chunks along time; {spec.archive} has other damage:\n"
                           + report.text())
     chunk = info.time_chunk
-    damaged = sorted({d.first // chunk for d in report.damaged})
-    by_chunk: dict[int, list[tuple[int, SourceItem]]] = {c: [] for c in damaged}
-    for index, item in indexed:
-        if index // chunk in by_chunk:
-            by_chunk[index // chunk].append((index, item))
+    damaged = {d.first // chunk for d in report.damaged}
+    tasks = [dataclasses.replace(task, rebuild=True) for task in
+             plan_chunks([(i, item) for i, item in indexed if i // chunk in damaged], chunk, info.length)]
     flags_damaged = any(d.array == VALID for d in report.damaged)
     valid = None if flags_damaged else valid_flags(spec.archive)
-    lost = []
-    for c, frames in by_chunk.items():
-        given = {i for i, _ in frames}
-        region = range(c * chunk, min((c + 1) * chunk, info.length))
-        lost += [i for i in region if (valid is None or valid[i]) and i not in given]
+    given = {i for task in tasks for i, _ in task.frames}
+    lost = [i for c in sorted(damaged) for i in range(c * chunk, min((c + 1) * chunk, info.length))
+            if (valid is None or valid[i]) and i not in given]
     if lost and valid is not None:
         times = [str(time_values(info.start, info.time_step, info.length)[i])[:16] for i in lost[:10]]
         raise IngestError(f"--repair needs every frame of the damaged chunks; the input lacks {len(lost)} "
@@ -475,8 +477,6 @@ def repair_tasks(spec: IngestSpec, indexed: Sequence[tuple[int, SourceItem]],
     if lost:
         log.warning("the valid flags of the damaged chunks are damaged too: %d slot(s) of them not in the "
                     "input will read as missing", len(lost))
-    tasks = [ChunkTask(c * chunk, min(chunk, info.length - c * chunk), tuple(frames), rebuild=True)
-             for c, frames in sorted(by_chunk.items())]
     if any(d.array == "time" for d in report.damaged):
         rewrite_time_coordinate(spec.archive, info)
     log.warning("repair: rewriting %d damaged chunk(s) of %s", len(tasks), spec.archive)

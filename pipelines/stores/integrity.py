@@ -133,7 +133,8 @@ def _chunk_keys(url: str, path: str) -> list[tuple[int, ...]]:
     return sorted(keys)
 
 
-def _read_chunk(array: zarr.Array, chunk: tuple[int, ...]) -> str | None:
+def unreadable(array: zarr.Array, chunk: tuple[int, ...]) -> str | None:
+    """Why chunk ``chunk`` of ``array`` does not decode, or None when it reads."""
     try:
         array.get_block_selection(chunk) if chunk else array[...]
     except Exception as error:  # any decode failure is the finding, whatever the codec raises
@@ -159,7 +160,7 @@ def check_store(url: str, progress: Callable[[int, int], None] | None = None) ->
     for path, array in arrays.items():
         first_chunk = array.chunks[0] if array.ndim else 1
         for chunk in keys[path]:
-            problem = _read_chunk(array, chunk)
+            problem = unreadable(array, chunk)
             if problem:
                 first = chunk[0] * first_chunk if chunk else 0
                 damaged.append(Damage(path, chunk, problem, first, min(first + first_chunk, array.shape[0]

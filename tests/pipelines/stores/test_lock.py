@@ -80,14 +80,20 @@ def _wait_for(path: str, process, timeout_s: float = 120) -> None:
         time.sleep(0.05)
 
 
+def _start_holder(store: str, tmp_path, lease_s: float):
+    """A process holding the lock of ``store`` (it has taken it on return), and the file that releases it."""
+    ready, go = str(tmp_path / "ready"), str(tmp_path / "go")
+    holder = SPAWN.Process(target=_hold_then_wait, args=(store, ready, go, lease_s))
+    holder.start()
+    _wait_for(ready, holder)
+    return holder, go
+
+
 @pytest.mark.fault("stores", "a writer SIGKILLed while holding the store lock",
                    "others are refused while it is held, then take over when its lease ends")
 def test_a_killed_holder_blocks_only_until_its_lease_runs_out(store, tmp_path):
-    ready, go = str(tmp_path / "ready"), str(tmp_path / "go")
-    holder = SPAWN.Process(target=_hold_then_wait, args=(store, ready, go, 2.0))
-    holder.start()
+    holder, _ = _start_holder(store, tmp_path, lease_s=2.0)
     try:
-        _wait_for(ready, holder)
         refused = r"being written: ingest by .*:\d+:\d+ .*lease to run out"
         with pytest.raises(LockTimeoutError, match=refused), store_lock(store, "scoring", wait_s=0.3):
             pass
@@ -102,10 +108,7 @@ def test_a_killed_holder_blocks_only_until_its_lease_runs_out(store, tmp_path):
 @pytest.mark.fault("stores", "a writer paused (SIGSTOP) past its lease while another takes over",
                    "it fails with LockLostError instead of reporting success")
 def test_a_paused_holder_whose_lease_ran_out_fails_instead_of_reporting_success(store, tmp_path):
-    ready, go = str(tmp_path / "ready"), str(tmp_path / "go")
-    holder = SPAWN.Process(target=_hold_then_wait, args=(store, ready, go, 1.5))
-    holder.start()
-    _wait_for(ready, holder)
+    holder, go = _start_holder(store, tmp_path, lease_s=1.5)
     os.kill(holder.pid, signal.SIGSTOP)  # a paused process (swapped out, a stopped VM) renews nothing
     try:
         with store_lock(store, "scoring", wait_s=60) as lease:
