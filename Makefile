@@ -29,9 +29,11 @@ stack: $(STAMP)
 stack-down: $(STAMP)
 	$(VENV)/bin/nowcast stack down --folder runs/stack
 
-## test: lint, type check and the whole test suite; test-fast: the tests not marked slow
+## test: lint, type check and the whole test suite on TEST_WORKERS processes (pytest-xdist; a module with a
+## module fixture runs on one worker); test-fast: the tests not marked slow
+TEST_WORKERS ?= 2
 test: lint typecheck
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 test-fast: lint typecheck
 	$(PY) -m pytest -m "not slow"

@@ -25,6 +25,8 @@ from nowcast.flows.params import (
 from nowcast.pipelines.stores.archive import open_archive
 from nowcast.pipelines.stores.forecasts import written_flags
 
+pytestmark = pytest.mark.xdist_group(__name__)  # its module fixture is built once, on one worker
+
 SIZE, FRAMES, DENSITY = 48, 96, 40.0
 PNG = b"\x89PNG\r\n\x1a\n"
 

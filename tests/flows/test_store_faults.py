@@ -12,6 +12,8 @@ import pytest
 from nowcast.flows import cli
 from tests.pipelines.jobs.ingest_helpers import snapshot
 
+pytestmark = pytest.mark.xdist_group(__name__)  # its module fixture is built once, on one worker
+
 SYNTHETIC = ["--synthetic", "--frames", "8", "--size", "16"]
 
 

@@ -13,6 +13,8 @@ from hypothesis import strategies as st
 from nowcast.model.forecaster import load_forecaster, match_distribution
 from nowcast.model.tiling import WholeGrid
 
+pytestmark = pytest.mark.xdist_group(__name__)  # its module fixture is built once, on one worker
+
 OPTIONS = {"filters": [4, 4], "lstm_units": 4, "decoder_filters": 2, "advection": True,
            "matched_motion": True}
 

@@ -23,6 +23,8 @@ from tests.pipelines.jobs.scoring_helpers import (
     synthetic_stats,
 )
 
+pytestmark = pytest.mark.xdist_group(__name__)  # its module fixture is built once, on one worker
+
 FRAMES, SIZE, CHUNK, T_IN, T_OUT, MISSING = 40, (32, 32), 8, 3, 2, (10,)
 FULL = "full_grid"
 

@@ -16,7 +16,8 @@ from tests.pipelines.jobs.scoring_helpers import MODEL, make_archive, save_tiny_
 
 FRAMES, SIZE, CHUNK, T_IN = 120, (48, 48), 8, 3
 
-pytestmark = pytest.mark.usefixtures("short_lock_lease")  # a killed run's lease ends in 10 s
+pytestmark = [pytest.mark.usefixtures("short_lock_lease"),  # a killed run's lease ends in 10 s
+              pytest.mark.xdist_group(__name__)]  # its module fixture is built once, on one worker
 
 
 @pytest.fixture(scope="module")

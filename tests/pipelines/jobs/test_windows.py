@@ -12,6 +12,8 @@ from nowcast.pipelines.plans.window_spec import SplitSpec, WetFilter, WindowSpec
 from nowcast.pipelines.stores.windows import SPLITS
 from tests.pipelines.jobs.windows_testing import make_archive, random_frames
 
+pytestmark = pytest.mark.xdist_group(__name__)  # its module fixture is built once, on one worker
+
 SPEC = WindowSpec(channels=("precip", "temp"), target="precip", t_in=3, t_out=2, stride=2,
                   patch_size=(4, 4), patch_stride=(3, 4), wet=WetFilter(threshold=0.5, min_fraction=0.4),
                   split=SplitSpec(block="PT12H", fractions=(0.6, 0.2, 0.2), method="contiguous"),

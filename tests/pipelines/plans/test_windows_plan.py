@@ -24,6 +24,8 @@ from nowcast.pipelines.plans.windows import plan_from_archive
 from nowcast.pipelines.stores.windows import SPLITS, WindowsError
 from tests.pipelines.jobs.windows_testing import make_archive, oracle, random_frames, read_split
 
+pytestmark = pytest.mark.xdist_group(__name__)  # its module fixture is built once, on one worker
+
 SETTINGS = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
