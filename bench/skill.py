@@ -25,8 +25,7 @@ scored too (every ``--train-stride``-th init time), since a forecast must not
 paint rain on the data it learnt from either. Leads are 5..30 min.
 
 ``--quick`` (CI's smoke run) uses the first 20 frames of each event, two
-training steps, one init time per event, and scores one training event
-(the smallest grid) rather than all four.
+training steps and one test init time, and scores no training event.
 """
 
 from __future__ import annotations
@@ -210,10 +209,11 @@ def main(argv: list[str] | None = None) -> int:
                                                           verification.BASELINES, stride, limit)
             evaluate_s = time.perf_counter() - started - prepare_s - sum(train_seconds.values())
 
-            events = {}
+            events: dict[str, object] = {}
             train_baselines = {n: verification.BASELINES[n] for n in ("persistence", "extrapolation")}
-            scored = {TRAIN_EVENTS["mch"]: archives[TRAIN_EVENTS["mch"]]} if quick else archives
-            for event, archive in scored.items():
+            if quick:  # the same score_event as the test event's; the models' whole-grid runs cost a minute
+                events["not_scored"] = "--quick scores the test event only"
+            for event, archive in ({} if quick else archives).items():
                 event_scores, _, _, event_inits = score_event(archive, deploy(work / "models", archive),
                                                               train_baselines, train_stride, limit)
                 events[event] = {"scores": event_scores, "init_times": len(event_inits),

@@ -163,7 +163,7 @@ def test_stack_commands_without_a_stack_say_so(tmp_path, capsys):
 
 # --- the life cycle under a live schedule -------------------------------------------------------
 
-EVERY_S = 20  # the test's schedule for ingest and forecast (infra/prefect.yaml: every 5 minutes)
+EVERY_S = 30  # the test's schedule for ingest and forecast (infra/prefect.yaml: every 5 minutes)
 LIFE = {"size": 48, "density": 40.0, "seed": 5, "hours": 9}  # 5-minute frames, one file per hour
 # a planned roll-out: one epoch on a few hours decides nothing about skill, and whether a version beats
 # LK extrapolation is tested in test_flows.py; here the promotion itself is what the schedule must survive
