@@ -271,6 +271,7 @@ def _template(
     coords: dict[str, object] = {
         "time": ("time", times, {"standard_name": "time"}),
         **grid.coords(),
+        **grid.geographic_coords(),
     }
     for field in fields:
         if field.thresholds:
@@ -279,8 +280,7 @@ def _template(
                 np.asarray(field.thresholds, dtype="float32"),
                 {"units": field.units},
             )
-    ds = xr.Dataset(data_vars, coords=coords)
-    ds[CRS_VAR] = xr.DataArray(np.int32(0), attrs=grid.crs_attrs)
+    ds = xr.Dataset(data_vars, coords=coords).assign_coords(grid.mapping_coord())
     ds.attrs.update(
         {
             "Conventions": "CF-1.8",

@@ -41,7 +41,6 @@ import zarr
 from zarr.codecs import ZstdCodec
 
 from nowcast.pipelines.stores.archive import ArchiveInfo
-from nowcast.pipelines.stores.grid import CRS_VAR
 from nowcast.pipelines.stores.groups import (
     StoreError,
     array,
@@ -65,6 +64,7 @@ from nowcast.pipelines.stores.timeaxis import (
 )
 
 WRITTEN = "written"
+VALID_TIME = "valid_time"
 MODEL_VERSION = "model_version"
 MODEL_SHA256 = "model_sha256"
 VERSION_ARRAYS = (MODEL_VERSION, MODEL_SHA256)  # strings along init_time, "" until written
@@ -159,8 +159,10 @@ def template(identity: StoreIdentity, archive: ArchiveInfo, length: int) -> tupl
                                "long_name": "initialisation time"}),
                 "lead_time": ("lead_time", leads, {"standard_name": "forecast_period",
                                                     "long_name": "lead time"}),
-                **archive.grid.coords()})
-    ds[CRS_VAR] = xr.DataArray(np.int32(0), attrs=archive.grid.crs_attrs)
+                VALID_TIME: (("init_time", "lead_time"), init_times[:, None] + leads[None, :],
+                             {"standard_name": "time", "long_name": "valid time (init_time + lead_time)"}),
+                **archive.grid.coords(), **archive.grid.geographic_coords(),
+                **archive.grid.mapping_coord()})
     ds.attrs.update({"Conventions": "CF-1.8", "title": f"{identity.target} nowcasts",
                      "time_step": format_time_step(archive.time_step),
                      "time_start": str(to_datetime64(archive.start)), "archive_url": archive.url,
@@ -171,6 +173,7 @@ def template(identity: StoreIdentity, archive: ArchiveInfo, length: int) -> tupl
         WRITTEN: {"chunks": (1,), "fill_value": False},
         **{name: {"chunks": (1,), "fill_value": ""} for name in VERSION_ARRAYS},
         "init_time": {"units": TIME_UNITS, "dtype": "int64", "chunks": (COORD_CHUNK,)},
+        VALID_TIME: {"units": TIME_UNITS, "dtype": "int64", "chunks": (COORD_CHUNK, identity.t_out)},
         "lead_time": {"units": "seconds", "dtype": "int64"},
     }
     return ds, encoding
@@ -262,7 +265,9 @@ def extend_init_time(url: str, length: int) -> StoreInfo:
     attrs = dict(group.attrs)
     length = max(length, array(group, "init_time").shape[0])
     times = time_values(to_datetime64(attrs["time_start"]), parse_time_step(str(attrs["time_step"])), length)
-    grow_axis(group, "init_time", epoch_seconds(times))
+    leads = array(group, "lead_time")[:]  # seconds
+    derived = {VALID_TIME: epoch_seconds(times)[:, None] + leads[None, :]} if VALID_TIME in group else {}
+    grow_axis(group, "init_time", epoch_seconds(times), derived)
     return read_store_info(url)
 
 
@@ -326,4 +331,7 @@ def _set(target: zarr.Array, index: int, value: np.ndarray | np.bool_) -> None:
 def open_forecasts(url: str) -> xr.Dataset:
     """The store as an xarray Dataset (lazy); only ``written`` init times hold trusted values."""
     read_store_info(url)
-    return xr.open_zarr(zarr_store(url, read_only=True), consolidated=False, zarr_format=3)
+    ds = xr.open_zarr(zarr_store(url, read_only=True), consolidated=False, zarr_format=3)
+    if VALID_TIME not in ds.coords:  # a store created before valid_time was stored
+        ds = ds.assign_coords({VALID_TIME: ds["init_time"] + ds["lead_time"]})
+    return ds

@@ -88,6 +88,24 @@ class Grid:
                   {"standard_name": "projection_x_coordinate", "units": self.units, "axis": "X"}),
         }
 
+    def geographic_coords(self) -> dict[str, tuple]:
+        """2-D ``latitude`` and ``longitude`` of the pixel centres (WGS 84, from the grid mapping), as
+        xarray coordinates: what a plot or a regional selection needs without pyproj."""
+        metres = 1000.0 if self.units == "km" else 1.0
+        per_unit = self.crs.axis_info[0].unit_conversion_factor if self.crs.axis_info else 1.0
+        xx, yy = np.meshgrid(np.asarray(self.x) * metres / per_unit, np.asarray(self.y) * metres / per_unit)
+        if self.crs.is_geographic:  # the coordinates are degrees already
+            xx, yy = np.meshgrid(np.asarray(self.x), np.asarray(self.y))
+        lon, lat = pyproj.Transformer.from_crs(self.crs, "EPSG:4326", always_xy=True).transform(xx, yy)
+        return {"latitude": (("y", "x"), np.asarray(lat, "float32"),
+                             {"standard_name": "latitude", "units": "degrees_north"}),
+                "longitude": (("y", "x"), np.asarray(lon, "float32"),
+                              {"standard_name": "longitude", "units": "degrees_east"})}
+
+    def mapping_coord(self) -> dict[str, xr.DataArray]:
+        """The grid mapping as a scalar coordinate (``crs``), so it stays with any variable selected."""
+        return {CRS_VAR: xr.DataArray(np.int32(0), attrs=dict(self.crs_attrs))}
+
     def mismatch(self, other: Grid) -> str | None:
         """Describes how ``other`` differs from this grid, or None if it matches."""
         if self.shape != other.shape:

@@ -15,7 +15,7 @@ import errno
 import os
 import re
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -250,7 +250,8 @@ def arrays_along(group: zarr.Group, dim: str) -> dict[str, zarr.Array]:
     return {name: member for name, member in group.arrays() if dimension_names(member)[:1] == (dim,)}
 
 
-def grow_axis(group: zarr.Group, dim: str, values: np.ndarray) -> None:
+def grow_axis(group: zarr.Group, dim: str, values: np.ndarray,
+              derived: Mapping[str, np.ndarray] | None = None) -> None:
     """Grows every array along ``dim`` to ``len(values)``; the coordinate ``dim`` last.
 
     The data arrays are resized first (new entries read as their fill values,
@@ -263,6 +264,8 @@ def grow_axis(group: zarr.Group, dim: str, values: np.ndarray) -> None:
         group: the store's root group, writable.
         dim: the axis, e.g. ``time`` or ``init_time``.
         values: the whole coordinate after growing (encoded, e.g. epoch seconds).
+        derived: arrays whose new entries are known values rather than fill values (the whole
+            array after growing, e.g. a forecast store's ``valid_time``); written before the coordinate.
     """
     length = len(values)
     arrays = arrays_along(group, dim)
@@ -272,6 +275,8 @@ def grow_axis(group: zarr.Group, dim: str, values: np.ndarray) -> None:
     for name, array in sorted(arrays.items()):
         if name != dim and array.shape[0] < length:
             array.resize((length, *array.shape[1:]))
+    for name, whole in (derived or {}).items():  # rewritten from the coordinate's old end: restartable
+        arrays[name][coord.shape[0]:length] = whole[coord.shape[0]:length]
     written = _written_prefix(coord, values)
     if coord.shape[0] < length:
         coord.resize((length,))
