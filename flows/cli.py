@@ -8,13 +8,28 @@ and exit status 2 (nothing half-written is left behind by the jobs).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
+import io
+import json
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 
+from nowcast import __version__
 from nowcast.errors import InputError
-from nowcast.pipelines.jobs.runners import KINDS, RunnerOptions
+from nowcast.flows.options import add_params, params_from_args
+from nowcast.flows.params import (
+    BackfillParams,
+    EvaluateParams,
+    IngestParams,
+    ScoreParams,
+    TrainParams,
+    WindowsParams,
+)
+from nowcast.flows.progress import count_true, progress
 
 EXIT_BAD_INPUT = 2
 
@@ -24,57 +39,161 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
-def _runner_args(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("runner")
-    group.add_argument("--runner", default="inmemory", choices=list(KINDS),
-                       help="Beam runner (default: inmemory FnApiRunner); beam: any Beam runner, configured "
-                            "by Beam's own flags after '--' (e.g. -- --runner=FlinkRunner "
-                            "--flink_master=host:8081)")
-    group.add_argument("--workers", type=int, default=2, help="worker processes for multiprocess")
-    group.add_argument("--dask-address", default=None, help="dask scheduler address for --runner dask")
+def local(flow):
+    """``flow`` for parameters validated here: Prefect would validate them again, as a form's, against
+    the storage roots that do not bind a user's own command line."""
+    return flow.with_options(validate_parameters=False)
 
 
-def _source_args(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("source (one of --input or --synthetic)")
-    group.add_argument("--input", help="folder (or file glob) of radar or NetCDF files")
-    group.add_argument("--format", default="auto",
-                       help="knmi, bom, fmi, mch, odim, netcdf, or auto (from the files)")
-    group.add_argument("--variables", nargs="*", default=None, help="NetCDF variables to ingest")
-    group.add_argument("--synthetic", action="store_true", help="generate synthetic precipitation")
-    group.add_argument("--frames", type=int, default=288, help="synthetic: number of frames")
-    group.add_argument("--size", type=int, default=256, help="synthetic: grid size (square)")
-    group.add_argument("--seed", type=int, default=0, help="synthetic: random seed")
-    group.add_argument("--synthetic-start", default="2024-01-01T00:00", help="synthetic: first time")
-
-
-def runner_from_args(args: argparse.Namespace) -> RunnerOptions:
-    return RunnerOptions(kind=args.runner, workers=args.workers, dask_address=args.dask_address,
-                         extra_args=tuple(getattr(args, "beam_args", ())))
-
-
-def source_from_args(args: argparse.Namespace):
-    from nowcast.pipelines.sources import folder_source, get_source
-
-    if args.synthetic == bool(args.input):
-        raise InputError("give exactly one of --input DIR or --synthetic")
-    if args.synthetic:
-        return get_source("synthetic", shape=(args.size, args.size), n_frames=args.frames,
-                          start=args.synthetic_start, time_step=args.time_step or "PT5M",
-                          seed=args.seed)
-    return folder_source(args.input, args.format, args.variables)
+def _ingest_extras(parser: argparse.ArgumentParser) -> None:
+    """The ingest job's options the form does not have (the form always appends what is new)."""
+    group = parser.add_argument_group("command line only")
+    group.add_argument("--synthetic", action="store_true", help="generate synthetic precipitation (no input)")
+    group.add_argument("--variables", nargs="+", default=None,
+                       help="NetCDF variables to ingest (default: every gridded one)")
+    group.add_argument("--time-step", default=None, help="ISO 8601 step of a new archive (e.g. PT5M)")
+    group.add_argument("--start", default=None, help="first time of a new archive (default: first frame)")
+    group.add_argument("--overwrite", action="store_true", help="rewrite frames already ingested")
+    group.add_argument("--repair", action="store_true",
+                       help="rewrite only the chunks `nowcast check` finds damaged, from the input's files")
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
+    from nowcast.flows.ingest import source_for
     from nowcast.flows.views import archive_summary
     from nowcast.pipelines.jobs.ingest import IngestSpec, run
+    from nowcast.pipelines.sources import folder_source
+    from nowcast.pipelines.stores.archive import valid_flags
+    from nowcast.pipelines.stores.groups import exists
 
-    spec = IngestSpec(archive=args.archive, source=source_from_args(args), time_step=args.time_step,
-                      start=args.start, time_chunk=args.time_chunk, overwrite=args.overwrite,
-                      repair=args.repair)
-    result = run(spec, runner_from_args(args))
+    params = params_from_args(IngestParams, args, **({"input_dir": None} if args.synthetic else {}))
+    source = (folder_source(params.input_dir, params.format, args.variables) if params.input_dir
+              else source_for(params))
+    spec = IngestSpec(archive=params.archive, source=source, time_step=args.time_step, start=args.start,
+                      time_chunk=params.time_chunk, overwrite=args.overwrite, repair=args.repair)
+    valid = functools.partial(valid_flags, params.archive)
+    before = count_true(valid)() if exists(params.archive) else 0
+    with progress("ingest frames", len(source.items()), count_true(valid, before), enabled=_bars(args)):
+        result = run(spec, params.runner.options())
     print(result.summary())
-    print(archive_summary(args.archive))
+    print(archive_summary(params.archive))
     return 0
+
+
+def cmd_windows(args: argparse.Namespace) -> int:
+    from nowcast.flows.train import cut
+
+    params = params_from_args(WindowsParams, args)
+    print(cut(params).summary())
+    print(f"wrote {params.windows}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from nowcast.flows.train import train_flow
+
+    run = local(train_flow)(params_from_args(TrainParams, args))
+    print(run.table)
+    print(f"{'promoted' if run.promoted else 'registered (not promoted)'} {run.path}")
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from nowcast.flows.forecast import scoring_spec
+    from nowcast.pipelines.jobs import scoring
+
+    params = params_from_args(ScoreParams, args)
+    if not args.follow:
+        spec = scoring_spec(params, start=params.start, end=params.end)
+        with scoring_progress(spec, args):
+            print(scoring.run(spec, params.runner.options()).summary())
+        return 0
+    from nowcast.pipelines.jobs.scoring_stream import StreamSpec, run_stream
+
+    if params.start or params.end or params.runner.kind != "inmemory":
+        raise InputError("--follow scores every new frame on the local runner: drop --start, --end and "
+                         "--runner")
+    stream = StreamSpec(scoring=scoring_spec(params), interval_s=args.interval, duration_s=args.duration)
+    print(run_stream(stream).summary())
+    return 0
+
+
+def scoring_progress(spec, args: argparse.Namespace):
+    """A bar over the init times ``spec`` still has to score, moved by the store's ``written`` flags."""
+    from nowcast.pipelines.jobs import scoring
+    from nowcast.pipelines.stores.forecasts import written_flags
+
+    _, tasks, _ = scoring.plan(spec)  # creates or grows the store, as the run will
+    written = functools.partial(written_flags, spec.forecasts)
+    todo = sum(len(task.indices) for task in tasks)
+    return progress("score init times", todo, count_true(written, count_true(written)()), enabled=_bars(args))
+
+
+def _bars(args: argparse.Namespace) -> bool | None:
+    """Progress bars: on a terminal (None: decided by :func:`progress`), never with -q."""
+    return False if args.quiet else None
+
+
+def cmd_backfill(args: argparse.Namespace) -> int:
+    from nowcast.flows.forecast import backfill_flow, scoring_spec
+
+    params = params_from_args(BackfillParams, args)
+    with scoring_progress(scoring_spec(params, start=params.start, end=params.end), args):
+        run = local(backfill_flow)(params)
+    print(f"backfill: {run.scored} init times scored in {run.chunks} chunks, {run.already_written} already "
+          f"written, {run.missing_input} without complete input")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from nowcast.flows.evaluate import evaluate_flow
+
+    run = local(evaluate_flow)(params_from_args(EvaluateParams, args))
+    print(run.table)
+    if run.stored_table:
+        print(run.stored_table)
+    for kind, path in run.pictures.items():
+        print(f"{kind}: {path}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from nowcast.model import registry
+
+    if args.action == "promote":
+        name, version = _model_version(args.model, "promote")
+        registry.promote_version(args.models, name, version)
+        print(f"promoted {name}/{version}: latest now points at it")
+        return 0
+    if args.action == "show":
+        name, version = _model_version(args.model, "show", default=registry.LATEST)
+        path = registry.resolve_version(args.models, name, version)
+        metadata = registry.read_metadata(path)
+        metrics = registry.read_metadata(path, registry.METRICS_FILE)
+        shown = {k: v for k, v in metadata.items() if k != "packages"}
+        print(json.dumps({"path": path, **shown, "metrics": {k: v for k, v in metrics.items()
+                                                             if k != "history"}}, indent=2, default=str))
+        return 0
+    names = [args.model] if args.model else registry.list_names(args.models)
+    if not names:
+        print(f"no models in {args.models}; train one with `nowcast train`")
+    for name in names:
+        promoted = registry.promoted_version(args.models, name)
+        print(name)
+        for version in registry.list_versions(args.models, name):
+            metadata = registry.read_metadata(f"{str(args.models).rstrip('/')}/{name}/{version}")
+            mark = "  latest" if version == promoted else ""
+            print(f"  {version}  saved {metadata.get('saved_at', '?')}{mark}")
+    return 0
+
+
+def _model_version(text: str | None, action: str, default: str | None = None) -> tuple[str, str]:
+    """NAME/VERSION (or NAME with a default version) from the command line."""
+    name, _, version = (text or "").partition("/")
+    if not name or not (version or default):
+        raise InputError(f"`nowcast models {action}` needs NAME/VERSION, e.g. convlstm/20240101T000000Z "
+                         "(`nowcast models list` shows them)")
+    return name, version or str(default)
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
@@ -97,6 +216,13 @@ def cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_show(args: argparse.Namespace) -> int:
+    from nowcast.flows.views import show
+
+    print(f"saved {show(args.store, args.out, time=args.time, count=args.frames, archive=args.archive)}")
+    return 0
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from nowcast.pipelines.stores.integrity import StoreDamagedError, check_store
 
@@ -114,7 +240,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from nowcast.flows.demo import demo_flow
 
-    demo_flow(workdir=args.workdir, frames=args.frames, size=args.size, epochs=args.epochs)
+    demo_flow(workdir=args.workdir, frames=args.frames, size=args.size, epochs=args.epochs,
+              backfill_hours=args.backfill_hours, workers=args.workers)
     return 0
 
 
@@ -160,70 +287,168 @@ def _stack_action(stack, args: argparse.Namespace) -> int:
     return 0
 
 
+class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults after each option's help, examples kept as written."""
+
+
+EXAMPLES = {
+    "ingest": "nowcast ingest --synthetic --frames 288 --archive runs/demo/archive.zarr\n"
+              "  nowcast ingest --input ../shared/data/radar/knmi/20100826 --archive knmi.zarr",
+    "watch": "nowcast watch --input incoming/ --format knmi --archive archive.zarr --duration 3600",
+    "windows": "nowcast windows --archive runs/demo/archive.zarr --windows runs/demo/windows.zarr --t-in 4",
+    "train": "nowcast train --archive runs/demo/archive.zarr --epochs 4 --promote if_better",
+    "score": "nowcast score --start 2024-01-01T20:00 --end 2024-01-01T23:55\n"
+             "  nowcast score --follow --interval 60    # every new frame, until stopped",
+    "backfill": "nowcast backfill --start 2024-01-01T00:00 --end 2024-01-02T00:00 --chunk-size 24",
+    "evaluate": "nowcast evaluate --split test --baselines persistence extrapolation",
+    "models": "nowcast models list\n  nowcast models show convlstm\n"
+              "  nowcast models promote convlstm/20240101T000000Z",
+    "summary": "nowcast summary --archive runs/demo/archive.zarr --png frames.png",
+    "check": "nowcast check runs/demo/forecasts.zarr",
+    "show": "nowcast show runs/demo/forecasts.zarr --out forecast.gif\n"
+            "  nowcast show runs/demo/archive.zarr --out frames.png --frames 6",
+    "demo": "nowcast demo --workdir runs/demo",
+    "serve": "PREFECT_API_URL=http://127.0.0.1:4200/api nowcast serve --workdir runs/demo",
+    "server": "nowcast server --workdir runs/demo --port 4200",
+    "stack": "nowcast stack up --folder runs/stack",
+}
+
+
+def _verbosity(defaults: bool) -> argparse.ArgumentParser:
+    """-v/-q, before or after the subcommand (after it, only when given)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    unset = {} if defaults else {"default": argparse.SUPPRESS}
+    parser.add_argument("-v", "--verbose", action="count", help="-v: each stage's log and Beam's workers; "
+                        "-vv: everything", **({"default": 0} if defaults else unset))
+    parser.add_argument("-q", "--quiet", action="store_true", help="errors only",
+                        **({"default": False} if defaults else unset))
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nowcast", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress of every chunk")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="nowcast", description=__doc__.splitlines()[0],
+                                     parents=[_verbosity(defaults=True)])
+    parser.add_argument("--version", action="version", version=f"nowcast {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    common = _verbosity(defaults=False)
 
-    ingest = sub.add_parser("ingest", help="ingest radar, NetCDF or synthetic frames into an archive")
-    ingest.add_argument("--archive", required=True, help="archive store URL or path")
-    _source_args(ingest)
-    ingest.add_argument("--time-step", default=None, help="ISO 8601 step of a new archive (e.g. PT5M)")
-    ingest.add_argument("--start", default=None, help="first time of a new archive (default: first frame)")
-    ingest.add_argument("--time-chunk", type=int, default=24, help="frames per chunk of a new archive")
-    ingest.add_argument("--overwrite", action="store_true", help="rewrite frames already ingested")
-    ingest.add_argument("--repair", action="store_true",
-                        help="rewrite only the chunks `nowcast check` finds damaged, from the input's files")
-    _runner_args(ingest)
-    ingest.set_defaults(func=cmd_ingest)
+    def command(name: str, helptext: str, func, model=None, **params) -> argparse.ArgumentParser:
+        description = f"{helptext}.\n\n{model.__doc__.strip()}" if model is not None else f"{helptext}."
+        found = sub.add_parser(name, help=helptext, description=description, parents=[common],
+                               formatter_class=_Help, epilog=f"example:\n  {EXAMPLES[name]}")
+        if model is not None:
+            add_params(found, model, **params)
+        found.set_defaults(func=func)
+        return found
 
-    watch = sub.add_parser("watch", help="append radar files to an archive as they arrive (streaming)")
-    watch.add_argument("--archive", required=True)
+    ingest = command("ingest", "ingest radar, NetCDF or synthetic frames into an archive", cmd_ingest,
+                     IngestParams, aliases={"input_dir": "--input", "synthetic_frames": "--frames",
+                                            "synthetic_size": "--size"})
+    _ingest_extras(ingest)
+
+    watch = command("watch", "append radar files to an archive as they arrive (streaming)", cmd_watch)
+    watch.add_argument("--archive", required=True, help="archive store URL or path")
     watch.add_argument("--input", required=True, help="folder to watch")
     watch.add_argument("--format", required=True, help="knmi, bom, fmi, mch or odim")
     watch.add_argument("--interval", type=float, default=5.0, help="seconds between polls")
     watch.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
-    watch.add_argument("--time-step", default=None)
-    watch.add_argument("--time-chunk", type=int, default=24)
-    watch.set_defaults(func=cmd_watch)
+    watch.add_argument("--time-step", default=None, help="ISO 8601 step of a new archive")
+    watch.add_argument("--time-chunk", type=int, default=24, help="frames per chunk of a new archive")
 
-    summary = sub.add_parser("summary", help="print an archive's summary, optionally save a PNG")
-    summary.add_argument("--archive", required=True)
-    summary.add_argument("--png", default=None)
-    summary.set_defaults(func=cmd_summary)
+    command("windows", "cut training windows from an archive", cmd_windows, WindowsParams)
+    command("train", "cut windows, fit, verify against LK extrapolation, register", cmd_train, TrainParams)
+    score = command("score", "forecast init times of the archive with a registered model", cmd_score,
+                    ScoreParams)
+    follow = score.add_argument_group("streaming (command line only)")
+    follow.add_argument("--follow", action="store_true",
+                        help="keep scoring every new frame as it arrives (the streaming scorer)")
+    follow.add_argument("--interval", type=float, default=5.0, help="--follow: seconds between polls")
+    follow.add_argument("--duration", type=float, default=None,
+                        help="--follow: stop after this many seconds (default: until stopped)")
+    command("backfill", "forecast a historical range, chunk by chunk, resumable", cmd_backfill,
+            BackfillParams)
+    command("evaluate", "verify a model and the stored forecasts against baselines", cmd_evaluate,
+            EvaluateParams)
+    models = command("models", "list, show or promote registered model versions", cmd_models)
+    models.add_argument("action", choices=["list", "show", "promote"])
+    models.add_argument("model", nargs="?", default=None,
+                        help="list: a model name; show: NAME or NAME/VERSION; promote: NAME/VERSION")
+    models.add_argument("--models", default=BackfillParams.model_fields["models"].default,
+                        help="model registry folder")
 
-    check = sub.add_parser("check", help="read every chunk of an archive, forecasts or windows store and "
-                                         "list the damaged ones with the fix (exit 2 if any)")
+    summary = command("summary", "print an archive's summary, optionally save a PNG", cmd_summary)
+    summary.add_argument("--archive", required=True, help="archive store URL or path")
+    summary.add_argument("--png", default=None, help="save its frames as this PNG")
+
+    show = command("show", "a picture of an archive, or of forecasts beside the observation (PNG or "
+                           "animated GIF)", cmd_show)
+    show.add_argument("store", help="archive or forecasts store URL or path")
+    show.add_argument("--out", required=True, help="the picture: .png, or .gif for an animation")
+    show.add_argument("--time", default=None,
+                      help="archive: the last frame shown; forecasts: the init time (default: the newest)")
+    show.add_argument("--frames", type=int, default=6, help="archive: frames shown")
+    show.add_argument("--archive", default=None,
+                      help="forecasts: the archive with the observations (default: the one scored from)")
+
+    check = command("check", "read every chunk of an archive, forecasts or windows store and list the "
+                             "damaged ones with the fix (exit 2 if any)", cmd_check)
     check.add_argument("store", help="store URL or path")
-    check.set_defaults(func=cmd_check)
 
-    demo = sub.add_parser("demo", help="the whole chain on synthetic data with local defaults")
+    demo = command("demo", "the whole chain on synthetic data with local defaults", cmd_demo)
     demo.add_argument("--workdir", default="runs/demo", help="where stores and pictures go")
     demo.add_argument("--frames", type=int, default=288, help="synthetic frames (5-min steps)")
     demo.add_argument("--size", type=int, default=128, help="grid size")
     demo.add_argument("--epochs", type=int, default=4, help="training epochs (small model, CPU)")
-    demo.set_defaults(func=cmd_demo)
+    demo.add_argument("--backfill-hours", type=float, default=3.0, help="hours of forecasts backfilled")
+    demo.add_argument("--workers", type=int, default=2,
+                      help="Beam worker processes for ingest and windows (1: in this process)")
 
-    serve = sub.add_parser("serve", help="register the flows' deployments with PREFECT_API_URL and run them")
+    serve = command("serve", "register the flows' deployments with PREFECT_API_URL and run them", cmd_serve)
     serve.add_argument("--workdir", default="runs/demo", help="where the stores are")
     serve.add_argument("--cron", default="*/5 * * * *", help="cron of the ingest and forecast deployments")
     serve.add_argument("--model", default="convlstm", help="registry model name the forms default to")
-    serve.set_defaults(func=cmd_serve)
 
-    server = sub.add_parser("server", help="a local Prefect server (SQLite) with every deployment served")
+    server = command("server", "a local Prefect server (SQLite) with every deployment served", cmd_server)
     server.add_argument("--workdir", default="runs/demo", help="where the stores are")
     server.add_argument("--port", type=int, default=4200, help="Prefect UI and API port")
     server.add_argument("--files-port", type=int, default=4201, help="port serving the PNG artifacts")
     server.add_argument("--cron", default="*/5 * * * *", help="cron of the ingest and forecast deployments")
-    server.set_defaults(func=cmd_server)
 
-    stack = sub.add_parser("stack", help="the deployment on this machine: PostgreSQL-backed Prefect server, "
-                                         "a process worker, S3 (moto), a dask cluster")
+    stack = command("stack", "the deployment on this machine: PostgreSQL-backed Prefect server, a process "
+                             "worker, S3 (moto), a dask cluster", cmd_stack)
     stack.add_argument("action", choices=["up", "down", "status"])
     stack.add_argument("--folder", default="runs/stack", help="state, logs and the database")
     stack.add_argument("--workers", type=int, default=2, help="dask worker processes")
-    stack.set_defaults(func=cmd_stack)
     return parser
+
+
+def _beam_through_root(record: logging.LogRecord) -> bool:
+    """False for what Beam logs through the root logger below ERROR (platform notes such as 'Resource
+    module is not available'), which the apache_beam logger's level does not reach."""
+    return record.levelno >= logging.ERROR or f"{os.sep}apache_beam{os.sep}" not in record.pathname
+
+
+def quiet_by_default(verbosity: int) -> None:
+    """Log levels for the command's verbosity (-1 quiet, 0 default, 1 -v, 2 -vv), set before the heavy
+    imports: TensorFlow's C++ start-up lines, Prefect's run chatter, Beam's workers and pysteps' banner
+    show only when asked for."""
+    level = {-1: logging.ERROR, 0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if verbosity >= 2 else "2")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", logging.getLevelName(level))
+    # Beam's import may have given the root logger a handler already (so basicConfig alone would not
+    # apply the level): set the level either way
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger().setLevel(level)
+    if verbosity < 1:  # a failing worker's traceback is logged by Beam, then raised to this command
+        logging.getLogger().setLevel(logging.ERROR)  # Beam's import warns of GCP clients it does not need
+        import apache_beam  # noqa: F401
+        logging.getLogger().setLevel(level)
+        logging.getLogger("apache_beam").setLevel(logging.CRITICAL)
+        logging.getLogger().addFilter(_beam_through_root)
+        for library in ("pysteps", "apache_beam"):  # numerical and platform notes nobody can act on
+            warnings.filterwarnings("ignore", module=rf"{library}(\.|$)")
+        with contextlib.redirect_stdout(io.StringIO()):
+            import pysteps  # noqa: F401  (its import prints where its configuration file is)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -232,10 +457,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     beam_args = argv[argv.index("--") + 1:] if "--" in argv else []
     args = build_parser().parse_args(argv[:argv.index("--")] if "--" in argv else argv)
     args.beam_args = beam_args
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if not args.verbose:  # a failing worker's traceback is logged by Beam, then raised to this command
-        logging.getLogger("apache_beam").setLevel(logging.CRITICAL)
+    quiet_by_default(-1 if args.quiet else args.verbose)
     try:
         return args.func(args)
     except InputError as error:  # bad input; anything else is a bug and keeps its traceback

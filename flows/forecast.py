@@ -29,7 +29,7 @@ from prefect.futures import PrefectFuture, as_completed
 
 from nowcast.flows.artifacts import artifact_key, publish_store
 from nowcast.flows.concurrency import store_slot
-from nowcast.flows.params import BackfillParams, ForecastParams, Runner
+from nowcast.flows.params import BackfillParams, ForecastParams, Runner, ScoreParams
 from nowcast.pipelines.jobs import scoring
 from nowcast.pipelines.plans.scoring import ScoringSpec
 from nowcast.pipelines.stores.archive import read_info
@@ -65,9 +65,12 @@ class BackfillRun:
     init_times: list[str]
 
 
-def scoring_spec(params: ForecastParams | BackfillParams, **selection: Any) -> ScoringSpec:
+def scoring_spec(params: ForecastParams | ScoreParams, **selection: Any) -> ScoringSpec:
+    """The scoring job's spec for the init times ``selection`` names (``init_times``, ``start``/``end``)."""
+    options = ({"overwrite": params.overwrite, "batch_size": params.batch_size}
+               if isinstance(params, ScoreParams) else {})
     return ScoringSpec(archive=params.archive, forecasts=params.forecasts, models=params.models,
-                       model=params.model_name, version=params.model_version, **selection)
+                       model=params.model_name, version=params.model_version, **options, **selection)
 
 
 def iso_times(archive: str, indices: list[int]) -> tuple[str, ...]:

@@ -14,20 +14,26 @@ the working directory of the process running the flow is the only root.
 
 from __future__ import annotations
 
+import glob
 import os
 import re
 from pathlib import Path
-from typing import Annotated, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, ClassVar, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from nowcast.errors import InputError
-from nowcast.pipelines.jobs.runners import RunnerOptions
 from nowcast.pipelines.stores.groups import is_local, local_path
+
+if TYPE_CHECKING:  # Beam is imported when a job runs, not when a form or the command line is built
+    from nowcast.pipelines.jobs.runners import RunnerOptions
 
 ROOTS_ENV = "NOWCAST_STORAGE_ROOTS"
 DEFAULT_WORKDIR = "runs/demo"
+# validation context key: the values come from the user's own command line, whose stores are not confined
+# to the storage roots (those guard a server against what is typed into its forms)
+LOCAL_USER = "local_user"
 
 
 class ParameterError(InputError):
@@ -70,6 +76,14 @@ def check_store_url(url: str) -> str:
     )
 
 
+def absolute(url: str) -> str:
+    """A local path made absolute; a URL unchanged."""
+    url = url.strip()
+    if not url:
+        raise ParameterError("a store URL is empty; give a path or URL")
+    return url if "://" in url and not url.startswith("file://") else os.path.abspath(url.removeprefix("file://"))
+
+
 def parse_time(value: str, name: str) -> np.datetime64:
     """An ISO 8601 UTC timestamp as datetime64[s]."""
     try:
@@ -104,6 +118,8 @@ class Runner(BaseModel):
         return self
 
     def options(self) -> RunnerOptions:
+        from nowcast.pipelines.jobs.runners import RunnerOptions
+
         try:
             return RunnerOptions(kind=self.kind, workers=self.workers, dask_address=self.dask_address,
                                  extra_args=tuple(self.beam_args))
@@ -118,11 +134,12 @@ class _Stores(BaseModel):
     STORE_FIELDS: ClassVar[tuple[str, ...]] = ()
 
     @model_validator(mode="after")
-    def _stores_under_roots(self):
+    def _stores_under_roots(self, info: ValidationInfo):
+        local_user = bool(info.context and info.context.get(LOCAL_USER))
         for name in self.STORE_FIELDS:
             value = getattr(self, name)
             if value is not None:
-                setattr(self, name, check_store_url(value))
+                setattr(self, name, absolute(value) if local_user else check_store_url(value))
         return self
 
 
@@ -168,25 +185,23 @@ class IngestParams(_Stores):
     @model_validator(mode="after")
     def _check(self):
         if self.input_dir:
-            # an object-store prefix may be empty; a local folder must exist
-            if is_local(self.input_dir) and not Path(local_path(self.input_dir)).is_dir():
-                raise ParameterError(f"input_dir {self.input_dir!r} is not a folder; create it and drop "
-                                     "files there, or leave it empty for synthetic data")
+            # an object-store prefix may be empty; a local folder must exist (or a pattern match files)
+            path = local_path(self.input_dir) if is_local(self.input_dir) else None
+            if path is not None and not (Path(path).is_dir() or (set("*?[") & set(path) and glob.glob(path))):
+                raise ParameterError(f"input_dir {self.input_dir!r} is not a folder (nor a pattern matching "
+                                     "files); create it and drop files there, or leave it empty for "
+                                     "synthetic data")
         else:
             parse_time(self.synthetic_start, "synthetic_start")
         return self
 
 
-class TrainParams(_Stores):
-    """Cut windows, fit a model, verify it against LK extrapolation, register it (promoted only if better)."""
+class WindowsParams(_Stores):
+    """Cut input/target windows from the archive into windows.zarr, split into train, val and test."""
 
-    STORE_FIELDS: ClassVar[tuple[str, ...]] = ("archive", "windows", "models", "workdir")
-    archive: StoreUrl = Field(f"{DEFAULT_WORKDIR}/archive.zarr", description="archive.zarr to train from")
+    STORE_FIELDS: ClassVar[tuple[str, ...]] = ("archive", "windows")
+    archive: StoreUrl = Field(f"{DEFAULT_WORKDIR}/archive.zarr", description="archive.zarr to cut from")
     windows: StoreUrl = Field(f"{DEFAULT_WORKDIR}/windows.zarr", description="windows.zarr (rewritten)")
-    models: StoreUrl = Field(f"{DEFAULT_WORKDIR}/models", description="model registry folder")
-    workdir: StoreUrl = Field(f"{DEFAULT_WORKDIR}/train", description="checkpoints, logs, pictures")
-    architecture: Literal["cnn_lstm", "convlstm"] = Field(
-        "convlstm", description="model architecture (convlstm learns motion from little data)")
     variable: str = Field("precip", description="input and target variable")
     t_in: int = Field(4, ge=2, le=48, description="input frames")
     t_out: int = Field(3, ge=1, le=48, description="lead times")
@@ -197,26 +212,44 @@ class TrainParams(_Stores):
         [0.6, 0.2, 0.2], min_length=3, max_length=3, description="shares of blocks for train, val and test")
     split_method: Literal["contiguous", "hash"] = Field(
         "contiguous", description="contiguous: train, then val, then test in time; hash: interleaved blocks")
-    filters: list[int] = Field([8, 16], min_length=1, max_length=5, description="encoder filters per level")
-    lstm_units: int = Field(16, ge=1, le=1024, description="recurrent width")
-    epochs: int = Field(3, ge=1, le=1000, description="maximum epochs")
-    steps_per_epoch: int | None = Field(None, ge=1, description="batches per epoch (empty: whole split)")
-    batch_size: int = Field(8, ge=1, le=1024, description="samples per batch")
-    learning_rate: float = Field(2e-3, gt=0, le=1, description="Adam learning rate")
-    seed: int = Field(0, ge=0, description="random seed")
-    promote: Literal["if_better", "always", "never"] = Field(
-        "if_better", description="if_better: latest moves to the new version only when it beats LK "
-                                 "extrapolation; always: a planned roll-out (the report still says by how "
-                                 "much it won or lost); never: register a candidate only")
     runner: Runner = Field(default_factory=Runner)
 
     @model_validator(mode="after")
     def _check(self):
         if abs(sum(self.split_fractions) - 1) > 1e-6 or min(self.split_fractions) < 0:
             raise ParameterError(f"split_fractions {self.split_fractions} must be three shares summing to 1")
+        _archive_exists(self.archive)
+        return self
+
+
+class TrainParams(WindowsParams):
+    """Cut windows, fit a model, verify it against LK extrapolation, register it (promoted only if better)."""
+
+    STORE_FIELDS: ClassVar[tuple[str, ...]] = ("archive", "windows", "models", "workdir")
+    archive: StoreUrl = Field(f"{DEFAULT_WORKDIR}/archive.zarr", description="archive.zarr to train from")
+    models: StoreUrl = Field(f"{DEFAULT_WORKDIR}/models", description="model registry folder")
+    workdir: StoreUrl = Field(f"{DEFAULT_WORKDIR}/train", description="checkpoints, logs, pictures")
+    architecture: Literal["cnn_lstm", "convlstm"] = Field(
+        "convlstm", description="model architecture (convlstm learns motion from little data)")
+    filters: list[int] = Field([8, 16], min_length=1, max_length=5, description="encoder filters per level")
+    lstm_units: int = Field(16, ge=1, le=1024, description="recurrent width")
+    epochs: int = Field(3, ge=1, le=1000, description="maximum epochs")
+    steps_per_epoch: int | None = Field(None, ge=1, description="batches per epoch (empty: whole split)")
+    batch_size: int = Field(8, ge=1, le=1024, description="samples per batch")
+    learning_rate: float = Field(2e-3, gt=0, le=1, description="Adam learning rate")
+    loss: Literal["mae", "mse", "log_cosh", "intensity_weighted_mse"] = Field(
+        "mae", description="training loss, in normalised (log) space (nowcast.model.losses)")
+    augment: bool = Field(False, description="random flips and rotations of training samples")
+    seed: int = Field(0, ge=0, description="random seed")
+    promote: Literal["if_better", "always", "never"] = Field(
+        "if_better", description="if_better: latest moves to the new version only when it beats LK "
+                                 "extrapolation; always: a planned roll-out (the report still says by how "
+                                 "much it won or lost); never: register a candidate only")
+
+    @model_validator(mode="after")
+    def _validation_share(self):
         if self.split_fractions[1] == 0:
             raise ParameterError("split_fractions gives no validation share; promotion needs a val split")
-        _archive_exists(self.archive)
         return self
 
 
@@ -247,21 +280,25 @@ class ForecastParams(_ModelChoice):
         return self
 
 
-class BackfillParams(_ModelChoice):
-    """Forecast every init time in [start, end], chunk by chunk; init times already written are skipped."""
+class ScoreParams(_ModelChoice):
+    """Score init times into forecasts.zarr: those in [start, end], or every one not yet written."""
 
     STORE_FIELDS: ClassVar[tuple[str, ...]] = ("archive", "forecasts", "models")
     archive: StoreUrl = Field(f"{DEFAULT_WORKDIR}/archive.zarr", description="archive.zarr to read")
     forecasts: StoreUrl = Field(f"{DEFAULT_WORKDIR}/forecasts.zarr", description="forecasts.zarr to write")
-    start: str = Field(..., description="first init time, ISO 8601 UTC (e.g. 2024-01-01T02:00)")
-    end: str = Field(..., description="last init time, ISO 8601 UTC, not before start")
-    chunk_size: int = Field(12, ge=1, le=100_000, description="init times per chunk (one task each)")
-    concurrency: int = Field(1, ge=1, le=64, description="chunks running at the same time")
+    start: str | None = Field(None, description="first init time, ISO 8601 UTC, e.g. 2024-01-01T02:00 "
+                                                "(empty: the archive's first)")
+    end: str | None = Field(None, description="last init time, ISO 8601 UTC, not before start "
+                                              "(empty: the archive's last)")
+    overwrite: bool = Field(False, description="score init times already written again")
+    batch_size: int = Field(4, ge=1, le=1024, description="init times per model call")
     runner: Runner = Field(default_factory=Runner)
 
     @field_validator("start", "end")
     @classmethod
-    def _iso(cls, value: str, info) -> str:
+    def _iso(cls, value: str | None, info) -> str | None:
+        if value is None:
+            return None
         parsed = parse_time(value, info.field_name)
         start = info.data.get("start")
         if info.field_name == "end" and start is not None and parsed < parse_time(start, "start"):
@@ -272,6 +309,15 @@ class BackfillParams(_ModelChoice):
     def _archive(self):
         _archive_exists(self.archive)
         return self
+
+
+class BackfillParams(ScoreParams):
+    """Forecast every init time in [start, end], chunk by chunk; init times already written are skipped."""
+
+    start: str = Field(..., description="first init time, ISO 8601 UTC (e.g. 2024-01-01T02:00)")
+    end: str = Field(..., description="last init time, ISO 8601 UTC, not before start")
+    chunk_size: int = Field(12, ge=1, le=100_000, description="init times per chunk (one task each)")
+    concurrency: int = Field(1, ge=1, le=64, description="chunks running at the same time")
 
 
 class EvaluateParams(_ModelChoice):

@@ -20,7 +20,7 @@ from prefect import flow, get_run_logger, task
 
 from nowcast.errors import InputError
 from nowcast.flows.artifacts import publish_png, publish_scores, publish_store
-from nowcast.flows.params import TrainParams
+from nowcast.flows.params import TrainParams, WindowsParams
 from nowcast.flows.workdir import local_workdir, published
 from nowcast.model import registry
 from nowcast.model.train import TrainConfig, train
@@ -60,8 +60,8 @@ class _EpochLog(keras.callbacks.Callback):
         get_run_logger().info("epoch %d: %s", epoch + 1, values)
 
 
-def window_spec(params: TrainParams) -> WindowSpec:
-    """The windowing a train run asks for."""
+def window_spec(params: WindowsParams) -> WindowSpec:
+    """The windowing the parameters ask for."""
     patch = (params.patch_size, params.patch_size) if params.patch_size else None
     return WindowSpec(channels=(params.variable,), target=params.variable, t_in=params.t_in,
                       t_out=params.t_out, stride=params.stride, patch_size=patch,
@@ -74,12 +74,17 @@ def _three(fractions: list[float]) -> tuple[float, float, float]:
     return train, val, test
 
 
+def cut(params: WindowsParams) -> windows_job.WindowResult:
+    """Runs the windows job the parameters describe, rewriting windows.zarr (``nowcast windows``)."""
+    job = windows_job.WindowJob(archive=params.archive, output=params.windows, spec=window_spec(params),
+                                overwrite=True)
+    return windows_job.run(job, params.runner.options())
+
+
 @task(name="cut-windows")
 def cut_windows(params: TrainParams) -> dict[str, object]:
     """Runs the windows job (rewriting windows.zarr) and checks both train and val hold samples."""
-    job = windows_job.WindowJob(archive=params.archive, output=params.windows, spec=window_spec(params),
-                                overwrite=True)
-    result = windows_job.run(job, params.runner.options())
+    result = cut(params)
     samples = dict(result.counts.get("samples", {}))
     get_run_logger().info("windows: %s", samples)
     for split in ("train", "val"):
@@ -96,7 +101,8 @@ def fit(params: TrainParams, workdir: Path) -> str:
                          workdir=str(workdir),
                          options={"filters": list(params.filters), "lstm_units": params.lstm_units},
                          epochs=params.epochs, steps_per_epoch=params.steps_per_epoch,
-                         batch_size=params.batch_size, learning_rate=params.learning_rate, seed=params.seed,
+                         batch_size=params.batch_size, learning_rate=params.learning_rate, loss=params.loss,
+                         augment=params.augment, seed=params.seed,
                          verbose=0, promote=False)
     result = train(config, extra_callbacks=[_EpochLog()])
     get_run_logger().info("fitted %s in %.1f s", result.path, result.metrics["train_seconds"])

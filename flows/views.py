@@ -70,3 +70,137 @@ def plot_frames(url: str, path: str | Path, count: int = 4, field: str | None = 
     fig.savefig(path, dpi=80)
     plt.close(fig)
     return path
+
+
+RAIN_UNITS = ("mm h-1", "mm/h")
+
+
+def _draw(ax, frame: np.ndarray, units: str, title: str, colorbar: bool) -> None:
+    """One map as a forecaster reads it: rain on pysteps' logarithmic intensity scale with dry white;
+    any other field on a plain colour scale."""
+    ax.set_facecolor("white")
+    if units in RAIN_UNITS:
+        from pysteps.visualization import plot_precip_field
+
+        plot_precip_field(frame, ax=ax, colorbar=colorbar, axis="off")
+    else:
+        image = ax.imshow(frame, cmap="viridis")
+        ax.set_axis_off()
+        if colorbar:
+            ax.figure.colorbar(image, ax=ax, label=units)
+    ax.set_title(title, fontsize=8)
+
+
+def _save(steps: list[list[tuple[np.ndarray, str]]], units: str, path: Path) -> Path:
+    """Saves steps of (map, title) panels: an animated GIF shows one step per frame, a PNG every step,
+    one column per step (an archive's frames in a row; a forecast's leads with the observation above)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.animation import FuncAnimation, PillowWriter
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    gif = path.suffix.lower() == ".gif"
+    grid = [list(row) for row in zip(*steps, strict=True)]  # rows: panel kinds; columns: steps
+    rows, columns = (1, len(steps[0])) if gif else (len(grid), len(steps))
+    fig, axes = plt.subplots(rows, columns, figsize=(3.0 * columns + 0.8, 2.7 * rows), squeeze=False,
+                             layout="constrained")
+
+    def draw(step: int) -> None:
+        for c, (frame, title) in enumerate(steps[step]):
+            axes[0][c].clear()
+            _draw(axes[0][c], frame, units, title, colorbar=step == 0 and c == columns - 1)
+
+    if gif:
+        FuncAnimation(fig, draw, frames=len(steps), interval=500).save(path, writer=PillowWriter(fps=2))
+    else:
+        for r, row in enumerate(grid):
+            for c, (frame, title) in enumerate(row):
+                _draw(axes[r][c], frame, units, title, colorbar=c == columns - 1)
+        fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+def show(url: str, path: str | Path, *, time: str | None = None, count: int = 6,
+         archive: str | None = None) -> Path:
+    """A picture of a store (``nowcast show``): PNG, or an animated GIF when ``path`` ends in .gif.
+
+    An archive shows ``count`` valid frames up to ``time`` (default: the newest). A forecast store shows
+    the forecast of init time ``time`` (default: the newest written) beside what was observed, lead by
+    lead, read from ``archive`` (default: the archive the store was scored from).
+    """
+    from nowcast.pipelines.stores.forecasts import WRITTEN, ForecastStoreError, open_forecasts
+    from nowcast.pipelines.stores.groups import open_group
+
+    path = Path(path)
+    if path.suffix.lower() not in (".png", ".gif"):
+        raise InputError(f"{path} must end in .png or .gif (the picture's format)")
+    if WRITTEN not in open_group(url):  # not a forecast store: an archive (open_archive checks it is one)
+        return _save(_archive_panels(url, time, count), _units(open_archive(url)), path)
+    try:
+        ds = open_forecasts(url)
+    except ForecastStoreError as error:
+        raise InputError(str(error)) from None
+    return _save(_forecast_panels(ds, archive or str(ds.attrs["archive_url"]), time), _units(ds), path)
+
+
+def _units(ds) -> str:
+    return str(ds[_field(ds)].attrs.get("units", ""))
+
+
+def _field(ds) -> str:
+    """The first gridded variable of an archive or forecast store."""
+    return next(str(name) for name, var in ds.data_vars.items() if var.dims[-2:] == ("y", "x"))
+
+
+def _stamp(value: np.datetime64) -> str:
+    return str(np.datetime_as_string(value, unit="m")).replace("T", " ")
+
+
+def _pick(times: np.ndarray, usable: np.ndarray, time: str | None, what: str) -> int:
+    """The index of ``time`` (or of the newest usable time) on ``times``."""
+    if time is None:
+        if not usable.any():
+            raise InputError(f"no {what} to show yet")
+        return int(np.flatnonzero(usable)[-1])
+    wanted = np.datetime64(str(time).removesuffix("Z"), "ns")
+    hits = np.flatnonzero(times == wanted)
+    if not hits.size or not usable[hits[0]]:
+        raise InputError(f"no {what} at {time}; pick one of {_stamp(times[usable][0])} .. "
+                         f"{_stamp(times[usable][-1])}" if usable.any() else f"no {what} to show yet")
+    return int(hits[0])
+
+
+def _archive_panels(url: str, time: str | None, count: int) -> list[list[tuple[np.ndarray, str]]]:
+    """The ``count`` valid frames up to ``time``, one step each."""
+    ds = open_archive(url)
+    name, valid = _field(ds), ds[VALID].values
+    end = _pick(ds["time"].values, valid, time, f"valid frame in {url}")
+    picks = np.flatnonzero(valid[: end + 1])[-count:]
+    return [[(ds[name][int(i)].values, _stamp(ds["time"].values[i]))] for i in picks]
+
+
+def _forecast_panels(ds, archive: str, time: str | None) -> list[list[tuple[np.ndarray, str]]]:
+    """The forecast of one init time beside the observation: a step per lead (observed, forecast)."""
+    from nowcast.pipelines.stores.forecasts import MODEL_VERSION, WRITTEN
+
+    name, written, inits = _field(ds), ds[WRITTEN].values, ds["init_time"].values
+    observed = open_archive(archive)
+    seen = observed["time"].values[observed[VALID].values]
+    # by default the newest forecast whose every lead has been observed, so the two can be compared
+    compared = written & (inits + ds["lead_time"].values[-1] <= (seen[-1] if seen.size else inits[0]))
+    i = _pick(inits, written, time, "written forecast") if time or not compared.any() else \
+        int(np.flatnonzero(compared)[-1])
+    init = inits[i]
+    rows = []
+    for k, lead in enumerate(ds["lead_time"].values):
+        valid_time = init + lead
+        minutes = int(lead / np.timedelta64(1, "m"))
+        hits = np.flatnonzero(observed["time"].values == valid_time)
+        seen_then = bool(hits.size and observed[VALID].values[hits[0]])
+        truth = observed[name][int(hits[0])].values if seen_then else np.full(ds[name].shape[-2:], np.nan)
+        rows.append([(truth, f"observed {_stamp(valid_time)}" + ("" if seen_then else " (not yet)")),
+                     (ds[name][i, k].values, f"{ds[MODEL_VERSION].values[i]} +{minutes} min")])
+    return rows

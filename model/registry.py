@@ -201,11 +201,12 @@ def resolve_version(root: str | Path, name: str, version: str = LATEST) -> str:
     """The folder (path or URL) of ``name/version``, following the ``latest`` pointer."""
     fs, parent = _location(root, name)
     if version == LATEST:
-        pointer = f"{parent}/{LATEST}"
-        if not fs.isfile(pointer):
-            raise RegistryError(f"no promoted version of {name!r} in {root}: {_url(fs, pointer)} is missing; "
-                                "save a model with promote=True or give a version")
-        version = fs.cat_file(pointer).decode().strip()
+        promoted = promoted_version(root, name)
+        if promoted is None:
+            pointer = _url(fs, f"{parent}/{LATEST}")
+            raise RegistryError(f"no promoted version of {name!r} in {root}: {pointer} is missing; save a "
+                                "model with promote=True or give a version")
+        version = promoted
     path = f"{parent}/{version}"
     if not fs.isfile(f"{path}/{MODEL_FILE}") or not fs.isfile(f"{path}/{METADATA_FILE}"):
         raise RegistryError(f"{_url(fs, path)} is not a complete model version "
@@ -219,6 +220,22 @@ def read_metadata(version_dir: str, file: str = METADATA_FILE) -> dict[str, Any]
     if file != METADATA_FILE and not fs.isfile(path):
         return {}
     return json.loads(fs.cat_file(path))
+
+
+def list_names(root: str | Path) -> list[str]:
+    """The model names under ``root`` with at least one complete version, sorted."""
+    fs, base = _location(root)
+    if not fs.isdir(base):
+        return []
+    folders = [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(base, detail=False)]
+    return sorted(f for f in folders if not f.startswith(".") and list_versions(root, f))
+
+
+def promoted_version(root: str | Path, name: str) -> str | None:
+    """The version ``latest`` points at; None when none is promoted."""
+    fs, parent = _location(root, name)
+    pointer = f"{parent}/{LATEST}"
+    return fs.cat_file(pointer).decode().strip() if fs.isfile(pointer) else None
 
 
 def list_versions(root: str | Path, name: str) -> list[str]:

@@ -1,6 +1,6 @@
 """Train a forecaster from windows.zarr and save it to the registry.
 
-``python -m nowcast.model.train --windows windows.zarr --models models --name cnn_lstm``
+``nowcast train`` runs it inside the train flow (windows, fit, verify, register).
 
 Defaults: Adam, MSE (or intensity-weighted MSE), early stopping on the
 validation loss with the best weights restored, the best model checkpointed,
@@ -15,11 +15,9 @@ training uses ``mixed_float16`` and a ``MirroredStrategy``; on CPU neither.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import hashlib
-import json
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -30,7 +28,7 @@ from nowcast.errors import InputError
 from nowcast.model import calibration, data, registry
 from nowcast.model.architectures import ArchitectureConfig, build_model
 from nowcast.model.forecaster import PROBABILITY_MATCHING
-from nowcast.model.losses import LOSSES, get_loss
+from nowcast.model.losses import get_loss
 from nowcast.pipelines.stores.timeaxis import format_time_step, parse_time_step
 from nowcast.pipelines.stores.windows import WindowsStore, describe_archive, fingerprint
 
@@ -271,31 +269,3 @@ def train(cfg: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callback] 
     path = registry.save_model(net, cfg.models, cfg.architecture, metadata, {**metrics, "history": history},
                                version=cfg.version, promote=cfg.promote)
     return TrainResult(path=path, history=history, metrics=metrics)
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--windows", required=True, help="windows.zarr URL")
-    p.add_argument("--models", default="models", help="registry root")
-    p.add_argument("--name", default="cnn_lstm", choices=["cnn_lstm", "convlstm"])
-    p.add_argument("--workdir", default="runs")
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--steps-per-epoch", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--learning-rate", type=float, default=1e-3)
-    p.add_argument("--loss", default="mae", choices=list(LOSSES))
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--augment", action="store_true")
-    p.add_argument("--options", default="{}",
-                   help='architecture options as JSON, e.g. \'{"filters": [16, 32]}\'')
-    a = p.parse_args(argv)
-    result = train(TrainConfig(
-        windows=a.windows, models=a.models, architecture=a.name, workdir=a.workdir,
-        options=json.loads(a.options), epochs=a.epochs, steps_per_epoch=a.steps_per_epoch,
-        batch_size=a.batch_size, learning_rate=a.learning_rate, loss=a.loss, seed=a.seed, augment=a.augment))
-    print(f"saved {result.path}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

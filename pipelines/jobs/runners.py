@@ -12,6 +12,7 @@ not a traceback or a download attempt.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Callable, Sequence
 from typing import Literal
 
@@ -126,8 +127,11 @@ class RunnerOptions:
             from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
             if self.kind == "multiprocess":  # one process per worker, even for a single worker
+                # the workers log at the driver's level: quiet unless the command asked for -v
+                level = logging.getLevelName(max(logging.getLogger().getEffectiveLevel(), logging.DEBUG))
                 args += ["--direct_running_mode=multi_processing",
-                         f"--direct_num_workers={self.workers}"]
+                         f"--direct_num_workers={self.workers}",
+                         f"--default_sdk_harness_log_level={level}"]
             return FnApiRunner(), PipelineOptions(args)
         if self.kind == "dask":
             from apache_beam.runners.dask.dask_runner import DaskRunner

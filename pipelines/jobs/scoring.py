@@ -31,22 +31,19 @@ FnApiRunner and on Beam's DaskRunner alike.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
 import os
-import sys
 import time
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 
 import apache_beam as beam
 import numpy as np
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunInference
 
 from nowcast.background import Background
-from nowcast.pipelines.jobs.runners import RunnerError, RunnerOptions, run_pipeline
+from nowcast.pipelines.jobs.runners import RunnerOptions, run_pipeline
 from nowcast.pipelines.plans.scoring import (
     ScoreTask,
     ScoringError,
@@ -57,7 +54,6 @@ from nowcast.pipelines.plans.scoring import (
 )
 from nowcast.pipelines.stores.archive import ArchiveError, ArchiveInfo, read_info, valid_flags
 from nowcast.pipelines.stores.forecasts import (
-    ForecastStoreError,
     ModelVersion,
     StoreIdentity,
     ensure_store,
@@ -302,46 +298,3 @@ def run(spec: ScoringSpec, runner: RunnerOptions | None = None,
         return counts
     done = written_flags(spec.forecasts, min(todo), max(todo) + 1)
     return dataclasses.replace(counts, scored=int(np.sum(done[np.asarray(todo) - min(todo)])))
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m nowcast.pipelines.jobs.scoring``: the batch job from the command line."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--archive", required=True)
-    p.add_argument("--forecasts", required=True)
-    p.add_argument("--models", required=True, type=Path)
-    p.add_argument("--model", required=True)
-    p.add_argument("--version", default="latest")
-    p.add_argument("--init-time", action="append", dest="init_times", help="repeatable")
-    p.add_argument("--start")
-    p.add_argument("--end")
-    p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--overlap", type=int)
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--predict-batch-size", type=int, default=16)
-    p.add_argument("--threads-per-worker", type=int)
-    p.add_argument("--runner", default="inmemory", choices=["inmemory", "multiprocess", "dask"])
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--dask-address")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    spec = ScoringSpec(archive=args.archive, forecasts=args.forecasts, models=str(args.models),
-                       model=args.model, version=args.version,
-                       init_times=tuple(args.init_times) if args.init_times else None, start=args.start,
-                       end=args.end, overwrite=args.overwrite, overlap=args.overlap,
-                       batch_size=args.batch_size, predict_batch_size=args.predict_batch_size,
-                       threads_per_worker=args.threads_per_worker)
-    from nowcast.model.registry import RegistryError
-
-    try:
-        result = run(spec, RunnerOptions(kind=args.runner, workers=args.workers,
-                                         dask_address=args.dask_address))
-    except (ScoringError, RegistryError, ForecastStoreError, ArchiveError, RunnerError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(result.summary())
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -269,17 +269,18 @@ def test_a_copied_pair_of_stores_still_fits(setup, tmp_path):
 @pytest.mark.fault("score", "a model that does not fit the archive, from the command line",
                    "exit 2 naming the mismatch")
 def test_cli_refuses_a_model_that_does_not_fit_the_archive(setup, tmp_path, capsys):
-    from nowcast.pipelines.jobs.scoring import main
+    from nowcast.flows.cli import main
 
     _, _archive, models = setup
     other = make_archive(str(tmp_path / "small.zarr"), 8, (24, 24), CHUNK)
-    code = main(["--archive", other, "--forecasts", str(tmp_path / "f.zarr"), "--models", str(models),
-                 "--model", FULL])
+    code = main(["score", "--archive", other, "--forecasts", str(tmp_path / "f.zarr"), "--models",
+                 str(models), "--model-name", FULL])
     assert code == 2
     assert "grid: model trained on the whole (32, 32) grid, archive has (24, 24)" in capsys.readouterr().err
-    assert main(["--archive", str(tmp_path / "none.zarr"), "--forecasts", str(tmp_path / "f.zarr"),
-                 "--models", str(models), "--model", FULL]) == 2
+    assert main(["score", "--archive", str(tmp_path / "none.zarr"), "--forecasts", str(tmp_path / "f.zarr"),
+                 "--models", str(models), "--model-name", FULL]) == 2
     assert "no archive at" in capsys.readouterr().err
+    assert not (tmp_path / "f.zarr").exists()
 
 
 @pytest.mark.fault("score", "temporaries left by a killed writer",

@@ -38,8 +38,8 @@ def spec(archive, models, forecasts) -> ScoringSpec:
 
 
 def command(archive, models, forecasts) -> list[str]:
-    return [sys.executable, "-m", "nowcast.pipelines.jobs.scoring", "--archive", str(archive), "--forecasts",
-            str(forecasts), "--models", str(models), "--model", MODEL, "--batch-size", "2"]
+    return [sys.executable, "-m", "nowcast.flows.cli", "score", "--archive", str(archive), "--forecasts",
+            str(forecasts), "--models", str(models), "--model-name", MODEL, "--batch-size", "2"]
 
 
 def flags_on_disk(url) -> int:

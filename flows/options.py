@@ -1,0 +1,143 @@
+"""Command-line flags generated from the flows' parameter models: the UI form and the CLI cannot drift.
+
+Every field of a parameter model (nowcast.flows.params) becomes one flag:
+``archive`` is ``--archive``, ``t_in`` is ``--t-in``; the field's type gives
+the flag's type and choices, its description the help, its default the
+default (shown by ``--help``). A nested :class:`~nowcast.flows.params.Runner`
+becomes ``--runner KIND``, ``--workers`` and ``--dask-address``, with Beam's
+own flags after ``--``. :func:`params_from_args` builds the model from the
+parsed flags, so a bad value fails with the form's own message.
+
+Stores given on the command line are the user's own paths: they are not
+confined to NOWCAST_STORAGE_ROOTS, which guards a server against paths typed
+into its forms (see :data:`nowcast.flows.params.LOCAL_USER`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import types
+import typing
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Literal
+
+from pydantic import BaseModel, ValidationError
+
+from nowcast.flows.params import LOCAL_USER, ParameterError, Runner
+
+NONE_WORDS = ("", "none")  # what clears an optional value: --patch-size none
+
+
+def flag(name: str) -> str:
+    """The flag of a field.
+
+    >>> flag("t_in")
+    '--t-in'
+    """
+    return "--" + name.replace("_", "-")
+
+
+def _optional(annotation: Any) -> tuple[Any, bool]:
+    """(the type inside ``X | None``, whether None is allowed); ``Annotated`` constraints dropped."""
+    optional = False
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        inner = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+        if len(inner) == 1:
+            annotation, optional = inner[0], True
+    if typing.get_origin(annotation) is typing.Annotated:
+        annotation = typing.get_args(annotation)[0]
+    return annotation, optional
+
+
+def _scalar(annotation: Any, optional: bool) -> tuple[Callable[[str], Any], list[Any] | None]:
+    """(a converter from text, the choices or None) for a scalar field type."""
+    choices = None
+    if typing.get_origin(annotation) is Literal:
+        choices = list(typing.get_args(annotation))
+        annotation = type(choices[0])
+    if annotation not in (str, int, float):
+        raise TypeError(f"no command-line form for a field of type {annotation!r}")
+
+    def convert(text: str) -> Any:
+        if optional and text.strip().lower() in NONE_WORDS:
+            return None
+        return annotation(text)
+
+    convert.__name__ = annotation.__name__  # argparse names the type in its error message
+    return convert, choices
+
+
+def add_params(parser: argparse.ArgumentParser, model: type[BaseModel], *, skip: Iterable[str] = (),
+               aliases: Mapping[str, str] = {}) -> None:
+    """One flag per field of ``model`` (but ``skip``), with the field's type, default and description.
+
+    ``aliases`` gives a field a second, shorter flag (``{"input_dir": "--input"}``).
+    """
+    for name, field in model.model_fields.items():
+        if name in skip:
+            continue
+        if field.annotation is Runner:
+            add_runner(parser)
+            continue
+        annotation, optional = _optional(field.annotation)
+        names = [flag(name), *([aliases[name]] if name in aliases else [])]
+        help_text = (field.description or name).replace("(empty", "(empty or none")
+        kwargs: dict[str, Any] = {"dest": name, "help": help_text}
+        if field.is_required():
+            kwargs["required"] = True
+        else:
+            kwargs["default"] = field.get_default(call_default_factory=True)
+        if annotation is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif typing.get_origin(annotation) is list:
+            (item,) = typing.get_args(annotation)
+            kwargs["type"], kwargs["choices"] = _scalar(item, optional=False)
+            kwargs["nargs"] = "+"
+        else:
+            kwargs["type"], kwargs["choices"] = _scalar(annotation, optional)
+        parser.add_argument(*names, **kwargs)
+
+
+def add_runner(parser: argparse.ArgumentParser) -> None:
+    """The Beam runner's flags, from :class:`Runner`; Beam's own flags follow ``--``."""
+    group = parser.add_argument_group("Beam runner")
+    fields = Runner.model_fields
+    kind = fields["kind"]
+    group.add_argument("--runner", dest="runner_kind", default=kind.default,
+                       choices=list(typing.get_args(kind.annotation)),
+                       help=f"{kind.description}; Beam's own flags follow '--' "
+                            "(e.g. -- --runner=FlinkRunner --flink_master=host:8081)")
+    group.add_argument("--workers", type=int, default=fields["workers"].default,
+                       help=fields["workers"].description)
+    group.add_argument("--dask-address", default=fields["dask_address"].default,
+                       help=fields["dask_address"].description)
+
+
+def params_from_args(model: type[BaseModel], args: argparse.Namespace, **values: Any) -> Any:
+    """``model`` from the parsed flags (``values`` override them), validated as the form validates it.
+
+    Raises:
+        ParameterError: each bad field with its flag and the form's message.
+    """
+    fields: dict[str, Any] = {}
+    for name, field in model.model_fields.items():
+        if field.annotation is Runner:
+            fields[name] = {"kind": args.runner_kind, "workers": args.workers,
+                            "dask_address": args.dask_address, "beam_args": list(args.beam_args)}
+        elif hasattr(args, name):
+            fields[name] = getattr(args, name)
+    fields.update(values)
+    try:
+        return model.model_validate(fields, context={LOCAL_USER: True})
+    except ValidationError as error:
+        raise ParameterError("; ".join(_problem(problem) for problem in error.errors())) from None
+
+
+def _problem(problem: Mapping[str, Any]) -> str:
+    """One validation problem as the command line names it: its flag, then the form's message."""
+    location = [str(part) for part in problem["loc"] if not isinstance(part, int)]
+    message = str(problem["msg"]).removeprefix("Value error, ")
+    if not location:  # a check across fields: the message names them
+        return message
+    name = "runner" if location[0] == "runner" and location[-1] == "kind" else location[-1]
+    return f"{flag(name)}: {message}"

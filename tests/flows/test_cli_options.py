@@ -1,0 +1,137 @@
+"""The command line's options come from the flows' parameter models: same names, defaults and checks."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from nowcast.flows import cli
+from nowcast.flows.params import (
+    BackfillParams,
+    EvaluateParams,
+    IngestParams,
+    Runner,
+    ScoreParams,
+    TrainParams,
+    WindowsParams,
+)
+from tests.pipelines.jobs.scoring_helpers import make_archive, save_tiny_model, synthetic_stats
+
+FORMS = {"ingest": IngestParams, "windows": WindowsParams, "train": TrainParams, "score": ScoreParams,
+         "backfill": BackfillParams, "evaluate": EvaluateParams}
+RUNNER_FLAGS = {"runner_kind": "kind", "workers": "workers", "dask_address": "dask_address"}
+# options a command has that its form has not, each for a reason given in its help
+COMMAND_LINE_ONLY = {"ingest": {"synthetic", "variables", "time_step", "start", "overwrite", "repair"},
+                     "score": {"follow", "interval", "duration"}}
+COMMON = {"help", "verbose", "quiet"}
+
+
+def subparser(name: str) -> argparse.ArgumentParser:
+    parser = cli.build_parser()
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return sub.choices[name]
+
+
+@pytest.mark.parametrize("command", sorted(FORMS))
+def test_every_option_default_is_the_form_default(command):
+    form = FORMS[command]
+    checked = set()
+    for action in subparser(command)._actions:
+        if action.dest in COMMON:
+            continue
+        if action.dest in RUNNER_FLAGS:
+            expected = Runner.model_fields[RUNNER_FLAGS[action.dest]].get_default(call_default_factory=True)
+        elif action.dest in form.model_fields:
+            field = form.model_fields[action.dest]
+            if field.is_required():
+                assert action.required, action.dest
+                checked.add(action.dest)
+                continue
+            expected = field.get_default(call_default_factory=True)
+        else:
+            assert action.dest in COMMAND_LINE_ONLY.get(command, ()), \
+                f"{command} --{action.dest} is neither a form field nor listed as command line only"
+            continue
+        assert action.default == expected, f"{command} --{action.dest}: {action.default!r} != {expected!r}"
+        checked.add(action.dest)
+    assert checked >= set(form.model_fields) - {"runner"}  # every field of the form is an option
+
+
+@pytest.mark.parametrize("command", [*sorted(FORMS), "models", "check", "demo"])
+def test_every_command_helps_with_its_defaults_and_an_example(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main([command, "--help"])
+    assert exit_.value.code == 0
+    shown = capsys.readouterr().out
+    assert "example:" in shown
+    assert f"nowcast {command}" in shown
+    if command in FORMS:
+        assert "(default: " in shown
+
+
+def test_version_and_verbosity_before_or_after_the_command(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--version"])
+    assert capsys.readouterr().out.startswith("nowcast ")
+    parser = cli.build_parser()
+    assert parser.parse_args(["windows"]).verbose == 0
+    assert parser.parse_args(["-v", "windows"]).verbose == 1
+    assert parser.parse_args(["windows", "-vv"]).verbose == 2
+    assert parser.parse_args(["windows", "-q"]).quiet
+
+
+@pytest.mark.fault("command line", "an option out of range or of the wrong type (e.g. --t-in 1, --epochs x)",
+                   "exit 2 naming the option and the allowed range, before any work")
+def test_a_bad_option_is_named_with_the_forms_message(tmp_path, capsys):
+    archive = make_archive(str(tmp_path / "archive.zarr"), 16, (16, 16))
+    assert cli.main(["train", "--archive", archive, "--t-in", "1"]) == 2
+    assert "--t-in: Input should be greater than or equal to 2" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["train", "--epochs", "x"])
+    assert exit_.value.code == 2
+    assert "--epochs: invalid int value: 'x'" in capsys.readouterr().err
+    assert cli.main(["windows", "--archive", archive, "--split-fractions", "0.5", "0.5", "0.5"]) == 2
+    assert "must be three shares summing to 1" in capsys.readouterr().err
+    assert cli.main(["score", "--archive", str(tmp_path / "none.zarr")]) == 2
+    assert not (tmp_path / "runs").exists()
+
+
+def test_command_line_stores_are_the_users_own_paths(tmp_path, monkeypatch):
+    """The storage roots guard a server's forms; a path typed on one's own command line is not confined."""
+    from nowcast.flows.options import params_from_args
+
+    archive = make_archive(str(tmp_path / "archive.zarr"), 16, (16, 16))
+    monkeypatch.setenv("NOWCAST_STORAGE_ROOTS", str(tmp_path / "elsewhere"))
+    args = subparser("windows").parse_args(["--archive", archive, "--windows", str(tmp_path / "w.zarr")])
+    args.beam_args = []
+    assert params_from_args(WindowsParams, args).archive == archive
+    with pytest.raises(ValueError, match="outside the configured storage roots"):
+        WindowsParams(archive=archive, windows=str(tmp_path / "w.zarr"))  # the form's check
+
+
+@pytest.mark.fault("command line", "`nowcast models` promote of an unknown version; show of a model never "
+                   "trained", "exit 2 naming the known versions or the registry; latest unchanged")
+def test_models_list_show_and_promote(tmp_path, capsys):
+    archive = make_archive(str(tmp_path / "archive.zarr"), 16, (16, 16))
+    models = tmp_path / "models"
+    for version in ("v1", "v2"):
+        save_tiny_model(models, archive, synthetic_stats(16, (16, 16)), version=version, name="convlstm")
+    registry = ["--models", str(models)]
+    assert cli.main(["models", "list", *registry]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert listed == ["convlstm", listed[1], listed[2]]
+    assert "v2" in listed[2]
+    assert listed[2].endswith("latest")
+    assert cli.main(["models", "promote", "convlstm/v1", *registry]) == 0
+    assert cli.main(["models", "show", "convlstm", *registry]) == 0
+    out = capsys.readouterr().out
+    assert "promoted convlstm/v1" in out
+    assert '"version": "v1"' in out
+    assert cli.main(["models", "promote", "convlstm/v9", *registry]) == 2
+    assert "is not a saved version" in capsys.readouterr().err
+    assert cli.main(["models", "show", "cnn_lstm", *registry]) == 2
+    assert "no promoted version of 'cnn_lstm'" in capsys.readouterr().err
+    assert cli.main(["models", "promote", "convlstm", *registry]) == 2
+    assert "needs NAME/VERSION" in capsys.readouterr().err
+    assert (models / "convlstm" / "latest").read_text().strip() == "v1"

@@ -1,0 +1,73 @@
+"""A new user's session: the whole workflow through `nowcast` subcommands only, as a shell would run it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from nowcast.pipelines.stores.forecasts import written_flags
+
+SIZE, FRAMES = "32", "96"  # 8 hours of 5-minute frames
+
+
+def nowcast(*args: str, cwd) -> subprocess.CompletedProcess:
+    """One command as a user types it; its exit status and output are the test's to check."""
+    return subprocess.run([sys.executable, "-m", "nowcast.flows.cli", *args], capture_output=True, text=True,
+                          timeout=600, cwd=cwd)
+
+
+@pytest.mark.slow
+def test_ingest_windows_train_score_evaluate_show(tmp_path, prefect_server):
+    """The stores land under runs/demo (the default workdir); every step prints a short report and exits 0."""
+    work = tmp_path / "runs" / "demo"
+    steps = [
+        ("ingest", "--synthetic", "--frames", FRAMES, "--size", SIZE, "--synthetic-density", "40"),
+        ("windows", "--t-out", "2"),
+        ("train", "--t-out", "2", "--epochs", "1", "--filters", "4", "--lstm-units", "4",
+         "--promote", "always"),
+        ("models", "list"),
+        ("score", "--start", "2024-01-01T06:00"),
+        ("evaluate", "--archive", str(work / "archive.zarr"), "--forecasts", str(work / "forecasts.zarr"),
+         "--max-samples", "8"),
+        ("show", str(work / "forecasts.zarr"), "--out", str(tmp_path / "forecast.gif")),
+        ("show", str(work / "archive.zarr"), "--out", str(tmp_path / "frames.png")),
+    ]
+    outputs = {}
+    for step in steps:
+        result = nowcast(*step, cwd=tmp_path)
+        assert result.returncode == 0, f"nowcast {' '.join(step)}:\n{result.stderr[-3000:]}"
+        outputs[step[0]] = result.stdout
+        assert len(result.stdout.splitlines()) <= 30, f"nowcast {step[0]} printed:\n{result.stdout}"
+        assert "Traceback" not in result.stderr
+    assert "ingested 96 frames" in outputs["ingest"]
+    assert "samples: train" in outputs["windows"]
+    assert "promoted" in outputs["train"]
+    assert "latest" in outputs["models"]
+    assert "scored 24 init times" in outputs["score"]
+    assert "(stored)" in outputs["evaluate"]
+    for store in ("archive.zarr", "windows.zarr", "forecasts.zarr", "models/convlstm/latest",
+                  "evaluate/stored_maps.png"):
+        assert (work / store).exists(), store
+    assert written_flags(str(work / "forecasts.zarr")).sum() == 24
+    with Image.open(tmp_path / "forecast.gif") as gif:
+        assert gif.n_frames == 2  # one per lead
+    with Image.open(tmp_path / "frames.png") as png:
+        assert png.width > png.height  # the frames in a row
+
+
+@pytest.mark.slow
+def test_quiet_by_default_and_the_workers_log_with_v(tmp_path):
+    """Beam's worker processes log at the command's level: nothing by default, their start-up with -v
+    (given after the command, where a user types it)."""
+    command = ("ingest", "--synthetic", "--frames", "8", "--size", "16", "--runner", "multiprocess",
+               "--workers", "1", "--archive")
+    quiet = nowcast(*command, str(tmp_path / "quiet.zarr"), cwd=tmp_path)
+    assert quiet.returncode == 0, quiet.stderr[-3000:]
+    assert quiet.stderr == ""
+    assert len(quiet.stdout.splitlines()) <= 8
+    verbose = nowcast(*command, str(tmp_path / "verbose.zarr"), "-v", cwd=tmp_path)
+    assert verbose.returncode == 0, verbose.stderr[-3000:]
+    assert "sdk harness" in verbose.stderr.lower()
