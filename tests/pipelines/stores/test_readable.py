@@ -21,6 +21,8 @@ from tests.pipelines.jobs.scoring_helpers import (
     synthetic_stats,
 )
 
+pytestmark = pytest.mark.xdist_group(__name__)  # its module fixture is built once, on one worker
+
 FRAMES, SIZE = 40, (32, 32)
 
 
