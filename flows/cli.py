@@ -16,7 +16,7 @@ import logging
 import os
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from nowcast import __version__
 from nowcast.errors import InputError
@@ -29,7 +29,7 @@ from nowcast.flows.params import (
     TrainParams,
     WindowsParams,
 )
-from nowcast.flows.progress import count_true, progress
+from nowcast.flows.progress import count_now, count_true, progress
 
 EXIT_BAD_INPUT = 2
 
@@ -64,7 +64,6 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     from nowcast.pipelines.jobs.ingest import IngestSpec, run
     from nowcast.pipelines.sources import folder_source
     from nowcast.pipelines.stores.archive import valid_flags
-    from nowcast.pipelines.stores.groups import exists
 
     params = params_from_args(IngestParams, args, **({"input_dir": None} if args.synthetic else {}))
     source = (folder_source(params.input_dir, params.format, args.variables) if params.input_dir
@@ -72,8 +71,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     spec = IngestSpec(archive=params.archive, source=source, time_step=args.time_step, start=args.start,
                       time_chunk=params.time_chunk, overwrite=args.overwrite, repair=args.repair)
     valid = functools.partial(valid_flags, params.archive)
-    before = count_true(valid)() if exists(params.archive) else 0
-    with progress("ingest frames", len(source.items()), count_true(valid, before), enabled=_bars(args)):
+    with progress("ingest frames", len(source.items()), count_true(valid, count_now(valid)),
+                  enabled=_bars(args)):
         result = run(spec, params.runner.options())
     print(result.summary())
     print(archive_summary(params.archive))
@@ -126,7 +125,7 @@ def scoring_progress(spec, args: argparse.Namespace):
     _, tasks, _ = scoring.plan(spec)  # creates or grows the store, as the run will
     written = functools.partial(written_flags, spec.forecasts)
     todo = sum(len(task.indices) for task in tasks)
-    return progress("score init times", todo, count_true(written, count_true(written)()), enabled=_bars(args))
+    return progress("score init times", todo, count_true(written, count_now(written)), enabled=_bars(args))
 
 
 def _bars(args: argparse.Namespace) -> bool | None:
@@ -434,11 +433,15 @@ def quiet_by_default(verbosity: int) -> None:
     show only when asked for."""
     level = {-1: logging.ERROR, 0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if verbosity >= 2 else "2")
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", logging.getLevelName(level))
+    # Prefect's console, not its loggers: flow runs still send INFO logs to the API for the UI
+    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", logging.getLevelName(level))
     # Beam's import may have given the root logger a handler already (so basicConfig alone would not
     # apply the level): set the level either way
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger().setLevel(level)
+    for handler in logging.getLogger().handlers:  # records propagated from other loggers meet only these
+        if type(handler) is logging.StreamHandler:  # the console's (not a test harness's capture)
+            handler.setLevel(level)
     if verbosity < 1:  # a failing worker's traceback is logged by Beam, then raised to this command
         logging.getLogger().setLevel(logging.ERROR)  # Beam's import warns of GCP clients it does not need
         import apache_beam  # noqa: F401
@@ -451,6 +454,36 @@ def quiet_by_default(verbosity: int) -> None:
             import pysteps  # noqa: F401  (its import prints where its configuration file is)
 
 
+@contextlib.contextmanager
+def children_silenced(silenced: bool) -> Iterator[None]:
+    """Sends what other processes and C libraries write to this process's stderr to /dev/null while the
+    command runs: Beam's worker processes log their start-up at INFO whatever the command's level, and
+    TensorFlow's C++ lines bypass Python. Python's own stderr, its logging and the progress bars keep the
+    terminal. Only for a real command line: not when a test captures stderr in-process."""
+    if not silenced or sys.__stderr__ is None or sys.stderr is not sys.__stderr__:
+        yield
+        return
+    sys.__stderr__.flush()
+    terminal = os.fdopen(os.dup(2), "w", buffering=1)
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 2)
+    os.close(null)
+    handlers = [h for h in logging.getLogger().handlers
+                if isinstance(h, logging.StreamHandler) and h.stream is sys.__stderr__]
+    for handler in handlers:
+        handler.setStream(terminal)
+    sys.stderr = terminal
+    try:
+        yield
+    finally:
+        terminal.flush()
+        os.dup2(terminal.fileno(), 2)
+        sys.stderr = sys.__stderr__
+        for handler in handlers:
+            handler.setStream(sys.__stderr__)
+        terminal.close()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # Beam's own pipeline flags follow '--' and pass through unchanged (the beam runner)
@@ -459,7 +492,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.beam_args = beam_args
     quiet_by_default(-1 if args.quiet else args.verbose)
     try:
-        return args.func(args)
+        with children_silenced(args.quiet or args.verbose < 1):
+            return args.func(args)
     except InputError as error:  # bad input; anything else is a bug and keeps its traceback
         print(f"nowcast {args.command}: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -98,7 +98,7 @@ def demo_flow(workdir: str = "runs/demo", frames: int = 288, size: int = 128, ep
     stores = {"archive": archive, "windows": str(root / "windows.zarr"), "models": str(root / "models"),
               "forecasts": forecasts}
     print(f"backfilled {backfilled.scored} init times {start} .. {end}")
-    print("stores:\n" + "".join(f"  {name:10s} {path}\n" for name, path in stores.items()))
-    print("pictures:\n" + "".join(f"  {name:16s} {path}\n" for name, path in pictures.items()))
+    print("stores:\n" + "\n".join(f"  {name:10s} {path}" for name, path in stores.items()))
+    print("pictures:\n" + "\n".join(f"  {name:16s} {path}" for name, path in pictures.items()))
     return DemoRun(stores=stores, pictures=pictures, version=trained.version, promoted=trained.promoted,
                    table=evaluated.table, backfilled=backfilled.scored)

@@ -67,10 +67,11 @@ class BackfillRun:
 
 def scoring_spec(params: ForecastParams | ScoreParams, **selection: Any) -> ScoringSpec:
     """The scoring job's spec for the init times ``selection`` names (``init_times``, ``start``/``end``)."""
-    options = ({"overwrite": params.overwrite, "batch_size": params.batch_size}
-               if isinstance(params, ScoreParams) else {})
-    return ScoringSpec(archive=params.archive, forecasts=params.forecasts, models=params.models,
-                       model=params.model_name, version=params.model_version, **options, **selection)
+    spec = ScoringSpec(archive=params.archive, forecasts=params.forecasts, models=params.models,
+                       model=params.model_name, version=params.model_version, **selection)
+    if isinstance(params, ScoreParams):
+        spec = dataclasses.replace(spec, overwrite=params.overwrite, batch_size=params.batch_size)
+    return spec
 
 
 def iso_times(archive: str, indices: list[int]) -> tuple[str, ...]:

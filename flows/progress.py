@@ -14,6 +14,7 @@ import contextlib
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from typing import Any
 
 POLL_S = 1.0
 
@@ -61,8 +62,17 @@ def progress(description: str, total: int, done: Callable[[], int], *, enabled: 
             update()
 
 
-def count_true(read: Callable[[], object], before: int = 0) -> Callable[[], int]:
+def count_true(read: Callable[[], Any], before: int = 0) -> Callable[[], int]:
     """A ``done`` for :func:`progress`: the flags ``read()`` returns that are set, less ``before``."""
     import numpy as np
 
     return lambda: int(np.count_nonzero(read())) - before
+
+
+def count_now(read: Callable[[], Any]) -> int:
+    """The flags set before a job starts; 0 when they cannot be read (a store not created yet, or one a
+    repair is about to mend): the bar is a guide, never a reason to refuse the job."""
+    try:
+        return count_true(read)()
+    except Exception:
+        return 0

@@ -265,7 +265,7 @@ def extend_init_time(url: str, length: int) -> StoreInfo:
     attrs = dict(group.attrs)
     length = max(length, array(group, "init_time").shape[0])
     times = time_values(to_datetime64(attrs["time_start"]), parse_time_step(str(attrs["time_step"])), length)
-    leads = array(group, "lead_time")[:]  # seconds
+    leads = np.asarray(array(group, "lead_time")[:])  # seconds
     derived = {VALID_TIME: epoch_seconds(times)[:, None] + leads[None, :]} if VALID_TIME in group else {}
     grow_axis(group, "init_time", epoch_seconds(times), derived)
     return read_store_info(url)

@@ -58,7 +58,7 @@ def test_every_option_default_is_the_form_default(command):
     assert checked >= set(form.model_fields) - {"runner"}  # every field of the form is an option
 
 
-@pytest.mark.parametrize("command", [*sorted(FORMS), "models", "check", "demo"])
+@pytest.mark.parametrize("command", sorted(cli.EXAMPLES))
 def test_every_command_helps_with_its_defaults_and_an_example(command, capsys):
     with pytest.raises(SystemExit) as exit_:
         cli.main([command, "--help"])
@@ -68,6 +68,11 @@ def test_every_command_helps_with_its_defaults_and_an_example(command, capsys):
     assert f"nowcast {command}" in shown
     if command in FORMS:
         assert "(default: " in shown
+
+
+def test_every_command_has_an_example():
+    (sub,) = [a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    assert set(sub.choices) == set(cli.EXAMPLES)
 
 
 def test_version_and_verbosity_before_or_after_the_command(capsys):
