@@ -251,7 +251,9 @@ def up(folder: str | Path = "runs/stack", workers: int = 2) -> dict[str, object]
               "AWS_ENDPOINT_URL": s3, "PREFECT_API_URL": api, "NOWCAST_STORES": stores,
               "NOWCAST_STORAGE_ROOTS": stores, "NOWCAST_DASK_ADDRESS": f"tcp://127.0.0.1:{ports['dask']}",
               "NOWCAST_REPO": str(REPO), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    base = {**os.environ, **client}
+    # the services' logs are files an operator reads: at INFO whatever the level of the command that started
+    # them (the command line sets its own console quieter, and children inherit its environment)
+    base = {**os.environ, **client, "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "INFO"}
     state: dict[str, object] = {"folder": str(root), "ports": ports, "env": client, "pids": {}}
     pids: dict[str, int] = state["pids"]  # type: ignore[assignment]
 
