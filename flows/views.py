@@ -41,35 +41,16 @@ def archive_summary(url: str) -> str:
 
 
 def plot_frames(url: str, path: str | Path, count: int = 4, field: str | None = None) -> Path:
-    """Saves a PNG of ``count`` evenly spaced valid frames and returns its path."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    info = read_info(url)
-    name = field or info.fields[0].name
+    """Saves a PNG of ``count`` evenly spaced valid frames in a row and returns its path; rain is drawn as
+    a forecaster reads it (see :func:`show`)."""
     ds = open_archive(url)
+    name = field or _field(ds)
     valid_idx = np.flatnonzero(ds[VALID].values)
     if valid_idx.size == 0:
         raise InputError(f"{url} has no valid frame to plot; ingest frames first")
     picks = valid_idx[np.linspace(0, valid_idx.size - 1, min(count, valid_idx.size)).astype(int)]
-    fig, axes = plt.subplots(1, len(picks), figsize=(3.2 * len(picks) + 1, 3.4), squeeze=False,
-                             layout="constrained")
-    units = ds[name].attrs.get("units", "")
-    vmax = float(np.nanmax([np.nanmax(ds[name][int(i)].values) for i in picks]))
-    for ax, i in zip(axes[0], picks, strict=True):
-        frame = ds[name][int(i)]
-        image = ax.imshow(frame.values, vmin=0, vmax=max(vmax, 1e-6), cmap="Blues")
-        ax.set_title(str(np.datetime_as_string(frame.time.values, unit="m")))
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.colorbar(image, ax=axes[0].tolist(), label=f"{name} [{units}]", shrink=0.9)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+    steps = [[(ds[name][int(i)].values, _stamp(ds["time"].values[i]))] for i in picks]
+    return _save(steps, str(ds[name].attrs.get("units", "")), Path(path))
 
 
 RAIN_UNITS = ("mm h-1", "mm/h")
