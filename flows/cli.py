@@ -61,8 +61,9 @@ def _ingest_extras(parser: argparse.ArgumentParser) -> None:
 def cmd_ingest(args: argparse.Namespace) -> int:
     from nowcast.flows.ingest import source_for
     from nowcast.flows.views import archive_summary
-    from nowcast.pipelines.jobs.ingest import IngestSpec, run
+    from nowcast.pipelines.jobs.ingest import IngestSpec, ingest_items
     from nowcast.pipelines.sources import folder_source
+    from nowcast.pipelines.sources.base import sorted_unique
     from nowcast.pipelines.stores.archive import valid_flags
 
     params = params_from_args(IngestParams, args, **({"input_dir": None} if args.synthetic else {}))
@@ -70,10 +71,10 @@ def cmd_ingest(args: argparse.Namespace) -> int:
               else source_for(params))
     spec = IngestSpec(archive=params.archive, source=source, time_step=args.time_step, start=args.start,
                       time_chunk=params.time_chunk, overwrite=args.overwrite, repair=args.repair)
+    items = sorted_unique(source.items())  # listed once: the bar's total and the job's input
     valid = functools.partial(valid_flags, params.archive)
-    with progress("ingest frames", len(source.items()), count_true(valid, count_now(valid)),
-                  enabled=_bars(args)):
-        result = run(spec, params.runner.options())
+    with progress("ingest frames", len(items), count_true(valid, count_now(valid)), enabled=_bars(args)):
+        result = ingest_items(spec, items, params.runner.options())
     print(result.summary())
     print(archive_summary(params.archive))
     return 0
@@ -180,7 +181,7 @@ def cmd_models(args: argparse.Namespace) -> int:
         promoted = registry.promoted_version(args.models, name)
         print(name)
         for version in registry.list_versions(args.models, name):
-            metadata = registry.read_metadata(f"{str(args.models).rstrip('/')}/{name}/{version}")
+            metadata = registry.read_metadata(registry.resolve_version(args.models, name, version))
             mark = "  latest" if version == promoted else ""
             print(f"  {version}  saved {metadata.get('saved_at', '?')}{mark}")
     return 0

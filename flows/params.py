@@ -44,8 +44,16 @@ def storage_roots() -> list[str]:
     """The configured storage roots (absolute paths or URL prefixes)."""
     raw = os.environ.get(ROOTS_ENV, "")
     roots = [r.strip() for r in re.split(r",|:(?!//)", raw) if r.strip()] or [os.getcwd()]
-    return [r if "://" in r and not r.startswith("file://") else os.path.abspath(r.removeprefix("file://"))
-            for r in roots]
+    return [_made_absolute(r) for r in roots]
+
+
+def _is_remote(url: str) -> bool:
+    return "://" in url and not url.startswith("file://")
+
+
+def _made_absolute(url: str) -> str:
+    """A local path (or file:// URL) as an absolute path; an object-store URL unchanged."""
+    return url if _is_remote(url) else os.path.abspath(url.removeprefix("file://"))
 
 
 def check_store_url(url: str) -> str:
@@ -58,13 +66,13 @@ def check_store_url(url: str) -> str:
     if not url:
         raise ParameterError("a store URL is empty; give a path or URL under the storage roots")
     roots = storage_roots()
-    if "://" in url and not url.startswith("file://"):
+    if _is_remote(url):
         # object stores take '..' literally, but fsspec and readers may not: a URL never climbs
         climbs = ".." in url.split("://", 1)[1].split("/")
         if not climbs and any(url.startswith(root.rstrip("/") + "/") for root in roots if "://" in root):
             return url
     else:
-        path = os.path.abspath(url.removeprefix("file://"))
+        path = _made_absolute(url)
         real = os.path.realpath(path)  # a symbolic link inside a root that leads out of it stays outside
         for root in roots:
             if "://" not in root and all(os.path.commonpath([base, p]) == base
@@ -81,7 +89,7 @@ def absolute(url: str) -> str:
     url = url.strip()
     if not url:
         raise ParameterError("a store URL is empty; give a path or URL")
-    return url if "://" in url and not url.startswith("file://") else os.path.abspath(url.removeprefix("file://"))
+    return _made_absolute(url)
 
 
 def parse_time(value: str, name: str) -> np.datetime64:
