@@ -4,7 +4,8 @@ Submodules, imported on use (``nowcast.model.train`` loads TensorFlow; the
 tiling and the verification scores do not):
 
 - :mod:`~nowcast.model.layers`, :mod:`~nowcast.model.architectures`, :mod:`~nowcast.model.losses`
-- :mod:`~nowcast.model.data` (tf.data from windows.zarr), :mod:`~nowcast.model.train`,
+- :mod:`~nowcast.model.normalization` (model space, NumPy only), :mod:`~nowcast.model.data`
+  (tf.data from windows.zarr), :mod:`~nowcast.model.train`,
   :mod:`~nowcast.model.calibration` (the change's weight per lead, set after training)
 - :mod:`~nowcast.model.registry` (versioned models), :mod:`~nowcast.model.forecaster` and
   :mod:`~nowcast.model.tiling` (a model over a whole grid)

@@ -56,7 +56,7 @@ def candidate_errors(outputs: np.ndarray, bases: np.ndarray, targets: np.ndarray
         observed: where the targets are observed (the training weights), same shape.
         covered: where each sample's last input is observed, ``(b, y, x)``: the
             pixels probability matching works on.
-        normalizer: the model's :class:`~nowcast.model.data.Normalizer`.
+        normalizer: the model's :class:`~nowcast.model.normalization.Normalizer`.
         matching: apply probability matching to the base, as the model's scoring does.
         scales: the candidate factors of the change.
         sizes: the candidate box sizes the result is smoothed over (1: none).

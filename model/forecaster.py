@@ -57,7 +57,7 @@ class Forecaster:
     Attributes:
         model: the Keras model (normalised ``(b, t_in, py, px, c)`` -> ``(b, t_out, py, px, 1)``).
         metadata: the registry metadata (``name``, ``version``, ``channels``, ``target``, ...).
-        normalizer: the training normalisation (``nowcast.model.data.Normalizer``).
+        normalizer: the training normalisation (``nowcast.model.normalization.Normalizer``).
         tiling: how the archive grid is covered (:mod:`nowcast.model.tiling`): the
             whole grid, or the model's patches.
         predict_batch_size: tiles per model call (fixed, the last batch zero-padded).
@@ -129,7 +129,7 @@ class Forecaster:
         """Physical ``(n, t_in, ny, nx, c)`` windows -> physical ``(n, t_out, ny, nx)`` forecasts.
 
         NaN inputs (unobserved) enter the model as in training (see
-        :class:`nowcast.model.data.Normalizer`); a pixel whose target variable
+        :class:`nowcast.model.normalization.Normalizer`); a pixel whose target variable
         is NaN in every input frame (outside radar coverage) is NaN in the
         forecast. Values are clipped to the target's valid range.
         """
@@ -246,7 +246,7 @@ def load_forecaster(models: str, name: str, version: str, archive: Mapping[str, 
         valid_range: physical clipping bounds of the target.
         probability_matching: override the model's recorded post-processing.
     """
-    from nowcast.model.data import Normalizer
+    from nowcast.model.normalization import Normalizer
     from nowcast.model.registry import load_model
     from nowcast.pipelines.stores.archive import ArchiveDescription
 

@@ -29,6 +29,7 @@ from nowcast.model import calibration, data, registry
 from nowcast.model.architectures import ArchitectureConfig, build_model
 from nowcast.model.forecaster import PROBABILITY_MATCHING
 from nowcast.model.losses import get_loss
+from nowcast.model.normalization import Normalizer
 from nowcast.pipelines.stores.timeaxis import format_time_step, parse_time_step
 from nowcast.pipelines.stores.windows import WindowsStore, describe_archive, fingerprint
 
@@ -185,27 +186,48 @@ def callbacks(cfg: TrainConfig, monitor: str) -> list[keras.callbacks.Callback]:
     return cbs
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainingSet:
+    """What a run learns from: the stores' train splits, their merged normalisation, the model's shape."""
+
+    urls: tuple[str, ...]
+    stores: list[WindowsStore]
+    normalizer: Normalizer
+    arch: ArchitectureConfig
+
+    @property
+    def val_urls(self) -> list[str]:
+        """The stores that hold validation samples."""
+        return [url for url, store in zip(self.urls, self.stores, strict=True) if store.has_samples("val")]
+
+
+def training_set(cfg: TrainConfig) -> TrainingSet:
+    """Opens ``cfg.windows``' train splits and derives the normalisation and the architecture's shapes."""
+    urls = _urls(cfg.windows)
+    stores = data.open_stores(urls, "train")
+    store = stores[0]
+    normalizer = Normalizer.from_stores(stores, coverage=cfg.coverage)
+    (t_in, height, width, _), (t_out, *_rest) = store.sample_shapes
+    arch = ArchitectureConfig.from_dict({**dict(cfg.options), "t_in": t_in, "t_out": t_out, "height": height,
+                                         "width": width, "channels": normalizer.input_channels,
+                                         "target_channel": list(store.channels).index(store.target)
+                                         if store.target in store.channels else 0})
+    return TrainingSet(urls, stores, normalizer, arch)
+
+
 def train(cfg: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callback] = ()) -> TrainResult:
     """Trains ``cfg.architecture`` on windows.zarr and saves it as a registry version.
 
     ``extra_callbacks`` run after the defaults (e.g. a flow's progress reporter).
     """
     keras.utils.set_random_seed(cfg.seed)
-    urls = _urls(cfg.windows)
-    stores = data.open_stores(urls, "train")
-    store = stores[0]
-    normalizer = data.Normalizer.from_stores(stores, coverage=cfg.coverage)
-    (t_in, height, width, _), (t_out, *_rest) = store.sample_shapes
-    arch = ArchitectureConfig.from_dict({**dict(cfg.options), "t_in": t_in, "t_out": t_out, "height": height,
-                                         "width": width, "channels": normalizer.input_channels,
-                                         "target_channel": list(store.channels).index(store.target)
-                                         if store.target in store.channels else 0})
-    val_urls = [url for url, train_store in zip(urls, stores, strict=True) if train_store.has_samples("val")]
-    train_ds = data.make_dataset(urls, "train", cfg.batch_size, normalizer=normalizer, seed=cfg.seed,
+    tset = training_set(cfg)
+    train_ds = data.make_dataset(tset.urls, "train", cfg.batch_size, normalizer=tset.normalizer,
+                                 seed=cfg.seed,
                                  augment=cfg.augment, repeat=cfg.steps_per_epoch is not None, wet=cfg.wet)
     # validated on the samples it trains on: as wet (a dry patch's loss says nothing about skill)
-    val_ds = (data.make_dataset(val_urls, "val", cfg.batch_size, normalizer=normalizer, shuffle=False,
-                                wet=cfg.wet) if val_urls else None)
+    val_ds = (data.make_dataset(tset.val_urls, "val", cfg.batch_size, normalizer=tset.normalizer,
+                                shuffle=False, wet=cfg.wet) if tset.val_urls else None)
     gpus = gpu_count()
     strategy = contextlib.nullcontext()
     monitor = "val_loss" if val_ds is not None else "loss"
@@ -216,7 +238,7 @@ def train(cfg: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callback] 
             keras.mixed_precision.set_global_policy("mixed_float16")
             strategy = tf.distribute.MirroredStrategy().scope()
         with strategy:
-            net = build_model(cfg.architecture, arch)
+            net = build_model(cfg.architecture, tset.arch)
             net.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate),
                         loss=get_loss(cfg.loss, cfg.intensity_weight), metrics=["mae"])
         started = time.time()
@@ -229,12 +251,36 @@ def train(cfg: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callback] 
     seconds = time.time() - started
     history = {k: [float(v) for v in vals] for k, vals in fit.history.items()}
     metrics = {"train_seconds": seconds, "epochs_run": len(history.get("loss", []))}
-    lead_scale = None
-    if val_ds is not None:  # the change's weight per lead, then the validation scores of the result
-        lead_scale = calibration.calibrate(net, val_ds.as_numpy_iterator(), normalizer,
-                                           cfg.postprocessing == PROBABILITY_MATCHING)
-        scores = net.evaluate(val_ds, verbose=0, return_dict=True)
-        metrics.update({f"val_{k}": float(v) for k, v in scores.items()})
+    lead_scale, val_metrics = validate(cfg, tset, net)
+    return register(cfg, tset, net, history, {**metrics, **val_metrics}, lead_scale, gpus)
+
+
+def validate(cfg: TrainConfig, tset: TrainingSet, net: keras.Model) -> tuple[dict | None, dict[str, float]]:
+    """Sets each lead's change weight on the validation split, then scores the result there.
+
+    Returns the calibration (:func:`nowcast.model.calibration.calibrate`) and
+    the compiled model's validation metrics, ``(None, {})`` without a split.
+    """
+    if not tset.val_urls:
+        return None, {}
+    val_ds = data.make_dataset(tset.val_urls, "val", cfg.batch_size, normalizer=tset.normalizer,
+                               shuffle=False, wet=cfg.wet)
+    lead_scale = calibration.calibrate(net, val_ds.as_numpy_iterator(), tset.normalizer,
+                                       cfg.postprocessing == PROBABILITY_MATCHING)
+    scores = net.evaluate(val_ds, verbose=0, return_dict=True)
+    return lead_scale, {f"val_{k}": float(v) for k, v in scores.items()}
+
+
+def register(cfg: TrainConfig, tset: TrainingSet, net: keras.Model, history: Mapping[str, list[float]],
+             metrics: Mapping[str, float], lead_scale: Mapping[str, object] | None, gpus: int) -> TrainResult:
+    """Saves a trained ``net`` as a registry version with the metadata scoring needs.
+
+    Also for a model trained elsewhere on the same training set (an
+    accelerator node fed arrays cut from the same frames, bench.skill_loeo).
+    """
+    urls, stores, normalizer, arch = tset.urls, tset.stores, tset.normalizer, tset.arch
+    store = stores[0]
+    t_in, t_out, (height, width) = arch.t_in, arch.t_out, (arch.height, arch.width)
     time_step = store.time_step
     archives = [describe_archive(url) for url in urls] if not cfg.archive else []
     archive = registry.ArchiveDescription.from_dict(cfg.archive) if cfg.archive else archives[0]
@@ -266,6 +312,7 @@ def train(cfg: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callback] 
                      "augment": cfg.augment, "samples": sum(s.num_samples for s in stores), "gpus": gpus,
                      "wet": list(cfg.wet) if cfg.wet else None, "coverage": cfg.coverage},
     }
-    path = registry.save_model(net, cfg.models, cfg.architecture, metadata, {**metrics, "history": history},
-                               version=cfg.version, promote=cfg.promote)
-    return TrainResult(path=path, history=history, metrics=metrics)
+    record = {**metrics, "history": dict(history)}
+    path = registry.save_model(net, cfg.models, cfg.architecture, metadata, record, version=cfg.version,
+                               promote=cfg.promote)
+    return TrainResult(path=path, history=dict(history), metrics=dict(metrics))

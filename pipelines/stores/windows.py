@@ -222,6 +222,11 @@ class WindowsStore:
         """``init_time`` of every sample as datetime64[s]."""
         return np.asarray(array(self.group, "init_time")[:], dtype="int64").astype("datetime64[s]")
 
+    def sample_index(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Where every sample was cut: ``init_time`` (datetime64[s]), ``y0`` and ``x0`` (pixels)."""
+        return (self.init_times(), np.asarray(array(self.group, "y0")[:], dtype="int64"),
+                np.asarray(array(self.group, "x0")[:], dtype="int64"))
+
     def iter_chunks(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Physical ``(inputs, targets, init_time)`` chunk by chunk, in store order."""
         times = self.init_times()

@@ -24,7 +24,10 @@ EXPECTED_KEYS = {
     "sources": {"radar_read", "synthetic_512_frames_per_s", "randn_512_frames_per_s"},
     "skill": {"cnn_lstm", "convlstm", "matched_motion", "persistence", "extrapolation", "sprog", "split",
               "training_events", "checks"},
+    "skill_loeo": {"folds", "recipe", "accelerator", "backend", "seed_spread_test_event",
+                   "quantisation_max_error_mm_h"},
 }
+SOURCES = {"cnn_lstm", "convlstm", "matched_motion", "persistence", "extrapolation", "sprog"}
 PER_LEAD = {"mae", "csi_0.5", "csi_1", "csi_5", "fss_1", "bias_0.1", "bias_1"}  # skill's scores per lead
 
 
@@ -36,7 +39,9 @@ def test_quick_benchmark_writes_its_keys(name, tmp_path):
     result = json.loads((tmp_path / f"{name}.quick.json").read_text())
     missing = EXPECTED_KEYS[name] - result.keys()  # a benchmark without its keys listed here fails
     assert not missing, f"bench.{name} lacks keys {missing}"
-    if name == "skill":
-        for source in EXPECTED_KEYS["skill"] - {"split", "training_events", "checks"}:
-            assert set(result[source]) == {"5", "10", "15", "20", "25", "30"}, source
-            assert all(result[source][lead].keys() >= PER_LEAD for lead in result[source]), source
+    per_source = {"skill": [result], "skill_loeo": [f["scores"] for f in result.get("folds", {}).values()]}
+    assert per_source.get(name, True), f"bench.{name} scored no fold"
+    for scores in per_source.get(name, []):
+        for source in SOURCES:
+            assert set(scores[source]) == {"5", "10", "15", "20", "25", "30"}, source
+            assert all(scores[source][lead].keys() >= PER_LEAD for lead in scores[source]), source

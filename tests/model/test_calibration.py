@@ -8,8 +8,8 @@ from keras import ops
 
 from nowcast.model import calibration
 from nowcast.model.architectures import ArchitectureConfig, build_model
-from nowcast.model.data import Normalizer
 from nowcast.model.layers import box_mean
+from nowcast.model.normalization import Normalizer
 
 STATS = {"precip": {"mean": 0.5, "std": 1.0, "log1p_mean": 0.3, "log1p_std": 0.5}}
 

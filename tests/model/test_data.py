@@ -7,6 +7,7 @@ import pytest
 import zarr
 
 from nowcast.model import data
+from nowcast.model.normalization import Normalizer
 from nowcast.pipelines.stores.windows import WindowsError, WindowsStore, fingerprint
 
 
@@ -42,7 +43,7 @@ def test_normalisation_is_log1p_standardised_with_nan_to_zero(tiny_windows):
     expected = np.where(np.isfinite(raw), expected, 0.0)
     got = np.concatenate([b[0].numpy() for b in data.make_dataset(tiny_windows, "train", 4, shuffle=False)])
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
-    norm = data.Normalizer.from_store(store)
+    norm = Normalizer.from_store(store)
     finite = raw[np.isfinite(raw)]
     round_trip = norm.denormalize(norm.normalize(finite, "precip"))
     np.testing.assert_allclose(round_trip, finite, rtol=1e-4, atol=1e-5)

@@ -78,7 +78,7 @@ def test_one_model_learns_from_several_stores_with_merged_statistics(tmp_path):
     """Two networks' windows (other grids, one patch shape) train one model; statistics merge by count."""
     import numpy as np
 
-    from nowcast.model.data import Normalizer
+    from nowcast.model.normalization import Normalizer
     from nowcast.pipelines.stores.windows import WindowsStore
     from tests.model.conftest import rain_like, write_archive, write_windows
 

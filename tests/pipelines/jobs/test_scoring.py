@@ -43,7 +43,7 @@ def setup(tmp_path_factory):
 
 def direct_forecast(models, name, windows):
     """The reference: the registry's model called with model.predict on normalised windows."""
-    from nowcast.model.data import Normalizer
+    from nowcast.model.normalization import Normalizer
     from nowcast.model.registry import load_model
 
     loaded = load_model(models, name, archive=None)
