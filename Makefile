@@ -7,10 +7,14 @@ TF_EXTRA ?= cpu
 
 .PHONY: catalogue demo test test-fast lint typecheck bench bench-quick server stack stack-down clean-venv constraints
 
+# uv installs what pip would, from the same constraints, in a fraction of pip's time (CI: pip took
+# about 6.5 minutes of a 30-minute budget); pip stays in the environment for `pip check`, `pip wheel`
+# (tests/test_packaging.py) and `make constraints`.
+UV_VERSION ?= 0.13.9
 $(STAMP): pyproject.toml requirements/constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c requirements/constraints.txt -e '.[$(TF_EXTRA),dev]'
+	$(PY) -m pip install -q uv==$(UV_VERSION)
+	$(VENV)/bin/uv pip install -q --python $(PY) -c requirements/constraints.txt -e '.[$(TF_EXTRA),dev]'
 	$(PY) -m pip check
 	touch $(STAMP)
 
