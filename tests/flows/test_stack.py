@@ -56,10 +56,6 @@ def deployed(tmp_path_factory):
         # polls every 2 s (default 10 s): the test's 30-second schedules then run on time
         patch.setenv("PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS", "5")
         patch.setenv("PREFECT_WORKER_QUERY_SECONDS", "2")
-        # a scheduled run that finds the previous one of its deployment still running (concurrency_limit 1)
-        # is retried about 5 s later instead of 20 s (the wait, less the worker's 10 s of prefetch): on a
-        # loaded machine a run outlasts the test's interval, and each collision delayed the next forecast
-        patch.setenv("PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS", "15")
         state = stack.up(folder / "stack")
     try:
         yield folder, state
