@@ -29,7 +29,7 @@ from nowcast.flows.params import (
     TrainParams,
     WindowsParams,
 )
-from nowcast.flows.progress import count_now, count_true, progress
+from nowcast.flows.progress import count_now, count_true, epochs_logged, progress
 
 EXIT_BAD_INPUT = 2
 
@@ -92,7 +92,11 @@ def cmd_windows(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from nowcast.flows.train import train_flow
 
-    run = local(train_flow)(params_from_args(TrainParams, args))
+    params = params_from_args(TrainParams, args)
+    before = epochs_logged(params.workdir)
+    with progress("train epochs", params.epochs, lambda: epochs_logged(params.workdir) - before,
+                  enabled=_bars(args)):
+        run = local(train_flow)(params)
     print(run.table)
     print(f"{'promoted' if run.promoted else 'registered (not promoted)'} {run.path}")
     return 0

@@ -10,15 +10,18 @@ does nothing. Without a folder it ingests the synthetic generator (the demo).
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 from prefect import flow, get_run_logger, task
 
-from nowcast.flows.artifacts import publish_store
+from nowcast.flows.artifacts import artifact_key, publish_store
 from nowcast.flows.params import IngestParams
+from nowcast.flows.progress import count_now, count_true, progress
 from nowcast.pipelines.jobs.ingest import IngestResult, IngestSpec, ingest_items
 from nowcast.pipelines.jobs.watch import pending_items
 from nowcast.pipelines.sources import folder_source, get_source
 from nowcast.pipelines.sources.base import Source, list_files, sorted_unique
+from nowcast.pipelines.stores.archive import valid_flags
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +55,10 @@ def ingest_new(params: IngestParams) -> IngestResult | None:
         logger.info("every frame of %s is already in %s: nothing to ingest", source.name, params.archive)
         return None
     spec = IngestSpec(archive=params.archive, source=source, time_chunk=params.time_chunk)
-    result = ingest_items(spec, items, params.runner.options())
+    valid = functools.partial(valid_flags, params.archive)
+    with progress("ingest frames", len(items), count_true(valid, count_now(valid)), enabled=False,
+                  artifact=artifact_key("ingest-progress")):
+        result = ingest_items(spec, items, params.runner.options())
     logger.info(result.summary())
     return result
 

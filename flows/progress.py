@@ -3,14 +3,16 @@
 A Beam job runs its work in worker processes, so its counters reach the
 command only when it ends; what it has written shows at once in the store's
 own flags (an archive's ``valid`` frames, a forecast store's ``written`` init
-times). A background thread reads that count every second and moves a bar on
-stderr. Bars show on a terminal only, never with ``-q``; flow runs report the
-same counts as Prefect progress artifacts.
+times, a training run's epochs in its history). A background thread reads that
+count every second and moves a bar on stderr, and inside a flow run a Prefect
+progress artifact. Bars show on a terminal only, never with ``-q``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import os
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -21,38 +23,45 @@ POLL_S = 1.0
 
 @contextlib.contextmanager
 def progress(description: str, total: int, done: Callable[[], int], *, enabled: bool | None = None,
-             console=None, poll_s: float = POLL_S) -> Iterator[None]:
+             console=None, poll_s: float = POLL_S, artifact: str | None = None) -> Iterator[None]:
     """Shows ``done()`` of ``total`` while the block runs.
 
     Args:
         description: what is counted, e.g. "ingest frames".
         total: the count at the end.
         done: the count so far; an error reading it (a store not created yet) counts as no change.
-        enabled: None: only when stderr is a terminal.
+        enabled: the bar on stderr; None: only when stderr is a terminal.
         console: a rich Console to draw on (default: stderr).
+        artifact: inside a Prefect flow or task run, also keep a progress
+            artifact of this key at the same percentage (the run's page in the UI).
     """
     if enabled is None:
         enabled = sys.stderr.isatty()
-    if not enabled or total <= 0:
-        yield
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    stop = threading.Event()
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=console or Console(stderr=True)) as bar:
-        task = bar.add_task(description, total=total)
+    with contextlib.ExitStack() as stack:
+        shows = []
+        if enabled and total > 0:
+            shows.append(stack.enter_context(_bar(description, total, console)))
+        if artifact and total > 0 and _in_prefect_run():
+            shows.append(_artifact(artifact, description, total))
+        if not shows:
+            yield
+            return
 
         def update() -> None:
             with contextlib.suppress(Exception):
-                bar.update(task, completed=min(done(), total))
+                count = min(done(), total)
+                for show in shows:
+                    show(count)
+
+        stop = threading.Event()
 
         def poll() -> None:
             while not stop.wait(poll_s):
                 update()
 
-        thread = threading.Thread(target=poll, name="progress", daemon=True)
+        # the run's context (which run an artifact belongs to, the API's settings) goes with the thread
+        thread = threading.Thread(target=contextvars.copy_context().run, args=(poll,), name="progress",
+                                  daemon=True)
         thread.start()
         try:
             yield
@@ -60,6 +69,39 @@ def progress(description: str, total: int, done: Callable[[], int], *, enabled: 
             stop.set()
             thread.join()
             update()
+
+
+@contextlib.contextmanager
+def _bar(description: str, total: int, console=None) -> Iterator[Callable[[int], None]]:
+    """A rich progress bar on stderr; yields its ``show(count)``."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=console or Console(stderr=True)) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda count: bar.update(task, completed=count)
+
+
+def _artifact(key: str, description: str, total: int) -> Callable[[int], None]:
+    """A Prefect progress artifact at 0 %; returns its ``show(count)``, which moves it only forward."""
+    from prefect.artifacts import create_progress_artifact, update_progress_artifact
+
+    artifact_id = create_progress_artifact(progress=0.0, key=key, description=description)
+    shown = [0]
+
+    def show(count: int) -> None:
+        if count > shown[0]:
+            update_progress_artifact(artifact_id, 100.0 * count / total)  # type: ignore[arg-type]
+            shown[0] = count
+
+    return show
+
+
+def _in_prefect_run() -> bool:
+    from prefect.context import FlowRunContext, TaskRunContext
+
+    return FlowRunContext.get() is not None or TaskRunContext.get() is not None
 
 
 def count_true(read: Callable[[], Any], before: int = 0) -> Callable[[], int]:
@@ -75,4 +117,18 @@ def count_now(read: Callable[[], Any]) -> int:
     try:
         return count_true(read)()
     except Exception:
+        return 0
+
+
+def epochs_logged(workdir: str) -> int:
+    """Epochs the training runs in a local ``workdir`` have logged (rows of Keras's ``history.csv``, one
+    per epoch); 0 before the first, and for a remote workdir (its log is on the worker's disk)."""
+    from nowcast.pipelines.stores.groups import is_local, local_path
+
+    if not is_local(workdir):
+        return 0
+    try:
+        with open(os.path.join(local_path(workdir), "history.csv")) as log:
+            return max(sum(1 for _ in log) - 1, 0)  # less the header
+    except OSError:
         return 0

@@ -19,8 +19,9 @@ import keras
 from prefect import flow, get_run_logger, task
 
 from nowcast.errors import InputError
-from nowcast.flows.artifacts import publish_png, publish_scores, publish_store
+from nowcast.flows.artifacts import artifact_key, publish_png, publish_scores, publish_store
 from nowcast.flows.params import TrainParams, WindowsParams
+from nowcast.flows.progress import progress
 from nowcast.flows.workdir import local_workdir, published
 from nowcast.model import registry
 from nowcast.model.train import TrainConfig, train
@@ -53,9 +54,12 @@ class TrainRun:
 
 
 class _EpochLog(keras.callbacks.Callback):
-    """Logs every epoch's losses through Prefect's logger (shown in the UI)."""
+    """Logs every epoch's losses through Prefect's logger (shown in the UI) and counts the epochs."""
+
+    epochs = 0
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self.epochs = epoch + 1
         values = ", ".join(f"{k}={v:.4f}" for k, v in (logs or {}).items())
         get_run_logger().info("epoch %d: %s", epoch + 1, values)
 
@@ -104,7 +108,10 @@ def fit(params: TrainParams, workdir: Path) -> str:
                          batch_size=params.batch_size, learning_rate=params.learning_rate, loss=params.loss,
                          augment=params.augment, seed=params.seed,
                          verbose=0, promote=False)
-    result = train(config, extra_callbacks=[_EpochLog()])
+    log = _EpochLog()
+    with progress("train epochs", params.epochs, lambda: log.epochs, enabled=False,
+                  artifact=artifact_key("train-progress")):  # early stopping can end it short of 100 %
+        result = train(config, extra_callbacks=[log])
     get_run_logger().info("fitted %s in %.1f s", result.path, result.metrics["train_seconds"])
     return result.path
 

@@ -33,3 +33,40 @@ def test_no_bar_off_a_terminal_or_when_nothing_is_to_do():
     with progress("ingest frames", 3, lambda: 3, console=console):  # pytest's stderr is no terminal
         pass
     assert screen.getvalue() == ""
+
+
+def test_inside_a_flow_run_the_same_count_moves_a_progress_artifact(prefect_server):
+    """The flows' progress in the UI: a progress artifact of the run, at 100 % when the count is done."""
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    seen: list[float] = []
+
+    @flow(name="progress-artifact")
+    def counted() -> str:
+        from prefect.runtime import flow_run
+
+        count = [0]
+        with progress("frames", 4, lambda: count[0], enabled=False, artifact="test-progress", poll_s=0.05):
+            for step in range(1, 5):
+                count[0] = step
+                time.sleep(0.2)
+                with get_client(sync_client=True) as client:  # what the UI shows while the job runs
+                    found = client.read_artifacts(artifact_filter=ArtifactFilter(
+                        key=ArtifactFilterKey(any_=["test-progress"])))
+                    seen.extend(a.data for a in found if str(a.flow_run_id) == flow_run.id)
+        return flow_run.id
+
+    run_id = counted()
+    with get_client(sync_client=True) as client:
+        artifacts = [a for a in client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=["test-progress"]))) if str(a.flow_run_id) == run_id]
+    assert [a.type for a in artifacts] == ["progress"]
+    assert artifacts[0].data == 100.0
+    assert any(0.0 < value < 100.0 for value in seen), seen  # it moved during the run, not only at the end
+
+
+def test_outside_a_run_no_artifact_is_made_and_the_job_still_runs():
+    with progress("frames", 2, lambda: 2, enabled=False, artifact="never-made"):
+        pass  # no Prefect run context: nothing to attach an artifact to, and no API is needed
