@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -30,6 +31,9 @@ def test_ingest_windows_train_score_evaluate_show(tmp_path, prefect_server):
          "--promote", "always"),
         ("models", "list"),
         ("score", "--start", "2024-01-01T06:00"),
+        # the streaming scorer: its first poll finds the init times before 06:00 unscored, and the run
+        # ends only once what it emitted is written
+        ("score", "--follow", "--duration", "4", "--interval", "1"),
         ("evaluate", "--archive", str(work / "archive.zarr"), "--forecasts", str(work / "forecasts.zarr"),
          "--max-samples", "8"),
         ("show", str(work / "forecasts.zarr"), "--out", str(tmp_path / "forecast.gif")),
@@ -39,7 +43,7 @@ def test_ingest_windows_train_score_evaluate_show(tmp_path, prefect_server):
     for step in steps:
         result = nowcast(*step, cwd=tmp_path)
         assert result.returncode == 0, f"nowcast {' '.join(step)}:\n{result.stderr[-3000:]}"
-        outputs[step[0]] = result.stdout
+        outputs[" ".join(step[:2]) if step[1] == "--follow" else step[0]] = result.stdout
         assert len(result.stdout.splitlines()) <= 30, f"nowcast {step[0]} printed:\n{result.stdout}"
         assert "Traceback" not in result.stderr
     assert "ingested 96 frames" in outputs["ingest"]
@@ -51,7 +55,9 @@ def test_ingest_windows_train_score_evaluate_show(tmp_path, prefect_server):
     for store in ("archive.zarr", "windows.zarr", "forecasts.zarr", "models/convlstm/latest",
                   "evaluate/stored_maps.png"):
         assert (work / store).exists(), store
-    assert written_flags(str(work / "forecasts.zarr")).sum() == 24
+    emitted = int(re.search(r"(\d+) init times emitted", outputs["score --follow"]).group(1))
+    assert emitted > 0
+    assert written_flags(str(work / "forecasts.zarr")).sum() == 24 + emitted
     with Image.open(tmp_path / "forecast.gif") as gif:
         assert gif.n_frames == 2  # one per lead
     with Image.open(tmp_path / "frames.png") as png:
