@@ -90,6 +90,16 @@ class WindowsLayout:
     splits: Mapping[str, SplitIndex]
     attrs: Mapping[str, object]
 
+    def num_chunks(self) -> int:
+        """Sample chunks of every split: what the job writes (:func:`chunks_written` when done)."""
+        return sum(-(-len(index) // self.samples_per_chunk) for index in self.splits.values())
+
+
+def chunks_written(url: str) -> int:
+    """Sample chunks the windows job has filled so far, over every split (a progress count)."""
+    root = open_group(url, error=WindowsError)
+    return sum(array(subgroup(root, split), INPUTS).nchunks_initialized for split in SPLITS if split in root)
+
 
 def create_windows_store(url: str, layout: WindowsLayout, overwrite: bool = False) -> zarr.Group:
     """Creates windows.zarr with every array at its final size (the template).

@@ -127,3 +127,18 @@ def test_events_far_apart_in_one_archive_give_windows_inside_each_event_only(tmp
     for begin, end in zip(starts, ends, strict=True):
         inside = [(np.datetime64(e[0]) <= begin and end <= np.datetime64(e[-1])) for e in (first, second)]
         assert any(inside), (begin, end)
+
+
+def test_the_progress_count_goes_from_none_to_every_planned_chunk(archive, tmp_path):
+    """`nowcast windows`' bar: chunks filled, 0 in the new store, the plan's total once the job is done."""
+    from nowcast.pipelines.plans.windows import plan_from_archive
+    from nowcast.pipelines.stores.windows import chunks_written
+
+    job = WindowJob(archive, str(tmp_path / "w.zarr"), SPEC, max_source_chunks=3)
+    total = plan_from_archive(archive, SPEC).layout().num_chunks()
+    job.prepare()  # the store at its final size, nothing written yet
+    assert chunks_written(job.output) == 0
+    run_in_process(WindowJob(archive, job.output, SPEC, overwrite=True))
+    samples = {split: zarr.open_group(job.output, mode="r")[split]["inputs"].shape[0] for split in SPLITS}
+    assert total == sum(-(-n // SPEC.samples_per_chunk) for n in samples.values()) > len(SPLITS)
+    assert chunks_written(job.output) == total
