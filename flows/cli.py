@@ -29,7 +29,7 @@ from nowcast.flows.params import (
     TrainParams,
     WindowsParams,
 )
-from nowcast.flows.progress import count_now, count_true, epochs_logged, progress
+from nowcast.flows.progress import command_line_bars, count_now, count_true, epochs_logged, progress
 
 EXIT_BAD_INPUT = 2
 
@@ -511,6 +511,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv[:argv.index("--")] if "--" in argv else argv)
     args.beam_args = beam_args
     quiet_by_default(-1 if args.quiet else args.verbose)
+    command_line_bars(_bars(args))
     try:
         with children_silenced(args.quiet or args.verbose < 1):
             return args.func(args)

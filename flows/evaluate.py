@@ -16,8 +16,9 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 
-from nowcast.flows.artifacts import publish_png, publish_scores, publish_store
+from nowcast.flows.artifacts import artifact_key, publish_png, publish_scores, publish_store
 from nowcast.flows.params import EvaluateParams
+from nowcast.flows.progress import progress
 from nowcast.flows.workdir import local_workdir, published
 from nowcast.model.verify import (
     Verification,
@@ -47,8 +48,12 @@ def verify_windows(params: EvaluateParams) -> Verification:
     """The model and the baselines on one windows.zarr split."""
     forecaster = split_forecaster(params.models, params.model_name, params.model_version, params.windows)
     name = f"{params.model_name}/{forecaster.metadata['version']}"
-    return verify_split(params.windows, params.split, forecaster, name,
-                        baselines=tuple(params.baselines), max_samples=params.max_samples)
+    available = WindowsStore(params.windows, params.split).num_samples
+    total = min(available, params.max_samples) if params.max_samples else available
+    seen = [0]
+    with progress("evaluate samples", total, lambda: seen[0], artifact=artifact_key("evaluate-progress")):
+        return verify_split(params.windows, params.split, forecaster, name, baselines=tuple(params.baselines),
+                            max_samples=params.max_samples, on_samples=lambda n: seen.__setitem__(0, n))
 
 
 @task(name="verify-stored-forecasts")

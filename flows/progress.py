@@ -19,6 +19,13 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 POLL_S = 1.0
+_COMMAND_LINE: dict[str, bool | None] = {"bars": None}  # what the command line decided (-q: no bars)
+
+
+def command_line_bars(enabled: bool | None) -> None:
+    """The command line's choice for bars drawn by flows it runs in-process (``nowcast evaluate``);
+    None leaves it to whether stderr is a terminal."""
+    _COMMAND_LINE["bars"] = enabled
 
 
 @contextlib.contextmanager
@@ -30,11 +37,14 @@ def progress(description: str, total: int, done: Callable[[], int], *, enabled: 
         description: what is counted, e.g. "ingest frames".
         total: the count at the end.
         done: the count so far; an error reading it (a store not created yet) counts as no change.
-        enabled: the bar on stderr; None: only when stderr is a terminal.
+        enabled: the bar on stderr; None: as the command line chose (:func:`command_line_bars`), else
+            only when stderr is a terminal.
         console: a rich Console to draw on (default: stderr).
         artifact: inside a Prefect flow or task run, also keep a progress
             artifact of this key at the same percentage (the run's page in the UI).
     """
+    if enabled is None:
+        enabled = _COMMAND_LINE["bars"]
     if enabled is None:
         enabled = sys.stderr.isatty()
     with contextlib.ExitStack() as stack:

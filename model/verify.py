@@ -10,7 +10,7 @@ stored windows, not the scoring job: nothing is written to forecasts.zarr.)
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -70,8 +70,12 @@ def split_forecaster(models: str, name: str, version: str, windows: str) -> Fore
 
 def verify_split(windows: str, split: str, forecaster: Forecaster, name: str,
                  baselines: Sequence[str] = ("persistence",), max_samples: int | None = None,
-                 time_step_minutes: float | None = None) -> Verification:
-    """Verifies ``forecaster`` (called ``name``) and ``baselines`` on one split of windows.zarr."""
+                 time_step_minutes: float | None = None,
+                 on_samples: Callable[[int], None] | None = None) -> Verification:
+    """Verifies ``forecaster`` (called ``name``) and ``baselines`` on one split of windows.zarr.
+
+    ``on_samples`` is told the samples verified so far after each chunk (a progress count).
+    """
     store = WindowsStore(windows, split)
     t_out = store.sample_shapes[1][0]
     if time_step_minutes is None:
@@ -98,6 +102,8 @@ def verify_split(windows: str, split: str, forecaster: Forecaster, name: str,
                 wettest = wet
                 example = (truth, {source: fct[i] for source, fct in forecasts.items()})
         seen += len(inputs)
+        if on_samples is not None:
+            on_samples(seen)
     scores = {source: verification.skill_compute(state, time_step_minutes)
               for source, state in states.items()}
     return Verification(scores=scores, samples=seen, example=example)

@@ -221,3 +221,13 @@ def test_evaluate_scores_split_and_stored_forecasts_with_pictures(trained):
     assert set(out.pictures) >= {"test_scores", "test_maps", "stored_scores", "stored_maps"}
     for path in out.pictures.values():
         assert Path(path).read_bytes()[:8] == PNG
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    with get_client(sync_client=True) as client:  # the UI's progress of the split's verification (newest)
+        progress = client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=["evaluate-progress"])), sort=ArtifactSort.CREATED_DESC, limit=1)
+    assert progress
+    assert progress[0].type == "progress"
+    assert progress[0].data == 100.0
