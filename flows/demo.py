@@ -98,7 +98,16 @@ def demo_flow(workdir: str = "runs/demo", frames: int = 288, size: int = 128, ep
     stores = {"archive": archive, "windows": str(root / "windows.zarr"), "models": str(root / "models"),
               "forecasts": forecasts}
     print(f"backfilled {backfilled.scored} init times {start} .. {end}")
-    print("stores:\n" + "\n".join(f"  {name:10s} {path}" for name, path in stores.items()))
-    print("pictures:\n" + "\n".join(f"  {name:16s} {path}" for name, path in pictures.items()))
+    print(f"stores in {root}: " + ", ".join(_under(path, root) for path in stores.values()))
+    print(f"pictures in {root}:\n" + "\n".join(f"  {name:16s} {_under(path, root)}"
+                                               for name, path in pictures.items()))
     return DemoRun(stores=stores, pictures=pictures, version=trained.version, promoted=trained.promoted,
                    table=evaluated.table, backfilled=backfilled.scored)
+
+
+def _under(path: str, root: Path) -> str:
+    """``path`` relative to the demo's folder when it lies inside it."""
+    try:
+        return str(Path(path).resolve().relative_to(root.resolve()))
+    except ValueError:
+        return path
