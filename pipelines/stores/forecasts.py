@@ -328,10 +328,25 @@ def _set(target: zarr.Array, index: int, value: np.ndarray | np.bool_) -> None:
         target[index] = value
 
 
-def open_forecasts(url: str) -> xr.Dataset:
-    """The store as an xarray Dataset (lazy); only ``written`` init times hold trusted values."""
+def open_forecasts(url: str, attempts: int = 3) -> xr.Dataset:
+    """The store as an xarray Dataset (lazy); only ``written`` init times hold trusted values.
+
+    A writer grows the init_time axis one array after another, so a reader can
+    catch the arrays at different lengths: it reads again (``attempts`` times,
+    half a second apart), then says so.
+    """
     read_store_info(url)
-    ds = xr.open_zarr(zarr_store(url, read_only=True), consolidated=False, zarr_format=3)
+    for attempt in range(attempts):
+        try:
+            ds = xr.open_zarr(zarr_store(url, read_only=True), consolidated=False, zarr_format=3)
+            break
+        except ValueError as error:
+            if "conflicting sizes" not in str(error):
+                raise
+            if attempt == attempts - 1:
+                raise ForecastStoreError(f"{url} is being extended by a writer (its arrays differ in length "
+                                         f"along init_time: {error}); read it again in a moment") from error
+            time.sleep(0.5)
     if VALID_TIME not in ds.coords:  # a store created before valid_time was stored
         ds = ds.assign_coords({VALID_TIME: ds["init_time"] + ds["lead_time"]})
     return ds
