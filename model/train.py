@@ -223,11 +223,9 @@ def train(cfg: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callback] 
     keras.utils.set_random_seed(cfg.seed)
     tset = training_set(cfg)
     train_ds = data.make_dataset(tset.urls, "train", cfg.batch_size, normalizer=tset.normalizer,
-                                 seed=cfg.seed,
-                                 augment=cfg.augment, repeat=cfg.steps_per_epoch is not None, wet=cfg.wet)
-    # validated on the samples it trains on: as wet (a dry patch's loss says nothing about skill)
-    val_ds = (data.make_dataset(tset.val_urls, "val", cfg.batch_size, normalizer=tset.normalizer,
-                                shuffle=False, wet=cfg.wet) if tset.val_urls else None)
+                                 seed=cfg.seed, augment=cfg.augment, repeat=cfg.steps_per_epoch is not None,
+                                 wet=cfg.wet)
+    val_ds = validation_dataset(cfg, tset)
     gpus = gpu_count()
     strategy = contextlib.nullcontext()
     monitor = "val_loss" if val_ds is not None else "loss"
@@ -255,16 +253,24 @@ def train(cfg: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callback] 
     return register(cfg, tset, net, history, {**metrics, **val_metrics}, lead_scale, gpus)
 
 
+def validation_dataset(cfg: TrainConfig, tset: TrainingSet):
+    """The validation split in store order, None without one; as wet as training's samples (a dry
+    patch's loss says nothing about skill)."""
+    if not tset.val_urls:
+        return None
+    return data.make_dataset(tset.val_urls, "val", cfg.batch_size, normalizer=tset.normalizer, shuffle=False,
+                             wet=cfg.wet)
+
+
 def validate(cfg: TrainConfig, tset: TrainingSet, net: keras.Model) -> tuple[dict | None, dict[str, float]]:
     """Sets each lead's change weight on the validation split, then scores the result there.
 
     Returns the calibration (:func:`nowcast.model.calibration.calibrate`) and
     the compiled model's validation metrics, ``(None, {})`` without a split.
     """
-    if not tset.val_urls:
+    val_ds = validation_dataset(cfg, tset)
+    if val_ds is None:
         return None, {}
-    val_ds = data.make_dataset(tset.val_urls, "val", cfg.batch_size, normalizer=tset.normalizer,
-                               shuffle=False, wet=cfg.wet)
     lead_scale = calibration.calibrate(net, val_ds.as_numpy_iterator(), tset.normalizer,
                                        cfg.postprocessing == PROBABILITY_MATCHING)
     scores = net.evaluate(val_ds, verbose=0, return_dict=True)
