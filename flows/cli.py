@@ -29,7 +29,7 @@ from nowcast.flows.params import (
     TrainParams,
     WindowsParams,
 )
-from nowcast.flows.progress import command_line_bars, count_now, count_true, epochs_logged, progress
+from nowcast.flows.progress import command_line_bars, count_now, count_true, progress
 
 EXIT_BAD_INPUT = 2
 
@@ -107,11 +107,7 @@ def planned_chunks(params: WindowsParams) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from nowcast.flows.train import train_flow
 
-    params = params_from_args(TrainParams, args)
-    before = epochs_logged(params.workdir)
-    with progress("train epochs", params.epochs, lambda: epochs_logged(params.workdir) - before,
-                  enabled=_bars(args)):
-        run = local(train_flow)(params)
+    run = local(train_flow)(params_from_args(TrainParams, args))  # its fit task draws the epochs' bar
     print(run.table)
     print(f"{'promoted' if run.promoted else 'registered (not promoted)'} {run.path}")
     return 0

@@ -3,16 +3,15 @@
 A Beam job runs its work in worker processes, so its counters reach the
 command only when it ends; what it has written shows at once in the store's
 own flags (an archive's ``valid`` frames, a forecast store's ``written`` init
-times, a training run's epochs in its history). A background thread reads that
-count every second and moves a bar on stderr, and inside a flow run a Prefect
-progress artifact. Bars show on a terminal only, never with ``-q``.
+times); in-process counts (a training run's epochs) are read directly. A
+background thread reads that count every second and moves a bar on stderr, and
+inside a flow run a Prefect progress artifact. Bars show on a terminal only, never with ``-q``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
-import os
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -127,18 +126,4 @@ def count_now(read: Callable[[], Any]) -> int:
     try:
         return count_true(read)()
     except Exception:
-        return 0
-
-
-def epochs_logged(workdir: str) -> int:
-    """Epochs the training runs in a local ``workdir`` have logged (rows of Keras's ``history.csv``, one
-    per epoch); 0 before the first, and for a remote workdir (its log is on the worker's disk)."""
-    from nowcast.pipelines.stores.groups import is_local, local_path
-
-    if not is_local(workdir):
-        return 0
-    try:
-        with open(os.path.join(local_path(workdir), "history.csv")) as log:
-            return max(sum(1 for _ in log) - 1, 0)  # less the header
-    except OSError:
         return 0

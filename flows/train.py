@@ -109,8 +109,9 @@ def fit(params: TrainParams, workdir: Path) -> str:
                          augment=params.augment, seed=params.seed,
                          verbose=0, promote=False)
     log = _EpochLog()
-    with progress("train epochs", params.epochs, lambda: log.epochs, enabled=False,
-                  artifact=artifact_key("train-progress")):  # early stopping can end it short of 100 %
+    # a bar when the command line runs the flow and asked for bars, and the UI's artifact; early stopping
+    # can end both short of the total
+    with progress("train epochs", params.epochs, lambda: log.epochs, artifact=artifact_key("train-progress")):
         result = train(config, extra_callbacks=[log])
     get_run_logger().info("fitted %s in %.1f s", result.path, result.metrics["train_seconds"])
     return result.path
