@@ -5,7 +5,7 @@ training events and its test event) is held out in turn: cnn_lstm and
 convlstm train on the windows of the other four (70/30 train/validation split
 in time in each, as bench.skill) and forecast the held-out event's whole grid
 as the scoring job runs them, beside persistence, LK extrapolation, S-PROG and
-the models' untrained base (``matched_motion``). The fold that holds out
+the models' untrained base (``lagrangian_ar``). The fold that holds out
 MeteoSwiss 2016-07-11 is bench.skill's protocol with the larger recipe, and
 is trained with more seeds.
 
@@ -383,7 +383,7 @@ def score(work: Path, trained: Path, out: Path, quick: bool, stride: int | None)
             "checks": {"beats_extrapolation_every_lead": {n: skill.beats_every_lead(scores, n,
                                                                                      "extrapolation")
                                                           for n in models},
-                       "beats_own_base_every_lead": {n: skill.beats_every_lead(scores, n, "matched_motion")
+                       "beats_own_base_every_lead": {n: skill.beats_every_lead(scores, n, skill.OWN_BASE)
                                                      for n in models},
                        "beats_sprog_at_30": {n: bool(scores[n]["30"]["csi_1"]
                                                      > scores["sprog"]["30"]["csi_1"])

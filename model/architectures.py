@@ -35,7 +35,9 @@ semi-Lagrangian step of an extrapolation nowcast), and the last convolutions
 see that advected frame, so the network learns the growth, decay and
 smoothing along the motion, not the motion itself. The change head starts at
 zero, so an untrained model is exactly its base (persistence or the
-advection).
+advection). With ``lagrangian_ar=True`` the base is S-PROG's scale-wise
+AR(2) forecast along the same motion
+(:class:`~nowcast.model.layers.LagrangianAR`), and the network corrects that.
 
 Constraint: height and width must be divisible by ``2 ** len(filters)``,
 because each encoder level halves them and each decoder level doubles them
@@ -62,7 +64,16 @@ import keras
 from keras import layers
 
 from nowcast.errors import InputError
-from nowcast.model.layers import Advect, BoxMean, LastFrame, LeadScale, LeadSmooth, MatchMotion, RepeatLeads
+from nowcast.model.layers import (
+    Advect,
+    BoxMean,
+    LagrangianAR,
+    LastFrame,
+    LeadScale,
+    LeadSmooth,
+    MatchMotion,
+    RepeatLeads,
+)
 
 SMOOTHING = (5, 17)  # box sizes, in pixels, of the smoothed base frames the head sees
 SMOOTHING_LAYER = "lead_smoothing"
@@ -105,6 +116,10 @@ class ArchitectureConfig:
             motion (a patch's motion estimate is poorer near its edges than the
             whole grid's the forecaster uses, and a correction learnt there need
             not carry over).
+        lagrangian_ar: (with ``advection`` and ``t_in >= 3``) correct S-PROG's
+            scale-wise AR(2) forecast along the motion
+            (:class:`~nowcast.model.layers.LagrangianAR`, no weights) instead of
+            the advected last frame, which the head then sees beside it.
         target_channel: index of the target variable among the input channels.
     """
 
@@ -122,6 +137,7 @@ class ArchitectureConfig:
     advection: bool = False
     matched_motion: bool = False
     learned_motion: bool = True
+    lagrangian_ar: bool = False
     target_channel: int = 0
 
     def __post_init__(self) -> None:
@@ -146,6 +162,10 @@ class ArchitectureConfig:
             raise ArchitectureError(
                 "matched_motion=True needs advection=True and t_in >= 2: it estimates the motion "
                 "the advection uses from consecutive input frames")
+        if self.lagrangian_ar and not (self.advection and self.t_in >= 3):
+            raise ArchitectureError(
+                "lagrangian_ar=True needs advection=True and t_in >= 3: it steps each scale forward "
+                "from the last three frames moved along the motion")
         if not 0 <= self.target_channel < self.channels:
             raise ArchitectureError(
                 f"target_channel {self.target_channel} is not among the {self.channels} input channels"
@@ -210,12 +230,17 @@ def _head(cfg: ArchitectureConfig, inputs, frames, name: str, features) -> keras
                 motion = layers.Add(name="motion_total", dtype="float32")([motion, _motion(cfg, features)])
         else:
             motion = _motion(cfg, features)
-        base = Advect(cfg.t_out, cfg.target_channel, name="advection", dtype="float32")(inputs, motion)
+        advected = Advect(cfg.t_out, cfg.target_channel, name="advection", dtype="float32")(inputs, motion)
+        base = advected
+        if cfg.lagrangian_ar:
+            base = LagrangianAR(cfg.t_out, cfg.target_channel, name="lagrangian_ar", dtype="float32")(
+                inputs, motion)
     else:
         base = LastFrame(cfg.t_out, cfg.target_channel, name="persistence", dtype="float32")(inputs)
+        advected = base
     # the last convolutions see the base frame at full resolution (a skip past the coarse encoder), and
     # its box means over 5 and 17 pixels: growth, decay and scale-dependent smoothing along the motion
-    views = [frames, base]
+    views = [frames, base] if base is advected else [frames, base, advected]
     views += [BoxMean(size, name=f"smooth{size}")(base) for size in SMOOTHING]
     frames = layers.Concatenate(name="with_base")(views)
     frames = layers.TimeDistributed(layers.Conv2D(cfg.decoder_filters, k, padding="same", activation="relu"),

@@ -44,7 +44,7 @@ def _box_means(fields: np.ndarray, size: int) -> np.ndarray:
 
 
 def candidate_errors(outputs: np.ndarray, bases: np.ndarray, targets: np.ndarray, observed: np.ndarray,
-                     covered: np.ndarray, normalizer: Any, matching: bool,
+                     covered: np.ndarray, normalizer: Any, references: np.ndarray | None,
                      scales: Sequence[float] = SCALES, sizes: Sequence[int] = (1,)) -> np.ndarray:
     """Absolute physical errors summed per factor, box size and lead: ``(len(scales), len(sizes), t_out)``.
 
@@ -57,7 +57,8 @@ def candidate_errors(outputs: np.ndarray, bases: np.ndarray, targets: np.ndarray
         covered: where each sample's last input is observed, ``(b, y, x)``: the
             pixels probability matching works on.
         normalizer: the model's :class:`~nowcast.model.normalization.Normalizer`.
-        matching: apply probability matching to the base, as the model's scoring does.
+        references: the extrapolations whose value distribution each lead takes, as the
+            model's scoring gives it (probability matching), same shape; None: no matching.
         scales: the candidate factors of the change.
         sizes: the candidate box sizes the result is smoothed over (1: none).
 
@@ -66,7 +67,7 @@ def candidate_errors(outputs: np.ndarray, bases: np.ndarray, targets: np.ndarray
     >>> base, target = np.zeros((1, 1, 1, 2)), np.full((1, 1, 1, 2), 1.0)
     >>> change_overshoots = base + 4.0
     >>> candidate_errors(change_overshoots, base, target, np.ones_like(base), np.ones((1, 1, 2), bool),
-    ...                  identity, False, (0.0, 0.25, 1.0))[:, 0, 0].tolist()
+    ...                  identity, None, (0.0, 0.25, 1.0))[:, 0, 0].tolist()
     [2.0, 0.0, 6.0]
     """
     physical_targets = normalizer.denormalize(targets)
@@ -75,9 +76,9 @@ def candidate_errors(outputs: np.ndarray, bases: np.ndarray, targets: np.ndarray
         scaled = (bases + np.float32(scale) * (outputs - bases)).astype("float32")
         for z, size in enumerate(sizes):
             fields = _box_means(scaled, size).copy()
-            if matching:  # each lead of each sample takes its base's distribution, as in scoring
-                for sample, sample_bases, where in zip(fields, bases, covered, strict=True):
-                    for field, reference in zip(sample, sample_bases, strict=True):
+            if references is not None:  # each lead of each sample takes its extrapolation's distribution
+                for sample, sample_references, where in zip(fields, references, covered, strict=True):
+                    for field, reference in zip(sample, sample_references, strict=True):
                         match_distribution(field, reference, where)
             error = np.abs(normalizer.denormalize(fields) - physical_targets) * observed
             errors[s, z] = error.sum(axis=(0, 2, 3))
@@ -127,11 +128,11 @@ def calibrate(net: Any, batches: Iterable[tuple[np.ndarray, ...]], normalizer: A
     errors, counts = np.zeros((len(scales), len(sizes), layer.t_out)), np.zeros(layer.t_out)
     for inputs, targets, weights in batches:
         inputs, targets, weights = (np.asarray(a) for a in (inputs, targets, weights))
-        outputs, bases = (np.asarray(o, "float32")[..., 0] for o in predict(inputs))
+        outputs, bases, extrapolations = (np.asarray(o, "float32")[..., 0] for o in predict(inputs))
         covered = (inputs[:, -1, ..., -1] > 0.5 if normalizer.coverage
                    else np.ones((len(weights), *weights.shape[2:]), bool))
-        errors += candidate_errors(outputs, bases, targets[..., 0], weights, covered, normalizer, matching,
-                                   scales, sizes)
+        errors += candidate_errors(outputs, bases, targets[..., 0], weights, covered, normalizer,
+                                   extrapolations if matching else None, scales, sizes)
         counts += weights.sum(axis=(0, 2, 3))
     if not counts.any():
         return None

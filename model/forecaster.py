@@ -43,7 +43,8 @@ from nowcast.errors import InputError
 from nowcast.model.tiling import Tiling, WholeGrid
 
 PROBABILITY_MATCHING = "probability_matching"  # the metadata's ``postprocessing`` value that turns it on
-BASE_LAYERS = ("advection", "persistence")  # the layers whose output a residual model corrects
+BASE_LAYERS = ("lagrangian_ar", "advection", "persistence")  # what a residual model's change is added to
+EXTRAPOLATION_LAYERS = ("advection", "persistence")  # the extrapolation whose distribution matching gives
 
 
 class ForecastError(InputError):
@@ -118,7 +119,7 @@ class Forecaster:
             if count < size:
                 batch = np.concatenate([batch, np.zeros((size - count, *batch.shape[1:]), batch.dtype)])
             out = self._predict(batch)
-            if self._with_base:  # (k, 2, t_out, py, px): the forecast and its base
+            if self._with_base:  # (k, 3, t_out, py, px): the forecast, its base, the extrapolation
                 out = np.stack([np.asarray(o, dtype="float32")[..., 0] for o in out], axis=1)
             else:
                 out = np.asarray(out, dtype="float32")[..., 0]
@@ -153,7 +154,7 @@ class Forecaster:
         normalized = self.tiling.blend(tiles[:, 0] if self._with_base else tiles)[0]
         if self.probability_matching:
             last = window[-1, ..., self.channels.index(self.target)]
-            references = (self.tiling.blend(tiles[:, 1])[0] if self._with_base else
+            references = (self.tiling.blend(tiles[:, 2])[0] if self._with_base else
                           np.broadcast_to(self.normalizer.normalize(last, self.target), normalized.shape))
             covered = np.isfinite(last)
             for lead, reference in zip(normalized, references, strict=True):
@@ -189,13 +190,23 @@ def match_distribution(field: np.ndarray, reference: np.ndarray, where: np.ndarr
 
 
 def with_base(model: Any) -> Any:
-    """``model`` with a second output, the base its residual corrects (``BASE_LAYERS``); None without one."""
-    base = next((layer for layer in model.layers if layer.name in BASE_LAYERS), None)
-    if base is None:
+    """``model`` with two more outputs: the base its residual corrects and the extrapolation; None without.
+
+    The base (``BASE_LAYERS``) is what the learned change is added to; the
+    extrapolation (``EXTRAPOLATION_LAYERS``, the last frame moved along the
+    motion) is the distribution probability matching restores. They are the
+    same layer unless the model corrects S-PROG's scale-wise forecast
+    (``lagrangian_ar``), whose smoothed values are no distribution to match.
+    """
+    names = {layer.name for layer in model.layers}
+    base = next((name for name in BASE_LAYERS if name in names), None)
+    extrapolation = next((name for name in EXTRAPOLATION_LAYERS if name in names), None)
+    if base is None or extrapolation is None:
         return None
     import keras
 
-    return keras.Model(model.inputs, [model.outputs[0], base.output])
+    return keras.Model(model.inputs, [model.outputs[0], model.get_layer(base).output,
+                                      model.get_layer(extrapolation).output])
 
 
 def compiled_predict(net: Any):

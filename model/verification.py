@@ -15,8 +15,10 @@ categorical and continuous scores skip and FSS treats as below threshold.
 Baselines, on physical rain rates ``(t_in, y, x)`` with NaN outside coverage:
 :func:`persistence`, :func:`extrapolation` (pySTEPS Lucas-Kanade motion plus
 semi-Lagrangian advection of the last frame), :func:`sprog` (pySTEPS
-S-PROG on dBR) and :func:`matched_motion` (the models' own block-matched
-advection, without what they learn). The report helpers write a markdown table and PNG plots.
+S-PROG on dBR), :func:`matched_motion` (the models' own block-matched
+advection, without what they learn) and :func:`lagrangian_ar` (the base of
+models built with ``lagrangian_ar``: S-PROG's scale-wise AR(2) along that
+motion, probability-matched as their forecasts are). The report helpers write a markdown table and PNG plots.
 """
 
 from __future__ import annotations
@@ -160,17 +162,54 @@ def matched_motion(inputs: np.ndarray, t_out: int) -> np.ndarray:
     ``log1p`` space as the models do, without their learned correction: what
     the trained network adds shows against this.
     """
+    from nowcast.model.layers import Advect
+
+    frames, motion = _log_frames_and_motion(inputs)
+    return _rain(Advect(t_out)(frames, motion))
+
+
+def lagrangian_ar(inputs: np.ndarray, t_out: int) -> np.ndarray:
+    """The base of the ``lagrangian_ar`` models alone, on the whole grid (mm/h).
+
+    :class:`nowcast.model.layers.LagrangianAR` along the
+    :class:`~nowcast.model.layers.MatchMotion` motion, in ``log1p`` space,
+    then given the advected last frame's rain distribution inside coverage,
+    as the models' probability matching does: the model with no learned
+    change at all.
+    """
     from keras import ops
 
-    from nowcast.model.architectures import Advect, MatchMotion
+    from nowcast.model.forecaster import match_distribution
+    from nowcast.model.layers import Advect, LagrangianAR
+
+    frames, motion = _log_frames_and_motion(inputs)
+    forecast = ops.convert_to_numpy(LagrangianAR(t_out)(frames, motion))[0, ..., 0]
+    advected = ops.convert_to_numpy(Advect(t_out)(frames, motion))[0, ..., 0]
+    covered = np.isfinite(np.asarray(inputs)[-1])
+    for lead, reference in zip(forecast, advected, strict=True):
+        match_distribution(lead, reference, covered)
+    return _rain(forecast[None, ..., None])
+
+
+def _log_frames_and_motion(inputs: np.ndarray) -> tuple[np.ndarray, Any]:
+    """``log1p`` frames ``(1, t_in, y, x, 1)`` (NaN as dry) and their block-matched motion."""
+    from nowcast.model.layers import MatchMotion
 
     frames = np.log1p(_filled(inputs, 0.0)).astype("float32")[None, ..., None]
-    moved = ops.convert_to_numpy(Advect(t_out)(frames, MatchMotion()(frames)))[0, ..., 0]
-    return np.maximum(np.expm1(moved), 0.0).astype("float32")
+    return frames, MatchMotion()(frames)
+
+
+def _rain(forecast: Any) -> np.ndarray:
+    """A ``(1, t_out, y, x, 1)`` ``log1p`` forecast back to mm/h ``(t_out, y, x)``."""
+    from keras import ops
+
+    return np.maximum(np.expm1(ops.convert_to_numpy(forecast)[0, ..., 0]), 0.0).astype("float32")
+
+
 
 
 BASELINES = {"persistence": persistence, "extrapolation": extrapolation, "sprog": sprog,
-             "matched_motion": matched_motion}
+             "matched_motion": matched_motion, "lagrangian_ar": lagrangian_ar}
 
 
 def get_baseline(name: str):

@@ -22,12 +22,12 @@ EXPECTED_KEYS = {
               "windows_dask_cluster_mb_s", "windows_limit_mb_s", "score_dask_cluster_per_s",
               "predict_only_per_s"},
     "sources": {"radar_read", "synthetic_512_frames_per_s", "randn_512_frames_per_s"},
-    "skill": {"cnn_lstm", "convlstm", "matched_motion", "persistence", "extrapolation", "sprog", "split",
-              "training_events", "checks"},
+    "skill": {"cnn_lstm", "convlstm", "matched_motion", "lagrangian_ar", "persistence", "extrapolation",
+              "sprog", "split", "training_events", "checks"},
     "skill_loeo": {"folds", "recipe", "accelerator", "backend", "seed_spread_test_event",
                    "quantisation_max_error_mm_h"},
 }
-SOURCES = {"cnn_lstm", "convlstm", "matched_motion", "persistence", "extrapolation", "sprog"}
+SOURCES = {"cnn_lstm", "convlstm", "matched_motion", "lagrangian_ar", "persistence", "extrapolation", "sprog"}
 PER_LEAD = {"mae", "csi_0.5", "csi_1", "csi_5", "fss_1", "bias_0.1", "bias_1"}  # skill's scores per lead
 
 

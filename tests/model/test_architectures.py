@@ -113,6 +113,8 @@ def test_bad_names_and_options_are_refused():
         ArchitectureConfig(t_in=3, t_out=2, height=8, width=8, residual=False, advection=True)
     with pytest.raises(ArchitectureError, match="matched_motion=True needs advection=True"):
         ArchitectureConfig(t_in=3, t_out=2, height=8, width=8, matched_motion=True)
+    with pytest.raises(ArchitectureError, match="lagrangian_ar=True needs advection=True and t_in >= 3"):
+        ArchitectureConfig(t_in=2, t_out=2, height=8, width=8, advection=True, lagrangian_ar=True)
 
 
 @pytest.mark.slow
@@ -258,3 +260,67 @@ def test_untrained_matched_motion_model_is_an_extrapolation_nowcast(name):
     inner = (slice(None), slice(24, -24), slice(24, -24))
     assert np.abs(out[inner] - frames[4:][inner]).max() < 0.05
     assert np.abs(frames[3:4][:, 24:-24, 24:-24] - frames[4:][inner]).max() > 0.5
+
+
+def _levels_variance(frames: np.ndarray, level: int) -> np.ndarray:
+    """Variance over each ``(y, x)`` frame of one :func:`scale_levels` level."""
+    from nowcast.model.layers import scale_levels
+
+    return keras.ops.convert_to_numpy(scale_levels(frames))[..., level].var(axis=(1, 2))
+
+
+def test_scale_levels_sum_to_the_frame():
+    from nowcast.model.layers import scale_levels
+
+    frame = np.random.default_rng(5).gamma(1.0, 2.0, (2, 40, 36)).astype("float32")
+    levels = keras.ops.convert_to_numpy(scale_levels(frame))
+    assert levels.shape == (2, 40, 36, 6)
+    np.testing.assert_allclose(levels.sum(axis=-1), frame, atol=1e-4)
+
+
+def test_lagrangian_ar_carries_a_steady_translation_like_advection():
+    """Frames that only move: every scale stays correlated, so the forecast is the advected frame."""
+    from nowcast.model.layers import Advect, LagrangianAR
+
+    frames = _moving_field((2, -3), steps=7)[None, :4, :, :, None]
+    motion = np.broadcast_to(np.float32([2.0, -3.0]), (1, 64, 64, 2))
+    forecast = keras.ops.convert_to_numpy(LagrangianAR(3)(frames, motion))[0, ..., 0]
+    advected = keras.ops.convert_to_numpy(Advect(3)(frames, motion))[0, ..., 0]
+    inner = (slice(None), slice(24, -24), slice(24, -24))  # away from the edges the moved frames lack
+    assert np.abs(forecast[inner] - advected[inner]).max() < 0.05 * advected[inner].max()
+
+
+def test_lagrangian_ar_fades_the_scales_that_decorrelate_and_keeps_the_rest():
+    """A steady large-scale field under fine noise drawn anew each frame: the noise fades, the field stays."""
+    from scipy.ndimage import gaussian_filter
+
+    from nowcast.model.layers import LagrangianAR
+
+    rng = np.random.default_rng(6)
+    large = gaussian_filter(rng.normal(size=(96, 96)), 12).astype("float32")
+    large /= large.std()
+    frames = np.stack([large + 0.5 * rng.normal(size=large.shape).astype("float32") for _ in range(4)])
+    forecast = keras.ops.convert_to_numpy(
+        LagrangianAR(3)(frames[None, ..., None], np.zeros((1, 96, 96, 2), "float32")))[0, ..., 0]
+    fine_before, fine_after = _levels_variance(frames[-1:], 0)[0], _levels_variance(forecast, 0)
+    assert (fine_after < 0.05 * fine_before).all()  # uncorrelated pixel noise is gone at every lead
+    for lead in forecast:
+        assert np.corrcoef(lead.ravel(), large.ravel())[0, 1] > 0.97
+    noisy = np.corrcoef(frames[-1].ravel(), large.ravel())[0, 1]
+    assert noisy < 0.95  # the last frame itself is further from the field than the forecast
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_untrained_lagrangian_ar_model_is_its_base(name):
+    """With the change head zeroed, the model is S-PROG's scale-wise forecast along the matched motion."""
+    from nowcast.model.layers import LagrangianAR, MatchMotion
+
+    cfg = ArchitectureConfig(t_in=4, t_out=3, height=64, width=64, filters=(4,), lstm_units=4,
+                             decoder_filters=2, advection=True, matched_motion=True, lagrangian_ar=True)
+    model = build_model(name, cfg)
+    change = model.get_layer("to_target")
+    change.set_weights([np.zeros_like(w) for w in change.get_weights()])
+    frames = _moving_field((2, -4), steps=4)[None, ..., None]
+    out = keras.ops.convert_to_numpy(model(frames))[0, ..., 0]
+    expected = LagrangianAR(3)(frames, MatchMotion()(frames))
+    np.testing.assert_allclose(out, keras.ops.convert_to_numpy(expected)[0, ..., 0], atol=1e-6)

@@ -80,6 +80,29 @@ def test_probability_matching_is_applied_before_the_errors_are_counted():
     np.testing.assert_allclose(unsmoothed, 0.0, atol=1e-5)  # without matching, factor 1 would miss by +1
 
 
+def test_the_factor_scales_the_change_from_the_lagrangian_base_not_from_the_advected_frame():
+    """A model correcting S-PROG's scale-wise forecast: factor 0 is that forecast, whatever is matched to."""
+    rng = np.random.default_rng(2)
+    cfg = ArchitectureConfig(t_in=3, t_out=2, height=16, width=16, channels=2, filters=(4,), lstm_units=4,
+                             decoder_filters=2, advection=True, matched_motion=True, lagrangian_ar=True)
+    net = build_model("cnn_lstm", cfg)
+    head = net.get_layer("to_target")
+    head.set_weights([head.get_weights()[0], np.ones(1, "float32")])  # a change of +1 everywhere
+    inputs = rng.normal(size=(4, 3, 16, 16, 2)).astype("float32")
+    inputs[..., 1] = 1.0
+    import keras
+
+    parts = keras.Model(net.inputs, [net.get_layer(name).output for name in ("lagrangian_ar", "advection")])
+    base, advected = (np.asarray(p) for p in parts(inputs))
+    assert np.abs(base - advected).mean() > 0.1  # the two differ, so the test can tell them apart
+    normalizer = Normalizer(("precip",), "precip", STATS, coverage=True)
+    result = calibration.calibrate(net, [(inputs, base, np.ones(base.shape[:-1], "float32"))], normalizer,
+                                   matching=False)
+    assert result is not None
+    assert result["scales"] == [0.0, 0.0]
+    np.testing.assert_allclose(result["validation_mae"]["0.0"]["1"], 0.0, atol=1e-5)
+
+
 def test_models_without_a_change_or_without_batches_are_left_alone():
     normalizer = Normalizer(("precip",), "precip", STATS, coverage=True)
     plain = build_model("cnn_lstm", ArchitectureConfig(t_in=3, t_out=2, height=8, width=8, channels=2,

@@ -16,7 +16,7 @@ from nowcast.model.tiling import WholeGrid
 pytestmark = pytest.mark.xdist_group(__name__)  # its module fixture is built once, on one worker
 
 OPTIONS = {"filters": [4, 4], "lstm_units": 4, "decoder_filters": 2, "advection": True,
-           "matched_motion": True}
+           "matched_motion": True, "lagrangian_ar": True}
 
 
 @given(seed=st.integers(0, 1000), wet=st.floats(0.0, 1.0))
@@ -97,7 +97,7 @@ def test_unobserved_inputs_enter_as_dry_with_a_coverage_channel(trained):
 
 
 def test_probability_matching_gives_each_lead_the_distribution_of_the_extrapolation(trained):
-    """Each lead takes the values of the model's base (the last frame advected along its motion)."""
+    """Each lead takes the values of the last frame advected along the motion, not of the smoother base."""
     import keras
 
     models, version = trained

@@ -20,8 +20,10 @@ def _metadata() -> dict[str, object]:
 
 
 @pytest.fixture(params=[("cnn_lstm", {}), ("convlstm", {}), ("convlstm", {"advection": True}),
-                        ("cnn_lstm", {"advection": True, "matched_motion": True})],
-                ids=["cnn_lstm", "convlstm", "convlstm-advection", "cnn_lstm-matched-motion"])
+                        ("cnn_lstm", {"advection": True, "matched_motion": True}),
+                        ("convlstm", {"advection": True, "matched_motion": True, "lagrangian_ar": True})],
+                ids=["cnn_lstm", "convlstm", "convlstm-advection", "cnn_lstm-matched-motion",
+                     "convlstm-lagrangian-ar"])
 def saved(request, tmp_path):
     keras.utils.set_random_seed(0)
     name, options = request.param
