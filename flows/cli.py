@@ -30,6 +30,7 @@ from nowcast.flows.params import (
     WindowsParams,
 )
 from nowcast.flows.progress import command_line_bars, count_now, count_true, progress
+from nowcast.flows.stopping import stop_on_signals
 
 EXIT_BAD_INPUT = 2
 
@@ -129,7 +130,8 @@ def cmd_score(args: argparse.Namespace) -> int:
         raise InputError("--follow scores every new frame on the local runner: drop --start, --end and "
                          "--runner")
     stream = StreamSpec(scoring=scoring_spec(params), interval_s=args.interval, duration_s=args.duration)
-    print(run_stream(stream).summary())
+    with stop_on_signals("nowcast score --follow") as stop:
+        print(run_stream(stream, stop=stop).summary())
     return 0
 
 
@@ -217,8 +219,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
     spec = WatchSpec(archive=args.archive, directory=args.input, fmt=args.format,
                      interval_s=args.interval, duration_s=args.duration, time_step=args.time_step,
                      time_chunk=args.time_chunk)
-    result = run_watch(spec)
-    print(result.summary())
+    with stop_on_signals("nowcast watch") as stop:
+        print(run_watch(spec, stop=stop).summary())
     return 0
 
 
@@ -366,7 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--input", required=True, help="folder to watch")
     watch.add_argument("--format", required=True, help="knmi, bom, fmi, mch or odim")
     watch.add_argument("--interval", type=float, default=5.0, help="seconds between polls")
-    watch.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    watch.add_argument("--duration", type=float, default=None,
+                       help="stop after this many seconds (default: until Ctrl-C or SIGTERM, which stop it "
+                            "after the poll in progress)")
     watch.add_argument("--time-step", default=None, help="ISO 8601 step of a new archive")
     watch.add_argument("--time-chunk", type=int, default=24, help="frames per chunk of a new archive")
 
@@ -379,7 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="keep scoring every new frame as it arrives (the streaming scorer)")
     follow.add_argument("--interval", type=float, default=5.0, help="--follow: seconds between polls")
     follow.add_argument("--duration", type=float, default=None,
-                        help="--follow: stop after this many seconds (default: until stopped)")
+                        help="--follow: stop after this many seconds (default: until Ctrl-C or SIGTERM, "
+                             "which stop it once the init times in flight are written)")
     command("backfill", "forecast a historical range, chunk by chunk, resumable", cmd_backfill,
             BackfillParams)
     command("evaluate", "verify a model and the stored forecasts against baselines", cmd_evaluate,
