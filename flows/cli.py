@@ -23,6 +23,7 @@ from nowcast.errors import InputError
 from nowcast.flows.options import add_params, params_from_args
 from nowcast.flows.params import (
     BackfillParams,
+    DemoParams,
     EvaluateParams,
     IngestParams,
     ScoreParams,
@@ -257,8 +258,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from nowcast.flows.demo import demo_flow
 
-    demo_flow(workdir=args.workdir, frames=args.frames, size=args.size, epochs=args.epochs,
-              backfill_hours=args.backfill_hours, workers=args.workers)
+    demo_flow(**params_from_args(DemoParams, args).model_dump())  # checked before the demo starts
     return 0
 
 
@@ -414,14 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "damaged ones with the fix (exit 2 if any)", cmd_check)
     check.add_argument("store", help="store URL or path")
 
-    demo = command("demo", "the whole chain on synthetic data with local defaults", cmd_demo)
-    demo.add_argument("--workdir", default="runs/demo", help="where stores and pictures go")
-    demo.add_argument("--frames", type=int, default=288, help="synthetic frames (5-min steps)")
-    demo.add_argument("--size", type=int, default=128, help="grid size")
-    demo.add_argument("--epochs", type=int, default=4, help="training epochs (small model, CPU)")
-    demo.add_argument("--backfill-hours", type=float, default=3.0, help="hours of forecasts backfilled")
-    demo.add_argument("--workers", type=int, default=2,
-                      help="Beam worker processes for ingest and windows (1: in this process)")
+    command("demo", "the whole chain on synthetic data with local defaults", cmd_demo, DemoParams)
 
     serve = command("serve", "register the flows' deployments with PREFECT_API_URL and run them", cmd_serve)
     serve.add_argument("--workdir", default="runs/demo", help="where the stores are")

@@ -32,7 +32,14 @@ import apache_beam as beam
 
 from nowcast.pipelines.jobs.runners import RunnerOptions
 from nowcast.pipelines.jobs.scoring import ScoreInitTimes, plan
-from nowcast.pipelines.jobs.ticks import read_totals, registered, stop_condition, ticks, write_totals
+from nowcast.pipelines.jobs.ticks import (
+    read_totals,
+    registered,
+    stop_condition,
+    ticks,
+    timing_problem,
+    write_totals,
+)
 from nowcast.pipelines.plans.scoring import ScoringError, ScoringSpec
 from nowcast.pipelines.stores.lock import store_lock
 
@@ -58,10 +65,9 @@ class StreamSpec:
         if self.scoring.init_times is not None or self.scoring.end:
             raise ScoringError("a stream scores every new init time: drop init_times and end "
                                "(start may stay)")
-        if self.interval_s <= 0:
-            raise ScoringError(f"interval must be positive, got {self.interval_s}")
-        if self.duration_s is not None and self.duration_s <= 0:
-            raise ScoringError(f"duration must be positive, got {self.duration_s}")
+        problem = timing_problem(self.interval_s, self.duration_s)
+        if problem:
+            raise ScoringError(problem)
 
 
 @dataclasses.dataclass(frozen=True)

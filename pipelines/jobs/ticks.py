@@ -31,6 +31,9 @@ from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
 from apache_beam.transforms.periodicsequence import ImpulseSeqGenRestrictionProvider
 from apache_beam.utils.timestamp import MAX_TIMESTAMP, Timestamp
 
+MAX_INTERVAL_S = 86_400.0  # a day between polls: rarer polls are a schedule, not a stream
+MAX_DURATION_S = 366 * 86_400.0  # a year; a longer run leaves the duration out and is stopped by a signal
+
 StopCondition = Callable[[], bool]
 T = TypeVar("T")
 
@@ -94,6 +97,18 @@ class _TickUntil(beam.DoFn):
             watermark.set_watermark(max(due, watermark.current_watermark() or due))
             yield beam.window.TimestampedValue(at, due)
             index += 1
+
+
+def timing_problem(interval_s: float, duration_s: float | None) -> str | None:
+    """What is wrong with a stream's ``interval_s`` and ``duration_s`` (None if nothing), naming the flags
+    and the bounds."""
+    if not 0 < interval_s <= MAX_INTERVAL_S:  # NaN fails too
+        return (f"interval must be more than 0 and at most {MAX_INTERVAL_S:.0f} s (a day), got {interval_s} "
+                "(--interval)")
+    if duration_s is not None and not 0 < duration_s <= MAX_DURATION_S:
+        return (f"duration must be more than 0 and at most {MAX_DURATION_S:.0f} s (a year), got {duration_s} "
+                "(--duration); leave it out to run until Ctrl-C or SIGTERM")
+    return None
 
 
 def ticks(root: beam.Pipeline, interval_s: float, duration_s: float | None,

@@ -23,14 +23,23 @@ import apache_beam as beam
 
 from nowcast.pipelines.jobs.ingest import IngestSpec, check_item, ingest_items
 from nowcast.pipelines.jobs.runners import RunnerOptions
-from nowcast.pipelines.jobs.ticks import read_totals, registered, stop_condition, ticks, write_totals
+from nowcast.pipelines.jobs.ticks import (
+    read_totals,
+    registered,
+    stop_condition,
+    ticks,
+    timing_problem,
+    write_totals,
+)
 from nowcast.pipelines.plans.ingest import IngestError, frame_indices
 from nowcast.pipelines.sources import get_source
 from nowcast.pipelines.sources.base import SourceError, SourceItem
-from nowcast.pipelines.stores.archive import DEFAULT_TIME_CHUNK, read_info, valid_flags
+from nowcast.pipelines.stores.archive import DEFAULT_TIME_CHUNK, MAX_TIME_CHUNK, read_info, valid_flags
 from nowcast.pipelines.stores.groups import exists
 
 log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 1000  # polls a file may fail before it is rejected
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,10 +67,14 @@ class WatchSpec:
     max_attempts: int = 3
 
     def __post_init__(self) -> None:
-        if self.interval_s <= 0:
-            raise IngestError(f"interval must be positive, got {self.interval_s}")
-        if self.duration_s is not None and self.duration_s <= 0:
-            raise IngestError(f"duration must be positive, got {self.duration_s}")
+        problem = timing_problem(self.interval_s, self.duration_s)
+        if problem:
+            raise IngestError(problem)
+        if not 1 <= self.time_chunk <= MAX_TIME_CHUNK:
+            raise IngestError(f"time_chunk {self.time_chunk} must be 1..{MAX_TIME_CHUNK} frames per chunk; "
+                              f"the default {DEFAULT_TIME_CHUNK} suits 5-minute frames (--time-chunk)")
+        if not 1 <= self.max_attempts <= MAX_ATTEMPTS:
+            raise IngestError(f"max_attempts {self.max_attempts} must be 1..{MAX_ATTEMPTS} polls")
         get_source(self.fmt, directory=self.directory)
 
 

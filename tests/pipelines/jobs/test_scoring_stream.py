@@ -85,8 +85,13 @@ def test_stream_refuses_a_bounded_selection(tmp_path):
     spec = ScoringSpec(archive="a", forecasts="f", models="m", model=MODEL, end="2024-01-01")
     with pytest.raises(ScoringError, match="every new init time"):
         StreamSpec(spec)
-    with pytest.raises(ScoringError, match="interval"):
-        StreamSpec(ScoringSpec(archive="a", forecasts="f", models="m", model=MODEL), interval_s=0)
+    every = ScoringSpec(archive="a", forecasts="f", models="m", model=MODEL)
+    for interval in (0, float("inf"), float("nan"), 86_401):
+        with pytest.raises(ScoringError, match=r"interval must be more than 0 and at most 86400 s"):
+            StreamSpec(every, interval_s=interval)
+    for duration in (0, float("inf"), 366 * 86_400 + 1):  # inf once overflowed Beam's timestamp
+        with pytest.raises(ScoringError, match=r"leave it out to run until Ctrl-C or SIGTERM"):
+            StreamSpec(every, duration_s=duration)
 
 
 def test_a_stream_without_a_duration_ends_when_its_event_is_set(tmp_path):
