@@ -15,6 +15,8 @@ from __future__ import annotations
 import shutil
 import threading
 
+import pytest
+
 from nowcast.pipelines.jobs.runners import RunnerOptions
 from nowcast.pipelines.jobs.scoring import ScoringSpec
 from nowcast.pipelines.jobs.scoring import run as run_scoring
@@ -38,6 +40,9 @@ SPEC = WindowSpec(channels=("precip",), target="precip", t_in=3, t_out=2,
                   split=SplitSpec(block="PT30M", fractions=(0.6, 0.2, 0.2), method="contiguous"))
 
 
+@pytest.mark.fault("stores", "an ingest appending to the archive while a windows job and a scoring job "
+                   "read it", "each reader's store equals a serial run over one archive state, never a mix; "
+                   "the archive equals one ingest of every frame")
 def test_readers_during_an_ingest_write_what_a_serial_run_over_one_archive_state_writes(tmp_path):
     models = tmp_path / "models"
     save_tiny_model(models, make_archive(str(tmp_path / "full.zarr"), FRAMES, SIZE, CHUNK),
