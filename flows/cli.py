@@ -23,6 +23,7 @@ from nowcast.errors import InputError
 from nowcast.flows.options import add_params, params_from_args
 from nowcast.flows.params import (
     BackfillParams,
+    DemoParams,
     EvaluateParams,
     IngestParams,
     ScoreParams,
@@ -30,6 +31,7 @@ from nowcast.flows.params import (
     WindowsParams,
 )
 from nowcast.flows.progress import command_line_bars, count_now, count_true, progress
+from nowcast.flows.stopping import stop_on_signals
 
 EXIT_BAD_INPUT = 2
 
@@ -129,7 +131,8 @@ def cmd_score(args: argparse.Namespace) -> int:
         raise InputError("--follow scores every new frame on the local runner: drop --start, --end and "
                          "--runner")
     stream = StreamSpec(scoring=scoring_spec(params), interval_s=args.interval, duration_s=args.duration)
-    print(run_stream(stream).summary())
+    with stop_on_signals("nowcast score --follow") as stop:
+        print(run_stream(stream, stop=stop).summary())
     return 0
 
 
@@ -217,8 +220,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
     spec = WatchSpec(archive=args.archive, directory=args.input, fmt=args.format,
                      interval_s=args.interval, duration_s=args.duration, time_step=args.time_step,
                      time_chunk=args.time_chunk)
-    result = run_watch(spec)
-    print(result.summary())
+    with stop_on_signals("nowcast watch") as stop:
+        print(run_watch(spec, stop=stop).summary())
     return 0
 
 
@@ -255,8 +258,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from nowcast.flows.demo import demo_flow
 
-    demo_flow(workdir=args.workdir, frames=args.frames, size=args.size, epochs=args.epochs,
-              backfill_hours=args.backfill_hours, workers=args.workers)
+    demo_flow(**params_from_args(DemoParams, args).model_dump())  # checked before the demo starts
     return 0
 
 
@@ -366,7 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--input", required=True, help="folder to watch")
     watch.add_argument("--format", required=True, help="knmi, bom, fmi, mch or odim")
     watch.add_argument("--interval", type=float, default=5.0, help="seconds between polls")
-    watch.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    watch.add_argument("--duration", type=float, default=None,
+                       help="stop after this many seconds (default: until Ctrl-C or SIGTERM, which stop it "
+                            "after the poll in progress)")
     watch.add_argument("--time-step", default=None, help="ISO 8601 step of a new archive")
     watch.add_argument("--time-chunk", type=int, default=24, help="frames per chunk of a new archive")
 
@@ -379,7 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="keep scoring every new frame as it arrives (the streaming scorer)")
     follow.add_argument("--interval", type=float, default=5.0, help="--follow: seconds between polls")
     follow.add_argument("--duration", type=float, default=None,
-                        help="--follow: stop after this many seconds (default: until stopped)")
+                        help="--follow: stop after this many seconds (default: until Ctrl-C or SIGTERM, "
+                             "which stop it once the init times in flight are written)")
     command("backfill", "forecast a historical range, chunk by chunk, resumable", cmd_backfill,
             BackfillParams)
     command("evaluate", "verify a model and the stored forecasts against baselines", cmd_evaluate,
@@ -409,14 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "damaged ones with the fix (exit 2 if any)", cmd_check)
     check.add_argument("store", help="store URL or path")
 
-    demo = command("demo", "the whole chain on synthetic data with local defaults", cmd_demo)
-    demo.add_argument("--workdir", default="runs/demo", help="where stores and pictures go")
-    demo.add_argument("--frames", type=int, default=288, help="synthetic frames (5-min steps)")
-    demo.add_argument("--size", type=int, default=128, help="grid size")
-    demo.add_argument("--epochs", type=int, default=4, help="training epochs (small model, CPU)")
-    demo.add_argument("--backfill-hours", type=float, default=3.0, help="hours of forecasts backfilled")
-    demo.add_argument("--workers", type=int, default=2,
-                      help="Beam worker processes for ingest and windows (1: in this process)")
+    command("demo", "the whole chain on synthetic data with local defaults", cmd_demo, DemoParams)
 
     serve = command("serve", "register the flows' deployments with PREFECT_API_URL and run them", cmd_serve)
     serve.add_argument("--workdir", default="runs/demo", help="where the stores are")

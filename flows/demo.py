@@ -20,7 +20,14 @@ from prefect import flow, get_run_logger, task
 from nowcast.flows.evaluate import evaluate_flow
 from nowcast.flows.forecast import backfill_flow
 from nowcast.flows.ingest import ingest_flow
-from nowcast.flows.params import ROOTS_ENV, BackfillParams, EvaluateParams, IngestParams, TrainParams
+from nowcast.flows.params import (
+    ROOTS_ENV,
+    BackfillParams,
+    DemoParams,
+    EvaluateParams,
+    IngestParams,
+    TrainParams,
+)
 from nowcast.flows.train import train_flow
 from nowcast.flows.views import archive_summary, plot_frames
 from nowcast.pipelines.stores.archive import read_info
@@ -62,6 +69,8 @@ def demo_flow(workdir: str = "runs/demo", frames: int = 288, size: int = 128, ep
 
     ``workers`` Beam worker processes run ingest and windows (1: in this process).
     """
+    DemoParams(workdir=workdir, frames=frames, size=size, epochs=epochs, backfill_hours=backfill_hours,
+               workers=workers)  # every bound checked before the first step, not when its step comes
     logger = get_run_logger()
     runner = {"kind": "multiprocess", "workers": workers} if workers > 1 else {"kind": "inmemory"}
     root = Path(workdir).resolve()

@@ -91,6 +91,7 @@ def add_params(parser: argparse.ArgumentParser, model: type[BaseModel], *, skip:
             kwargs["action"] = argparse.BooleanOptionalAction
         elif typing.get_origin(annotation) is list:
             (item,) = typing.get_args(annotation)
+            item, _ = _optional(item)  # an item's own bounds (Annotated) are the form's to check
             kwargs["type"], kwargs["choices"] = _scalar(item, optional=False)
             kwargs["nargs"] = "+"
         else:

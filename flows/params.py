@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from nowcast.errors import InputError
 from nowcast.pipelines.stores.groups import is_local, local_path
+from nowcast.pipelines.stores.timeaxis import DEFAULT_TIME_CHUNK, MAX_TIME_CHUNK
 
 if TYPE_CHECKING:  # Beam is imported when a job runs, not when a form or the command line is built
     from nowcast.pipelines.jobs.runners import RunnerOptions
@@ -104,6 +105,12 @@ def parse_time(value: str, name: str) -> np.datetime64:
 
 
 StoreUrl = Annotated[str, Field(min_length=1)]
+# bounds shared by several forms, so a typo cannot start work no memory, disk or lifetime holds
+MAX_SEED = 2**32 - 1  # NumPy's legacy seeding, which Keras's set_random_seed uses, takes no more
+MAX_SYNTHETIC_FRAMES = 100_000  # about a year of 5-minute frames
+MAX_GRID_SIZE = 4096
+MAX_EPOCHS = 1000
+MAX_WORKERS = 256
 
 
 class Runner(BaseModel):
@@ -114,7 +121,7 @@ class Runner(BaseModel):
     kind: Literal["inmemory", "multiprocess", "dask", "beam"] = Field(
         "inmemory", description="inmemory: one process; multiprocess: `workers` processes; dask: a cluster; "
                                 "beam: any Beam runner, named and configured by `beam_args`")
-    workers: int = Field(2, ge=1, le=256, description="worker processes for multiprocess")
+    workers: int = Field(2, ge=1, le=MAX_WORKERS, description="worker processes for multiprocess")
     dask_address: str | None = Field(None, description="scheduler address for dask, e.g. tcp://host:8786")
     beam_args: list[str] = Field(default_factory=list,
                                  description="Beam pipeline flags, passed through unchanged, e.g. "
@@ -182,12 +189,14 @@ class IngestParams(_Stores):
                     "searched recursively; only files not yet in the archive are ingested (leave empty "
                     "to use the synthetic generator)")
     format: str = Field("auto", description="knmi, bom, fmi, mch, odim, netcdf, or auto (from the files)")
-    synthetic_frames: int = Field(48, ge=1, le=100_000, description="synthetic: number of 5-minute frames")
-    synthetic_size: int = Field(64, ge=8, le=4096, description="synthetic: grid size (square)")
+    synthetic_frames: int = Field(48, ge=1, le=MAX_SYNTHETIC_FRAMES,
+                                  description="synthetic: number of 5-minute frames")
+    synthetic_size: int = Field(64, ge=8, le=MAX_GRID_SIZE, description="synthetic: grid size (square)")
     synthetic_start: str = Field("2024-01-01T00:00", description="synthetic: time of the first frame")
     synthetic_density: float = Field(2.0, gt=0, le=1000, description="synthetic: rain cells per 100x100 px")
-    seed: int = Field(0, ge=0, description="synthetic: random seed")
-    time_chunk: int = Field(24, ge=1, le=10_000, description="frames per chunk of a new archive")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="synthetic: random seed")
+    time_chunk: int = Field(DEFAULT_TIME_CHUNK, ge=1, le=MAX_TIME_CHUNK,
+                            description="frames per chunk of a new archive")
     runner: Runner = Field(default_factory=Runner)
 
     @model_validator(mode="after")
@@ -239,16 +248,18 @@ class TrainParams(WindowsParams):
     workdir: StoreUrl = Field(f"{DEFAULT_WORKDIR}/train", description="checkpoints, logs, pictures")
     architecture: Literal["cnn_lstm", "convlstm"] = Field(
         "convlstm", description="model architecture (convlstm learns motion from little data)")
-    filters: list[int] = Field([8, 16], min_length=1, max_length=5, description="encoder filters per level")
+    filters: list[Annotated[int, Field(ge=1, le=1024)]] = Field(
+        [8, 16], min_length=1, max_length=5, description="encoder filters per level")
     lstm_units: int = Field(16, ge=1, le=1024, description="recurrent width")
-    epochs: int = Field(3, ge=1, le=1000, description="maximum epochs")
-    steps_per_epoch: int | None = Field(None, ge=1, description="batches per epoch (empty: whole split)")
+    epochs: int = Field(3, ge=1, le=MAX_EPOCHS, description="maximum epochs")
+    steps_per_epoch: int | None = Field(None, ge=1, le=100_000,
+                                        description="batches per epoch (empty: whole split)")
     batch_size: int = Field(8, ge=1, le=1024, description="samples per batch")
     learning_rate: float = Field(2e-3, gt=0, le=1, description="Adam learning rate")
     loss: Literal["mae", "mse", "log_cosh", "intensity_weighted_mse"] = Field(
         "mae", description="training loss, in normalised (log) space (nowcast.model.losses)")
     augment: bool = Field(False, description="random flips and rotations of training samples")
-    seed: int = Field(0, ge=0, description="random seed")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="random seed")
     promote: Literal["if_better", "always", "never"] = Field(
         "if_better", description="if_better: latest moves to the new version only when it beats LK "
                                  "extrapolation; always: a planned roll-out (the report still says by how "
@@ -340,3 +351,18 @@ class EvaluateParams(_ModelChoice):
     workdir: StoreUrl = Field(f"{DEFAULT_WORKDIR}/evaluate", description="where tables and PNGs go")
     archive: StoreUrl | None = Field(None, description="archive.zarr; with forecasts, also scores those")
     forecasts: StoreUrl | None = Field(None, description="forecasts.zarr to verify against the archive")
+
+
+class DemoParams(BaseModel):
+    """The demo's options (``nowcast demo``), each bounded as the form it feeds is, and checked before the
+    demo does anything (an epoch count past the train form's bound once failed only after the ingest)."""
+
+    model_config = ConfigDict(extra="forbid")
+    workdir: str = Field(DEFAULT_WORKDIR, min_length=1, description="where stores and pictures go")
+    frames: int = Field(288, ge=1, le=MAX_SYNTHETIC_FRAMES,
+                        description="synthetic frames (5-min steps)")
+    size: int = Field(128, ge=16, le=MAX_GRID_SIZE, description="grid size")
+    epochs: int = Field(4, ge=1, le=MAX_EPOCHS, description="training epochs (small model, CPU)")
+    backfill_hours: float = Field(3.0, gt=0, le=10_000, description="hours of forecasts backfilled")
+    workers: int = Field(2, ge=1, le=MAX_WORKERS,
+                         description="Beam worker processes for ingest and windows (1: in this process)")

@@ -43,6 +43,8 @@ import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
+from nowcast.errors import InputError
+
 STATE_FILE = "stack.json"
 BUCKET = "nowcast"
 POOL = "local-process"
@@ -52,6 +54,9 @@ DEPLOYMENTS = ("ingest_flow/scheduled", "forecast_flow/scheduled-cpu", "backfill
 REPO = Path(__file__).resolve().parents[1]
 DUMMY_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "nowcast-stack", "AWS_SECRET_ACCESS_KEY": "nowcast-stack",
                      "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+MAX_DASK_WORKERS = 64
 
 
 class StackError(RuntimeError):
@@ -239,6 +244,9 @@ def wait_for_workers(address: str, workers: int, timeout_s: float = 120.0) -> No
 
 def up(folder: str | Path = "runs/stack", workers: int = 2) -> dict[str, object]:
     """Starts the stack (see the module docstring); returns its state, also written to ``stack.json``."""
+    if not 1 <= workers <= MAX_DASK_WORKERS:  # before any service starts
+        raise InputError(f"--workers {workers} must be 1..{MAX_DASK_WORKERS} dask worker processes (one "
+                         "per core is the most that helps on one machine)")
     root = Path(folder).resolve()
     root.mkdir(parents=True, exist_ok=True)
     if (root / STATE_FILE).exists():

@@ -9,6 +9,8 @@ import numpy as np
 from nowcast.errors import InputError
 from nowcast.pipelines.stores.archive import VALID, open_archive, read_info
 
+MAX_SHOWN_FRAMES = 48  # frames in one picture (four hours of 5-minute frames)
+
 
 def archive_summary(url: str) -> str:
     """A few lines a user reads after an ingest: extent, grid, completeness, values."""
@@ -116,6 +118,9 @@ def show(url: str, path: str | Path, *, time: str | None = None, count: int = 6,
     from nowcast.pipelines.stores.groups import open_group
 
     path = Path(path)
+    if not 1 <= count <= MAX_SHOWN_FRAMES:  # 0 once showed every frame of the archive
+        raise InputError(f"--frames {count} must be 1..{MAX_SHOWN_FRAMES} (the frames in one picture); "
+                         "show a longer stretch as several pictures with --time")
     if path.suffix.lower() not in (".png", ".gif"):
         raise InputError(f"{path} must end in .png or .gif (the picture's format)")
     if WRITTEN not in open_group(url):  # not a forecast store: an archive (open_archive checks it is one)

@@ -50,11 +50,13 @@ from nowcast.pipelines.sources.base import Source, SourceError, SourceItem, sort
 from nowcast.pipelines.stores.archive import (
     DEFAULT_TIME_CHUNK,
     FRAME_DIMS,
+    MAX_TIME_CHUNK,
     VALID,
     ArchiveError,
     ArchiveInfo,
     FieldSpec,
     InterruptedExtensionError,
+    check_chunk_size,
     create_archive,
     extend_time,
     read_info,
@@ -125,8 +127,9 @@ class IngestSpec:
     def __post_init__(self) -> None:
         if self.repair and self.overwrite:
             raise IngestError("give --repair or --overwrite, not both: --repair rewrites only damaged chunks")
-        if self.time_chunk < 1:
-            raise IngestError(f"time_chunk must be at least 1, got {self.time_chunk}")
+        if not 1 <= self.time_chunk <= MAX_TIME_CHUNK:
+            raise IngestError(f"time_chunk {self.time_chunk} must be 1..{MAX_TIME_CHUNK} frames per chunk; "
+                              f"the default {DEFAULT_TIME_CHUNK} suits 5-minute frames (--time-chunk)")
         if self.time_step is not None:
             parse_time_step(self.time_step)
 
@@ -371,6 +374,16 @@ def run(spec: IngestSpec, runner: RunnerOptions | None = None) -> IngestResult:
     return ingest_items(spec, items, runner or RunnerOptions())
 
 
+def check_new_chunks(spec: IngestSpec, first: SourceItem) -> None:
+    """Refuses a new archive whose chunks a writer could not hold in memory, before any frame is checked
+    (an unreadable first item is left to the batch's check, which reports every bad file)."""
+    try:
+        shape = spec.spatial_chunks or spec.source.read_grid(first).shape
+    except SourceError:
+        return
+    check_chunk_size(spec.time_chunk, shape)
+
+
 def ingest_items(spec: IngestSpec, items: Sequence[SourceItem],
                  runner: RunnerOptions | None) -> IngestResult:
     """Checks, prepares and writes ``items``; in this process when ``runner`` is None."""
@@ -382,6 +395,8 @@ def ingest_items(spec: IngestSpec, items: Sequence[SourceItem],
         info = _existing_info(spec.archive)
         check_fields(info, fields)
         frame_indices(items, info.start, info.time_step)
+    else:
+        check_new_chunks(spec, items[0])
     if spec.needs_check:
         all_nan = check_batch(spec, items, fields, runner)
         if all_nan:

@@ -13,24 +13,33 @@ not emitted again) and skips what is ``written`` (an init time finished
 before a restart is not scored again); a restart after a crash re-emits only
 init times whose flag never landed. Totals go to a small status file, not
 Beam metrics (the FnApiRunner's metric merging recurses once per impulse in
-long streams). With ``duration_s`` the stream is bounded, which is how it is
-tested.
+long streams). The stream ends after ``duration_s``, or as soon as its
+``stop`` event is set or its ``stop`` condition holds for the running totals
+(:mod:`nowcast.pipelines.jobs.ticks`); what it emitted is written before it
+returns.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import tempfile
-import time
+import threading
+from collections.abc import Callable
 
 import apache_beam as beam
-from apache_beam.transforms.periodicsequence import PeriodicImpulse
 
 from nowcast.pipelines.jobs.runners import RunnerOptions
 from nowcast.pipelines.jobs.scoring import ScoreInitTimes, plan
+from nowcast.pipelines.jobs.ticks import (
+    read_totals,
+    registered,
+    stop_condition,
+    ticks,
+    timing_problem,
+    write_totals,
+)
 from nowcast.pipelines.plans.scoring import ScoringError, ScoringSpec
 from nowcast.pipelines.stores.lock import store_lock
 
@@ -56,10 +65,9 @@ class StreamSpec:
         if self.scoring.init_times is not None or self.scoring.end:
             raise ScoringError("a stream scores every new init time: drop init_times and end "
                                "(start may stay)")
-        if self.interval_s <= 0:
-            raise ScoringError(f"interval must be positive, got {self.interval_s}")
-        if self.duration_s is not None and self.duration_s <= 0:
-            raise ScoringError(f"duration must be positive, got {self.duration_s}")
+        problem = timing_problem(self.interval_s, self.duration_s)
+        if problem:
+            raise ScoringError(problem)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +79,7 @@ class StreamResult:
         return f"{self.polls} polls, {self.emitted} init times emitted for scoring"
 
 
+ZEROS = {"polls": 0, "emitted": 0}
 MAX_FAILED_POLLS = 10  # consecutive polls whose planning failed before the stream gives up
 
 
@@ -99,28 +108,25 @@ class _Poll(beam.DoFn):
         self.polls += 1
         for task in tasks:
             self.emitted.update(task.indices)
-        tmp = f"{self.status_path}.tmp"
-        with open(tmp, "w") as handle:
-            json.dump({"polls": self.polls, "emitted": len(self.emitted)}, handle)
-        os.replace(tmp, self.status_path)
+        write_totals(self.status_path, {"polls": self.polls, "emitted": len(self.emitted)})
         if tasks:
             log.info("stream: %d new init times", sum(len(t.indices) for t in tasks))
         yield from tasks
 
 
-def build(root: beam.Pipeline, spec: StreamSpec, status_path: str, events_path: str | None = None):
-    """The streaming graph: impulse -> poll -> read -> RunInference -> write."""
+def build(root: beam.Pipeline, spec: StreamSpec, status_path: str, events_path: str | None = None,
+          stop_key: str | None = None):
+    """The streaming graph: tick -> poll -> read -> RunInference -> write."""
     model, _, _ = plan(spec.scoring)  # creates the store and fixes the model version for the run
     scoring = dataclasses.replace(spec.scoring, version=model.version)
-    now = time.time()
-    stop = now + spec.duration_s if spec.duration_s else float("inf")
-    impulse = PeriodicImpulse(start_timestamp=now, stop_timestamp=stop, fire_interval=spec.interval_s)
-    tasks = root | "Impulse" >> impulse | "Poll" >> beam.ParDo(_Poll(scoring, status_path))
+    tasks = (ticks(root, spec.interval_s, spec.duration_s, stop_key)
+             | "Poll" >> beam.ParDo(_Poll(scoring, status_path)))
     return tasks | "Score" >> ScoreInitTimes(scoring, model, events_path)
 
 
-def run_stream(spec: StreamSpec, events_path: str | None = None) -> StreamResult:
-    """Runs the stream on the local runner until ``duration_s`` passes (or forever).
+def run_stream(spec: StreamSpec, events_path: str | None = None,
+               stop: threading.Event | Callable[[StreamResult], bool] | None = None) -> StreamResult:
+    """Runs the stream on the local runner until ``duration_s`` passes (or forever), or it is stopped.
 
     The stream holds the forecast store's writers' lock while it runs
     (:mod:`nowcast.pipelines.stores.lock`): a batch run into the same store
@@ -130,17 +136,21 @@ def run_stream(spec: StreamSpec, events_path: str | None = None) -> StreamResult
         spec: the stream.
         events_path: if given, one JSON line per written init time is appended there
             (``init_index``, the worker's ``pid``, and the ``time`` it was written, Unix seconds).
+        stop: an Event that ends the stream once set, or a condition over the running totals
+            (checked before every poll) that ends it once true, e.g.
+            ``lambda totals: totals.emitted >= 24``. Init times already emitted are written first.
     """
     runner, options = RunnerOptions(kind="inmemory", extra_args=("--streaming",)).build()
     # the stream is the forecast store's one writer for as long as it runs
     with store_lock(spec.scoring.forecasts, "scoring stream"), \
             tempfile.TemporaryDirectory(prefix="nowcast-score-stream-") as state:
         status_path = os.path.join(state, "status.json")
-        pipeline = beam.Pipeline(runner=runner, options=options)
-        build(pipeline, spec, status_path, events_path)
-        pipeline.run().wait_until_finish()
-        totals = {"polls": 0, "emitted": 0}
-        if os.path.exists(status_path):
-            with open(status_path) as handle:
-                totals.update(json.load(handle))
-    return StreamResult(polls=totals["polls"], emitted=totals["emitted"])
+
+        def totals() -> StreamResult:
+            return StreamResult(**read_totals(status_path, ZEROS))
+
+        with registered(stop_condition(stop, totals)) as stop_key:
+            pipeline = beam.Pipeline(runner=runner, options=options)
+            build(pipeline, spec, status_path, events_path, stop_key)
+            pipeline.run().wait_until_finish()
+        return totals()

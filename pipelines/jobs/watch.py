@@ -5,31 +5,41 @@ folder, picks the frames that are not yet valid in the archive and ingests
 them with the same plain functions as the batch job (in the worker, no nested
 pipeline). A file that cannot be read yet (still being copied) is retried on
 the next polls and rejected, with a warning, after ``max_attempts``; a file
-that fails its checks never blocks the good ones. With ``duration_s`` the
-stream is bounded, which is how it is tested.
+that fails its checks never blocks the good ones. The watch ends after
+``duration_s``, or as soon as its ``stop`` event is set or its ``stop``
+condition holds for the running totals (:mod:`nowcast.pipelines.jobs.ticks`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import tempfile
-import time
+import threading
+from collections.abc import Callable
 
 import apache_beam as beam
-from apache_beam.transforms.periodicsequence import PeriodicImpulse
 
 from nowcast.pipelines.jobs.ingest import IngestSpec, check_item, ingest_items
 from nowcast.pipelines.jobs.runners import RunnerOptions
+from nowcast.pipelines.jobs.ticks import (
+    read_totals,
+    registered,
+    stop_condition,
+    ticks,
+    timing_problem,
+    write_totals,
+)
 from nowcast.pipelines.plans.ingest import IngestError, frame_indices
 from nowcast.pipelines.sources import get_source
 from nowcast.pipelines.sources.base import SourceError, SourceItem
-from nowcast.pipelines.stores.archive import DEFAULT_TIME_CHUNK, read_info, valid_flags
+from nowcast.pipelines.stores.archive import DEFAULT_TIME_CHUNK, MAX_TIME_CHUNK, read_info, valid_flags
 from nowcast.pipelines.stores.groups import exists
 
 log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 1000  # polls a file may fail before it is rejected
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,10 +67,14 @@ class WatchSpec:
     max_attempts: int = 3
 
     def __post_init__(self) -> None:
-        if self.interval_s <= 0:
-            raise IngestError(f"interval must be positive, got {self.interval_s}")
-        if self.duration_s is not None and self.duration_s <= 0:
-            raise IngestError(f"duration must be positive, got {self.duration_s}")
+        problem = timing_problem(self.interval_s, self.duration_s)
+        if problem:
+            raise IngestError(problem)
+        if not 1 <= self.time_chunk <= MAX_TIME_CHUNK:
+            raise IngestError(f"time_chunk {self.time_chunk} must be 1..{MAX_TIME_CHUNK} frames per chunk; "
+                              f"the default {DEFAULT_TIME_CHUNK} suits 5-minute frames (--time-chunk)")
+        if not 1 <= self.max_attempts <= MAX_ATTEMPTS:
+            raise IngestError(f"max_attempts {self.max_attempts} must be 1..{MAX_ATTEMPTS} polls")
         get_source(self.fmt, directory=self.directory)
 
 
@@ -86,12 +100,11 @@ def pending_items(items: list[SourceItem], archive: str) -> list[SourceItem]:
             if index >= len(valid) or not valid[index]]
 
 
-class _Poll(beam.DoFn):
-    """On each impulse: list the folder, ingest what is new, record running totals.
+ZEROS = {"polls": 0, "frames_written": 0, "files_rejected": 0}
 
-    The totals go to a small JSON status file (replaced atomically) rather than
-    Beam metrics: the FnApiRunner's metric merging recurses once per impulse.
-    """
+
+class _Poll(beam.DoFn):
+    """On each tick: list the folder, ingest what is new, record running totals in the status file."""
 
     def __init__(self, spec: WatchSpec, status_path: str) -> None:
         self.spec = spec
@@ -100,17 +113,14 @@ class _Poll(beam.DoFn):
     def setup(self) -> None:
         self.failures: dict[str, int] = {}
         self.given_up: set[str] = set()
-        self.totals = {"polls": 0, "frames_written": 0, "files_rejected": 0}
+        self.totals = dict(ZEROS)
 
     def process(self, _tick: float):
         written = poll_once(self.spec, self.failures, self.given_up)
         self.totals.update(polls=self.totals["polls"] + 1,
                            frames_written=self.totals["frames_written"] + written,
                            files_rejected=len(self.given_up))
-        tmp = f"{self.status_path}.tmp"
-        with open(tmp, "w") as handle:
-            json.dump(self.totals, handle)
-        os.replace(tmp, self.status_path)
+        write_totals(self.status_path, self.totals)
         yield written
 
 
@@ -150,24 +160,32 @@ def poll_once(spec: WatchSpec, failures: dict[str, int], given_up: set[str]) -> 
     return result.frames_written
 
 
-def build(root: beam.Pipeline, spec: WatchSpec, status_path: str) -> beam.PCollection:
-    """The streaming graph: an impulse every ``interval_s`` driving a poll."""
-    now = time.time()
-    stop = now + spec.duration_s if spec.duration_s else float("inf")
-    impulse = PeriodicImpulse(start_timestamp=now, stop_timestamp=stop, fire_interval=spec.interval_s)
-    return root | "Impulse" >> impulse | "Poll" >> beam.ParDo(_Poll(spec, status_path))
+def build(root: beam.Pipeline, spec: WatchSpec, status_path: str,
+          stop_key: str | None = None) -> beam.PCollection:
+    """The streaming graph: a tick every ``interval_s`` driving a poll."""
+    polls = ticks(root, spec.interval_s, spec.duration_s, stop_key)
+    return polls | "Poll" >> beam.ParDo(_Poll(spec, status_path))
 
 
-def run_watch(spec: WatchSpec) -> WatchResult:
-    """Runs the watcher on the local runner until ``duration_s`` passes (or forever)."""
+def run_watch(spec: WatchSpec,
+              stop: threading.Event | Callable[[WatchResult], bool] | None = None) -> WatchResult:
+    """Runs the watcher on the local runner until ``duration_s`` passes (or forever), or it is stopped.
+
+    Args:
+        spec: the folder and the archive.
+        stop: an Event that ends the watch once set, or a condition over the running totals
+            (checked before every poll) that ends it once true, e.g.
+            ``lambda totals: totals.frames_written >= 8``. The poll in progress finishes first.
+    """
     runner, options = RunnerOptions(kind="inmemory", extra_args=("--streaming",)).build()
     with tempfile.TemporaryDirectory(prefix="nowcast-watch-") as state:
         status_path = os.path.join(state, "status.json")
-        pipeline = beam.Pipeline(runner=runner, options=options)
-        build(pipeline, spec, status_path)
-        pipeline.run().wait_until_finish()
-        totals = {"polls": 0, "frames_written": 0, "files_rejected": 0}
-        if os.path.exists(status_path):
-            with open(status_path) as handle:
-                totals.update(json.load(handle))
-    return WatchResult(**totals)
+
+        def totals() -> WatchResult:
+            return WatchResult(**read_totals(status_path, ZEROS))
+
+        with registered(stop_condition(stop, totals)) as stop_key:
+            pipeline = beam.Pipeline(runner=runner, options=options)
+            build(pipeline, spec, status_path, stop_key)
+            pipeline.run().wait_until_finish()
+        return totals()

@@ -36,6 +36,8 @@ from nowcast.pipelines.stores.groups import (
     zarr_store,
 )
 from nowcast.pipelines.stores.timeaxis import (
+    DEFAULT_TIME_CHUNK,
+    MAX_TIME_CHUNK,
     TIME_UNITS,
     epoch_seconds,
     format_time_step,
@@ -46,7 +48,9 @@ from nowcast.pipelines.stores.timeaxis import (
 
 FRAME_DIMS = ("time", "y", "x")
 VALID = "valid"
-DEFAULT_TIME_CHUNK = 24
+# a writer holds one whole chunk of a field in memory (decompressed) to put a frame into it: 24 frames
+# of the largest synthetic grid (4096 x 4096) fit, a chunk past this is refused before the store is made
+MAX_CHUNK_BYTES = 2 * 1024**3
 ZSTD_LEVEL = 3
 FINGERPRINT_HEX = 16  # hex digits of an archive's fingerprint (64 bits)
 
@@ -292,6 +296,24 @@ def _template(
     return ds
 
 
+def check_chunk_size(time_chunk: int, chunks_yx: tuple[int, int]) -> None:
+    """Refuses a chunk layout whose chunks a writer could not hold in memory.
+
+    Raises:
+        ArchiveError: naming the chunk, its size and the largest time chunk that fits.
+    """
+    if not 1 <= time_chunk <= MAX_TIME_CHUNK:
+        raise ArchiveError(f"time chunk {time_chunk} must be 1..{MAX_TIME_CHUNK} frames; the default "
+                           f"{DEFAULT_TIME_CHUNK} suits 5-minute frames (--time-chunk)")
+    frame_bytes = 4 * int(np.prod(chunks_yx))  # float32
+    if time_chunk * frame_bytes > MAX_CHUNK_BYTES:
+        fits = max(1, MAX_CHUNK_BYTES // frame_bytes)
+        raise ArchiveError(
+            f"a chunk of {time_chunk} frames of {chunks_yx[0]}x{chunks_yx[1]} pixels is "
+            f"{time_chunk * frame_bytes / 1024**3:.1f} GiB, more than the {MAX_CHUNK_BYTES // 1024**3} GiB a "
+            f"writer may hold in memory to write a frame into it; use --time-chunk {fits} or less")
+
+
 def create_archive(
     url: str,
     grid: Grid,
@@ -317,6 +339,7 @@ def create_archive(
     if not fields:
         raise ArchiveError("an archive needs at least one field")
     chunks_yx = spatial_chunks or grid.shape
+    check_chunk_size(time_chunk, chunks_yx)
     ds = _template(grid, fields, to_datetime64(start), step, length, attrs or {},
                    chunks=(time_chunk, *chunks_yx))
     encoding: dict[str, dict[str, object]] = {

@@ -16,6 +16,8 @@ import numpy as np
 from nowcast.errors import InputError
 
 TIME_UNITS = "seconds since 1970-01-01"  # how every store encodes its time coordinates
+DEFAULT_TIME_CHUNK = 24  # frames per chunk of an archive's time axis (two hours of 5-minute frames)
+MAX_TIME_CHUNK = 10_000  # a bound, so a typo cannot ask for a chunk no memory holds
 _ISO_DURATION = re.compile(
     r"^P(?:(?P<days>\d+)D)?(?:T(?:(?P<hours>\d+)H)?(?:(?P<minutes>\d+)M)?(?:(?P<seconds>\d+)S)?)?$"
 )

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -81,3 +83,30 @@ def test_only_input_errors_are_reported_as_bad_input(tmp_path, capsys, monkeypat
     monkeypatch.setattr(cli, "cmd_ingest", lambda args: (_ for _ in ()).throw(InputError("bad; fix it")))
     assert cli.main(["ingest", "--synthetic", "--archive", str(tmp_path / "a.zarr")]) == 2
     assert "nowcast ingest: error: bad; fix it" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_sigterm_stops_a_watch_without_duration_cleanly(tmp_path):
+    """A service manager's stop ends `nowcast watch` after its poll in progress, with its summary and
+    exit 0 (without --duration it once failed at once: an infinite stop time overflowed Beam's timestamp)."""
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    log = tmp_path / "stderr.txt"
+    with open(log, "w") as stderr:
+        watch = subprocess.Popen([sys.executable, "-m", "nowcast.flows.cli", "-v", "watch",
+                                  "--archive", str(tmp_path / "archive.zarr"), "--input", str(incoming),
+                                  "--format", "knmi", "--interval", "0.2"],
+                                 stdout=subprocess.PIPE, stderr=stderr, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while f"poll of {incoming}" not in log.read_text():  # it polls: the empty folder is logged
+            assert watch.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "the watch never polled"
+            time.sleep(0.1)
+        watch.send_signal(signal.SIGTERM)
+        out, _ = watch.communicate(timeout=120)
+    finally:
+        watch.kill()
+    assert watch.returncode == 0, log.read_text()[-3000:]
+    assert "stopping after the poll in progress" in log.read_text()
+    assert "0 frames appended" in out

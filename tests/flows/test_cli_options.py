@@ -140,3 +140,50 @@ def test_models_list_show_and_promote(tmp_path, capsys):
     assert cli.main(["models", "promote", "convlstm", *registry]) == 2
     assert "needs NAME/VERSION" in capsys.readouterr().err
     assert (models / "convlstm" / "latest").read_text().strip() == "v1"
+
+
+# (command line, the flag the message names, the bound it names): each past a bound, each refused before
+# any work (issue 15: every size and count parameter has an upper bound or a check of what it needs)
+PAST_A_BOUND = {
+    "synthetic frames": (["ingest", "--synthetic", "--frames", "100001"], "--synthetic-frames", "100000"),
+    "synthetic grid": (["ingest", "--synthetic", "--size", "4097"], "--synthetic-size", "4096"),
+    "time chunk": (["ingest", "--synthetic", "--time-chunk", "10001"], "--time-chunk", "10000"),
+    # each bound alone holds; together a chunk is 9.8 GiB, which no writer holds in memory
+    "chunk memory": (["ingest", "--synthetic", "--size", "512", "--time-chunk", "10000"], "--time-chunk",
+                     "2048 or less"),
+    "workers": (["windows", "--runner", "multiprocess", "--workers", "100000"], "--workers", "256"),
+    "filters": (["train", "--filters", "8", "100000"], "--filters", "1024"),
+    "steps per epoch": (["train", "--steps-per-epoch", "10000000"], "--steps-per-epoch", "100000"),
+    "seed": (["train", "--seed", str(2**32)], "--seed", "4294967295"),
+    "epochs": (["train", "--epochs", "1001"], "--epochs", "1000"),
+    "demo epochs": (["demo", "--epochs", "100000"], "--epochs", "1000"),
+    "demo frames": (["demo", "--frames", "1000000000000"], "--frames", "100000"),
+    "demo backfill": (["demo", "--backfill-hours", "-1"], "--backfill-hours", "greater than 0"),
+    "watch chunk": (["watch", "--input", "in", "--format", "knmi", "--time-chunk", "100000"],
+                    "--time-chunk", "1..10000"),
+    "watch interval": (["watch", "--input", "in", "--format", "knmi", "--interval", "inf"], "--interval",
+                       "86400"),
+    "watch duration": (["watch", "--input", "in", "--format", "knmi", "--duration", "1e12"], "--duration",
+                       "31622400"),
+    "shown frames": (["show", "archive.zarr", "--out", "x.png", "--frames", "0"], "--frames", "1..48"),
+    "stack workers": (["stack", "up", "--workers", "1000"], "--workers", "1..64"),
+}
+STORES = {"ingest": "--archive", "windows": "--archive", "train": "--archive", "demo": "--workdir",
+          "watch": "--archive", "stack": "--folder"}
+
+
+@pytest.mark.fault("command line", "a size or count past its bound (frames, grid, time chunk, a chunk no "
+                   "memory holds, workers, filters, steps, seed, epochs, the demo's options, a stream's "
+                   "interval or duration, frames shown, stack workers)",
+                   "exit 2 naming the option, its bound and the fix, before anything is created")
+@pytest.mark.parametrize("case", sorted(PAST_A_BOUND))
+def test_a_size_or_count_past_its_bound_is_refused_before_any_work(case, tmp_path, monkeypatch, capsys):
+    argv, flag, bound = PAST_A_BOUND[case]
+    monkeypatch.chdir(tmp_path)  # every default store (runs/demo/...) would land here
+    target = STORES.get(argv[0])
+    argv = [*argv, target, str(tmp_path / "store")] if target else argv
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert flag in err, err
+    assert bound in err, err
+    assert list(tmp_path.iterdir()) == [], "something was created before the refusal"

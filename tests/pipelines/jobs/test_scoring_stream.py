@@ -1,4 +1,8 @@
-"""Streaming scoring: a bounded run on the local runner while frames are ingested."""
+"""Streaming scoring: a run on the local runner while frames are ingested.
+
+The streams end on what they did (their running totals), never on a clock:
+``duration_s`` only bounds a run whose work never comes.
+"""
 
 from __future__ import annotations
 
@@ -24,6 +28,20 @@ from tests.pipelines.jobs.scoring_helpers import (
 )
 
 FRAMES, SIZE, CHUNK = 30, (32, 32), 8
+LONGEST_S = 300.0  # a bound for a stream that never finishes its work, not an expectation
+
+
+def after_all_emitted(expected: int, more_polls: int):
+    """A stop condition: ``more_polls`` polls after the stream emitted ``expected`` init times (those
+    polls must find nothing new to score: nothing is emitted twice)."""
+    polls_at_last: list[int] = []
+
+    def done(totals) -> bool:
+        if totals.emitted >= expected and not polls_at_last:
+            polls_at_last.append(totals.polls)
+        return bool(polls_at_last) and totals.polls >= polls_at_last[0] + more_polls
+
+    return done
 
 
 @pytest.mark.slow
@@ -45,16 +63,16 @@ def test_stream_scores_each_new_init_time_once_and_like_the_batch_job(tmp_path):
     events = tmp_path / "events.jsonl"
     spec = ScoringSpec(archive=archive, forecasts=str(tmp_path / "stream.zarr"), models=str(models),
                        model=MODEL)
-    result = run_stream(StreamSpec(spec, interval_s=0.5, duration_s=14.0), events_path=str(events))
+    result = run_stream(StreamSpec(spec, interval_s=0.5, duration_s=LONGEST_S), events_path=str(events),
+                        stop=after_all_emitted(FRAMES - 2, more_polls=3))
     thread.join()
 
     expected = np.flatnonzero(scoreable(valid_flags(archive), 3))
     assert len(valid_flags(archive)) == FRAMES
     assert len(expected) == FRAMES - 2
+    assert result.emitted == len(expected), f"the stream ran {LONGEST_S} s without the work done"
     scored = [json.loads(line)["init_index"] for line in events.read_text().splitlines()]
-    assert sorted(scored) == list(expected)  # every init time exactly once
-    assert result.polls >= 10
-    assert result.emitted == len(expected)
+    assert sorted(scored) == list(expected)  # every init time exactly once, all written before the end
     np.testing.assert_array_equal(np.flatnonzero(written_flags(spec.forecasts)), expected)
 
     batch_url = str(tmp_path / "batch.zarr")
@@ -67,8 +85,43 @@ def test_stream_refuses_a_bounded_selection(tmp_path):
     spec = ScoringSpec(archive="a", forecasts="f", models="m", model=MODEL, end="2024-01-01")
     with pytest.raises(ScoringError, match="every new init time"):
         StreamSpec(spec)
-    with pytest.raises(ScoringError, match="interval"):
-        StreamSpec(ScoringSpec(archive="a", forecasts="f", models="m", model=MODEL), interval_s=0)
+    every = ScoringSpec(archive="a", forecasts="f", models="m", model=MODEL)
+    for interval in (0, float("inf"), float("nan"), 86_401):
+        with pytest.raises(ScoringError, match=r"interval must be more than 0 and at most 86400 s"):
+            StreamSpec(every, interval_s=interval)
+    for duration in (0, float("inf"), 366 * 86_400 + 1):  # inf once overflowed Beam's timestamp
+        with pytest.raises(ScoringError, match=r"leave it out to run until Ctrl-C or SIGTERM"):
+            StreamSpec(every, duration_s=duration)
+
+
+def test_a_stream_without_a_duration_ends_when_its_event_is_set(tmp_path):
+    """Without ``duration_s`` the stream runs until stopped (it once failed at once: an infinite stop
+    time overflowed Beam's timestamp); a set event ends it from another thread."""
+    archive = make_archive(str(tmp_path / "archive.zarr"), 8, SIZE, CHUNK)
+    models = tmp_path / "models"
+    save_tiny_model(models, archive, synthetic_stats(FRAMES, SIZE))
+    spec = ScoringSpec(archive=archive, forecasts=str(tmp_path / "stream.zarr"), models=str(models),
+                       model=MODEL)
+    stop = threading.Event()
+    events = tmp_path / "events.jsonl"
+
+    def shut_down_once_scored() -> None:  # a service's shutdown, from another thread
+        deadline = time.monotonic() + LONGEST_S
+        while not stop.is_set() and time.monotonic() < deadline:
+            if events.exists() and len(events.read_text().splitlines()) >= 6:
+                stop.set()
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=shut_down_once_scored)
+    thread.start()
+    try:
+        result = run_stream(StreamSpec(spec, interval_s=0.05), events_path=str(events), stop=stop)
+    finally:
+        stop.set()
+        thread.join()
+    assert result.emitted == 6
+    assert written_flags(spec.forecasts).sum() == 6
+    assert len(events.read_text().splitlines()) == 6
 
 
 @pytest.mark.fault("score", "a store error, or a bug, in the scoring stream's poll",

@@ -1,4 +1,8 @@
-"""Streaming ingest: a bounded watch on the local runner while a writer drops files in."""
+"""Streaming ingest: a watch on the local runner while a writer drops files in.
+
+The watches end on what they did (their running totals) or an event, never on
+a clock: ``duration_s`` only bounds a run whose work never comes.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,8 @@ from nowcast.pipelines.jobs.ingest import IngestSpec, run
 from nowcast.pipelines.jobs.watch import WatchSpec, run_watch
 from nowcast.pipelines.sources import get_source
 from nowcast.pipelines.stores.archive import open_archive
+
+LONGEST_S = 300.0  # a bound for a watch that never finishes its work, not an expectation
 
 
 @pytest.mark.slow
@@ -33,12 +39,14 @@ def test_watch_appends_files_as_they_arrive(tmp_path, radar_dir):
     thread = threading.Thread(target=writer)
     thread.start()
     archive = str(tmp_path / "archive.zarr")
-    result = run_watch(WatchSpec(archive=archive, directory=str(incoming), fmt="knmi",
-                                 interval_s=0.5, duration_s=9.0, time_chunk=4))
+    spec = WatchSpec(archive=archive, directory=str(incoming), fmt="knmi", interval_s=0.5,
+                     duration_s=LONGEST_S, time_chunk=4)
+    result = run_watch(spec, stop=lambda totals: totals.frames_written == len(files)
+                       and totals.files_rejected == 1)
     thread.join()
-    assert result.polls >= 10
-    assert result.frames_written == len(files)
+    assert result.frames_written == len(files), f"the watch ran {LONGEST_S} s without the work done"
     assert result.files_rejected == 1  # the broken file, after max_attempts polls
+    assert result.polls >= spec.max_attempts
 
     streamed = open_archive(archive)
     (tmp_path / "batch").mkdir()
@@ -52,3 +60,24 @@ def test_watch_appends_files_as_they_arrive(tmp_path, radar_dir):
     assert streamed.sizes["time"] == len(files)
     np.testing.assert_array_equal(streamed["precip"].values, batch["precip"].values)
     np.testing.assert_array_equal(streamed["time"].values, batch["time"].values)
+
+
+def test_a_watch_without_a_duration_ends_when_its_condition_holds(tmp_path):
+    """Without ``duration_s`` the watch runs until stopped (it once failed at once: an infinite
+    stop time overflowed Beam's timestamp); its ``stop`` condition sees the running totals."""
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    spec = WatchSpec(archive=str(tmp_path / "archive.zarr"), directory=str(incoming), fmt="knmi",
+                     interval_s=0.05)
+    result = run_watch(spec, stop=lambda totals: totals.polls >= 3)
+    assert (result.polls, result.frames_written, result.files_rejected) == (3, 0, 0)
+    assert not (tmp_path / "archive.zarr").exists()
+
+
+def test_a_set_event_ends_the_watch_before_its_next_poll(tmp_path):
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    stop = threading.Event()
+    stop.set()
+    spec = WatchSpec(archive=str(tmp_path / "archive.zarr"), directory=str(incoming), fmt="knmi")
+    assert run_watch(spec, stop=stop).polls == 0

@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 
 from nowcast.pipelines.stores.archive import (
+    DEFAULT_TIME_CHUNK,
     PRECIP,
     ArchiveError,
     FieldSpec,
+    check_chunk_size,
     create_archive,
     extend_time,
     frame_stats,
@@ -103,3 +105,16 @@ def test_frame_stats_ignore_unobserved_pixels():
     assert stats["precip_finite_fraction"].tolist() == [0.75, 0.0]
     k = PRECIP.thresholds.index(5.0)
     assert stats["precip_fraction_above"][0, k] == pytest.approx(1 / 3)
+
+
+def test_a_chunk_no_writer_could_hold_is_refused_before_the_store_is_made(tmp_path):
+    """A writer decompresses a whole chunk to put a frame into it: 10,000 frames of 512 x 512 (9.8 GiB)
+    would be asked of every writer; the default chunk of the largest synthetic grid still fits."""
+    url = str(tmp_path / "big.zarr")
+    with pytest.raises(ArchiveError, match=r"9\.8 GiB.*use --time-chunk 2048 or less"):
+        create_archive(url, make_grid(512, 512), [PRECIP], "2024-01-01T00:00", "PT5M", length=6,
+                       time_chunk=10_000)
+    with pytest.raises(ArchiveError, match=r"must be 1\.\.10000 frames"):
+        create_archive(url, make_grid(), [PRECIP], "2024-01-01T00:00", "PT5M", length=6, time_chunk=0)
+    assert not (tmp_path / "big.zarr").exists()
+    check_chunk_size(DEFAULT_TIME_CHUNK, (4096, 4096))
