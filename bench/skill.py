@@ -45,6 +45,7 @@ import numpy as np
 
 from bench.common import parser, peak_rss, write_results
 from nowcast.model import verification
+from nowcast.model.architectures import BASES
 from nowcast.model.forecaster import Forecaster, load_forecaster
 from nowcast.model.registry import ArchiveDescription, ArchiveMismatchError, load_model
 from nowcast.model.train import TrainConfig, train
@@ -59,7 +60,7 @@ TRAIN_EVENTS = {"knmi": "knmi/20100826", "fmi": "fmi/pgm/20160928", "mch": "mch/
                 "odim": "rmi/radqpe/20210704"}  # format -> folder
 TEST_EVENT = ("mch", "mch/20160711")
 T_IN, T_OUT, PATCH = 4, 6, 64
-MOTION = {"advection": True, "matched_motion": True, "lagrangian_ar": True}
+MOTION = BASES["lagrangian_ar"]
 OWN_BASE = "lagrangian_ar"  # the baseline that is the models without what they learn
 MODELS = {
     "cnn_lstm": {"filters": [16, 32], "lstm_units": 32, "decoder_filters": 8, **MOTION},

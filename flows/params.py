@@ -265,10 +265,18 @@ class TrainParams(WindowsParams):
                                  "extrapolation; always: a planned roll-out (the report still says by how "
                                  "much it won or lost); never: register a candidate only")
 
+    base: Literal["persistence", "advection", "lagrangian_ar"] = Field(
+        "persistence", description="what the network corrects: the last frame, the last frame moved along "
+                                   "the block-matched motion, or S-PROG's scale-wise AR(2) forecast along it "
+                                   "(bench.skill's recipe; needs t_in >= 3)")
+
     @model_validator(mode="after")
     def _validation_share(self):
         if self.split_fractions[1] == 0:
             raise ParameterError("split_fractions gives no validation share; promotion needs a val split")
+        if self.base == "lagrangian_ar" and self.t_in < 3:
+            raise ParameterError(f"base lagrangian_ar steps each scale on from the last three frames: t_in is "
+                                 f"{self.t_in}; use t_in 3 or more, or base advection")
         return self
 
 

@@ -24,6 +24,7 @@ from nowcast.flows.params import TrainParams, WindowsParams
 from nowcast.flows.progress import progress
 from nowcast.flows.workdir import local_workdir, published
 from nowcast.model import registry
+from nowcast.model.architectures import BASES
 from nowcast.model.train import TrainConfig, train
 from nowcast.model.verify import Verification, save_pictures, split_forecaster, table, verify_split
 from nowcast.pipelines.jobs import windows as windows_job
@@ -103,7 +104,8 @@ def fit(params: TrainParams, workdir: Path) -> str:
     """Fits the model and saves it as a new registry version, not promoted; returns its directory."""
     config = TrainConfig(windows=params.windows, models=params.models, architecture=params.architecture,
                          workdir=str(workdir),
-                         options={"filters": list(params.filters), "lstm_units": params.lstm_units},
+                         options={"filters": list(params.filters), "lstm_units": params.lstm_units,
+                                  **BASES[params.base]},
                          epochs=params.epochs, steps_per_epoch=params.steps_per_epoch,
                          batch_size=params.batch_size, learning_rate=params.learning_rate, loss=params.loss,
                          augment=params.augment, seed=params.seed,

@@ -76,6 +76,13 @@ from nowcast.model.layers import (
 )
 
 SMOOTHING = (5, 17)  # box sizes, in pixels, of the smoothed base frames the head sees
+# what a residual model corrects, as ArchitectureConfig options: the last frame, the last frame moved along
+# the block-matched motion, or S-PROG's scale-wise AR(2) forecast along it (bench.skill's recipe)
+BASES: dict[str, dict[str, bool]] = {
+    "persistence": {},
+    "advection": {"advection": True, "matched_motion": True},
+    "lagrangian_ar": {"advection": True, "matched_motion": True, "lagrangian_ar": True},
+}
 SMOOTHING_LAYER = "lead_smoothing"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -47,7 +48,8 @@ def trained(tmp_path_factory, prefect_server):
     os.environ[ROOTS_ENV] = str(root)
     ingested = ingest_flow(synthetic(root))
     params = TrainParams(archive=str(root / "archive.zarr"), windows=str(root / "windows.zarr"),
-                         models=str(root / "models"), workdir=str(root / "train"), epochs=1)
+                         models=str(root / "models"), workdir=str(root / "train"), epochs=1,
+                         base="lagrangian_ar")
     result = train_flow(params)
     yield root, ingested, result
     if previous is None:
@@ -126,6 +128,8 @@ def test_train_registers_and_promotes_only_a_model_that_beats_extrapolation(trai
     version_dir = Path(result.path)
     assert (version_dir / "model.keras").is_file()
     assert version_dir.parent.name == "convlstm"
+    config = json.loads((version_dir / "metadata.json").read_text())["architecture_config"]
+    assert config["lagrangian_ar"] and config["matched_motion"]  # the base the flow was asked for
     assert result.promoted == (result.margins["csi_1"] > 0 and result.margins["mae"] > 0)
     assert result.margins["mae"] == pytest.approx(result.extrapolation_mae - result.val_mae)
     latest = root / "models" / "convlstm" / "latest"
