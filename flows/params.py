@@ -275,8 +275,8 @@ class TrainParams(WindowsParams):
         if self.split_fractions[1] == 0:
             raise ParameterError("split_fractions gives no validation share; promotion needs a val split")
         if self.base == "lagrangian_ar" and self.t_in < 3:
-            raise ParameterError(f"base lagrangian_ar steps each scale on from the last three frames: t_in is "
-                                 f"{self.t_in}; use t_in 3 or more, or base advection")
+            raise ParameterError(f"base lagrangian_ar steps each scale on from the last three frames: t_in "
+                                 f"is {self.t_in}; use t_in 3 or more, or base advection")
         return self
 
 
