@@ -1,6 +1,6 @@
 """Streaming scoring: follow the archive and forecast each new init time exactly once.
 
-A Beam ``PeriodicImpulse`` fires every ``interval_s``; each firing plans like
+A tick fires every ``interval_s``; each firing plans like
 the batch job (metadata only: the archive's ``valid`` flags, the store's
 ``written`` flags), grows the forecast store with the archive, and emits the
 init times that became scoreable and were never emitted before. They flow
@@ -23,23 +23,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
-import tempfile
-import threading
-from collections.abc import Callable
 
 import apache_beam as beam
 
-from nowcast.pipelines.jobs.runners import RunnerOptions
 from nowcast.pipelines.jobs.scoring import ScoreInitTimes, plan
-from nowcast.pipelines.jobs.ticks import (
-    read_totals,
-    registered,
-    stop_condition,
-    ticks,
-    timing_problem,
-    write_totals,
-)
+from nowcast.pipelines.jobs.ticks import Stop, run_streaming, ticks, timing_problem, write_totals
 from nowcast.pipelines.plans.scoring import ScoringError, ScoringSpec
 from nowcast.pipelines.stores.lock import store_lock
 
@@ -125,7 +113,7 @@ def build(root: beam.Pipeline, spec: StreamSpec, status_path: str, events_path: 
 
 
 def run_stream(spec: StreamSpec, events_path: str | None = None,
-               stop: threading.Event | Callable[[StreamResult], bool] | None = None) -> StreamResult:
+               stop: Stop[StreamResult] = None) -> StreamResult:
     """Runs the stream on the local runner until ``duration_s`` passes (or forever), or it is stopped.
 
     The stream holds the forecast store's writers' lock while it runs
@@ -140,17 +128,9 @@ def run_stream(spec: StreamSpec, events_path: str | None = None,
             (checked before every poll) that ends it once true, e.g.
             ``lambda totals: totals.emitted >= 24``. Init times already emitted are written first.
     """
-    runner, options = RunnerOptions(kind="inmemory", extra_args=("--streaming",)).build()
     # the stream is the forecast store's one writer for as long as it runs
-    with store_lock(spec.scoring.forecasts, "scoring stream"), \
-            tempfile.TemporaryDirectory(prefix="nowcast-score-stream-") as state:
-        status_path = os.path.join(state, "status.json")
-
-        def totals() -> StreamResult:
-            return StreamResult(**read_totals(status_path, ZEROS))
-
-        with registered(stop_condition(stop, totals)) as stop_key:
-            pipeline = beam.Pipeline(runner=runner, options=options)
-            build(pipeline, spec, status_path, events_path, stop_key)
-            pipeline.run().wait_until_finish()
-        return totals()
+    with store_lock(spec.scoring.forecasts, "scoring stream"):
+        return run_streaming(
+            "nowcast-score-stream-", StreamResult, ZEROS,
+            lambda pipeline, status_path, stop_key: build(pipeline, spec, status_path, events_path, stop_key),
+            stop)

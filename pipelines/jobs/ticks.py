@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import tempfile
 import threading
 import time
 import uuid
@@ -31,11 +32,14 @@ from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
 from apache_beam.transforms.periodicsequence import ImpulseSeqGenRestrictionProvider
 from apache_beam.utils.timestamp import MAX_TIMESTAMP, Timestamp
 
+from nowcast.pipelines.jobs.runners import RunnerOptions
+
 MAX_INTERVAL_S = 86_400.0  # a day between polls: rarer polls are a schedule, not a stream
 MAX_DURATION_S = 366 * 86_400.0  # a year; a longer run leaves the duration out and is stopped by a signal
 
 StopCondition = Callable[[], bool]
 T = TypeVar("T")
+Stop = threading.Event | Callable[[T], bool] | None  # the streaming jobs' ``stop`` argument
 
 _CONDITIONS: dict[str, StopCondition] = {}
 _LOCK = threading.Lock()
@@ -120,8 +124,31 @@ def ticks(root: beam.Pipeline, interval_s: float, duration_s: float | None,
             | "Tick" >> beam.ParDo(_TickUntil(stop_key)))
 
 
-def stop_condition(stop: threading.Event | Callable[[T], bool] | None,
-                   totals: Callable[[], T]) -> StopCondition | None:
+def run_streaming(prefix: str, result: Callable[..., T], zeros: dict[str, int],
+                  build: Callable[[beam.Pipeline, str, str | None], object], stop: Stop[T]) -> T:
+    """Runs a streaming job on the in-process runner; returns its totals as ``result(**totals)``.
+
+    ``build(pipeline, status_path, stop_key)`` adds the job's steps: its polls
+    write their running totals to ``status_path`` (:func:`write_totals`) and
+    its :func:`ticks` take ``stop_key``, under which ``stop`` (an Event, or a
+    condition over those totals) is checked before every tick. ``prefix``
+    names the temporary folder that holds the status file.
+    """
+    runner, options = RunnerOptions(kind="inmemory", extra_args=("--streaming",)).build()
+    with tempfile.TemporaryDirectory(prefix=prefix) as state:
+        status_path = os.path.join(state, "status.json")
+
+        def totals() -> T:
+            return result(**read_totals(status_path, zeros))
+
+        with registered(stop_condition(stop, totals)) as stop_key:
+            pipeline = beam.Pipeline(runner=runner, options=options)
+            build(pipeline, status_path, stop_key)
+            pipeline.run().wait_until_finish()
+        return totals()
+
+
+def stop_condition(stop: Stop[T], totals: Callable[[], T]) -> StopCondition | None:
     """The jobs' ``stop`` argument as a check without arguments: an Event stops the job once set, a
     callable once it returns True for the job's running ``totals()``."""
     if stop is None:

@@ -1,6 +1,6 @@
 """The watcher: follows a folder and appends radar files to the archive as they arrive.
 
-A Beam ``PeriodicImpulse`` fires every ``interval_s``; each firing lists the
+A tick fires every ``interval_s``; each firing lists the
 folder, picks the frames that are not yet valid in the archive and ingests
 them with the same plain functions as the batch job (in the worker, no nested
 pipeline). A file that cannot be read yet (still being copied) is retried on
@@ -14,23 +14,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
-import tempfile
-import threading
-from collections.abc import Callable
 
 import apache_beam as beam
 
 from nowcast.pipelines.jobs.ingest import IngestSpec, check_item, ingest_items
-from nowcast.pipelines.jobs.runners import RunnerOptions
-from nowcast.pipelines.jobs.ticks import (
-    read_totals,
-    registered,
-    stop_condition,
-    ticks,
-    timing_problem,
-    write_totals,
-)
+from nowcast.pipelines.jobs.ticks import Stop, run_streaming, ticks, timing_problem, write_totals
 from nowcast.pipelines.plans.ingest import IngestError, frame_indices
 from nowcast.pipelines.sources import get_source
 from nowcast.pipelines.sources.base import SourceError, SourceItem
@@ -168,7 +156,7 @@ def build(root: beam.Pipeline, spec: WatchSpec, status_path: str,
 
 
 def run_watch(spec: WatchSpec,
-              stop: threading.Event | Callable[[WatchResult], bool] | None = None) -> WatchResult:
+              stop: Stop[WatchResult] = None) -> WatchResult:
     """Runs the watcher on the local runner until ``duration_s`` passes (or forever), or it is stopped.
 
     Args:
@@ -177,15 +165,6 @@ def run_watch(spec: WatchSpec,
             (checked before every poll) that ends it once true, e.g.
             ``lambda totals: totals.frames_written >= 8``. The poll in progress finishes first.
     """
-    runner, options = RunnerOptions(kind="inmemory", extra_args=("--streaming",)).build()
-    with tempfile.TemporaryDirectory(prefix="nowcast-watch-") as state:
-        status_path = os.path.join(state, "status.json")
-
-        def totals() -> WatchResult:
-            return WatchResult(**read_totals(status_path, ZEROS))
-
-        with registered(stop_condition(stop, totals)) as stop_key:
-            pipeline = beam.Pipeline(runner=runner, options=options)
-            build(pipeline, spec, status_path, stop_key)
-            pipeline.run().wait_until_finish()
-        return totals()
+    return run_streaming(
+        "nowcast-watch-", WatchResult, ZEROS,
+        lambda pipeline, status_path, stop_key: build(pipeline, spec, status_path, stop_key), stop)
