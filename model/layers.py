@@ -14,6 +14,8 @@ Only ``keras.ops``, so they run on the TensorFlow, JAX or PyTorch backend.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import keras
 from keras import layers, ops
 
@@ -64,8 +66,8 @@ class Advect(layers.Layer):
         self.channel = int(channel)
 
     def call(self, inputs, motion):
-        frame = inputs[:, -1, :, :, self.channel]
-        return ops.stack([advect(frame, motion, k) for k in range(1, self.t_out + 1)], axis=1)[..., None]
+        frames = ops.repeat(inputs[:, -1:, :, :, self.channel], self.t_out, axis=1)
+        return advect(frames, motion, range(1, self.t_out + 1))[..., None]
 
     def compute_output_shape(self, inputs_shape, motion_shape=None):
         return (inputs_shape[0], self.t_out, inputs_shape[2], inputs_shape[3], 1)
@@ -74,35 +76,46 @@ class Advect(layers.Layer):
         return {**super().get_config(), "t_out": self.t_out, "channel": self.channel}
 
 
-def advect(frame, motion, steps: int):
-    """``frame`` ``(batch, y, x)`` moved ``steps`` time steps along ``motion`` ``(batch, y, x, 2)``.
+def advect(frames, motion, steps: Sequence[int]):
+    """Each frame of ``frames`` ``(batch, n, y, x)`` moved ``steps[i]`` time steps along ``motion``.
 
-    Each pixel ``p`` takes the frame at ``p - steps * motion(p)`` (pixels per
-    step, ``(dy, dx)``), interpolated bilinearly; points outside the grid take
-    the nearest edge pixel.
+    ``motion`` is ``(batch, y, x, 2)`` in pixels per step, ``(dy, dx)``; the
+    result is ``(batch, n, y, x)``. Each pixel ``p`` of frame ``i`` takes that
+    frame at ``p - steps[i] * motion(p)``, interpolated bilinearly; points
+    outside the grid take the nearest edge pixel. All frames move in one
+    gather, so a model traces one set of ops however many leads it has.
     """
-    height, width = ops.shape(frame)[1], ops.shape(frame)[2]
-    ys, xs = _departures(motion, steps, frame.dtype)
-    ys = ops.clip(ys, 0.0, ops.cast(height - 1, frame.dtype))
-    xs = ops.clip(xs, 0.0, ops.cast(width - 1, frame.dtype))
-    return _bilinear(ops.reshape(frame, (-1, height * width)), ys, xs, height, width)
+    ys, xs = _departures(motion, steps, frames.dtype)
+    return _sample(frames, ys, xs)
 
 
-def _departures(motion, steps: int, dtype):
-    """Where each pixel's value comes from ``steps`` steps back: rows and columns ``(batch, y, x)``."""
+def _departures(motion, steps: Sequence[int], dtype):
+    """Where each pixel's value comes from ``steps[i]`` steps back: rows and columns ``(batch, n, y, x)``."""
     height, width = ops.shape(motion)[1], ops.shape(motion)[2]
-    rows = ops.cast(ops.arange(height), dtype)[None, :, None]
-    cols = ops.cast(ops.arange(width), dtype)[None, None, :]
-    return rows - steps * ops.cast(motion[..., 0], dtype), cols - steps * ops.cast(motion[..., 1], dtype)
+    rows = ops.cast(ops.arange(height), dtype)[None, None, :, None]
+    cols = ops.cast(ops.arange(width), dtype)[None, None, None, :]
+    multiples = ops.convert_to_tensor([float(k) for k in steps], dtype=dtype)[None, :, None, None]
+    motion = ops.cast(motion, dtype)[:, None]
+    return rows - multiples * motion[..., 0], cols - multiples * motion[..., 1]
 
 
-def _inside(motion, steps: int, dtype):
-    """1 where a pixel's departure point ``steps`` steps back lies in the grid, else 0: ``(batch, y, x)``."""
-    height, width = ops.shape(motion)[1], ops.shape(motion)[2]
-    ys, xs = _departures(motion, steps, dtype)
-    inside = ((ys >= 0) & (ys <= ops.cast(height - 1, dtype)) & (xs >= 0)
-              & (xs <= ops.cast(width - 1, dtype)))
-    return ops.cast(inside, dtype)
+def _inside(ys, xs):
+    """1 where a departure point ``ys, xs`` (from :func:`_departures`) lies in the grid, else 0."""
+    height, width = ops.shape(ys)[-2], ops.shape(ys)[-1]
+    inside = ((ys >= 0) & (ys <= ops.cast(height - 1, ys.dtype)) & (xs >= 0)
+              & (xs <= ops.cast(width - 1, xs.dtype)))
+    return ops.cast(inside, ys.dtype)
+
+
+def _sample(frames, ys, xs):
+    """``frames`` ``(batch, n, y, x)``, each at its own departure points ``ys, xs`` ``(batch, n, y, x)``.
+
+    Bilinear; points outside the grid take the nearest edge pixel.
+    """
+    height, width = ops.shape(frames)[2], ops.shape(frames)[3]
+    ys = ops.clip(ys, 0.0, ops.cast(height - 1, frames.dtype))
+    xs = ops.clip(xs, 0.0, ops.cast(width - 1, frames.dtype))
+    return _bilinear(frames, ys, xs)
 
 
 SCALE_LEVELS = (3, 7, 15, 31, 63)  # box sizes, in pixels, between the cascade levels of LagrangianAR
@@ -114,9 +127,10 @@ def scale_levels(frame, sizes: tuple[int, ...] = SCALE_LEVELS):
     Level ``i`` holds what the box mean over ``sizes[i - 1]`` pixels keeps
     and the one over ``sizes[i]`` removes; the last level is the coarsest box
     mean. A spatial band-pass cascade (pysteps uses Gaussian filters in
-    Fourier space) that works on any grid size and backend.
+    Fourier space) that works on any grid size and backend; all box means
+    come from one pass (:func:`box_means`).
     """
-    smooth = [frame] + [box_mean(frame[..., None], size)[..., 0] for size in sizes]
+    smooth = [frame] + [mean[..., 0] for mean in box_means(frame[..., None], sizes)]
     return ops.stack([smooth[i] - smooth[i + 1] for i in range(len(sizes))] + [smooth[-1]], axis=-1)
 
 
@@ -186,20 +200,32 @@ class LagrangianAR(layers.Layer):
 
     def call(self, inputs, motion):
         frames = inputs[..., self.channel]
-        now = scale_levels(frames[:, -1], self.sizes)
-        before = scale_levels(advect(frames[:, -2], motion, 1), self.sizes)
-        earlier = scale_levels(advect(frames[:, -3], motion, 2), self.sizes)
-        inside = _inside(motion, 2, now.dtype)  # where both moved frames have data
+        now, before, earlier, inside = self._lagrangian_levels(frames, motion)
         phi1, phi2 = ar2_parameters(ops.stop_gradient(_correlation(now, before, inside)),
                                     ops.stop_gradient(_correlation(now, earlier, inside)))
         phi1, phi2 = phi1[:, None, None, :], phi2[:, None, None, :]
         mean = ops.mean(now, axis=(1, 2), keepdims=True)
         now, before = now - mean, before - ops.mean(before, axis=(1, 2), keepdims=True)
         leads = []
-        for k in range(1, self.t_out + 1):
+        for _ in range(self.t_out):
             now, before = phi1 * now + phi2 * before, now
-            leads.append(advect(ops.sum(now + mean, axis=-1), motion, k))
-        return ops.stack(leads, axis=1)[..., None]
+            leads.append(ops.sum(now + mean, axis=-1))
+        return advect(ops.stack(leads, axis=1), motion, range(1, self.t_out + 1))[..., None]
+
+    def _lagrangian_levels(self, frames, motion):
+        """The last three frames moved onto the last one, as levels, and where both moved ones have data.
+
+        ``(now, before, earlier)``, each ``(batch, y, x, levels)``, and
+        ``inside`` ``(batch, y, x)``: 1 where the lag-2 departure point (and so
+        the lag-1 one, half as far along the same line) lies in the grid. One
+        set of departure points serves the move and the mask; the three frames
+        go through :func:`scale_levels` as one batch.
+        """
+        ys, xs = _departures(motion, (1, 2), frames.dtype)
+        moved = _sample(ops.stack([frames[:, -2], frames[:, -3]], axis=1), ys, xs)
+        levels = scale_levels(ops.concatenate([frames[:, -1], moved[:, 0], moved[:, 1]], axis=0), self.sizes)
+        now, before, earlier = ops.split(levels, 3, axis=0)
+        return now, before, earlier, _inside(ys[:, 1], xs[:, 1])
 
     def compute_output_shape(self, inputs_shape, motion_shape=None):
         return (inputs_shape[0], self.t_out, inputs_shape[2], inputs_shape[3], 1)
@@ -280,20 +306,17 @@ class MatchMotion(layers.Layer):
     def _cost(self, pairs):
         """Mean squared difference per coarse pixel and shift, over the window: (b, y, x, shifts)."""
         r = self.radius
-        height, width = ops.shape(pairs[0][0])[1], ops.shape(pairs[0][0])[2]
-        # where the shifted frame has data: the same for every sample, so pooled once, not per sample
-        inside = ops.pad(ops.ones_like(pairs[0][0][:1]), ((0, 0), (r, r), (r, r)))
-        padded = [(current, ops.pad(previous, ((0, 0), (r, r), (r, r)))) for current, previous in pairs]
-        errors, valids = [], []
-        for dy, dx in self.shifts:  # previous(p - shift) against current(p)
-            rows, cols = slice(r - dy, r - dy + height), slice(r - dx, r - dx + width)
-            valid = inside[:, rows, cols]
-            errors.append(sum(valid * (current - previous[:, rows, cols]) ** 2
-                              for current, previous in padded))
-            valids.append(valid)
+        # where the shifted frame has data: the same for every sample, so shifted once, not per sample
+        valid = _shifted(ops.ones_like(pairs[0][0][:1]), r)
+        # every pair's previous frame at p - shift, for every shift at once; then summed pair by pair
+        previous = ops.concatenate([before for _, before in pairs], axis=0)
+        moved = ops.split(_shifted(previous, r), len(pairs), axis=0)
+        error = 0
+        for (current, _), before in zip(pairs, moved, strict=True):  # previous(p - shift) against current(p)
+            error = error + valid * (current[:, None] - before) ** 2
         window = max(self.window // self.downsample, 1)
-        pooled_error = box_mean(ops.stack(errors, axis=-1), window)
-        pooled_valid = box_mean(ops.stack(valids, axis=-1), window)
+        pooled_error = box_mean(ops.transpose(error, (0, 2, 3, 1)), window)
+        pooled_valid = box_mean(ops.transpose(valid, (0, 2, 3, 1)), window)
         return pooled_error / (pooled_valid * len(pairs) + 1e-6)
 
     def compute_output_shape(self, input_shape):
@@ -310,37 +333,68 @@ def _cost_at(cost, index):
     return ops.squeeze(ops.take_along_axis(cost, ops.expand_dims(index, -1), axis=-1), -1)
 
 
+def _shifted(frames, radius: int):
+    """``frames`` ``(b, y, x)`` at ``p - shift`` for every :class:`MatchMotion` shift: ``(b, shifts, y, x)``.
+
+    Zero where ``p - shift`` is outside the grid; shifts ordered as
+    ``MatchMotion.shifts`` (``dy`` from ``-radius`` to ``radius``, then
+    ``dx``). The rows are shifted first and then the columns of all of them,
+    so ``2 * radius + 1`` shifts per axis cost that many slices, not their
+    square; each shift is a contiguous block, which copies fast.
+    """
+    height, width = ops.shape(frames)[1], ops.shape(frames)[2]
+    padded = ops.pad(frames, ((0, 0), (radius, radius), (radius, radius)))
+    starts = range(2 * radius, -1, -1)  # the padded row (column) of p - shift at p = 0, shift -radius..radius
+    rows = ops.stack([padded[:, start : start + height] for start in starts], axis=1)  # (b, dy, y, x + 2r)
+    both = ops.stack([rows[..., start : start + width] for start in starts], axis=2)  # (b, dy, dx, y, x)
+    return ops.reshape(both, (ops.shape(frames)[0], (2 * radius + 1) ** 2, height, width))
+
+
 MANY_CHANNELS = 16  # from here on, average pooling beats running sums (162 channels: 0.73 vs 0.94 s)
 
 
 def box_mean(x, size: int):
     """Mean of ``(batch, y, x, c)`` over a ``size`` square around each pixel (the part inside the grid).
 
-    The same as average pooling with stride 1 and ``same`` padding. With
-    many channels it is that pooling, in two one-dimensional passes (64
-    pixels cost 128 additions per pixel, not 4096), which the backends
+    The same as average pooling with stride 1 and ``same`` padding; see
+    :func:`box_means`, which this is for one size.
+    """
+    return box_means(x, (size,))[0]
+
+
+def box_means(x, sizes: Sequence[int]):
+    """:func:`box_mean` of ``(batch, y, x, c)`` over each of ``sizes``: a list, one array per size.
+
+    With many channels it is average pooling, in two one-dimensional passes
+    (64 pixels cost 128 additions per pixel, not 4096), which the backends
     vectorise across channels; with few channels, running sums, whose cost
     does not grow with ``size``: on a 640 x 712 grid of two channels a
     32-pixel box takes 0.03 s against 0.5 s for pooling (2 CPU cores, TF).
+    All sizes share one running sum along each axis, so a cascade of box
+    means traces (and compiles) as two passes, not two per size.
     """
     if x.shape[-1] is not None and x.shape[-1] >= MANY_CHANNELS:
-        x = ops.average_pool(x, (size, 1), strides=1, padding="same")
-        return ops.average_pool(x, (1, size), strides=1, padding="same")
-    sums = _box_sum(_box_sum(x, size, 1), size, 2)
-    counts = _box_sum(_box_sum(ops.ones_like(x[:1, :, :, :1]), size, 1), size, 2)
-    return sums / counts
+        return [ops.average_pool(ops.average_pool(x, (size, 1), strides=1, padding="same"),
+                                 (1, size), strides=1, padding="same") for size in sizes]
+    by_rows = _box_sums(x, sizes, axis=1)  # one running sum down the columns serves every size
+    # across the rows one running sum per size: independent, so the backend runs them in parallel (one
+    # scan over all sizes stacked took twice as long on 2 cores)
+    sums = [_box_sums(part, (size,), axis=2)[0] for part, size in zip(by_rows, sizes, strict=True)]
+    return [total / count[..., None] for total, count in zip(sums, _box_counts(x, sizes), strict=True)]
 
 
-def _box_sum(x, size: int, axis: int):
-    """Sums over ``size`` consecutive pixels along ``axis`` (1 or 2), aligned as ``same`` pooling aligns them.
+def _box_sums(x, sizes: Sequence[int], axis: int):
+    """Sums over ``size`` consecutive pixels along ``axis`` (1 or 2) for each of ``sizes``: a list.
 
-    Output ``i`` sums inputs ``i - before .. i - before + size - 1`` that lie
-    inside the grid, ``before = (size - 1) // 2``: the difference of two
-    entries of the running sum, padded in front with zeros and behind with
-    its total.
+    Aligned as ``same`` pooling aligns them: output ``i`` sums inputs
+    ``i - before .. i - before + size - 1`` that lie inside the grid,
+    ``before = (size - 1) // 2``, as the difference of two entries of the
+    running sum, padded in front with zeros and behind with its total. One
+    running sum serves every size.
     """
     n = ops.shape(x)[axis]
-    before = (size - 1) // 2
+    front = max((size - 1) // 2 for size in sizes) + 1
+    back = max(size - (size - 1) // 2 - 1 for size in sizes)
     running = ops.cumsum(x, axis=axis)
 
     def part(start, stop):
@@ -349,9 +403,25 @@ def _box_sum(x, size: int, axis: int):
         return tuple(index)
 
     total = running[part(n - 1, n)]
-    padded = ops.concatenate([ops.repeat(ops.zeros_like(total), before + 1, axis=axis), running,
-                              ops.repeat(total, size - before - 1, axis=axis)], axis=axis)
-    return padded[part(size, size + n)] - padded[part(0, n)]
+    padded = ops.concatenate([ops.repeat(ops.zeros_like(total), front, axis=axis), running,
+                              ops.repeat(total, back, axis=axis)], axis=axis)
+    sums = []
+    for size in sizes:
+        start = front - (size - 1) // 2 - 1  # the running sum just before the box's first pixel
+        stop = start + size  # the running sum at the box's last pixel
+        sums.append(padded[part(stop, stop + n)] - padded[part(start, start + n)])
+    return sums
+
+
+def _box_counts(x, sizes: Sequence[int]):
+    """How many pixels of ``x`` ``(batch, y, x, c)`` each box covers: one ``(y, x)`` array per size."""
+    height, width = ops.shape(x)[1], ops.shape(x)[2]
+
+    def along(n, size):
+        start = ops.arange(n, dtype="int32") - (size - 1) // 2  # the box's first pixel, maybe outside
+        return ops.minimum(start + size, n) - ops.maximum(start, 0)
+
+    return [ops.cast(along(height, size)[:, None] * along(width, size)[None, :], x.dtype) for size in sizes]
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -379,16 +449,23 @@ class BoxMean(layers.Layer):
         return {**super().get_config(), "size": self.size}
 
 
-def _bilinear(flat, ys, xs, height, width):
-    """``flat`` (batch, y*x) sampled at in-grid float positions ``ys, xs`` (batch, y, x)."""
+def _bilinear(frames, ys, xs):
+    """``frames`` ``(batch, n, y, x)`` sampled at in-grid float positions ``ys, xs`` ``(batch, n, y, x)``.
+
+    Frame ``i`` at positions ``i``: each corner of the interpolation is one
+    gather for all frames, from a row per frame (as small as one frame, so it
+    stays in cache).
+    """
+    height, width = ops.shape(frames)[2], ops.shape(frames)[3]
+    flat = ops.reshape(frames, (-1, ops.shape(frames)[1], height * width))
     y0, x0 = ops.floor(ys), ops.floor(xs)
     wy, wx = ys - y0, xs - x0
     y0, x0 = ops.cast(y0, "int32"), ops.cast(x0, "int32")
     y1, x1 = ops.minimum(y0 + 1, height - 1), ops.minimum(x0 + 1, width - 1)
 
     def at(yy, xx):
-        index = ops.reshape(yy * width + xx, (ops.shape(flat)[0], -1))
-        return ops.reshape(ops.take_along_axis(flat, index, axis=1), ops.shape(ys))
+        index = ops.reshape(yy * width + xx, ops.shape(flat))
+        return ops.reshape(ops.take_along_axis(flat, index, axis=2), ops.shape(ys))
 
     top = at(y0, x0) * (1 - wx) + at(y0, x1) * wx
     bottom = at(y1, x0) * (1 - wx) + at(y1, x1) * wx
@@ -489,9 +566,11 @@ class LeadSmooth(layers.Layer):
         shape = ops.shape(frames)
         flat = ops.reshape(frames, (-1, shape[2], shape[3], shape[4]))
         mix = ops.cast(self.mix, frames.dtype)
+        smoothed = [size for size in self.sizes if size != 1]  # their box means in one pass
+        means = dict(zip(smoothed, box_means(flat, smoothed), strict=True)) if smoothed else {}
         out = ops.zeros_like(frames)
         for k, size in enumerate(self.sizes):
-            view = frames if size == 1 else ops.reshape(box_mean(flat, size), shape)
+            view = frames if size == 1 else ops.reshape(means[size], shape)
             out = out + view * ops.reshape(mix[:, k], (1, self.t_out, 1, 1, 1))
         return out
 
