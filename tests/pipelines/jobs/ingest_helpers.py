@@ -5,10 +5,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-import signal
-import subprocess
-import time
-from collections.abc import Callable
 
 import numpy as np
 
@@ -92,15 +88,3 @@ def snapshot(path: str) -> dict[str, str]:
                 digests[os.path.relpath(full, path)] = hashlib.sha256(handle.read()).hexdigest()
     return digests
 
-
-def kill_part_way(command: list[str], progress: Callable[[], int], at_least: int,
-                  poll_s: float = 0.01) -> None:
-    """Runs ``command`` in its own process group and SIGKILLs the group once ``progress()`` reaches
-    ``at_least`` (or the process ended, or 240 s passed)."""
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               start_new_session=True)
-    deadline = time.monotonic() + 240
-    while progress() < at_least and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(poll_s)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
