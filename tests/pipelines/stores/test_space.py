@@ -1,0 +1,39 @@
+"""A write larger than the free space of its disk is refused before any work (issue 15)."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from nowcast.flows.cli import main
+from nowcast.flows.params import MAX_SYNTHETIC_FRAMES
+from nowcast.pipelines.sources import get_source
+from nowcast.pipelines.stores.archive import ZSTD_LEVEL
+from nowcast.pipelines.stores.space import compressed_size, human
+
+SIZE = 2048  # about 2.9 MiB a frame compressed: the most frames allowed need about 290 GiB
+
+
+@pytest.mark.fault("stores", "an ingest of more frames than its disk has space for",
+                   "exit 2 before any work, naming the path, the space needed and free, and the fix; "
+                   "nothing written")
+def test_an_ingest_that_cannot_fit_is_refused_before_anything_is_written(tmp_path, capsys):
+    source = get_source("synthetic", shape=(SIZE, SIZE), n_frames=2)
+    per_frame = compressed_size([source.read(item) for item in source.items()], ZSTD_LEVEL) or 1.0
+    frames = int(2 * shutil.disk_usage(tmp_path).free / per_frame) + 1  # twice what the disk holds
+    if frames > MAX_SYNTHETIC_FRAMES:
+        pytest.skip(f"{human(shutil.disk_usage(tmp_path).free)} free: the largest synthetic ingest fits")
+    archive = tmp_path / "stores" / "archive.zarr"
+
+    code = main(["ingest", "--archive", str(archive), "--synthetic", "--frames", str(frames),
+                 "--size", str(SIZE)])
+
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "ingest needs about " in err, err
+    assert f" at {archive} " in err
+    assert f"{frames} new frames" in err
+    assert " GiB free" in err
+    assert "Free space, give a path on a larger volume, or ingest fewer frames" in err
+    assert list(tmp_path.iterdir()) == [], "something was written"
