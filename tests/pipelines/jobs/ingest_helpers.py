@@ -11,6 +11,7 @@ import numpy as np
 from nowcast.pipelines.sources.base import SourceError, SourceItem
 from nowcast.pipelines.stores.archive import PRECIP, FieldSpec
 from nowcast.pipelines.stores.grid import Grid
+from nowcast.pipelines.stores.groups import filesystem
 
 STEREO = "+proj=stere +lat_0=90 +lon_0=0 +lat_ts=60 +a=6378137 +b=6356752 +x_0=0 +y_0=0"
 
@@ -88,3 +89,10 @@ def snapshot(path: str) -> dict[str, str]:
                 digests[os.path.relpath(full, path)] = hashlib.sha256(handle.read()).hexdigest()
     return digests
 
+
+
+def store_digests(url: str) -> dict[str, str]:
+    """Relative path -> sha256 of every object of a store, local or on S3."""
+    fs, root = filesystem(url)
+    return {path[len(root.rstrip("/")) + 1:]: hashlib.sha256(fs.cat_file(path)).hexdigest()
+            for path in fs.find(root)}
