@@ -94,3 +94,19 @@ def check_frames_fit(url: str, count: int, samples: Iterable[Mapping[str, np.nda
     if per_frame is not None:
         check_space(url, per_frame * count, job,
                     f"{count} new frames of about {human(per_frame)} each, compressed", fix)
+
+
+def compression_ratio(url: str, name: str) -> float | None:
+    """Stored bytes per uncompressed byte of the chunks array ``name`` of the local store ``url`` holds
+    (zarr stores an edge chunk at full size); None on an object store or without chunks."""
+    if not is_local(url):
+        return None
+    from nowcast.pipelines.stores.groups import array, open_group
+
+    member = array(open_group(url), name)
+    chunk_bytes = int(np.prod(member.chunks)) * member.dtype.itemsize
+    stored, count = 0, 0
+    for folder, _, files in os.walk(os.path.join(local_path(url), name, "c")):
+        stored += sum(os.path.getsize(os.path.join(folder, file)) for file in files)
+        count += len(files)
+    return stored / (count * chunk_bytes) if count else None
