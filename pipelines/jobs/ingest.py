@@ -26,6 +26,7 @@ run.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -52,6 +53,7 @@ from nowcast.pipelines.stores.archive import (
     FRAME_DIMS,
     MAX_TIME_CHUNK,
     VALID,
+    ZSTD_LEVEL,
     ArchiveError,
     ArchiveInfo,
     FieldSpec,
@@ -78,6 +80,7 @@ from nowcast.pipelines.stores.groups import (
 )
 from nowcast.pipelines.stores.integrity import unreadable
 from nowcast.pipelines.stores.lock import store_lock
+from nowcast.pipelines.stores.space import check_frames_fit, free_bytes
 from nowcast.pipelines.stores.timeaxis import (
     epoch_seconds,
     format_time_step,
@@ -397,6 +400,7 @@ def ingest_items(spec: IngestSpec, items: Sequence[SourceItem],
         frame_indices(items, info.start, info.time_step)
     else:
         check_new_chunks(spec, items[0])
+    check_disk_space(spec, items, info if existed else None)
     if spec.needs_check:
         all_nan = check_batch(spec, items, fields, runner)
         if all_nan:
@@ -432,6 +436,24 @@ def ingest_items(spec: IngestSpec, items: Sequence[SourceItem],
         chunks_written=len({i // info.time_chunk for i in indices[pending]}),
         time_length=int(after.shape[0]),
     )
+
+
+def check_disk_space(spec: IngestSpec, items: Sequence[SourceItem], info: ArchiveInfo | None) -> None:
+    """Refuses, before any work, a batch whose new frames do not fit on the archive's disk (estimated
+    from the first, middle and last new frame as the archive compresses them)."""
+    if spec.repair or free_bytes(spec.archive) is None:
+        return
+    pending = list(items)
+    if info is not None and not spec.overwrite:
+        present = valid_flags(spec.archive)
+        pending = [item for index, item in frame_indices(items, info.start, info.time_step)
+                   if index >= present.shape[0] or not present[index]]
+    samples = []
+    for item in sorted({pending[0], pending[len(pending) // 2], pending[-1]} if pending else set()):
+        with contextlib.suppress(SourceError):  # a bad file is the batch check's to report
+            samples.append(spec.source.read(item))
+    check_frames_fit(spec.archive, len(pending), samples, ZSTD_LEVEL, "ingest",
+                     "ingest fewer frames at a time (synthetic data: fewer --frames or a smaller --size)")
 
 
 def check_chunks_to_merge(archive: str, items: Sequence[SourceItem]) -> None:

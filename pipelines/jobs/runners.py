@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from typing import Literal
 
@@ -37,6 +38,10 @@ REQUIRED_OPTIONS: dict[str, tuple[tuple[str, ...], ...]] = {
 
 class RunnerError(InputError):
     """Runner options that cannot work."""
+
+
+class WorkerLostError(RunnerError):
+    """A worker process of the multiprocess runner died while the pipeline ran (killed, out of memory)."""
 
 
 def _flags(args: Sequence[str]) -> dict[str, str]:
@@ -146,13 +151,19 @@ def run_pipeline(options: RunnerOptions, attach: Callable[[beam.Pipeline], objec
 
     The DaskRunner opens a dask client per run and leaves it connected; it is
     closed here so that a finished job holds no connection to the scheduler.
+    The multiprocess runner is watched for a worker that dies (:func:`_run_watched`).
 
     Returns:
         The finished run (its metrics, where the runner has them: see :func:`counters`).
+
+    Raises:
+        WorkerLostError: a worker process of the multiprocess runner died; the others were stopped.
     """
     runner, pipeline_options = options.build()
     pipeline = beam.Pipeline(runner=runner, options=pipeline_options)
     attach(pipeline)
+    if options.kind == "multiprocess":
+        return _run_watched(pipeline)
     result = pipeline.run()
     try:
         result.wait_until_finish()
@@ -161,6 +172,84 @@ def run_pipeline(options: RunnerOptions, attach: Callable[[beam.Pipeline], objec
         if client is not None:
             client.close()
     return result
+
+
+# Why each worker process of a multiprocess run died, in the order they died (see _watch_workers).
+_lost_workers: list[str] = []
+
+
+def _watch_workers() -> None:
+    """Makes the FnApiRunner's worker threads record a worker process that dies.
+
+    A worker killed part way (SIGKILL, the OOM killer) makes only the thread
+    that started it raise; the runner itself waits for the dead worker's answer
+    for ever, so a job would hang instead of failing.
+    """
+    from apache_beam.runners.portability import local_job_service
+
+    worker = local_job_service.SubprocessSdkWorker
+    if getattr(worker.run, "watched", False):
+        return
+    original = worker.run
+
+    def run(self) -> None:
+        try:
+            original(self)
+        except Exception as error:  # "Worker subprocess exited with return code -9": reported by the watch
+            _lost_workers.append(str(error))
+
+    run.watched = True  # type: ignore[attr-defined]
+    worker.run = run  # type: ignore[method-assign]
+
+
+def _run_watched(pipeline: beam.Pipeline) -> PipelineResult:
+    """Runs ``pipeline`` on the multiprocess runner in a thread while this one watches its workers.
+
+    When a worker dies, or this thread is interrupted, the remaining workers are
+    killed before the error leaves: a job's store lock is released on the way
+    out, and no orphaned worker may write after that.
+    """
+    _watch_workers()
+    lost_before = len(_lost_workers)
+    outcome: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            result = pipeline.run()
+            result.wait_until_finish()
+            outcome["result"] = result
+        except BaseException as error:  # re-raised in the calling thread
+            outcome["error"] = error
+
+    thread = threading.Thread(target=run, name="beam-multiprocess", daemon=True)
+    thread.start()
+    try:
+        while thread.is_alive():
+            thread.join(0.5)
+            if len(_lost_workers) > lost_before and thread.is_alive():
+                raise WorkerLostError(
+                    f"a worker process of the multiprocess runner died part way ({_lost_workers[-1]}: "
+                    "killed, or out of memory; check the system log); the run was stopped and its other "
+                    "workers with it. What was written before is complete: rerun the job (fewer --workers "
+                    "if memory ran out)")
+    except BaseException:
+        _kill_workers()
+        raise
+    if "error" in outcome:
+        raise outcome["error"]  # type: ignore[misc]
+    return outcome["result"]  # type: ignore[return-value]
+
+
+def _kill_workers() -> None:
+    """SIGKILLs this process's Beam SDK worker processes (the multiprocess runner's)."""
+    import psutil
+
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if any("sdk_worker_main" in part for part in child.cmdline()):
+                child.kill()
+        except psutil.Error:  # gone already
+            continue
 
 
 def counters(result: PipelineResult, namespace: str) -> dict[str, int]:

@@ -47,7 +47,13 @@ from nowcast.pipelines.plans.windows import (
 )
 from nowcast.pipelines.stores.groups import storage_errors
 from nowcast.pipelines.stores.lock import store_lock
-from nowcast.pipelines.stores.windows import WindowsStore, create_windows_store, write_normalization
+from nowcast.pipelines.stores.space import check_space, compression_ratio, free_bytes
+from nowcast.pipelines.stores.windows import (
+    WindowsLayout,
+    WindowsStore,
+    create_windows_store,
+    write_normalization,
+)
 
 NAMESPACE = "windows"
 log = logging.getLogger(__name__)
@@ -83,6 +89,7 @@ class WindowJob:
     def prepare(self) -> WindowPlan:
         """Plans the job (metadata only) and creates windows.zarr at its final size."""
         plan = plan_from_archive(self.archive, self.spec, self.max_source_chunks)
+        check_windows_space(self.archive, self.output, plan.layout())
         create_windows_store(self.output, plan.layout(), overwrite=self.overwrite)
         log.info("windows: %d planned, %d emitted, skipped %s; %d tasks, read amplification %.3f",
                  plan.counts["planned"], plan.counts["emitted"], plan.counts["skipped"], len(plan.tasks),
@@ -209,6 +216,20 @@ class CutWindows(beam.PTransform):
             | "AllVariables" >> beam.CombineGlobally(beam.combiners.ToDictCombineFn()).without_defaults()
             | "WriteNormalization" >> beam.ParDo(_WriteNormalization(self.job.output))
         )
+
+
+def check_windows_space(archive: str, output: str, layout: WindowsLayout) -> None:
+    """Refuses, before windows.zarr is created, a plan whose samples do not fit on the output's disk
+    (their frames, compressed as the archive's target compresses; unchecked where that is unknown)."""
+    ratio = compression_ratio(archive, layout.target) if free_bytes(output) is not None else None
+    if ratio is None:
+        return
+    samples = sum(len(index) for index in layout.splits.values())
+    frames = samples * (layout.t_in * len(layout.channels) + layout.t_out)
+    need = frames * layout.patch_shape[0] * layout.patch_shape[1] * 4 * ratio
+    check_space(output, need, "windows", f"{samples} samples of {frames // max(samples, 1)} patches "
+                f"{layout.patch_shape[0]} x {layout.patch_shape[1]}, compressed as the archive is",
+                "cut fewer windows (a larger stride or patch stride)")
 
 
 def _empty(name: str, plan: WindowPlan) -> Stats:

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +24,7 @@ from nowcast.flows.params import (
 )
 from nowcast.pipelines.stores.archive import open_archive
 from nowcast.pipelines.stores.forecasts import written_flags
+from tests.pause import pause_env, paused_pid
 
 pytestmark = pytest.mark.xdist_group(__name__)  # its module fixture is built once, on one worker
 
@@ -182,15 +182,13 @@ def test_backfill_killed_part_way_then_rerun_does_only_the_rest(trained, prefect
         from nowcast.flows.params import BackfillParams
         backfill_flow(BackfillParams.model_validate_json({params.model_dump_json()!r}))
     """)
-    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    # paused after its third init time (a whole first chunk of three): killed part way, whatever the speed
+    signal_file = root / "backfill-paused"
+    env = {**pause_env(signal_file, r"^written/c/", 3), "PREFECT_API_URL": PREFECT_API_URL.value()}
     proc = subprocess.Popen([sys.executable, "-c", script], env=env, cwd=Path(__file__).parents[2],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 240
     try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            if (forecasts / "written").exists() and written_flags(str(forecasts)).sum() >= 3:
-                break
-            time.sleep(0.1)
+        paused_pid(signal_file, proc)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()

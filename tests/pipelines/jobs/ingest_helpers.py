@@ -5,16 +5,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-import signal
-import subprocess
-import time
-from collections.abc import Callable
 
 import numpy as np
 
 from nowcast.pipelines.sources.base import SourceError, SourceItem
 from nowcast.pipelines.stores.archive import PRECIP, FieldSpec
 from nowcast.pipelines.stores.grid import Grid
+from nowcast.pipelines.stores.groups import filesystem
 
 STEREO = "+proj=stere +lat_0=90 +lon_0=0 +lat_ts=60 +a=6378137 +b=6356752 +x_0=0 +y_0=0"
 
@@ -93,14 +90,9 @@ def snapshot(path: str) -> dict[str, str]:
     return digests
 
 
-def kill_part_way(command: list[str], progress: Callable[[], int], at_least: int,
-                  poll_s: float = 0.01) -> None:
-    """Runs ``command`` in its own process group and SIGKILLs the group once ``progress()`` reaches
-    ``at_least`` (or the process ended, or 240 s passed)."""
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               start_new_session=True)
-    deadline = time.monotonic() + 240
-    while progress() < at_least and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(poll_s)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
+
+def store_digests(url: str) -> dict[str, str]:
+    """Relative path -> sha256 of every object of a store, local or on S3."""
+    fs, root = filesystem(url)
+    return {path[len(root.rstrip("/")) + 1:]: hashlib.sha256(fs.cat_file(path)).hexdigest()
+            for path in fs.find(root)}

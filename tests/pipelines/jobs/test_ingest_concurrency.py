@@ -8,7 +8,6 @@ interleaved, so every archive chunk gets frames from every run.
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import subprocess
 import sys
@@ -19,16 +18,9 @@ import pytest
 from nowcast.pipelines.jobs.ingest import IngestSpec, ingest_items
 from nowcast.pipelines.sources.radar import RadarSource
 from nowcast.pipelines.stores.archive import open_archive
-from nowcast.pipelines.stores.groups import filesystem
+from tests.pipelines.jobs.ingest_helpers import store_digests
 
 EVENT, FRAMES, WRITERS, CHUNK = "mch/20150515", 8, 4, 4  # each chunk gets a frame of every writer
-
-
-def store_digests(url: str) -> dict[str, str]:
-    """Relative path -> sha256 of every object of a store, local or on S3."""
-    fs, root = filesystem(url)
-    return {path[len(root.rstrip("/")) + 1:]: hashlib.sha256(fs.cat_file(path)).hexdigest()
-            for path in fs.find(root)}
 
 
 def copy_group(files, folder):

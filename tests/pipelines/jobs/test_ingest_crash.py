@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.pipelines.jobs.ingest_helpers import kill_part_way, snapshot
+from tests.pause import kill_when_paused
+from tests.pipelines.jobs.ingest_helpers import snapshot
 
 FRAMES, SIZE, CHUNK = 480, 192, 8
 
@@ -34,7 +35,8 @@ def test_sigkill_then_rerun_is_byte_identical(tmp_path):
     subprocess.run(ingest_command(clean), check=True, capture_output=True, timeout=300)
 
     crashed = tmp_path / "crashed.zarr"
-    kill_part_way(ingest_command(crashed), lambda: written_chunks(crashed), 2)
+    # paused after its second valid-flag chunk (flags are written last): killed part way, whatever the speed
+    kill_when_paused(ingest_command(crashed), tmp_path / "paused", r"^valid/c/", 2)
     done_at_kill = written_chunks(crashed)
     total = FRAMES // CHUNK
     assert 0 < done_at_kill < total, f"kill did not land part way ({done_at_kill}/{total} chunks)"

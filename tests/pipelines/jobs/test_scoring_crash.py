@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
-import time
+import threading
 
 import pytest
 
 from nowcast.pipelines.jobs.scoring import ScoringSpec, run
 from nowcast.pipelines.stores.forecasts import written_flags
-from tests.pipelines.jobs.ingest_helpers import kill_part_way, snapshot
+from tests.pause import kill_when_paused, pause_env, paused_pid
+from tests.pipelines.jobs.ingest_helpers import snapshot
 from tests.pipelines.jobs.scoring_helpers import MODEL, make_archive, save_tiny_model, synthetic_stats
 
 FRAMES, SIZE, CHUNK, T_IN = 120, (48, 48), 8, 3
@@ -53,7 +55,7 @@ def flags_on_disk(url) -> int:
 def test_sigkill_then_rerun_is_byte_identical(clean, tmp_path):
     archive, models, expected = clean
     url = tmp_path / "crashed.zarr"
-    kill_part_way(command(archive, models, url), lambda: flags_on_disk(url), 10, poll_s=0.005)
+    kill_when_paused(command(archive, models, url), tmp_path / "paused", r"^written/c/", 10)
     done_at_kill = int(written_flags(str(url)).sum())
     total = FRAMES - (T_IN - 1)
     assert 0 < done_at_kill < total, f"kill did not land part way ({done_at_kill}/{total} init times)"
@@ -72,15 +74,41 @@ def test_sigkill_then_rerun_is_byte_identical(clean, tmp_path):
 def test_two_overlapping_runs_leave_the_clean_store(clean, tmp_path):
     archive, models, expected = clean
     url = tmp_path / "shared.zarr"
+    paused, go = tmp_path / "paused", tmp_path / "go"
+    # the other run stops after two init times, holding the lock, until this one is seen waiting for it
     other = subprocess.Popen(command(archive, models, url), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True)
-    deadline = time.monotonic() + 240
-    while flags_on_disk(url) < 2 and other.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.005)
-    assert other.poll() is None, "the other run ended before this one started; nothing overlapped"
-    mine = run(spec(archive, models, url))  # waits for the other run's lock, then plans
+                             text=True, env=pause_env(paused, r"^written/c/", 2, go=go))
+    paused_pid(paused, other)
+    waiting = _LogEvent("waiting for")
+    lock_log = logging.getLogger("nowcast.pipelines.stores.lock")
+    lock_log.addHandler(waiting)
+    results: list = []
+    this_run = threading.Thread(target=lambda: results.append(run(spec(archive, models, url))))
+    try:
+        this_run.start()  # waits for the other run's lock, then plans
+        assert waiting.seen.wait(300), "this run never waited for the other run's lock"
+        go.touch()
+        this_run.join(timeout=600)
+    finally:
+        go.touch()
+        lock_log.removeHandler(waiting)
+    assert results, "this run failed or never ended"
+    mine = results[0]
     _, err = other.communicate(timeout=300)
     assert other.returncode == 0, err[-3000:]
     assert mine.scored == 0  # it planned once the other had written everything: nothing raced
     assert mine.already_written == FRAMES - (T_IN - 1)
     assert snapshot(str(url)) == expected
+
+
+class _LogEvent(logging.Handler):
+    """``seen`` is set once a record whose message contains ``text`` is logged."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+        self.seen = threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.text in record.getMessage():
+            self.seen.set()

@@ -10,7 +10,8 @@ import pytest
 
 from nowcast.pipelines.jobs.windows import WindowJob, run
 from nowcast.pipelines.plans.window_spec import SplitSpec, WindowSpec
-from tests.pipelines.jobs.ingest_helpers import kill_part_way, snapshot
+from tests.pause import kill_when_paused
+from tests.pipelines.jobs.ingest_helpers import snapshot
 from tests.pipelines.jobs.scoring_helpers import make_archive
 
 pytestmark = pytest.mark.usefixtures("short_lock_lease")  # a killed run's lease ends in 10 s
@@ -39,7 +40,8 @@ def test_sigkill_then_rerun_is_byte_identical(tmp_path):
     total = chunks_written(clean)
 
     crashed = tmp_path / "crashed.zarr"
-    kill_part_way([sys.executable, "-c", CHILD, archive, str(crashed)], lambda: chunks_written(crashed), 3)
+    kill_when_paused([sys.executable, "-c", CHILD, archive, str(crashed)], tmp_path / "paused",
+                     r"^train/inputs/c/", 3)
     at_kill = chunks_written(crashed)
     assert 0 < at_kill < total, f"kill did not land part way ({at_kill}/{total} chunks)"
 

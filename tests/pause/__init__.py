@@ -1,0 +1,103 @@
+"""Deterministic pause points for kill tests: a process stops after its N-th matching chunk write.
+
+Used two ways: :func:`pause_env` for a process the test starts (this folder's
+``sitecustomize.py`` installs the pause at start-up, in that process and the
+processes it starts), or :func:`install` called directly in a running process
+(a dask worker, through ``client.run``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+FOLDER = Path(__file__).resolve().parent
+ROOT = FOLDER.parents[1]
+ENV = "NOWCAST_TEST_PAUSE"
+
+
+def pause_env(signal_file: Path, pattern: str, after: int, go: Path | None = None) -> dict[str, str]:
+    """``os.environ`` plus what makes a started process pause after ``after`` writes matching ``pattern``."""
+    settings = {"signal": str(signal_file), "pattern": pattern, "after": after, "go": str(go) if go else None}
+    path = os.pathsep.join(p for p in (str(FOLDER), str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, ENV: json.dumps(settings), "PYTHONPATH": path}
+
+
+def install_from_environment() -> None:
+    settings = json.loads(os.environ[ENV])
+    install(settings["signal"], settings["pattern"], settings["after"], settings["go"])
+
+
+def install(signal_file: str, pattern: str, after: int, go: str | None = None) -> None:
+    """Wraps zarr's ``LocalStore.set`` in this process (see the module docstring of sitecustomize)."""
+    from zarr.storage import LocalStore
+
+    original = getattr(LocalStore.set, "__wrapped__", LocalStore.set)
+    matching = re.compile(pattern)
+    count = 0
+
+    async def set(self, key, value):
+        nonlocal count
+        await original(self, key, value)
+        if not matching.search(key):
+            return
+        count += 1
+        if count != after or not _claim(signal_file):
+            return
+        while go is None or not os.path.exists(go):  # blocks zarr's IO loop: the whole job stops here
+            time.sleep(0.05)
+
+    set.__wrapped__ = original
+    LocalStore.set = set
+
+
+def uninstall() -> None:
+    """Gives zarr's ``LocalStore.set`` back its own (a long-lived process a test paused: a dask worker)."""
+    from zarr.storage import LocalStore
+
+    LocalStore.set = getattr(LocalStore.set, "__wrapped__", LocalStore.set)
+
+
+def _claim(signal_file: str) -> bool:
+    """Creates ``signal_file`` holding this pid; False when another process created it first."""
+    try:
+        descriptor = os.open(signal_file, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(str(os.getpid()))
+    return True
+
+
+def paused_pid(signal_file: Path, process: subprocess.Popen | None = None, timeout_s: float = 300) -> int:
+    """Waits for the pause (a bounded wait on an event, not on the job's speed); the paused pid.
+
+    Raises AssertionError when ``process`` ended first or the timeout passed.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        text = signal_file.read_text() if signal_file.exists() else ""
+        if text:
+            return int(text)
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"the job ended (exit {process.returncode}) before its pause point")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no pause within {timeout_s:.0f} s")
+        time.sleep(0.02)
+
+
+def kill_when_paused(command: list[str], signal_file: Path, pattern: str, after: int,
+                     cwd: Path = ROOT) -> None:
+    """Runs ``command`` in its own process group, waits for its pause point and SIGKILLs the group."""
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True, env=pause_env(signal_file, pattern, after), cwd=cwd)
+    try:
+        paused_pid(signal_file, process)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
