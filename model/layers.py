@@ -53,11 +53,12 @@ class Advect(layers.Layer):
 
     ``[inputs (batch, t_in, y, x, channels), motion (batch, y, x, 2)] ->
     (batch, t_out, y, x, 1)``: lead ``k`` takes, at each pixel ``p``, the last
-    frame of ``channel`` at ``p - k * motion(p)`` (motion in pixels per time
+    frame of ``channel`` where the trajectory ending at ``p`` was ``k`` steps
+    before (followed back step by step along the motion, in pixels per time
     step, ``(dy, dx)``), interpolated bilinearly; points that fall outside the
-    grid take the nearest edge pixel. This is the backward scheme of an
-    extrapolation nowcast with motion held constant along the trajectory, so
-    a model with zero motion is persistence. Only ``keras.ops``.
+    grid take the nearest edge pixel. This is the backward semi-Lagrangian
+    scheme of an extrapolation nowcast (pysteps'), so a model with zero motion
+    is persistence. Only ``keras.ops``.
     """
 
     def __init__(self, t_out: int, channel: int = 0, **kwargs: object) -> None:
@@ -81,7 +82,8 @@ def advect(frames, motion, steps: Sequence[int]):
 
     ``motion`` is ``(batch, y, x, 2)`` in pixels per step, ``(dy, dx)``; the
     result is ``(batch, n, y, x)``. Each pixel ``p`` of frame ``i`` takes that
-    frame at ``p - steps[i] * motion(p)``, interpolated bilinearly; points
+    frame where the trajectory ending at ``p`` was ``steps[i]`` steps before
+    (:func:`_departures`), interpolated bilinearly; points
     outside the grid take the nearest edge pixel. All frames move in one
     gather, so a model traces one set of ops however many leads it has.
     """
@@ -90,13 +92,26 @@ def advect(frames, motion, steps: Sequence[int]):
 
 
 def _departures(motion, steps: Sequence[int], dtype):
-    """Where each pixel's value comes from ``steps[i]`` steps back: rows and columns ``(batch, n, y, x)``."""
+    """Where each pixel's value comes from ``steps[i]`` steps back: rows and columns ``(batch, n, y, x)``.
+
+    The trajectory is followed back one step at a time, each step along the
+    motion where the trajectory then is (bilinear; the nearest edge pixel's
+    outside the grid), as pysteps' semi-Lagrangian extrapolation does, so
+    parcels in a turning or converging flow follow it instead of its tangent
+    at the arrival point. One step back is ``p - motion(p)`` exactly; in a
+    uniform motion every step is a straight line.
+    """
     height, width = ops.shape(motion)[1], ops.shape(motion)[2]
-    rows = ops.cast(ops.arange(height), dtype)[None, None, :, None]
-    cols = ops.cast(ops.arange(width), dtype)[None, None, None, :]
-    multiples = ops.convert_to_tensor([float(k) for k in steps], dtype=dtype)[None, :, None, None]
-    motion = ops.cast(motion, dtype)[:, None]
-    return rows - multiples * motion[..., 0], cols - multiples * motion[..., 1]
+    motion = ops.cast(ops.transpose(motion, (0, 3, 1, 2)), dtype)  # (batch, 2, y, x): both components
+    ys = ops.cast(ops.arange(height), dtype)[None, :, None] + ops.zeros_like(motion[:, 0])
+    xs = ops.cast(ops.arange(width), dtype)[None, None, :] + ops.zeros_like(motion[:, 0])
+    trajectory = []
+    for _ in range(max(steps)):
+        at = _sample(motion, ops.stack([ys, ys], axis=1), ops.stack([xs, xs], axis=1))
+        ys, xs = ys - at[:, 0], xs - at[:, 1]
+        trajectory.append((ys, xs))
+    return (ops.stack([trajectory[k - 1][0] for k in steps], axis=1),
+            ops.stack([trajectory[k - 1][1] for k in steps], axis=1))
 
 
 def _inside(ys, xs):
@@ -216,16 +231,15 @@ class LagrangianAR(layers.Layer):
         """The last three frames moved onto the last one, as levels, and where both moved ones have data.
 
         ``(now, before, earlier)``, each ``(batch, y, x, levels)``, and
-        ``inside`` ``(batch, y, x)``: 1 where the lag-2 departure point (and so
-        the lag-1 one, half as far along the same line) lies in the grid. One
-        set of departure points serves the move and the mask; the three frames
+        ``inside`` ``(batch, y, x)``: 1 where both departure points lie in the
+        grid. One set of departure points serves the move and the mask; the three frames
         go through :func:`scale_levels` as one batch.
         """
         ys, xs = _departures(motion, (1, 2), frames.dtype)
         moved = _sample(ops.stack([frames[:, -2], frames[:, -3]], axis=1), ys, xs)
         levels = scale_levels(ops.concatenate([frames[:, -1], moved[:, 0], moved[:, 1]], axis=0), self.sizes)
         now, before, earlier = ops.split(levels, 3, axis=0)
-        return now, before, earlier, _inside(ys[:, 1], xs[:, 1])
+        return now, before, earlier, _inside(ys[:, 0], xs[:, 0]) * _inside(ys[:, 1], xs[:, 1])
 
     def compute_output_shape(self, inputs_shape, motion_shape=None):
         return (inputs_shape[0], self.t_out, inputs_shape[2], inputs_shape[3], 1)
