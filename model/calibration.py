@@ -9,7 +9,8 @@ so should the models. After training, :func:`calibrate` chooses for each
 lead a factor for the change among ``SCALES`` and a box size among the
 model's :class:`~nowcast.model.layers.LeadSmooth` sizes, the pair with the
 lowest validation MAE in physical units, with the model's post-processing
-applied per patch as scoring applies it to the grid, and stores them in the
+applied per patch as scoring applies it to the grid (no smoothing for a
+model whose base already fades each scale, ``lagrangian_ar``), and stores them in the
 model's :class:`~nowcast.model.layers.LeadScale` and
 :class:`~nowcast.model.layers.LeadSmooth` layers (saved with it). A factor
 of 0 makes that lead the base itself; 1 keeps the change as trained; a box
@@ -31,6 +32,10 @@ from nowcast.model.layers import box_mean
 SCALES = (0.0, 0.25, 0.5, 0.75, 1.0)
 SCALE_LAYER = "change_scale"
 SMOOTHING_LAYER = "lead_smoothing"
+# a base that already lets each scale fade as fast as it decorrelates (S-PROG's AR(2) per scale): box
+# smoothing on top only blurs what it kept. Chosen on 64 px validation patches, boxes of 3-9 px cost the
+# lagrangian_ar models .0014-.0077 mm/h of MAE at +20..+30 min on whole test frames (docs/model.md)
+SCALE_DECAYING_BASE = "lagrangian_ar"
 
 
 def _box_means(fields: np.ndarray, size: int) -> np.ndarray:
@@ -120,10 +125,10 @@ def calibrate(net: Any, batches: Iterable[tuple[np.ndarray, ...]], normalizer: A
         return None
     layer = net.get_layer(SCALE_LAYER)
     smoothing = net.get_layer(SMOOTHING_LAYER) if SMOOTHING_LAYER in names else None
-    sizes = smoothing.sizes if smoothing is not None else (1,)
+    sizes = smoothing.sizes if smoothing is not None and SCALE_DECAYING_BASE not in names else (1,)
     layer.scale.assign(np.ones(layer.t_out, "float32"))
     if smoothing is not None:
-        smoothing.mix.assign(_one_hot([0] * layer.t_out, len(sizes)))
+        smoothing.mix.assign(_one_hot([0] * layer.t_out, len(smoothing.sizes)))
     predict = compiled_predict(both)
     errors, counts = np.zeros((len(scales), len(sizes), layer.t_out)), np.zeros(layer.t_out)
     for inputs, targets, weights in batches:
@@ -139,7 +144,7 @@ def calibrate(net: Any, batches: Iterable[tuple[np.ndarray, ...]], normalizer: A
     chosen, boxes = choose(errors, counts, scales, sizes)
     layer.scale.assign(np.asarray(chosen, "float32"))
     if smoothing is not None:
-        smoothing.mix.assign(_one_hot([sizes.index(b) for b in boxes], len(sizes)))
+        smoothing.mix.assign(_one_hot([smoothing.sizes.index(b) for b in boxes], len(smoothing.sizes)))
     mae = errors / np.maximum(counts, 1)
     return {"scales": chosen, "smoothing": boxes,
             "validation_mae": {str(scale): {str(size): [float(v) for v in mae[s, z]]
