@@ -265,10 +265,10 @@ class TrainParams(WindowsParams):
                                  "extrapolation; always: a planned roll-out (the report still says by how "
                                  "much it won or lost); never: register a candidate only")
 
-    base: Literal["persistence", "advection", "lagrangian_ar"] = Field(
-        "persistence", description="what the network corrects: the last frame, the last frame moved along "
-                                   "the block-matched motion, or S-PROG's scale-wise AR(2) forecast along it "
-                                   "(bench.skill's recipe; needs t_in >= 3)")
+    base: Literal["persistence", "advection", "lagrangian_ar"] | None = Field(
+        None, description="what the network corrects: the last frame, the last frame moved along the "
+                          "block-matched motion, or S-PROG's scale-wise AR(2) forecast along it (bench.skill's "
+                          "recipe; needs t_in >= 3); empty: lagrangian_ar, or advection when t_in < 3")
 
     @model_validator(mode="after")
     def _validation_share(self):
@@ -278,6 +278,11 @@ class TrainParams(WindowsParams):
             raise ParameterError(f"base lagrangian_ar steps each scale on from the last three frames: t_in "
                                  f"is {self.t_in}; use t_in 3 or more, or base advection")
         return self
+
+    @property
+    def chosen_base(self) -> str:
+        """The base trained: the one given, else the best the inputs allow (lagrangian_ar needs 3 frames)."""
+        return self.base or ("lagrangian_ar" if self.t_in >= 3 else "advection")
 
 
 class _ModelChoice(_Stores):

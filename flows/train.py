@@ -105,7 +105,7 @@ def fit(params: TrainParams, workdir: Path) -> str:
     config = TrainConfig(windows=params.windows, models=params.models, architecture=params.architecture,
                          workdir=str(workdir),
                          options={"filters": list(params.filters), "lstm_units": params.lstm_units,
-                                  **BASES[params.base]},
+                                  **BASES[params.chosen_base]},
                          epochs=params.epochs, steps_per_epoch=params.steps_per_epoch,
                          batch_size=params.batch_size, learning_rate=params.learning_rate, loss=params.loss,
                          augment=params.augment, seed=params.seed,

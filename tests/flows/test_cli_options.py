@@ -104,6 +104,18 @@ def test_a_bad_option_is_named_with_the_forms_message(tmp_path, capsys):
     assert not (tmp_path / "runs").exists()
 
 
+def test_the_default_base_is_the_best_the_input_frames_allow(tmp_path, monkeypatch):
+    from nowcast.flows.params import TrainParams
+
+    monkeypatch.setenv("NOWCAST_STORAGE_ROOTS", str(tmp_path))
+    stores = {name: str(tmp_path / name) for name in ("windows", "models", "workdir")}
+    archive = make_archive(str(tmp_path / "archive.zarr"), 16, (16, 16))
+    assert TrainParams(archive=archive, **stores).chosen_base == "lagrangian_ar"
+    assert TrainParams(archive=archive, t_in=2, **stores).chosen_base == "advection"  # the AR needs 3 frames
+    assert TrainParams(archive=archive, base="persistence", **stores).chosen_base == "persistence"
+    assert cli.build_parser().parse_args(["train", "--t-in", "2"]).base is None  # not a fixed default
+
+
 def test_command_line_stores_are_the_users_own_paths(tmp_path, monkeypatch):
     """The storage roots guard a server's forms; a path typed on one's own command line is not confined."""
     from nowcast.flows.options import params_from_args
