@@ -267,8 +267,9 @@ class TrainParams(WindowsParams):
 
     base: Literal["persistence", "advection", "lagrangian_ar"] | None = Field(
         None, description="what the network corrects: the last frame, the last frame moved along the "
-                          "block-matched motion, or S-PROG's scale-wise AR(2) forecast along it (bench.skill's "
-                          "recipe; needs t_in >= 3); empty: lagrangian_ar, or advection when t_in < 3")
+                          "block-matched motion, or S-PROG's scale-wise AR(2) forecast along it "
+                          "(bench.skill's recipe; needs t_in >= 3); empty: lagrangian_ar, or advection "
+                          "when t_in < 3")
 
     @model_validator(mode="after")
     def _validation_share(self):

@@ -102,7 +102,8 @@ def test_the_factor_scales_the_change_from_the_lagrangian_base_not_from_the_adve
     assert result["scales"] == [0.0, 0.0]
     np.testing.assert_allclose(result["validation_mae"]["0.0"]["1"], 0.0, atol=1e-5)
     # that base fades each scale itself: no box smoothing is offered on top of it
-    assert result["smoothing"] == [1, 1] and set(result["validation_mae"]["0.0"]) == {"1"}
+    assert result["smoothing"] == [1, 1]
+    assert set(result["validation_mae"]["0.0"]) == {"1"}
 
 
 def test_models_without_a_change_or_without_batches_are_left_alone():
