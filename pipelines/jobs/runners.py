@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Literal
 
@@ -25,6 +26,7 @@ from nowcast.errors import InputError
 
 RunnerKind = Literal["inmemory", "multiprocess", "dask", "beam"]
 KINDS = ("inmemory", "multiprocess", "dask", "beam")
+log = logging.getLogger(__name__)
 
 # Per Beam runner, the options it needs (each entry: one of these names). Without an endpoint,
 # Flink and Spark would start a local job server from a jar downloaded at run time.
@@ -176,6 +178,8 @@ def run_pipeline(options: RunnerOptions, attach: Callable[[beam.Pipeline], objec
 
 # Why each worker process of a multiprocess run died, in the order they died (see _watch_workers).
 _lost_workers: list[str] = []
+# The runner's handlers of the worker processes started and not yet released (see _release_runner).
+_worker_handlers: weakref.WeakSet = weakref.WeakSet()
 
 
 def _watch_workers() -> None:
@@ -201,16 +205,41 @@ def _watch_workers() -> None:
     run.watched = True  # type: ignore[attr-defined]
     worker.run = run  # type: ignore[method-assign]
 
+    from apache_beam.runners.portability.fn_api_runner.worker_handlers import SubprocessSdkWorkerHandler
+
+    start = SubprocessSdkWorkerHandler.start_worker
+
+    def start_worker(self) -> None:
+        _worker_handlers.add(self)
+        start(self)
+
+    SubprocessSdkWorkerHandler.start_worker = start_worker  # type: ignore[method-assign]
+
+
+def _release_runner(handlers: list, error: Exception) -> None:
+    """Ends the runner's waits on workers that are gone, so the thread running the pipeline fails and ends
+    (releasing its gRPC server) instead of waiting for ever: each instruction waiting for an answer gets
+    ``error``, and each data channel reads as closed, which the runner checks every second."""
+    for handler in handlers:
+        try:
+            handler.control_conn.abort(error)
+            handler.data_conn._closed = True  # what its close() sets, without close()'s blocking join
+        except Exception:  # Beam's internals changed: the thread waits on, the run fails all the same
+            log.warning("could not end the stopped run's wait on a worker", exc_info=True)
+
 
 def _run_watched(pipeline: beam.Pipeline) -> PipelineResult:
     """Runs ``pipeline`` on the multiprocess runner in a thread while this one watches its workers.
 
     When a worker dies, or this thread is interrupted, the remaining workers are
     killed before the error leaves: a job's store lock is released on the way
-    out, and no orphaned worker may write after that.
+    out, and no orphaned worker may write after that. The runner's waits on
+    them are ended too (:func:`_release_runner`), so the pipeline's thread
+    fails and ends in the background rather than waiting for ever.
     """
     _watch_workers()
     lost_before = len(_lost_workers)
+    handlers_before = set(_worker_handlers)
     outcome: dict[str, object] = {}
 
     def run() -> None:
@@ -232,8 +261,10 @@ def _run_watched(pipeline: beam.Pipeline) -> PipelineResult:
                     "killed, or out of memory; check the system log); the run was stopped and its other "
                     "workers with it. What was written before is complete: rerun the job (fewer --workers "
                     "if memory ran out)")
-    except BaseException:
+    except BaseException as error:
         _kill_workers()
+        _release_runner([h for h in _worker_handlers if h not in handlers_before],
+                        RuntimeError(f"the run was stopped: {error}"))
         raise
     if "error" in outcome:
         raise outcome["error"]  # type: ignore[misc]

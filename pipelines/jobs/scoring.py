@@ -9,7 +9,9 @@ The job runs in two steps:
    score (:mod:`nowcast.pipelines.plans.scoring`): the selected ones (a list,
    a range, or every archive frame) whose ``t_in`` input frames are all
    valid and that are not yet ``written``. They are grouped by the archive
-   time chunk of their last input frame.
+   time chunk of their last input frame. Their forecasts must fit on the
+   store's disk (:func:`check_forecasts_space`); a new store is created only
+   once they do.
 2. **Score** (Beam, one element per archive time chunk): read that chunk's
    frames once, plus a halo of ``t_in - 1`` frames before it, cut the
    windows, run them through ``RunInference`` with the Keras handler of
@@ -61,8 +63,9 @@ from nowcast.pipelines.stores.forecasts import (
     write_forecast,
     written_flags,
 )
-from nowcast.pipelines.stores.groups import array, open_group, storage_errors
+from nowcast.pipelines.stores.groups import array, exists, open_group, storage_errors
 from nowcast.pipelines.stores.lock import store_lock
+from nowcast.pipelines.stores.space import check_space, compression_ratio, free_bytes
 
 log = logging.getLogger(__name__)
 
@@ -130,12 +133,17 @@ def plan(spec: ScoringSpec,
     """Prepares the store and lists what to score; ``exclude`` drops indices already in flight."""
     archive = read_info(spec.archive)
     model = resolve_model(spec, archive)
-    ensure_store(spec.forecasts, model.identity, archive)
+    new = not exists(spec.forecasts)
+    if not new:  # checked, and grown to the archive's length (metadata only)
+        ensure_store(spec.forecasts, model.identity, archive)
     selected = select_indices(spec, archive)
-    ok, written = _flags(spec, selected, model.identity.t_in)
+    ok, written = _flags(spec, selected, model.identity.t_in, new)
     todo = selected[ok & (spec.overwrite | ~written)]
     if exclude:
         todo = np.asarray([i for i in todo if int(i) not in exclude], dtype="int64")
+    check_forecasts_space(spec, model.identity, archive, len(todo))
+    if new:  # created only once the forecasts fit
+        ensure_store(spec.forecasts, model.identity, archive)
     remove_stale_temporaries(spec.forecasts, model.identity.target, todo)
     tasks = plan_tasks(todo.tolist(), archive.time_chunk)
     counts = ScoringResult(forecasts=spec.forecasts, selected=len(selected), scored=0,
@@ -144,8 +152,29 @@ def plan(spec: ScoringSpec,
     return model, tasks, counts
 
 
-def _flags(spec: ScoringSpec, selected: np.ndarray, t_in: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per selected init time: whether its inputs are complete, and whether it is written.
+def check_forecasts_space(spec: ScoringSpec, identity: StoreIdentity, archive: ArchiveInfo,
+                          count: int) -> None:
+    """Refuses, before any forecast is written (or a new store created), ``count`` init times whose
+    forecasts do not fit on the store's disk: ``t_out`` frames each, stored in whole chunks and
+    compressed as the archive's target is (unchecked where that is unknown, as for windows)."""
+    if count <= 0 or free_bytes(spec.forecasts) is None:
+        return
+    ratio = compression_ratio(spec.archive, identity.target)
+    if ratio is None:
+        return
+    (ny, nx), (chunk_y, chunk_x) = archive.grid.shape, archive.spatial_chunks
+    pixels = -(-ny // chunk_y) * chunk_y * -(-nx // chunk_x) * chunk_x  # edge chunks: stored at full size
+    need = count * identity.t_out * pixels * 4 * ratio
+    detail = (f"{count} init times of {identity.t_out} leads on a {ny} x {nx} grid, "
+              "compressed as the archive is")
+    check_space(spec.forecasts, need, "scoring", detail,
+                "score fewer init times (a shorter --start/--end range)")
+
+
+def _flags(spec: ScoringSpec, selected: np.ndarray, t_in: int,
+           new: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Per selected init time: whether its inputs are complete, and whether it is written (never, in a
+    ``new`` store).
 
     Reads only the flags between the first and the last selected init time
     (the inputs reach ``t_in - 1`` frames further back): a scheduled run's
@@ -156,7 +185,8 @@ def _flags(spec: ScoringSpec, selected: np.ndarray, t_in: int) -> tuple[np.ndarr
     first, stop = int(selected.min()), int(selected.max()) + 1
     back = max(first - t_in + 1, 0)
     ok = scoreable(valid_flags(spec.archive, back, stop), t_in)[selected - back]
-    return ok, written_flags(spec.forecasts, first, stop)[selected - first]
+    written = np.zeros(stop - first, bool) if new else written_flags(spec.forecasts, first, stop)
+    return ok, written[selected - first]
 
 
 # ---------------------------------------------------------------- reading windows (pure)

@@ -17,6 +17,8 @@ import numpy as np
 
 from nowcast.pipelines.stores.groups import StoreError, is_local, local_path
 
+SAMPLE_CHUNKS = 256  # chunks whose stored size estimates a store's compression ratio
+
 
 class NotEnoughSpaceError(StoreError):
     """The file system under a store has less free space than a job is about to write."""
@@ -98,7 +100,8 @@ def check_frames_fit(url: str, count: int, samples: Iterable[Mapping[str, np.nda
 
 def compression_ratio(url: str, name: str) -> float | None:
     """Stored bytes per uncompressed byte of the chunks array ``name`` of the local store ``url`` holds
-    (zarr stores an edge chunk at full size); None on an object store or without chunks."""
+    (zarr stores an edge chunk at full size), over its first few hundred chunk files (one folder at a
+    time: a long archive is not listed whole); None on an object store or without chunks."""
     if not is_local(url):
         return None
     from nowcast.pipelines.stores.groups import array, open_group
@@ -109,4 +112,6 @@ def compression_ratio(url: str, name: str) -> float | None:
     for folder, _, files in os.walk(os.path.join(local_path(url), name, "c")):
         stored += sum(os.path.getsize(os.path.join(folder, file)) for file in files)
         count += len(files)
+        if count >= SAMPLE_CHUNKS:  # enough for an estimate; a scoring poll asks on every new frame
+            break
     return stored / (count * chunk_bytes) if count else None

@@ -1,7 +1,7 @@
 """A worker process SIGKILLed part way through an ingest, under the multiprocess and the Dask runner.
 
 The killed run fails with a clear error (multiprocess: FnApiRunner would wait
-for the dead worker for ever) or retries the lost work on another worker
+for the dead worker for ever; the thread that ran it ends too) or retries the lost work on another worker
 (Dask), and never reports success for work it did not do; a rerun ends
 byte-identical to an uninterrupted run. The worker is killed at a pause point
 (tests/pause: after its second archive chunk), not after a guessed delay; the
@@ -65,6 +65,10 @@ def test_a_multiprocess_worker_killed_part_way_fails_clearly_and_a_rerun_complet
                                               r".*rerun the job"):
         ingest(archive, RunnerOptions("multiprocess", workers=2))
 
+    for thread in threading.enumerate():  # the thread that ran the pipeline is not left waiting for ever
+        if thread.name == "beam-multiprocess":
+            thread.join(timeout=60)
+            assert not thread.is_alive(), "the pipeline's thread still waits on the dead worker"
     killer.join(timeout=10)
     assert killed, "no worker was killed"
     assert 0 < valid_flags(str(archive)).sum() < FRAMES  # stopped part way, and said so

@@ -8,12 +8,14 @@ import pytest
 
 from nowcast.flows.cli import main
 from nowcast.flows.params import MAX_SYNTHETIC_FRAMES
+from nowcast.pipelines.jobs.scoring import run as score
 from nowcast.pipelines.jobs.windows import WindowJob, run_in_process
+from nowcast.pipelines.plans.scoring import ScoringSpec
 from nowcast.pipelines.plans.window_spec import WindowSpec
 from nowcast.pipelines.sources import get_source
 from nowcast.pipelines.stores.archive import ZSTD_LEVEL
 from nowcast.pipelines.stores.space import NotEnoughSpaceError, compressed_size, human
-from tests.pipelines.jobs.scoring_helpers import make_archive
+from tests.pipelines.jobs.scoring_helpers import MODEL, make_archive, save_tiny_model, synthetic_stats
 
 DiskUsage = type(shutil.disk_usage("/"))
 SIZE = 2048  # about 2.9 MiB a frame compressed: the most frames allowed need about 290 GiB
@@ -55,3 +57,19 @@ def test_a_windows_job_that_cannot_fit_is_refused_before_its_store_is_created(tm
                                                   r"patches 32 x 32.*4.0 KiB free.*cut fewer windows"):
         run_in_process(WindowJob(archive, str(output), WindowSpec(("precip",), "precip", t_in=3, t_out=2)))
     assert not output.exists()
+
+
+@pytest.mark.fault("score", "a scoring run whose forecasts need more space than its disk has",
+                   "refused before forecasts.zarr is created, naming the path, the space needed and free, "
+                   "and the fix")
+def test_a_scoring_run_that_cannot_fit_is_refused_before_its_store_is_created(tmp_path, monkeypatch):
+    archive = make_archive(str(tmp_path / "archive.zarr"), frames=16, size=(32, 32))
+    save_tiny_model(tmp_path / "models", archive, synthetic_stats(16, (32, 32)))
+    forecasts = tmp_path / "forecasts.zarr"
+    free = DiskUsage(2**30, 2**30 - 512, 512)  # synthetic rain compresses: its forecasts need about 2.7 KiB
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: free)
+
+    with pytest.raises(NotEnoughSpaceError, match=rf"scoring needs about .* at {forecasts} \(14 init times "
+                                                  r"of 2 leads on a 32 x 32 grid.*512 B free.*score fewer"):
+        score(ScoringSpec(archive, str(forecasts), str(tmp_path / "models"), MODEL))
+    assert not forecasts.exists()
