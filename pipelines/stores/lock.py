@@ -133,15 +133,26 @@ class _Folder:
         name = self._name(lease.generation)
         try:
             if self.local:
-                os.makedirs(self.path, exist_ok=True)
-                descriptor = os.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-                with os.fdopen(descriptor, "wb") as handle:  # a half-written lease reads as expired
-                    handle.write(data)
+                self._create_local(name, data)
             else:
                 self.fs.pipe_file(name, data, mode="create")
         except FileExistsError:
             return False
         return True
+
+    def _create_local(self, name: str, data: bytes) -> None:
+        """Creates ``name`` holding ``data`` whole, or raises FileExistsError: the lease is written to a
+        temporary file and hard-linked into place (atomic, and refused when the name exists), so no
+        other writer ever reads it empty. An O_EXCL create written after would show an empty file for a
+        moment, which a racing writer took for an expired lease and went on beside its holder."""
+        os.makedirs(self.path, exist_ok=True)
+        temporary = f"{name}.{uuid.uuid4().hex}.tmp"
+        with open(temporary, "wb") as handle:
+            handle.write(data)
+        try:
+            os.link(temporary, name)
+        finally:
+            os.unlink(temporary)
 
     def replace(self, lease: Lease) -> None:
         """Rewrites a lease this writer holds (renewal, release): only its holder ever writes it."""
