@@ -19,6 +19,7 @@ from pathlib import Path
 FOLDER = Path(__file__).resolve().parent
 ROOT = FOLDER.parents[1]
 ENV = "NOWCAST_TEST_PAUSE"
+SEED_ENV = "NOWCAST_FAULT_SEED"  # the kill points' seed: CI runs 0; set it to run others
 
 
 def pause_env(signal_file: Path, pattern: str, after: int, go: Path | None = None) -> dict[str, str]:
@@ -101,3 +102,29 @@ def kill_when_paused(command: list[str], signal_file: Path, pattern: str, after:
     finally:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
+
+
+def kill_points(budget: int, kills: int = 2, seed: int | None = None) -> list[int]:
+    """``kills`` pause points (counts of matching writes), drawn with ``seed`` (default: $NOWCAST_FAULT_SEED
+    or 0), each at most ``budget // (kills + 1)``: a run resumed after each kill still has writes left to
+    pause at, whether it resumes (ingest, scoring) or starts over (windows).
+
+    >>> kill_points(30, 2, seed=0) == kill_points(30, 2, seed=0)
+    True
+    >>> all(1 <= n <= 10 for n in kill_points(30, 2, seed=5))
+    True
+    """
+    import numpy as np
+
+    seed = int(os.environ.get(SEED_ENV, "0")) if seed is None else seed
+    return [int(n) for n in np.random.default_rng(seed).integers(1, max(budget // (kills + 1), 1) + 1, kills)]
+
+
+def kill_at_points(command: list[str], folder: Path, pattern: str, points: list[int],
+                   after_each=None, cwd: Path = ROOT) -> None:
+    """Runs ``command`` once per point, SIGKILLing each run at its pause point (its N-th matching write);
+    ``after_each(i)`` checks the store between kills."""
+    for i, after in enumerate(points):
+        kill_when_paused(command, folder / f"paused{i}", pattern, after, cwd)
+        if after_each is not None:
+            after_each(i)

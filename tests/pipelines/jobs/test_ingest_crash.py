@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.pause import kill_when_paused
+from tests.pause import kill_at_points, kill_points
 from tests.pipelines.jobs.ingest_helpers import snapshot
 
 FRAMES, SIZE, CHUNK = 480, 192, 8
@@ -28,18 +28,24 @@ def written_chunks(archive: Path) -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.fault("ingest", "SIGKILL part way through an ingest",
+@pytest.mark.fault("ingest", "SIGKILL part way through an ingest, twice, at seeded points",
                    "the rerun ends byte-identical to an uninterrupted run")
 def test_sigkill_then_rerun_is_byte_identical(tmp_path):
     clean = tmp_path / "clean.zarr"
     subprocess.run(ingest_command(clean), check=True, capture_output=True, timeout=300)
 
     crashed = tmp_path / "crashed.zarr"
-    # paused after its second valid-flag chunk (flags are written last): killed part way, whatever the speed
-    kill_when_paused(ingest_command(crashed), tmp_path / "paused", r"^valid/c/", 2)
-    done_at_kill = written_chunks(crashed)
     total = FRAMES // CHUNK
-    assert 0 < done_at_kill < total, f"kill did not land part way ({done_at_kill}/{total} chunks)"
+    done = []
+
+    def part_way(_: int) -> None:
+        done.append(written_chunks(crashed))
+        assert 0 < done[-1] < total, f"kill did not land part way ({done[-1]}/{total} chunks)"
+
+    # each run pauses after its N-th valid-flag chunk (flags are written last) and is killed there, whatever
+    # the speed; the next run resumes and is killed at its own point (seeded: tests.pause.kill_points)
+    kill_at_points(ingest_command(crashed), tmp_path, r"^valid/c/", kill_points(total), part_way)
+    assert done == sorted(done), f"a resumed run lost chunks: {done}"
     assert snapshot(str(crashed)) != snapshot(str(clean))
 
     rerun = subprocess.run(ingest_command(crashed), capture_output=True, text=True, timeout=300)

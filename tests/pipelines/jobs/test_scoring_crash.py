@@ -12,7 +12,7 @@ import pytest
 
 from nowcast.pipelines.jobs.scoring import ScoringSpec, run
 from nowcast.pipelines.stores.forecasts import written_flags
-from tests.pause import kill_when_paused, pause_env, paused_pid
+from tests.pause import kill_at_points, kill_points, pause_env, paused_pid
 from tests.pipelines.jobs.ingest_helpers import snapshot
 from tests.pipelines.jobs.scoring_helpers import MODEL, make_archive, save_tiny_model, synthetic_stats
 
@@ -50,15 +50,22 @@ def flags_on_disk(url) -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.fault("score", "SIGKILL part way through batch scoring",
+@pytest.mark.fault("score", "SIGKILL part way through batch scoring, twice, at seeded points",
                    "the rerun ends byte-identical to an uninterrupted run")
 def test_sigkill_then_rerun_is_byte_identical(clean, tmp_path):
     archive, models, expected = clean
     url = tmp_path / "crashed.zarr"
-    kill_when_paused(command(archive, models, url), tmp_path / "paused", r"^written/c/", 10)
-    done_at_kill = int(written_flags(str(url)).sum())
     total = FRAMES - (T_IN - 1)
-    assert 0 < done_at_kill < total, f"kill did not land part way ({done_at_kill}/{total} init times)"
+    done = []
+
+    def part_way(_: int) -> None:
+        done.append(int(written_flags(str(url)).sum()))
+        assert 0 < done[-1] < total, f"kill did not land part way ({done[-1]}/{total} init times)"
+
+    # each run is killed at its N-th flag write, the next resumes (seeded points: tests.pause.kill_points)
+    kill_at_points(command(archive, models, url), tmp_path, r"^written/c/", kill_points(30), part_way)
+    assert done == sorted(done), f"a resumed run lost init times: {done}"
+    done_at_kill = done[-1]
     assert snapshot(str(url)) != expected
 
     rerun = run(spec(archive, models, url))

@@ -10,7 +10,7 @@ import pytest
 
 from nowcast.pipelines.jobs.windows import WindowJob, run
 from nowcast.pipelines.plans.window_spec import SplitSpec, WindowSpec
-from tests.pause import kill_when_paused
+from tests.pause import kill_at_points, kill_points
 from tests.pipelines.jobs.ingest_helpers import snapshot
 from tests.pipelines.jobs.scoring_helpers import make_archive
 
@@ -31,7 +31,7 @@ def chunks_written(output: Path) -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.fault("windows", "SIGKILL part way through the windows job",
+@pytest.mark.fault("windows", "SIGKILL part way through the windows job, twice, at seeded points",
                    "the rerun (overwrite) ends byte-identical to an uninterrupted run")
 def test_sigkill_then_rerun_is_byte_identical(tmp_path):
     archive = make_archive(str(tmp_path / "archive.zarr"), frames=240, size=(64, 64), time_chunk=24)
@@ -40,10 +40,14 @@ def test_sigkill_then_rerun_is_byte_identical(tmp_path):
     total = chunks_written(clean)
 
     crashed = tmp_path / "crashed.zarr"
-    kill_when_paused([sys.executable, "-c", CHILD, archive, str(crashed)], tmp_path / "paused",
-                     r"^train/inputs/c/", 3)
-    at_kill = chunks_written(crashed)
-    assert 0 < at_kill < total, f"kill did not land part way ({at_kill}/{total} chunks)"
+
+    def part_way(_: int) -> None:
+        at_kill = chunks_written(crashed)
+        assert 0 < at_kill < total, f"kill did not land part way ({at_kill}/{total} chunks)"
+
+    # killed at one seeded point, then the rerun (overwrite) at another (tests.pause.kill_points)
+    kill_at_points([sys.executable, "-c", CHILD, archive, str(crashed)], tmp_path, r"^train/inputs/c/",
+                   kill_points(total), part_way)
 
     run(WindowJob(archive, str(crashed), SPEC, overwrite=True))
     assert snapshot(str(crashed)) == snapshot(str(clean))
