@@ -278,9 +278,10 @@ class WriteChunks(beam.PTransform):
 
 # ---------------------------------------------------------------- the job
 
-def reference_grid(spec: IngestSpec, first: SourceItem) -> Grid:
-    """The grid every frame must be on: the archive's, or the batch's first frame's."""
-    return read_info(spec.archive).grid if exists(spec.archive) else spec.source.read_grid(first)
+def reference_grid(spec: IngestSpec, first: SourceItem, info: ArchiveInfo | None) -> Grid:
+    """The grid every frame must be on: the archive's (``info``, read once before the checks, which other
+    writers may be extending meanwhile), or the batch's first frame's for a new archive."""
+    return info.grid if info is not None else spec.source.read_grid(first)
 
 
 def check_reports_url(archive: str) -> str:
@@ -298,13 +299,12 @@ def check_reports_url(archive: str) -> str:
 
 
 def check_batch(spec: IngestSpec, items: Sequence[SourceItem], fields: tuple[FieldSpec, ...],
-                runner: RunnerOptions | None) -> set[str]:
+                grid: Grid, runner: RunnerOptions | None) -> set[str]:
     """Reads every frame once; raises IngestError listing problems; returns all-NaN paths.
 
     With ``runner`` None the frames are checked in this process (used by the
     watcher, which runs inside a Beam worker already).
     """
-    grid = reference_grid(spec, items[0])
     if runner is None:
         reports = [check_item(spec.source, item, grid, fields) for item in items]
     else:
@@ -393,16 +393,16 @@ def ingest_items(spec: IngestSpec, items: Sequence[SourceItem],
     if not items:
         raise IngestError(f"source {spec.source.name} has no frames to ingest")
     fields = tuple(spec.source.fields())
-    existed = exists(spec.archive)
-    if existed:
-        info = _existing_info(spec.archive)
+    existed = exists(spec.archive)  # whole once it exists: created in one step (created_whole)
+    info = _settled_info(spec.archive) if existed else None
+    if info is not None:
         check_fields(info, fields)
         frame_indices(items, info.start, info.time_step)
     else:
         check_new_chunks(spec, items[0])
-    check_disk_space(spec, items, info if existed else None)
+    check_disk_space(spec, items, info)
     if spec.needs_check:
-        all_nan = check_batch(spec, items, fields, runner)
+        all_nan = check_batch(spec, items, fields, reference_grid(spec, items[0], info), runner)
         if all_nan:
             log.warning("%d all-NaN frames will be stored as missing (valid=false): %s",
                         len(all_nan), sorted(all_nan)[:5])
@@ -530,7 +530,18 @@ def rewrite_time_coordinate(archive: str, info: ArchiveInfo) -> None:
     array(group, "time")[:] = epoch_seconds(time_values(info.start, info.time_step, info.length))
 
 
+def _settled_info(url: str) -> ArchiveInfo:
+    """The layout before this run holds the lock: an extension part way, another ingest's still going or
+    a stopped one's, is waited out or repaired under the lock, never repaired beside its writer."""
+    try:
+        return read_info(url)
+    except InterruptedExtensionError:
+        with store_lock(url, "ingest"):
+            return _existing_info(url)
+
+
 def _existing_info(url: str) -> ArchiveInfo:
+    """The layout under the lock: an extension a stopped ingest left part way is completed first."""
     try:
         return read_info(url)
     except InterruptedExtensionError:

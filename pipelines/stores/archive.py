@@ -29,6 +29,7 @@ from nowcast.pipelines.stores.groups import (
     array,
     arrays_along,
     consolidate,
+    created_whole,
     dimension_names,
     grow_axis,
     not_a_store,
@@ -355,9 +356,10 @@ def create_archive(
         for name in stat_names(field):
             chunks = (time_chunk, len(field.thresholds)) if name.endswith("_above") else (time_chunk,)
             encoding[name] = {"chunks": chunks, "fill_value": np.float32("nan")}
-    ds.to_zarr(zarr_store(url), mode="w-", compute=False, encoding=encoding, consolidated=False,
-               zarr_format=3)
-    consolidate(open_group(url, "r+", error=ArchiveError))
+    with created_whole(url) as staging:  # an ingest or reader never sees a root without its arrays
+        ds.to_zarr(zarr_store(staging), mode="w-", compute=False, encoding=encoding, consolidated=False,
+                   zarr_format=3)
+        consolidate(open_group(staging, "r+", error=ArchiveError))
     return read_info(url)
 
 

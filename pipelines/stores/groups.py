@@ -14,6 +14,7 @@ import contextlib
 import errno
 import os
 import re
+import uuid
 import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar, Literal
@@ -151,7 +152,7 @@ def not_a_store(url: str) -> str | None:
     if not fs.isdir(path):
         return None
     names = {name.rstrip("/").rsplit("/", 1)[-1] for name in fs.ls(path, detail=False)}
-    if "zarr.json" in names:
+    if "zarr.json" in names or PUBLISHING in names:  # a store, or one whose creation stopped part way
         return None
     if names & {".zgroup", ".zarray", ".zattrs"}:
         return (f"{url} is a zarr v2 store; nowcast reads and writes zarr v3. Convert a copy (for example "
@@ -169,6 +170,45 @@ def exists(url: str) -> bool:
         return os.path.exists(os.path.join(local_path(url), "zarr.json"))
     fs, path = filesystem(url)
     return fs.exists(f"{path.rstrip('/')}/zarr.json")
+
+
+# a remote store being published: present from its first member's copy until its root metadata is written
+PUBLISHING = ".publishing"
+
+
+@contextlib.contextmanager
+def created_whole(url: str) -> Iterator[str]:
+    """Yields a staging URL to build a new store at; on success the store appears at ``url`` whole.
+
+    Readers and :func:`exists` see nothing at ``url`` or every member of the
+    store, never a root without its arrays: on disk the staging folder is
+    renamed into place (one atomic step); elsewhere its objects are copied
+    with the root ``zarr.json`` last, behind a marker that tells an
+    interrupted copy (:func:`not_a_store`) from other data. The staging copy
+    is removed whatever happens.
+    """
+    staging = f"{url.rstrip('/')}.creating-{uuid.uuid4().hex}"
+    fs, staged = filesystem(staging)
+    try:
+        yield staging
+        if is_local(url):
+            os.rename(local_path(staging), local_path(url))  # replaces an empty folder, never data
+        else:
+            _copy_root_last(fs, staged, filesystem(url)[1].rstrip("/"))
+    finally:
+        if fs.exists(staged):
+            fs.rm(staged, recursive=True)
+
+
+def _copy_root_last(fs: Any, source: str, target: str) -> None:
+    if fs.exists(f"{target}/{PUBLISHING}"):  # a copy stopped part way: its members go, not mixed in
+        fs.rm(target, recursive=True)
+    fs.pipe(f"{target}/{PUBLISHING}", b"")
+    members = [path for path in fs.find(source) if path != f"{source}/zarr.json"]
+    for path in members:
+        fs.copy(path, target + path[len(source):])
+    fs.copy(f"{source}/zarr.json", f"{target}/zarr.json")
+    fs.rm(f"{target}/{PUBLISHING}")
 
 
 def open_group(url: str, mode: Mode = "r", error: type[StoreError] = StoreError) -> zarr.Group:

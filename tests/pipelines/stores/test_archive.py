@@ -118,3 +118,51 @@ def test_a_chunk_no_writer_could_hold_is_refused_before_the_store_is_made(tmp_pa
         create_archive(url, make_grid(), [PRECIP], "2024-01-01T00:00", "PT5M", length=6, time_chunk=0)
     assert not (tmp_path / "big.zarr").exists()
     check_chunk_size(DEFAULT_TIME_CHUNK, (4096, 4096))
+
+
+@pytest.fixture(params=["local", "s3"])
+def where(request, tmp_path):
+    return str(tmp_path) if request.param == "local" else request.getfixturevalue("s3_bucket")
+
+
+@pytest.mark.fault("ingest", "an archive read while another ingest creates it (local and S3)",
+                   "nothing or the whole archive is seen: the root metadata appears last")
+def test_an_archive_appears_whole_or_not_at_all(where):
+    """Four ingests started together into a new S3 archive: one read the root metadata of the archive
+    another was creating before its arrays were there ("has no (time, y, x) variable")."""
+    from nowcast.pipelines.stores.groups import created_whole, exists, filesystem
+
+    url = f"{where}/whole.zarr"
+    fs, path = filesystem(url)
+    with created_whole(url) as staging:
+        create_archive(staging, make_grid(), [PRECIP], "2024-01-01T00:00", "PT5M", length=6)
+        assert exists(staging)
+        assert not exists(url)
+        assert not fs.exists(path)
+    assert read_info(url).length == 6
+    assert not fs.exists(filesystem(staging)[1])
+
+    def stopped_before_publishing(url: str) -> str:
+        with created_whole(url) as staging:
+            create_archive(staging, make_grid(), [PRECIP], "2024-01-01T00:00", "PT5M", length=6)
+            raise RuntimeError(staging)
+
+    with pytest.raises(RuntimeError) as stopped:
+        stopped_before_publishing(f"{where}/failed.zarr")
+    assert not fs.exists(filesystem(f"{where}/failed.zarr")[1])
+    assert not fs.exists(filesystem(str(stopped.value))[1])
+
+
+@pytest.mark.fault("ingest", "an S3 archive whose creation stopped part way through its copy",
+                   "recognised by its marker and created afresh: no member of the stopped one is left")
+def test_a_creation_stopped_part_way_on_s3_is_replaced(s3_bucket):
+    from nowcast.pipelines.stores.groups import PUBLISHING, filesystem, not_a_store
+
+    url = f"{s3_bucket}/stopped.zarr"
+    fs, path = filesystem(url)
+    fs.pipe({f"{path}/{PUBLISHING}": b"", f"{path}/rain/zarr.json": b"{}"})  # a copy killed part way
+    assert not_a_store(url) is None
+    create_archive(url, make_grid(), [PRECIP], "2024-01-01T00:00", "PT5M", length=6)
+    assert [f.name for f in read_info(url).fields] == [PRECIP.name]
+    assert not fs.exists(f"{path}/rain")
+    assert not fs.exists(f"{path}/{PUBLISHING}")
