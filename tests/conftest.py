@@ -10,6 +10,13 @@ import pytest
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+# Prefect configures logging from scratch when prefect.main is first imported (setup_logging: a
+# dictConfig that closes the root logger's handlers). First imported inside a test (the commands import
+# flows lazily), it closed pytest's capture handlers and took that pytest process down ("I/O operation
+# on closed file", "lost sys.stderr"); which test hit it depended on the order tests ran in. Imported
+# here, before any test, it finds no capture handler yet.
+import prefect.main  # noqa: F401
+
 RADAR_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "radar"
 
 
