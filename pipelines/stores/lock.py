@@ -141,14 +141,12 @@ class _Folder:
         return True
 
     def _create_local(self, name: str, data: bytes) -> None:
-        """Creates ``name`` holding ``data`` whole, or raises FileExistsError: the lease is written to a
-        temporary file and hard-linked into place (atomic, and refused when the name exists), so no
-        other writer ever reads it empty. An O_EXCL create written after would show an empty file for a
+        """Creates ``name`` holding ``data`` whole, or raises FileExistsError: the lease is hard-linked
+        into place from a written temporary file (atomic, and refused when the name exists), so no other
+        writer ever reads it empty. An O_EXCL create written after would show an empty file for a
         moment, which a racing writer took for an expired lease and went on beside its holder."""
         os.makedirs(self.path, exist_ok=True)
-        temporary = f"{name}.{uuid.uuid4().hex}.tmp"
-        with open(temporary, "wb") as handle:
-            handle.write(data)
+        temporary = _written_temporary(name, data)
         try:
             os.link(temporary, name)
         finally:
@@ -159,10 +157,7 @@ class _Folder:
         data = json.dumps(dataclasses.asdict(lease)).encode()
         name = self._name(lease.generation)
         if self.local:
-            temporary = f"{name}.{uuid.uuid4().hex}.tmp"
-            with open(temporary, "wb") as handle:
-                handle.write(data)
-            os.replace(temporary, name)
+            os.replace(_written_temporary(name, data), name)
         else:
             self.fs.pipe_file(name, data)
 
@@ -171,6 +166,14 @@ class _Folder:
             if older < generation:
                 with contextlib.suppress(FileNotFoundError):
                     self.fs.rm_file(self._name(older))
+
+
+def _written_temporary(name: str, data: bytes) -> str:
+    """A new file beside ``name`` holding ``data``, to be moved or linked into place whole."""
+    temporary = f"{name}.{uuid.uuid4().hex}.tmp"
+    with open(temporary, "wb") as handle:
+        handle.write(data)
+    return temporary
 
 
 def _owner() -> str:
