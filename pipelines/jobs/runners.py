@@ -143,6 +143,13 @@ class RunnerOptions:
         if self.kind == "dask":
             from apache_beam.runners.dask.dask_runner import DaskRunner
 
+            from nowcast.pipelines.jobs import dask_bundles
+
+            dask_bundles.install()  # each partition returns its own outputs, not its process's
+            if not {"dask_partition_size", "dask_npartitions"} & _flags(args).keys():
+                # a task per partition: Beam's default of up to 128 elements in one partition ran a job of
+                # a few hundred chunk tasks on one or two workers of the cluster
+                args = ["--dask_partition_size=1", *args]
             return DaskRunner(), PipelineOptions([f"--dask_client_address={self.dask_address}", *args])
         options = PipelineOptions(args)
         return str(options.view_as(StandardOptions).runner), options
