@@ -51,7 +51,6 @@ from nowcast.pipelines.sources.base import Source, SourceError, SourceItem, sort
 from nowcast.pipelines.stores.archive import (
     DEFAULT_TIME_CHUNK,
     FRAME_DIMS,
-    MAX_TIME_CHUNK,
     VALID,
     ZSTD_LEVEL,
     ArchiveError,
@@ -62,6 +61,7 @@ from nowcast.pipelines.stores.archive import (
     create_archive,
     extend_time,
     read_info,
+    time_chunk_problem,
     valid_flags,
     write_block,
 )
@@ -130,9 +130,8 @@ class IngestSpec:
     def __post_init__(self) -> None:
         if self.repair and self.overwrite:
             raise IngestError("give --repair or --overwrite, not both: --repair rewrites only damaged chunks")
-        if not 1 <= self.time_chunk <= MAX_TIME_CHUNK:
-            raise IngestError(f"time_chunk {self.time_chunk} must be 1..{MAX_TIME_CHUNK} frames per chunk; "
-                              f"the default {DEFAULT_TIME_CHUNK} suits 5-minute frames (--time-chunk)")
+        if problem := time_chunk_problem(self.time_chunk):
+            raise IngestError(problem)
         if self.time_step is not None:
             parse_time_step(self.time_step)
 

@@ -22,7 +22,7 @@ from nowcast.pipelines.jobs.ticks import Stop, run_streaming, ticks, timing_prob
 from nowcast.pipelines.plans.ingest import IngestError, frame_indices
 from nowcast.pipelines.sources import get_source
 from nowcast.pipelines.sources.base import SourceError, SourceItem
-from nowcast.pipelines.stores.archive import DEFAULT_TIME_CHUNK, MAX_TIME_CHUNK, read_info, valid_flags
+from nowcast.pipelines.stores.archive import DEFAULT_TIME_CHUNK, read_info, time_chunk_problem, valid_flags
 from nowcast.pipelines.stores.groups import exists
 
 log = logging.getLogger(__name__)
@@ -58,9 +58,8 @@ class WatchSpec:
         problem = timing_problem(self.interval_s, self.duration_s)
         if problem:
             raise IngestError(problem)
-        if not 1 <= self.time_chunk <= MAX_TIME_CHUNK:
-            raise IngestError(f"time_chunk {self.time_chunk} must be 1..{MAX_TIME_CHUNK} frames per chunk; "
-                              f"the default {DEFAULT_TIME_CHUNK} suits 5-minute frames (--time-chunk)")
+        if problem := time_chunk_problem(self.time_chunk):
+            raise IngestError(problem)
         if not 1 <= self.max_attempts <= MAX_ATTEMPTS:
             raise IngestError(f"max_attempts {self.max_attempts} must be 1..{MAX_ATTEMPTS} polls")
         get_source(self.fmt, directory=self.directory)

@@ -297,15 +297,23 @@ def _template(
     return ds
 
 
+def time_chunk_problem(time_chunk: int) -> str | None:
+    """Why ``time_chunk`` is not a number of frames an archive chunk can hold; None when it is."""
+    if 1 <= time_chunk <= MAX_TIME_CHUNK:
+        return None
+    return (f"time chunk {time_chunk} must be 1..{MAX_TIME_CHUNK} frames; the default {DEFAULT_TIME_CHUNK} "
+            "suits 5-minute frames (--time-chunk)")
+
+
 def check_chunk_size(time_chunk: int, chunks_yx: tuple[int, int]) -> None:
     """Refuses a chunk layout whose chunks a writer could not hold in memory.
 
     Raises:
         ArchiveError: naming the chunk, its size and the largest time chunk that fits.
     """
-    if not 1 <= time_chunk <= MAX_TIME_CHUNK:
-        raise ArchiveError(f"time chunk {time_chunk} must be 1..{MAX_TIME_CHUNK} frames; the default "
-                           f"{DEFAULT_TIME_CHUNK} suits 5-minute frames (--time-chunk)")
+    problem = time_chunk_problem(time_chunk)
+    if problem:
+        raise ArchiveError(problem)
     frame_bytes = 4 * int(np.prod(chunks_yx))  # float32
     if time_chunk * frame_bytes > MAX_CHUNK_BYTES:
         fits = max(1, MAX_CHUNK_BYTES // frame_bytes)
