@@ -38,7 +38,7 @@ def rows(items: Iterable[pytest.Item]) -> list[tuple[str, str, str, str]]:
         area, fault, outcome = marker.args
         if area not in AREAS:
             raise ValueError(f"{item.nodeid}: fault area {area!r} is not one of {AREAS}")
-        test = item.nodeid.split("[")[0]
+        test = item.nodeid.split("[")[0].split("@")[0]  # xdist's loadgroup appends "@<group>"
         found.setdefault(test, (area, fault, outcome))
         cases[test] += 1
     table = [(area, fault, outcome,
