@@ -2,11 +2,14 @@
 
 A synthetic archive (bench.windows' rain-like fields) is cut by the windows
 job (in process) into windows.zarr; then one ``cnn_lstm`` trains
-(a) from :func:`nowcast.model.data.make_dataset` (chunk-wise zarr reads, interleave,
+(a) from :func:`nowcast.model.data.make_dataset` (chunk-wise zarr reads on threads,
 shuffle buffer, prefetch) and (b) from the same normalised batches held in
 memory (a ``tf.data`` over the stacked batches, no reads, no shuffling), on the same compiled
 model, alternating, best of three rounds each (two in --quick), so that load from
 other processes on a shared machine hurts both sides alike. Goal: (a) >= 0.9 x (b).
+Then both again with TensorFlow's deterministic kernels, as ``nowcast.model.train``
+runs by default (Keras compiles the step without XLA then): what
+reproducible, resumable training costs (``deterministic_to_default_ratio``).
 
 GFLOP/s of a training step are counted analytically (:func:`forward_flops`:
 multiply-adds of Conv2D, Conv2DTranspose, Dense, LSTM and ConvLSTM2D, 2 FLOPs
@@ -100,6 +103,19 @@ def make_windows(work: Path, frames: int, size: int, stride: int) -> str:
     return out
 
 
+def timed_fits(net: keras.Model, datasets: tuple, epochs: int, rounds: int) -> list[float]:
+    """Best-of-``rounds`` seconds of ``net.fit`` on each dataset, alternating, after one untimed fit each."""
+    for dataset in datasets:  # traces the step and warms the input
+        net.fit(dataset, epochs=1, verbose=0)
+    best = [math.inf] * len(datasets)
+    for _ in range(rounds):
+        for i, dataset in enumerate(datasets):
+            start = time.perf_counter()
+            net.fit(dataset, epochs=epochs, verbose=0)
+            best[i] = min(best[i], time.perf_counter() - start)
+    return best
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser(__doc__.splitlines()[0]).parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -120,17 +136,14 @@ def main(argv: list[str] | None = None) -> int:
             in_memory = tf.data.Dataset.from_tensor_slices(
                 tuple(np.stack(parts) for parts in zip(*batches, strict=True))).prefetch(tf.data.AUTOTUNE)
             samples = batch * len(batches)
-            net.fit(dataset, epochs=1, verbose=0)  # trace both paths before timing
-            net.fit(in_memory, epochs=1, verbose=0)
-            pipeline_s, memory_s = math.inf, math.inf
-            for _ in range(2 if args.quick else 3):
-                start = time.perf_counter()
-                net.fit(dataset, epochs=epochs, verbose=0)
-                pipeline_s = min(pipeline_s, time.perf_counter() - start)
-                start = time.perf_counter()
-                net.fit(in_memory, epochs=epochs, verbose=0)
-                memory_s = min(memory_s, time.perf_counter() - start)
+            rounds = 2 if args.quick else 3
+            pipeline_s, memory_s = timed_fits(net, (dataset, in_memory), epochs, rounds)
+            # then as nowcast.model.train runs by default: deterministic kernels (no way back in a process)
+            tf.config.experimental.enable_op_determinism()
+            net.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")  # kernels chosen anew
+            det_pipeline_s, det_memory_s = timed_fits(net, (dataset, in_memory), epochs, rounds)
             pipeline_rate, memory_rate = samples * epochs / pipeline_s, samples * epochs / memory_s
+            det_memory_rate = samples * epochs / det_memory_s
             flops = forward_flops(net)
             step_gflops = 3 * flops * memory_rate / 1e9
             matmul = matmul_gflops(512 if args.quick else 2048, 3 if args.quick else 10)
@@ -138,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
             "pipeline_samples_per_s": pipeline_rate,
             "memory_samples_per_s": memory_rate,
             "pipeline_to_memory_ratio": pipeline_rate / memory_rate,
+            "deterministic_pipeline_samples_per_s": samples * epochs / det_pipeline_s,
+            "deterministic_memory_samples_per_s": det_memory_rate,
+            "deterministic_to_default_ratio": det_memory_rate / memory_rate,
             "step_gflops": step_gflops,
             "matmul_gflops": matmul,
             "step_to_matmul_ratio": step_gflops / matmul,
@@ -153,9 +169,12 @@ def main(argv: list[str] | None = None) -> int:
         }
         notes = ("cnn_lstm trained (a) from windows.zarr via nowcast.model.data.make_dataset and (b) from "
                  "the same normalised batches held in memory; step GFLOP/s = 3 x analytic forward FLOPs x "
-                 "in-memory rate.")
+                 "in-memory rate. deterministic_*: the same after "
+                 "tf.config.experimental.enable_op_determinism() (training's default; Keras then runs the "
+                 "step without XLA).")
         path = write_results("train", figures, args.out, args.quick, notes)
-        print(f"wrote {path}: pipeline {pipeline_rate:.1f} vs memory {memory_rate:.1f} samples/s; "
+        print(f"wrote {path}: pipeline {pipeline_rate:.1f} vs memory {memory_rate:.1f} samples/s "
+              f"(deterministic kernels: memory {det_memory_rate:.1f}); "
               f"step {step_gflops:.1f} vs matmul {matmul:.1f} GFLOP/s")
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -13,20 +13,32 @@ same schema module the windows job writes with:
   train one model: their chunks are drawn together and their train
   statistics merged (``Normalizer.from_stores``).
 - :func:`make_dataset` builds the pipeline: the sample chunks of a split are
-  shuffled, read in parallel by ``interleave`` (each read decodes one zarr
-  chunk along ``sample``), mixed in a shuffle buffer, optionally flipped and
-  rotated (the same transform on inputs and targets), batched and prefetched.
-  Memory holds at most ``cycle_length`` chunks plus the buffer, never a split.
+  shuffled, read ``cycle_length`` at a time in parallel (each read decodes one
+  zarr chunk along ``sample``), mixed in a shuffle buffer, optionally flipped
+  and rotated (the same transform on inputs and targets), batched and
+  prefetched. Memory holds at most ``cycle_length`` chunks plus the buffer,
+  never a split.
+- What a training epoch draws is a function of ``(seed, epoch)`` only: the
+  chunk order, the mixing and the augmentation are seeded per epoch, and the
+  pipeline's parallel reads keep their order. So a run resumed at epoch 5
+  after a crash draws what an uninterrupted run draws in epoch 5
+  (:mod:`nowcast.model.checkpoint`), whatever the process did before.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import collections
+import concurrent.futures
+import itertools
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TypeVar
 
 import numpy as np
 
 from nowcast.model.normalization import Normalizer, model_samples
 from nowcast.pipelines.stores.windows import WindowsError, WindowsStore
+
+T = TypeVar("T")
 
 
 def read_model_chunk(store: WindowsStore, index: int, normalizer: Normalizer | None,
@@ -56,6 +68,34 @@ def _augment(inputs, targets, weights, seed_pair, square: bool):
     return transform(inputs), transform(targets), w
 
 
+def chunk_order(total: int, seed: int, epoch: int, endless: bool = False) -> Iterator[tuple[int, np.ndarray]]:
+    """Chunk indices in a random order drawn for ``(seed, epoch)``, each with an augmentation key.
+
+    One pass over ``total`` chunks, or with ``endless`` pass after pass, each drawn anew.
+
+    >>> [int(i) for i, _ in chunk_order(4, seed=0, epoch=1)] == [int(i) for i, _ in chunk_order(4, 0, 1)]
+    True
+    >>> sorted(int(i) for i, _ in chunk_order(4, seed=0, epoch=2))
+    [0, 1, 2, 3]
+    """
+    for one_pass in itertools.count() if endless else range(1):
+        rng = np.random.default_rng([seed, epoch, one_pass])
+        keys = rng.integers(0, 2**31 - 1, size=(total, 2))
+        yield from zip(rng.permutation(total).tolist(), keys, strict=True)
+
+
+def read_ahead(read: Callable[..., T], items: Iterable[tuple], workers: int) -> Iterator[T]:
+    """``read(*item)`` for each item, on ``workers`` threads at most ``workers`` items ahead, in order."""
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        pending: collections.deque[concurrent.futures.Future[T]] = collections.deque()
+        for item in items:
+            pending.append(pool.submit(read, *item))
+            if len(pending) >= workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
 def open_stores(urls: str | Sequence[str], split: str) -> list[WindowsStore]:
     """One split of each windows store; refuses stores whose samples differ in shape."""
     stores = [WindowsStore(url, split) for url in ([urls] if isinstance(urls, str) else urls)]
@@ -71,8 +111,8 @@ def open_stores(urls: str | Sequence[str], split: str) -> list[WindowsStore]:
 def make_dataset(urls: str | Sequence[str], split: str = "train", batch_size: int = 8, *,
                  normalizer: Normalizer | None = None, normalize: bool = True, shuffle: bool = True,
                  seed: int = 0, shuffle_buffer: int = 256, cycle_length: int = 4, augment: bool = False,
-                 with_weights: bool = True, repeat: bool = False, drop_remainder: bool = False,
-                 wet: tuple[float, float] | None = None):
+                 with_weights: bool = True, steps: int | None = None, drop_remainder: bool = False,
+                 wet: tuple[float, float] | None = None, epoch: Callable[[], int] = lambda: 0):
     """A ``tf.data.Dataset`` of ``(inputs, targets[, weights])`` batches from one or more windows stores.
 
     Args:
@@ -84,15 +124,20 @@ def make_dataset(urls: str | Sequence[str], split: str = "train", batch_size: in
             statistics (merged across stores, no coverage channel).
         normalize: ``False`` yields the physical values as stored (NaN kept).
         shuffle: shuffle chunk order (each epoch) and samples within a buffer.
-        seed: seed of both shuffles and the augmentation.
+        seed: seed of both shuffles and the augmentation, with ``epoch``.
         shuffle_buffer: samples held for shuffling.
         cycle_length: chunks read concurrently.
         augment: random flips and 90-degree rotations (inputs and targets alike).
         with_weights: also yield per-pixel weights, 0 where the target is NaN.
-        repeat: repeat forever (training with ``steps_per_epoch``).
+        steps: batches per iteration, drawn from as many seeded passes over
+            the split as they need (training with ``steps_per_epoch``); None:
+            one pass.
         drop_remainder: drop a final short batch.
         wet: ``(threshold, fraction)``: keep only samples whose target has at
             least ``fraction`` of observed pixels at or above ``threshold``.
+        epoch: the epoch an iteration draws (called when it starts; Keras
+            starts one per epoch, after ``on_epoch_begin``): with ``seed`` it
+            fixes the order, the mixing and the augmentation.
 
     Returns:
         The dataset; shapes ``(b, t_in, y, x, c)``, ``(b, t_out, y, x, 1)``, ``(b, t_out, y, x)``.
@@ -116,41 +161,49 @@ def make_dataset(urls: str | Sequence[str], split: str = "train", batch_size: in
     specs = (tf.TensorSpec((None, *in_shape), tf.float32), tf.TensorSpec((None, *out_shape), tf.float32),
              tf.TensorSpec((None, *out_shape[:-1]), tf.float32))
 
-    def read(index: np.int64) -> tuple[np.ndarray, ...]:
+    def read(index, key) -> tuple[np.ndarray, ...]:
+        """A chunk's samples, each with its own augmentation key: the chunk's key plus its row."""
         store, chunk = chunk_of[int(index)]
-        return read_model_chunk(stores[store], int(chunk), active, wet)
+        inputs, targets, weights = read_model_chunk(stores[store], int(chunk), active, wet)
+        rows = np.arange(len(inputs), dtype="int64")
+        return inputs, targets, weights, np.stack([np.full_like(rows, key[0]), key[1] + rows], axis=1)
 
-    def read_arrays(index):
-        arrays = tf.numpy_function(read, [index], [tf.float32, tf.float32, tf.float32], stateful=False)
-        for array, spec in zip(arrays, specs, strict=True):
-            array.set_shape(spec.shape)
-        return tuple(arrays)
-
+    signature = (*specs, tf.TensorSpec((None, 2), tf.int64))
     total_chunks = len(chunk_of)
-    chunks = tf.data.Dataset.range(total_chunks)
     if shuffle:
-        chunks = chunks.shuffle(total_chunks, seed=seed, reshuffle_each_iteration=True)
-    if repeat:
-        chunks = chunks.repeat()
-    if shuffle:
-        # Samples of `cycle_length` chunks, read concurrently, alternate in the stream.
-        ds = chunks.interleave(lambda i: tf.data.Dataset.from_tensor_slices(read_arrays(i)),
-                               cycle_length=max(1, min(cycle_length, total_chunks)), block_length=1,
-                               num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
-        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+        # Chunks in an order drawn for (seed, epoch), read cycle_length at a time on threads of this process
+        # and kept in that order (tf.data runs a parallel map after a Python source one call at a time under
+        # deterministic kernels); the buffer's shuffle is the same in every iteration, so its output differs
+        # only with its input.
+        ds = tf.data.Dataset.from_generator(
+            lambda: read_ahead(read, chunk_order(total_chunks, seed, epoch(), endless=steps is not None),
+                               max(1, cycle_length)), output_signature=signature)
+        ds = ds.unbatch().shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=False)
+        parallel = None
     else:
         # Store order (evaluation): chunks still read in parallel, emitted in sequence.
-        ds = chunks.map(read_arrays, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).unbatch()
+        def read_in_order(index):
+            arrays = tf.numpy_function(read, [index, tf.stack([tf.constant(seed, tf.int64), index])],
+                                       [spec.dtype for spec in signature], stateful=False)
+            for array, spec in zip(arrays, signature, strict=True):
+                array.set_shape(spec.shape)
+            return tuple(arrays)
+
+        ds = tf.data.Dataset.range(total_chunks).map(read_in_order, num_parallel_calls=tf.data.AUTOTUNE,
+                                                     deterministic=True).unbatch()
+        parallel = tf.data.AUTOTUNE
     if augment:
         square = in_shape[1] == in_shape[2]
-        seeds = tf.data.Dataset.random(seed=seed).batch(2)
-        ds = tf.data.Dataset.zip(ds, seeds).map(
-            lambda sample, s: _augment(sample[0], sample[1], sample[2], tf.cast(s, tf.int32), square),
-            num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.map(lambda x, y, w, key: _augment(x, y, w, tf.cast(key, tf.int32), square),
+                    num_parallel_calls=parallel, deterministic=True if parallel else None)
+    else:
+        ds = ds.map(lambda x, y, w, key: (x, y, w))
     if not with_weights:
-        ds = ds.map(lambda x, y, w: (x, y), num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.map(lambda x, y, w: (x, y))
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
-    if not repeat and wet is None:  # a known length gives Keras's progress bar its total
+    if steps is not None:
+        ds = ds.take(steps).apply(tf.data.experimental.assert_cardinality(steps))
+    elif wet is None:  # a known length gives Keras's progress bar its total
         batches = num_samples // batch_size if drop_remainder else -(-num_samples // batch_size)
         ds = ds.apply(tf.data.experimental.assert_cardinality(batches))
     return ds.prefetch(tf.data.AUTOTUNE)

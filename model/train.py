@@ -4,10 +4,12 @@
 
 Defaults: Adam, MSE (or intensity-weighted MSE), early stopping on the
 validation loss with the best weights restored, the best model checkpointed,
-``keras.callbacks.BackupAndRestore`` so a crashed run resumes from its last
-finished epoch when started again with the same ``workdir``, TensorBoard logs
-and a CSV history under ``workdir``, Keras's progress bar, and a seeded run
-(``keras.utils.set_random_seed``). With a validation split, each lead's
+a crash-safe checkpoint after each epoch (:mod:`nowcast.model.checkpoint`) so
+a run killed at any point resumes from its last finished epoch when started
+again with the same ``workdir``, TensorBoard logs and a CSV history under
+``workdir``, Keras's progress bar, and a seeded run
+(``keras.utils.set_random_seed``) on deterministic kernels by default: the
+same settings give the same weights bit for bit, resumed or not. With a validation split, each lead's
 learned change is then weighted by the factor that gives the lowest
 validation MAE (:mod:`nowcast.model.calibration`). With GPUs present (TensorFlow backend)
 training uses ``mixed_float16`` and a ``MirroredStrategy``; on CPU neither.
@@ -16,8 +18,10 @@ training uses ``mixed_float16`` and a ``MirroredStrategy``; on CPU neither.
 from __future__ import annotations
 
 import contextlib
+import csv
 import dataclasses
 import hashlib
+import shutil
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -27,6 +31,7 @@ import keras
 from nowcast.errors import InputError
 from nowcast.model import calibration, data, registry
 from nowcast.model.architectures import ArchitectureConfig, build_model
+from nowcast.model.checkpoint import Epochs, TrainingCheckpoint
 from nowcast.model.forecaster import PROBABILITY_MATCHING
 from nowcast.model.losses import get_loss
 from nowcast.model.normalization import Normalizer
@@ -79,6 +84,11 @@ class TrainConfig:
             lead takes the value distribution of the extrapolation it corrects,
             so the frequency bias stays near 1; docs/model.md compares the two)
             or None (the model's own output).
+        deterministic: deterministic kernels (TensorFlow backend): the same
+            settings give the same weights bit for bit, and a resumed run an
+            uninterrupted run's. Off: some kernels may run faster, and runs
+            differ in the last bits (once on, on for the rest of the process:
+            TensorFlow has no public switch back).
     """
 
     windows: str | tuple[str, ...]
@@ -103,6 +113,7 @@ class TrainConfig:
     coverage: bool = True
     lr_schedule: str = "plateau"
     postprocessing: str | None = PROBABILITY_MATCHING
+    deterministic: bool = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.windows, str):
@@ -121,6 +132,8 @@ class TrainConfig:
             raise TrainConfigError("steps_per_epoch must be >= 1 or None")
         if not self.learning_rate > 0:
             raise TrainConfigError(f"learning_rate must be positive, got {self.learning_rate}")
+        if self.seed < 0:
+            raise TrainConfigError(f"seed must be >= 0, got {self.seed}")
         get_loss(self.loss)
 
 
@@ -169,11 +182,10 @@ def _urls(windows: str | tuple[str, ...]) -> tuple[str, ...]:
 
 
 def callbacks(cfg: TrainConfig, monitor: str) -> list[keras.callbacks.Callback]:
-    """Early stopping, learning-rate schedule, best checkpoint, crash backup, CSV history, TensorBoard."""
+    """Early stopping, learning-rate schedule, best checkpoint, CSV history, TensorBoard."""
     work = Path(cfg.workdir)
     work.mkdir(parents=True, exist_ok=True)
     cbs: list[keras.callbacks.Callback] = [
-        keras.callbacks.BackupAndRestore(str(work / "backup")),
         keras.callbacks.EarlyStopping(monitor=monitor, patience=cfg.patience, restore_best_weights=True),
         keras.callbacks.ModelCheckpoint(str(work / "best.keras"), monitor=monitor, save_best_only=True),
         keras.callbacks.CSVLogger(str(work / "history.csv"), append=True),
@@ -215,16 +227,51 @@ def training_set(cfg: TrainConfig) -> TrainingSet:
     return TrainingSet(urls, stores, normalizer, arch)
 
 
+def run_identity(cfg: TrainConfig, tset: TrainingSet) -> dict[str, object]:
+    """What a checkpoint must match to be resumed: every setting that shapes the epochs already run."""
+    fields = ("architecture", "options", "steps_per_epoch", "batch_size", "learning_rate", "loss",
+              "intensity_weight", "patience", "seed", "augment", "wet", "coverage", "lr_schedule",
+              "deterministic")
+    return {**{name: getattr(cfg, name) for name in fields}, "windows": list(tset.urls),
+            "training_data_hash": _fingerprint(tset.urls)}
+
+
+def use_deterministic_kernels(on: bool) -> None:
+    """TensorFlow's deterministic kernels from now on in this process when ``on`` (TensorFlow has no
+    public switch back: a later run in the same process with ``deterministic=False`` keeps them)."""
+    if on and keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+
+
+def _keep_history_rows(path: Path, epochs: int) -> None:
+    """Drops CSV history rows of epochs a resumed run trains again (written before the kill, not saved)."""
+    if not path.exists():
+        return
+    with open(path, newline="") as handle:
+        rows = list(csv.reader(handle))
+    kept = rows[:1] + [row for row in rows[1:] if row and int(row[0]) < epochs]
+    with open(path, "w", newline="") as handle:
+        csv.writer(handle).writerows(kept)
+
+
 def train(cfg: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callback] = ()) -> TrainResult:
     """Trains ``cfg.architecture`` on windows.zarr and saves it as a registry version.
 
-    ``extra_callbacks`` run after the defaults (e.g. a flow's progress reporter).
+    A checkpoint left in ``cfg.workdir`` by a killed run of the same settings
+    is resumed. ``extra_callbacks`` run after the defaults (e.g. a flow's
+    progress reporter).
     """
     keras.utils.set_random_seed(cfg.seed)
+    use_deterministic_kernels(cfg.deterministic)
     tset = training_set(cfg)
+    checkpoint = TrainingCheckpoint(Path(cfg.workdir) / "backup", run_identity(cfg, tset))
+    checkpoint.state()  # refuses another run's checkpoint before any work
+    epochs = Epochs()
     train_ds = data.make_dataset(tset.urls, "train", cfg.batch_size, normalizer=tset.normalizer,
-                                 seed=cfg.seed, augment=cfg.augment, repeat=cfg.steps_per_epoch is not None,
-                                 wet=cfg.wet)
+                                 seed=cfg.seed, augment=cfg.augment, steps=cfg.steps_per_epoch, wet=cfg.wet,
+                                 epoch=lambda: epochs.current)
     val_ds = validation_dataset(cfg, tset)
     gpus = gpu_count()
     strategy = contextlib.nullcontext()
@@ -239,18 +286,26 @@ def train(cfg: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callback] 
             net = build_model(cfg.architecture, tset.arch)
             net.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate),
                         loss=get_loss(cfg.loss, cfg.intensity_weight), metrics=["mae"])
+        first = checkpoint.restore(net)
+        epochs.current = first
+        _keep_history_rows(Path(cfg.workdir) / "history.csv", first)
         started = time.time()
-        fit = net.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs,
-                      steps_per_epoch=cfg.steps_per_epoch,
-                      shuffle=False,  # make_dataset shuffles chunks and samples itself
-                      callbacks=[*callbacks(cfg, monitor), *extra_callbacks], verbose=cfg.verbose)
+        defaults = callbacks(cfg, monitor)
+        # each epoch's data comes from make_dataset's own seeded passes (steps_per_epoch included)
+        net.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs,
+                initial_epoch=cfg.epochs if checkpoint.stopped else first,
+                shuffle=False,  # make_dataset shuffles chunks and samples itself
+                callbacks=[*defaults, epochs, checkpoint.watch(defaults), *extra_callbacks],
+                verbose=cfg.verbose)
+        seconds = time.time() - started
+        lead_scale, val_metrics = validate(cfg, tset, net)
     finally:
         keras.mixed_precision.set_global_policy("float32")
-    seconds = time.time() - started
-    history = {k: [float(v) for v in vals] for k, vals in fit.history.items()}
+    history = dict(checkpoint.history)
     metrics = {"train_seconds": seconds, "epochs_run": len(history.get("loss", []))}
-    lead_scale, val_metrics = validate(cfg, tset, net)
-    return register(cfg, tset, net, history, {**metrics, **val_metrics}, lead_scale, gpus)
+    result = register(cfg, tset, net, history, {**metrics, **val_metrics}, lead_scale, gpus)
+    shutil.rmtree(checkpoint.folder, ignore_errors=True)  # the version is saved: nothing left to resume
+    return result
 
 
 def validation_dataset(cfg: TrainConfig, tset: TrainingSet):
@@ -316,7 +371,8 @@ def register(cfg: TrainConfig, tset: TrainingSet, net: keras.Model, history: Map
         "training": {"loss": cfg.loss, "intensity_weight": cfg.intensity_weight, "batch_size": cfg.batch_size,
                      "learning_rate": cfg.learning_rate, "lr_schedule": cfg.lr_schedule, "seed": cfg.seed,
                      "augment": cfg.augment, "samples": sum(s.num_samples for s in stores), "gpus": gpus,
-                     "wet": list(cfg.wet) if cfg.wet else None, "coverage": cfg.coverage},
+                     "wet": list(cfg.wet) if cfg.wet else None, "coverage": cfg.coverage,
+                     "deterministic": cfg.deterministic},
     }
     record = {**metrics, "history": dict(history)}
     path = registry.save_model(net, cfg.models, cfg.architecture, metadata, record, version=cfg.version,

@@ -70,11 +70,15 @@ def write_windows(path: Path, splits: dict[str, tuple[np.ndarray, np.ndarray]], 
     return str(path)
 
 
-@pytest.fixture
-def tiny_windows(tmp_path: Path) -> str:
+def make_tiny_windows(folder: Path) -> str:
     """train (10 samples), val (4) and test (3) windows of 4 -> 3 frames on 8x12, chunks of 4."""
     rng = np.random.default_rng(0)
-    archive = write_archive(tmp_path / "archive.zarr", 64, (8, 12))
+    archive = write_archive(folder / "archive.zarr", 64, (8, 12))
     splits = {name: (rain_like(rng, (n, 4, 8, 12, 1)), rain_like(rng, (n, 3, 8, 12, 1)))
               for name, n in (("train", 10), ("val", 4), ("test", 3))}
-    return write_windows(tmp_path / "windows.zarr", splits, archive=archive)
+    return write_windows(folder / "windows.zarr", splits, archive=archive)
+
+
+@pytest.fixture
+def tiny_windows(tmp_path: Path) -> str:
+    return make_tiny_windows(tmp_path)

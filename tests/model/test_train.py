@@ -1,8 +1,7 @@
-"""Training end to end on a tiny windows.zarr: registry output, resume, refusal."""
+"""Training end to end on tiny windows.zarr stores: several stores, refusals (resuming: test_train_crash)."""
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
@@ -10,73 +9,14 @@ import keras
 import numpy as np
 import pytest
 
-from nowcast.model import calibration, registry
 from nowcast.model.train import TrainConfig, TrainConfigError, train
 
 OPTIONS = {"filters": [4], "lstm_units": 4, "decoder_filters": 2}
 
 
-class CrashAtEpoch(keras.callbacks.Callback):
-    def __init__(self, epoch: int) -> None:
-        super().__init__()
-        self.epoch = epoch
-
-    def on_epoch_begin(self, epoch, logs=None):
-        if epoch == self.epoch:
-            raise RuntimeError("simulated crash")
-
-
-def _epochs(workdir) -> list[int]:
-    with open(workdir / "history.csv") as handle:
-        return [int(row["epoch"]) for row in csv.DictReader(handle)]
-
-
-@pytest.mark.slow
-@pytest.mark.fault("train", "training killed after an epoch",
-                   "the rerun resumes from the checkpoint and saves a version")
-def test_train_saves_a_version_and_resumes_after_a_crash(tiny_windows, tmp_path):
-    cfg = TrainConfig(windows=tiny_windows, models=str(tmp_path / "models"), architecture="convlstm",
-                      workdir=str(tmp_path / "run"), options=OPTIONS, epochs=4, batch_size=4, patience=10,
-                      loss="intensity_weighted_mse", augment=True, verbose=0, version="v1")
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        train(cfg, extra_callbacks=[CrashAtEpoch(2)])
-    assert _epochs(tmp_path / "run") == [0, 1]
-    result = train(cfg)
-    assert _epochs(tmp_path / "run") == [0, 1, 2, 3]  # resumed at epoch 2, not from scratch
-    assert len(result.history["loss"]) == 2
-
-    meta = json.loads((Path(result.path) / "metadata.json").read_text())
-    assert meta["time_step"] == "PT5M"
-    assert meta["lead_times"] == ["PT5M", "PT10M", "PT15M"]
-    assert meta["archive"] == {"time_step": "PT5M", "variables": {"precip": "mm h-1"}, "grid_shape": [8, 12]}
-    assert meta["normalization"]["kinds"] == {"precip": "log1p"}
-    assert meta["training_range"] == [{"start": "2019-12-31T23:45:00", "end": "2020-01-01T01:00:00"}]
-    assert meta["fully_convolutional"]
-    assert meta["postprocessing"] == "probability_matching"  # the default (docs/model.md)
-    assert meta["training"]["loss"] == "intensity_weighted_mse"
-    assert meta["normalization"]["coverage"]
-    assert meta["architecture_config"]["channels"] == 2  # precip and its coverage mask
-    assert len(meta["training_data_hash"]) == 64
-    scales = meta["lead_scale"]["scales"]  # chosen on the validation split, saved in the model
-    assert len(scales) == 3
-    assert set(scales) <= set(calibration.SCALES)
-    loaded = registry.load_model(cfg.models, "convlstm", archive=registry.ArchiveDescription.from_dict(
-        meta["archive"]))
-    assert loaded.model.loss.name == "intensity_weighted_mse"
-    assert loaded.model.get_layer("change_scale").get_weights()[0].tolist() == scales
-    mix = loaded.model.get_layer("lead_smoothing").get_weights()[0]  # one box size per lead, saved too
-    sizes = loaded.model.get_layer("lead_smoothing").sizes
-    assert [sizes[k] for k in mix.argmax(axis=1)] == meta["lead_scale"]["smoothing"]
-    np.testing.assert_array_equal(mix.sum(axis=1), 1.0)
-    ten_minutes = registry.ArchiveDescription("PT10M", {"precip": "mm h-1"}, (8, 12))
-    with pytest.raises(registry.ArchiveMismatchError, match="time step"):
-        registry.load_model(cfg.models, "convlstm", archive=ten_minutes)
-
-
 @pytest.mark.slow
 def test_one_model_learns_from_several_stores_with_merged_statistics(tmp_path):
     """Two networks' windows (other grids, one patch shape) train one model; statistics merge by count."""
-    import numpy as np
 
     from nowcast.model.normalization import Normalizer
     from nowcast.pipelines.stores.windows import WindowsStore

@@ -22,8 +22,12 @@ ENV = "NOWCAST_TEST_PAUSE"
 SEED_ENV = "NOWCAST_FAULT_SEED"  # the kill points' seed: CI runs 0; set it to run others
 
 
+BATCHES = "<training batches>"  # a pattern that counts finished training batches instead of writes
+
+
 def pause_env(signal_file: Path, pattern: str, after: int, go: Path | None = None) -> dict[str, str]:
-    """``os.environ`` plus what makes a started process pause after ``after`` writes matching ``pattern``."""
+    """``os.environ`` plus what makes a started process pause after ``after`` writes matching ``pattern``
+    (or, with ``pattern=BATCHES``, after its ``after``-th finished training batch)."""
     settings = {"signal": str(signal_file), "pattern": pattern, "after": after, "go": str(go) if go else None}
     path = os.pathsep.join(p for p in (str(FOLDER), str(ROOT), os.environ.get("PYTHONPATH")) if p)
     return {**os.environ, ENV: json.dumps(settings), "PYTHONPATH": path}
@@ -31,7 +35,30 @@ def pause_env(signal_file: Path, pattern: str, after: int, go: Path | None = Non
 
 def install_from_environment() -> None:
     settings = json.loads(os.environ[ENV])
-    install(settings["signal"], settings["pattern"], settings["after"], settings["go"])
+    pause_at = install_batches if settings["pattern"] == BATCHES else install
+    pause_at(settings["signal"], settings["pattern"], settings["after"], settings["go"])
+
+
+def install_batches(signal_file: str, pattern: str, after: int, go: str | None = None) -> None:
+    """Wraps Keras's ``CallbackList.on_train_batch_end``: the process pauses after its ``after``-th batch."""
+    from keras.callbacks import CallbackList
+
+    original = CallbackList.on_train_batch_end
+    count = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        nonlocal count
+        original(self, batch, logs)
+        count += 1
+        if count == after and _claim(signal_file):
+            _wait_for(go)
+
+    CallbackList.on_train_batch_end = on_train_batch_end
+
+
+def _wait_for(go: str | None) -> None:
+    while go is None or not os.path.exists(go):  # blocks the process's work here
+        time.sleep(0.05)
 
 
 def install(signal_file: str, pattern: str, after: int, go: str | None = None) -> None:
@@ -48,10 +75,8 @@ def install(signal_file: str, pattern: str, after: int, go: str | None = None) -
         if not matching.search(key):
             return
         count += 1
-        if count != after or not _claim(signal_file):
-            return
-        while go is None or not os.path.exists(go):  # blocks zarr's IO loop: the whole job stops here
-            time.sleep(0.05)
+        if count == after and _claim(signal_file):
+            _wait_for(go)  # blocks zarr's IO loop: the whole job stops here
 
     set.__wrapped__ = original
     LocalStore.set = set
