@@ -246,7 +246,8 @@ def use_deterministic_kernels(on: bool) -> None:
 
 
 def _keep_history_rows(path: Path, epochs: int) -> None:
-    """Drops CSV history rows of epochs a resumed run trains again (written before the kill, not saved)."""
+    """Keeps the CSV history rows of the epochs before ``epochs`` (the checkpoint's): a resumed run writes
+    the rest again (a kill can come after a row and before its checkpoint), a new run (0) starts afresh."""
     if not path.exists():
         return
     with open(path, newline="") as handle:
