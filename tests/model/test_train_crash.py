@@ -21,7 +21,6 @@ from tests.pause import BATCHES, kill_at_points, kill_points
 OPTIONS = {"filters": [4], "lstm_units": 4, "decoder_filters": 2}
 EPOCHS, BATCHES_PER_EPOCH = 5, 3  # 10 training samples in batches of 4
 
-pytestmark = pytest.mark.xdist_group(__name__)  # the module's reference run is trained once, on one worker
 
 
 def config(windows: str, root: Path, **changes) -> TrainConfig:
@@ -67,37 +66,53 @@ def reference(tmp_path_factory):
     return windows, outcome(root)
 
 
+RUN = """
+import json, sys
+from nowcast.model.train import TrainConfig, train
+train(TrainConfig(**json.loads(sys.argv[1])))
+"""
+
+
 @pytest.mark.slow
-@pytest.mark.fault("train", "training fails while writing an epoch's checkpoint (weights written, state not)",
-                   "the rerun resumes from the last complete checkpoint and ends with an uninterrupted "
-                   "run's weights, bit for bit; a rerun with other settings is refused, naming them")
-def test_a_crash_while_checkpointing_then_rerun_gives_the_uninterrupted_weights(reference, tmp_path,
-                                                                                 monkeypatch):
+@pytest.mark.fault("train", "training SIGKILLed at a seeded batch, then the resumed run failing while it "
+                   "writes an epoch's checkpoint (weights written, state not)",
+                   "the rerun resumes from the last complete checkpoint and ends with an uninterrupted run's "
+                   "weights, history and calibration, bit for bit; a rerun with other settings is refused, "
+                   "naming them")
+def test_sigkill_then_a_crash_while_checkpointing_then_rerun_is_byte_identical(reference, tmp_path,
+                                                                               monkeypatch):
     windows, expected = reference
-    replaced = []
-    real_replace = checkpoint_module.os.replace
+    cfg = config(windows, tmp_path)
+    arguments = {**vars(cfg), "options": dict(cfg.options)}
+    state = tmp_path / "run" / "backup" / "state.json"
 
-    def crash_on_the_second_state(source, target):
-        if len(replaced) == 1:  # epoch 1's files are on disk, its state.json not yet
-            raise OSError("simulated crash while checkpointing")
-        replaced.append(target)
-        real_replace(source, target)
+    def part_way(_: int) -> None:
+        assert not (tmp_path / "models" / "convlstm" / "v1").exists(), "the kill came after the run ended"
 
-    monkeypatch.setattr(checkpoint_module.os, "replace", crash_on_the_second_state)
+    # a seeded kill point in the second epoch: the checkpoint left is the first epoch's
+    kill_at_points([sys.executable, "-c", RUN, json.dumps(arguments)], tmp_path, BATCHES,
+                   [BATCHES_PER_EPOCH + kill_points(2 * BATCHES_PER_EPOCH, 1)[0]], part_way)
+    assert json.loads(state.read_text())["epoch"] == 1
+
+    def crash_before_the_state(source, target):  # the resumed run's next epoch: its files written, not named
+        raise OSError("simulated crash while checkpointing")
+
+    monkeypatch.setattr(checkpoint_module.os, "replace", crash_before_the_state)
     with pytest.raises(OSError, match="simulated crash"):
-        train(config(windows, tmp_path))
+        train(cfg)
     monkeypatch.undo()
+    assert json.loads(state.read_text())["epoch"] == 1
     assert csv_epochs(tmp_path / "run") == [0, 1]  # the CSV logger wrote epoch 1 before the crash
 
     with pytest.raises(CheckpointMismatchError, match=r"differs in \['seed'\].*another --workdir"):
         train(config(windows, tmp_path, seed=1))
 
-    result = train(config(windows, tmp_path))
+    result = train(cfg)
     assert csv_epochs(tmp_path / "run") == list(range(len(result.history["loss"])))  # epoch 1 once
     assert len(result.history["loss"]) == len(expected[1]["loss"])  # the whole run's history
     assert_same_run(outcome(tmp_path), expected)
     assert not (tmp_path / "run" / "backup").exists()  # the version is saved: nothing left to resume
-    assert_saved_for_scoring(result, config(windows, tmp_path))
+    assert_saved_for_scoring(result, cfg)
 
 
 def assert_saved_for_scoring(result, cfg: TrainConfig) -> None:
@@ -128,38 +143,3 @@ def assert_saved_for_scoring(result, cfg: TrainConfig) -> None:
     ten_minutes = registry.ArchiveDescription("PT10M", {"precip": "mm h-1"}, (8, 12))
     with pytest.raises(registry.ArchiveMismatchError, match="time step"):
         registry.load_model(cfg.models, "convlstm", archive=ten_minutes)
-
-
-RUN = """
-import json, sys
-from nowcast.model.train import TrainConfig, train
-train(TrainConfig(**json.loads(sys.argv[1])))
-"""
-
-
-@pytest.mark.slow
-@pytest.mark.fault("train", "training SIGKILLed twice, at seeded training batches",
-                   "the rerun resumes from the last finished epoch and ends with an uninterrupted run's "
-                   "weights, history and calibration, bit for bit")
-def test_sigkill_at_seeded_batches_then_rerun_is_byte_identical(reference, tmp_path):
-    windows, expected = reference
-    cfg = config(windows, tmp_path)
-    arguments = {**vars(cfg), "options": dict(cfg.options)}
-    states = []
-
-    def part_way(_: int) -> None:
-        state = tmp_path / "run" / "backup" / "state.json"
-        states.append(json.loads(state.read_text())["epoch"] if state.exists() else 0)
-        assert not (tmp_path / "models" / "convlstm" / "v1").exists(), "the kill came after the run ended"
-
-    # seeded kill points: the first in the second epoch (its checkpoint is the first epoch's), the second
-    # in the resumed run's remaining batches
-    total = len(expected[1]["loss"]) * BATCHES_PER_EPOCH
-    points = [BATCHES_PER_EPOCH + kill_points(2 * BATCHES_PER_EPOCH, 1)[0],
-              kill_points(2 * (total - BATCHES_PER_EPOCH - 1), 1)[0]]
-    kill_at_points([sys.executable, "-c", RUN, json.dumps(arguments)], tmp_path, BATCHES, points, part_way)
-    assert states[0] >= 1, f"checkpointed epochs after each kill: {states}"
-    assert states == sorted(states), f"checkpointed epochs after each kill: {states}"
-
-    train(cfg)
-    assert_same_run(outcome(tmp_path), expected)
