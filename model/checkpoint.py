@@ -47,9 +47,9 @@ class CheckpointMismatchError(InputError):
 class Epochs(keras.callbacks.Callback):
     """Tells the input pipeline which epoch it draws (``make_dataset(epoch=...)``)."""
 
-    def __init__(self, first: int = 0) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self.current = first
+        self.current = 0
 
     def on_epoch_begin(self, epoch: int, logs: Mapping | None = None) -> None:
         self.current = epoch
@@ -104,9 +104,11 @@ class TrainingCheckpoint(keras.callbacks.Callback):
                 "rerun with the same settings to resume it, or give this run another --workdir")
         return state
 
-    def restore(self, model: keras.Model) -> int:
-        """Loads the saved weights and optimizer into ``model``; the epoch ``fit`` starts at."""
-        state = self.state()
+    def restore(self, model: keras.Model, state: Mapping | None) -> int:
+        """Loads the weights and optimizer of ``state`` (from :meth:`state`) into ``model``.
+
+        Returns the epoch ``fit`` starts at (0 without a state).
+        """
         if state is None:
             return 0
         if model.optimizer is not None and not model.optimizer.built:

@@ -192,14 +192,15 @@ def make_dataset(urls: str | Sequence[str], split: str = "train", batch_size: in
         ds = tf.data.Dataset.range(total_chunks).map(read_in_order, num_parallel_calls=tf.data.AUTOTUNE,
                                                      deterministic=True).unbatch()
         parallel = tf.data.AUTOTUNE
+    def kept(x, y, w):
+        return (x, y, w) if with_weights else (x, y)
+
     if augment:
         square = in_shape[1] == in_shape[2]
-        ds = ds.map(lambda x, y, w, key: _augment(x, y, w, tf.cast(key, tf.int32), square),
+        ds = ds.map(lambda x, y, w, key: kept(*_augment(x, y, w, tf.cast(key, tf.int32), square)),
                     num_parallel_calls=parallel, deterministic=True if parallel else None)
     else:
-        ds = ds.map(lambda x, y, w, key: (x, y, w))
-    if not with_weights:
-        ds = ds.map(lambda x, y, w: (x, y))
+        ds = ds.map(lambda x, y, w, key: kept(x, y, w))
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     if steps is not None:
         ds = ds.take(steps).apply(tf.data.experimental.assert_cardinality(steps))

@@ -268,7 +268,7 @@ def train(cfg: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callback] 
     use_deterministic_kernels(cfg.deterministic)
     tset = training_set(cfg)
     checkpoint = TrainingCheckpoint(Path(cfg.workdir) / "backup", run_identity(cfg, tset))
-    checkpoint.state()  # refuses another run's checkpoint before any work
+    saved = checkpoint.state()  # refuses another run's checkpoint before any work
     epochs = Epochs()
     train_ds = data.make_dataset(tset.urls, "train", cfg.batch_size, normalizer=tset.normalizer,
                                  seed=cfg.seed, augment=cfg.augment, steps=cfg.steps_per_epoch, wet=cfg.wet,
@@ -287,7 +287,7 @@ def train(cfg: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callback] 
             net = build_model(cfg.architecture, tset.arch)
             net.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate),
                         loss=get_loss(cfg.loss, cfg.intensity_weight), metrics=["mae"])
-        first = checkpoint.restore(net)
+        first = checkpoint.restore(net, saved)
         epochs.current = first
         _keep_history_rows(Path(cfg.workdir) / "history.csv", first)
         started = time.time()
