@@ -77,11 +77,14 @@ from nowcast.model.layers import (
 
 SMOOTHING = (5, 17)  # box sizes, in pixels, of the smoothed base frames the head sees
 # what a residual model corrects, as ArchitectureConfig options: the last frame, the last frame moved along
-# the block-matched motion, or S-PROG's scale-wise AR(2) forecast along it (bench.skill's recipe)
+# the block-matched motion, or S-PROG's scale-wise AR(2) forecast along it (bench.skill's recipe). The
+# motion is the whole grid's match, not corrected by the network: a correction learnt on patches cost CSI
+# where the change is not used, and the gradient through the motion doubled a training step (docs/model.md)
 BASES: dict[str, dict[str, bool]] = {
     "persistence": {},
-    "advection": {"advection": True, "matched_motion": True},
-    "lagrangian_ar": {"advection": True, "matched_motion": True, "lagrangian_ar": True},
+    "advection": {"advection": True, "matched_motion": True, "learned_motion": False},
+    "lagrangian_ar": {"advection": True, "matched_motion": True, "learned_motion": False,
+                      "lagrangian_ar": True},
 }
 SMOOTHING_LAYER = "lead_smoothing"
 
