@@ -42,6 +42,6 @@ def test_quick_benchmark_writes_its_keys(name, tmp_path):
     per_source = {"skill": [result], "skill_loeo": [f["scores"] for f in result.get("folds", {}).values()]}
     assert per_source.get(name, True), f"bench.{name} scored no fold"
     for scores in per_source.get(name, []):
-        for source in SOURCES:
+        for source in SOURCES - ({"convlstm"} if name == "skill_loeo" else set()):  # its quick run: cnn_lstm
             assert set(scores[source]) == {"5", "10", "15", "20", "25", "30"}, source
             assert all(scores[source][lead].keys() >= PER_LEAD for lead in scores[source]), source
