@@ -14,6 +14,8 @@ import contextlib
 import errno
 import os
 import re
+import shutil
+import socket
 import uuid
 import warnings
 from collections.abc import Iterator, Mapping
@@ -185,9 +187,11 @@ def created_whole(url: str) -> Iterator[str]:
     renamed into place (one atomic step); elsewhere its objects are copied
     with the root ``zarr.json`` last, behind a marker that tells an
     interrupted copy (:func:`not_a_store`) from other data. The staging copy
-    is removed whatever happens.
+    is removed whatever happens, and on disk so is one left beside ``url`` by
+    a creation killed on this host (:func:`_remove_abandoned_staging`).
     """
-    staging = f"{url.rstrip('/')}.creating-{uuid.uuid4().hex}"
+    _remove_abandoned_staging(url)
+    staging = f"{url.rstrip('/')}.creating-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
     fs, staged = filesystem(staging)
     try:
         yield staging
@@ -198,6 +202,35 @@ def created_whole(url: str) -> Iterator[str]:
     finally:
         if fs.exists(staged):
             fs.rm(staged, recursive=True)
+
+
+def _remove_abandoned_staging(url: str) -> None:
+    """Removes the staging folders beside a local ``url`` whose creator, on this host, is gone.
+
+    A creation killed part way (SIGKILL, power loss) cannot clean up after
+    itself; its folder names the host and process that made it. Folders of
+    another host, or of a process still running, are left alone. On an
+    object store nothing is removed: no process there can be asked.
+    """
+    if not is_local(url):
+        return
+    folder, name = os.path.split(local_path(url).rstrip("/"))
+    pattern = re.compile(rf"{re.escape(name)}\.creating-(?P<host>.+)-(?P<pid>\d+)-[0-9a-f]+")
+    host = socket.gethostname()
+    for entry in os.listdir(folder) if os.path.isdir(folder) else ():
+        match = pattern.fullmatch(entry)
+        if match and match["host"] == host and not _running(int(match["pid"])):
+            shutil.rmtree(os.path.join(folder, entry), ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # no signal sent: only whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
 
 
 def _copy_root_last(fs: Any, source: str, target: str) -> None:

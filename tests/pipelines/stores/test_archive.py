@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -151,6 +156,43 @@ def test_an_archive_appears_whole_or_not_at_all(where):
         stopped_before_publishing(f"{where}/failed.zarr")
     assert not fs.exists(filesystem(f"{where}/failed.zarr")[1])
     assert not fs.exists(filesystem(str(stopped.value))[1])
+
+
+CREATOR = """
+import sys, time
+from nowcast.pipelines.stores.archive import PRECIP, create_archive
+from nowcast.pipelines.stores.groups import created_whole
+from tests.pipelines.jobs.ingest_helpers import make_grid
+with created_whole(sys.argv[1]) as staging:
+    create_archive(staging, make_grid(), [PRECIP], "2024-01-01T00:00", "PT5M", length=6)
+    print(staging, flush=True)
+    time.sleep(600)
+"""
+
+
+@pytest.mark.fault("ingest", "a new archive's creation SIGKILLed while it builds its staging copy",
+                   "the next creation there removes the dead one's staging folder, not a live one's")
+def test_a_killed_creation_leaves_no_staging_folder_behind(tmp_path):
+    url = str(tmp_path / "new.zarr")
+
+    def creator() -> tuple[subprocess.Popen, Path]:
+        process = subprocess.Popen([sys.executable, "-c", CREATOR, url], stdout=subprocess.PIPE, text=True,
+                                   cwd=Path(__file__).resolve().parents[3])
+        return process, Path(process.stdout.readline().strip())
+
+    killed, dead_staging = creator()
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert (dead_staging / "zarr.json").exists()
+    alive, live_staging = creator()  # the next creation, still running
+    try:
+        assert not dead_staging.exists()
+        create_archive(url, make_grid(), [PRECIP], "2024-01-01T00:00", "PT5M", length=6)
+        assert read_info(url).length == 6
+        assert live_staging.is_dir()  # its creator still runs: not ours to remove
+    finally:
+        alive.kill()
+        alive.wait()
 
 
 @pytest.mark.fault("ingest", "an S3 archive whose creation stopped part way through its copy",
