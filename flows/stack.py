@@ -44,6 +44,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from nowcast.errors import InputError
+from nowcast.processes import alive
 
 STATE_FILE = "stack.json"
 BUCKET = "nowcast"
@@ -338,13 +339,13 @@ def down(folder: str | Path = "runs/stack", timeout_s: float = 20.0) -> list[str
             stopped.append(name)
     deadline = time.monotonic() + timeout_s
     for pid in state.get("pids", {}).values():
-        while time.monotonic() < deadline and _alive(pid):
+        while time.monotonic() < deadline and alive(pid):
             time.sleep(0.2)
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            if _alive(pid):
+            if alive(pid):
                 os.killpg(pid, signal.SIGKILL)
         killed_by = time.monotonic() + 10  # until it is gone (and reaped, when it is this process's child)
-        while time.monotonic() < killed_by and _alive(pid):
+        while time.monotonic() < killed_by and alive(pid):
             time.sleep(0.1)
     data = Path(state.get("postgres_data", root / "postgres"))
     if (data / "postmaster.pid").exists():
@@ -355,15 +356,3 @@ def down(folder: str | Path = "runs/stack", timeout_s: float = 20.0) -> list[str
         shutil.rmtree(data, ignore_errors=True)
     path.unlink()
     return stopped
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with contextlib.suppress(ChildProcessError):
-        finished, _ = os.waitpid(pid, os.WNOHANG)
-        if finished:
-            return False
-    return True

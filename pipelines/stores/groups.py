@@ -27,6 +27,7 @@ from zarr.abc.store import Store
 from zarr.storage import FsspecStore, LocalStore
 
 from nowcast.errors import InputError
+from nowcast.processes import alive
 
 Mode = Literal["r", "r+", "a", "w", "w-"]
 
@@ -219,18 +220,8 @@ def _remove_abandoned_staging(url: str) -> None:
     host = socket.gethostname()
     for entry in os.listdir(folder) if os.path.isdir(folder) else ():
         match = pattern.fullmatch(entry)
-        if match and match["host"] == host and not _running(int(match["pid"])):
+        if match and match["host"] == host and not alive(int(match["pid"])):
             shutil.rmtree(os.path.join(folder, entry), ignore_errors=True)
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)  # no signal sent: only whether the process exists
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by another user
-        return True
-    return True
 
 
 def _copy_root_last(fs: Any, source: str, target: str) -> None:

@@ -22,7 +22,6 @@ OPTIONS = {"filters": [4], "lstm_units": 4, "decoder_filters": 2}
 EPOCHS, BATCHES_PER_EPOCH = 5, 3  # 10 training samples in batches of 4
 
 
-
 def config(windows: str, root: Path, **changes) -> TrainConfig:
     # a rate so high that the validation loss rises: the plateau schedule halves it and early stopping ends
     # the run on the best epoch's weights, so both keep state between epochs that a resumed run must get back
