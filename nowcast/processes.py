@@ -1,9 +1,13 @@
-"""Whether a process of this host still runs. Imports nothing of nowcast's, so every layer may use it."""
+"""Whether a process of this host still runs, and which host that is.
+
+Imports nothing of nowcast's, so every layer may use it.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import socket
 
 
 def alive(pid: int) -> bool:
@@ -19,3 +23,17 @@ def alive(pid: int) -> bool:
         if finished:
             return False
     return True
+
+
+def host_id() -> str:
+    """The scope in which a pid names one process: this host's name and, on Linux, its PID namespace.
+
+    Containers can share a host name (host networking, a fixed ``--hostname``)
+    while each numbers its processes anew, so a pid from another container
+    says nothing here; the namespace's inode tells them apart.
+    """
+    name = socket.gethostname()
+    try:
+        return f"{name}.pidns{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:  # not Linux, or no /proc: the host name alone
+        return name

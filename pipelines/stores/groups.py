@@ -15,7 +15,6 @@ import errno
 import os
 import re
 import shutil
-import socket
 import uuid
 import warnings
 from collections.abc import Iterator, Mapping
@@ -27,7 +26,7 @@ from zarr.abc.store import Store
 from zarr.storage import FsspecStore, LocalStore
 
 from nowcast.errors import InputError
-from nowcast.processes import alive
+from nowcast.processes import alive, host_id
 
 Mode = Literal["r", "r+", "a", "w", "w-"]
 
@@ -192,7 +191,7 @@ def created_whole(url: str) -> Iterator[str]:
     a creation killed on this host (:func:`_remove_abandoned_staging`).
     """
     _remove_abandoned_staging(url)
-    staging = f"{url.rstrip('/')}.creating-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+    staging = f"{url.rstrip('/')}.creating-{host_id()}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
     fs, staged = filesystem(staging)
     try:
         yield staging
@@ -209,15 +208,17 @@ def _remove_abandoned_staging(url: str) -> None:
     """Removes the staging folders beside a local ``url`` whose creator, on this host, is gone.
 
     A creation killed part way (SIGKILL, power loss) cannot clean up after
-    itself; its folder names the host and process that made it. Folders of
-    another host, or of a process still running, are left alone. On an
+    itself; its folder names the host and process that made it
+    (:func:`~nowcast.processes.host_id`: the host name and PID namespace, so a
+    container sharing the host name is another host). Folders of another
+    host, or of a process still running, are left alone. On an
     object store nothing is removed: no process there can be asked.
     """
     if not is_local(url):
         return
     folder, name = os.path.split(local_path(url).rstrip("/"))
     pattern = re.compile(rf"{re.escape(name)}\.creating-(?P<host>.+)-(?P<pid>\d+)-[0-9a-f]+")
-    host = socket.gethostname()
+    host = host_id()
     for entry in os.listdir(folder) if os.path.isdir(folder) else ():
         match = pattern.fullmatch(entry)
         if match and match["host"] == host and not alive(int(match["pid"])):

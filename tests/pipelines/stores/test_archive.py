@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -193,6 +194,24 @@ def test_a_killed_creation_leaves_no_staging_folder_behind(tmp_path):
     finally:
         alive.kill()
         alive.wait()
+
+
+def test_staging_of_another_pid_namespace_is_left_alone(tmp_path):
+    """A container sharing this host name numbers its processes anew: its pid says nothing here."""
+    from nowcast.processes import host_id
+
+    url = str(tmp_path / "new.zarr")
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True)
+    gone = int(finished.stdout)  # a pid of this namespace whose process has exited
+    host = socket.gethostname()
+    ours = tmp_path / f"new.zarr.creating-{host_id()}-{gone}-0123456789ab"
+    other_namespace = tmp_path / f"new.zarr.creating-{host}.pidns1-{gone}-0123456789ab"
+    for folder in (ours, other_namespace):
+        folder.mkdir()
+    create_archive(url, make_grid(), [PRECIP], "2024-01-01T00:00", "PT5M", length=6)
+    assert not ours.exists()
+    assert other_namespace.is_dir()
 
 
 @pytest.mark.fault("ingest", "an S3 archive whose creation stopped part way through its copy",
