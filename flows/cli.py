@@ -70,7 +70,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
     params = params_from_args(IngestParams, args, **({"input_dir": None} if args.synthetic else {}))
     source = (folder_source(params.input_dir, params.format, args.variables) if params.input_dir
-              else source_for(params))
+              else source_for(params, args.time_step))
     spec = IngestSpec(archive=params.archive, source=source, time_step=args.time_step, start=args.start,
                       time_chunk=params.time_chunk, overwrite=args.overwrite, repair=args.repair)
     items = sorted_unique(source.items())  # listed once: the bar's total and the job's input

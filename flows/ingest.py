@@ -33,12 +33,13 @@ class IngestRun:
     time_length: int | None
 
 
-def source_for(params: IngestParams) -> Source:
-    """The source the parameters name: a folder of files, or the synthetic generator."""
+def source_for(params: IngestParams, time_step: str | None = None) -> Source:
+    """The source the parameters name: a folder of files, or the synthetic generator (every
+    ``time_step``, default 5 minutes: the step a new archive of its frames gets)."""
     if not params.input_dir:
         return get_source("synthetic", shape=(params.synthetic_size, params.synthetic_size),
                           n_frames=params.synthetic_frames, start=params.synthetic_start, seed=params.seed,
-                          density=params.synthetic_density)
+                          density=params.synthetic_density, **({"time_step": time_step} if time_step else {}))
     return folder_source(params.input_dir, params.format)
 
 

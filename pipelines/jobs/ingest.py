@@ -134,6 +134,12 @@ class IngestSpec:
             raise IngestError(problem)
         if self.time_step is not None:
             parse_time_step(self.time_step)
+        if self.start is not None:
+            try:
+                to_datetime64(self.start)
+            except ValueError as error:
+                raise IngestError(f"--start {self.start!r} is not a timestamp; give one like "
+                                  "2024-01-01T00:00 (UTC)") from error
 
     @property
     def needs_check(self) -> bool:
@@ -170,7 +176,7 @@ def check_item(source: Source, item: SourceItem, grid: Grid,
         all_nan = all(not np.isfinite(v).any() for v in data.values())
     except SourceError as error:
         problems, all_nan = [str(error)], False
-    return {"item": item.path, "problems": problems, "all_nan": all_nan}
+    return {"item": f"{item.path} at {item.time}", "problems": problems, "all_nan": all_nan}
 
 
 def write_chunk(archive: str, source: Source, task: ChunkTask, overwrite: bool) -> dict[str, int]:
@@ -298,8 +304,8 @@ def check_reports_url(archive: str) -> str:
 
 
 def check_batch(spec: IngestSpec, items: Sequence[SourceItem], fields: tuple[FieldSpec, ...],
-                grid: Grid, runner: RunnerOptions | None) -> set[str]:
-    """Reads every frame once; raises IngestError listing problems; returns all-NaN paths.
+                grid: Grid, runner: RunnerOptions | None) -> list[str]:
+    """Reads every frame once; raises IngestError listing problems; returns the all-NaN frames.
 
     With ``runner`` None the frames are checked in this process (used by the
     watcher, which runs inside a Beam worker already).
@@ -324,7 +330,7 @@ def check_batch(spec: IngestSpec, items: Sequence[SourceItem], fields: tuple[Fie
         shown = "\n  ".join(problems[:20])
         more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
         raise IngestError(f"{len(problems)} problem(s) in the input; nothing was written:\n  {shown}{more}")
-    return {str(r["item"]) for r in reports if r["all_nan"]}
+    return sorted(str(r["item"]) for r in reports if r["all_nan"])  # a file may hold several frames
 
 
 def prepare_archive(spec: IngestSpec, items: Sequence[SourceItem], fields: tuple[FieldSpec, ...],
@@ -336,10 +342,7 @@ def prepare_archive(spec: IngestSpec, items: Sequence[SourceItem], fields: tuple
     """
     last = max(item.time for item in items)
     if not exists(spec.archive):
-        step = parse_time_step(spec.time_step) if spec.time_step else spec.source.time_step()
-        if step is None:
-            raise IngestError("the source has no native time step: give one (e.g. --time-step PT5M)")
-        start = to_datetime64(spec.start) if spec.start else min(item.time for item in items)
+        start, step = new_time_axis(spec, items)
         grid = spec.source.read_grid(items[0])
         length = time_index(last, start, step) + 1 if last >= start else 1
         return create_archive(spec.archive, grid, fields, start, step, max(length, 1),
@@ -363,6 +366,31 @@ def prepare_archive(spec: IngestSpec, items: Sequence[SourceItem], fields: tuple
         return extend_time(spec.archive, max(needed, current))
     consolidate_if_behind(open_group(spec.archive, "r+", error=ArchiveError))  # a stopped writer's lag
     return read_info(spec.archive)
+
+
+def new_time_axis(spec: IngestSpec, items: Sequence[SourceItem]) -> tuple[np.datetime64, np.timedelta64]:
+    """The start and step a new archive gets: ``--start`` or the first frame's time, ``--time-step`` or
+    the source's own step."""
+    step = parse_time_step(spec.time_step) if spec.time_step else spec.source.time_step()
+    if step is None:
+        raise IngestError("the source has no native time step: give one (e.g. --time-step PT5M)")
+    start = to_datetime64(spec.start) if spec.start else min(item.time for item in items)
+    return start, step
+
+
+def check_new_axis(spec: IngestSpec, items: Sequence[SourceItem]) -> None:
+    """Refuses frames a new archive's time axis cannot hold before the archive is created: a refusal
+    after it would leave an empty archive whose axis then binds every rerun."""
+    try:
+        frame_indices(items, *new_time_axis(spec, items))
+    except IngestError as error:
+        options = (("start", spec.start), ("time-step", spec.time_step))
+        given = [f"--{option} {value}" for option, value in options if value]
+        if not given:
+            raise
+        raise IngestError(f"{error} (the new archive's axis comes from {' and '.join(given)}: give values "
+                          "the frames' times fall on, or leave them out to take the input's own); nothing "
+                          "was written") from error
 
 
 def run(spec: IngestSpec, runner: RunnerOptions | None = None) -> IngestResult:
@@ -399,12 +427,13 @@ def ingest_items(spec: IngestSpec, items: Sequence[SourceItem],
         frame_indices(items, info.start, info.time_step)
     else:
         check_new_chunks(spec, items[0])
+        check_new_axis(spec, items)
     check_disk_space(spec, items, info)
     if spec.needs_check:
         all_nan = check_batch(spec, items, fields, reference_grid(spec, items[0], info), runner)
         if all_nan:
             log.warning("%d all-NaN frames will be stored as missing (valid=false): %s",
-                        len(all_nan), sorted(all_nan)[:5])
+                        len(all_nan), all_nan[:5])
     # writers merge into shared chunks: one at a time; a full or read-only disk is a message
     with storage_errors(spec.archive, "ingest"), store_lock(spec.archive, "ingest"):
         if exists(spec.archive) and not spec.repair:  # before the axis grows: a refusal changes nothing

@@ -201,3 +201,15 @@ def test_a_size_or_count_past_its_bound_is_refused_before_any_work(case, tmp_pat
     assert flag in err, err
     assert bound in err, err
     assert list(tmp_path.iterdir()) == [], "something was created before the refusal"
+
+
+def test_synthetic_frames_follow_the_time_step_given(tmp_path):
+    """``--time-step`` sets the generator's step too: its frames are then on the new archive's axis."""
+    from nowcast.flows import cli
+    from nowcast.pipelines.stores.archive import read_info
+
+    url = str(tmp_path / "ten.zarr")
+    assert cli.main(["-q", "ingest", "--synthetic", "--frames", "6", "--size", "32", "--time-step", "PT10M",
+                     "--archive", url]) == 0
+    info = read_info(url)
+    assert (str(info.time_step), info.length) == ("600 seconds", 6)

@@ -122,6 +122,40 @@ def test_other_units_or_step_are_refused(tmp_path):
     assert snapshot(url) == before
 
 
+@pytest.mark.parametrize(("options", "message"), [
+    ({"start": "2024-01-01T01:00"}, "before the archive start"),
+    ({"start": "2024-01-01T00:02"}, "comes from --start 2024-01-01T00:02"),
+    ({"time_step": "PT7M"}, "comes from --time-step PT7M"),
+])
+@pytest.mark.fault("ingest", "a new archive's --start or --time-step that the frames' times are not on",
+                   "refused naming the option before the archive is created: no empty archive binds a rerun")
+def test_a_new_archive_axis_the_frames_miss_creates_nothing(tmp_path, options, message):
+    source = ArraySource(times("2024-01-01T00:00", 4))
+    with pytest.raises(IngestError, match=message):
+        ingest(tmp_path, source, **options)
+    assert not (tmp_path / "archive.zarr").exists()
+    result, _ = ingest(tmp_path, source)  # the rerun without the option takes the input's own axis
+    assert result.frames_written == 4
+
+
+def test_a_start_that_is_no_timestamp_is_refused_by_name():
+    with pytest.raises(IngestError, match="--start 'noon' is not a timestamp"):
+        IngestSpec(archive="unused.zarr", source=ArraySource(()), start="noon")
+
+
+def test_all_nan_frames_of_one_file_are_counted_one_by_one(tmp_path):
+    """A multi-time file (NetCDF) holds several frames: the warning counts frames, not files."""
+    from nowcast.pipelines.jobs.ingest import check_batch
+    from nowcast.pipelines.sources.base import SourceItem
+
+    source = ArraySource(times("2024-01-01T00:00", 3), overrides=tuple(
+        (t, "nan") for t in times("2024-01-01T00:00", 3)))
+    one_file = [SourceItem(item.time, "rain.nc", i) for i, item in enumerate(source.items())]
+    spec = IngestSpec(archive=str(tmp_path / "archive.zarr"), source=source)
+    all_nan = check_batch(spec, one_file, source.fields(), source.read_grid(one_file[0]), None)
+    assert all_nan == [f"rain.nc at {item.time}" for item in one_file]
+
+
 def test_archive_readable_with_plain_xarray(tmp_path):
     _, url = ingest(tmp_path, ArraySource(times("2024-01-01T00:00", 5)))
     ds = xr.open_zarr(url, consolidated=False)
