@@ -33,6 +33,7 @@ FnApiRunner and on Beam's DaskRunner alike.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -59,11 +60,20 @@ from nowcast.pipelines.stores.forecasts import (
     ModelVersion,
     StoreIdentity,
     ensure_store,
+    remove_if_unwritten,
     remove_stale_temporaries,
     write_forecast,
     written_flags,
 )
-from nowcast.pipelines.stores.groups import array, exists, open_group, storage_errors
+from nowcast.pipelines.stores.groups import (
+    StoreError,
+    array,
+    exists,
+    open_group,
+    storage_errors,
+    worker_errors,
+)
+from nowcast.pipelines.stores.integrity import StoreDamagedError, read_span
 from nowcast.pipelines.stores.lock import store_lock
 from nowcast.pipelines.stores.space import check_space, compression_ratio, free_bytes
 
@@ -133,10 +143,10 @@ def plan(spec: ScoringSpec,
     """Prepares the store and lists what to score; ``exclude`` drops indices already in flight."""
     archive = read_info(spec.archive)
     model = resolve_model(spec, archive)
+    selected = select_indices(spec, archive)  # a range off the archive is refused before any store changes
     new = not exists(spec.forecasts)
     if not new:  # checked, and grown to the archive's length (metadata only)
         ensure_store(spec.forecasts, model.identity, archive)
-    selected = select_indices(spec, archive)
     ok, written = _flags(spec, selected, model.identity.t_in, new)
     todo = selected[ok & (spec.overwrite | ~written)]
     if exclude:
@@ -195,14 +205,15 @@ def read_windows(archive: str, channels: Sequence[str], t_in: int,
                  indices: Sequence[int]) -> Iterator[tuple[int, np.ndarray]]:
     """``(index, window)`` for each init index, with one read of frames ``min - t_in + 1 .. max``.
 
-    A window is ``(t_in, y, x, channel)`` float32 in physical units.
+    A window is ``(t_in, y, x, channel)`` float32 in physical units. A chunk
+    that does not decode is named with the fix (:func:`read_span`).
     """
     first, last = min(indices) - t_in + 1, max(indices)
     if first < 0:
         raise ScoringError(f"init index {min(indices)} has fewer than {t_in} frames before it")
     group = open_group(archive, error=ArchiveError)
-    frames = np.stack([np.asarray(array(group, name)[first:last + 1], dtype="float32") for name in channels],
-                      axis=-1)
+    frames = np.stack([read_span(archive, array(group, name), first, last + 1).astype("float32", copy=False)
+                       for name in channels], axis=-1)
     for index in indices:
         offset = index - first
         yield int(index), np.ascontiguousarray(frames[offset - t_in + 1: offset + 1])
@@ -313,17 +324,24 @@ def run(spec: ScoringSpec, runner: RunnerOptions | None = None,
         nowcast.model.registry.RegistryError: the model is missing or does not fit the archive.
         nowcast.pipelines.stores.forecasts.ForecastStoreError: the store holds another model's forecasts.
     """
-    # written flags share chunks: one writer at a time; a full or read-only disk is a message
-    with storage_errors(spec.forecasts, "scoring"), store_lock(spec.forecasts, "scoring"):
+    # written flags share chunks: one writer at a time; a full or read-only disk, or a damaged archive
+    # chunk, is a message
+    with (storage_errors(spec.forecasts, "scoring"), store_lock(spec.forecasts, "scoring"),
+          worker_errors(StoreDamagedError)):
         model, tasks, counts = plan(spec)
         todo = [i for task in tasks for i in task.indices]
         log.info("scoring %d init times in %d archive chunks into %s", len(todo), len(tasks), spec.forecasts)
         if tasks:
-            # Create's own reshuffle spreads tasks over the multi-process runner's workers;
-            # Create(reshuffle=False) | Reshuffle() ran them one at a time there (docs/ingest.md).
-            run_pipeline(runner or RunnerOptions(), lambda p: (
-                p | "Tasks" >> beam.Create(list(tasks)) | "Score" >> ScoreInitTimes(spec, model,
-                                                                                    events_path)))
+            try:
+                # Create's own reshuffle spreads tasks over the multi-process runner's workers;
+                # Create(reshuffle=False) | Reshuffle() ran them one at a time there (docs/ingest.md).
+                run_pipeline(runner or RunnerOptions(), lambda p: (
+                    p | "Tasks" >> beam.Create(list(tasks)) | "Score" >> ScoreInitTimes(spec, model,
+                                                                                        events_path)))
+            except Exception:
+                with contextlib.suppress(OSError, StoreError):  # best effort: the run's error is the news
+                    remove_if_unwritten(spec.forecasts)  # a new store, failed before its first forecast
+                raise
     if not todo:
         return counts
     done = written_flags(spec.forecasts, min(todo), max(todo) + 1)

@@ -19,6 +19,7 @@ import numpy as np
 from nowcast.pipelines.plans.windows import OutputChunk, Task, WindowPlan
 from nowcast.pipelines.stores.archive import ArchiveError
 from nowcast.pipelines.stores.groups import array, open_group
+from nowcast.pipelines.stores.integrity import read_span
 from nowcast.pipelines.stores.windows import WindowsError, write_sample_chunk
 
 Stats = dict[str, float]
@@ -28,7 +29,8 @@ class SourceFrames:
     """A task's source frames: each needed archive chunk read exactly once.
 
     Contiguous runs of chunks are read with one zarr call per variable and kept
-    for the task's lifetime (at most ``max_source_chunks`` chunks).
+    for the task's lifetime (at most ``max_source_chunks`` chunks). A chunk
+    that does not decode is named with the fix (:func:`read_span`).
     """
 
     def __init__(self, archive_url: str, task: Task, variables: Iterable[str],
@@ -38,7 +40,7 @@ class SourceFrames:
         self._runs: list[tuple[int, int, dict[str, np.ndarray]]] = []
         for first, last in _runs(task.source_chunks):
             lo, hi = first * time_chunk, min((last + 1) * time_chunk, length)
-            blocks = {name: np.asarray(array(group, name)[lo:hi]) for name in variables}
+            blocks = {name: read_span(archive_url, array(group, name), lo, hi) for name in variables}
             self.bytes_read += sum(b.nbytes for b in blocks.values())
             self._runs.append((lo, hi, blocks))
 

@@ -1,14 +1,16 @@
 """The windows job: cut the archive into (inputs, targets) training sequences.
 
 The driver plans every window from metadata (:mod:`nowcast.pipelines.plans.windows`)
-and creates windows.zarr at its final size
-(:mod:`nowcast.pipelines.stores.windows`). Beam then gets one element per
-task (a few whole sample chunks whose source chunks are read once), spreads
-those small elements over the workers with a Reshuffle, and each worker
-reads, cuts and writes its chunks (:mod:`.window_tasks`). Only plans, keys
-and small statistics move between workers, never frames (docs/windows.md
-says why). The train normalisation statistics are combined per variable with
-an associative combiner and written by the last step.
+and creates windows.zarr at its final size (:mod:`nowcast.pipelines.stores.windows`)
+at a staging path beside the output, which takes the output's place only
+once complete (:func:`staged`): an interrupted or failed run leaves the
+previous store as it was. Beam then gets one element per task (a few whole
+sample chunks whose source chunks are read once), spreads those small
+elements over the workers with a Reshuffle, and each worker reads, cuts and
+writes its chunks (:mod:`.window_tasks`). Only plans, keys and small
+statistics move between workers, never frames (docs/windows.md says why).
+The train normalisation statistics are combined per variable with an
+associative combiner and written by the last step.
 
 Example:
     >>> job = WindowJob(archive="archive.zarr", output="windows.zarr",
@@ -18,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
@@ -45,12 +48,14 @@ from nowcast.pipelines.plans.windows import (
     WindowPlan,
     plan_from_archive,
 )
-from nowcast.pipelines.stores.groups import storage_errors
+from nowcast.pipelines.stores.groups import created_whole, storage_errors, worker_errors
+from nowcast.pipelines.stores.integrity import StoreDamagedError
 from nowcast.pipelines.stores.lock import store_lock
 from nowcast.pipelines.stores.space import check_space, compression_ratio, free_bytes
 from nowcast.pipelines.stores.windows import (
     WindowsLayout,
     WindowsStore,
+    check_replaceable,
     create_windows_store,
     write_normalization,
 )
@@ -86,11 +91,17 @@ class WindowJob:
         if self.max_source_chunks < 1:
             raise WindowSpecError(f"max_source_chunks must be at least 1, got {self.max_source_chunks}")
 
-    def prepare(self) -> WindowPlan:
-        """Plans the job (metadata only) and creates windows.zarr at its final size."""
+    def prepare(self, into: str | None = None) -> WindowPlan:
+        """Plans the job (metadata only) and creates windows.zarr at its final size.
+
+        Args:
+            into: where to create it (default ``output``); :func:`run` gives a
+                staging path beside the output (:func:`staged`), so a store at the
+                output is replaced only once the new one is complete.
+        """
         plan = plan_from_archive(self.archive, self.spec, self.max_source_chunks)
         check_windows_space(self.archive, self.output, plan.layout())
-        create_windows_store(self.output, plan.layout(), overwrite=self.overwrite)
+        create_windows_store(into or self.output, plan.layout(), overwrite=self.overwrite)
         log.info("windows: %d planned, %d emitted, skipped %s; %d tasks, read amplification %.3f",
                  plan.counts["planned"], plan.counts["emitted"], plan.counts["skipped"], len(plan.tasks),
                  plan.read_amplification())
@@ -236,12 +247,28 @@ def _empty(name: str, plan: WindowPlan) -> Stats:
     return partial_stats(np.zeros(0, dtype="float32"), log1p=name in log1p_variables(plan))
 
 
+@contextlib.contextmanager
+def staged(job: WindowJob) -> Iterator[WindowJob]:
+    """The job writing to a staging path beside its output; the store appears at the output on success.
+
+    Whatever stops the job part way (an interrupt, a kill, a damaged archive
+    chunk) leaves the output as it was: the previous store, or nothing.
+    Under the store's lock, a full disk and a damaged archive chunk become
+    messages with their fix.
+    """
+    with (storage_errors(job.output, "windows"), store_lock(job.output, "windows"),
+          worker_errors(StoreDamagedError)):
+        check_replaceable(job.output, job.overwrite)
+        with created_whole(job.output, replace=True) as staging:
+            yield dataclasses.replace(job, output=staging, overwrite=False)
+
+
 def run(job: WindowJob, runner_options: RunnerOptions | None = None) -> WindowResult:
     """Plans, creates windows.zarr and runs the job to completion; reports what it did."""
-    with storage_errors(job.output, "windows"), store_lock(job.output, "windows"):
-        plan = job.prepare()
+    with staged(job) as building:
+        plan = job.prepare(into=building.output)
         result = run_pipeline(runner_options or RunnerOptions(),
-                              lambda pipeline: pipeline | "CutWindows" >> CutWindows(job, plan))
+                              lambda pipeline: pipeline | "CutWindows" >> CutWindows(building, plan))
     stored = WindowsStore(job.output, "train")
     return WindowResult(counts=plan.counts, normalization=stored.normalization,
                         metrics=counters(result, NAMESPACE), read_amplification=plan.read_amplification())
@@ -253,17 +280,17 @@ def run_in_process(job: WindowJob) -> WindowResult:
     The reference the Beam runs must match, and the benchmark's limit (zarr
     and numpy alone, same plan, same codec).
     """
-    with storage_errors(job.output, "windows"), store_lock(job.output, "windows"):
-        plan = job.prepare()
+    with staged(job) as building:
+        plan = job.prepare(into=building.output)
         parts: dict[str, list[Stats]] = {name: [_empty(name, plan)] for name in plan.spec.variables}
         totals: dict[str, int] = {}
         for task in plan.tasks:
-            stats, tallies = run_task(job.archive, job.output, task, plan)
+            stats, tallies = run_task(building.archive, building.output, task, plan)
             for name, part in stats.items():
                 parts[name].append(part)
             for key, value in tallies.items():
                 totals[key] = totals.get(key, 0) + value
         normalization = finish_all({name: merge_stats(values) for name, values in parts.items()})
-        write_normalization(job.output, normalization)
+        write_normalization(building.output, normalization)
     return WindowResult(counts=plan.counts, normalization=normalization, metrics=totals,
                         read_amplification=plan.read_amplification())

@@ -97,7 +97,13 @@ def scoreable(valid: np.ndarray, t_in: int) -> np.ndarray:
 
 
 def select_indices(spec: ScoringSpec, archive: ArchiveInfo) -> np.ndarray:
-    """Archive indices of the requested init times (all of the axis by default)."""
+    """Archive indices of the requested init times (all of the axis by default).
+
+    Raises:
+        ScoringError: an init time off the archive, or a range holding none of its frames
+            (an open range that starts after the archive's last frame selects nothing yet: a
+            stream that follows the archive waits for those frames).
+    """
     if spec.init_times is not None:
         indices = []
         for t in spec.init_times:
@@ -117,7 +123,12 @@ def select_indices(spec: ScoringSpec, archive: ArchiveInfo) -> np.ndarray:
         first = max(first, int(np.ceil(offset)))
     if spec.end:
         last = min(last, int((to_datetime64(spec.end) - archive.start) // archive.time_step))
-    return np.arange(first, last + 1, dtype="int64") if last >= first else np.zeros(0, "int64")
+    waiting = spec.end is None and first >= archive.length  # a follower started before its first frame
+    if last < first and not waiting:  # a range past either end (or between two frames) would score nothing
+        raise ScoringError(f"no archive frame lies in {spec.start or 'its start'} .. "
+                           f"{spec.end or 'its end'}: the archive {archive.url} covers {archive.start} .. "
+                           f"{archive.end}; give a range that overlaps it, or ingest those frames first")
+    return np.arange(first, last + 1, dtype="int64")
 
 
 def plan_tasks(indices: Sequence[int], time_chunk: int) -> list[ScoreTask]:

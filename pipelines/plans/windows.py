@@ -220,6 +220,21 @@ def window_starts(meta: FrameMeta, spec: WindowSpec, frame_split: np.ndarray) ->
     return starts, reason, counts
 
 
+def check_frames_for_windows(meta: FrameMeta, info: ArchiveInfo, spec: WindowSpec) -> None:
+    """Refuses an archive that cannot give a single window: too few frames, or none valid.
+
+    Either would otherwise plan nothing and write an empty windows store
+    that training finds useless only later.
+    """
+    if len(meta.valid) < spec.length:
+        raise WindowSpecError(
+            f"archive {info.url} has {len(meta.valid)} frames, windows need {spec.length} (t_in "
+            f"{spec.t_in} + t_out {spec.t_out}): ingest more frames, or shorten t_in or t_out")
+    if not meta.valid.any():
+        raise WindowSpecError(f"archive {info.url} has no valid frame (all {len(meta.valid)} are missing): "
+                              "ingest frames with data first")
+
+
 def plan_windows(meta: FrameMeta, info: ArchiveInfo, spec: WindowSpec,
                  max_source_chunks: int = DEFAULT_MAX_SOURCE_CHUNKS) -> WindowPlan:
     """Plans a windowing job from metadata.
@@ -238,6 +253,7 @@ def plan_windows(meta: FrameMeta, info: ArchiveInfo, spec: WindowSpec,
     """
     if max_source_chunks < 1:
         raise WindowSpecError(f"max_source_chunks must be at least 1, got {max_source_chunks}")
+    check_frames_for_windows(meta, info, spec)
     patches = patch_origins(info.grid.shape, spec)
     frame_split = frame_splits(meta.times, spec.split)
     starts, reason, skipped = window_starts(meta, spec, frame_split)

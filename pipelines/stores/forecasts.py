@@ -47,6 +47,7 @@ from nowcast.pipelines.stores.groups import (
     consolidate,
     consolidate_if_behind,
     exists,
+    filesystem,
     grow_axis,
     is_local,
     local_path,
@@ -277,6 +278,24 @@ def written_flags(url: str, start: int | None = None, stop: int | None = None) -
     A range reads only its own chunks: what a scheduled run reads does not grow with the store's age.
     """
     return np.asarray(array(open_group(url, error=ForecastStoreError), WRITTEN)[start:stop], dtype=bool)
+
+
+def remove_if_unwritten(url: str) -> bool:
+    """Removes the forecast store at ``url`` when none of its init times is written; True if it did.
+
+    A first run that fails before its first forecast (a damaged archive
+    chunk, a model that cannot run) would otherwise leave an empty store that
+    fixes the model and archive of every later run at that path, though it
+    holds nothing a rerun does not create again. Its root goes first, so no
+    reader sees a store without its arrays. Called under the store's lock.
+    """
+    group = open_group(url, error=ForecastStoreError) if exists(url) else None
+    if group is None or WRITTEN not in group or array(group, WRITTEN).nchunks_initialized:
+        return False
+    fs, path = filesystem(url)
+    fs.rm(f"{path.rstrip('/')}/zarr.json")
+    fs.rm(path, recursive=True)
+    return True
 
 
 def remove_stale_temporaries(url: str, target: str, indices: Iterable[int]) -> int:

@@ -11,7 +11,9 @@ state the next run can recognise and complete.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
+import glob
 import os
 import re
 import shutil
@@ -92,6 +94,41 @@ def storage_errors(url: str, job: str) -> Iterator[None]:
         raise StorageWriteError(
             f"{job} could not write {url}: {problem} ({os.strerror(code)}). The store keeps what was "
             f"complete before (a rerun writes only what is missing): {fix}") from error
+
+
+# what a Beam runner appends to the message of an exception it re-raises from a step
+_STEP = re.compile(r"( \[while running '[^']*'\])+$")
+
+
+def raised_in_worker(error: BaseException, kind: type[StoreError]) -> StoreError | None:
+    """The ``kind`` error that a Beam worker raised behind ``error``, with its own message; None if none.
+
+    In one process the runner re-raises the worker's exception with the
+    step's name appended; from a worker process it arrives as the text of a
+    ``RuntimeError`` (as :func:`storage_problem`'s errors do). Either way the
+    user gets the message the worker raised, not the runner's traceback.
+    """
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, kind):
+            return kind(_STEP.sub("", str(seen)))
+        found = re.search(rf"\b{kind.__name__}: (.+)", str(seen))
+        if found:
+            return kind(_STEP.sub("", found.group(1).rstrip()))
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+@contextlib.contextmanager
+def worker_errors(kind: type[StoreError]) -> Iterator[None]:
+    """Re-raises a ``kind`` error that a Beam worker raised as itself (:func:`raised_in_worker`)."""
+    try:
+        yield
+    except Exception as error:
+        found = raised_in_worker(error, kind)
+        if found is None:
+            raise
+        raise found from error
 
 
 def is_local(url: str) -> bool:
@@ -179,16 +216,24 @@ PUBLISHING = ".publishing"
 
 
 @contextlib.contextmanager
-def created_whole(url: str) -> Iterator[str]:
-    """Yields a staging URL to build a new store at; on success the store appears at ``url`` whole.
+def created_whole(url: str, replace: bool = False) -> Iterator[str]:
+    """Yields a staging URL to build a store at; on success the store appears at ``url`` whole.
 
-    Readers and :func:`exists` see nothing at ``url`` or every member of the
-    store, never a root without its arrays: on disk the staging folder is
-    renamed into place (one atomic step); elsewhere its objects are copied
-    with the root ``zarr.json`` last, behind a marker that tells an
-    interrupted copy (:func:`not_a_store`) from other data. The staging copy
-    is removed whatever happens, and on disk so is one left beside ``url`` by
-    a creation killed on this host (:func:`_remove_abandoned_staging`).
+    Readers and :func:`exists` see nothing at ``url`` (or, with ``replace``,
+    the previous store) or every member of the new store, never a root
+    without its arrays: on disk the staging folder is renamed into place (one
+    atomic step; a previous store is swapped out in one step too where Linux
+    allows it, :func:`_swap`); elsewhere its objects are copied with the root
+    ``zarr.json`` last, behind a marker that tells an interrupted copy
+    (:func:`not_a_store`) from other data. A build that fails or is
+    interrupted leaves ``url`` as it was. The staging copy is removed
+    whatever happens, and on disk so is one left beside ``url`` by a creation
+    killed on this host (:func:`_remove_abandoned_staging`).
+
+    Args:
+        url: where the store appears.
+        replace: replace a store at ``url`` (the caller checked it may); otherwise
+            only an empty folder is replaced, never data.
     """
     _remove_abandoned_staging(url)
     staging = f"{url.rstrip('/')}.creating-{host_id()}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
@@ -196,12 +241,57 @@ def created_whole(url: str) -> Iterator[str]:
     try:
         yield staging
         if is_local(url):
-            os.rename(local_path(staging), local_path(url))  # replaces an empty folder, never data
+            _move_into_place(local_path(staging), local_path(url), replace)
         else:
-            _copy_root_last(fs, staged, filesystem(url)[1].rstrip("/"))
+            _copy_root_last(fs, staged, filesystem(url)[1].rstrip("/"), replace)
     finally:
-        if fs.exists(staged):
+        if fs.exists(staged):  # the build, or after a swap the previous store
             fs.rm(staged, recursive=True)
+
+
+def building(url: str) -> str | None:
+    """Where this process is building the store for ``url`` (:func:`created_whole`): a staging URL, or None.
+
+    Lets a progress count follow a build that is not at ``url`` yet.
+    """
+    fs, path = filesystem(url)
+    found = fs.glob(f"{path.rstrip('/')}.creating-{glob.escape(host_id())}-{os.getpid()}-*")
+    if not found:
+        return None
+    return url.rstrip("/") + found[0][len(path.rstrip("/")):]
+
+
+def _move_into_place(staged: str, target: str, replace: bool) -> None:
+    """Renames the folder ``staged`` to ``target``; with ``replace``, a previous store there goes.
+
+    The previous store is swapped out in one step where the file system can
+    (it is then at ``staged``, which the caller removes); elsewhere it is
+    renamed aside first, leaving nothing at ``target`` for an instant.
+    """
+    if not (replace and os.path.exists(target)):
+        os.rename(staged, target)  # replaces an empty folder, never data
+    elif not _swap(staged, target):
+        aside = f"{target}.creating-{host_id()}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        os.rename(target, aside)  # named as a staging folder: removed by the next creation if killed now
+        os.rename(staged, target)
+        shutil.rmtree(aside)
+
+
+def _swap(first: str, second: str) -> bool:
+    """Exchanges two paths in one atomic step (Linux renameat2 RENAME_EXCHANGE); False where unsupported.
+
+    Readers of ``second`` then see the old folder or the new one, never nothing.
+    """
+    rename = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if rename is None:
+        return False
+    at_cwd, exchange = -100, 2  # AT_FDCWD, RENAME_EXCHANGE
+    if rename(at_cwd, os.fsencode(first), at_cwd, os.fsencode(second), exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EXDEV):  # a file system or kernel without it
+        return False
+    raise OSError(code, os.strerror(code), second)
 
 
 def _remove_abandoned_staging(url: str) -> None:
@@ -225,15 +315,26 @@ def _remove_abandoned_staging(url: str) -> None:
             shutil.rmtree(os.path.join(folder, entry), ignore_errors=True)
 
 
-def _copy_root_last(fs: Any, source: str, target: str) -> None:
-    if fs.exists(f"{target}/{PUBLISHING}"):  # a copy stopped part way: its members go, not mixed in
-        fs.rm(target, recursive=True)
-    fs.pipe(f"{target}/{PUBLISHING}", b"")
+def _copy_root_last(fs: Any, source: str, target: str, replace: bool = False) -> None:
+    """Copies the store ``source`` to ``target`` with its root ``zarr.json`` last, behind :data:`PUBLISHING`.
+
+    What is at ``target`` first goes (a copy stopped part way, or with
+    ``replace`` the previous store, root first), so no member of it is mixed in.
+    """
+    marker = f"{target}/{PUBLISHING}"
+    if fs.exists(marker) or (replace and fs.exists(target)):
+        fs.pipe(marker, b"")  # from here on, what is at target is a copy in progress
+        if fs.exists(f"{target}/zarr.json"):
+            fs.rm(f"{target}/zarr.json")
+        stale = [path for path in fs.find(target) if path != marker]
+        if stale:
+            fs.rm(stale)
+    fs.pipe(marker, b"")
     members = [path for path in fs.find(source) if path != f"{source}/zarr.json"]
     for path in members:
         fs.copy(path, target + path[len(source):])
     fs.copy(f"{source}/zarr.json", f"{target}/zarr.json")
-    fs.rm(f"{target}/{PUBLISHING}")
+    fs.rm(marker)
 
 
 def open_group(url: str, mode: Mode = "r", error: type[StoreError] = StoreError) -> zarr.Group:

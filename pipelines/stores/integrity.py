@@ -20,6 +20,7 @@ stores, rewritten by rescoring those init times or rerunning the windows job.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 from collections.abc import Callable, Iterator
 
@@ -81,17 +82,25 @@ class CheckReport:
         if self.kind == "forecasts":
             return ("rescore those init times: a backfill over that range with overwrite (or python -m "
                     "nowcast.pipelines.jobs.scoring ... --start FIRST --end LAST --overwrite)")
-        return ("the windows are cut from the archive: rerun the windows job with overwrite (check the "
-                "archive first)")
+        return ("the windows are cut from the archive: rerun the windows job (`nowcast windows`, which "
+                "replaces the store; check the archive first)")
+
+    def _problems(self) -> list[str]:
+        return [f"{d.array}{' chunk ' + '/'.join(map(str, d.chunk)) if d.chunk else ''}"
+                f"{f' ({self._span(d)})' if d.stop > d.first else ''}: {d.problem}"
+                for d in self.damaged[:20]]
 
     def text(self) -> str:
         if self.ok:
             return f"{self.url}: {self.kind} store, {self.chunks_read} chunks read, none damaged"
-        shown = [f"{d.array} chunk {'/'.join(map(str, d.chunk))} ({self._span(d)}): {d.problem}"
-                 for d in self.damaged[:20]]
         more = f"\n  ... and {len(self.damaged) - 20} more" if len(self.damaged) > 20 else ""
-        head = f"{self.url}: {self.kind} store, {len(self.damaged)} of {self.chunks_read} chunks damaged:"
-        return head + "\n  " + "\n  ".join(shown) + more + f"\nFix: {self.fix()}"
+        head = f"{self.url}: {self.kind} store, {self.chunks_read} chunks read, {len(self.damaged)} damaged:"
+        return head + "\n  " + "\n  ".join(self._problems()) + more + f"\nFix: {self.fix()}"
+
+    def line(self) -> str:
+        """The findings and the fix on one line: what a job that hit them says (:func:`read_span`)."""
+        return (f"{self.url}: {self.kind} store damaged: {'; '.join(self._problems())}. `nowcast check "
+                f"{self.url}` lists every damaged chunk; fix: {self.fix()}")
 
 
 def store_kind(group: zarr.Group) -> str:
@@ -168,6 +177,8 @@ def check_store(url: str, progress: Callable[[int, int], None] | None = None) ->
         done += len(keys[path])
         if progress:
             progress(done, total)
+    if kind == "windows":
+        damaged += _unfinished_windows(group, keys)
     times = None
     if kind in FLAGS:
         damaged += _missing_chunks(group, kind, arrays, keys, {d.array for d in damaged})
@@ -212,6 +223,55 @@ def _missing_chunks(group: zarr.Group, kind: str, arrays: dict[str, zarr.Array],
                 missing.append(Damage(path, (index // chunk,), f"missing (flagged {flag_name} but no chunk)",
                                       index, stop))
     return missing
+
+
+def _unfinished_windows(group: zarr.Group, keys: dict[str, list[tuple[int, ...]]]) -> list[Damage]:
+    """What a windows job that did not finish leaves: no normalisation (written last), splits without data.
+
+    A sample chunk whose patches hold no data at all (outside the radar's
+    coverage) is legitimately never stored, so only a split that promises
+    samples and stores none of them is reported.
+    """
+    found = []
+    if not group.attrs.get("normalization"):
+        found.append(Damage("normalization", (), "missing (the windows job that wrote this store did not "
+                            "finish: its statistics are written last)", 0, 0))
+    for split, member in group.groups():
+        count = member.attrs.get("count", 0)
+        stored = any(keys.get(f"{split}/{name}") for name in ("inputs", "targets"))
+        if isinstance(count, int) and count and not stored:
+            found.append(Damage(f"{split}/inputs", (), f"missing: {count} samples promised, none stored",
+                                0, count))
+    return found
+
+
+def read_span(url: str, array: zarr.Array, first: int, stop: int, kind: str = "archive") -> np.ndarray:
+    """``array[first:stop]``; a chunk there that does not decode raises :class:`StoreDamagedError` naming it.
+
+    Jobs read chunks in Beam workers, where a codec's error would reach the
+    user as a runner's traceback; this names the chunk, its times and the
+    fix, as ``nowcast check`` does. Only a failed read costs more: the span's
+    chunks are then read one by one. Any other failure keeps its traceback.
+    """
+    try:
+        return np.asarray(array[first:stop])
+    except Exception as error:
+        step = array.chunks[0]
+        chunks = itertools.product(range(first // step, (stop - 1) // step + 1),
+                                   *(range(n) for n in array.cdata_shape[1:]))
+        damaged = []
+        for chunk in chunks:
+            problem = unreadable(array, chunk)
+            if problem:
+                begin = chunk[0] * step
+                damaged.append(Damage(array.path, chunk, problem, begin, min(begin + step, array.shape[0])))
+        if not damaged:
+            raise
+        with np.errstate(all="ignore"):
+            times = _axis_times(open_group(url), kind) if kind in AXES else None
+        report = CheckReport(url=url, kind=kind, chunks_read=len(damaged), damaged=tuple(damaged),
+                             times=times)
+        raise StoreDamagedError(report.line()) from error
 
 
 def require_intact(url: str) -> CheckReport:

@@ -30,6 +30,7 @@ from nowcast.pipelines.stores.archive import ZSTD_LEVEL, ArchiveDescription, rea
 from nowcast.pipelines.stores.groups import (
     StoreError,
     array,
+    building,
     consolidate,
     exists,
     not_a_store,
@@ -96,19 +97,20 @@ class WindowsLayout:
 
 
 def chunks_written(url: str) -> int:
-    """Sample chunks the windows job has filled so far, over every split (a progress count)."""
-    root = open_group(url, error=WindowsError)
+    """Sample chunks the windows job has filled so far, over every split (a progress count).
+
+    Counts the copy this process is building beside ``url`` while there is one
+    (the job builds the store at a staging path, :func:`~.groups.created_whole`).
+    """
+    root = open_group(building(url) or url, error=WindowsError)
     return sum(array(subgroup(root, split), INPUTS).nchunks_initialized for split in SPLITS if split in root)
 
 
-def create_windows_store(url: str, layout: WindowsLayout, overwrite: bool = False) -> zarr.Group:
-    """Creates windows.zarr with every array at its final size (the template).
-
-    The sample index is written here; ``inputs`` and ``targets`` stay
-    unwritten (NaN) until the tasks fill them.
+def check_replaceable(url: str, overwrite: bool = False) -> None:
+    """Refuses windows at ``url`` over anything but a windows store, and over one without ``overwrite``.
 
     Raises:
-        WindowsError: if a store exists at ``url`` and ``overwrite`` is false.
+        WindowsError: naming what is there and the fix.
     """
     if exists(url) and not overwrite:
         raise WindowsError(f"{url} already exists; pass overwrite=True (--overwrite) to replace it")
@@ -118,6 +120,19 @@ def create_windows_store(url: str, layout: WindowsLayout, overwrite: bool = Fals
     problem = not_a_store(url)
     if problem:  # a file, a zarr v2 store, a folder of something else: never replaced
         raise WindowsError(problem)
+
+
+def create_windows_store(url: str, layout: WindowsLayout, overwrite: bool = False) -> zarr.Group:
+    """Creates windows.zarr with every array at its final size (the template).
+
+    The sample index is written here; ``inputs`` and ``targets`` stay
+    unwritten (NaN) until the tasks fill them. The windows job creates it at
+    a staging path and moves it to its place once it is complete.
+
+    Raises:
+        WindowsError: if a store exists at ``url`` and ``overwrite`` is false (:func:`check_replaceable`).
+    """
+    check_replaceable(url, overwrite)
     root = open_group(url, "w", error=WindowsError)
     root.attrs.update({
         **layout.attrs,  # type: ignore[dict-item]
@@ -192,6 +207,10 @@ class WindowsStore:
         if self.inputs.shape[0] != self.targets.shape[0]:
             raise WindowsError(f"{url}/{split}: {self.inputs.shape[0]} inputs but {self.targets.shape[0]} "
                                "targets; the windows job was interrupted, rerun it")
+        if not self.attrs.get(NORMALIZATION):  # written last: without it samples may be missing
+            raise WindowsError(f"{url} is incomplete: it has no normalisation statistics, which the windows "
+                               "job writes after every sample, so it was interrupted and samples may be "
+                               "missing; rerun `nowcast windows` to rewrite it")
         channels = self.attrs.get("channels")
         self.channels: tuple[str, ...] = (channels,) if isinstance(channels, str) else tuple(channels or ())  # type: ignore[arg-type]
         self.target = str(self.attrs.get("target", self.channels[0] if self.channels else ""))
@@ -212,7 +231,7 @@ class WindowsStore:
 
     @property
     def normalization(self) -> dict[str, dict[str, float | int | None]]:
-        """The train statistics per variable (empty until the windows job finished)."""
+        """The train statistics per variable (never empty: checked on opening)."""
         return dict(self.attrs.get(NORMALIZATION) or {})  # type: ignore[call-overload]
 
     @property

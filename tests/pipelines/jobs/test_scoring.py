@@ -303,3 +303,46 @@ def test_a_rerun_removes_the_temporaries_a_killed_writer_left(setup, tmp_path):
     assert list(np.flatnonzero(written_flags(url))) == [13, 14]
     assert not any(path.exists() for path in orphans)
     assert kept.exists()
+
+
+@pytest.mark.fault("score", "a --start/--end range wholly outside the archive (score or backfill)",
+                   "exit 2 naming the archive's time range, before any forecast store is created")
+def test_a_range_outside_the_archive_is_refused_before_any_store_exists(setup, tmp_path, capsys):
+    from nowcast.flows.cli import main
+
+    _, archive, models = setup
+    forecasts = str(tmp_path / "f.zarr")
+    for command in ("score", "backfill"):
+        code = main([command, "--archive", archive, "--forecasts", forecasts, "--models", str(models),
+                     "--model-name", MODEL, "--start", "2030-01-01T00:00", "--end", "2030-01-01T01:00"])
+        assert code == 2
+        err = capsys.readouterr().err
+        assert "covers 2024-01-01T00:00:00 .. 2024-01-01T03:15:00" in err
+        assert "Traceback" not in err
+        assert not groups.exists(forecasts)
+    partly = ScoringSpec(archive, forecasts, str(models), MODEL, start="2024-01-01T03:05", end="2030-01-01")
+    assert list(select_indices(partly, read_info(archive))) == [37, 38, 39]
+    following = ScoringSpec(archive, forecasts, str(models), MODEL, start="2030-01-01T00:00")
+    assert list(select_indices(following, read_info(archive))) == []  # a stream waits for those frames
+
+
+@pytest.mark.fault("score", "an archive chunk that does not decode, read while scoring",
+                   "exit 2 naming the chunk, its times and the fix (check, then ingest --repair); a new "
+                   "forecast store that got no forecast is not left behind")
+def test_a_damaged_archive_chunk_is_named_and_leaves_no_empty_store(setup, tmp_path, capsys):
+    from nowcast.flows.cli import main
+
+    _, archive, models = setup
+    damaged = tmp_path / "archive.zarr"
+    shutil.copytree(archive, damaged)
+    (damaged / "precip" / "c" / "1" / "0" / "0").write_bytes(b"not zstd at all")
+    forecasts = str(tmp_path / "f.zarr")
+    code = main(["score", "--archive", str(damaged), "--forecasts", forecasts, "--models", str(models),
+                 "--model-name", MODEL, "--start", "2024-01-01T00:40", "--end", "2024-01-01T00:50"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "precip chunk 1/0/0 (2024-01-01T00:40 .. 2024-01-01T01:15)" in err
+    assert f"nowcast check {damaged}" in err
+    assert "--repair" in err
+    assert "Traceback" not in err
+    assert not groups.exists(forecasts)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import zarr
@@ -10,6 +12,7 @@ from nowcast.pipelines.jobs.runners import RunnerOptions
 from nowcast.pipelines.jobs.windows import WindowJob, run, run_in_process
 from nowcast.pipelines.plans.window_spec import SplitSpec, WetFilter, WindowSpec
 from nowcast.pipelines.stores.windows import SPLITS
+from tests.pipelines.jobs.ingest_helpers import snapshot
 from tests.pipelines.jobs.windows_testing import make_archive, random_frames
 
 pytestmark = pytest.mark.xdist_group(__name__)  # its module fixture is built once, on one worker
@@ -142,3 +145,28 @@ def test_the_progress_count_goes_from_none_to_every_planned_chunk(archive, tmp_p
     samples = {split: zarr.open_group(job.output, mode="r")[split]["inputs"].shape[0] for split in SPLITS}
     assert total == sum(-(-n // SPEC.samples_per_chunk) for n in samples.values()) > len(SPLITS)
     assert chunks_written(job.output) == total
+
+
+@pytest.mark.fault("windows", "an archive chunk that does not decode, read while cutting windows, with a "
+                   "windows store already at the output",
+                   "exit 2 naming the chunk, its times and the fix (check, then ingest --repair); the "
+                   "previous store untouched, no staging copy left")
+def test_a_damaged_archive_chunk_is_named_and_the_previous_store_is_kept(archive, tmp_path, capsys):
+    from nowcast.flows.cli import main
+
+    output = tmp_path / "w.zarr"
+    run_in_process(WindowJob(archive, str(output), SPEC, max_source_chunks=3))
+    before = snapshot(str(output))
+    damaged = tmp_path / "a.zarr"
+    shutil.copytree(archive, damaged)
+    (damaged / "precip" / "c" / "2" / "0" / "0").write_bytes(b"not zstd at all")
+    code = main(["windows", "--archive", str(damaged), "--windows", str(output), "--t-in", "3",
+                 "--t-out", "2"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "precip chunk 2/0/0 (2021-03-01T12:00 .. 2021-03-01T17:00)" in err
+    assert f"nowcast check {damaged}" in err
+    assert "--repair" in err
+    assert "Traceback" not in err
+    assert snapshot(str(output)) == before
+    assert not list(tmp_path.glob("w.zarr.creating-*"))

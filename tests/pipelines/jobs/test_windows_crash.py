@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -31,8 +32,11 @@ def chunks_written(output: Path) -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.fault("windows", "SIGKILL part way through the windows job, twice, at seeded points",
-                   "the rerun (overwrite) ends byte-identical to an uninterrupted run")
+@pytest.mark.fault("windows", "SIGKILL part way through the windows job over an existing windows store, "
+                   "twice, at seeded points",
+                   "the previous store stays byte-identical (the job builds beside it); the rerun "
+                   "(overwrite) removes the killed runs' copies and ends byte-identical to an "
+                   "uninterrupted run")
 def test_sigkill_then_rerun_is_byte_identical(tmp_path):
     archive = make_archive(str(tmp_path / "archive.zarr"), frames=240, size=(64, 64), time_chunk=24)
     clean = tmp_path / "clean.zarr"
@@ -40,10 +44,15 @@ def test_sigkill_then_rerun_is_byte_identical(tmp_path):
     total = chunks_written(clean)
 
     crashed = tmp_path / "crashed.zarr"
+    run(WindowJob(archive, str(crashed), dataclasses.replace(SPEC, t_out=2)))  # the previous windows
+    previous = snapshot(str(crashed))
 
     def part_way(_: int) -> None:
-        at_kill = chunks_written(crashed)
+        staged = list(tmp_path.glob("crashed.zarr.creating-*"))  # the killed run's copy, beside the store
+        assert len(staged) == 1, staged
+        at_kill = chunks_written(staged[0])
         assert 0 < at_kill < total, f"kill did not land part way ({at_kill}/{total} chunks)"
+        assert snapshot(str(crashed)) == previous
 
     # killed at one seeded point, then the rerun (overwrite) at another (tests.pause.kill_points)
     kill_at_points([sys.executable, "-c", CHILD, archive, str(crashed)], tmp_path, r"^train/inputs/c/",
@@ -51,5 +60,6 @@ def test_sigkill_then_rerun_is_byte_identical(tmp_path):
 
     run(WindowJob(archive, str(crashed), SPEC, overwrite=True))
     assert snapshot(str(crashed)) == snapshot(str(clean))
+    assert not list(tmp_path.glob("crashed.zarr.creating-*"))
     assert subprocess.run([sys.executable, "-m", "nowcast.flows.cli", "check", str(crashed)],
                           capture_output=True, timeout=120).returncode == 0

@@ -252,12 +252,33 @@ def test_bad_parts_name_the_problem(make, message):
     (WindowSpec(channels=("precip",), target="precip", t_in=2, t_out=1,
                 wet=WetFilter(threshold=0.3, min_fraction=0.1)),
      r"threshold 0.3 is not stored .* pick one of \[0.1, 0.5, 1.0, 2.0, 5.0, 10.0\]"),
+    (WindowSpec(channels=("precip",), target="precip", t_in=10, t_out=8),
+     r"has 16 frames, windows need 18 \(t_in 10 \+ t_out 8\): ingest more frames, or shorten"),
 ])
 def test_specs_that_do_not_fit_the_archive_name_the_fix(tmp_path, spec, message):
     info = make_archive(tmp_path / "a.zarr", random_frames(np.random.default_rng(3), 16, 4, 4),
                         np.ones(16, bool), 8)
     with pytest.raises(WindowSpecError, match=message):
         run_in_process(WindowJob(info.url, str(tmp_path / "w.zarr"), spec))
+    assert not (tmp_path / "w.zarr").exists()
+
+
+@pytest.mark.fault("windows", "windows longer than the archive, or an archive without a valid frame",
+                   "refused naming the frame counts; no windows store written")
+@pytest.mark.parametrize(("length", "present", "message"), [
+    (8, True, r"has 8 frames, windows need 9 \(t_in 5 \+ t_out 4\)"),
+    (16, False, r"has no valid frame \(all 16 are missing\): ingest frames with data first"),
+])
+def test_an_archive_that_gives_no_window_is_refused_before_any_store(tmp_path, length, present, message):
+    frames = random_frames(np.random.default_rng(5), length, 4, 4)
+    if not present:
+        frames = {name: np.full_like(values, np.nan) for name, values in frames.items()}
+    info = make_archive(tmp_path / "a.zarr", frames, np.full(length, present), 8)
+    spec = WindowSpec(channels=("precip",), target="precip", t_in=5, t_out=4)
+    with pytest.raises(WindowSpecError, match=message):
+        run_in_process(WindowJob(info.url, str(tmp_path / "w.zarr"), spec))
+    assert not (tmp_path / "w.zarr").exists()
+    assert not list(tmp_path.glob("w.zarr.creating-*"))
 
 
 def test_existing_output_needs_overwrite(tmp_path):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import zarr
 
-from nowcast.pipelines.stores.groups import exists, open_group
+from nowcast.pipelines.stores.groups import created_whole, exists, filesystem, open_group, zarr_store
 
 
 @pytest.mark.fault("stores", "a long-lived reader and a store another process writes on S3",
@@ -29,3 +29,41 @@ def test_a_long_lived_reader_sees_stores_and_arrays_that_another_process_writes(
     group = open_group(url)
     assert sorted(group.array_keys()) == ["valid", "x"]
     assert group["valid"][:].tolist() == [True, False, True]
+
+
+def _build(url: str, values: dict[str, int]) -> None:
+    root = zarr.open_group(zarr_store(url), mode="w", zarr_format=3)
+    for name, value in values.items():
+        root.create_array(name, shape=(2,), dtype="int64")[:] = value
+
+
+def _read(url: str) -> dict[str, int]:
+    return {name: int(array[0]) for name, array in open_group(url).arrays()}
+
+
+@pytest.mark.fault("stores", "a store replaced by a build that fails part way, or one that completes "
+                   "(the windows job's overwrite), on disk and on S3",
+                   "readers see the previous store until the new one is whole; a failed build leaves the "
+                   "previous store as it was; no member of the previous store is mixed into the new one")
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_a_replaced_store_appears_whole_and_a_failed_build_keeps_the_previous_one(where, tmp_path, request):
+    base = str(tmp_path) if where == "local" else request.getfixturevalue("s3_bucket")
+    url = f"{base}/w.zarr"
+    with created_whole(url) as staging:
+        _build(staging, {"kept": 1, "only_old": 1})
+
+    def stopped_part_way() -> None:
+        with created_whole(url, replace=True) as staging:
+            _build(staging, {"kept": 2})
+            assert _read(url) == {"kept": 1, "only_old": 1}  # the build is not visible yet
+            raise RuntimeError("stopped part way")
+
+    with pytest.raises(RuntimeError, match="stopped"):
+        stopped_part_way()
+    assert _read(url) == {"kept": 1, "only_old": 1}
+    with created_whole(url, replace=True) as staging:
+        _build(staging, {"kept": 2})
+    assert _read(url) == {"kept": 2}
+    fs, path = filesystem(base)
+    assert [name.rstrip("/").rsplit("/", 1)[-1] for name in fs.ls(path, detail=False)] == ["w.zarr"]
+    assert not any("only_old" in name for name in fs.find(f"{path.rstrip('/')}/w.zarr"))

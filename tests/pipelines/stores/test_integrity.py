@@ -167,3 +167,25 @@ def test_forecast_and_windows_stores_are_checked_with_their_own_fix(tmp_path):
     assert report.damaged[0].array == "train/inputs"
     assert "rerun the windows job" in report.text()
     np.testing.assert_array_equal(open_archive(archive)["valid"].values, True)
+
+
+@pytest.mark.fault("windows", "a windows store that an interrupted run of an older nowcast left (samples "
+                   "promised but never written, no normalisation)",
+                   "`check` exit 2 naming what is missing and the fix (rerun `nowcast windows`); training "
+                   "and evaluation refuse to open it, with the same fix")
+def test_an_unfinished_windows_store_is_found_by_check_and_refused_on_opening(tmp_path):
+    from nowcast.pipelines.jobs.windows import WindowJob
+    from nowcast.pipelines.plans.window_spec import SplitSpec, WindowSpec
+    from nowcast.pipelines.stores.windows import WindowsError, WindowsStore
+
+    archive = make_archive(str(tmp_path / "archive.zarr"), frames=16)
+    windows = str(tmp_path / "windows.zarr")
+    spec = WindowSpec(("precip",), "precip", t_in=3, t_out=2, split=SplitSpec(fractions=(1.0, 0.0, 0.0)))
+    WindowJob(archive, windows, spec).prepare()  # what such a run left: the store at its size, nothing cut
+    assert [d.array for d in check_store(windows).damaged] == ["normalization", "train/inputs"]
+    result = nowcast("check", windows)
+    assert result.returncode == 2
+    assert "12 samples promised, none stored" in result.stderr
+    assert "rerun the windows job (`nowcast windows`" in result.stderr
+    with pytest.raises(WindowsError, match=r"incomplete.*rerun `nowcast windows`"):
+        WindowsStore(windows, "train")
