@@ -14,7 +14,9 @@ import io
 import json
 import logging
 import os
+import signal
 import sys
+import traceback
 import warnings
 from collections.abc import Iterator, Sequence
 
@@ -31,9 +33,10 @@ from nowcast.flows.params import (
     WindowsParams,
 )
 from nowcast.flows.progress import command_line_bars, count_now, count_true, progress
-from nowcast.flows.stopping import stop_on_signals
+from nowcast.flows.stopping import interruptible, stop_on_signals
 
 EXIT_BAD_INPUT = 2
+EXIT_CLOSED_PIPE = 128 + 13  # SIGPIPE's status, as a shell tool ends
 
 # Prefect's ephemeral server (used when no PREFECT_API_URL is set) can take
 # longer than its default 20 s to start on a busy 2-core machine.
@@ -242,7 +245,12 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from nowcast.pipelines.stores.groups import not_a_store
     from nowcast.pipelines.stores.integrity import StoreDamagedError, check_store
+
+    if not_a_store(args.store):  # its message advises a path for a new store, which check never makes
+        raise InputError(f"{args.store} is not a store nowcast reads: check reads archive, forecasts and "
+                         "windows stores (zarr v3 folders with a zarr.json); give the path of one")
 
     def progress(done: int, total: int) -> None:
         if args.verbose:
@@ -337,7 +345,8 @@ def _verbosity(defaults: bool) -> argparse.ArgumentParser:
     unset = {} if defaults else {"default": argparse.SUPPRESS}
     parser.add_argument("-v", "--verbose", action="count", help="-v: each stage's log and Beam's workers; "
                         "-vv: everything", **({"default": 0} if defaults else unset))
-    parser.add_argument("-q", "--quiet", action="store_true", help="errors only",
+    parser.add_argument("-q", "--quiet", action="store_true",
+                        help=f"errors only (the commands {', '.join(ANSWERS)} still print their answer)",
                         **({"default": False} if defaults else unset))
     return parser
 
@@ -441,6 +450,15 @@ def _beam_through_root(record: logging.LogRecord) -> bool:
     return record.levelno >= logging.ERROR or f"{os.sep}apache_beam{os.sep}" not in record.pathname
 
 
+RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
+
+
+def _not_a_run_failure(record: logging.LogRecord) -> bool:
+    """False for Prefect's report of a failed task or flow run (its traceback, then its final state): the
+    command reports the same error itself, as one message or, for a bug, one traceback."""
+    return record.levelno < logging.ERROR or record.name not in RUN_LOGGERS
+
+
 def quiet_by_default(verbosity: int) -> None:
     """Log levels for the command's verbosity (-1 quiet, 0 default, 1 -v, 2 -vv), set before the heavy
     imports: TensorFlow's C++ start-up lines, Prefect's run chatter, Beam's workers and pysteps' banner
@@ -456,6 +474,8 @@ def quiet_by_default(verbosity: int) -> None:
     for handler in logging.getLogger().handlers:  # records propagated from other loggers meet only these
         if type(handler) is logging.StreamHandler:  # the console's (not a test harness's capture)
             handler.setLevel(level)
+            if verbosity < 1:
+                handler.addFilter(_not_a_run_failure)
     if verbosity < 1:  # a failing worker's traceback is logged by Beam, then raised to this command
         logging.getLogger().setLevel(logging.ERROR)  # Beam's import warns of GCP clients it does not need
         import apache_beam  # noqa: F401
@@ -498,6 +518,11 @@ def children_silenced(silenced: bool) -> Iterator[None]:
         terminal.close()
 
 
+# commands whose output is what was asked for: -q keeps it (every other command's report goes)
+ANSWERS = ("models", "summary", "stack")
+SERVICES = ("serve", "server")  # run until stopped: a signal is their normal end, nothing to continue
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # Beam's own pipeline flags follow '--' and pass through unchanged (the beam runner)
@@ -506,12 +531,54 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.beam_args = beam_args
     quiet_by_default(-1 if args.quiet else args.verbose)
     command_line_bars(_bars(args))
-    try:
-        with children_silenced(args.quiet or args.verbose < 1):
-            return args.func(args)
-    except InputError as error:  # bad input; anything else is a bug and keeps its traceback
+    with interruptible() as signalled:
+        try:
+            with children_silenced(args.quiet or args.verbose < 1), _reports(args):
+                code = args.func(args)
+                sys.stdout.flush()  # a closed pipe fails here, not in the interpreter's exit
+                return code
+        except BaseException as error:  # each kind sorted out, the rest re-raised
+            return _failed(args, error, signalled(error))
+
+
+def _reports(args: argparse.Namespace) -> contextlib.AbstractContextManager:
+    """Where the command's report goes: nowhere with -q (errors only), except a query's answer."""
+    if not args.quiet or args.command in ANSWERS:
+        return contextlib.nullcontext()
+    return contextlib.redirect_stdout(io.StringIO())
+
+
+def _failed(args: argparse.Namespace, error: BaseException, signum: int | None) -> int:
+    """The exit status of a command that raised ``error``: bad input is a one-paragraph message (2), a
+    signal one line (128 + its number), a closed output pipe silence (141); anything else is a bug and
+    keeps its traceback."""
+    if signum is not None:
+        return _interrupted(args, signum)
+    if isinstance(error, BrokenPipeError):  # `nowcast summary | head`: the reader has what it wanted
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error flushing at exit
+        return EXIT_CLOSED_PIPE
+    if isinstance(error, InputError):
         print(f"nowcast {args.command}: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    raise error
+
+
+def _interrupted(args: argparse.Namespace, signum: int) -> int:
+    """One line for Ctrl-C or SIGTERM (the traceback with -v). The stores' writes are already safe to stop
+    at any point, and the locks were released on the way out; what the shutdown prints after this (a
+    Prefect server stopped by the same Ctrl-C, Beam's workers) is silenced without -v."""
+    if args.verbose:
+        traceback.print_exc()
+    name = signal.Signals(signum).name
+    print(f"nowcast {args.command}: stopped ({name})" if args.command in SERVICES else
+          f"nowcast {args.command}: interrupted ({name}); what was written is consistent: rerun the command "
+          "to continue", file=sys.stderr, flush=True)
+    console = sys.__stderr__
+    if not args.verbose and console is not None and sys.stderr is console:
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), console.fileno())
+    return 128 + signum
 
 
 if __name__ == "__main__":

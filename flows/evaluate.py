@@ -16,6 +16,7 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 
+from nowcast.errors import InputError
 from nowcast.flows.artifacts import artifact_key, publish_png, publish_scores, publish_store
 from nowcast.flows.params import EvaluateParams
 from nowcast.flows.progress import progress
@@ -49,6 +50,10 @@ def verify_windows(params: EvaluateParams) -> Verification:
     forecaster = split_forecaster(params.models, params.model_name, params.model_version, params.windows)
     name = f"{params.model_name}/{forecaster.metadata['version']}"
     available = WindowsStore(params.windows, params.split).num_samples
+    if not available:  # once a table of "-" and exit status 0
+        raise InputError(f"the {params.split} split of {params.windows} has no samples: cut the windows "
+                         "from a longer archive, or with a shorter split_block or a larger share for "
+                         f"{params.split} in split_fractions")
     total = min(available, params.max_samples) if params.max_samples else available
     seen = [0]
     with progress("evaluate samples", total, lambda: seen[0], artifact=artifact_key("evaluate-progress")):

@@ -14,6 +14,7 @@ the working directory of the process running the flow is the only root.
 
 from __future__ import annotations
 
+import datetime
 import glob
 import os
 import re
@@ -94,14 +95,31 @@ def absolute(url: str) -> str:
 
 
 def parse_time(value: str, name: str) -> np.datetime64:
-    """An ISO 8601 UTC timestamp as datetime64[s]."""
+    """An ISO 8601 UTC timestamp as datetime64[s]; one with an offset (``+02:00``) is converted to UTC.
+
+    >>> parse_time("2024-01-01T03:00+02:00", "start")
+    np.datetime64('2024-01-01T01:00:00')
+    """
+    text = str(value).strip().removesuffix("Z")
     try:
-        parsed = np.datetime64(str(value).strip().removesuffix("Z"), "s")
+        parsed = np.datetime64(_as_utc(text), "s")
     except ValueError:
         raise ParameterError(f"{name} {value!r} is not an ISO 8601 time such as 2024-01-01T06:00") from None
     if np.isnat(parsed):
         raise ParameterError(f"{name} is empty; give an ISO 8601 time such as 2024-01-01T06:00")
     return parsed
+
+
+def _as_utc(text: str) -> str:
+    """``text`` with its UTC offset, if it has one, applied and dropped: numpy still converts an offset but
+    warns that timezones are deprecated, a warning the user can do nothing about."""
+    try:
+        stamp = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        return text  # no offset Python reads (or not a time): numpy parses it, or says it cannot
+    if stamp.tzinfo is None:
+        return text
+    return stamp.astimezone(datetime.UTC).replace(tzinfo=None).isoformat()
 
 
 StoreUrl = Annotated[str, Field(min_length=1)]
@@ -178,6 +196,27 @@ def _archive_exists(url: str) -> None:
         raise ParameterError(f"no archive at {url}; run the ingest flow first (or fix the path)")
 
 
+KINDS = {"archive": "an archive", "forecasts": "a forecasts store", "windows": "a windows store"}
+
+
+def _kind_is(url: str | None, kind: str) -> None:
+    """Refuses a nowcast store of another kind given as the field ``kind`` (a forecasts store as the
+    archive), in those words; a path with nothing there, or nothing nowcast made, is left to the job's own
+    checks."""
+    from nowcast.pipelines.stores.groups import StoreError, exists, open_group
+    from nowcast.pipelines.stores.integrity import store_kind
+
+    if url is None or not exists(url):
+        return
+    try:
+        found = store_kind(open_group(url))
+    except StoreError:
+        return
+    if found != kind:
+        raise ParameterError(f"{url} is {KINDS[found]}, not {KINDS[kind]}: {kind} takes {KINDS[kind]}"
+                             + (" (or a new path, where one is created)" if kind == "forecasts" else ""))
+
+
 class IngestParams(_Stores):
     """Ingest frames into the archive, from a folder of radar/NetCDF files or the synthetic generator."""
 
@@ -234,7 +273,8 @@ class WindowsParams(_Stores):
     @model_validator(mode="after")
     def _check(self):
         if abs(sum(self.split_fractions) - 1) > 1e-6 or min(self.split_fractions) < 0:
-            raise ParameterError(f"split_fractions {self.split_fractions} must be three shares summing to 1")
+            raise ParameterError(f"split_fractions {self.split_fractions} must be three shares from 0 to 1 "
+                                 "summing to 1 (train, validation, test; e.g. 0.7 0.15 0.15)")
         _archive_exists(self.archive)
         return self
 
@@ -310,6 +350,8 @@ class ForecastParams(_ModelChoice):
     @model_validator(mode="after")
     def _archive(self):
         _archive_exists(self.archive)
+        _kind_is(self.archive, "archive")
+        _kind_is(self.forecasts, "forecasts")
         return self
 
 
@@ -341,6 +383,8 @@ class ScoreParams(_ModelChoice):
     @model_validator(mode="after")
     def _archive(self):
         _archive_exists(self.archive)
+        _kind_is(self.archive, "archive")
+        _kind_is(self.forecasts, "forecasts")
         return self
 
 
@@ -365,6 +409,16 @@ class EvaluateParams(_ModelChoice):
     workdir: StoreUrl = Field(f"{DEFAULT_WORKDIR}/evaluate", description="where tables and PNGs go")
     archive: StoreUrl | None = Field(None, description="archive.zarr; with forecasts, also scores those")
     forecasts: StoreUrl | None = Field(None, description="forecasts.zarr to verify against the archive")
+
+    @model_validator(mode="after")
+    def _stores(self):
+        if self.forecasts and not self.archive:  # once ignored without a word
+            raise ParameterError("forecasts are verified against the archive's later frames: give archive "
+                                 "too (the archive.zarr they were scored from)")
+        _kind_is(self.windows, "windows")
+        _kind_is(self.archive, "archive")
+        _kind_is(self.forecasts, "forecasts")
+        return self
 
 
 class DemoParams(BaseModel):

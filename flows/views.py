@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 from nowcast.errors import InputError
+from nowcast.flows.params import parse_time
 from nowcast.pipelines.stores.archive import VALID, open_archive, read_info
 
 MAX_SHOWN_FRAMES = 48  # frames in one picture (four hours of 5-minute frames)
@@ -14,6 +17,11 @@ MAX_SHOWN_FRAMES = 48  # frames in one picture (four hours of 5-minute frames)
 
 def archive_summary(url: str) -> str:
     """A few lines a user reads after an ingest: extent, grid, completeness, values."""
+    with damage_named(url):
+        return _summary_lines(url)
+
+
+def _summary_lines(url: str) -> str:
     info = read_info(url)
     ds = open_archive(url)
     valid = ds[VALID].values
@@ -51,8 +59,27 @@ def plot_frames(url: str, path: str | Path, count: int = 4, field: str | None = 
     if valid_idx.size == 0:
         raise InputError(f"{url} has no valid frame to plot; ingest frames first")
     picks = valid_idx[np.linspace(0, valid_idx.size - 1, min(count, valid_idx.size)).astype(int)]
-    steps = [[(ds[name][int(i)].values, _stamp(ds["time"].values[i]))] for i in picks]
+    with damage_named(url):
+        steps = [[(ds[name][int(i)].values, _stamp(ds["time"].values[i]))] for i in picks]
     return _save(steps, str(ds[name].attrs.get("units", "")), Path(path))
+
+
+@contextlib.contextmanager
+def damage_named(*urls: str) -> Iterator[None]:
+    """Turns a chunk that fails to decode while the body reads ``urls`` into ``nowcast check``'s report of
+    the first damaged store: the damaged chunks, their times and the fix (a codec error names none)."""
+    from nowcast.pipelines.stores.integrity import StoreDamagedError, check_store
+
+    try:
+        yield
+    except InputError:
+        raise
+    except Exception as error:
+        for url in urls:
+            report = check_store(url)
+            if not report.ok:
+                raise StoreDamagedError(report.text()) from error
+        raise
 
 
 RAIN_UNITS = ("mm h-1", "mm/h")
@@ -76,14 +103,27 @@ def _draw(ax, frame: np.ndarray, units: str, title: str, colorbar: bool) -> None
 
 def _save(steps: list[list[tuple[np.ndarray, str]]], units: str, path: Path) -> Path:
     """Saves steps of (map, title) panels: an animated GIF shows one step per frame, a PNG every step,
-    one column per step (an archive's frames in a row; a forecast's leads with the observation above)."""
+    one column per step (an archive's frames in a row; a forecast's leads with the observation above).
+
+    Raises:
+        InputError: the picture cannot be written there (a read-only or full folder), naming the path.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _draw_steps(steps, units, path)
+    except OSError as error:
+        raise InputError(f"cannot write the picture {path} ({error.strerror or error}); give a path in a "
+                         "folder you can write to") from None
+    return path
+
+
+def _draw_steps(steps: list[list[tuple[np.ndarray, str]]], units: str, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.animation import FuncAnimation, PillowWriter
 
-    path.parent.mkdir(parents=True, exist_ok=True)
     gif = path.suffix.lower() == ".gif"
     grid = [list(row) for row in zip(*steps, strict=True)]  # rows: panel kinds; columns: steps
     rows, columns = (1, len(steps[0])) if gif else (len(grid), len(steps))
@@ -95,15 +135,16 @@ def _save(steps: list[list[tuple[np.ndarray, str]]], units: str, path: Path) -> 
             axes[0][c].clear()
             _draw(axes[0][c], frame, units, title, colorbar=step == 0 and c == columns - 1)
 
-    if gif:
-        FuncAnimation(fig, draw, frames=len(steps), interval=500).save(path, writer=PillowWriter(fps=2))
-    else:
-        for r, row in enumerate(grid):
-            for c, (frame, title) in enumerate(row):
-                _draw(axes[r][c], frame, units, title, colorbar=c == columns - 1)
-        fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+    try:
+        if gif:
+            FuncAnimation(fig, draw, frames=len(steps), interval=500).save(path, writer=PillowWriter(fps=2))
+        else:
+            for r, row in enumerate(grid):
+                for c, (frame, title) in enumerate(row):
+                    _draw(axes[r][c], frame, units, title, colorbar=c == columns - 1)
+            fig.savefig(path, dpi=80)
+    finally:
+        plt.close(fig)
 
 
 def show(url: str, path: str | Path, *, time: str | None = None, count: int = 6,
@@ -124,12 +165,17 @@ def show(url: str, path: str | Path, *, time: str | None = None, count: int = 6,
     if path.suffix.lower() not in (".png", ".gif"):
         raise InputError(f"{path} must end in .png or .gif (the picture's format)")
     if WRITTEN not in open_group(url):  # not a forecast store: an archive (open_archive checks it is one)
-        return _save(_archive_panels(url, time, count), _units(open_archive(url)), path)
+        with damage_named(url):
+            panels = _archive_panels(url, time, count)
+        return _save(panels, _units(open_archive(url)), path)
     try:
         ds = open_forecasts(url)
     except ForecastStoreError as error:
         raise InputError(str(error)) from None
-    return _save(_forecast_panels(ds, archive or str(ds.attrs["archive_url"]), time), _units(ds), path)
+    observed = archive or str(ds.attrs["archive_url"])
+    with damage_named(url, observed):
+        panels = _forecast_panels(ds, observed, time)
+    return _save(panels, _units(ds), path)
 
 
 def _units(ds) -> str:
@@ -151,7 +197,7 @@ def _pick(times: np.ndarray, usable: np.ndarray, time: str | None, what: str) ->
         if not usable.any():
             raise InputError(f"no {what} to show yet")
         return int(np.flatnonzero(usable)[-1])
-    wanted = np.datetime64(str(time).removesuffix("Z"), "ns")
+    wanted = parse_time(time, "--time")
     hits = np.flatnonzero(times == wanted)
     if not hits.size or not usable[hits[0]]:
         raise InputError(f"no {what} at {time}; pick one of {_stamp(times[usable][0])} .. "

@@ -99,7 +99,9 @@ def test_a_bad_option_is_named_with_the_forms_message(tmp_path, capsys):
     assert exit_.value.code == 2
     assert "--epochs: invalid int value: 'x'" in capsys.readouterr().err
     assert cli.main(["windows", "--archive", archive, "--split-fractions", "0.5", "0.5", "0.5"]) == 2
-    assert "must be three shares summing to 1" in capsys.readouterr().err
+    assert "must be three shares from 0 to 1 summing to 1" in capsys.readouterr().err
+    assert cli.main(["windows", "--archive", archive, "--split-fractions", "1.2", "-0.1", "-0.1"]) == 2
+    assert "from 0 to 1" in capsys.readouterr().err  # they sum to 1: the bound is what is wrong
     assert cli.main(["score", "--archive", str(tmp_path / "none.zarr")]) == 2
     assert not (tmp_path / "runs").exists()
 

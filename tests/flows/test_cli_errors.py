@@ -1,0 +1,197 @@
+"""What the command line prints when something goes wrong: one message naming the problem and the fix,
+exit 2 (bad input), 128 + the signal (Ctrl-C, SIGTERM), 141 (a closed pipe); never a traceback unless -v
+asks for it, and with -q nothing but errors. (Each was a traceback or a wrong message in a bad-input
+sweep.)"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import pytest
+
+from nowcast.flows import cli
+from tests.pipelines.jobs.scoring_helpers import MODEL, make_archive, save_tiny_model, synthetic_stats
+
+pytestmark = pytest.mark.xdist_group(__name__)  # its module fixture is built once, on one worker
+
+FRAMES, SIZE = 16, (16, 16)
+
+
+def nowcast(*args: str, **popen) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "nowcast.flows.cli", *args], capture_output=True, text=True,
+                          timeout=300, **popen)
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory) -> dict[str, str]:
+    """An archive, a registry with a tiny model of it, and a forecasts store of two init times."""
+    root = tmp_path_factory.mktemp("stores")
+    archive = make_archive(str(root / "archive.zarr"), FRAMES, SIZE)
+    save_tiny_model(root / "models", archive, synthetic_stats(FRAMES, SIZE))
+    found = {"archive": archive, "models": str(root / "models"), "forecasts": str(root / "forecasts.zarr")}
+    assert cli.main(["score", "--archive", archive, "--models", found["models"], "--model-name", MODEL,
+                     "--forecasts", found["forecasts"], "--start", "2024-01-01T00:10",
+                     "--end", "2024-01-01T00:15"]) == 0
+    return found
+
+
+@pytest.mark.fault("command line", "`show` of an archive with a chunk that does not decode",
+                   "exit 2 with `nowcast check`'s report: the damaged chunk, its times and `ingest --repair`")
+def test_show_names_a_damaged_chunk_and_the_repair(stores, tmp_path, capsys):
+    import shutil
+
+    damaged = tmp_path / "archive.zarr"
+    shutil.copytree(stores["archive"], damaged)
+    (damaged / "precip" / "c" / "1" / "0" / "0").write_bytes(os.urandom(100))
+    assert cli.main(["show", str(damaged), "--out", str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err
+    assert "precip chunk 1/0/0" in err
+    assert "damaged" in err
+    assert "--repair" in err
+    assert not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.fault("command line", "`show --time` that is not a time",
+                   "exit 2 naming the option and an example time")
+def test_show_refuses_a_time_that_is_not_one(stores, tmp_path, capsys):
+    assert cli.main(["show", stores["archive"], "--time", "garbage", "--out", str(tmp_path / "x.png")]) == 2
+    assert "--time 'garbage' is not an ISO 8601 time" in capsys.readouterr().err
+
+
+@pytest.mark.fault("command line", "a picture (`show --out`, `summary --png`) into a folder that cannot be "
+                   "written or made", "exit 2 naming the picture's path and the fix")
+def test_a_picture_that_cannot_be_written_is_named(stores, tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    out = blocker / "x.png"
+    for command in (["show", stores["archive"], "--out", str(out)],
+                    ["summary", "--archive", stores["archive"], "--png", str(out)]):
+        assert cli.main(command) == 2
+        err = capsys.readouterr().err
+        assert f"cannot write the picture {out}" in err
+        assert "Traceback" not in err
+
+
+@pytest.mark.slow
+@pytest.mark.fault("command line", "`evaluate` of a split with no samples, with and without -v",
+                   "exit 2 saying the split is empty and how to fill it; without -v only that line (no "
+                   "Prefect ERROR logs, no traceback), with -v the run's logs too")
+def test_evaluate_of_an_empty_split_is_one_message_unless_verbose(stores, tmp_path):
+    windows = str(tmp_path / "windows.zarr")
+    assert cli.main(["windows", "--archive", stores["archive"], "--windows", windows, "--t-in", "3",
+                     "--t-out", "2", "--split-block", "PT30M", "--split-fractions", "0.5", "0.5", "0"]) == 0
+    command = ["evaluate", "--windows", windows, "--models", stores["models"], "--model-name", MODEL,
+               "--workdir", str(tmp_path / "evaluate")]
+    quiet = nowcast(*command)
+    assert quiet.returncode == 2, quiet.stderr[-3000:]
+    assert quiet.stderr.splitlines() == [f"nowcast evaluate: error: the test split of {windows} has no "
+                                         "samples: cut the windows from a longer archive, or with a shorter "
+                                         "split_block or a larger share for test in split_fractions"]
+    assert quiet.stdout == ""
+    verbose = nowcast(*command, "-v")
+    assert verbose.returncode == 2
+    assert "ERROR prefect.task_runs" in verbose.stderr
+    assert "Traceback" in verbose.stderr
+
+
+@pytest.mark.fault("command line", "`evaluate --forecasts` without `--archive`",
+                   "exit 2 saying the archive is needed (the forecasts were once ignored without a word)")
+def test_evaluate_forecasts_needs_the_archive(stores, tmp_path, capsys):
+    assert cli.main(["evaluate", "--windows", str(tmp_path / "w.zarr"), "--models", stores["models"],
+                     "--model-name", MODEL, "--forecasts", stores["forecasts"]]) == 2
+    assert "give archive too" in capsys.readouterr().err
+
+
+@pytest.mark.fault("command line", "a store of another kind given as `score --archive` or `--forecasts`",
+                   "exit 2 saying which kind of store it is; nothing written")
+def test_a_store_of_another_kind_is_named_as_such(stores, tmp_path, capsys):
+    from tests.pipelines.jobs.ingest_helpers import snapshot
+
+    before = {kind: snapshot(stores[kind]) for kind in ("archive", "forecasts")}
+    common = ["score", "--models", stores["models"], "--model-name", MODEL]
+    assert cli.main([*common, "--archive", stores["archive"], "--forecasts", stores["archive"]]) == 2
+    assert f"{stores['archive']} is an archive, not a forecasts store" in capsys.readouterr().err
+    assert cli.main([*common, "--archive", stores["forecasts"], "--forecasts", str(tmp_path / "f.zarr")]) == 2
+    assert f"{stores['forecasts']} is a forecasts store, not an archive" in capsys.readouterr().err
+    assert {kind: snapshot(stores[kind]) for kind in before} == before
+    assert not (tmp_path / "f.zarr").exists()
+
+
+@pytest.mark.fault("command line", "`check` of a folder that is not a store",
+                   "exit 2 saying it is not a store nowcast reads (not advice for a new store)")
+def test_check_of_a_folder_that_is_not_a_store(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("precious")
+    assert cli.main(["check", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "is not a store nowcast reads" in err
+    assert "new store" not in err
+
+
+def test_quiet_prints_nothing_but_a_querys_answer(tmp_path, capsys):
+    archive = str(tmp_path / "archive.zarr")
+    assert cli.main(["-q", "ingest", "--synthetic", "--frames", "8", "--size", "16", "--archive",
+                     archive]) == 0
+    assert cli.main(["windows", "-q", "--archive", archive, "--windows", str(tmp_path / "w.zarr"),
+                     "--t-in", "2", "--t-out", "1", "--split-block", "PT10M"]) == 0
+    assert capsys.readouterr() == ("", "")
+    assert cli.main(["-q", "summary", "--archive", archive]) == 0  # what was asked for
+    assert capsys.readouterr().out.startswith(f"archive   {archive}")
+
+
+def test_a_time_with_an_offset_is_converted_without_a_warning():
+    from nowcast.flows.params import parse_time
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's "no explicit representation of timezones" once leaked
+        assert parse_time("2024-01-01T03:00+02:00", "start") == parse_time("2024-01-01T01:00", "start")
+        assert parse_time("2024-01-01T03:00Z", "start") == parse_time("2024-01-01T03:00", "start")
+
+
+@pytest.mark.slow
+def test_output_into_a_closed_pipe_ends_quietly(stores):
+    """`nowcast summary | head -1`: the reader closes the pipe before the summary is written."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        result = subprocess.run([sys.executable, "-m", "nowcast.flows.cli", "summary", "--archive",
+                                 stores["archive"]], stdout=write, stderr=subprocess.PIPE, text=True,
+                                timeout=300)
+    finally:
+        os.close(write)
+    assert result.returncode == 141
+    assert result.stderr == ""
+
+
+@pytest.mark.slow
+@pytest.mark.fault("command line", "Ctrl-C (SIGINT) or SIGTERM while `ingest` writes",
+                   "exit 130 or 143 with one line, no traceback; the store lock is released, so the next "
+                   "writer does not wait for it")
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_an_interrupted_ingest_says_so_in_one_line_and_releases_its_lock(tmp_path, signum):
+    archive = tmp_path / "archive.zarr"
+    lock = Path(f"{archive}.lock")
+    ingest = subprocess.Popen([sys.executable, "-m", "nowcast.flows.cli", "ingest", "--synthetic",
+                               "--frames", "20000", "--size", "256", "--archive", str(archive)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not (archive / "zarr.json").exists():  # writing: the lock is held
+            assert ingest.poll() is None, ingest.communicate()
+            assert time.monotonic() < deadline, "the ingest never created its archive"
+            time.sleep(0.1)
+        ingest.send_signal(signum)
+        _, err = ingest.communicate(timeout=120)
+    finally:
+        ingest.kill()
+    assert ingest.returncode == 128 + signum, err[-3000:]
+    assert err.splitlines() == [f"nowcast ingest: interrupted ({signal.Signals(signum).name}); what was "
+                                "written is consistent: rerun the command to continue"]
+    leases = [json.loads(path.read_text()) for path in sorted(lock.iterdir())]
+    assert leases[-1]["released"] is True
