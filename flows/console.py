@@ -1,0 +1,143 @@
+"""How the command line talks: log levels for -q/-v, silenced child processes, and exit statuses.
+
+Bad input is a one-paragraph message and exit status 2; Ctrl-C or SIGTERM one
+line and 128 + the signal's number; a closed output pipe silence and 141;
+anything else is a bug and keeps its traceback. Quiet by default: TensorFlow's
+C++ lines, Prefect's run chatter, Beam's workers and pysteps' banner show only
+with ``-v``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import logging
+import os
+import signal
+import sys
+import traceback
+import warnings
+from collections.abc import Iterator
+
+from nowcast.errors import InputError
+
+EXIT_BAD_INPUT = 2
+EXIT_CLOSED_PIPE = 128 + 13  # SIGPIPE's status, as a shell tool ends
+# commands whose output is what was asked for: -q keeps it (every other command's report goes)
+ANSWERS = ("models", "summary", "stack")
+SERVICES = ("serve", "server")  # run until stopped: a signal is their normal end, nothing to continue
+
+
+def _beam_through_root(record: logging.LogRecord) -> bool:
+    """False for what Beam logs through the root logger below ERROR (platform notes such as 'Resource
+    module is not available'), which the apache_beam logger's level does not reach."""
+    return record.levelno >= logging.ERROR or f"{os.sep}apache_beam{os.sep}" not in record.pathname
+
+
+RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
+
+
+def _not_a_run_failure(record: logging.LogRecord) -> bool:
+    """False for Prefect's report of a failed task or flow run (its traceback, then its final state): the
+    command reports the same error itself, as one message or, for a bug, one traceback."""
+    return record.levelno < logging.ERROR or record.name not in RUN_LOGGERS
+
+
+def quiet_by_default(verbosity: int) -> None:
+    """Log levels for the command's verbosity (-1 quiet, 0 default, 1 -v, 2 -vv), set before the heavy
+    imports: TensorFlow's C++ start-up lines, Prefect's run chatter, Beam's workers and pysteps' banner
+    show only when asked for."""
+    level = {-1: logging.ERROR, 0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if verbosity >= 2 else "2")
+    # Prefect's console, not its loggers: flow runs still send INFO logs to the API for the UI
+    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", logging.getLevelName(level))
+    # Beam's import may have given the root logger a handler already (so basicConfig alone would not
+    # apply the level): set the level either way
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger().setLevel(level)
+    for handler in logging.getLogger().handlers:  # records propagated from other loggers meet only these
+        if type(handler) is logging.StreamHandler:  # the console's (not a test harness's capture)
+            handler.setLevel(level)
+            if verbosity < 1:
+                handler.addFilter(_not_a_run_failure)
+    if verbosity < 1:  # a failing worker's traceback is logged by Beam, then raised to this command
+        logging.getLogger().setLevel(logging.ERROR)  # Beam's import warns of GCP clients it does not need
+        import apache_beam  # noqa: F401
+        logging.getLogger().setLevel(level)
+        logging.getLogger("apache_beam").setLevel(logging.CRITICAL)
+        logging.getLogger().addFilter(_beam_through_root)
+        for library in ("pysteps", "apache_beam"):  # numerical and platform notes nobody can act on
+            warnings.filterwarnings("ignore", module=rf"{library}(\.|$)")
+        with contextlib.redirect_stdout(io.StringIO()):
+            import pysteps  # noqa: F401  (its import prints where its configuration file is)
+
+
+@contextlib.contextmanager
+def children_silenced(silenced: bool) -> Iterator[None]:
+    """Sends what other processes and C libraries write to this process's stderr to /dev/null while the
+    command runs: Beam's worker processes log their start-up at INFO whatever the command's level, and
+    TensorFlow's C++ lines bypass Python. Python's own stderr, its logging and the progress bars keep the
+    terminal. Only for a real command line: not when a test captures stderr in-process."""
+    if not silenced or sys.__stderr__ is None or sys.stderr is not sys.__stderr__:
+        yield
+        return
+    sys.__stderr__.flush()
+    terminal = os.fdopen(os.dup(2), "w", buffering=1)
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 2)
+    os.close(null)
+    handlers = [h for h in logging.getLogger().handlers
+                if isinstance(h, logging.StreamHandler) and h.stream is sys.__stderr__]
+    for handler in handlers:
+        handler.setStream(terminal)
+    sys.stderr = terminal
+    try:
+        yield
+    finally:
+        terminal.flush()
+        os.dup2(terminal.fileno(), 2)
+        sys.stderr = sys.__stderr__
+        for handler in handlers:
+            handler.setStream(sys.__stderr__)
+        terminal.close()
+
+
+def reports(args: argparse.Namespace) -> contextlib.AbstractContextManager:
+    """Where the command's report goes: nowhere with -q (errors only), except a query's answer."""
+    if not args.quiet or args.command in ANSWERS:
+        return contextlib.nullcontext()
+    return contextlib.redirect_stdout(io.StringIO())
+
+
+def exit_status(args: argparse.Namespace, error: BaseException, signum: int | None) -> int:
+    """The exit status of a command that raised ``error``: bad input is a one-paragraph message (2), a
+    signal one line (128 + its number), a closed output pipe silence (141); anything else is a bug and
+    keeps its traceback."""
+    if signum is not None:
+        return _interrupted(args, signum)
+    if isinstance(error, BrokenPipeError):  # `nowcast summary | head`: the reader has what it wanted
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error flushing at exit
+        return EXIT_CLOSED_PIPE
+    if isinstance(error, InputError):
+        print(f"nowcast {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    raise error
+
+
+def _interrupted(args: argparse.Namespace, signum: int) -> int:
+    """One line for Ctrl-C or SIGTERM (the traceback with -v). The stores' writes are already safe to stop
+    at any point, and the locks were released on the way out; what the shutdown prints after this (a
+    Prefect server stopped by the same Ctrl-C, Beam's workers) is silenced without -v."""
+    if args.verbose:
+        traceback.print_exc()
+    name = signal.Signals(signum).name
+    print(f"nowcast {args.command}: stopped ({name})" if args.command in SERVICES else
+          f"nowcast {args.command}: interrupted ({name}); what was written is consistent: rerun the command "
+          "to continue", file=sys.stderr, flush=True)
+    console = sys.__stderr__
+    if not args.verbose and console is not None and sys.stderr is console:
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), console.fileno())
+    return 128 + signum
