@@ -30,6 +30,7 @@ from nowcast.flows.evaluate import evaluate_flow
 from nowcast.flows.forecast import backfill_flow, forecast_flow
 from nowcast.flows.ingest import ingest_flow
 from nowcast.flows.params import ROOTS_ENV
+from nowcast.flows.stopping import interrupt
 from nowcast.flows.train import train_flow
 
 DEFAULT_CRON = "*/5 * * * *"
@@ -122,10 +123,6 @@ def wait_for_api(api_url: str, timeout_s: float = 120.0) -> None:
         time.sleep(0.5)
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def run_local_server(workdir: str | Path = "runs/demo", port: int = 4200, files_port: int = 4201,
                      cron: str = DEFAULT_CRON) -> None:
     """``prefect server start`` (SQLite) + artifact file server + served deployments, until Ctrl-C."""
@@ -137,7 +134,7 @@ def run_local_server(workdir: str | Path = "runs/demo", port: int = 4200, files_
     env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_API_URL": api}
     server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
                                "--port", str(port)], env=env)
-    signal.signal(signal.SIGTERM, _interrupt)  # a plain kill stops the server too, as Ctrl-C does
+    signal.signal(signal.SIGTERM, interrupt)  # a plain kill stops the server too, as Ctrl-C does
     try:
         wait_for_api(api)
         artifacts_root = root.parent

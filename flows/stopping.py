@@ -21,7 +21,7 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _RECEIVED: list[int] = []  # the signals that interrupted the command, newest last
 
 
-def _interrupt(signum: int, _frame: object) -> None:
+def interrupt(signum: int, _frame: object) -> None:
     """Python's own SIGINT behaviour, for SIGTERM too, remembering which signal it was (a Beam job wraps
     the KeyboardInterrupt in its own error)."""
     _RECEIVED.append(signum)
@@ -37,7 +37,7 @@ def interruptible() -> Iterator[Callable[[BaseException], int | None]]:
     def signalled(error: BaseException) -> int | None:
         return _RECEIVED[-1] if _RECEIVED else signal_in(error)
 
-    with _handling(_interrupt):
+    with _handling(interrupt):
         yield signalled
 
 
@@ -81,7 +81,7 @@ def stop_on_signals(what: str) -> Iterator[threading.Event]:
 
     def handle(signum: int, frame: object) -> None:
         if stop.is_set():
-            _interrupt(signum, frame)
+            interrupt(signum, frame)
         stop.set()
         print(f"{what}: stopping after the poll in progress ({signal.Signals(signum).name} again to stop "
               "at once)", file=sys.stderr, flush=True)
