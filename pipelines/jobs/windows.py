@@ -256,7 +256,8 @@ def staged(job: WindowJob) -> Iterator[WindowJob]:
     Under the store's lock, a full disk and a damaged archive chunk become
     messages with their fix.
     """
-    with (storage_errors(job.output, "windows"), store_lock(job.output, "windows"),
+    with (storage_errors(job.output, "windows", "a rerun cuts the windows anew, replacing the store whole"),
+          store_lock(job.output, "windows"),
           worker_errors(StoreDamagedError)):
         check_replaceable(job.output, job.overwrite)
         with created_whole(job.output, replace=True) as staging:

@@ -75,12 +75,13 @@ def storage_problem(error: BaseException) -> int | None:
 
 
 @contextlib.contextmanager
-def storage_errors(url: str, job: str) -> Iterator[None]:
+def storage_errors(url: str, job: str, rerun: str = "a rerun writes only what is missing") -> Iterator[None]:
     """Turns a storage failure while ``job`` writes ``url`` into a :class:`StorageWriteError` with the fix.
 
     Everything a job writes is whole chunks flagged complete last, so the
     store opens as before the failed chunk and a rerun writes only what is
-    missing; the message says so.
+    missing; the message says so (``rerun``: what a rerun does instead, for a
+    job that builds its store anew).
     """
     try:
         yield
@@ -93,7 +94,7 @@ def storage_errors(url: str, job: str) -> Iterator[None]:
         problem, fix = STORAGE_ERRORS[code]
         raise StorageWriteError(
             f"{job} could not write {url}: {problem} ({os.strerror(code)}). The store keeps what was "
-            f"complete before (a rerun writes only what is missing): {fix}") from error
+            f"complete before ({rerun}): {fix}") from error
 
 
 # what a Beam runner appends to the message of an exception it re-raises from a step
