@@ -83,7 +83,8 @@ def test_a_picture_that_cannot_be_written_is_named(stores, tmp_path, capsys):
 @pytest.mark.fault("command line", "`evaluate` of a split with no samples, with and without -v",
                    "exit 2 saying the split is empty and how to fill it; without -v only that line (no "
                    "Prefect ERROR logs, no traceback), with -v the run's logs too")
-def test_evaluate_of_an_empty_split_is_one_message_unless_verbose(stores, tmp_path):
+def test_evaluate_of_an_empty_split_is_one_message_unless_verbose(stores, tmp_path, prefect_server):
+    """Against the session's Prefect server (its API URL in the environment): no temporary one to start."""
     windows = str(tmp_path / "windows.zarr")
     assert cli.main(["windows", "--archive", stores["archive"], "--windows", windows, "--t-in", "3",
                      "--t-out", "2", "--split-block", "PT30M", "--split-fractions", "0.5", "0.5", "0"]) == 0
