@@ -15,6 +15,15 @@ A slot is a lease the holder renews while it works. A holder that dies
 without releasing it (killed, its machine lost) stops renewing, and the
 server's repossessor frees the slot once the lease runs out: the lease is
 Prefect's shortest, 60 s, so the next writer waits at most about 75 s.
+
+Prefect's temporary server (a command line run without ``PREFECT_API_URL``)
+runs none of the server's services, so it would never free the slot of a run
+stopped by Ctrl-C (which stops that server too, before the release): its
+SQLite database keeps the slot, and every later run on the store waited for
+ever. There the flows take no slot; the scoring job's own store lock
+(:mod:`nowcast.pipelines.stores.lock`, a lease that expires without any
+service) still serialises the writers, and each plans inside it, skipping
+what is written.
 """
 
 from __future__ import annotations
@@ -56,9 +65,22 @@ def ensure_limit(name: str) -> int:
             return 0
 
 
+def on_a_server() -> bool:
+    """Whether flows report to a running Prefect server, rather than a temporary one of this process."""
+    from prefect.settings import PREFECT_API_URL
+
+    return bool(PREFECT_API_URL.value())
+
+
 @contextlib.contextmanager
 def store_slot(url: str, timeout_s: float | None = None) -> Iterator[None]:
-    """Holds the store's one slot for the block (waits for it; ``timeout_s`` None: as long as it takes)."""
+    """Holds the store's one slot for the block (waits for it; ``timeout_s`` None: as long as it takes).
+
+    Nothing to hold on Prefect's temporary server (no ``PREFECT_API_URL``; module docstring).
+    """
+    if not on_a_server():
+        yield
+        return
     name = slot_name(url)
     busy = ensure_limit(name)
     if busy:
