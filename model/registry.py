@@ -219,7 +219,20 @@ def read_metadata(version_dir: str, file: str = METADATA_FILE) -> dict[str, Any]
     fs, path = filesystem(f"{version_dir.rstrip('/')}/{file}")
     if file != METADATA_FILE and not fs.isfile(path):
         return {}
-    return json.loads(fs.cat_file(path))
+    return _json(fs, path)
+
+
+def _json(fs: Any, path: str) -> Any:
+    """The JSON document at ``path``; a file that is not one is a damaged version, named with the fix."""
+    try:
+        return json.loads(fs.cat_file(path))
+    except FileNotFoundError as missing:
+        raise RegistryError(f"{_url(fs, path)} is missing: the model version is damaged; restore it from a "
+                            "copy, or promote or train another version (`nowcast models list`)") from missing
+    except (ValueError, UnicodeDecodeError) as error:
+        raise RegistryError(f"{_url(fs, path)} is not valid JSON ({error}): the model version is damaged; "
+                            "restore it from a copy, or promote or train another version (`nowcast models "
+                            "list`)") from error
 
 
 def list_names(root: str | Path) -> list[str]:
@@ -277,11 +290,21 @@ def check_manifest(version_dir: str, known: Mapping[str, str]) -> None:
         log.warning("%s has no %s (saved by an older nowcast): only %s is verified", version_dir,
                     MANIFEST_FILE, MODEL_FILE)
         return
-    recorded = json.loads(fs.cat_file(f"{folder}/{MANIFEST_FILE}"))["files"]
-    def digest_of(file: str) -> str:  # a digest already computed is not computed again
-        return known.get(file) or hashlib.sha256(fs.cat_file(f"{folder}/{file}")).hexdigest()
+    manifest = _json(fs, f"{folder}/{MANIFEST_FILE}")
+    recorded = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(recorded, dict):
+        raise ChecksumMismatchError(f"{version_dir}: {MANIFEST_FILE} lists no files: the version is damaged; "
+                                    "restore it, or retrain and save a new version")
 
-    changed = [file for file, digest in recorded.items() if digest_of(file) != digest]
+    def digest_of(file: str) -> str | None:  # a digest already computed is not computed again; None: gone
+        if file in known:
+            return known[file]
+        path = f"{folder}/{file}"
+        return hashlib.sha256(fs.cat_file(path)).hexdigest() if fs.isfile(path) else None
+
+    found = {file: digest_of(file) for file in recorded}
+    changed = [file if found[file] else f"{file} (missing)" for file, digest in recorded.items()
+               if found[file] != digest]
     if changed:
         raise ChecksumMismatchError(
             f"{version_dir}: {', '.join(changed)} changed since the version was saved (their sha256 differs "

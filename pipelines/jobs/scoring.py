@@ -324,10 +324,12 @@ def run(spec: ScoringSpec, runner: RunnerOptions | None = None,
         nowcast.model.registry.RegistryError: the model is missing or does not fit the archive.
         nowcast.pipelines.stores.forecasts.ForecastStoreError: the store holds another model's forecasts.
     """
+    from nowcast.model.registry import RegistryError  # keras: only where a model is used
+
     # written flags share chunks: one writer at a time; a full or read-only disk, or a damaged archive
     # chunk, is a message
     with (storage_errors(spec.forecasts, "scoring"), store_lock(spec.forecasts, "scoring"),
-          worker_errors(StoreDamagedError)):
+          worker_errors(StoreDamagedError, RegistryError)):  # a version damaged since planning: its fix
         model, tasks, counts = plan(spec)
         todo = [i for task in tasks for i in task.indices]
         log.info("scoring %d init times in %d archive chunks into %s", len(todo), len(tasks), spec.forecasts)

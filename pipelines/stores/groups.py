@@ -101,7 +101,7 @@ def storage_errors(url: str, job: str, rerun: str = "a rerun writes only what is
 _STEP = re.compile(r"( \[while running '[^']*'\])+$")
 
 
-def raised_in_worker(error: BaseException, kind: type[StoreError]) -> StoreError | None:
+def raised_in_worker(error: BaseException, kind: type[InputError]) -> InputError | None:
     """The ``kind`` error that a Beam worker raised behind ``error``, with its own message; None if none.
 
     In one process the runner re-raises the worker's exception with the
@@ -121,15 +121,16 @@ def raised_in_worker(error: BaseException, kind: type[StoreError]) -> StoreError
 
 
 @contextlib.contextmanager
-def worker_errors(kind: type[StoreError]) -> Iterator[None]:
-    """Re-raises a ``kind`` error that a Beam worker raised as itself (:func:`raised_in_worker`)."""
+def worker_errors(*kinds: type[InputError]) -> Iterator[None]:
+    """Re-raises an error of ``kinds`` that a Beam worker raised as itself (:func:`raised_in_worker`)."""
     try:
         yield
     except Exception as error:
-        found = raised_in_worker(error, kind)
-        if found is None:
-            raise
-        raise found from error
+        for kind in kinds:
+            found = raised_in_worker(error, kind)
+            if found is not None:
+                raise found from error
+        raise
 
 
 def is_local(url: str) -> bool:

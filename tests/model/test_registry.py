@@ -94,6 +94,25 @@ def test_an_edited_metadata_or_metrics_file_is_refused(saved, file):
         registry.load_model(root, name, archive=ARCHIVE)
 
 
+@pytest.mark.parametrize(("damage", "error", "message"), [
+    ("metadata.json not JSON", registry.RegistryError, "metadata.json is not valid JSON"),
+    ("manifest.json not JSON", registry.RegistryError, "manifest.json is not valid JSON"),
+    ("metrics.json deleted", registry.ChecksumMismatchError, r"metrics.json \(missing\) changed"),
+])
+@pytest.mark.fault("models", "a version's metadata.json or manifest.json that is not JSON, or a file deleted",
+                   "refused naming the file and the fix (restore it, or promote or train another version); "
+                   "no JSON traceback")
+def test_a_damaged_version_file_is_named(saved, damage, error, message):
+    _, path, root, name = saved
+    file = damage.split()[0]
+    if damage.endswith("deleted"):
+        (path / file).unlink()
+    else:
+        (path / file).write_text("{not json")
+    with pytest.raises(error, match=message):
+        registry.load_model(root, name, archive=ARCHIVE)
+
+
 def test_a_version_saved_before_manifests_still_loads(saved, caplog):
     _, path, root, name = saved
     (path / "manifest.json").unlink()
