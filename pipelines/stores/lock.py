@@ -89,9 +89,27 @@ def lock_url(store: str) -> str:
 
 
 def default_lease_s() -> float:
-    """The lease term: ``NOWCAST_LOCK_LEASE_S`` or 60 s."""
+    """The lease term: ``NOWCAST_LOCK_LEASE_S`` or 60 s.
+
+    >>> os.environ["NOWCAST_LOCK_LEASE_S"] = "soon"
+    >>> try:
+    ...     default_lease_s()
+    ... except StoreError as error:
+    ...     print(str(error)[:55])
+    NOWCAST_LOCK_LEASE_S='soon' is not a number of seconds;
+    >>> del os.environ["NOWCAST_LOCK_LEASE_S"]
+    """
     value = os.environ.get("NOWCAST_LOCK_LEASE_S")
-    return float(value) if value else LEASE_S
+    if not value:
+        return LEASE_S
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = float("nan")
+    if not seconds > 1 or seconds == float("inf"):  # renewed every third of it: a term of 1 s or less spins
+        raise StoreError(f"NOWCAST_LOCK_LEASE_S={value!r} is not a number of seconds; set it to one above 1 "
+                         f"(e.g. {LEASE_S:.0f}), or unset it for {LEASE_S:.0f} s")
+    return seconds
 
 
 class _Folder:
