@@ -128,7 +128,8 @@ def _url(fs: Any, path: str) -> str:
 
 def _check_part(part: str, label: str) -> None:
     if not part or "/" in part or part.startswith(".") or part == LATEST:
-        raise RegistryError(f"model {label} {part!r} must be a plain folder name, not '{LATEST}'")
+        raise RegistryError(f"model {label} {part!r} must be a plain folder name (no '/', no leading '.', "
+                            f"not '{LATEST}'); `nowcast models list` shows the versions")
 
 
 def save_model(model: keras.Model, root: str | Path, name: str, metadata: Mapping[str, Any],
@@ -184,7 +185,10 @@ def save_model(model: keras.Model, root: str | Path, name: str, metadata: Mappin
 
 
 def promote_version(root: str | Path, name: str, version: str) -> None:
-    """Atomically points ``root/name/latest`` at an existing version."""
+    """Atomically points ``root/name/latest`` at an existing version (a plain folder name: ``a/../b`` once
+    pointed ``latest`` outside the name's versions)."""
+    _check_part(name, "name")
+    _check_part(version, "version")
     fs, parent = _location(root, name)
     if not fs.isfile(f"{parent}/{version}/{METADATA_FILE}"):
         raise RegistryError(f"cannot promote {name}/{version}: {_url(fs, f'{parent}/{version}')} is not a "

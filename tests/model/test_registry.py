@@ -113,6 +113,13 @@ def test_a_damaged_version_file_is_named(saved, damage, error, message):
         registry.load_model(root, name, archive=ARCHIVE)
 
 
+def test_a_version_that_is_no_plain_folder_name_is_not_promoted(saved):
+    _, _, root, name = saved
+    with pytest.raises(registry.RegistryError, match="must be a plain folder name"):
+        registry.promote_version(root, name, f"../{name}/v1")
+    assert (root / name / "latest").read_text().strip() == "v1"
+
+
 def test_a_version_saved_before_manifests_still_loads(saved, caplog):
     _, path, root, name = saved
     (path / "manifest.json").unlink()
