@@ -196,3 +196,16 @@ def test_an_interrupted_ingest_says_so_in_one_line_and_releases_its_lock(tmp_pat
                                 "written is consistent: rerun the command to continue"]
     leases = [json.loads(path.read_text()) for path in sorted(lock.iterdir())]
     assert leases[-1]["released"] is True
+
+
+@pytest.mark.fault("evaluate", "stored forecasts verified against another archive than their own",
+                   "refused naming both fingerprints (init time i once met the other archive's frame i, "
+                   "giving wrong scores with exit 0)")
+def test_forecasts_are_not_verified_against_another_archive(stores, tmp_path):
+    from nowcast.model.verify import verify_forecasts
+    from nowcast.pipelines.stores.forecasts import ForecastStoreError
+
+    other = make_archive(str(tmp_path / "other.zarr"), FRAMES, SIZE, start="2024-01-01T01:00")
+    with pytest.raises(ForecastStoreError, match="another archive"):
+        verify_forecasts(stores["forecasts"], other, 10)
+    assert verify_forecasts(stores["forecasts"], stores["archive"], 10) is not None
