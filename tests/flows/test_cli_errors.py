@@ -198,7 +198,7 @@ def test_an_interrupted_ingest_says_so_in_one_line_and_releases_its_lock(tmp_pat
     assert leases[-1]["released"] is True
 
 
-@pytest.mark.fault("evaluate", "stored forecasts verified against another archive than their own",
+@pytest.mark.fault("flows", "evaluate of stored forecasts against another archive than their own",
                    "refused naming both fingerprints (init time i once met the other archive's frame i, "
                    "giving wrong scores with exit 0)")
 def test_forecasts_are_not_verified_against_another_archive(stores, tmp_path):
