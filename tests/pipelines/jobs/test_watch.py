@@ -81,3 +81,32 @@ def test_a_set_event_ends_the_watch_before_its_next_poll(tmp_path):
     stop.set()
     spec = WatchSpec(archive=str(tmp_path / "archive.zarr"), directory=str(incoming), fmt="knmi")
     assert run_watch(spec, stop=stop).polls == 0
+
+
+@pytest.mark.fault("watch", "a file off the archive's time step, or before its start, among good ones",
+                   "rejected with a warning naming it and the fix; the good files keep coming in (the "
+                   "watcher once stopped on the first, and skipped the second without a word)")
+def test_a_file_the_time_axis_cannot_hold_is_rejected_and_the_rest_ingested(tmp_path, radar_dir, caplog):
+    from nowcast.pipelines.jobs.watch import poll_once
+
+    files = sorted((radar_dir / "knmi").rglob("*.h5"))[:4]  # 00:00, 00:05, 00:10, 00:15
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    for path in files[1:3]:
+        shutil.copy(path, incoming / path.name)
+    spec = WatchSpec(archive=str(tmp_path / "archive.zarr"), directory=str(incoming), fmt="knmi",
+                     interval_s=1.0, duration_s=1.0, time_chunk=4)
+    failures: dict[str, int] = {}
+    given_up: set[str] = set()
+    assert poll_once(spec, failures, given_up) == 2  # the archive starts at 00:05
+    early = incoming / files[0].name
+    off_step = incoming / files[3].name.replace("201008260015", "201008260017")
+    for source, target in ((files[0], early), (files[3], off_step), (files[3], incoming / files[3].name)):
+        shutil.copy(source, target)
+    with caplog.at_level("WARNING", logger="nowcast.pipelines.jobs.watch"):
+        assert poll_once(spec, failures, given_up) == 1  # 00:15 comes in
+    assert given_up == {str(early), str(off_step)}
+    assert "before the archive start" in caplog.text
+    assert "not on the archive's PT5M axis" in caplog.text
+    assert poll_once(spec, failures, given_up) == 0  # and neither is tried again
+    assert open_archive(spec.archive)["valid"].values.tolist() == [True, True, True]
