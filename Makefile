@@ -35,7 +35,7 @@ stack-down: $(STAMP)
 
 ## test: lint, type check and the whole test suite on TEST_WORKERS processes (pytest-xdist; a module with a
 ## module fixture runs on one worker); test-fast: the tests not marked slow
-TEST_WORKERS ?= 3
+TEST_WORKERS ?= 2
 test: lint typecheck
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
