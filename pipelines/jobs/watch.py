@@ -17,14 +17,13 @@ import logging
 
 import apache_beam as beam
 
-from nowcast.pipelines.jobs.ingest import IngestSpec, check_item, ingest_items
+from nowcast.pipelines.jobs.ingest import IngestSpec, check_item, ingest_items, new_time_axis
 from nowcast.pipelines.jobs.ticks import Stop, run_streaming, ticks, timing_problem, write_totals
 from nowcast.pipelines.plans.ingest import IngestError, frame_indices
 from nowcast.pipelines.sources import get_source
-from nowcast.pipelines.sources.base import Source, SourceError, SourceItem
+from nowcast.pipelines.sources.base import SourceError, SourceItem
 from nowcast.pipelines.stores.archive import DEFAULT_TIME_CHUNK, read_info, time_chunk_problem, valid_flags
 from nowcast.pipelines.stores.groups import exists
-from nowcast.pipelines.stores.timeaxis import parse_time_step
 
 log = logging.getLogger(__name__)
 
@@ -88,22 +87,21 @@ def pending_items(items: list[SourceItem], archive: str) -> list[SourceItem]:
             if index >= len(valid) or not valid[index]]
 
 
-def on_the_axis(items: list[SourceItem], spec: WatchSpec,
-                source: Source) -> tuple[list[SourceItem], list[tuple[SourceItem, str]]]:
+def on_the_axis(items: list[SourceItem],
+                spec: IngestSpec) -> tuple[list[SourceItem], list[tuple[SourceItem, str]]]:
     """The items the archive's time axis can hold, and the others with why (off its step, before its start).
 
     A batch ingest refuses such a file with the whole batch; a watcher must not: it would stop (or, for a
-    file before the start, skip it without a word) while good files keep arriving. A new archive's axis
-    starts at the earliest file, every ``spec.time_step`` or the source's own step.
+    file before the start, skip it without a word) while good files keep arriving. A new archive's axis is
+    the one ingest would give it (:func:`~nowcast.pipelines.jobs.ingest.new_time_axis`).
     """
+    if not items:
+        return items, []
     if exists(spec.archive):
         info = read_info(spec.archive)
         start, step = info.start, info.time_step
     else:
-        native = parse_time_step(spec.time_step) if spec.time_step else source.time_step()
-        if native is None or not items:
-            return items, []
-        start, step = min(item.time for item in items), native
+        start, step = new_time_axis(spec, items)
     placed, refused = [], []
     for item in items:
         try:
@@ -146,7 +144,9 @@ def poll_once(spec: WatchSpec, failures: dict[str, int], given_up: set[str]) -> 
     except SourceError as error:  # empty folder, or a name that is not the format's
         log.warning("poll of %s: %s", spec.directory, error)
         return 0
-    listed, misplaced = on_the_axis(listed, spec, source)
+    ingest_spec = IngestSpec(archive=spec.archive, source=source, time_step=spec.time_step,
+                             time_chunk=spec.time_chunk, check=False)
+    listed, misplaced = on_the_axis(listed, ingest_spec)
     for item, problem in misplaced:
         if item.path not in given_up:
             given_up.add(item.path)
@@ -154,8 +154,6 @@ def poll_once(spec: WatchSpec, failures: dict[str, int], given_up: set[str]) -> 
     todo = [item for item in pending_items(listed, spec.archive) if item.path not in given_up]
     if not todo:
         return 0
-    ingest_spec = IngestSpec(archive=spec.archive, source=source, time_step=spec.time_step,
-                             time_chunk=spec.time_chunk, check=False)
     grid = read_info(spec.archive).grid if exists(spec.archive) else None
     good = []
     for item in todo:
