@@ -187,7 +187,11 @@ def cmd_models(args: argparse.Namespace) -> int:
         print(json.dumps({"path": path, **shown, "metrics": {k: v for k, v in metrics.items()
                                                              if k != "history"}}, indent=2, default=str))
         return 0
-    names = [args.model] if args.model else registry.list_names(args.models)
+    known = registry.list_names(args.models)
+    if args.model and args.model not in known:
+        raise InputError(f"no model {args.model!r} in {args.models} (models there: "
+                         f"{', '.join(known) or 'none'}); check the name or --models")
+    names = [args.model] if args.model else known
     if not names:
         print(f"no models in {args.models}; train one with `nowcast train`")
     for name in names:

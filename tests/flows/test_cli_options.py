@@ -131,8 +131,8 @@ def test_command_line_stores_are_the_users_own_paths(tmp_path, monkeypatch):
         WindowsParams(archive=archive, windows=str(tmp_path / "w.zarr"))  # the form's check
 
 
-@pytest.mark.fault("command line", "`nowcast models` promote of an unknown version; show of a model never "
-                   "trained", "exit 2 naming the known versions or the registry; latest unchanged")
+@pytest.mark.fault("command line", "`nowcast models` promote of an unknown version; show or list of a "
+                   "model never trained", "exit 2 naming the known versions or the registry; latest unchanged")
 def test_models_list_show_and_promote(tmp_path, capsys):
     archive = make_archive(str(tmp_path / "archive.zarr"), 16, (16, 16))
     models = tmp_path / "models"
@@ -155,6 +155,8 @@ def test_models_list_show_and_promote(tmp_path, capsys):
     assert "no promoted version of 'cnn_lstm'" in capsys.readouterr().err
     assert cli.main(["models", "promote", "convlstm", *registry]) == 2
     assert "needs NAME/VERSION" in capsys.readouterr().err
+    assert cli.main(["models", "list", "cnn_lstm", *registry]) == 2  # was listed as a model without versions
+    assert "no model 'cnn_lstm'" in capsys.readouterr().err
     assert (models / "convlstm" / "latest").read_text().strip() == "v1"
 
 
