@@ -371,7 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     watch = command("watch", "append radar files to an archive as they arrive (streaming)", cmd_watch)
     watch.add_argument("--archive", required=True, help="archive store URL or path")
     watch.add_argument("--input", required=True, help="folder to watch")
-    watch.add_argument("--format", required=True, help="knmi, bom, fmi, mch or odim")
+    watch.add_argument("--format", required=True, help="knmi, bom, fmi, mch, odim or netcdf")
     watch.add_argument("--interval", type=float, default=5.0, help="seconds between polls")
     watch.add_argument("--duration", type=float, default=None,
                        help="stop after this many seconds (default: until Ctrl-C or SIGTERM, which stop it "

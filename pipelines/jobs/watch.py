@@ -5,7 +5,10 @@ folder, picks the frames that are not yet valid in the archive and ingests
 them with the same plain functions as the batch job (in the worker, no nested
 pipeline). A file that cannot be read yet (still being copied) is retried on
 the next polls and rejected, with a warning, after ``max_attempts``; a file
-that fails its checks never blocks the good ones. The watch ends after
+that fails its checks never blocks the good ones: files are listed one by
+one, two files at the same time are both held back (with a warning) until one
+is removed, and a rejected file is tried again once it changes (size or
+modification time: copied again, repaired). The watch ends after
 ``duration_s``, or as soon as its ``stop`` event is set or its ``stop``
 condition holds for the running totals (:mod:`nowcast.pipelines.jobs.ticks`).
 """
@@ -14,20 +17,22 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections import defaultdict
 
 import apache_beam as beam
 
 from nowcast.pipelines.jobs.ingest import IngestSpec, check_item, ingest_items, new_time_axis
 from nowcast.pipelines.jobs.ticks import Stop, run_streaming, ticks, timing_problem, write_totals
 from nowcast.pipelines.plans.ingest import IngestError, frame_indices
-from nowcast.pipelines.sources import get_source
-from nowcast.pipelines.sources.base import SourceError, SourceItem
+from nowcast.pipelines.sources import FORMATS, folder_source
+from nowcast.pipelines.sources.base import FolderSource, SourceError, SourceItem, file_signature
 from nowcast.pipelines.stores.archive import DEFAULT_TIME_CHUNK, read_info, time_chunk_problem, valid_flags
 from nowcast.pipelines.stores.groups import exists
 
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 1000  # polls a file may fail before it is rejected
+WATCH_FORMATS = (*FORMATS, "netcdf")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,7 +42,7 @@ class WatchSpec:
     Attributes:
         archive: archive URL (created by the first file if missing).
         directory: folder to watch (searched recursively).
-        fmt: radar format (knmi, bom, fmi, mch, odim).
+        fmt: radar format (knmi, bom, fmi, mch, odim) or netcdf.
         interval_s: seconds between polls.
         duration_s: stop after this many seconds; None runs until stopped.
         time_step: step of a new archive (default: the format's).
@@ -62,7 +67,9 @@ class WatchSpec:
             raise IngestError(problem)
         if not 1 <= self.max_attempts <= MAX_ATTEMPTS:
             raise IngestError(f"max_attempts {self.max_attempts} must be 1..{MAX_ATTEMPTS} polls")
-        get_source(self.fmt, directory=self.directory)
+        if self.fmt not in WATCH_FORMATS:
+            raise IngestError(f"watch --format {self.fmt!r}: a watched folder holds one of "
+                              f"{', '.join(WATCH_FORMATS)}; name its format")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,6 +119,87 @@ def on_the_axis(items: list[SourceItem],
     return placed, refused
 
 
+@dataclasses.dataclass
+class Rejections:
+    """The files a watcher holds back: failed polls per file, and those given up on with the signature
+    (:func:`~nowcast.pipelines.sources.base.file_signature`) they had then."""
+
+    max_attempts: int
+    failures: dict[str, int] = dataclasses.field(default_factory=dict)
+    given_up: dict[str, tuple[object, ...]] = dataclasses.field(default_factory=dict)
+    count: int = 0
+    warned: set[str] = dataclasses.field(default_factory=set)
+
+    def failed(self, path: str, problems: object) -> None:
+        """One more failed poll of ``path``; after ``max_attempts`` it is given up on, with a warning."""
+        self.failures[path] = self.failures.get(path, 0) + 1
+        if self.failures[path] >= self.max_attempts:
+            self.refuse(path, f"{problems} (after {self.failures[path]} attempts)")
+
+    def refuse(self, path: str, problem: str) -> None:
+        if path not in self.given_up:
+            self.given_up[path] = file_signature(path)
+            self.count += 1
+            log.warning("rejected %s: %s", path, problem)
+
+    def passed(self, path: str) -> None:
+        self.failures.pop(path, None)
+
+    def listed(self, paths: list[str]) -> list[str]:
+        """The listed paths not held back; a given-up file that changed since, or vanished, is forgotten."""
+        present = set(paths)
+        for path in list(self.given_up):
+            if path not in present:
+                del self.given_up[path]
+            elif _signature(path) != self.given_up[path]:
+                del self.given_up[path]
+                self.failures.pop(path, None)
+                log.info("%s changed since it was rejected: trying it again", path)
+        return [path for path in paths if path not in self.given_up]
+
+    def warn_once(self, message: str) -> None:
+        if message not in self.warned:
+            self.warned.add(message)
+            log.warning("%s", message)
+
+
+def _signature(path: str) -> tuple[object, ...] | None:
+    try:
+        return file_signature(path)
+    except OSError:  # removed between the listing and now
+        return None
+
+
+def listed_items(source: FolderSource, rejections: Rejections) -> list[SourceItem]:
+    """The frames of the folder's files, file by file, sorted by time.
+
+    A file whose frames cannot be listed (no time in its name, an unreadable header) counts as a failed
+    poll of that file alone; a time that two inputs claim is held back, with one warning, until one of them
+    is removed: the batch job refuses the whole batch for either, which would stop a watcher for good.
+    """
+    try:
+        paths = rejections.listed(source.files())
+    except SourceError as error:  # no folder yet, or no file of the format in it
+        log.warning("poll of %s: %s", getattr(source, "directory", source.name), error)
+        return []
+    items = []
+    for path in paths:
+        try:
+            items += source.file_items(path)
+        except SourceError as error:
+            rejections.failed(path, error)
+    by_time: dict[object, list[SourceItem]] = defaultdict(list)
+    for item in items:
+        by_time[item.time].append(item)
+    for time, claims in by_time.items():
+        if len(claims) > 1:
+            inputs = " and ".join(f"{item.path} (#{item.index_in_file})" if item.index_in_file else item.path
+                                  for item in claims)
+            rejections.warn_once(f"time {time} appears in {inputs}: neither is ingested until one is "
+                                 "removed")
+    return sorted(claims[0] for claims in by_time.values() if len(claims) == 1)
+
+
 ZEROS = {"polls": 0, "frames_written": 0, "files_rejected": 0}
 
 
@@ -123,35 +211,29 @@ class _Poll(beam.DoFn):
         self.status_path = status_path
 
     def setup(self) -> None:
-        self.failures: dict[str, int] = {}
-        self.given_up: set[str] = set()
+        self.rejections = Rejections(self.spec.max_attempts)
         self.totals = dict(ZEROS)
 
     def process(self, _tick: float):
-        written = poll_once(self.spec, self.failures, self.given_up)
+        written = poll_once(self.spec, self.rejections)
         self.totals.update(polls=self.totals["polls"] + 1,
                            frames_written=self.totals["frames_written"] + written,
-                           files_rejected=len(self.given_up))
+                           files_rejected=self.rejections.count)
         write_totals(self.status_path, self.totals)
         yield written
 
 
-def poll_once(spec: WatchSpec, failures: dict[str, int], given_up: set[str]) -> int:
+def poll_once(spec: WatchSpec, rejections: Rejections) -> int:
     """One poll: ingest every new, readable frame; returns frames written."""
-    source = get_source(spec.fmt, directory=spec.directory)
-    try:
-        listed = source.items()
-    except SourceError as error:  # empty folder, or a name that is not the format's
-        log.warning("poll of %s: %s", spec.directory, error)
-        return 0
+    source = folder_source(spec.directory, spec.fmt)
+    assert isinstance(source, FolderSource)
+    listed = listed_items(source, rejections)
     ingest_spec = IngestSpec(archive=spec.archive, source=source, time_step=spec.time_step,
                              time_chunk=spec.time_chunk, check=False)
     listed, misplaced = on_the_axis(listed, ingest_spec)
     for item, problem in misplaced:
-        if item.path not in given_up:
-            given_up.add(item.path)
-            log.warning("rejected %s: %s", item.path, problem)
-    todo = [item for item in pending_items(listed, spec.archive) if item.path not in given_up]
+        rejections.refuse(item.path, problem)
+    todo = [item for item in pending_items(listed, spec.archive) if item.path not in rejections.given_up]
     if not todo:
         return 0
     grid = read_info(spec.archive).grid if exists(spec.archive) else None
@@ -162,14 +244,11 @@ def poll_once(spec: WatchSpec, failures: dict[str, int], given_up: set[str]) -> 
             problems = check_item(source, item, grid, source.fields())["problems"]
         except SourceError as error:
             problems = [str(error)]
-        if not problems:
+        if problems:
+            rejections.failed(item.path, problems)
+        else:
             good.append(item)
-            failures.pop(item.path, None)
-            continue
-        failures[item.path] = failures.get(item.path, 0) + 1
-        if failures[item.path] >= spec.max_attempts:
-            given_up.add(item.path)
-            log.warning("rejected %s after %d attempts: %s", item.path, failures[item.path], problems)
+            rejections.passed(item.path)
     if not good:
         return 0
     result = ingest_items(ingest_spec, good, runner=None)

@@ -86,6 +86,19 @@ class Source(Protocol):
         ...
 
 
+@runtime_checkable
+class FolderSource(Source, Protocol):
+    """A source of files under a folder, listed file by file (what a watcher needs)."""
+
+    def files(self) -> list[str]:
+        """The source's files, in path order."""
+        ...
+
+    def file_items(self, path: str) -> list[SourceItem]:
+        """The frames of one file; a SourceError names that file alone."""
+        ...
+
+
 def list_files(directory: str, suffixes: Sequence[str]) -> list[str]:
     """Files under ``directory`` (recursively, in path order) whose names end with a suffix.
 
@@ -124,6 +137,17 @@ def _list_url(url: str, suffixes: Sequence[str]) -> list[str]:
         if not any(part.startswith(".") for part in parts) and path.endswith(tuple(suffixes)):
             found.append(fs.unstrip_protocol(path))
     return sorted(found)
+
+
+def file_signature(path: str) -> tuple[object, ...]:
+    """What changes when a file is written again: its size and modification time (object stores: also
+    the ETag), so a file refused once can be told from its repaired copy under the same name."""
+    if is_local(path):
+        stat = os.stat(local_path(path))
+        return stat.st_size, stat.st_mtime_ns
+    fs, remote_path = filesystem(path)
+    info = fs.info(remote_path)
+    return tuple(str(info.get(key)) for key in ("size", "mtime", "LastModified", "ETag"))
 
 
 @contextlib.contextmanager

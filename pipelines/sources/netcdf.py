@@ -165,19 +165,29 @@ class NetCDFSource:
                 whose units differ between files (a batch must agree within itself, not only with
                 the archive).
         """
-        items = []
         units: dict[str, tuple[str, str]] = {}  # variable -> (units, first file saying so)
-        for path in self.files():
-            with _open(path) as ds:
-                _check_units(ds, self._variables(ds, path), path, units)
-                if "time" not in ds.coords or not np.issubdtype(ds["time"].dtype, np.datetime64):
-                    raise SourceError(
-                        f"{path}: no decodable 'time' coordinate; add a time dimension with CF units "
-                        "(e.g. 'minutes since 2024-01-01')"
-                    )
-                times = np.atleast_1d(ds["time"].values).astype("datetime64[s]")
-            items += [SourceItem(time=t, path=path, index_in_file=i) for i, t in enumerate(times)]
-        return sorted_unique(items)
+        return sorted_unique(item for path in self.files() for item in self.file_items(path, units))
+
+    def file_items(self, path: str, units: dict[str, tuple[str, str]] | None = None) -> list[SourceItem]:
+        """The frames of one file, from its ``time`` coordinate (a watcher lists file by file).
+
+        Args:
+            path: one of :meth:`files`.
+            units: per variable, the units and the file that first gave them; filled and checked
+                across the calls that share it.
+
+        Raises:
+            SourceError: naming the file, when it has no decodable time or its units disagree.
+        """
+        with _open(path) as ds:
+            _check_units(ds, self._variables(ds, path), path, {} if units is None else units)
+            if "time" not in ds.coords or not np.issubdtype(ds["time"].dtype, np.datetime64):
+                raise SourceError(
+                    f"{path}: no decodable 'time' coordinate; add a time dimension with CF units "
+                    "(e.g. 'minutes since 2024-01-01')"
+                )
+            times = np.atleast_1d(ds["time"].values).astype("datetime64[s]")
+        return [SourceItem(time=t, path=path, index_in_file=i) for i, t in enumerate(times)]
 
     def time_step(self) -> np.timedelta64 | None:
         """The most common spacing of the times (None with fewer than two times)."""

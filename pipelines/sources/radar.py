@@ -256,13 +256,11 @@ class RadarSource:
                 return step
         return np.timedelta64(timedelta(minutes=minutes or 0), "s")
 
-    def items(self) -> list[SourceItem]:
-        """Every file of the format, by time parsed from its name (ODIM: from its metadata).
+    def files(self) -> list[str]:
+        """The format's files under the folder (with ``product``: that BoM product's), in path order.
 
         Raises:
-            SourceError: on a missing or empty folder, a name without a parsable
-                time, two files at the same time, BoM products mixed, or ODIM
-                files that are not ODIM or do not share a quantity.
+            SourceError: on a missing folder, or one without such files.
         """
         fmt = self.format
         paths = list_files(self.directory, fmt.suffixes)
@@ -275,17 +273,39 @@ class RadarSource:
                 f"{self.directory!r}; check the folder and the format (detected: "
                 f"{_try_detect(self.directory)})"
             )
-        if fmt.time_in_file:
+        return paths
+
+    def file_items(self, path: str) -> list[SourceItem]:
+        """The frame of one file, at the time in its name (ODIM: in its metadata).
+
+        A watcher lists file by file, so that one bad file is refused alone.
+
+        Raises:
+            SourceError: naming the file, when its name holds no time (ODIM: its header is unreadable
+                or holds no quantity that is read).
+        """
+        if self.format.time_in_file:
+            return [self._odim_item(path)[0]]
+        time = self.format.parse_time(os.path.basename(path))
+        if time is None:
+            raise SourceError(
+                f"{path}: cannot read a time from the name; {self.format.name} files are named like "
+                f"{self.format.example}: rename the file or move it out of {self.directory!r}"
+            )
+        return [SourceItem(time=time, path=path)]
+
+    def items(self) -> list[SourceItem]:
+        """Every file of the format, by time parsed from its name (ODIM: from its metadata).
+
+        Raises:
+            SourceError: on a missing or empty folder, a name without a parsable
+                time, two files at the same time, BoM products mixed, or ODIM
+                files that are not ODIM or do not share a quantity.
+        """
+        paths = self.files()
+        if self.format.time_in_file:
             return sorted_unique(self._odim_items(paths))
-        items = []
-        for path in paths:
-            time = fmt.parse_time(os.path.basename(path))
-            if time is None:
-                raise SourceError(
-                    f"{path}: cannot read a time from the name; {fmt.name} files are named like "
-                    f"{fmt.example}: rename the file or move it out of {self.directory!r}"
-                )
-            items.append(SourceItem(time=time, path=path))
+        items = [item for path in paths for item in self.file_items(path)]
         if self.fmt == "bom":
             self._check_one_product(items)
         return sorted_unique(items)
@@ -301,16 +321,20 @@ class RadarSource:
                 "product"
             )
 
+    def _odim_item(self, path: str) -> tuple[SourceItem, str]:
+        """One ODIM file's item at its nominal time, and the quantity it is read as."""
+        with local_file(path) as local:
+            header = odim.read_header(local)
+        return SourceItem(time=header.time, path=path), odim.choose_quantity(header, path, self.quantity)
+
     def _odim_items(self, paths: list[str]) -> list[SourceItem]:
         """Items at the files' nominal times; every file must resolve to the same quantity."""
         items: list[SourceItem] = []
         by_quantity: dict[str, list[str]] = {}
         for path in paths:
-            with local_file(path) as local:
-                header = odim.read_header(local)
-            quantity = odim.choose_quantity(header, path, self.quantity)
+            item, quantity = self._odim_item(path)
             by_quantity.setdefault(quantity, []).append(path)
-            items.append(SourceItem(time=header.time, path=path))
+            items.append(item)
         if len(by_quantity) > 1:
             found = ", ".join(f"{len(files)} read as {quantity} (e.g. {os.path.basename(files[0])})"
                               for quantity, files in sorted(by_quantity.items()))

@@ -132,7 +132,8 @@ def test_command_line_stores_are_the_users_own_paths(tmp_path, monkeypatch):
 
 
 @pytest.mark.fault("command line", "`nowcast models` promote of an unknown version; show or list of a "
-                   "model never trained", "exit 2 naming the known versions or the registry; latest unchanged")
+                   "model never trained",
+                   "exit 2 naming the known versions or the registry; latest unchanged")
 def test_models_list_show_and_promote(tmp_path, capsys):
     archive = make_archive(str(tmp_path / "archive.zarr"), 16, (16, 16))
     models = tmp_path / "models"

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from nowcast.pipelines.jobs.ingest import IngestSpec, run
-from nowcast.pipelines.jobs.watch import WatchSpec, run_watch
+from nowcast.pipelines.jobs.watch import Rejections, WatchSpec, poll_once, run_watch
+from nowcast.pipelines.plans.ingest import IngestError
 from nowcast.pipelines.sources import get_source
 from nowcast.pipelines.stores.archive import open_archive
 
@@ -87,8 +88,6 @@ def test_a_set_event_ends_the_watch_before_its_next_poll(tmp_path):
                    "rejected with a warning naming it and the fix; the good files keep coming in (the "
                    "watcher once stopped on the first, and skipped the second without a word)")
 def test_a_file_the_time_axis_cannot_hold_is_rejected_and_the_rest_ingested(tmp_path, radar_dir, caplog):
-    from nowcast.pipelines.jobs.watch import poll_once
-
     files = sorted((radar_dir / "knmi").rglob("*.h5"))[:4]  # 00:00, 00:05, 00:10, 00:15
     incoming = tmp_path / "incoming"
     incoming.mkdir()
@@ -96,17 +95,80 @@ def test_a_file_the_time_axis_cannot_hold_is_rejected_and_the_rest_ingested(tmp_
         shutil.copy(path, incoming / path.name)
     spec = WatchSpec(archive=str(tmp_path / "archive.zarr"), directory=str(incoming), fmt="knmi",
                      interval_s=1.0, duration_s=1.0, time_chunk=4)
-    failures: dict[str, int] = {}
-    given_up: set[str] = set()
-    assert poll_once(spec, failures, given_up) == 2  # the archive starts at 00:05
+    rejections = Rejections(spec.max_attempts)
+    assert poll_once(spec, rejections) == 2  # the archive starts at 00:05
     early = incoming / files[0].name
     off_step = incoming / files[3].name.replace("201008260015", "201008260017")
     for source, target in ((files[0], early), (files[3], off_step), (files[3], incoming / files[3].name)):
         shutil.copy(source, target)
     with caplog.at_level("WARNING", logger="nowcast.pipelines.jobs.watch"):
-        assert poll_once(spec, failures, given_up) == 1  # 00:15 comes in
-    assert given_up == {str(early), str(off_step)}
+        assert poll_once(spec, rejections) == 1  # 00:15 comes in
+    assert set(rejections.given_up) == {str(early), str(off_step)}
     assert "before the archive start" in caplog.text
     assert "not on the archive's PT5M axis" in caplog.text
-    assert poll_once(spec, failures, given_up) == 0  # and neither is tried again
+    assert poll_once(spec, rejections) == 0  # and neither is tried again
     assert open_archive(spec.archive)["valid"].values.tolist() == [True, True, True]
+
+
+@pytest.mark.fault("watch", "two files at the same time, a file whose name holds no time, and a rejected "
+                   "file copied again, among good ones",
+                   "the pair is held back with one warning until one is removed, the nameless file is "
+                   "rejected alone, a changed file is tried again; the good files keep coming in (either "
+                   "of the first two had blocked every poll for good, and a rejected file stayed rejected "
+                   "until the watcher restarted)")
+def test_one_bad_file_never_blocks_the_folder_and_a_repaired_file_is_tried_again(tmp_path, radar_dir,
+                                                                                   caplog):
+    files = sorted((radar_dir / "knmi").rglob("*.h5"))[:4]  # 00:00 .. 00:15
+    incoming = tmp_path / "incoming"
+    (incoming / "copy").mkdir(parents=True)
+    shutil.copy(files[0], incoming / files[0].name)
+    shutil.copy(files[1], incoming / files[1].name)
+    twin = incoming / "copy" / files[1].name  # 00:05 twice
+    shutil.copy(files[1], twin)
+    (incoming / "RAD_NL25_RAP_5min_latest.h5").write_bytes(b"no time in this name")
+    broken = incoming / files[2].name
+    broken.write_bytes(b"cut short")
+    spec = WatchSpec(archive=str(tmp_path / "archive.zarr"), directory=str(incoming), fmt="knmi",
+                     interval_s=1.0, duration_s=1.0, time_chunk=4, max_attempts=2)
+    rejections = Rejections(spec.max_attempts)
+    with caplog.at_level("WARNING", logger="nowcast.pipelines.jobs.watch"):
+        written = [poll_once(spec, rejections) for _ in range(3)]
+    assert written == [1, 0, 0]  # 00:00; 00:05 held back, 00:10 broken
+    assert caplog.text.count("appears in") == 1
+    assert "neither is ingested until one is removed" in caplog.text
+    assert set(rejections.given_up) == {str(incoming / "RAD_NL25_RAP_5min_latest.h5"), str(broken)}
+    assert "cannot read a time from the name" in caplog.text
+
+    twin.unlink()
+    shutil.copy(files[2], broken)  # the sender copies the file again, whole
+    shutil.copy(files[3], incoming / files[3].name)
+    assert poll_once(spec, rejections) == 3
+    valid = open_archive(spec.archive)["valid"].values
+    assert valid.tolist() == [True, True, True, True]
+    assert rejections.count == 2  # what was rejected stays counted
+
+
+@pytest.mark.filterwarnings("ignore:You will likely lose important projection:UserWarning")
+def test_a_folder_of_netcdf_files_is_watched(tmp_path):
+    """The watcher takes every folder format ingest does (``--format netcdf`` once failed on an option
+    of the radar sources)."""
+    from tests.pipelines.sources.test_netcdf import sensor_dataset, write
+
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    spec = WatchSpec(archive=str(tmp_path / "archive.zarr"), directory=str(incoming), fmt="netcdf",
+                     interval_s=1.0, duration_s=1.0, time_step="PT10M")
+    rejections = Rejections(spec.max_attempts)
+    assert poll_once(spec, rejections) == 0
+    write(sensor_dataset(["2024-03-01T00:00", "2024-03-01T00:10"], seed=1), incoming / "a.nc")
+    assert poll_once(spec, rejections) == 2
+    write(sensor_dataset(["2024-03-01T00:20"], seed=2), incoming / "b.nc")
+    assert poll_once(spec, rejections) == 1
+    archive = open_archive(spec.archive)
+    assert archive["valid"].values.tolist() == [True, True, True]
+    assert set(archive.data_vars) >= {"temperature", "humidity"}
+
+
+def test_watch_names_the_formats_it_takes():
+    with pytest.raises(IngestError, match="knmi, bom, fmi, mch, odim, netcdf"):
+        WatchSpec(archive="a.zarr", directory="in", fmt="synthetic")
