@@ -315,6 +315,27 @@ class ScoreInitTimes(beam.PTransform):
                                                        model.written_by, self.events_path)))
 
 
+@contextlib.contextmanager
+def scoring_errors(spec: ScoringSpec, purpose: str) -> Iterator[None]:
+    """A scoring run (batch or stream) as the forecast store's one writer, with its errors as messages.
+
+    Written flags share chunks: one writer at a time (the store's lock). A full or read-only disk, a
+    damaged archive chunk or a model version damaged since planning is a message that names the fix.
+    A run that fails before its first forecast removes the store it created, which would otherwise fix
+    the model and archive of every later run at that path though it holds nothing.
+    """
+    from nowcast.model.registry import RegistryError  # keras: only where a model is used
+
+    with (storage_errors(spec.forecasts, purpose), store_lock(spec.forecasts, purpose),
+          worker_errors(StoreDamagedError, RegistryError)):
+        try:
+            yield
+        except Exception:
+            with contextlib.suppress(OSError, StoreError):  # best effort: the run's error is the news
+                remove_if_unwritten(spec.forecasts)
+            raise
+
+
 def run(spec: ScoringSpec, runner: RunnerOptions | None = None,
         events_path: str | None = None) -> ScoringResult:
     """Scores the selected init times that are not yet written.
@@ -324,26 +345,16 @@ def run(spec: ScoringSpec, runner: RunnerOptions | None = None,
         nowcast.model.registry.RegistryError: the model is missing or does not fit the archive.
         nowcast.pipelines.stores.forecasts.ForecastStoreError: the store holds another model's forecasts.
     """
-    from nowcast.model.registry import RegistryError  # keras: only where a model is used
-
-    # written flags share chunks: one writer at a time; a full or read-only disk, or a damaged archive
-    # chunk, is a message
-    with (storage_errors(spec.forecasts, "scoring"), store_lock(spec.forecasts, "scoring"),
-          worker_errors(StoreDamagedError, RegistryError)):  # a version damaged since planning: its fix
+    with scoring_errors(spec, "scoring"):
         model, tasks, counts = plan(spec)
         todo = [i for task in tasks for i in task.indices]
         log.info("scoring %d init times in %d archive chunks into %s", len(todo), len(tasks), spec.forecasts)
         if tasks:
-            try:
-                # Create's own reshuffle spreads tasks over the multi-process runner's workers;
-                # Create(reshuffle=False) | Reshuffle() ran them one at a time there (docs/ingest.md).
-                run_pipeline(runner or RunnerOptions(), lambda p: (
-                    p | "Tasks" >> beam.Create(list(tasks)) | "Score" >> ScoreInitTimes(spec, model,
-                                                                                        events_path)))
-            except Exception:
-                with contextlib.suppress(OSError, StoreError):  # best effort: the run's error is the news
-                    remove_if_unwritten(spec.forecasts)  # a new store, failed before its first forecast
-                raise
+            # Create's own reshuffle spreads tasks over the multi-process runner's workers;
+            # Create(reshuffle=False) | Reshuffle() ran them one at a time there (docs/ingest.md).
+            run_pipeline(runner or RunnerOptions(), lambda p: (
+                p | "Tasks" >> beam.Create(list(tasks))
+                | "Score" >> ScoreInitTimes(spec, model, events_path)))
     if not todo:
         return counts
     done = written_flags(spec.forecasts, min(todo), max(todo) + 1)

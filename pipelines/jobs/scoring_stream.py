@@ -22,14 +22,16 @@ returns.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
+import threading
+import time
 
 import apache_beam as beam
 
-from nowcast.pipelines.jobs.scoring import ScoreInitTimes, plan
+from nowcast.pipelines.jobs.scoring import ScoreInitTimes, plan, scoring_errors
 from nowcast.pipelines.jobs.ticks import Stop, run_streaming, ticks, timing_problem, write_totals
 from nowcast.pipelines.plans.scoring import ScoringError, ScoringSpec
-from nowcast.pipelines.stores.lock import store_lock
 
 log = logging.getLogger(__name__)
 
@@ -60,29 +62,39 @@ class StreamSpec:
 
 @dataclasses.dataclass(frozen=True)
 class StreamResult:
+    """A stream's running totals; ``promoted`` is 1 once a poll found a newer ``latest`` than the one the
+    run scores with (the run then ends, and :func:`run_stream` goes on with the new version)."""
+
     polls: int
     emitted: int
+    promoted: int = 0
 
     def summary(self) -> str:
         return f"{self.polls} polls, {self.emitted} init times emitted for scoring"
 
 
-ZEROS = {"polls": 0, "emitted": 0}
+ZEROS = {"polls": 0, "emitted": 0, "promoted": 0}
 MAX_FAILED_POLLS = 10  # consecutive polls whose planning failed before the stream gives up
 
 
 class _Poll(beam.DoFn):
     """On each impulse: plan, emit the new tasks, record totals in the status file."""
 
-    def __init__(self, spec: ScoringSpec, status_path: str) -> None:
-        self.spec, self.status_path = spec, status_path
+    def __init__(self, spec: ScoringSpec, status_path: str, follows_latest: bool) -> None:
+        self.spec, self.status_path, self.follows_latest = spec, status_path, follows_latest
 
     def setup(self) -> None:
         self.emitted: set[int] = set()
         self.polls = 0
         self.failed_in_a_row = 0
+        self.promoted = 0
 
     def process(self, _tick: float):
+        if self.promoted or (self.follows_latest and self._newer_version()):
+            self.promoted = 1  # emit no more: the run ends, its work in flight written first
+            self.polls += 1
+            write_totals(self.status_path, {"polls": self.polls, "emitted": len(self.emitted), "promoted": 1})
+            return
         try:
             _, tasks, _ = plan(self.spec, exclude=self.emitted)
             self.failed_in_a_row = 0
@@ -96,19 +108,38 @@ class _Poll(beam.DoFn):
         self.polls += 1
         for task in tasks:
             self.emitted.update(task.indices)
-        write_totals(self.status_path, {"polls": self.polls, "emitted": len(self.emitted)})
+        write_totals(self.status_path, {"polls": self.polls, "emitted": len(self.emitted), "promoted": 0})
         if tasks:
             log.info("stream: %d new init times", sum(len(t.indices) for t in tasks))
         yield from tasks
 
+    def _newer_version(self) -> bool:
+        """Whether ``latest`` now names another version than the one this run scores with."""
+        from nowcast.model.registry import RegistryError, promoted_version
 
-def build(root: beam.Pipeline, spec: StreamSpec, status_path: str, events_path: str | None = None,
-          stop_key: str | None = None):
-    """The streaming graph: tick -> poll -> read -> RunInference -> write."""
+        try:
+            latest = promoted_version(self.spec.models, self.spec.model)
+        except (RegistryError, OSError) as error:  # a promotion being written: look again next poll
+            log.debug("latest of %s not read this poll: %s", self.spec.model, error)
+            return False
+        if latest is None or latest == self.spec.version:
+            return False
+        log.warning("%s/%s was promoted to latest: the stream goes on with it after the init times in "
+                    "flight (scored with %s)", self.spec.model, latest, self.spec.version)
+        return True
+
+
+def build(root: beam.Pipeline, status_path: str, stop_key: str | None, *, spec: StreamSpec,
+          events_path: str | None, duration_s: float | None):
+    """The streaming graph: tick -> poll -> read -> RunInference -> write, for ``duration_s`` (what is
+    left of the stream's duration; None: no end)."""
+    from nowcast.model.registry import LATEST  # keras: only where a model is used
+
     model, _, _ = plan(spec.scoring)  # creates the store and fixes the model version for the run
     scoring = dataclasses.replace(spec.scoring, version=model.version)
-    tasks = (ticks(root, spec.interval_s, spec.duration_s, stop_key)
-             | "Poll" >> beam.ParDo(_Poll(scoring, status_path)))
+    follows_latest = spec.scoring.version == LATEST
+    tasks = (ticks(root, spec.interval_s, duration_s, stop_key)
+             | "Poll" >> beam.ParDo(_Poll(scoring, status_path, follows_latest)))
     return tasks | "Score" >> ScoreInitTimes(scoring, model, events_path)
 
 
@@ -118,7 +149,15 @@ def run_stream(spec: StreamSpec, events_path: str | None = None,
 
     The stream holds the forecast store's writers' lock while it runs
     (:mod:`nowcast.pipelines.stores.lock`): a batch run into the same store
-    waits for it to end.
+    waits for it to end. Its errors are the batch job's
+    (:func:`~nowcast.pipelines.jobs.scoring.scoring_errors`): a stream that fails
+    before its first forecast (a damaged model) leaves no store behind.
+
+    A stream of ``latest`` follows promotions: once a poll finds that another
+    version became ``latest``, the run ends after the init times in flight and
+    a new run goes on with that version (a model is loaded once per run), each
+    init time recording the version that wrote it. A stream of a named version
+    keeps it.
 
     Args:
         spec: the stream.
@@ -128,9 +167,24 @@ def run_stream(spec: StreamSpec, events_path: str | None = None,
             (checked before every poll) that ends it once true, e.g.
             ``lambda totals: totals.emitted >= 24``. Init times already emitted are written first.
     """
+    deadline = None if spec.duration_s is None else time.monotonic() + spec.duration_s
+    done = StreamResult(0, 0)
+
+    def so_far(run: StreamResult) -> StreamResult:
+        return StreamResult(done.polls + run.polls, done.emitted + run.emitted)
+
+    def stopped(run: StreamResult | None = None) -> bool:
+        if isinstance(stop, threading.Event):
+            return stop.is_set()
+        return stop is not None and bool(stop(so_far(run or StreamResult(0, 0))))
+
     # the stream is the forecast store's one writer for as long as it runs
-    with store_lock(spec.scoring.forecasts, "scoring stream"):
-        return run_streaming(
-            "nowcast-score-stream-", StreamResult, ZEROS,
-            lambda pipeline, status_path, stop_key: build(pipeline, spec, status_path, events_path, stop_key),
-            stop)
+    with scoring_errors(spec.scoring, "scoring stream"):
+        while True:
+            left = None if deadline is None else deadline - time.monotonic()
+            graph = functools.partial(build, spec=spec, events_path=events_path, duration_s=left)
+            run = run_streaming("nowcast-score-stream-", StreamResult, ZEROS, graph,
+                                lambda totals: bool(totals.promoted) or stopped(totals))
+            done = so_far(run)
+            if not run.promoted or stopped() or (deadline is not None and deadline <= time.monotonic()):
+                return done

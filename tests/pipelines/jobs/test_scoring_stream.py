@@ -14,10 +14,11 @@ import time
 import numpy as np
 import pytest
 
+from nowcast.model.registry import RegistryError
 from nowcast.pipelines.jobs.scoring import ScoringError, ScoringSpec, run, scoreable
 from nowcast.pipelines.jobs.scoring_stream import StreamSpec, run_stream
 from nowcast.pipelines.stores.archive import valid_flags
-from nowcast.pipelines.stores.forecasts import written_flags
+from nowcast.pipelines.stores.forecasts import open_forecasts, written_flags
 from tests.pipelines.jobs.ingest_helpers import snapshot
 from tests.pipelines.jobs.scoring_helpers import (
     MODEL,
@@ -130,7 +131,8 @@ def test_a_poll_retries_store_errors_a_while_and_never_hides_a_bug(tmp_path, mon
     """Polling once caught every Exception and retried it forever, hiding real bugs."""
     from nowcast.pipelines.jobs import scoring_stream
 
-    poll = scoring_stream._Poll(spec=None, status_path=str(tmp_path / "status.json"))  # type: ignore[arg-type]
+    poll = scoring_stream._Poll(spec=None, status_path=str(tmp_path / "status.json"),  # type: ignore[arg-type]
+                                follows_latest=False)
     poll.setup()
     monkeypatch.setattr(scoring_stream, "plan", lambda *a, **k: (_ for _ in ()).throw(TypeError("a bug")))
     with pytest.raises(TypeError, match="a bug"):
@@ -144,3 +146,49 @@ def test_a_poll_retries_store_errors_a_while_and_never_hides_a_bug(tmp_path, mon
         assert list(poll.process(0.0)) == []  # skipped: the next poll may find the store complete
     with pytest.raises(ScoringError, match="polls in a row failed"):
         list(poll.process(0.0))
+
+
+@pytest.mark.fault("score", "`score --follow` with a model version damaged after saving",
+                   "the registry's error naming the file and the fix; no forecast store left behind (the "
+                   "stream once left an empty one that fixed the damaged version for every later run)")
+def test_a_stream_whose_model_cannot_load_leaves_no_store(tmp_path):
+    archive = make_archive(str(tmp_path / "archive.zarr"), 8, SIZE, CHUNK)
+    models = tmp_path / "models"
+    save_tiny_model(models, archive, synthetic_stats(FRAMES, SIZE))
+    saved = next(models.rglob("model.keras"))
+    saved.write_bytes(saved.read_bytes()[:1000])
+    spec = ScoringSpec(archive=archive, forecasts=str(tmp_path / "stream.zarr"), models=str(models),
+                       model=MODEL)
+    with pytest.raises(RegistryError, match="modified or corrupted after saving"):
+        run_stream(StreamSpec(spec, interval_s=0.2, duration_s=LONGEST_S))
+    assert not (tmp_path / "stream.zarr").exists()
+
+
+@pytest.mark.slow
+def test_a_stream_of_latest_goes_on_with_a_version_promoted_while_it_runs(tmp_path):
+    """A promotion during ``score --follow`` once took effect only after a restart, without a word; a
+    stream of a named version keeps it."""
+    archive = str(tmp_path / "archive.zarr")
+    append_frames(archive, 10, FRAMES, SIZE, CHUNK)
+    models = tmp_path / "models"
+    save_tiny_model(models, archive, synthetic_stats(FRAMES, SIZE))
+    spec = ScoringSpec(archive=archive, forecasts=str(tmp_path / "stream.zarr"), models=str(models),
+                       model=MODEL)
+    events = tmp_path / "events.jsonl"
+    promoted: list[int] = []
+
+    def promote_then_extend(totals) -> bool:  # the train flow's promotion, half way
+        if totals.emitted >= 8 and not promoted:
+            save_tiny_model(models, archive, synthetic_stats(FRAMES, SIZE), seed=2, version="v2")
+            promoted.append(totals.polls)
+            append_frames(archive, 16, FRAMES, SIZE, CHUNK)
+        return totals.emitted >= 14
+
+    result = run_stream(StreamSpec(spec, interval_s=0.2, duration_s=LONGEST_S), events_path=str(events),
+                        stop=promote_then_extend)
+    assert result.emitted == 14, f"the stream ran {LONGEST_S} s without the work done"
+    versions = open_forecasts(spec.forecasts)["model_version"].values
+    assert versions[2:10].tolist() == ["v1"] * 8
+    assert versions[10:16].tolist() == ["v2"] * 6  # the frames that came after the promotion
+    scored = [json.loads(line)["init_index"] for line in events.read_text().splitlines()]
+    assert sorted(scored) == list(range(2, 16))  # each once, across the two runs
