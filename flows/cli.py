@@ -38,7 +38,11 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 def local(flow):
     """``flow`` for parameters validated here: Prefect would validate them again, as a form's, against
-    the storage roots that do not bind a user's own command line."""
+    the storage roots that do not bind a user's own command line. A ``PREFECT_API_URL`` that does not
+    answer is refused first."""
+    from nowcast.flows.concurrency import check_server
+
+    check_server()
     return flow.with_options(validate_parameters=False)
 
 
@@ -150,9 +154,10 @@ def _bars(args: argparse.Namespace) -> bool | None:
 def cmd_backfill(args: argparse.Namespace) -> int:
     from nowcast.flows.forecast import backfill_flow, scoring_spec
 
+    flow = local(backfill_flow)  # the server is checked before the bar's planning creates the store
     params = params_from_args(BackfillParams, args)
     with scoring_progress(scoring_spec(params, start=params.start, end=params.end), args):
-        run = local(backfill_flow)(params)
+        run = flow(params)
     print(f"backfill: {run.scored} init times scored in {run.chunks} chunks, {run.already_written} already "
           f"written, {run.missing_input} without complete input")
     return 0
@@ -260,15 +265,19 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from nowcast.flows.concurrency import check_server
     from nowcast.flows.demo import demo_flow
 
+    check_server()
     demo_flow(**params_from_args(DemoParams, args).model_dump())  # checked before the demo starts
     return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from nowcast.flows.concurrency import check_server
     from nowcast.flows.serve import serve_deployments
 
+    check_server()
     serve_deployments(args.workdir, args.cron, model_name=args.model)
     return 0
 

@@ -39,6 +39,8 @@ from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
+from nowcast.errors import InputError
+
 PREFIX = "nowcast-store-"
 LEASE_S = 60  # the server's minimum; a dead holder's slot is freed this long after its last renewal
 
@@ -70,6 +72,27 @@ def on_a_server() -> bool:
     from prefect.settings import PREFECT_API_URL
 
     return bool(PREFECT_API_URL.value())
+
+
+def check_server() -> None:
+    """Refuses, naming the fixes, a ``PREFECT_API_URL`` that does not answer; nothing to check without one.
+
+    Prefect's own error is a 100-line traceback from deep in its client, after the flow was set up.
+
+    Raises:
+        InputError: if the server does not answer its health check.
+    """
+    if not on_a_server():
+        return
+    from prefect.settings import PREFECT_API_URL
+
+    with get_client(sync_client=True) as client:
+        error = client.api_healthcheck()
+    if error is not None:
+        reason = str(error).strip() or type(error).__name__
+        raise InputError(f"the Prefect server at PREFECT_API_URL={PREFECT_API_URL.value()} does not answer "
+                         f"({reason}); start it (`nowcast server`, or `nowcast stack up`), fix the URL, or "
+                         "unset PREFECT_API_URL to run on a temporary local server")
 
 
 @contextlib.contextmanager

@@ -218,3 +218,27 @@ def test_synthetic_frames_follow_the_time_step_given(tmp_path):
                      "--archive", url]) == 0
     info = read_info(url)
     assert (str(info.time_step), info.length) == ("600 seconds", 6)
+
+
+@pytest.mark.fault("command line", "PREFECT_API_URL names a server that does not answer (train, backfill, "
+                   "evaluate, demo, serve)",
+                   "exit 2 naming the URL and the fixes (start it, fix it, or unset it), before any work "
+                   "(it was a 115-line traceback from Prefect's client)")
+@pytest.mark.parametrize("command", [["train"], ["backfill", "--start", "2024-01-01T00:00", "--end", "2024-01-01T01:00"], ["evaluate"],
+                                     ["demo"], ["serve"]])
+def test_a_prefect_server_that_does_not_answer_is_named(command, tmp_path, monkeypatch, capsys):
+    import socket
+
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.chdir(tmp_path)
+    url = f"http://127.0.0.1:{port}/api"
+    with temporary_settings({PREFECT_API_URL: url}):
+        assert cli.main(command) == 2
+    error = capsys.readouterr().err
+    assert f"the Prefect server at PREFECT_API_URL={url} does not answer" in error
+    assert "unset PREFECT_API_URL" in error
+    assert list(tmp_path.iterdir()) == []  # nothing created
