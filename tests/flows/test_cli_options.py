@@ -224,8 +224,8 @@ def test_synthetic_frames_follow_the_time_step_given(tmp_path):
                    "evaluate, demo, serve)",
                    "exit 2 naming the URL and the fixes (start it, fix it, or unset it), before any work "
                    "(it was a 115-line traceback from Prefect's client)")
-@pytest.mark.parametrize("command", [["train"], ["backfill", "--start", "2024-01-01T00:00", "--end", "2024-01-01T01:00"], ["evaluate"],
-                                     ["demo"], ["serve"]])
+@pytest.mark.parametrize("command", [["train"], ["evaluate"], ["demo"], ["serve"],
+                                     ["backfill", "--start", "2024-01-01", "--end", "2024-01-02"]])
 def test_a_prefect_server_that_does_not_answer_is_named(command, tmp_path, monkeypatch, capsys):
     import socket
 
