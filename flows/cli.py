@@ -39,10 +39,10 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 def local(flow):
     """``flow`` for parameters validated here: Prefect would validate them again, as a form's, against
     the storage roots that do not bind a user's own command line. A ``PREFECT_API_URL`` that does not
-    answer is refused first."""
-    from nowcast.flows.concurrency import check_server
+    answer is refused first; without one, the temporary server is started apart from Ctrl-C."""
+    from nowcast.flows.concurrency import ensure_server
 
-    check_server()
+    ensure_server()
     return flow.with_options(validate_parameters=False)
 
 
@@ -265,19 +265,19 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from nowcast.flows.concurrency import check_server
+    from nowcast.flows.concurrency import ensure_server
     from nowcast.flows.demo import demo_flow
 
-    check_server()
+    ensure_server()
     demo_flow(**params_from_args(DemoParams, args).model_dump())  # checked before the demo starts
     return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from nowcast.flows.concurrency import check_server
+    from nowcast.flows.concurrency import ensure_server
     from nowcast.flows.serve import serve_deployments
 
-    check_server()
+    ensure_server()
     serve_deployments(args.workdir, args.cron, model_name=args.model)
     return 0
 

@@ -40,6 +40,7 @@ from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 from nowcast.errors import InputError
+from nowcast.flows import temporary_server
 
 PREFIX = "nowcast-store-"
 LEASE_S = 60  # the server's minimum; a dead holder's slot is freed this long after its last renewal
@@ -74,15 +75,17 @@ def on_a_server() -> bool:
     return bool(PREFECT_API_URL.value())
 
 
-def check_server() -> None:
-    """Refuses, naming the fixes, a ``PREFECT_API_URL`` that does not answer; nothing to check without one.
-
-    Prefect's own error is a 100-line traceback from deep in its client, after the flow was set up.
+def ensure_server() -> None:
+    """A Prefect server for the command's flows: the one at ``PREFECT_API_URL``, refused naming the fixes
+    if it does not answer (Prefect's own error is a 100-line traceback from deep in its client, after the
+    flow was set up); without one, Prefect's temporary server, started apart from Ctrl-C
+    (:mod:`nowcast.flows.temporary_server`).
 
     Raises:
-        InputError: if the server does not answer its health check.
+        InputError: if the server at ``PREFECT_API_URL`` does not answer its health check.
     """
     if not on_a_server():
+        temporary_server.start()
         return
     from prefect.settings import PREFECT_API_URL
 

@@ -22,7 +22,16 @@ def alive(pid: int) -> bool:
         finished, _ = os.waitpid(pid, os.WNOHANG)
         if finished:
             return False
-    return True
+    return not _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    """Whether ``pid`` has exited and waits for its parent to reap it (Linux; elsewhere False)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"  # the state follows "(name)"
+    except (OSError, IndexError):
+        return False
 
 
 def host_id() -> str:

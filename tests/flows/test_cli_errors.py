@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from nowcast.flows import cli
+from nowcast.processes import alive
 from tests.pipelines.jobs.scoring_helpers import MODEL, make_archive, save_tiny_model, synthetic_stats
 
 pytestmark = pytest.mark.xdist_group(__name__)  # its module fixture is built once, on one worker
@@ -209,3 +210,35 @@ def test_forecasts_are_not_verified_against_another_archive(stores, tmp_path):
     with pytest.raises(ForecastStoreError, match="another archive"):
         verify_forecasts(stores["forecasts"], other, 10)
     assert verify_forecasts(stores["forecasts"], stores["archive"], 10) is not None
+
+
+STARTS_THE_TEMPORARY_SERVER = """
+import time
+from prefect.server.api.server import SubprocessASGIServer
+from nowcast.flows.concurrency import ensure_server
+ensure_server()  # what train, evaluate, backfill, demo and serve do first
+print(SubprocessASGIServer().server_process.pid, flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.fault("flows", "Ctrl-C in a terminal during `train`, `evaluate` or `backfill` without "
+                   "PREFECT_API_URL; the command killed outright (SIGKILL, a closed terminal)",
+                   "Prefect's temporary server is in a process group of its own, so the terminal's Ctrl-C "
+                   "leaves it to record the run's end (the command exited in 4 s, not 146 s, measured); it "
+                   "ends with the command that started it, even one killed outright")
+def test_the_temporary_server_is_apart_from_ctrl_c_and_ends_with_its_command():
+    env = {key: value for key, value in os.environ.items() if key != "PREFECT_API_URL"}
+    command = subprocess.Popen([sys.executable, "-c", STARTS_THE_TEMPORARY_SERVER], stdout=subprocess.PIPE,
+                               text=True, env=env, start_new_session=True)
+    try:
+        server = int(command.stdout.readline())  # type: ignore[union-attr]
+        assert os.getpgid(server) != os.getpgid(command.pid)  # the terminal's Ctrl-C goes to the command's
+        os.killpg(command.pid, signal.SIGKILL)
+        command.wait(timeout=60)
+        deadline = time.monotonic() + 60
+        while alive(server) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not alive(server), "the temporary server outlived the command that started it"
+    finally:
+        command.kill()

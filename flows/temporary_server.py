@@ -1,0 +1,69 @@
+"""Prefect's temporary server, for a command-line run without ``PREFECT_API_URL``, started so that Ctrl-C
+leaves it running until the command has reported its end.
+
+Prefect starts that server on first use as a child in the command's process
+group, so the terminal's Ctrl-C (sent to the whole foreground group) stopped
+it together with the command; the interrupted flow then reported its crash to
+a server that was gone, retrying for 140-240 s before the command exited.
+Started here first, in a process group of its own, it outlives the Ctrl-C and
+is stopped by Prefect at the command's exit as before. On Linux it is also
+told to end with the command (``PR_SET_PDEATHSIG``), so a command killed
+outright (SIGKILL, a closed terminal) leaves no server behind, which Prefect's
+own start did.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import functools
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def start() -> None:
+    """Starts Prefect's temporary server unless flows report to a server (or Prefect may not start one).
+
+    Only from the main thread: the parent-death signal follows the thread that started the child, so a
+    server started from a thread that ends would die with it.
+    """
+    from prefect.server.api import server as prefect_server
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_ALLOW_EPHEMERAL_MODE
+
+    if PREFECT_API_URL.value() or not PREFECT_SERVER_ALLOW_EPHEMERAL_MODE.value():
+        return
+    if threading.current_thread() is not threading.main_thread():
+        return
+    server = prefect_server.SubprocessASGIServer()  # the instance every Prefect client of this process uses
+    if server.running:
+        return
+    with _children_apart():
+        server.start()
+
+
+@contextlib.contextmanager
+def _children_apart() -> Iterator[None]:
+    """``subprocess.Popen`` starts children in their own process group (and, on Linux, ending with this
+    process) while the block runs; Prefect's server module starts its server through it."""
+    original = subprocess.Popen
+    subprocess.Popen = functools.partial(  # type: ignore[misc,assignment]
+        original, process_group=0, preexec_fn=_end_with_parent)
+    try:
+        yield
+    finally:
+        subprocess.Popen = original  # type: ignore[misc]
+
+
+# looked up here, not in the forked child, where only async-signal-safe work is sure not to deadlock
+_PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
+
+
+def _end_with_parent() -> None:
+    """In the child, before it runs: SIGTERM when the parent dies (Linux only; elsewhere nothing)."""
+    if _PRCTL is not None:
+        _PRCTL(PR_SET_PDEATHSIG, signal.SIGTERM)
