@@ -60,7 +60,7 @@ def _ingest_extras(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from nowcast.flows.ingest import source_for
+    from nowcast.flows.ingest import source_for, warn_of_other_inputs
     from nowcast.flows.views import archive_summary
     from nowcast.pipelines.jobs.ingest import IngestSpec, ingest_items
     from nowcast.pipelines.sources import folder_source
@@ -72,6 +72,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
               else source_for(params, args.time_step))
     spec = IngestSpec(archive=params.archive, source=source, time_step=args.time_step, start=args.start,
                       time_chunk=params.time_chunk, overwrite=args.overwrite, repair=args.repair)
+    warn_of_other_inputs(source, params.input_dir)
     items = sorted_unique(source.items())  # listed once: the bar's total and the job's input
     valid = functools.partial(valid_flags, params.archive)
     with progress("ingest frames", len(items), count_true(valid, count_now(valid)), enabled=_bars(args)):

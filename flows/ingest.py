@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
+from typing import Any
 
 from prefect import flow, get_run_logger, task
 
@@ -19,9 +21,11 @@ from nowcast.flows.params import IngestParams
 from nowcast.flows.progress import count_now, count_true, progress
 from nowcast.pipelines.jobs.ingest import IngestResult, IngestSpec, ingest_items
 from nowcast.pipelines.jobs.watch import pending_items
-from nowcast.pipelines.sources import folder_source, get_source
+from nowcast.pipelines.sources import folder_source, get_source, other_inputs
 from nowcast.pipelines.sources.base import Source, list_files, sorted_unique
 from nowcast.pipelines.stores.archive import valid_flags
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +47,15 @@ def source_for(params: IngestParams, time_step: str | None = None) -> Source:
     return folder_source(params.input_dir, params.format)
 
 
+def warn_of_other_inputs(source: Source, directory: str | None, logger: Any = log) -> None:
+    """Warns of input files under ``directory`` that ``source`` leaves out (another format's)."""
+    others = other_inputs(source, directory) if directory else []
+    if others:
+        logger.warning("%d files under %s are not %s files and are not ingested (e.g. %s); ingest them "
+                       "with their own --format, into an archive of their own", len(others), directory,
+                       source.name, others[0])
+
+
 @task(name="ingest-new-frames", retries=1, retry_delay_seconds=5)
 def ingest_new(params: IngestParams) -> IngestResult | None:
     """Ingests the frames not yet valid in the archive; None when there are none."""
@@ -51,6 +64,7 @@ def ingest_new(params: IngestParams) -> IngestResult | None:
         logger.info("no files in %s: nothing to ingest", params.input_dir)
         return None
     source = source_for(params)
+    warn_of_other_inputs(source, params.input_dir, logger)
     items = pending_items(sorted_unique(source.items()), params.archive)
     if not items:
         logger.info("every frame of %s is already in %s: nothing to ingest", source.name, params.archive)

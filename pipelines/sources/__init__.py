@@ -19,7 +19,7 @@ from nowcast.pipelines.sources.synthetic import SyntheticSource
 
 __all__ = ["FORMATS", "NetCDFSource", "RadarSource", "Source", "SourceError", "SourceItem",
            "SyntheticSource", "detect_format", "detect_radar_format", "folder_source", "get_source",
-           "source_kinds"]
+           "other_inputs", "source_kinds"]
 
 
 def _radar(fmt: str | None = None, **options: Any) -> RadarSource:
@@ -98,3 +98,16 @@ def folder_source(directory: str, fmt: str = "auto", variables: Any = None) -> S
         return get_source("netcdf", paths=directory, **chosen)
     return get_source(fmt, directory=directory)
 
+
+
+def other_inputs(source: Source, directory: str) -> list[str]:
+    """Input files under ``directory`` that ``source`` does not read: files another format would (radar
+    or NetCDF by their suffixes), e.g. MeteoSwiss GIFs in a folder ingested as ``knmi``. A named format
+    reads its own files only; the caller says so, rather than skip the others without a word. Sidecar
+    files (README, checksums) do not count."""
+    files = getattr(source, "files", None)
+    if files is None:
+        return []
+    suffixes = tuple({*NETCDF_SUFFIXES, *(suffix for fmt in FORMATS.values() for suffix in fmt.suffixes)})
+    read = set(files())
+    return [path for path in list_files(directory, suffixes) if path not in read]

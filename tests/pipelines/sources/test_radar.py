@@ -339,3 +339,28 @@ def test_an_empty_object_store_prefix_has_no_files_and_a_file_is_not_a_folder(s3
     fsspec.filesystem("s3").pipe_file(f"{s3_bucket}/a-file", b"x")
     with pytest.raises(SourceError, match="is a file"):
         list_files(f"{s3_bucket}/a-file", ("",))
+
+
+@pytest.mark.fault("ingest", "a folder ingested with a named --format that also holds another format's files",
+                   "a warning counts and names them (they were left out without a word); sidecar files "
+                   "(README, checksums) are not counted")
+def test_another_formats_files_in_the_folder_are_named(radar_dir, tmp_path, caplog):
+    from nowcast.flows import cli
+    from nowcast.pipelines.sources import other_inputs
+
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    knmi = sorted((radar_dir / "knmi").rglob("*.h5"))[:2]
+    gifs = sorted((radar_dir / "mch").rglob("*.gif"))[:2]
+    for path in (*knmi, *gifs):
+        shutil.copy(path, folder / path.name)
+    (folder / "README.txt").write_text("from the radar's FTP")
+    source = get_source("knmi", directory=str(folder))
+    assert other_inputs(source, str(folder)) == [str(folder / path.name) for path in gifs]
+    assert other_inputs(get_source("mch", directory=str(folder)), str(folder)) == [
+        str(folder / path.name) for path in knmi]
+    with caplog.at_level("WARNING", logger="nowcast.flows.ingest"):
+        assert cli.main(["ingest", "--input", str(folder), "--format", "knmi", "--archive",
+                         str(tmp_path / "archive.zarr")]) == 0
+    assert f"2 files under {folder} are not knmi files and are not ingested" in caplog.text
+    assert gifs[0].name in caplog.text
