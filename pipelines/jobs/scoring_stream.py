@@ -32,6 +32,7 @@ import apache_beam as beam
 from nowcast.pipelines.jobs.scoring import ScoreInitTimes, plan, scoring_errors
 from nowcast.pipelines.jobs.ticks import Stop, run_streaming, ticks, timing_problem, write_totals
 from nowcast.pipelines.plans.scoring import ScoringError, ScoringSpec
+from nowcast.pipelines.stores.groups import worker_errors
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +81,10 @@ MAX_FAILED_POLLS = 10  # consecutive polls whose planning failed before the stre
 class _Poll(beam.DoFn):
     """On each impulse: plan, emit the new tasks, record totals in the status file."""
 
-    def __init__(self, spec: ScoringSpec, status_path: str, follows_latest: bool) -> None:
+    def __init__(self, spec: ScoringSpec, status_path: str, follows_latest: bool,
+                 refused: frozenset[str] = frozenset()) -> None:
         self.spec, self.status_path, self.follows_latest = spec, status_path, follows_latest
+        self.refused = refused  # promoted versions that could not score this stream
 
     def setup(self) -> None:
         self.emitted: set[int] = set()
@@ -122,7 +125,7 @@ class _Poll(beam.DoFn):
         except (RegistryError, OSError) as error:  # a promotion being written: look again next poll
             log.debug("latest of %s not read this poll: %s", self.spec.model, error)
             return False
-        if latest is None or latest == self.spec.version:
+        if latest is None or latest == self.spec.version or latest in self.refused:
             return False
         log.warning("%s/%s was promoted to latest: the stream goes on with it after the init times in "
                     "flight (scored with %s)", self.spec.model, latest, self.spec.version)
@@ -130,17 +133,28 @@ class _Poll(beam.DoFn):
 
 
 def build(root: beam.Pipeline, status_path: str, stop_key: str | None, *, spec: StreamSpec,
-          events_path: str | None, duration_s: float | None):
+          events_path: str | None, duration_s: float | None, follows_latest: bool,
+          refused: frozenset[str]):
     """The streaming graph: tick -> poll -> read -> RunInference -> write, for ``duration_s`` (what is
-    left of the stream's duration; None: no end)."""
-    from nowcast.model.registry import LATEST  # keras: only where a model is used
-
+    left of the stream's duration; None: no end), with the version ``spec`` names."""
     model, _, _ = plan(spec.scoring)  # creates the store and fixes the model version for the run
     scoring = dataclasses.replace(spec.scoring, version=model.version)
-    follows_latest = spec.scoring.version == LATEST
     tasks = (ticks(root, spec.interval_s, duration_s, stop_key)
-             | "Poll" >> beam.ParDo(_Poll(scoring, status_path, follows_latest)))
+             | "Poll" >> beam.ParDo(_Poll(scoring, status_path, follows_latest, refused)))
     return tasks | "Score" >> ScoreInitTimes(scoring, model, events_path)
+
+
+def version_to_use(spec: ScoringSpec, working: str | None, refused: set[str]) -> str:
+    """The version the stream's next run scores with: a named one as it is; for ``latest``, the promoted
+    version unless it was refused (then ``working``, the last that scored)."""
+    from nowcast.model.registry import LATEST, promoted_version  # keras: only where a model is used
+
+    if spec.version != LATEST:
+        return spec.version
+    latest = promoted_version(spec.models, spec.model)
+    if latest is None:
+        return working or LATEST  # LATEST: the plan names the missing promotion
+    return working if latest in refused and working else latest
 
 
 def run_stream(spec: StreamSpec, events_path: str | None = None,
@@ -167,8 +181,13 @@ def run_stream(spec: StreamSpec, events_path: str | None = None,
             (checked before every poll) that ends it once true, e.g.
             ``lambda totals: totals.emitted >= 24``. Init times already emitted are written first.
     """
+    from nowcast.model.registry import LATEST, RegistryError  # keras: only where a model is used
+
     deadline = None if spec.duration_s is None else time.monotonic() + spec.duration_s
     done = StreamResult(0, 0)
+    follows_latest = spec.scoring.version == LATEST
+    working: str | None = None  # the version the last run scored with
+    refused: set[str] = set()  # promoted versions that could not score this stream
 
     def so_far(run: StreamResult) -> StreamResult:
         return StreamResult(done.polls + run.polls, done.emitted + run.emitted)
@@ -181,10 +200,23 @@ def run_stream(spec: StreamSpec, events_path: str | None = None,
     # the stream is the forecast store's one writer for as long as it runs
     with scoring_errors(spec.scoring, "scoring stream"):
         while True:
+            version = version_to_use(spec.scoring, working, refused)
+            pinned = dataclasses.replace(spec, scoring=dataclasses.replace(spec.scoring, version=version))
             left = None if deadline is None else deadline - time.monotonic()
-            graph = functools.partial(build, spec=spec, events_path=events_path, duration_s=left)
-            run = run_streaming("nowcast-score-stream-", StreamResult, ZEROS, graph,
-                                lambda totals: bool(totals.promoted) or stopped(totals))
+            graph = functools.partial(build, spec=pinned, events_path=events_path, duration_s=left,
+                                      follows_latest=follows_latest, refused=frozenset(refused))
+            try:
+                with worker_errors(RegistryError):
+                    run = run_streaming("nowcast-score-stream-", StreamResult, ZEROS, graph,
+                                        lambda totals: bool(totals.promoted) or stopped(totals))
+            except RegistryError as error:
+                if working is None or version == working:
+                    raise
+                refused.add(version)  # a promoted version that cannot score: the forecasts go on
+                log.error("%s/%s was promoted but cannot score this stream (%s); it goes on with %s until "
+                          "another version is promoted", spec.scoring.model, version, error, working)
+                continue
+            working = version
             done = so_far(run)
             if not run.promoted or stopped() or (deadline is not None and deadline <= time.monotonic()):
                 return done

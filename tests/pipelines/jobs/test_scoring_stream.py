@@ -10,6 +10,7 @@ import json
 import shutil
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -165,9 +166,12 @@ def test_a_stream_whose_model_cannot_load_leaves_no_store(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_stream_of_latest_goes_on_with_a_version_promoted_while_it_runs(tmp_path):
-    """A promotion during ``score --follow`` once took effect only after a restart, without a word; a
-    stream of a named version keeps it."""
+@pytest.mark.fault("score", "a version promoted while `score --follow` runs, then one that cannot score "
+                   "(damaged after saving)",
+                   "the stream goes on with the first after the init times in flight (it kept the old one "
+                   "until restarted, without a word), and keeps it over the second, naming why; each init "
+                   "time records the version that wrote it")
+def test_a_stream_of_latest_goes_on_with_a_version_promoted_while_it_runs(tmp_path, caplog):
     archive = str(tmp_path / "archive.zarr")
     append_frames(archive, 10, FRAMES, SIZE, CHUNK)
     models = tmp_path / "models"
@@ -175,20 +179,28 @@ def test_a_stream_of_latest_goes_on_with_a_version_promoted_while_it_runs(tmp_pa
     spec = ScoringSpec(archive=archive, forecasts=str(tmp_path / "stream.zarr"), models=str(models),
                        model=MODEL)
     events = tmp_path / "events.jsonl"
-    promoted: list[int] = []
+    steps: list[str] = []
 
-    def promote_then_extend(totals) -> bool:  # the train flow's promotion, half way
-        if totals.emitted >= 8 and not promoted:
+    def promote_then_extend(totals) -> bool:  # the train flow's promotions, while frames arrive
+        if totals.emitted >= 8 and not steps:
             save_tiny_model(models, archive, synthetic_stats(FRAMES, SIZE), seed=2, version="v2")
-            promoted.append(totals.polls)
             append_frames(archive, 16, FRAMES, SIZE, CHUNK)
-        return totals.emitted >= 14
+            steps.append("v2")
+        elif totals.emitted >= 14 and steps == ["v2"]:
+            damaged = save_tiny_model(models, archive, synthetic_stats(FRAMES, SIZE), seed=3, version="v3")
+            (Path(damaged) / "model.keras").write_bytes(b"cut short")
+            append_frames(archive, 20, FRAMES, SIZE, CHUNK)
+            steps.append("v3")
+        return totals.emitted >= 18
 
-    result = run_stream(StreamSpec(spec, interval_s=0.2, duration_s=LONGEST_S), events_path=str(events),
-                        stop=promote_then_extend)
-    assert result.emitted == 14, f"the stream ran {LONGEST_S} s without the work done"
+    with caplog.at_level("WARNING", logger="nowcast.pipelines.jobs.scoring_stream"):
+        result = run_stream(StreamSpec(spec, interval_s=0.2, duration_s=LONGEST_S), events_path=str(events),
+                            stop=promote_then_extend)
+    assert result.emitted == 18, f"the stream ran {LONGEST_S} s without the work done"
     versions = open_forecasts(spec.forecasts)["model_version"].values
     assert versions[2:10].tolist() == ["v1"] * 8
-    assert versions[10:16].tolist() == ["v2"] * 6  # the frames that came after the promotion
+    assert versions[10:20].tolist() == ["v2"] * 10  # after the first promotion, and over the second
+    assert "tiny/v2 was promoted to latest" in caplog.text
+    assert "tiny/v3 was promoted but cannot score this stream" in caplog.text
     scored = [json.loads(line)["init_index"] for line in events.read_text().splitlines()]
-    assert sorted(scored) == list(range(2, 16))  # each once, across the two runs
+    assert sorted(scored) == list(range(2, 20))  # each once, across the runs
