@@ -38,12 +38,18 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 def local(flow):
     """``flow`` for parameters validated here: Prefect would validate them again, as a form's, against
-    the storage roots that do not bind a user's own command line. A ``PREFECT_API_URL`` that does not
-    answer is refused first; without one, the temporary server is started apart from Ctrl-C."""
+    the storage roots that do not bind a user's own command line. When it is called (its parameters
+    checked), a ``PREFECT_API_URL`` that does not answer is refused first; without one, the temporary
+    server is started apart from Ctrl-C."""
     from nowcast.flows.concurrency import ensure_server
 
-    ensure_server()
-    return flow.with_options(validate_parameters=False)
+    configured = flow.with_options(validate_parameters=False)
+
+    def run(*args, **kwargs):
+        ensure_server()
+        return configured(*args, **kwargs)
+
+    return run
 
 
 def _ingest_extras(parser: argparse.ArgumentParser) -> None:
@@ -153,12 +159,13 @@ def _bars(args: argparse.Namespace) -> bool | None:
 
 
 def cmd_backfill(args: argparse.Namespace) -> int:
+    from nowcast.flows.concurrency import ensure_server
     from nowcast.flows.forecast import backfill_flow, scoring_spec
 
-    flow = local(backfill_flow)  # the server is checked before the bar's planning creates the store
     params = params_from_args(BackfillParams, args)
+    ensure_server()  # before the bar's planning creates the store
     with scoring_progress(scoring_spec(params, start=params.start, end=params.end), args):
-        run = flow(params)
+        run = local(backfill_flow)(params)
     print(f"backfill: {run.scored} init times scored in {run.chunks} chunks, {run.already_written} already "
           f"written, {run.missing_input} without complete input")
     return 0
@@ -269,8 +276,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from nowcast.flows.concurrency import ensure_server
     from nowcast.flows.demo import demo_flow
 
+    params = params_from_args(DemoParams, args)  # checked before the demo starts
     ensure_server()
-    demo_flow(**params_from_args(DemoParams, args).model_dump())  # checked before the demo starts
+    demo_flow(**params.model_dump())
     return 0
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import logging
 import signal
 import subprocess
 import sys
@@ -24,6 +25,8 @@ import threading
 from collections.abc import Iterator
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
+STARTUP_S = 90  # Prefect's default, 20 s, ran out on a loaded 2-core machine (database migrations, imports)
+log = logging.getLogger(__name__)
 
 
 def start() -> None:
@@ -33,7 +36,11 @@ def start() -> None:
     server started from a thread that ends would die with it.
     """
     from prefect.server.api import server as prefect_server
-    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_ALLOW_EPHEMERAL_MODE
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_SERVER_ALLOW_EPHEMERAL_MODE,
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
+    )
 
     if PREFECT_API_URL.value() or not PREFECT_SERVER_ALLOW_EPHEMERAL_MODE.value():
         return
@@ -42,8 +49,13 @@ def start() -> None:
     server = prefect_server.SubprocessASGIServer()  # the instance every Prefect client of this process uses
     if server.running:
         return
-    with _children_apart():
-        server.start()
+    try:
+        with _children_apart():
+            server.start(timeout=max(STARTUP_S, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()))
+    except Exception as error:  # Prefect starts its own on first use, as it did before
+        log.warning("Prefect's temporary server did not start apart from Ctrl-C (%s); Prefect starts it "
+                    "itself", error)
+        server.stop()  # a server that did not answer in time is not left running
 
 
 @contextlib.contextmanager

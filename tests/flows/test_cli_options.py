@@ -16,7 +16,7 @@ from nowcast.flows.params import (
     TrainParams,
     WindowsParams,
 )
-from tests.pipelines.jobs.scoring_helpers import make_archive, save_tiny_model, synthetic_stats
+from tests.pipelines.jobs.scoring_helpers import MODEL, make_archive, save_tiny_model, synthetic_stats
 
 FORMS = {"ingest": IngestParams, "windows": WindowsParams, "train": TrainParams, "score": ScoreParams,
          "backfill": BackfillParams, "evaluate": EvaluateParams}
@@ -221,24 +221,30 @@ def test_synthetic_frames_follow_the_time_step_given(tmp_path):
 
 
 @pytest.mark.fault("command line", "PREFECT_API_URL names a server that does not answer (train, backfill, "
-                   "evaluate, demo, serve)",
-                   "exit 2 naming the URL and the fixes (start it, fix it, or unset it), before any work "
-                   "(it was a 115-line traceback from Prefect's client)")
-@pytest.mark.parametrize("command", [["train"], ["evaluate"], ["demo"], ["serve"],
-                                     ["backfill", "--start", "2024-01-01", "--end", "2024-01-02"]])
+                   "demo, serve)",
+                   "exit 2 naming the URL and the fixes (start it, fix it, or unset it), after the options "
+                   "are checked and before any work (it was a 115-line traceback from Prefect's client)")
+@pytest.mark.parametrize("command", ["train", "backfill", "demo", "serve"])
 def test_a_prefect_server_that_does_not_answer_is_named(command, tmp_path, monkeypatch, capsys):
     import socket
 
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
+    archive = make_archive(str(tmp_path / "archive.zarr"), 16, (16, 16))
+    save_tiny_model(tmp_path / "models", archive, synthetic_stats(16, (16, 16)))
+    stores = ["--archive", archive, "--models", str(tmp_path / "models"), "--model-name", MODEL]
+    argv = {"train": ["train", "--archive", archive],
+            "backfill": ["backfill", *stores, "--start", "2024-01-01", "--end", "2024-01-02"]}.get(command,
+                                                                                              [command])
     with socket.socket() as probe:  # a port nothing listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     monkeypatch.chdir(tmp_path)
     url = f"http://127.0.0.1:{port}/api"
     with temporary_settings({PREFECT_API_URL: url}):
-        assert cli.main(command) == 2
+        assert cli.main(argv) == 2
     error = capsys.readouterr().err
     assert f"the Prefect server at PREFECT_API_URL={url} does not answer" in error
     assert "unset PREFECT_API_URL" in error
-    assert list(tmp_path.iterdir()) == []  # nothing created
+    created = {"archive.zarr", "archive.zarr.lock", "models"}  # by make_archive, which takes the store's lock
+    assert {path.name for path in tmp_path.iterdir()} == created  # nothing more
