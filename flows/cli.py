@@ -413,11 +413,17 @@ def build_parser() -> argparse.ArgumentParser:
     command("evaluate", "verify a model and the stored forecasts against baselines", cmd_evaluate,
             EvaluateParams)
     models = command("models", "list, show or promote registered model versions", cmd_models)
-    models.add_argument("action", choices=["list", "show", "promote"])
-    models.add_argument("model", nargs="?", default=None,
-                        help="list: a model name; show: NAME or NAME/VERSION; promote: NAME/VERSION")
-    models.add_argument("--models", default=BackfillParams.model_fields["models"].default,
-                        help="model registry folder")
+    # one parser per action, so that options may come before the model too (`models show --models DIR
+    # NAME`: with one optional positional beside the action, argparse left NAME unrecognised)
+    actions = models.add_subparsers(dest="action", required=True, metavar="{list,show,promote}")
+    for action, model_help, model_nargs in (("list", "only this model's versions", "?"),
+                                            ("show", "NAME (its latest) or NAME/VERSION", "?"),
+                                            ("promote", "NAME/VERSION to point latest at", None)):
+        found = actions.add_parser(action, parents=[common], formatter_class=_Help,
+                                   help=f"{action} model versions", epilog=f"example:\n  {EXAMPLES['models']}")
+        found.add_argument("model", nargs=model_nargs, default=None, help=model_help)
+        found.add_argument("--models", default=BackfillParams.model_fields["models"].default,
+                           help="model registry folder")
 
     summary = command("summary", "print an archive's summary, optionally save a PNG", cmd_summary)
     summary.add_argument("--archive", required=True, help="archive store URL or path")

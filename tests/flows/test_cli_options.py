@@ -156,6 +156,8 @@ def test_models_list_show_and_promote(tmp_path, capsys):
     assert "no promoted version of 'cnn_lstm'" in capsys.readouterr().err
     assert cli.main(["models", "promote", "convlstm", *registry]) == 2
     assert "needs NAME/VERSION" in capsys.readouterr().err
+    assert cli.main(["models", "show", *registry, "convlstm/v2"]) == 0  # options first: was unrecognised
+    assert '"version": "v2"' in capsys.readouterr().out
     assert cli.main(["models", "list", "cnn_lstm", *registry]) == 2  # was listed as a model without versions
     assert "no model 'cnn_lstm'" in capsys.readouterr().err
     assert (models / "convlstm" / "latest").read_text().strip() == "v1"
