@@ -420,7 +420,8 @@ def build_parser() -> argparse.ArgumentParser:
                                             ("show", "NAME (its latest) or NAME/VERSION", "?"),
                                             ("promote", "NAME/VERSION to point latest at", None)):
         found = actions.add_parser(action, parents=[common], formatter_class=_Help,
-                                   help=f"{action} model versions", epilog=f"example:\n  {EXAMPLES['models']}")
+                                   help=f"{action} model versions",
+                                   epilog=f"example:\n  {EXAMPLES['models']}")
         found.add_argument("model", nargs=model_nargs, default=None, help=model_help)
         found.add_argument("--models", default=BackfillParams.model_fields["models"].default,
                            help="model registry folder")
