@@ -155,8 +155,15 @@ def show(url: str, path: str | Path, *, time: str | None = None, count: int = 6,
     the forecast of init time ``time`` (default: the newest written) beside what was observed, lead by
     lead, read from ``archive`` (default: the archive the store was scored from).
     """
-    from nowcast.pipelines.stores.forecasts import WRITTEN, ForecastStoreError, open_forecasts
-    from nowcast.pipelines.stores.groups import open_group
+    from nowcast.pipelines.stores.archive import read_info
+    from nowcast.pipelines.stores.forecasts import (
+        WRITTEN,
+        ForecastStoreError,
+        check_made_from,
+        open_forecasts,
+        read_store_info,
+    )
+    from nowcast.pipelines.stores.groups import exists, open_group
 
     path = Path(path)
     if not 1 <= count <= MAX_SHOWN_FRAMES:  # 0 once showed every frame of the archive
@@ -170,9 +177,13 @@ def show(url: str, path: str | Path, *, time: str | None = None, count: int = 6,
         return _save(panels, _units(open_archive(url)), path)
     try:
         ds = open_forecasts(url)
+        observed = archive or str(ds.attrs["archive_url"])
+        if not archive and not exists(observed):  # moved since: a re-ingest is not the fix
+            raise InputError(f"the archive {url} was scored from is not at {observed} any more: give its "
+                             "path now with --archive")
+        check_made_from(read_store_info(url), read_info(observed), observed)  # else frames of another
     except ForecastStoreError as error:
         raise InputError(str(error)) from None
-    observed = archive or str(ds.attrs["archive_url"])
     with damage_named(url, observed):
         panels = _forecast_panels(ds, observed, time)
     return _save(panels, _units(ds), path)

@@ -20,7 +20,7 @@ from nowcast.model.forecaster import Forecaster, load_forecaster
 from nowcast.pipelines.stores.archive import read_info, valid_flags
 from nowcast.pipelines.stores.forecasts import (
     MODEL_VERSION,
-    ForecastStoreError,
+    check_made_from,
     open_forecasts,
     read_store_info,
     written_flags,
@@ -126,11 +126,7 @@ def verify_forecasts(forecasts: str, archive: str, max_samples: int) -> Verifica
 
     info = read_store_info(forecasts)
     archive_info = read_info(archive)
-    if info.identity.archive != archive_info.fingerprint():  # init time i would meet another archive's frames
-        raise ForecastStoreError(f"{forecasts} holds forecasts of another archive than {archive} "
-                                 f"(fingerprint {info.identity.archive}, this archive "
-                                 f"{archive_info.fingerprint()}): give the archive the forecasts were made "
-                                 "from")
+    check_made_from(info, archive_info, archive)
     target, t_out = info.identity.target, info.identity.t_out
     valid = valid_flags(archive)
     written = np.flatnonzero(written_flags(forecasts))

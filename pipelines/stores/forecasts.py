@@ -206,6 +206,15 @@ def read_store_info(url: str) -> StoreInfo:
                      length=int(arrays["init_time"].shape[0]))
 
 
+def check_made_from(info: StoreInfo, archive: ArchiveInfo, archive_url: str) -> None:
+    """Refuses to read a forecast store's init times against an archive it was not made from: init time i
+    would meet the other archive's frame i (the archive's fingerprint: grid, axis, variables)."""
+    if info.identity.archive != archive.fingerprint():
+        raise ForecastStoreError(f"{info.url} holds forecasts of another archive than {archive_url} "
+                                 f"(fingerprint {info.identity.archive}, this archive "
+                                 f"{archive.fingerprint()}): give the archive the forecasts were made from")
+
+
 def check_identity(info: StoreInfo, identity: StoreIdentity, archive: ArchiveInfo) -> None:
     """Refuses to add forecasts of another model version, archive or layout to a store."""
     problems = [f"{name}: store has {getattr(info.identity, name)!r}, this run {getattr(identity, name)!r}"

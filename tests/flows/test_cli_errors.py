@@ -212,6 +212,29 @@ def test_forecasts_are_not_verified_against_another_archive(stores, tmp_path):
     assert verify_forecasts(stores["forecasts"], stores["archive"], 10) is not None
 
 
+@pytest.mark.fault("command line", "`show` of a forecast store with another archive than its own, or after its "
+                   "archive moved",
+                   "exit 2 naming both fingerprints, or the archive's old path and `--archive`; no picture (the "
+                   "other archive's frames were drawn as observed, exit 0; a moved archive was to be "
+                   "ingested again)")
+def test_show_draws_forecasts_only_beside_their_own_archive(stores, tmp_path, capsys):
+    import shutil
+
+    import zarr
+
+    other = make_archive(str(tmp_path / "other.zarr"), FRAMES, SIZE, start="2024-01-01T01:00")
+    picture = tmp_path / "f.png"
+    assert cli.main(["show", stores["forecasts"], "--archive", other, "--out", str(picture)]) == 2
+    assert "holds forecasts of another archive" in capsys.readouterr().err
+    moved = shutil.copytree(stores["forecasts"], tmp_path / "moved.zarr")
+    zarr.open_group(str(moved), mode="r+").attrs["archive_url"] = str(tmp_path / "gone.zarr")  # it moved
+    assert cli.main(["show", str(moved), "--out", str(picture)]) == 2
+    assert f"is not at {tmp_path / 'gone.zarr'} any more: give its path now with --archive" in (
+        capsys.readouterr().err)
+    assert not picture.exists()
+    assert cli.main(["show", str(moved), "--archive", stores["archive"], "--out", str(picture)]) == 0
+
+
 STARTS_THE_TEMPORARY_SERVER = """
 import time
 from prefect.server.api.server import SubprocessASGIServer
