@@ -212,10 +212,10 @@ def test_forecasts_are_not_verified_against_another_archive(stores, tmp_path):
     assert verify_forecasts(stores["forecasts"], stores["archive"], 10) is not None
 
 
-@pytest.mark.fault("command line", "`show` of a forecast store with another archive than its own, or after its "
-                   "archive moved",
-                   "exit 2 naming both fingerprints, or the archive's old path and `--archive`; no picture (the "
-                   "other archive's frames were drawn as observed, exit 0; a moved archive was to be "
+@pytest.mark.fault("command line", "`show` of a forecast store with another archive than its own, or "
+                   "after its archive moved",
+                   "exit 2 naming both fingerprints, or the archive's old path and `--archive`; no picture "
+                   "(the other archive's frames were drawn as observed, exit 0; a moved archive was to be "
                    "ingested again)")
 def test_show_draws_forecasts_only_beside_their_own_archive(stores, tmp_path, capsys):
     import shutil
