@@ -54,8 +54,20 @@ def _is_remote(url: str) -> bool:
 
 
 def _made_absolute(url: str) -> str:
-    """A local path (or file:// URL) as an absolute path; an object-store URL unchanged."""
-    return url if _is_remote(url) else os.path.abspath(url.removeprefix("file://"))
+    """A local path (or file:// URL) as an absolute path, ``~`` expanded (a shell leaves it in
+    ``--archive=~/a.zarr``); an object-store URL unchanged."""
+    return url if _is_remote(url) else os.path.abspath(os.path.expanduser(url.removeprefix("file://")))
+
+
+def not_a_file(url: str, name: str) -> str:
+    """``url``, refused when it is an existing local file: every store and work folder is a folder.
+
+    Raises:
+        ParameterError: naming the option and the fix (a file there once failed only after the work).
+    """
+    if not _is_remote(url) and os.path.isfile(url.removeprefix("file://")):
+        raise ParameterError(f"{name} {url} is a file, not a folder: give a folder path (or move the file)")
+    return url
 
 
 def check_store_url(url: str) -> str:
@@ -172,7 +184,8 @@ class _Stores(BaseModel):
         for name in self.STORE_FIELDS:
             value = getattr(self, name)
             if value is not None:
-                setattr(self, name, absolute(value) if local_user else check_store_url(value))
+                url = absolute(value) if local_user else check_store_url(value)
+                setattr(self, name, not_a_file(url, name))
         return self
 
 
@@ -427,6 +440,12 @@ class DemoParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     workdir: str = Field(DEFAULT_WORKDIR, min_length=1, description="where stores and pictures go")
+
+    @field_validator("workdir")
+    @classmethod
+    def _a_folder(cls, value: str) -> str:
+        return not_a_file(absolute(value), "workdir")
+
     frames: int = Field(288, ge=1, le=MAX_SYNTHETIC_FRAMES,
                         description="synthetic frames (5-min steps)")
     size: int = Field(128, ge=16, le=MAX_GRID_SIZE, description="grid size")

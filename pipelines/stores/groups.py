@@ -143,10 +143,10 @@ def is_local(url: str) -> bool:
 
 
 def local_path(url: str) -> str:
-    """The filesystem path of a local store URL."""
+    """The filesystem path of a local store URL, ``~`` expanded."""
     if not is_local(url):
         raise ValueError(f"{url} is not a local path")
-    return os.path.abspath(url[len("file://"):] if url.startswith("file://") else url)
+    return os.path.abspath(os.path.expanduser(url[len("file://"):] if url.startswith("file://") else url))
 
 
 # Stores, inputs and registries are written by other processes while this one runs: a cached listing

@@ -250,3 +250,25 @@ def test_a_prefect_server_that_does_not_answer_is_named(command, tmp_path, monke
     assert "unset PREFECT_API_URL" in error
     created = {"archive.zarr", "archive.zarr.lock", "models"}  # by make_archive, which takes the store's lock
     assert {path.name for path in tmp_path.iterdir()} == created  # nothing more
+
+
+@pytest.mark.fault("command line", "a store path with `~` the shell left (`--archive=~/a.zarr`, a quoted "
+                   "path); a `--workdir` that is a file",
+                   "`~` is the home folder for every command (ingest wrote a folder named `~` in the working "
+                   "folder, and readers called the archive missing); a file as work folder is refused before "
+                   "any work (train had cut its windows, then failed with a traceback)")
+def test_home_is_expanded_and_a_file_is_no_work_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["ingest", "--synthetic", "--frames", "8", "--size", "16", "--archive=~/a.zarr"]) == 0
+    assert (tmp_path / "home" / "a.zarr" / "zarr.json").exists()
+    assert not (tmp_path / "~").exists()
+    assert cli.main(["check", "~/a.zarr"]) == 0
+    assert cli.main(["summary", "--archive=~/a.zarr"]) == 0
+    capsys.readouterr()
+    (tmp_path / "afile").write_text("")
+    for argv in (["train", "--archive=~/a.zarr", "--windows", "w.zarr"], ["evaluate", "--windows", "w.zarr"],
+                 ["demo"]):
+        assert cli.main([*argv, "--workdir", "afile"]) == 2
+        assert f"workdir {tmp_path / 'afile'} is a file, not a folder" in capsys.readouterr().err
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["afile", "home"]
