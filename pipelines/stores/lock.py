@@ -48,6 +48,7 @@ from nowcast.pipelines.stores.groups import StoreError, filesystem, is_local, lo
 
 log = logging.getLogger(__name__)
 LEASE_S = 60.0
+MAX_LEASE_S = 86_400.0
 SUFFIX = ".lock"
 DIGITS = 12
 
@@ -95,8 +96,8 @@ def default_lease_s() -> float:
     >>> try:
     ...     default_lease_s()
     ... except StoreError as error:
-    ...     print(str(error)[:55])
-    NOWCAST_LOCK_LEASE_S='soon' is not a number of seconds;
+    ...     print(str(error)[:54])
+    NOWCAST_LOCK_LEASE_S='soon' is not a number of seconds
     >>> del os.environ["NOWCAST_LOCK_LEASE_S"]
     """
     value = os.environ.get("NOWCAST_LOCK_LEASE_S")
@@ -106,9 +107,12 @@ def default_lease_s() -> float:
         seconds = float(value)
     except ValueError:
         seconds = float("nan")
-    if not seconds > 1 or seconds == float("inf"):  # renewed every third of it: a term of 1 s or less spins
-        raise StoreError(f"NOWCAST_LOCK_LEASE_S={value!r} is not a number of seconds; set it to one above 1 "
-                         f"(e.g. {LEASE_S:.0f}), or unset it for {LEASE_S:.0f} s")
+    # renewed every third of it: a term of 1 s or less spins, and one past a day is a writer that died
+    # blocking every other for longer than anyone waits (past ~1e10 s the renewal's wait overflowed)
+    if not 1 < seconds <= MAX_LEASE_S:
+        raise StoreError(f"NOWCAST_LOCK_LEASE_S={value!r} is not a number of seconds above 1 and at most "
+                         f"{MAX_LEASE_S:.0f} (a day); set one (e.g. {LEASE_S:.0f}), or unset it for "
+                         f"{LEASE_S:.0f} s")
     return seconds
 
 

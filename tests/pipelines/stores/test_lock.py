@@ -146,3 +146,18 @@ def test_the_lock_is_reentrant_in_one_thread_and_exclusive_between_threads(tmp_p
 def test_the_lock_of_a_store_lies_beside_it():
     assert lock_url("runs/archive.zarr").endswith("/runs/archive.zarr.lock")
     assert lock_url("s3://bucket/a/forecasts.zarr/") == "s3://bucket/a/forecasts.zarr.lock"
+
+
+@pytest.mark.fault("stores", "NOWCAST_LOCK_LEASE_S that is no number, 1 s or less, or huge (1e20)",
+                   "refused naming the variable and its bounds (1e20 passed, and the renewal thread then died "
+                   "with an OverflowError while the command exited 0)")
+@pytest.mark.parametrize("value", ["soon", "1", "0", "-5", "nan", "inf", "86401", "1e20"])
+def test_a_lease_term_out_of_bounds_is_refused(value, monkeypatch):
+    from nowcast.pipelines.stores.groups import StoreError
+    from nowcast.pipelines.stores.lock import default_lease_s
+
+    monkeypatch.setenv("NOWCAST_LOCK_LEASE_S", value)
+    with pytest.raises(StoreError, match=r"above 1 and at most 86400 \(a day\)"):
+        default_lease_s()
+    monkeypatch.setenv("NOWCAST_LOCK_LEASE_S", "86400")
+    assert default_lease_s() == 86_400.0
