@@ -149,8 +149,8 @@ def test_the_lock_of_a_store_lies_beside_it():
 
 
 @pytest.mark.fault("stores", "NOWCAST_LOCK_LEASE_S that is no number, 1 s or less, or huge (1e20)",
-                   "refused naming the variable and its bounds (1e20 passed, and the renewal thread then died "
-                   "with an OverflowError while the command exited 0)")
+                   "refused naming the variable and its bounds (1e20 passed, and the renewal thread then "
+                   "died with an OverflowError while the command exited 0)")
 @pytest.mark.parametrize("value", ["soon", "1", "0", "-5", "nan", "inf", "86401", "1e20"])
 def test_a_lease_term_out_of_bounds_is_refused(value, monkeypatch):
     from nowcast.pipelines.stores.groups import StoreError
