@@ -238,8 +238,10 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
-    from nowcast.flows.views import archive_summary, plot_frames
+    from nowcast.flows.views import archive_summary, picture_path, plot_frames
 
+    if args.png:
+        picture_path(args.png, (".png",))  # before the summary is printed
     print(archive_summary(args.archive))
     if args.png:
         print(f"frames saved to {plot_frames(args.archive, args.png)}")

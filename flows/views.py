@@ -50,9 +50,19 @@ def _summary_lines(url: str) -> str:
     return "\n".join(lines)
 
 
+def picture_path(path: str | Path, suffixes: tuple[str, ...]) -> Path:
+    """``path``, refused unless it ends in one of ``suffixes``: the picture's format (matplotlib would add
+    .png to a path without one, or write a JPEG for .jpg, while the command named the path it was given)."""
+    path = Path(path)
+    if path.suffix.lower() not in suffixes:
+        raise InputError(f"{path} must end in {' or '.join(suffixes)} (the picture's format)")
+    return path
+
+
 def plot_frames(url: str, path: str | Path, count: int = 4, field: str | None = None) -> Path:
     """Saves a PNG of ``count`` evenly spaced valid frames in a row and returns its path; rain is drawn as
     a forecaster reads it (see :func:`show`)."""
+    path = picture_path(path, (".png",))
     ds = open_archive(url)
     name = field or _field(ds)
     valid_idx = np.flatnonzero(ds[VALID].values)
@@ -61,7 +71,7 @@ def plot_frames(url: str, path: str | Path, count: int = 4, field: str | None = 
     picks = valid_idx[np.linspace(0, valid_idx.size - 1, min(count, valid_idx.size)).astype(int)]
     with damage_named(url):
         steps = [[(ds[name][int(i)].values, _stamp(ds["time"].values[i]))] for i in picks]
-    return _save(steps, str(ds[name].attrs.get("units", "")), Path(path))
+    return _save(steps, str(ds[name].attrs.get("units", "")), path)
 
 
 @contextlib.contextmanager
@@ -169,8 +179,7 @@ def show(url: str, path: str | Path, *, time: str | None = None, count: int = 6,
     if not 1 <= count <= MAX_SHOWN_FRAMES:  # 0 once showed every frame of the archive
         raise InputError(f"--frames {count} must be 1..{MAX_SHOWN_FRAMES} (the frames in one picture); "
                          "show a longer stretch as several pictures with --time")
-    if path.suffix.lower() not in (".png", ".gif"):
-        raise InputError(f"{path} must end in .png or .gif (the picture's format)")
+    picture_path(path, (".png", ".gif"))
     if WRITTEN not in open_group(url):  # not a forecast store: an archive (open_archive checks it is one)
         with damage_named(url):
             panels = _archive_panels(url, time, count)

@@ -67,7 +67,8 @@ def test_show_refuses_a_time_that_is_not_one(stores, tmp_path, capsys):
 
 
 @pytest.mark.fault("command line", "a picture (`show --out`, `summary --png`) into a folder that cannot be "
-                   "written or made", "exit 2 naming the picture's path and the fix")
+                   "written or made; a picture path without .png (summary) or .png/.gif (show)",
+                   "exit 2 naming the picture's path and the fix; nothing written")
 def test_a_picture_that_cannot_be_written_is_named(stores, tmp_path, capsys):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
@@ -78,6 +79,13 @@ def test_a_picture_that_cannot_be_written_is_named(stores, tmp_path, capsys):
         err = capsys.readouterr().err
         assert f"cannot write the picture {out}" in err
         assert "Traceback" not in err
+    for picture, suffixes in ((tmp_path / "noext", ".png"), (tmp_path / "x.jpg", ".png"),
+                              (tmp_path / "x.jpg", ".png or .gif")):
+        command = (["summary", "--archive", stores["archive"], "--png", str(picture)] if suffixes == ".png"
+                   else ["show", stores["archive"], "--out", str(picture)])
+        assert cli.main(command) == 2  # summary wrote noext.png and a JPEG, naming the path it was given
+        assert f"{picture} must end in {suffixes} (the picture's format)" in capsys.readouterr().err
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["a_file"]
 
 
 @pytest.mark.slow
