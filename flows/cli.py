@@ -126,7 +126,8 @@ def cmd_score(args: argparse.Namespace) -> int:
     from nowcast.pipelines.jobs import scoring
 
     params = params_from_args(ScoreParams, args)
-    if not args.follow:
+    if not args.follow:  # a stream may wait for the archive's first frame with data
+        refuse_without_data(params.archive)
         spec = scoring_spec(params, start=params.start, end=params.end)
         with scoring_progress(spec, args):
             print(scoring.run(spec, params.runner.options()).summary())
@@ -140,6 +141,17 @@ def cmd_score(args: argparse.Namespace) -> int:
     with stop_on_signals("nowcast score --follow") as stop:
         print(run_stream(stream, stop=stop).summary())
     return 0
+
+
+def refuse_without_data(archive: str) -> None:
+    """Refuses to score an archive without a valid frame, before a forecast store is created (it was
+    created empty, exit 0, where windows, show and summary refuse the same archive)."""
+    from nowcast.pipelines.stores.archive import valid_flags
+
+    valid = valid_flags(archive)
+    if not valid.any():
+        raise InputError(f"archive {archive} has no valid frame (all {len(valid)} are missing): nothing to "
+                         "forecast from; ingest frames with data first")
 
 
 def scoring_progress(spec, args: argparse.Namespace):
@@ -163,6 +175,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     from nowcast.flows.forecast import backfill_flow, scoring_spec
 
     params = params_from_args(BackfillParams, args)
+    refuse_without_data(params.archive)
     ensure_server()  # before the bar's planning creates the store
     with scoring_progress(scoring_spec(params, start=params.start, end=params.end), args):
         run = local(backfill_flow)(params)

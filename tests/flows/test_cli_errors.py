@@ -243,6 +243,19 @@ def test_show_draws_forecasts_only_beside_their_own_archive(stores, tmp_path, ca
     assert cli.main(["show", str(moved), "--archive", stores["archive"], "--out", str(picture)]) == 0
 
 
+@pytest.mark.fault("score", "`score` or `backfill` of an archive without a valid frame",
+                   "exit 2 saying so and how to fix it, before any forecast store is created (an empty store "
+                   "was created, exit 0, where windows, show and summary refuse the same archive)")
+def test_an_archive_without_data_is_not_scored(stores, tmp_path, capsys):
+    empty = make_archive(str(tmp_path / "empty.zarr"), 8, SIZE, missing=tuple(range(8)))
+    common = ["--archive", empty, "--models", stores["models"], "--model-name", MODEL,
+              "--forecasts", str(tmp_path / "f.zarr")]
+    for argv in (["score", *common], ["backfill", *common, "--start", "2024-01-01", "--end", "2024-01-02"]):
+        assert cli.main(argv) == 2
+        assert f"archive {empty} has no valid frame (all 8 are missing)" in capsys.readouterr().err
+    assert not (tmp_path / "f.zarr").exists()
+
+
 STARTS_THE_TEMPORARY_SERVER = """
 import time
 from prefect.server.api.server import SubprocessASGIServer
