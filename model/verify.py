@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from nowcast.model import verification
-from nowcast.model.forecaster import Forecaster, load_forecaster
+from nowcast.model.forecaster import Forecaster, ForecastError, load_forecaster
 from nowcast.pipelines.stores.archive import read_info, valid_flags
 from nowcast.pipelines.stores.forecasts import (
     MODEL_VERSION,
@@ -74,6 +74,19 @@ def split_forecaster(models: str, name: str, version: str, windows: str) -> Fore
     return load_forecaster(models, name, version, grid)
 
 
+def check_windows_fit(store: WindowsStore, forecaster: Forecaster, name: str) -> None:
+    """Refuses windows cut with other input or lead counts, or channels, than the model takes, naming both
+    and the fix (the forecaster's own check names only the shapes)."""
+    (t_in, *_), (t_out, *_) = store.sample_shapes
+    ours = (forecaster.t_in, forecaster.t_out, tuple(forecaster.channels))
+    theirs = (t_in, t_out, tuple(store.channels))
+    if ours != theirs:
+        raise ForecastError(
+            f"model {name} takes {ours[0]} input frames of {list(ours[2])} and forecasts {ours[1]} leads; "
+            f"{store.url} was cut with t_in {theirs[0]}, t_out {theirs[1]} of {list(theirs[2])}: cut windows "
+            f"for it (nowcast windows --t-in {ours[0]} --t-out {ours[1]}) or pick a model made for these")
+
+
 def verify_split(windows: str, split: str, forecaster: Forecaster, name: str,
                  baselines: Sequence[str] = ("persistence",), max_samples: int | None = None,
                  time_step_minutes: float | None = None,
@@ -83,6 +96,7 @@ def verify_split(windows: str, split: str, forecaster: Forecaster, name: str,
     ``on_samples`` is told the samples verified so far after each chunk (a progress count).
     """
     store = WindowsStore(windows, split)
+    check_windows_fit(store, forecaster, name)
     t_out = store.sample_shapes[1][0]
     if time_step_minutes is None:
         time_step_minutes = step_minutes(store.time_step)

@@ -142,7 +142,8 @@ def read_frame_meta(info: ArchiveInfo, spec: WindowSpec) -> FrameMeta:
         if variable not in names:
             raise WindowSpecError(
                 f"variable {variable!r} is not in archive {info.url} (it holds {names}); "
-                "fix channels/target or ingest the variable"
+                "pick one it holds (--variable on the command line; channels/target of the windows spec) "
+                "or ingest the variable"
             )
     times = info.start + np.arange(info.length, dtype="int64") * info.time_step
     valid = valid_flags(info.url)

@@ -256,6 +256,22 @@ def test_an_archive_without_data_is_not_scored(stores, tmp_path, capsys):
     assert not (tmp_path / "f.zarr").exists()
 
 
+@pytest.mark.fault("flows", "`evaluate` of windows cut with other input or lead counts than the model's",
+                   "exit 2 naming the model's counts, the windows' and the `nowcast windows` options that fit "
+                   "(the message named two array shapes and no fix)")
+def test_windows_that_do_not_fit_the_model_are_named(stores, tmp_path):
+    from nowcast.model.forecaster import ForecastError
+    from nowcast.model.verify import split_forecaster, verify_split
+
+    windows = str(tmp_path / "windows.zarr")
+    assert cli.main(["windows", "--archive", stores["archive"], "--windows", windows, "--t-in", "4",
+                     "--t-out", "2", "--split-block", "PT30M", "--split-fractions", "0.5", "0", "0.5"]) == 0
+    forecaster = split_forecaster(stores["models"], MODEL, "latest", windows)
+    with pytest.raises(ForecastError, match=r"takes 3 input frames of \['precip'\] and forecasts 2 leads; "
+                       r".* was cut with t_in 4, t_out 2 .*nowcast windows --t-in 3 --t-out 2"):
+        verify_split(windows, "test", forecaster, MODEL)
+
+
 STARTS_THE_TEMPORARY_SERVER = """
 import time
 from prefect.server.api.server import SubprocessASGIServer
