@@ -257,8 +257,8 @@ def test_an_archive_without_data_is_not_scored(stores, tmp_path, capsys):
 
 
 @pytest.mark.fault("flows", "`evaluate` of windows cut with other input or lead counts than the model's",
-                   "exit 2 naming the model's counts, the windows' and the `nowcast windows` options that fit "
-                   "(the message named two array shapes and no fix)")
+                   "exit 2 naming the model's counts, the windows' and the `nowcast windows` options that "
+                   "fit (the message named two array shapes and no fix)")
 def test_windows_that_do_not_fit_the_model_are_named(stores, tmp_path):
     from nowcast.model.forecaster import ForecastError
     from nowcast.model.verify import split_forecaster, verify_split
