@@ -79,6 +79,11 @@ def check_frame(item: SourceItem, fields: Sequence[FieldSpec],
             problems.append(f"{item.path}: variable {field.name!r} missing")
             continue
         values = data[field.name]
+        infinite = int(np.isinf(values).sum())
+        if infinite:  # they would pass the range checks below and poison every statistic downstream
+            problems.append(f"{item.path}: {infinite} infinite values of {field.name}; mask them (NaN: "
+                            "unobserved) or fix them before ingest")
+            continue
         if field.valid_min is not None and np.nanmin(values, initial=np.inf) < field.valid_min:
             count = int(np.sum(values < field.valid_min))
             problems.append(

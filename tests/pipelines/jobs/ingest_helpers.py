@@ -32,7 +32,7 @@ class ArraySource:
     """A real source over frames computed from their timestamps (picklable).
 
     ``overrides`` maps a timestamp string to a special frame kind: ``nan``
-    (all-NaN), ``negative``, ``corrupt`` (read raises SourceError) or ``grid``
+    (all-NaN), ``negative``, ``infinite``, ``corrupt`` (read raises SourceError) or ``grid``
     (the frame claims another grid).
     """
 
@@ -71,6 +71,8 @@ class ArraySource:
             frame[:] = np.nan
         elif kind == "negative":
             frame[0, 0] = -1.0
+        elif kind == "infinite":
+            frame[1, :2] = np.inf
         return {self.field.name: frame}
 
 
