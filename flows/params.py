@@ -185,7 +185,8 @@ class _Stores(BaseModel):
             value = getattr(self, name)
             if value is not None:
                 url = absolute(value) if local_user else check_store_url(value)
-                setattr(self, name, not_a_file(url, name))
+                # a store that is a file is named by its kind's own check; the work folder has none
+                setattr(self, name, not_a_file(url, name) if name == "workdir" else url)
         return self
 
 
