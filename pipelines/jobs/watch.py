@@ -126,7 +126,7 @@ class Rejections:
 
     max_attempts: int
     failures: dict[str, int] = dataclasses.field(default_factory=dict)
-    given_up: dict[str, tuple[object, ...]] = dataclasses.field(default_factory=dict)
+    given_up: dict[str, tuple[object, ...] | None] = dataclasses.field(default_factory=dict)
     count: int = 0
     warned: set[str] = dataclasses.field(default_factory=set)
 
@@ -138,7 +138,7 @@ class Rejections:
 
     def refuse(self, path: str, problem: str) -> None:
         if path not in self.given_up:
-            self.given_up[path] = file_signature(path)
+            self.given_up[path] = _signature(path)
             self.count += 1
             log.warning("rejected %s: %s", path, problem)
 
