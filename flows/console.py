@@ -62,15 +62,10 @@ def quiet_by_default(verbosity: int) -> None:
             if verbosity < 1:
                 handler.addFilter(_not_a_run_failure)
     if verbosity < 1:  # a failing worker's traceback is logged by Beam, then raised to this command
-        logging.getLogger().setLevel(logging.ERROR)  # Beam's import warns of GCP clients it does not need
-        import apache_beam  # noqa: F401
-        logging.getLogger().setLevel(level)
         logging.getLogger("apache_beam").setLevel(logging.CRITICAL)
-        logging.getLogger().addFilter(_beam_through_root)
+        logging.getLogger().addFilter(_beam_through_root)  # also its import's notes on GCP clients
         for library in ("pysteps", "apache_beam"):  # numerical and platform notes nobody can act on
             warnings.filterwarnings("ignore", module=rf"{library}(\.|$)")
-        with contextlib.redirect_stdout(io.StringIO()):
-            import pysteps  # noqa: F401  (its import prints where its configuration file is)
 
 
 @contextlib.contextmanager

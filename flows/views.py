@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -100,7 +101,8 @@ def _draw(ax, frame: np.ndarray, units: str, title: str, colorbar: bool) -> None
     any other field on a plain colour scale."""
     ax.set_facecolor("white")
     if units in RAIN_UNITS:
-        from pysteps.visualization import plot_precip_field
+        with contextlib.redirect_stdout(io.StringIO()):  # its first import prints where its configuration is
+            from pysteps.visualization import plot_precip_field
 
         plot_precip_field(frame, ax=ax, colorbar=colorbar, axis="off")
     else:

@@ -23,8 +23,10 @@ reads ``.keras`` files from a local disk, so a remote version is first copied
 into a local cache (``NOWCAST_MODEL_CACHE``, default
 ``~/.cache/nowcast/models``) under its checksum and checked there (a cached
 copy that matches the recorded checksum is used as it is). The
-model's custom layers live in :mod:`nowcast.model.layers`, imported here so
-that they are registered before deserialisation.
+model's custom layers live in :mod:`nowcast.model.layers`, imported by
+:func:`load_model` so that they are registered before deserialisation (and only
+there: listing, showing and promoting versions do not import Keras, a 10 s
+import on a small machine).
 """
 
 from __future__ import annotations
@@ -40,20 +42,20 @@ import time
 from collections.abc import Mapping
 from importlib import metadata as importlib_metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import keras
 from fsspec.implementations.local import LocalFileSystem
 
-import nowcast.model.layers
-import nowcast.model.losses  # noqa: F401 (registers the training losses)
 from nowcast.errors import InputError
 from nowcast.pipelines.stores.archive import ArchiveDescription
 from nowcast.pipelines.stores.groups import filesystem
 
+if TYPE_CHECKING:
+    import keras
+
 __all__ = ["ArchiveDescription", "ArchiveMismatchError", "ChecksumMismatchError", "LoadedModel",
-           "RegistryError", "check_archive", "list_versions", "load_model", "promote_version",
-           "read_metadata", "resolve_version", "save_model"]
+           "RegistryError", "VerifiedVersion", "check_archive", "list_versions", "load_model",
+           "promote_version", "read_metadata", "resolve_version", "save_model", "verify_version"]
 
 MODEL_FILE = "model.keras"
 METADATA_FILE = "metadata.json"
@@ -101,6 +103,8 @@ def sha256_file(path: str | Path, block: int = 1 << 20) -> str:
 
 def package_versions() -> dict[str, str]:
     """Versions of the packages that shape a model's behaviour, plus the Keras backend."""
+    import keras
+
     versions = {"python": platform.python_version(), "keras_backend": keras.backend.backend()}
     for name in _PACKAGES:
         try:
@@ -355,16 +359,20 @@ def check_archive(metadata: Mapping[str, Any], archive: ArchiveDescription) -> N
         )
 
 
-def load_model(root: str | Path, name: str, version: str = LATEST, *,
-               archive: ArchiveDescription | None) -> LoadedModel:
-    """Loads a verified model version.
+@dataclasses.dataclass(frozen=True)
+class VerifiedVersion:
+    """A version that passed every check short of Keras' own load: where it is, a local copy of its
+    model file with the recorded checksum, and its metadata and metrics."""
 
-    Args:
-        root: the registry folder or URL.
-        name: model name.
-        version: a version or ``latest``.
-        archive: the archive the caller will forecast from; ``None`` skips the
-            comparison (only for inspection, never for scoring).
+    path: str
+    local: str
+    metadata: dict[str, Any]
+    metrics: dict[str, Any]
+
+
+def verify_version(root: str | Path, name: str, version: str = LATEST, *,
+                   archive: ArchiveDescription | None) -> VerifiedVersion:
+    """What :func:`load_model` checks before it deserialises, without importing Keras.
 
     Raises:
         RegistryError: the version is missing or incomplete.
@@ -385,14 +393,41 @@ def load_model(root: str | Path, name: str, version: str = LATEST, *,
     if archive is not None:
         check_archive(metadata, archive)
     metrics = read_metadata(path, METRICS_FILE)
+    return VerifiedVersion(path=path, local=local, metadata=metadata, metrics=metrics)
+
+
+def load_model(root: str | Path, name: str, version: str = LATEST, *,
+               archive: ArchiveDescription | None) -> LoadedModel:
+    """Loads a verified model version (:func:`verify_version`) in Keras' safe mode.
+
+    Args:
+        root: the registry folder or URL.
+        name: model name.
+        version: a version or ``latest``.
+        archive: the archive the caller will forecast from; ``None`` skips the
+            comparison (only for inspection, never for scoring).
+
+    Raises:
+        RegistryError: the version is missing or incomplete.
+        ChecksumMismatchError: ``model.keras`` changed since it was saved.
+        ArchiveMismatchError: the archive differs from the training archive.
+        UnsafeModelError: the file carries code that would run on load.
+    """
+    import keras
+
+    import nowcast.model.layers
+    import nowcast.model.losses  # noqa: F401 (registers the training losses)
+
+    verified = verify_version(root, name, version, archive=archive)
     try:
-        loaded = keras.saving.load_model(local, safe_mode=True)
+        loaded = keras.saving.load_model(verified.local, safe_mode=True)
     except ValueError as error:
         if "safe_mode" not in str(error):
             raise
         raise UnsafeModelError(
-            f"{path}/{MODEL_FILE} carries Python code (a Lambda layer or a pickled function) that would run "
-            "on load; nowcast loads models in Keras' safe mode and refuses it. Retrain with nowcast's "
-            f"architectures (nowcast.model.architectures), which need no code in the file ({error})"
+            f"{verified.path}/{MODEL_FILE} carries Python code (a Lambda layer or a pickled function) that "
+            "would run on load; nowcast loads models in Keras' safe mode and refuses it. Retrain with "
+            "nowcast's architectures (nowcast.model.architectures), which need no code in the file "
+            f"({error})"
         ) from None
-    return LoadedModel(model=loaded, metadata=metadata, metrics=metrics, path=path)
+    return LoadedModel(model=loaded, metadata=verified.metadata, metrics=verified.metrics, path=verified.path)

@@ -30,11 +30,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pysteps import motion, nowcasts
-from pysteps.utils import transformation
-from pysteps.verification import detcatscores, detcontscores, spatialscores
 
 from nowcast.errors import InputError
+
+with contextlib.redirect_stdout(io.StringIO()):  # pysteps' first import prints where its configuration is
+    from pysteps import motion, nowcasts
+    from pysteps.utils import transformation
+    from pysteps.verification import detcatscores, detcontscores, spatialscores
 
 THRESHOLDS = (0.1, 0.5, 1.0, 5.0)
 FSS_THRESHOLD = 1.0
