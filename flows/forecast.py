@@ -48,10 +48,13 @@ class Pending:
 
 @dataclasses.dataclass(frozen=True)
 class ForecastRun:
-    """What a scheduled forecast did: the init times it scored (none when nothing was new)."""
+    """What a scheduled forecast did: the init times it scored (none when nothing was new), the version
+    that scored them, and why that is not the promoted one (None when it is)."""
 
     scored: int
     init_times: list[str]
+    version: str = ""
+    passed_over: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,21 +112,29 @@ def newest_range(archive: str, lookback: int) -> tuple[str, str]:
 
 @flow(name="forecast")
 def forecast_flow(params: ForecastParams) -> ForecastRun:
-    """Scores the newest complete frames not yet forecast; a no-op when nothing is new."""
+    """Scores the newest complete frames not yet forecast; a no-op when nothing is new. A promoted
+    version that cannot score is passed over for the one that wrote the newest forecast, with a warning
+    (:func:`~nowcast.pipelines.jobs.scoring.scheduled_version`)."""
     logger = get_run_logger()
+    version, refusal = scoring.scheduled_version(scoring_spec(params))
+    if refusal:
+        logger.warning(refusal)
+    params = params.model_copy(update={"model_version": version})
     start, end = newest_range(params.archive, params.lookback)
     pending = plan_pending(scoring_spec(params, start=start, end=end))
     if not pending.init_times:
         logger.info("nothing new to forecast in %s .. %s (%d already written, %d without complete input)",
                     start, end, pending.already_written, pending.missing_input)
-        return ForecastRun(scored=0, init_times=[])
+        return ForecastRun(scored=0, init_times=[], version=version, passed_over=refusal)
     result = score(scoring_spec(params, init_times=pending.init_times), params.runner)
     create_markdown_artifact(
         key="forecast-latest",
         markdown=f"Forecast **{params.model_name}/{params.model_version}** for init times "
-                 f"{', '.join(pending.init_times)}: {result.summary()}\n",
+                 f"{', '.join(pending.init_times)}: {result.summary()}\n"
+                 + (f"\n**Warning:** {refusal}\n" if refusal else ""),
         description="latest scheduled forecast")
-    return ForecastRun(scored=result.scored, init_times=list(pending.init_times))
+    return ForecastRun(scored=result.scored, init_times=list(pending.init_times), version=version,
+                       passed_over=refusal)
 
 
 def chunked(values: tuple[str, ...], size: int) -> list[tuple[str, ...]]:

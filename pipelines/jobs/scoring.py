@@ -60,6 +60,7 @@ from nowcast.pipelines.stores.forecasts import (
     ModelVersion,
     StoreIdentity,
     ensure_store,
+    last_writer,
     remove_if_unwritten,
     remove_stale_temporaries,
     write_forecast,
@@ -111,6 +112,39 @@ class ScoringResult:
     def summary(self) -> str:
         return (f"scored {self.scored} init times into {self.forecasts} ({self.already_written} already "
                 f"written, {self.missing_input} without complete input, {self.tasks} archive chunks read)")
+
+
+def scheduled_version(spec: ScoringSpec) -> tuple[str, str | None]:
+    """The version a scheduled run of ``spec`` scores with, and why it is not the promoted one (None
+    when it is).
+
+    A named version is used as it is. For ``latest``: the promoted version when it passes the registry's
+    checks against the archive (checksum, manifest, the archive it was trained for); otherwise the
+    version that wrote the store's newest forecast, when that one passes, so that a damaged or mistaken
+    promotion does not stop the schedule (the reason goes to the run's log and report). Without such a
+    version the promoted one's error is raised, as before.
+    """
+    from nowcast.model.registry import LATEST, RegistryError, verify_version
+
+    if spec.version != LATEST:
+        return spec.version, None
+    archive = read_info(spec.archive).description()
+    try:
+        promoted = verify_version(spec.models, spec.model, LATEST, archive=archive)
+    except RegistryError as error:
+        refusal = error
+    else:
+        return str(promoted.metadata["version"]), None
+    previous = last_writer(spec.forecasts)
+    if previous is None:
+        raise refusal
+    try:
+        verify_version(spec.models, spec.model, previous, archive=archive)
+    except RegistryError:
+        raise refusal from None
+    return previous, (f"the promoted version of {spec.model} cannot score: {refusal}; scored with "
+                      f"{previous}, the version that wrote the newest forecast, until a working version is "
+                      "promoted (`nowcast models promote`)")
 
 
 def resolve_model(spec: ScoringSpec, archive: ArchiveInfo) -> ModelRef:

@@ -289,6 +289,18 @@ def written_flags(url: str, start: int | None = None, stop: int | None = None) -
     return np.asarray(array(open_group(url, error=ForecastStoreError), WRITTEN)[start:stop], dtype=bool)
 
 
+def last_writer(url: str) -> str | None:
+    """The model version that wrote the store's newest written init time; None when nothing is written
+    (or there is no store)."""
+    if not exists(url):
+        return None
+    group = open_group(url, error=ForecastStoreError)
+    written = np.flatnonzero(np.asarray(array(group, WRITTEN)[:], dtype=bool))
+    if not len(written):
+        return None
+    return str(array(group, MODEL_VERSION)[written[-1]]) or None
+
+
 def remove_if_unwritten(url: str) -> bool:
     """Removes the forecast store at ``url`` when none of its init times is written; True if it did.
 

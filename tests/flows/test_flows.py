@@ -23,7 +23,7 @@ from nowcast.flows.params import (
     TrainParams,
 )
 from nowcast.pipelines.stores.archive import open_archive
-from nowcast.pipelines.stores.forecasts import written_flags
+from nowcast.pipelines.stores.forecasts import open_forecasts, written_flags
 from tests.pause import pause_env, paused_pid
 
 pytestmark = pytest.mark.xdist_group(__name__)  # its module fixture is built once, on one worker
@@ -156,13 +156,45 @@ def test_forecast_scores_new_frames_and_is_a_no_op_otherwise(trained):
     first = forecast_flow(params)
     assert first.scored == 3
     assert first.init_times[-1] == "2024-01-01T07:55:00"
-    assert forecast_flow(params) == ForecastRun(scored=0, init_times=[])
+    assert forecast_flow(params) == ForecastRun(scored=0, init_times=[], version=result.version)
     ingest_flow(synthetic(root, FRAMES + 2))  # two new frames land
     again = forecast_flow(params)
     assert again.init_times == ["2024-01-01T08:00:00", "2024-01-01T08:05:00"]
     flags = written_flags(str(root / "forecasts.zarr"))
     assert flags.sum() == 5
     assert flags[-5:].all()
+
+
+@pytest.mark.slow
+@pytest.mark.fault("flows", "a damaged version promoted while forecasts run on a schedule",
+                   "the scheduled runs go on with the version that wrote the newest forecast, with a "
+                   "warning; without one, the damage is named")
+def test_a_damaged_promotion_is_passed_over_by_the_schedule(trained):
+    """Before, every scheduled run failed until someone promoted a working version again."""
+    from nowcast.flows.forecast import forecast_flow
+    from nowcast.model.registry import ChecksumMismatchError, promote_version
+
+    root, _, result = trained
+    models = root / "damaged-promotion"  # a registry of its own: the module's `latest` stays as it is
+    shutil.copytree(root / "models", models)
+    params = ForecastParams(**{**model_choice(root, result.version), "models": str(models),
+                               "forecasts": str(root / "scheduled.zarr")}, lookback=2)
+    assert forecast_flow(params).scored == 2
+    damaged = models / params.model_name / "v-damaged"
+    shutil.copytree(models / params.model_name / result.version, damaged)
+    (damaged / "model.keras").write_bytes(b"not the model that was saved")
+    promote_version(models, params.model_name, damaged.name)
+
+    latest = params.model_copy(update={"model_version": "latest", "lookback": 3})
+    run = forecast_flow(latest)
+    assert (run.scored, run.version) == (1, result.version)
+    assert "v-damaged" in run.passed_over
+    assert "sha256" in run.passed_over
+    versions = open_forecasts(params.forecasts)["model_version"].values
+    assert list(versions[-3:]) == [result.version] * 3
+    with pytest.raises(ChecksumMismatchError, match="v-damaged"):  # no forecast written before: no fallback
+        forecast_flow(latest.model_copy(update={"forecasts": str(root / "new.zarr")}))
+    assert not (root / "new.zarr").exists()
 
 
 @pytest.mark.slow
