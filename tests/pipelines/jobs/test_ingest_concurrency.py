@@ -1,4 +1,4 @@
-"""Four `nowcast ingest` runs started together into one archive lose nothing: the store equals a serial run.
+"""Three `nowcast ingest` runs started together into one archive lose nothing: the store equals a serial run.
 
 Before the writers' lock (nowcast.pipelines.stores.lock) each run merged its
 frames into chunks it had read before the others wrote, and the last writer
@@ -20,7 +20,8 @@ from nowcast.pipelines.sources.radar import RadarSource
 from nowcast.pipelines.stores.archive import open_archive
 from tests.pipelines.jobs.ingest_helpers import store_digests
 
-EVENT, FRAMES, WRITERS, CHUNK = "mch/20150515", 8, 4, 4  # each chunk gets a frame of every writer
+EVENT, FRAMES, WRITERS, CHUNK = "mch/20150515", 6, 3, 3  # each chunk gets a frame of every writer
+# (three, not four: the same interleaving, and 2 fewer processes of 10 s each on CI's 2 cores)
 
 
 def copy_group(files, folder):
@@ -57,10 +58,10 @@ def where(request, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("where", ["local", "s3"], indirect=True)
-@pytest.mark.fault("ingest", "four `nowcast ingest` runs at once into a new, then an existing archive",
+@pytest.mark.fault("ingest", "three `nowcast ingest` runs at once into a new, then an existing archive",
                    "serialised by the store lock: all exit 0, store byte-identical to a serial run")
-def test_four_ingests_started_together_equal_a_serial_run(where, radar_dir, tmp_path):
-    """Into a new archive (all four create it), then into the existing one (all four extend it)."""
+def test_three_ingests_started_together_equal_a_serial_run(where, radar_dir, tmp_path):
+    """Into a new archive (all three create it), then into the existing one (all three extend it)."""
     files = sorted((radar_dir / EVENT).glob("*.gif"))[:2 * FRAMES]
     start = str(RadarSource(str(radar_dir / EVENT), "mch").items()[0].time)
     archive = f"{where}/together.zarr"
