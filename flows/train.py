@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import keras
 from prefect import flow, get_run_logger, task
 
 from nowcast.errors import InputError
@@ -24,13 +24,13 @@ from nowcast.flows.params import TrainParams, WindowsParams
 from nowcast.flows.progress import progress
 from nowcast.flows.workdir import local_workdir, published
 from nowcast.model import registry
-from nowcast.model.architectures import BASES
-from nowcast.model.train import TrainConfig, train
-from nowcast.model.verify import Verification, save_pictures, split_forecaster, table, verify_split
 from nowcast.pipelines.jobs import windows as windows_job
 from nowcast.pipelines.plans.window_spec import SplitSpec, WindowSpec
 from nowcast.pipelines.stores.timeaxis import step_minutes
 from nowcast.pipelines.stores.windows import WindowsStore
+
+if TYPE_CHECKING:  # Keras and pysteps are imported by the tasks that use them: `nowcast serve` imports
+    from nowcast.model.verify import Verification  # this module to register the flow, in 7 s less
 
 BASELINE = "extrapolation"  # what a new version must beat to be promoted
 
@@ -54,15 +54,20 @@ class TrainRun:
     pictures: dict[str, str]
 
 
-class _EpochLog(keras.callbacks.Callback):
-    """Logs every epoch's losses through Prefect's logger (shown in the UI) and counts the epochs."""
+def _epoch_log():
+    """A Keras callback that logs every epoch's losses through Prefect's logger (shown in the UI) and
+    counts the epochs."""
+    import keras
 
-    epochs = 0
+    class EpochLog(keras.callbacks.Callback):
+        epochs = 0
 
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        self.epochs = epoch + 1
-        values = ", ".join(f"{k}={v:.4f}" for k, v in (logs or {}).items())
-        get_run_logger().info("epoch %d: %s", epoch + 1, values)
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            self.epochs = epoch + 1
+            values = ", ".join(f"{k}={v:.4f}" for k, v in (logs or {}).items())
+            get_run_logger().info("epoch %d: %s", epoch + 1, values)
+
+    return EpochLog()
 
 
 def window_spec(params: WindowsParams) -> WindowSpec:
@@ -102,6 +107,9 @@ def cut_windows(params: TrainParams) -> dict[str, object]:
 @task(name="fit")
 def fit(params: TrainParams, workdir: Path) -> str:
     """Fits the model and saves it as a new registry version, not promoted; returns its directory."""
+    from nowcast.model.architectures import BASES
+    from nowcast.model.train import TrainConfig, train
+
     config = TrainConfig(windows=params.windows, models=params.models, architecture=params.architecture,
                          workdir=str(workdir),
                          options={"filters": list(params.filters), "lstm_units": params.lstm_units,
@@ -110,7 +118,7 @@ def fit(params: TrainParams, workdir: Path) -> str:
                          batch_size=params.batch_size, learning_rate=params.learning_rate, loss=params.loss,
                          augment=params.augment, seed=params.seed,
                          verbose=0, promote=False)
-    log = _EpochLog()
+    log = _epoch_log()
     # a bar when the command line runs the flow and asked for bars, and the UI's artifact; early stopping
     # can end both short of the total
     with progress("train epochs", params.epochs, lambda: log.epochs, artifact=artifact_key("train-progress")):
@@ -140,6 +148,8 @@ def version_name(version_dir: str) -> str:
 @task(name="verify")
 def verify(params: TrainParams, version: str) -> Verification:
     """Verifies the new version, persistence and LK extrapolation on the validation split."""
+    from nowcast.model.verify import split_forecaster, verify_split
+
     forecaster = split_forecaster(params.models, params.architecture, version_name(version), params.windows)
     return verify_split(params.windows, "val", forecaster, params.architecture,
                         baselines=("persistence", BASELINE))
@@ -153,6 +163,8 @@ def train_flow(params: TrainParams) -> TrainRun:
 
 
 def _train(params: TrainParams, workdir: Path) -> TrainRun:
+    from nowcast.model.verify import save_pictures, table
+
     logger = get_run_logger()
     counts = cut_windows(params)
     version_dir = fit(params, workdir)
