@@ -10,7 +10,7 @@ TF_EXTRA ?= cpu
 # uv installs what pip would, from the same constraints, in a fraction of pip's time (CI: pip took
 # about 6.5 minutes of a 30-minute budget); pip stays in the environment for `pip check`, `pip wheel`
 # (tests/test_packaging.py) and `make constraints`. --compile-bytecode: unlike pip, uv writes no .pyc
-# files, and where PYTHONDONTWRITEBYTECODE is set (this machine and CI) no import writes them either, so
+# files, and where PYTHONDONTWRITEBYTECODE is set (as on this machine) no import writes them either, so
 # every process compiled TensorFlow, Beam and Prefect from source: `nowcast ingest` of 8 frames took
 # 10.5 s, 3.3 s compiled (the compile costs ~30 s once, at install).
 UV_VERSION ?= 0.13.9
