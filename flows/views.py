@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import io
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import numpy as np
 from nowcast.errors import InputError
 from nowcast.flows.params import parse_time
 from nowcast.pipelines.stores.archive import VALID, open_archive, read_info
+from nowcast.quiet_import import pysteps_quietly
 
 MAX_SHOWN_FRAMES = 48  # frames in one picture (four hours of 5-minute frames)
 
@@ -101,7 +101,7 @@ def _draw(ax, frame: np.ndarray, units: str, title: str, colorbar: bool) -> None
     any other field on a plain colour scale."""
     ax.set_facecolor("white")
     if units in RAIN_UNITS:
-        with contextlib.redirect_stdout(io.StringIO()):  # its first import prints where its configuration is
+        with pysteps_quietly():
             from pysteps.visualization import plot_precip_field
 
         plot_precip_field(frame, ax=ax, colorbar=colorbar, axis="off")

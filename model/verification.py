@@ -32,8 +32,9 @@ from typing import Any
 import numpy as np
 
 from nowcast.errors import InputError
+from nowcast.quiet_import import pysteps_quietly
 
-with contextlib.redirect_stdout(io.StringIO()):  # pysteps' first import prints where its configuration is
+with pysteps_quietly():
     from pysteps import motion, nowcasts
     from pysteps.utils import transformation
     from pysteps.verification import detcatscores, detcontscores, spatialscores

@@ -10,11 +10,8 @@ files to read; this module only reads them.
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import io
 import re
-import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -23,23 +20,18 @@ import numpy as np
 from nowcast.pipelines.sources import odim
 from nowcast.pipelines.sources.base import SourceError, grid_from_cf
 from nowcast.pipelines.stores.grid import Grid
+from nowcast.quiet_import import pysteps_quietly
 
 # Units of BoM's precipitation variable, as pysteps' to_rainrate units: amounts
 # (over start_time..valid_time; all that pysteps' importer reads) and rates.
 _BOM_UNITS = {"kg m-2": "mm", "mm": "mm", "mm h-1": "mm/h", "mm/h": "mm/h", "mm hr-1": "mm/h",
               "kg m-2 h-1": "mm/h"}
-_IMPORT_LOCK = threading.Lock()
 
 
 @functools.cache
 def load_pysteps() -> tuple[Any, Any]:
-    """pysteps' importers module and ``to_rainrate``, imported once (~2 s) without its banner.
-
-    Only the import is silenced (pysteps prints where it found its configuration
-    file): swapping ``sys.stdout`` or the warning filters around every read
-    would not be thread-safe under multi-threaded Beam workers.
-    """
-    with _IMPORT_LOCK, contextlib.redirect_stdout(io.StringIO()):
+    """pysteps' importers module and ``to_rainrate``, imported once (~2 s) without its banner."""
+    with pysteps_quietly():
         from pysteps.io import importers
         from pysteps.utils import to_rainrate
     return importers, to_rainrate
