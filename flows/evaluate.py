@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prefect import flow, get_run_logger, task
 
@@ -21,16 +22,11 @@ from nowcast.flows.artifacts import artifact_key, publish_png, publish_scores, p
 from nowcast.flows.params import EvaluateParams
 from nowcast.flows.progress import progress
 from nowcast.flows.workdir import local_workdir, published
-from nowcast.model.verify import (
-    Verification,
-    save_pictures,
-    split_forecaster,
-    table,
-    verify_forecasts,
-    verify_split,
-)
 from nowcast.pipelines.stores.timeaxis import step_minutes
 from nowcast.pipelines.stores.windows import WindowsStore
+
+if TYPE_CHECKING:  # the verification imports pysteps (3.6 s): inside the tasks, not when `serve` starts
+    from nowcast.model.verify import Verification
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +43,8 @@ class EvaluateRun:
 @task(name="verify-windows")
 def verify_windows(params: EvaluateParams) -> Verification:
     """The model and the baselines on one windows.zarr split."""
+    from nowcast.model.verify import split_forecaster, verify_split
+
     forecaster = split_forecaster(params.models, params.model_name, params.model_version, params.windows)
     name = f"{params.model_name}/{forecaster.metadata['version']}"
     available = WindowsStore(params.windows, params.split).num_samples
@@ -64,6 +62,8 @@ def verify_windows(params: EvaluateParams) -> Verification:
 @task(name="verify-stored-forecasts")
 def verify_store(params: EvaluateParams) -> Verification | None:
     """Written forecasts of forecasts.zarr against the archive (None when none can be verified yet)."""
+    from nowcast.model.verify import verify_forecasts
+
     return verify_forecasts(str(params.forecasts), str(params.archive), params.max_samples)
 
 
@@ -75,6 +75,8 @@ def evaluate_flow(params: EvaluateParams) -> EvaluateRun:
 
 
 def _evaluate(params: EvaluateParams, workdir: Path) -> EvaluateRun:
+    from nowcast.model.verify import save_pictures, table
+
     logger = get_run_logger()
     result = verify_windows(params)
     markdown = table(result)
