@@ -231,6 +231,13 @@ def _kind_is(url: str | None, kind: str) -> None:
                              + (" (or a new path, where one is created)" if kind == "forecasts" else ""))
 
 
+def _scoring_stores(archive: str, forecasts: str) -> None:
+    """The archive a forecast reads exists and is an archive; its forecasts store is one, or new."""
+    _archive_exists(archive)
+    _kind_is(archive, "archive")
+    _kind_is(forecasts, "forecasts")
+
+
 class IngestParams(_Stores):
     """Ingest frames into the archive, from a folder of radar/NetCDF files or the synthetic generator."""
 
@@ -363,9 +370,7 @@ class ForecastParams(_ModelChoice):
 
     @model_validator(mode="after")
     def _archive(self):
-        _archive_exists(self.archive)
-        _kind_is(self.archive, "archive")
-        _kind_is(self.forecasts, "forecasts")
+        _scoring_stores(self.archive, self.forecasts)
         return self
 
 
@@ -396,9 +401,7 @@ class ScoreParams(_ModelChoice):
 
     @model_validator(mode="after")
     def _archive(self):
-        _archive_exists(self.archive)
-        _kind_is(self.archive, "archive")
-        _kind_is(self.forecasts, "forecasts")
+        _scoring_stores(self.archive, self.forecasts)
         return self
 
 
