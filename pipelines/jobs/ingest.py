@@ -168,15 +168,17 @@ class IngestResult:
 
 def check_item(source: Source, item: SourceItem, grid: Grid,
                fields: Sequence[FieldSpec]) -> dict[str, object]:
-    """Reads one frame and reports its problems and whether it is all-NaN."""
+    """Reads one frame and reports its problems, whether it is all-NaN, and its variables without data."""
     try:
         grid_problem = grid.mismatch(source.read_grid(item))
         data = source.read(item)
         problems = check_frame(item, fields, grid_problem, data)
-        all_nan = all(not np.isfinite(v).any() for v in data.values())
+        empty = sorted(name for name, v in data.items() if not np.isfinite(v).any())
+        all_nan = len(empty) == len(data)
     except SourceError as error:
-        problems, all_nan = [str(error)], False
-    return {"item": f"{item.path} at {item.time}", "problems": problems, "all_nan": all_nan}
+        problems, empty, all_nan = [str(error)], [], False
+    return {"item": f"{item.path} at {item.time}", "problems": problems, "all_nan": all_nan,
+            "empty": [] if all_nan else empty}
 
 
 def write_chunk(archive: str, source: Source, task: ChunkTask, overwrite: bool) -> dict[str, int]:
@@ -200,7 +202,8 @@ def write_chunk(archive: str, source: Source, task: ChunkTask, overwrite: bool) 
         for index, item in todo:
             offset = index - task.first_index
             data = source.read(item)
-            has_data = all(np.isfinite(data[name]).any() for name in fields)
+            # a frame with data in any variable is kept: one empty variable is unobserved, not a lost frame
+            has_data = any(np.isfinite(data[name]).any() for name in fields)
             for name in fields:
                 blocks[name][offset] = data[name]
             present[offset] = has_data
@@ -330,6 +333,11 @@ def check_batch(spec: IngestSpec, items: Sequence[SourceItem], fields: tuple[Fie
         shown = "\n  ".join(problems[:20])
         more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
         raise IngestError(f"{len(problems)} problem(s) in the input; nothing was written:\n  {shown}{more}")
+    partial = sorted(f"{r['item']} ({', '.join(r['empty'])})" for r in reports  # type: ignore[arg-type]
+                     if r.get("empty"))
+    if partial:
+        log.warning("%d frame(s) have variables without any data, stored as unobserved (NaN) beside the "
+                    "frame's other variables: %s", len(partial), "; ".join(partial[:5]))
     return sorted(str(r["item"]) for r in reports if r["all_nan"])  # a file may hold several frames
 
 

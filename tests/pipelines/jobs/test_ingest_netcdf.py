@@ -35,3 +35,22 @@ def test_two_variables_from_two_files_into_one_archive(tmp_path):
                                    equal_nan=True)
     assert np.isnan(ds["temperature"].values[3]).all()
     assert ds["temperature_mean"].values[0] == pytest.approx(np.nanmean(first["temperature"].values[0]))
+
+
+@pytest.mark.fault("ingest", "one variable of a multi-variable frame has no data at all",
+                   "the frame's other variables are kept and the frame stays valid (that variable is "
+                   "unobserved, NaN); a warning names the file and the variable")
+def test_a_variable_without_data_does_not_lose_the_frames_other_variables(tmp_path, caplog):
+    data = sensor_dataset(["2024-03-01T00:00", "2024-03-01T00:10"], seed=3)
+    data["humidity"][1] = np.nan  # a sensor that reported nothing at 00:10; temperature did
+    write(data, tmp_path / "a.nc")
+    source = get_source("netcdf", paths=str(tmp_path / "*.nc"), variables=("temperature", "humidity"))
+    url = str(tmp_path / "sensors.zarr")
+    with caplog.at_level("WARNING", logger="nowcast.pipelines.jobs.ingest"):
+        result = run(IngestSpec(archive=url, source=source, time_step="PT10M"))
+    assert result.frames_written == 2
+    ds = open_archive(url)
+    assert ds["valid"].values.tolist() == [True, True]
+    np.testing.assert_allclose(ds["temperature"].values[1], data["temperature"].values[1].astype("float32"))
+    assert np.isnan(ds["humidity"].values[1]).all()
+    assert "a.nc at 2024-03-01T00:10:00 (humidity)" in caplog.text
