@@ -245,7 +245,7 @@ class NetCDFSource:
                         f"({type(error).__name__}: {error}); the file is corrupt or truncated"
                     ) from error
                 frame = check_frame_shape(item, name, values, shape)
-                frames[name] = np.where(np.isfinite(frame), frame, np.float32("nan"))
+                frames[name] = frame  # infinities stay: the ingest check refuses them, with the count
         return frames
 
 

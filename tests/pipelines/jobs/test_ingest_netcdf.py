@@ -7,6 +7,7 @@ import pytest
 import xarray as xr
 
 from nowcast.pipelines.jobs.ingest import IngestSpec, run
+from nowcast.pipelines.plans.ingest import IngestError
 from nowcast.pipelines.sources import get_source
 from nowcast.pipelines.stores.archive import open_archive
 from tests.pipelines.sources.test_netcdf import sensor_dataset, write
@@ -54,3 +55,16 @@ def test_a_variable_without_data_does_not_lose_the_frames_other_variables(tmp_pa
     np.testing.assert_allclose(ds["temperature"].values[1], data["temperature"].values[1].astype("float32"))
     assert np.isnan(ds["humidity"].values[1]).all()
     assert "a.nc at 2024-03-01T00:10:00 (humidity)" in caplog.text
+
+
+@pytest.mark.fault("ingest", "infinite values in a NetCDF file",
+                   "refused with the count, nothing written (they were read as NaN, stored without a word)")
+def test_infinite_values_in_a_netcdf_file_are_refused(tmp_path):
+    data = sensor_dataset(["2024-03-01T00:00", "2024-03-01T00:10"], seed=4)
+    data["temperature"][1, 0, :3] = np.inf
+    write(data, tmp_path / "a.nc")
+    source = get_source("netcdf", paths=str(tmp_path / "*.nc"), variables=("temperature", "humidity"))
+    url = tmp_path / "sensors.zarr"
+    with pytest.raises(IngestError, match="3 infinite values of temperature"):
+        run(IngestSpec(archive=str(url), source=source, time_step="PT10M"))
+    assert not url.exists()
