@@ -42,6 +42,7 @@ from nowcast.pipelines.jobs.runners import RunnerOptions, run_pipeline
 from nowcast.pipelines.plans.ingest import (
     ChunkTask,
     IngestError,
+    check_axis_growth,
     check_fields,
     check_frame,
     frame_indices,
@@ -389,8 +390,9 @@ def new_time_axis(spec: IngestSpec, items: Sequence[SourceItem]) -> tuple[np.dat
 def check_new_axis(spec: IngestSpec, items: Sequence[SourceItem]) -> None:
     """Refuses frames a new archive's time axis cannot hold before the archive is created: a refusal
     after it would leave an empty archive whose axis then binds every rerun."""
+    start, step = new_time_axis(spec, items)
     try:
-        frame_indices(items, *new_time_axis(spec, items))
+        check_axis_growth(frame_indices(items, start, step), 0, start, step)
     except IngestError as error:
         options = (("start", spec.start), ("time-step", spec.time_step))
         given = [f"--{option} {value}" for option, value in options if value]
@@ -432,7 +434,8 @@ def ingest_items(spec: IngestSpec, items: Sequence[SourceItem],
     info = _settled_info(spec.archive) if existed else None
     if info is not None:
         check_fields(info, fields)
-        frame_indices(items, info.start, info.time_step)
+        check_axis_growth(frame_indices(items, info.start, info.time_step), info.length, info.start,
+                          info.time_step)
     else:
         check_new_chunks(spec, items[0])
         check_new_axis(spec, items)

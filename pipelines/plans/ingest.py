@@ -15,7 +15,11 @@ import numpy as np
 from nowcast.errors import InputError
 from nowcast.pipelines.sources.base import SourceItem
 from nowcast.pipelines.stores.archive import ArchiveInfo, FieldSpec
-from nowcast.pipelines.stores.timeaxis import time_index
+from nowcast.pipelines.stores.timeaxis import format_time_step, time_index
+
+# empty steps one ingest may add to an axis: a year of 5-minute steps (a time stamp decades off
+# once grew an axis to millions of steps, and the ingest ran out of memory writing its chunks)
+MAX_EMPTY_STEPS = 105_120
 
 
 class IngestError(InputError):
@@ -52,6 +56,37 @@ def frame_indices(items: Sequence[SourceItem], start: np.datetime64,
             )
         indexed.append((index, item))
     return sorted(indexed, key=lambda pair: pair[0])
+
+
+def check_axis_growth(indexed: Sequence[tuple[int, SourceItem]], length: int, start: np.datetime64,
+                      step: np.timedelta64) -> None:
+    """Refuses frames that would add more than :data:`MAX_EMPTY_STEPS` empty steps to an axis of
+    ``length`` slots (0: a new archive from ``start``), naming the widest gap: a wrong time stamp or
+    ``--start`` rather than data.
+
+    >>> item = lambda t: SourceItem(np.datetime64(t, "s"), f"{t[:4]}.nc")
+    >>> step = np.timedelta64(300, "s")
+    >>> check_axis_growth([(0, item("2024-01-01"))], 0, np.datetime64("2024-01-01", "s"), step)
+    >>> check_axis_growth([(0, item("1800-01-01")), (70_000_000, item("2466-01-01"))], 0,
+    ...                   np.datetime64("1800-01-01", "s"), step)
+    Traceback (most recent call last):
+    ...
+    nowcast.pipelines.plans.ingest.IngestError: between 1800.nc (1800-01-01T00:00:00) and 2466.nc (2466-01-01T00:00:00) lie 69999999 empty PT5M steps; ...
+    """
+    beyond = [(index, item) for index, item in indexed if index >= length]
+    if not beyond:
+        return
+    empty = beyond[-1][0] + 1 - length - len({index for index, _ in beyond})
+    if empty <= MAX_EMPTY_STEPS:
+        return
+    before = (f"the archive's last step ({start + (length - 1) * step})" if length
+              else f"the new archive's start ({start})")
+    edges = [(length - 1, before)] + [(index, f"{item.path} ({item.time})") for index, item in beyond]
+    gap, first, second = max((b[0] - a[0] - 1, a[1], b[1]) for a, b in zip(edges, edges[1:]))
+    raise IngestError(f"between {first} and {second} lie {gap} empty {format_time_step(step)} steps; this "
+                      f"ingest would add {empty} empty steps to the axis, more than the {MAX_EMPTY_STEPS} (a "
+                      "year of 5-minute steps) one ingest may add. Is a time stamp wrong? Fix it, or ingest "
+                      "those frames into an archive of their own")
 
 
 def plan_chunks(indexed: Sequence[tuple[int, SourceItem]], time_chunk: int,

@@ -139,6 +139,27 @@ def test_a_new_archive_axis_the_frames_miss_creates_nothing(tmp_path, options, m
     assert result.frames_written == 4
 
 
+@pytest.mark.fault("ingest", "a time stamp (or --start) years off the rest of the batch or the archive",
+                   "refused naming the widest gap and both ends, before any chunk is written (a file dated "
+                   "1800 once grew a new axis to 23 million steps and the ingest ran out of memory)")
+def test_a_time_stamp_years_off_is_refused_before_the_axis_grows(tmp_path):
+    with pytest.raises(IngestError, match=r"between array:1800-01-01T00:00 \(1800.*and array:2024-01-01T00:00:00 "
+                                          r"\(2024.* lie 23562431 empty PT5M steps"):
+        ingest(tmp_path, ArraySource(("1800-01-01T00:00", *times("2024-01-01T00:00", 3))))
+    assert not (tmp_path / "archive.zarr").exists()
+    with pytest.raises(IngestError, match="between the new archive's start .* comes from --start 2000"):
+        ingest(tmp_path, ArraySource(times("2024-01-01T00:00", 3)), start="2000-01-01T00:00")
+    assert not (tmp_path / "archive.zarr").exists()
+    _, url = ingest(tmp_path, ArraySource(times("2024-01-01T00:00", 3)))
+    before = snapshot(url)
+    with pytest.raises(IngestError, match=r"between the archive's last step \(2024-01-01T00:10:00\) and "
+                                          r"array:2026-01-01T00:00"):
+        ingest(tmp_path, ArraySource(("2026-01-01T00:00",)))
+    assert snapshot(url) == before
+    result, _ = ingest(tmp_path, ArraySource(("2024-07-01T00:00",)))  # half a year on: an event later
+    assert result.frames_written == 1
+
+
 def test_a_start_that_is_no_timestamp_is_refused_by_name():
     with pytest.raises(IngestError, match="--start 'noon' is not a timestamp"):
         IngestSpec(archive="unused.zarr", source=ArraySource(()), start="noon")
