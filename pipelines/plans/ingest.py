@@ -8,6 +8,7 @@ driver (placing and grouping frames) and on workers (checking one frame).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Sequence
 
 import numpy as np
@@ -71,7 +72,7 @@ def check_axis_growth(indexed: Sequence[tuple[int, SourceItem]], length: int, st
     ...                   np.datetime64("1800-01-01", "s"), step)
     Traceback (most recent call last):
     ...
-    nowcast.pipelines.plans.ingest.IngestError: between 1800.nc (1800-01-01T00:00:00) and 2466.nc (2466-01-01T00:00:00) lie 69999999 empty PT5M steps; ...
+    nowcast.pipelines.plans.ingest.IngestError: between 1800.nc (...) and 2466.nc (...) lie 69999999 empty ...
     """
     beyond = [(index, item) for index, item in indexed if index >= length]
     if not beyond:
@@ -82,7 +83,7 @@ def check_axis_growth(indexed: Sequence[tuple[int, SourceItem]], length: int, st
     before = (f"the archive's last step ({start + (length - 1) * step})" if length
               else f"the new archive's start ({start})")
     edges = [(length - 1, before)] + [(index, f"{item.path} ({item.time})") for index, item in beyond]
-    gap, first, second = max((b[0] - a[0] - 1, a[1], b[1]) for a, b in zip(edges, edges[1:]))
+    gap, first, second = max((b[0] - a[0] - 1, a[1], b[1]) for a, b in itertools.pairwise(edges))
     raise IngestError(f"between {first} and {second} lie {gap} empty {format_time_step(step)} steps; this "
                       f"ingest would add {empty} empty steps to the axis, more than the {MAX_EMPTY_STEPS} (a "
                       "year of 5-minute steps) one ingest may add. Is a time stamp wrong? Fix it, or ingest "

@@ -143,11 +143,11 @@ def test_a_new_archive_axis_the_frames_miss_creates_nothing(tmp_path, options, m
                    "refused naming the widest gap and both ends, before any chunk is written (a file dated "
                    "1800 once grew a new axis to 23 million steps and the ingest ran out of memory)")
 def test_a_time_stamp_years_off_is_refused_before_the_axis_grows(tmp_path):
-    with pytest.raises(IngestError, match=r"between array:1800-01-01T00:00 \(1800.*and array:2024-01-01T00:00:00 "
-                                          r"\(2024.* lie 23562431 empty PT5M steps"):
+    with pytest.raises(IngestError, match=r"between array:1800-01-01T00:00 \(1800.*and "
+                                          r"array:2024-01-01T00:00:00 \(2024.* lie 23562431 empty"):
         ingest(tmp_path, ArraySource(("1800-01-01T00:00", *times("2024-01-01T00:00", 3))))
     assert not (tmp_path / "archive.zarr").exists()
-    with pytest.raises(IngestError, match="between the new archive's start .* comes from --start 2000"):
+    with pytest.raises(IngestError, match=r"between the new archive's start .* comes from --start 2000"):
         ingest(tmp_path, ArraySource(times("2024-01-01T00:00", 3)), start="2000-01-01T00:00")
     assert not (tmp_path / "archive.zarr").exists()
     _, url = ingest(tmp_path, ArraySource(times("2024-01-01T00:00", 3)))
