@@ -34,6 +34,7 @@ from nowcast.pipelines.stores.groups import (
     grow_axis,
     not_a_store,
     open_group,
+    readable_members,
     zarr_store,
 )
 from nowcast.pipelines.stores.timeaxis import (
@@ -381,7 +382,8 @@ def read_info(url: str) -> ArchiveInfo:
                 f"archive {url} lacks the attribute {key!r}; it was not written by nowcast. "
                 "Re-ingest the data with nowcast ingest"
             )
-    arrays = dict(group.arrays())
+    with readable_members(url, ArchiveError):  # a member's zarr.json that is not zarr metadata
+        arrays = dict(group.arrays())
     fields = tuple(FieldSpec.from_attrs(name, dict(arr.attrs)) for name, arr in sorted(arrays.items())
                    if dimension_names(arr) == FRAME_DIMS)
     if not fields:

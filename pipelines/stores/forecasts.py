@@ -53,6 +53,7 @@ from nowcast.pipelines.stores.groups import (
     local_path,
     not_a_store,
     open_group,
+    readable_members,
     zarr_store,
 )
 from nowcast.pipelines.stores.timeaxis import (
@@ -196,7 +197,8 @@ def read_store_info(url: str) -> StoreInfo:
             f"{url} lacks the attribute {error.args[0]!r}; it is not a nowcast forecast store, or its "
             "creation was interrupted: give the forecasts another path (or, if nowcast created it, move it "
             "aside and rerun; it holds no forecasts yet)") from None
-    arrays = dict(group.arrays())
+    with readable_members(url, ForecastStoreError):
+        arrays = dict(group.arrays())
     missing = {identity.target, WRITTEN, *VERSION_ARRAYS, "init_time"} - set(arrays)
     if missing:
         raise ForecastStoreError(f"{url} lacks {sorted(missing)}; its creation was interrupted before any "

@@ -359,6 +359,57 @@ def open_group(url: str, mode: Mode = "r", error: type[StoreError] = StoreError)
                     f"copy of the store (the data chunks are untouched)") from unreadable
 
 
+def damaged_metadata(url: str) -> list[str]:
+    """The members of the store at ``url`` whose ``zarr.json`` is not zarr v3 metadata (not JSON, no
+    ``node_type``), or that hold chunks but no ``zarr.json``: what zarr fails on, or silently skips,
+    when it lists a group's members. Lists every object of the store: for the error path and checks.
+    """
+    import json
+
+    fs, root = filesystem(url)
+    root = root.rstrip("/")
+    try:
+        found = fs.find(root)
+    except FileNotFoundError:
+        return []
+    keys = {key[len(root) + 1:]: key for key in found}
+    damaged = set()
+    for rel, key in keys.items():
+        parts = rel.split("/")
+        if parts[-1] == "zarr.json" and len(parts) > 1:
+            try:
+                document = json.loads(fs.cat_file(key))
+                if not isinstance(document, dict) or "node_type" not in document:
+                    raise ValueError("no 'node_type'")
+            except ValueError as error:
+                damaged.add(f"{rel} ({str(error)[:80]})")
+        elif "c" in parts[1:]:  # a chunk: <array path>/c/<index>/...
+            array_path = "/".join(parts[:parts.index("c", 1)])
+            if f"{array_path}/zarr.json" not in keys:
+                damaged.add(f"{array_path}/zarr.json (missing, though the array holds chunks)")
+    return sorted(damaged)
+
+
+@contextlib.contextmanager
+def readable_members(url: str, error: type[StoreError] = StoreError) -> Iterator[None]:
+    """Turns the ValueError zarr raises on a member's damaged ``zarr.json`` (json's decode error,
+    zarr's MetadataValidationError) into ``error`` naming the file and the fix; any other ValueError
+    passes on unchanged."""
+    try:
+        yield
+    except ValueError as unreadable:
+        damaged = [d for d in damaged_metadata(url) if "missing" not in d]
+        if not damaged:
+            raise
+        raise error(metadata_damage(url, damaged)) from unreadable
+
+
+def metadata_damage(url: str, damaged: list[str]) -> str:
+    """The message for members whose metadata :func:`damaged_metadata` found, with the fix."""
+    return (f"{url}: the metadata of {'; '.join(damaged)} is damaged: restore the store from a copy, or "
+            "write it anew (ingest into a new archive, rerun the job into a new store)")
+
+
 def array(group: zarr.Group, name: str) -> zarr.Array:
     """The array ``name`` of ``group`` (a member that is a group is refused with its name)."""
     member = group[name]

@@ -27,7 +27,14 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import zarr
 
-from nowcast.pipelines.stores.groups import StoreError, dimension_names, filesystem, open_group
+from nowcast.pipelines.stores.groups import (
+    StoreError,
+    damaged_metadata,
+    dimension_names,
+    filesystem,
+    metadata_damage,
+    open_group,
+)
 from nowcast.pipelines.stores.groups import array as group_array
 
 log = logging.getLogger(__name__)
@@ -76,6 +83,11 @@ class CheckReport:
 
     def fix(self) -> str:
         """What to do, for this kind of store; never deletes the store."""
+        if any(d.array in ("x", "y") for d in self.damaged):
+            return "restore the store from a copy: its grid coordinates cannot be rebuilt from source files"
+        if any(d.array == AXES.get(self.kind) and not d.chunk for d in self.damaged):
+            return ("rerun the job that writes the store (an ingest of any batch, a backfill): it completes "
+                    "the interrupted extension of the axis")
         if self.kind == "archive":
             return (f"rewrite those chunks from the source files: nowcast ingest --archive {self.url} "
                     "--input <the files of those times> --repair")
@@ -161,6 +173,9 @@ def check_store(url: str, progress: Callable[[int, int], None] | None = None) ->
     Raises:
         StoreError: no store there, or metadata that cannot be read (with its fix).
     """
+    damaged_members = damaged_metadata(url)
+    if damaged_members:  # zarr would fail on them, or skip an array that lost its zarr.json
+        raise StoreError(metadata_damage(url, damaged_members))
     group = open_group(url)
     kind = store_kind(group)
     arrays = dict(_arrays(group))
@@ -184,6 +199,7 @@ def check_store(url: str, progress: Callable[[int, int], None] | None = None) ->
         damaged += _missing_chunks(group, kind, arrays, keys, {d.array for d in damaged})
         with np.errstate(all="ignore"):
             times = _axis_times(group, kind)
+        damaged += _inconsistent(kind, arrays, keys, {d.array for d in damaged}, times)
     damaged.sort(key=lambda d: (d.first, d.array))
     return CheckReport(url=url, kind=kind, chunks_read=total, damaged=tuple(damaged), times=times)
 
@@ -223,6 +239,53 @@ def _missing_chunks(group: zarr.Group, kind: str, arrays: dict[str, zarr.Array],
                 missing.append(Damage(path, (index // chunk,), f"missing (flagged {flag_name} but no chunk)",
                                       index, stop))
     return missing
+
+
+def _inconsistent(kind: str, arrays: dict[str, zarr.Array], keys: dict[str, list[tuple[int, ...]]],
+                  unreadable: set[str], times: np.ndarray | None) -> list[Damage]:
+    """What reads without error but contradicts the rest of the store: arrays along the axis of other
+    lengths, an axis coordinate off the store's start and step, a time chunk whose data chunks exist but
+    whose flags are all off (flags lost), per-frame values (statistics) missing at flagged frames, and
+    grid coordinates that are not finite. A chunk lost from a small array reads as its fill value."""
+    flag_name, axis = FLAGS[kind], AXES[kind]
+    along = {path: a for path, a in arrays.items()
+             if dimension_names(a)[:1] == (axis,) and path not in unreadable}
+    lengths = {a.shape[0] for a in along.values()}
+    if len(lengths) > 1:
+        return [Damage(axis, (), f"the arrays along {axis} have lengths {sorted(lengths)}: an extension of "
+                       "the axis was interrupted", 0, 0)]
+    found = []
+    if times is not None and axis in along:
+        expected = (times.astype("datetime64[s]") - np.datetime64(0, "s")).astype("int64")
+        chunk = along[axis].chunks[0]
+        wrong = np.flatnonzero(np.asarray(along[axis][:]) != expected).tolist()
+        for index in sorted({i // chunk for i in wrong}):
+            found.append(Damage(axis, (index,), "values off the store's start and step (a lost or "
+                                "overwritten chunk)", index * chunk, min((index + 1) * chunk, len(expected))))
+    if flag_name not in along:
+        return found
+    flags = np.asarray(along[flag_name][:], dtype=bool)
+    chunk = along[flag_name].chunks[0]
+    for path, a in along.items():
+        if path in (axis, flag_name):
+            continue
+        if a.ndim >= 3:  # data: a time chunk with data objects but no flagged frame lost its flags
+            for index in sorted({key[0] * a.chunks[0] // chunk for key in keys[path]}):
+                first, stop = index * chunk, min((index + 1) * chunk, len(flags))
+                if not flags[first:stop].any():
+                    found.append(Damage(flag_name, (index,), f"no frame flagged, though {path} holds data "
+                                        "there (flags lost)", first, stop))
+        elif a.ndim == 1 and np.issubdtype(a.dtype, np.floating):  # per-frame statistics
+            with np.errstate(invalid="ignore"):
+                missing = np.flatnonzero(flags & np.isnan(np.asarray(a[:], dtype="float64"))).tolist()
+            for index in sorted({i // a.chunks[0] for i in missing}):
+                first = index * a.chunks[0]
+                found.append(Damage(path, (index,), f"no value at {flag_name} entries (a lost chunk)", first,
+                                    min(first + a.chunks[0], len(flags))))
+    for path, a in arrays.items():
+        if dimension_names(a) in (("x",), ("y",)) and not np.isfinite(np.asarray(a[:], "float64")).all():
+            found.append(Damage(path, (), "grid coordinates that are not finite (a lost chunk)", 0, 0))
+    return sorted(set(found), key=lambda d: (d.first, d.array))
 
 
 def _unfinished_windows(group: zarr.Group, keys: dict[str, list[tuple[int, ...]]]) -> list[Damage]:

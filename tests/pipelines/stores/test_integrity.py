@@ -17,6 +17,7 @@ import pytest
 from nowcast.pipelines.jobs.ingest import IngestError, IngestSpec, ingest_items
 from nowcast.pipelines.sources import get_source
 from nowcast.pipelines.stores.archive import ArchiveError, open_archive
+from nowcast.pipelines.stores.groups import StoreError
 from nowcast.pipelines.stores.integrity import check_store
 from tests.pipelines.jobs.ingest_helpers import snapshot
 from tests.pipelines.jobs.scoring_helpers import make_archive, save_tiny_model, synthetic_stats
@@ -189,3 +190,63 @@ def test_an_unfinished_windows_store_is_found_by_check_and_refused_on_opening(tm
     assert "rerun the windows job (`nowcast windows`" in result.stderr
     with pytest.raises(WindowsError, match=r"incomplete.*rerun `nowcast windows`"):
         WindowsStore(windows, "train")
+
+
+@pytest.mark.parametrize(("lost", "found"), [
+    ("time/c/1", ("time", (1,), "values off the store's start and step")),
+    ("valid/c/0", ("valid", (0,), "no frame flagged, though precip holds data there")),
+    ("precip_mean/c/2", ("precip_mean", (2,), "no value at valid entries")),
+], ids=["time", "flags", "statistics"])
+@pytest.mark.fault("stores", "a chunk of the time coordinate, the valid flags or a statistic deleted (it reads as "
+                   "its fill value, without an error)",
+                   "`check` names it with the --repair fix, which restores the original bytes")
+def test_a_lost_chunk_of_a_small_array_is_found_and_repaired(archive, lost, found):
+    sound = snapshot(str(archive))
+    os.remove(archive / lost)
+    report = check_store(str(archive))
+    assert [(d.array, d.chunk) for d in report.damaged] == [found[:2]]
+    assert found[2] in report.text()
+    assert "--repair" in report.fix()
+    ingest_items(IngestSpec(archive=str(archive), source=source(), time_chunk=CHUNK, repair=True),
+                 source().items(), None)
+    assert snapshot(str(archive)) == sound
+    assert check_store(str(archive)).ok
+
+
+@pytest.mark.fault("stores", "a grid coordinate's chunk deleted, or an axis of two lengths",
+                   "`check` names it with its own fix (restore a copy; rerun the ingest)")
+def test_lost_grid_coordinates_and_an_axis_of_two_lengths_are_found(archive, tmp_path):
+    import shutil
+    import zarr
+
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(archive, copy)
+    os.remove(archive / "x" / "c" / "0")
+    report = check_store(str(archive))
+    assert [d.array for d in report.damaged] == ["x"]
+    assert "restore the store from a copy" in report.fix()
+    zarr.open_array(str(copy / "precip"), mode="r+").resize((16, SIZE, SIZE))  # an extension half done
+    report = check_store(str(copy))
+    assert "lengths [16, 24]" in report.text()
+    assert "rerun the job" in report.fix()
+
+
+@pytest.mark.parametrize("damage", ["garbage", "deleted"])
+@pytest.mark.fault("stores", "an array's zarr.json that is not zarr metadata, or deleted",
+                   "every reader (check, summary, ingest, windows) refuses naming the file and the fix, no "
+                   "traceback")
+def test_damaged_array_metadata_is_named_by_every_reader(archive, damage):
+    meta = archive / "precip" / "zarr.json"
+    if damage == "garbage":
+        meta.write_text("{garbage")
+    else:
+        meta.unlink()
+    with pytest.raises(StoreError, match=r"metadata of precip/zarr\.json .*restore the store from a copy"):
+        check_store(str(archive))
+    if damage == "garbage":  # without its zarr.json zarr does not see the array at all
+        with pytest.raises(ArchiveError, match=r"metadata of precip/zarr\.json"):
+            open_archive(str(archive))
+    result = nowcast("summary", "--archive", str(archive))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "precip/zarr.json" in result.stderr or damage == "deleted"
