@@ -197,8 +197,8 @@ def test_an_unfinished_windows_store_is_found_by_check_and_refused_on_opening(tm
     ("valid/c/0", ("valid", (0,), "no frame flagged, though precip holds data there")),
     ("precip_mean/c/2", ("precip_mean", (2,), "no value at valid entries")),
 ], ids=["time", "flags", "statistics"])
-@pytest.mark.fault("stores", "a chunk of the time coordinate, the valid flags or a statistic deleted (it reads as "
-                   "its fill value, without an error)",
+@pytest.mark.fault("stores", "a chunk of the time coordinate, the valid flags or a statistic deleted (it "
+                   "reads as its fill value, without an error)",
                    "`check` names it with the --repair fix, which restores the original bytes")
 def test_a_lost_chunk_of_a_small_array_is_found_and_repaired(archive, lost, found):
     sound = snapshot(str(archive))
@@ -217,6 +217,7 @@ def test_a_lost_chunk_of_a_small_array_is_found_and_repaired(archive, lost, foun
                    "`check` names it with its own fix (restore a copy; rerun the ingest)")
 def test_lost_grid_coordinates_and_an_axis_of_two_lengths_are_found(archive, tmp_path):
     import shutil
+
     import zarr
 
     copy = tmp_path / "copy.zarr"
