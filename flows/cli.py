@@ -160,8 +160,10 @@ def scoring_progress(spec, args: argparse.Namespace):
     from nowcast.pipelines.stores.forecasts import written_flags
 
     _, tasks, _ = scoring.plan(spec)  # creates or grows the store, as the run will
-    written = functools.partial(written_flags, spec.forecasts)
     todo = sum(len(task.indices) for task in tasks)
+    if not todo:  # nothing to score, and a new store is then not created
+        return progress("score init times", 0, lambda: 0, enabled=_bars(args))
+    written = functools.partial(written_flags, spec.forecasts)
     return progress("score init times", todo, count_true(written, count_now(written)), enabled=_bars(args))
 
 

@@ -186,14 +186,22 @@ def plan(spec: ScoringSpec,
     if exclude:
         todo = np.asarray([i for i in todo if int(i) not in exclude], dtype="int64")
     check_forecasts_space(spec, model.identity, archive, len(todo))
+    if new and not len(todo):  # nothing to score: no empty store that binds the path to this archive
+        return model, [], _counts(spec, selected, ok, written, 0)
     if new:  # created only once the forecasts fit
         ensure_store(spec.forecasts, model.identity, archive)
     remove_stale_temporaries(spec.forecasts, model.identity.target, todo)
     tasks = plan_tasks(todo.tolist(), archive.time_chunk)
-    counts = ScoringResult(forecasts=spec.forecasts, selected=len(selected), scored=0,
-                           already_written=int(np.sum(ok & written & (not spec.overwrite))),
-                           missing_input=int(np.sum(~ok)), tasks=len(tasks))
+    counts = _counts(spec, selected, ok, written, len(tasks))
     return model, tasks, counts
+
+
+def _counts(spec: ScoringSpec, selected: np.ndarray, ok: np.ndarray, written: np.ndarray,
+            tasks: int) -> ScoringResult:
+    """The plan's counts before anything is scored."""
+    return ScoringResult(forecasts=spec.forecasts, selected=len(selected), scored=0,
+                         already_written=int(np.sum(ok & written & (not spec.overwrite))),
+                         missing_input=int(np.sum(~ok)), tasks=tasks)
 
 
 def check_forecasts_space(spec: ScoringSpec, identity: StoreIdentity, archive: ArchiveInfo,

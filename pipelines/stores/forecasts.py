@@ -29,7 +29,6 @@ times.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import time
@@ -46,6 +45,7 @@ from nowcast.pipelines.stores.groups import (
     array,
     consolidate,
     consolidate_if_behind,
+    created_whole,
     exists,
     filesystem,
     grow_axis,
@@ -233,19 +233,24 @@ def check_identity(info: StoreInfo, identity: StoreIdentity, archive: ArchiveInf
 def ensure_store(url: str, identity: StoreIdentity, archive: ArchiveInfo) -> StoreInfo:
     """Creates the store from its template once, or checks it and grows it to the archive's length.
 
-    Safe when two runs start together: the loser of the creation race waits
-    for the winner's metadata and checks it like any existing store.
+    Created whole (built beside ``url`` and moved into place, :func:`created_whole`) under the store's
+    writers' lock: a run interrupted while creating leaves no store, never a root without its arrays
+    that every rerun refuses, and of two runs that start together the second finds the first's store
+    and checks it like any existing one.
     """
     if not exists(url):
+        from nowcast.pipelines.stores.lock import store_lock
+
         problem = not_a_store(url)
         if problem:  # a file or a folder of something else at the path: never written over
             raise ForecastStoreError(problem)
-        ds, encoding = template(identity, archive, archive.length)
-        lost_the_race = (FileExistsError, zarr.errors.ContainsGroupError, zarr.errors.ContainsArrayError)
-        with contextlib.suppress(*lost_the_race):
-            ds.to_zarr(zarr_store(url), mode="w-", compute=False, encoding=encoding, consolidated=False,
-                       zarr_format=3)
-            consolidate(open_group(url, "r+", error=ForecastStoreError))
+        with store_lock(url, "create the forecast store"):
+            if not exists(url):
+                ds, encoding = template(identity, archive, archive.length)
+                with created_whole(url) as staging:
+                    ds.to_zarr(zarr_store(staging), mode="w-", compute=False, encoding=encoding,
+                               consolidated=False, zarr_format=3)
+                    consolidate(open_group(staging, "r+", error=ForecastStoreError))
     info = _read_when_complete(url)
     check_identity(info, identity, archive)
     if info.length < archive.length:

@@ -346,3 +346,37 @@ def test_a_damaged_archive_chunk_is_named_and_leaves_no_empty_store(setup, tmp_p
     assert "--repair" in err
     assert "Traceback" not in err
     assert not groups.exists(forecasts)
+
+
+@pytest.mark.fault("score", "a range with nothing to score (no complete input window) into a new store",
+                   "exit 0 with the counts, and no empty store that would bind the path to this archive")
+def test_nothing_to_score_creates_no_store(setup, tmp_path, capsys):
+    from nowcast.flows.cli import main
+
+    _, archive, models = setup
+    forecasts = str(tmp_path / "f.zarr")
+    for command in ("score", "backfill"):  # frame 10 is missing: 00:50 .. 01:00 have no complete input
+        code = main([command, "--archive", archive, "--forecasts", forecasts, "--models", str(models),
+                     "--model-name", MODEL, "--start", "2024-01-01T00:50", "--end", "2024-01-01T01:00"])
+        assert code == 0, capsys.readouterr().err
+        assert "without complete input" in capsys.readouterr().out
+        assert not groups.exists(forecasts)
+        assert not (tmp_path / "f.zarr").exists()
+
+
+@pytest.mark.fault("score", "a run interrupted while it creates a new forecast store",
+                   "no store is left (it is built beside the path and moved into place): the rerun scores")
+def test_an_interrupted_creation_leaves_no_store(setup, tmp_path, monkeypatch):
+    from nowcast.pipelines.stores import forecasts as forecast_store
+
+    _, archive, models = setup
+    url = str(tmp_path / "f.zarr")
+    spec = ScoringSpec(archive, url, str(models), MODEL, init_times=("2024-01-01T00:30",))
+    real = forecast_store.consolidate
+    monkeypatch.setattr(forecast_store, "consolidate", lambda group: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):  # as SIGINT arrives after the arrays, before the root is whole
+        run(spec)
+    assert not (tmp_path / "f.zarr").exists()
+    assert not list(tmp_path.glob("f.zarr.creating-*"))
+    monkeypatch.setattr(forecast_store, "consolidate", real)
+    assert run(spec).scored == 1
