@@ -222,12 +222,20 @@ def cmd_models(args: argparse.Namespace) -> int:
     names = [args.model] if args.model else known
     if not names:
         print(f"no models in {args.models}; train one with `nowcast train`")
-    for name in names:
-        promoted = registry.promoted_version(args.models, name)
+    for name in names:  # a damaged version or pointer is listed as such, never hides the sound ones
         print(name)
+        try:
+            promoted = registry.promoted_version(args.models, name)
+        except registry.RegistryError as error:
+            promoted = None
+            print(f"  latest: {error}")
         for version in registry.list_versions(args.models, name):
-            metadata = registry.read_metadata(registry.resolve_version(args.models, name, version))
             mark = "  latest" if version == promoted else ""
+            try:
+                metadata = registry.read_metadata(registry.resolve_version(args.models, name, version))
+            except registry.RegistryError as error:
+                print(f"  {version}  damaged: {error}{mark}")
+                continue
             print(f"  {version}  saved {metadata.get('saved_at', '?')}{mark}")
     return 0
 

@@ -195,8 +195,16 @@ def promote_version(root: str | Path, name: str, version: str) -> None:
     _check_part(version, "version")
     fs, parent = _location(root, name)
     if not fs.isfile(f"{parent}/{version}/{METADATA_FILE}"):
+        known = ", ".join(list_versions(root, name)) or "none"
         raise RegistryError(f"cannot promote {name}/{version}: {_url(fs, f'{parent}/{version}')} is not a "
-                            "saved version")
+                            f"saved version (versions of {name}: {known})")
+    try:  # a promoted version that cannot score stops every scheduled forecast that follows latest
+        verify_version(root, name, version, archive=None)
+    except RegistryError as error:
+        raise type(error)(f"cannot promote {name}/{version}: {error}") from None
+    if fs.isdir(f"{parent}/{LATEST}"):
+        raise RegistryError(f"{_url(fs, f'{parent}/{LATEST}')} is a folder where the pointer file belongs: "
+                            "move it aside, then promote again")
     if isinstance(fs, LocalFileSystem):
         tmp = os.path.join(parent, f".{LATEST}.{os.getpid()}.tmp")
         Path(tmp).write_text(version + "\n")
@@ -207,13 +215,16 @@ def promote_version(root: str | Path, name: str, version: str) -> None:
 
 def resolve_version(root: str | Path, name: str, version: str = LATEST) -> str:
     """The folder (path or URL) of ``name/version``, following the ``latest`` pointer."""
+    _check_part(name, "name")  # `../other/name` once scored with another registry's model
+    if version != LATEST:
+        _check_part(version, "version")
     fs, parent = _location(root, name)
     if version == LATEST:
         promoted = promoted_version(root, name)
         if promoted is None:
             pointer = _url(fs, f"{parent}/{LATEST}")
-            raise RegistryError(f"no promoted version of {name!r} in {root}: {pointer} is missing; save a "
-                                "model with promote=True or give a version")
+            raise RegistryError(f"no promoted version of {name!r} in {root}: {pointer} is missing; promote a "
+                                f"version (`nowcast models promote {name}/VERSION`) or give one")
         version = promoted
     path = f"{parent}/{version}"
     if not fs.isfile(f"{path}/{MODEL_FILE}") or not fs.isfile(f"{path}/{METADATA_FILE}"):
@@ -233,7 +244,10 @@ def read_metadata(version_dir: str, file: str = METADATA_FILE) -> dict[str, Any]
 def _json(fs: Any, path: str) -> Any:
     """The JSON document at ``path``; a file that is not one is a damaged version, named with the fix."""
     try:
-        return json.loads(fs.cat_file(path))
+        document = json.loads(fs.cat_file(path))
+        if not isinstance(document, dict):  # `[]` once reached the callers' .get as an AttributeError
+            raise ValueError(f"a JSON {type(document).__name__}, not an object")
+        return document
     except FileNotFoundError as missing:
         raise RegistryError(f"{_url(fs, path)} is missing: the model version is damaged; restore it from a "
                             "copy, or promote or train another version (`nowcast models list`)") from missing
@@ -256,7 +270,19 @@ def promoted_version(root: str | Path, name: str) -> str | None:
     """The version ``latest`` points at; None when none is promoted."""
     fs, parent = _location(root, name)
     pointer = f"{parent}/{LATEST}"
-    return fs.cat_file(pointer).decode().strip() if fs.isfile(pointer) else None
+    if fs.isdir(pointer):
+        raise RegistryError(f"{_url(fs, pointer)} is a folder where the pointer file belongs: move it aside, "
+                            f"then promote a version (`nowcast models promote {name}/VERSION`)")
+    if not fs.isfile(pointer):
+        return None
+    try:
+        version = fs.cat_file(pointer).decode().strip()
+        _check_part(version, "version")
+    except (UnicodeDecodeError, RegistryError):
+        raise RegistryError(f"{_url(fs, pointer)} is damaged (it does not hold a version name): promote a "
+                            f"version again (`nowcast models promote {name}/VERSION`; `nowcast models list "
+                            f"{name}` shows them)") from None
+    return version
 
 
 def list_versions(root: str | Path, name: str) -> list[str]:

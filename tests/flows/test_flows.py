@@ -182,8 +182,8 @@ def test_a_damaged_promotion_is_passed_over_by_the_schedule(trained):
     assert forecast_flow(params).scored == 2
     damaged = models / params.model_name / "v-damaged"
     shutil.copytree(models / params.model_name / result.version, damaged)
-    (damaged / "model.keras").write_bytes(b"not the model that was saved")
-    promote_version(models, params.model_name, damaged.name)
+    promote_version(models, params.model_name, damaged.name)  # sound when promoted (promote checks it),
+    (damaged / "model.keras").write_bytes(b"not the model that was saved")  # damaged on disk since
 
     latest = params.model_copy(update={"model_version": "latest", "lookback": 3})
     run = forecast_flow(latest)

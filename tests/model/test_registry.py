@@ -203,3 +203,85 @@ def test_a_registry_on_an_object_store_saves_promotes_and_loads(s3_bucket, tmp_p
     fs.rm(f"{root}/cnn_lstm/v1/metadata.json".removeprefix("s3://"))
     with pytest.raises(registry.RegistryError, match="not a complete model version"):
         registry.load_model(root, "cnn_lstm", "v1", archive=ARCHIVE)
+
+
+@pytest.fixture
+def two_versions(tmp_path):
+    """cnn_lstm saved twice (v1, v2 promoted), the smallest model."""
+    keras.utils.set_random_seed(0)
+    model = build_model("cnn_lstm", ArchitectureConfig(t_in=3, t_out=2, height=8, width=8, filters=(4,),
+                                                       lstm_units=4))
+    for version in ("v1", "v2"):
+        registry.save_model(model, tmp_path, "cnn_lstm", _metadata(), {"val_loss": 0.5}, version=version)
+    return tmp_path
+
+
+@pytest.mark.fault("models", "promoting a version that is incomplete or damaged",
+                   "refused naming why (it was promoted, and every schedule following latest failed); "
+                   "latest unchanged")
+def test_only_a_sound_version_is_promoted(two_versions):
+    root = two_versions
+    (root / "cnn_lstm" / "v3").mkdir()
+    (root / "cnn_lstm" / "v3" / "metadata.json").write_text("{}")
+    with pytest.raises(registry.RegistryError, match=r"cannot promote cnn_lstm/v3: .* not a complete model"):
+        registry.promote_version(root, "cnn_lstm", "v3")
+    (root / "cnn_lstm" / "v1" / "model.keras").write_bytes(b"overwritten")
+    with pytest.raises(registry.ChecksumMismatchError, match=r"cannot promote cnn_lstm/v1: .*sha256"):
+        registry.promote_version(root, "cnn_lstm", "v1")
+    assert registry.promoted_version(root, "cnn_lstm") == "v2"
+
+
+@pytest.mark.parametrize("damage", ["not text", "a folder", "empty"])
+@pytest.mark.fault("models", "a `latest` pointer that is not a version name (binary, empty, a folder)",
+                   "refused naming the pointer and the fix (promote again), no traceback; promote repairs it "
+                   "(a folder is refused: move it aside)")
+def test_a_damaged_latest_pointer_is_named(two_versions, damage):
+    root = two_versions
+    pointer = root / "cnn_lstm" / "latest"
+    pointer.unlink()
+    if damage == "a folder":
+        pointer.mkdir()
+    else:
+        pointer.write_bytes(b"\xff\xfe" if damage == "not text" else b"\n")
+    with pytest.raises(registry.RegistryError, match=r"latest is (damaged|a folder)"):
+        registry.resolve_version(root, "cnn_lstm")
+    if damage == "a folder":
+        with pytest.raises(registry.RegistryError, match="move it aside"):
+            registry.promote_version(root, "cnn_lstm", "v1")
+        assert not list((root / "cnn_lstm").glob(".latest*"))
+        return
+    registry.promote_version(root, "cnn_lstm", "v1")
+    assert registry.resolve_version(root, "cnn_lstm").endswith("v1")
+
+
+@pytest.mark.fault("models", "a version's metadata.json or metrics.json that is JSON but not an object",
+                   "refused naming the file (it was an AttributeError traceback in list, show and score)")
+def test_a_json_document_that_is_not_an_object_is_a_damaged_version(two_versions):
+    root = two_versions
+    (root / "cnn_lstm" / "v2" / "metadata.json").write_text("[]")
+    with pytest.raises(registry.RegistryError, match=r"v2/metadata.json .*a JSON list, not an object"):
+        registry.read_metadata(registry.resolve_version(root, "cnn_lstm"))
+
+
+@pytest.mark.fault("models", "a model name or version with '..' given to score, backfill or show",
+                   "refused as not a plain folder name (it read another registry's model)")
+def test_names_that_leave_the_registry_are_refused(two_versions, tmp_path_factory):
+    other = tmp_path_factory.mktemp("empty_registry")
+    with pytest.raises(registry.RegistryError, match="must be a plain folder name"):
+        registry.resolve_version(other, f"../{two_versions.name}/cnn_lstm")
+    with pytest.raises(registry.RegistryError, match="must be a plain folder name"):
+        registry.resolve_version(two_versions, "cnn_lstm", "../cnn_lstm/v1")
+
+
+@pytest.mark.fault("models", "a damaged version among sound ones in `nowcast models list`",
+                   "every version is listed, the damaged one marked with why; exit 0 (it stopped at the "
+                   "first damaged one and hid the rest)")
+def test_models_list_marks_a_damaged_version_and_shows_the_rest(two_versions, capsys):
+    from nowcast.flows.cli import main
+
+    (two_versions / "cnn_lstm" / "v1" / "metadata.json").write_text("{trunc")
+    assert main(["models", "list", "--models", str(two_versions)]) == 0
+    out = capsys.readouterr().out
+    assert "v1  damaged: " in out
+    assert "v2  saved " in out
+    assert out.rstrip().endswith("latest")
