@@ -22,7 +22,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, ClassVar, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from nowcast.errors import InputError
 from nowcast.pipelines.stores.groups import is_local, local_path
@@ -134,7 +142,24 @@ def _as_utc(text: str) -> str:
     return stamp.astimezone(datetime.UTC).replace(tzinfo=None).isoformat()
 
 
-StoreUrl = Annotated[str, Field(min_length=1)]
+def _placeable(url: str) -> str:
+    """A local store path that can exist: not a link to nothing, not under a file (both were tracebacks,
+    one of them after a whole training run)."""
+    if not is_local(url):
+        return url
+    path = Path(local_path(url))
+    if path.is_symlink() and not path.exists():
+        raise ParameterError(f"{url} is a symbolic link to {os.readlink(path)}, which does not exist: create "
+                             "the target, or give the real path")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ParameterError(f"{url}: {parent} is a file, not a folder; give a path under a folder")
+            break
+    return url
+
+
+StoreUrl = Annotated[str, Field(min_length=1), AfterValidator(_placeable)]
 # bounds shared by several forms, so a typo cannot start work no memory, disk or lifetime holds
 MAX_SEED = 2**32 - 1  # NumPy's legacy seeding, which Keras's set_random_seed uses, takes no more
 MAX_SYNTHETIC_FRAMES = 100_000  # about a year of 5-minute frames
@@ -185,8 +210,8 @@ class _Stores(BaseModel):
             value = getattr(self, name)
             if value is not None:
                 url = absolute(value) if local_user else check_store_url(value)
-                # a store that is a file is named by its kind's own check; the work folder has none
-                setattr(self, name, not_a_file(url, name) if name == "workdir" else url)
+                # a store that is a file is named by its kind's own check; folders of others have none
+                setattr(self, name, not_a_file(url, name) if name in ("workdir", "models") else url)
         return self
 
 
@@ -433,6 +458,13 @@ class EvaluateParams(_ModelChoice):
             raise ParameterError("forecasts are verified against the archive's later frames: give archive "
                                  "too (the archive.zarr they were scored from)")
         _kind_is(self.windows, "windows")
+        if self.forecasts:  # checked before the split's verification, not after it
+            from nowcast.pipelines.stores.groups import exists
+
+            _archive_exists(str(self.archive))
+            if not exists(self.forecasts):
+                raise ParameterError(f"no forecast store at {self.forecasts} to verify; score into it first "
+                                     "(`nowcast score`), or leave forecasts out")
         _kind_is(self.archive, "archive")
         _kind_is(self.forecasts, "forecasts")
         return self

@@ -80,12 +80,14 @@ class Lease:
 
 
 def lock_url(store: str) -> str:
-    """The lock folder of a store: beside it, named after it.
+    """The lock folder of a store: beside it (beside the folder a link leads to), named after it.
 
     >>> lock_url("s3://bucket/archive.zarr/"), lock_url("file:///data/forecasts.zarr")
     ('s3://bucket/archive.zarr.lock', '/data/forecasts.zarr.lock')
     """
-    base = local_path(store) if is_local(store) else store
+    # a local store is locked by its real path: two writers reaching it through a link and by its own
+    # name held two locks and did not exclude each other
+    base = os.path.realpath(local_path(store)) if is_local(store) else store
     return base.rstrip("/") + SUFFIX
 
 

@@ -272,3 +272,36 @@ def test_home_is_expanded_and_a_file_is_no_work_folder(tmp_path, monkeypatch, ca
         assert cli.main([*argv, "--workdir", "afile"]) == 2
         assert f"workdir {tmp_path / 'afile'} is a file, not a folder" in capsys.readouterr().err
     assert sorted(path.name for path in tmp_path.iterdir()) == ["afile", "home"]
+
+
+@pytest.mark.fault("command line", "a store path that is a link to nothing, lies under a file, or a "
+                   "`--models` that is a file; evaluate's forecasts or archive that do not exist",
+                   "exit 2 naming the path before any work (each was a traceback: one after a whole training "
+                   "run, evaluate's after its verification)")
+def test_store_paths_that_cannot_exist_are_refused_before_any_work(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("")
+    (tmp_path / "dangling.zarr").symlink_to(tmp_path / "nowhere.zarr")
+    archive = make_archive(str(tmp_path / "archive.zarr"), 12, (16, 16), 4)
+    models = tmp_path / "models"
+    save_tiny_model(models, archive, synthetic_stats(12, (16, 16)), patch=(16, 16), t_in=3, t_out=2)
+    model = ["--models", str(models), "--model-name", MODEL]
+    cases = [
+        (["ingest", "--synthetic", "--frames", "4", "--size", "16", "--archive", "dangling.zarr"],
+         "is a symbolic link to"),
+        (["score", "--archive", archive, "--forecasts", "afile/f.zarr"], "afile is a file, not a folder"),
+        (["train", "--archive", archive, "--windows", "w.zarr", "--models", "afile"],
+         "models " + str(tmp_path / "afile") + " is a file, not a folder"),
+        (["evaluate", "--windows", "w.zarr", "--workdir", "afile/ev"], "afile is a file, not a folder"),
+        (["evaluate", *model, "--windows", "w.zarr", "--archive", archive, "--forecasts", "none.zarr"],
+         "no forecast store at"),
+        (["evaluate", *model, "--windows", "w.zarr", "--archive", "none.zarr", "--forecasts", archive],
+         "no archive at"),
+    ]
+    before = sorted(path.name for path in tmp_path.iterdir())
+    for argv, message in cases:
+        assert cli.main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err, (argv, err)
+        assert "Traceback" not in err
+    assert sorted(path.name for path in tmp_path.iterdir()) == before

@@ -161,3 +161,28 @@ def test_a_lease_term_out_of_bounds_is_refused(value, monkeypatch):
         default_lease_s()
     monkeypatch.setenv("NOWCAST_LOCK_LEASE_S", "86400")
     assert default_lease_s() == 86_400.0
+
+
+@pytest.mark.fault("stores", "two writers reaching one store through a symbolic link and by its own name",
+                   "they take one lock (the real path's) and exclude each other; each held its own")
+def test_a_store_reached_through_a_link_has_one_lock(tmp_path):
+    real = tmp_path / "real.zarr"
+    real.mkdir()
+    (tmp_path / "link.zarr").symlink_to(real)
+    assert lock_url(str(tmp_path / "link.zarr")) == lock_url(str(real)) == f"{real}.lock"
+    held, results = threading.Event(), []
+
+    def other_thread() -> None:
+        held.wait()
+        try:
+            with store_lock(str(tmp_path / "link.zarr"), "ingest", wait_s=0.3):
+                results.append("got it")
+        except LockTimeoutError:
+            results.append("refused")
+
+    thread = threading.Thread(target=other_thread)
+    thread.start()
+    with store_lock(str(real), "ingest"):
+        held.set()
+        thread.join()
+    assert results == ["refused"]
