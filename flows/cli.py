@@ -117,7 +117,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     run = local(train_flow)(params_from_args(TrainParams, args))  # its fit task draws the epochs' bar
     print(run.table)
-    print(f"{'promoted' if run.promoted else 'registered (not promoted)'} {run.path}")
+    print(f"{'promoted' if run.promoted else 'registered (not promoted)'} {run.path}: {run.verdict}")
     return 0
 
 

@@ -91,7 +91,8 @@ def _evaluate(params: EvaluateParams, workdir: Path) -> EvaluateRun:
     if params.forecasts and params.archive:
         stored = verify_store(params)
         if stored is None:
-            logger.info("no written forecast of %s has its truth in the archive yet", params.forecasts)
+            logger.warning("no stored forecast verified: no written forecast of %s has its truth in the "
+                           "archive yet (score earlier init times, or ingest later frames)", params.forecasts)
         else:
             stored_md = table(stored)
             print(stored_md)

@@ -13,6 +13,7 @@ where it was; the run's report says by how much it won or lost.
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -52,6 +53,7 @@ class TrainRun:
     table: str
     counts: dict[str, object]
     pictures: dict[str, str]
+    verdict: str = ""
 
 
 def _epoch_log():
@@ -178,6 +180,9 @@ def _train(params: TrainParams, workdir: Path) -> TrainRun:
     ours, base = result.mean(params.architecture, "mae"), result.mean(BASELINE, "mae")
     by = (f"mean CSI at 1 mm/h {margins['csi_1']:+.3f}, mean MAE {-margins['mae']:+.3f} mm/h against LK "
           "extrapolation on the validation split")
+    if not math.isfinite(margins["csi_1"]):
+        by += ("; no validation pixel reaches 1 mm/h, so CSI cannot tell them apart: cut windows from a "
+               "wetter archive, or promote with `nowcast models promote`")
     verdict = verdict_text(version, promote, better, params.promote, by)
     logger.info(verdict)
     markdown = table(result)
@@ -191,4 +196,5 @@ def _train(params: TrainParams, workdir: Path) -> TrainRun:
     print(markdown)
     return TrainRun(version=version, path=str(version_dir), promoted=promote, val_mae=ours,
                     extrapolation_mae=base, margins=margins, table=markdown, counts=counts,
-                    pictures={k: published(Path(v), workdir, params.workdir) for k, v in pictures.items()})
+                    pictures={k: published(Path(v), workdir, params.workdir) for k, v in pictures.items()},
+                    verdict=verdict)

@@ -434,6 +434,10 @@ def ingest_items(spec: IngestSpec, items: Sequence[SourceItem],
     info = _settled_info(spec.archive) if existed else None
     if info is not None:
         check_fields(info, fields)
+        if spec.start and to_datetime64(spec.start) != info.start:  # once ignored without a word
+            raise IngestError(f"--start {spec.start} sets a new archive's first time; {spec.archive} starts "
+                              f"at {info.start}: leave --start out (frames go where their times are), or "
+                              "ingest into a new archive")
         check_axis_growth(frame_indices(items, info.start, info.time_step), info.length, info.start,
                           info.time_step)
     else:

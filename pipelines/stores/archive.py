@@ -18,6 +18,7 @@ import dataclasses
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import xarray as xr
@@ -372,12 +373,26 @@ def create_archive(
     return read_info(url)
 
 
+def _refuse_other_kind(url: str, group: Any) -> None:
+    """Names a forecasts or windows store given as an archive (it was called "not written by nowcast")."""
+    from nowcast.pipelines.stores.integrity import store_kind
+
+    try:
+        kind = store_kind(group)
+    except (StoreError, ValueError):
+        return
+    if kind != "archive":
+        raise ArchiveError(f"{url} is a {kind} store, not an archive: give an archive's path (or, to ingest, "
+                           "a new one)")
+
+
 def read_info(url: str) -> ArchiveInfo:
     """Reads the archive's layout from metadata only and checks it is consistent."""
     group = open_group(url, error=ArchiveError)
     attrs = dict(group.attrs)
     for key in ("time_step", "time_start"):
         if key not in attrs:
+            _refuse_other_kind(url, group)
             raise ArchiveError(
                 f"archive {url} lacks the attribute {key!r}; it was not written by nowcast. "
                 "Re-ingest the data with nowcast ingest"
@@ -387,6 +402,7 @@ def read_info(url: str) -> ArchiveInfo:
     fields = tuple(FieldSpec.from_attrs(name, dict(arr.attrs)) for name, arr in sorted(arrays.items())
                    if dimension_names(arr) == FRAME_DIMS)
     if not fields:
+        _refuse_other_kind(url, group)
         raise ArchiveError(f"archive {url} has no (time, y, x) variable")
     if VALID not in arrays:
         raise ArchiveError(f"archive {url} lacks the per-frame {VALID!r} flag")

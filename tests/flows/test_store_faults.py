@@ -94,3 +94,20 @@ def test_windows_overwrite_never_replaces_another_store(good, tmp_path):
     with pytest.raises(WindowsError, match="not a windows store"):
         run_in_process(job)
     assert snapshot(str(other)) == before
+
+
+@pytest.mark.fault("stores", "a windows store given as the archive to summary, ingest or windows",
+                   "exit 2 naming its kind (it was called \"not written by nowcast: re-ingest\"); unchanged")
+def test_a_windows_store_given_as_archive_is_named_by_its_kind(good, tmp_path, capsys):
+    from nowcast.pipelines.jobs.windows import WindowJob, run_in_process
+    from nowcast.pipelines.plans.window_spec import WindowSpec
+
+    windows = tmp_path / "windows.zarr"
+    run_in_process(WindowJob(str(good), str(windows), WindowSpec(("precip",), "precip", t_in=2, t_out=1)))
+    before = snapshot(str(windows))
+    for command in (["summary", "--archive", str(windows)], ["ingest", "--archive", str(windows), *SYNTHETIC],
+                    ["windows", "--archive", str(windows), "--windows", str(tmp_path / "w2.zarr")]):
+        assert cli.main(command) == 2
+        err = capsys.readouterr().err
+        assert f"{windows} is a windows store, not an archive" in err, err
+    assert snapshot(str(windows)) == before

@@ -184,3 +184,15 @@ def test_archive_readable_with_plain_xarray(tmp_path):
     assert ds["precip"].dims == ("time", "y", "x")
     assert ds["precip"].dtype == np.float32
     assert str(ds.time.values[0].astype("datetime64[s]")) == "2024-01-01T00:00:00"
+
+
+@pytest.mark.fault("ingest", "--start that differs from an existing archive's start",
+                   "refused naming both (it was ignored without a word); the archive's own start is accepted")
+def test_a_start_other_than_the_archives_is_refused(tmp_path):
+    _, url = ingest(tmp_path, ArraySource(times("2024-01-01T00:00", 4)))
+    before = snapshot(url)
+    with pytest.raises(IngestError, match="--start 2020-01-01T00:00 sets a new archive's first time"):
+        ingest(tmp_path, ArraySource(times("2024-01-01T00:20", 2)), start="2020-01-01T00:00")
+    assert snapshot(url) == before
+    result, _ = ingest(tmp_path, ArraySource(times("2024-01-01T00:20", 2)), start="2024-01-01T00:00")
+    assert result.frames_written == 2
