@@ -352,7 +352,13 @@ def _stack_action(stack, args: argparse.Namespace) -> int:
 
 
 class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults after each option's help, examples kept as written."""
+    """Defaults after each option's help, examples kept as written; a help that names its own default
+    (``(default: first frame)``) does not get argparse's ``(default: None)`` after it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.help and "(default:" in action.help:
+            return action.help
+        return super()._get_help_string(action)
 
 
 EXAMPLES = {

@@ -145,6 +145,9 @@ def _as_utc(text: str) -> str:
 def _placeable(url: str) -> str:
     """A local store path that can exist: not a link to nothing, not under a file (both were tracebacks,
     one of them after a whole training run)."""
+    if "::" in url:  # fsspec reads it as a chain of URLs: a lock landed in a folder named after the prefix
+        raise ParameterError(f"{url}: '::' chains URLs in fsspec, so this path would not be the folder it "
+                             "names; choose a path without '::'")
     if not is_local(url):
         return url
     path = Path(local_path(url))
