@@ -8,6 +8,8 @@ time coordinate.
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import re
 from typing import Any
 
@@ -62,7 +64,17 @@ def format_time_step(step: np.timedelta64) -> str:
 
 
 def to_datetime64(value: Any) -> np.datetime64:
-    """Normalises a timestamp (str, datetime, numpy) to ``datetime64[s]``."""
+    """Normalises a timestamp (str, datetime, numpy) to ``datetime64[s]``, UTC; an offset in an ISO
+    string is applied rather than left to numpy, which warns about it.
+
+    >>> to_datetime64("2024-01-01T01:00+01:00"), to_datetime64("2024-01-01T00:00Z")
+    (np.datetime64('2024-01-01T00:00:00'), np.datetime64('2024-01-01T00:00:00'))
+    """
+    if isinstance(value, str) and ("Z" in value[10:] or "+" in value[10:] or value[10:].count("-")):
+        with contextlib.suppress(ValueError):  # not ISO: numpy's own error names it
+            parsed = datetime.datetime.fromisoformat(value)
+            if parsed.tzinfo is not None:
+                value = parsed.astimezone(datetime.UTC).replace(tzinfo=None)
     return np.datetime64(value, "s")
 
 
