@@ -134,7 +134,7 @@ def scheduled_version(spec: ScoringSpec) -> tuple[str, str | None]:
     except RegistryError as error:
         refusal = error
     else:
-        return str(promoted.metadata["version"]), None
+        return _folder_name(promoted.path), None
     previous = last_writer(spec.forecasts)
     if previous is None:
         raise refusal
@@ -145,6 +145,13 @@ def scheduled_version(spec: ScoringSpec) -> tuple[str, str | None]:
     return previous, (f"the promoted version of {spec.model} cannot score: {refusal}; scored with "
                       f"{previous}, the version that wrote the newest forecast, until a working version is "
                       "promoted (`nowcast models promote`)")
+
+
+def _folder_name(version_dir: str) -> str:
+    """A version's name in the registry: its folder's, which ``latest`` and the listings use (the
+    metadata's ``version`` stays what it was saved as: a copied or renamed folder once made scoring
+    look for the old folder)."""
+    return version_dir.rstrip("/").rsplit("/", 1)[-1]
 
 
 def resolve_model(spec: ScoringSpec, archive: ArchiveInfo) -> ModelRef:
@@ -166,7 +173,7 @@ def resolve_model(spec: ScoringSpec, archive: ArchiveInfo) -> ModelRef:
     field = archive.field(target)
     identity = StoreIdentity(model_name=spec.model, archive=archive.fingerprint(), target=target,
                              t_in=int(metadata["t_in"]), t_out=int(metadata["t_out"]))
-    return ModelRef(identity=identity, version=str(metadata["version"]),
+    return ModelRef(identity=identity, version=_folder_name(path),
                     sha256=str(metadata.get("model_sha256", "")), channels=channels,
                     archive_description=description.to_dict(),
                     valid_range=(field.valid_min, field.valid_max))

@@ -380,3 +380,19 @@ def test_an_interrupted_creation_leaves_no_store(setup, tmp_path, monkeypatch):
     assert not list(tmp_path.glob("f.zarr.creating-*"))
     monkeypatch.setattr(forecast_store, "consolidate", real)
     assert run(spec).scored == 1
+
+
+@pytest.mark.fault("score", "a version folder copied or renamed (its metadata still names the old version)",
+                   "scored under the folder's name, the one `latest` and the listings use (scoring looked "
+                   "for the old folder and called it incomplete)")
+def test_a_renamed_version_folder_scores_under_its_folder_name(setup, tmp_path):
+    from nowcast.model.registry import promote_version
+
+    _, archive, models = setup
+    registry = tmp_path / "models"
+    (registry / MODEL).mkdir(parents=True)
+    shutil.copytree(models / MODEL / "v1", registry / MODEL / "v7")
+    promote_version(registry, MODEL, "v7")
+    url = str(tmp_path / "f.zarr")
+    assert run(ScoringSpec(archive, url, str(registry), MODEL, init_times=("2024-01-01T00:30",))).scored == 1
+    assert open_forecasts(url)["model_version"].values[6] == "v7"
