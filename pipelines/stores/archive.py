@@ -31,8 +31,10 @@ from nowcast.pipelines.stores.groups import (
     arrays_along,
     consolidate,
     created_whole,
+    damaged_metadata,
     dimension_names,
     grow_axis,
+    metadata_damage,
     not_a_store,
     open_group,
     readable_members,
@@ -374,8 +376,13 @@ def create_archive(
 
 
 def _refuse_other_kind(url: str, group: Any) -> None:
-    """Names a forecasts or windows store given as an archive (it was called "not written by nowcast")."""
+    """Names a forecasts or windows store given as an archive (it was called "not written by nowcast"),
+    or an array whose zarr.json is gone (zarr then does not see it: "no (time, y, x) variable")."""
     from nowcast.pipelines.stores.integrity import store_kind
+
+    damaged = damaged_metadata(url)
+    if damaged:
+        raise ArchiveError(metadata_damage(url, damaged))
 
     try:
         kind = store_kind(group)
@@ -405,6 +412,7 @@ def read_info(url: str) -> ArchiveInfo:
         _refuse_other_kind(url, group)
         raise ArchiveError(f"archive {url} has no (time, y, x) variable")
     if VALID not in arrays:
+        _refuse_other_kind(url, group)
         raise ArchiveError(f"archive {url} lacks the per-frame {VALID!r} flag")
     time_lengths = {name: arr.shape[0] for name, arr in arrays_along(group, "time").items()}
     if len(set(time_lengths.values())) != 1:
