@@ -229,7 +229,11 @@ def cmd_models(args: argparse.Namespace) -> int:
         except registry.RegistryError as error:
             promoted = None
             print(f"  latest: {error}")
-        for version in registry.list_versions(args.models, name):
+        versions = registry.list_versions(args.models, name)
+        if promoted is not None and promoted not in versions:
+            print(f"  latest: points at {promoted}, which is not a saved version: promote one "
+                  f"(`nowcast models promote {name}/VERSION`)")
+        for version in versions:
             mark = "  latest" if version == promoted else ""
             try:
                 metadata = registry.read_metadata(registry.resolve_version(args.models, name, version))

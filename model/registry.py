@@ -358,7 +358,12 @@ def check_archive(metadata: Mapping[str, Any], archive: ArchiveDescription) -> N
     Raises:
         ArchiveMismatchError: naming every difference found.
     """
-    trained = ArchiveDescription.from_dict(metadata["archive"])
+    try:
+        trained = ArchiveDescription.from_dict(metadata["archive"])
+    except (KeyError, TypeError, ValueError, AttributeError) as error:  # was a KeyError traceback
+        raise RegistryError(f"the version's metadata does not record its training archive ({error!r}): it is "
+                            "damaged or was not saved by nowcast; restore it, or promote or train another "
+                            "version (`nowcast models list`)") from None
     problems = []
     if trained.time_step != archive.time_step:
         problems.append(f"time step: model trained on {trained.time_step}, archive has {archive.time_step}")

@@ -285,3 +285,17 @@ def test_models_list_marks_a_damaged_version_and_shows_the_rest(two_versions, ca
     assert "v1  damaged: " in out
     assert "v2  saved " in out
     assert out.rstrip().endswith("latest")
+
+
+@pytest.mark.fault("models", "a version whose metadata lacks its training archive; `latest` naming a version "
+                   "that is gone",
+                   "the first is refused naming the damage (a KeyError traceback in score); `models list` "
+                   "says where latest points and the fix")
+def test_metadata_without_its_archive_and_a_latest_to_nothing_are_named(two_versions, capsys):
+    from nowcast.flows.cli import main
+
+    with pytest.raises(registry.RegistryError, match="does not record its training archive"):
+        registry.check_archive({"t_in": 3}, ARCHIVE)
+    (two_versions / "cnn_lstm" / "latest").write_text("v9\n")
+    assert main(["models", "list", "--models", str(two_versions)]) == 0
+    assert "latest: points at v9, which is not a saved version" in capsys.readouterr().out
