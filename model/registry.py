@@ -183,12 +183,12 @@ def save_model(model: keras.Model, root: str | Path, name: str, metadata: Mappin
         else:  # metadata.json last: until it lands, readers see no version here
             for file in files:
                 fs.put_file(str(staging / file), f"{final}/{file}")
-    if promote:
-        promote_version(root, name, version)
+    if promote:  # just written from the bytes its checksum was taken of: not downloaded again to verify
+        promote_version(root, name, version, verify=False)
     return _url(fs, final)
 
 
-def promote_version(root: str | Path, name: str, version: str) -> None:
+def promote_version(root: str | Path, name: str, version: str, *, verify: bool = True) -> None:
     """Atomically points ``root/name/latest`` at an existing version (a plain folder name: ``a/../b`` once
     pointed ``latest`` outside the name's versions)."""
     _check_part(name, "name")
@@ -199,7 +199,8 @@ def promote_version(root: str | Path, name: str, version: str) -> None:
         raise RegistryError(f"cannot promote {name}/{version}: {_url(fs, f'{parent}/{version}')} is not a "
                             f"saved version (versions of {name}: {known})")
     try:  # a promoted version that cannot score stops every scheduled forecast that follows latest
-        verify_version(root, name, version, archive=None)
+        if verify:
+            verify_version(root, name, version, archive=None)
     except RegistryError as error:
         raise type(error)(f"cannot promote {name}/{version}: {error}") from None
     if fs.isdir(f"{parent}/{LATEST}"):
