@@ -14,7 +14,6 @@ the working directory of the process running the flow is the only root.
 
 from __future__ import annotations
 
-import datetime
 import glob
 import os
 import re
@@ -34,7 +33,7 @@ from pydantic import (
 
 from nowcast.errors import InputError
 from nowcast.pipelines.stores.groups import is_local, local_path
-from nowcast.pipelines.stores.timeaxis import DEFAULT_TIME_CHUNK, MAX_TIME_CHUNK
+from nowcast.pipelines.stores.timeaxis import DEFAULT_TIME_CHUNK, MAX_TIME_CHUNK, to_datetime64
 
 if TYPE_CHECKING:  # Beam is imported when a job runs, not when a form or the command line is built
     from nowcast.pipelines.jobs.runners import RunnerOptions
@@ -122,24 +121,12 @@ def parse_time(value: str, name: str) -> np.datetime64:
     """
     text = str(value).strip().removesuffix("Z")
     try:
-        parsed = np.datetime64(_as_utc(text), "s")
+        parsed = to_datetime64(text)  # an offset applied there: numpy would warn about it
     except ValueError:
         raise ParameterError(f"{name} {value!r} is not an ISO 8601 time such as 2024-01-01T06:00") from None
     if np.isnat(parsed):
         raise ParameterError(f"{name} is empty; give an ISO 8601 time such as 2024-01-01T06:00")
     return parsed
-
-
-def _as_utc(text: str) -> str:
-    """``text`` with its UTC offset, if it has one, applied and dropped: numpy still converts an offset but
-    warns that timezones are deprecated, a warning the user can do nothing about."""
-    try:
-        stamp = datetime.datetime.fromisoformat(text)
-    except ValueError:
-        return text  # no offset Python reads (or not a time): numpy parses it, or says it cannot
-    if stamp.tzinfo is None:
-        return text
-    return stamp.astimezone(datetime.UTC).replace(tzinfo=None).isoformat()
 
 
 def _placeable(url: str) -> str:
