@@ -142,17 +142,13 @@ def verdict_text(version: str, promoted: bool, better: bool, policy: str, by: st
     return f"promoted {version} to latest ({by})" if promoted else f"kept {version} unpromoted: {beats}"
 
 
-def version_name(version_dir: str) -> str:
-    """The version of a registry folder (path or URL)."""
-    return version_dir.rstrip("/").rsplit("/", 1)[-1]
-
-
 @task(name="verify")
 def verify(params: TrainParams, version: str) -> Verification:
     """Verifies the new version, persistence and LK extrapolation on the validation split."""
     from nowcast.model.verify import split_forecaster, verify_split
 
-    forecaster = split_forecaster(params.models, params.architecture, version_name(version), params.windows)
+    forecaster = split_forecaster(params.models, params.architecture, registry.version_name(version),
+                                  params.windows)
     return verify_split(params.windows, "val", forecaster, params.architecture,
                         baselines=("persistence", BASELINE))
 
@@ -170,7 +166,7 @@ def _train(params: TrainParams, workdir: Path) -> TrainRun:
     logger = get_run_logger()
     counts = cut_windows(params)
     version_dir = fit(params, workdir)
-    version = version_name(version_dir)
+    version = registry.version_name(version_dir)
     result = verify(params, version_dir)
     better = result.beats(params.architecture, BASELINE)
     promote = params.promote == "always" or (params.promote == "if_better" and better)

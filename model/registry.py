@@ -234,6 +234,13 @@ def resolve_version(root: str | Path, name: str, version: str = LATEST) -> str:
     return _url(fs, path)
 
 
+def version_name(version_dir: str) -> str:
+    """A version's name in the registry: its folder's (path or URL), which ``latest`` and the listings
+    use; the metadata's ``version`` stays what it was saved as, so a copied or renamed folder differs
+    (scoring once looked for the old folder)."""
+    return version_dir.rstrip("/").rsplit("/", 1)[-1]
+
+
 def read_metadata(version_dir: str, file: str = METADATA_FILE) -> dict[str, Any]:
     """A version's ``metadata.json`` (or another of its JSON files; ``{}`` when that one is absent)."""
     fs, path = filesystem(f"{version_dir.rstrip('/')}/{file}")

@@ -124,7 +124,7 @@ def scheduled_version(spec: ScoringSpec) -> tuple[str, str | None]:
     promotion does not stop the schedule (the reason goes to the run's log and report). Without such a
     version the promoted one's error is raised, as before.
     """
-    from nowcast.model.registry import LATEST, RegistryError, verify_version
+    from nowcast.model.registry import LATEST, RegistryError, verify_version, version_name
 
     if spec.version != LATEST:
         return spec.version, None
@@ -134,7 +134,7 @@ def scheduled_version(spec: ScoringSpec) -> tuple[str, str | None]:
     except RegistryError as error:
         refusal = error
     else:
-        return _folder_name(promoted.path), None
+        return version_name(promoted.path), None
     previous = last_writer(spec.forecasts)
     if previous is None:
         raise refusal
@@ -147,16 +147,9 @@ def scheduled_version(spec: ScoringSpec) -> tuple[str, str | None]:
                       "promoted (`nowcast models promote`)")
 
 
-def _folder_name(version_dir: str) -> str:
-    """A version's name in the registry: its folder's, which ``latest`` and the listings use (the
-    metadata's ``version`` stays what it was saved as: a copied or renamed folder once made scoring
-    look for the old folder)."""
-    return version_dir.rstrip("/").rsplit("/", 1)[-1]
-
-
 def resolve_model(spec: ScoringSpec, archive: ArchiveInfo) -> ModelRef:
     """Resolves ``latest``, checks the model against the archive, and describes the store it writes."""
-    from nowcast.model.registry import check_archive, read_metadata, resolve_version
+    from nowcast.model.registry import check_archive, read_metadata, resolve_version, version_name
 
     path = resolve_version(spec.models, spec.model, spec.version)
     metadata = read_metadata(path)
@@ -173,7 +166,7 @@ def resolve_model(spec: ScoringSpec, archive: ArchiveInfo) -> ModelRef:
     field = archive.field(target)
     identity = StoreIdentity(model_name=spec.model, archive=archive.fingerprint(), target=target,
                              t_in=int(metadata["t_in"]), t_out=int(metadata["t_out"]))
-    return ModelRef(identity=identity, version=_folder_name(path),
+    return ModelRef(identity=identity, version=version_name(path),
                     sha256=str(metadata.get("model_sha256", "")), channels=channels,
                     archive_description=description.to_dict(),
                     valid_range=(field.valid_min, field.valid_max))
