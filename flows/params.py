@@ -448,15 +448,15 @@ class EvaluateParams(_ModelChoice):
             raise ParameterError("forecasts are verified against the archive's later frames: give archive "
                                  "too (the archive.zarr they were scored from)")
         _kind_is(self.windows, "windows")
-        if self.forecasts:  # checked before the split's verification, not after it
-            from nowcast.pipelines.stores.groups import exists
+        if not self.forecasts:
+            _kind_is(self.archive, "archive")
+            return self
+        from nowcast.pipelines.stores.groups import exists
 
-            _archive_exists(str(self.archive))
-            if not exists(self.forecasts):
-                raise ParameterError(f"no forecast store at {self.forecasts} to verify; score into it first "
-                                     "(`nowcast score`), or leave forecasts out")
-        _kind_is(self.archive, "archive")
-        _kind_is(self.forecasts, "forecasts")
+        _scoring_stores(str(self.archive), self.forecasts)  # before the split's verification, not after it
+        if not exists(self.forecasts):
+            raise ParameterError(f"no forecast store at {self.forecasts} to verify; score into it first "
+                                 "(`nowcast score`), or leave forecasts out")
         return self
 
 

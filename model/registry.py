@@ -198,14 +198,12 @@ def promote_version(root: str | Path, name: str, version: str, *, verify: bool =
         known = ", ".join(list_versions(root, name)) or "none"
         raise RegistryError(f"cannot promote {name}/{version}: {_url(fs, f'{parent}/{version}')} is not a "
                             f"saved version (versions of {name}: {known})")
-    try:  # a promoted version that cannot score stops every scheduled forecast that follows latest
-        if verify:
+    if verify:  # a promoted version that cannot score stops every scheduled forecast that follows latest
+        try:
             verify_version(root, name, version, archive=None)
-    except RegistryError as error:
-        raise type(error)(f"cannot promote {name}/{version}: {error}") from None
-    if fs.isdir(f"{parent}/{LATEST}"):
-        raise RegistryError(f"{_url(fs, f'{parent}/{LATEST}')} is a folder where the pointer file belongs: "
-                            "move it aside, then promote again")
+        except RegistryError as error:
+            raise type(error)(f"cannot promote {name}/{version}: {error}") from None
+    _pointer(fs, parent, name)
     if isinstance(fs, LocalFileSystem):
         tmp = os.path.join(parent, f".{LATEST}.{os.getpid()}.tmp")
         Path(tmp).write_text(version + "\n")
@@ -277,10 +275,7 @@ def list_names(root: str | Path) -> list[str]:
 def promoted_version(root: str | Path, name: str) -> str | None:
     """The version ``latest`` points at; None when none is promoted."""
     fs, parent = _location(root, name)
-    pointer = f"{parent}/{LATEST}"
-    if fs.isdir(pointer):
-        raise RegistryError(f"{_url(fs, pointer)} is a folder where the pointer file belongs: move it aside, "
-                            f"then promote a version (`nowcast models promote {name}/VERSION`)")
+    pointer = _pointer(fs, parent, name)
     if not fs.isfile(pointer):
         return None
     try:
@@ -291,6 +286,15 @@ def promoted_version(root: str | Path, name: str) -> str | None:
                             f"version again (`nowcast models promote {name}/VERSION`; `nowcast models list "
                             f"{name}` shows them)") from None
     return version
+
+
+def _pointer(fs: Any, parent: str, name: str) -> str:
+    """The path of ``name``'s ``latest`` pointer; a folder there (which no write can replace) is refused."""
+    pointer = f"{parent}/{LATEST}"
+    if fs.isdir(pointer):
+        raise RegistryError(f"{_url(fs, pointer)} is a folder where the pointer file belongs: move it aside, "
+                            f"then promote a version (`nowcast models promote {name}/VERSION`)")
+    return pointer
 
 
 def list_versions(root: str | Path, name: str) -> list[str]:
