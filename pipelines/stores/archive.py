@@ -375,7 +375,7 @@ def create_archive(
     return read_info(url)
 
 
-def _refuse_other_kind(url: str, group: Any) -> None:
+def _refuse_damage_or_other_kind(url: str, group: Any) -> None:
     """Names a forecasts or windows store given as an archive (it was called "not written by nowcast"),
     or an array whose zarr.json is gone (zarr then does not see it: "no (time, y, x) variable")."""
     from nowcast.pipelines.stores.integrity import store_kind
@@ -383,7 +383,6 @@ def _refuse_other_kind(url: str, group: Any) -> None:
     damaged = damaged_metadata(url)
     if damaged:
         raise ArchiveError(metadata_damage(url, damaged))
-
     try:
         kind = store_kind(group)
     except (StoreError, ValueError):
@@ -399,7 +398,7 @@ def read_info(url: str) -> ArchiveInfo:
     attrs = dict(group.attrs)
     for key in ("time_step", "time_start"):
         if key not in attrs:
-            _refuse_other_kind(url, group)
+            _refuse_damage_or_other_kind(url, group)
             raise ArchiveError(
                 f"archive {url} lacks the attribute {key!r}; it was not written by nowcast. "
                 "Re-ingest the data with nowcast ingest"
@@ -409,10 +408,10 @@ def read_info(url: str) -> ArchiveInfo:
     fields = tuple(FieldSpec.from_attrs(name, dict(arr.attrs)) for name, arr in sorted(arrays.items())
                    if dimension_names(arr) == FRAME_DIMS)
     if not fields:
-        _refuse_other_kind(url, group)
+        _refuse_damage_or_other_kind(url, group)
         raise ArchiveError(f"archive {url} has no (time, y, x) variable")
     if VALID not in arrays:
-        _refuse_other_kind(url, group)
+        _refuse_damage_or_other_kind(url, group)
         raise ArchiveError(f"archive {url} lacks the per-frame {VALID!r} flag")
     time_lengths = {name: arr.shape[0] for name, arr in arrays_along(group, "time").items()}
     if len(set(time_lengths.values())) != 1:

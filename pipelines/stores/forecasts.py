@@ -56,6 +56,7 @@ from nowcast.pipelines.stores.groups import (
     readable_members,
     zarr_store,
 )
+from nowcast.pipelines.stores.lock import store_lock
 from nowcast.pipelines.stores.timeaxis import (
     TIME_UNITS,
     epoch_seconds,
@@ -239,8 +240,6 @@ def ensure_store(url: str, identity: StoreIdentity, archive: ArchiveInfo) -> Sto
     and checks it like any existing one.
     """
     if not exists(url):
-        from nowcast.pipelines.stores.lock import store_lock
-
         problem = not_a_store(url)
         if problem:  # a file or a folder of something else at the path: never written over
             raise ForecastStoreError(problem)

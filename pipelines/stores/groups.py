@@ -14,6 +14,7 @@ import contextlib
 import ctypes
 import errno
 import glob
+import json
 import os
 import re
 import shutil
@@ -364,8 +365,6 @@ def damaged_metadata(url: str) -> list[str]:
     ``node_type``), or that hold chunks but no ``zarr.json``: what zarr fails on, or silently skips,
     when it lists a group's members. Lists every object of the store: for the error path and checks.
     """
-    import json
-
     fs, root = filesystem(url)
     root = root.rstrip("/")
     try:
@@ -398,7 +397,7 @@ def readable_members(url: str, error: type[StoreError] = StoreError) -> Iterator
     try:
         yield
     except ValueError as unreadable:
-        damaged = [d for d in damaged_metadata(url) if "missing" not in d]
+        damaged = damaged_metadata(url)
         if not damaged:
             raise
         raise error(metadata_damage(url, damaged)) from unreadable

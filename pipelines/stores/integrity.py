@@ -266,16 +266,20 @@ def _inconsistent(kind: str, arrays: dict[str, zarr.Array], keys: dict[str, list
         return found
     flags = np.asarray(along[flag_name][:], dtype=bool)
     chunk = along[flag_name].chunks[0]
+    holding: dict[int, list[str]] = {}  # flag chunk -> the data arrays with objects there
     for path, a in along.items():
-        if path in (axis, flag_name):
-            continue
-        if a.ndim >= 3:  # data: a time chunk with data objects but no flagged frame lost its flags
-            for index in sorted({key[0] * a.chunks[0] // chunk for key in keys[path]}):
-                first, stop = index * chunk, min((index + 1) * chunk, len(flags))
-                if not flags[first:stop].any():
-                    found.append(Damage(flag_name, (index,), f"no frame flagged, though {path} holds data "
-                                        "there (flags lost)", first, stop))
-        elif a.ndim == 1 and np.issubdtype(a.dtype, np.floating):  # per-frame statistics
+        if a.ndim >= 3:
+            for index in {key[0] * a.chunks[0] // chunk for key in keys[path]}:
+                holding.setdefault(index, []).append(path)
+    for index, paths in sorted(holding.items()):  # data objects but no flagged frame: the flags were lost
+        first, stop = index * chunk, min((index + 1) * chunk, len(flags))
+        if not flags[first:stop].any():
+            held = f"{' and '.join(paths)} {'holds' if len(paths) == 1 else 'hold'}"
+            found.append(Damage(flag_name, (index,), f"no frame flagged, though {held} data there (flags "
+                                "lost)", first, stop))
+    for path, a in along.items():
+        statistic = a.ndim == 1 and np.issubdtype(a.dtype, np.floating) and path not in (axis, flag_name)
+        if statistic:
             with np.errstate(invalid="ignore"):
                 missing = np.flatnonzero(flags & np.isnan(np.asarray(a[:], dtype="float64"))).tolist()
             for index in sorted({i // a.chunks[0] for i in missing}):
@@ -285,7 +289,7 @@ def _inconsistent(kind: str, arrays: dict[str, zarr.Array], keys: dict[str, list
     for path, a in arrays.items():
         if dimension_names(a) in (("x",), ("y",)) and not np.isfinite(np.asarray(a[:], "float64")).all():
             found.append(Damage(path, (), "grid coordinates that are not finite (a lost chunk)", 0, 0))
-    return sorted(set(found), key=lambda d: (d.first, d.array))
+    return sorted(found, key=lambda d: (d.first, d.array))
 
 
 def _unfinished_windows(group: zarr.Group, keys: dict[str, list[tuple[int, ...]]]) -> list[Damage]:
