@@ -433,7 +433,7 @@ def ingest_items(spec: IngestSpec, items: Sequence[SourceItem],
     existed = exists(spec.archive)  # whole once it exists: created in one step (created_whole)
     info = _settled_info(spec.archive) if existed else None
     if info is not None:
-        check_fields(info, fields)
+        check_fields(info, fields, items[0].path)
         if spec.start and to_datetime64(spec.start) != info.start:  # once ignored without a word
             raise IngestError(f"--start {spec.start} sets a new archive's first time; {spec.archive} starts "
                               f"at {info.start}: leave --start out (frames go where their times are), or "
@@ -454,7 +454,7 @@ def ingest_items(spec: IngestSpec, items: Sequence[SourceItem],
         if exists(spec.archive) and not spec.repair:  # before the axis grows: a refusal changes nothing
             check_chunks_to_merge(spec.archive, items)
         info = prepare_archive(spec, items, fields, created_meanwhile=not existed and spec.needs_check)
-        check_fields(info, fields)
+        check_fields(info, fields, items[0].path)
         indexed = frame_indices(items, info.start, info.time_step)
         tasks = plan_chunks(indexed, info.time_chunk, info.length)
         log.info("ingest: %d frames in %d chunks into %s", len(items), len(tasks), spec.archive)

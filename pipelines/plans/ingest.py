@@ -15,7 +15,7 @@ import numpy as np
 
 from nowcast.errors import InputError
 from nowcast.pipelines.sources.base import SourceItem
-from nowcast.pipelines.stores.archive import ArchiveInfo, FieldSpec
+from nowcast.pipelines.stores.archive import ArchiveInfo, FieldSpec, same_units
 from nowcast.pipelines.stores.timeaxis import format_time_step, time_index
 
 # empty steps one ingest may add to an axis: two years of 5-minute steps, so a year-long axis with only
@@ -132,10 +132,10 @@ def check_frame(item: SourceItem, fields: Sequence[FieldSpec],
     return problems
 
 
-def check_fields(info: ArchiveInfo, fields: Sequence[FieldSpec]) -> None:
-    """Refuses a source whose variables or units differ from the archive's."""
+def check_fields(info: ArchiveInfo, fields: Sequence[FieldSpec], where: str) -> None:
+    """Refuses a source whose variables or units differ from the archive's; ``where`` names the input."""
     for field in fields:
         stored = info.field(field.name)
-        if stored.units != field.units:
-            raise IngestError(f"{field.name} is in {field.units!r} but the archive stores "
+        if not same_units(stored.units, field.units):
+            raise IngestError(f"{where}: {field.name} is in {field.units!r} but the archive stores "
                               f"{stored.units!r}; convert the input or use another archive")

@@ -29,7 +29,7 @@ from nowcast.pipelines.sources.base import (
     most_common_step,
     sorted_unique,
 )
-from nowcast.pipelines.stores.archive import FieldSpec
+from nowcast.pipelines.stores.archive import FieldSpec, same_units
 from nowcast.pipelines.stores.grid import Grid
 from nowcast.pipelines.stores.groups import is_local
 
@@ -270,7 +270,7 @@ def _check_units(ds: xr.Dataset, names: tuple[str, ...], path: str, seen: dict[s
     for name in names:
         found = str(ds[name].attrs.get("units", "")).strip()
         first = seen.setdefault(name, (found, path))
-        if found != first[0]:
+        if not same_units(found, first[0]):
             raise SourceError(
                 f"{path}: variable {name!r} is in {found!r} but {first[1]} has it in {first[0]!r}; one "
                 "archive variable has one unit: convert the files to one unit, or ingest them separately")

@@ -70,6 +70,22 @@ class ArchiveError(StoreError):
 class InterruptedExtensionError(ArchiveError):
     """The time axis was being extended when a writer stopped; ``extend_time`` completes it."""
 
+# spellings of one unit that files use (CF/UDUNITS, the radar services' own); the archive keeps the first
+_UNIT_SPELLINGS = {"mm/h": "mm h-1", "mm/hr": "mm h-1", "mm hr-1": "mm h-1", "mm h^-1": "mm h-1",
+                   "mm.h-1": "mm h-1", "mm h**-1": "mm h-1", "kg m-2 h-1": "mm h-1", "kg m-2": "mm"}
+
+
+def same_units(a: str, b: str) -> bool:
+    """Whether two unit strings name one unit (``mm/h`` and ``mm h-1`` do; ``mm`` and ``mm h-1`` do not).
+
+    >>> same_units("mm/h", " mm h-1"), same_units("mm", "mm h-1")
+    (True, False)
+    """
+    def canonical(units: str) -> str:
+        spelt = " ".join(units.split())
+        return _UNIT_SPELLINGS.get(spelt, spelt)
+    return canonical(a) == canonical(b)
+
 
 @dataclasses.dataclass(frozen=True)
 class FieldSpec:

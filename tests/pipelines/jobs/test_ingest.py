@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import xarray as xr
@@ -109,18 +111,22 @@ def test_duplicate_timestamp_is_refused(tmp_path):
 
 
 @pytest.mark.fault("ingest", "a batch in other units, or off the archive's time step",
-                   "refused with the fix (convert, or a new archive); archive bytes unchanged")
+                   "refused naming the first file, with the fix (convert, or a new archive); archive bytes "
+                   "unchanged; another spelling of the same unit (mm/h for mm h-1) is accepted")
 def test_other_units_or_step_are_refused(tmp_path):
     _, url = ingest(tmp_path, ArraySource(times("2024-01-01T00:00", 4)))
     before = snapshot(url)
-    from nowcast.pipelines.stores.archive import FieldSpec
+    from nowcast.pipelines.stores.archive import PRECIP, FieldSpec
 
     kelvin = FieldSpec("precip", "K", "not rain")
-    with pytest.raises(IngestError, match="convert the input"):
+    with pytest.raises(IngestError, match=r"^array:2024-01-01T00:20:00: precip is in 'K'.*convert the input"):
         ingest(tmp_path, ArraySource(times("2024-01-01T00:20", 2), field=kelvin))
     with pytest.raises(IngestError, match="not on the archive's PT5M axis"):
         ingest(tmp_path, ArraySource(("2024-01-01T00:22:00",)))
     assert snapshot(url) == before
+    spelt = dataclasses.replace(PRECIP, units="mm/h")  # the archive says mm h-1: one unit, two spellings
+    result, _ = ingest(tmp_path, ArraySource(times("2024-01-01T00:20", 2), field=spelt))
+    assert result.frames_written == 2
 
 
 @pytest.mark.parametrize(("options", "message"), [
