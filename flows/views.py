@@ -10,7 +10,7 @@ import numpy as np
 
 from nowcast.errors import InputError
 from nowcast.flows.params import parse_time
-from nowcast.pipelines.stores.archive import VALID, open_archive, read_info
+from nowcast.pipelines.stores.archive import PRECIP, VALID, open_archive, read_info, same_units
 from nowcast.quiet_import import pysteps_quietly
 
 MAX_SHOWN_FRAMES = 48  # frames in one picture (four hours of 5-minute frames)
@@ -56,6 +56,9 @@ def picture_path(path: str | Path, suffixes: tuple[str, ...]) -> Path:
     .png to a path without one, or write a JPEG for .jpg, while the command named the path it was given)."""
     path = Path(path)
     if path.suffix.lower() not in suffixes:
+        if path.name.lower() in suffixes:  # ".png": a hidden file without a name, or a bare extension
+            raise InputError(f"{path} is an extension without a file name; give a name such as "
+                             f"map{path.name}")
         raise InputError(f"{path} must end in {' or '.join(suffixes)} (the picture's format)")
     return path
 
@@ -93,14 +96,11 @@ def damage_named(*urls: str) -> Iterator[None]:
         raise
 
 
-RAIN_UNITS = ("mm h-1", "mm/h")
-
-
 def _draw(ax, frame: np.ndarray, units: str, title: str, colorbar: bool) -> None:
     """One map as a forecaster reads it: rain on pysteps' logarithmic intensity scale with dry white;
     any other field on a plain colour scale."""
     ax.set_facecolor("white")
-    if units in RAIN_UNITS:
+    if same_units(units, PRECIP.units):
         with pysteps_quietly():
             from pysteps.visualization import plot_precip_field
 
@@ -124,6 +124,10 @@ def _save(steps: list[list[tuple[np.ndarray, str]]], units: str, path: Path) -> 
         path.parent.mkdir(parents=True, exist_ok=True)
         _draw_steps(steps, units, path)
     except OSError as error:
+        blocking = next(p for p in (path.parent, *path.parent.parents) if p.exists())
+        if blocking.is_file():  # the OS says "File exists" for a file where a folder of the path belongs
+            raise InputError(f"cannot write the picture {path}: {blocking} is a file, not a folder; give a "
+                             "path in a folder") from None
         raise InputError(f"cannot write the picture {path} ({error.strerror or error}); give a path in a "
                          "folder you can write to") from None
     return path
