@@ -13,6 +13,7 @@ where it was; the run's report says by how much it won or lost.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,12 +29,14 @@ from nowcast.model import registry
 from nowcast.pipelines.jobs import windows as windows_job
 from nowcast.pipelines.plans.window_spec import SplitSpec, WindowSpec
 from nowcast.pipelines.stores.timeaxis import step_minutes
-from nowcast.pipelines.stores.windows import WindowsStore
+from nowcast.pipelines.stores.windows import SPLITS, WindowsStore
 
 if TYPE_CHECKING:  # Keras and pysteps are imported by the tasks that use them: `nowcast serve` imports
     from nowcast.model.verify import Verification  # this module to register the flow, in 7 s less
 
 BASELINE = "extrapolation"  # what a new version must beat to be promoted
+
+log = logging.getLogger(__name__)
 
 
 class TrainFlowError(InputError):
@@ -90,7 +93,15 @@ def cut(params: WindowsParams) -> windows_job.WindowResult:
     """Runs the windows job the parameters describe, rewriting windows.zarr (``nowcast windows``)."""
     job = windows_job.WindowJob(archive=params.archive, output=params.windows, spec=window_spec(params),
                                 overwrite=True)
-    return windows_job.run(job, params.runner.options())
+    result = windows_job.run(job, params.runner.options())
+    samples = dict(result.counts.get("samples", {}))
+    empty = [split for split, share in zip(SPLITS, params.split_fractions, strict=True)
+             if share > 0 and not samples.get(split)]
+    if empty:  # a share asked for and nothing in it: evaluate would find the split empty later
+        log.warning("the %s of %s: no samples although split_fractions gives a share (%s); ingest more "
+                    "frames or shorten split_block", " and ".join(empty) + (" splits" if len(empty) > 1 else
+                                                                          " split"), params.windows, samples)
+    return result
 
 
 @task(name="cut-windows")
