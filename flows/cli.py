@@ -26,6 +26,7 @@ from nowcast.flows.params import (
     ScoreParams,
     TrainParams,
     WindowsParams,
+    parse_time,
 )
 from nowcast.flows.progress import command_line_bars, count_now, count_true, progress
 from nowcast.flows.stopping import interruptible, stop_on_signals
@@ -76,7 +77,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     params = params_from_args(IngestParams, args, **({"input_dir": None} if args.synthetic else {}))
     source = (folder_source(params.input_dir, params.format, args.variables) if params.input_dir
               else source_for(params, args.time_step))
-    spec = IngestSpec(archive=params.archive, source=source, time_step=args.time_step, start=args.start,
+    start = str(parse_time(args.start, "--start")) if args.start else None
+    spec = IngestSpec(archive=params.archive, source=source, time_step=args.time_step, start=start,
                       time_chunk=params.time_chunk, overwrite=args.overwrite, repair=args.repair)
     warn_of_other_inputs(source, params.input_dir)
     items = sorted_unique(source.items())  # listed once: the bar's total and the job's input

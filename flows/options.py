@@ -16,6 +16,7 @@ into its forms (see :data:`nowcast.flows.params.LOCAL_USER`).
 from __future__ import annotations
 
 import argparse
+import re
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
@@ -131,14 +132,26 @@ def params_from_args(model: type[BaseModel], args: argparse.Namespace, **values:
     try:
         return model.model_validate(fields, context={LOCAL_USER: True})
     except ValidationError as error:
-        raise ParameterError("; ".join(_problem(problem) for problem in error.errors())) from None
+        raise ParameterError("; ".join(_problem(problem, model.model_fields) for problem in error.errors())
+                             ) from None
 
 
-def _problem(problem: Mapping[str, Any]) -> str:
+def _flags_named(message: str, fields: Iterable[str]) -> str:
+    """``message`` with the form's two-word field names (``split_fractions``) spelt as flags.
+
+    >>> _flags_named("split_fractions [1.0] must sum to 1", ["split_fractions"])
+    '--split-fractions [1.0] must sum to 1'
+    """
+    for name in (field for field in fields if "_" in field):  # one word (archive) is also plain English
+        message = re.sub(rf"(?<![\w-]){name}\b", flag(name), message)
+    return message
+
+
+def _problem(problem: Mapping[str, Any], fields: Iterable[str]) -> str:
     """One validation problem as the command line names it: its flag, then the form's message."""
     location = [str(part) for part in problem["loc"] if not isinstance(part, int)]
     message = str(problem["msg"]).removeprefix("Value error, ")
-    if not location:  # a check across fields: the message names them
-        return message
+    if not location:  # a check across fields: the message names them as the form does, so say the flags
+        return _flags_named(message, fields)
     name = "runner" if location[0] == "runner" and location[-1] == "kind" else location[-1]
     return f"{flag(name)}: {message}"

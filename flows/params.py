@@ -14,6 +14,7 @@ the working directory of the process running the flow is the only root.
 
 from __future__ import annotations
 
+import datetime
 import glob
 import os
 import re
@@ -26,6 +27,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    FiniteFloat,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -126,7 +128,18 @@ def parse_time(value: str, name: str) -> np.datetime64:
         raise ParameterError(f"{name} {value!r} is not an ISO 8601 time such as 2024-01-01T06:00") from None
     if np.isnat(parsed):
         raise ParameterError(f"{name} is empty; give an ISO 8601 time such as 2024-01-01T06:00")
+    if _fraction_of_a_second(text):
+        raise ParameterError(f"{name} {value!r} has a fraction of a second, which the time axis cannot hold; "
+                             "give whole seconds such as 2024-01-01T06:00:00")
     return parsed
+
+
+def _fraction_of_a_second(text: str) -> bool:
+    """Whether an ISO time names a fraction of a second (numpy-only spellings carry none)."""
+    try:
+        return datetime.datetime.fromisoformat(text).microsecond != 0
+    except ValueError:
+        return False
 
 
 def _placeable(url: str) -> str:
@@ -228,10 +241,10 @@ def _archive_exists(url: str) -> None:
 KINDS = {"archive": "an archive", "forecasts": "a forecasts store", "windows": "a windows store"}
 
 
-def _kind_is(url: str | None, kind: str) -> None:
+def _kind_is(url: str | None, kind: str, created: bool = False) -> None:
     """Refuses a nowcast store of another kind given as the field ``kind`` (a forecasts store as the
     archive), in those words; a path with nothing there, or nothing nowcast made, is left to the job's own
-    checks."""
+    checks. ``created``: the run creates the store at a new path (say so in the fix)."""
     from nowcast.pipelines.stores.groups import StoreError, exists, open_group
     from nowcast.pipelines.stores.integrity import store_kind
 
@@ -243,14 +256,15 @@ def _kind_is(url: str | None, kind: str) -> None:
         return
     if found != kind:
         raise ParameterError(f"{url} is {KINDS[found]}, not {KINDS[kind]}: {kind} takes {KINDS[kind]}"
-                             + (" (or a new path, where one is created)" if kind == "forecasts" else ""))
+                             + (" (or a new path, where one is created)" if created else ""))
 
 
-def _scoring_stores(archive: str, forecasts: str) -> None:
-    """The archive a forecast reads exists and is an archive; its forecasts store is one, or new."""
+def _scoring_stores(archive: str, forecasts: str, written: bool = True) -> None:
+    """The archive a forecast reads exists and is an archive; its forecasts store is one, or new where
+    the run ``written`` creates it."""
     _archive_exists(archive)
     _kind_is(archive, "archive")
-    _kind_is(forecasts, "forecasts")
+    _kind_is(forecasts, "forecasts", created=written)
 
 
 class IngestParams(_Stores):
@@ -268,7 +282,8 @@ class IngestParams(_Stores):
                                   description="synthetic: number of 5-minute frames")
     synthetic_size: int = Field(64, ge=8, le=MAX_GRID_SIZE, description="synthetic: grid size (square)")
     synthetic_start: str = Field("2024-01-01T00:00", description="synthetic: time of the first frame")
-    synthetic_density: float = Field(2.0, gt=0, le=1000, description="synthetic: rain cells per 100x100 px")
+    synthetic_density: FiniteFloat = Field(2.0, gt=0, le=1000,
+                                           description="synthetic: rain cells per 100x100 px")
     seed: int = Field(0, ge=0, le=MAX_SEED, description="synthetic: random seed")
     time_chunk: int = Field(DEFAULT_TIME_CHUNK, ge=1, le=MAX_TIME_CHUNK,
                             description="frames per chunk of a new archive")
@@ -300,7 +315,7 @@ class WindowsParams(_Stores):
     stride: int = Field(1, ge=1, le=1000, description="frames between window starts")
     patch_size: int | None = Field(None, ge=8, le=4096, description="square patches (empty: whole grid)")
     split_block: str = Field("PT1H", description="ISO 8601 block length of the train/val/test split")
-    split_fractions: list[float] = Field(
+    split_fractions: list[FiniteFloat] = Field(
         [0.6, 0.2, 0.2], min_length=3, max_length=3, description="shares of blocks for train, val and test")
     split_method: Literal["contiguous", "hash"] = Field(
         "contiguous", description="contiguous: train, then val, then test in time; hash: interleaved blocks")
@@ -331,7 +346,7 @@ class TrainParams(WindowsParams):
     steps_per_epoch: int | None = Field(None, ge=1, le=100_000,
                                         description="batches per epoch (empty: whole split)")
     batch_size: int = Field(8, ge=1, le=1024, description="samples per batch")
-    learning_rate: float = Field(2e-3, gt=0, le=1, description="Adam learning rate")
+    learning_rate: FiniteFloat = Field(2e-3, gt=0, le=1, description="Adam learning rate")
     loss: Literal["mae", "mse", "log_cosh", "intensity_weighted_mse"] = Field(
         "mae", description="training loss, in normalised (log) space (nowcast.model.losses)")
     augment: bool = Field(False, description="random flips and rotations of training samples")
@@ -350,7 +365,8 @@ class TrainParams(WindowsParams):
     @model_validator(mode="after")
     def _validation_share(self):
         if self.split_fractions[1] == 0:
-            raise ParameterError("split_fractions gives no validation share; promotion needs a val split")
+            raise ParameterError("split_fractions gives no validation share, and promotion verifies on the "
+                                 "validation split: give it a share, e.g. 0.7 0.15 0.15")
         if self.base == "lagrangian_ar" and self.t_in < 3:
             raise ParameterError(f"base lagrangian_ar steps each scale on from the last three frames: t_in "
                                  f"is {self.t_in}; use t_in 3 or more, or base advection")
@@ -453,7 +469,8 @@ class EvaluateParams(_ModelChoice):
             return self
         from nowcast.pipelines.stores.groups import exists
 
-        _scoring_stores(str(self.archive), self.forecasts)  # before the split's verification, not after it
+        # before the split's verification, not after it
+        _scoring_stores(str(self.archive), self.forecasts, written=False)
         if not exists(self.forecasts):
             raise ParameterError(f"no forecast store at {self.forecasts} to verify; score into it first "
                                  "(`nowcast score`), or leave forecasts out")
@@ -476,6 +493,6 @@ class DemoParams(BaseModel):
                         description="synthetic frames (5-min steps)")
     size: int = Field(128, ge=16, le=MAX_GRID_SIZE, description="grid size")
     epochs: int = Field(4, ge=1, le=MAX_EPOCHS, description="training epochs (small model, CPU)")
-    backfill_hours: float = Field(3.0, gt=0, le=10_000, description="hours of forecasts backfilled")
+    backfill_hours: FiniteFloat = Field(3.0, gt=0, le=10_000, description="hours of forecasts backfilled")
     workers: int = Field(2, ge=1, le=MAX_WORKERS,
                          description="Beam worker processes for ingest and windows (1: in this process)")

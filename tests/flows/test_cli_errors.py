@@ -77,8 +77,10 @@ def test_a_picture_that_cannot_be_written_is_named(stores, tmp_path, capsys):
                     ["summary", "--archive", stores["archive"], "--png", str(out)]):
         assert cli.main(command) == 2
         err = capsys.readouterr().err
-        assert f"cannot write the picture {out}" in err
+        assert f"cannot write the picture {out}: {blocker} is a file, not a folder" in err
         assert "Traceback" not in err
+    assert cli.main(["show", stores["archive"], "--out", str(tmp_path / ".gif")]) == 2
+    assert "is an extension without a file name; give a name such as map.gif" in capsys.readouterr().err
     for picture, suffixes in ((tmp_path / "noext", ".png"), (tmp_path / "x.jpg", ".png"),
                               (tmp_path / "x.jpg", ".png or .gif")):
         command = (["summary", "--archive", stores["archive"], "--png", str(picture)] if suffixes == ".png"
@@ -119,8 +121,10 @@ def test_evaluate_forecasts_needs_the_archive(stores, tmp_path, capsys):
     assert "give archive too" in capsys.readouterr().err
 
 
-@pytest.mark.fault("command line", "a store of another kind given as `score --archive` or `--forecasts`",
-                   "exit 2 saying which kind of store it is; nothing written")
+@pytest.mark.fault("command line", "a store of another kind given as `score --archive` or `--forecasts` (or "
+                   "`evaluate --forecasts`)",
+                   "exit 2 saying which kind of store it is (offering a new path only where the run creates "
+                   "one); nothing written")
 def test_a_store_of_another_kind_is_named_as_such(stores, tmp_path, capsys):
     from tests.pipelines.jobs.ingest_helpers import snapshot
 
@@ -128,6 +132,12 @@ def test_a_store_of_another_kind_is_named_as_such(stores, tmp_path, capsys):
     common = ["score", "--models", stores["models"], "--model-name", MODEL]
     assert cli.main([*common, "--archive", stores["archive"], "--forecasts", stores["archive"]]) == 2
     assert f"{stores['archive']} is an archive, not a forecasts store" in capsys.readouterr().err
+    assert cli.main(["evaluate", "--windows", str(tmp_path / "w.zarr"), "--models", stores["models"],
+                     "--model-name", MODEL, "--archive", stores["archive"], "--forecasts",
+                     stores["archive"]]) == 2
+    err = capsys.readouterr().err  # evaluate reads the forecasts: no new store is offered
+    assert "is an archive, not a forecasts store" in err
+    assert "new path" not in err
     assert cli.main([*common, "--archive", stores["forecasts"], "--forecasts", str(tmp_path / "f.zarr")]) == 2
     assert f"{stores['forecasts']} is a forecasts store, not an archive" in capsys.readouterr().err
     assert {kind: snapshot(stores[kind]) for kind in before} == before
@@ -162,6 +172,39 @@ def test_a_time_with_an_offset_is_converted_without_a_warning():
         warnings.simplefilter("error")  # numpy's "no explicit representation of timezones" once leaked
         assert parse_time("2024-01-01T03:00+02:00", "start") == parse_time("2024-01-01T01:00", "start")
         assert parse_time("2024-01-01T03:00Z", "start") == parse_time("2024-01-01T03:00", "start")
+
+
+@pytest.mark.fault("command line", "a time with a fraction of a second, a non-finite number, a share that "
+                   "leaves no validation split",
+                   "exit 2 naming the flag (not the form's field) and the fix; the fraction was cut off "
+                   "without a word, nan was answered with the bound, the split named `split_fractions`")
+def test_values_the_forms_cannot_hold_name_their_flag(tmp_path, capsys):
+    archive = str(tmp_path / "archive.zarr")
+    tiny = ("--synthetic", "--frames", "4", "--size", "16", "--archive", archive)
+    assert cli.main(["ingest", *tiny, "--start", "2024-01-01T00:00:00.5"]) == 2
+    assert "--start '2024-01-01T00:00:00.5' has a fraction of a second" in capsys.readouterr().err
+    assert cli.main(["ingest", *tiny, "--synthetic-start", "2024-01-01T00:00:00.25"]) == 2
+    assert "--synthetic-start '2024-01-01T00:00:00.25' has a fraction" in capsys.readouterr().err
+    assert cli.main(["ingest", *tiny, "--synthetic-density", "nan"]) == 2
+    assert "--synthetic-density: Input should be a finite number" in capsys.readouterr().err
+    assert not os.path.exists(archive)
+    assert cli.main(["-q", "ingest", *tiny, "--start", "2024-01-01T00:00:00.000"]) == 0  # no fraction
+    assert cli.main(["train", "--archive", archive, "--windows", str(tmp_path / "w.zarr"),
+                     "--split-fractions", "1", "0", "0"]) == 2
+    assert "--split-fractions gives no validation share" in capsys.readouterr().err
+
+
+@pytest.mark.fault("windows", "a split given a share in --split-fractions that ends with no samples",
+                   "a warning names the empty split and the fix (silent until evaluate found it empty)")
+def test_a_split_left_empty_is_warned_of(stores, tmp_path, caplog):
+    windows = str(tmp_path / "w.zarr")
+    command = ["windows", "--archive", stores["archive"], "--windows", windows, "--t-in", "3", "--t-out", "2",
+               "--split-block", "PT30M"]
+    assert cli.main([*command, "--split-fractions", "0.5", "0.4", "0.1"]) == 0
+    assert f"the val and test splits of {windows}: no samples although split_fractions gives" in caplog.text
+    caplog.clear()
+    assert cli.main([*command, "--split-fractions", "1", "0", "0"]) == 0  # no share asked: no warning
+    assert "no samples" not in caplog.text
 
 
 @pytest.mark.slow

@@ -93,7 +93,7 @@ def test_a_bad_option_is_named_with_the_forms_message(tmp_path, capsys):
     assert cli.main(["train", "--archive", archive, "--t-in", "1"]) == 2
     assert "--t-in: Input should be greater than or equal to 2" in capsys.readouterr().err
     assert cli.main(["train", "--archive", archive, "--t-in", "2", "--base", "lagrangian_ar"]) == 2
-    assert "use t_in 3 or more, or base advection" in capsys.readouterr().err
+    assert "--t-in is 2; use --t-in 3 or more, or base advection" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_:
         cli.main(["train", "--epochs", "x"])
     assert exit_.value.code == 2
