@@ -261,7 +261,10 @@ def _first_file_variables(source: NetCDFSource) -> tuple[str, ...]:
             and any(d in var.dims for d in X_DIMS)
         )
         if not names:
-            raise SourceError(f"{path}: no (time, y, x) variable; variables are {list(ds.data_vars)}")
+            found = (f"its variables are {list(ds.data_vars)}" if ds.data_vars else
+                     "it holds no variables at its root: a radar product in HDF5 groups (KNMI, ODIM) with "
+                     "a NetCDF name? give it its own name (.h5) and ingest it with its format")
+            raise SourceError(f"{path}: no (time, y, x) variable to ingest; {found}")
     return names
 
 

@@ -243,3 +243,16 @@ def test_a_batch_whose_files_disagree_on_units_is_refused(tmp_path):
     refused = r"b\.nc: variable 'temperature' is in 'K' but .*a\.nc has it in 'degC'"
     with pytest.raises(SourceError, match=refused):
         NetCDFSource(str(folder)).items()
+
+
+@pytest.mark.fault("sources", "a radar product in HDF5 groups (KNMI) renamed .nc among NetCDF files",
+                   "a source error naming the file and that it holds no variables at its root, with the fix "
+                   "(its own name and format); it said 'variables are []'")
+def test_a_radar_file_with_a_netcdf_name_is_named_as_such(tmp_path, radar_dir):
+    import shutil
+
+    knmi = sorted((radar_dir / "knmi").rglob("*.h5"))[0]
+    shutil.copy(knmi, tmp_path / "renamed.nc")
+    with pytest.raises(SourceError, match=r"renamed\.nc: no \(time, y, x\) variable to ingest; it holds no "
+                                          r"variables at its root: a radar product .* give it its own name"):
+        NetCDFSource(str(tmp_path)).fields()
