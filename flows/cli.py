@@ -348,10 +348,17 @@ def _stack_action(stack, args: argparse.Namespace) -> int:
               f"{env['NOWCAST_STORES']}")
         print("client environment (export these to use it):")
     elif args.action == "down":
+        recorded = os.path.isfile(os.path.join(args.folder, stack.STATE_FILE))
         stopped = stack.down(args.folder)
-        print(f"stopped {', '.join(stopped)}" if stopped else f"no stack was up in {args.folder}")
+        print(f"stopped {', '.join(stopped)}" if stopped else
+              f"the stack in {args.folder} was no longer running; its state is cleared" if recorded else
+              f"no stack was up in {args.folder}")
         return 0
     state = stack.read_state(args.folder)
+    gone = sorted(set(state["pids"]) - set(stack.running(state)))
+    if args.action == "status" and gone:  # a crash or a reboot: the recorded ports lead nowhere
+        raise stack.StackStateError(f"the stack in {args.folder} is not whole: {', '.join(gone)} no longer "
+                                    "run; nowcast stack down, then stack up")
     for key, value in stack.client_env(state).items():
         print(f"export {key}={value}")
     return 0

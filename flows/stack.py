@@ -44,7 +44,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from nowcast.errors import InputError
-from nowcast.processes import alive
+from nowcast.processes import alive, started
 
 STATE_FILE = "stack.json"
 BUCKET = "nowcast"
@@ -62,6 +62,10 @@ MAX_DASK_WORKERS = 64
 
 class StackError(RuntimeError):
     """A part of the stack that could not start; the message names it and its log."""
+
+
+class StackStateError(InputError):
+    """No stack, a stack already up, or a ``stack.json`` that cannot be read: the message says what to do."""
 
 
 def _free_port() -> int:
@@ -251,7 +255,8 @@ def up(folder: str | Path = "runs/stack", workers: int = 2) -> dict[str, object]
     root = Path(folder).resolve()
     root.mkdir(parents=True, exist_ok=True)
     if (root / STATE_FILE).exists():
-        raise StackError(f"a stack is already up in {root} ({STATE_FILE} exists): nowcast stack down first")
+        raise StackStateError(f"a stack is already up in {root} ({STATE_FILE} exists): nowcast stack down "
+                              "first")
     ports = {name: _free_port() for name in ("postgres", "s3", "prefect", "dask")}
     s3 = f"http://127.0.0.1:{ports['s3']}"
     api = f"http://127.0.0.1:{ports['prefect']}/api"
@@ -263,10 +268,11 @@ def up(folder: str | Path = "runs/stack", workers: int = 2) -> dict[str, object]
     # the services' logs are files an operator reads: at INFO whatever the level of the command that started
     # them (the command line sets its own console quieter, and children inherit its environment)
     base = {**os.environ, **client, "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "INFO"}
-    state: dict[str, object] = {"folder": str(root), "ports": ports, "env": client, "pids": {}}
+    state: dict[str, object] = {"folder": str(root), "ports": ports, "env": client, "pids": {}, "started": {}}
     pids: dict[str, int] = state["pids"]  # type: ignore[assignment]
 
-    def save() -> None:
+    def save() -> None:  # each pid with its start, so down never signals a process that took its number
+        state["started"] = {name: started(pid) for name, pid in pids.items()}
         (root / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
 
     data = _postgres_data(root)
@@ -319,10 +325,41 @@ def _prefect(args: Sequence[str], env: Mapping[str, str], folder: Path, cwd: Pat
 
 
 def read_state(folder: str | Path = "runs/stack") -> dict[str, object]:
+    """``stack.json`` of the stack in ``folder``.
+
+    Raises:
+        StackStateError: no stack there, or a state file that is not the one ``up`` wrote.
+    """
     path = Path(folder).resolve() / STATE_FILE
     if not path.is_file():
-        raise StackError(f"no stack is up in {Path(folder).resolve()}: nowcast stack up first")
-    return json.loads(path.read_text())
+        raise StackStateError(f"no stack is up in {Path(folder).resolve()}: nowcast stack up first")
+    try:
+        state = json.loads(path.read_text())
+        if not (isinstance(state, dict) and isinstance(state.get("pids"), dict)
+                and all(isinstance(pid, int) for pid in state["pids"].values())):
+            raise ValueError("not the state nowcast stack up writes")
+    except (ValueError, UnicodeDecodeError) as error:
+        raise StackStateError(f"{path} cannot be read ({error}): stop the stack's processes by hand (their "
+                              f"logs are in {path.parent}), then delete {path}") from None
+    return state
+
+
+def running(state: Mapping[str, object]) -> dict[str, int]:
+    """The stack's processes that still run: each recorded pid whose process started when ``up`` recorded
+    (after a crash or a reboot the number may name another process, which must not be signalled)."""
+    recorded = state.get("started") or {}
+    return {name: pid for name, pid in state["pids"].items()  # type: ignore[union-attr]
+            if alive(pid) and started(pid) is not None and started(pid) == recorded.get(name)}  # type: ignore
+
+
+def _postmaster_runs(data: Path) -> bool:
+    """Whether the PostgreSQL server of ``data`` runs: its pid file names a live ``postgres`` process (a
+    stale file's pid may be any process by now; pg_ctl would signal it)."""
+    try:
+        pid = int((data / "postmaster.pid").read_text().split()[0])
+        return alive(pid) and Path(f"/proc/{pid}/comm").read_text().strip() == "postgres"
+    except (OSError, ValueError, IndexError):
+        return False
 
 
 def down(folder: str | Path = "runs/stack", timeout_s: float = 20.0) -> list[str]:
@@ -331,24 +368,25 @@ def down(folder: str | Path = "runs/stack", timeout_s: float = 20.0) -> list[str
     path = root / STATE_FILE
     if not path.is_file():
         return []
-    state = json.loads(path.read_text())
+    state = read_state(root)
     stopped = []
-    for name, pid in reversed(list(state.get("pids", {}).items())):
+    ours = running(state)
+    for name, pid in reversed(list(ours.items())):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGTERM)
             stopped.append(name)
     deadline = time.monotonic() + timeout_s
-    for pid in state.get("pids", {}).values():
+    for name, pid in ours.items():
         while time.monotonic() < deadline and alive(pid):
             time.sleep(0.2)
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            if alive(pid):
+            if alive(pid) and started(pid) == state["started"][name]:  # type: ignore[index]
                 os.killpg(pid, signal.SIGKILL)
         killed_by = time.monotonic() + 10  # until it is gone (and reaped, when it is this process's child)
         while time.monotonic() < killed_by and alive(pid):
             time.sleep(0.1)
     data = Path(state.get("postgres_data", root / "postgres"))
-    if (data / "postmaster.pid").exists():
+    if _postmaster_runs(data):
         subprocess.run(_as_postgres([str(_postgres_bin() / "pg_ctl"), "-D", str(data), "-m", "fast", "-w",
                                      "stop"]), capture_output=True)
         stopped.append("postgres")

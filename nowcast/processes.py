@@ -25,6 +25,18 @@ def alive(pid: int) -> bool:
     return not _zombie(pid)
 
 
+def started(pid: int) -> str | None:
+    """What tells process ``pid`` apart from a later one with its number: the boot and the start time
+    (Linux; None elsewhere or when it is gone). A recorded pid outlives its process (a crash, a reboot)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            start = stat.read().rsplit(")", 1)[1].split()[19]  # field 22, after "(name)" and the state
+        with open("/proc/sys/kernel/random/boot_id") as boot:
+            return f"{boot.read().strip()}:{start}"
+    except (OSError, IndexError):
+        return None
+
+
 def _zombie(pid: int) -> bool:
     """Whether ``pid`` has exited and waits for its parent to reap it (Linux; elsewhere False)."""
     try:

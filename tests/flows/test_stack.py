@@ -159,10 +159,38 @@ def _windows_and_scoring_match_the_local_runner(env, fs, local_archive: str, tmp
 def test_stack_commands_without_a_stack_say_so(tmp_path, capsys):
     from nowcast.flows.cli import main
 
-    assert main(["stack", "status", "--folder", str(tmp_path)]) == 1
+    assert main(["stack", "status", "--folder", str(tmp_path)]) == 2
     assert "no stack is up" in capsys.readouterr().err
     assert main(["stack", "down", "--folder", str(tmp_path)]) == 0
     assert "no stack was up" in capsys.readouterr().out
+    (tmp_path / stack.STATE_FILE).write_text('{"folder": "/tm')  # cut short by a full disk
+    for action in ("status", "down"):
+        assert main(["stack", action, "--folder", str(tmp_path)]) == 2
+        assert "stack.json cannot be read" in capsys.readouterr().err
+
+
+@pytest.mark.fault("command line", "`stack down` or `status` with a stack.json whose processes are gone and "
+                   "whose pids now name other processes (a crash, a reboot)",
+                   "no process that is not the stack's is signalled (down SIGKILLed whatever had the number); "
+                   "status exits 2 saying the stack is not whole; down clears the state")
+def test_a_stale_stack_state_signals_no_other_process(tmp_path, capsys):
+    from nowcast.flows.cli import main
+
+    bystander = subprocess.Popen(["sleep", "600"], start_new_session=True)
+    try:
+        state = {"folder": str(tmp_path), "ports": {}, "env": {"PREFECT_API_URL": "http://127.0.0.1:9/api"},
+                 "pids": {"s3": bystander.pid}, "started": {"s3": "another boot:1"},
+                 "postgres_data": str(tmp_path / "pg")}
+        (tmp_path / stack.STATE_FILE).write_text(json.dumps(state))
+        assert main(["stack", "status", "--folder", str(tmp_path)]) == 2
+        assert "is not whole: s3 no longer run" in capsys.readouterr().err
+        assert main(["stack", "down", "--folder", str(tmp_path)]) == 0
+        assert "was no longer running; its state is cleared" in capsys.readouterr().out
+        assert bystander.poll() is None
+        assert not (tmp_path / stack.STATE_FILE).exists()
+    finally:
+        bystander.kill()
+        bystander.wait()
 
 
 # --- the life cycle under a live schedule -------------------------------------------------------
