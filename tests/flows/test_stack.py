@@ -171,8 +171,8 @@ def test_stack_commands_without_a_stack_say_so(tmp_path, capsys):
 
 @pytest.mark.fault("command line", "`stack down` or `status` with a stack.json whose processes are gone and "
                    "whose pids now name other processes (a crash, a reboot)",
-                   "no process that is not the stack's is signalled (down SIGKILLed whatever had the number); "
-                   "status exits 2 saying the stack is not whole; down clears the state")
+                   "no process that is not the stack's is signalled (down SIGKILLed whatever had the "
+                   "number); status exits 2 saying the stack is not whole; down clears the state")
 def test_a_stale_stack_state_signals_no_other_process(tmp_path, capsys):
     from nowcast.flows.cli import main
 
