@@ -347,9 +347,10 @@ def read_state(folder: str | Path = "runs/stack") -> dict[str, object]:
 def running(state: Mapping[str, object]) -> dict[str, int]:
     """The stack's processes that still run: each recorded pid whose process started when ``up`` recorded
     (after a crash or a reboot the number may name another process, which must not be signalled)."""
-    recorded = state.get("started") or {}
-    return {name: pid for name, pid in state["pids"].items()  # type: ignore[union-attr]
-            if alive(pid) and started(pid) is not None and started(pid) == recorded.get(name)}  # type: ignore
+    pids: dict[str, int] = dict(state["pids"])  # type: ignore[call-overload]
+    recorded: dict[str, str | None] = dict(state.get("started") or {})  # type: ignore[call-overload]
+    return {name: pid for name, pid in pids.items()
+            if alive(pid) and started(pid) is not None and started(pid) == recorded.get(name)}
 
 
 def _postmaster_runs(data: Path) -> bool:
@@ -385,7 +386,7 @@ def down(folder: str | Path = "runs/stack", timeout_s: float = 20.0) -> list[str
         killed_by = time.monotonic() + 10  # until it is gone (and reaped, when it is this process's child)
         while time.monotonic() < killed_by and alive(pid):
             time.sleep(0.1)
-    data = Path(state.get("postgres_data", root / "postgres"))
+    data = Path(str(state.get("postgres_data", root / "postgres")))
     if _postmaster_runs(data):
         subprocess.run(_as_postgres([str(_postgres_bin() / "pg_ctl"), "-D", str(data), "-m", "fast", "-w",
                                      "stop"]), capture_output=True)
