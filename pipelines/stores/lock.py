@@ -142,14 +142,20 @@ class _Folder:
         return sorted(found)
 
     def read(self, generation: int) -> Lease | None:
+        """The lease of ``generation``; one that nowcast did not write whole (cut short by a writer that
+        died mid-write on a store without atomic puts, edited, or running past any term a writer takes)
+        reads as expired, so it blocks no writer."""
         try:
             fields = json.loads(self.fs.cat_file(self._name(generation)))
+            lease = Lease(generation, str(fields["owner"]), str(fields["purpose"]), float(fields["expires"]),
+                          bool(fields.get("released", False)))
         except FileNotFoundError:  # cleaned away since the listing
             return None
-        except ValueError:  # a lease whose writer died mid-write on a store without atomic puts
+        except (ValueError, KeyError, TypeError):
             return Lease(generation, "unknown", "unknown", 0.0)
-        return Lease(generation, str(fields["owner"]), str(fields["purpose"]), float(fields["expires"]),
-                     bool(fields.get("released", False)))
+        if not lease.expires < time.time() + MAX_LEASE_S:  # NaN, or a year: no writer renews that far
+            return dataclasses.replace(lease, expires=0.0)
+        return lease
 
     def create(self, lease: Lease) -> bool:
         """Writes a new generation exclusively; False when another writer created it first."""
@@ -169,6 +175,9 @@ class _Folder:
         into place from a written temporary file (atomic, and refused when the name exists), so no other
         writer ever reads it empty. An O_EXCL create written after would show an empty file for a
         moment, which a racing writer took for an expired lease and went on beside its holder."""
+        if os.path.lexists(self.path) and not os.path.isdir(self.path):  # makedirs: FileExistsError forever
+            raise StoreError(f"{self.path} is a file where the writers' lock folder of the store belongs: "
+                             "move or delete it, then rerun")
         os.makedirs(self.path, exist_ok=True)
         temporary = _written_temporary(name, data)
         try:

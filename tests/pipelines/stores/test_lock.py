@@ -186,3 +186,27 @@ def test_a_store_reached_through_a_link_has_one_lock(tmp_path):
         held.set()
         thread.join()
     assert results == ["refused"]
+
+
+@pytest.mark.fault("stores", "a file where a store's lock folder belongs",
+                   "the writer stops naming the file and the fix (it spun at full CPU forever, silent)")
+def test_a_file_in_place_of_the_lock_folder_is_named(tmp_path):
+    from nowcast.pipelines.stores.groups import StoreError
+
+    (tmp_path / "a.zarr.lock").write_text("x")
+    with pytest.raises(StoreError, match=r"a\.zarr\.lock is a file where the writers' lock folder"):
+        with store_lock(str(tmp_path / "a.zarr"), "ingest", wait_s=5):
+            pass
+
+
+@pytest.mark.fault("stores", "a lease object nowcast did not write: JSON without its fields, not an object, "
+                   "or running out in 1e30 s",
+                   "it reads as expired and blocks no writer (a KeyError traceback, or a wait of 1e30 s)")
+@pytest.mark.parametrize("lease", ["{}", "[]", '{"owner": "x", "purpose": "y", "expires": 1e30}',
+                                   '{"owner": "x", "purpose": "y", "expires": "soon"}'])
+def test_a_lease_nowcast_did_not_write_blocks_no_writer(tmp_path, lease):
+    folder = tmp_path / "a.zarr.lock"
+    folder.mkdir()
+    (folder / "000000000001.json").write_text(lease)
+    with store_lock(str(tmp_path / "a.zarr"), "ingest", wait_s=5):
+        assert sorted(path.name for path in folder.glob("*.json"))[-1] == "000000000002.json"
