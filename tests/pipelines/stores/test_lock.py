@@ -194,9 +194,9 @@ def test_a_file_in_place_of_the_lock_folder_is_named(tmp_path):
     from nowcast.pipelines.stores.groups import StoreError
 
     (tmp_path / "a.zarr.lock").write_text("x")
-    with pytest.raises(StoreError, match=r"a\.zarr\.lock is a file where the writers' lock folder"):
-        with store_lock(str(tmp_path / "a.zarr"), "ingest", wait_s=5):
-            pass
+    with (pytest.raises(StoreError, match=r"a\.zarr\.lock is a file where the writers' lock folder"),
+          store_lock(str(tmp_path / "a.zarr"), "ingest", wait_s=5)):
+        pass
 
 
 @pytest.mark.fault("stores", "a lease object nowcast did not write: JSON without its fields, not an object, "
