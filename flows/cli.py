@@ -29,7 +29,7 @@ from nowcast.flows.params import (
     parse_time,
 )
 from nowcast.flows.progress import command_line_bars, count_now, count_true, progress
-from nowcast.flows.stopping import interruptible, stop_on_signals
+from nowcast.flows.stopping import check_dropped, interruptible, stop_on_signals
 
 # Prefect's ephemeral server (used when no PREFECT_API_URL is set) can take
 # longer than its default 20 s to start on a busy 2-core machine.
@@ -521,6 +521,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             with children_silenced(args.quiet or args.verbose < 1), reports(args):
                 code = args.func(args)
+                check_dropped()  # a Ctrl-C lost in a finaliser: still an interrupted command
                 sys.stdout.flush()  # a closed pipe fails here, not in the interpreter's exit
                 return code
         except BaseException as error:  # each kind sorted out, the rest re-raised

@@ -37,8 +37,33 @@ def interruptible() -> Iterator[Callable[[BaseException], int | None]]:
     def signalled(error: BaseException) -> int | None:
         return _RECEIVED[-1] if _RECEIVED else signal_in(error)
 
-    with _handling(interrupt):
+    with _handling(interrupt), _interrupts_not_dropped():
         yield signalled
+
+
+@contextlib.contextmanager
+def _interrupts_not_dropped() -> Iterator[None]:
+    """A KeyboardInterrupt that the signal raised inside a finaliser (``__del__``), where Python drops it
+    after printing a traceback fragment, goes unprinted here; :func:`check_dropped` then ends the command as
+    interrupted (it once went on and exited 0)."""
+    previous = sys.unraisablehook
+
+    def hook(unraisable) -> None:
+        if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+            previous(unraisable)
+
+    sys.unraisablehook = hook
+    try:
+        yield
+    finally:
+        sys.unraisablehook = previous
+
+
+def check_dropped() -> None:
+    """Raises KeyboardInterrupt when a signal arrived while the command ran but its interrupt was dropped
+    on the way (see :func:`_interrupts_not_dropped`)."""
+    if _RECEIVED:
+        raise KeyboardInterrupt
 
 
 @contextlib.contextmanager

@@ -345,3 +345,22 @@ def test_the_temporary_server_is_apart_from_ctrl_c_and_ends_with_its_command():
         assert not alive(server), "the temporary server outlived the command that started it"
     finally:
         command.kill()
+
+
+@pytest.mark.fault("command line", "Ctrl-C that lands while Python runs a finaliser (`__del__`, e.g. "
+                   "TensorFlow's resource deleter during train's verification)",
+                   "the command still ends as interrupted (exit 130), without Python's 'Exception ignored' "
+                   "fragment; it went on, promoted the version and exited 0")
+def test_an_interrupt_dropped_in_a_finaliser_still_interrupts(capfd):
+    from nowcast.flows.stopping import check_dropped, interruptible
+
+    class Finalised:
+        def __del__(self) -> None:
+            os.kill(os.getpid(), signal.SIGINT)  # the handler raises here, where Python drops it
+
+    with interruptible() as signalled:
+        Finalised()  # collected at once: the interrupt is raised inside __del__ and dropped
+        with pytest.raises(KeyboardInterrupt) as raised:
+            check_dropped()
+        assert signalled(raised.value) == signal.SIGINT
+    assert "Exception ignored" not in capfd.readouterr().err
