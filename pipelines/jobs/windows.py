@@ -46,6 +46,7 @@ from nowcast.pipelines.plans.windows import (
     SKIP_REASONS,
     Task,
     WindowPlan,
+    check_some_window,
     plan_from_archive,
 )
 from nowcast.pipelines.stores.groups import created_whole, storage_errors, worker_errors
@@ -100,6 +101,7 @@ class WindowJob:
                 output is replaced only once the new one is complete.
         """
         plan = plan_from_archive(self.archive, self.spec, self.max_source_chunks)
+        check_some_window(plan)
         check_windows_space(self.archive, self.output, plan.layout())
         create_windows_store(into or self.output, plan.layout(), overwrite=self.overwrite)
         log.info("windows: %d planned, %d emitted, skipped %s; %d tasks, read amplification %.3f",

@@ -29,6 +29,11 @@ from nowcast.pipelines.stores.timeaxis import format_time_step
 from nowcast.pipelines.stores.windows import SPLITS, SplitIndex, WindowsLayout
 
 SKIP_REASONS = ("missing_frame", "straddles_split", "too_dry")
+SKIP_FIXES = {  # what gives windows back, per reason
+    "missing_frame": "missing_frame: ingest the missing frames, or shorten t_in or t_out to fit between gaps",
+    "straddles_split": "straddles_split: lengthen split_block to hold t_in + t_out frames",
+    "too_dry": "too_dry: lower the wet filter's min_fraction, or ingest wetter frames",
+}
 DEFAULT_MAX_SOURCE_CHUNKS = 16
 
 
@@ -234,6 +239,17 @@ def check_frames_for_windows(meta: FrameMeta, info: ArchiveInfo, spec: WindowSpe
     if not meta.valid.any():
         raise WindowSpecError(f"archive {info.url} has no valid frame (all {len(meta.valid)} are missing): "
                               "ingest frames with data first")
+
+
+def check_some_window(plan: WindowPlan) -> None:
+    """Refuses a plan that emits no window (every one skipped): it would write an empty windows store that
+    training or evaluate find useless only later. The message gives each skip reason's fix."""
+    if plan.counts["emitted"]:
+        return
+    skipped = {reason: count for reason, count in plan.counts["skipped"].items() if count}  # type: ignore
+    raise WindowSpecError(f"archive {plan.info.url} gives no window: {plan.counts['planned']} planned, every "
+                          f"one skipped ({', '.join(f'{r} {n}' for r, n in skipped.items())}); "
+                          + "; ".join(SKIP_FIXES[r] for r in skipped))
 
 
 def plan_windows(meta: FrameMeta, info: ArchiveInfo, spec: WindowSpec,
