@@ -12,6 +12,7 @@ not a traceback or a download attempt.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import logging
 import threading
 import weakref
@@ -64,6 +65,31 @@ def _flags(args: Sequence[str]) -> dict[str, str]:
     return flags
 
 
+def _check_runner_name(runner: str) -> str:
+    """Beam's own check of a runner's name, made before any store is written (Beam makes it at run time);
+    returns the class name Beam reads it as (``flink`` is ``FlinkRunner``).
+
+    >>> _check_runner_name("flink"), _check_runner_name("sparkrunner")
+    ('FlinkRunner', 'SparkRunner')
+    """
+    known = StandardOptions.KNOWN_RUNNER_NAMES
+    if "." in runner:
+        module, _, name = runner.rpartition(".")
+        try:
+            found = getattr(importlib.import_module(module), name, None)
+        except ImportError:
+            found = None
+        if not (isinstance(found, type) and issubclass(found, PipelineRunner)):
+            raise RunnerError(f"--runner={runner} is no PipelineRunner class that imports here; check the "
+                              "dotted path and that its package is installed")
+        return name
+    spelt = {**{n.lower().removesuffix("runner"): n for n in known}, **{n.lower(): n for n in known}}
+    if runner.lower() not in spelt:
+        raise RunnerError(f"--runner={runner} is not a Beam runner: use one of {', '.join(known)}, or the "
+                          "dotted path of a PipelineRunner class")
+    return spelt[runner.lower()]
+
+
 def check_beam_args(args: Sequence[str]) -> str:
     """The runner named by pass-through Beam flags, after checking the options it needs.
 
@@ -76,7 +102,7 @@ def check_beam_args(args: Sequence[str]) -> str:
     if not runner:
         raise RunnerError("the beam runner takes Beam's own pipeline flags and needs --runner=<Name>, e.g. "
                           "--runner=FlinkRunner --flink_master=host:8081 (after '--' on the command line)")
-    short = runner.rsplit(".", 1)[-1]
+    short = _check_runner_name(runner)
     if short in ("DirectRunner", "PrismRunner"):
         raise RunnerError(f"--runner={runner} downloads the Prism binary at run time; for a local run use "
                           "the inmemory or multiprocess runner")
@@ -173,7 +199,14 @@ def run_pipeline(options: RunnerOptions, attach: Callable[[beam.Pipeline], objec
     attach(pipeline)
     if options.kind == "multiprocess":
         return _run_watched(pipeline)
-    result = pipeline.run()
+    try:
+        result = pipeline.run()
+    except RuntimeError as error:  # Flink's and Spark's runners fetch a job server jar from the internet
+        if "job server jar" not in str(error):
+            raise
+        raise RunnerError(f"the {runner} job server did not start: {str(error).split('. Also')[0]}; stage "
+                          "that jar where Beam's message says, or pass --job_endpoint of a running job "
+                          "server (with --runner=PortableRunner)") from None
     try:
         result.wait_until_finish()
     finally:

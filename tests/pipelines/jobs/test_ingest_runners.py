@@ -46,8 +46,15 @@ def test_beam_flags_pass_through_to_any_beam_runner(tmp_path):
     assert stores["local"] == stores["beam"]
 
 
+@pytest.mark.fault("command line", "a Beam runner Beam does not know (`--runner=NopeRunner`, a dotted path "
+                   "that does not import), or a known one by its short name (`--runner=flink`)",
+                   "refused before any store is written, naming Beam's runners (a traceback after an empty "
+                   "archive bound the path); the short name gets its required options checked too")
 @pytest.mark.parametrize(("flags", "message"), [
     ((), "needs --runner=<Name>"),
+    (("--runner=NopeRunner",), "is not a Beam runner: use one of .*FlinkRunner"),
+    (("--runner=no.such.Runner",), "is no PipelineRunner class that imports here"),
+    (("--runner=flink",), "needs --flink_master"),
     (("--runner=FlinkRunner",), "needs --flink_master"),
     (("--runner=SparkRunner",), "needs --spark_master_url or --spark_rest_url"),
     (("--runner=PortableRunner",), "needs --job_endpoint"),
