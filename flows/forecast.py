@@ -144,8 +144,15 @@ def chunked(values: tuple[str, ...], size: int) -> list[tuple[str, ...]]:
 
 @flow(name="backfill")
 def backfill_flow(params: BackfillParams) -> BackfillRun:
-    """Scores every init time in [start, end] not yet written, chunk by chunk, with a progress artifact."""
+    """Scores every init time in [start, end] not yet written, chunk by chunk, with a progress artifact.
+    ``latest`` is resolved once, at the start: a version promoted while the backfill runs does not split
+    it between two models (it did, chunk by chunk, without a word)."""
     logger = get_run_logger()
+    version, refusal = scoring.scheduled_version(scoring_spec(params))
+    if refusal:
+        logger.warning(refusal)
+    params = params.model_copy(update={"model_version": version})
+    logger.info("backfill with %s/%s", params.model_name, version)
     pending = plan_pending(scoring_spec(params, start=params.start, end=params.end))
     chunks = chunked(pending.init_times, params.chunk_size)
     total = len(pending.init_times) + pending.already_written

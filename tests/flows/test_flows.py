@@ -197,6 +197,34 @@ def test_a_damaged_promotion_is_passed_over_by_the_schedule(trained):
     assert not (root / "new.zarr").exists()
 
 
+@pytest.mark.fault("backfill", "a version promoted while a backfill of `latest` runs",
+                   "the backfill keeps the version it started with (it switched chunk by chunk and split "
+                   "one backfill between two models, without a word)")
+def test_a_promotion_during_a_backfill_does_not_split_it(trained, monkeypatch):
+    from nowcast.flows.forecast import backfill_flow
+    from nowcast.model.registry import promote_version
+    from nowcast.pipelines.jobs import scoring
+
+    root, _, result = trained
+    models = root / "promoted-meanwhile"  # a registry of its own: the module's `latest` stays as it is
+    shutil.copytree(root / "models", models)
+    params = BackfillParams(**{**model_choice(root, "latest"), "models": str(models),
+                               "forecasts": str(root / "backfilled.zarr")},
+                            start="2024-01-01T01:00", end="2024-01-01T01:25", chunk_size=2, concurrency=1)
+    promote_version(models, params.model_name, result.version)
+    shutil.copytree(models / params.model_name / result.version, models / params.model_name / "v-newer")
+    scored = scoring.run
+
+    def promoting_after_the_first_chunk(*args, **kwargs):
+        done = scored(*args, **kwargs)
+        promote_version(models, params.model_name, "v-newer")
+        return done
+
+    monkeypatch.setattr(scoring, "run", promoting_after_the_first_chunk)
+    assert backfill_flow(params).scored == 6
+    assert set(open_forecasts(params.forecasts)["model_version"].values[12:18]) == {result.version}
+
+
 @pytest.mark.slow
 @pytest.mark.fault("backfill", "a backfill flow SIGKILLed part way",
                    "its store slot frees within a lease; the rerun scores only the rest")
