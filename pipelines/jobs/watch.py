@@ -25,9 +25,16 @@ from nowcast.pipelines.jobs.ingest import IngestSpec, check_item, ingest_items, 
 from nowcast.pipelines.jobs.ticks import Stop, run_streaming, ticks, timing_problem, write_totals
 from nowcast.pipelines.plans.ingest import IngestError, frame_indices
 from nowcast.pipelines.sources import FORMATS, folder_source
-from nowcast.pipelines.sources.base import FolderSource, SourceError, SourceItem, file_signature
+from nowcast.pipelines.sources.base import (
+    FolderSource,
+    SourceError,
+    SourceItem,
+    file_signature,
+    most_common_step,
+)
 from nowcast.pipelines.stores.archive import DEFAULT_TIME_CHUNK, read_info, time_chunk_problem, valid_flags
 from nowcast.pipelines.stores.groups import exists
+from nowcast.pipelines.stores.timeaxis import format_time_step
 
 log = logging.getLogger(__name__)
 
@@ -179,8 +186,8 @@ def listed_items(source: FolderSource, rejections: Rejections) -> list[SourceIte
     """
     try:
         paths = rejections.listed(source.files())
-    except SourceError as error:  # no folder yet, or no file of the format in it
-        log.warning("poll of %s: %s", getattr(source, "directory", source.name), error)
+    except SourceError as error:  # no folder yet, or no file of the format in it: said once, not every poll
+        rejections.warn_once(f"poll of {getattr(source, 'directory', source.name)}: {error}")
         return []
     items = []
     for path in paths:
@@ -228,7 +235,12 @@ def poll_once(spec: WatchSpec, rejections: Rejections) -> int:
     source = folder_source(spec.directory, spec.fmt)
     assert isinstance(source, FolderSource)
     listed = listed_items(source, rejections)
-    ingest_spec = IngestSpec(archive=spec.archive, source=source, time_step=spec.time_step,
+    step = _step(spec, source, listed)
+    if listed and step is None and not exists(spec.archive):
+        rejections.warn_once(f"{spec.directory}: one frame so far, which gives no time step: waiting for the "
+                             "next, or give --time-step")
+        return 0
+    ingest_spec = IngestSpec(archive=spec.archive, source=source, time_step=step,
                              time_chunk=spec.time_chunk, check=False)
     listed, misplaced = on_the_axis(listed, ingest_spec)
     for item, problem in misplaced:
@@ -251,9 +263,37 @@ def poll_once(spec: WatchSpec, rejections: Rejections) -> int:
             rejections.passed(item.path)
     if not good:
         return 0
-    result = ingest_items(ingest_spec, good, runner=None)
+    try:
+        result = ingest_items(ingest_spec, good, runner=None)
+    except SourceError:  # a file changed or vanished since its check: file by file, that one held back
+        return sum(_ingest_file(ingest_spec, [item for item in good if item.path == path], rejections)
+                   for path in dict.fromkeys(item.path for item in good))
     log.info("stream: %s", result.summary())
     return result.frames_written
+
+
+def _ingest_file(spec: IngestSpec, items: list[SourceItem], rejections: Rejections) -> int:
+    """Ingests one file's frames; a file that cannot be read now counts as a failed poll of it alone."""
+    try:
+        result = ingest_items(spec, items, runner=None)
+    except SourceError as error:
+        rejections.failed(items[0].path, error)
+        return 0
+    log.info("stream: %s", result.summary())
+    return result.frames_written
+
+
+def _step(spec: WatchSpec, source: FolderSource, listed: list[SourceItem]) -> str | None:
+    """The time step a new archive gets: ``spec``'s, the format's, or the most common spacing of the files
+    listed readable in this poll (a NetCDF source's own step reads every file, a half-written one too, and
+    stopped the watcher); None for an existing archive, whose step is its own."""
+    if spec.time_step or exists(spec.archive):
+        return spec.time_step
+    try:
+        step = source.time_step()
+    except SourceError:
+        step = most_common_step(item.time for item in listed)
+    return format_time_step(step) if step is not None else None
 
 
 def build(root: beam.Pipeline, spec: WatchSpec, status_path: str,

@@ -169,6 +169,60 @@ def test_a_folder_of_netcdf_files_is_watched(tmp_path):
     assert set(archive.data_vars) >= {"temperature", "humidity"}
 
 
+@pytest.mark.fault("watch", "a half-written NetCDF file in the folder before the archive exists, and a file "
+                   "removed between its check and the ingest",
+                   "the file is held back alone and the good ones come in (either stopped the watcher: the "
+                   "first through the new archive's time step, which read every file)")
+@pytest.mark.filterwarnings("ignore:You will likely lose important projection:UserWarning")
+def test_a_half_written_or_vanished_file_never_stops_the_watcher(tmp_path, radar_dir, monkeypatch):
+    from nowcast.pipelines.jobs import watch
+    from tests.pipelines.sources.test_netcdf import sensor_dataset, write
+
+    incoming = tmp_path / "netcdf"
+    incoming.mkdir()
+    write(sensor_dataset(["2024-03-01T00:00", "2024-03-01T00:10"], seed=1), incoming / "a.nc")
+    (incoming / "b.nc").write_bytes((incoming / "a.nc").read_bytes()[:3000])  # still arriving
+    spec = WatchSpec(archive=str(tmp_path / "netcdf.zarr"), directory=str(incoming), fmt="netcdf",
+                     interval_s=1.0, duration_s=1.0)  # no time step given: the files' own
+    rejections = Rejections(spec.max_attempts)
+    assert poll_once(spec, rejections) == 2
+    assert rejections.failures == {str(incoming / "b.nc"): 1}
+
+    knmi = tmp_path / "knmi"
+    knmi.mkdir()
+    files = sorted((radar_dir / "knmi").rglob("*.h5"))[:3]
+    for path in files:
+        shutil.copy(path, knmi / path.name)
+    vanishing = str(knmi / files[1].name)
+    checked = watch.check_item
+
+    def removed_after_its_check(source, item, grid, fields):
+        found = checked(source, item, grid, fields)
+        if item.path == vanishing:
+            (knmi / files[1].name).unlink()  # an operator or a mirror deletes it now
+        return found
+
+    monkeypatch.setattr(watch, "check_item", removed_after_its_check)
+    spec = WatchSpec(archive=str(tmp_path / "knmi.zarr"), directory=str(knmi), fmt="knmi", interval_s=1.0,
+                     duration_s=1.0, time_chunk=4)
+    rejections = Rejections(spec.max_attempts)
+    assert poll_once(spec, rejections) == 2
+    assert open_archive(spec.archive)["valid"].values.tolist() == [True, False, True]
+    assert rejections.failures == {vanishing: 1}
+    assert poll_once(spec, rejections) == 0  # gone from the listing: nothing held back any more
+
+
+@pytest.mark.fault("watch", "a folder without files of the format, polled for hours",
+                   "one warning (there was one per poll: about 17,000 lines a day at 5 s)")
+def test_an_empty_folder_is_warned_of_once(tmp_path, caplog):
+    spec = WatchSpec(archive=str(tmp_path / "archive.zarr"), directory=str(tmp_path), fmt="knmi",
+                     interval_s=1.0, duration_s=1.0)
+    rejections = Rejections(spec.max_attempts)
+    with caplog.at_level("WARNING", logger="nowcast.pipelines.jobs.watch"):
+        assert [poll_once(spec, rejections) for _ in range(3)] == [0, 0, 0]
+    assert caplog.text.count(f"poll of {tmp_path}: no knmi files") == 1
+
+
 def test_watch_names_the_formats_it_takes():
     with pytest.raises(IngestError, match="knmi, bom, fmi, mch, odim, netcdf"):
         WatchSpec(archive="a.zarr", directory="in", fmt="synthetic")
