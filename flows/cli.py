@@ -315,8 +315,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from nowcast.flows.concurrency import ensure_server
-    from nowcast.flows.serve import serve_deployments
+    from nowcast.flows.serve import check_serving, serve_deployments
 
+    check_serving(args.workdir, args.cron)  # before the server is looked for: each was a traceback after it
     ensure_server()
     serve_deployments(args.workdir, args.cron, model_name=args.model)
     return 0

@@ -142,7 +142,7 @@ def _fraction_of_a_second(text: str) -> bool:
         return False
 
 
-def _placeable(url: str) -> str:
+def placeable(url: str) -> str:
     """A local store path that can exist: not a link to nothing, not under a file (both were tracebacks,
     one of them after a whole training run)."""
     if "::" in url:  # fsspec reads it as a chain of URLs: a lock landed in a folder named after the prefix
@@ -162,7 +162,7 @@ def _placeable(url: str) -> str:
     return url
 
 
-StoreUrl = Annotated[str, Field(min_length=1), AfterValidator(_placeable)]
+StoreUrl = Annotated[str, Field(min_length=1), AfterValidator(placeable)]
 # bounds shared by several forms, so a typo cannot start work no memory, disk or lifetime holds
 MAX_SEED = 2**32 - 1  # NumPy's legacy seeding, which Keras's set_random_seed uses, takes no more
 MAX_SYNTHETIC_FRAMES = 100_000  # about a year of 5-minute frames

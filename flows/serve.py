@@ -18,6 +18,7 @@ import functools
 import http.server
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -25,12 +26,14 @@ import time
 import urllib.request
 from pathlib import Path
 
+from nowcast.errors import InputError
 from nowcast.flows.artifacts import ROOT_ENV, URL_ENV
 from nowcast.flows.evaluate import evaluate_flow
 from nowcast.flows.forecast import backfill_flow, forecast_flow
 from nowcast.flows.ingest import ingest_flow
-from nowcast.flows.params import ROOTS_ENV
+from nowcast.flows.params import ROOTS_ENV, not_a_file, placeable
 from nowcast.flows.stopping import interrupt
+from nowcast.flows.temporary_server import end_with_parent
 from nowcast.flows.train import train_flow
 
 DEFAULT_CRON = "*/5 * * * *"
@@ -74,6 +77,35 @@ def build_deployments(workdir: str | Path = "runs/demo", cron: str = DEFAULT_CRO
     ]
 
 
+def check_serving(workdir: str | Path, cron: str, ports: tuple[int, ...] = ()) -> None:
+    """Refuses a work folder that cannot be one, a cron Prefect would refuse, and ports that are taken or
+    out of range, before anything starts (each was a traceback, the last two after the server's start, or
+    a wait of two minutes; a port held by another Prefect server was silently shared).
+
+    Raises:
+        InputError: naming the option and the fix.
+    """
+    from prefect.client.schemas.schedules import CronSchedule
+
+    placeable(not_a_file(str(workdir), "--workdir"))
+    try:
+        CronSchedule(cron=cron)
+    except ValueError:
+        raise InputError(f"--cron {cron!r} is not a cron expression Prefect takes: five fields, minute hour "
+                         f"day month weekday, e.g. {DEFAULT_CRON!r}") from None
+    if len(set(ports)) < len(ports):
+        raise InputError(f"--port and --files-port are both {ports[0]}: give two ports")
+    for port in ports:
+        if not 0 < port < 65536:
+            raise InputError(f"port {port} is not a TCP port (1 to 65535)")
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                raise InputError(f"port {port} on 127.0.0.1 is in use (another `nowcast server`?): stop what "
+                                 "holds it, or give another port") from None
+
+
 def serve_deployments(workdir: str | Path = "runs/demo", cron: str = DEFAULT_CRON, limit: int = 2,
                       model_name: str = "convlstm") -> None:
     """Registers the deployments and runs triggered flow runs here until interrupted."""
@@ -108,10 +140,13 @@ def stop_process(process: subprocess.Popen, timeout_s: float = 20.0) -> None:
         process.wait()
 
 
-def wait_for_api(api_url: str, timeout_s: float = 120.0) -> None:
-    """Waits until ``<api_url>/health`` answers."""
+def wait_for_api(api_url: str, timeout_s: float = 120.0, server: subprocess.Popen | None = None) -> None:
+    """Waits until ``<api_url>/health`` answers, or ``server``, the process that serves it, has exited."""
     deadline = time.monotonic() + timeout_s
     while True:
+        if server is not None and server.poll() is not None:
+            raise InputError(f"the Prefect server for {api_url} exited ({server.returncode}) before it "
+                             "answered; its messages are above")
         try:
             with urllib.request.urlopen(f"{api_url}/health", timeout=2) as response:
                 if response.status == 200:
@@ -128,15 +163,17 @@ def run_local_server(workdir: str | Path = "runs/demo", port: int = 4200, files_
     """``prefect server start`` (SQLite) + artifact file server + served deployments, until Ctrl-C."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
+    check_serving(workdir, cron, (port, files_port))
     root = Path(workdir).resolve()
     root.mkdir(parents=True, exist_ok=True)
     api = f"http://127.0.0.1:{port}/api"
     env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_API_URL": api}
+    # ends with this process, however it ends: a SIGKILL left the server holding the port for the next run
     server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                               "--port", str(port)], env=env)
+                               "--port", str(port)], env=env, preexec_fn=end_with_parent)
     signal.signal(signal.SIGTERM, interrupt)  # a plain kill stops the server too, as Ctrl-C does
     try:
-        wait_for_api(api)
+        wait_for_api(api, server=server)
         artifacts_root = root.parent
         start_file_server(artifacts_root, files_port)
         os.environ.setdefault(URL_ENV, f"http://127.0.0.1:{files_port}/")

@@ -64,7 +64,7 @@ def _children_apart() -> Iterator[None]:
     process) while the block runs; Prefect's server module starts its server through it."""
     original = subprocess.Popen
     subprocess.Popen = functools.partial(  # type: ignore[misc,assignment]
-        original, process_group=0, preexec_fn=_end_with_parent)
+        original, process_group=0, preexec_fn=end_with_parent)
     try:
         yield
     finally:
@@ -75,7 +75,7 @@ def _children_apart() -> Iterator[None]:
 _PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
 
 
-def _end_with_parent() -> None:
+def end_with_parent() -> None:
     """In the child, before it runs: SIGTERM when the parent dies (Linux only; elsewhere nothing)."""
     if _PRCTL is not None:
         _PRCTL(PR_SET_PDEATHSIG, signal.SIGTERM)

@@ -364,3 +364,28 @@ def test_an_interrupt_dropped_in_a_finaliser_still_interrupts(capfd):
             check_dropped()
         assert signalled(raised.value) == signal.SIGINT
     assert "Exception ignored" not in capfd.readouterr().err
+
+
+@pytest.mark.fault("command line", "`serve`/`server` with a cron Prefect refuses, a work folder that is a "
+                   "file or under one, a port in use, out of range, or given twice",
+                   "exit 2 naming the option before anything starts (tracebacks, some after the server's "
+                   "start; a port in use waited 2 minutes)")
+def test_serving_options_are_checked_before_anything_starts(tmp_path, capsys, monkeypatch):
+    import socket
+
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")  # nothing answers there
+    (tmp_path / "plain").write_text("a file")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        busy = taken.getsockname()[1]
+        work = ["--workdir", str(tmp_path / "w")]
+        for command, message in (
+                (["serve", *work, "--cron", "61 * * * *"], "is not a cron expression"),
+                (["server", "--workdir", str(tmp_path / "plain")], "is a file, not a folder"),
+                (["serve", "--workdir", str(tmp_path / "plain" / "w")], "plain is a file, not a folder"),
+                (["server", *work, "--port", str(busy)], f"port {busy} on 127.0.0.1 is in use"),
+                (["server", *work, "--port", "99999"], "is not a TCP port"),
+                (["server", *work, "--port", "4300", "--files-port", "4300"], "give two ports")):
+            assert cli.main(command) == 2, command
+            assert message in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()
