@@ -31,8 +31,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import os
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
@@ -75,6 +77,27 @@ def on_a_server() -> bool:
     return bool(PREFECT_API_URL.value())
 
 
+def check_prefect_home() -> None:
+    """Refuses a PREFECT_HOME that cannot be a folder (a file, a path under one, a folder not writable):
+    Prefect's temporary server keeps its database there, and without it every command retried for
+    minutes and hung.
+
+    Raises:
+        InputError: naming PREFECT_HOME and the fix.
+    """
+    from prefect.settings import PREFECT_HOME
+
+    home = Path(PREFECT_HOME.value()).expanduser()
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+        probe = home / f".nowcast-probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise InputError(f"PREFECT_HOME={home} cannot hold Prefect's files ({error.strerror or error}): "
+                         "point PREFECT_HOME at a folder you can write, or unset it for ~/.prefect") from None
+
+
 def ensure_server() -> None:
     """A Prefect server for the command's flows: the one at ``PREFECT_API_URL``, refused naming the fixes
     if it does not answer (Prefect's own error is a 100-line traceback from deep in its client, after the
@@ -85,6 +108,7 @@ def ensure_server() -> None:
         InputError: if the server at ``PREFECT_API_URL`` does not answer its health check.
     """
     if not on_a_server():
+        check_prefect_home()
         temporary_server.start()
         return
     from prefect.settings import PREFECT_API_URL

@@ -389,3 +389,19 @@ def test_serving_options_are_checked_before_anything_starts(tmp_path, capsys, mo
             assert cli.main(command) == 2, command
             assert message in capsys.readouterr().err
     assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.fault("command line", "a PREFECT_HOME that cannot be a folder (under a file) for a command that "
+                   "runs a flow on Prefect's temporary server",
+                   "exit 2 naming PREFECT_HOME and the fix (it retried the server for minutes and hung, "
+                   "leaving an empty forecasts store)")
+def test_a_prefect_home_that_cannot_be_a_folder_is_named(stores, tmp_path):
+    (tmp_path / "plain").write_text("a file")
+    env = {key: value for key, value in os.environ.items() if key != "PREFECT_API_URL"}
+    env["PREFECT_HOME"] = str(tmp_path / "plain" / "prefect")
+    result = nowcast("backfill", "--archive", stores["archive"], "--models", stores["models"], "--model-name",
+                     MODEL, "--forecasts", str(tmp_path / "f.zarr"), "--start", "2024-01-01T00:10", "--end",
+                     "2024-01-01T00:20", env=env)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert f"PREFECT_HOME={tmp_path / 'plain' / 'prefect'} cannot hold Prefect's files" in result.stderr
+    assert not (tmp_path / "f.zarr").exists()
