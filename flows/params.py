@@ -215,7 +215,28 @@ class _Stores(BaseModel):
                 url = absolute(value) if local_user else check_store_url(value)
                 # a store that is a file is named by its kind's own check; folders of others have none
                 setattr(self, name, not_a_file(url, name) if name in ("workdir", "models") else url)
+        _apart({name: getattr(self, name) for name in self.STORE_FIELDS if getattr(self, name) is not None})
         return self
+
+
+def _apart(urls: dict[str, str]) -> None:
+    """Each store and folder of a form has its own path, outside every zarr store, and a registry or work
+    folder is no zarr store (outputs written into a store left it warning on every read, and a work folder
+    that was the windows store lost the training's checkpoints when the windows were cut again)."""
+    seen: dict[str, str] = {}
+    for name, url in urls.items():
+        if url.rstrip("/") in seen:
+            raise ParameterError(f"{seen[url.rstrip('/')]} and {name} are both {url}: give each its own path")
+        seen[url.rstrip("/")] = name
+        if not is_local(url):
+            continue
+        path = Path(local_path(url))
+        for parent in path.parents:
+            if (parent / "zarr.json").is_file():
+                raise ParameterError(f"{name} {url} lies inside the zarr store {parent}: give a path outside "
+                                     "it")
+        if name in ("workdir", "models") and (path / "zarr.json").is_file():
+            raise ParameterError(f"{name} {url} is a zarr store, not a folder of its own: give another path")
 
 
 def _registry_check(models: str, model_name: str, model_version: str) -> None:
@@ -278,6 +299,16 @@ class IngestParams(_Stores):
                     "searched recursively; only files not yet in the archive are ingested (leave empty "
                     "to use the synthetic generator)")
     format: str = Field("auto", description="knmi, bom, fmi, mch, odim, netcdf, or auto (from the files)")
+
+    @field_validator("format")
+    @classmethod
+    def _known_format(cls, value: str) -> str:
+        from nowcast.pipelines.sources import FORMATS
+
+        known = ("auto", *FORMATS, "netcdf")
+        if value not in known:  # a scheduled ingest of an empty folder once "succeeded" with any name
+            raise ParameterError(f"format {value!r} is not one nowcast reads: give one of {', '.join(known)}")
+        return value
     synthetic_frames: int = Field(48, ge=1, le=MAX_SYNTHETIC_FRAMES,
                                   description="synthetic: number of 5-minute frames")
     synthetic_size: int = Field(64, ge=8, le=MAX_GRID_SIZE, description="synthetic: grid size (square)")
@@ -370,7 +401,27 @@ class TrainParams(WindowsParams):
         if self.base == "lagrangian_ar" and self.t_in < 3:
             raise ParameterError(f"base lagrangian_ar steps each scale on from the last three frames: t_in "
                                  f"is {self.t_in}; use t_in 3 or more, or base advection")
+        self._fits_the_encoder()
         return self
+
+    def _fits_the_encoder(self) -> None:
+        """The patches (or the whole grid) divide by the encoder's downsampling, checked before the windows
+        are cut (the model refused them only after that)."""
+        from nowcast.pipelines.stores.archive import read_info
+
+        factor = 2 ** len(self.filters)
+        if self.patch_size is not None:
+            sizes, what = (self.patch_size, self.patch_size), f"patch_size {self.patch_size}"
+        else:
+            try:
+                sizes = read_info(self.archive).grid.shape
+            except Exception:  # an archive the windows job cannot read names its own problem
+                return
+            what = f"the archive's grid {sizes[0]}x{sizes[1]} (no patch_size)"
+        if sizes[0] % factor or sizes[1] % factor:
+            raise ParameterError(f"{what} does not divide by {factor}, the downsampling of "
+                                 f"{len(self.filters)} encoder levels (filters {list(self.filters)}): give a "
+                                 f"patch_size that is a multiple of {factor}, or fewer filters")
 
     @property
     def chosen_base(self) -> str:
@@ -491,7 +542,8 @@ class DemoParams(BaseModel):
 
     frames: int = Field(288, ge=1, le=MAX_SYNTHETIC_FRAMES,
                         description="synthetic frames (5-min steps)")
-    size: int = Field(128, ge=16, le=MAX_GRID_SIZE, description="grid size")
+    size: int = Field(128, ge=16, le=MAX_GRID_SIZE, multiple_of=4,
+                      description="grid size (a multiple of 4: the demo model's encoder halves it twice)")
     epochs: int = Field(4, ge=1, le=MAX_EPOCHS, description="training epochs (small model, CPU)")
     backfill_hours: FiniteFloat = Field(3.0, gt=0, le=10_000, description="hours of forecasts backfilled")
     workers: int = Field(2, ge=1, le=MAX_WORKERS,

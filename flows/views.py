@@ -60,6 +60,9 @@ def picture_path(path: str | Path, suffixes: tuple[str, ...]) -> Path:
             raise InputError(f"{path} is an extension without a file name; give a name such as "
                              f"map{path.name}")
         raise InputError(f"{path} must end in {' or '.join(suffixes)} (the picture's format)")
+    store = next((parent for parent in path.resolve().parents if (parent / "zarr.json").is_file()), None)
+    if store is not None:  # a file in a store makes every later read of it warn
+        raise InputError(f"{path} lies inside the zarr store {store}: give a path outside it")
     return path
 
 

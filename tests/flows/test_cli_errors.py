@@ -405,3 +405,46 @@ def test_a_prefect_home_that_cannot_be_a_folder_is_named(stores, tmp_path):
     assert result.returncode == 2, result.stderr[-2000:]
     assert f"PREFECT_HOME={tmp_path / 'plain' / 'prefect'} cannot hold Prefect's files" in result.stderr
     assert not (tmp_path / "f.zarr").exists()
+
+
+@pytest.mark.fault("command line", "outputs that share a path (`--workdir` = `--windows`, `--models` = "
+                   "`--archive`) or lie inside a zarr store (a registry, work folder or picture in "
+                   "archive.zarr), and an unknown `--format`",
+                   "exit 2 naming both paths or the store, before any work (the files written into a store "
+                   "made every later read of it warn; a work folder cut again as windows lost the "
+                   "checkpoints; a scheduled ingest with any format 'succeeded' while the folder was empty)")
+def test_outputs_keep_apart_and_out_of_stores(stores, tmp_path, capsys):
+    from tests.pipelines.jobs.ingest_helpers import snapshot
+
+    archive, before = stores["archive"], snapshot(stores["archive"])
+    train = ["train", "--archive", archive, "--epochs", "1"]
+    for command, message in (
+            ([*train, "--windows", str(tmp_path / "w.zarr"), "--workdir", str(tmp_path / "w.zarr")],
+             f"windows and workdir are both {tmp_path / 'w.zarr'}"),
+            ([*train, "--windows", str(tmp_path / "w.zarr"), "--models", archive],
+             f"archive and models are both {archive}"),
+            ([*train, "--windows", str(tmp_path / "w.zarr"), "--models", f"{archive}/models"],
+             f"models {archive}/models lies inside the zarr store {archive}"),
+            (["show", archive, "--out", f"{archive}/x.png"], f"lies inside the zarr store {archive}"),
+            (["ingest", "--archive", str(tmp_path / "a.zarr"), "--input", str(tmp_path), "--format", "xyz"],
+             "format 'xyz' is not one nowcast reads")):
+        assert cli.main(command) == 2, command
+        assert message in capsys.readouterr().err
+    assert snapshot(archive) == before
+    assert sorted(path.name for path in tmp_path.iterdir()) == []
+
+
+@pytest.mark.fault("command line", "a train patch size (or, without one, a grid) that the encoder's "
+                   "downsampling does not divide; a demo grid of such a size",
+                   "exit 2 naming the sizes and the factor before any window is cut (it came after 19 s of "
+                   "cutting, with the windows store left; the demo's after the ingest and its picture)")
+def test_sizes_the_encoder_cannot_take_are_refused_before_any_work(stores, tmp_path, capsys):
+    train = ["train", "--archive", stores["archive"], "--windows", str(tmp_path / "w.zarr"), "--models",
+             str(tmp_path / "m"), "--workdir", str(tmp_path / "t"), "--epochs", "1"]
+    assert cli.main([*train, "--patch-size", "9"]) == 2
+    assert "--patch-size 9 does not divide by 4, the downsampling of 2 encoder" in capsys.readouterr().err
+    assert cli.main([*train, "--filters", "2", "2", "2", "2", "2"]) == 2
+    assert "the archive's grid 16x16 (no --patch-size) does not divide by 32" in capsys.readouterr().err
+    assert cli.main(["demo", "--workdir", str(tmp_path / "demo"), "--size", "50"]) == 2
+    assert "--size: Input should be a multiple of 4" in capsys.readouterr().err
+    assert sorted(path.name for path in tmp_path.iterdir()) == []
