@@ -128,13 +128,17 @@ def test_evaluate_forecasts_needs_the_archive(stores, tmp_path, capsys):
 def test_a_store_of_another_kind_is_named_as_such(stores, tmp_path, capsys):
     from tests.pipelines.jobs.ingest_helpers import snapshot
 
+    import shutil
+
     before = {kind: snapshot(stores[kind]) for kind in ("archive", "forecasts")}
+    other = str(shutil.copytree(stores["archive"], tmp_path / "other.zarr"))
     common = ["score", "--models", stores["models"], "--model-name", MODEL]
+    assert cli.main([*common, "--archive", stores["archive"], "--forecasts", other]) == 2
+    assert f"{other} is an archive, not a forecasts store" in capsys.readouterr().err
     assert cli.main([*common, "--archive", stores["archive"], "--forecasts", stores["archive"]]) == 2
-    assert f"{stores['archive']} is an archive, not a forecasts store" in capsys.readouterr().err
+    assert f"archive and forecasts are both {stores['archive']}" in capsys.readouterr().err
     assert cli.main(["evaluate", "--windows", str(tmp_path / "w.zarr"), "--models", stores["models"],
-                     "--model-name", MODEL, "--archive", stores["archive"], "--forecasts",
-                     stores["archive"]]) == 2
+                     "--model-name", MODEL, "--archive", stores["archive"], "--forecasts", other]) == 2
     err = capsys.readouterr().err  # evaluate reads the forecasts: no new store is offered
     assert "is an archive, not a forecasts store" in err
     assert "new path" not in err
