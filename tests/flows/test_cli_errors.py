@@ -126,9 +126,9 @@ def test_evaluate_forecasts_needs_the_archive(stores, tmp_path, capsys):
                    "exit 2 saying which kind of store it is (offering a new path only where the run creates "
                    "one); nothing written")
 def test_a_store_of_another_kind_is_named_as_such(stores, tmp_path, capsys):
-    from tests.pipelines.jobs.ingest_helpers import snapshot
-
     import shutil
+
+    from tests.pipelines.jobs.ingest_helpers import snapshot
 
     before = {kind: snapshot(stores[kind]) for kind in ("archive", "forecasts")}
     other = str(shutil.copytree(stores["archive"], tmp_path / "other.zarr"))
