@@ -200,9 +200,26 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _a_registry(models: str) -> None:
+    """Refuses a local --models that is no registry: nothing there (a typo listed "no models" with exit 0)
+    or a zarr store."""
+    from nowcast.pipelines.stores.groups import is_local, local_path
+
+    if not is_local(models):
+        return
+    path = local_path(models)
+    if not os.path.isdir(path):
+        raise InputError(f"no model registry at {models} ({'a file' if os.path.exists(path) else 'nothing'} "
+                         "there): give --models of the folder `nowcast train` registers into")
+    if os.path.isfile(os.path.join(path, "zarr.json")):
+        raise InputError(f"{models} is a zarr store, not a model registry: give --models of the folder "
+                         "`nowcast train` registers into")
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from nowcast.model import registry
 
+    _a_registry(args.models)
     if args.action == "promote":
         name, version = _model_version(args.model, "promote")
         registry.promote_version(args.models, name, version)
@@ -210,7 +227,12 @@ def cmd_models(args: argparse.Namespace) -> int:
         return 0
     if args.action == "show":
         name, version = _model_version(args.model, "show", default=registry.LATEST)
-        path = registry.resolve_version(args.models, name, version)
+        try:
+            path = registry.resolve_version(args.models, name, version)
+        except registry.RegistryError as error:
+            known = registry.list_versions(args.models, name)
+            raise registry.RegistryError(f"{error}; versions of {name} there: {', '.join(known) or 'none'} "
+                                         "(`nowcast models list`)") from None
         metadata = registry.read_metadata(path)
         metrics = registry.read_metadata(path, registry.METRICS_FILE)
         shown = {k: v for k, v in metadata.items() if k != "packages"}

@@ -13,7 +13,7 @@ import numpy as np
 
 from nowcast.errors import InputError
 from nowcast.pipelines.stores.archive import ArchiveInfo
-from nowcast.pipelines.stores.timeaxis import time_index, to_datetime64
+from nowcast.pipelines.stores.timeaxis import format_time_step, time_index, to_datetime64
 
 
 class ScoringError(InputError):
@@ -124,7 +124,12 @@ def select_indices(spec: ScoringSpec, archive: ArchiveInfo) -> np.ndarray:
     if spec.end:
         last = min(last, int((to_datetime64(spec.end) - archive.start) // archive.time_step))
     waiting = spec.end is None and first >= archive.length  # a follower started before its first frame
-    if last < first and not waiting:  # a range past either end (or between two frames) would score nothing
+    if last < first and not waiting and spec.start and spec.end and archive.start <= to_datetime64(
+            spec.start) <= archive.end:  # inside the archive, between two of its frames
+        raise ScoringError(f"no archive frame lies in {spec.start} .. {spec.end}: the archive's frames are "
+                           f"{format_time_step(archive.time_step)} apart from {archive.start}; give times "
+                           "on that step, or a wider range")
+    if last < first and not waiting:  # a range past either end would score nothing
         raise ScoringError(f"no archive frame lies in {spec.start or 'its start'} .. "
                            f"{spec.end or 'its end'}: the archive {archive.url} covers {archive.start} .. "
                            f"{archive.end}; give a range that overlaps it, or ingest those frames first")

@@ -71,10 +71,10 @@ def to_datetime64(value: Any) -> np.datetime64:
     (np.datetime64('2024-01-01T00:00:00'), np.datetime64('2024-01-01T00:00:00'))
     """
     if isinstance(value, str):
-        with contextlib.suppress(ValueError):  # no offset Python reads (or not a time): numpy says which
+        with contextlib.suppress(ValueError):  # not a time Python reads: numpy says whether it reads it
             parsed = datetime.datetime.fromisoformat(value)
-            if parsed.tzinfo is not None:
-                value = parsed.astimezone(datetime.UTC).replace(tzinfo=None)
+            # what Python read, not the text: numpy takes the basic form's "T0100" for a zone and warns
+            value = parsed.astimezone(datetime.UTC).replace(tzinfo=None) if parsed.tzinfo else parsed
     return np.datetime64(value, "s")
 
 

@@ -176,6 +176,7 @@ def test_a_time_with_an_offset_is_converted_without_a_warning():
         warnings.simplefilter("error")  # numpy's "no explicit representation of timezones" once leaked
         assert parse_time("2024-01-01T03:00+02:00", "start") == parse_time("2024-01-01T01:00", "start")
         assert parse_time("2024-01-01T03:00Z", "start") == parse_time("2024-01-01T03:00", "start")
+        assert parse_time("2024-01-01T0300", "start") == parse_time("2024-01-01T03:00", "start")  # basic form
 
 
 @pytest.mark.fault("command line", "a time with a fraction of a second, a non-finite number, a share that "
@@ -452,3 +453,21 @@ def test_sizes_the_encoder_cannot_take_are_refused_before_any_work(stores, tmp_p
     assert cli.main(["demo", "--workdir", str(tmp_path / "demo"), "--size", "50"]) == 2
     assert "--size: Input should be a multiple of 4" in capsys.readouterr().err
     assert sorted(path.name for path in tmp_path.iterdir()) == []
+
+
+@pytest.mark.fault("command line", "`models` with --models of nothing, of a zarr store, or a version that is "
+                   "not there; a scoring range inside the archive that falls between two frames",
+                   "exit 2 naming the path (it listed 'no models' with exit 0), the versions there, or the "
+                   "archive's step (it said to give a range that overlaps the archive)")
+def test_registries_versions_and_ranges_are_named(stores, tmp_path, capsys):
+    assert cli.main(["models", "list", "--models", str(tmp_path / "nowhere")]) == 2
+    assert "no model registry at" in capsys.readouterr().err
+    assert cli.main(["models", "list", "--models", stores["archive"]]) == 2
+    assert "is a zarr store, not a model registry" in capsys.readouterr().err
+    assert cli.main(["models", "show", f"{MODEL}/nope", "--models", stores["models"]]) == 2
+    assert f"versions of {MODEL} there: " in capsys.readouterr().err
+    assert cli.main(["score", "--archive", stores["archive"], "--models", stores["models"], "--model-name",
+                     MODEL, "--forecasts", str(tmp_path / "f.zarr"), "--start", "2024-01-01T00:11",
+                     "--end", "2024-01-01T00:13"]) == 2
+    assert "the archive's frames are PT5M apart from 2024-01-01T00:00:00" in capsys.readouterr().err
+    assert not (tmp_path / "f.zarr").exists()
