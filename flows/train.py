@@ -13,6 +13,7 @@ where it was; the run's report says by how much it won or lost.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 from pathlib import Path
@@ -131,13 +132,38 @@ def fit(params: TrainParams, workdir: Path) -> str:
                          batch_size=params.batch_size, learning_rate=params.learning_rate, loss=params.loss,
                          augment=params.augment, seed=params.seed,
                          verbose=0, promote=False)
+    saved = _saved_by_this_run(params, workdir)
+    if saved is not None:
+        get_run_logger().info("%s was saved by this run before it was interrupted: verifying it", saved)
+        return saved
     log = _epoch_log()
     # a bar when the command line runs the flow and asked for bars, and the UI's artifact; early stopping
     # can end both short of the total
     with progress("train epochs", params.epochs, lambda: log.epochs, artifact=artifact_key("train-progress")):
         result = train(config, extra_callbacks=[log])
+    (workdir / SAVED).write_text(json.dumps({"params": params.model_dump(mode="json"), "path": result.path}))
     get_run_logger().info("fitted %s in %.1f s", result.path, result.metrics["train_seconds"])
     return result.path
+
+
+SAVED = "saved-version.json"  # in the workdir from the version's save until the run's verdict
+
+
+def _saved_by_this_run(params: TrainParams, workdir: Path) -> str | None:
+    """The version an interrupted run of the same parameters saved and did not get to verify and promote
+    (a rerun trained it again and left the first one behind, unpromoted); None when there is none."""
+    try:
+        record = json.loads((workdir / SAVED).read_text())
+        path = str(record["path"])
+        same = record["params"] == params.model_dump(mode="json")
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not same:
+        return None
+    try:
+        return registry.resolve_version(params.models, params.architecture, registry.version_name(path))
+    except registry.RegistryError:  # removed or damaged since: train it again
+        return None
 
 
 def verdict_text(version: str, promoted: bool, better: bool, policy: str, by: str) -> str:
@@ -201,6 +227,7 @@ def _train(params: TrainParams, workdir: Path) -> TrainRun:
         publish_png(f"train-{kind}", path, f"{params.architecture}/{version} validation {kind}")
     publish_store("train-model", str(version_dir), "model version directory")
     print(markdown)
+    (workdir / SAVED).unlink(missing_ok=True)  # the verdict is given: a rerun trains anew
     return TrainRun(version=version, path=str(version_dir), promoted=promote, val_mae=ours,
                     extrapolation_mae=base, margins=margins, table=markdown, counts=counts,
                     pictures={k: published(Path(v), workdir, params.workdir) for k, v in pictures.items()},

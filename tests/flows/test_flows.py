@@ -147,6 +147,36 @@ def test_train_registers_and_promotes_only_a_model_that_beats_extrapolation(trai
 
 
 @pytest.mark.slow
+@pytest.mark.fault("train", "a train run interrupted after its version is saved, before the verdict "
+                   "(verification, promotion)",
+                   "the rerun verifies and promotes that version instead of training again (it trained "
+                   "anew and left the first version behind, unpromoted)")
+def test_a_run_interrupted_after_saving_goes_on_from_its_version(trained, monkeypatch):
+    from nowcast.flows import train as train_module
+    from nowcast.model.registry import list_versions
+
+    root, _, _ = trained
+    params = TrainParams(archive=str(root / "archive.zarr"), windows=str(root / "windows-resume.zarr"),
+                         models=str(root / "models-resume"), workdir=str(root / "train-resume"), epochs=1,
+                         promote="always")
+    verify = train_module.verify
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt  # Ctrl-C while the new version is verified
+
+    monkeypatch.setattr(train_module, "verify", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train_module.train_flow(params)
+    first = list_versions(params.models, params.architecture)
+    assert len(first) == 1
+    monkeypatch.setattr(train_module, "verify", verify)
+    rerun = train_module.train_flow(params)
+    assert (rerun.version, rerun.promoted) == (first[0], True)
+    assert list_versions(params.models, params.architecture) == first
+    assert not (root / "train-resume" / train_module.SAVED).exists()
+
+
+@pytest.mark.slow
 def test_forecast_scores_new_frames_and_is_a_no_op_otherwise(trained):
     from nowcast.flows.forecast import ForecastRun, forecast_flow
     from nowcast.flows.ingest import ingest_flow
