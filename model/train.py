@@ -177,6 +177,14 @@ def _fingerprint(urls: Sequence[str]) -> str:
     return hashlib.sha256("".join(fingerprint(url, "train") for url in urls).encode()).hexdigest()
 
 
+def _rewritten(urls: Sequence[str], trained_on: str) -> bool:
+    """Whether the training windows are no longer those the run started on."""
+    try:
+        return _fingerprint(urls) != trained_on
+    except Exception:  # gone, or half replaced
+        return True
+
+
 def _urls(windows: str | tuple[str, ...]) -> tuple[str, ...]:
     return (windows,) if isinstance(windows, str) else tuple(windows)
 
@@ -267,7 +275,8 @@ def train(cfg: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callback] 
     keras.utils.set_random_seed(cfg.seed)
     use_deterministic_kernels(cfg.deterministic)
     tset = training_set(cfg)
-    checkpoint = TrainingCheckpoint(Path(cfg.workdir) / "backup", run_identity(cfg, tset))
+    identity = run_identity(cfg, tset)
+    checkpoint = TrainingCheckpoint(Path(cfg.workdir) / "backup", identity)
     saved = checkpoint.state()  # refuses another run's checkpoint before any work
     epochs = Epochs()
     train_ds = data.make_dataset(tset.urls, "train", cfg.batch_size, normalizer=tset.normalizer,
@@ -300,6 +309,12 @@ def train(cfg: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callback] 
                 verbose=cfg.verbose)
         seconds = time.time() - started
         lead_scale, val_metrics = validate(cfg, tset, net)
+    except Exception:
+        if _rewritten(tset.urls, str(identity["training_data_hash"])):  # a reshape error deep in Keras
+            raise TrainConfigError(f"{', '.join(tset.urls)} was rewritten (or removed) while this run read "
+                                   "it: rerun once the windows job is done (runs that cut different "
+                                   "windows need a --windows each)") from None
+        raise
     finally:
         keras.mixed_precision.set_global_policy("float32")
     history = dict(checkpoint.history)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import keras
@@ -78,3 +79,27 @@ def test_a_run_failing_on_a_gpu_machine_leaves_the_precision_policy_as_it_was(ti
     with pytest.raises(RuntimeError, match="out of GPU memory"):
         train(cfg)
     assert keras.mixed_precision.global_policy().name == "float32"
+
+
+@pytest.mark.fault("train", "the windows store rewritten (another windows run, other settings) while a "
+                   "training run reads it",
+                   "the run stops naming the store and the fix (a 198-line TensorFlow traceback, exit 1)")
+def test_windows_rewritten_under_a_training_run_are_named(tmp_path):
+    from nowcast.model.train import TrainConfigError
+    from tests.model.conftest import make_tiny_windows, rain_like, write_windows
+
+    windows = make_tiny_windows(tmp_path)
+
+    class RewriteAfterTheFirstEpoch(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 0:
+                rng = np.random.default_rng(1)
+                shutil.rmtree(windows)  # cut again with other frames and patches
+                write_windows(Path(windows), {name: (rain_like(rng, (n, 3, 8, 8, 1)),
+                                                     rain_like(rng, (n, 2, 8, 8, 1)))
+                                              for name, n in (("train", 10), ("val", 4))})
+
+    cfg = TrainConfig(windows=windows, models=str(tmp_path / "models"), architecture="convlstm",
+                      workdir=str(tmp_path / "run"), options=OPTIONS, epochs=3, batch_size=4, verbose=0)
+    with pytest.raises(TrainConfigError, match=r"windows\.zarr was rewritten \(or removed\) while this"):
+        train(cfg, extra_callbacks=[RewriteAfterTheFirstEpoch()])
