@@ -402,7 +402,24 @@ class TrainParams(WindowsParams):
             raise ParameterError(f"base lagrangian_ar steps each scale on from the last three frames: t_in "
                                  f"is {self.t_in}; use t_in 3 or more, or base advection")
         self._fits_the_encoder()
+        self._a_rain_rate()
         return self
+
+    def _a_rain_rate(self) -> None:
+        """The trained variable is a rain rate: validation scores it as rain (CSI at 1 mm/h, frequency bias)
+        and promotion compares it with LK extrapolation on them; a temperature in K scored every CSI 1.000
+        and reported its MAE in mm/h."""
+        from nowcast.pipelines.stores.archive import PRECIP, read_info, same_units
+
+        try:
+            field = read_info(self.archive).field(self.variable)
+        except Exception:  # an archive or variable the windows job cannot read names its own problem
+            return
+        if not same_units(field.units, PRECIP.units):
+            raise ParameterError(f"variable {self.variable!r} is in {field.units!r}, not a rain rate "
+                                 f"({PRECIP.units}): training verifies and promotes on rain scores (CSI at "
+                                 "1 mm/h against LK extrapolation); train on a precipitation variable (cut "
+                                 f"windows of {self.variable!r} with `nowcast windows` for other uses)")
 
     def _fits_the_encoder(self) -> None:
         """The patches (or the whole grid) divide by the encoder's downsampling, checked before the windows

@@ -471,3 +471,19 @@ def test_registries_versions_and_ranges_are_named(stores, tmp_path, capsys):
                      "--end", "2024-01-01T00:13"]) == 2
     assert "the archive's frames are PT5M apart from 2024-01-01T00:00:00" in capsys.readouterr().err
     assert not (tmp_path / "f.zarr").exists()
+
+
+@pytest.mark.fault("train", "`train --variable` of a field that is not a rain rate (a temperature in K)",
+                   "exit 2 naming the units before any work (it trained, scored every CSI 1.000 and "
+                   "reported its MAE in mm/h)")
+def test_training_a_field_that_is_not_rain_is_refused(tmp_path, capsys):
+    import numpy as np
+
+    from tests.pipelines.jobs.windows_testing import make_archive, random_frames
+
+    info = make_archive(tmp_path / "a.zarr", random_frames(np.random.default_rng(0), 16, 8, 8),
+                        np.ones(16, bool), 8)
+    assert cli.main(["train", "--archive", info.url, "--variable", "temp", "--windows",
+                     str(tmp_path / "w.zarr"), "--models", str(tmp_path / "m"), "--epochs", "1"]) == 2
+    assert "variable 'temp' is in 'K', not a rain rate (mm h-1)" in capsys.readouterr().err
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["a.zarr"]
