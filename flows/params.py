@@ -101,9 +101,12 @@ def check_store_url(url: str) -> str:
             if "://" not in root and all(os.path.commonpath([base, p]) == base
                                          for base, p in ((root, path), (os.path.realpath(root), real))):
                 return path
+    default = url.startswith(f"{DEFAULT_WORKDIR}/")  # a run given part of `params` gets the rest's defaults
     raise ParameterError(
         f"store {url!r} is outside the configured storage roots {roots}; use a location under one of "
         f"them, or add its folder to {ROOTS_ENV} (separated by ':' or ',') where the flow runs"
+        + ("; it is the form's default: parameters given to a run (`prefect deployment run --param "
+           "params=...`) replace the deployment's whole `params`, so give every store" if default else "")
     )
 
 

@@ -51,8 +51,12 @@ def test_store_urls_cannot_climb_out_of_the_storage_roots(tmp_path, monkeypatch)
         "http://169.254.169.254/latest/meta-data/",  # other hosts and schemes
         "memory://nowcast/a.zarr",
     ):
-        with pytest.raises(ParameterError, match="outside the configured storage roots"):
+        with pytest.raises(ParameterError, match="outside the configured storage roots") as refused:
             check_store_url(outside)
+        assert "form's default" not in str(refused.value)
+    # a run given part of `params` gets the form's defaults for the rest: the message says so
+    with pytest.raises(ParameterError, match="it is the form's default: parameters given to a run"):
+        check_store_url("runs/demo/archive.zarr")
 
 
 @pytest.mark.fault("security", "requests climbing out of the artifact server's folder",
