@@ -404,8 +404,8 @@ def _refuse_damage_or_other_kind(url: str, group: Any) -> None:
     except (StoreError, ValueError):
         return
     if kind != "archive":
-        raise ArchiveError(f"{url} is a {kind} store, not an archive: give an archive's path (or, to ingest, "
-                           "a new one)")
+        raise ArchiveError(f"{url} is a {kind} store, not an archive: give an archive's path (ingest creates "
+                           "one at a new path)")
 
 
 def read_info(url: str) -> ArchiveInfo:

@@ -202,7 +202,7 @@ def not_a_store(url: str) -> str | None:
     if names:
         return (f"{url} exists and holds {len(names)} entries but no zarr.json: it is not a zarr store, or "
                 "its root metadata was deleted (restore zarr.json from a copy). Nothing was written to it; "
-                "give another path for a new store")
+                "give the path of a store (or, for a new one, a path where nothing is)")
     return None
 
 
