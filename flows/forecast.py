@@ -146,13 +146,15 @@ def chunked(values: tuple[str, ...], size: int) -> list[tuple[str, ...]]:
 def backfill_flow(params: BackfillParams) -> BackfillRun:
     """Scores every init time in [start, end] not yet written, chunk by chunk, with a progress artifact.
     ``latest`` is resolved once, at the start: a version promoted while the backfill runs does not split
-    it between two models (it did, chunk by chunk, without a word)."""
+    it between two models (it did, chunk by chunk, without a word). A promoted version that cannot score
+    fails the backfill naming the damage (the schedule passes it over; a backfill is started by hand)."""
+    from nowcast.model.registry import LATEST, promoted_version
+
     logger = get_run_logger()
-    version, refusal = scoring.scheduled_version(scoring_spec(params))
-    if refusal:
-        logger.warning(refusal)
-    params = params.model_copy(update={"model_version": version})
-    logger.info("backfill with %s/%s", params.model_name, version)
+    if params.model_version == LATEST:
+        pinned = promoted_version(params.models, params.model_name)
+        params = params.model_copy(update={"model_version": pinned or LATEST})  # none: scoring says so
+    logger.info("backfill with %s/%s", params.model_name, params.model_version)
     pending = plan_pending(scoring_spec(params, start=params.start, end=params.end))
     chunks = chunked(pending.init_times, params.chunk_size)
     total = len(pending.init_times) + pending.already_written
