@@ -25,6 +25,12 @@ pytestmark = pytest.mark.xdist_group(__name__)  # its module fixture is built on
 FRAMES, SIZE = 16, (16, 16)
 
 
+def refused(capsys, command: list[str], message: str) -> None:
+    """``command`` exits 2 with ``message`` on stderr."""
+    assert cli.main(command) == 2, command
+    assert message in capsys.readouterr().err
+
+
 def nowcast(*args: str, **popen) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "nowcast.flows.cli", *args], capture_output=True, text=True,
                           timeout=300, **popen)
@@ -391,8 +397,7 @@ def test_serving_options_are_checked_before_anything_starts(tmp_path, capsys, mo
                 (["server", *work, "--port", str(busy)], f"port {busy} on 127.0.0.1 is in use"),
                 (["server", *work, "--port", "99999"], "is not a TCP port"),
                 (["server", *work, "--port", "4300", "--files-port", "4300"], "give two ports")):
-            assert cli.main(command) == 2, command
-            assert message in capsys.readouterr().err
+            refused(capsys, command, message)
     assert not (tmp_path / "w").exists()
 
 
@@ -433,8 +438,7 @@ def test_outputs_keep_apart_and_out_of_stores(stores, tmp_path, capsys):
             (["show", archive, "--out", f"{archive}/x.png"], f"lies inside the zarr store {archive}"),
             (["ingest", "--archive", str(tmp_path / "a.zarr"), "--input", str(tmp_path), "--format", "xyz"],
              "format 'xyz' is not one nowcast reads")):
-        assert cli.main(command) == 2, command
-        assert message in capsys.readouterr().err
+        refused(capsys, command, message)
     assert snapshot(archive) == before
     assert sorted(path.name for path in tmp_path.iterdir()) == []
 
@@ -446,12 +450,11 @@ def test_outputs_keep_apart_and_out_of_stores(stores, tmp_path, capsys):
 def test_sizes_the_encoder_cannot_take_are_refused_before_any_work(stores, tmp_path, capsys):
     train = ["train", "--archive", stores["archive"], "--windows", str(tmp_path / "w.zarr"), "--models",
              str(tmp_path / "m"), "--workdir", str(tmp_path / "t"), "--epochs", "1"]
-    assert cli.main([*train, "--patch-size", "9"]) == 2
-    assert "--patch-size 9 does not divide by 4, the downsampling of 2 encoder" in capsys.readouterr().err
-    assert cli.main([*train, "--filters", "2", "2", "2", "2", "2"]) == 2
-    assert "the archive's grid 16x16 (no --patch-size) does not divide by 32" in capsys.readouterr().err
-    assert cli.main(["demo", "--workdir", str(tmp_path / "demo"), "--size", "50"]) == 2
-    assert "--size: Input should be a multiple of 4" in capsys.readouterr().err
+    refused(capsys, [*train, "--patch-size", "9"], "--patch-size 9 does not divide by 4, the downsampling")
+    refused(capsys, [*train, "--filters", "2", "2", "2", "2", "2"],
+            "the archive's grid 16x16 (no --patch-size) does not divide by 32")
+    refused(capsys, ["demo", "--workdir", str(tmp_path / "demo"), "--size", "50"],
+            "--size: Input should be a multiple of 4")
     assert sorted(path.name for path in tmp_path.iterdir()) == []
 
 
@@ -460,16 +463,15 @@ def test_sizes_the_encoder_cannot_take_are_refused_before_any_work(stores, tmp_p
                    "exit 2 naming the path (it listed 'no models' with exit 0), the versions there, or the "
                    "archive's step (it said to give a range that overlaps the archive)")
 def test_registries_versions_and_ranges_are_named(stores, tmp_path, capsys):
-    assert cli.main(["models", "list", "--models", str(tmp_path / "nowhere")]) == 2
-    assert "no model registry at" in capsys.readouterr().err
-    assert cli.main(["models", "list", "--models", stores["archive"]]) == 2
-    assert "is a zarr store, not a model registry" in capsys.readouterr().err
-    assert cli.main(["models", "show", f"{MODEL}/nope", "--models", stores["models"]]) == 2
-    assert f"versions of {MODEL} there: " in capsys.readouterr().err
-    assert cli.main(["score", "--archive", stores["archive"], "--models", stores["models"], "--model-name",
+    refused(capsys, ["models", "list", "--models", str(tmp_path / "nowhere")], "no model registry at")
+    refused(capsys, ["models", "list", "--models", stores["archive"]],
+            "is a zarr store, not a model registry")
+    refused(capsys, ["models", "show", f"{MODEL}/nope", "--models", stores["models"]],
+            f"versions of {MODEL} there: ")
+    refused(capsys, ["score", "--archive", stores["archive"], "--models", stores["models"], "--model-name",
                      MODEL, "--forecasts", str(tmp_path / "f.zarr"), "--start", "2024-01-01T00:11",
-                     "--end", "2024-01-01T00:13"]) == 2
-    assert "the archive's frames are PT5M apart from 2024-01-01T00:00:00" in capsys.readouterr().err
+                     "--end", "2024-01-01T00:13"],
+            "the archive's frames are PT5M apart from 2024-01-01T00:00:00")
     assert not (tmp_path / "f.zarr").exists()
 
 
