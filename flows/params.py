@@ -216,8 +216,9 @@ class _Stores(BaseModel):
             value = getattr(self, name)
             if value is not None:
                 url = absolute(value) if local_user else check_store_url(value)
-                # a store that is a file is named by its kind's own check; folders of others have none
-                setattr(self, name, not_a_file(url, name) if name in ("workdir", "models") else url)
+                # an archive that is a file is named by its own check (which keeps the data); the stores
+                # a flow writes failed only at run time, after their tracebacks in the flow-run log
+                setattr(self, name, url if name == "archive" else not_a_file(url, name))
         _apart({name: getattr(self, name) for name in self.STORE_FIELDS if getattr(self, name) is not None})
         return self
 

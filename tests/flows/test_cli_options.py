@@ -276,7 +276,8 @@ def test_home_is_expanded_and_a_file_is_no_work_folder(tmp_path, monkeypatch, ca
 
 @pytest.mark.fault("command line", "a store path that is a link to nothing, lies under a file or holds "
                    "'::' (fsspec chaining), or a "
-                   "`--models` that is a file; evaluate's forecasts or archive that do not exist",
+                   "`--models`, `--forecasts` or `--windows` that is a file; evaluate's forecasts or archive "
+                   "that do not exist",
                    "exit 2 naming the path before any work (each was a traceback: one after a whole training "
                    "run, evaluate's after its verification)")
 def test_store_paths_that_cannot_exist_are_refused_before_any_work(tmp_path, monkeypatch, capsys):
@@ -293,6 +294,10 @@ def test_store_paths_that_cannot_exist_are_refused_before_any_work(tmp_path, mon
         (["ingest", "--synthetic", "--frames", "4", "--size", "16", "--archive", "dbl::colon.zarr"],
          "'::' chains URLs"),
         (["score", "--archive", archive, "--forecasts", "afile/f.zarr"], "afile is a file, not a folder"),
+        (["score", "--archive", archive, "--forecasts", "afile"],
+         "forecasts " + str(tmp_path / "afile") + " is a file, not a folder"),
+        (["windows", "--archive", archive, "--windows", "afile"],
+         "windows " + str(tmp_path / "afile") + " is a file, not a folder"),
         (["train", "--archive", archive, "--windows", "w.zarr", "--models", "afile"],
          "models " + str(tmp_path / "afile") + " is a file, not a folder"),
         (["evaluate", "--windows", "w.zarr", "--workdir", "afile/ev"], "afile is a file, not a folder"),
