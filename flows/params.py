@@ -266,10 +266,10 @@ def _archive_exists(url: str) -> None:
 KINDS = {"archive": "an archive", "forecasts": "a forecasts store", "windows": "a windows store"}
 
 
-def _kind_is(url: str | None, kind: str, created: bool = False) -> None:
+def _kind_is(url: str | None, kind: str, creates: bool = False) -> None:
     """Refuses a nowcast store of another kind given as the field ``kind`` (a forecasts store as the
     archive), in those words; a path with nothing there, or nothing nowcast made, is left to the job's own
-    checks. ``created``: the run creates the store at a new path (say so in the fix)."""
+    checks. ``creates``: the run creates the store at a new path (the fix says so)."""
     from nowcast.pipelines.stores.groups import StoreError, exists, open_group
     from nowcast.pipelines.stores.integrity import store_kind
 
@@ -281,15 +281,15 @@ def _kind_is(url: str | None, kind: str, created: bool = False) -> None:
         return
     if found != kind:
         raise ParameterError(f"{url} is {KINDS[found]}, not {KINDS[kind]}: {kind} takes {KINDS[kind]}"
-                             + (" (or a new path, where one is created)" if created else ""))
+                             + (" (or a new path, where one is created)" if creates else ""))
 
 
-def _scoring_stores(archive: str, forecasts: str, written: bool = True) -> None:
+def _scoring_stores(archive: str, forecasts: str, creates: bool = True) -> None:
     """The archive a forecast reads exists and is an archive; its forecasts store is one, or new where
-    the run ``written`` creates it."""
+    the run creates it."""
     _archive_exists(archive)
     _kind_is(archive, "archive")
-    _kind_is(forecasts, "forecasts", created=written)
+    _kind_is(forecasts, "forecasts", creates=creates)
 
 
 class IngestParams(_Stores):
@@ -303,16 +303,6 @@ class IngestParams(_Stores):
                     "searched recursively; only files not yet in the archive are ingested (leave empty "
                     "to use the synthetic generator)")
     format: str = Field("auto", description="knmi, bom, fmi, mch, odim, netcdf, or auto (from the files)")
-
-    @field_validator("format")
-    @classmethod
-    def _known_format(cls, value: str) -> str:
-        from nowcast.pipelines.sources import FORMATS
-
-        known = ("auto", *FORMATS, "netcdf")
-        if value not in known:  # a scheduled ingest of an empty folder once "succeeded" with any name
-            raise ParameterError(f"format {value!r} is not one nowcast reads: give one of {', '.join(known)}")
-        return value
     synthetic_frames: int = Field(48, ge=1, le=MAX_SYNTHETIC_FRAMES,
                                   description="synthetic: number of 5-minute frames")
     synthetic_size: int = Field(64, ge=8, le=MAX_GRID_SIZE, description="synthetic: grid size (square)")
@@ -323,6 +313,16 @@ class IngestParams(_Stores):
     time_chunk: int = Field(DEFAULT_TIME_CHUNK, ge=1, le=MAX_TIME_CHUNK,
                             description="frames per chunk of a new archive")
     runner: Runner = Field(default_factory=Runner)
+
+    @field_validator("format")
+    @classmethod
+    def _known_format(cls, value: str) -> str:
+        from nowcast.pipelines.sources import FORMATS
+
+        known = ("auto", *FORMATS, "netcdf")
+        if value not in known:  # a scheduled ingest of an empty folder once "succeeded" with any name
+            raise ParameterError(f"format {value!r} is not one nowcast reads: give one of {', '.join(known)}")
+        return value
 
     @model_validator(mode="after")
     def _check(self):
@@ -398,7 +398,7 @@ class TrainParams(WindowsParams):
                           "when t_in < 3")
 
     @model_validator(mode="after")
-    def _validation_share(self):
+    def _trainable(self):
         if self.split_fractions[1] == 0:
             raise ParameterError("split_fractions gives no validation share, and promotion verifies on the "
                                  "validation split: give it a share, e.g. 0.7 0.15 0.15")
@@ -542,7 +542,7 @@ class EvaluateParams(_ModelChoice):
         from nowcast.pipelines.stores.groups import exists
 
         # before the split's verification, not after it
-        _scoring_stores(str(self.archive), self.forecasts, written=False)
+        _scoring_stores(str(self.archive), self.forecasts, creates=False)
         if not exists(self.forecasts):
             raise ParameterError(f"no forecast store at {self.forecasts} to verify; score into it first "
                                  "(`nowcast score`), or leave forecasts out")
