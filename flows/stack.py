@@ -349,8 +349,8 @@ def running(state: Mapping[str, object]) -> dict[str, int]:
     (after a crash or a reboot the number may name another process, which must not be signalled)."""
     pids: dict[str, int] = dict(state["pids"])  # type: ignore[call-overload]
     recorded: dict[str, str | None] = dict(state.get("started") or {})  # type: ignore[call-overload]
-    return {name: pid for name, pid in pids.items()
-            if alive(pid) and started(pid) is not None and started(pid) == recorded.get(name)}
+    # where the start time is unknown (not Linux) it is None on both sides
+    return {name: pid for name, pid in pids.items() if alive(pid) and started(pid) == recorded.get(name)}
 
 
 def _postmaster_runs(data: Path) -> bool:
