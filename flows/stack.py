@@ -348,9 +348,14 @@ def running(state: Mapping[str, object]) -> dict[str, int]:
     """The stack's processes that still run: each recorded pid whose process started when ``up`` recorded
     (after a crash or a reboot the number may name another process, which must not be signalled)."""
     pids: dict[str, int] = dict(state["pids"])  # type: ignore[call-overload]
+    return {name: pid for name, pid in pids.items() if _ours(state, name, pid)}
+
+
+def _ours(state: Mapping[str, object], name: str, pid: int) -> bool:
+    """Whether ``pid`` runs and is the process ``up`` started as ``name`` (where no start time can be read,
+    not on Linux, it is None on both sides)."""
     recorded: dict[str, str | None] = dict(state.get("started") or {})  # type: ignore[call-overload]
-    # where the start time is unknown (not Linux) it is None on both sides
-    return {name: pid for name, pid in pids.items() if alive(pid) and started(pid) == recorded.get(name)}
+    return alive(pid) and started(pid) == recorded.get(name)
 
 
 def _postmaster_runs(data: Path) -> bool:
@@ -381,7 +386,7 @@ def down(folder: str | Path = "runs/stack", timeout_s: float = 20.0) -> list[str
         while time.monotonic() < deadline and alive(pid):
             time.sleep(0.2)
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            if alive(pid) and started(pid) == state["started"][name]:  # type: ignore[index]
+            if _ours(state, name, pid):  # still the stack's after the wait, not a new process's number
                 os.killpg(pid, signal.SIGKILL)
         killed_by = time.monotonic() + 10  # until it is gone (and reaped, when it is this process's child)
         while time.monotonic() < killed_by and alive(pid):

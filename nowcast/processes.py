@@ -28,22 +28,29 @@ def alive(pid: int) -> bool:
 def started(pid: int) -> str | None:
     """What tells process ``pid`` apart from a later one with its number: the boot and the start time
     (Linux; None elsewhere or when it is gone). A recorded pid outlives its process (a crash, a reboot)."""
+    fields = _stat_fields(pid)
+    if len(fields) < 20:
+        return None
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as boot:
+            return f"{boot.read().strip()}:{fields[19]}"  # field 22 of the stat line: the start time
+    except OSError:
+        return None
+
+
+def _stat_fields(pid: int) -> list[str]:
+    """The fields of ``/proc/<pid>/stat`` after ``(name)``: the state first (Linux; empty elsewhere or when
+    the process is gone)."""
     try:
         with open(f"/proc/{pid}/stat") as stat:
-            start = stat.read().rsplit(")", 1)[1].split()[19]  # field 22, after "(name)" and the state
-        with open("/proc/sys/kernel/random/boot_id") as boot:
-            return f"{boot.read().strip()}:{start}"
+            return stat.read().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
-        return None
+        return []
 
 
 def _zombie(pid: int) -> bool:
     """Whether ``pid`` has exited and waits for its parent to reap it (Linux; elsewhere False)."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"  # the state follows "(name)"
-    except (OSError, IndexError):
-        return False
+    return _stat_fields(pid)[:1] == ["Z"]
 
 
 def host_id() -> str:
