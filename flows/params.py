@@ -34,7 +34,7 @@ from pydantic import (
 )
 
 from nowcast.errors import InputError
-from nowcast.pipelines.stores.groups import is_local, local_path
+from nowcast.pipelines.stores.groups import enclosing_store, is_local, local_path
 from nowcast.pipelines.stores.timeaxis import DEFAULT_TIME_CHUNK, MAX_TIME_CHUNK, to_datetime64
 
 if TYPE_CHECKING:  # Beam is imported when a job runs, not when a form or the command line is built
@@ -234,12 +234,11 @@ def _apart(urls: dict[str, str]) -> None:
         seen[url.rstrip("/")] = name
         if not is_local(url):
             continue
-        path = Path(local_path(url))
-        for parent in path.parents:
-            if (parent / "zarr.json").is_file():
-                raise ParameterError(f"{name} {url} lies inside the zarr store {parent}: give a path outside "
-                                     "it")
-        if name in ("workdir", "models") and (path / "zarr.json").is_file():
+        path = os.path.abspath(local_path(url))
+        store = enclosing_store(os.path.dirname(path))
+        if store is not None:
+            raise ParameterError(f"{name} {url} lies inside the zarr store {store}: give a path outside it")
+        if name in ("workdir", "models") and enclosing_store(path) == path:
             raise ParameterError(f"{name} {url} is a zarr store, not a folder of its own: give another path")
 
 

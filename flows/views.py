@@ -11,6 +11,7 @@ import numpy as np
 from nowcast.errors import InputError
 from nowcast.flows.params import parse_time
 from nowcast.pipelines.stores.archive import PRECIP, VALID, open_archive, read_info, same_units
+from nowcast.pipelines.stores.groups import enclosing_store
 from nowcast.quiet_import import pysteps_quietly
 
 MAX_SHOWN_FRAMES = 48  # frames in one picture (four hours of 5-minute frames)
@@ -60,7 +61,7 @@ def picture_path(path: str | Path, suffixes: tuple[str, ...]) -> Path:
             raise InputError(f"{path} is an extension without a file name; give a name such as "
                              f"map{path.name}")
         raise InputError(f"{path} must end in {' or '.join(suffixes)} (the picture's format)")
-    store = next((parent for parent in path.resolve().parents if (parent / "zarr.json").is_file()), None)
+    store = enclosing_store(path.resolve().parent)
     if store is not None:  # a file in a store makes every later read of it warn
         raise InputError(f"{path} lies inside the zarr store {store}: give a path outside it")
     return path

@@ -180,6 +180,19 @@ def zarr_store(url: str, read_only: bool = False) -> Store:
     return FsspecStore.from_url(url, storage_options=dict(FRESH), read_only=read_only)
 
 
+def enclosing_store(path: str | os.PathLike[str]) -> str | None:
+    """The local zarr store that ``path`` is, or lies inside (the nearest folder up with a ``zarr.json``);
+    None when there is none."""
+    here = os.path.abspath(path)
+    while True:
+        if os.path.isfile(os.path.join(here, "zarr.json")):
+            return here
+        parent = os.path.dirname(here)
+        if parent == here:
+            return None
+        here = parent
+
+
 def not_a_store(url: str) -> str | None:
     """Why something at ``url`` is not a zarr v3 store, when something is there; None when nothing is.
 
