@@ -99,9 +99,9 @@ def cut(params: WindowsParams) -> windows_job.WindowResult:
     empty = [split for split, share in zip(SPLITS, params.split_fractions, strict=True)
              if share > 0 and not samples.get(split)]
     if empty:  # a share asked for and nothing in it: evaluate would find the split empty later
+        splits = " and ".join(empty) + (" splits" if len(empty) > 1 else " split")
         log.warning("the %s of %s: no samples although split_fractions gives a share (%s); ingest more "
-                    "frames or shorten split_block", " and ".join(empty) + (" splits" if len(empty) > 1 else
-                                                                          " split"), params.windows, samples)
+                    "frames or shorten split_block", splits, params.windows, samples)
     return result
 
 
@@ -121,6 +121,10 @@ def cut_windows(params: TrainParams) -> dict[str, object]:
 @task(name="fit")
 def fit(params: TrainParams, workdir: Path) -> str:
     """Fits the model and saves it as a new registry version, not promoted; returns its directory."""
+    saved = _saved_by_this_run(params, workdir)
+    if saved is not None:
+        get_run_logger().info("%s was saved by this run before it was interrupted: verifying it", saved)
+        return saved
     from nowcast.model.architectures import BASES
     from nowcast.model.train import TrainConfig, train
 
@@ -132,10 +136,6 @@ def fit(params: TrainParams, workdir: Path) -> str:
                          batch_size=params.batch_size, learning_rate=params.learning_rate, loss=params.loss,
                          augment=params.augment, seed=params.seed,
                          verbose=0, promote=False)
-    saved = _saved_by_this_run(params, workdir)
-    if saved is not None:
-        get_run_logger().info("%s was saved by this run before it was interrupted: verifying it", saved)
-        return saved
     log = _epoch_log()
     # a bar when the command line runs the flow and asked for bars, and the UI's artifact; early stopping
     # can end both short of the total

@@ -124,12 +124,11 @@ def select_indices(spec: ScoringSpec, archive: ArchiveInfo) -> np.ndarray:
     if spec.end:
         last = min(last, int((to_datetime64(spec.end) - archive.start) // archive.time_step))
     waiting = spec.end is None and first >= archive.length  # a follower started before its first frame
-    if last < first and not waiting and spec.start and spec.end and archive.start <= to_datetime64(
-            spec.start) <= archive.end:  # inside the archive, between two of its frames
-        raise ScoringError(f"no archive frame lies in {spec.start} .. {spec.end}: the archive's frames are "
-                           f"{format_time_step(archive.time_step)} apart from {archive.start}; give times "
-                           "on that step, or a wider range")
-    if last < first and not waiting:  # a range past either end would score nothing
+    if last < first and not waiting:  # a range past either end, or between two frames, would score nothing
+        if spec.start and spec.end and archive.start <= to_datetime64(spec.start) <= archive.end:
+            raise ScoringError(f"no archive frame lies in {spec.start} .. {spec.end}: the archive's frames "
+                               f"are {format_time_step(archive.time_step)} apart from {archive.start}; give "
+                               "times on that step, or a wider range")
         raise ScoringError(f"no archive frame lies in {spec.start or 'its start'} .. "
                            f"{spec.end or 'its end'}: the archive {archive.url} covers {archive.start} .. "
                            f"{archive.end}; give a range that overlaps it, or ingest those frames first")
