@@ -36,6 +36,8 @@ def _beam_through_root(record: logging.LogRecord) -> bool:
 
 
 RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
+# Prefect's background senders log under their class names, not under "prefect"
+PREFECT_QUEUE_SERVICES = ("EventsWorker", "APILogWorker")
 
 
 def _not_a_run_failure(record: logging.LogRecord) -> bool:
@@ -66,6 +68,8 @@ def quiet_by_default(verbosity: int) -> None:
         logging.getLogger().addFilter(_beam_through_root)  # also its import's notes on GCP clients
         for library in ("pysteps", "apache_beam"):  # numerical and platform notes nobody can act on
             warnings.filterwarnings("ignore", module=rf"{library}(\.|$)")
+        for service in PREFECT_QUEUE_SERVICES:  # "Still processing items: 1 items remaining..." at exit
+            logging.getLogger(service).setLevel(logging.ERROR)
 
 
 @contextlib.contextmanager

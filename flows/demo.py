@@ -21,16 +21,21 @@ from nowcast.flows.evaluate import evaluate_flow
 from nowcast.flows.forecast import backfill_flow
 from nowcast.flows.ingest import ingest_flow
 from nowcast.flows.params import (
+    MAX_SYNTHETIC_FRAMES,
     ROOTS_ENV,
     BackfillParams,
     DemoParams,
     EvaluateParams,
     IngestParams,
+    ParameterError,
     TrainParams,
 )
-from nowcast.flows.train import train_flow
+from nowcast.flows.train import train_flow, window_spec
 from nowcast.flows.views import archive_summary, plot_frames
+from nowcast.pipelines.plans.windows import FrameMeta, frame_splits, window_starts
 from nowcast.pipelines.stores.archive import read_info
+from nowcast.pipelines.stores.timeaxis import to_datetime64
+from nowcast.pipelines.stores.windows import SPLITS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +82,7 @@ def demo_flow(workdir: str = "runs/demo", frames: int = 288, size: int = 128, ep
     root.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault(ROOTS_ENV, str(root))
     archive = str(root / "archive.zarr")
+    check_frames_give_splits(frames, TrainParams.model_construct())  # the defaults' windows and splits
     logger.info("ingesting %d synthetic %dx%d frames into %s", frames, size, size, archive)
     ingest_flow(IngestParams(archive=archive, input_dir=None, synthetic_frames=frames, synthetic_size=size,
                              synthetic_density=max(2.0, 6.0 * (128 / size) ** 2), time_chunk=24,
@@ -112,6 +118,39 @@ def demo_flow(workdir: str = "runs/demo", frames: int = 288, size: int = 128, ep
                                                for name, path in pictures.items()))
     return DemoRun(stores=stores, pictures=pictures, version=trained.version, promoted=trained.promoted,
                    table=evaluated.table, backfilled=backfilled.scored)
+
+
+def check_frames_give_splits(frames: int, training: TrainParams) -> None:
+    """Refuses a frame count whose windows leave a split empty, before the ingest (it failed in training).
+
+    The demo's frames start at the synthetic generator's default time, 5 minutes apart; the splits are cut
+    by the training run's blocks, so the smallest count that fills all three is not a bound: 36 frames
+    leave no validation window and 52 no test window, where 43 fill all three. The message names the
+    next count that works and the one from which every count does.
+    """
+    empty = _empty_splits(frames, training)
+    if not empty:
+        return
+    counts = range(frames + 1, min(frames + 2_000, MAX_SYNTHETIC_FRAMES) + 1)
+    failing = [n for n in counts if _empty_splits(n, training)]
+    works = next((n for n in counts if n not in failing), None)
+    fix = "shorten the split blocks" if works is None else f"use --frames {works}" + (
+        f" or {failing[-1] + 1} or more (a count in between can leave a split empty again)"
+        if failing and failing[-1] > works else " or more")
+    raise ParameterError(f"--frames {frames} gives no {' or '.join(empty)} windows (each split takes "
+                         f"{training.split_block} blocks of 5-minute frames, a window {training.t_in} + "
+                         f"{training.t_out} frames inside one split): {fix}")
+
+
+def _empty_splits(frames: int, training: TrainParams) -> list[str]:
+    spec = window_spec(training)
+    times = (to_datetime64(IngestParams.model_fields["synthetic_start"].default)
+             + np.arange(frames) * np.timedelta64(5, "m")).astype("datetime64[s]")
+    frame_split = frame_splits(times, spec.split)
+    starts, reason, _ = window_starts(FrameMeta(times=times, valid=np.ones(frames, bool), wet_fraction=None),
+                                      spec, frame_split)
+    kept = frame_split[starts[reason == ""]]
+    return [name for index, name in enumerate(SPLITS) if not (kept == index).any()]
 
 
 def _under(path: str, root: Path) -> str:

@@ -39,3 +39,20 @@ def test_demo_runs_the_chain_and_reports_in_a_few_lines(tmp_path, prefect_server
     for name in ("frames.png", "evaluate/test_maps.png", "evaluate/stored_maps.png"):
         assert (work / name).read_bytes()[:8] == PNG, name
     assert list((work / "models" / "convlstm").glob("*/model.keras"))
+
+
+@pytest.mark.fault("command line", "`demo --frames N` too few for the training run's three splits (10, or 36: "
+                   "the counts that fill them are not a bound), which failed in training after the ingest",
+                   "exit 2 before the ingest naming the next count that works and the one from which every "
+                   "count does; one line on stderr, no archive written")
+def test_demo_refuses_a_frame_count_that_leaves_a_split_empty(tmp_path, prefect_server):
+    work = tmp_path / "demo"
+    result = subprocess.run([sys.executable, "-m", "nowcast.flows.cli", "demo", "--workdir", str(work),
+                             "--frames", "36", "--size", "32", "--epochs", "1"],
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines() == [
+        "nowcast demo: error: --frames 36 gives no val windows (each split takes PT1H blocks of 5-minute "
+        "frames, a window 4 + 3 frames inside one split): use --frames 43 or 79 or more (a count in between "
+        "can leave a split empty again)"]
+    assert not (work / "archive.zarr").exists()
