@@ -32,7 +32,7 @@ def parse_time_step(step: str) -> np.timedelta64:
     np.timedelta64(300,'s')
     """
     match = _ISO_DURATION.match(step or "")
-    if not match or not any(match.groupdict().values()):
+    if not match or not any(match.groupdict().values()) or step.endswith("T"):  # 'P1DT': T needs a time
         raise InputError(
             f"time step {step!r} is not an ISO 8601 duration such as 'PT5M' or 'PT1H'; "
             "give days, hours, minutes or seconds, e.g. 'PT10M'"

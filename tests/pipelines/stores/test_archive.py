@@ -42,8 +42,9 @@ def loaded(url):
 def test_time_steps_round_trip():
     for text in ("PT5M", "PT10M", "PT1H", "P1D", "PT30S", "PT1H30M"):
         assert format_time_step(parse_time_step(text)) == text
-    with pytest.raises(ValueError, match="ISO 8601"):
-        parse_time_step("5 minutes")
+    for text in ("5 minutes", "P1DT", "PT", "P"):  # a T with no time after it is no ISO 8601 duration
+        with pytest.raises(ValueError, match="ISO 8601"):
+            parse_time_step(text)
     start = np.datetime64("2024-01-01T00:00")
     assert time_index("2024-01-01T01:00", start, parse_time_step("PT5M")) == 12
 
