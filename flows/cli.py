@@ -503,7 +503,9 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--out", required=True, help="the picture: .png, or .gif for an animation")
     show.add_argument("--time", default=None,
                       help="archive: the last frame shown; forecasts: the init time (default: the newest)")
-    show.add_argument("--frames", type=int, default=6, help="archive: frames shown")
+    show.add_argument("--frames", type=int, default=None,
+                      help="archive: frames shown (default 6); forecasts: leads shown, spread from the first "
+                           "to the last (default all)")
     show.add_argument("--archive", default=None,
                       help="forecasts: the archive with the observations (default: the one scored from)")
 

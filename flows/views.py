@@ -15,6 +15,7 @@ from nowcast.pipelines.stores.groups import enclosing_store
 from nowcast.quiet_import import pysteps_quietly
 
 MAX_SHOWN_FRAMES = 48  # frames in one picture (four hours of 5-minute frames)
+DEFAULT_SHOWN_FRAMES = 6  # an archive's picture: the last half hour of 5-minute frames
 
 
 def archive_summary(url: str) -> str:
@@ -167,13 +168,14 @@ def _draw_steps(steps: list[list[tuple[np.ndarray, str]]], units: str, path: Pat
         plt.close(fig)
 
 
-def show(url: str, path: str | Path, *, time: str | None = None, count: int = 6,
+def show(url: str, path: str | Path, *, time: str | None = None, count: int | None = None,
          archive: str | None = None) -> Path:
     """A picture of a store (``nowcast show``): PNG, or an animated GIF when ``path`` ends in .gif.
 
-    An archive shows ``count`` valid frames up to ``time`` (default: the newest). A forecast store shows
-    the forecast of init time ``time`` (default: the newest written) beside what was observed, lead by
-    lead, read from ``archive`` (default: the archive the store was scored from).
+    An archive shows ``count`` valid frames (default 6) up to ``time`` (default: the newest). A forecast
+    store shows the forecast of init time ``time`` (default: the newest written) beside what was observed,
+    lead by lead (``count`` leads spread from the first to the last; default all), read from ``archive``
+    (default: the archive the store was scored from).
     """
     from nowcast.pipelines.stores.archive import read_info
     from nowcast.pipelines.stores.forecasts import (
@@ -186,13 +188,13 @@ def show(url: str, path: str | Path, *, time: str | None = None, count: int = 6,
     from nowcast.pipelines.stores.groups import exists, open_group
 
     path = Path(path)
-    if not 1 <= count <= MAX_SHOWN_FRAMES:  # 0 once showed every frame of the archive
+    if count is not None and not 1 <= count <= MAX_SHOWN_FRAMES:  # 0 once showed every frame of the archive
         raise InputError(f"--frames {count} must be 1..{MAX_SHOWN_FRAMES} (the frames in one picture); "
                          "show a longer stretch as several pictures with --time")
     picture_path(path, (".png", ".gif"))
     if WRITTEN not in open_group(url):  # not a forecast store: an archive (open_archive checks it is one)
         with damage_named(url):
-            panels = _archive_panels(url, time, count)
+            panels = _archive_panels(url, time, DEFAULT_SHOWN_FRAMES if count is None else count)
         return _save(panels, _units(open_archive(url)), path)
     try:
         ds = open_forecasts(url)
@@ -204,7 +206,7 @@ def show(url: str, path: str | Path, *, time: str | None = None, count: int = 6,
     except ForecastStoreError as error:
         raise InputError(str(error)) from None
     with damage_named(url, observed):
-        panels = _forecast_panels(ds, observed, time)
+        panels = _forecast_panels(ds, observed, time, count)
     return _save(panels, _units(ds), path)
 
 
@@ -244,8 +246,10 @@ def _archive_panels(url: str, time: str | None, count: int) -> list[list[tuple[n
     return [[(ds[name][int(i)].values, _stamp(ds["time"].values[i]))] for i in picks]
 
 
-def _forecast_panels(ds, archive: str, time: str | None) -> list[list[tuple[np.ndarray, str]]]:
-    """The forecast of one init time beside the observation: a step per lead (observed, forecast)."""
+def _forecast_panels(ds, archive: str, time: str | None, count: int | None) -> list[list[tuple[np.ndarray,
+                                                                                             str]]]:
+    """The forecast of one init time beside the observation: a step per lead (observed, forecast), for
+    ``count`` leads spread from the first to the last (every lead without a count)."""
     from nowcast.pipelines.stores.forecasts import MODEL_VERSION, WRITTEN
 
     name, written, inits = _field(ds), ds[WRITTEN].values, ds["init_time"].values
@@ -256,8 +260,11 @@ def _forecast_panels(ds, archive: str, time: str | None) -> list[list[tuple[np.n
     i = _pick(inits, written, time, "written forecast") if time or not compared.any() else \
         int(np.flatnonzero(compared)[-1])
     init = inits[i]
-    rows = []
-    for k, lead in enumerate(ds["lead_time"].values):
+    rows, leads = [], ds["lead_time"].values
+    shown = range(len(leads)) if count is None or count >= len(leads) else \
+        np.unique(np.round(np.linspace(0, len(leads) - 1, count)).astype(int))
+    for k in shown:
+        lead = leads[k]
         valid_time = init + lead
         minutes = int(lead / np.timedelta64(1, "m"))
         hits = np.flatnonzero(observed["time"].values == valid_time)

@@ -14,6 +14,7 @@ import time
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from nowcast.flows import cli
@@ -489,3 +490,18 @@ def test_training_a_field_that_is_not_rain_is_refused(tmp_path, capsys):
                      str(tmp_path / "w.zarr"), "--models", str(tmp_path / "m"), "--epochs", "1"]) == 2
     assert "variable 'temp' is in 'K', not a rain rate (mm h-1)" in capsys.readouterr().err
     assert sorted(path.name for path in tmp_path.iterdir()) == ["a.zarr"]
+
+
+@pytest.mark.fault("command line", "`show --frames N` of a forecast store",
+                   "N leads spread from the first to the last beside their observations (it was ignored: "
+                   "every lead was drawn)")
+def test_show_of_forecasts_draws_as_many_leads_as_asked(stores):
+    from nowcast.flows.views import _forecast_panels
+    from nowcast.pipelines.stores.forecasts import open_forecasts
+
+    ds = open_forecasts(stores["forecasts"])
+    minutes = [int(lead / np.timedelta64(1, "m")) for lead in ds["lead_time"].values]
+    assert len(minutes) == 2  # the tiny model's
+    for count, shown in ((None, minutes), (5, minutes), (2, minutes), (1, minutes[:1])):
+        rows = _forecast_panels(ds, stores["archive"], None, count)
+        assert [row[1][1].split()[-2] for row in rows] == [f"+{m}" for m in shown]
