@@ -2,7 +2,7 @@
 
 One function per concern: :func:`import_radar` (pysteps' importer per format:
 raw field with NaN for no data, and its metadata), :func:`import_odim` (ODIM,
-with undetect read as dry), :func:`to_rain_rate` (pysteps' conversion to mm/h)
+decoded here), :func:`to_rain_rate` (pysteps' conversion to mm/h)
 and the header-only grids of the formats whose importers would decode the
 whole field for it. :mod:`nowcast.pipelines.sources.radar` decides which
 files to read; this module only reads them.
@@ -62,38 +62,26 @@ def import_radar(fmt: str, path: str, quantity: str | None = None) -> tuple[np.n
 
 def import_odim(path: str, quantity: str | None = None
                 ) -> tuple[np.ndarray, dict[str, Any], tuple[int, int] | None]:
-    """An ODIM file read with ``import_odim_hdf5``, ready for :func:`to_rain_rate`, and its declared shape.
+    """An ODIM file's field and pysteps-style metadata, ready for :func:`to_rain_rate`, and its shape.
 
-    Two corrections to pysteps' reading, so that undetect is dry and every
-    detected value is converted:
-
-    - pysteps reads undetect as -30 dBZ (DBZH; also a measurable value: OPERA's
-      CIRRUS composites hold -32 to -30 dBZ) or as the group's offset (RATE).
-      Undetect pixels (from the raw array) are set to Z = 0 (-inf dBZ) or 0 mm/h.
-    - ``to_rainrate`` zeroes every dB value below the metadata's ``threshold``,
-      which the importer sets to the frame's second-lowest value: the lowest
-      reflectivity class would read as dry, or undetect as ~5e-4 mm/h when a
-      lower class exists. The threshold is set to -inf instead.
-
-    The Z-R relation in the metadata is the file's ``how/zr_a``, ``how/zr_b``,
-    else Marshall-Palmer (200, 1.6); :class:`RadarSource` overrides it with its
-    options. Nodata (outside coverage) stays NaN.
+    The field is decoded by :func:`odim.read_data` (undetect dry, nodata NaN), not by pysteps'
+    ``import_odim_hdf5``, whose values it equals for a file that codes each data group in its own
+    ``what``. ``to_rainrate`` zeroes every dB value below the metadata's ``threshold``, which pysteps
+    sets to the frame's second-lowest value (the lowest reflectivity class would read as dry): it is
+    -inf here. The Z-R relation is the file's ``how/zr_a``, ``how/zr_b``, else Marshall-Palmer (200,
+    1.6); :class:`RadarSource` overrides it with its options.
 
     Raises:
         SourceError: naming the file, if it is not ODIM or lacks the quantity.
     """
-    importers, _ = load_pysteps()
     quantity = odim.choose_quantity(odim.read_header(path), path, quantity)
-    data = odim.read_data(path, quantity)
-    field, _quality, metadata = importers.import_odim_hdf5(path, qty=quantity)
-    field = np.ma.filled(np.ma.asarray(field, dtype="float64"), np.nan)
-    metadata = dict(metadata)
-    if data.undetect is not None:
-        field[data.undetect] = -np.inf if quantity == "DBZH" else 0.0
+    field, data = odim.read_data(path, quantity)
+    metadata, _shape = odim.geodata(path)
+    metadata.update(unit="dBZ" if quantity == "DBZH" else "mm/h", transform="dB" if quantity == "DBZH" else None,
+                    threshold=-np.inf, zerovalue=0.0)
     if quantity == "DBZH":
         zr_a, zr_b = odim.MARSHALL_PALMER
-        metadata.update(threshold=-np.inf, zerovalue=0.0,
-                        zr_a=zr_a if data.zr_a is None else data.zr_a,
+        metadata.update(zr_a=zr_a if data.zr_a is None else data.zr_a,
                         zr_b=zr_b if data.zr_b is None else data.zr_b)
     return field, metadata, data.shape
 

@@ -17,8 +17,10 @@ the field, what that importer leaves out or gets wrong for a general ODIM file:
 - which quantities a file holds (``RATE``, ``DBZH``, quality ``QIND``, ...);
 - the grid, from the header (pysteps' own corner computation, repeated here
   so that a grid check does not decode the field);
-- the undetect mask and the file's own Z-R relation (``how/zr_a``, ``zr_b``),
-  for the conversion to mm/h.
+- the field itself, decoded as ODIM defines it (pysteps' reading takes a
+  coding held by the dataset's ``what`` for none, and undetect for a value),
+  and the file's own Z-R relation (``how/zr_a``, ``zr_b``) for the
+  conversion to mm/h.
 """
 
 from __future__ import annotations
@@ -33,7 +35,9 @@ from typing import Any
 
 import numpy as np
 
+from nowcast.errors import InputError
 from nowcast.pipelines.sources.base import SourceError
+from nowcast.pipelines.stores.grid import crs_of
 
 ODIM_SUFFIXES = (".h5", ".hdf", ".hdf5")
 QUANTITIES = ("RATE", "DBZH")  # rain rate in mm/h; reflectivity in dBZ, converted with a Z-R relation
@@ -59,25 +63,19 @@ class OdimHeader:
 
 @dataclasses.dataclass(frozen=True)
 class OdimData:
-    """The data group of one quantity: its coding, Z-R relation and declared shape.
+    """The data group of one quantity: its Z-R relation and declared shape.
 
     Attributes:
         quantity: ``RATE`` or ``DBZH``.
-        offset: the group's ``offset`` (pysteps reads undetect as this value for
-            non-reflectivity quantities).
         zr_a, zr_b: the file's ``how/zr_a``, ``how/zr_b`` (nearest of the data,
             dataset and root ``how`` groups), None where the file gives none.
         shape: ``(ysize, xsize)`` from the ``where`` groups, None where absent.
-        undetect: pixels coded ``undetect`` (measured, nothing detected) where
-            pysteps does not read them as 0 mm/h already; None otherwise.
     """
 
     quantity: str
-    offset: float
     zr_a: float | None
     zr_b: float | None
     shape: tuple[int, int] | None
-    undetect: np.ndarray | None
 
 
 def is_odim(path: str) -> bool:
@@ -172,13 +170,15 @@ def choose_quantity(header: OdimHeader, path: str, requested: str | None) -> str
     return quantity
 
 
-def read_data(path: str, quantity: str) -> OdimData:
-    """The coding, Z-R relation and shape of ``quantity``'s data group, and where needed its undetect mask.
+def read_data(path: str, quantity: str) -> tuple[np.ndarray, OdimData]:
+    """``quantity``'s field decoded, and its coding, Z-R relation and declared shape.
 
-    pysteps reads undetect as -30 dBZ for DBZH (which is also a measurable
-    value) and as the group's ``offset`` for other quantities, so the mask is
-    needed for DBZH and for a nonzero offset. It costs a second decode of the
-    raw array (~20% of pysteps' read), so it is read only then.
+    The field is ``raw * gain + offset`` (float64, as pysteps' importer computes it), NaN where the raw
+    value is ``nodata`` (outside coverage), and nothing detected where it is ``undetect``: -inf dBZ for
+    DBZH (Z = 0; pysteps reads -30 dBZ, which is also a measurable value) and 0 mm/h for RATE (pysteps
+    reads the group's offset). The coding is the data group's ``what`` over its dataset's, as ODIM lets
+    a dataset's ``what`` hold what all its data groups share (pysteps reads the data group's alone and
+    took such a file's raw counts for dBZ).
 
     Raises:
         SourceError: naming the file, if it holds no single group of ``quantity``.
@@ -191,15 +191,14 @@ def read_data(path: str, quantity: str) -> OdimData:
             raise SourceError(f"{path}: holds {len(found)} data groups of quantity {quantity}, "
                               "expected one; replace the file")
         group, what = found[0]
-        dataset = group.parent
-        zr = {key: _nearest(key, group, dataset, f) for key in ("zr_a", "zr_b")}
-        offset = float(what.get("offset", 0.0))
-        mask = None
-        if quantity == "DBZH" or offset != 0.0:
-            raw = group["data"][...]
-            mask = raw == what.get("undetect", 0.0)  # pysteps' default: raw 0 is undetect
-        return OdimData(quantity=quantity, offset=offset,
-                        zr_a=zr["zr_a"], zr_b=zr["zr_b"], shape=_declared_shape(f), undetect=mask)
+        zr = {key: _nearest(key, group, group.parent, f) for key in ("zr_a", "zr_b")}
+        raw = group["data"][...]
+        gain, offset = what.get("gain", 1.0), what.get("offset", 0.0)
+        field = np.asarray(raw * gain + offset, dtype="float64")
+        undetect = raw == what.get("undetect", 0.0)  # pysteps' default: raw 0 is undetect
+        field[undetect] = -np.inf if quantity == "DBZH" else 0.0
+        field[raw == what.get("nodata", np.nan)] = np.nan
+        return field, OdimData(quantity=quantity, zr_a=zr["zr_a"], zr_b=zr["zr_b"], shape=_declared_shape(f))
 
 
 def geodata(path: str) -> tuple[dict[str, Any], tuple[int, int] | None]:
@@ -219,7 +218,7 @@ def geodata(path: str) -> tuple[dict[str, Any], tuple[int, int] | None]:
     with h5py.File(path, "r") as f:
         where = f["where"].attrs
         projection = _text(where["projdef"])
-        proj = pyproj.Proj(projection)
+        proj = pyproj.Proj(_crs(path, projection))
         ll_x, ll_y = proj(where["LL_lon"], where["LL_lat"])
         ur_x, ur_y = proj(where["UR_lon"], where["UR_lat"])
         if all(key in where for key in ("LR_lat", "LR_lon", "UL_lat", "UL_lon")):
@@ -232,15 +231,35 @@ def geodata(path: str) -> tuple[dict[str, Any], tuple[int, int] | None]:
         metadata = {
             "projection": projection, "x1": x1, "y1": y1, "x2": x2, "y2": y2,
             "xpixelsize": scales.get("xscale"), "ypixelsize": scales.get("yscale"),
-            "cartesian_unit": "m", "yorigin": "upper",
+            "cartesian_unit": _cartesian_unit(proj.crs), "yorigin": "upper",
         }
         return metadata, _declared_shape(f)
+
+
+def _crs(path: str, projection: str) -> Any:
+    try:
+        return crs_of(projection)
+    except InputError as error:
+        raise SourceError(f"{path}: where/projdef: {error}") from error
+
+
+def _cartesian_unit(crs: Any) -> str:
+    """The unit the projection's coordinates come in: ``km`` for a PROJ string with ``+units=km`` (the
+    corners project to km, which the source rescales to metres), ``degrees`` for a longitude/latitude
+    grid, else ``m``."""
+    if crs.is_geographic:
+        return "degrees"
+    factor = crs.axis_info[0].unit_conversion_factor if crs.axis_info else 1.0
+    return "km" if np.isclose(factor, 1000.0) else "m"
 
 
 def _nominal_time(path: str, what: Mapping[str, Any]) -> np.datetime64:
     """Root ``what/date`` (YYYYMMDD) + ``what/time`` (HHMMSS) as ``datetime64[s]``."""
     date, time = _text(what.get("date", "")), _text(what.get("time", ""))
     try:
+        numbers = [name for name in ("date", "time") if isinstance(_scalar(what.get(name, "")), np.number)]
+        if numbers:  # time 1000 is 00:10:00, or 10:00 read as HHMM: no reading is safe
+            raise ValueError(f"{' and '.join(numbers)} stored as numbers, not strings")
         if not re.fullmatch(r"\d{8}", date) or not re.fullmatch(r"\d{4}(\d{2})?", time):
             raise ValueError(f"date {date!r}, time {time!r}")
         stamp = datetime.strptime(date + time.ljust(6, "0"), "%Y%m%d%H%M%S")
@@ -255,24 +274,21 @@ def _nominal_time(path: str, what: Mapping[str, Any]) -> np.datetime64:
 def _data_groups(f: Any) -> Iterator[tuple[str, tuple[Any, Mapping[str, Any]]]]:
     """(quantity, (data group, its effective ``what`` attributes)) for every ``datasetN/dataM``.
 
-    As pysteps reads them: a data group's own ``what`` (quantity ``QIND`` when
-    it names none), else its dataset's ``what`` when that names a quantity.
+    The effective attributes are the dataset's ``what`` with the data group's own over them (ODIM's
+    lower levels override the higher); quantity ``QIND`` where neither names one. A data group with
+    neither ``what`` is skipped.
     """
     for name, dataset in f.items():
         if not name.startswith("dataset") or not hasattr(dataset, "items"):
             continue
-        dataset_what = dataset["what"].attrs if "what" in dataset else {}
+        dataset_what = dict(dataset["what"].attrs) if "what" in dataset else {}
         for data_name, group in dataset.items():
             if not data_name.startswith("data") or "data" not in group:
                 continue
-            if "what" in group:
-                what = group["what"].attrs
-                quantity = _text(what.get("quantity", "QIND"))
-            elif "quantity" in dataset_what:
-                what, quantity = dataset_what, _text(dataset_what["quantity"])
-            else:
+            if "what" not in group and "quantity" not in dataset_what:
                 continue
-            yield quantity, (group, what)
+            what = {**dataset_what, **(dict(group["what"].attrs) if "what" in group else {})}
+            yield _text(what.get("quantity", "QIND")), (group, what)
 
 
 def _nearest(key: str, *groups: Any) -> float | None:
@@ -295,8 +311,12 @@ def _declared_shape(f: Any) -> tuple[int, int] | None:
     return None
 
 
+def _scalar(value: object) -> object:
+    """An HDF5 attribute of one element as that element (h5py returns some as 1-element arrays)."""
+    return value.reshape(-1)[0] if isinstance(value, np.ndarray) and value.size == 1 else value
+
+
 def _text(value: object) -> str:
     """An HDF5 string attribute (fixed-length bytes in most files) as ``str``."""
-    if isinstance(value, np.ndarray) and value.size == 1:
-        value = value.item()
+    value = _scalar(value)
     return value.decode("ascii", "replace") if isinstance(value, bytes) else str(value)

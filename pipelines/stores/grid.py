@@ -7,6 +7,7 @@ grid or projection is refused before anything is written.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -28,7 +29,8 @@ class Grid:
         x: pixel-centre x coordinates.
         crs_attrs: CF grid-mapping attributes (``grid_mapping_name``,
             ``crs_wkt`` and, when known, the original ``proj4`` string).
-        units: unit of the coordinates (``m`` or ``km``).
+        units: unit of the coordinates (``m``, ``km``, or ``degrees`` for a longitude/latitude grid,
+            stored as CF's ``degrees_east`` and ``degrees_north``).
     """
 
     y: np.ndarray
@@ -72,15 +74,20 @@ class Grid:
     def from_dataset(cls, ds: xr.Dataset) -> Grid:
         crs_name = _grid_mapping_name(ds)
         return cls(y=ds["y"].values, x=ds["x"].values, crs_attrs=dict(ds[crs_name].attrs),
-                   units=str(ds["x"].attrs.get("units", "m")))
+                   units=_grid_units(ds["x"].attrs))
 
     @classmethod
     def from_zarr_group(cls, group) -> Grid:
         return cls(y=group["y"][:], x=group["x"][:], crs_attrs=dict(group[CRS_VAR].attrs),
-                   units=str(group["x"].attrs.get("units", "m")))
+                   units=_grid_units(group["x"].attrs))
 
     def coords(self) -> dict[str, tuple]:
         """xarray coordinates (with CF attributes) for this grid."""
+        if self.units == DEGREES:
+            return {"y": ("y", np.asarray(self.y, "float64"),
+                          {"standard_name": "latitude", "units": "degrees_north", "axis": "Y"}),
+                    "x": ("x", np.asarray(self.x, "float64"),
+                          {"standard_name": "longitude", "units": "degrees_east", "axis": "X"})}
         return {
             "y": ("y", np.asarray(self.y, "float64"),
                   {"standard_name": "projection_y_coordinate", "units": self.units, "axis": "Y"}),
@@ -122,9 +129,36 @@ class Grid:
         return None
 
 
+DEGREES = "degrees"
+
+
+def _grid_units(x_attrs: Mapping[str, Any]) -> str:
+    """A stored grid's :attr:`Grid.units` from its x coordinate's CF units."""
+    units = str(x_attrs.get("units", "m"))
+    return DEGREES if units == "degrees_east" else units
+
+
+def crs_of(projection: str) -> pyproj.CRS:
+    """The CRS a file names: a PROJ string, ``EPSG:3035``, WKT, anything pyproj reads.
+
+    The deprecated ``+init=epsg:XXXX`` form is read without pyproj's FutureWarning: it is the file's
+    spelling, nothing the user of the command can change.
+
+    Raises:
+        InputError: naming the projection, when pyproj cannot read it.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        try:
+            return pyproj.CRS.from_user_input(projection)
+        except pyproj.exceptions.CRSError as error:
+            raise InputError(f"projection {projection!r} is not one pyproj can read ({error}); give a PROJ "
+                             "string, an EPSG code such as 'EPSG:3035' or a WKT") from error
+
+
 def cf_grid_mapping(proj4: str) -> dict[str, object]:
-    """CF grid-mapping attributes for a PROJ string (pyproj's ``to_cf``)."""
-    crs = pyproj.CRS.from_proj4(proj4)
+    """CF grid-mapping attributes for a projection (pyproj's ``to_cf``), keeping its text as ``proj4``."""
+    crs = crs_of(proj4)
     attrs = {k: plain_value(v) for k, v in crs.to_cf().items()}
     attrs["proj4"] = " ".join(proj4.split())
     return attrs

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import pickle
 import shutil
+import warnings
 from datetime import datetime
 from pathlib import Path
 
@@ -366,3 +367,123 @@ def test_damaged_data_is_a_source_error_naming_the_file(tmp_path):
         f["dataset1/data1"].create_group("data")
     with pytest.raises(SourceError, match=r"damaged\.h5"):
         source.read(item)
+
+
+def _moved(path: Path, edit) -> Path:
+    """The default composite with ``edit(h5py file)`` applied."""
+    write_odim(path)
+    with h5py.File(path, "a") as f:
+        edit(f)
+    return path
+
+
+def _coding_at_dataset_level(f) -> None:
+    """What every data group shares moved up to its dataset's what, as ODIM allows."""
+    data_what = f["dataset1/data1/what"].attrs
+    for key in ("gain", "offset", "nodata", "undetect"):
+        f["dataset1/what"].attrs[key] = data_what[key]
+        del data_what[key]
+
+
+@pytest.mark.fault("ingest", "an ODIM file whose gain, offset, nodata and undetect sit in the dataset's what "
+                   "(inherited by its data groups)",
+                   "read with that coding (raw counts were read as dBZ: 3e14 mm/h, nodata as rain, exit 0)")
+def test_a_coding_held_by_the_dataset_is_inherited(tmp_path):
+    folder = tmp_path / "inherited"
+    folder.mkdir()
+    _moved(folder / "a.h5", _coding_at_dataset_level)
+    source = RadarSource(str(folder), "odim")
+    np.testing.assert_allclose(source.read(source.items()[0])["precip"], hand_rate(RAW_DBZH), rtol=1e-6,
+                               equal_nan=True)
+
+
+@pytest.mark.fault("ingest", "an ODIM file whose quantity (or another string) is a variable-length string, "
+                   "h5py's default for a str",
+                   "read as the fixed-length string it means (refused as corrupt: pysteps calls .decode())")
+def test_variable_length_strings_are_read(tmp_path):
+    folder = tmp_path / "vlen"
+    folder.mkdir()
+    _moved(folder / "a.h5", lambda f: f["dataset1/data1/what"].attrs.__setitem__("quantity", "DBZH"))
+    source = RadarSource(str(folder), "odim")
+    np.testing.assert_allclose(source.read(source.items()[0])["precip"], hand_rate(RAW_DBZH), rtol=1e-6,
+                               equal_nan=True)
+
+
+@pytest.mark.fault("ingest", "an ODIM file whose what/date and what/time are numbers",
+                   "exit 2 naming the file and the attributes (time 1000 was read as 10:00, not 00:10)")
+def test_a_nominal_time_stored_as_a_number_is_refused(tmp_path):
+    def numbers(f):
+        f["what"].attrs["date"], f["what"].attrs["time"] = np.int64(20240501), np.int64(1000)
+
+    _moved(tmp_path / "bad.h5", numbers)
+    with pytest.raises(SourceError, match=r"bad\.h5: no valid nominal time .*date and time stored as numbers"):
+        RadarSource(str(tmp_path), "odim").items()
+
+
+def _reprojected(path: Path, projection: str, unit: float = 1.0) -> Path:
+    """The default composite with its projection spelt ``projection`` (coordinates in ``unit`` metres)."""
+    lon_lat = pyproj.Transformer.from_crs(pyproj.CRS(PROJDEF), "EPSG:4326", always_xy=True)
+    lon, lat = lon_lat.transform(X_EDGES[0], Y_EDGES[1])
+    crs = pyproj.CRS.from_user_input(projection)
+    x, y = pyproj.Transformer.from_crs("EPSG:4326", crs, always_xy=True).transform(lon, lat)
+    to_lonlat = pyproj.Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
+    x2, y1 = x + 8000.0 / unit, y - 6000.0 / unit
+
+    def spelt(f):
+        where = f["where"].attrs
+        where["projdef"] = np.bytes_(projection)
+        for name, (cx, cy) in {"LL": (x, y1), "UL": (x, y), "UR": (x2, y), "LR": (x2, y1)}.items():
+            where[f"{name}_lon"], where[f"{name}_lat"] = to_lonlat.transform(cx, cy)
+
+    return _moved(path, spelt)
+
+
+@pytest.mark.fault("ingest", "an ODIM projdef in km (+units=km), as an EPSG code, or in the deprecated "
+                   "+init= form",
+                   "the grid in metres and the right latitudes and longitudes (km coordinates were labelled m, "
+                   "9 degrees off); an EPSG code read (refused as a corrupt file); +init= read without "
+                   "pyproj's FutureWarnings")
+@pytest.mark.parametrize(("projection", "unit"), [
+    (PROJDEF.replace("+units=m", "+units=km"), 1000.0), ("EPSG:3035", 1.0), ("+init=epsg:3035", 1.0)])
+def test_projections_in_km_or_by_code_give_the_grid_in_metres(tmp_path, projection, unit):
+    _reprojected(tmp_path / "a.h5", projection, unit)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        source = RadarSource(str(tmp_path), "odim")
+        grid = source.read_grid(source.items()[0])
+    assert grid.units == "m"
+    np.testing.assert_allclose(np.diff(grid.x), 1000.0, rtol=1e-6)
+    np.testing.assert_allclose(np.diff(grid.y), -1000.0, rtol=1e-6)
+    lat_lon = grid.geographic_coords()
+    expected = pyproj.Transformer.from_crs(pyproj.CRS(PROJDEF), "EPSG:4326", always_xy=True).transform(
+        X_EDGES[0] + 500.0, Y_EDGES[1] - 500.0)
+    np.testing.assert_allclose([lat_lon["longitude"][1][0, 0], lat_lon["latitude"][1][0, 0]], expected,
+                               atol=1e-4)
+
+
+@pytest.mark.fault("ingest", "an ODIM projdef that pyproj cannot read",
+                   "exit 2 naming the file's where/projdef and the spellings that work (it was 'the file is "
+                   "corrupt, truncated or of another format')")
+def test_an_unreadable_projection_is_named(tmp_path):
+    _moved(tmp_path / "bad.h5", lambda f: f["where"].attrs.__setitem__("projdef", np.bytes_("+proj=nothing")))
+    with pytest.raises(SourceError, match=r"bad\.h5: where/projdef: projection '\+proj=nothing' is not one "
+                                          "pyproj can read"):
+        source = RadarSource(str(tmp_path), "odim")
+        source.read_grid(source.items()[0])
+
+
+@pytest.mark.fault("ingest", "an ODIM composite on a longitude/latitude grid (+proj=longlat)",
+                   "x and y stored in degrees_east and degrees_north (they were labelled m)")
+def test_a_longitude_latitude_grid_is_stored_in_degrees(tmp_path):
+    from nowcast.pipelines.jobs.ingest import IngestSpec, ingest_items
+    from nowcast.pipelines.stores.archive import open_archive
+
+    folder = tmp_path / "lonlat"
+    folder.mkdir()
+    _reprojected(folder / "a.h5", "+proj=longlat +ellps=WGS84 +no_defs", unit=1000.0 / 0.01)
+    url, source = str(tmp_path / "a.zarr"), RadarSource(str(folder), "odim")
+    ingest_items(IngestSpec(archive=url, source=source, time_chunk=2), source.items(), None)
+    ds = open_archive(url)
+    assert (ds["x"].attrs["units"], ds["y"].attrs["units"]) == ("degrees_east", "degrees_north")
+    np.testing.assert_allclose(ds["longitude"].values[0], ds["x"].values, atol=1e-4)
+    assert Grid.from_dataset(ds).units == "degrees"
