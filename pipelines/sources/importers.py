@@ -77,9 +77,10 @@ def import_odim(path: str, quantity: str | None = None
     quantity = odim.choose_quantity(odim.read_header(path), path, quantity)
     field, data = odim.read_data(path, quantity)
     metadata, _shape = odim.geodata(path)
-    metadata.update(unit="dBZ" if quantity == "DBZH" else "mm/h", transform="dB" if quantity == "DBZH" else None,
+    reflectivity = quantity == "DBZH"
+    metadata.update(unit="dBZ" if reflectivity else "mm/h", transform="dB" if reflectivity else None,
                     threshold=-np.inf, zerovalue=0.0)
-    if quantity == "DBZH":
+    if reflectivity:
         zr_a, zr_b = odim.MARSHALL_PALMER
         metadata.update(zr_a=zr_a if data.zr_a is None else data.zr_a,
                         zr_b=zr_b if data.zr_b is None else data.zr_b)

@@ -416,7 +416,8 @@ def test_a_nominal_time_stored_as_a_number_is_refused(tmp_path):
         f["what"].attrs["date"], f["what"].attrs["time"] = np.int64(20240501), np.int64(1000)
 
     _moved(tmp_path / "bad.h5", numbers)
-    with pytest.raises(SourceError, match=r"bad\.h5: no valid nominal time .*date and time stored as numbers"):
+    with pytest.raises(SourceError, match=r"bad\.h5: no valid nominal time .*date and time stored as "
+                                          "numbers"):
         RadarSource(str(tmp_path), "odim").items()
 
 
@@ -440,8 +441,8 @@ def _reprojected(path: Path, projection: str, unit: float = 1.0) -> Path:
 
 @pytest.mark.fault("ingest", "an ODIM projdef in km (+units=km), as an EPSG code, or in the deprecated "
                    "+init= form",
-                   "the grid in metres and the right latitudes and longitudes (km coordinates were labelled m, "
-                   "9 degrees off); an EPSG code read (refused as a corrupt file); +init= read without "
+                   "the grid in metres and the right latitudes and longitudes (km coordinates were "
+                   "labelled m, 9 degrees off); an EPSG code read (refused as a corrupt file); +init= read without "
                    "pyproj's FutureWarnings")
 @pytest.mark.parametrize(("projection", "unit"), [
     (PROJDEF.replace("+units=m", "+units=km"), 1000.0), ("EPSG:3035", 1.0), ("+init=epsg:3035", 1.0)])
@@ -466,10 +467,11 @@ def test_projections_in_km_or_by_code_give_the_grid_in_metres(tmp_path, projecti
                    "corrupt, truncated or of another format')")
 def test_an_unreadable_projection_is_named(tmp_path):
     _moved(tmp_path / "bad.h5", lambda f: f["where"].attrs.__setitem__("projdef", np.bytes_("+proj=nothing")))
+    source = RadarSource(str(tmp_path), "odim")
+    item = source.items()[0]
     with pytest.raises(SourceError, match=r"bad\.h5: where/projdef: projection '\+proj=nothing' is not one "
                                           "pyproj can read"):
-        source = RadarSource(str(tmp_path), "odim")
-        source.read_grid(source.items()[0])
+        source.read_grid(item)
 
 
 @pytest.mark.fault("ingest", "an ODIM composite on a longitude/latitude grid (+proj=longlat)",
