@@ -442,8 +442,8 @@ def _reprojected(path: Path, projection: str, unit: float = 1.0) -> Path:
 @pytest.mark.fault("ingest", "an ODIM projdef in km (+units=km), as an EPSG code, or in the deprecated "
                    "+init= form",
                    "the grid in metres and the right latitudes and longitudes (km coordinates were "
-                   "labelled m, 9 degrees off); an EPSG code read (refused as a corrupt file); +init= read without "
-                   "pyproj's FutureWarnings")
+                   "labelled m, 9 degrees off); an EPSG code read (refused as a corrupt file); +init= read "
+                   "without pyproj's FutureWarnings")
 @pytest.mark.parametrize(("projection", "unit"), [
     (PROJDEF.replace("+units=m", "+units=km"), 1000.0), ("EPSG:3035", 1.0), ("+init=epsg:3035", 1.0)])
 def test_projections_in_km_or_by_code_give_the_grid_in_metres(tmp_path, projection, unit):
