@@ -42,7 +42,8 @@ def test_demo_runs_the_chain_and_reports_in_a_few_lines(tmp_path, prefect_server
 
 
 @pytest.mark.fault("command line", "`demo --frames N` too few for the training run's three splits (10, or "
-                   "36: the counts that fill them are not a bound), which failed in training after the ingest",
+                   "36: the counts that fill them are not a bound), which failed in training after the "
+                   "ingest",
                    "exit 2 before the ingest naming the next count that works and the one from which every "
                    "count does; one line on stderr, no archive written")
 def test_demo_refuses_a_frame_count_that_leaves_a_split_empty(tmp_path, prefect_server):
