@@ -11,6 +11,7 @@ files to read; this module only reads them.
 from __future__ import annotations
 
 import functools
+import os
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -54,10 +55,30 @@ def import_radar(fmt: str, path: str, quantity: str | None = None) -> tuple[np.n
         "knmi": lambda: importers.import_knmi_hdf5(path),
         "bom": lambda: importers.import_bom_rf3(path),
         "fmi": lambda: importers.import_fmi_pgm(path, gzipped=path.endswith(".gz")),
-        "mch": lambda: importers.import_mch_gif(path, product="AQC", unit="mm", accutime=5.0),
+        "mch": lambda: importers.import_mch_gif(path, product="AQC", unit="mm",
+                                                accutime=float(_mch_minutes(path))),
     }
     field, _quality, metadata = calls[fmt]()
     return np.ma.filled(np.ma.asarray(field, dtype="float64"), np.nan), dict(metadata)
+
+
+_MCH_PERIOD = re.compile(r"AQC\d{9}[A-Z]_(\d{5})\.\d{3}\.gif")
+
+
+def mch_minutes(filename: str) -> int | None:
+    """The accumulation period in a MeteoSwiss AQC file name, in minutes (``_00005``: 5; ``_00060``: an
+    hour's amount, which read as 5 minutes' was 12 times the rate), None for other names."""
+    match = _MCH_PERIOD.fullmatch(os.path.basename(filename))
+    return int(match[1]) if match else None
+
+
+def _mch_minutes(path: str) -> int:
+    """The accumulation period of a MeteoSwiss AQC file, from its name."""
+    minutes = mch_minutes(path)
+    if not minutes:
+        raise SourceError(f"{path}: the name gives no accumulation period of MeteoSwiss AQC (_00005 for 5 "
+                          "minutes); name the file as MeteoSwiss does, e.g. AQC151351545F_00005.801.gif")
+    return minutes
 
 
 def import_odim(path: str, quantity: str | None = None

@@ -45,6 +45,7 @@ from nowcast.pipelines.sources.importers import (
     import_odim,
     import_radar,
     in_metres,
+    mch_minutes,
     shape_from_extent,
     to_rain_rate,
 )
@@ -66,7 +67,8 @@ class RadarFormat:
             time is in the file).
         example: an example file name, for messages.
         step_minutes: native time step; None where it depends on the product
-            (BoM: :data:`BOM_PRODUCT_MINUTES`); for ODIM the step of a single frame.
+            (BoM: :data:`BOM_PRODUCT_MINUTES`; MeteoSwiss: :func:`mch_minutes`); for ODIM the step of a
+            single frame.
         time_in_file: the frame time is read from the file's metadata (ODIM),
             because the names differ by service.
     """
@@ -105,9 +107,9 @@ FORMATS: dict[str, RadarFormat] = {
         RadarFormat("fmi", "FMI composite reflectivity (gzipped PGM, dBZ)", (".pgm.gz", ".pgm"),
                     r"(\d{12})_fmi\.radar\.composite\.lowest_FIN_SUOMI1\.pgm(?:\.gz)?", "%Y%m%d%H%M",
                     "201609281445_fmi.radar.composite.lowest_FIN_SUOMI1.pgm.gz", 5),
-        RadarFormat("mch", "MeteoSwiss AQC 5-min accumulation (GIF, mm)", (".gif",),
-                    r"AQC(\d{2})(\d{3})(\d{4})[A-Z]_\d{5}\.\d{3}\.gif", "%y%j%H%M",
-                    "AQC151351545F_00005.801.gif", 5),
+        RadarFormat("mch", "MeteoSwiss AQC accumulation (GIF, mm over the minutes its name ends in)",
+                    (".gif",), r"AQC(\d{2})(\d{3})(\d{4})[A-Z]_\d{5}\.\d{3}\.gif", "%y%j%H%M",
+                    "AQC151351545F_00005.801.gif", None),
         RadarFormat("odim", "ODIM_H5 cartesian composite (HDF5, RATE in mm/h or DBZH in dBZ)",
                     odim.ODIM_SUFFIXES, r".+\.(?:h5|hdf5?)", "",
                     "20210704155000.rad.best.comp.rate.qpe.hdf (any name; ODIM_H5 content)", 5,
@@ -250,6 +252,8 @@ class RadarSource:
             minutes = BOM_PRODUCT_MINUTES.get(product or "")
             if minutes is None:
                 return most_common_step(item.time for item in self.items())
+        elif self.fmt == "mch":
+            minutes = mch_minutes(self.items()[0].path)
         elif self.fmt == "odim":
             step = most_common_step(item.time for item in self.items())
             if step is not None:
@@ -308,7 +312,18 @@ class RadarSource:
         items = [item for path in paths for item in self.file_items(path)]
         if self.fmt == "bom":
             self._check_one_product(items)
+        if self.fmt == "mch":
+            self._check_one_period(items)
         return sorted_unique(items)
+
+    def _check_one_period(self, items: list[SourceItem]) -> None:
+        """Refuses MeteoSwiss accumulations of several periods in one listing, and a period of 0."""
+        periods = Counter(mch_minutes(item.path) for item in items)
+        if len(periods) > 1 or 0 in periods:
+            found = ", ".join(f"{count} of {minutes} min" for minutes, count in sorted(periods.items()))
+            raise SourceError(f"{self.directory!r} holds MeteoSwiss AQC accumulations of other periods than "
+                              f"one (the _NNNNN in the names: {found}); give the folder of one period of "
+                              "more than 0 minutes")
 
     def _check_one_product(self, items: list[SourceItem]) -> None:
         """Refuses BoM products mixed in one listing (different steps and accumulations)."""
@@ -316,9 +331,8 @@ class RadarSource:
         if len(products) > 1:
             found = ", ".join(f"{count} {product}" for product, count in sorted(products.items()))
             raise SourceError(
-                f"{self.directory!r} mixes BoM Rainfields3 products ({found}); pick one: pass "
-                f"product={sorted(products)[0]!r} (or another) to the source, or give the folder of one "
-                "product"
+                f"{self.directory!r} mixes BoM Rainfields3 products ({found}); give the folder of one "
+                f"product (or, in Python, pass product={sorted(products)[0]!r} to the source)"
             )
 
     def _odim_item(self, path: str) -> tuple[SourceItem, str]:
@@ -339,8 +353,9 @@ class RadarSource:
             found = ", ".join(f"{len(files)} read as {quantity} (e.g. {os.path.basename(files[0])})"
                               for quantity, files in sorted(by_quantity.items()))
             raise SourceError(
-                f"{self.directory!r}: the ODIM files do not share a quantity ({found}); pass "
-                "quantity='DBZH' if every file holds reflectivity, or give the folder of one product"
+                f"{self.directory!r}: the ODIM files do not share a quantity ({found}); give the folder of "
+                "one product (or, in Python, pass quantity='DBZH' to the source if every file holds "
+                "reflectivity)"
             )
         if "RATE" in by_quantity and (self.zr_a is not None or self.zr_b is not None):
             raise SourceError(

@@ -364,3 +364,23 @@ def test_another_formats_files_in_the_folder_are_named(radar_dir, tmp_path, capl
                          str(tmp_path / "archive.zarr")]) == 0
     assert f"2 files under {folder} are not knmi files and are not ingested" in caplog.text
     assert gifs[0].name in caplog.text
+
+
+@pytest.mark.fault("sources", "MeteoSwiss AQC files of another accumulation period than 5 minutes "
+                   "(_00060: an hour's amount), or of several periods in one folder",
+                   "the period in the name converts the amount to mm/h and is the archive's step (an hour's "
+                   "amount was read as 5 minutes', 12 times the rate); several periods refused naming them")
+def test_meteoswiss_accumulation_period_comes_from_the_name(radar_dir, tmp_path):
+    five = RadarSource(str(radar_dir / "mch"), "mch").items()[0].path
+    hourly = tmp_path / "hourly"
+    hourly.mkdir()
+    shutil.copy(five, hourly / os.path.basename(five).replace("_00005.", "_00060."))
+    as_hourly = RadarSource(str(hourly), "mch")
+    assert as_hourly.time_step() == np.timedelta64(3600, "s")
+    as_five = RadarSource(str(radar_dir / "mch"), "mch")
+    np.testing.assert_allclose(as_hourly.read(as_hourly.items()[0])["precip"] * 12,
+                               as_five.read(as_five.items()[0])["precip"], rtol=1e-6, equal_nan=True)
+    shutil.copy(five, hourly)
+    with pytest.raises(SourceError, match=r"accumulations of other periods than one \(the _NNNNN in the "
+                                          r"names: 1 of 5 min, 1 of 60 min\)"):
+        RadarSource(str(hourly), "mch").items()
