@@ -415,10 +415,15 @@ class RadarSource:
 
 
 def _unreadable(fmt: str, path: str, error: Exception) -> SourceError:
+    """A file the format's reader fails on. The format may have been told by the file's name alone (all
+    but ODIM), so the message also gives the fix for a folder of another format."""
+    other = "" if FORMATS[fmt].time_in_file else (
+        f"; if the folder holds another format (its names look like {fmt}'s), name it with --format "
+        "(netcdf for CF NetCDF files)")
     return SourceError(
         f"{path}: cannot read it as a {FORMATS[fmt].description} file "
         f"({type(error).__name__}: {error}); the file is corrupt, truncated or of another format: "
-        "download it again, or delete it to ingest that frame as missing"
+        f"download it again, or delete it to ingest that frame as missing{other}"
     )
 
 

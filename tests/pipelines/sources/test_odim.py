@@ -489,3 +489,28 @@ def test_a_longitude_latitude_grid_is_stored_in_degrees(tmp_path):
     assert (ds["x"].attrs["units"], ds["y"].attrs["units"]) == ("degrees_east", "degrees_north")
     np.testing.assert_allclose(ds["longitude"].values[0], ds["x"].values, atol=1e-4)
     assert Grid.from_dataset(ds).units == "degrees"
+
+
+@pytest.mark.fault("ingest", "frames at irregular spacings (5 and 10 minutes) into a new archive without "
+                   "--time-step",
+                   "exit 2 saying the frames are not on one step, which step was inferred and the smallest "
+                   "spacing to give with --time-step; no archive (it spoke of 'the archive's axis' and said "
+                   "to resample the input)")
+def test_frames_off_the_inferred_step_name_the_time_step_option(tmp_path):
+    from nowcast.pipelines.jobs.ingest import IngestSpec, ingest_items
+    from nowcast.pipelines.plans.ingest import IngestError
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for minute in ("00", "05", "10", "20", "30", "40"):
+        write_odim(folder / f"frame{minute}.h5", time=f"12{minute}00")
+    source = RadarSource(str(folder), "odim")
+    url = tmp_path / "archive.zarr"
+    with pytest.raises(IngestError, match=r"frame05\.h5: time .* not on one step \(the new archive took PT10M, "
+                                          r"their most common spacing\); give the step with --time-step \(their "
+                                          r"smallest spacing is PT5M"):
+        ingest_items(IngestSpec(archive=str(url), source=source, time_chunk=2), source.items(), None)
+    assert not url.exists()
+    result = ingest_items(IngestSpec(archive=str(url), source=source, time_chunk=2, time_step="PT5M"),
+                          source.items(), None)
+    assert result.frames_written == 6

@@ -384,3 +384,20 @@ def test_meteoswiss_accumulation_period_comes_from_the_name(radar_dir, tmp_path)
     with pytest.raises(SourceError, match=r"accumulations of other periods than one \(the _NNNNN in the "
                                           r"names: 1 of 5 min, 1 of 60 min\)"):
         RadarSource(str(hourly), "mch").items()
+
+
+@pytest.mark.fault("sources", "CF NetCDF files whose names look like BoM Rainfields3 names",
+                   "the read error says the format came from the names and to name it with --format (netcdf); "
+                   "it only said to download or delete the files")
+def test_files_named_like_another_format_point_at_the_format_option(tmp_path):
+    import xarray as xr
+
+    ds = xr.Dataset({"rain": (("time", "y", "x"), np.ones((1, 4, 5), "float32"), {"units": "mm h-1"})},
+                    coords={"time": [np.datetime64("2020-10-31T00:00")], "y": np.arange(4.0),
+                            "x": np.arange(5.0)})
+    ds.to_netcdf(tmp_path / "12_20201031_000000.obs.nc")
+    source = RadarSource(str(tmp_path), detect_radar_format(str(tmp_path)))
+    assert source.fmt == "bom"
+    with pytest.raises(SourceError, match=r"if the folder holds another format \(its names look like bom's\), "
+                                          r"name it with --format \(netcdf for CF NetCDF files\)"):
+        source.read(source.items()[0])
