@@ -506,9 +506,9 @@ def test_frames_off_the_inferred_step_name_the_time_step_option(tmp_path):
         write_odim(folder / f"frame{minute}.h5", time=f"12{minute}00")
     source = RadarSource(str(folder), "odim")
     url = tmp_path / "archive.zarr"
-    with pytest.raises(IngestError, match=r"frame05\.h5: time .* not on one step \(the new archive took PT10M, "
-                                          r"their most common spacing\); give the step with --time-step \(their "
-                                          r"smallest spacing is PT5M"):
+    with pytest.raises(IngestError, match=r"frame05\.h5: time .* not on one step \(the new archive took "
+                                          r"PT10M, their most common spacing\); give the step with "
+                                          r"--time-step \(their smallest spacing is PT5M"):
         ingest_items(IngestSpec(archive=str(url), source=source, time_chunk=2), source.items(), None)
     assert not url.exists()
     result = ingest_items(IngestSpec(archive=str(url), source=source, time_chunk=2, time_step="PT5M"),

@@ -387,7 +387,8 @@ def test_meteoswiss_accumulation_period_comes_from_the_name(radar_dir, tmp_path)
 
 
 @pytest.mark.fault("sources", "CF NetCDF files whose names look like BoM Rainfields3 names",
-                   "the read error says the format came from the names and to name it with --format (netcdf); "
+                   "the read error says the format came from the names and to name it with --format "
+                   "(netcdf); "
                    "it only said to download or delete the files")
 def test_files_named_like_another_format_point_at_the_format_option(tmp_path):
     import xarray as xr
@@ -398,6 +399,7 @@ def test_files_named_like_another_format_point_at_the_format_option(tmp_path):
     ds.to_netcdf(tmp_path / "12_20201031_000000.obs.nc")
     source = RadarSource(str(tmp_path), detect_radar_format(str(tmp_path)))
     assert source.fmt == "bom"
-    with pytest.raises(SourceError, match=r"if the folder holds another format \(its names look like bom's\), "
+    with pytest.raises(SourceError, match=r"if the folder holds another format \(its names look like "
+                                          r"bom's\), "
                                           r"name it with --format \(netcdf for CF NetCDF files\)"):
         source.read(source.items()[0])
