@@ -18,6 +18,8 @@ import json
 import os
 import re
 import shutil
+import signal
+import threading
 import uuid
 import warnings
 from collections.abc import Iterator, Mapping
@@ -259,7 +261,8 @@ def created_whole(url: str, replace: bool = False) -> Iterator[str]:
         if is_local(url):
             _move_into_place(local_path(staging), local_path(url), replace)
         else:
-            _copy_root_last(fs, staged, filesystem(url)[1].rstrip("/"), replace)
+            with signals_held():  # a copy stopped part way is no store: the previous one is gone by then
+                _copy_root_last(fs, staged, filesystem(url)[1].rstrip("/"), replace)
     finally:
         if fs.exists(staged):  # the build, or after a swap the previous store
             fs.rm(staged, recursive=True)
@@ -329,6 +332,33 @@ def _remove_abandoned_staging(url: str) -> None:
         match = pattern.fullmatch(entry)
         if match and match["host"] == host and not alive(int(match["pid"])):
             shutil.rmtree(os.path.join(folder, entry), ignore_errors=True)
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Holds SIGINT and SIGTERM until the body is done, then acts on the first one as before.
+
+    For a step that must not stop half way and takes seconds (publishing a store on an object store,
+    which deletes the previous store before it copies the new one). Only the main thread can receive
+    signals; elsewhere the body just runs.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, _frame: caught.append(signum))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if caught:
+            handler = previous[caught[0]]
+            if callable(handler):
+                handler(caught[0], None)
+            elif handler == signal.SIG_DFL:
+                signal.raise_signal(caught[0])
 
 
 def _copy_root_last(fs: Any, source: str, target: str, replace: bool = False) -> None:

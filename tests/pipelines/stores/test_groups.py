@@ -67,3 +67,29 @@ def test_a_replaced_store_appears_whole_and_a_failed_build_keeps_the_previous_on
     fs, path = filesystem(base)
     assert [name.rstrip("/").rsplit("/", 1)[-1] for name in fs.ls(path, detail=False)] == ["w.zarr"]
     assert not any("only_old" in name for name in fs.find(f"{path.rstrip('/')}/w.zarr"))
+
+
+@pytest.mark.fault("stores", "Ctrl-C or SIGTERM while a replaced store is published on S3 (the windows "
+                   "job's overwrite: the previous store deleted, the new one being copied)",
+                   "the publish finishes, then the command stops (the previous store was gone and the new "
+                   "one half copied: no windows store at all)")
+def test_an_interrupt_waits_for_the_publish_on_an_object_store(s3_bucket, monkeypatch):
+    import os
+    import signal
+
+    from nowcast.pipelines.stores import groups
+
+    url = f"{s3_bucket}/published.zarr"
+    with created_whole(url) as staging:
+        _build(staging, {"kept": 1, "only_old": 1})
+    publish = groups._copy_root_last
+
+    def interrupted(*args, **kwargs) -> None:
+        os.kill(os.getpid(), signal.SIGINT)  # arrives after the previous store's deletion starts
+        publish(*args, **kwargs)
+
+    monkeypatch.setattr(groups, "_copy_root_last", interrupted)
+    with pytest.raises(KeyboardInterrupt), created_whole(url, replace=True) as staging:
+        _build(staging, {"kept": 2})
+    assert _read(url) == {"kept": 2}
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
