@@ -34,7 +34,7 @@ from pydantic import (
 )
 
 from nowcast.errors import InputError
-from nowcast.pipelines.stores.groups import enclosing_store, is_local, local_path
+from nowcast.pipelines.stores.groups import StoreError, check_url, enclosing_store, is_local, local_path
 from nowcast.pipelines.stores.timeaxis import DEFAULT_TIME_CHUNK, MAX_TIME_CHUNK, to_datetime64
 
 if TYPE_CHECKING:  # Beam is imported when a job runs, not when a form or the command line is built
@@ -85,9 +85,7 @@ def check_store_url(url: str) -> str:
     Raises:
         ParameterError: naming the roots and how to add one.
     """
-    url = url.strip()
-    if not url:
-        raise ParameterError("a store URL is empty; give a path or URL under the storage roots")
+    url = _spelt_right(url)
     roots = storage_roots()
     if _is_remote(url):
         # object stores take '..' literally, but fsspec and readers may not: a URL never climbs
@@ -112,10 +110,18 @@ def check_store_url(url: str) -> str:
 
 def absolute(url: str) -> str:
     """A local path made absolute; a URL unchanged."""
+    return _made_absolute(_spelt_right(url))
+
+
+def _spelt_right(url: str) -> str:
+    """``url`` stripped, refused when empty or misspelt (:func:`check_url`)."""
     url = url.strip()
     if not url:
         raise ParameterError("a store URL is empty; give a path or URL")
-    return _made_absolute(url)
+    try:
+        return check_url(url)
+    except StoreError as error:
+        raise ParameterError(str(error)) from None
 
 
 def parse_time(value: str, name: str) -> np.datetime64:

@@ -145,6 +145,33 @@ def is_local(url: str) -> bool:
     return "://" not in url or url.startswith("file://")
 
 
+_ONE_SLASH = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+):/(?!/)")
+
+
+def check_url(url: str) -> str:
+    """``url``, refused where it would silently land somewhere else than meant.
+
+    ``s3:/bucket/a.zarr`` (a slash short) is a local folder named ``s3:``, and ``s3://bucket//a.zarr``
+    an object key with an empty segment, which listings and writes spell differently (a store lock
+    once spun for ever on one).
+
+    Raises:
+        StoreError: naming the URL and the spelling meant.
+    """
+    if is_local(url):
+        typo = _ONE_SLASH.match(url)
+        if typo:
+            meant = f"{typo[1]}://{url[typo.end():]}"
+            raise StoreError(f"{url} looks like the URL {meant} with a slash missing: write that (or ./{url} "
+                             "for a local folder of that name)")
+        return url
+    scheme, rest = url.split("://", 1)
+    if "//" in rest.rstrip("/"):
+        raise StoreError(f"{url} has an empty path segment ('//'), which an object store keeps as a key of "
+                         f"its own: write {scheme}://{re.sub('/+', '/', rest)}")
+    return url
+
+
 def local_path(url: str) -> str:
     """The filesystem path of a local store URL, ``~`` expanded."""
     if not is_local(url):
@@ -166,6 +193,7 @@ def filesystem(url: str) -> tuple[Any, str]:
     """
     import fsspec
 
+    check_url(url)
     try:
         return fsspec.core.url_to_fs(url, **FRESH)
     except ImportError as error:
@@ -176,7 +204,7 @@ def filesystem(url: str) -> tuple[Any, str]:
 
 def zarr_store(url: str, read_only: bool = False) -> Store:
     """A zarr v3 store for ``url``: LocalStore on disk, fsspec (no listings cache) for everything else."""
-    if is_local(url):
+    if is_local(check_url(url)):
         return LocalStore(local_path(url), read_only=read_only)
     filesystem(url)  # a clear error for a scheme whose package is missing
     return FsspecStore.from_url(url, storage_options=dict(FRESH), read_only=read_only)
@@ -223,7 +251,7 @@ def not_a_store(url: str) -> str | None:
 
 def exists(url: str) -> bool:
     """Whether a store (its root metadata) exists at ``url``."""
-    if is_local(url):
+    if is_local(check_url(url)):
         return os.path.exists(os.path.join(local_path(url), "zarr.json"))
     fs, path = filesystem(url)
     return fs.exists(f"{path.rstrip('/')}/zarr.json")

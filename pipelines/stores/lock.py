@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 LEASE_S = 60.0
 MAX_LEASE_S = 86_400.0
 SUFFIX = ".lock"
+MAX_UNLISTED = 100  # tries in a row at a lease the lock folder does not show, before giving up
 DIGITS = 12
 
 
@@ -218,7 +219,7 @@ _held: dict[tuple[str, int], Lease] = {}  # (lock folder, thread) -> the lease t
 
 def _acquire(folder: _Folder, purpose: str, lease_s: float, wait_s: float | None, poll_s: float,
              store: str) -> Lease:
-    started, told = time.monotonic(), False
+    started, told, unlisted = time.monotonic(), False, 0
     while True:
         generations = folder.generations()
         newest = folder.read(generations[-1]) if generations else None
@@ -226,10 +227,21 @@ def _acquire(folder: _Folder, purpose: str, lease_s: float, wait_s: float | None
             lease = Lease((generations[-1] if generations else 0) + 1, _owner(), purpose,
                           time.time() + lease_s)
             if folder.create(lease):
-                if folder.generations()[-1] == lease.generation:
+                listed = folder.generations()
+                if listed[-1:] == [lease.generation]:
                     return lease
-                folder.replace(dataclasses.replace(lease, released=True))  # a newer one exists: withdraw
+                if listed and listed[-1] > lease.generation:
+                    folder.replace(dataclasses.replace(lease, released=True))  # a newer one exists: withdraw
+                    continue
+            unlisted += 1  # a lease it could not create, or one the listing does not show
+            if unlisted > MAX_UNLISTED:
+                raise StoreError(f"the writers' lock of {store} at {folder.url} does not list the leases "
+                                 f"it holds (generation {lease.generation} cannot be created, or is not "
+                                 "listed once created): the storage lists keys otherwise than it writes "
+                                 "them; check the store's URL")
+            time.sleep(poll_s / 10)
             continue
+        unlisted = 0
         if wait_s is not None and time.monotonic() - started > wait_s:
             raise LockTimeoutError(
                 f"{store} is being written: {newest.describe()}; waited {wait_s:.0f} s. Wait for that run "

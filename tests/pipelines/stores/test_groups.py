@@ -93,3 +93,24 @@ def test_an_interrupt_waits_for_the_publish_on_an_object_store(s3_bucket, monkey
         _build(staging, {"kept": 2})
     assert _read(url) == {"kept": 2}
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+@pytest.mark.fault("stores", "a store URL a slash short (`s3:/bucket/a.zarr`) or with an empty segment "
+                   "(`s3://bucket//a.zarr`), in a form or the API",
+                   "refused naming the URL meant (the first created a local folder `s3:`, exit 0; the second "
+                   "crashed the store lock, then made every rerun spin at full CPU for ever)")
+@pytest.mark.parametrize(("url", "meant"), [("s3:/bucket/a.zarr", "the URL s3://bucket/a.zarr"),
+                                            ("s3://bucket//a.zarr", "write s3://bucket/a.zarr"),
+                                            ("gs://bucket/x//a.zarr/", "write gs://bucket/x/a.zarr")])
+def test_a_misspelt_store_url_is_refused(url, meant, tmp_path, monkeypatch):
+    from nowcast.flows.params import WindowsParams
+    from nowcast.pipelines.stores.groups import StoreError, check_url
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(StoreError, match=meant):
+        zarr_store(url)
+    with pytest.raises(ValueError, match=meant):  # pydantic's ValidationError of the form
+        WindowsParams(archive=url, windows=str(tmp_path / "w.zarr"))
+    assert check_url("s3://bucket/a.zarr/") == "s3://bucket/a.zarr/"
+    assert check_url("C:/data/a.zarr") == "C:/data/a.zarr"  # a drive letter is a path
+    assert list(tmp_path.iterdir()) == []
