@@ -122,6 +122,14 @@ def exit_status(args: argparse.Namespace, error: BaseException, signum: int | No
     if isinstance(error, InputError):
         print(f"nowcast {args.command}: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    from nowcast.pipelines.stores.groups import object_store_problem
+
+    problem = object_store_problem(error)
+    if problem is not None:  # the command's object-store URLs, so the user sees which bucket or endpoint
+        urls = sorted({value for value in vars(args).values() if isinstance(value, str) and "://" in value})
+        print(f"nowcast {args.command}: error: {problem}" + (f" (URLs: {', '.join(urls)})" if urls else ""),
+              file=sys.stderr)
+        return EXIT_BAD_INPUT
     raise error
 
 

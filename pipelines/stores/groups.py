@@ -77,6 +77,40 @@ def storage_problem(error: BaseException) -> int | None:
     return None
 
 
+# What s3fs, botocore and aiohttp raise (or a Beam worker re-raises as text) when the object store cannot be
+# used at all, and the fix; matched on the exception's class name and message along its chain.
+OBJECT_STORE_PROBLEMS = (
+    (r"NoCredentialsError|PartialCredentialsError|Unable to locate credentials",
+     "no credentials for the object store", "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or "
+     "AWS_PROFILE) where the command runs"),
+    (r"EndpointConnectionError|ConnectTimeoutError|ReadTimeoutError|ClientConnectorError|"
+     r"Could not connect to the endpoint",
+     "the object store cannot be reached", "check AWS_ENDPOINT_URL (now {endpoint}) and that the server "
+     "runs and is reachable from here"),
+    (r"The specified bucket does not exist|NoSuchBucket",
+     "the bucket does not exist", "create it, or fix the bucket's name in the URL"),
+    (r"InvalidAccessKeyId|SignatureDoesNotMatch|AccessDenied|Access Denied|PermissionError: Forbidden|"
+     r"^Forbidden$",
+     "the object store refused the request", "check the credentials (AWS_ACCESS_KEY_ID, "
+     "AWS_SECRET_ACCESS_KEY) and the bucket's permissions for this user"),
+)
+
+
+def object_store_problem(error: BaseException) -> str | None:
+    """A sentence naming why the object store could not be used behind ``error``, and the fix; None if
+    ``error`` is not such a failure. Looks through the exception chain, as :func:`storage_problem` does."""
+    seen: BaseException | None = error
+    while seen is not None:
+        text = f"{type(seen).__name__}: {seen}"
+        for pattern, problem, fix in OBJECT_STORE_PROBLEMS:
+            if re.search(pattern, text, re.MULTILINE) or re.fullmatch(pattern, str(seen)):
+                endpoint = os.environ.get("AWS_ENDPOINT_URL") or "unset: AWS itself"
+                said = str(seen).strip() or type(seen).__name__
+                return f"{problem} ({said}): {fix.format(endpoint=endpoint)}"
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 @contextlib.contextmanager
 def storage_errors(url: str, job: str, rerun: str = "a rerun writes only what is missing") -> Iterator[None]:
     """Turns a storage failure while ``job`` writes ``url`` into a :class:`StorageWriteError` with the fix.

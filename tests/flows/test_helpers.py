@@ -97,3 +97,34 @@ def test_the_train_verdict_says_what_was_done_and_why():
         "promoted v2 to latest as asked (promote=always); it does not beat LK extrapolation on both (m)"
     assert verdict_text("v2", False, True, "never", "m") == \
         "kept v2 unpromoted as asked (promote=never); it beats LK extrapolation on both (m)"
+
+
+@pytest.mark.fault("command line", "an object store that cannot be used: a bucket that does not exist, "
+                   "no credentials, an endpoint that does not answer",
+                   "exit 2 naming the problem, the fix and the command's URLs (each was a botocore or s3fs "
+                   "traceback, exit 1)")
+def test_object_store_failures_are_one_message_with_the_fix(s3_bucket, tmp_path, capsys, monkeypatch):
+    import botocore.exceptions
+
+    from nowcast.flows import cli
+    from nowcast.pipelines.stores.groups import object_store_problem
+
+    missing = s3_bucket + "-missing"
+    assert cli.main(["ingest", "--synthetic", "--frames", "2", "--size", "16", "--archive",
+                     f"{missing}/a.zarr"]) == 2
+    err = capsys.readouterr().err
+    assert "error: the bucket does not exist (The specified bucket does not exist): create it, or fix the " \
+           f"bucket's name in the URL (URLs: {missing}/a.zarr)" in err
+    assert "Traceback" not in err
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    no_endpoint = botocore.exceptions.EndpointConnectionError(endpoint_url="http://127.0.0.1:9/b")
+    assert object_store_problem(RuntimeError("chunk failed")) is None
+    wrapped = RuntimeError("write failed")
+    wrapped.__cause__ = no_endpoint
+    assert object_store_problem(wrapped).startswith(
+        'the object store cannot be reached (Could not connect to the endpoint URL: "http://127.0.0.1:9/b"): '
+        "check AWS_ENDPOINT_URL (now http://127.0.0.1:9)")
+    assert object_store_problem(botocore.exceptions.NoCredentialsError()).startswith(
+        "no credentials for the object store")
+    in_worker = RuntimeError("PermissionError: Forbidden [while running 'WriteChunks']")  # a Beam worker's
+    assert object_store_problem(in_worker).startswith("the object store refused the request")
