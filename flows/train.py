@@ -29,6 +29,7 @@ from nowcast.flows.workdir import local_workdir, published
 from nowcast.model import registry
 from nowcast.pipelines.jobs import windows as windows_job
 from nowcast.pipelines.plans.window_spec import SplitSpec, WindowSpec
+from nowcast.pipelines.stores.groups import check_writable
 from nowcast.pipelines.stores.timeaxis import step_minutes
 from nowcast.pipelines.stores.windows import SPLITS, WindowsStore
 
@@ -201,6 +202,7 @@ def _train(params: TrainParams, workdir: Path) -> TrainRun:
     from nowcast.model.verify import save_pictures, table
 
     logger = get_run_logger()
+    check_writable(params.models, "the model registry")  # not after the training, where it failed
     counts = cut_windows(params)
     version_dir = fit(params, workdir)
     version = registry.version_name(version_dir)

@@ -206,6 +206,28 @@ def check_url(url: str) -> str:
     return url
 
 
+def check_writable(url: str, what: str) -> None:
+    """Writes and removes a small object under ``url`` (a local folder is made where missing), so that a
+    long run finds out first that it could not save its result.
+
+    Raises:
+        StoreError: naming ``what``, the URL and the storage's answer (object-store failures keep theirs:
+            :func:`object_store_problem` words them).
+    """
+    fs, path = filesystem(url)
+    probe = f"{path.rstrip('/')}/.nowcast-write-check-{uuid.uuid4().hex[:12]}"
+    try:
+        if is_local(url):  # never on an object store, where it would create a misspelt bucket
+            fs.makedirs(path, exist_ok=True)
+        fs.pipe(probe, b"")
+        fs.rm(probe)
+    except OSError as error:
+        if object_store_problem(error) is not None:
+            raise
+        raise StoreError(f"{what} {url} cannot be written ({error}); give a location this user can write, "
+                         "or fix its permissions") from error
+
+
 def local_path(url: str) -> str:
     """The filesystem path of a local store URL, ``~`` expanded."""
     if not is_local(url):

@@ -114,3 +114,25 @@ def test_a_misspelt_store_url_is_refused(url, meant, tmp_path, monkeypatch):
     assert check_url("s3://bucket/a.zarr/") == "s3://bucket/a.zarr/"
     assert check_url("C:/data/a.zarr") == "C:/data/a.zarr"  # a drive letter is a path
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.fault("train", "`train --models` in an S3 bucket that does not exist",
+                   "refused before the windows are cut (it trained, verified and printed the table, then "
+                   "failed saving the model); the check creates no bucket")
+def test_a_registry_that_cannot_be_written_is_found_before_the_work(s3_bucket, tmp_path):
+    import s3fs
+
+    from nowcast.pipelines.stores.groups import StoreError, check_writable, object_store_problem
+
+    check_writable(f"{s3_bucket}/models", "the model registry")
+    check_writable(str(tmp_path / "new" / "models"), "the model registry")
+    assert (tmp_path / "new" / "models").is_dir()
+    assert not list((tmp_path / "new" / "models").iterdir())
+    missing = f"{s3_bucket}-missing"
+    with pytest.raises(FileNotFoundError) as raised:
+        check_writable(f"{missing}/models", "the model registry")
+    assert object_store_problem(raised.value).startswith("the bucket does not exist")
+    assert not s3fs.S3FileSystem().exists(missing.removeprefix("s3://"))
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(StoreError, match=r"the model registry .*a_file/models cannot be written"):
+        check_writable(str(tmp_path / "a_file" / "models"), "the model registry")
