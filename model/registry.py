@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any
 from fsspec.implementations.local import LocalFileSystem
 
 from nowcast.errors import InputError
-from nowcast.pipelines.stores.archive import ArchiveDescription
+from nowcast.pipelines.stores.archive import ArchiveDescription, same_units
 from nowcast.pipelines.stores.groups import filesystem
 
 if TYPE_CHECKING:
@@ -382,7 +382,7 @@ def check_archive(metadata: Mapping[str, Any], archive: ArchiveDescription) -> N
     for var, units in trained.variables.items():
         if var not in archive.variables:
             problems.append(f"variable {var!r} ({units}) is missing from the archive")
-        elif archive.variables[var] != units:
+        elif not same_units(archive.variables[var], units):  # mm/h is mm h-1
             problems.append(f"variable {var!r}: model expects units {units!r}, archive has "
                             f"{archive.variables[var]!r}")
     patch = tuple(int(n) for n in metadata.get("input_shape") or trained.grid_shape)
@@ -398,7 +398,8 @@ def check_archive(metadata: Mapping[str, Any], archive: ArchiveDescription) -> N
     if problems:
         raise ArchiveMismatchError(
             f"model {metadata.get('name')}/{metadata.get('version')} does not fit this archive: "
-            + "; ".join(problems) + ". Resample/regrid the archive to match, or train a model on it."
+            + "; ".join(problems) + ". Ingest the data as the model's training data was (its step, units "
+            "and grid), or train a model on this archive."
         )
 
 

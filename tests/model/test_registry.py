@@ -144,6 +144,16 @@ def test_archive_mismatch_is_refused(saved, archive, message):
     assert issubclass(registry.ArchiveMismatchError, ValueError)
 
 
+@pytest.mark.fault("models", "a model used on an archive whose rain rate is another spelling of its units "
+                   "(mm/h, kg m-2 h-1 for mm h-1)",
+                   "it runs (refused as 'expects units mm h-1', with a fix to resample or regrid)")
+def test_another_spelling_of_the_units_fits(saved):
+    _, _, root, name = saved
+    for spelling in ("mm/h", "kg m-2 h-1"):
+        archive = registry.ArchiveDescription("PT5M", {"precip": spelling}, (8, 8))
+        assert registry.load_model(root, name, "v1", archive=archive) is not None
+
+
 @pytest.mark.fault("models", "a model name or version that does not exist",
                    "refused naming what exists")
 def test_missing_versions_are_named(tmp_path):
