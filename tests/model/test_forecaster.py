@@ -116,3 +116,22 @@ def test_probability_matching_gives_each_lead_the_distribution_of_the_extrapolat
         np.testing.assert_allclose(np.sort(lead.ravel()), np.sort(reference.ravel()), rtol=1e-4, atol=1e-5)
     raw = dataclasses.replace(forecaster, probability_matching=False).forecast(window)[0]
     assert not np.allclose(raw[:, :, 2:], out[:, :, 2:])
+
+
+@pytest.mark.fault("score", "a hole in the last input frame (pixels missing there but observed before)",
+                   "forecast from their latest observation (a steady 5 mm/h field was forecast at 0.3-1.5 "
+                   "mm/h in the hole: unobserved entered as dry)")
+def test_a_hole_in_the_last_frame_is_forecast_from_the_latest_observation(trained):
+    from nowcast.model.forecaster import latest_observed
+
+    models, version = trained
+    forecaster = load_forecaster(models, "cnn_lstm", version, _grid((16, 20)))
+    steady = np.full((1, 4, 16, 20, 1), 5.0, "float32")
+    steady[:, :, :, :2] = np.nan  # outside coverage throughout
+    holed = steady.copy()
+    holed[:, -1, 6:10, 8:12] = np.nan
+    holed[:, 1, 0:3, 5:9] = np.nan  # and one in an earlier frame
+    np.testing.assert_array_equal(latest_observed(holed)[:, -1], steady[:, -1])
+    np.testing.assert_array_equal(latest_observed(holed), steady)  # each hole from the frame before it
+    assert np.isnan(holed[:, -1, 6:10, 8:12]).all()  # the windows given are left as they were
+    np.testing.assert_allclose(forecaster.forecast(holed), forecaster.forecast(steady), rtol=1e-5, atol=1e-5)
