@@ -191,7 +191,10 @@ def cmd_backfill(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from nowcast.flows.evaluate import evaluate_flow
 
-    run = local(evaluate_flow)(params_from_args(EvaluateParams, args))
+    params = params_from_args(EvaluateParams, args)
+    run = local(evaluate_flow)(params)
+    print(f"the {params.split} split of {params.windows}: {run.samples} samples"
+          + (" (spread over the split)" if params.max_samples else ""))
     print(run.table)
     if run.stored_table:
         print(run.stored_table)
@@ -203,9 +206,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def _a_registry(models: str) -> None:
     """Refuses a local --models that is no registry: nothing there (a typo listed "no models" with exit 0)
     or a zarr store."""
-    from nowcast.pipelines.stores.groups import is_local, local_path
+    from nowcast.pipelines.stores.groups import filesystem, is_local, local_path
 
     if not is_local(models):
+        fs, prefix = filesystem(models)
+        if not fs.exists(prefix):  # a misspelt prefix or bucket listed "no models", exit 0
+            raise InputError(f"no model registry at {models} (nothing there): give --models of the folder "
+                             "`nowcast train` registers into")
         return
     path = local_path(models)
     if not os.path.isdir(path):

@@ -93,7 +93,9 @@ def verify_split(windows: str, split: str, forecaster: Forecaster, name: str,
                  on_samples: Callable[[int], None] | None = None) -> Verification:
     """Verifies ``forecaster`` (called ``name``) and ``baselines`` on one split of windows.zarr.
 
-    ``on_samples`` is told the samples verified so far after each chunk (a progress count).
+    ``max_samples`` spreads that many samples evenly over the split (the first ones in store order were
+    one init time, and often the top rows of the grid: outside radar coverage). ``on_samples`` is told
+    the samples verified so far after each chunk (a progress count).
     """
     store = WindowsStore(windows, split)
     check_windows_fit(store, forecaster, name)
@@ -103,12 +105,14 @@ def verify_split(windows: str, split: str, forecaster: Forecaster, name: str,
     target = store.channels.index(store.target) if store.target in store.channels else 0
     states = {source: verification.skill_init(t_out) for source in (name, *baselines)}
     seen, example, wettest = 0, None, -1.0
+    picked = spread(store.num_samples, max_samples)
     for index in range(store.num_chunks):
-        if max_samples is not None and seen >= max_samples:
-            break
+        first = index * store.chunk
+        wanted = picked[(picked >= first) & (picked < first + store.chunk)] - first
+        if not len(wanted):
+            continue
         inputs, targets = store.read_chunk(index)
-        if max_samples is not None:
-            inputs, targets = inputs[: max_samples - seen], targets[: max_samples - seen]
+        inputs, targets = inputs[wanted], targets[wanted]
         forecasts = {name: forecaster.forecast(inputs)}
         for baseline in baselines:
             method = verification.get_baseline(baseline)
@@ -127,6 +131,18 @@ def verify_split(windows: str, split: str, forecaster: Forecaster, name: str,
     scores = {source: verification.skill_compute(state, time_step_minutes)
               for source, state in states.items()}
     return Verification(scores=scores, samples=seen, example=example)
+
+
+def spread(count: int, most: int | None) -> np.ndarray:
+    """Indices of ``most`` of ``count`` samples spread evenly from the first to the last (every one when
+    ``most`` is None or not smaller).
+
+    >>> spread(10, 4).tolist(), spread(3, None).tolist()
+    ([0, 3, 6, 9], [0, 1, 2])
+    """
+    if most is None or most >= count:
+        return np.arange(count)
+    return np.unique(np.round(np.linspace(0, count - 1, most)).astype("int64"))
 
 
 def verify_forecasts(forecasts: str, archive: str, max_samples: int) -> Verification | None:

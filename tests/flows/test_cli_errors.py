@@ -505,3 +505,23 @@ def test_show_of_forecasts_draws_as_many_leads_as_asked(stores):
     for count, shown in ((None, minutes), (5, minutes), (2, minutes), (1, minutes[:1])):
         rows = _forecast_panels(ds, stores["archive"], None, count)
         assert [row[1][1].split()[-2] for row in rows] == [f"+{m}" for m in shown]
+
+
+@pytest.mark.fault("flows", "`evaluate --max-samples N` of a split of many init times",
+                   "N samples spread over the split, the count printed (the first N in store order: one init "
+                   "time, the top rows of the grid, often all outside coverage)")
+def test_max_samples_are_spread_over_the_split(stores, tmp_path):
+    from nowcast.model.verify import split_forecaster, spread, verify_split
+    from nowcast.pipelines.stores.windows import WindowsStore
+
+    windows = str(tmp_path / "windows.zarr")
+    assert cli.main(["windows", "--archive", stores["archive"], "--windows", windows, "--t-in", "3",
+                     "--t-out", "2", "--split-block", "PT20M", "--split-fractions", "0.25", "0", "0.75"]) == 0
+    store = WindowsStore(windows, "test")
+    assert store.num_samples > 4
+    picked = spread(store.num_samples, 4)
+    assert picked[0] == 0
+    assert picked[-1] == store.num_samples - 1
+    assert len(np.unique(store.init_times()[picked])) > 1
+    forecaster = split_forecaster(stores["models"], MODEL, "latest", windows)
+    assert verify_split(windows, "test", forecaster, MODEL, max_samples=4).samples == 4

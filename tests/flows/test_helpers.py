@@ -100,7 +100,8 @@ def test_the_train_verdict_says_what_was_done_and_why():
 
 
 @pytest.mark.fault("command line", "an object store that cannot be used: a bucket that does not exist, "
-                   "no credentials, an endpoint that does not answer",
+                   "no credentials, an endpoint that does not answer; `models list` of a registry URL with "
+                   "nothing there",
                    "exit 2 naming the problem, the fix and the command's URLs (each was a botocore or s3fs "
                    "traceback, exit 1)")
 def test_object_store_failures_are_one_message_with_the_fix(s3_bucket, tmp_path, capsys, monkeypatch):
@@ -116,6 +117,9 @@ def test_object_store_failures_are_one_message_with_the_fix(s3_bucket, tmp_path,
     assert "error: the bucket does not exist (The specified bucket does not exist): create it, or fix the " \
            f"bucket's name in the URL (URLs: {missing}/a.zarr)" in err
     assert "Traceback" not in err
+    for registry in (f"{s3_bucket}/nothing", f"{missing}/models"):  # each listed "no models", exit 0
+        assert cli.main(["models", "list", "--models", registry]) == 2
+        assert f"no model registry at {registry} (nothing there)" in capsys.readouterr().err
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
     no_endpoint = botocore.exceptions.EndpointConnectionError(endpoint_url="http://127.0.0.1:9/b")
     assert object_store_problem(RuntimeError("chunk failed")) is None
