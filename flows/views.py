@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -56,6 +57,11 @@ def _summary_lines(url: str) -> str:
 def picture_path(path: str | Path, suffixes: tuple[str, ...]) -> Path:
     """``path``, refused unless it ends in one of ``suffixes``: the picture's format (matplotlib would add
     .png to a path without one, or write a JPEG for .jpg, while the command named the path it was given)."""
+    if not str(path).strip():
+        raise InputError(f"the picture's path is empty; give one ending in {' or '.join(suffixes)}")
+    if "://" in str(path) or re.match(r"[A-Za-z][A-Za-z0-9+.-]+:/", str(path)):  # Path() made s3:// 's3:/'
+        raise InputError(f"{path}: pictures are written to local files; give a local path (and copy the file "
+                         "to the object store afterwards if it belongs there)")
     path = Path(path)
     if path.suffix.lower() not in suffixes:
         if path.name.lower() in suffixes:  # ".png": a hidden file without a name, or a bare extension
@@ -187,11 +193,10 @@ def show(url: str, path: str | Path, *, time: str | None = None, count: int | No
     )
     from nowcast.pipelines.stores.groups import exists, open_group
 
-    path = Path(path)
     if count is not None and not 1 <= count <= MAX_SHOWN_FRAMES:  # 0 once showed every frame of the archive
         raise InputError(f"--frames {count} must be 1..{MAX_SHOWN_FRAMES} (the frames in one picture); "
                          "show a longer stretch as several pictures with --time")
-    picture_path(path, (".png", ".gif"))
+    path = picture_path(path, (".png", ".gif"))
     if WRITTEN not in open_group(url):  # not a forecast store: an archive (open_archive checks it is one)
         with damage_named(url):
             panels = _archive_panels(url, time, DEFAULT_SHOWN_FRAMES if count is None else count)

@@ -525,3 +525,18 @@ def test_max_samples_are_spread_over_the_split(stores, tmp_path):
     assert len(np.unique(store.init_times()[picked])) > 1
     forecaster = split_forecaster(stores["models"], MODEL, "latest", windows)
     assert verify_split(windows, "test", forecaster, MODEL, max_samples=4).samples == 4
+
+
+@pytest.mark.fault("command line", "a picture path that is an object-store URL (`show --out s3://...`, "
+                   "`summary --png s3://...`) or empty",
+                   "exit 2 saying pictures are local files (an s3:// path was written to a local folder "
+                   "named 's3:', exit 0, reported as saved to 's3:/...')")
+def test_a_picture_is_a_local_file(stores, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for command in (["show", stores["archive"], "--out", "s3://bucket/x.png"],
+                    ["summary", "--archive", stores["archive"], "--png", "s3://bucket/x.png"]):
+        assert cli.main(command) == 2
+        assert "s3://bucket/x.png: pictures are written to local files" in capsys.readouterr().err
+    assert cli.main(["show", stores["archive"], "--out", ""]) == 2
+    assert "the picture's path is empty" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
