@@ -447,6 +447,11 @@ def ingest_items(spec: IngestSpec, items: Sequence[SourceItem],
                               "ingest into a new archive")
         check_axis_growth(frame_indices(items, info.start, info.time_step), info.length, info.start,
                           info.time_step)
+        problem = None if spec.needs_check else info.grid.mismatch(spec.source.read_grid(items[0]))
+        if problem:  # a trusted source skips the check step, which compares every frame's grid
+            raise IngestError(f"the frames are on another grid than {spec.archive} ({problem}); nothing was "
+                              f"written: ingest them into a new archive, or give the archive's grid "
+                              f"(synthetic frames: --size {info.grid.shape[0]})")
     else:
         check_new_chunks(spec, items[0])
         check_new_axis(spec, items)

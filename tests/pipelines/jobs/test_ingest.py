@@ -202,3 +202,19 @@ def test_a_start_other_than_the_archives_is_refused(tmp_path):
     assert snapshot(url) == before
     result, _ = ingest(tmp_path, ArraySource(times("2024-01-01T00:20", 2)), start="2024-01-01T00:00")
     assert result.frames_written == 2
+
+
+@pytest.mark.fault("ingest", "synthetic frames of another --size into an existing archive",
+                   "exit 2 naming both grids and the archive's --size; the archive unchanged (a Beam "
+                   "traceback after the time axis had grown)")
+def test_a_trusted_source_on_another_grid_is_refused_before_the_axis_grows(tmp_path):
+    from nowcast.pipelines.sources import get_source
+
+    url = str(tmp_path / "archive.zarr")
+    run(IngestSpec(archive=url, source=get_source("synthetic", shape=(16, 16), n_frames=4), time_chunk=4))
+    before = snapshot(url)
+    larger = get_source("synthetic", shape=(32, 32), n_frames=8)
+    with pytest.raises(IngestError, match=r"another grid than .* \(shape \(32, 32\) \(y, x\) instead of "
+                                          r"\(16, 16\)\); nothing was written.*--size 16"):
+        run(IngestSpec(archive=url, source=larger, time_chunk=4))
+    assert snapshot(url) == before
