@@ -238,10 +238,8 @@ def _apart(urls: dict[str, str]) -> None:
         if url.rstrip("/") in seen:
             raise ParameterError(f"{seen[url.rstrip('/')]} and {name} are both {url}: give each its own path")
         seen[url.rstrip("/")] = name
-        if not is_local(url):
-            continue
-        path = os.path.abspath(local_path(url))
-        store = enclosing_store(os.path.dirname(path))
+        path = os.path.abspath(local_path(url)) if is_local(url) else url.rstrip("/")
+        store = enclosing_store(os.path.dirname(path) if is_local(url) else path.rsplit("/", 1)[0])
         if store is not None:
             raise ParameterError(f"{name} {url} lies inside the zarr store {store}: give a path outside it")
         if name in ("workdir", "models") and enclosing_store(path) == path:

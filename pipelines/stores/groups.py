@@ -267,8 +267,16 @@ def zarr_store(url: str, read_only: bool = False) -> Store:
 
 
 def enclosing_store(path: str | os.PathLike[str]) -> str | None:
-    """The local zarr store that ``path`` is, or lies inside (the nearest folder up with a ``zarr.json``);
-    None when there is none."""
+    """The zarr store that ``path`` (a local path or a URL) is, or lies inside (the nearest folder or
+    prefix up with a ``zarr.json``); None when there is none."""
+    if not is_local(str(path)):
+        fs, key = filesystem(str(path))
+        scheme, parts = str(path).split("://", 1)[0], key.strip("/").split("/")
+        for depth in range(len(parts), 1, -1):  # up to the bucket's top prefixes, not the bucket itself
+            prefix = "/".join(parts[:depth])
+            if fs.exists(f"{prefix}/zarr.json"):
+                return f"{scheme}://{prefix}"
+        return None
     here = os.path.abspath(path)
     while True:
         if os.path.isfile(os.path.join(here, "zarr.json")):

@@ -136,3 +136,22 @@ def test_a_registry_that_cannot_be_written_is_found_before_the_work(s3_bucket, t
     (tmp_path / "a_file").write_text("")
     with pytest.raises(StoreError, match=r"the model registry .*a_file/models cannot be written"):
         check_writable(str(tmp_path / "a_file" / "models"), "the model registry")
+
+
+@pytest.mark.fault("flows", "a work folder, registry or picture folder inside a zarr store on S3 "
+                   "(`evaluate --workdir s3://b/archive.zarr/ev`)",
+                   "refused as on disk (accepted: the store then warned on every read)")
+def test_an_output_inside_a_store_on_s3_is_refused(s3_bucket):
+    from nowcast.flows.params import _apart
+    from nowcast.pipelines.stores.groups import enclosing_store
+
+    url = f"{s3_bucket}/a/archive.zarr"
+    _build(url, {"x": 1})
+    assert enclosing_store(f"{url}/ev") == url
+    assert enclosing_store(url) == url
+    assert enclosing_store(f"{s3_bucket}/a/other") is None
+    with pytest.raises(ValueError, match=rf"workdir {url}/ev lies inside the zarr store {url}"):
+        _apart({"archive": url, "workdir": f"{url}/ev"})
+    with pytest.raises(ValueError, match=rf"models {url} is a zarr store"):
+        _apart({"models": url})
+    _apart({"archive": url, "workdir": f"{s3_bucket}/a/ev"})
