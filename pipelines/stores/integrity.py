@@ -88,6 +88,10 @@ class CheckReport:
         if any(d.array == AXES.get(self.kind) and not d.chunk for d in self.damaged):
             return ("rerun the job that writes the store (an ingest of any batch, a backfill): it completes "
                     "the interrupted extension of the axis")
+        if self.kind == "archive" and all("(flags lost)" in d.problem for d in self.damaged):
+            return ("if an ingest was interrupted there, rerun it: it flags the frames last, and a rerun "
+                    "completes them; otherwise rewrite those chunks from the source files: nowcast ingest "
+                    f"--archive {self.url} --input <the files of those times> --repair")
         if self.kind == "archive":
             return (f"rewrite those chunks from the source files: nowcast ingest --archive {self.url} "
                     "--input <the files of those times> --repair")

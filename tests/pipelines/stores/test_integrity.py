@@ -207,6 +207,8 @@ def test_a_lost_chunk_of_a_small_array_is_found_and_repaired(archive, lost, foun
     assert [(d.array, d.chunk) for d in report.damaged] == [found[:2]]
     assert found[2] in report.text()
     assert "--repair" in report.fix()
+    # lost flags are also what an interrupted ingest leaves (it flags last): its rerun is said first
+    assert ("if an ingest was interrupted there, rerun it" in report.fix()) == (found[0] == "valid")
     ingest_items(IngestSpec(archive=str(archive), source=source(), time_chunk=CHUNK, repair=True),
                  source().items(), None)
     assert snapshot(str(archive)) == sound
