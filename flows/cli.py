@@ -8,11 +8,12 @@ and exit status 2 (nothing half-written is left behind by the jobs).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from nowcast import __version__
 from nowcast.errors import InputError
@@ -30,6 +31,7 @@ from nowcast.flows.params import (
 )
 from nowcast.flows.progress import command_line_bars, count_now, count_true, progress
 from nowcast.flows.stopping import check_dropped, interruptible, stop_on_signals
+from nowcast.text import counted
 
 # Prefect's ephemeral server (used when no PREFECT_API_URL is set) can take
 # longer than its default 20 s to start on a busy 2-core machine.
@@ -131,8 +133,10 @@ def cmd_score(args: argparse.Namespace) -> int:
     if not args.follow:  # a stream may wait for the archive's first frame with data
         refuse_without_data(params.archive)
         spec = scoring_spec(params, start=params.start, end=params.end)
-        with scoring_progress(spec, args):
-            print(scoring.run(spec, params.runner.options()).summary())
+        with scoring_progress(spec, args) as finished:
+            result = scoring.run(spec, params.runner.options())
+            finished()
+        print(result.summary())  # after the bar's last line, not before it
         return 0
     from nowcast.pipelines.jobs.scoring_stream import StreamSpec, run_stream
 
@@ -156,17 +160,21 @@ def refuse_without_data(archive: str) -> None:
                          "forecast from; ingest frames with data first")
 
 
-def scoring_progress(spec, args: argparse.Namespace):
-    """A bar over the init times ``spec`` still has to score, moved by the store's ``written`` flags."""
+@contextlib.contextmanager
+def scoring_progress(spec, args: argparse.Namespace) -> Iterator[Callable[[], None]]:
+    """A bar over the init times ``spec`` still has to score, moved by the store's ``written`` flags;
+    yields ``finished()``, which fills the bar once the job returned (with ``overwrite`` the flags are set
+    already and cannot move it: it sat at 0/N to the end)."""
     from nowcast.pipelines.jobs import scoring
     from nowcast.pipelines.stores.forecasts import written_flags
 
     _, tasks, _ = scoring.plan(spec)  # creates or grows the store, as the run will
     todo = sum(len(task.indices) for task in tasks)
-    if not todo:  # nothing to score, and a new store is then not created
-        return progress("score init times", 0, lambda: 0, enabled=_bars(args))
     written = functools.partial(written_flags, spec.forecasts)
-    return progress("score init times", todo, count_true(written, count_now(written)), enabled=_bars(args))
+    counted = (lambda: 0) if spec.overwrite or not todo else count_true(written, count_now(written))
+    done = [False]
+    with progress("score init times", todo, lambda: todo if done[0] else counted(), enabled=_bars(args)):
+        yield lambda: done.__setitem__(0, True)
 
 
 def _bars(args: argparse.Namespace) -> bool | None:
@@ -181,10 +189,11 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     params = params_from_args(BackfillParams, args)
     refuse_without_data(params.archive)
     ensure_server()  # before the bar's planning creates the store
-    with scoring_progress(scoring_spec(params, start=params.start, end=params.end), args):
+    with scoring_progress(scoring_spec(params, start=params.start, end=params.end), args) as finished:
         run = local(backfill_flow)(params)
-    print(f"backfill: {run.scored} init times scored in {run.chunks} chunks, {run.already_written} already "
-          f"written, {run.missing_input} without complete input")
+        finished()
+    print(f"backfill: {counted(run.scored, 'init time')} scored in {counted(run.chunks, 'chunk')}, "
+          f"{run.already_written} already written, {run.missing_input} without complete input")
     return 0
 
 

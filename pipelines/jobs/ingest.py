@@ -90,6 +90,7 @@ from nowcast.pipelines.stores.timeaxis import (
     time_values,
     to_datetime64,
 )
+from nowcast.text import counted
 
 log = logging.getLogger(__name__)
 NAMESPACE = "nowcast.ingest"
@@ -160,9 +161,10 @@ class IngestResult:
     time_length: int
 
     def summary(self) -> str:
-        return (f"ingested {self.frames_written} frames into {self.archive} "
+        return (f"ingested {counted(self.frames_written, 'frame')} into {self.archive} "
                 f"({self.frames_skipped} already present, {self.frames_missing} missing or all-NaN, "
-                f"{self.chunks_written} chunks written; archive now {self.time_length} steps)")
+                f"{counted(self.chunks_written, 'chunk')} written; archive now "
+                f"{counted(self.time_length, 'step')})")
 
 
 # ---------------------------------------------------------------- the work of one element

@@ -77,6 +77,7 @@ from nowcast.pipelines.stores.groups import (
 from nowcast.pipelines.stores.integrity import StoreDamagedError, read_span
 from nowcast.pipelines.stores.lock import store_lock
 from nowcast.pipelines.stores.space import check_space, compression_ratio, free_bytes
+from nowcast.text import counted
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +111,9 @@ class ScoringResult:
     tasks: int
 
     def summary(self) -> str:
-        return (f"scored {self.scored} init times into {self.forecasts} ({self.already_written} already "
-                f"written, {self.missing_input} without complete input, {self.tasks} archive chunks read)")
+        return (f"scored {counted(self.scored, 'init time')} into {self.forecasts} ({self.already_written} "
+                f"already written, {self.missing_input} without complete input, "
+                f"{counted(self.tasks, 'archive chunk')} read)")
 
 
 def scheduled_version(spec: ScoringSpec) -> tuple[str, str | None]:
