@@ -157,10 +157,13 @@ def _draw_steps(steps: list[list[tuple[np.ndarray, str]]], units: str, path: Pat
     fig, axes = plt.subplots(rows, columns, figsize=(3.0 * columns + 0.8, 2.7 * rows), squeeze=False,
                              layout="constrained")
 
+    barred: list[bool] = []  # FuncAnimation draws the first step twice (once to initialise): one bar
+
     def draw(step: int) -> None:
         for c, (frame, title) in enumerate(steps[step]):
             axes[0][c].clear()
-            _draw(axes[0][c], frame, units, title, colorbar=step == 0 and c == columns - 1)
+            _draw(axes[0][c], frame, units, title, colorbar=not barred and c == columns - 1)
+        barred.append(True)
 
     try:
         if gif:

@@ -540,3 +540,21 @@ def test_a_picture_is_a_local_file(stores, tmp_path, capsys, monkeypatch):
     assert cli.main(["show", stores["archive"], "--out", ""]) == 2
     assert "the picture's path is empty" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.fault("command line", "`show --out x.gif` of a forecast store",
+                   "one colour bar in the animation (every frame had two side by side)")
+def test_an_animation_has_one_colour_bar(stores, tmp_path, monkeypatch):
+    from nowcast.flows import views
+
+    bars = []
+    draw = views._draw
+
+    def counting(*args, colorbar: bool, **kwargs):
+        bars.append(colorbar)
+        return draw(*args, colorbar=colorbar, **kwargs)
+
+    monkeypatch.setattr(views, "_draw", counting)
+    assert cli.main(["show", stores["forecasts"], "--out", str(tmp_path / "f.gif")]) == 0
+    assert sum(bars) == 1
+    assert len(bars) > 2
