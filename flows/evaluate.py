@@ -91,8 +91,9 @@ def _evaluate(params: EvaluateParams, workdir: Path) -> EvaluateRun:
     if params.forecasts and params.archive:
         stored = verify_store(params)
         if stored is None:
-            logger.warning("no stored forecast verified: no written forecast of %s has its truth in the "
-                           "archive yet (score earlier init times, or ingest later frames)", params.forecasts)
+            logger.warning("no stored forecast verified: no written forecast of %s has all its truth in the "
+                           "archive (score earlier init times, or ingest later frames or the frames missing "
+                           "among their leads)", params.forecasts)
         else:
             stored_md = table(stored)
             print(stored_md)

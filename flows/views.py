@@ -240,8 +240,14 @@ def _pick(times: np.ndarray, usable: np.ndarray, time: str | None, what: str) ->
     wanted = parse_time(time, "--time")
     hits = np.flatnonzero(times == wanted)
     if not hits.size or not usable[hits[0]]:
-        raise InputError(f"no {what} at {time}; pick one of {_stamp(times[usable][0])} .. "
-                         f"{_stamp(times[usable][-1])}" if usable.any() else f"no {what} to show yet")
+        if not usable.any():
+            raise InputError(f"no {what} to show yet")
+        held = times[usable]  # not every time between the first and the last may be held
+        before, after = held[held < wanted], held[held > wanted]
+        nearest = ([f"{_stamp(before[-1])} before it"] if before.size else []) + (
+            [f"{_stamp(after[0])} after it"] if after.size else [])
+        raise InputError(f"no {what} at {time}; the nearest: {' and '.join(nearest)}, of {len(held)} from "
+                         f"{_stamp(held[0])} to {_stamp(held[-1])}")
     return int(hits[0])
 
 
@@ -278,6 +284,8 @@ def _forecast_panels(ds, archive: str, time: str | None, count: int | None) -> l
         hits = np.flatnonzero(observed["time"].values == valid_time)
         seen_then = bool(hits.size and observed[VALID].values[hits[0]])
         truth = observed[name][int(hits[0])].values if seen_then else np.full(ds[name].shape[-2:], np.nan)
-        rows.append([(truth, f"observed {_stamp(valid_time)}" + ("" if seen_then else " (not yet)")),
+        later = valid_time > observed["time"].values[-1]
+        unseen = "" if seen_then else " (not yet)" if later else " (missing)"
+        rows.append([(truth, f"observed {_stamp(valid_time)}{unseen}"),
                      (ds[name][i, k].values, f"{ds[MODEL_VERSION].values[i]} +{minutes} min")])
     return rows

@@ -558,3 +558,26 @@ def test_an_animation_has_one_colour_bar(stores, tmp_path, monkeypatch):
     assert cli.main(["show", stores["forecasts"], "--out", str(tmp_path / "f.gif")]) == 0
     assert sum(bars) == 1
     assert len(bars) > 2
+
+
+@pytest.mark.fault("command line", "`show --time` of an init time a forecast store does not hold",
+                   "exit 2 naming the nearest held init times (it named a range whose times were not all "
+                   "held)")
+def test_show_names_the_nearest_held_init_times(stores, tmp_path, capsys):
+    assert cli.main(["show", stores["forecasts"], "--time", "2024-01-01T00:05",
+                     "--out", str(tmp_path / "f.png")]) == 2
+    assert ("no written forecast at 2024-01-01T00:05; the nearest: 2024-01-01 00:10 after it, of 2 from "
+            "2024-01-01 00:10 to 2024-01-01 00:15") in capsys.readouterr().err
+
+
+@pytest.mark.fault("command line", "`show` of a forecast whose lead falls on a frame missing from the "
+                   "archive",
+                   "the panel says the frame is missing (it said 'not yet', as for a time after the "
+                   "archive's last frame)")
+def test_a_missing_frame_is_not_called_not_yet(stores, tmp_path):
+    from nowcast.flows.views import _forecast_panels
+    from nowcast.pipelines.stores.forecasts import open_forecasts
+
+    gappy = make_archive(str(tmp_path / "gappy.zarr"), FRAMES, SIZE, missing=(3,))  # 00:15
+    rows = _forecast_panels(open_forecasts(stores["forecasts"]), gappy, "2024-01-01T00:10", None)
+    assert [row[0][1] for row in rows] == ["observed 2024-01-01 00:15 (missing)", "observed 2024-01-01 00:20"]
