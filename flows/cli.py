@@ -449,7 +449,9 @@ def _verbosity(defaults: bool) -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nowcast", description=__doc__.splitlines()[0],
+    parser = argparse.ArgumentParser(prog="nowcast",
+                                     description="Nowcasts of gridded rain: ingest radar files into an "
+                                                 "archive, train a forecaster, score and evaluate forecasts.",
                                      parents=[_verbosity(defaults=True)])
     parser.add_argument("--version", action="version", version=f"nowcast {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -107,8 +107,9 @@ def add_runner(parser: argparse.ArgumentParser) -> None:
     kind = fields["kind"]
     group.add_argument("--runner", dest="runner_kind", default=kind.default,
                        choices=list(typing.get_args(kind.annotation)),
-                       help=f"{kind.description}; Beam's own flags follow '--' "
-                            "(e.g. -- --runner=FlinkRunner --flink_master=host:8081)")
+                       help="inmemory: one process; multiprocess: --workers processes; dask: a cluster at "
+                            "--dask-address; beam: any Beam runner, named and configured by Beam's own "
+                            "flags after '--' (e.g. -- --runner=FlinkRunner --flink_master=host:8081)")
     group.add_argument("--workers", type=int, default=fields["workers"].default,
                        help=fields["workers"].description)
     group.add_argument("--dask-address", default=fields["dask_address"].default,

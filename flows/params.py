@@ -455,8 +455,10 @@ class TrainParams(WindowsParams):
 
 class _ModelChoice(_Stores):
     models: StoreUrl = Field(f"{DEFAULT_WORKDIR}/models", description="model registry folder")
-    model_name: str = Field("convlstm", description="model name in the registry (the architecture trained)")
-    model_version: str = Field("latest", description="a registry version, or latest (the promoted one)")
+    model_name: str = Field("convlstm", min_length=1,
+                            description="model name in the registry (the architecture trained)")
+    model_version: str = Field("latest", min_length=1,
+                               description="a registry version, or latest (the promoted one)")
 
     @model_validator(mode="after")
     def _model_known(self):

@@ -195,7 +195,8 @@ def patch_origins(grid_shape: tuple[int, int], spec: WindowSpec) -> np.ndarray:
         return np.zeros((1, 2), dtype="int32")
     (ny, nx), (py, px), (sy, sx) = grid_shape, spec.patch_size, spec.patch_stride or spec.patch_size
     if py > ny or px > nx:
-        raise WindowSpecError(f"patch_size {spec.patch_size} exceeds the archive grid {grid_shape} (y, x)")
+        raise WindowSpecError(f"patches of {py} x {px} (--patch-size) exceed the archive grid {ny} x {nx}: "
+                              f"give a patch size of at most {min(ny, nx)}, or none for whole frames")
     ys, xs = np.arange(0, ny - py + 1, sy), np.arange(0, nx - px + 1, sx)
     return np.stack(np.meshgrid(ys, xs, indexing="ij"), axis=-1).reshape(-1, 2).astype("int32")
 

@@ -255,7 +255,7 @@ def test_bad_parts_name_the_problem(make, message):
     (WindowSpec(channels=("wind",), target="precip", t_in=2, t_out=1),
      r"'wind' is not in archive .*'precip'"),
     (WindowSpec(channels=("precip",), target="precip", t_in=2, t_out=1, patch_size=(9, 2)),
-     "exceeds the archive grid"),
+     "exceed the archive grid"),
     (WindowSpec(channels=("precip",), target="precip", t_in=2, t_out=1,
                 wet=WetFilter(threshold=0.3, min_fraction=0.1)),
      r"threshold 0.3 is not stored .* pick one of \[0.1, 0.5, 1.0, 2.0, 5.0, 10.0\]"),
