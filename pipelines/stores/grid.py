@@ -38,6 +38,10 @@ class Grid:
     crs_attrs: Mapping[str, object]
     units: str = "m"
 
+    def __post_init__(self) -> None:  # one spelling of degrees, whichever a file or a store used
+        if self.units in DEGREE_SPELLINGS:
+            object.__setattr__(self, "units", DEGREES)
+
     @property
     def shape(self) -> tuple[int, int]:
         return (len(self.y), len(self.x))
@@ -74,20 +78,23 @@ class Grid:
     def from_dataset(cls, ds: xr.Dataset) -> Grid:
         crs_name = _grid_mapping_name(ds)
         return cls(y=ds["y"].values, x=ds["x"].values, crs_attrs=dict(ds[crs_name].attrs),
-                   units=_grid_units(ds["x"].attrs))
+                   units=str(ds["x"].attrs.get("units", "m")))
 
     @classmethod
     def from_zarr_group(cls, group) -> Grid:
         return cls(y=group["y"][:], x=group["x"][:], crs_attrs=dict(group[CRS_VAR].attrs),
-                   units=_grid_units(group["x"].attrs))
+                   units=str(group["x"].attrs.get("units", "m")))
 
     def coords(self) -> dict[str, tuple]:
         """xarray coordinates (with CF attributes) for this grid."""
-        if self.units == DEGREES:
-            return {"y": ("y", np.asarray(self.y, "float64"),
-                          {"standard_name": "latitude", "units": "degrees_north", "axis": "Y"}),
-                    "x": ("x", np.asarray(self.x, "float64"),
-                          {"standard_name": "longitude", "units": "degrees_east", "axis": "X"})}
+        if self.units == DEGREES:  # CF: true latitude and longitude, or a rotated pole's
+            rotated = self.crs_attrs.get("grid_mapping_name") != "latitude_longitude"
+            y_attrs, x_attrs = (({"standard_name": "grid_latitude", "units": "degrees"},
+                                 {"standard_name": "grid_longitude", "units": "degrees"}) if rotated else
+                                ({"standard_name": "latitude", "units": "degrees_north"},
+                                 {"standard_name": "longitude", "units": "degrees_east"}))
+            return {"y": ("y", np.asarray(self.y, "float64"), {**y_attrs, "axis": "Y"}),
+                    "x": ("x", np.asarray(self.x, "float64"), {**x_attrs, "axis": "X"})}
         return {
             "y": ("y", np.asarray(self.y, "float64"),
                   {"standard_name": "projection_y_coordinate", "units": self.units, "axis": "Y"}),
@@ -130,12 +137,9 @@ class Grid:
 
 
 DEGREES = "degrees"
-
-
-def _grid_units(x_attrs: Mapping[str, Any]) -> str:
-    """A stored grid's :attr:`Grid.units` from its x coordinate's CF units."""
-    units = str(x_attrs.get("units", "m"))
-    return DEGREES if units == "degrees_east" else units
+DEGREE_SPELLINGS = frozenset({"degrees", "degree", "degrees_east", "degree_east", "degrees_E", "degree_E",
+                              "degreesE", "degreeE", "degrees_north", "degree_north", "degrees_N",
+                              "degree_N", "degreesN", "degreeN"})
 
 
 def crs_of(projection: str) -> pyproj.CRS:

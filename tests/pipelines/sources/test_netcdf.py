@@ -256,3 +256,39 @@ def test_a_radar_file_with_a_netcdf_name_is_named_as_such(tmp_path, radar_dir):
     with pytest.raises(SourceError, match=r"renamed\.nc: no \(time, y, x\) variable to ingest; it holds no "
                                           r"variables at its root: a radar product .* give it its own name"):
         NetCDFSource(str(tmp_path)).fields()
+
+
+def _on_angular_grid(ds: xr.Dataset, crs: pyproj.CRS, x_units: str, y_units: str) -> xr.Dataset:
+    """``ds`` moved onto a grid in degrees (0.01 apart) with ``crs``'s CF grid mapping."""
+    ds = ds.assign_coords(y=("y", 52.0 - 0.01 * np.arange(ds.sizes["y"]), {"units": y_units}),
+                          x=("x", 4.0 + 0.01 * np.arange(ds.sizes["x"]), {"units": x_units}))
+    ds["crs"] = xr.DataArray(np.int32(0), attrs=crs.to_cf())
+    return ds
+
+
+@pytest.mark.fault("ingest", "NetCDF on a longitude/latitude grid (x in degrees_east) appended to, and on "
+                   "a rotated-pole grid",
+                   "every batch appends (each later one was refused: 'coordinate units degrees_east instead "
+                   "of degrees'); a rotated pole's x and y keep grid_longitude/grid_latitude (they were "
+                   "labelled true longitude and latitude)")
+@pytest.mark.parametrize(("crs", "units", "names"), [
+    (pyproj.CRS("EPSG:4326"), ("degrees_east", "degrees_north"), ("longitude", "latitude")),
+    (pyproj.CRS.from_cf({"grid_mapping_name": "rotated_latitude_longitude", "grid_north_pole_latitude": 39.25,
+                         "grid_north_pole_longitude": -162.0}), ("degrees", "degrees"),
+     ("grid_longitude", "grid_latitude"))], ids=["lonlat", "rotated"])
+def test_grids_in_degrees_append_and_keep_their_names(tmp_path, crs, units, names):
+    from nowcast.pipelines.jobs.ingest import IngestSpec, ingest_items
+    from nowcast.pipelines.stores.archive import open_archive
+
+    url = str(tmp_path / "a.zarr")
+    for part, times in enumerate((["2024-03-01T00:00", "2024-03-01T00:10"], ["2024-03-01T00:20"])):
+        folder = tmp_path / f"part{part}"
+        folder.mkdir()
+        write(_on_angular_grid(sensor_dataset(times, seed=part), crs, *units), folder / "a.nc")
+        source = NetCDFSource(str(folder), variables=["temperature"])
+        ingest_items(IngestSpec(archive=url, source=source, time_chunk=2, time_step="PT10M"),
+                     source.items(), None)
+    ds = open_archive(url)
+    assert ds.sizes["time"] == 3
+    assert (ds["x"].attrs["standard_name"], ds["y"].attrs["standard_name"]) == names
+    assert (ds["x"].attrs["units"], ds["y"].attrs["units"]) == units
