@@ -146,13 +146,14 @@ class NetCDFSource:
                         f"{path}: variable {name!r} has no 'units' attribute; set it in the file "
                         f"(e.g. ds[{name!r}].attrs['units'] = 'K') so the archive records what it holds"
                     )
+                low, high = _valid_range(ds[name], path)
                 specs.append(FieldSpec(
                     name=name,
                     units=str(attrs["units"]),
                     long_name=str(attrs.get("long_name", name)),
                     standard_name=attrs.get("standard_name"),
-                    valid_min=_number(attrs.get("valid_min")),
-                    valid_max=_number(attrs.get("valid_max")),
+                    valid_min=low,
+                    valid_max=high,
                 ))
             _spatial_dims(ds, specs[0].name, path)
         return tuple(specs)
@@ -186,7 +187,7 @@ class NetCDFSource:
                     f"{path}: no decodable 'time' coordinate; add a time dimension with CF units "
                     "(e.g. 'minutes since 2024-01-01')"
                 )
-            times = np.atleast_1d(ds["time"].values).astype("datetime64[s]")
+            times = _seconds(ds["time"].values)
         return [SourceItem(time=t, path=path, index_in_file=i) for i, t in enumerate(times)]
 
     def time_step(self) -> np.timedelta64 | None:
@@ -227,8 +228,7 @@ class NetCDFSource:
         """
         frames = {}
         with _open(item.path) as ds:
-            times = (np.atleast_1d(ds["time"].values).astype("datetime64[s]") if "time" in ds
-                     else np.zeros(0, "datetime64[s]"))
+            times = _seconds(ds["time"].values) if "time" in ds else np.zeros(0, "datetime64[s]")
             if item.index_in_file >= len(times) or times[item.index_in_file] != item.time:
                 raise SourceError(
                     f"{item.path}: time index {item.index_in_file} is no longer {item.time}; the file "
@@ -279,7 +279,38 @@ def _check_units(ds: xr.Dataset, names: tuple[str, ...], path: str, seen: dict[s
                 "archive variable has one unit: convert the files to one unit, or ingest them separately")
 
 
-def _number(value: object) -> float | None:
-    if value is None:
-        return None
-    return float(np.asarray(value).reshape(-1)[0])
+def _seconds(times: np.ndarray) -> np.ndarray:
+    """Decoded times to the nearest second: a float encoding ('hours since 1900-01-01') decodes 00:05 as
+    00:04:59.999999488, which a cast cut to 00:04:59, off every 5-minute axis."""
+    nanoseconds = np.atleast_1d(times).astype("datetime64[ns]")
+    return (nanoseconds + np.timedelta64(500, "ms")).astype("datetime64[s]")
+
+
+def _valid_range(var: xr.DataArray, path: str) -> tuple[float | None, float | None]:
+    """The variable's valid minimum and maximum in physical units: CF's ``valid_min``/``valid_max`` or
+    ``valid_range``, given in the stored (packed) units when the variable is packed, so unpacked here
+    with its ``scale_factor`` and ``add_offset`` (read as physical, a packed degC range of 0..10000 refused
+    good data and passed 10000 degC).
+
+    Raises:
+        SourceError: naming the file, the variable and the attribute that is not a number.
+    """
+    attrs, scale = var.attrs, var.encoding.get("scale_factor", 1.0)
+    offset = var.encoding.get("add_offset", 0.0)
+
+    def bound(key: str, index: int) -> float | None:
+        value = attrs.get(key)
+        if value is None:
+            return None
+        try:
+            number = float(np.asarray(value, dtype="float64").reshape(-1)[index])
+        except (ValueError, TypeError, IndexError):
+            raise SourceError(f"{path}: variable {var.name!r} has {key} {value!r}, not a number; fix or "
+                              f"remove that attribute") from None
+        return number * float(scale) + float(offset)
+
+    low = bound("valid_min", 0) if "valid_min" in attrs else bound("valid_range", 0)
+    high = bound("valid_max", 0) if "valid_max" in attrs else bound("valid_range", 1)
+    if low is not None and high is not None and low > high:  # a negative scale_factor
+        low, high = high, low
+    return low, high

@@ -292,3 +292,41 @@ def test_grids_in_degrees_append_and_keep_their_names(tmp_path, crs, units, name
     assert ds.sizes["time"] == 3
     assert (ds["x"].attrs["standard_name"], ds["y"].attrs["standard_name"]) == names
     assert (ds["x"].attrs["units"], ds["y"].attrs["units"]) == units
+
+
+@pytest.mark.fault("ingest", "NetCDF times in a float encoding ('hours since 1900-01-01', float32 hours)",
+                   "read to the nearest second (00:05 decoded as 00:04:59.9999995 was cut to 00:04:59: the "
+                   "files were refused as off a 5-minute step)")
+@pytest.mark.parametrize(("units", "dtype"), [("hours since 1900-01-01 00:00:00", "float64"),
+                                              ("days since 1970-01-01", "float64"),
+                                              ("hours since 2024-03-01", "float32")])
+def test_float_encoded_times_are_read_to_the_nearest_second(tmp_path, units, dtype):
+    times = [f"2024-03-01T00:{m:02d}" for m in range(0, 60, 5)]
+    ds = sensor_dataset(times, seed=3)
+    ds["time"].encoding.update(units=units, dtype=dtype)
+    write(ds, tmp_path / "a.nc")
+    items = NetCDFSource(str(tmp_path)).items()
+    np.testing.assert_array_equal([item.time for item in items], np.array(times, "datetime64[s]"))
+
+
+@pytest.mark.fault("ingest", "NetCDF valid_min/valid_max of a packed variable (in packed units, as CF says), "
+                   "valid_range, or a bound that is not a number",
+                   "the bounds unpacked and valid_range read (a packed 0..10000 range refused good data and "
+                   "let 10000 degC through; a valid_range let -7 mm/h in); a text bound named with the fix "
+                   "(a ValueError traceback)")
+def test_valid_bounds_are_physical(tmp_path):
+    ds = sensor_dataset(["2024-03-01T00:00"], seed=4)
+    ds["temperature"].attrs.update(valid_min=np.int16(0), valid_max=np.int16(10000))
+    packed = {"dtype": "int16", "scale_factor": 0.01, "add_offset": 250.0, "_FillValue": np.int16(-32767)}
+    write(ds, tmp_path / "a.nc", temperature=packed)
+    fields = {field.name: field for field in NetCDFSource(str(tmp_path)).fields()}
+    assert (fields["temperature"].valid_min, fields["temperature"].valid_max) == pytest.approx((250.0, 350.0))
+    ranged = sensor_dataset(["2024-03-01T00:00"], seed=4)
+    ranged["humidity"].attrs["valid_range"] = np.array([0.0, 100.0], "float32")
+    write(ranged, tmp_path / "a.nc")
+    humidity = {field.name: field for field in NetCDFSource(str(tmp_path)).fields()}["humidity"]
+    assert (humidity.valid_min, humidity.valid_max) == (0.0, 100.0)
+    ranged["humidity"].attrs["valid_range"] = "n/a"
+    write(ranged, tmp_path / "a.nc")
+    with pytest.raises(SourceError, match=r"a\.nc: variable 'humidity' has valid_range 'n/a', not a number"):
+        NetCDFSource(str(tmp_path)).fields()
