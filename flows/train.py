@@ -109,6 +109,9 @@ def cut(params: WindowsParams) -> windows_job.WindowResult:
 @task(name="cut-windows")
 def cut_windows(params: TrainParams) -> dict[str, object]:
     """Runs the windows job (rewriting windows.zarr) and checks both train and val hold samples."""
+    replaced = replaced_windows(params)
+    if replaced:
+        get_run_logger().warning(replaced)
     result = cut(params)
     samples = dict(result.counts.get("samples", {}))
     get_run_logger().info("windows: %s", samples)
@@ -117,6 +120,27 @@ def cut_windows(params: TrainParams) -> dict[str, object]:
             raise TrainFlowError(f"the {split} split of {params.windows} is empty ({samples}); ingest more "
                                  "frames, shorten split_block or change split_fractions")
     return result.counts
+
+
+def replaced_windows(params: TrainParams) -> str | None:
+    """What training's new windows replace, when the store holds windows cut otherwise (`nowcast windows
+    --t-out 6` then `nowcast train` replaced the six leads with the form's three without a word); None
+    when nothing is there, it was cut alike, or it cannot be read (the job replaces it whole)."""
+    from nowcast.pipelines.stores.groups import exists, open_group
+
+    if not exists(params.windows):
+        return None
+    try:
+        before = dict(open_group(params.windows).attrs["window_spec"])
+    except Exception:  # damaged or not a windows store: the job's own checks name it
+        return None
+    now = json.loads(window_spec(params).to_json())
+    changed = [f"{key} {before.get(key)} -> {new}" for key, new in now.items() if before.get(key) != new]
+    if not changed:
+        return None
+    return (f"training cuts its windows anew into {params.windows}, which holds windows cut with other "
+            f"settings ({', '.join(changed)}): give train the same window options (--t-in, --t-out, "
+            "--patch-size, ...) to keep them, or another --windows")
 
 
 @task(name="fit")

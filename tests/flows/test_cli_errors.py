@@ -581,3 +581,25 @@ def test_a_missing_frame_is_not_called_not_yet(stores, tmp_path):
     gappy = make_archive(str(tmp_path / "gappy.zarr"), FRAMES, SIZE, missing=(3,))  # 00:15
     rows = _forecast_panels(open_forecasts(stores["forecasts"]), gappy, "2024-01-01T00:10", None)
     assert [row[0][1] for row in rows] == ["observed 2024-01-01 00:15 (missing)", "observed 2024-01-01 00:20"]
+
+
+@pytest.mark.fault("train", "`nowcast windows --t-out 6`, then `nowcast train` (whose form cuts its own "
+                   "windows) into the same windows store",
+                   "a warning naming the settings replaced and the fix (the six leads became three without "
+                   "a word)")
+def test_training_says_which_windows_it_replaces(stores, tmp_path):
+    from nowcast.flows.params import TrainParams
+    from nowcast.flows.train import replaced_windows
+
+    windows = str(tmp_path / "windows.zarr")
+    common = {"archive": stores["archive"], "windows": windows, "models": str(tmp_path / "m"),
+              "workdir": str(tmp_path / "t"), "split_block": "PT30M"}
+    params = TrainParams.model_validate({**common, "t_in": 3, "t_out": 2}, context={"local_user": True})
+    assert replaced_windows(params) is None  # nothing there yet
+    assert cli.main(["windows", "--archive", stores["archive"], "--windows", windows, "--t-in", "3",
+                     "--t-out", "4", "--split-block", "PT30M"]) == 0
+    note = replaced_windows(params)
+    assert note is not None
+    assert f"into {windows}, which holds windows cut with other settings (t_out 4 -> 2)" in note
+    same = TrainParams.model_validate({**common, "t_in": 3, "t_out": 4}, context={"local_user": True})
+    assert replaced_windows(same) is None
