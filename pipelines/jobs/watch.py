@@ -35,6 +35,7 @@ from nowcast.pipelines.sources.base import (
 from nowcast.pipelines.stores.archive import DEFAULT_TIME_CHUNK, read_info, time_chunk_problem, valid_flags
 from nowcast.pipelines.stores.groups import exists
 from nowcast.pipelines.stores.timeaxis import format_time_step
+from nowcast.text import counted
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +87,8 @@ class WatchResult:
     files_rejected: int
 
     def summary(self) -> str:
-        return (f"watched {self.polls} polls: {self.frames_written} frames appended, "
-                f"{self.files_rejected} files rejected")
+        return (f"watched {counted(self.polls, 'poll')}: {counted(self.frames_written, 'frame')} appended, "
+                f"{counted(self.files_rejected, 'file')} rejected")
 
 
 def pending_items(items: list[SourceItem], archive: str) -> list[SourceItem]:

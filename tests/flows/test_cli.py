@@ -110,3 +110,15 @@ def test_sigterm_stops_a_watch_without_duration_cleanly(tmp_path):
     assert watch.returncode == 0, log.read_text()[-3000:]
     assert "stopping after the poll in progress" in log.read_text()
     assert "0 frames appended" in out
+
+
+@pytest.mark.fault("command line", "`watch --input` of a folder that does not exist",
+                   "exit 2 naming the folder and the fix before it polls (it polled, warned every poll and "
+                   "ended with exit 0)")
+def test_watching_a_folder_that_does_not_exist_is_refused(tmp_path, capsys):
+    from nowcast.flows import cli
+
+    assert cli.main(["watch", "--archive", str(tmp_path / "a.zarr"), "--input", str(tmp_path / "nowhere"),
+                     "--format", "knmi", "--duration", "1"]) == 2
+    assert f"the folder to watch, {tmp_path / 'nowhere'}, does not exist" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
