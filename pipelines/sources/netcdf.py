@@ -12,6 +12,7 @@ import dataclasses
 import functools
 import glob
 import os
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -43,6 +44,7 @@ def _open(path: str) -> Iterator[xr.Dataset]:
     """Opens a file lazily (headers only until data is indexed)."""
     with local_file(path) as local:
         try:
+            _check_classic_whole(local)
             ds = xr.open_dataset(local, engine="netcdf4", cache=False)
         except Exception as error:  # any open failure means a bad file
             raise SourceError(
@@ -54,6 +56,29 @@ def _open(path: str) -> Iterator[xr.Dataset]:
             yield ds
         finally:
             ds.close()
+
+
+def _check_classic_whole(path: str) -> None:
+    """Raises ValueError for a NetCDF3 (classic or 64-bit offset) file shorter than its header says.
+
+    netCDF-C reads the missing end of such a file as zeros: a truncated file was ingested as 0 mm/h,
+    flagged valid (HDF5-based NetCDF4 files fail to open instead). scipy's reader maps the variables from
+    the header's offsets and sizes, and fails on a file too short for them.
+    """
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic[:3] != b"CDF" or magic[3:] not in (b"\x01", b"\x02"):  # not classic, or CDF-5 (scipy reads
+        return                                                      # neither; netCDF-C checks CDF-5)
+    import scipy.io
+
+    try:
+        with warnings.catch_warnings():  # "cannot close ... arrays referring to its data still exist"
+            warnings.simplefilter("ignore", RuntimeWarning)
+            with scipy.io.netcdf_file(path, "r", mmap=True) as classic:
+                for variable in classic.variables.values():
+                    variable.data.shape  # noqa: B018 - building the array is the check
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"the file is shorter than its NetCDF3 header says: truncated ({error})") from error
 
 
 def _spatial_dims(ds: xr.Dataset, name: str, path: str) -> tuple[str, str]:

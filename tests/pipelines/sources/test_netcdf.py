@@ -330,3 +330,17 @@ def test_valid_bounds_are_physical(tmp_path):
     write(ranged, tmp_path / "a.nc")
     with pytest.raises(SourceError, match=r"a\.nc: variable 'humidity' has valid_range 'n/a', not a number"):
         NetCDFSource(str(tmp_path)).fields()
+
+
+@pytest.mark.fault("ingest", "a truncated NetCDF3 (classic) file",
+                   "refused naming the file as truncated (netCDF-C read the missing end as zeros: the frame "
+                   "was ingested as 0 mm/h and flagged valid, exit 0)")
+@pytest.mark.parametrize("fmt", ["NETCDF3_CLASSIC", "NETCDF3_64BIT"])
+def test_a_truncated_classic_file_is_refused(tmp_path, fmt):
+    path = tmp_path / "a.nc"
+    sensor_dataset(["2024-03-01T00:00", "2024-03-01T00:10"], seed=5).to_netcdf(path, format=fmt)
+    assert len(NetCDFSource(str(tmp_path)).items()) == 2  # whole, it reads
+    path.write_bytes(path.read_bytes()[:-200])
+    with pytest.raises(SourceError, match=r"a\.nc: cannot open it as NetCDF \(ValueError: the file is shorter "
+                                          r"than its NetCDF3 header says: truncated"):
+        NetCDFSource(str(tmp_path)).items()
