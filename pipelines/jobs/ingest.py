@@ -396,15 +396,15 @@ def check_new_axis(spec: IngestSpec, items: Sequence[SourceItem]) -> None:
     try:
         check_axis_growth(frame_indices(items, start, step), 0, start, step)
     except IngestError as error:
-        if not spec.time_step and isinstance(error.__cause__, ValueError):  # off the step it inferred
+        options = (("start", spec.start), ("time-step", spec.time_step))
+        given = [f"--{option} {value}" for option, value in options if value]
+        if not given and isinstance(error.__cause__, ValueError):  # off the step it inferred
             times = np.unique(np.array([item.time for item in items], dtype="datetime64[s]"))
             raise IngestError(
                 f"{str(error).split('; ')[0]}: the input's frames are not on one step (the new archive took "
                 f"{format_time_step(step)}, their most common spacing); give the step with --time-step "
                 f"(their smallest spacing is {format_time_step(np.diff(times).min())}; the steps without a "
                 "frame are then ingested as missing); nothing was written") from error
-        options = (("start", spec.start), ("time-step", spec.time_step))
-        given = [f"--{option} {value}" for option, value in options if value]
         if not given:
             raise
         raise IngestError(f"{error} (the new archive's axis comes from {' and '.join(given)}: give values "
