@@ -207,18 +207,26 @@ def check_url(url: str) -> str:
 
 
 def check_writable(url: str, what: str) -> None:
-    """Writes and removes a small object under ``url`` (a local folder is made where missing), so that a
-    long run finds out first that it could not save its result.
+    """Finds out before a long run that it could not save its result under ``url``: on an object store it
+    writes and removes a small object there; on disk it checks that the nearest existing folder up the
+    path is a folder this user can write (nothing is created: a refusal later left an empty folder).
 
     Raises:
         StoreError: naming ``what``, the URL and the storage's answer (object-store failures keep theirs:
             :func:`object_store_problem` words them).
     """
+    if is_local(url):
+        here = local_path(url)
+        while not os.path.exists(here) and os.path.dirname(here) != here:
+            here = os.path.dirname(here)
+        if not os.path.isdir(here) or not os.access(here, os.W_OK | os.X_OK):
+            problem = "a file" if not os.path.isdir(here) else "a folder this user cannot write"
+            raise StoreError(f"{what} {url} cannot be written ({here} is {problem}); give a location this "
+                             "user can write, or fix its permissions")
+        return
     fs, path = filesystem(url)
     probe = f"{path.rstrip('/')}/.nowcast-write-check-{uuid.uuid4().hex[:12]}"
-    try:
-        if is_local(url):  # never on an object store, where it would create a misspelt bucket
-            fs.makedirs(path, exist_ok=True)
+    try:  # never makedirs here: on an object store it would create a misspelt bucket
         fs.pipe(probe, b"")
         fs.rm(probe)
     except OSError as error:

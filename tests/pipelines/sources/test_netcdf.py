@@ -341,6 +341,6 @@ def test_a_truncated_classic_file_is_refused(tmp_path, fmt):
     sensor_dataset(["2024-03-01T00:00", "2024-03-01T00:10"], seed=5).to_netcdf(path, format=fmt)
     assert len(NetCDFSource(str(tmp_path)).items()) == 2  # whole, it reads
     path.write_bytes(path.read_bytes()[:-200])
-    with pytest.raises(SourceError, match=r"a\.nc: cannot open it as NetCDF \(ValueError: the file is shorter "
-                                          r"than its NetCDF3 header says: truncated"):
+    with pytest.raises(SourceError, match=r"a\.nc: cannot open it as NetCDF \(ValueError: the file is "
+                                          r"shorter than its NetCDF3 header says: truncated"):
         NetCDFSource(str(tmp_path)).items()
