@@ -43,6 +43,7 @@ from nowcast.pipelines.plans.ingest import (
     ChunkTask,
     IngestError,
     check_axis_growth,
+    check_field_names,
     check_fields,
     check_frame,
     frame_indices,
@@ -439,6 +440,7 @@ def ingest_items(spec: IngestSpec, items: Sequence[SourceItem],
     if not items:
         raise IngestError(f"source {spec.source.name} has no frames to ingest")
     fields = tuple(spec.source.fields())
+    check_field_names(fields, items[0].path)
     existed = exists(spec.archive)  # whole once it exists: created in one step (created_whole)
     info = _settled_info(spec.archive) if existed else None
     if info is not None:

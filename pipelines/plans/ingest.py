@@ -15,7 +15,7 @@ import numpy as np
 
 from nowcast.errors import InputError
 from nowcast.pipelines.sources.base import SourceItem
-from nowcast.pipelines.stores.archive import ArchiveInfo, FieldSpec, same_units
+from nowcast.pipelines.stores.archive import VALID, ArchiveInfo, FieldSpec, same_units, stat_names
 from nowcast.pipelines.stores.timeaxis import format_time_step, time_index
 
 # empty steps one ingest may add to an axis: two years of 5-minute steps, so a year-long axis with only
@@ -132,8 +132,28 @@ def check_frame(item: SourceItem, fields: Sequence[FieldSpec],
     return problems
 
 
+def check_field_names(fields: Sequence[FieldSpec], where: str) -> None:
+    """Refuses a variable named like an array the archive keeps beside the variables (``valid``, a
+    coordinate, another variable's statistics such as ``t_mean``): it failed in the write, after the
+    new archive was created, with a Beam traceback or a damaged archive."""
+    names = [field.name for field in fields]
+    kept = {VALID, "time", "y", "x", "crs", "latitude", "longitude"}
+    kept |= {stat for field in fields for stat in stat_names(field)}
+    clashes = [name for name in names if name in kept]
+    if clashes:
+        raise IngestError(f"{where}: variables {clashes} are named like arrays the archive keeps beside its "
+                          f"variables ({VALID}, the coordinates, and per variable <name>_mean, <name>_max, "
+                          "<name>_finite_fraction, <name>_fraction_above); leave them out (--variables with "
+                          "the others) or rename them in the files")
+
+
 def check_fields(info: ArchiveInfo, fields: Sequence[FieldSpec], where: str) -> None:
     """Refuses a source whose variables or units differ from the archive's; ``where`` names the input."""
+    missing = sorted({field.name for field in info.fields} - {field.name for field in fields})
+    if missing:  # the write needs every variable of the archive's chunks: a KeyError after the axis grew
+        raise IngestError(f"{where}: the archive {info.url} holds {[f.name for f in info.fields]}, this "
+                          f"input lacks {missing}; ingest every variable the archive holds (--variables "
+                          f"{' '.join(f.name for f in info.fields)}), or use another archive")
     for field in fields:
         stored = info.field(field.name)
         if not same_units(stored.units, field.units):

@@ -344,3 +344,34 @@ def test_a_truncated_classic_file_is_refused(tmp_path, fmt):
     with pytest.raises(SourceError, match=r"a\.nc: cannot open it as NetCDF \(ValueError: the file is "
                                           r"shorter than its NetCDF3 header says: truncated"):
         NetCDFSource(str(tmp_path)).items()
+
+
+@pytest.mark.fault("ingest", "a NetCDF variable named like an array the archive keeps (`valid`, `t_mean` "
+                   "beside `t`), or a later batch without one of the archive's variables (`--variables`)",
+                   "exit 2 naming the variables and the fix, nothing created and nothing grown (a Beam "
+                   "traceback or a damaged new archive; a KeyError after the time axis grew)")
+def test_variable_names_the_archive_cannot_hold_are_refused_first(tmp_path):
+    from nowcast.pipelines.jobs.ingest import IngestSpec, run
+    from nowcast.pipelines.plans.ingest import IngestError
+    from nowcast.pipelines.stores.archive import read_info
+
+    ds = sensor_dataset(["2024-03-01T00:00", "2024-03-01T00:10"], seed=6)
+    folder = tmp_path / "clash"
+    folder.mkdir()
+    write(ds.rename({"humidity": "temperature_mean"}), folder / "a.nc")
+    url = tmp_path / "a.zarr"
+    with pytest.raises(IngestError, match=r"variables \['temperature_mean'\] are named like arrays"):
+        run(IngestSpec(archive=str(url), source=NetCDFSource(str(folder)), time_chunk=2))
+    assert not url.exists()
+    whole = tmp_path / "whole"
+    whole.mkdir()
+    write(ds, whole / "a.nc")
+    run(IngestSpec(archive=str(url), source=NetCDFSource(str(whole)), time_chunk=2))
+    later = tmp_path / "later"
+    later.mkdir()
+    write(sensor_dataset(["2024-03-01T00:20"], seed=7), later / "b.nc")
+    with pytest.raises(IngestError, match=r"lacks \['humidity'\]; ingest every variable the archive holds "
+                                          r"\(--variables humidity temperature\)"):
+        run(IngestSpec(archive=str(url), source=NetCDFSource(str(later), variables=["temperature"]),
+                       time_chunk=2))
+    assert read_info(str(url)).length == 2
