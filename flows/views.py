@@ -85,7 +85,7 @@ def plot_frames(url: str, path: str | Path, count: int = 4, field: str | None = 
         raise InputError(f"{url} has no valid frame to plot; ingest frames first")
     picks = valid_idx[np.linspace(0, valid_idx.size - 1, min(count, valid_idx.size)).astype(int)]
     with damage_named(url):
-        steps = [[(ds[name][int(i)].values, _stamp(ds["time"].values[i]))] for i in picks]
+        steps = [[(north_up(ds, ds[name][int(i)].values), _stamp(ds["time"].values[i]))] for i in picks]
     return _save(steps, str(ds[name].attrs.get("units", "")), path)
 
 
@@ -105,6 +105,13 @@ def damage_named(*urls: str) -> Iterator[None]:
             if not report.ok:
                 raise StoreDamagedError(report.text()) from error
         raise
+
+
+def north_up(ds, frame: np.ndarray) -> np.ndarray:
+    """``frame`` with its first row the northernmost: stores keep rows in the input's order, and a CF NetCDF
+    file with ascending y was drawn upside down (pictures draw row 0 at the top)."""
+    y = ds["y"].values if "y" in ds.coords else None
+    return frame[::-1] if y is not None and len(y) > 1 and y[0] < y[-1] else frame
 
 
 def _draw(ax, frame: np.ndarray, units: str, title: str, colorbar: bool) -> None:
@@ -257,7 +264,7 @@ def _archive_panels(url: str, time: str | None, count: int) -> list[list[tuple[n
     name, valid = _field(ds), ds[VALID].values
     end = _pick(ds["time"].values, valid, time, f"valid frame in {url}")
     picks = np.flatnonzero(valid[: end + 1])[-count:]
-    return [[(ds[name][int(i)].values, _stamp(ds["time"].values[i]))] for i in picks]
+    return [[(north_up(ds, ds[name][int(i)].values), _stamp(ds["time"].values[i]))] for i in picks]
 
 
 def _forecast_panels(ds, archive: str, time: str | None, count: int | None) -> list[list[tuple[np.ndarray,
@@ -283,9 +290,10 @@ def _forecast_panels(ds, archive: str, time: str | None, count: int | None) -> l
         minutes = int(lead / np.timedelta64(1, "m"))
         hits = np.flatnonzero(observed["time"].values == valid_time)
         seen_then = bool(hits.size and observed[VALID].values[hits[0]])
-        truth = observed[name][int(hits[0])].values if seen_then else np.full(ds[name].shape[-2:], np.nan)
+        truth = (north_up(observed, observed[name][int(hits[0])].values) if seen_then else
+                 np.full(ds[name].shape[-2:], np.nan))
         later = valid_time > observed["time"].values[-1]
         unseen = "" if seen_then else " (not yet)" if later else " (missing)"
         rows.append([(truth, f"observed {_stamp(valid_time)}{unseen}"),
-                     (ds[name][i, k].values, f"{ds[MODEL_VERSION].values[i]} +{minutes} min")])
+                     (north_up(ds, ds[name][i, k].values), f"{ds[MODEL_VERSION].values[i]} +{minutes} min")])
     return rows

@@ -603,3 +603,17 @@ def test_training_says_which_windows_it_replaces(stores, tmp_path):
     assert f"into {windows}, which holds windows cut with other settings (t_out 4 -> 2)" in note
     same = TrainParams.model_validate({**common, "t_in": 3, "t_out": 4}, context={"local_user": True})
     assert replaced_windows(same) is None
+
+
+@pytest.mark.fault("command line", "`show` of an archive ingested from NetCDF with ascending y",
+                   "drawn north up (it was drawn upside down: rows in the file's order, row 0 at the top)")
+def test_pictures_are_drawn_north_up():
+    import xarray as xr
+
+    from nowcast.flows.views import north_up
+
+    frame = np.arange(6.0).reshape(3, 2)
+    ascending = xr.Dataset(coords={"y": [0.0, 1.0, 2.0]})
+    np.testing.assert_array_equal(north_up(ascending, frame), frame[::-1])
+    descending = xr.Dataset(coords={"y": [2.0, 1.0, 0.0]})
+    np.testing.assert_array_equal(north_up(descending, frame), frame)
