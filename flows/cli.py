@@ -99,7 +99,8 @@ def cmd_windows(args: argparse.Namespace) -> int:
     params = params_from_args(WindowsParams, args)
     with progress("cut windows (sample chunks)", planned_chunks(params),
                   functools.partial(chunks_written, params.windows), enabled=_bars(args)):
-        print(cut(params).summary())
+        result = cut(params)
+    print(result.summary())  # after the bar's last line, not before it
     print(f"wrote {params.windows}")
     return 0
 
