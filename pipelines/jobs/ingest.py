@@ -160,8 +160,15 @@ class IngestResult:
     frames_missing: int
     chunks_written: int
     time_length: int
+    repair: bool = False
 
     def summary(self) -> str:
+        if self.repair:  # the counts of the damaged chunks only: "0 already present" read as data lost
+            if not self.chunks_written:
+                return f"repair: no damaged chunk in {self.archive}; nothing was rewritten"
+            return (f"repaired {counted(self.chunks_written, 'damaged chunk')} of {self.archive} "
+                    f"({counted(self.frames_written, 'frame')} rewritten, {self.frames_missing} missing or "
+                    "all-NaN)")
         return (f"ingested {counted(self.frames_written, 'frame')} into {self.archive} "
                 f"({self.frames_skipped} already present, {self.frames_missing} missing or all-NaN, "
                 f"{counted(self.chunks_written, 'chunk')} written; archive now "
@@ -494,6 +501,7 @@ def ingest_items(spec: IngestSpec, items: Sequence[SourceItem],
         frames_missing=int(np.sum(~after[indices])),
         chunks_written=len({i // info.time_chunk for i in indices[pending]}),
         time_length=int(after.shape[0]),
+        repair=spec.repair,
     )
 
 
@@ -575,7 +583,7 @@ def repair_tasks(spec: IngestSpec, indexed: Sequence[tuple[int, SourceItem]],
                     "input will read as missing", len(lost))
     if any(d.array == "time" for d in report.damaged):
         rewrite_time_coordinate(spec.archive, info)
-    log.warning("repair: rewriting %d damaged chunk(s) of %s", len(tasks), spec.archive)
+    log.info("repair: rewriting %d damaged chunk(s) of %s", len(tasks), spec.archive)
     return tasks
 
 

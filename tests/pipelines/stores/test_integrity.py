@@ -111,9 +111,14 @@ def test_check_then_repair_from_the_command_line(tmp_path):
 
     repaired = nowcast("ingest", "--archive", str(archive), *SYNTHETIC, "--repair")
     assert repaired.returncode == 0, repaired.stderr
-    assert "ingested 16 frames" in repaired.stdout
+    assert "repaired 2 damaged chunks of" in repaired.stdout
+    assert "(16 frames rewritten, 0 missing or all-NaN)" in repaired.stdout
     assert snapshot(str(archive)) == sound
     assert nowcast("check", str(archive)).returncode == 0
+    again = nowcast("ingest", "--archive", str(archive), *SYNTHETIC, "--repair")
+    assert again.returncode == 0, again.stderr
+    assert f"repair: no damaged chunk in {archive}; nothing was rewritten" in again.stdout
+    assert not again.stderr.strip()  # no WARNING line for a healthy archive
 
 
 @pytest.mark.fault("stores", "`--repair` without all frames of a damaged chunk",
