@@ -311,6 +311,14 @@ def test_an_archive_without_data_is_not_scored(stores, tmp_path, capsys):
     assert not (tmp_path / "f.zarr").exists()
 
 
+def _cut(stores, tmp_path, t_in: str, block: str, fractions: list[str]) -> str:
+    """Windows of the stores' archive with ``t_in`` inputs and 2 leads, split in ``block`` blocks."""
+    windows = str(tmp_path / "windows.zarr")
+    assert cli.main(["windows", "--archive", stores["archive"], "--windows", windows, "--t-in", t_in,
+                     "--t-out", "2", "--split-block", block, "--split-fractions", *fractions]) == 0
+    return windows
+
+
 @pytest.mark.fault("flows", "`evaluate` of windows cut with other input or lead counts than the model's",
                    "exit 2 naming the model's counts, the windows' and the `nowcast windows` options that "
                    "fit (the message named two array shapes and no fix)")
@@ -318,9 +326,7 @@ def test_windows_that_do_not_fit_the_model_are_named(stores, tmp_path):
     from nowcast.model.forecaster import ForecastError
     from nowcast.model.verify import split_forecaster, verify_split
 
-    windows = str(tmp_path / "windows.zarr")
-    assert cli.main(["windows", "--archive", stores["archive"], "--windows", windows, "--t-in", "4",
-                     "--t-out", "2", "--split-block", "PT30M", "--split-fractions", "0.5", "0", "0.5"]) == 0
+    windows = _cut(stores, tmp_path, "4", "PT30M", ["0.5", "0", "0.5"])
     forecaster = split_forecaster(stores["models"], MODEL, "latest", windows)
     with pytest.raises(ForecastError, match=r"takes 3 input frames of \['precip'\] and forecasts 2 leads; "
                        r".* was cut with t_in 4, t_out 2 .*nowcast windows --t-in 3 --t-out 2"):
@@ -514,9 +520,7 @@ def test_max_samples_are_spread_over_the_split(stores, tmp_path):
     from nowcast.model.verify import split_forecaster, spread, verify_split
     from nowcast.pipelines.stores.windows import WindowsStore
 
-    windows = str(tmp_path / "windows.zarr")
-    assert cli.main(["windows", "--archive", stores["archive"], "--windows", windows, "--t-in", "3",
-                     "--t-out", "2", "--split-block", "PT20M", "--split-fractions", "0.25", "0", "0.75"]) == 0
+    windows = _cut(stores, tmp_path, "3", "PT20M", ["0.25", "0", "0.75"])
     store = WindowsStore(windows, "test")
     assert store.num_samples > 4
     picked = spread(store.num_samples, 4)
