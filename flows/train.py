@@ -131,7 +131,7 @@ def replaced_windows(params: TrainParams) -> str | None:
     if not exists(params.windows):
         return None
     try:
-        before = dict(open_group(params.windows).attrs["window_spec"])
+        before = dict(open_group(params.windows).attrs["window_spec"])  # type: ignore[arg-type]
     except Exception:  # damaged or not a windows store: the job's own checks name it
         return None
     now = json.loads(window_spec(params).to_json())

@@ -446,8 +446,8 @@ def signals_held() -> Iterator[None]:
         yield
         return
     caught: list[int] = []
-    previous = {sig: signal.signal(sig, lambda signum, _frame: caught.append(signum))
-                for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous: dict[int, Any] = {sig: signal.signal(sig, lambda signum, _frame: caught.append(signum))
+                                for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
