@@ -298,12 +298,12 @@ def cmd_watch(args: argparse.Namespace) -> int:
     from nowcast.pipelines.jobs.watch import WatchSpec, run_watch
     from nowcast.pipelines.stores.groups import is_local, local_path
 
+    spec = WatchSpec(archive=args.archive, directory=args.input, fmt=args.format,
+                     interval_s=args.interval, duration_s=args.duration, time_step=args.time_step,
+                     time_chunk=args.time_chunk)  # its bounds first
     if is_local(args.input) and not os.path.isdir(local_path(args.input)):  # it polled, warned, exit 0
         raise InputError(f"the folder to watch, {args.input}, does not exist or is not a folder: give the "
                          "folder the files land in (create it first if they have not started arriving)")
-    spec = WatchSpec(archive=args.archive, directory=args.input, fmt=args.format,
-                     interval_s=args.interval, duration_s=args.duration, time_step=args.time_step,
-                     time_chunk=args.time_chunk)
     with stop_on_signals("nowcast watch") as stop:
         print(run_watch(spec, stop=stop).summary())
     return 0
