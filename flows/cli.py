@@ -172,9 +172,9 @@ def scoring_progress(spec, args: argparse.Namespace) -> Iterator[Callable[[], No
     _, tasks, _ = scoring.plan(spec)  # creates or grows the store, as the run will
     todo = sum(len(task.indices) for task in tasks)
     written = functools.partial(written_flags, spec.forecasts)
-    counted = (lambda: 0) if spec.overwrite or not todo else count_true(written, count_now(written))
+    flagged = (lambda: 0) if spec.overwrite or not todo else count_true(written, count_now(written))
     done = [False]
-    with progress("score init times", todo, lambda: todo if done[0] else counted(), enabled=_bars(args)):
+    with progress("score init times", todo, lambda: todo if done[0] else flagged(), enabled=_bars(args)):
         yield lambda: done.__setitem__(0, True)
 
 

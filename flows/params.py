@@ -239,10 +239,12 @@ def _apart(urls: dict[str, str]) -> None:
             raise ParameterError(f"{seen[url.rstrip('/')]} and {name} are both {url}: give each its own path")
         seen[url.rstrip("/")] = name
         path = os.path.abspath(local_path(url)) if is_local(url) else url.rstrip("/")
-        store = enclosing_store(os.path.dirname(path) if is_local(url) else path.rsplit("/", 1)[0])
-        if store is not None:
-            raise ParameterError(f"{name} {url} lies inside the zarr store {store}: give a path outside it")
-        if name in ("workdir", "models") and enclosing_store(path) == path:
+        store = enclosing_store(path)  # one walk up (on an object store, a request a level)
+        parent = os.path.dirname(path) if is_local(url) else path.rsplit("/", 1)[0]
+        inside = enclosing_store(parent) if store == path else store
+        if inside is not None:
+            raise ParameterError(f"{name} {url} lies inside the zarr store {inside}: give a path outside it")
+        if name in ("workdir", "models") and store == path:
             raise ParameterError(f"{name} {url} is a zarr store, not a folder of its own: give another path")
 
 

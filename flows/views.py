@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import numpy as np
 from nowcast.errors import InputError
 from nowcast.flows.params import parse_time
 from nowcast.pipelines.stores.archive import PRECIP, VALID, open_archive, read_info, same_units
-from nowcast.pipelines.stores.groups import enclosing_store
+from nowcast.pipelines.stores.groups import enclosing_store, looks_like_url
 from nowcast.quiet_import import pysteps_quietly
 
 MAX_SHOWN_FRAMES = 48  # frames in one picture (four hours of 5-minute frames)
@@ -59,7 +58,7 @@ def picture_path(path: str | Path, suffixes: tuple[str, ...]) -> Path:
     .png to a path without one, or write a JPEG for .jpg, while the command named the path it was given)."""
     if not str(path).strip():
         raise InputError(f"the picture's path is empty; give one ending in {' or '.join(suffixes)}")
-    if "://" in str(path) or re.match(r"[A-Za-z][A-Za-z0-9+.-]+:/", str(path)):  # Path() made s3:// 's3:/'
+    if looks_like_url(str(path)):  # Path() made s3:// 's3:/'
         raise InputError(f"{path}: pictures are written to local files; give a local path (and copy the file "
                          "to the object store afterwards if it belongs there)")
     path = Path(path)

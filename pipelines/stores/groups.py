@@ -182,6 +182,11 @@ def is_local(url: str) -> bool:
 _ONE_SLASH = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+):/(?!/)")
 
 
+def looks_like_url(text: str) -> bool:
+    """Whether ``text`` is a URL (``s3://...``), or one a slash short (``s3:/...``), not a plain path."""
+    return "://" in text or bool(_ONE_SLASH.match(text))
+
+
 def check_url(url: str) -> str:
     """``url``, refused where it would silently land somewhere else than meant.
 
