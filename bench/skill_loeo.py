@@ -267,7 +267,7 @@ def train_one(bundle: Path, task: Mapping[str, object], out: Path) -> dict[str, 
     arch = ArchitectureConfig.from_dict({**manifest["models"][name], "t_in": train.t_in, "t_out": train.t_out,
                                          "height": train.patch, "width": train.patch,
                                          "channels": normalizer.input_channels, "target_channel": 0})
-    net = build_model(name, arch)
+    net = build_model(name, arch, seed=seed)
     net.compile(optimizer=keras.optimizers.Adam(float(recipe["learning_rate"])),
                 loss=get_loss(str(recipe["loss"])), metrics=["mae"])
     patience, budget = int(recipe["patience"]), Budget(float(recipe["budget_s"]))

@@ -61,6 +61,7 @@ import dataclasses
 from collections.abc import Callable
 
 import keras
+import numpy as np
 from keras import layers
 
 from nowcast.errors import InputError
@@ -91,6 +92,30 @@ SMOOTHING_LAYER = "lead_smoothing"
 
 class ArchitectureError(InputError):
     """An architecture name or configuration that cannot build a model."""
+
+
+class Seeds:
+    """The seeds of a model's random initial weights, drawn one per layer in build order from one seed.
+
+    Left to itself Keras draws each layer's seed from Python's global ``random`` as the layer is made,
+    and any other thread may draw from it meanwhile (a Prefect service's jitter, a logging worker): the
+    same training seed then started from other weights. These draws are the model's alone.
+    """
+
+    def __init__(self, seed: int) -> None:
+        self._draws = np.random.default_rng(seed)
+
+    def _next(self) -> int:
+        return int(self._draws.integers(0, 2**31 - 1))
+
+    def kernel(self) -> keras.initializers.Initializer:
+        """A convolution's kernel (Keras's default, Glorot uniform)."""
+        return keras.initializers.GlorotUniform(seed=self._next())
+
+    def convlstm(self) -> dict[str, keras.initializers.Initializer]:
+        """A ConvLSTM2D's kernel and recurrent kernel (Keras's defaults, Glorot uniform and orthogonal)."""
+        return {"kernel_initializer": self.kernel(),
+                "recurrent_initializer": keras.initializers.Orthogonal(seed=self._next())}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -211,7 +236,7 @@ def _motion(cfg: ArchitectureConfig, features) -> keras.KerasTensor:
                                dtype="float32")(motion)
 
 
-def _decoder(cfg: ArchitectureConfig, frames) -> keras.KerasTensor:
+def _decoder(cfg: ArchitectureConfig, frames, seeds: Seeds) -> keras.KerasTensor:
     """Coarse ``(batch, t_out, y', x', c)`` frames back to the grid: upsampling + convolution per level.
 
     The last level only upsamples: the head's convolutions work at full resolution.
@@ -221,12 +246,13 @@ def _decoder(cfg: ArchitectureConfig, frames) -> keras.KerasTensor:
         x = layers.TimeDistributed(layers.UpSampling2D(2, interpolation="bilinear"),
                                    name=f"decoder_upsample{level}")(x)
         if level:
-            x = layers.TimeDistributed(layers.Conv2D(f, cfg.kernel_size, padding="same", activation="relu"),
+            x = layers.TimeDistributed(layers.Conv2D(f, cfg.kernel_size, padding="same", activation="relu",
+                                                     kernel_initializer=seeds.kernel()),
                                        name=f"decoder_conv{level}")(x)
     return x
 
 
-def _head(cfg: ArchitectureConfig, inputs, frames, name: str, features) -> keras.Model:
+def _head(cfg: ArchitectureConfig, inputs, frames, name: str, features, seeds: Seeds) -> keras.Model:
     """The forecast from the decoder's frames and the last frame (advected when ``advection``).
 
     With ``residual`` the output is that base plus a change that starts at
@@ -253,10 +279,11 @@ def _head(cfg: ArchitectureConfig, inputs, frames, name: str, features) -> keras
     views = [frames, base] if base is advected else [frames, base, advected]
     views += [BoxMean(size, name=f"smooth{size}")(base) for size in SMOOTHING]
     frames = layers.Concatenate(name="with_base")(views)
-    frames = layers.TimeDistributed(layers.Conv2D(cfg.decoder_filters, k, padding="same", activation="relu"),
+    frames = layers.TimeDistributed(layers.Conv2D(cfg.decoder_filters, k, padding="same", activation="relu",
+                                                  kernel_initializer=seeds.kernel()),
                                     name="refine")(frames)
     outputs = layers.TimeDistributed(layers.Conv2D(1, 1, kernel_initializer="zeros" if cfg.residual
-                                                   else "glorot_uniform", dtype="float32"),
+                                                   else seeds.kernel(), dtype="float32"),
                                      name="to_target")(frames)
     if cfg.residual:  # the change, scaled per lead by factors chosen after training (1 until then)
         outputs = LeadScale(cfg.t_out, name="change_scale", dtype="float32")(outputs)
@@ -270,48 +297,55 @@ def _inputs(cfg: ArchitectureConfig) -> keras.KerasTensor:
     return keras.Input((cfg.t_in, cfg.height, cfg.width, cfg.channels), name="inputs")
 
 
-def cnn_lstm(cfg: ArchitectureConfig) -> keras.Model:
-    """TimeDistributed CNN encoder, an LSTM over time at every coarse pixel, lead-aware decoder."""
+def cnn_lstm(cfg: ArchitectureConfig, seed: int = 0) -> keras.Model:
+    """TimeDistributed CNN encoder, an LSTM over time at every coarse pixel, lead-aware decoder; ``seed``
+    draws the initial weights."""
+    seeds = Seeds(seed)
     inputs = _inputs(cfg)
     x = inputs
     for level, f in enumerate(cfg.filters):
-        x = layers.TimeDistributed(layers.Conv2D(f, cfg.kernel_size, padding="same", activation="relu"),
+        x = layers.TimeDistributed(layers.Conv2D(f, cfg.kernel_size, padding="same", activation="relu",
+                                                 kernel_initializer=seeds.kernel()),
                                    name=f"encoder_conv{level}")(x)
         x = layers.TimeDistributed(layers.MaxPooling2D(2), name=f"encoder_pool{level}")(x)
     for i in range(cfg.lstm_layers):  # a 1x1 ConvLSTM2D is one LSTM over time, shared by every pixel
-        x = layers.ConvLSTM2D(cfg.lstm_units, 1, return_sequences=i < cfg.lstm_layers - 1, name=f"lstm{i}")(x)
+        x = layers.ConvLSTM2D(cfg.lstm_units, 1, return_sequences=i < cfg.lstm_layers - 1, name=f"lstm{i}",
+                              **seeds.convlstm())(x)
     features = x
     x = RepeatLeads(cfg.t_out, name="leads")(features)
-    return _head(cfg, inputs, _decoder(cfg, x), "cnn_lstm", features)
+    return _head(cfg, inputs, _decoder(cfg, x, seeds), "cnn_lstm", features, seeds)
 
 
-def convlstm(cfg: ArchitectureConfig) -> keras.Model:
-    """ConvLSTM2D encoder-forecaster (Shi et al. 2015) between strided convolutions and upsampling."""
+def convlstm(cfg: ArchitectureConfig, seed: int = 0) -> keras.Model:
+    """ConvLSTM2D encoder-forecaster (Shi et al. 2015) between strided convolutions and upsampling;
+    ``seed`` draws the initial weights."""
+    seeds = Seeds(seed)
     k = cfg.kernel_size
     inputs = _inputs(cfg)
     x = inputs
     for level, f in enumerate(cfg.filters):
-        x = layers.TimeDistributed(layers.Conv2D(f, k, strides=2, padding="same", activation="relu"),
+        x = layers.TimeDistributed(layers.Conv2D(f, k, strides=2, padding="same", activation="relu",
+                                                 kernel_initializer=seeds.kernel()),
                                    name=f"encoder_conv{level}")(x)
     for i in range(cfg.lstm_layers):
         x = layers.ConvLSTM2D(cfg.lstm_units, k, padding="same", return_sequences=i < cfg.lstm_layers - 1,
-                              name=f"encoder_convlstm{i}")(x)
+                              name=f"encoder_convlstm{i}", **seeds.convlstm())(x)
     features = x  # the encoder's final spatial state
     x = RepeatLeads(cfg.t_out, name="leads")(features)
     for i in range(cfg.lstm_layers):
         x = layers.ConvLSTM2D(cfg.lstm_units, k, padding="same", return_sequences=True,
-                              name=f"forecaster_convlstm{i}")(x)
-    return _head(cfg, inputs, _decoder(cfg, x), "convlstm", features)
+                              name=f"forecaster_convlstm{i}", **seeds.convlstm())(x)
+    return _head(cfg, inputs, _decoder(cfg, x, seeds), "convlstm", features, seeds)
 
 
-ARCHITECTURES: dict[str, Callable[[ArchitectureConfig], keras.Model]] = {
+ARCHITECTURES: dict[str, Callable[..., keras.Model]] = {
     "cnn_lstm": cnn_lstm,
     "convlstm": convlstm,
 }
 
 
-def get_architecture(name: str) -> Callable[[ArchitectureConfig], keras.Model]:
-    """The model builder registered as ``name`` (``cnn_lstm`` or ``convlstm``)."""
+def get_architecture(name: str) -> Callable[..., keras.Model]:
+    """The model builder registered as ``name`` (``cnn_lstm`` or ``convlstm``): ``builder(cfg, seed=0)``."""
     try:
         return ARCHITECTURES[name]
     except KeyError:
@@ -320,9 +354,9 @@ def get_architecture(name: str) -> Callable[[ArchitectureConfig], keras.Model]:
         ) from None
 
 
-def build_model(name: str, cfg: ArchitectureConfig) -> keras.Model:
-    """Builds the named architecture for ``cfg``."""
-    return get_architecture(name)(cfg)
+def build_model(name: str, cfg: ArchitectureConfig, seed: int = 0) -> keras.Model:
+    """Builds the named architecture for ``cfg``, its initial weights drawn from ``seed`` alone."""
+    return get_architecture(name)(cfg, seed)
 
 
 def for_grid(model: keras.Model, name: str, cfg: ArchitectureConfig, shape: tuple[int, int]) -> keras.Model:

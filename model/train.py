@@ -64,7 +64,7 @@ class TrainConfig:
             ``log_cosh`` or ``intensity_weighted_mse``.
         intensity_weight: weight of the intensity term.
         patience: early-stopping patience in epochs.
-        seed: seeds Python, NumPy, the backend and the input shuffles.
+        seed: seeds Python, NumPy, the backend, the input shuffles and the initial weights.
         augment: random flips/rotations of training samples.
         version: registry version (default: a UTC timestamp).
         archive: archive description (time_step, variables, grid_shape) to
@@ -293,7 +293,7 @@ def train(cfg: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callback] 
             keras.mixed_precision.set_global_policy("mixed_float16")
             strategy = tf.distribute.MirroredStrategy().scope()
         with strategy:
-            net = build_model(cfg.architecture, tset.arch)
+            net = build_model(cfg.architecture, tset.arch, seed=cfg.seed)
             net.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate),
                         loss=get_loss(cfg.loss, cfg.intensity_weight), metrics=["mae"])
         first = checkpoint.restore(net, saved)

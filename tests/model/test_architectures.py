@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import random
+import threading
+import time
+
 import keras
 import numpy as np
 import pytest
@@ -318,3 +322,29 @@ def test_untrained_lagrangian_ar_model_is_its_base(name):
     out = keras.ops.convert_to_numpy(model(frames))[0, ..., 0]
     expected = LagrangianAR(3)(frames, MatchMotion()(frames))
     np.testing.assert_allclose(out, keras.ops.convert_to_numpy(expected)[0, ..., 0], atol=1e-6)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_initial_weights_come_from_the_seed_alone(name):
+    """Another thread drawing from Python's global random while the model is built changes nothing (a
+    Prefect service's jitter did: a training run's seed then started from other weights)."""
+    cfg = ArchitectureConfig(t_in=2, t_out=2, height=8, width=8, filters=(4,), lstm_units=4, residual=False)
+    first = build_model(name, cfg, seed=3).get_weights()
+    done = threading.Event()
+
+    def draw() -> None:
+        while not done.is_set():
+            random.random()
+            time.sleep(0.0002)
+
+    drawer = threading.Thread(target=draw, daemon=True)
+    drawer.start()
+    try:
+        random.seed(99)
+        again = build_model(name, cfg, seed=3).get_weights()
+    finally:
+        done.set()
+        drawer.join()
+    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
+    other = build_model(name, cfg, seed=4).get_weights()
+    assert not all(np.array_equal(a, b) for a, b in zip(first, other, strict=True))
