@@ -17,7 +17,7 @@ import numpy as np
 
 from nowcast.model import verification
 from nowcast.model.forecaster import Forecaster, ForecastError, load_forecaster
-from nowcast.pipelines.stores.archive import read_info, valid_flags
+from nowcast.pipelines.stores.archive import open_archive, read_info, valid_flags
 from nowcast.pipelines.stores.forecasts import (
     MODEL_VERSION,
     check_made_from,
@@ -152,8 +152,6 @@ def verify_forecasts(forecasts: str, archive: str, max_samples: int) -> Verifica
     init frame: what users actually received.
     None when no written forecast has all its truth in the archive yet.
     """
-    import xarray as xr
-
     info = read_store_info(forecasts)
     archive_info = read_info(archive)
     check_made_from(info, archive_info, archive)
@@ -166,7 +164,7 @@ def verify_forecasts(forecasts: str, archive: str, max_samples: int) -> Verifica
         return None
     store = open_forecasts(forecasts)
     stored, versions = store[target], store[MODEL_VERSION].values
-    truth_all = xr.open_zarr(archive, consolidated=False)[target]
+    truth_all = open_archive(archive)[target]
     # one row per model version: a promotion during the period shows as two rows
     names = {i: f"{info.identity.model_name}/{versions[i]} (stored)" for i in usable}
     states = {name: verification.skill_init(t_out) for name in sorted(set(names.values()))}

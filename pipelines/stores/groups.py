@@ -252,6 +252,22 @@ def local_path(url: str) -> str:
 # would hide what they wrote (a long-lived process polling for a new store never saw it appear, and a
 # stale size or absence is answered from the cache). Every lookup asks the storage.
 FRESH = {"use_listings_cache": False}
+# An object store that takes a connection and never answers held a command for 7 minutes before its error
+# (botocore's 60 s read timeout, each request tried 5 times by botocore and 5 by s3fs). With these it gives
+# up in under 3 minutes; a slow answer is still waited for 10 s, and tried again. AWS_MAX_ATTEMPTS, when
+# set, chooses the tries instead.
+S3_TIMEOUTS = {"connect_timeout": 5, "read_timeout": 10}
+S3_RETRIES = {"max_attempts": 2, "mode": "standard"}
+
+
+def storage_options(url: str) -> dict[str, Any]:
+    """fsspec's options for ``url``: no listings cache; for s3:// the timeouts and tries above."""
+    if not url.startswith("s3://"):
+        return dict(FRESH)
+    config: dict[str, Any] = dict(S3_TIMEOUTS)
+    if not os.environ.get("AWS_MAX_ATTEMPTS"):
+        config["retries"] = dict(S3_RETRIES)
+    return {**FRESH, "config_kwargs": config}
 
 
 def filesystem(url: str) -> tuple[Any, str]:
@@ -264,7 +280,7 @@ def filesystem(url: str) -> tuple[Any, str]:
 
     check_url(url)
     try:
-        return fsspec.core.url_to_fs(url, **FRESH)
+        return fsspec.core.url_to_fs(url, **storage_options(url))
     except ImportError as error:
         raise StoreError(f"{url}: {error} (extras: pip install 'nowcast[s3]' or 'nowcast[gcs]')") from None
     except ValueError as error:  # an unknown protocol
@@ -276,7 +292,7 @@ def zarr_store(url: str, read_only: bool = False) -> Store:
     if is_local(check_url(url)):
         return LocalStore(local_path(url), read_only=read_only)
     filesystem(url)  # a clear error for a scheme whose package is missing
-    return FsspecStore.from_url(url, storage_options=dict(FRESH), read_only=read_only)
+    return FsspecStore.from_url(url, storage_options=storage_options(url), read_only=read_only)
 
 
 def enclosing_store(path: str | os.PathLike[str]) -> str | None:

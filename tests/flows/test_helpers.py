@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -132,3 +135,52 @@ def test_object_store_failures_are_one_message_with_the_fix(s3_bucket, tmp_path,
         "no credentials for the object store")
     in_worker = RuntimeError("PermissionError: Forbidden [while running 'WriteChunks']")  # a Beam worker's
     assert object_store_problem(in_worker).startswith("the object store refused the request")
+
+
+@pytest.fixture
+def stalled_endpoint():
+    """An object store's address that takes connections and never answers (a hung server or proxy)."""
+    server = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):  # the server closed: the test is over
+            while True:
+                held.append(server.accept()[0])
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    server.close()
+    for connection in held:
+        connection.close()
+
+
+@pytest.mark.fault("command line", "an object store that takes connections and never answers",
+                   "exit 2 naming the endpoint and the fix once the read timeout and its tries are spent "
+                   "(the command hung for 7 minutes on botocore's defaults; a test's timeout catches a hang)")
+@pytest.mark.timeout(120)
+def test_a_stalled_object_store_ends_in_a_clear_error(stalled_endpoint, monkeypatch, capsys):
+    from nowcast.flows import cli
+    from nowcast.pipelines.stores import groups
+
+    monkeypatch.setattr(groups, "S3_TIMEOUTS", {"connect_timeout": 1, "read_timeout": 1})  # 10 s in use
+    monkeypatch.setenv("AWS_ENDPOINT_URL", stalled_endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "nowcast")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "nowcast")
+    monkeypatch.delenv("AWS_MAX_ATTEMPTS", raising=False)
+    assert cli.main(["models", "list", "--models", "s3://bucket/models"]) == 2
+    err = capsys.readouterr().err
+    assert f"the object store cannot be reached (Read timeout on endpoint URL: \"{stalled_endpoint}/" in err
+    assert f"check AWS_ENDPOINT_URL (now {stalled_endpoint})" in err
+    assert "Traceback" not in err
+
+
+def test_object_store_options_keep_the_users_tries(monkeypatch):
+    from nowcast.pipelines.stores.groups import storage_options
+
+    monkeypatch.delenv("AWS_MAX_ATTEMPTS", raising=False)
+    config = storage_options("s3://b/a.zarr")["config_kwargs"]
+    assert config["retries"] == {"max_attempts": 2, "mode": "standard"}
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "7")  # botocore reads it when no retries are configured
+    assert "retries" not in storage_options("s3://b/a.zarr")["config_kwargs"]
+    assert storage_options("gs://b/a.zarr") == {"use_listings_cache": False}
