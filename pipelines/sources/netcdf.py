@@ -35,8 +35,11 @@ from nowcast.pipelines.stores.grid import Grid
 from nowcast.pipelines.stores.groups import is_local
 
 SUFFIXES = (".nc", ".nc4", ".netcdf")
-Y_DIMS = ("y", "projection_y_coordinate")
-X_DIMS = ("x", "projection_x_coordinate")
+# the (y, x) dimension names of a grid: projected, or latitude and longitude (CF needs no grid-mapping
+# variable for those: they are read as WGS84 longitude/latitude in degrees)
+GRID_DIMS = (("y", "x"), ("projection_y_coordinate", "projection_x_coordinate"), ("lat", "lon"),
+             ("latitude", "longitude"))
+LONLAT = {"grid_mapping_name": "latitude_longitude"}
 
 
 @contextmanager
@@ -81,16 +84,22 @@ def _check_classic_whole(path: str) -> None:
         raise ValueError(f"the file is shorter than its NetCDF3 header says: truncated ({error})") from error
 
 
+def _grid_dims(dims: tuple) -> tuple[str, str] | None:
+    """The (y, x) dimensions among ``dims`` (any order), None when they are not a grid's."""
+    return next(((y, x) for y, x in GRID_DIMS if y in dims and x in dims), None)
+
+
+DIMS_WANTED = ("expected (time, y, x), with y/x named " +
+               ", ".join(f"{y}/{x}" for y, x in GRID_DIMS) + ": rename, squeeze or select the others first "
+               "(e.g. ds.isel(level=0))")
+
+
 def _spatial_dims(ds: xr.Dataset, name: str, path: str) -> tuple[str, str]:
     dims = ds[name].dims
-    y = next((d for d in Y_DIMS if d in dims), None)
-    x = next((d for d in X_DIMS if d in dims), None)
-    if "time" not in dims or y is None or x is None or len(dims) != 3:
-        raise SourceError(
-            f"{path}: variable {name!r} has dims {dims}; expected (time, y, x) (or "
-            "projection_y_coordinate/projection_x_coordinate): transpose or squeeze it first"
-        )
-    return y, x
+    found = _grid_dims(dims)
+    if "time" not in dims or found is None or len(dims) != 3:
+        raise SourceError(f"{path}: variable {name!r} has dims {dims}; {DIMS_WANTED}")
+    return found
 
 
 @dataclasses.dataclass(frozen=True)
@@ -207,6 +216,13 @@ class NetCDFSource:
         """
         with _open(path) as ds:
             _check_units(ds, self._variables(ds, path), path, {} if units is None else units)
+            calendar = ds["time"].encoding.get("calendar") if "time" in ds.coords else None
+            if "time" in ds.coords and ds["time"].dtype == object and str(calendar).lower() not in (
+                    "standard", "gregorian", "proleptic_gregorian", "none"):  # cftime dates
+                raise SourceError(
+                    f"{path}: 'time' is on the {calendar!r} calendar (a climate model's), and nowcast's "
+                    "archives hold dates of the real (standard) calendar; convert the file first (e.g. "
+                    "xarray's ds.convert_calendar('standard', align_on='date'))")
             if "time" not in ds.coords or not np.issubdtype(ds["time"].dtype, np.datetime64):
                 raise SourceError(
                     f"{path}: no decodable 'time' coordinate; add a time dimension with CF units "
@@ -229,7 +245,8 @@ class NetCDFSource:
             name = self._variables(ds, item.path)[0]
             y_dim, x_dim = _spatial_dims(ds, name, item.path)
             mapping = ds[name].attrs.get("grid_mapping") or ds[name].encoding.get("grid_mapping")
-            if not mapping or mapping not in ds.variables:
+            lonlat = (y_dim, x_dim) in GRID_DIMS[2:]
+            if (not mapping or mapping not in ds.variables) and not lonlat:
                 raise SourceError(
                     f"{item.path}: variable {name!r} has no CF grid mapping; add a grid-mapping variable "
                     "and point at it (e.g. ds['crs'] = xr.DataArray(0, attrs=pyproj.CRS(...).to_cf()); "
@@ -238,9 +255,10 @@ class NetCDFSource:
             if y_dim not in ds.coords or x_dim not in ds.coords:
                 raise SourceError(f"{item.path}: coordinates {y_dim!r}/{x_dim!r} are missing; "
                                   "write the projected pixel-centre coordinates")
-            units = str(ds[x_dim].attrs.get("units", "m"))
+            units = str(ds[x_dim].attrs.get("units", "degrees_east" if lonlat else "m"))
+            attrs = dict(ds[mapping].attrs) if mapping in ds.variables else LONLAT
             try:
-                return grid_from_cf(ds[y_dim].values, ds[x_dim].values, dict(ds[mapping].attrs), units)
+                return grid_from_cf(ds[y_dim].values, ds[x_dim].values, attrs, units)
             except pyproj.exceptions.CRSError as error:
                 raise SourceError(f"{item.path}: grid mapping {mapping!r} is not a valid CF grid "
                                   f"mapping ({error}); write it with pyproj.CRS.to_cf()") from error
@@ -282,11 +300,11 @@ def _first_file_variables(source: NetCDFSource) -> tuple[str, ...]:
     with _open(path) as ds:
         names = tuple(
             str(name) for name, var in ds.data_vars.items()
-            if "time" in var.dims and any(d in var.dims for d in Y_DIMS)
-            and any(d in var.dims for d in X_DIMS)
+            if "time" in var.dims and _grid_dims(var.dims) is not None and var.ndim == 3
         )
         if not names:
-            found = (f"its variables are {list(ds.data_vars)}" if ds.data_vars else
+            held = ", ".join(f"{name} {var.dims}" for name, var in ds.data_vars.items())
+            found = (f"its variables are {held}; {DIMS_WANTED}" if ds.data_vars else
                      "it holds no variables at its root: a radar product in HDF5 groups (KNMI, ODIM) with "
                      "a NetCDF name? give it its own name (.h5) and ingest it with its format")
             raise SourceError(f"{path}: no (time, y, x) variable to ingest; {found}")

@@ -375,3 +375,39 @@ def test_variable_names_the_archive_cannot_hold_are_refused_first(tmp_path):
         run(IngestSpec(archive=str(url), source=NetCDFSource(str(later), variables=["temperature"]),
                        time_chunk=2))
     assert read_info(str(url)).length == 2
+
+
+@pytest.mark.fault("sources", "NetCDF over (time, lat, lon) with no grid-mapping variable, as CF allows for "
+                   "latitude and longitude; a variable with a level dimension too",
+                   "read on a WGS84 longitude/latitude grid, north first whichever way the file runs (was "
+                   "'no (time, y, x) variable', naming no dimension); the extra dimension named with the "
+                   "names that are read and the fix")
+def test_latitude_longitude_dims_are_a_grid(tmp_path):
+    ds = sensor_dataset(["2024-03-01T00:00", "2024-03-01T00:10"], seed=9)[["temperature"]]
+    ds = ds.drop_vars(["y", "x"]).rename(y="lat", x="lon").assign_coords(
+        lat=("lat", np.linspace(50.0, 51.1, 12), {"units": "degrees_north"}),  # south first
+        lon=("lon", np.linspace(3.0, 6.2, 17), {"units": "degrees_east"}))
+    del ds["temperature"].attrs["grid_mapping"]
+    source = NetCDFSource(write(ds, tmp_path / "t.nc"))
+    item = source.items()[0]
+    np.testing.assert_array_equal(source.read(item)["temperature"], ds.temperature.values[0])
+    grid = source.read_grid(item)
+    assert grid.shape == (12, 17)
+    assert pyproj.CRS.from_cf(grid.crs_attrs).is_geographic
+    np.testing.assert_allclose(grid.y, ds.lat.values)
+
+    levels = ds.expand_dims(level=[850.0, 500.0], axis=1)
+    wanted = r"temperature \('time', 'level', 'lat', 'lon'\); expected \(time, y, x\), with y/x named y/x, "
+    with pytest.raises(SourceError, match=wanted + r".*lat/lon.*ds.isel\(level=0\)"):
+        NetCDFSource(write(levels, tmp_path / "levels.nc")).items()
+
+
+@pytest.mark.fault("sources", "NetCDF times on a climate model's calendar (noleap, 360_day)",
+                   "refused naming the calendar and the conversion (was 'no decodable time coordinate', "
+                   "which the file has)")
+@pytest.mark.parametrize("calendar", ["noleap", "360_day"])
+def test_a_model_calendar_is_named(tmp_path, calendar):
+    ds = sensor_dataset(["2024-03-01T00:00", "2024-03-01T00:10"], seed=10)
+    path = write(ds, tmp_path / "t.nc", time={"units": "minutes since 2024-03-01", "calendar": calendar})
+    with pytest.raises(SourceError, match=rf"'time' is on the '{calendar}' calendar.*convert_calendar"):
+        NetCDFSource(path).items()
