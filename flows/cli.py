@@ -323,7 +323,9 @@ def cmd_summary(args: argparse.Namespace) -> int:
 def cmd_show(args: argparse.Namespace) -> int:
     from nowcast.flows.views import show
 
-    print(f"saved {show(args.store, args.out, time=args.time, count=args.frames, archive=args.archive)}")
+    saved = show(args.store, args.out, time=args.time, count=args.frames, archive=args.archive,
+                 variable=args.variable)
+    print(f"saved {saved}")
     return 0
 
 
@@ -531,6 +533,8 @@ def build_parser() -> argparse.ArgumentParser:
                            "to the last (default all)")
     show.add_argument("--archive", default=None,
                       help="forecasts: the archive with the observations (default: the one scored from)")
+    show.add_argument("--variable", default=None,
+                      help="archive: the variable shown (default: the first that summary lists)")
 
     check = command("check", "read every chunk of an archive, forecasts or windows store and list the "
                              "damaged ones with the fix (exit 2 if any)", cmd_check)

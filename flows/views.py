@@ -85,7 +85,7 @@ def plot_frames(url: str, path: str | Path, count: int = 4, field: str | None = 
     picks = valid_idx[np.linspace(0, valid_idx.size - 1, min(count, valid_idx.size)).astype(int)]
     with damage_named(url):
         steps = [[(north_up(ds, ds[name][int(i)].values), _stamp(ds["time"].values[i]))] for i in picks]
-    return _save(steps, str(ds[name].attrs.get("units", "")), path)
+    return _save(steps, _labelled(ds, name), path)
 
 
 @contextlib.contextmanager
@@ -113,9 +113,10 @@ def north_up(ds, frame: np.ndarray) -> np.ndarray:
     return frame[::-1] if y is not None and len(y) > 1 and y[0] < y[-1] else frame
 
 
-def _draw(ax, frame: np.ndarray, units: str, title: str, colorbar: bool) -> None:
-    """One map as a forecaster reads it: rain on pysteps' logarithmic intensity scale with dry white;
-    any other field on a plain colour scale."""
+def _draw(ax, frame: np.ndarray, field: tuple[str, str], title: str, colorbar: bool) -> None:
+    """One map of ``field`` (its name and units) as a forecaster reads it: rain on pysteps' logarithmic
+    intensity scale with dry white; any other field on a plain colour scale, named with its units."""
+    name, units = field
     ax.set_facecolor("white")
     if same_units(units, PRECIP.units):
         with pysteps_quietly():
@@ -126,11 +127,11 @@ def _draw(ax, frame: np.ndarray, units: str, title: str, colorbar: bool) -> None
         image = ax.imshow(frame, cmap="viridis")
         ax.set_axis_off()
         if colorbar:
-            ax.figure.colorbar(image, ax=ax, label=units)
+            ax.figure.colorbar(image, ax=ax, label=f"{name} ({units})" if units else name)
     ax.set_title(title, fontsize=8)
 
 
-def _save(steps: list[list[tuple[np.ndarray, str]]], units: str, path: Path) -> Path:
+def _save(steps: list[list[tuple[np.ndarray, str]]], field: tuple[str, str], path: Path) -> Path:
     """Saves steps of (map, title) panels: an animated GIF shows one step per frame, a PNG every step,
     one column per step (an archive's frames in a row; a forecast's leads with the observation above).
 
@@ -139,7 +140,7 @@ def _save(steps: list[list[tuple[np.ndarray, str]]], units: str, path: Path) -> 
     """
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        _draw_steps(steps, units, path)
+        _draw_steps(steps, field, path)
     except OSError as error:
         blocking = next(p for p in (path.parent, *path.parent.parents) if p.exists())
         if blocking.is_file():  # the OS says "File exists" for a file where a folder of the path belongs
@@ -150,7 +151,7 @@ def _save(steps: list[list[tuple[np.ndarray, str]]], units: str, path: Path) -> 
     return path
 
 
-def _draw_steps(steps: list[list[tuple[np.ndarray, str]]], units: str, path: Path) -> None:
+def _draw_steps(steps: list[list[tuple[np.ndarray, str]]], field: tuple[str, str], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -168,7 +169,7 @@ def _draw_steps(steps: list[list[tuple[np.ndarray, str]]], units: str, path: Pat
     def draw(step: int) -> None:
         for c, (frame, title) in enumerate(steps[step]):
             axes[0][c].clear()
-            _draw(axes[0][c], frame, units, title, colorbar=not barred and c == columns - 1)
+            _draw(axes[0][c], frame, field, title, colorbar=not barred and c == columns - 1)
         barred.append(True)
 
     try:
@@ -177,17 +178,18 @@ def _draw_steps(steps: list[list[tuple[np.ndarray, str]]], units: str, path: Pat
         else:
             for r, row in enumerate(grid):
                 for c, (frame, title) in enumerate(row):
-                    _draw(axes[r][c], frame, units, title, colorbar=c == columns - 1)
+                    _draw(axes[r][c], frame, field, title, colorbar=c == columns - 1)
             fig.savefig(path, dpi=80)
     finally:
         plt.close(fig)
 
 
 def show(url: str, path: str | Path, *, time: str | None = None, count: int | None = None,
-         archive: str | None = None) -> Path:
+         archive: str | None = None, variable: str | None = None) -> Path:
     """A picture of a store (``nowcast show``): PNG, or an animated GIF when ``path`` ends in .gif.
 
-    An archive shows ``count`` valid frames (default 6) up to ``time`` (default: the newest). A forecast
+    An archive shows ``count`` valid frames (default 6) of ``variable`` (default: the first it lists) up to
+    ``time`` (default: the newest). A forecast
     store shows the forecast of init time ``time`` (default: the newest written) beside what was observed,
     lead by lead (``count`` leads spread from the first to the last; default all), read from ``archive``
     (default: the archive the store was scored from).
@@ -207,9 +209,11 @@ def show(url: str, path: str | Path, *, time: str | None = None, count: int | No
                          "show a longer stretch as several pictures with --time")
     path = picture_path(path, (".png", ".gif"))
     if WRITTEN not in open_group(url):  # not a forecast store: an archive (open_archive checks it is one)
+        name = _variable(url, variable)
         with damage_named(url):
-            panels = _archive_panels(url, time, DEFAULT_SHOWN_FRAMES if count is None else count)
-        return _save(panels, _units(open_archive(url)), path)
+            ds = open_archive(url)
+            panels = _archive_panels(url, ds, name, time, DEFAULT_SHOWN_FRAMES if count is None else count)
+        return _save(panels, _labelled(ds, name), path)
     try:
         ds = open_forecasts(url)
         observed = archive or str(ds.attrs["archive_url"])
@@ -219,13 +223,26 @@ def show(url: str, path: str | Path, *, time: str | None = None, count: int | No
         check_made_from(read_store_info(url), read_info(observed), observed)  # else frames of another
     except ForecastStoreError as error:
         raise InputError(str(error)) from None
+    if variable not in (None, _field(ds)):
+        raise InputError(f"forecasts {url} hold {_field(ds)} alone, not {variable}: leave --variable out")
     with damage_named(url, observed):
         panels = _forecast_panels(ds, observed, time, count)
-    return _save(panels, _units(ds), path)
+    return _save(panels, _labelled(ds, _field(ds)), path)
 
 
-def _units(ds) -> str:
-    return str(ds[_field(ds)].attrs.get("units", ""))
+def _labelled(ds, name: str) -> tuple[str, str]:
+    """A field's name and units, as its maps label it."""
+    return name, str(ds[name].attrs.get("units", ""))
+
+
+def _variable(url: str, wanted: str | None) -> str:
+    """The archive's variable ``wanted`` (default: the first it lists, as `nowcast summary` does)."""
+    held = [field.name for field in read_info(url).fields]
+    if wanted is None:
+        return held[0]
+    if wanted not in held:
+        raise InputError(f"{url} holds no variable {wanted!r}; its variables: {', '.join(held)}")
+    return wanted
 
 
 def _field(ds) -> str:
@@ -257,10 +274,10 @@ def _pick(times: np.ndarray, usable: np.ndarray, time: str | None, what: str) ->
     return int(hits[0])
 
 
-def _archive_panels(url: str, time: str | None, count: int) -> list[list[tuple[np.ndarray, str]]]:
-    """The ``count`` valid frames up to ``time``, one step each."""
-    ds = open_archive(url)
-    name, valid = _field(ds), ds[VALID].values
+def _archive_panels(url: str, ds, name: str, time: str | None, count: int) -> list[list[tuple[np.ndarray,
+                                                                                           str]]]:
+    """The ``count`` valid frames of variable ``name`` up to ``time``, one step each."""
+    valid = ds[VALID].values
     end = _pick(ds["time"].values, valid, time, f"valid frame in {url}")
     picks = np.flatnonzero(valid[: end + 1])[-count:]
     return [[(north_up(ds, ds[name][int(i)].values), _stamp(ds["time"].values[i]))] for i in picks]

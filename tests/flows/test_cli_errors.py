@@ -621,3 +621,39 @@ def test_pictures_are_drawn_north_up():
     np.testing.assert_array_equal(north_up(ascending, frame), frame[::-1])
     descending = xr.Dataset(coords={"y": [2.0, 1.0, 0.0]})
     np.testing.assert_array_equal(north_up(descending, frame), frame)
+
+
+@pytest.mark.fault("command line", "`show` of an archive holding several variables (NetCDF sensor fields)",
+                   "`--variable` picks the one drawn, its name on the colour bar; one it does not hold is "
+                   "exit 2 naming those it does (only the first could be drawn, labelled by its units alone)")
+def test_show_draws_the_variable_asked_for(stores, tmp_path, capsys, monkeypatch):
+    from nowcast.flows import views
+    from tests.pipelines.sources.test_netcdf import sensor_dataset, write
+
+    folder = tmp_path / "sensors"
+    folder.mkdir()
+    ds = sensor_dataset(["2024-03-01T00:00", "2024-03-01T00:10"], seed=1)
+    write(ds, folder / "a.nc")
+    archive = str(tmp_path / "sensors.zarr")
+    assert cli.main(["ingest", "--input", str(folder), "--archive", archive, "-q"]) == 0
+    drawn = []
+
+    def recording(ax, frame, field, title, colorbar):
+        drawn.append((field, frame))
+
+    monkeypatch.setattr(views, "_draw", recording)
+    assert cli.main(["show", archive, "--variable", "temperature", "--out", str(tmp_path / "t.png")]) == 0
+    assert {field for field, _ in drawn} == {("temperature", "K")}
+    np.testing.assert_array_equal(drawn[-1][1], ds.temperature.values[-1])  # the newest frame last
+    drawn.clear()
+    assert cli.main(["show", archive, "--out", str(tmp_path / "first.png")]) == 0
+    assert {field for field, _ in drawn} == {("humidity", "%")}  # the first that summary lists
+    capsys.readouterr()
+    assert cli.main(["show", archive, "--variable", "precip", "--out", str(tmp_path / "p.png")]) == 2
+    err = capsys.readouterr().err
+    assert f"{archive} holds no variable 'precip'; its variables: humidity, temperature" in err
+    assert cli.main(["show", stores["forecasts"], "--variable", "temperature", "--out",
+                     str(tmp_path / "f.png")]) == 2
+    assert "hold precip alone, not temperature: leave --variable out" in capsys.readouterr().err
+    assert not (tmp_path / "p.png").exists()
+    assert not (tmp_path / "f.png").exists()
