@@ -94,27 +94,12 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 def cmd_windows(args: argparse.Namespace) -> int:
     from nowcast.flows.train import cut
-    from nowcast.pipelines.stores.windows import chunks_written
 
     params = params_from_args(WindowsParams, args)
-    with progress("cut windows (sample chunks)", planned_chunks(params),
-                  functools.partial(chunks_written, params.windows), enabled=_bars(args)):
-        result = cut(params)
+    result = cut(params, bar=_bars(args))
     print(result.summary())  # after the bar's last line, not before it
     print(f"wrote {params.windows}")
     return 0
-
-
-def planned_chunks(params: WindowsParams) -> int:
-    """The sample chunks the windows job will write (its plan reads metadata only); 0, and no bar, when
-    the archive cannot be planned: the job itself then says what is wrong."""
-    from nowcast.flows.train import window_spec
-    from nowcast.pipelines.plans.windows import plan_from_archive
-
-    try:
-        return plan_from_archive(params.archive, window_spec(params)).layout().num_chunks()
-    except Exception:
-        return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -20,7 +20,7 @@ from prefect import flow, get_run_logger, task
 from nowcast.errors import InputError
 from nowcast.flows.artifacts import artifact_key, publish_png, publish_scores, publish_store
 from nowcast.flows.params import EvaluateParams
-from nowcast.flows.progress import progress
+from nowcast.flows.progress import reported
 from nowcast.flows.workdir import local_workdir, published
 from nowcast.pipelines.stores.timeaxis import step_minutes
 from nowcast.pipelines.stores.windows import WindowsStore
@@ -53,10 +53,9 @@ def verify_windows(params: EvaluateParams) -> Verification:
                          "from a longer archive, or with a shorter split_block or a larger share for "
                          f"{params.split} in split_fractions")
     total = min(available, params.max_samples) if params.max_samples else available
-    seen = [0]
-    with progress("evaluate samples", total, lambda: seen[0], artifact=artifact_key("evaluate-progress")):
+    with reported("evaluate samples", total, artifact=artifact_key("evaluate-progress")) as on_samples:
         return verify_split(params.windows, params.split, forecaster, name, baselines=tuple(params.baselines),
-                            max_samples=params.max_samples, on_samples=lambda n: seen.__setitem__(0, n))
+                            max_samples=params.max_samples, on_samples=on_samples)
 
 
 @task(name="verify-stored-forecasts")

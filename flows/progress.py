@@ -81,6 +81,15 @@ def progress(description: str, total: int, done: Callable[[], int], *, enabled: 
 
 
 @contextlib.contextmanager
+def reported(description: str, total: int, *, artifact: str | None = None) -> Iterator[Callable[[int], None]]:
+    """:func:`progress` of a count the block reports itself: yields ``report(count)`` (a verification's
+    ``on_samples``)."""
+    seen = [0]
+    with progress(description, total, lambda: seen[0], artifact=artifact):
+        yield lambda count: seen.__setitem__(0, count)
+
+
+@contextlib.contextmanager
 def _bar(description: str, total: int, console=None) -> Iterator[Callable[[int], None]]:
     """A rich progress bar on stderr; yields its ``show(count)``."""
     from rich.console import Console

@@ -13,6 +13,7 @@ where it was; the run's report says by how much it won or lost.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -24,7 +25,7 @@ from prefect import flow, get_run_logger, task
 from nowcast.errors import InputError
 from nowcast.flows.artifacts import artifact_key, publish_png, publish_scores, publish_store
 from nowcast.flows.params import TrainParams, WindowsParams
-from nowcast.flows.progress import progress
+from nowcast.flows.progress import progress, reported
 from nowcast.flows.workdir import local_workdir, published
 from nowcast.model import registry
 from nowcast.pipelines.jobs import windows as windows_job
@@ -91,11 +92,29 @@ def _three(fractions: list[float]) -> tuple[float, float, float]:
     return train, val, test
 
 
-def cut(params: WindowsParams) -> windows_job.WindowResult:
-    """Runs the windows job the parameters describe, rewriting windows.zarr (``nowcast windows``)."""
+def planned_chunks(params: WindowsParams) -> int:
+    """The sample chunks the windows job will write (its plan reads metadata only); 0, and no bar, when
+    the archive cannot be planned: the job itself then says what is wrong."""
+    from nowcast.pipelines.plans.windows import plan_from_archive
+
+    try:
+        return plan_from_archive(params.archive, window_spec(params)).layout().num_chunks()
+    except Exception:
+        return 0
+
+
+def cut(params: WindowsParams, bar: bool | None = None) -> windows_job.WindowResult:
+    """Runs the windows job the parameters describe, rewriting windows.zarr (``nowcast windows``), with a
+    bar of the sample chunks written (``bar``: as :func:`~nowcast.flows.progress.progress`'s ``enabled``)
+    and, in a flow run, its artifact."""
+    from nowcast.pipelines.stores.windows import chunks_written
+
     job = windows_job.WindowJob(archive=params.archive, output=params.windows, spec=window_spec(params),
                                 overwrite=True)
-    result = windows_job.run(job, params.runner.options())
+    with progress("cut windows (sample chunks)", planned_chunks(params),
+                  functools.partial(chunks_written, params.windows), enabled=bar,
+                  artifact=artifact_key("windows-progress")):
+        result = windows_job.run(job, params.runner.options())
     samples = dict(result.counts.get("samples", {}))
     empty = [split for split, share in zip(SPLITS, params.split_fractions, strict=True)
              if share > 0 and not samples.get(split)]
@@ -211,8 +230,11 @@ def verify(params: TrainParams, version: str) -> Verification:
 
     forecaster = split_forecaster(params.models, params.architecture, registry.version_name(version),
                                   params.windows)
-    return verify_split(params.windows, "val", forecaster, params.architecture,
-                        baselines=("persistence", BASELINE))
+    total = WindowsStore(params.windows, "val").num_samples
+    with reported("verify samples (validation split)", total,
+                  artifact=artifact_key("train-verify-progress")) as on_samples:
+        return verify_split(params.windows, "val", forecaster, params.architecture,
+                            baselines=("persistence", BASELINE), on_samples=on_samples)
 
 
 @flow(name="train", log_prints=True)

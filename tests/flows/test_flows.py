@@ -144,6 +144,9 @@ def test_train_registers_and_promotes_only_a_model_that_beats_extrapolation(trai
     assert "| convlstm |" in result.table
     for path in result.pictures.values():
         assert Path(path).read_bytes()[:8] == PNG
+    # the run's page shows its progress through every long stage, not only the epochs
+    for key in ("windows-progress", "train-progress", "train-verify-progress"):
+        assert newest_progress(key) == 100.0, key
 
 
 @pytest.mark.slow
@@ -314,13 +317,17 @@ def test_evaluate_scores_split_and_stored_forecasts_with_pictures(trained):
     assert set(out.pictures) >= {"test_scores", "test_maps", "stored_scores", "stored_maps"}
     for path in out.pictures.values():
         assert Path(path).read_bytes()[:8] == PNG
+    assert newest_progress("evaluate-progress") == 100.0  # the UI's progress of the split's verification
+
+
+def newest_progress(key: str) -> float | None:
+    """The percentage of the newest progress artifact ``key`` (what a run's page in the UI shows)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
     from prefect.client.schemas.sorting import ArtifactSort
 
-    with get_client(sync_client=True) as client:  # the UI's progress of the split's verification (newest)
-        progress = client.read_artifacts(artifact_filter=ArtifactFilter(
-            key=ArtifactFilterKey(any_=["evaluate-progress"])), sort=ArtifactSort.CREATED_DESC, limit=1)
-    assert progress
-    assert progress[0].type == "progress"
-    assert progress[0].data == 100.0
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+                                      sort=ArtifactSort.CREATED_DESC, limit=1)
+    assert not found or found[0].type == "progress"
+    return float(found[0].data) if found else None
