@@ -19,6 +19,7 @@ import sys
 import traceback
 import warnings
 from collections.abc import Iterator
+from typing import TextIO
 
 from nowcast.errors import InputError
 
@@ -35,6 +36,9 @@ def _beam_through_root(record: logging.LogRecord) -> bool:
     return record.levelno >= logging.ERROR or f"{os.sep}apache_beam{os.sep}" not in record.pathname
 
 
+# the command's verbosity (-1 quiet .. 2 -vv), for the flow runs that Prefect starts in processes of their
+# own (`nowcast server`'s deployments, the stack's worker): they apply it as they import the flows
+VERBOSITY_ENV = "NOWCAST_VERBOSITY"
 RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
 # Prefect's background senders log under their class names, not under "prefect"
 PREFECT_QUEUE_SERVICES = ("EventsWorker", "APILogWorker")
@@ -51,6 +55,7 @@ def quiet_by_default(verbosity: int) -> None:
     imports: TensorFlow's C++ start-up lines, Prefect's run chatter, Beam's workers and pysteps' banner
     show only when asked for."""
     level = {-1: logging.ERROR, 0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG)
+    os.environ[VERBOSITY_ENV] = str(verbosity)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if verbosity >= 2 else "2")
     # Prefect's console, not its loggers: flow runs still send INFO logs to the API for the UI
     os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", logging.getLevelName(level))
@@ -72,6 +77,21 @@ def quiet_by_default(verbosity: int) -> None:
             logging.getLogger(service).setLevel(logging.ERROR)
 
 
+def quiet_flow_run() -> None:
+    """In a flow run that Prefect started in a process of its own, the verbosity of the command that
+    served it: Beam's import notes and TensorFlow's C++ start-up lines filled the server's terminal (the
+    runner passes on all the run writes). Below -v, what the process writes other than through Python
+    goes to /dev/null for the rest of its life, as :func:`children_silenced` does for a command."""
+    verbosity = os.environ.get(VERBOSITY_ENV)
+    if not os.environ.get("PREFECT__FLOW_RUN_ID") or verbosity is None or not verbosity.lstrip("-").isdigit():
+        return
+    quiet_by_default(int(verbosity))
+    if int(verbosity) < 1 and sys.__stderr__ is not None and sys.stderr is sys.__stderr__:
+        every = [logger for logger in logging.Logger.manager.loggerDict.values()
+                 if isinstance(logger, logging.Logger)]
+        _python_stderr_only([logging.getLogger(), *every])  # Prefect's console handlers too
+
+
 @contextlib.contextmanager
 def children_silenced(silenced: bool) -> Iterator[None]:
     """Sends what other processes and C libraries write to this process's stderr to /dev/null while the
@@ -81,16 +101,7 @@ def children_silenced(silenced: bool) -> Iterator[None]:
     if not silenced or sys.__stderr__ is None or sys.stderr is not sys.__stderr__:
         yield
         return
-    sys.__stderr__.flush()
-    terminal = os.fdopen(os.dup(2), "w", buffering=1)
-    null = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(null, 2)
-    os.close(null)
-    handlers = [h for h in logging.getLogger().handlers
-                if isinstance(h, logging.StreamHandler) and h.stream is sys.__stderr__]
-    for handler in handlers:
-        handler.setStream(terminal)
-    sys.stderr = terminal
+    terminal, handlers = _python_stderr_only([logging.getLogger()])
     try:
         yield
     finally:
@@ -98,8 +109,35 @@ def children_silenced(silenced: bool) -> Iterator[None]:
         os.dup2(terminal.fileno(), 2)
         sys.stderr = sys.__stderr__
         for handler in handlers:
-            handler.setStream(sys.__stderr__)
+            _point(handler, sys.__stderr__)
         terminal.close()
+
+
+def _python_stderr_only(loggers: list[logging.Logger]) -> tuple[TextIO, list[logging.StreamHandler]]:
+    """Points file descriptor 2 at /dev/null and Python's stderr (``sys.stderr`` and the handlers of
+    ``loggers`` writing to it, Prefect's console included) at a copy of what it was; returns that copy
+    and the handlers moved."""
+    assert sys.__stderr__ is not None
+    sys.__stderr__.flush()
+    terminal = os.fdopen(os.dup(2), "w", buffering=1)
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 2)
+    os.close(null)
+    handlers = list({id(h): h for logger in loggers for h in logger.handlers
+                     if isinstance(h, logging.StreamHandler) and h.stream is sys.__stderr__}.values())
+    for handler in handlers:
+        _point(handler, terminal)
+    sys.stderr = terminal
+    return terminal, handlers
+
+
+def _point(handler: logging.StreamHandler, stream: TextIO) -> None:
+    """``handler`` writing to ``stream``; Prefect's console handler draws through a rich Console that
+    holds its stream too."""
+    handler.setStream(stream)
+    console = getattr(handler, "console", None)
+    if console is not None and hasattr(console, "file"):
+        console.file = stream
 
 
 def reports(args: argparse.Namespace) -> contextlib.AbstractContextManager:

@@ -99,6 +99,9 @@ def check_serving(workdir: str | Path, cron: str, ports: tuple[int, ...] = ()) -
         if not 0 < port < 65536:
             raise InputError(f"port {port} is not a TCP port (1 to 65535)")
         with socket.socket() as probe:
+            # as the servers bind (uvicorn, http.server): the closed connections of a server stopped a
+            # moment ago (TIME_WAIT, up to a minute) do not hold the port, a listening socket does
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 probe.bind(("127.0.0.1", port))
             except OSError:

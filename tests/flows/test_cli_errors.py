@@ -395,6 +395,7 @@ def test_serving_options_are_checked_before_anything_starts(tmp_path, capsys, mo
     (tmp_path / "plain").write_text("a file")
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
+        taken.listen()  # as a running server holds it
         busy = taken.getsockname()[1]
         work = ["--workdir", str(tmp_path / "w")]
         for command, message in (

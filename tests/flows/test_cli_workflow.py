@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -77,3 +78,41 @@ def test_quiet_by_default_and_the_workers_log_with_v(tmp_path):
     verbose = nowcast(*command, str(tmp_path / "verbose.zarr"), "-v", cwd=tmp_path)
     assert verbose.returncode == 0, verbose.stderr[-3000:]
     assert "sdk harness" in verbose.stderr.lower()
+
+
+FLOW_RUN = """
+import logging, sys
+from prefect.logging.configuration import setup_logging
+setup_logging()  # as Prefect's engine does before it loads a flow
+import nowcast.flows.train  # the flow's module, as the engine imports it
+import tensorflow  # its C++ start-up lines
+logging.getLogger("prefect.nowcast").warning("the run's own warning")
+print("python's stderr", file=sys.stderr)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.fault("command line", "flow runs that `nowcast server` (or the stack's worker) starts in "
+                   "processes of their own",
+                   "they keep the serving command's verbosity: TensorFlow's C++ start-up lines and Beam's "
+                   "import notes no longer fill the server's terminal; the runs' own warnings still show")
+@pytest.mark.parametrize("verbosity", ["0", None])
+def test_a_flow_run_in_its_own_process_is_as_quiet_as_its_server(tmp_path, verbosity):
+    from nowcast.flows.console import VERBOSITY_ENV
+
+    env = {**os.environ, "PREFECT__FLOW_RUN_ID": "0", "PREFECT_API_URL": "http://127.0.0.1:9/api"}
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)
+    env.pop(VERBOSITY_ENV, None)
+    if verbosity is not None:
+        env[VERBOSITY_ENV] = verbosity  # what `nowcast server` leaves to its runs
+    run = subprocess.run([sys.executable, "-c", FLOW_RUN], capture_output=True, text=True, timeout=300,
+                         cwd=tmp_path, env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "the run's own warning" in run.stderr
+    assert "python's stderr" in run.stderr
+    if verbosity is None:  # no serving command's verbosity: everything, as before
+        assert "absl" in run.stderr
+    else:
+        assert "absl" not in run.stderr
+        assert "oneDNN" not in run.stderr
+        assert "apitools" not in run.stderr

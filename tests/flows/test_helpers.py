@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from nowcast.errors import InputError
 from nowcast.flows.artifacts import artifact_key, public_url
 from nowcast.flows.forecast import chunked
 from nowcast.flows.params import ROOTS_ENV, ParameterError, check_store_url
@@ -184,3 +185,21 @@ def test_object_store_options_keep_the_users_tries(monkeypatch):
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "7")  # botocore reads it when no retries are configured
     assert "retries" not in storage_options("s3://b/a.zarr")["config_kwargs"]
     assert storage_options("gs://b/a.zarr") == {"use_listings_cache": False}
+
+
+@pytest.mark.fault("command line", "`nowcast server` started again right after it stopped",
+                   "it starts: the stopped server's closed connections (TIME_WAIT, up to a minute) do not "
+                   "count as the port in use (it was refused, naming another server)")
+def test_a_port_left_with_closed_connections_is_free_for_a_server(tmp_path):
+    from nowcast.flows.serve import check_serving
+
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port))
+        accepted, _ = server.accept()
+        accepted.close()  # the server's side closes first: its port keeps the connection in TIME_WAIT
+        client.recv(1)
+        client.close()
+    check_serving(tmp_path / "w", "*/5 * * * *", (port,))
+    with socket.create_server(("127.0.0.1", port)), pytest.raises(InputError, match=f"port {port} .* in use"):
+        check_serving(tmp_path / "w", "*/5 * * * *", (port,))
