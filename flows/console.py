@@ -89,7 +89,36 @@ def quiet_flow_run() -> None:
     if int(verbosity) < 1 and sys.__stderr__ is not None and sys.stderr is sys.__stderr__:
         every = [logger for logger in logging.Logger.manager.loggerDict.values()
                  if isinstance(logger, logging.Logger)]
-        _python_stderr_only([logging.getLogger(), *every])  # Prefect's console handlers too
+        _, consoles = _python_stderr_only([logging.getLogger(), *every])  # Prefect's console handlers too
+        for handler in consoles:
+            handler.setFormatter(BadInputOnOneLine(handler.formatter))
+
+
+def bad_input(error: BaseException | None) -> bool:
+    """Whether ``error`` (or one it was raised from) is the user's to fix: an :class:`InputError`, or a
+    flow run's parameters refused by their form."""
+    while error is not None:
+        if isinstance(error, InputError) or type(error).__name__ == "ParameterTypeError":
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+class BadInputOnOneLine(logging.Formatter):
+    """A console's formatter that writes bad input's record without its traceback (a scheduled forecast
+    without a trained model printed one every 5 minutes); the run's page in the UI keeps it."""
+
+    def __init__(self, inner: logging.Formatter | None) -> None:
+        super().__init__()
+        self._inner = inner or logging.Formatter()
+
+    def format(self, record: logging.LogRecord) -> str:
+        error = record.exc_info[1] if record.exc_info else None
+        if error is not None and bad_input(error):
+            text, said = record.getMessage(), str(error).strip()
+            record = logging.makeLogRecord({**record.__dict__, "exc_info": None, "exc_text": None,
+                                            "args": None, "msg": text if said in text else f"{text} {said}"})
+        return self._inner.format(record)
 
 
 @contextlib.contextmanager

@@ -88,6 +88,12 @@ import nowcast.flows.train  # the flow's module, as the engine imports it
 import tensorflow  # its C++ start-up lines
 logging.getLogger("prefect.nowcast").warning("the run's own warning")
 print("python's stderr", file=sys.stderr)
+from nowcast.errors import InputError
+for error in (InputError("no promoted version of convlstm: train one first"), RuntimeError("a bug")):
+    try:
+        raise error
+    except Exception:
+        logging.getLogger("prefect.nowcast").error("the run failed:", exc_info=True)
 """
 
 
@@ -95,7 +101,9 @@ print("python's stderr", file=sys.stderr)
 @pytest.mark.fault("command line", "flow runs that `nowcast server` (or the stack's worker) starts in "
                    "processes of their own",
                    "they keep the serving command's verbosity: TensorFlow's C++ start-up lines and Beam's "
-                   "import notes no longer fill the server's terminal; the runs' own warnings still show")
+                   "import notes no longer fill the server's terminal, and bad input (a scheduled forecast "
+                   "with no model yet) is one line there, not a traceback every 5 minutes; the runs' own "
+                   "warnings and bugs' tracebacks still show")
 @pytest.mark.parametrize("verbosity", ["0", None])
 def test_a_flow_run_in_its_own_process_is_as_quiet_as_its_server(tmp_path, verbosity):
     from nowcast.flows.console import VERBOSITY_ENV
@@ -110,9 +118,14 @@ def test_a_flow_run_in_its_own_process_is_as_quiet_as_its_server(tmp_path, verbo
     assert run.returncode == 0, run.stderr[-3000:]
     assert "the run's own warning" in run.stderr
     assert "python's stderr" in run.stderr
+    assert "RuntimeError: a bug" in run.stderr
     if verbosity is None:  # no serving command's verbosity: everything, as before
         assert "absl" in run.stderr
+        assert run.stderr.count("Traceback") == 2
     else:
         assert "absl" not in run.stderr
         assert "oneDNN" not in run.stderr
         assert "apitools" not in run.stderr
+        # bad input in one line (its traceback is the UI's), a bug with its traceback
+        assert "the run failed: no promoted version of convlstm: train one first" in run.stderr
+        assert run.stderr.count("Traceback") == 1
