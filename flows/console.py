@@ -92,6 +92,18 @@ def quiet_flow_run() -> None:
         _, consoles = _python_stderr_only([logging.getLogger(), *every])  # Prefect's console handlers too
         for handler in consoles:
             handler.setFormatter(BadInputOnOneLine(handler.formatter))
+            handler.addFilter(_said_once)
+
+
+# Prefect's engine reports refused parameters three times (pydantic's raw error list, then the message
+# twice); the run's own last line, which names it, stays
+SAID_AGAIN = (("prefect.flows", "Parameter validation failed for flow"),
+              ("prefect.engine", "Validation of flow parameters failed with error"))
+
+
+def _said_once(record: logging.LogRecord) -> bool:
+    said = record.getMessage()
+    return not any(record.name == name and said.startswith(start) for name, start in SAID_AGAIN)
 
 
 def bad_input(error: BaseException | None) -> bool:

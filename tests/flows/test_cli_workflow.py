@@ -94,6 +94,8 @@ for error in (InputError("no promoted version of convlstm: train one first"), Ru
         raise error
     except Exception:
         logging.getLogger("prefect.nowcast").error("the run failed:", exc_info=True)
+logging.getLogger("prefect.flows").error("Parameter validation failed for flow 'train': [{'type': ...}]")
+logging.getLogger("prefect.engine").error("%s %s", "Validation of flow parameters failed with error:", "no")
 """
 
 
@@ -122,6 +124,7 @@ def test_a_flow_run_in_its_own_process_is_as_quiet_as_its_server(tmp_path, verbo
     if verbosity is None:  # no serving command's verbosity: everything, as before
         assert "absl" in run.stderr
         assert run.stderr.count("Traceback") == 2
+        assert "Parameter validation failed" in run.stderr
     else:
         assert "absl" not in run.stderr
         assert "oneDNN" not in run.stderr
@@ -129,3 +132,5 @@ def test_a_flow_run_in_its_own_process_is_as_quiet_as_its_server(tmp_path, verbo
         # bad input in one line (its traceback is the UI's), a bug with its traceback
         assert "the run failed: no promoted version of convlstm: train one first" in run.stderr
         assert run.stderr.count("Traceback") == 1
+        assert "Parameter validation failed" not in run.stderr  # Prefect's other reports of refused ones
+        assert "Validation of flow parameters failed" not in run.stderr
