@@ -21,7 +21,7 @@ import warnings
 from collections.abc import Iterator
 from typing import TextIO
 
-from nowcast.errors import InputError
+from nowcast.errors import InputError, chain
 
 EXIT_BAD_INPUT = 2
 EXIT_CLOSED_PIPE = 128 + 13  # SIGPIPE's status, as a shell tool ends
@@ -82,11 +82,12 @@ def quiet_flow_run() -> None:
     served it: Beam's import notes and TensorFlow's C++ start-up lines filled the server's terminal (the
     runner passes on all the run writes). Below -v, what the process writes other than through Python
     goes to /dev/null for the rest of its life, as :func:`children_silenced` does for a command."""
-    verbosity = os.environ.get(VERBOSITY_ENV)
-    if not os.environ.get("PREFECT__FLOW_RUN_ID") or verbosity is None or not verbosity.lstrip("-").isdigit():
+    served = os.environ.get(VERBOSITY_ENV, "")
+    if not os.environ.get("PREFECT__FLOW_RUN_ID") or not served.lstrip("-").isdigit():
         return
-    quiet_by_default(int(verbosity))
-    if int(verbosity) < 1 and sys.__stderr__ is not None and sys.stderr is sys.__stderr__:
+    verbosity = int(served)
+    quiet_by_default(verbosity)
+    if verbosity < 1 and sys.__stderr__ is not None and sys.stderr is sys.__stderr__:
         every = [logger for logger in logging.Logger.manager.loggerDict.values()
                  if isinstance(logger, logging.Logger)]
         _, consoles = _python_stderr_only([logging.getLogger(), *every])  # Prefect's console handlers too
@@ -109,11 +110,8 @@ def _said_once(record: logging.LogRecord) -> bool:
 def bad_input(error: BaseException | None) -> bool:
     """Whether ``error`` (or one it was raised from) is the user's to fix: an :class:`InputError`, or a
     flow run's parameters refused by their form."""
-    while error is not None:
-        if isinstance(error, InputError) or type(error).__name__ == "ParameterTypeError":
-            return True
-        error = error.__cause__ or error.__context__
-    return False
+    return any(isinstance(seen, InputError) or type(seen).__name__ == "ParameterTypeError"
+               for seen in chain(error))
 
 
 class BadInputOnOneLine(logging.Formatter):

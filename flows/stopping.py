@@ -17,6 +17,8 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 
+from nowcast.errors import chain
+
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _RECEIVED: list[int] = []  # the signals that interrupted the command, newest last
 
@@ -86,12 +88,11 @@ def signal_in(error: BaseException | None) -> int | None:
     TerminationSignal of Prefect's own SIGTERM handler during a flow run, whose crash report then fails
     when the same signal stopped Prefect's local server (a Ctrl-C reaches the whole process group)."""
     terminated = getattr(sys.modules.get("prefect.exceptions"), "TerminationSignal", ())
-    while error is not None:
-        if isinstance(error, KeyboardInterrupt):
+    for seen in chain(error):
+        if isinstance(seen, KeyboardInterrupt):
             return signal.SIGINT
-        if isinstance(error, terminated):
-            return int(error.signal)
-        error = error.__cause__ or error.__context__
+        if isinstance(seen, terminated):
+            return int(seen.signal)
     return None
 
 

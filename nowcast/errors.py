@@ -9,6 +9,16 @@ traceback (exit 1), so a bug is never reported as the user's mistake.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 
 class InputError(ValueError):
     """Bad input: the message names the problem and the fix (the command line exits 2)."""
+
+
+def chain(error: BaseException | None) -> Iterator[BaseException]:
+    """``error``, then the error it was raised from or while handling (``__cause__``, else
+    ``__context__``), and so on: where a wrapped failure's own kind and message are found."""
+    while error is not None:
+        yield error
+        error = error.__cause__ or error.__context__

@@ -30,7 +30,7 @@ import zarr
 from zarr.abc.store import Store
 from zarr.storage import FsspecStore, LocalStore
 
-from nowcast.errors import InputError
+from nowcast.errors import InputError, chain
 from nowcast.processes import alive, host_id
 
 Mode = Literal["r", "r+", "a", "w", "w-"]
@@ -66,14 +66,12 @@ def storage_problem(error: BaseException) -> int | None:
     Looks through the exception chain and, for errors a Beam runner re-raised
     from a worker as text (``RuntimeError: OSError: [Errno 28] ...``), at the message.
     """
-    seen: BaseException | None = error
-    while seen is not None:
+    for seen in chain(error):
         if isinstance(seen, OSError) and seen.errno in STORAGE_ERRORS:
             return seen.errno
         found = re.search(r"(?:OSError|PermissionError): \[Errno (\d+)\]", str(seen))
         if found and int(found.group(1)) in STORAGE_ERRORS:
             return int(found.group(1))
-        seen = seen.__cause__ or seen.__context__
     return None
 
 
@@ -99,15 +97,13 @@ OBJECT_STORE_PROBLEMS = (
 def object_store_problem(error: BaseException) -> str | None:
     """A sentence naming why the object store could not be used behind ``error``, and the fix; None if
     ``error`` is not such a failure. Looks through the exception chain, as :func:`storage_problem` does."""
-    seen: BaseException | None = error
-    while seen is not None:
+    for seen in chain(error):
         text = f"{type(seen).__name__}: {seen}"
         for pattern, problem, fix in OBJECT_STORE_PROBLEMS:
             if re.search(pattern, text, re.MULTILINE) or re.fullmatch(pattern, str(seen)):
                 endpoint = os.environ.get("AWS_ENDPOINT_URL") or "unset: AWS itself"
                 said = str(seen).strip() or type(seen).__name__
                 return f"{problem} ({said}): {fix.format(endpoint=endpoint)}"
-        seen = seen.__cause__ or seen.__context__
     return None
 
 
@@ -146,14 +142,12 @@ def raised_in_worker(error: BaseException, kind: type[InputError]) -> InputError
     ``RuntimeError`` (as :func:`storage_problem`'s errors do). Either way the
     user gets the message the worker raised, not the runner's traceback.
     """
-    seen: BaseException | None = error
-    while seen is not None:
+    for seen in chain(error):
         if isinstance(seen, kind):
             return kind(_STEP.sub("", str(seen)))
         found = re.search(rf"\b{kind.__name__}: (.+)", str(seen))
         if found:
             return kind(_STEP.sub("", found.group(1).rstrip()))
-        seen = seen.__cause__ or seen.__context__
     return None
 
 
