@@ -37,8 +37,8 @@ from nowcast.pipelines.stores.groups import is_local
 SUFFIXES = (".nc", ".nc4", ".netcdf")
 # the (y, x) dimension names of a grid: projected, or latitude and longitude (CF needs no grid-mapping
 # variable for those: they are read as WGS84 longitude/latitude in degrees)
-GRID_DIMS = (("y", "x"), ("projection_y_coordinate", "projection_x_coordinate"), ("lat", "lon"),
-             ("latitude", "longitude"))
+LONLAT_DIMS = (("lat", "lon"), ("latitude", "longitude"))
+GRID_DIMS = (("y", "x"), ("projection_y_coordinate", "projection_x_coordinate"), *LONLAT_DIMS)
 LONLAT = {"grid_mapping_name": "latitude_longitude"}
 
 
@@ -85,7 +85,9 @@ def _check_classic_whole(path: str) -> None:
 
 
 def _grid_dims(dims: tuple) -> tuple[str, str] | None:
-    """The (y, x) dimensions among ``dims`` (any order), None when they are not a grid's."""
+    """The (y, x) dimensions of a field over ``dims``, (time, y, x) in any order; None for other dims."""
+    if "time" not in dims or len(dims) != 3:
+        return None
     return next(((y, x) for y, x in GRID_DIMS if y in dims and x in dims), None)
 
 
@@ -95,10 +97,9 @@ DIMS_WANTED = ("expected (time, y, x), with y/x named " +
 
 
 def _spatial_dims(ds: xr.Dataset, name: str, path: str) -> tuple[str, str]:
-    dims = ds[name].dims
-    found = _grid_dims(dims)
-    if "time" not in dims or found is None or len(dims) != 3:
-        raise SourceError(f"{path}: variable {name!r} has dims {dims}; {DIMS_WANTED}")
+    found = _grid_dims(ds[name].dims)
+    if found is None:
+        raise SourceError(f"{path}: variable {name!r} has dims {ds[name].dims}; {DIMS_WANTED}")
     return found
 
 
@@ -245,7 +246,7 @@ class NetCDFSource:
             name = self._variables(ds, item.path)[0]
             y_dim, x_dim = _spatial_dims(ds, name, item.path)
             mapping = ds[name].attrs.get("grid_mapping") or ds[name].encoding.get("grid_mapping")
-            lonlat = (y_dim, x_dim) in GRID_DIMS[2:]
+            lonlat = (y_dim, x_dim) in LONLAT_DIMS
             if (not mapping or mapping not in ds.variables) and not lonlat:
                 raise SourceError(
                     f"{item.path}: variable {name!r} has no CF grid mapping; add a grid-mapping variable "
@@ -300,7 +301,7 @@ def _first_file_variables(source: NetCDFSource) -> tuple[str, ...]:
     with _open(path) as ds:
         names = tuple(
             str(name) for name, var in ds.data_vars.items()
-            if "time" in var.dims and _grid_dims(var.dims) is not None and var.ndim == 3
+            if _grid_dims(var.dims) is not None
         )
         if not names:
             held = ", ".join(f"{name} {var.dims}" for name, var in ds.data_vars.items())
