@@ -28,7 +28,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -45,15 +44,10 @@ from nowcast.pipelines.sources import get_source
 from nowcast.pipelines.stores.archive import read_info
 from nowcast.pipelines.stores.forecasts import written_flags
 from nowcast.pipelines.stores.timeaxis import format_time_step
+from nowcast.processes import free_port
 
 T_IN, T_OUT, PATCH, INITIAL = 4, 6, 64, 12
 REPO = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def save_model(models: Path, archive: str, frames: np.ndarray) -> None:

@@ -140,10 +140,9 @@ def plan_once(archive: str, forecasts: str, models: str) -> tuple[float, Counter
 def planning(work: Path, quick: bool) -> dict[str, object]:
     """(a): the S3 server, the two aged pairs of stores, and their plans."""
     env = {**os.environ, **stack.DUMMY_CREDENTIALS}
-    port = stack._free_port()
-    server = stack.start_s3(work, port, env)
+    endpoint, server = stack.start_s3(work, env)
     try:
-        with stack.s3_client({**stack.DUMMY_CREDENTIALS, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}):
+        with stack.s3_client({**stack.DUMMY_CREDENTIALS, "AWS_ENDPOINT_URL": endpoint}):
             models = f"s3://{stack.BUCKET}/models"
             tiny_model(models)
             long = WEEK if quick else YEAR
@@ -172,9 +171,7 @@ def cluster_jobs(work: Path, quick: bool) -> dict[str, object]:
     from nowcast.pipelines.plans.scoring import ScoringSpec
     from nowcast.pipelines.stores.archive import read_info
 
-    port = stack._free_port()
-    address = f"tcp://127.0.0.1:{port}"
-    processes = stack.start_dask(work, port, 2, dict(os.environ))
+    address, processes = stack.start_dask(work, 2, dict(os.environ))
     try:
         stack.wait_for_workers(address, 2)
         cluster = RunnerOptions("dask", dask_address=address)

@@ -40,11 +40,12 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from nowcast.errors import InputError
-from nowcast.processes import alive, started
+from nowcast.processes import alive, free_port, started
 
 STATE_FILE = "stack.json"
 BUCKET = "nowcast"
@@ -64,14 +65,15 @@ class StackError(RuntimeError):
     """A part of the stack that could not start; the message names it and its log."""
 
 
+class PortTakenError(StackError):
+    """A server that exited because another process took its port between the probe and its start."""
+
+
+PORT_TAKEN = "already in use"  # what PostgreSQL, moto, Prefect and dask (Errno 98) each write then
+
+
 class StackStateError(InputError):
     """No stack, a stack already up, or a ``stack.json`` that cannot be read: the message says what to do."""
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _bin(name: str) -> str:
@@ -123,17 +125,52 @@ def _as_postgres(command: Sequence[str]) -> list[str]:
     return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else list(command)
 
 
-def _wait(what: str, ready, log: Path, timeout_s: float = 120.0, process: subprocess.Popen | None = None):
+def _wait(what: str, ready, log: Path, timeout_s: float = 120.0, process: subprocess.Popen | None = None,
+          since: int = 0):
+    """Until ``ready()``. A StackError when the time is out, or when ``process`` exits first: then quoting
+    its log's line that says the port was taken (PortTakenError), else its last line. ``since``: where in
+    ``log`` this start's lines begin."""
     deadline = time.monotonic() + timeout_s
     while True:
         with contextlib.suppress(OSError, ValueError):
             if ready():
                 return
         if process is not None and process.poll() is not None:
-            raise StackError(f"{what} exited with {process.returncode}; see {log}")
+            lines = [line.strip() for line in _log_from(log, since).splitlines() if line.strip()]
+            lost = [line for line in lines if PORT_TAKEN in line.lower()]
+            said = (lost or lines or ["nothing in its log"])[-1][:300]
+            raise (PortTakenError if lost else StackError)(
+                f"{what} exited with {process.returncode} ({said}); see {log}")
         if time.monotonic() > deadline:
             raise StackError(f"{what} did not become ready in {timeout_s:.0f} s; see {log}")
         time.sleep(0.3)
+
+
+def _log_from(log: Path, since: int) -> str:
+    with contextlib.suppress(OSError), open(log, "rb") as text:
+        text.seek(since)
+        return text.read().decode(errors="replace")
+    return ""
+
+
+def _size(path: Path) -> int:
+    return path.stat().st_size if path.exists() else 0
+
+
+T = TypeVar("T")
+
+
+def _on_free_port(start: Callable[[int], T], tries: int = 3) -> tuple[int, T]:
+    """``start(port)`` on a free port of 127.0.0.1, and on another when the server lost it
+    (PortTakenError) to a process that bound it after the probe."""
+    for attempt in range(1, tries + 1):
+        port = free_port()
+        try:
+            return port, start(port)
+        except PortTakenError:
+            if attempt == tries:
+                raise
+    raise AssertionError("unreachable")
 
 
 def _listening(port: int) -> bool:
@@ -152,6 +189,22 @@ def _start(name: str, command: Sequence[str], folder: Path, env: Mapping[str, st
     with open(folder / f"{name}.log", "ab") as log:
         return subprocess.Popen(list(command), stdout=log, stderr=subprocess.STDOUT, cwd=cwd or folder,
                                 env=dict(env), start_new_session=True)
+
+
+def _serve(what: str, name: str, command: Sequence[str], folder: Path, env: Mapping[str, str], ready,
+           timeout_s: float = 120.0) -> subprocess.Popen:
+    """``_start`` and ``_wait`` until ``ready()``; a server that does not become ready is stopped."""
+    log = folder / f"{name}.log"
+    since = _size(log)
+    process = _start(name, command, folder, env)
+    try:
+        _wait(what, ready, log, timeout_s, process, since)
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        raise
+    return process
 
 
 def client_env(state: Mapping[str, object]) -> dict[str, str]:
@@ -188,8 +241,15 @@ def _postgres(data: Path, port: int) -> str:
         _run("initdb", _as_postgres([str(pg / "initdb"), "-D", str(data), "-U", "nowcast", "--auth=trust",
                                      "-E", "UTF8"]))
     options = f"-p {port} -k {data} -c listen_addresses=127.0.0.1"
-    _run("PostgreSQL", _as_postgres([str(pg / "pg_ctl"), "-D", str(data), "-l", str(data / "server.log"),
-                                     "-w", "-o", options, "start"]))
+    log = data / "server.log"
+    since = _size(log)
+    try:
+        _run("PostgreSQL", _as_postgres([str(pg / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-o",
+                                         options, "start"]))
+    except StackError as error:
+        if PORT_TAKEN in _log_from(log, since).lower():
+            raise PortTakenError(f"{error}; see {log}") from None
+        raise
     created = subprocess.run([str(pg / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "nowcast",
                               "prefect"], capture_output=True, text=True)
     if created.returncode and "already exists" not in created.stderr:
@@ -197,13 +257,18 @@ def _postgres(data: Path, port: int) -> str:
     return f"postgresql+asyncpg://nowcast@127.0.0.1:{port}/prefect"
 
 
-def start_s3(folder: Path, port: int, env: Mapping[str, str]) -> subprocess.Popen:
-    """moto's S3 server on ``port``, ready, with the bucket ``nowcast`` (credentials from ``env``)."""
-    moto = _start("s3", [_bin("moto_server"), "-p", str(port)], folder, env)
+def start_s3(folder: Path, env: Mapping[str, str]) -> tuple[str, subprocess.Popen]:
+    """moto's S3 server on a free port of 127.0.0.1, ready, with the bucket ``nowcast`` (credentials from
+    ``env``): its endpoint and its process."""
+    def serve(port: int) -> subprocess.Popen:
+        endpoint = f"http://127.0.0.1:{port}"
+        return _serve("moto S3 server", "s3", [_bin("moto_server"), "-p", str(port)], folder, env,
+                      lambda: _http_ok(endpoint))
+
+    port, moto = _on_free_port(serve)
     endpoint = f"http://127.0.0.1:{port}"
-    _wait("moto S3 server", lambda: _http_ok(endpoint), folder / "s3.log", process=moto)
     s3_filesystem({**env, "AWS_ENDPOINT_URL": endpoint}).mkdir(BUCKET)
-    return moto
+    return endpoint, moto
 
 
 def s3_filesystem(env: Mapping[str, str]):
@@ -219,24 +284,29 @@ def s3_filesystem(env: Mapping[str, str]):
 LOOPBACK_ANY = "127.0.0.1:0"  # any free port, on loopback
 
 
-def start_dask(folder: Path, port: int, workers: int, env: Mapping[str, str]) -> list[subprocess.Popen]:
-    """``dask scheduler`` on ``port`` and ``workers`` one-thread ``dask worker`` processes, each in its own
-    folder with its own TMPDIR and HOME (nothing shared but the network and the object store)."""
+def start_dask(folder: Path, workers: int, env: Mapping[str, str]) -> tuple[str, list[subprocess.Popen]]:
+    """``dask scheduler`` on a free port of 127.0.0.1 and ``workers`` one-thread ``dask worker`` processes,
+    each in its own folder with its own TMPDIR and HOME (nothing shared but the network and the object
+    store): the scheduler's address and the processes, the scheduler first."""
     # --no-dashboard still serves /health over http, on every interface unless told: loopback only
-    scheduler = _start("dask-scheduler", [_bin("dask"), "scheduler", "--host", "127.0.0.1", "--port",
-                                          str(port), "--no-dashboard", "--dashboard-address", LOOPBACK_ANY],
-                       folder, env)
-    _wait("dask scheduler", lambda: _listening(port), folder / "dask-scheduler.log", process=scheduler)
+    def serve(port: int) -> subprocess.Popen:
+        return _serve("dask scheduler", "dask-scheduler",
+                      [_bin("dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                       "--no-dashboard", "--dashboard-address", LOOPBACK_ANY], folder, env,
+                      lambda: _listening(port))
+
+    port, scheduler = _on_free_port(serve)
+    address = f"tcp://127.0.0.1:{port}"
     started = [scheduler]
     for i in range(workers):
         own = folder / f"dask-worker-{i}"
         (own / "tmp").mkdir(parents=True, exist_ok=True)
-        started.append(_start(f"dask-worker-{i}", [_bin("dask"), "worker", f"tcp://127.0.0.1:{port}",
+        started.append(_start(f"dask-worker-{i}", [_bin("dask"), "worker", address,
                                                    "--nworkers", "1", "--nthreads", "1", "--no-dashboard",
                                                    "--host", "127.0.0.1", "--dashboard-address", LOOPBACK_ANY,
                                                    "--local-directory", str(own)],
                               folder, {**env, "TMPDIR": str(own / "tmp"), "HOME": str(own)}, cwd=own))
-    return started
+    return address, started
 
 
 def wait_for_workers(address: str, workers: int, timeout_s: float = 120.0) -> None:
@@ -257,18 +327,13 @@ def up(folder: str | Path = "runs/stack", workers: int = 2) -> dict[str, object]
     if (root / STATE_FILE).exists():
         raise StackStateError(f"a stack is already up in {root} ({STATE_FILE} exists): nowcast stack down "
                               "first")
-    ports = {name: _free_port() for name in ("postgres", "s3", "prefect", "dask")}
-    s3 = f"http://127.0.0.1:{ports['s3']}"
-    api = f"http://127.0.0.1:{ports['prefect']}/api"
-    stores = f"s3://{BUCKET}"
-    client = {**{k: os.environ.get(k, v) for k, v in DUMMY_CREDENTIALS.items()},
-              "AWS_ENDPOINT_URL": s3, "PREFECT_API_URL": api, "NOWCAST_STORES": stores,
-              "NOWCAST_STORAGE_ROOTS": stores, "NOWCAST_DASK_ADDRESS": f"tcp://127.0.0.1:{ports['dask']}",
-              "NOWCAST_REPO": str(REPO), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     # the services' logs are files an operator reads: at INFO whatever the level of the command that started
     # them (the command line sets its own console quieter, and children inherit its environment)
-    base = {**os.environ, **client, "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "INFO"}
-    state: dict[str, object] = {"folder": str(root), "ports": ports, "env": client, "pids": {}, "started": {}}
+    base = {**os.environ, **{k: os.environ.get(k, v) for k, v in DUMMY_CREDENTIALS.items()},
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "INFO"}
+    base.pop("PREFECT_API_URL", None)
+    ports: dict[str, int] = {}  # each service's, known once it listens (a port can be lost before that)
+    state: dict[str, object] = {"folder": str(root), "ports": ports, "env": {}, "pids": {}, "started": {}}
     pids: dict[str, int] = state["pids"]  # type: ignore[assignment]
 
     def save() -> None:  # each pid with its start, so down never signals a process that took its number
@@ -279,23 +344,36 @@ def up(folder: str | Path = "runs/stack", workers: int = 2) -> dict[str, object]
     state["postgres_data"] = str(data)
     save()
     try:
-        database = _postgres(data, ports["postgres"])
+        ports["postgres"], database = _on_free_port(lambda port: _postgres(data, port))
         state["database"] = database
-        pids["s3"] = start_s3(root, ports["s3"], base).pid
+        s3, moto = start_s3(root, base)
+        pids["s3"] = moto.pid
+        ports["s3"] = int(s3.rsplit(":", 1)[1])
         save()
         home = root / "prefect-home"
         home.mkdir(exist_ok=True)
         server_env = {**base, "PREFECT_HOME": str(home), "PREFECT_API_DATABASE_CONNECTION_URL": database}
-        server_env.pop("PREFECT_API_URL")
-        server = _start("prefect-server", [_bin("prefect"), "server", "start", "--host", "127.0.0.1",
-                                           "--port", str(ports["prefect"])], root, server_env)
+        ports["prefect"], server = _on_free_port(lambda port: _serve(
+            "Prefect server", "prefect-server", [_bin("prefect"), "server", "start", "--host", "127.0.0.1",
+                                                 "--port", str(port)],
+            root, server_env, lambda: _http_ok(f"http://127.0.0.1:{port}/api/health"), 180))
         pids["prefect-server"] = server.pid
         save()
-        _wait("Prefect server", lambda: _http_ok(f"{api}/health"), root / "prefect-server.log", 180, server)
-        for i, process in enumerate(start_dask(root, ports["dask"], workers, base)):
+        stores = f"s3://{BUCKET}"
+        client = {**{k: base[k] for k in DUMMY_CREDENTIALS}, "AWS_ENDPOINT_URL": s3,
+                  "PREFECT_API_URL": f"http://127.0.0.1:{ports['prefect']}/api", "NOWCAST_STORES": stores,
+                  "NOWCAST_STORAGE_ROOTS": stores, "NOWCAST_REPO": str(REPO),
+                  "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+        base.update(client)
+        address, processes = start_dask(root, workers, base)
+        ports["dask"] = int(address.rsplit(":", 1)[1])
+        for i, process in enumerate(processes):
             pids["dask-scheduler" if i == 0 else f"dask-worker-{i - 1}"] = process.pid
+        client["NOWCAST_DASK_ADDRESS"] = address
+        base.update(client)
+        state["env"] = client
         save()
-        wait_for_workers(client["NOWCAST_DASK_ADDRESS"], workers)
+        wait_for_workers(address, workers)
         _prefect(["work-pool", "create", POOL, "--type", "process", "--overwrite"], base, root)
         deploy = [arg for name in DEPLOYMENTS for arg in ("--name", name)]
         _prefect(["deploy", "--prefect-file", str(REPO / "infra" / "prefect.yaml"), *deploy, "--no-prompt"],

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import socket
 
 
@@ -65,3 +66,44 @@ def host_id() -> str:
         return f"{name}.pidns{os.stat('/proc/self/ns/pid').st_ino}"
     except OSError:  # not Linux, or no /proc: the host name alone
         return name
+
+
+def free_port() -> int:
+    """A port of 127.0.0.1 that is free now, for a server this process is about to start.
+
+    Taken below the kernel's ephemeral range where there is room: a port from
+    that range (what binding port 0 gives) may become any outgoing
+    connection's source port before the server binds it, which on a busy
+    machine happens (CI saw the stack's object store refused its port).
+    A server can still lose its port to another one started meanwhile: its
+    caller starts it on another (see ``flows.stack``).
+    """
+    low = _ephemeral_low()
+    if low - FIRST_PORT >= 1000:
+        for port in random.sample(range(FIRST_PORT, low), 50):
+            if _bindable(port):
+                return port
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+FIRST_PORT = 20000  # the registered ports above it are seldom served on a work machine
+
+
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (Linux; elsewhere the IANA range's 49152)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as ports:
+            return int(ports.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 49152
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True

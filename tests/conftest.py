@@ -72,9 +72,10 @@ def prefect_server(tmp_path_factory):
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from nowcast.flows.serve import stop_process, wait_for_api
+    from nowcast.processes import free_port
 
     home = tmp_path_factory.mktemp("prefect-server")
-    api = f"http://127.0.0.1:{_free_port()}/api"
+    api = f"http://127.0.0.1:{free_port()}/api"
     env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
            "PREFECT_UI_ENABLED": "false"}
     env.pop("PREFECT_API_URL", None)
@@ -98,44 +99,20 @@ def prefect_server(tmp_path_factory):
         stop_process(server, timeout_s=30)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.fixture(scope="session")
 def s3_endpoint(tmp_path_factory):
-    """A real S3 HTTP API (moto's server) on 127.0.0.1 for the session; credentials from the environment.
+    """A real S3 HTTP API (moto's server, as the stack starts it) on 127.0.0.1 for the session; credentials
+    from the environment.
 
     s3fs (fsspec's s3:// backend) finds it through ``AWS_ENDPOINT_URL``; the
     credentials are moto's dummy ones, set here, never stored in a file.
     """
-    import subprocess
-    import sys
-    import time
-    import urllib.request
+    from nowcast.flows import stack
 
-    port = _free_port()
-    log = tmp_path_factory.mktemp("moto") / "moto.log"
-    with open(log, "w") as out:
-        server = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-p", str(port)],
-                                  stdout=out, stderr=subprocess.STDOUT)
-    endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            urllib.request.urlopen(endpoint, timeout=1)
-            break
-        except OSError:
-            if time.monotonic() > deadline or server.poll() is not None:
-                server.kill()
-                pytest.fail(f"moto server did not start: {log.read_text()[-2000:]}")
-            time.sleep(0.2)
-    env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-           "AWS_DEFAULT_REGION": "us-east-1"}
+    credentials = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                   "AWS_DEFAULT_REGION": "us-east-1"}
+    endpoint, server = stack.start_s3(tmp_path_factory.mktemp("moto"), {**os.environ, **credentials})
+    env = {"AWS_ENDPOINT_URL": endpoint, **credentials}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     yield endpoint

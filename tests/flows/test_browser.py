@@ -11,7 +11,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ import pytest
 from nowcast.flows.params import ROOTS_ENV
 from nowcast.flows.serve import stop_process, wait_for_api
 from nowcast.pipelines.stores.forecasts import written_flags
+from nowcast.processes import free_port
 from tests.pipelines.jobs.scoring_helpers import make_archive, save_tiny_model, synthetic_stats
 
 # how long the UI may take to react: a liveness bound, not a speed check (a loaded 2-core CI
@@ -33,12 +33,6 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-ne
          "--disable-component-update", "--disable-sync", "--no-first-run"]
 REPO = Path(__file__).resolve().parents[2]
 FRAMES, SIZE = 40, (32, 32)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def api(url: str, path: str, body: dict | None = None) -> object:

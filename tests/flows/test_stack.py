@@ -193,6 +193,57 @@ def test_a_stale_stack_state_signals_no_other_process(tmp_path, capsys):
         bystander.wait()
 
 
+@contextlib.contextmanager
+def _ports_taken(count: int):
+    """``count`` ports of 127.0.0.1 held for the block by bound sockets, as an outgoing connection holds its
+    source port: what a server finds when another process took its port between the probe and its start."""
+    import socket
+
+    with contextlib.ExitStack() as held:
+        ports = []
+        for _ in range(count):
+            sock = held.enter_context(socket.socket())
+            sock.bind(("127.0.0.1", 0))
+            ports.append(sock.getsockname()[1])
+        yield ports
+
+
+@pytest.mark.fault("command line", "`stack up`: the port probed free for a service (object store, database, "
+                   "Prefect server, dask scheduler) is taken by another process before the service binds it",
+                   "the service starts again on another free port; once every try lost its port, a "
+                   "StackError quotes the service's log line (CI saw moto exit 1, naming only its log)")
+def test_a_service_that_lost_its_port_starts_on_another(tmp_path, monkeypatch):
+    from nowcast.processes import free_port
+
+    env = {**os.environ, **stack.DUMMY_CREDENTIALS}
+    with _ports_taken(1) as taken:
+        offered = iter([taken[0], free_port()])
+        monkeypatch.setattr(stack, "free_port", lambda: next(offered))
+        endpoint, moto = stack.start_s3(tmp_path, env)
+    try:
+        assert not endpoint.endswith(f":{taken[0]}")
+        assert stack.s3_filesystem({**env, "AWS_ENDPOINT_URL": endpoint}).ls(stack.BUCKET) == []
+        assert "in use" in (tmp_path / "s3.log").read_text()  # the first try's refusal, kept in the log
+    finally:
+        moto.terminate()
+        moto.wait(10)
+    with _ports_taken(3) as taken:
+        offered = iter(taken)
+        monkeypatch.setattr(stack, "free_port", lambda: next(offered))
+        with pytest.raises(stack.PortTakenError, match=r"dask scheduler exited with 1 \(.*in use.*\); see "):
+            stack.start_dask(tmp_path, 1, dict(os.environ))
+
+
+def test_free_ports_lie_below_the_ephemeral_range():
+    """Outgoing connections take their source ports from the ephemeral range, so a port below it cannot be
+    lost to one between the probe and the server's start."""
+    from nowcast.processes import _ephemeral_low, free_port
+
+    ports = {free_port() for _ in range(20)}
+    assert all(20000 <= port < _ephemeral_low() for port in ports), ports
+    assert len(ports) > 1
+
+
 # --- the life cycle under a live schedule -------------------------------------------------------
 
 EVERY_S = 30  # the test's schedule for ingest and forecast (infra/prefect.yaml: every 5 minutes)
