@@ -235,24 +235,45 @@ def markdown_table(scores: Mapping[str, Mapping[str, Mapping[str, float]]],
     return "\n".join(lines) + "\n"
 
 
+def metric_title(metric: str) -> str:
+    """A panel's title for a score's key (``csi_1``: CSI at 1 mm/h), saying which way is better."""
+    name, _, threshold = metric.partition("_")
+    threshold, _, scale = threshold.partition("_s")  # fss_1_s5: over 5x5 pixels
+    at = (f" at {threshold} mm/h" if threshold else "") + (f" over {scale}x{scale} px" if scale else "")
+    return {"mae": "MAE (mm/h), lower is better",
+            "csi": f"CSI{at}, higher is better",
+            "pod": f"POD{at}, higher is better",
+            "far": f"FAR{at}, lower is better",
+            "fss": f"FSS{at}, higher is better",
+            "bias": f"frequency bias{at}, 1 is best"}.get(name, metric)
+
+
 def plot_scores(scores: Mapping[str, Mapping[str, Mapping[str, float]]], path: str | Path,
-                metrics: Sequence[str] = METRICS) -> Path:
-    """One panel per metric: score against lead time, a line per model (PNG)."""
+                metrics: Sequence[str] = METRICS, columns: int = 4) -> Path:
+    """One panel per metric, ``columns`` to a row: score against lead time, a line per model (PNG)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.5), squeeze=False)
-    for ax, metric in zip(axes[0], metrics, strict=True):
+    rows = -(-len(metrics) // columns)
+    columns = min(columns, len(metrics))
+    fig, axes = plt.subplots(rows, columns, figsize=(4 * columns, 3.2 * rows + 0.6), squeeze=False)
+    for ax, metric in zip(axes.flat, metrics, strict=False):  # the last row may have empty panels
         for name, per_lead in scores.items():
-            leads = [float(lead) for lead in per_lead]
-            ax.plot(leads, [per_lead[lead].get(metric, np.nan) for lead in per_lead], marker="o", label=name)
-        ax.set_title(metric)
+            leads = sorted(per_lead, key=float)  # keys read back from JSON come as sorted strings
+            ax.plot([float(lead) for lead in leads], [per_lead[lead].get(metric, np.nan) for lead in leads],
+                    marker="o", label=name)
+        if metric.startswith("bias_"):
+            ax.axhline(1.0, color="0.5", lw=0.8, ls="--")
+        ax.set_title(metric_title(metric), fontsize=10)
         ax.set_xlabel("lead time (min)")
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
-    fig.tight_layout()
+    for ax in axes.flat[len(metrics):]:
+        ax.set_visible(False)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 4), fontsize=9, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / fig.get_figheight()))
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return Path(path)

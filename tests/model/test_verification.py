@@ -91,6 +91,26 @@ def test_report_table_and_plots(tmp_path):
     assert maps.stat().st_size > 1000
 
 
+def test_score_panels_say_what_they_show_and_draw_leads_in_order(tmp_path, monkeypatch):
+    assert v.metric_title("csi_1") == "CSI at 1 mm/h, higher is better"
+    assert v.metric_title("bias_0.1") == "frequency bias at 0.1 mm/h, 1 is best"
+    assert v.metric_title("fss_1_s5") == "FSS at 1 mm/h over 5x5 px, higher is better"
+    assert v.metric_title("mae") == "MAE (mm/h), lower is better"
+    import matplotlib.pyplot as plt
+
+    drawn = []
+    real_plot = plt.Axes.plot
+
+    def plot(self, x, *args, **kwargs):  # the real drawing, noting the x values it was given
+        drawn.append(list(x))
+        return real_plot(self, x, *args, **kwargs)
+
+    monkeypatch.setattr(plt.Axes, "plot", plot)
+    read_back = {"m": {lead: {"mae": 0.1 * int(lead)} for lead in ("10", "15", "30", "5")}}  # as from JSON
+    v.plot_scores(read_back, tmp_path / "s.png", metrics=("mae",))
+    assert drawn == [[5.0, 10.0, 15.0, 30.0]]
+
+
 def test_frequency_bias_shows_drizzle_and_is_one_for_a_perfect_forecast():
     obs = _moving_blobs(2)
     perfect, drizzle = v.skill_init(2), v.skill_init(2)
