@@ -345,10 +345,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from nowcast.flows.concurrency import ensure_server
-    from nowcast.flows.serve import check_serving, serve_deployments
+    from nowcast.flows.serve import DEPLOYED, DEPLOYMENT, check_serving, serve_deployments
 
     check_serving(args.workdir, args.cron)  # before the server is looked for: each was a traceback after it
     ensure_server()
+    from prefect.settings import PREFECT_API_URL
+
+    server = PREFECT_API_URL.value() or ("Prefect's temporary server, which ends with this command (for a "
+                                         "lasting one: nowcast server, or PREFECT_API_URL)")
+    print(f"nowcast serve: running the deployments ({', '.join(DEPLOYED)} / {DEPLOYMENT}) of {server} here; "
+          "Ctrl-C stops", file=sys.stderr, flush=True)
     serve_deployments(args.workdir, args.cron, model_name=args.model)
     return 0
 

@@ -38,6 +38,7 @@ from nowcast.flows.train import train_flow
 
 DEFAULT_CRON = "*/5 * * * *"
 DEPLOYMENT = "local"
+DEPLOYED = ("ingest", "forecast", "backfill", "train", "evaluate")  # build_deployments' flows, in its order
 
 
 def stores(workdir: str | Path) -> dict[str, str]:
@@ -112,12 +113,35 @@ def check_serving(workdir: str | Path, cron: str, ports: tuple[int, ...] = ()) -
 def serve_deployments(workdir: str | Path = "runs/demo", cron: str = DEFAULT_CRON, limit: int = 2,
                       model_name: str = "convlstm") -> None:
     """Registers the deployments and runs triggered flow runs here until interrupted."""
-    from prefect import serve
+    import asyncio
 
     root = Path(workdir).resolve()
     (root / "incoming").mkdir(parents=True, exist_ok=True)
     os.environ.setdefault(ROOTS_ENV, str(root))
-    serve(*build_deployments(root, cron, model_name), limit=limit)
+    runner = _runner(limit)
+    for deployment in build_deployments(root, cron, model_name):
+        runner.add_deployment(deployment)
+    asyncio.run(runner.start())
+
+
+def _runner(limit: int):
+    """Prefect's runner (what ``prefect.serve`` runs), stopped by SIGTERM as by Ctrl-C.
+
+    Its own SIGTERM handler, which replaces the command's, stopped it
+    gracefully and the command ended with 0 without a word, where Ctrl-C ends
+    it with "stopped (SIGINT)" and 130; and a second SIGTERM while it stopped
+    called ``sys.exit`` inside its event loop. Now either signal interrupts the
+    loop (``stopping.interrupt``): the runner's shutdown still pauses the
+    schedules and stops its flow runs, the command says which signal stopped it
+    and exits with 128 + its number, and a second signal ends the shutdown.
+    """
+    from prefect.runner import Runner
+
+    class _Runner(Runner):
+        def handle_sigterm(self, *args: object, **kwargs: object) -> None:
+            interrupt(signal.SIGTERM, None)
+
+    return _Runner(pause_on_shutdown=True, limit=limit)
 
 
 def start_file_server(folder: str | Path, port: int) -> http.server.ThreadingHTTPServer:
@@ -181,8 +205,8 @@ def run_local_server(workdir: str | Path = "runs/demo", port: int = 4200, files_
         start_file_server(artifacts_root, files_port)
         os.environ.setdefault(URL_ENV, f"http://127.0.0.1:{files_port}/")
         os.environ.setdefault(ROOT_ENV, str(artifacts_root))
-        print(f"Prefect UI: http://127.0.0.1:{port}  (deployments: ingest, forecast, backfill, train, "
-              f"evaluate / {DEPLOYMENT}); stores under {root}; Ctrl-C stops everything", flush=True)
+        print(f"Prefect UI: http://127.0.0.1:{port}  (deployments: {', '.join(DEPLOYED)} / {DEPLOYMENT}); "
+              f"stores under {root}; Ctrl-C stops everything", flush=True)
         with temporary_settings({PREFECT_API_URL: api}):
             serve_deployments(root, cron)
     finally:

@@ -15,6 +15,7 @@ import pytest
 
 from nowcast.flows.params import ROOTS_ENV, ParameterError, check_store_url
 from nowcast.flows.serve import start_file_server, stop_process, wait_for_api
+from nowcast.processes import free_port
 
 
 @pytest.mark.fault("security", "a .keras file carrying a Lambda layer",
@@ -88,17 +89,7 @@ def test_the_local_server_listens_on_loopback_only(tmp_path):
     """`nowcast server`: the Prefect server and the artifact server bind to 127.0.0.1 by default."""
     import psutil
 
-    ports = []
-    for _ in range(2):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            ports.append(probe.getsockname()[1])
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), ROOTS_ENV: str(tmp_path)}
-    env.pop("PREFECT_API_URL", None)
-    command = ["server", "--workdir", str(tmp_path / "work"), "--port", str(ports[0]), "--files-port",
-               str(ports[1])]
-    process = subprocess.Popen([sys.executable, "-m", "nowcast.flows.cli", *command],
-                               env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process, ports = _local_server(tmp_path, stderr=subprocess.DEVNULL)
     try:
         wait_for_api(f"http://127.0.0.1:{ports[0]}/api", timeout_s=180)
         deadline = time.monotonic() + 60  # the artifact server starts once the API answers
@@ -118,6 +109,47 @@ def test_the_local_server_listens_on_loopback_only(tmp_path):
         stop_process(process)
     assert {port for _, port in listening} >= set(ports), listening
     assert {address for address, _ in listening} <= {"127.0.0.1", "::1"}, listening
+
+
+def _local_server(tmp_path, stderr) -> tuple[subprocess.Popen, list[int]]:
+    """``nowcast server`` on two free ports with its own PREFECT_HOME: the process and the ports."""
+    ports = [free_port(), free_port()]
+    while ports[1] == ports[0]:
+        ports[1] = free_port()
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), ROOTS_ENV: str(tmp_path)}
+    env.pop("PREFECT_API_URL", None)
+    command = ["server", "--workdir", str(tmp_path / "work"), "--port", str(ports[0]), "--files-port",
+               str(ports[1])]
+    return subprocess.Popen([sys.executable, "-m", "nowcast.flows.cli", *command], env=env, cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=stderr), ports
+
+
+@pytest.mark.slow
+@pytest.mark.fault("command line", "`nowcast server` stopped by SIGTERM (a service manager), once or twice",
+                   "stops as on Ctrl-C: one line 'stopped (SIGTERM)', exit 143, its Prefect server gone; a "
+                   "second SIGTERM during the stop ends it too (Prefect's runner had taken SIGTERM: exit 0 "
+                   "without a word, and a second one called sys.exit inside its event loop)")
+@pytest.mark.parametrize("signals", [1, 2], ids=["once", "twice"])
+def test_the_local_server_stops_on_sigterm_as_on_ctrl_c(tmp_path, signals):
+    import signal
+
+    import psutil
+
+    process, ports = _local_server(tmp_path, stderr=subprocess.PIPE)
+    try:
+        wait_for_api(f"http://127.0.0.1:{ports[0]}/api", timeout_s=180)
+        time.sleep(3)  # the deployments registered and the runner polling
+        family = psutil.Process(process.pid).children(recursive=True)
+        for _ in range(signals):
+            process.send_signal(signal.SIGTERM)
+            time.sleep(0.5)
+        _, err = process.communicate(timeout=60)
+        _gone, alive = psutil.wait_procs(family, timeout=30)
+    finally:
+        stop_process(process)
+    assert process.returncode == 128 + signal.SIGTERM, err
+    assert err.decode().strip().splitlines()[-1] == "nowcast server: stopped (SIGTERM)", err
+    assert not alive, f"outlived `nowcast server`: {alive}"
 
 
 def _connections(process) -> list:
