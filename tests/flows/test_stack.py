@@ -231,7 +231,14 @@ def test_a_service_that_lost_its_port_starts_on_another(tmp_path, monkeypatch):
         offered = iter(taken)
         monkeypatch.setattr(stack, "free_port", lambda: next(offered))
         with pytest.raises(stack.PortTakenError, match=r"dask scheduler exited with 1 \(.*in use.*\); see "):
-            stack.start_dask(tmp_path, 1, dict(os.environ))
+            _start_dask_and_stop_it(tmp_path)
+
+
+def _start_dask_and_stop_it(folder) -> None:
+    """``start_dask``, and where it starts (a test expecting it not to), no cluster left running."""
+    _, started = stack.start_dask(folder, 1, dict(os.environ))
+    for process in started:
+        os.killpg(process.pid, 9)
 
 
 def test_free_ports_lie_below_the_ephemeral_range():
