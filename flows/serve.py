@@ -5,7 +5,7 @@ pointing at the stores under ``workdir``: ``ingest/local`` and
 ``forecast/local`` on a cron schedule (every 5 minutes by default), and
 ``backfill/local``, ``train/local`` and ``evaluate/local`` on demand.
 ``nowcast serve`` registers them with the Prefect API in ``PREFECT_API_URL``
-and runs whatever is triggered in this process (Prefect's ``serve``);
+and runs whatever is triggered in this process (Prefect's runner);
 ``nowcast server`` first starts ``prefect server start`` (SQLite under
 ``PREFECT_HOME``) on 127.0.0.1:4200 and a small file server for the PNG
 artifacts, so the UI is at http://127.0.0.1:4200. Work-pool deployments for
