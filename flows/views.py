@@ -296,7 +296,7 @@ def _forecast_panels(ds, archive: str, time: str | None, count: int | None) -> l
     compared = written & (inits + ds["lead_time"].values[-1] <= (seen[-1] if seen.size else inits[0]))
     i = _pick(inits, written, time, "written forecast") if time or not compared.any() else \
         int(np.flatnonzero(compared)[-1])
-    init = inits[i]
+    init, model = inits[i], ds.attrs.get("model_name", "forecast")
     rows, leads = [], ds["lead_time"].values
     shown = range(len(leads)) if count is None or count >= len(leads) else \
         np.unique(np.round(np.linspace(0, len(leads) - 1, count)).astype(int))
@@ -311,5 +311,6 @@ def _forecast_panels(ds, archive: str, time: str | None, count: int | None) -> l
         later = valid_time > observed["time"].values[-1]
         unseen = "" if seen_then else " (not yet)" if later else " (missing)"
         rows.append([(truth, f"observed {_stamp(valid_time)}{unseen}"),
-                     (north_up(ds, ds[name][i, k].values), f"{ds[MODEL_VERSION].values[i]} +{minutes} min")])
+                     (north_up(ds, ds[name][i, k].values), f"{model} {ds[MODEL_VERSION].values[i]}\n"
+                                                           f"from {_stamp(init)[-5:]}, +{minutes} min")])
     return rows

@@ -512,6 +512,11 @@ def test_show_of_forecasts_draws_as_many_leads_as_asked(stores):
     for count, shown in ((None, minutes), (5, minutes), (2, minutes), (1, minutes[:1])):
         rows = _forecast_panels(ds, stores["archive"], None, count)
         assert [row[1][1].split()[-2] for row in rows] == [f"+{m}" for m in shown]
+    # a forecast's panel names its model and init time (the version alone read like another time)
+    observed, forecast = rows[0][0][1], rows[0][1][1]
+    init = np.datetime64(observed.split(" ", 1)[1].replace(" ", "T")) - ds["lead_time"].values[0]
+    assert forecast.startswith(f"{ds.attrs['model_name']} "), forecast
+    assert f"from {str(init)[11:16]}, +" in forecast, (observed, forecast)
 
 
 @pytest.mark.fault("flows", "`evaluate --max-samples N` of a split of many init times",
