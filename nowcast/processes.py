@@ -1,4 +1,4 @@
-"""Whether a process of this host still runs, and which host that is.
+"""Whether a process of this host still runs, which host that is, and a free port for a server to start.
 
 Imports nothing of nowcast's, so every layer may use it.
 """
@@ -68,6 +68,9 @@ def host_id() -> str:
         return name
 
 
+FIRST_PORT = 20000  # the registered ports above it are seldom served on a work machine
+
+
 def free_port() -> int:
     """A port of 127.0.0.1 that is free now, for a server this process is about to start.
 
@@ -86,9 +89,6 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
-
-
-FIRST_PORT = 20000  # the registered ports above it are seldom served on a work machine
 
 
 def _ephemeral_low() -> int:
