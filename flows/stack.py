@@ -136,9 +136,7 @@ def _wait(what: str, ready, log: Path, timeout_s: float = 120.0, process: subpro
             if ready():
                 return
         if process is not None and process.poll() is not None:
-            lines = [line.strip() for line in _log_from(log, since).splitlines() if line.strip()]
-            lost = [line for line in lines if PORT_TAKEN in line.lower()]
-            said = (lost or lines or ["nothing in its log"])[-1][:300]
+            said, lost = _exit_reason(log, since)
             raise (PortTakenError if lost else StackError)(
                 f"{what} exited with {process.returncode} ({said}); see {log}")
         if time.monotonic() > deadline:
@@ -146,11 +144,16 @@ def _wait(what: str, ready, log: Path, timeout_s: float = 120.0, process: subpro
         time.sleep(0.3)
 
 
-def _log_from(log: Path, since: int) -> str:
-    with contextlib.suppress(OSError), open(log, "rb") as text:
-        text.seek(since)
-        return text.read().decode(errors="replace")
-    return ""
+def _exit_reason(log: Path, since: int) -> tuple[str, bool]:
+    """The line of ``log`` (from byte ``since``, this start's) that says why a server exited, and whether it
+    lost its port: the line saying so, else the last one."""
+    text = ""
+    with contextlib.suppress(OSError), open(log, "rb") as written:
+        written.seek(since)
+        text = written.read().decode(errors="replace")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    lost = [line for line in lines if PORT_TAKEN in line.lower()]
+    return (lost or lines or ["nothing in its log"])[-1][:300], bool(lost)
 
 
 def _size(path: Path) -> int:
@@ -163,14 +166,12 @@ T = TypeVar("T")
 def _on_free_port(start: Callable[[int], T], tries: int = 3) -> tuple[int, T]:
     """``start(port)`` on a free port of 127.0.0.1, and on another when the server lost it
     (PortTakenError) to a process that bound it after the probe."""
-    for attempt in range(1, tries + 1):
+    for _ in range(tries - 1):
         port = free_port()
-        try:
+        with contextlib.suppress(PortTakenError):
             return port, start(port)
-        except PortTakenError:
-            if attempt == tries:
-                raise
-    raise AssertionError("unreachable")
+    port = free_port()
+    return port, start(port)  # the last try's PortTakenError reaches the caller
 
 
 def _listening(port: int) -> bool:
@@ -247,8 +248,9 @@ def _postgres(data: Path, port: int) -> str:
         _run("PostgreSQL", _as_postgres([str(pg / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-o",
                                          options, "start"]))
     except StackError as error:
-        if PORT_TAKEN in _log_from(log, since).lower():
-            raise PortTakenError(f"{error}; see {log}") from None
+        said, lost = _exit_reason(log, since)
+        if lost:
+            raise PortTakenError(f"{error} ({said}); see {log}") from None
         raise
     created = subprocess.run([str(pg / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "nowcast",
                               "prefect"], capture_output=True, text=True)
@@ -369,8 +371,7 @@ def up(folder: str | Path = "runs/stack", workers: int = 2) -> dict[str, object]
         ports["dask"] = int(address.rsplit(":", 1)[1])
         for i, process in enumerate(processes):
             pids["dask-scheduler" if i == 0 else f"dask-worker-{i - 1}"] = process.pid
-        client["NOWCAST_DASK_ADDRESS"] = address
-        base.update(client)
+        base["NOWCAST_DASK_ADDRESS"] = client["NOWCAST_DASK_ADDRESS"] = address
         state["env"] = client
         save()
         wait_for_workers(address, workers)

@@ -228,9 +228,9 @@ def test_synthetic_frames_follow_the_time_step_given(tmp_path):
                    "are checked and before any work (it was a 115-line traceback from Prefect's client)")
 @pytest.mark.parametrize("command", ["train", "backfill", "demo", "serve"])
 def test_a_prefect_server_that_does_not_answer_is_named(command, tmp_path, monkeypatch, capsys):
-    import socket
-
     from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from nowcast.processes import free_port
 
     archive = make_archive(str(tmp_path / "archive.zarr"), 16, (16, 16))
     save_tiny_model(tmp_path / "models", archive, synthetic_stats(16, (16, 16)))
@@ -238,9 +238,7 @@ def test_a_prefect_server_that_does_not_answer_is_named(command, tmp_path, monke
     argv = {"train": ["train", "--archive", archive],
             "backfill": ["backfill", *stores, "--start", "2024-01-01", "--end", "2024-01-02"]}.get(command,
                                                                                               [command])
-    with socket.socket() as probe:  # a port nothing listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()  # a port nothing listens on
     monkeypatch.chdir(tmp_path)
     url = f"http://127.0.0.1:{port}/api"
     with temporary_settings({PREFECT_API_URL: url}):

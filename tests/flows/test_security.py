@@ -4,7 +4,6 @@ loopback."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -66,9 +65,7 @@ def test_the_artifact_file_server_serves_its_folder_only_and_on_loopback(tmp_pat
     (tmp_path / "public").mkdir()
     (tmp_path / "public" / "map.png").write_bytes(b"png")
     (tmp_path / "secret.txt").write_text("secret")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     server = start_file_server(tmp_path / "public", port)
     try:
         assert server.server_address[0] == "127.0.0.1"
