@@ -133,9 +133,7 @@ def _sample(frames, ys, xs):
     return _bilinear(frames, ys, xs)
 
 
-# box sizes, in pixels, between the cascade levels of LagrangianAR; the 127 px level (stop 37) raised CSI at
-# 1 mm/h at +30 min on every event of bench.skill's protocol, by .0007-.005 (docs/model.md)
-SCALE_LEVELS = (3, 7, 15, 31, 63, 127)
+SCALE_LEVELS = (3, 7, 15, 31, 63)  # box sizes, in pixels, between the cascade levels of LagrangianAR
 
 
 def scale_levels(frame, sizes: tuple[int, ...] = SCALE_LEVELS):

@@ -268,11 +268,11 @@ def _levels_variance(frames: np.ndarray, level: int) -> np.ndarray:
 
 
 def test_scale_levels_sum_to_the_frame():
-    from nowcast.model.layers import SCALE_LEVELS, scale_levels
+    from nowcast.model.layers import scale_levels
 
     frame = np.random.default_rng(5).gamma(1.0, 2.0, (2, 40, 36)).astype("float32")
     levels = keras.ops.convert_to_numpy(scale_levels(frame))
-    assert levels.shape == (2, 40, 36, len(SCALE_LEVELS) + 1)
+    assert levels.shape == (2, 40, 36, 6)
     np.testing.assert_allclose(levels.sum(axis=-1), frame, atol=1e-4)
 
 
