@@ -53,7 +53,7 @@ import keras
 import numpy as np
 
 from bench.common import RESULTS_DIR, machine, write_results
-from nowcast.model.architectures import ArchitectureConfig, build_model
+from nowcast.model.architectures import ArchitectureConfig, build_model, motion_penalty
 from nowcast.model.losses import get_loss
 from nowcast.model.normalization import Normalizer, model_samples, wet_samples
 
@@ -264,7 +264,8 @@ def train_one(bundle: Path, task: Mapping[str, object], out: Path) -> dict[str, 
     val_batches = Listed([val.batch(np.arange(i, min(i + batch, len(val))))
                           for i in range(0, len(val), batch)])
     monitor = "val_loss" if len(val) else "loss"
-    arch = ArchitectureConfig.from_dict({**manifest["models"][name], "t_in": train.t_in, "t_out": train.t_out,
+    arch = ArchitectureConfig.from_dict({"motion_penalty": motion_penalty(normalizer.unit(normalizer.target)),
+                                         **manifest["models"][name], "t_in": train.t_in, "t_out": train.t_out,
                                          "height": train.patch, "width": train.patch,
                                          "channels": normalizer.input_channels, "target_channel": 0})
     net = build_model(name, arch, seed=seed)

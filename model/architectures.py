@@ -66,6 +66,7 @@ from keras import layers
 
 from nowcast.errors import InputError
 from nowcast.model.layers import (
+    SHIFT_PENALTY,
     Advect,
     BoxMean,
     LagrangianAR,
@@ -88,6 +89,20 @@ BASES: dict[str, dict[str, bool]] = {
                       "lagrangian_ar": True},
 }
 SMOOTHING_LAYER = "lead_smoothing"
+
+
+def motion_penalty(unit: float) -> float:
+    """:class:`MatchMotion`'s shift penalty for frames in ``unit`` s of ``log1p`` (a normaliser's std).
+
+    The block match compares squared differences, which dividing the frames
+    by ``unit`` divides by its square; the penalty must follow, or the
+    normalisation moves the motion (by up to .94 px on a test-event init
+    with a unit of 1.1, docs/model.md).
+
+    >>> motion_penalty(1.0) == SHIFT_PENALTY, round(motion_penalty(2.0) / SHIFT_PENALTY, 3)
+    (True, 0.25)
+    """
+    return SHIFT_PENALTY / float(unit) ** 2
 
 
 class ArchitectureError(InputError):
@@ -156,6 +171,12 @@ class ArchitectureConfig:
             (:class:`~nowcast.model.layers.LagrangianAR`, no weights) instead of
             the advected last frame, which the head then sees beside it.
         target_channel: index of the target variable among the input channels.
+        motion_penalty: :class:`MatchMotion`'s penalty on the shift's length, for
+            frames in the model's normalised units: :func:`motion_penalty` of the
+            normaliser's unit, so the matched motion is the one found on the
+            ``log1p`` frames (``bench.skill``'s ``lagrangian_ar`` baseline) whatever
+            the normalisation. The default is the ``log1p`` one, which models
+            trained before this option was added used in their own units.
     """
 
     t_in: int
@@ -174,6 +195,7 @@ class ArchitectureConfig:
     learned_motion: bool = True
     lagrangian_ar: bool = False
     target_channel: int = 0
+    motion_penalty: float = SHIFT_PENALTY
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "filters", tuple(int(f) for f in self.filters))
@@ -261,7 +283,8 @@ def _head(cfg: ArchitectureConfig, inputs, frames, name: str, features, seeds: S
     k = cfg.kernel_size
     if cfg.residual and cfg.advection:
         if cfg.matched_motion:
-            motion = MatchMotion(cfg.target_channel, name="matched_motion", dtype="float32")(inputs)
+            motion = MatchMotion(cfg.target_channel, penalty=cfg.motion_penalty, name="matched_motion",
+                                 dtype="float32")(inputs)
             if cfg.learned_motion:  # the network's motion is a correction to the matched one
                 motion = layers.Add(name="motion_total", dtype="float32")([motion, _motion(cfg, features)])
         else:

@@ -73,6 +73,10 @@ class Normalizer:
             return float(s["log1p_mean"]), float(s["log1p_std"])
         return float(s["mean"]), float(s["std"])
 
+    def unit(self, var: str) -> float:
+        """One model-space unit of ``var`` in its transformed units (``log1p`` or physical): the std."""
+        return self._mean_std(var)[1]
+
     def nothing(self, var: str) -> float:
         """The model-space value unobserved inputs of ``var`` take: 0 mm/h for rain, else the mean (0)."""
         if not self.coverage or self.kind(var) != "log1p":

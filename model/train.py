@@ -30,7 +30,7 @@ import keras
 
 from nowcast.errors import InputError
 from nowcast.model import calibration, data, registry
-from nowcast.model.architectures import ArchitectureConfig, build_model
+from nowcast.model.architectures import ArchitectureConfig, build_model, motion_penalty
 from nowcast.model.checkpoint import Epochs, TrainingCheckpoint
 from nowcast.model.forecaster import PROBABILITY_MATCHING
 from nowcast.model.losses import get_loss
@@ -228,7 +228,8 @@ def training_set(cfg: TrainConfig) -> TrainingSet:
     store = stores[0]
     normalizer = Normalizer.from_stores(stores, coverage=cfg.coverage)
     (t_in, height, width, _), (t_out, *_rest) = store.sample_shapes
-    arch = ArchitectureConfig.from_dict({**dict(cfg.options), "t_in": t_in, "t_out": t_out, "height": height,
+    arch = ArchitectureConfig.from_dict({"motion_penalty": motion_penalty(normalizer.unit(normalizer.target)),
+                                         **dict(cfg.options), "t_in": t_in, "t_out": t_out, "height": height,
                                          "width": width, "channels": normalizer.input_channels,
                                          "target_channel": list(store.channels).index(store.target)
                                          if store.target in store.channels else 0})

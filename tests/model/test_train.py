@@ -19,6 +19,7 @@ OPTIONS = {"filters": [4], "lstm_units": 4, "decoder_filters": 2}
 def test_one_model_learns_from_several_stores_with_merged_statistics(tmp_path):
     """Two networks' windows (other grids, one patch shape) train one model; statistics merge by count."""
 
+    from nowcast.model.architectures import motion_penalty
     from nowcast.model.normalization import Normalizer
     from nowcast.pipelines.stores.windows import WindowsStore
     from tests.model.conftest import rain_like, write_archive, write_windows
@@ -44,6 +45,8 @@ def test_one_model_learns_from_several_stores_with_merged_statistics(tmp_path):
     assert merged["mean"] == pytest.approx(values.mean(), rel=1e-9)
     assert merged["std"] == pytest.approx(values.std(), rel=1e-9)
     assert merged["log1p_std"] == pytest.approx(np.log1p(values).std(), rel=1e-9)
+    # the block match's penalty in the normalised units the model sees (the base as on log1p frames)
+    assert meta["architecture_config"]["motion_penalty"] == pytest.approx(motion_penalty(merged["log1p_std"]))
 
 
 @pytest.mark.fault("train", "a bad training configuration",
