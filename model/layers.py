@@ -163,18 +163,15 @@ def _correlation(a, b, weights):
     """
     weights = weights[..., None]
     total = ops.maximum(_grid_sum(weights), 1.0)
-    spreads = []
 
     def standardised(v):
         v = v - _grid_sum(v * weights) / total
         spread = ops.sqrt(_grid_sum(v * v * weights) / total)
-        spreads.append(spread)
-        return v / ops.maximum(spread, 1e-12)
+        return v / ops.maximum(spread, 1e-12), spread > 1e-12
 
-    difference = standardised(a) - standardised(b)
-    correlation = 1.0 - 0.5 * _grid_sum(difference * difference * weights) / total
-    varies = ops.logical_and(spreads[0] > 1e-12, spreads[1] > 1e-12)
-    return ops.where(varies, correlation, 0.0)[:, 0, 0, :]
+    (a, a_varies), (b, b_varies) = standardised(a), standardised(b)
+    correlation = 1.0 - 0.5 * _grid_sum((a - b) ** 2 * weights) / total
+    return ops.where(ops.logical_and(a_varies, b_varies), correlation, 0.0)[:, 0, 0, :]
 
 
 def _grid_sum(v):
