@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -238,7 +239,8 @@ def _start_dask_and_stop_it(folder) -> None:
     """``start_dask``, and where it starts (a test expecting it not to), no cluster left running."""
     _, started = stack.start_dask(folder, 1, dict(os.environ))
     for process in started:
-        os.killpg(process.pid, 9)
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(30)  # reaped, not left behind as a zombie
 
 
 def test_free_ports_lie_below_the_ephemeral_range():
