@@ -373,7 +373,7 @@ def score(work: Path, trained: Path, out: Path, quick: bool, stride: int | None)
         test_stride = stride or (12 if quick else 2 if fold == TEST_EVENT else 4)
         print(f"{fold}: {len(forecasters)} models calibrated and registered; scoring every {test_stride}th "
               f"init time ({time.perf_counter() - started:.0f} s)", flush=True)
-        scores, _, _, inits = skill.score_event(archive, forecasters, verification.BASELINES, test_stride,
+        scores, _, _, inits = skill.score_event(archive, forecasters, skill.BASELINES, test_stride,
                                                 1 if quick else None)
         models = sorted(forecasters)
         folds[fold] = {

@@ -171,34 +171,45 @@ def matched_motion(inputs: np.ndarray, t_out: int) -> np.ndarray:
     return _rain(Advect(t_out)(frames, motion))
 
 
-def lagrangian_ar(inputs: np.ndarray, t_out: int) -> np.ndarray:
+def lagrangian_ar(inputs: np.ndarray, t_out: int, multiple: int = 1) -> np.ndarray:
     """The base of the ``lagrangian_ar`` models alone, on the whole grid (mm/h).
 
     :class:`nowcast.model.layers.LagrangianAR` along the
     :class:`~nowcast.model.layers.MatchMotion` motion, in ``log1p`` space,
     then given the advected last frame's rain distribution inside coverage,
     as the models' probability matching does: the model with no learned
-    change at all.
+    change at all. With ``multiple`` the grid is first padded with dry pixels
+    at the bottom and right to a multiple of it, as the forecaster pads it
+    for a model (``2 ** len(filters)``, :class:`~nowcast.model.tiling.WholeGrid`),
+    and cut back after: the padding moves the motion and the AR(2)
+    coefficients a little, so only the padded base is that model's to the
+    last digits.
     """
     from keras import ops
 
     from nowcast.model.forecaster import match_distribution
     from nowcast.model.layers import Advect, LagrangianAR
 
-    frames, motion = _log_frames_and_motion(inputs)
-    forecast = ops.convert_to_numpy(LagrangianAR(t_out)(frames, motion))[0, ..., 0]
-    advected = ops.convert_to_numpy(Advect(t_out)(frames, motion))[0, ..., 0]
+    frames, motion = _log_frames_and_motion(inputs, multiple)
+    ny, nx = np.shape(inputs)[-2:]
+    forecast = ops.convert_to_numpy(LagrangianAR(t_out)(frames, motion))[0, :, :ny, :nx, 0]
+    advected = ops.convert_to_numpy(Advect(t_out)(frames, motion))[0, :, :ny, :nx, 0]
     covered = np.isfinite(np.asarray(inputs)[-1])
     for lead, reference in zip(forecast, advected, strict=True):
         match_distribution(lead, reference, covered)
     return _rain(forecast[None, ..., None])
 
 
-def _log_frames_and_motion(inputs: np.ndarray) -> tuple[np.ndarray, Any]:
-    """``log1p`` frames ``(1, t_in, y, x, 1)`` (NaN as dry) and their block-matched motion."""
+def _log_frames_and_motion(inputs: np.ndarray, multiple: int = 1) -> tuple[np.ndarray, Any]:
+    """``log1p`` frames ``(1, t_in, y, x, 1)`` (NaN as dry) and their block-matched motion.
+
+    The frames padded with dry pixels at the bottom and right to a multiple of ``multiple``.
+    """
     from nowcast.model.layers import MatchMotion
 
-    frames = np.log1p(_filled(inputs, 0.0)).astype("float32")[None, ..., None]
+    frames = np.log1p(_filled(inputs, 0.0)).astype("float32")
+    ny, nx = frames.shape[-2:]
+    frames = np.pad(frames, ((0, 0), (0, -ny % multiple), (0, -nx % multiple)))[None, ..., None]
     return frames, MatchMotion()(frames)
 
 
