@@ -23,7 +23,7 @@ on its own output (``<model>_raw``; or, with ``--postprocessing none``, with
 matching as ``<model>_pm``). ``lagrangian_ar`` is the models' untrained
 base alone (S-PROG's scale-wise AR(2) along their block-matched motion,
 probability-matched: what they correct; on the grid padded as the models
-see it, so a lead whose change is dropped scores as the base), ``matched_motion`` that motion's
+see it), ``matched_motion`` that motion's
 plain advection. Every forecast is scored
 by nowcast.model.verification inside radar coverage. The training events are
 scored too (every ``--train-stride``-th init time), since a forecast must not
@@ -71,8 +71,8 @@ MODELS = {
     "convlstm": {"filters": [16, 32], "lstm_units": 16, "decoder_filters": 8, **MOTION},
 }
 STEPS_PER_EPOCH, EPOCHS, BATCH = 32, 5, 4  # about 4 minutes a model on 2 CPU cores
-# the forecaster pads a grid to a multiple of the models' downsampling (tiling.WholeGrid), and so must their
-# own base: unpadded it differed by .0003-.0004 of CSI at leads where the models are their base (stop 38)
+# the forecaster pads a grid to a multiple of the models' downsampling (tiling.WholeGrid), and so does their
+# own base here (on the test event's grid this moved no score in its 4th decimal: docs/model.md)
 (MULTIPLE,) = {2 ** len(options["filters"]) for options in MODELS.values()}
 BASELINES = {**verification.BASELINES,
              OWN_BASE: functools.partial(verification.lagrangian_ar, multiple=MULTIPLE)}
