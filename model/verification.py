@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from nowcast.errors import InputError
+from nowcast.model.tiling import WholeGrid
 from nowcast.quiet_import import pysteps_quietly
 
 with pysteps_quietly():
@@ -190,26 +191,27 @@ def lagrangian_ar(inputs: np.ndarray, t_out: int, multiple: int = 1) -> np.ndarr
     from nowcast.model.forecaster import match_distribution
     from nowcast.model.layers import Advect, LagrangianAR
 
-    frames, motion = _log_frames_and_motion(inputs, multiple)
     ny, nx = np.shape(inputs)[-2:]
-    forecast = ops.convert_to_numpy(LagrangianAR(t_out)(frames, motion))[0, :, :ny, :nx, 0]
-    advected = ops.convert_to_numpy(Advect(t_out)(frames, motion))[0, :, :ny, :nx, 0]
+    cover = WholeGrid((int(ny), int(nx)), multiple, (0.0,))
+    frames, motion = _log_frames_and_motion(inputs, cover)
+    forecast = cover.blend(ops.convert_to_numpy(LagrangianAR(t_out)(frames, motion))[..., 0])[0]
+    advected = cover.blend(ops.convert_to_numpy(Advect(t_out)(frames, motion))[..., 0])[0]
     covered = np.isfinite(np.asarray(inputs)[-1])
     for lead, reference in zip(forecast, advected, strict=True):
         match_distribution(lead, reference, covered)
     return _rain(forecast[None, ..., None])
 
 
-def _log_frames_and_motion(inputs: np.ndarray, multiple: int = 1) -> tuple[np.ndarray, Any]:
+def _log_frames_and_motion(inputs: np.ndarray, cover: WholeGrid | None = None) -> tuple[np.ndarray, Any]:
     """``log1p`` frames ``(1, t_in, y, x, 1)`` (NaN as dry) and their block-matched motion.
 
-    The frames padded with dry pixels at the bottom and right to a multiple of ``multiple``.
+    With ``cover`` the frames are padded with dry pixels as the forecaster pads a model's grid.
     """
     from nowcast.model.layers import MatchMotion
 
-    frames = np.log1p(_filled(inputs, 0.0)).astype("float32")
-    ny, nx = frames.shape[-2:]
-    frames = np.pad(frames, ((0, 0), (0, -ny % multiple), (0, -nx % multiple)))[None, ..., None]
+    frames = np.log1p(_filled(inputs, 0.0)).astype("float32")[None, ..., None]
+    if cover is not None:
+        frames = cover.split(frames)
     return frames, MatchMotion()(frames)
 
 
