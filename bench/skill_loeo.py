@@ -382,15 +382,7 @@ def score(work: Path, trained: Path, out: Path, quick: bool, stride: int | None)
             "scores": {n: {lead: {k: v for k, v in s.items() if k in verification.METRICS}
                            for lead, s in per_lead.items()} for n, per_lead in scores.items()},
             "training": training,
-            "checks": {"beats_extrapolation_every_lead": {n: skill.beats_every_lead(scores, n,
-                                                                                     "extrapolation")
-                                                          for n in models},
-                       "beats_own_base_every_lead": {n: skill.beats_every_lead(scores, n, skill.OWN_BASE)
-                                                     for n in models},
-                       "beats_sprog_at_30": {n: bool(scores[n]["30"]["csi_1"]
-                                                     > scores["sprog"]["30"]["csi_1"])
-                                             for n in models},
-                       "wet_bias": skill.wet_bias_check(scores, models)},
+            "checks": {**skill.goal_checks(scores, models), "wet_bias": skill.wet_bias_check(scores, models)},
         }
     out.mkdir(parents=True, exist_ok=True)
     suffix = ".quick" if quick else ""
