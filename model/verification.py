@@ -132,7 +132,7 @@ def _as_forecast(inputs: np.ndarray) -> np.ndarray:
 
     Every baseline starts from these frames, so the baselines and the models
     differ in their method only: the models' own base scored on the raw frames
-    was .0001-.0004 of CSI below the models with no learned change (stop 41),
+    was .0001-.0004 of CSI below the models with no learned change (stop 40),
     from 2-76 pixels an init time missing from the last frame of the test event.
     """
     from nowcast.model.forecaster import latest_observed
