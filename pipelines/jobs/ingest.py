@@ -392,7 +392,9 @@ def new_time_axis(spec: IngestSpec, items: Sequence[SourceItem]) -> tuple[np.dat
     the source's own step."""
     step = parse_time_step(spec.time_step) if spec.time_step else spec.source.time_step()
     if step is None:
-        raise IngestError("the source has no native time step: give one (e.g. --time-step PT5M)")
+        raise IngestError("the source gives no time step (a single frame of a product whose step is not "
+                          "known has no spacing to take it from): give the input's step, e.g. --time-step "
+                          "PT5M; nothing was written")
     start = to_datetime64(spec.start) if spec.start else min(item.time for item in items)
     return start, step
 

@@ -121,8 +121,14 @@ def list_files(directory: str, suffixes: Sequence[str]) -> list[str]:
     for root, dirs, files in os.walk(os.path.abspath(directory)):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         found += [os.path.join(root, name) for name in sorted(files)
-                  if not name.startswith(".") and name.endswith(tuple(suffixes))]
+                  if not name.startswith(".") and has_suffix(name, suffixes)]
     return sorted(found)
+
+
+def has_suffix(name: str, suffixes: Sequence[str]) -> bool:
+    """Whether ``name`` ends in one of ``suffixes``, in any case (``.H5`` is an HDF5 file too: such ODIM
+    files were not found)."""
+    return name.lower().endswith(tuple(suffix.lower() for suffix in suffixes))
 
 
 def _list_url(url: str, suffixes: Sequence[str]) -> list[str]:
@@ -134,7 +140,7 @@ def _list_url(url: str, suffixes: Sequence[str]) -> list[str]:
     found = []
     for path in fs.find(root):
         parts = posixpath.relpath(path, root).split("/")
-        if not any(part.startswith(".") for part in parts) and path.endswith(tuple(suffixes)):
+        if not any(part.startswith(".") for part in parts) and has_suffix(path, suffixes):
             found.append(fs.unstrip_protocol(path))
     return sorted(found)
 

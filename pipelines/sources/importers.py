@@ -52,32 +52,42 @@ def import_radar(fmt: str, path: str, quantity: str | None = None) -> tuple[np.n
         if fast is not None:
             return fast
     calls: Mapping[str, Callable[[], tuple]] = {
-        "knmi": lambda: importers.import_knmi_hdf5(path),
+        "knmi": lambda: importers.import_knmi_hdf5(path, accutime=float(_period_minutes("knmi", path))),
         "bom": lambda: importers.import_bom_rf3(path),
         "fmi": lambda: importers.import_fmi_pgm(path, gzipped=path.endswith(".gz")),
         "mch": lambda: importers.import_mch_gif(path, product="AQC", unit="mm",
-                                                accutime=float(_mch_minutes(path))),
+                                                accutime=float(_period_minutes("mch", path))),
     }
     field, _quality, metadata = calls[fmt]()
     return np.ma.filled(np.ma.asarray(field, dtype="float64"), np.nan), dict(metadata)
 
 
-_MCH_PERIOD = re.compile(r"AQC\d{9}[A-Z]_(\d{5})\.\d{3}\.gif")
+# The accumulation period in the names of the formats that store amounts (mm) over a period: read as
+# 5 minutes' amount, an hour's was 12 times the rate
+_PERIODS = {
+    "mch": (re.compile(r"AQC\d{9}[A-Z]_(\d{5})\.\d{3}\.gif"), "_00005 for 5 minutes",
+            "AQC151351545F_00005.801.gif"),
+    "knmi": (re.compile(r"RAD_NL\d+_[A-Z]+_(\d+)min_\d{12}\.h5"), "_5min_ for 5 minutes",
+             "RAD_NL25_RAP_5min_201008260000.h5"),
+}
 
 
-def mch_minutes(filename: str) -> int | None:
-    """The accumulation period in a MeteoSwiss AQC file name, in minutes (``_00005``: 5; ``_00060``: an
-    hour's amount, which read as 5 minutes' was 12 times the rate), None for other names."""
-    match = _MCH_PERIOD.fullmatch(os.path.basename(filename))
+def period_minutes(fmt: str, filename: str) -> int | None:
+    """The accumulation period in a MeteoSwiss AQC (``_00005``: 5; ``_00060``: an hour) or KNMI
+    (``_5min_``) file name, in minutes; None for other names or formats."""
+    if fmt not in _PERIODS:
+        return None
+    match = _PERIODS[fmt][0].fullmatch(os.path.basename(filename))
     return int(match[1]) if match else None
 
 
-def _mch_minutes(path: str) -> int:
-    """The accumulation period of a MeteoSwiss AQC file, from its name."""
-    minutes = mch_minutes(path)
+def _period_minutes(fmt: str, path: str) -> int:
+    """The accumulation period of a MeteoSwiss AQC or KNMI file, from its name."""
+    minutes = period_minutes(fmt, path)
     if not minutes:
-        raise SourceError(f"{path}: the name gives no accumulation period of MeteoSwiss AQC (_00005 for 5 "
-                          "minutes); name the file as MeteoSwiss does, e.g. AQC151351545F_00005.801.gif")
+        _, code, example = _PERIODS[fmt]
+        raise SourceError(f"{path}: the name gives no accumulation period ({code}); name the file as its "
+                          f"service does, e.g. {example}")
     return minutes
 
 

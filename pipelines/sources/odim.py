@@ -195,10 +195,20 @@ def read_data(path: str, quantity: str) -> tuple[np.ndarray, OdimData]:
         raw = group["data"][...]
         gain, offset = what.get("gain", 1.0), what.get("offset", 0.0)
         field = np.asarray(raw * gain + offset, dtype="float64")
-        undetect = raw == what.get("undetect", 0.0)  # pysteps' default: raw 0 is undetect
-        field[undetect] = -np.inf if quantity == "DBZH" else 0.0
-        field[raw == what.get("nodata", np.nan)] = np.nan
+        # pysteps' default: raw 0 is undetect
+        field[_coded(raw, what.get("undetect", 0.0))] = -np.inf if quantity == "DBZH" else 0.0
+        field[_coded(raw, what.get("nodata"))] = np.nan
         return field, OdimData(quantity=quantity, zr_a=zr["zr_a"], zr_b=zr["zr_b"], shape=_declared_shape(f))
+
+
+def _coded(raw: np.ndarray, value: Any) -> np.ndarray:
+    """Where ``raw`` holds the sentinel ``value`` (``nodata``, ``undetect``; None: nowhere), compared in the
+    data's own type: ODIM stores the attribute as a double, and float32 data holding 9999.9 never equals
+    the double 9999.9 (such a file's outside was ingested as 9999.9 mm/h and its dry pixels as NaN)."""
+    if value is None:
+        return np.zeros(raw.shape, dtype=bool)
+    value = np.asarray(value).reshape(-1)[0]
+    return raw == (value.astype(raw.dtype) if np.issubdtype(raw.dtype, np.floating) else value)
 
 
 def geodata(path: str) -> tuple[dict[str, Any], tuple[int, int] | None]:

@@ -13,10 +13,11 @@ Reflectivity (FMI, ODIM ``DBZH``) becomes a rate through Z = a R^b: the
 source's ``zr_a``/``zr_b`` options, else the file's relation (FMI: 223, 1.53;
 ODIM: ``how/zr_a``, ``how/zr_b``), else Marshall-Palmer (200, 1.6).
 
-The time step is the format's (5 min), the product's for BoM Rainfields3
-(``prcp-c10``: 10 min, ``prcp-cscn``: 6 min; other products: the spacing of
-the listed files) and, for ODIM, the spacing of the listed frames (5 min for
-a single frame).
+The time step is the format's (FMI: 5 min), the accumulation period in the
+names (KNMI ``_5min_``, MeteoSwiss ``_00005``), the product's for BoM
+Rainfields3 (``prcp-c10``: 10 min, ``prcp-cscn``: 6 min; other products: the
+spacing of the listed files) and, for ODIM, the spacing of the listed frames
+(none for a single frame: ingest then asks for ``--time-step``).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from nowcast.pipelines.sources.base import (
     SourceError,
     SourceItem,
     check_frame_shape,
+    has_suffix,
     list_files,
     local_file,
     most_common_step,
@@ -45,7 +47,7 @@ from nowcast.pipelines.sources.importers import (
     import_odim,
     import_radar,
     in_metres,
-    mch_minutes,
+    period_minutes,
     shape_from_extent,
     to_rain_rate,
 )
@@ -67,8 +69,8 @@ class RadarFormat:
             time is in the file).
         example: an example file name, for messages.
         step_minutes: native time step; None where it depends on the product
-            (BoM: :data:`BOM_PRODUCT_MINUTES`; MeteoSwiss: :func:`mch_minutes`); for ODIM the step of a
-            single frame.
+            (BoM: :data:`BOM_PRODUCT_MINUTES`); KNMI and MeteoSwiss: the period in the names
+            (:func:`period_minutes`); ODIM: the spacing of the frames.
         time_in_file: the frame time is read from the file's metadata (ODIM),
             because the names differ by service.
     """
@@ -98,9 +100,9 @@ class RadarFormat:
 FORMATS: dict[str, RadarFormat] = {
     fmt.name: fmt
     for fmt in (
-        RadarFormat("knmi", "KNMI RAD_NL25 5-min accumulation (HDF5, mm)", (".h5",),
+        RadarFormat("knmi", "KNMI RAD_NL25 accumulation (HDF5, mm over the minutes in its name)", (".h5",),
                     r"RAD_NL\d+_[A-Z]+_\d+min_(\d{12})\.h5", "%Y%m%d%H%M",
-                    "RAD_NL25_RAP_5min_201008260000.h5", 5),
+                    "RAD_NL25_RAP_5min_201008260000.h5", None),
         RadarFormat("bom", "BoM Rainfields3 precipitation (NetCDF, mm or mm/h)", (".nc",),
                     r"\d+_(\d{8})_(\d{6})\.[A-Za-z0-9][\w-]*\.nc", "%Y%m%d%H%M%S",
                     "66_20201031_000000.prcp-c10.nc", None),
@@ -111,8 +113,8 @@ FORMATS: dict[str, RadarFormat] = {
                     (".gif",), r"AQC(\d{2})(\d{3})(\d{4})[A-Z]_\d{5}\.\d{3}\.gif", "%y%j%H%M",
                     "AQC151351545F_00005.801.gif", None),
         RadarFormat("odim", "ODIM_H5 cartesian composite (HDF5, RATE in mm/h or DBZH in dBZ)",
-                    odim.ODIM_SUFFIXES, r".+\.(?:h5|hdf5?)", "",
-                    "20210704155000.rad.best.comp.rate.qpe.hdf (any name; ODIM_H5 content)", 5,
+                    odim.ODIM_SUFFIXES, r"(?i).+\.(?:h5|hdf5?)", "",
+                    "20210704155000.rad.best.comp.rate.qpe.hdf (any name; ODIM_H5 content)", None,
                     time_in_file=True),
     )
 }
@@ -152,7 +154,7 @@ def detect_radar_format(directory: str) -> str:
         named = [key for key, fmt in FORMATS.items() if fmt.parse_time(name) is not None]
         for key in named:
             counts[key] += 1
-        if not named and name.endswith(odim.ODIM_SUFFIXES):
+        if not named and has_suffix(name, odim.ODIM_SUFFIXES):
             with local_file(path) as local:
                 counts["odim"] += odim.is_odim(local)
     present = [name for name, count in counts.items() if count]
@@ -243,8 +245,8 @@ class RadarSource:
     def time_step(self) -> np.timedelta64 | None:
         """The native step (see the module docstring).
 
-        BoM products of unknown step with a single file, the one case without a
-        step, give None: ingest then asks for one (``--time-step``).
+        A single file of a BoM product of unknown step, or of ODIM, gives no
+        step (None): ingest then asks for one (``--time-step``).
         """
         minutes = self.format.step_minutes
         if self.fmt == "bom":
@@ -252,13 +254,11 @@ class RadarSource:
             minutes = BOM_PRODUCT_MINUTES.get(product or "")
             if minutes is None:
                 return most_common_step(item.time for item in self.items())
-        elif self.fmt == "mch":
-            minutes = mch_minutes(self.items()[0].path)
-        elif self.fmt == "odim":
-            step = most_common_step(item.time for item in self.items())
-            if step is not None:
-                return step
-        return np.timedelta64(timedelta(minutes=minutes or 0), "s")
+        elif self.fmt in ("knmi", "mch"):  # the first name that gives one (items() checks they agree)
+            minutes = next(filter(None, (period_minutes(self.fmt, path) for path in self.files())), None)
+        elif self.fmt == "odim":  # a single frame gives no step: the product's may be 5, 6, 10, 15 min
+            return most_common_step(item.time for item in self.items())
+        return np.timedelta64(timedelta(minutes=minutes), "s") if minutes else None
 
     def files(self) -> list[str]:
         """The format's files under the folder (with ``product``: that BoM product's), in path order.
@@ -312,18 +312,18 @@ class RadarSource:
         items = [item for path in paths for item in self.file_items(path)]
         if self.fmt == "bom":
             self._check_one_product(items)
-        if self.fmt == "mch":
+        if self.fmt in ("knmi", "mch"):
             self._check_one_period(items)
         return sorted_unique(items)
 
     def _check_one_period(self, items: list[SourceItem]) -> None:
-        """Refuses MeteoSwiss accumulations of several periods in one listing, and a period of 0."""
-        periods = Counter(mch_minutes(item.path) for item in items)
+        """Refuses accumulations of several periods in one listing (KNMI, MeteoSwiss), and a period of 0."""
+        periods = Counter(period_minutes(self.fmt, item.path) for item in items)
         if len(periods) > 1 or 0 in periods:
             found = ", ".join(f"{count} of {minutes} min" for minutes, count in sorted(periods.items()))
-            raise SourceError(f"{self.directory!r} holds MeteoSwiss AQC accumulations of other periods than "
-                              f"one (the _NNNNN in the names: {found}); give the folder of one period of "
-                              "more than 0 minutes")
+            raise SourceError(f"{self.directory!r} holds {self.fmt} accumulations of other periods than one "
+                              f"(the period in the names: {found}); give the folder of one period of more "
+                              "than 0 minutes")
 
     def _check_one_product(self, items: list[SourceItem]) -> None:
         """Refuses BoM products mixed in one listing (different steps and accumulations)."""

@@ -149,6 +149,28 @@ def test_one_bad_file_never_blocks_the_folder_and_a_repaired_file_is_tried_again
 
 
 @pytest.mark.filterwarnings("ignore:You will likely lose important projection:UserWarning")
+def test_a_first_odim_file_waits_for_a_second_to_give_the_step(tmp_path, caplog):
+    """ODIM products come at 5, 6, 10 or 15 minutes: one file gives no step (it once made a 10-minute
+    series a 5-minute archive with every other frame missing)."""
+    from tests.pipelines.sources.test_odim import write_odim
+
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    spec = WatchSpec(archive=str(tmp_path / "archive.zarr"), directory=str(incoming), fmt="odim",
+                     interval_s=1.0, duration_s=1.0)
+    rejections = Rejections(spec.max_attempts)
+    write_odim(incoming / "first.H5", time="120000")  # any case of the suffix
+    with caplog.at_level("WARNING", logger="nowcast.pipelines.jobs.watch"):
+        assert poll_once(spec, rejections) == 0
+    assert "one frame so far" in caplog.text
+    write_odim(incoming / "second.h5", time="121000")
+    assert poll_once(spec, rejections) == 2
+    archive = open_archive(spec.archive)
+    assert archive.attrs["time_step"] == "PT10M"
+    assert archive["valid"].values.tolist() == [True, True]
+
+
+@pytest.mark.filterwarnings("ignore:You will likely lose important projection:UserWarning")
 def test_a_folder_of_netcdf_files_is_watched(tmp_path):
     """The watcher takes every folder format ingest does (``--format netcdf`` once failed on an option
     of the radar sources)."""

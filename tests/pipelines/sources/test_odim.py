@@ -21,6 +21,7 @@ import numpy as np
 import pyproj
 import pytest
 
+from nowcast.flows import cli
 from nowcast.pipelines.sources import RadarSource, SourceError, detect_radar_format, get_source
 from nowcast.pipelines.sources.odim import read_header
 from nowcast.pipelines.stores.grid import Grid
@@ -174,6 +175,24 @@ def test_rate_is_read_as_mm_per_hour_with_undetect_dry(tmp_path):
         RadarSource(str(folder), "odim", zr_a=300.0).items()
 
 
+@pytest.mark.fault("sources", "an ODIM float32 field whose nodata and undetect (doubles, e.g. 9999.9, "
+                   "-8888.8) float32 cannot hold exactly",
+                   "the sentinels are compared in the data's type: outside coverage NaN, undetect dry (the "
+                   "outside was ingested as 9999.9 mm/h and every dry pixel as NaN, exit 0)")
+def test_float_sentinels_are_compared_in_the_data_type(tmp_path):
+    folder = tmp_path / "float"
+    folder.mkdir()
+    rate = np.where(RAW_DBZH == NODATA, 9999.9, np.where(RAW_DBZH == UNDETECT, -8888.8, RAW_DBZH / 10))
+    write_odim(folder / "rate.h5", datasets=(("RATE", rate.astype("float32"),
+                                              dict(gain=1.0, offset=0.0, nodata=9999.9, undetect=-8888.8)),))
+    source = RadarSource(str(folder), "odim")
+    frame = source.read(source.items()[0])["precip"]
+    assert np.isnan(frame[RAW_DBZH == NODATA]).all()
+    assert (frame[RAW_DBZH == UNDETECT] == 0).all()
+    wet = (RAW_DBZH != NODATA) & (RAW_DBZH != UNDETECT)
+    np.testing.assert_allclose(frame[wet], RAW_DBZH[wet] / 10, rtol=1e-6)
+
+
 def test_quantity_rate_first_or_as_asked(tmp_path):
     folder = tmp_path / "both"
     folder.mkdir()
@@ -208,7 +227,11 @@ def test_files_that_resolve_to_different_quantities_are_refused(tmp_path):
     assert len(RadarSource(str(tmp_path), "odim", quantity="DBZH").items()) == 2
 
 
-def test_step_is_the_spacing_of_the_frames_or_five_minutes(tmp_path, dbzh_dir):
+@pytest.mark.fault("sources", "a first ingest or watcher poll of a single ODIM file (the product's step "
+                   "unknown: 5, 6, 10 or 15 min)",
+                   "no step is guessed: ingest asks for --time-step and the watcher waits for a second file "
+                   "(one frame took 5 min: a 6-min series was then refused, a 15-min one two thirds missing)")
+def test_step_is_the_spacing_of_the_frames_and_none_for_one(tmp_path, dbzh_dir, capsys):
     folder = tmp_path / "frames"
     folder.mkdir()
     for minute in ("00", "10", "20", "40"):  # one frame missing: the step stays 10 min
@@ -217,7 +240,13 @@ def test_step_is_the_spacing_of_the_frames_or_five_minutes(tmp_path, dbzh_dir):
     assert [str(item.time) for item in source.items()] == [
         "2024-05-01T12:00:00", "2024-05-01T12:10:00", "2024-05-01T12:20:00", "2024-05-01T12:40:00"]
     assert source.time_step() == np.timedelta64(600, "s")
-    assert RadarSource(str(dbzh_dir), "odim").time_step() == np.timedelta64(300, "s")  # one frame
+    assert RadarSource(str(dbzh_dir), "odim").time_step() is None  # one frame
+    archive = str(tmp_path / "one.zarr")
+    assert cli.main(["ingest", "--input", str(dbzh_dir), "--format", "odim", "--archive", archive]) == 2
+    assert "--time-step" in capsys.readouterr().err
+    assert not os.path.exists(archive)
+    assert cli.main(["ingest", "--input", str(dbzh_dir), "--format", "odim", "--archive", archive,
+                     "--time-step", "PT15M"]) == 0
 
 
 def test_an_archive_from_odim_files_gets_their_step(tmp_path):
@@ -487,7 +516,7 @@ def test_a_longitude_latitude_grid_is_stored_in_degrees(tmp_path):
     folder.mkdir()
     _reprojected(folder / "a.h5", "+proj=longlat +ellps=WGS84 +no_defs", unit=1000.0 / 0.01)
     url, source = str(tmp_path / "a.zarr"), RadarSource(str(folder), "odim")
-    ingest_items(IngestSpec(archive=url, source=source, time_chunk=2), source.items(), None)
+    ingest_items(IngestSpec(archive=url, source=source, time_step="PT5M", time_chunk=2), source.items(), None)
     ds = open_archive(url)
     assert (ds["x"].attrs["units"], ds["y"].attrs["units"]) == ("degrees_east", "degrees_north")
     np.testing.assert_allclose(ds["longitude"].values[0], ds["x"].values, atol=1e-4)
