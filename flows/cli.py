@@ -18,12 +18,13 @@ from collections.abc import Callable, Iterator, Sequence
 from nowcast import __version__
 from nowcast.errors import InputError
 from nowcast.flows.console import ANSWERS, children_silenced, exit_status, quiet_by_default, reports
-from nowcast.flows.options import add_params, params_from_args
+from nowcast.flows.options import add_params, flag, params_from_args
 from nowcast.flows.params import (
     BackfillParams,
     DemoParams,
     EvaluateParams,
     IngestParams,
+    ParameterError,
     ScoreParams,
     TrainParams,
     WindowsParams,
@@ -76,6 +77,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     from nowcast.pipelines.sources.base import sorted_unique
     from nowcast.pipelines.stores.archive import valid_flags
 
+    _one_source(args)
     params = params_from_args(IngestParams, args, **({"input_dir": None} if args.synthetic else {}))
     source = (folder_source(params.input_dir, params.format, args.variables) if params.input_dir
               else source_for(params, args.time_step))
@@ -90,6 +92,26 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     print(result.summary())
     print(archive_summary(params.archive))
     return 0
+
+
+SYNTHETIC_ONLY = ("synthetic_frames", "synthetic_size", "synthetic_start", "synthetic_density", "seed")
+
+
+def _one_source(args: argparse.Namespace) -> None:
+    """Refuses options of the source a command does not read: the input folder's with ``--synthetic``, the
+    generator's without it (they were ignored with exit 0: ``--input DIR --synthetic`` ingested
+    synthetic rain)."""
+    def given(names: Sequence[str]) -> list[str]:
+        fields = IngestParams.model_fields
+        return [flag(name) for name in names if getattr(args, name) != fields[name].default]
+
+    folder, generator = given(("input_dir", "format")), given(SYNTHETIC_ONLY)
+    if args.synthetic and folder:
+        raise ParameterError(f"--synthetic generates its frames, and {' and '.join(folder)} name files it "
+                             "would not read: give --synthetic or the input, not both")
+    if not args.synthetic and generator:
+        raise ParameterError(f"{', '.join(generator)} shape the synthetic generator's frames and do nothing "
+                             "for files: add --synthetic, or drop them")
 
 
 def cmd_windows(args: argparse.Namespace) -> int:

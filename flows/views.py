@@ -84,7 +84,8 @@ def plot_frames(url: str, path: str | Path, count: int = 4, field: str | None = 
         raise InputError(f"{url} has no valid frame to plot; ingest frames first")
     picks = valid_idx[np.linspace(0, valid_idx.size - 1, min(count, valid_idx.size)).astype(int)]
     with damage_named(url):
-        steps = [[(north_up(ds, ds[name][int(i)].values), _stamp(ds["time"].values[i]))] for i in picks]
+        steps = [[(north_up(ds, stored(url, name, int(i), ds[name][int(i)].values)),
+                   _stamp(ds["time"].values[i]))] for i in picks]
     return _save(steps, _labelled(ds, name), path)
 
 
@@ -104,6 +105,17 @@ def damage_named(*urls: str) -> Iterator[None]:
             if not report.ok:
                 raise StoreDamagedError(report.text()) from error
         raise
+
+
+def stored(url: str, name: str, index: int, frame: np.ndarray) -> np.ndarray:
+    """``frame``, frame ``index`` of variable ``name`` of archive ``url``; one that reads fewer observed
+    pixels than were written raises the missing chunk with the fix instead of drawing an empty map
+    (:func:`~nowcast.pipelines.stores.integrity.require_stored`)."""
+    from nowcast.pipelines.stores.groups import array, open_group
+    from nowcast.pipelines.stores.integrity import require_stored
+
+    require_stored(url, array(open_group(url), name), frame[None], index)
+    return frame
 
 
 def north_up(ds, frame: np.ndarray) -> np.ndarray:
@@ -280,7 +292,8 @@ def _archive_panels(url: str, ds, name: str, time: str | None, count: int) -> li
     valid = ds[VALID].values
     end = _pick(ds["time"].values, valid, time, f"valid frame in {url}")
     picks = np.flatnonzero(valid[: end + 1])[-count:]
-    return [[(north_up(ds, ds[name][int(i)].values), _stamp(ds["time"].values[i]))] for i in picks]
+    return [[(north_up(ds, stored(url, name, int(i), ds[name][int(i)].values)),
+              _stamp(ds["time"].values[i]))] for i in picks]
 
 
 def _forecast_panels(ds, archive: str, time: str | None, count: int | None) -> list[list[tuple[np.ndarray,
@@ -306,7 +319,8 @@ def _forecast_panels(ds, archive: str, time: str | None, count: int | None) -> l
         minutes = int(lead / np.timedelta64(1, "m"))
         hits = np.flatnonzero(observed["time"].values == valid_time)
         seen_then = bool(hits.size and observed[VALID].values[hits[0]])
-        truth = (north_up(observed, observed[name][int(hits[0])].values) if seen_then else
+        truth = (north_up(observed, stored(archive, name, int(hits[0]),
+                                                observed[name][int(hits[0])].values)) if seen_then else
                  np.full(ds[name].shape[-2:], np.nan))
         later = valid_time > observed["time"].values[-1]
         unseen = "" if seen_then else " (not yet)" if later else " (missing)"

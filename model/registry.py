@@ -177,6 +177,8 @@ def save_model(model: keras.Model, root: str | Path, name: str, metadata: Mappin
         if isinstance(fs, LocalFileSystem):  # a hidden folder beside the final one, renamed into place
             os.makedirs(parent, exist_ok=True)
             hidden = tempfile.mkdtemp(prefix=f".{version}.", dir=parent)
+            # mkdtemp's 0700 would hide the version from scorers running as another user: its parent's mode
+            os.chmod(hidden, os.stat(parent).st_mode & 0o777)
             for file in files:
                 os.replace(staging / file, os.path.join(hidden, file))
             os.rename(hidden, final)

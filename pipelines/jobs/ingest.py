@@ -80,7 +80,7 @@ from nowcast.pipelines.stores.groups import (
     open_group,
     storage_errors,
 )
-from nowcast.pipelines.stores.integrity import unreadable
+from nowcast.pipelines.stores.integrity import time_chunk_stored, unreadable
 from nowcast.pipelines.stores.lock import store_lock
 from nowcast.pipelines.stores.space import check_frames_fit, free_bytes
 from nowcast.pipelines.stores.timeaxis import (
@@ -526,15 +526,18 @@ def check_disk_space(spec: IngestSpec, items: Sequence[SourceItem], info: Archiv
 
 
 def check_chunks_to_merge(archive: str, items: Sequence[SourceItem]) -> None:
-    """Refuses, before any write, to merge new frames into a chunk of ``archive`` that cannot be read.
+    """Refuses, before any write, to merge new frames into a chunk of ``archive`` that cannot be read or
+    is missing.
 
-    A damaged chunk would otherwise fail in a worker with a codec's traceback
-    (or, read as fill values, lose its frames); only chunks that hold valid
+    A damaged chunk would otherwise fail in a worker with a codec's traceback;
+    a missing one read as fill values and lost its valid frames (12 frames
+    stored as NaN, still flagged valid, exit 0). Only chunks that hold valid
     frames are read, and a run that only appends new chunks reads none.
     """
     info = _existing_info(archive)
     valid = valid_flags(archive)
-    on_axis = [(i, item) for i, item in frame_indices(items, info.start, info.time_step) if i < info.length]
+    held = -(-info.length // info.time_chunk) * info.time_chunk  # an append can merge into the last chunk
+    on_axis = [(i, item) for i, item in frame_indices(items, info.start, info.time_step) if i < held]
     tasks = plan_chunks(on_axis, info.time_chunk, info.length)
     group = open_group(archive, error=ArchiveError)
     fields = [arr for _, arr in group.arrays() if dimension_names(arr) == FRAME_DIMS]
@@ -544,10 +547,13 @@ def check_chunks_to_merge(archive: str, items: Sequence[SourceItem]) -> None:
         for arr in fields:
             chunk = (task.first_index // arr.chunks[0], *([0] * (arr.ndim - 1)))
             problem = unreadable(arr, chunk)
+            problem = f"cannot be read: {problem}" if problem else (
+                None if time_chunk_stored(archive, arr, chunk[0]) else
+                "is missing: frames in it are flagged valid but it has no chunk object")
             if problem:
                 raise ArchiveError(
                     f"chunk {'/'.join(map(str, chunk))} of {archive}/{arr.basename} (time index "
-                    f"{task.first_index}) cannot be read: {problem}; nothing was written. "
+                    f"{task.first_index}) {problem}; nothing was written. "
                     f"`nowcast check {archive}` lists every damaged chunk and "
                     "`nowcast ingest ... --repair` rewrites them from the source files")
 

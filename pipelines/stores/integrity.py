@@ -325,7 +325,7 @@ def read_span(url: str, array: zarr.Array, first: int, stop: int, kind: str = "a
     chunks are then read one by one. Any other failure keeps its traceback.
     """
     try:
-        return np.asarray(array[first:stop])
+        data = np.asarray(array[first:stop])
     except Exception as error:
         step = array.chunks[0]
         chunks = itertools.product(range(first // step, (stop - 1) // step + 1),
@@ -343,6 +343,58 @@ def read_span(url: str, array: zarr.Array, first: int, stop: int, kind: str = "a
         report = CheckReport(url=url, kind=kind, chunks_read=len(damaged), damaged=tuple(damaged),
                              times=times)
         raise StoreDamagedError(report.line()) from error
+    require_stored(url, array, data, first, kind)
+    return data
+
+
+def require_stored(url: str, array: zarr.Array, data: np.ndarray, first: int, kind: str = "archive") -> None:
+    """Raises :class:`StoreDamagedError` naming the chunks when a frame of ``data`` (``array[first:...]``
+    of an archive) reads fewer observed pixels than ingest wrote (its ``<name>_finite_fraction``): a chunk
+    object of that frame is missing.
+
+    zarr reads a missing chunk as its fill value (NaN) without a word:
+    unchecked, a deleted chunk became NaN windows, a model trained on them,
+    forecasts of NaN marked written and a blank map, all with exit 0. The
+    stored fraction is per variable and per frame, so a variable that is
+    legitimately empty in a frame, or a tile outside coverage that was never
+    stored, is no finding. Costs one pass over ``data`` and a read of the
+    fractions' span; an archive without them (written before they were
+    stored) is not checked.
+    """
+    name = f"{array.basename}_finite_fraction"
+    if kind != "archive" or data.ndim != 3 or not np.issubdtype(data.dtype, np.floating):
+        return
+    group = open_group(url)
+    if name not in group:
+        return
+    written = np.asarray(group_array(group, name)[first:first + len(data)], dtype="float64")
+    pixels = data.shape[1] * data.shape[2]
+    read = np.count_nonzero(~np.isnan(data), axis=(1, 2)) / pixels
+    lost = np.flatnonzero(read < written - 0.5 / pixels)  # NaN fractions (lost stats) compare false
+    if not lost.size:
+        return
+    step = array.chunks[0]
+    damaged = []
+    for chunk in sorted({(first + int(i)) // step for i in lost}):
+        begin = chunk * step
+        one = next(int(i) for i in lost if (first + int(i)) // step == chunk)
+        problem = (f"a chunk object is missing: {read[one]:.3g} of a frame's pixels read as observed where "
+                   f"ingest wrote {written[one]:.3g}")
+        damaged.append(Damage(array.path, (chunk,), problem, begin, min(begin + step, array.shape[0])))
+    with np.errstate(all="ignore"):
+        times = _axis_times(group, kind)
+    report = CheckReport(url=url, kind=kind, chunks_read=len(damaged), damaged=tuple(damaged), times=times)
+    raise StoreDamagedError(report.line())
+
+
+def time_chunk_stored(url: str, array: zarr.Array, chunk: int) -> bool:
+    """Whether any object of time chunk ``chunk`` of ``array`` exists (a listing of that prefix alone; on a
+    disk, the empty folders a deleted chunk leaves do not count)."""
+    fs, root = filesystem(url)
+    try:
+        return bool(fs.find(f"{root.rstrip('/')}/{array.path}/c/{chunk}"))
+    except FileNotFoundError:
+        return False
 
 
 def require_intact(url: str) -> CheckReport:

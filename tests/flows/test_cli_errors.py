@@ -466,6 +466,23 @@ def test_sizes_the_encoder_cannot_take_are_refused_before_any_work(stores, tmp_p
     assert sorted(path.name for path in tmp_path.iterdir()) == []
 
 
+@pytest.mark.fault("command line", "`ingest` given options of the source it does not read: --synthetic with "
+                   "--input or --format, or the generator's --frames/--size/--seed with files",
+                   "exit 2 naming the options and the choice to make, nothing written (they were ignored "
+                   "with exit 0: --input DIR --synthetic ingested synthetic rain)")
+def test_ingest_refuses_options_of_the_source_it_does_not_read(tmp_path, capsys):
+    archive = str(tmp_path / "archive.zarr")
+    folder = tmp_path / "files"
+    folder.mkdir()
+    refused(capsys, ["ingest", "--archive", archive, "--synthetic", "--input", str(folder)],
+            "--synthetic generates its frames, and --input-dir name files it would not read")
+    refused(capsys, ["ingest", "--archive", archive, "--synthetic", "--format", "knmi"],
+            "and --format name files")
+    refused(capsys, ["ingest", "--archive", archive, "--input", str(folder), "--frames", "10", "--seed", "5"],
+            "--synthetic-frames, --seed shape the synthetic generator's frames and do nothing for files")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["files"]
+
+
 @pytest.mark.fault("command line", "`models` with --models of nothing, of a zarr store, or a version that is "
                    "not there; a scoring range inside the archive that falls between two frames",
                    "exit 2 naming the path (it listed 'no models' with exit 0), the versions there, or the "

@@ -53,6 +53,8 @@ def test_save_then_load_gives_identical_predictions(saved):
     assert manifest == {f: registry.sha256_file(path / f)
                         for f in ("model.keras", "metadata.json", "metrics.json")}
     assert meta["packages"]["keras"] == keras.__version__
+    # readable as its registry is (0700 from mkdtemp hid a version from scorers running as another user)
+    assert path.stat().st_mode & 0o777 == path.parent.stat().st_mode & 0o777
 
 
 def test_latest_pointer_follows_promotion(saved):

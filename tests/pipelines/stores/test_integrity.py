@@ -82,6 +82,48 @@ def test_a_chunk_flagged_valid_but_gone_is_missing(archive):
     assert damage.problem.startswith("missing")
 
 
+@pytest.mark.fault("stores", "a data chunk deleted while its frames are flagged valid, then read by a job "
+                   "(windows, scoring, `show`)",
+                   "the read names the chunk, its times and the --repair fix (zarr read it as NaN: NaN "
+                   "windows, a model trained on them, forecasts of NaN marked written and a blank map, all "
+                   "exit 0)")
+def test_a_missing_chunk_is_named_by_the_jobs_that_read_it(archive, tmp_path):
+    from nowcast.pipelines.jobs.scoring import read_windows
+    from nowcast.pipelines.stores.groups import array, open_group
+    from nowcast.pipelines.stores.integrity import StoreDamagedError, read_span
+
+    url = str(archive)
+    whole = read_span(url, array(open_group(url), "precip"), 0, FRAMES)  # a sound archive reads as before
+    assert not np.isnan(whole).all(axis=(1, 2)).any()
+    os.remove(archive / "precip" / "c" / "1" / "0" / "0")
+    named = (r"precip chunk 1 \(2024-01-01T00:40 .. 2024-01-01T01:15\): a chunk object is missing: 0 of a "
+             r"frame's pixels read as observed where ingest wrote 1.*--repair")
+    with pytest.raises(StoreDamagedError, match=named):
+        read_span(url, array(open_group(url), "precip"), 4, 12)
+    np.testing.assert_array_equal(read_span(url, array(open_group(url), "precip"), 16, 24), whole[16:])
+    with pytest.raises(StoreDamagedError, match=named):
+        list(read_windows(url, ["precip"], 4, [10]))
+    shown = nowcast("show", url, "--out", str(tmp_path / "map.png"), "--time", "2024-01-01T01:00")
+    assert shown.returncode == 2
+    assert "missing" in shown.stderr
+    assert "--repair" in shown.stderr
+    assert not (tmp_path / "map.png").exists()
+
+
+@pytest.mark.fault("stores", "new frames merged into a time chunk whose object was deleted while its frames "
+                   "are flagged valid",
+                   "refused before any write, naming the chunk and --repair (the valid frames were stored as "
+                   "NaN and stayed flagged valid, exit 0)")
+def test_merging_into_a_missing_chunk_is_refused(tmp_path):
+    url = str(tmp_path / "archive.zarr")
+    ingest_items(IngestSpec(archive=url, source=source(20), time_chunk=CHUNK), source(20).items(), None)
+    os.remove(tmp_path / "archive.zarr" / "precip" / "c" / "2" / "0" / "0")  # frames 16-19
+    before = snapshot(url)
+    with pytest.raises(ArchiveError, match=r"chunk 2/0/0 of .*precip \(time index 16\) is missing.*--repair"):
+        ingest_items(IngestSpec(archive=url, source=source()), source().items()[20:], None)
+    assert snapshot(url) == before
+
+
 @pytest.mark.slow
 @pytest.mark.fault("stores", "a truncated data chunk and a truncated flag chunk",
                    "`check` exit 2 with the fix; ingest refuses to merge (bytes unchanged); "
