@@ -359,7 +359,8 @@ def require_stored(url: str, array: zarr.Array, data: np.ndarray, first: int, ki
     legitimately empty in a frame, or a tile outside coverage that was never
     stored, is no finding. Costs one pass over ``data`` and a read of the
     fractions' span; an archive without them (written before they were
-    stored) is not checked.
+    stored) is not checked. A frame that an ingest writes meanwhile is no
+    finding: on a mismatch the fractions are read again, then the data.
     """
     name = f"{array.basename}_finite_fraction"
     if kind != "archive" or data.ndim != 3 or not np.issubdtype(data.dtype, np.floating):
@@ -367,12 +368,16 @@ def require_stored(url: str, array: zarr.Array, data: np.ndarray, first: int, ki
     group = open_group(url)
     if name not in group:
         return
-    written = np.asarray(group_array(group, name)[first:first + len(data)], dtype="float64")
+    fractions = group_array(group, name)
     pixels = data.shape[1] * data.shape[2]
-    read = np.count_nonzero(~np.isnan(data), axis=(1, 2)) / pixels
-    lost = np.flatnonzero(read < written - 0.5 / pixels)  # NaN fractions (lost stats) compare false
-    if not lost.size:
-        return
+    for again in (False, True):
+        written = np.asarray(fractions[first:first + len(data)], dtype="float64")
+        if again:  # an ingest may have written the frame between the data's read and the fractions': read
+            data = np.asarray(array[first:first + len(data)])  # again, after them (it writes data first)
+        read = np.count_nonzero(~np.isnan(data), axis=(1, 2)) / pixels
+        lost = np.flatnonzero(read < written - 0.5 / pixels)  # NaN fractions (lost stats) compare false
+        if not lost.size:
+            return
     step = array.chunks[0]
     damaged = []
     for chunk in sorted({(first + int(i)) // step for i in lost}):
