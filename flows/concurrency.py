@@ -122,6 +122,17 @@ def ensure_server() -> None:
                          "unset PREFECT_API_URL to run on a temporary local server")
 
 
+def _run_logger() -> logging.Logger | logging.LoggerAdapter:
+    """The flow run's logger inside a run (its log in the UI says why the run waits), else this module's."""
+    from prefect.exceptions import MissingContextError
+    from prefect.logging import get_run_logger
+
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return log
+
+
 @contextlib.contextmanager
 def store_slot(url: str, timeout_s: float | None = None) -> Iterator[None]:
     """Holds the store's one slot for the block (waits for it; ``timeout_s`` None: as long as it takes).
@@ -133,11 +144,12 @@ def store_slot(url: str, timeout_s: float | None = None) -> Iterator[None]:
         return
     name = slot_name(url)
     busy = ensure_limit(name)
+    logger = _run_logger()
     if busy:
-        log.warning("%s is being written by another run; waiting for its turn (a killed writer's slot "
+        logger.warning("%s is being written by another run; waiting for its turn (a killed writer's slot "
                     "frees within about %d s)", url, LEASE_S + 15)
     started = time.monotonic()
     with concurrency(name, occupy=1, timeout_seconds=timeout_s, lease_duration=LEASE_S, strict=True):
         if busy:
-            log.info("%s: our turn came after %.0f s", url, time.monotonic() - started)
+            logger.info("%s: our turn came after %.0f s", url, time.monotonic() - started)
         yield

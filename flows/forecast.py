@@ -175,7 +175,7 @@ def backfill_flow(params: BackfillParams) -> BackfillRun:
         running.remove(finished)
         result = finished.result()
         scored += result.scored
-        done += result.scored
+        done += result.scored + result.already_written  # unwritten when planned: another run wrote them
         update_progress_artifact(progress_id, 100.0 * done / total if total else 100.0)
         logger.info("backfill progress: %d of %d init times written", done, total)
     publish_store("backfill-forecasts", params.forecasts, "forecasts.zarr")

@@ -33,7 +33,7 @@ from nowcast.flows.forecast import backfill_flow, forecast_flow
 from nowcast.flows.ingest import ingest_flow
 from nowcast.flows.params import ROOTS_ENV, not_a_file, placeable
 from nowcast.flows.stopping import interrupt
-from nowcast.flows.temporary_server import end_with_parent
+from nowcast.flows.temporary_server import SERVER_SETTINGS, end_with_parent
 from nowcast.flows.train import train_flow
 
 DEFAULT_CRON = "*/5 * * * *"
@@ -194,7 +194,7 @@ def run_local_server(workdir: str | Path = "runs/demo", port: int = 4200, files_
     root = Path(workdir).resolve()
     root.mkdir(parents=True, exist_ok=True)
     api = f"http://127.0.0.1:{port}/api"
-    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_API_URL": api}
+    env = {**os.environ, **SERVER_SETTINGS, "PREFECT_UI_API_URL": api}
     # ends with this process, however it ends: a SIGKILL left the server holding the port for the next run
     server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
                                "--port", str(port)], env=env, preexec_fn=end_with_parent)

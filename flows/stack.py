@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from nowcast.errors import InputError
+from nowcast.flows.temporary_server import SERVER_SETTINGS
 from nowcast.processes import alive, free_port, started
 
 STATE_FILE = "stack.json"
@@ -354,7 +355,8 @@ def up(folder: str | Path = "runs/stack", workers: int = 2) -> dict[str, object]
         save()
         home = root / "prefect-home"
         home.mkdir(exist_ok=True)
-        server_env = {**base, "PREFECT_HOME": str(home), "PREFECT_API_DATABASE_CONNECTION_URL": database}
+        server_env = {**base, **SERVER_SETTINGS, "PREFECT_HOME": str(home),
+                      "PREFECT_API_DATABASE_CONNECTION_URL": database}
         ports["prefect"], server = _on_free_port(lambda port: _serve(
             "Prefect server", "prefect-server", [_bin("prefect"), "server", "start", "--host", "127.0.0.1",
                                                  "--port", str(port)],

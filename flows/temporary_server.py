@@ -29,6 +29,16 @@ STARTUP_S = 90  # Prefect's default, 20 s, ran out on a loaded 2-core machine (d
 log = logging.getLogger(__name__)
 
 
+# The settings of every Prefect server nowcast starts. Leases on the file system (under PREFECT_HOME,
+# beside the server's database): Prefect keeps them in memory by default, so a server stopped while a
+# run held a store's slot came back with the slot taken and no lease to expire, and every later writer
+# of that store waited for ever
+SERVER_SETTINGS = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": "prefect.server.concurrency.lease_storage.filesystem",
+}
+
+
 def start() -> None:
     """Starts Prefect's temporary server unless flows report to a server (or Prefect may not start one).
 
