@@ -39,11 +39,14 @@ class Verification:
         scores: ``scores[source][lead_minutes][metric]``.
         samples: samples scored.
         example: ``(observed, {source: forecast})`` of the wettest sample, ``(t_out, y, x)`` each.
+        south_first: the archive's y ascends, so row 0 is the south (a CF NetCDF grid): the maps
+            flip it to draw north up, as ``nowcast show`` does (they were drawn upside down).
     """
 
     scores: dict[str, dict[str, dict[str, float]]]
     samples: int
     example: tuple[np.ndarray, dict[str, np.ndarray]] | None
+    south_first: bool = False  # the grid's first row is its southernmost (y ascends): pictures flip it
 
     def mean(self, source: str, metric: str = PRIMARY) -> float:
         """Mean of ``metric`` over the lead times (NaN when none was scored)."""
@@ -130,7 +133,8 @@ def verify_split(windows: str, split: str, forecaster: Forecaster, name: str,
             on_samples(seen)
     scores = {source: verification.skill_compute(state, time_step_minutes)
               for source, state in states.items()}
-    return Verification(scores=scores, samples=seen, example=example)
+    return Verification(scores=scores, samples=seen, example=example,
+                        south_first=south_first(store.attrs.get("archive")))
 
 
 def spread(count: int, most: int | None) -> np.ndarray:
@@ -181,7 +185,19 @@ def verify_forecasts(forecasts: str, archive: str, max_samples: int) -> Verifica
             wettest, example = wet, (truth, fct)
     minutes = step_minutes(info.time_step)
     scores = {source: verification.skill_compute(state, minutes) for source, state in states.items()}
-    return Verification(scores=scores, samples=len(usable), example=example)
+    return Verification(scores=scores, samples=len(usable), example=example,
+                        south_first=south_first(archive))
+
+
+def south_first(archive: object) -> bool:
+    """Whether the grid of ``archive`` (a URL; None or one that cannot be read: no) has y ascending."""
+    if not archive:
+        return False
+    try:
+        y = read_info(str(archive)).grid.y
+    except Exception:  # the pictures keep the stored order; the scores do not depend on it
+        return False
+    return len(y) > 1 and bool(y[0] < y[-1])
 
 
 def save_pictures(result: Verification, folder: str | Path, stem: str,
@@ -192,6 +208,8 @@ def save_pictures(result: Verification, folder: str | Path, stem: str,
     paths = {"scores": verification.plot_scores(result.scores, folder / f"{stem}_scores.png")}
     if result.example is not None:
         observed, forecasts = result.example
+        if result.south_first:  # north up, as `nowcast show` draws the same archive
+            observed, forecasts = observed[:, ::-1], {k: v[:, ::-1] for k, v in forecasts.items()}
         leads = sorted({0, observed.shape[0] // 2, observed.shape[0] - 1})
         paths["maps"] = verification.plot_maps(observed, forecasts, leads, folder / f"{stem}_maps.png",
                                                time_step_minutes)

@@ -123,3 +123,32 @@ def test_frequency_bias_shows_drizzle_and_is_one_for_a_perfect_forecast():
     for lead in v.skill_compute(drizzle, 5).values():
         assert lead["bias_0.1"] == pytest.approx(1 / wet, rel=0.05)  # every pixel forecast wet
         assert lead["bias_0.1"] > 1.25
+
+
+@pytest.mark.fault("flows", "the maps of `evaluate` and `train` for an archive whose y ascends (a CF "
+                   "NetCDF grid)",
+                   "drawn north up, as `nowcast show` draws the same archive (they were upside down)")
+def test_verification_maps_are_drawn_north_up(tmp_path, monkeypatch):
+    from nowcast.model import verify
+    from nowcast.pipelines.stores.groups import array, open_group
+    from tests.pipelines.jobs.scoring_helpers import make_archive
+
+    url = make_archive(str(tmp_path / "archive.zarr"), frames=12, size=(8, 10))
+    assert not verify.south_first(url)  # the synthetic grid is north up
+    y = array(open_group(url, "r+"), "y")
+    y[:] = y[:][::-1]
+    assert verify.south_first(url)
+    assert not verify.south_first(None)
+
+    drawn = {}
+    monkeypatch.setattr(verify.verification, "plot_maps",
+                        lambda observed, forecasts, *args: drawn.update(observed=observed, **forecasts))
+    frames = np.arange(2 * 8 * 10, dtype="float32").reshape(2, 8, 10)
+    for south_first in (False, True):
+        result = verify.Verification(scores={"m": {}}, samples=1, example=(frames, {"m": frames + 1}),
+                                     south_first=south_first)
+        monkeypatch.setattr(verify.verification, "plot_scores", lambda *args: None)
+        verify.save_pictures(result, tmp_path / "pictures", "test")
+        rows = frames[:, ::-1] if south_first else frames
+        np.testing.assert_array_equal(drawn["observed"], rows)
+        np.testing.assert_array_equal(drawn["m"], rows + 1)
