@@ -366,45 +366,26 @@ def test_another_formats_files_in_the_folder_are_named(radar_dir, tmp_path, capl
     assert gifs[0].name in caplog.text
 
 
-@pytest.mark.fault("sources", "MeteoSwiss AQC files of another accumulation period than 5 minutes "
-                   "(_00060: an hour's amount), or of several periods in one folder",
+@pytest.mark.parametrize(("fmt", "five_minutes", "an_hour"), [("mch", "_00005.", "_00060."),
+                                                               ("knmi", "_5min_", "_60min_")])
+@pytest.mark.fault("sources", "MeteoSwiss AQC or KNMI RAD_NL25 files of another accumulation period than 5 "
+                   "minutes (_00060, _60min_: an hour's amount), or of several periods in one folder",
                    "the period in the name converts the amount to mm/h and is the archive's step (an hour's "
                    "amount was read as 5 minutes', 12 times the rate); several periods refused naming them")
-def test_meteoswiss_accumulation_period_comes_from_the_name(radar_dir, tmp_path):
-    five = RadarSource(str(radar_dir / "mch"), "mch").items()[0].path
+def test_the_accumulation_period_comes_from_the_name(radar_dir, tmp_path, fmt, five_minutes, an_hour):
+    five = RadarSource(str(radar_dir / fmt), fmt).items()[0].path
     hourly = tmp_path / "hourly"
     hourly.mkdir()
-    shutil.copy(five, hourly / os.path.basename(five).replace("_00005.", "_00060."))
-    as_hourly = RadarSource(str(hourly), "mch")
+    shutil.copy(five, hourly / os.path.basename(five).replace(five_minutes, an_hour))
+    as_hourly = RadarSource(str(hourly), fmt)
     assert as_hourly.time_step() == np.timedelta64(3600, "s")
-    as_five = RadarSource(str(radar_dir / "mch"), "mch")
+    as_five = RadarSource(str(radar_dir / fmt), fmt)
     np.testing.assert_allclose(as_hourly.read(as_hourly.items()[0])["precip"] * 12,
                                as_five.read(as_five.items()[0])["precip"], rtol=1e-6, equal_nan=True)
     shutil.copy(five, hourly)
-    with pytest.raises(SourceError, match=r"mch accumulations of other periods than one \(the period in the "
-                                          r"names: 1 of 5 min, 1 of 60 min\)"):
-        RadarSource(str(hourly), "mch").items()
-
-
-@pytest.mark.fault("sources", "KNMI RAD_NL25 files whose names give another period than 5 minutes "
-                   "(RAD_NL25_RAC_60min_...: an hour's amount)",
-                   "the period in the name converts the amount to mm/h and is the archive's step (the name "
-                   "pattern took any period and the amount was read as 5 minutes', 12 times the rate); "
-                   "several periods refused naming them")
-def test_knmi_accumulation_period_comes_from_the_name(radar_dir, tmp_path):
-    five = RadarSource(str(radar_dir / "knmi"), "knmi").items()[0].path
-    hourly = tmp_path / "hourly"
-    hourly.mkdir()
-    shutil.copy(five, hourly / os.path.basename(five).replace("_5min_", "_60min_"))
-    as_hourly = RadarSource(str(hourly), "knmi")
-    assert as_hourly.time_step() == np.timedelta64(3600, "s")
-    as_five = RadarSource(str(radar_dir / "knmi"), "knmi")
-    np.testing.assert_allclose(as_hourly.read(as_hourly.items()[0])["precip"] * 12,
-                               as_five.read(as_five.items()[0])["precip"], rtol=1e-6, equal_nan=True)
-    shutil.copy(five, hourly)
-    with pytest.raises(SourceError, match=r"knmi accumulations of other periods than one \(the period in the "
-                                          r"names: 1 of 5 min, 1 of 60 min\)"):
-        RadarSource(str(hourly), "knmi").items()
+    with pytest.raises(SourceError, match=rf"{fmt} accumulations of other periods than one \(the period in "
+                                          r"the names: 1 of 5 min, 1 of 60 min\)"):
+        RadarSource(str(hourly), fmt).items()
 
 
 @pytest.mark.fault("sources", "CF NetCDF files whose names look like BoM Rainfields3 names",
