@@ -147,7 +147,7 @@ def store_slot(url: str, timeout_s: float | None = None) -> Iterator[None]:
     logger = _run_logger()
     if busy:
         logger.warning("%s is being written by another run; waiting for its turn (a killed writer's slot "
-                    "frees within about %d s)", url, LEASE_S + 15)
+                       "frees within about %d s)", url, LEASE_S + 15)
     started = time.monotonic()
     with concurrency(name, occupy=1, timeout_seconds=timeout_s, lease_duration=LEASE_S, strict=True):
         if busy:

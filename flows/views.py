@@ -11,6 +11,7 @@ import numpy as np
 from nowcast.errors import InputError
 from nowcast.flows.params import parse_time
 from nowcast.pipelines.stores.archive import PRECIP, VALID, open_archive, read_info, same_units
+from nowcast.pipelines.stores.grid import south_first
 from nowcast.pipelines.stores.groups import enclosing_store, looks_like_url
 from nowcast.quiet_import import pysteps_quietly
 
@@ -121,8 +122,7 @@ def stored(url: str, name: str, index: int, frame: np.ndarray) -> np.ndarray:
 def north_up(ds, frame: np.ndarray) -> np.ndarray:
     """``frame`` with its first row the northernmost: stores keep rows in the input's order, and a CF NetCDF
     file with ascending y was drawn upside down (pictures draw row 0 at the top)."""
-    y = ds["y"].values if "y" in ds.coords else None
-    return frame[::-1] if y is not None and len(y) > 1 and y[0] < y[-1] else frame
+    return frame[::-1] if "y" in ds.coords and south_first(ds["y"].values) else frame
 
 
 def _draw(ax, frame: np.ndarray, field: tuple[str, str], title: str, colorbar: bool) -> None:

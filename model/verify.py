@@ -25,6 +25,7 @@ from nowcast.pipelines.stores.forecasts import (
     read_store_info,
     written_flags,
 )
+from nowcast.pipelines.stores.grid import south_first
 from nowcast.pipelines.stores.timeaxis import step_minutes
 from nowcast.pipelines.stores.windows import WindowsStore, describe_archive
 
@@ -134,7 +135,7 @@ def verify_split(windows: str, split: str, forecaster: Forecaster, name: str,
     scores = {source: verification.skill_compute(state, time_step_minutes)
               for source, state in states.items()}
     return Verification(scores=scores, samples=seen, example=example,
-                        south_first=south_first(store.attrs.get("archive")))
+                        south_first=archive_south_first(store.attrs.get("archive")))
 
 
 def spread(count: int, most: int | None) -> np.ndarray:
@@ -186,18 +187,19 @@ def verify_forecasts(forecasts: str, archive: str, max_samples: int) -> Verifica
     minutes = step_minutes(info.time_step)
     scores = {source: verification.skill_compute(state, minutes) for source, state in states.items()}
     return Verification(scores=scores, samples=len(usable), example=example,
-                        south_first=south_first(archive))
+                        south_first=south_first(archive_info.grid.y))
 
 
-def south_first(archive: object) -> bool:
-    """Whether the grid of ``archive`` (a URL; None or one that cannot be read: no) has y ascending."""
+def archive_south_first(archive: object) -> bool:
+    """:func:`~nowcast.pipelines.stores.grid.south_first` of the grid of ``archive`` (a URL; None or one
+    that cannot be read: no)."""
     if not archive:
         return False
     try:
         y = read_info(str(archive)).grid.y
     except Exception:  # the pictures keep the stored order; the scores do not depend on it
         return False
-    return len(y) > 1 and bool(y[0] < y[-1])
+    return south_first(y)
 
 
 def save_pictures(result: Verification, folder: str | Path, stem: str,

@@ -142,6 +142,12 @@ DEGREE_SPELLINGS = frozenset({"degrees", "degree", "degrees_east", "degree_east"
                               "degree_N", "degreesN", "degreeN"})
 
 
+def south_first(y: np.ndarray) -> bool:
+    """Whether rows with these y coordinates run from south to north (y ascends, as in many CF NetCDF
+    files): pictures, which draw row 0 at the top, flip such a grid to show it north up."""
+    return len(y) > 1 and bool(y[0] < y[-1])
+
+
 def crs_of(projection: str) -> pyproj.CRS:
     """The CRS a file names: a PROJ string, ``EPSG:3035``, WKT, anything pyproj reads.
 

@@ -338,11 +338,7 @@ def read_span(url: str, array: zarr.Array, first: int, stop: int, kind: str = "a
                 damaged.append(Damage(array.path, chunk, problem, begin, min(begin + step, array.shape[0])))
         if not damaged:
             raise
-        with np.errstate(all="ignore"):
-            times = _axis_times(open_group(url), kind) if kind in AXES else None
-        report = CheckReport(url=url, kind=kind, chunks_read=len(damaged), damaged=tuple(damaged),
-                             times=times)
-        raise StoreDamagedError(report.line()) from error
+        raise _damaged(url, kind, damaged) from error
     require_stored(url, array, data, first, kind)
     return data
 
@@ -386,10 +382,15 @@ def require_stored(url: str, array: zarr.Array, data: np.ndarray, first: int, ki
         problem = (f"a chunk object is missing: {read[one]:.3g} of a frame's pixels read as observed where "
                    f"ingest wrote {written[one]:.3g}")
         damaged.append(Damage(array.path, (chunk,), problem, begin, min(begin + step, array.shape[0])))
+    raise _damaged(url, kind, damaged)
+
+
+def _damaged(url: str, kind: str, damaged: list[Damage]) -> StoreDamagedError:
+    """The error a job raises for ``damaged`` chunks it read: ``nowcast check``'s line, times and fix."""
     with np.errstate(all="ignore"):
-        times = _axis_times(group, kind)
+        times = _axis_times(open_group(url), kind) if kind in AXES else None
     report = CheckReport(url=url, kind=kind, chunks_read=len(damaged), damaged=tuple(damaged), times=times)
-    raise StoreDamagedError(report.line())
+    return StoreDamagedError(report.line())
 
 
 def time_chunk_stored(url: str, array: zarr.Array, chunk: int) -> bool:

@@ -134,11 +134,11 @@ def test_verification_maps_are_drawn_north_up(tmp_path, monkeypatch):
     from tests.pipelines.jobs.scoring_helpers import make_archive
 
     url = make_archive(str(tmp_path / "archive.zarr"), frames=12, size=(8, 10))
-    assert not verify.south_first(url)  # the synthetic grid is north up
+    assert not verify.archive_south_first(url)  # the synthetic grid is north up
     y = array(open_group(url, "r+"), "y")
     y[:] = y[:][::-1]
-    assert verify.south_first(url)
-    assert not verify.south_first(None)
+    assert verify.archive_south_first(url)
+    assert not verify.archive_south_first(None)
 
     drawn = {}
     monkeypatch.setattr(verify.verification, "plot_maps",
