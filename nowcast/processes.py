@@ -71,6 +71,11 @@ def host_id() -> str:
 FIRST_PORT = 20000  # the registered ports above it are seldom served on a work machine
 
 
+# not the global generator: seeded (keras.utils.set_random_seed seeds it), it made two processes pick the
+# same ports in the same order, and the second server found its port taken
+_PORTS = random.SystemRandom()
+
+
 def free_port() -> int:
     """A port of 127.0.0.1 that is free now, for a server this process is about to start.
 
@@ -83,7 +88,7 @@ def free_port() -> int:
     """
     low = _ephemeral_low()
     if low - FIRST_PORT >= 1000:
-        for port in random.sample(range(FIRST_PORT, low), 50):
+        for port in _PORTS.sample(range(FIRST_PORT, low), 50):
             if _bindable(port):
                 return port
     with socket.socket() as probe:

@@ -253,6 +253,19 @@ def test_free_ports_lie_below_the_ephemeral_range():
     assert len(ports) > 1
 
 
+def test_processes_seeded_alike_pick_different_ports():
+    """Two test processes that had seeded Python's generator alike (keras.utils.set_random_seed does) picked
+    the same "free" ports, and the second `nowcast server` found its port taken."""
+    import random
+
+    from nowcast.processes import free_port
+
+    random.seed(1)
+    first = [free_port() for _ in range(3)]
+    random.seed(1)
+    assert [free_port() for _ in range(3)] != first
+
+
 # --- the life cycle under a live schedule -------------------------------------------------------
 
 EVERY_S = 30  # the test's schedule for ingest and forecast (infra/prefect.yaml: every 5 minutes)
