@@ -1,9 +1,10 @@
 """What the flows show in the Prefect UI: metrics tables, pictures, store links, progress.
 
 PNG pictures: Prefect's image artifact stores a URL, not the bytes. When
-``NOWCAST_ARTIFACT_URL`` is set (e.g. ``http://127.0.0.1:4201/``, which
-``make server`` serves from ``NOWCAST_ARTIFACT_ROOT``, default ``runs/``), a
-PNG under that folder is published as an image artifact at the matching URL.
+``NOWCAST_ARTIFACT_URL`` is set (e.g. ``http://127.0.0.1:4201/``, where
+``nowcast server`` serves the PNG files under its work folder, which it sets as
+``NOWCAST_ARTIFACT_ROOT``; default ``runs/``), a PNG under that folder is
+published as an image artifact at the matching URL.
 Every PNG is also embedded in a markdown artifact as a data URI, so it shows
 in the UI with no file server at all.
 """
@@ -69,6 +70,6 @@ def publish_png(key: str, path: str | Path, description: str) -> None:
 
 
 def publish_store(key: str, url: str, description: str) -> None:
-    """A link artifact to a store (an http URL when served, else the file URL)."""
-    link = public_url(url) or (url if "://" in url else Path(url).resolve().as_uri())
+    """A link artifact to a store: its URL, or its file URL (the artifact server serves pictures only)."""
+    link = url if "://" in url else Path(url).resolve().as_uri()
     create_link_artifact(link=link, link_text=url, key=artifact_key(key), description=description)

@@ -14,8 +14,11 @@ process, Docker and Kubernetes (GPU) workers are in infra/prefect.yaml.
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import http
 import http.server
+import logging
 import os
 import signal
 import socket
@@ -113,15 +116,76 @@ def check_serving(workdir: str | Path, cron: str, ports: tuple[int, ...] = ()) -
 def serve_deployments(workdir: str | Path = "runs/demo", cron: str = DEFAULT_CRON, limit: int = 2,
                       model_name: str = "convlstm") -> None:
     """Registers the deployments and runs triggered flow runs here until interrupted."""
-    import asyncio
-
     root = Path(workdir).resolve()
     (root / "incoming").mkdir(parents=True, exist_ok=True)
     os.environ.setdefault(ROOTS_ENV, str(root))
     runner = _runner(limit)
-    for deployment in build_deployments(root, cron, model_name):
-        runner.add_deployment(deployment)
-    asyncio.run(runner.start())
+    deployments = [runner.add_deployment(each) for each in build_deployments(root, cron, model_name)]
+    crash_lost_runs(deployments)  # left by a serving process that was killed
+    try:
+        asyncio.run(runner.start())
+    finally:
+        crash_lost_runs(deployments)  # the runner has ended the runs it had in flight
+
+
+IN_FLIGHT = ("PENDING", "RUNNING", "CANCELLING")
+LOST = ("lost: the process serving it stopped before the run finished; the stores keep what its finished "
+        "chunks wrote. Run it again (a backfill resumes where it stopped)")
+
+
+def crash_lost_runs(deployment_ids: list) -> list[str]:
+    """Marks Crashed the runs of these deployments that the server holds in flight but that no process on
+    this machine runs (their server stopped under them), and returns their names.
+
+    A run left Running kept the deployment's concurrency slot: after ``nowcast server`` was stopped with a
+    forecast in flight and started again, every forecast run waited in AwaitingConcurrencySlot, and the lost
+    run showed Running in the UI for good. Crashed releases the slot (Prefect's orchestration does). A run
+    whose process still lives on (``PREFECT__FLOW_RUN_ID`` in its environment) is left to report its own
+    end. The served deployments point at this machine's stores, so no other machine runs them. Never raises:
+    at shutdown the server may be gone already, and the reason for the shutdown matters more.
+    """
+    from prefect import get_client
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterId,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import Crashed
+
+    try:
+        with get_client(sync_client=True) as client:
+            in_flight = client.read_flow_runs(
+                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=list(deployment_ids))),
+                flow_run_filter=FlowRunFilter(state=FlowRunFilterState(
+                    type=FlowRunFilterStateType(any_=[StateType[name] for name in IN_FLIGHT]))))
+            lost = [run for run in in_flight if str(run.id) not in running_here()]
+            for run in lost:
+                client.set_flow_run_state(run.id, Crashed(message=LOST), force=True)
+    except Exception as error:  # a sweep that failed must not hide why serving stopped
+        logging.getLogger(__name__).warning("could not check for lost flow runs: %s", error)
+        return []
+    for run in lost:
+        logging.getLogger(__name__).warning("flow run %s (%s) marked Crashed: %s", run.name, run.id, LOST)
+    return [run.name for run in lost]
+
+
+def running_here() -> set[str]:
+    """The ids of the flow runs that processes on this machine run (Prefect's runner and workers start
+    each with ``PREFECT__FLOW_RUN_ID`` in its environment); processes it may not read are skipped."""
+    import psutil
+
+    ids = set()
+    for process in psutil.process_iter():
+        try:
+            run = process.environ().get("PREFECT__FLOW_RUN_ID")
+            if run and process.status() != psutil.STATUS_ZOMBIE:
+                ids.add(run)
+        except (psutil.Error, OSError):
+            continue
+    return ids
 
 
 def _runner(limit: int):
@@ -141,18 +205,42 @@ def _runner(limit: int):
         def handle_sigterm(self, *args: object, **kwargs: object) -> None:
             interrupt(signal.SIGTERM, None)
 
+    logging.getLogger("asyncio").addFilter(_no_cancelled_handlers)
     return _Runner(pause_on_shutdown=True, limit=limit)
 
 
+def _no_cancelled_handlers(record: logging.LogRecord) -> bool:
+    """Drops asyncio's report of a cancelled callback: the runner cancels its control channel's connection
+    handlers when it stops, and asyncio logged each as an ERROR with two tracebacks after the command's
+    "stopped (SIGTERM)"; nothing had failed."""
+    return not (record.exc_info and isinstance(record.exc_info[1], asyncio.CancelledError))
+
+
 def start_file_server(folder: str | Path, port: int) -> http.server.ThreadingHTTPServer:
-    """Serves ``folder`` read-only over http on 127.0.0.1 (for image artifacts)."""
-    handler = functools.partial(_QuietHandler, directory=str(folder))
+    """Serves the PNG pictures under ``folder`` over http on 127.0.0.1, for the UI's image artifacts."""
+    handler = functools.partial(_PicturesHandler, directory=str(Path(folder).resolve()))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
 
 
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+class _PicturesHandler(http.server.SimpleHTTPRequestHandler):
+    """A PNG file under the folder, and nothing else: no folder listing, no other file (a store's chunks,
+    a model, the incoming radar files), no link leading out. It served the work folder's parent, listing
+    and all, to any program on the machine."""
+
+    def send_head(self):
+        path = Path(self.translate_path(self.path))
+        try:
+            found = path.resolve(strict=True)
+        except OSError:
+            found = None
+        if (found is None or not found.is_file() or found.suffix.lower() != ".png"
+                or not found.is_relative_to(self.directory)):
+            self.send_error(http.HTTPStatus.NOT_FOUND, "only the PNG pictures under the served folder")
+            return None
+        return super().send_head()
+
     def log_message(self, format: str, *args: object) -> None:
         return
 
@@ -195,19 +283,21 @@ def run_local_server(workdir: str | Path = "runs/demo", port: int = 4200, files_
     root.mkdir(parents=True, exist_ok=True)
     api = f"http://127.0.0.1:{port}/api"
     env = {**os.environ, **SERVER_SETTINGS, "PREFECT_UI_API_URL": api}
+    # bound at once, as checked: bound after the Prefect server answered, the port had been taken meanwhile
+    # (by a connection's ephemeral port) and the command ended with "Address already in use"
+    files = start_file_server(root, files_port)
+    os.environ.setdefault(URL_ENV, f"http://127.0.0.1:{files_port}/")
+    os.environ[ROOT_ENV] = str(root)  # the URLs name paths under the folder served
     # ends with this process, however it ends: a SIGKILL left the server holding the port for the next run
     server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
                                "--port", str(port)], env=env, preexec_fn=end_with_parent)
     signal.signal(signal.SIGTERM, interrupt)  # a plain kill stops the server too, as Ctrl-C does
     try:
         wait_for_api(api, server=server)
-        artifacts_root = root.parent
-        start_file_server(artifacts_root, files_port)
-        os.environ.setdefault(URL_ENV, f"http://127.0.0.1:{files_port}/")
-        os.environ.setdefault(ROOT_ENV, str(artifacts_root))
         print(f"Prefect UI: http://127.0.0.1:{port}  (deployments: {', '.join(DEPLOYED)} / {DEPLOYMENT}); "
               f"stores under {root}; Ctrl-C stops everything", flush=True)
         with temporary_settings({PREFECT_API_URL: api}):
             serve_deployments(root, cron)
     finally:
         stop_process(server)
+        files.shutdown()

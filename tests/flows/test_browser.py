@@ -7,14 +7,12 @@ and Debian's ``chromium`` driven by Playwright (never ``playwright install``).
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -23,6 +21,7 @@ from nowcast.flows.params import ROOTS_ENV
 from nowcast.flows.serve import stop_process, wait_for_api
 from nowcast.pipelines.stores.forecasts import written_flags
 from nowcast.processes import free_port
+from tests.flows.served import api, flow_run
 from tests.pipelines.jobs.scoring_helpers import make_archive, save_tiny_model, synthetic_stats
 
 # how long the UI may take to react: a liveness bound, not a speed check (a loaded 2-core CI
@@ -33,17 +32,6 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-ne
          "--disable-component-update", "--disable-sync", "--no-first-run"]
 REPO = Path(__file__).resolve().parents[2]
 FRAMES, SIZE = 40, (32, 32)
-
-
-def api(url: str, path: str, body: dict | None = None) -> object:
-    request = urllib.request.Request(f"{url}{path}", data=json.dumps(body or {}).encode(),
-                                     headers={"content-type": "application/json"}, method="POST")
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.loads(response.read())
-
-
-def flow_run(api_url: str, run_id: str) -> dict:
-    return api(api_url, "/flow_runs/filter", {"flow_runs": {"id": {"any_": [run_id]}}})[0]  # type: ignore[index]
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -15,6 +14,7 @@ import pytest
 from nowcast.flows.params import ROOTS_ENV, ParameterError, check_store_url
 from nowcast.flows.serve import start_file_server, stop_process, wait_for_api
 from nowcast.processes import free_port
+from tests.flows.served import local_server
 
 
 @pytest.mark.fault("security", "a .keras file carrying a Lambda layer",
@@ -59,21 +59,28 @@ def test_store_urls_cannot_climb_out_of_the_storage_roots(tmp_path, monkeypatch)
         check_store_url("runs/demo/archive.zarr")
 
 
-@pytest.mark.fault("security", "requests climbing out of the artifact server's folder",
-                   "404; the server binds 127.0.0.1")
-def test_the_artifact_file_server_serves_its_folder_only_and_on_loopback(tmp_path):
-    (tmp_path / "public").mkdir()
-    (tmp_path / "public" / "map.png").write_bytes(b"png")
+@pytest.mark.fault("security", "requests climbing out of the artifact server's folder, or for what is not a "
+                   "picture there: a folder's listing, a store chunk, a link out",
+                   "404; the server binds 127.0.0.1 and serves the PNG files under its folder only")
+def test_the_artifact_file_server_serves_its_pictures_only_and_on_loopback(tmp_path):
+    public = tmp_path / "public"
+    (public / "archive.zarr" / "precip" / "c").mkdir(parents=True)
+    (public / "evaluate").mkdir()
+    (public / "evaluate" / "map.png").write_bytes(b"png")
+    (public / "archive.zarr" / "precip" / "c" / "0").write_bytes(b"chunk")
     (tmp_path / "secret.txt").write_text("secret")
+    (tmp_path / "secret.png").write_bytes(b"private picture")
+    os.symlink(tmp_path / "secret.png", public / "link.png")
     port = free_port()
-    server = start_file_server(tmp_path / "public", port)
+    server = start_file_server(public, port)
     try:
         assert server.server_address[0] == "127.0.0.1"
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/map.png", timeout=5) as response:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/evaluate/map.png", timeout=5) as response:
             assert response.read() == b"png"
-        for climb in ("/../secret.txt", "/%2e%2e/secret.txt", "/..%2fsecret.txt"):
+        for refused in ("/../secret.txt", "/%2e%2e/secret.txt", "/..%2fsecret.txt", "/", "/evaluate/",
+                        "/archive.zarr/precip/c/0", "/link.png", "/missing.png"):
             with pytest.raises(urllib.error.HTTPError, match="404"):
-                urllib.request.urlopen(f"http://127.0.0.1:{port}{climb}", timeout=5)
+                urllib.request.urlopen(f"http://127.0.0.1:{port}{refused}", timeout=5)
     finally:
         server.shutdown()
 
@@ -86,7 +93,7 @@ def test_the_local_server_listens_on_loopback_only(tmp_path):
     """`nowcast server`: the Prefect server and the artifact server bind to 127.0.0.1 by default."""
     import psutil
 
-    process, ports = _local_server(tmp_path, stderr=subprocess.DEVNULL)
+    process, ports = local_server(tmp_path, stderr=subprocess.DEVNULL)
     try:
         wait_for_api(f"http://127.0.0.1:{ports[0]}/api", timeout_s=180)
         deadline = time.monotonic() + 60  # the artifact server starts once the API answers
@@ -106,47 +113,6 @@ def test_the_local_server_listens_on_loopback_only(tmp_path):
         stop_process(process)
     assert {port for _, port in listening} >= set(ports), listening
     assert {address for address, _ in listening} <= {"127.0.0.1", "::1"}, listening
-
-
-def _local_server(tmp_path, stderr) -> tuple[subprocess.Popen, list[int]]:
-    """``nowcast server`` on two free ports with its own PREFECT_HOME: the process and the ports."""
-    ports = [free_port(), free_port()]
-    while ports[1] == ports[0]:
-        ports[1] = free_port()
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), ROOTS_ENV: str(tmp_path)}
-    env.pop("PREFECT_API_URL", None)
-    command = ["server", "--workdir", str(tmp_path / "work"), "--port", str(ports[0]), "--files-port",
-               str(ports[1])]
-    return subprocess.Popen([sys.executable, "-m", "nowcast.flows.cli", *command], env=env, cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=stderr), ports
-
-
-@pytest.mark.slow
-@pytest.mark.fault("command line", "`nowcast server` stopped by SIGTERM (a service manager), once or twice",
-                   "stops as on Ctrl-C: one line 'stopped (SIGTERM)', exit 143, its Prefect server gone; a "
-                   "second SIGTERM during the stop ends it too (Prefect's runner had taken SIGTERM: exit 0 "
-                   "without a word, and a second one called sys.exit inside its event loop)")
-@pytest.mark.parametrize("signals", [1, 2], ids=["once", "twice"])
-def test_the_local_server_stops_on_sigterm_as_on_ctrl_c(tmp_path, signals):
-    import signal
-
-    import psutil
-
-    process, ports = _local_server(tmp_path, stderr=subprocess.PIPE)
-    try:
-        wait_for_api(f"http://127.0.0.1:{ports[0]}/api", timeout_s=180)
-        time.sleep(3)  # the deployments registered and the runner polling
-        family = psutil.Process(process.pid).children(recursive=True)
-        for _ in range(signals):
-            process.send_signal(signal.SIGTERM)
-            time.sleep(0.5)
-        _, err = process.communicate(timeout=60)
-        _gone, alive = psutil.wait_procs(family, timeout=30)
-    finally:
-        stop_process(process)
-    assert process.returncode == 128 + signal.SIGTERM, err
-    assert err.decode().strip().splitlines()[-1] == "nowcast server: stopped (SIGTERM)", err
-    assert not alive, f"outlived `nowcast server`: {alive}"
 
 
 def _connections(process) -> list:
