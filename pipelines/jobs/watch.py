@@ -104,11 +104,15 @@ def pending_items(items: list[SourceItem], archive: str) -> list[SourceItem]:
 
 def on_the_axis(items: list[SourceItem],
                 spec: IngestSpec) -> tuple[list[SourceItem], list[tuple[SourceItem, str]]]:
-    """The items the archive's time axis can hold, and the others with why (off its step, before its start).
+    """The items the archive's time axis can hold, and the others with why (off its step, before its start,
+    or a file whose name states another step: a KNMI or MeteoSwiss accumulation of another period, a BoM
+    product of another step).
 
     A batch ingest refuses such a file with the whole batch; a watcher must not: it would stop (or, for a
     file before the start, skip it without a word) while good files keep arriving. A new archive's axis is
-    the one ingest would give it (:func:`~nowcast.pipelines.jobs.ingest.new_time_axis`).
+    the one ingest would give it (:func:`~nowcast.pipelines.jobs.ingest.new_time_axis`). An hour's
+    accumulation that arrived among 5-minute ones was ingested as a 5-minute frame (its mean rate over the
+    hour), where the batch job refuses periods mixed.
     """
     if not items:
         return items, []
@@ -119,6 +123,12 @@ def on_the_axis(items: list[SourceItem],
         start, step = new_time_axis(spec, items)
     placed, refused = [], []
     for item in items:
+        stated = spec.source.file_step(item.path) if isinstance(spec.source, FolderSource) else None
+        if stated is not None and stated != step:
+            refused.append((item, f"its name states a step of {format_time_step(stated)}, the archive's is "
+                                  f"{format_time_step(step)} (one accumulation period, or one product, per "
+                                  "archive); watch its folder into an archive of its own"))
+            continue
         try:
             frame_indices([item], start, step)
             placed.append(item)

@@ -98,6 +98,10 @@ class FolderSource(Source, Protocol):
         """The frames of one file; a SourceError names that file alone."""
         ...
 
+    def file_step(self, path: str) -> np.timedelta64 | None:
+        """The time step one file's name states (an accumulation's period, a product's step), or None."""
+        ...
+
 
 def list_files(directory: str, suffixes: Sequence[str]) -> list[str]:
     """Files under ``directory`` (recursively, in path order) whose names end with a suffix.

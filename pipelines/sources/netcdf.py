@@ -204,6 +204,10 @@ class NetCDFSource:
         units: dict[str, tuple[str, str]] = {}  # variable -> (units, first file saying so)
         return sorted_unique(item for path in self.files() for item in self.file_items(path, units))
 
+    def file_step(self, path: str) -> None:
+        """None: a NetCDF file's name states no step (its times are inside)."""
+        return None
+
     def file_items(self, path: str, units: dict[str, tuple[str, str]] | None = None) -> list[SourceItem]:
         """The frames of one file, from its ``time`` coordinate (a watcher lists file by file).
 

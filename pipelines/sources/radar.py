@@ -255,10 +255,17 @@ class RadarSource:
             if minutes is None:
                 return most_common_step(item.time for item in self.items())
         elif self.fmt in ("knmi", "mch"):  # the first name that gives one (items() checks they agree)
-            minutes = next(filter(None, (period_minutes(self.fmt, path) for path in self.files())), None)
+            return next(filter(None, (self.file_step(path) for path in self.files())), None)
         elif self.fmt == "odim":  # a single frame gives no step: the product's may be 5, 6, 10, 15 min
             return most_common_step(item.time for item in self.items())
-        return np.timedelta64(timedelta(minutes=minutes), "s") if minutes else None
+        return _minutes(minutes)
+
+    def file_step(self, path: str) -> np.timedelta64 | None:
+        """The step one file's name states: the accumulation period (KNMI, MeteoSwiss), the product's step
+        (BoM); None for the other formats, and for a name that states none."""
+        if self.fmt == "bom":
+            return _minutes(BOM_PRODUCT_MINUTES.get(bom_product(path) or ""))
+        return _minutes(period_minutes(self.fmt, path))
 
     def files(self) -> list[str]:
         """The format's files under the folder (with ``product``: that BoM product's), in path order.
@@ -432,3 +439,7 @@ def _try_detect(directory: str) -> str:
         return detect_radar_format(directory)
     except SourceError:
         return "none"
+
+
+def _minutes(minutes: int | None) -> np.timedelta64 | None:
+    return np.timedelta64(timedelta(minutes=minutes), "s") if minutes else None

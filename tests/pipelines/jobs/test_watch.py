@@ -84,9 +84,11 @@ def test_a_set_event_ends_the_watch_before_its_next_poll(tmp_path):
     assert run_watch(spec, stop=stop).polls == 0
 
 
-@pytest.mark.fault("watch", "a file off the archive's time step, or before its start, among good ones",
+@pytest.mark.fault("watch", "a file off the archive's time step, before its start, or of another "
+                   "accumulation period (an hourly KNMI file among 5-minute ones), among good ones",
                    "rejected with a warning naming it and the fix; the good files keep coming in (the "
-                   "watcher once stopped on the first, and skipped the second without a word)")
+                   "watcher once stopped on the first, skipped the second without a word, and ingested the "
+                   "hour's mean rate as a 5-minute frame)")
 def test_a_file_the_time_axis_cannot_hold_is_rejected_and_the_rest_ingested(tmp_path, radar_dir, caplog):
     files = sorted((radar_dir / "knmi").rglob("*.h5"))[:4]  # 00:00, 00:05, 00:10, 00:15
     incoming = tmp_path / "incoming"
@@ -99,14 +101,17 @@ def test_a_file_the_time_axis_cannot_hold_is_rejected_and_the_rest_ingested(tmp_
     assert poll_once(spec, rejections) == 2  # the archive starts at 00:05
     early = incoming / files[0].name
     off_step = incoming / files[3].name.replace("201008260015", "201008260017")
-    for source, target in ((files[0], early), (files[3], off_step), (files[3], incoming / files[3].name)):
+    hourly = incoming / files[3].name.replace("201008260015", "201008260100").replace("_5min_", "_60min_")
+    for source, target in ((files[0], early), (files[3], off_step), (files[3], hourly),
+                           (files[3], incoming / files[3].name)):
         shutil.copy(source, target)
     with caplog.at_level("WARNING", logger="nowcast.pipelines.jobs.watch"):
         assert poll_once(spec, rejections) == 1  # 00:15 comes in
-    assert set(rejections.given_up) == {str(early), str(off_step)}
+    assert set(rejections.given_up) == {str(early), str(off_step), str(hourly)}
     assert "before the archive start" in caplog.text
     assert "not on the archive's PT5M axis" in caplog.text
-    assert poll_once(spec, rejections) == 0  # and neither is tried again
+    assert "its name states a step of PT1H, the archive's is PT5M" in caplog.text
+    assert poll_once(spec, rejections) == 0  # and none is tried again
     assert open_archive(spec.archive)["valid"].values.tolist() == [True, True, True]
 
 
