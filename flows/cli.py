@@ -283,8 +283,8 @@ def cmd_models(args: argparse.Namespace) -> int:
                   f"(`nowcast models promote {name}/VERSION`)")
         for version in versions:
             mark = "  latest" if version == promoted else ""
-            try:
-                metadata = registry.read_metadata(registry.resolve_version(args.models, name, version))
+            try:  # checksums too: a truncated model.keras was listed as sound, and as latest
+                metadata = registry.verify_version(args.models, name, version, archive=None).metadata
             except registry.RegistryError as error:
                 print(f"  {version}  damaged: {error}{mark}")
                 continue

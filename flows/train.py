@@ -204,9 +204,12 @@ def _saved_by_this_run(params: TrainParams, workdir: Path) -> str | None:
         return None
     if not same:
         return None
-    try:
-        return registry.resolve_version(params.models, params.architecture, registry.version_name(path))
-    except registry.RegistryError:  # removed or damaged since: train it again
+    try:  # checksums too: a version damaged since (a truncated model.keras) stopped every rerun
+        return registry.verify_version(params.models, params.architecture, registry.version_name(path),
+                                       archive=None).path
+    except registry.RegistryError as error:  # removed or damaged since: train it again
+        get_run_logger().warning("the version an interrupted run saved cannot be used (%s): training anew",
+                                 error)
         return None
 
 
@@ -248,7 +251,8 @@ def _train(params: TrainParams, workdir: Path) -> TrainRun:
     from nowcast.model.verify import save_pictures, table
 
     logger = get_run_logger()
-    check_writable(params.models, "the model registry")  # not after the training, where it failed
+    # not after the training, where it failed; the name's folder, which can be another's than the registry's
+    check_writable(f"{params.models.rstrip('/')}/{params.architecture}", "the model registry's folder")
     counts = cut_windows(params)
     version_dir = fit(params, workdir)
     version = registry.version_name(version_dir)

@@ -32,11 +32,13 @@ import on a small machine).
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
 import logging
 import os
 import platform
+import shutil
 import tempfile
 import time
 from collections.abc import Mapping
@@ -114,9 +116,59 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def new_version() -> str:
-    """A sortable UTC timestamp version, e.g. ``20260127T101500Z``."""
-    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+SAVE_TRIES = 20  # versions a save may find taken (by saves finishing in the same second) before it gives up
+
+
+def new_version(taken: int = 0) -> str:
+    """A sortable UTC timestamp version, e.g. ``20260127T101500Z``; ``taken`` > 0, when that name went to
+    another save in the same second: ``20260127T101500Z-2`` and on."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    return f"{stamp}-{taken + 1}" if taken else stamp
+
+
+class _VersionTakenError(Exception):
+    """The version's name is taken (by a save that finished first)."""
+
+
+def _write_version(model: keras.Model, fs: Any, parent: str, final: str, name: str, version: str,
+                   metadata: Mapping[str, Any], metrics: Mapping[str, object] | None) -> None:
+    """The version's files, staged on the local disk, then moved into place whole.
+
+    Raises:
+        _VersionTakenError: another save took ``final`` meanwhile (local disk); nothing is left behind.
+    """
+    with tempfile.TemporaryDirectory(prefix=f"nowcast-{version}-") as local:
+        staging = Path(local)
+        model.save(staging / MODEL_FILE)
+        full = {**metadata, "name": name, "version": version,
+                "model_sha256": sha256_file(staging / MODEL_FILE), "packages": package_versions(),
+                "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        (staging / METADATA_FILE).write_text(json.dumps(full, indent=2, sort_keys=True, default=str) + "\n")
+        (staging / METRICS_FILE).write_text(json.dumps(dict(metrics or {}), indent=2, sort_keys=True,
+                                                       default=str) + "\n")
+        manifest = {"files": {file: sha256_file(staging / file) for file in (MODEL_FILE, METRICS_FILE,
+                                                                              METADATA_FILE)}}
+        (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        files = (MODEL_FILE, METRICS_FILE, MANIFEST_FILE, METADATA_FILE)
+        if not isinstance(fs, LocalFileSystem):  # metadata.json last: until it lands, readers see no version
+            for file in files:
+                fs.put_file(str(staging / file), f"{final}/{file}")
+            return
+        os.makedirs(parent, exist_ok=True)  # a hidden folder beside the final one, renamed into place
+        hidden = tempfile.mkdtemp(prefix=f".{version}.", dir=parent)
+        try:
+            # mkdtemp's 0700 would hide the version from scorers running as another user: its parent's mode
+            os.chmod(hidden, os.stat(parent).st_mode & 0o777)
+            for file in files:
+                os.replace(staging / file, os.path.join(hidden, file))
+            try:
+                os.rename(hidden, final)
+            except OSError as error:  # ENOTEMPTY/EEXIST: a save of the same version won the race
+                if error.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise _VersionTakenError(final) from error
+                raise
+        finally:
+            shutil.rmtree(hidden, ignore_errors=True)  # gone once renamed; a complete model otherwise
 
 
 def _location(root: str | Path, *parts: str) -> tuple[Any, str]:
@@ -131,9 +183,12 @@ def _url(fs: Any, path: str) -> str:
 
 
 def _check_part(part: str, label: str) -> None:
-    if not part or "/" in part or part.startswith(".") or part == LATEST:
+    """A name or version is a plain folder name. One with a space at either end (a folder copied as
+    ``cand ``) was promoted, and ``latest`` then read back as another version, ``cand``."""
+    if not part or "/" in part or part.startswith(".") or part == LATEST or part != part.strip():
         raise RegistryError(f"model {label} {part!r} must be a plain folder name (no '/', no leading '.', "
-                            f"not '{LATEST}'); `nowcast models list` shows the versions")
+                            f"no space at either end, not '{LATEST}'); `nowcast models list` shows the "
+                            "versions")
 
 
 def save_model(model: keras.Model, root: str | Path, name: str, metadata: Mapping[str, Any],
@@ -148,43 +203,33 @@ def save_model(model: keras.Model, root: str | Path, name: str, metadata: Mappin
         metadata: training facts (window spec, normalisation, archive, ...); this
             function adds ``name``, ``version``, ``model_sha256``, ``packages`` and ``saved_at``.
         metrics: validation scores to store beside it.
-        version: defaults to a UTC timestamp; an existing version is never overwritten.
+        version: defaults to a UTC timestamp (``-2``, ``-3``... after it when saves finish in the same
+            second); an existing version is never overwritten.
         promote: replace ``latest`` with this version.
 
     Returns:
         The version's folder (a path, or a URL for a remote registry).
     """
-    version = version or new_version()
-    for part, label in ((name, "name"), (version, "version")):
-        _check_part(part, label)
-    fs, parent = _location(root, name)
-    final = f"{parent}/{version}"
-    if fs.exists(f"{final}/{METADATA_FILE}") or (isinstance(fs, LocalFileSystem) and fs.exists(final)):
-        raise RegistryError(f"{_url(fs, final)} already exists; versions are immutable, pick a new version")
-    with tempfile.TemporaryDirectory(prefix=f"nowcast-{version}-") as local:
-        staging = Path(local)
-        model.save(staging / MODEL_FILE)
-        full = {**metadata, "name": name, "version": version,
-                "model_sha256": sha256_file(staging / MODEL_FILE), "packages": package_versions(),
-                "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        (staging / METADATA_FILE).write_text(json.dumps(full, indent=2, sort_keys=True, default=str) + "\n")
-        (staging / METRICS_FILE).write_text(json.dumps(dict(metrics or {}), indent=2, sort_keys=True,
-                                                       default=str) + "\n")
-        manifest = {"files": {file: sha256_file(staging / file) for file in (MODEL_FILE, METRICS_FILE,
-                                                                              METADATA_FILE)}}
-        (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        files = (MODEL_FILE, METRICS_FILE, MANIFEST_FILE, METADATA_FILE)
-        if isinstance(fs, LocalFileSystem):  # a hidden folder beside the final one, renamed into place
-            os.makedirs(parent, exist_ok=True)
-            hidden = tempfile.mkdtemp(prefix=f".{version}.", dir=parent)
-            # mkdtemp's 0700 would hide the version from scorers running as another user: its parent's mode
-            os.chmod(hidden, os.stat(parent).st_mode & 0o777)
-            for file in files:
-                os.replace(staging / file, os.path.join(hidden, file))
-            os.rename(hidden, final)
-        else:  # metadata.json last: until it lands, readers see no version here
-            for file in files:
-                fs.put_file(str(staging / file), f"{final}/{file}")
+    chosen = version
+    for attempt in range(SAVE_TRIES):
+        version = chosen or new_version(attempt)
+        for part, label in ((name, "name"), (version, "version")):
+            _check_part(part, label)
+        fs, parent = _location(root, name)
+        final = f"{parent}/{version}"
+        try:
+            if fs.exists(f"{final}/{METADATA_FILE}") or (isinstance(fs, LocalFileSystem)
+                                                         and fs.exists(final)):
+                raise _VersionTakenError(final)
+            _write_version(model, fs, parent, final, name, version, metadata, metrics)
+            break
+        except _VersionTakenError:  # another save took the name first: a version of our own choosing moves on
+            if chosen or attempt == SAVE_TRIES - 1:
+                raise RegistryError(f"{_url(fs, final)} already exists; versions are immutable, pick a new "
+                                    "version") from None
+        except OSError as error:
+            raise RegistryError(f"cannot write {_url(fs, final)}: {error.strerror or error}; make "
+                                f"{_url(fs, parent)} writable (or give another --models)") from error
     if promote:  # just written from the bytes its checksum was taken of: not downloaded again to verify
         promote_version(root, name, version, verify=False)
     return _url(fs, final)
@@ -206,12 +251,16 @@ def promote_version(root: str | Path, name: str, version: str, *, verify: bool =
         except RegistryError as error:
             raise type(error)(f"cannot promote {name}/{version}: {error}") from None
     _pointer(fs, parent, name)
-    if isinstance(fs, LocalFileSystem):
-        tmp = os.path.join(parent, f".{LATEST}.{os.getpid()}.tmp")
-        Path(tmp).write_text(version + "\n")
-        os.replace(tmp, os.path.join(parent, LATEST))
-    else:  # one PUT replaces the object whole
-        fs.pipe_file(f"{parent}/{LATEST}", (version + "\n").encode())
+    try:
+        if isinstance(fs, LocalFileSystem):
+            tmp = os.path.join(parent, f".{LATEST}.{os.getpid()}.tmp")
+            Path(tmp).write_text(version + "\n")
+            os.replace(tmp, os.path.join(parent, LATEST))
+        else:  # one PUT replaces the object whole
+            fs.pipe_file(f"{parent}/{LATEST}", (version + "\n").encode())
+    except OSError as error:
+        raise RegistryError(f"cannot promote {name}/{version}: {error.strerror or error} writing "
+                            f"{_url(fs, parent)}/{LATEST}; make the folder writable") from error
 
 
 def resolve_version(root: str | Path, name: str, version: str = LATEST) -> str:

@@ -153,7 +153,8 @@ def test_train_registers_and_promotes_only_a_model_that_beats_extrapolation(trai
 @pytest.mark.fault("train", "a train run interrupted after its version is saved, before the verdict "
                    "(verification, promotion)",
                    "the rerun verifies and promotes that version instead of training again (it trained "
-                   "anew and left the first version behind, unpromoted)")
+                   "anew and left the first version behind, unpromoted); a version damaged meanwhile is "
+                   "trained anew (every rerun was refused on it)")
 def test_a_run_interrupted_after_saving_goes_on_from_its_version(trained, monkeypatch):
     from nowcast.flows import train as train_module
     from nowcast.model.registry import list_versions
@@ -177,6 +178,19 @@ def test_a_run_interrupted_after_saving_goes_on_from_its_version(trained, monkey
     assert (rerun.version, rerun.promoted) == (first[0], True)
     assert list_versions(params.models, params.architecture) == first
     assert not (root / "train-resume" / train_module.SAVED).exists()
+    # interrupted again, and the version it saved damaged before the rerun: the rerun trains anew (it was
+    # refused on the damaged version at every rerun)
+    monkeypatch.setattr(train_module, "verify", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train_module.train_flow(params)
+    damaged = [v for v in list_versions(params.models, params.architecture) if v not in first]
+    assert len(damaged) == 1
+    model = Path(params.models) / params.architecture / damaged[0] / "model.keras"
+    model.write_bytes(model.read_bytes()[:100])
+    monkeypatch.setattr(train_module, "verify", verify)
+    rerun = train_module.train_flow(params)
+    assert rerun.version not in (*first, *damaged)
+    assert rerun.promoted
 
 
 @pytest.mark.slow

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 from pathlib import Path
 
 import keras
@@ -285,7 +287,8 @@ def test_names_that_leave_the_registry_are_refused(two_versions, tmp_path_factor
         registry.resolve_version(two_versions, "cnn_lstm", "../cnn_lstm/v1")
 
 
-@pytest.mark.fault("models", "a damaged version among sound ones in `nowcast models list`",
+@pytest.mark.fault("models", "a damaged version among sound ones in `nowcast models list` (JSON not "
+                   "parsable, model.keras truncated)",
                    "every version is listed, the damaged one marked with why; exit 0 (it stopped at the "
                    "first damaged one and hid the rest)")
 def test_models_list_marks_a_damaged_version_and_shows_the_rest(two_versions, capsys):
@@ -297,6 +300,13 @@ def test_models_list_marks_a_damaged_version_and_shows_the_rest(two_versions, ca
     assert "v1  damaged: " in out
     assert "v2  saved " in out
     assert out.rstrip().endswith("latest")
+    model = two_versions / "cnn_lstm" / "v2" / "model.keras"  # truncated: it was listed as saved, and latest
+    model.write_bytes(model.read_bytes()[:100])
+    assert main(["models", "list", "--models", str(two_versions)]) == 0
+    line = capsys.readouterr().out.rstrip().splitlines()[-1]
+    assert line.startswith("  v2  damaged: "), line
+    assert "sha256" in line, line
+    assert line.endswith("latest"), line
 
 
 @pytest.mark.fault("models", "a version whose metadata lacks its training archive; `latest` naming a version "
@@ -311,3 +321,43 @@ def test_metadata_without_its_archive_and_a_latest_to_nothing_are_named(two_vers
     (two_versions / "cnn_lstm" / "latest").write_text("v9\n")
     assert main(["models", "list", "--models", str(two_versions)]) == 0
     assert "latest: points at v9, which is not a saved version" in capsys.readouterr().out
+
+
+@pytest.mark.fault("models", "two saves of one model name in the same second (two trainings ending at once)",
+                   "the second takes the version name with -2 after it and no staging folder is left (it "
+                   "was an OSError traceback after a full training, and a hidden folder holding a model)")
+def test_saves_in_the_same_second_take_their_own_versions(tmp_path, monkeypatch):
+    import time
+
+    keras.utils.set_random_seed(0)
+    model = build_model("cnn_lstm", ArchitectureConfig(t_in=3, t_out=2, height=8, width=8, filters=(4,),
+                                                       lstm_units=4))
+    second = time.gmtime()
+    monkeypatch.setattr(registry.time, "gmtime", lambda *args: second)
+    paths = [registry.save_model(model, tmp_path, "cnn_lstm", _metadata(), promote=False) for _ in range(3)]
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", second)
+    assert [registry.version_name(path) for path in paths] == [stamp, f"{stamp}-2", f"{stamp}-3"]
+    assert registry.list_versions(tmp_path, "cnn_lstm") == [stamp, f"{stamp}-2", f"{stamp}-3"]
+    assert registry.read_metadata(paths[1])["version"] == f"{stamp}-2"
+    assert sorted(p.name for p in (tmp_path / "cnn_lstm").iterdir()) == [stamp, f"{stamp}-2", f"{stamp}-3"]
+    with pytest.raises(registry.RegistryError, match="already exists; versions are immutable"):
+        registry.save_model(model, tmp_path, "cnn_lstm", _metadata(), version=stamp)
+
+
+@pytest.mark.fault("models", "a registry folder that cannot be written (read-only, or in another's hands) at "
+                   "save or promote; a version folder named with a space at its end",
+                   "refused naming the folder and the fix, latest unchanged (tracebacks; and `cand ` was "
+                   "promoted, then read back as version `cand`)")
+def test_an_unwritable_registry_and_a_padded_version_are_named(two_versions):
+    root = two_versions
+    model = registry.load_model(root, "cnn_lstm", archive=ARCHIVE).model
+    (root / "other").write_text("a file where the name's folder would go")
+    with pytest.raises(registry.RegistryError, match=r"cannot write .*other/v1: .*make .* writable"):
+        registry.save_model(model, root, "other", _metadata(), version="v1")
+    (root / "cnn_lstm" / f".latest.{os.getpid()}.tmp").mkdir()  # the pointer cannot be written
+    with pytest.raises(registry.RegistryError, match=r"cannot promote cnn_lstm/v1: .*latest; make the"):
+        registry.promote_version(root, "cnn_lstm", "v1")
+    shutil.copytree(root / "cnn_lstm" / "v1", root / "cnn_lstm" / "v1 ")
+    with pytest.raises(registry.RegistryError, match="no space at either end"):
+        registry.promote_version(root, "cnn_lstm", "v1 ")
+    assert registry.promoted_version(root, "cnn_lstm") == "v2"
