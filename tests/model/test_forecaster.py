@@ -169,3 +169,20 @@ def test_with_its_change_scaled_to_zero_the_model_is_the_padded_lagrangian_ar_ba
     for other in (unpadded, unfilled):
         assert np.abs(out - other).mean() > 1e-2
         assert (np.abs(out - other) > 1e-3).mean() > 0.05
+
+
+@pytest.mark.fault("models", "a whole-grid model forecasting a grid little wider than its motion search "
+                   "(10x13 px against 12 px per step)",
+                   "a forecast of the rain there (the block match took shifts off the grid as free: "
+                   "forecasts all dry, or the edge row copied down the grid, exit 0)")
+def test_a_small_grid_keeps_its_rain(trained):
+    from nowcast.pipelines.sources.synthetic import SyntheticSource
+
+    models, version = trained
+    source = SyntheticSource(shape=(10, 13), n_frames=40, seed=0, rotation=0.0, motion=(2.0, 1.0))
+    window = np.stack([source.frame(i) for i in range(33, 37)])[None, ..., None].astype("float32")
+    assert (window[0, -1] > 0.1).mean() > 0.9  # wet nearly everywhere
+    out = load_forecaster(models, "cnn_lstm", version, _grid((10, 13))).forecast(window)
+    for lead in out[0]:
+        assert (lead > 0.1).mean() > 0.5
+        assert 0.5 < lead.mean() / window[0, -1].mean() < 2
