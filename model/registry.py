@@ -210,28 +210,27 @@ def save_model(model: keras.Model, root: str | Path, name: str, metadata: Mappin
     Returns:
         The version's folder (a path, or a URL for a remote registry).
     """
-    chosen = version
     for attempt in range(SAVE_TRIES):
-        version = chosen or new_version(attempt)
-        for part, label in ((name, "name"), (version, "version")):
+        saved = version or new_version(attempt)
+        for part, label in ((name, "name"), (saved, "version")):
             _check_part(part, label)
         fs, parent = _location(root, name)
-        final = f"{parent}/{version}"
+        final = f"{parent}/{saved}"
         try:
             if fs.exists(f"{final}/{METADATA_FILE}") or (isinstance(fs, LocalFileSystem)
                                                          and fs.exists(final)):
                 raise _VersionTakenError(final)
-            _write_version(model, fs, parent, final, name, version, metadata, metrics)
+            _write_version(model, fs, parent, final, name, saved, metadata, metrics)
             break
         except _VersionTakenError:  # another save took the name first: a version of our own choosing moves on
-            if chosen or attempt == SAVE_TRIES - 1:
+            if version or attempt == SAVE_TRIES - 1:
                 raise RegistryError(f"{_url(fs, final)} already exists; versions are immutable, pick a new "
                                     "version") from None
         except OSError as error:
             raise RegistryError(f"cannot write {_url(fs, final)}: {error.strerror or error}; make "
                                 f"{_url(fs, parent)} writable (or give another --models)") from error
     if promote:  # just written from the bytes its checksum was taken of: not downloaded again to verify
-        promote_version(root, name, version, verify=False)
+        promote_version(root, name, saved, verify=False)
     return _url(fs, final)
 
 
