@@ -203,3 +203,33 @@ def test_a_port_left_with_closed_connections_is_free_for_a_server(tmp_path):
     check_serving(tmp_path / "w", "*/5 * * * *", (port,))
     with socket.create_server(("127.0.0.1", port)), pytest.raises(InputError, match=f"port {port} .* in use"):
         check_serving(tmp_path / "w", "*/5 * * * *", (port,))
+
+
+@pytest.mark.fault("train", "two runs in one work folder at once (two trainings, or evaluations, given the "
+                   "same --workdir); the first one killed",
+                   "the second is refused naming the first run and the fix; a killed holder leaves the "
+                   "folder free (two trainings wrote each other's checkpoints: an HDF5 locking traceback "
+                   "and a history.csv of two runs' rows, exit 0)")
+def test_a_work_folder_is_held_by_one_run_at_a_time(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    from nowcast.errors import InputError
+    from nowcast.flows.workdir import local_workdir
+
+    folder = tmp_path / "train"
+    script = ("import sys, time\nfrom pathlib import Path\nfrom nowcast.flows.workdir import held\n"
+              "with held(Path(sys.argv[1]), sys.argv[1]):\n    print('held', flush=True)\n"
+              "    time.sleep(120)")
+    holder = subprocess.Popen([sys.executable, "-c", script, str(folder)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(InputError, match=rf"{folder} is in use by another run \(pid {holder.pid} on .*"
+                                             r"give this run another --workdir"), local_workdir(str(folder)):
+            pass
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    with local_workdir(str(folder)) as same:  # free once its holder is gone, however it ended
+        assert same == folder
