@@ -22,7 +22,9 @@ the resumed run's weights are bit for bit an uninterrupted run's.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -32,6 +34,8 @@ import numpy as np
 from nowcast.errors import InputError
 
 STATE = "state.json"
+DATA = "training_data_hash"  # the run identity's key for the windows' content (model.train.run_identity)
+log = logging.getLogger(__name__)
 # what each callback remembers between epochs (Keras resets it in on_train_begin)
 REMEMBERED = {
     keras.callbacks.EarlyStopping: ("wait", "stopped_epoch", "best", "best_epoch"),
@@ -99,9 +103,19 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         state = json.loads(path.read_text())
         if state["run"] != self.run:
             changed = sorted(k for k in {*state["run"], *self.run} if state["run"].get(k) != self.run.get(k))
+            if changed == [DATA]:
+                # the same settings on windows cut anew (`nowcast train` cuts them at every run, and the
+                # archive grew meanwhile): resuming would train on other data, and the refusal below, which
+                # said to rerun with the same settings, held at every rerun
+                log.warning("the windows changed since the training run interrupted in %s (after epoch %d): "
+                            "its checkpoint is dropped and training starts afresh", self.folder.parent,
+                            state["epoch"])
+                shutil.rmtree(self.folder, ignore_errors=True)
+                return None
             raise CheckpointMismatchError(
                 f"{self.folder} holds the checkpoint of another training run (it differs in {changed}); "
-                "rerun with the same settings to resume it, or give this run another --workdir")
+                f"rerun with the same settings to resume it, delete {self.folder} to start afresh, or give "
+                "this run another --workdir")
         return state
 
     def restore(self, model: keras.Model, state: Mapping | None) -> int:

@@ -31,7 +31,7 @@ import keras
 from nowcast.errors import InputError
 from nowcast.model import calibration, data, registry
 from nowcast.model.architectures import ArchitectureConfig, build_model, motion_penalty
-from nowcast.model.checkpoint import Epochs, TrainingCheckpoint
+from nowcast.model.checkpoint import DATA, Epochs, TrainingCheckpoint
 from nowcast.model.forecaster import PROBABILITY_MATCHING
 from nowcast.model.losses import get_loss
 from nowcast.model.normalization import Normalizer
@@ -242,7 +242,7 @@ def run_identity(cfg: TrainConfig, tset: TrainingSet) -> dict[str, object]:
               "intensity_weight", "patience", "seed", "augment", "wet", "coverage", "lr_schedule",
               "deterministic")
     return {**{name: getattr(cfg, name) for name in fields}, "windows": list(tset.urls),
-            "training_data_hash": _fingerprint(tset.urls)}
+            DATA: _fingerprint(tset.urls)}
 
 
 def use_deterministic_kernels(on: bool) -> None:
@@ -311,7 +311,7 @@ def train(cfg: TrainConfig, extra_callbacks: Sequence[keras.callbacks.Callback] 
         seconds = time.time() - started
         lead_scale, val_metrics = validate(cfg, tset, net)
     except Exception:
-        if _rewritten(tset.urls, str(identity["training_data_hash"])):  # a reshape error deep in Keras
+        if _rewritten(tset.urls, str(identity[DATA])):  # a reshape error deep in Keras
             raise TrainConfigError(f"{', '.join(tset.urls)} was rewritten (or removed) while this run read "
                                    "it: rerun once the windows job is done (runs that cut different "
                                    "windows need a --windows each)") from None

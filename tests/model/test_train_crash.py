@@ -142,3 +142,25 @@ def assert_saved_for_scoring(result, cfg: TrainConfig) -> None:
     ten_minutes = registry.ArchiveDescription("PT10M", {"precip": "mm h-1"}, (8, 12))
     with pytest.raises(registry.ArchiveMismatchError, match="time step"):
         registry.load_model(cfg.models, "convlstm", archive=ten_minutes)
+
+
+@pytest.mark.fault("train", "training interrupted, then rerun with the same settings after the archive grew "
+                   "(train cuts its windows anew: other data)",
+                   "the checkpoint is dropped with a warning and training starts afresh (every rerun was "
+                   "refused, saying to rerun with the same settings); other settings are still refused, "
+                   "naming them and the fixes")
+def test_a_checkpoint_of_other_windows_is_dropped_and_one_of_other_settings_refused(tmp_path, caplog):
+    from nowcast.model.checkpoint import DATA, STATE, TrainingCheckpoint
+
+    run = {"seed": 0, DATA: "before"}
+    backup = tmp_path / "run" / "backup"
+    backup.mkdir(parents=True)
+    (backup / STATE).write_text(json.dumps({"run": run, "epoch": 2}))
+    refused = rf"differs in \['seed', '{DATA}'\]\); .* delete {backup} to start afresh, or give this"
+    with pytest.raises(CheckpointMismatchError, match=refused):
+        TrainingCheckpoint(backup, {"seed": 1, DATA: "after"}).state()
+    with caplog.at_level("WARNING", logger="nowcast.model.checkpoint"):
+        assert TrainingCheckpoint(backup, {"seed": 0, DATA: "after"}).state() is None
+    assert "the windows changed since the training run interrupted" in caplog.text
+    assert "after epoch 2" in caplog.text
+    assert not backup.exists()
