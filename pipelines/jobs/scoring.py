@@ -174,12 +174,14 @@ def resolve_model(spec: ScoringSpec, archive: ArchiveInfo) -> ModelRef:
                     valid_range=(field.valid_min, field.valid_max))
 
 
-def plan(spec: ScoringSpec,
-         exclude: set[int] | None = None) -> tuple[ModelRef, list[ScoreTask], ScoringResult]:
-    """Prepares the store and lists what to score; ``exclude`` drops indices already in flight."""
+def plan(spec: ScoringSpec, exclude: set[int] | None = None,
+         follows: bool = False) -> tuple[ModelRef, list[ScoreTask], ScoringResult]:
+    """Prepares the store and lists what to score; ``exclude`` drops indices already in flight; a stream
+    ``follows`` the archive (:func:`~nowcast.pipelines.plans.scoring.select_indices`)."""
     archive = read_info(spec.archive)
     model = resolve_model(spec, archive)
-    selected = select_indices(spec, archive)  # a range off the archive is refused before any store changes
+    # a range off the archive is refused before any store changes
+    selected = select_indices(spec, archive, follows)
     new = not exists(spec.forecasts)
     if not new:  # checked, and grown to the archive's length (metadata only)
         ensure_store(spec.forecasts, model.identity, archive)

@@ -99,7 +99,7 @@ class _Poll(beam.DoFn):
             write_totals(self.status_path, {"polls": self.polls, "emitted": len(self.emitted), "promoted": 1})
             return
         try:
-            _, tasks, _ = plan(self.spec, exclude=self.emitted)
+            _, tasks, _ = plan(self.spec, exclude=self.emitted, follows=True)
             self.failed_in_a_row = 0
         except (ValueError, OSError) as error:  # the stores' errors: an archive mid-extension or not
             self.failed_in_a_row += 1           # there yet; try again next poll (any other error is a bug)
@@ -137,7 +137,7 @@ def build(root: beam.Pipeline, status_path: str, stop_key: str | None, *, spec: 
           refused: frozenset[str]):
     """The streaming graph: tick -> poll -> read -> RunInference -> write, for ``duration_s`` (what is
     left of the stream's duration; None: no end), with the version ``spec`` names."""
-    model, _, _ = plan(spec.scoring)  # creates the store and fixes the model version for the run
+    model, _, _ = plan(spec.scoring, follows=True)  # creates the store, fixes the model version for the run
     scoring = dataclasses.replace(spec.scoring, version=model.version)
     tasks = (ticks(root, spec.interval_s, duration_s, stop_key)
              | "Poll" >> beam.ParDo(_Poll(scoring, status_path, follows_latest, refused)))

@@ -96,13 +96,14 @@ def scoreable(valid: np.ndarray, t_in: int) -> np.ndarray:
     return ok
 
 
-def select_indices(spec: ScoringSpec, archive: ArchiveInfo) -> np.ndarray:
+def select_indices(spec: ScoringSpec, archive: ArchiveInfo, follows: bool = False) -> np.ndarray:
     """Archive indices of the requested init times (all of the axis by default).
 
     Raises:
         ScoringError: an init time off the archive, or a range holding none of its frames
-            (an open range that starts after the archive's last frame selects nothing yet: a
-            stream that follows the archive waits for those frames).
+            (for a stream that ``follows`` the archive, an open range that starts after its last
+            frame selects nothing yet: it waits for those frames; a batch run given one, a start
+            with its year mistyped, scored nothing with exit 0).
     """
     if spec.init_times is not None:
         indices = []
@@ -123,7 +124,7 @@ def select_indices(spec: ScoringSpec, archive: ArchiveInfo) -> np.ndarray:
         first = max(first, int(np.ceil(offset)))
     if spec.end:
         last = min(last, int((to_datetime64(spec.end) - archive.start) // archive.time_step))
-    waiting = spec.end is None and first >= archive.length  # a follower started before its first frame
+    waiting = follows and spec.end is None and first >= archive.length  # started before its first frame
     if last < first and not waiting:  # a range past either end, or between two frames, would score nothing
         if spec.start and spec.end and archive.start <= to_datetime64(spec.start) <= archive.end:
             raise ScoringError(f"no archive frame lies in {spec.start} .. {spec.end}: the archive's frames "

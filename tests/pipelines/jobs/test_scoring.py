@@ -305,7 +305,8 @@ def test_a_rerun_removes_the_temporaries_a_killed_writer_left(setup, tmp_path):
     assert kept.exists()
 
 
-@pytest.mark.fault("score", "a --start/--end range wholly outside the archive (score or backfill)",
+@pytest.mark.fault("score", "a --start/--end range wholly outside the archive (score or backfill), or a "
+                   "--start after its end and no --end (score)",
                    "exit 2 naming the archive's time range, before any forecast store is created")
 def test_a_range_outside_the_archive_is_refused_before_any_store_exists(setup, tmp_path, capsys):
     from nowcast.flows.cli import main
@@ -320,10 +321,15 @@ def test_a_range_outside_the_archive_is_refused_before_any_store_exists(setup, t
         assert "covers 2024-01-01T00:00:00 .. 2024-01-01T03:15:00" in err
         assert "Traceback" not in err
         assert not groups.exists(forecasts)
+    # a start after the archive's end and no end (backfill needs one): scored nothing with exit 0
+    assert main(["score", "--archive", archive, "--forecasts", forecasts, "--models", str(models),
+                 "--model-name", MODEL, "--start", "2030-01-01T00:00"]) == 2
+    assert "covers 2024-01-01T00:00:00 .. 2024-01-01T03:15:00" in capsys.readouterr().err
+    assert not groups.exists(forecasts)
     partly = ScoringSpec(archive, forecasts, str(models), MODEL, start="2024-01-01T03:05", end="2030-01-01")
     assert list(select_indices(partly, read_info(archive))) == [37, 38, 39]
     following = ScoringSpec(archive, forecasts, str(models), MODEL, start="2030-01-01T00:00")
-    assert list(select_indices(following, read_info(archive))) == []  # a stream waits for those frames
+    assert list(select_indices(following, read_info(archive), follows=True)) == []  # a stream waits
 
 
 @pytest.mark.fault("score", "an archive chunk that does not decode, read while scoring",
