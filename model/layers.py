@@ -295,7 +295,9 @@ class MatchMotion(layers.Layer):
     pysteps' Lucas-Kanade finds 8-10 px per step); ``bench.skill`` scores this
     motion alone as the ``matched_motion`` baseline (docs/model.md). Shifts
     are found to the coarse pixel and refined by a parabola through the
-    neighbouring costs.
+    neighbouring costs. A shift that keeps less than ``MIN_OVERLAP`` of a
+    pixel's window on the grid is not a candidate there (on grids little
+    wider than the search it compared nothing and won).
     """
 
     def __init__(self, channel: int = 0, radius: int = 6, downsample: int = 2, window: int = 64,
