@@ -16,6 +16,7 @@ import errno
 import glob
 import json
 import os
+import posixpath
 import re
 import shutil
 import signal
@@ -202,6 +203,31 @@ def check_url(url: str) -> str:
     if "//" in rest.rstrip("/"):
         raise StoreError(f"{url} has an empty path segment ('//'), which an object store keeps as a key of "
                          f"its own: write {scheme}://{re.sub('/+', '/', rest)}")
+    segments = rest.rstrip("/").split("/")
+    if {".", ".."} & set(segments):  # kept as keys: a second store, and lock, of its own
+        raise StoreError(f"{url} has a '.' or '..' path segment, which an object store keeps as a key of its "
+                         f"own (not the store the path names): write {scheme}://{posixpath.normpath(rest)}")
+    if any(char in rest for char in _GLOB):
+        raise StoreError(f"{url} holds one of {' '.join(_GLOB)}, which the object-store client reads as a "
+                         "pattern when it copies or removes (a store was left garbled): name it without them")
+    return url
+
+
+_GLOB = "*?[]"  # fsspec's wildcards
+
+
+def check_store_url(url: str) -> str:
+    """``url`` (:func:`check_url`), refused also where it cannot be a store's: a bucket's root, beside which
+    there is no place for the store's lock (``s3://bucket.lock`` is another bucket: "the bucket does not
+    exist" was said of one that did).
+
+    Raises:
+        StoreError: naming the URL and the fix.
+    """
+    check_url(url)
+    if not is_local(url) and "/" not in url.split("://", 1)[1].strip("/"):
+        raise StoreError(f"{url} is a bucket's root, which cannot be a store: give a path inside it, e.g. "
+                         f"{url.rstrip('/')}/archive.zarr")
     return url
 
 
@@ -283,7 +309,7 @@ def filesystem(url: str) -> tuple[Any, str]:
 
 def zarr_store(url: str, read_only: bool = False) -> Store:
     """A zarr v3 store for ``url``: LocalStore on disk, fsspec (no listings cache) for everything else."""
-    if is_local(check_url(url)):
+    if is_local(check_store_url(url)):
         return LocalStore(local_path(url), read_only=read_only)
     filesystem(url)  # a clear error for a scheme whose package is missing
     return FsspecStore.from_url(url, storage_options=storage_options(url), read_only=read_only)

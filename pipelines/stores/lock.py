@@ -44,7 +44,7 @@ import time
 import uuid
 from collections.abc import Iterator
 
-from nowcast.pipelines.stores.groups import StoreError, filesystem, is_local, local_path
+from nowcast.pipelines.stores.groups import StoreError, check_store_url, filesystem, is_local, local_path
 
 log = logging.getLogger(__name__)
 LEASE_S = 60.0
@@ -88,7 +88,7 @@ def lock_url(store: str) -> str:
     """
     # a local store is locked by its real path: two writers reaching it through a link and by its own
     # name held two locks and did not exclude each other
-    base = os.path.realpath(local_path(store)) if is_local(store) else store
+    base = os.path.realpath(local_path(store)) if is_local(check_store_url(store)) else store
     return base.rstrip("/") + SUFFIX
 
 

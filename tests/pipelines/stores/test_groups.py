@@ -99,22 +99,34 @@ def test_an_interrupt_waits_for_the_publish_on_an_object_store(s3_bucket, monkey
     assert _read(url) == {"kept": 2}
 
 
-@pytest.mark.fault("stores", "a store URL a slash short (`s3:/bucket/a.zarr`) or with an empty segment "
-                   "(`s3://bucket//a.zarr`), in a form or the API",
-                   "refused naming the URL meant (the first created a local folder `s3:`, exit 0; the second "
-                   "crashed the store lock, then made every rerun spin at full CPU for ever)")
+@pytest.mark.fault("stores", "a store URL a slash short (`s3:/bucket/a.zarr`), with an empty, `.` or "
+                   "`..` segment, with a wildcard (`s3://bucket/run[1].zarr`), or a bucket's root, in a form "
+                   "or the API",
+                   "refused naming the URL meant or the fix (the first created a local folder `s3:`, exit "
+                   "0; an empty segment crashed the store lock, then made every rerun spin at full CPU for "
+                   "ever; `.`/`..` made a second store under those keys, exit 0; a wildcard left a garbled "
+                   "store or a traceback; a bucket's root was said not to exist)")
 @pytest.mark.parametrize(("url", "meant"), [("s3:/bucket/a.zarr", "the URL s3://bucket/a.zarr"),
                                             ("s3://bucket//a.zarr", "write s3://bucket/a.zarr"),
-                                            ("gs://bucket/x//a.zarr/", "write gs://bucket/x/a.zarr")])
+                                            ("gs://bucket/x//a.zarr/", "write gs://bucket/x/a.zarr"),
+                                            ("s3://bucket/sub/../a.zarr", "write s3://bucket/a.zarr"),
+                                            ("s3://bucket/./a.zarr", "write s3://bucket/a.zarr"),
+                                            ("s3://bucket/run[1].zarr", r"holds one of \* \? \[ \]"),
+                                            ("s3://bucket/a?b.zarr", "name it without them"),
+                                            ("s3://bucket/", "a bucket's root, .* e.g. s3://bucket/archive.zarr")])
 def test_a_misspelt_store_url_is_refused(url, meant, tmp_path, monkeypatch):
     from nowcast.flows.params import WindowsParams
     from nowcast.pipelines.stores.groups import StoreError, check_url
+    from nowcast.pipelines.stores.lock import lock_url
 
     monkeypatch.chdir(tmp_path)
     with pytest.raises(StoreError, match=meant):
         zarr_store(url)
-    with pytest.raises(ValueError, match=meant):  # pydantic's ValidationError of the form
-        WindowsParams(archive=url, windows=str(tmp_path / "w.zarr"))
+    with pytest.raises(StoreError, match=meant):  # every writer takes the lock beside the store
+        lock_url(url)
+    if "root" not in meant:  # a registry or a work folder may be a bucket's root
+        with pytest.raises(ValueError, match=meant):  # pydantic's ValidationError of the form
+            WindowsParams(archive=url, windows=str(tmp_path / "w.zarr"))
     assert check_url("s3://bucket/a.zarr/") == "s3://bucket/a.zarr/"
     assert check_url("C:/data/a.zarr") == "C:/data/a.zarr"  # a drive letter is a path
     assert list(tmp_path.iterdir()) == []
