@@ -374,6 +374,12 @@ def exists(url: str) -> bool:
 PUBLISHING = ".publishing"
 
 
+def being_published(url: str) -> bool:
+    """Whether ``url`` holds a copy in progress (or stopped part way): :data:`PUBLISHING` is there."""
+    fs, path = filesystem(url)
+    return bool(fs.exists(f"{path.rstrip('/')}/{PUBLISHING}"))
+
+
 @contextlib.contextmanager
 def created_whole(url: str, replace: bool = False) -> Iterator[str]:
     """Yields a staging URL to build a store at; on success the store appears at ``url`` whole.

@@ -99,6 +99,30 @@ def test_an_interrupt_waits_for_the_publish_on_an_object_store(s3_bucket, monkey
     assert _read(url) == {"kept": 2}
 
 
+@pytest.mark.fault("stores", "`check` of a store whose publish on S3 stopped part way (the endpoint lost "
+                   "mid-copy: the previous store gone, part of the new one copied)",
+                   "named as a copy stopped part way, with the fix: rerun the command into the same path, "
+                   "which publishes it whole (check called its members damaged: restore from a copy)")
+def test_a_publish_stopped_part_way_is_named_with_its_fix(s3_bucket):
+    import s3fs
+
+    from nowcast.pipelines.stores.groups import PUBLISHING, StoreError
+    from nowcast.pipelines.stores.integrity import check_store
+
+    url = f"{s3_bucket}/published.zarr"
+    with created_whole(url) as staging:
+        _build(staging, {"kept": 1})
+    fs, path = s3fs.S3FileSystem(), url.removeprefix("s3://")
+    fs.pipe(f"{path}/{PUBLISHING}", b"")  # what a publish stopped part way leaves: the marker, no root
+    fs.rm(f"{path}/zarr.json")
+    with pytest.raises(StoreError, match=r"a copy that stopped part way while it was published .* rerun the "
+                                         r"command that writes it, into the same path"):
+        check_store(url)
+    with created_whole(url, replace=True) as staging:  # the rerun
+        _build(staging, {"kept": 2})
+    assert _read(url) == {"kept": 2}
+
+
 @pytest.mark.fault("stores", "a store URL a slash short (`s3:/bucket/a.zarr`), with an empty, `.` or "
                    "`..` segment, with a wildcard (`s3://bucket/run[1].zarr`), or a bucket's root, in a form "
                    "or the API",
