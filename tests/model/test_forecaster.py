@@ -16,7 +16,7 @@ from nowcast.model.tiling import WholeGrid
 pytestmark = pytest.mark.xdist_group(__name__)  # its module fixture is built once, on one worker
 
 # the lagrangian_ar base as `nowcast train` builds it (BASES): no learned motion correction, which the change
-# factor does not scale (with one, the factor-0 model matched the baseline only while the correction stayed ~0)
+# factor does not scale (with one, the factor-0 model matched the baseline only while it stayed ~0)
 OPTIONS = {"filters": [4, 4], "lstm_units": 4, "decoder_filters": 2, "advection": True,
            "matched_motion": True, "learned_motion": False, "lagrangian_ar": True}
 
