@@ -161,7 +161,8 @@ def crash_lost_runs(deployment_ids: list) -> list[str]:
                 deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=list(deployment_ids))),
                 flow_run_filter=FlowRunFilter(state=FlowRunFilterState(
                     type=FlowRunFilterStateType(any_=[StateType[name] for name in IN_FLIGHT]))))
-            lost = [run for run in in_flight if str(run.id) not in running_here()]
+            here = running_here() if in_flight else set()  # one pass over the processes, not one per run
+            lost = [run for run in in_flight if str(run.id) not in here]
             for run in lost:
                 client.set_flow_run_state(run.id, Crashed(message=LOST), force=True)
     except Exception as error:  # a sweep that failed must not hide why serving stopped
