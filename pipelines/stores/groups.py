@@ -15,6 +15,7 @@ import ctypes
 import errno
 import glob
 import json
+import logging
 import os
 import posixpath
 import re
@@ -33,6 +34,8 @@ from zarr.storage import FsspecStore, LocalStore
 
 from nowcast.errors import InputError, chain
 from nowcast.processes import alive, host_id
+
+log = logging.getLogger(__name__)
 
 Mode = Literal["r", "r+", "a", "w", "w-"]
 
@@ -200,6 +203,8 @@ def check_url(url: str) -> str:
                              "for a local folder of that name)")
         return url
     scheme, rest = url.split("://", 1)
+    if scheme != scheme.lower():  # fsspec knows schemes in lower case only: "S3" read as unreadable metadata
+        raise StoreError(f"{url}: write the scheme in lower case: {scheme.lower()}://{rest}")
     if "//" in rest.rstrip("/"):
         raise StoreError(f"{url} has an empty path segment ('//'), which an object store keeps as a key of "
                          f"its own: write {scheme}://{re.sub('/+', '/', rest)}")
@@ -380,6 +385,16 @@ def being_published(url: str) -> bool:
     return bool(fs.exists(f"{path.rstrip('/')}/{PUBLISHING}"))
 
 
+def stopped_publishing(url: str) -> str | None:
+    """What to do about a store at ``url`` whose publishing stopped part way (:func:`being_published`);
+    None when it did not. Its members would read as damaged metadata, or as no store, with the wrong fix."""
+    if not being_published(url):
+        return None
+    return (f"{url} is a copy that stopped part way while it was published (it replaces the store that was "
+            "there, which is gone): rerun the command that writes it, into the same path; it publishes the "
+            "store whole")
+
+
 @contextlib.contextmanager
 def created_whole(url: str, replace: bool = False) -> Iterator[str]:
     """Yields a staging URL to build a store at; on success the store appears at ``url`` whole.
@@ -461,24 +476,30 @@ def _swap(first: str, second: str) -> bool:
 
 
 def _remove_abandoned_staging(url: str) -> None:
-    """Removes the staging folders beside a local ``url`` whose creator, on this host, is gone.
+    """Removes the staging copies beside ``url`` whose creator, on this host, is gone.
 
-    A creation killed part way (SIGKILL, power loss) cannot clean up after
-    itself; its folder names the host and process that made it
-    (:func:`~nowcast.processes.host_id`: the host name and PID namespace, so a
-    container sharing the host name is another host). Folders of another
-    host, or of a process still running, are left alone. On an
-    object store nothing is removed: no process there can be asked.
+    A creation killed part way (SIGKILL, power loss, an object store lost in
+    mid-publish) cannot clean up after itself; its copy names the host and
+    process that made it (:func:`~nowcast.processes.host_id`: the host name
+    and PID namespace, so a container sharing the host name is another
+    host). Copies of another host, or of a process still running, are left
+    alone: no process there can be asked.
     """
-    if not is_local(url):
-        return
-    folder, name = os.path.split(local_path(url).rstrip("/"))
+    fs, path = filesystem(url)
+    path = (local_path(url) if is_local(url) else path).rstrip("/")
+    folder, name = posixpath.split(path)
     pattern = re.compile(rf"{re.escape(name)}\.creating-(?P<host>.+)-(?P<pid>\d+)-[0-9a-f]+")
     host = host_id()
-    for entry in os.listdir(folder) if os.path.isdir(folder) else ():
+    if is_local(url):
+        entries = os.listdir(folder) if os.path.isdir(folder) else []
+    else:  # the names beside it only: a listing of the whole folder may be long
+        entries = [found.rsplit("/", 1)[-1] for found in fs.glob(f"{glob.escape(path)}.creating-*")]
+    for entry in entries:
         match = pattern.fullmatch(entry)
         if match and match["host"] == host and not alive(int(match["pid"])):
-            shutil.rmtree(os.path.join(folder, entry), ignore_errors=True)
+            log.info("removing %s, left by a creation killed part way", f"{folder}/{entry}")
+            with contextlib.suppress(OSError):  # best effort: the creation that follows is the news
+                fs.rm(f"{folder}/{entry}", recursive=True)
 
 
 @contextlib.contextmanager
@@ -540,11 +561,12 @@ def open_group(url: str, mode: Mode = "r", error: type[StoreError] = StoreError)
         StoreError: (of class ``error``) when there is no store at ``url`` and
             ``mode`` needs one, with the fix the store kind names.
     """
+    store = zarr_store(url, read_only=mode == "r")  # a refused URL says so, not "unreadable metadata"
     try:
-        return zarr.open_group(zarr_store(url, read_only=mode == "r"), mode=mode, zarr_format=3,
-                               use_consolidated=False)
+        return zarr.open_group(store, mode=mode, zarr_format=3, use_consolidated=False)
     except (FileNotFoundError, zarr.errors.GroupNotFoundError, NotADirectoryError) as missing:
-        raise error(not_a_store(url) or f"no {error.kind} at {url}: {error.missing_fix}") from missing
+        raise error(not_a_store(url) or stopped_publishing(url)
+                    or f"no {error.kind} at {url}: {error.missing_fix}") from missing
     except ValueError as unreadable:  # zarr.json that is not JSON, or not zarr metadata
         raise error(f"the root metadata {url}/zarr.json cannot be read ({unreadable}); restore it from a "
                     f"copy of the store (the data chunks are untouched)") from unreadable

@@ -29,12 +29,12 @@ import zarr
 
 from nowcast.pipelines.stores.groups import (
     StoreError,
-    being_published,
     damaged_metadata,
     dimension_names,
     filesystem,
     metadata_damage,
     open_group,
+    stopped_publishing,
 )
 from nowcast.pipelines.stores.groups import array as group_array
 
@@ -178,10 +178,9 @@ def check_store(url: str, progress: Callable[[int, int], None] | None = None) ->
     Raises:
         StoreError: no store there, or metadata that cannot be read (with its fix).
     """
-    if being_published(url):  # its members would read as damaged metadata, with the wrong fix
-        raise StoreError(f"{url} is a copy that stopped part way while it was published (it replaces the "
-                         "store that was there, which is gone): rerun the command that writes it, into the "
-                         "same path; it publishes the store whole")
+    stopped = stopped_publishing(url)
+    if stopped:
+        raise StoreError(stopped)
     damaged_members = damaged_metadata(url)
     if damaged_members:  # zarr would fail on them, or skip an array that lost its zarr.json
         raise StoreError(metadata_damage(url, damaged_members))

@@ -215,6 +215,31 @@ def test_staging_of_another_pid_namespace_is_left_alone(tmp_path):
     assert other_namespace.is_dir()
 
 
+@pytest.mark.fault("stores", "an S3 store whose creation was killed or lost its endpoint part way",
+                   "its staging copy beside the store is removed by the next creation on this host, as on "
+                   "disk (it was left for good, one more full copy each time); another host's is left alone")
+def test_staging_left_on_s3_by_a_dead_creator_is_removed(s3_bucket):
+    from nowcast.pipelines.stores.groups import filesystem
+    from nowcast.processes import host_id
+
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True)
+    gone = int(finished.stdout)
+    url = f"{s3_bucket}/runs/new.zarr"
+    fs, path = filesystem(url)
+    ours = f"{path}.creating-{host_id()}-{gone}-0123456789ab"
+    other_host = f"{path}.creating-elsewhere.example-{gone}-0123456789ab"
+    other_store = f"{path}2.creating-{host_id()}-{gone}-0123456789ab"  # beside another store: not ours
+    fs.pipe({f"{ours}/zarr.json": b"{}", f"{ours}/rain/c/0": b"x", f"{other_host}/zarr.json": b"{}",
+             f"{other_store}/zarr.json": b"{}"})
+    create_archive(url, make_grid(), [PRECIP], "2024-01-01T00:00", "PT5M", length=6)
+    assert read_info(url).length == 6
+    assert not fs.exists(f"{ours}/zarr.json")
+    assert not fs.exists(f"{ours}/rain/c/0")
+    assert fs.exists(f"{other_host}/zarr.json")
+    assert fs.exists(f"{other_store}/zarr.json")
+
+
 @pytest.mark.fault("ingest", "an S3 archive whose creation stopped part way through its copy",
                    "recognised by its marker and created afresh: no member of the stopped one is left")
 def test_a_creation_stopped_part_way_on_s3_is_replaced(s3_bucket):

@@ -99,10 +99,11 @@ def test_an_interrupt_waits_for_the_publish_on_an_object_store(s3_bucket, monkey
     assert _read(url) == {"kept": 2}
 
 
-@pytest.mark.fault("stores", "`check` of a store whose publish on S3 stopped part way (the endpoint lost "
-                   "mid-copy: the previous store gone, part of the new one copied)",
+@pytest.mark.fault("stores", "`check`, `show` or any reader of a store whose publish on S3 stopped part way "
+                   "(the endpoint lost mid-copy: the previous store gone, part of the new one copied)",
                    "named as a copy stopped part way, with the fix: rerun the command into the same path, "
-                   "which publishes it whole (check called its members damaged: restore from a copy)")
+                   "which publishes it whole (check called its members damaged: restore from a copy; the "
+                   "readers said there was no store)")
 def test_a_publish_stopped_part_way_is_named_with_its_fix(s3_bucket):
     import s3fs
 
@@ -118,18 +119,21 @@ def test_a_publish_stopped_part_way_is_named_with_its_fix(s3_bucket):
     with pytest.raises(StoreError, match=r"a copy that stopped part way while it was published .* rerun the "
                                          r"command that writes it, into the same path"):
         check_store(url)
+    with pytest.raises(StoreError, match=r"a copy that stopped part way while it was published"):
+        open_group(url)  # every reader's way in
     with created_whole(url, replace=True) as staging:  # the rerun
         _build(staging, {"kept": 2})
     assert _read(url) == {"kept": 2}
 
 
 @pytest.mark.fault("stores", "a store URL a slash short (`s3:/bucket/a.zarr`), with an empty, `.` or "
-                   "`..` segment, with a wildcard (`s3://bucket/run[1].zarr`), or a bucket's root, in a form "
-                   "or the API",
+                   "`..` segment, with a wildcard (`s3://bucket/run[1].zarr`), a bucket's root, or an upper-case "
+                   "scheme (`S3://`), in a form or the API",
                    "refused naming the URL meant or the fix (the first created a local folder `s3:`, exit "
                    "0; an empty segment crashed the store lock, then made every rerun spin at full CPU for "
                    "ever; `.`/`..` made a second store under those keys, exit 0; a wildcard left a garbled "
-                   "store or a traceback; a bucket's root was said not to exist)")
+                   "store or a traceback; a bucket's root was said not to exist; `S3://` was read as a store whose root "
+                   "metadata cannot be read)")
 @pytest.mark.parametrize(("url", "meant"), [("s3:/bucket/a.zarr", "the URL s3://bucket/a.zarr"),
                                             ("s3://bucket//a.zarr", "write s3://bucket/a.zarr"),
                                             ("gs://bucket/x//a.zarr/", "write gs://bucket/x/a.zarr"),
@@ -137,7 +141,8 @@ def test_a_publish_stopped_part_way_is_named_with_its_fix(s3_bucket):
                                             ("s3://bucket/./a.zarr", "write s3://bucket/a.zarr"),
                                             ("s3://bucket/run[1].zarr", r"holds one of \* \? \[ \]"),
                                             ("s3://bucket/a?b.zarr", "name it without them"),
-                                            ("s3://bucket/", "a bucket's root, .* e.g. s3://bucket/archive.zarr")])
+                                            ("s3://bucket/", "a bucket's root, .* e.g. s3://bucket/archive.zarr"),
+                                            ("S3://bucket/a.zarr", "scheme in lower case: s3://bucket/a.zarr")])
 def test_a_misspelt_store_url_is_refused(url, meant, tmp_path, monkeypatch):
     from nowcast.flows.params import WindowsParams
     from nowcast.pipelines.stores.groups import StoreError, check_url
@@ -146,6 +151,9 @@ def test_a_misspelt_store_url_is_refused(url, meant, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(StoreError, match=meant):
         zarr_store(url)
+    with pytest.raises(StoreError, match=meant) as raised:
+        open_group(url)
+    assert "cannot be read" not in str(raised.value)  # said of the URL, not as unreadable root metadata
     with pytest.raises(StoreError, match=meant):  # every writer takes the lock beside the store
         lock_url(url)
     if "root" not in meant:  # a registry or a work folder may be a bucket's root
