@@ -521,7 +521,9 @@ class BackfillParams(ScoreParams):
     start: str = Field(..., description="first init time, ISO 8601 UTC (e.g. 2024-01-01T02:00)")
     end: str = Field(..., description="last init time, ISO 8601 UTC, not before start")
     chunk_size: int = Field(12, ge=1, le=100_000, description="init times per chunk (one task each)")
-    concurrency: int = Field(1, ge=1, le=64, description="chunks running at the same time")
+    concurrency: int = Field(1, ge=1, le=64, description="chunks submitted at a time; they write the store "
+                             "in turn, one after another (a chunk's init times run in parallel on the "
+                             "runner's workers)")
 
 
 class EvaluateParams(_ModelChoice):

@@ -246,8 +246,10 @@ def _acquire(folder: _Folder, purpose: str, lease_s: float, wait_s: float | None
             raise LockTimeoutError(
                 f"{store} is being written: {newest.describe()}; waited {wait_s:.0f} s. Wait for that run "
                 f"to end, or, if its process is gone, for its lease to run out (then rerun)")
-        if not told:
-            log.warning("waiting for %s: it is being written, %s", store, newest.describe())
+        if not told:  # another thread of this process (a backfill's next chunk) waits its turn as planned
+            mine = newest.owner.startswith(f"{socket.gethostname()}:{os.getpid()}:")
+            log.log(logging.INFO if mine else logging.WARNING, "waiting for %s: it is being written, %s",
+                    store, newest.describe())
             told = True
         time.sleep(poll_s)
 

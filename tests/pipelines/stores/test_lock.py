@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import multiprocessing
 import os
 import signal
@@ -91,12 +92,13 @@ def _start_holder(store: str, tmp_path, lease_s: float):
 
 @pytest.mark.fault("stores", "a writer SIGKILLed while holding the store lock",
                    "others are refused while it is held, then take over when its lease ends")
-def test_a_killed_holder_blocks_only_until_its_lease_runs_out(store, tmp_path):
+def test_a_killed_holder_blocks_only_until_its_lease_runs_out(store, tmp_path, caplog):
     holder, _ = _start_holder(store, tmp_path, lease_s=2.0)
     try:
         refused = r"being written: ingest by .*:\d+:\d+ .*lease to run out"
         with pytest.raises(LockTimeoutError, match=refused), store_lock(store, "scoring", wait_s=0.3):
             pass
+        assert [r.levelname for r in caplog.records if "waiting for" in r.message] == ["WARNING"]
     finally:
         os.kill(holder.pid, signal.SIGKILL)
         holder.join()
@@ -120,7 +122,11 @@ def test_a_paused_holder_whose_lease_ran_out_fails_instead_of_reporting_success(
     assert holder.exitcode == 3
 
 
-def test_the_lock_is_reentrant_in_one_thread_and_exclusive_between_threads(tmp_path):
+@pytest.mark.fault("backfill", "`backfill --concurrency 3`: its chunks wait for each other's turn at the "
+                   "store", "logged at info, seen with -v (a warning that the store 'is being written' was "
+                   "printed about the run's own chunks); another process's hold stays a warning")
+def test_the_lock_is_reentrant_in_one_thread_and_exclusive_between_threads(tmp_path, caplog):
+    caplog.set_level(logging.INFO, "nowcast")
     store = str(tmp_path / "forecasts.zarr")
     held, results = threading.Event(), []
 
@@ -139,6 +145,7 @@ def test_the_lock_is_reentrant_in_one_thread_and_exclusive_between_threads(tmp_p
         held.set()
         thread.join()
     assert results == ["refused"]
+    assert [r.levelname for r in caplog.records if "waiting for" in r.message] == ["INFO"]
     with store_lock(store, "ingest", wait_s=0.3) as lease:  # released on leaving the outer block
         assert lease.generation == 2
 
