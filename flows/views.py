@@ -129,13 +129,13 @@ def _draw(ax, frame: np.ndarray, field: tuple[str, str], title: str, colorbar: b
     """One map of ``field`` (its name and units) as a forecaster reads it: rain on pysteps' logarithmic
     intensity scale with dry white; any other field on a plain colour scale, named with its units."""
     name, units = field
-    ax.set_facecolor("white")
     if same_units(units, PRECIP.units):
         with pysteps_quietly():
-            from pysteps.visualization import plot_precip_field
+            from nowcast.model.verification import draw_rain
 
-        plot_precip_field(frame, ax=ax, colorbar=colorbar, axis="off")
+        draw_rain(ax, frame, colorbar)
     else:
+        ax.set_facecolor("white")
         image = ax.imshow(frame, cmap="viridis")
         ax.set_axis_off()
         if colorbar:

@@ -307,6 +307,19 @@ def plot_scores(scores: Mapping[str, Mapping[str, Mapping[str, float]]], path: s
     return Path(path)
 
 
+DRY_BELOW = 0.1  # mm/h: drawn as dry (pysteps' lowest colour level starts at 0.08, painting 0.08-0.1 as rain)
+
+
+def draw_rain(ax, frame: np.ndarray, colorbar: bool) -> None:
+    """``frame`` (mm/h) on ``ax`` as a forecaster reads rain: pysteps' logarithmic intensity scale, dry
+    (below :data:`DRY_BELOW`) white, outside coverage (NaN) grey."""
+    from pysteps.visualization import plot_precip_field
+
+    ax.set_facecolor("white")  # dry is transparent in pysteps' scale
+    shown = np.where(np.isfinite(frame) & (frame < DRY_BELOW), 0.0, frame)
+    plot_precip_field(shown, ax=ax, colorbar=colorbar, axis="off")
+
+
 def plot_maps(observed: np.ndarray, forecasts: Mapping[str, np.ndarray], leads: Sequence[int],
               path: str | Path, time_step_minutes: float = 5.0) -> Path:
     """Forecast maps beside the truth: a row per source, a column per chosen lead index (PNG).
@@ -319,7 +332,6 @@ def plot_maps(observed: np.ndarray, forecasts: Mapping[str, np.ndarray], leads: 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from pysteps.visualization import plot_precip_field
 
     outside = ~np.isfinite(observed)  # show forecasts only where they are scored
     rows = {"observed": observed, **{k: np.where(outside, np.nan, v) for k, v in forecasts.items()}}
@@ -328,8 +340,7 @@ def plot_maps(observed: np.ndarray, forecasts: Mapping[str, np.ndarray], leads: 
     for r, (name, frames) in enumerate(rows.items()):
         for c, k in enumerate(leads):
             ax = axes[r][c]
-            ax.set_facecolor("white")  # dry is transparent in pysteps' scale; outside coverage is grey
-            plot_precip_field(frames[k], ax=ax, colorbar=c == len(leads) - 1, axis="off")
+            draw_rain(ax, frames[k], colorbar=c == len(leads) - 1)
             ax.set_title(f"{name}, +{(k + 1) * time_step_minutes:g} min", fontsize=8)
     fig.savefig(path, dpi=80)
     plt.close(fig)

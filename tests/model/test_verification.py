@@ -152,3 +152,30 @@ def test_verification_maps_are_drawn_north_up(tmp_path, monkeypatch):
         rows = frames[:, ::-1] if south_first else frames
         np.testing.assert_array_equal(drawn["observed"], rows)
         np.testing.assert_array_equal(drawn["m"], rows + 1)
+
+
+def _colours(frame: np.ndarray) -> set[tuple[int, ...]]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(2, 2), dpi=40)
+    v.draw_rain(ax, frame, colorbar=False)
+    fig.canvas.draw()
+    pixels = np.asarray(fig.canvas.buffer_rgba())[..., :3].reshape(-1, 3)
+    plt.close(fig)
+    return set(map(tuple, np.unique(pixels, axis=0).tolist()))
+
+
+@pytest.mark.fault("command line", "rain of 0.08-0.1 mm/h in `show`, `summary --png` or the evaluate maps",
+                   "drawn dry (white), as the maps' legend says (pysteps' lowest colour level starts at "
+                   "0.08 mm/h: it was drawn as rain)")
+def test_rain_below_a_tenth_of_a_millimetre_is_drawn_dry():
+    background = _colours(np.zeros((8, 8)))
+    lowest_rain = _colours(np.full((8, 8), 0.12)) - background  # pysteps' 0.08-0.16 mm/h colour
+    assert lowest_rain
+    assert not (_colours(np.full((8, 8), 0.09)) - background)
+    outside = np.full((8, 8), 0.09)
+    outside[:4] = np.nan
+    assert _colours(outside) - background  # outside coverage stays grey, not dry
