@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import inspect
 import json
 import os
 import sys
@@ -94,6 +95,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
+STREAM_INTERVAL_S = 5.0  # score --follow's default poll
 SYNTHETIC_ONLY = ("synthetic_frames", "synthetic_size", "synthetic_start", "synthetic_density", "seed")
 
 
@@ -137,6 +139,10 @@ def cmd_score(args: argparse.Namespace) -> int:
     from nowcast.flows.forecast import scoring_spec
     from nowcast.pipelines.jobs import scoring
 
+    streaming = [flag for flag, value in (("--interval", args.interval), ("--duration", args.duration))
+                 if value is not None]
+    if streaming and not args.follow:  # ignored: the batch scored the whole archive, exit 0
+        raise ParameterError(f"{' and '.join(streaming)} pace a stream: add --follow, or drop them")
     params = params_from_args(ScoreParams, args)
     if not args.follow:  # a stream may wait for the archive's first frame with data
         refuse_without_data(params.archive)
@@ -151,7 +157,8 @@ def cmd_score(args: argparse.Namespace) -> int:
     if params.start or params.end or params.runner.kind != "inmemory":
         raise InputError("--follow scores every new frame on the local runner: drop --start, --end and "
                          "--runner")
-    stream = StreamSpec(scoring=scoring_spec(params), interval_s=args.interval, duration_s=args.duration)
+    interval = STREAM_INTERVAL_S if args.interval is None else args.interval
+    stream = StreamSpec(scoring=scoring_spec(params), interval_s=interval, duration_s=args.duration)
     with stop_on_signals("nowcast score --follow") as stop:
         print(run_stream(stream, stop=stop).summary())
     return 0
@@ -268,6 +275,8 @@ def cmd_models(args: argparse.Namespace) -> int:
         raise InputError(f"no model {args.model!r} in {args.models} (models there: "
                          f"{', '.join(known) or 'none'}); check the name or --models")
     names = [args.model] if args.model else known
+    if not names and (deeper := registry.one_models_folder(args.models)):
+        raise InputError(deeper)
     if not names:
         print(f"no models in {args.models}; train one with `nowcast train`")
     for name in names:  # a damaged version or pointer is listed as such, never hides the sound ones
@@ -296,7 +305,8 @@ def _model_version(text: str | None, action: str, default: str | None = None) ->
     """NAME/VERSION (or NAME with a default version) from the command line."""
     name, _, version = (text or "").partition("/")
     if not name or not (version or default):
-        raise InputError(f"`nowcast models {action}` needs NAME/VERSION, e.g. convlstm/20240101T000000Z "
+        which = "NAME/VERSION" if default is None else f"NAME (its {default} version) or NAME/VERSION"
+        raise InputError(f"`nowcast models {action}` needs {which}, e.g. convlstm/20240101T000000Z "
                          "(`nowcast models list` shows them)")
     return name, version or str(default)
 
@@ -478,7 +488,8 @@ def build_parser() -> argparse.ArgumentParser:
     common = _verbosity(defaults=False)
 
     def command(name: str, helptext: str, func, model=None, **params) -> argparse.ArgumentParser:
-        description = f"{helptext}.\n\n{model.__doc__.strip()}" if model is not None else f"{helptext}."
+        described = f"\n\n{inspect.cleandoc(model.__doc__)}" if model is not None else ""  # no indented lines
+        description = f"{helptext}.{described}"
         found = sub.add_parser(name, help=helptext, description=description, parents=[common],
                                formatter_class=_Help, epilog=f"example:\n  {EXAMPLES[name]}")
         if model is not None:
@@ -509,7 +520,8 @@ def build_parser() -> argparse.ArgumentParser:
     follow = score.add_argument_group("streaming (command line only)")
     follow.add_argument("--follow", action="store_true",
                         help="keep scoring every new frame as it arrives (the streaming scorer)")
-    follow.add_argument("--interval", type=float, default=5.0, help="--follow: seconds between polls")
+    follow.add_argument("--interval", type=float, default=None,
+                        help=f"--follow: seconds between polls (default: {STREAM_INTERVAL_S:g})")
     follow.add_argument("--duration", type=float, default=None,
                         help="--follow: stop after this many seconds (default: until Ctrl-C or SIGTERM, "
                              "which stop it once the init times in flight are written)")

@@ -249,11 +249,19 @@ def _apart(urls: dict[str, str]) -> None:
 
 
 def _registry_check(models: str, model_name: str, model_version: str) -> None:
-    from nowcast.model.registry import LATEST, RegistryError, list_versions, resolve_version
+    from nowcast.model.registry import (
+        LATEST,
+        RegistryError,
+        list_versions,
+        one_models_folder,
+        resolve_version,
+    )
 
     try:
         resolve_version(models, model_name, model_version)
     except RegistryError as error:
+        if deeper := one_models_folder(models):
+            raise ParameterError(deeper) from None
         known = list_versions(models, model_name)
         hint = f"known versions: {known}" if known else f"no versions of {model_name!r} under {models}"
         which = "the promoted version" if model_version == LATEST else f"version {model_version!r}"
@@ -262,10 +270,11 @@ def _registry_check(models: str, model_name: str, model_version: str) -> None:
 
 
 def _archive_exists(url: str) -> None:
-    from nowcast.pipelines.stores.groups import exists
+    from nowcast.pipelines.stores.groups import exists, not_a_store
 
-    if not exists(url):
-        raise ParameterError(f"no archive at {url}; run the ingest flow first (or fix the path)")
+    if not exists(url):  # a file or a folder of other data is named as such: ingesting there fails
+        raise ParameterError(not_a_store(url) or f"no archive at {url}; run the ingest flow first (or fix "
+                             "the path)")
 
 
 KINDS = {"archive": "an archive", "forecasts": "a forecasts store", "windows": "a windows store"}
@@ -332,12 +341,13 @@ class IngestParams(_Stores):
     @model_validator(mode="after")
     def _check(self):
         if self.input_dir:
-            # an object-store prefix may be empty; a local folder must exist (or a pattern match files)
+            # an object-store prefix may be empty; a local folder must exist (or a pattern match files, or
+            # a NetCDF file be there: the NetCDF source reads either)
             path = local_path(self.input_dir) if is_local(self.input_dir) else None
-            if path is not None and not (Path(path).is_dir() or (set("*?[") & set(path) and glob.glob(path))):
-                raise ParameterError(f"input_dir {self.input_dir!r} is not a folder (nor a pattern matching "
-                                     "files); create it and drop files there, or leave it empty for "
-                                     "synthetic data")
+            if path is not None and not (Path(path).exists() or (glob.has_magic(path) and glob.glob(path))):
+                raise ParameterError(f"input_dir {self.input_dir!r} does not exist (nor is it a pattern "
+                                     "matching files); create the folder and drop files there, or leave it "
+                                     "empty for synthetic data")
         else:
             parse_time(self.synthetic_start, "synthetic_start")
         return self
@@ -559,8 +569,11 @@ class EvaluateParams(_ModelChoice):
 
 
 class DemoParams(BaseModel):
-    """The demo's options (``nowcast demo``), each bounded as the form it feeds is, and checked before the
-    demo does anything (an epoch count past the train form's bound once failed only after the ingest)."""
+    """Ingest synthetic rain, cut windows, train, backfill and evaluate, every store and picture under
+    the work folder."""
+
+    # each option bounded as the form it feeds is, and checked before the demo does anything (an epoch
+    # count past the train form's bound once failed only after the ingest)
 
     model_config = ConfigDict(extra="forbid")
     workdir: str = Field(DEFAULT_WORKDIR, min_length=1, description="where stores and pictures go")

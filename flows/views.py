@@ -221,6 +221,9 @@ def show(url: str, path: str | Path, *, time: str | None = None, count: int | No
                          "show a longer stretch as several pictures with --time")
     path = picture_path(path, (".png", ".gif"))
     if WRITTEN not in open_group(url):  # not a forecast store: an archive (open_archive checks it is one)
+        if archive is not None:  # it was ignored, exit 0
+            raise InputError(f"--archive names the observations beside a forecast store's forecasts; {url} "
+                             "is an archive, shown alone: drop --archive")
         name = _variable(url, variable)
         with damage_named(url):
             ds = open_archive(url)

@@ -322,6 +322,17 @@ def list_names(root: str | Path) -> list[str]:
     return sorted(f for f in folders if not f.startswith(".") and list_versions(root, f))
 
 
+def one_models_folder(root: str | Path) -> str | None:
+    """What to give instead when ``root`` is the folder of one model (``models/convlstm``, a level too
+    deep), not a registry; None when it is not one. Listed as "no models", or "train one first"."""
+    text = str(root).rstrip("/")
+    parent, _, name = text.rpartition("/")
+    if not name or list_names(text) or not list_versions(parent or ".", name):
+        return None
+    return (f"{root} is the folder of one model, {name}, not a registry: give the registry that holds it, "
+            f"--models {parent or '.'}")
+
+
 def promoted_version(root: str | Path, name: str) -> str | None:
     """The version ``latest`` points at; None when none is promoted."""
     fs, parent = _location(root, name)

@@ -451,6 +451,9 @@ def ingest_items(spec: IngestSpec, items: Sequence[SourceItem],
     fields = tuple(spec.source.fields())
     check_field_names(fields, items[0].path)
     existed = exists(spec.archive)  # whole once it exists: created in one step (created_whole)
+    if spec.repair and not existed:  # created an empty archive, exit 0: "no damaged chunk"
+        raise IngestError(f"--repair rewrites the damaged chunks of an archive; there is none at "
+                          f"{spec.archive}: check the path, or ingest without --repair to create it")
     info = _settled_info(spec.archive) if existed else None
     if info is not None:
         check_fields(info, fields, items[0].path)

@@ -120,6 +120,9 @@ def check_beam_args(args: Sequence[str]) -> str:
     return runner
 
 
+DEFAULT_WORKERS = 2
+
+
 @dataclasses.dataclass(frozen=True)
 class RunnerOptions:
     """Which Beam runner a job uses.
@@ -136,7 +139,7 @@ class RunnerOptions:
     """
 
     kind: RunnerKind = "inmemory"
-    workers: int = 2
+    workers: int = DEFAULT_WORKERS
     dask_address: str | None = None
     extra_args: tuple[str, ...] = ()
 
@@ -148,6 +151,14 @@ class RunnerOptions:
             raise RunnerError(f"workers must be at least 1, got {self.workers}")
         if self.kind == "dask" and not self.dask_address:
             raise RunnerError("the dask runner needs dask_address (e.g. tcp://127.0.0.1:8786)")
+        # options of another runner were ignored without a word (exit 0 on the in-memory runner)
+        if self.dask_address and self.kind != "dask":
+            raise RunnerError(f"dask_address ({self.dask_address}) is the dask runner's: choose the dask "
+                              f"runner (--runner dask), or drop it ({self.kind} runs without a scheduler)")
+        if self.workers != DEFAULT_WORKERS and self.kind != "multiprocess":
+            raise RunnerError(f"workers ({self.workers}) sets the multiprocess runner's processes: choose it "
+                              f"(--runner multiprocess), or drop workers (the {self.kind} runner does not "
+                              "use it)")
         if self.kind == "beam":
             check_beam_args(self.extra_args)
         elif "runner" in _flags(self.extra_args):

@@ -21,6 +21,7 @@ from collections import defaultdict
 
 import apache_beam as beam
 
+from nowcast.errors import InputError
 from nowcast.pipelines.jobs.ingest import IngestSpec, check_item, ingest_items, new_time_axis
 from nowcast.pipelines.jobs.ticks import Stop, run_streaming, ticks, timing_problem, write_totals
 from nowcast.pipelines.plans.ingest import IngestError, frame_indices
@@ -34,7 +35,7 @@ from nowcast.pipelines.sources.base import (
 )
 from nowcast.pipelines.stores.archive import DEFAULT_TIME_CHUNK, read_info, time_chunk_problem, valid_flags
 from nowcast.pipelines.stores.groups import exists
-from nowcast.pipelines.stores.timeaxis import format_time_step
+from nowcast.pipelines.stores.timeaxis import format_time_step, parse_time_step
 from nowcast.text import counted
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,11 @@ class WatchSpec:
             raise IngestError(problem)
         if not 1 <= self.max_attempts <= MAX_ATTEMPTS:
             raise IngestError(f"max_attempts {self.max_attempts} must be 1..{MAX_ATTEMPTS} polls")
+        if self.time_step is not None:  # checked at the first file, after polling began
+            try:
+                parse_time_step(self.time_step)
+            except InputError as error:
+                raise IngestError(f"--time-step: {error}") from None
         if self.fmt not in WATCH_FORMATS:
             raise IngestError(f"watch --format {self.fmt!r}: a watched folder holds one of "
                               f"{', '.join(WATCH_FORMATS)}; name its format")

@@ -66,11 +66,16 @@ def test_show_names_a_damaged_chunk_and_the_repair(stores, tmp_path, capsys):
     assert not (tmp_path / "x.png").exists()
 
 
-@pytest.mark.fault("command line", "`show --time` that is not a time",
-                   "exit 2 naming the option and an example time")
+@pytest.mark.fault("command line", "`show --time` that is not a time; `show ARCHIVE --archive OTHER`",
+                   "exit 2 naming the option and an example time; --archive (the observations beside a "
+                   "forecast store) refused for an archive, which is shown alone (it was ignored, exit 0)")
 def test_show_refuses_a_time_that_is_not_one(stores, tmp_path, capsys):
     assert cli.main(["show", stores["archive"], "--time", "garbage", "--out", str(tmp_path / "x.png")]) == 2
     assert "--time 'garbage' is not an ISO 8601 time" in capsys.readouterr().err
+    assert cli.main(["show", stores["archive"], "--archive", stores["archive"], "--out",
+                     str(tmp_path / "x.png")]) == 2
+    assert "is an archive, shown alone: drop --archive" in capsys.readouterr().err
+    assert not (tmp_path / "x.png").exists()
 
 
 @pytest.mark.fault("command line", "a picture (`show --out`, `summary --png`) into a folder that cannot be "

@@ -132,8 +132,9 @@ def test_command_line_stores_are_the_users_own_paths(tmp_path, monkeypatch):
 
 
 @pytest.mark.fault("command line", "`nowcast models` promote of an unknown version; show or list of a "
-                   "model never trained",
-                   "exit 2 naming the known versions or the registry; latest unchanged")
+                   "model never trained; `--models` naming one model's folder (`models/convlstm`)",
+                   "exit 2 naming the known versions or the registry; latest unchanged (a model's folder was "
+                   "listed as holding no models, exit 0)")
 def test_models_list_show_and_promote(tmp_path, capsys):
     archive = make_archive(str(tmp_path / "archive.zarr"), 16, (16, 16))
     models = tmp_path / "models"
@@ -156,11 +157,50 @@ def test_models_list_show_and_promote(tmp_path, capsys):
     assert "no promoted version of 'cnn_lstm'" in capsys.readouterr().err
     assert cli.main(["models", "promote", "convlstm", *registry]) == 2
     assert "needs NAME/VERSION" in capsys.readouterr().err
+    assert cli.main(["models", "show", *registry]) == 2  # said NAME/VERSION, where NAME alone is taken
+    assert "needs NAME (its latest version) or NAME/VERSION" in capsys.readouterr().err
+    for command in (["models", "list"], ["score", "--archive", archive]):  # "no models", exit 0; "train one"
+        assert cli.main([*command, "--models", str(models / "convlstm")]) == 2
+        assert f"is the folder of one model, convlstm, not a registry: give the registry that holds it, " \
+               f"--models {models}" in capsys.readouterr().err
     assert cli.main(["models", "show", *registry, "convlstm/v2"]) == 0  # options first: was unrecognised
     assert '"version": "v2"' in capsys.readouterr().out
     assert cli.main(["models", "list", "cnn_lstm", *registry]) == 2  # was listed as a model without versions
     assert "no model 'cnn_lstm'" in capsys.readouterr().err
     assert (models / "convlstm" / "latest").read_text().strip() == "v1"
+
+
+# (command line, what the refusal says): an option that does nothing for the command as given, or a
+# target that is not there, each refused before any work
+NOT_APPLYING = {
+    "repair of nothing": (["ingest", "--synthetic", "--frames", "6", "--size", "16", "--repair"],
+                          "--repair rewrites the damaged chunks of an archive; there is none at"),
+    "dask address": (["ingest", "--synthetic", "--frames", "6", "--size", "16", "--dask-address",
+                      "tcp://127.0.0.1:1"], "dask_address (tcp://127.0.0.1:1) is the dask runner's"),
+    "workers": (["ingest", "--synthetic", "--frames", "6", "--size", "16", "--workers", "8"],
+                "workers (8) sets the multiprocess runner's processes"),
+    "stream pace": (["score", "--interval", "5", "--duration", "30"],
+                    "--interval and --duration pace a stream: add --follow"),
+    "watch step": (["watch", "--input", "in", "--format", "netcdf", "--time-step", "banana"],
+                   "--time-step: time step 'banana' is not an ISO 8601 duration"),
+}
+
+
+@pytest.mark.fault("command line", "an option that does nothing as given (`--repair` with no archive, "
+                   "`--workers` or `--dask-address` of another runner, `score --interval/--duration` "
+                   "without --follow, a `watch --time-step` that is no duration)",
+                   "exit 2 naming the option and the fix, before any work (the first made an empty archive; "
+                   "the others were ignored, exit 0; the last failed only once polling began, naming Beam's "
+                   "stage)")
+@pytest.mark.parametrize("case", sorted(NOT_APPLYING))
+def test_an_option_that_does_nothing_as_given_is_refused(case, tmp_path, monkeypatch, capsys):
+    argv, message = NOT_APPLYING[case]
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "in").mkdir()
+    target = {"ingest": "--archive", "watch": "--archive", "score": "--archive"}[argv[0]]
+    assert cli.main([*argv, target, str(tmp_path / "store.zarr")]) == 2
+    assert message in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == ["in"], "something was created before the refusal"
 
 
 # (command line, the flag the message names, the bound it names): each past a bound, each refused before
@@ -275,9 +315,10 @@ def test_home_is_expanded_and_a_file_is_no_work_folder(tmp_path, monkeypatch, ca
 @pytest.mark.fault("command line", "a store path that is a link to nothing, lies under a file or holds "
                    "'::' (fsspec chaining), or a "
                    "`--models`, `--forecasts` or `--windows` that is a file; evaluate's forecasts or archive "
-                   "that do not exist",
+                   "that do not exist; an `--archive` that is a file",
                    "exit 2 naming the path before any work (each was a traceback: one after a whole training "
-                   "run, evaluate's after its verification)")
+                   "run, evaluate's after its verification; an archive that is a file was said to be "
+                   "missing, 'run the ingest flow first', which fails there)")
 def test_store_paths_that_cannot_exist_are_refused_before_any_work(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "afile").write_text("")
@@ -303,6 +344,8 @@ def test_store_paths_that_cannot_exist_are_refused_before_any_work(tmp_path, mon
          "no forecast store at"),
         (["evaluate", *model, "--windows", "w.zarr", "--archive", "none.zarr", "--forecasts", archive],
          "no archive at"),
+        (["windows", "--archive", "afile", "--windows", "w.zarr"], "afile is a file, not a store folder"),
+        (["score", *model, "--archive", "afile", "--forecasts", "f.zarr"], "afile is a file, not a store"),
     ]
     before = sorted(path.name for path in tmp_path.iterdir())
     for argv, message in cases:
