@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import os
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -24,6 +25,7 @@ from nowcast.pipelines.jobs.watch import pending_items
 from nowcast.pipelines.sources import folder_source, get_source, other_inputs
 from nowcast.pipelines.sources.base import Source, list_files, sorted_unique
 from nowcast.pipelines.stores.archive import valid_flags
+from nowcast.pipelines.stores.groups import is_local, local_path
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +58,19 @@ def warn_of_other_inputs(source: Source, directory: str | None, logger: Any = lo
                        source.name, others[0])
 
 
+def _holds_no_file(input_dir: str | None) -> bool:
+    """Whether ``input_dir`` is a folder (or prefix) with no file in it yet, searched recursively as the
+    sources search; a file or a pattern (the NetCDF source reads either) is left to its source."""
+    if not input_dir or (is_local(input_dir) and not os.path.isdir(local_path(input_dir))):
+        return False
+    return not list_files(input_dir, ("",))
+
+
 @task(name="ingest-new-frames", retries=1, retry_delay_seconds=5)
 def ingest_new(params: IngestParams) -> IngestResult | None:
     """Ingests the frames not yet valid in the archive; None when there are none."""
     logger = get_run_logger()
-    if params.input_dir and not list_files(params.input_dir, ("",)):  # recursive, as the sources search
+    if _holds_no_file(params.input_dir):
         logger.info("no files in %s: nothing to ingest", params.input_dir)
         return None
     source = source_for(params)

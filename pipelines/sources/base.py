@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import glob
 import itertools
 import os
 import posixpath
@@ -118,6 +119,9 @@ def list_files(directory: str, suffixes: Sequence[str]) -> list[str]:
     if not is_local(directory):
         return _list_url(directory, suffixes)
     directory = local_path(directory)
+    if os.path.isfile(directory) or glob.has_magic(directory):  # said not to exist: it did
+        raise SourceError(f"input {directory!r} is a file or a pattern, which only --format netcdf reads; "
+                          f"radar files are read from their folder: give {os.path.dirname(directory)!r}")
     if not os.path.isdir(directory):
         raise SourceError(f"input folder {directory!r} does not exist or is not a folder; "
                           "give the folder that holds the input files")

@@ -228,6 +228,26 @@ def test_auto_detection_takes_a_folder_of_netcdf_files_as_netcdf(two_files, tmp_
         detect_format(str(tmp_path / "empty"))
 
 
+@pytest.mark.fault("command line", "`ingest --input` of one NetCDF file or a pattern (`'in/*.nc'`)",
+                   "ingested, as the NetCDF source reads either (the file was refused as 'not a folder, "
+                   "create it'; the pattern then as 'does not exist'); a radar format given a file names its "
+                   "folder")
+def test_one_netcdf_file_or_a_pattern_is_ingested_from_the_command_line(two_files, tmp_path, capsys):
+    from nowcast.flows import cli
+    from nowcast.pipelines.stores.archive import read_info
+
+    folder = two_files[0]
+    assert cli.main(["ingest", "--input", str(folder / "a.nc"), "--archive", str(tmp_path / "one.zarr")]) == 0
+    assert read_info(str(tmp_path / "one.zarr")).length == 3
+    assert cli.main(["ingest", "--input", f"{folder}/*.nc", "--archive", str(tmp_path / "all.zarr")]) == 0
+    assert read_info(str(tmp_path / "all.zarr")).length == 5
+    capsys.readouterr()
+    assert cli.main(["ingest", "--input", str(folder / "a.nc"), "--format", "knmi", "--archive",
+                     str(tmp_path / "knmi.zarr")]) == 2
+    assert f"radar files are read from their folder: give '{folder}'" in capsys.readouterr().err
+    assert not (tmp_path / "knmi.zarr").exists()
+
+
 @pytest.mark.fault("sources", "a NetCDF batch mixing degC and K",
                    "refused inside the batch, before any archive exists")
 def test_a_batch_whose_files_disagree_on_units_is_refused(tmp_path):
