@@ -13,9 +13,11 @@ import dataclasses
 import functools
 import glob
 import itertools
+import logging
 import os
 import posixpath
 import shutil
+import stat
 import tempfile
 import warnings
 from collections import Counter
@@ -36,6 +38,8 @@ from nowcast.pipelines.stores.groups import filesystem, is_local, local_path
 for _message in ("You will likely lose important projection information",
                  "angle from rectified to skew grid parameter lost in conversion to CF"):
     warnings.filterwarnings("ignore", message=_message, category=UserWarning)
+
+log = logging.getLogger(__name__)
 
 
 class SourceError(InputError):
@@ -130,7 +134,21 @@ def list_files(directory: str, suffixes: Sequence[str]) -> list[str]:
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         found += [os.path.join(root, name) for name in sorted(files)
                   if not name.startswith(".") and has_suffix(name, suffixes)]
-    return sorted(found)
+    return sorted(path for path in found if _a_file(path))
+
+
+def _a_file(path: str) -> bool:
+    """Whether ``path`` is a file to read, or a link (a dangling one is refused by its read, naming it). A
+    pipe, socket or device named like an input file is passed over with a warning: a pipe held ingest
+    and watch for ever, deaf to signals."""
+    try:
+        mode = os.stat(path).st_mode  # through a link: a link to a pipe would hold the read as well
+    except FileNotFoundError:  # a dangling link (or one gone since it was listed)
+        return os.path.islink(path)
+    if stat.S_ISREG(mode):
+        return True
+    log.warning("%s is not a file (a pipe, socket or device) and is not read: move it out of the input", path)
+    return False
 
 
 def has_suffix(name: str, suffixes: Sequence[str]) -> bool:

@@ -341,6 +341,30 @@ def test_an_empty_object_store_prefix_has_no_files_and_a_file_is_not_a_folder(s3
         list_files(f"{s3_bucket}/a-file", ("",))
 
 
+@pytest.mark.fault("ingest", "a pipe (FIFO), or a link to one, named like a radar file in the input folder",
+                   "passed over with a warning naming it; the files beside it are ingested (ingest and watch "
+                   "hung for ever on it, deaf to SIGTERM and SIGINT, watch past its --duration)")
+def test_a_pipe_named_like_a_radar_file_is_passed_over(radar_dir, tmp_path, caplog):
+    from nowcast.pipelines.jobs.ingest import IngestSpec, ingest_items
+    from nowcast.pipelines.stores.archive import read_info
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for path in sorted((radar_dir / "bom").rglob("*prcp-c10.nc"))[:2]:
+        shutil.copy(path, folder / path.name)
+    first = sorted(folder.iterdir())[0].name
+    pipe = folder / first.replace("0000.prcp", "0020.prcp").replace("_000000.", "_002000.")
+    os.mkfifo(pipe)
+    os.symlink(pipe, folder / first.replace("_000000.", "_003000."))
+    source = get_source("bom", directory=str(folder))
+    assert [os.path.basename(item.path) for item in source.items()] == sorted(
+        p.name for p in folder.iterdir() if p.is_file())
+    assert sum("is not a file (a pipe, socket or device)" in r.message for r in caplog.records) >= 2
+    result = ingest_items(IngestSpec(archive=str(tmp_path / "a.zarr"), source=source), source.items(), None)
+    assert result.frames_written == 2
+    assert read_info(str(tmp_path / "a.zarr")).length >= 2
+
+
 @pytest.mark.fault("ingest", "a folder ingested with a named --format that also holds another format's files",
                    "a warning counts and names them (they were left out without a word); sidecar files "
                    "(README, checksums) are not counted")
