@@ -31,6 +31,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import uuid
 from collections.abc import Iterator, Sequence
 
@@ -352,6 +353,26 @@ def check_batch(spec: IngestSpec, items: Sequence[SourceItem], fields: tuple[Fie
     return sorted(str(r["item"]) for r in reports if r["all_nan"])  # a file may hold several frames
 
 
+SERIES = "source_series"  # archive attribute: the radar and product of its files, where names state them
+
+
+def file_series(source: Source, path: str) -> str | None:
+    """The radar and product ``path``'s name states (radar sources' ``file_series``); None if it states
+    none."""
+    stated = getattr(source, "file_series", None)
+    return stated(path) if stated is not None else None
+
+
+def series_problem(archive_series: str | None, source: Source, path: str) -> str | None:
+    """Why the file ``path`` does not belong in an archive of ``archive_series`` (None: it does, or
+    either states none)."""
+    series = file_series(source, path)
+    if archive_series is None or series is None or series == archive_series:
+        return None
+    return (f"{os.path.basename(path)} is {series}, the archive holds {archive_series} (one radar and "
+            "product per archive): ingest it into an archive of its own")
+
+
 def prepare_archive(spec: IngestSpec, items: Sequence[SourceItem], fields: tuple[FieldSpec, ...],
                     created_meanwhile: bool = False) -> ArchiveInfo:
     """Creates the archive or extends its time axis so every item has a slot.
@@ -364,9 +385,10 @@ def prepare_archive(spec: IngestSpec, items: Sequence[SourceItem], fields: tuple
         start, step = new_time_axis(spec, items)
         grid = spec.source.read_grid(items[0])
         length = time_index(last, start, step) + 1 if last >= start else 1
+        series = file_series(spec.source, items[0].path)
         return create_archive(spec.archive, grid, fields, start, step, max(length, 1),
                               time_chunk=spec.time_chunk, spatial_chunks=spec.spatial_chunks,
-                              attrs={"source": spec.source.name})
+                              attrs={"source": spec.source.name, **({SERIES: series} if series else {})})
     if created_meanwhile:
         problem = read_info(spec.archive).grid.mismatch(spec.source.read_grid(items[0]))
         if problem:
@@ -463,6 +485,9 @@ def ingest_items(spec: IngestSpec, items: Sequence[SourceItem],
                               "ingest into a new archive")
         check_axis_growth(frame_indices(items, info.start, info.time_step), info.length, info.start,
                           info.time_step)
+        problem = series_problem(open_group(spec.archive).attrs.get(SERIES), spec.source, items[0].path)
+        if problem:  # items() holds one series: its first file speaks for all
+            raise IngestError(f"{problem}; nothing was written")
         problem = None if spec.needs_check else info.grid.mismatch(spec.source.read_grid(items[0]))
         if problem:  # a trusted source skips the check step, which compares every frame's grid
             raise IngestError(f"the frames are on another grid than {spec.archive} ({problem}); nothing was "

@@ -22,7 +22,15 @@ from collections import defaultdict
 import apache_beam as beam
 
 from nowcast.errors import InputError
-from nowcast.pipelines.jobs.ingest import IngestSpec, check_item, ingest_items, new_time_axis
+from nowcast.pipelines.jobs.ingest import (
+    SERIES,
+    IngestSpec,
+    check_item,
+    file_series,
+    ingest_items,
+    new_time_axis,
+    series_problem,
+)
 from nowcast.pipelines.jobs.ticks import Stop, run_streaming, ticks, timing_problem, write_totals
 from nowcast.pipelines.plans.ingest import IngestError, frame_indices
 from nowcast.pipelines.sources import FORMATS, folder_source
@@ -34,7 +42,7 @@ from nowcast.pipelines.sources.base import (
     most_common_step,
 )
 from nowcast.pipelines.stores.archive import DEFAULT_TIME_CHUNK, read_info, time_chunk_problem, valid_flags
-from nowcast.pipelines.stores.groups import exists
+from nowcast.pipelines.stores.groups import exists, open_group
 from nowcast.pipelines.stores.timeaxis import format_time_step, parse_time_step
 from nowcast.text import counted
 
@@ -125,10 +133,15 @@ def on_the_axis(items: list[SourceItem],
     if exists(spec.archive):
         info = read_info(spec.archive)
         start, step = info.start, info.time_step
+        series = open_group(spec.archive).attrs.get(SERIES)
     else:
         start, step = new_time_axis(spec, items)
+        series = file_series(spec.source, items[0].path)  # the one the new archive records
     placed, refused = [], []
     for item in items:
+        if problem := series_problem(series, spec.source, item.path):  # a RAC file among RAP ones
+            refused.append((item, problem))
+            continue
         stated = spec.source.file_step(item.path) if isinstance(spec.source, FolderSource) else None
         if stated is not None and stated != step:
             refused.append((item, f"its name states a step of {format_time_step(stated)}, the archive's is "

@@ -123,6 +123,7 @@ FORMATS: dict[str, RadarFormat] = {
 # ``<station>_<YYYYMMDD>_<HHMMSS>.<product>.nc``). Both are accumulations ending
 # at the time in the name (pysteps reports unit mm and accutime 10 and 6).
 BOM_PRODUCT_MINUTES = {"prcp-c10": 10, "prcp-cscn": 6}
+_KNMI_SERIES = re.compile(r"(RAD_NL\d+_[A-Z]+)_\d+min_")
 _BOM_NAME = re.compile(r"\d+_\d{8}_\d{6}\.([A-Za-z0-9][\w-]*)\.nc")
 
 
@@ -267,6 +268,18 @@ class RadarSource:
             return _minutes(BOM_PRODUCT_MINUTES.get(bom_product(path) or ""))
         return _minutes(period_minutes(self.fmt, path))
 
+    def file_series(self, path: str) -> str | None:
+        """The radar and product one file's name states, one per archive: KNMI's composite and product
+        (``RAD_NL25_RAP``; a ``RAC`` or ``NL21`` file matches the name pattern too), BoM's station and
+        product (``66 prcp-c10``); None for the other formats (one product per name pattern; ODIM's
+        quantity is checked from the files)."""
+        name = os.path.basename(path)
+        if self.fmt == "knmi" and (found := _KNMI_SERIES.match(name)):
+            return found[1]
+        if self.fmt == "bom" and (product := bom_product(name)):
+            return f"{name.split('_', 1)[0]} {product}"
+        return None
+
     def files(self) -> list[str]:
         """The format's files under the folder (with ``product``: that BoM product's), in path order.
 
@@ -321,7 +334,17 @@ class RadarSource:
             self._check_one_product(items)
         if self.fmt in ("knmi", "mch"):
             self._check_one_period(items)
+        self._check_one_series(items)
         return sorted_unique(items)
+
+    def _check_one_series(self, items: list[SourceItem]) -> None:
+        """Refuses files of several radars or products in one listing (:meth:`file_series`): KNMI's RAP
+        and RAC accumulations were ingested as one series, exit 0."""
+        series = Counter(self.file_series(item.path) for item in items)
+        if len(series) > 1:
+            found = ", ".join(f"{count} {name}" for name, count in sorted(series.items(), key=str))
+            raise SourceError(f"{self.directory!r} mixes {self.fmt} radars or products ({found}, by their "
+                              "names); give the folder of one, each into an archive of its own")
 
     def _check_one_period(self, items: list[SourceItem]) -> None:
         """Refuses accumulations of several periods in one listing (KNMI, MeteoSwiss), and a period of 0."""

@@ -84,11 +84,12 @@ def test_a_set_event_ends_the_watch_before_its_next_poll(tmp_path):
     assert run_watch(spec, stop=stop).polls == 0
 
 
-@pytest.mark.fault("watch", "a file off the archive's time step, before its start, or of another "
-                   "accumulation period (an hourly KNMI file among 5-minute ones), among good ones",
+@pytest.mark.fault("watch", "a file off the archive's time step, before its start, of another "
+                   "accumulation period (an hourly KNMI file among 5-minute ones), or of another product "
+                   "(KNMI RAC among RAP), among good ones",
                    "rejected with a warning naming it and the fix; the good files keep coming in (the "
                    "watcher once stopped on the first, skipped the second without a word, and ingested the "
-                   "hour's mean rate as a 5-minute frame)")
+                   "hour's mean rate as a 5-minute frame, and another product's file as the archive's)")
 def test_a_file_the_time_axis_cannot_hold_is_rejected_and_the_rest_ingested(tmp_path, radar_dir, caplog):
     files = sorted((radar_dir / "knmi").rglob("*.h5"))[:4]  # 00:00, 00:05, 00:10, 00:15
     incoming = tmp_path / "incoming"
@@ -102,12 +103,14 @@ def test_a_file_the_time_axis_cannot_hold_is_rejected_and_the_rest_ingested(tmp_
     early = incoming / files[0].name
     off_step = incoming / files[3].name.replace("201008260015", "201008260017")
     hourly = incoming / files[3].name.replace("201008260015", "201008260100").replace("_5min_", "_60min_")
+    other_product = incoming / files[3].name.replace("201008260015", "201008260020").replace("_RAP_", "_RAC_")
     for source, target in ((files[0], early), (files[3], off_step), (files[3], hourly),
-                           (files[3], incoming / files[3].name)):
+                           (files[3], other_product), (files[3], incoming / files[3].name)):
         shutil.copy(source, target)
     with caplog.at_level("WARNING", logger="nowcast.pipelines.jobs.watch"):
         assert poll_once(spec, rejections) == 1  # 00:15 comes in
-    assert set(rejections.given_up) == {str(early), str(off_step), str(hourly)}
+    assert set(rejections.given_up) == {str(early), str(off_step), str(hourly), str(other_product)}
+    assert "is RAD_NL25_RAC, the archive holds RAD_NL25_RAP (one radar and product per archive)" in caplog.text
     assert "before the archive start" in caplog.text
     assert "not on the archive's PT5M axis" in caplog.text
     assert "its name states a step of PT1H, the archive's is PT5M" in caplog.text

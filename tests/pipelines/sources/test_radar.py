@@ -341,6 +341,37 @@ def test_an_empty_object_store_prefix_has_no_files_and_a_file_is_not_a_folder(s3
         list_files(f"{s3_bucket}/a-file", ("",))
 
 
+@pytest.mark.fault("ingest", "a folder mixing KNMI products or composites (RAP with RAC, NL25 with NL21) "
+                   "or BoM radars, or such a batch into an archive of another", "refused naming the series "
+                   "found (ingested as one series, exit 0); the archive records its series")
+def test_files_of_several_radars_or_products_are_not_one_series(radar_dir, tmp_path):
+    from nowcast.pipelines.jobs.ingest import IngestError, IngestSpec, ingest_items
+
+    knmi = sorted((radar_dir / "knmi").rglob("*.h5"))[:3]
+    folder, later = tmp_path / "knmi", tmp_path / "later"
+    for target in (folder, later):
+        target.mkdir()
+    shutil.copy(knmi[0], folder / knmi[0].name)
+    shutil.copy(knmi[1], folder / knmi[1].name.replace("_RAP_", "_RAC_"))
+    with pytest.raises(SourceError, match=r"mixes knmi radars or products \(1 RAD_NL25_RAC, 1 RAD_NL25_RAP"):
+        get_source("knmi", directory=str(folder)).items()
+    (folder / knmi[1].name.replace("_RAP_", "_RAC_")).unlink()
+    source = get_source("knmi", directory=str(folder))
+    archive = str(tmp_path / "a.zarr")
+    ingest_items(IngestSpec(archive=archive, source=source), source.items(), None)
+    shutil.copy(knmi[2], later / knmi[2].name.replace("_NL25_", "_NL21_"))
+    other = get_source("knmi", directory=str(later))
+    with pytest.raises(IngestError, match=r"is RAD_NL21_RAP, the archive holds RAD_NL25_RAP .*nothing was"):
+        ingest_items(IngestSpec(archive=archive, source=other), other.items(), None)
+    bom = sorted((radar_dir / "bom").rglob("*prcp-c10.nc"))[:2]
+    stations = tmp_path / "bom"
+    stations.mkdir()
+    shutil.copy(bom[0], stations / bom[0].name)
+    shutil.copy(bom[1], stations / ("71" + bom[1].name[2:]))
+    with pytest.raises(SourceError, match=r"mixes bom radars or products \(1 66 prcp-c10, 1 71 prcp-c10"):
+        get_source("bom", directory=str(stations)).items()
+
+
 @pytest.mark.fault("ingest", "a pipe (FIFO), or a link to one, named like a radar file in the input folder",
                    "passed over with a warning naming it; the files beside it are ingested (ingest and watch "
                    "hung for ever on it, deaf to SIGTERM and SIGINT, watch past its --duration)")
