@@ -36,6 +36,7 @@ from pydantic import (
 from nowcast.errors import InputError
 from nowcast.pipelines.stores.groups import StoreError, check_url, enclosing_store, is_local, local_path
 from nowcast.pipelines.stores.timeaxis import DEFAULT_TIME_CHUNK, MAX_TIME_CHUNK, to_datetime64
+from nowcast.processes import host_id
 
 if TYPE_CHECKING:  # Beam is imported when a job runs, not when a form or the command line is built
     from nowcast.pipelines.jobs.runners import RunnerOptions
@@ -160,6 +161,7 @@ def placeable(url: str) -> str:
     if not is_local(url):
         return url
     path = Path(local_path(url))
+    _short_enough(url, path)
     if path.is_symlink() and not path.exists():
         raise ParameterError(f"{url} is a symbolic link to {os.readlink(path)}, which does not exist: create "
                              "the target, or give the real path")
@@ -169,6 +171,23 @@ def placeable(url: str) -> str:
                 raise ParameterError(f"{url}: {parent} is a file, not a folder; give a path under a folder")
             break
     return url
+
+
+NAME_MAX = 255  # bytes in one file name (Linux file systems)
+
+
+def _short_enough(url: str, path: Path) -> None:
+    """Refuses a path whose names the file system cannot hold, counting the suffix of the staging copy
+    and checks folder made beside a store (``.creating-HOST-PID-...``): a legal 245-byte store name failed
+    with a traceback from the check step, and a longer one from the first look at the path."""
+    room = len(f".creating-{host_id()}-{2**22}-{'0' * 12}".encode())
+    for part in path.parts:
+        limit = NAME_MAX - (room if part == path.name else 0)
+        if len(part.encode()) > limit:
+            raise ParameterError(f"{url}: the name {part[:24]}... is {len(part.encode())} bytes; the file "
+                                 f"system holds {NAME_MAX}, and a store's name leaves room for the "
+                                 f"{room}-byte suffix of the copy made beside it: give a name of at most "
+                                 f"{limit} bytes")
 
 
 StoreUrl = Annotated[str, Field(min_length=1), AfterValidator(placeable)]

@@ -315,10 +315,12 @@ def test_home_is_expanded_and_a_file_is_no_work_folder(tmp_path, monkeypatch, ca
 @pytest.mark.fault("command line", "a store path that is a link to nothing, lies under a file or holds "
                    "'::' (fsspec chaining), or a "
                    "`--models`, `--forecasts` or `--windows` that is a file; evaluate's forecasts or archive "
-                   "that do not exist; an `--archive` that is a file",
+                   "that do not exist; an `--archive` that is a file; a name longer than the file system "
+                   "holds, with the suffix of the store's staging copy",
                    "exit 2 naming the path before any work (each was a traceback: one after a whole training "
                    "run, evaluate's after its verification; an archive that is a file was said to be "
-                   "missing, 'run the ingest flow first', which fails there)")
+                   "missing, 'run the ingest flow first', which fails there; a long name was a traceback, "
+                   "exit 1)")
 def test_store_paths_that_cannot_exist_are_refused_before_any_work(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "afile").write_text("")
@@ -345,6 +347,9 @@ def test_store_paths_that_cannot_exist_are_refused_before_any_work(tmp_path, mon
         (["evaluate", *model, "--windows", "w.zarr", "--archive", "none.zarr", "--forecasts", archive],
          "no archive at"),
         (["windows", "--archive", "afile", "--windows", "w.zarr"], "afile is a file, not a store folder"),
+        (["ingest", "--synthetic", "--archive", "a" * 240 + ".zarr"],
+         "is 245 bytes; the file system holds 255"),
+        (["windows", "--archive", archive, "--windows", "b" * 300 + "/w.zarr"], "give a name of at most 255"),
         (["score", *model, "--archive", "afile", "--forecasts", "f.zarr"], "afile is a file, not a store"),
     ]
     before = sorted(path.name for path in tmp_path.iterdir())
