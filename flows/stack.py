@@ -30,6 +30,7 @@ another user the database lives in the stack folder and is kept.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import glob
 import json
 import os
@@ -46,6 +47,7 @@ from typing import TypeVar
 
 from nowcast.errors import InputError
 from nowcast.flows.temporary_server import SERVER_SETTINGS
+from nowcast.pipelines.stores.groups import check_writable
 from nowcast.processes import alive, free_port, started
 
 STATE_FILE = "stack.json"
@@ -185,12 +187,21 @@ def _http_ok(url: str) -> bool:
         return 200 <= response.status < 500
 
 
+# set by up(): told of each service the moment it starts, so stack.json names it before it is ready (a
+# `stack up` killed while the Prefect server started left that server running, unknown to `stack down`)
+_ON_START: contextvars.ContextVar[Callable[[str, subprocess.Popen], None] | None] = contextvars.ContextVar(
+    "stack_on_start", default=None)
+
+
 def _start(name: str, command: Sequence[str], folder: Path, env: Mapping[str, str],
            cwd: Path | None = None) -> subprocess.Popen:
     """A service in its own process group, its output in ``folder/<name>.log``."""
     with open(folder / f"{name}.log", "ab") as log:
-        return subprocess.Popen(list(command), stdout=log, stderr=subprocess.STDOUT, cwd=cwd or folder,
-                                env=dict(env), start_new_session=True)
+        process = subprocess.Popen(list(command), stdout=log, stderr=subprocess.STDOUT, cwd=cwd or folder,
+                                   env=dict(env), start_new_session=True)
+    if (record := _ON_START.get()) is not None:
+        record(name, process)
+    return process
 
 
 def _serve(what: str, name: str, command: Sequence[str], folder: Path, env: Mapping[str, str], ready,
@@ -326,6 +337,7 @@ def up(folder: str | Path = "runs/stack", workers: int = 2) -> dict[str, object]
         raise InputError(f"--workers {workers} must be 1..{MAX_DASK_WORKERS} dask worker processes (one "
                          "per core is the most that helps on one machine)")
     root = Path(folder).resolve()
+    check_writable(str(root), "the stack folder")  # a file or read-only folder was a traceback, exit 1
     root.mkdir(parents=True, exist_ok=True)
     if (root / STATE_FILE).exists():
         raise StackStateError(f"a stack is already up in {root} ({STATE_FILE} exists): nowcast stack down "
@@ -343,9 +355,14 @@ def up(folder: str | Path = "runs/stack", workers: int = 2) -> dict[str, object]
         state["started"] = {name: started(pid) for name, pid in pids.items()}
         (root / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
 
+    def record(name: str, process: subprocess.Popen) -> None:
+        pids[name] = process.pid
+        save()
+
     data = _postgres_data(root)
     state["postgres_data"] = str(data)
     save()
+    recording = _ON_START.set(record)
     try:
         ports["postgres"], database = _on_free_port(lambda port: _postgres(data, port))
         state["database"] = database
@@ -393,6 +410,8 @@ def up(folder: str | Path = "runs/stack", workers: int = 2) -> dict[str, object]
     except BaseException:
         down(root)
         raise
+    finally:
+        _ON_START.reset(recording)
     return state
 
 

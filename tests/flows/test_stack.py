@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -168,6 +169,53 @@ def test_stack_commands_without_a_stack_say_so(tmp_path, capsys):
     for action in ("status", "down"):
         assert main(["stack", action, "--folder", str(tmp_path)]) == 2
         assert "stack.json cannot be read" in capsys.readouterr().err
+
+
+@pytest.mark.fault("command line", "`stack up` with a folder that is a file, or lies under one",
+                   "exit 2 naming the folder, nothing started (a traceback, exit 1)")
+def test_a_stack_folder_that_cannot_be_written_is_refused(tmp_path, capsys):
+    from nowcast.flows.cli import main
+
+    (tmp_path / "afile").write_text("")
+    for folder in ("afile", "afile/sub"):
+        assert main(["stack", "up", "--folder", str(tmp_path / folder)]) == 2
+        assert f"the stack folder {tmp_path / folder} cannot be written" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.fault("command line", "`stack up` killed (SIGKILL) while the Prefect server starts",
+                   "`stack down` stops every service it had started (the Prefect server, in its own session "
+                   "and recorded only once ready, was left running)")
+def test_a_stack_up_killed_while_starting_leaves_nothing_to_down(tmp_path):
+    from nowcast.processes import alive
+
+    folder = tmp_path / "stack"
+    up = subprocess.Popen([sys.executable, "-m", "nowcast.flows.cli", "stack", "up", "--folder", str(folder)],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline, server = time.monotonic() + 120, None
+    try:  # killed as soon as it has started the Prefect server, long before that answers
+        while server is None and time.monotonic() < deadline and up.poll() is None:
+            server = _child_running(up.pid, b"server\x00start")
+            time.sleep(0.05)
+        assert server is not None, "no Prefect server was started"
+    finally:
+        up.kill()
+        up.wait()
+    assert alive(server)
+    stack.down(folder)
+    assert not alive(server)
+    assert not (folder / stack.STATE_FILE).exists()
+
+
+def _child_running(parent: int, command: bytes) -> int | None:
+    """The pid of a child of ``parent`` whose command line holds ``command`` (NUL-separated), or None."""
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError, ValueError):
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            if int(stat.rsplit(")", 1)[1].split()[1]) == parent \
+                    and command in Path(f"/proc/{entry}/cmdline").read_bytes():
+                return int(entry)
+    return None
 
 
 @pytest.mark.fault("command line", "`stack down` or `status` with a stack.json whose processes are gone and "
