@@ -38,6 +38,8 @@ from nowcast.flows.params import ROOTS_ENV, not_a_file, placeable
 from nowcast.flows.stopping import interrupt
 from nowcast.flows.temporary_server import SERVER_SETTINGS, end_with_parent
 from nowcast.flows.train import train_flow
+from nowcast.flows.workdir import held
+from nowcast.pipelines.stores.groups import check_writable
 
 DEFAULT_CRON = "*/5 * * * *"
 DEPLOYMENT = "local"
@@ -92,6 +94,7 @@ def check_serving(workdir: str | Path, cron: str, ports: tuple[int, ...] = ()) -
     from prefect.client.schemas.schedules import CronSchedule
 
     placeable(not_a_file(str(workdir), "--workdir"))
+    check_writable(str(workdir), "--workdir")  # read-only: a traceback once the server had started
     try:
         CronSchedule(cron=cron)
     except ValueError:
@@ -276,11 +279,22 @@ def wait_for_api(api_url: str, timeout_s: float = 120.0, server: subprocess.Pope
 
 def run_local_server(workdir: str | Path = "runs/demo", port: int = 4200, files_port: int = 4201,
                      cron: str = DEFAULT_CRON) -> None:
-    """``prefect server start`` (SQLite) + artifact file server + served deployments, until Ctrl-C."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    """``prefect server start`` (SQLite) + artifact file server + served deployments, until Ctrl-C; one
+    such server per Prefect home (its database and deployments)."""
+    from prefect.settings import PREFECT_HOME
 
     check_serving(workdir, cron, (port, files_port))
-    root = Path(workdir).resolve()
+    home = Path(PREFECT_HOME.value())
+    check_writable(str(home), "PREFECT_HOME")  # under a file: "the server exited (3)", and nothing more
+    with held(home / "nowcast-server", str(home), "the Prefect home",
+              "stop that `nowcast server` (its deployments are this one's: a second server took them over, "
+              "then paused them as it stopped), or give this one its own PREFECT_HOME"):
+        _run_local_server(Path(workdir).resolve(), port, files_port, cron)
+
+
+def _run_local_server(root: Path, port: int, files_port: int, cron: str) -> None:
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
     root.mkdir(parents=True, exist_ok=True)
     api = f"http://127.0.0.1:{port}/api"
     env = {**os.environ, **SERVER_SETTINGS, "PREFECT_UI_API_URL": api}

@@ -47,7 +47,8 @@ def local_workdir(workdir: str) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def held(folder: Path, name: str) -> Iterator[None]:
+def held(folder: Path, name: str, what: str = "the work folder",
+         fix: str = "give this run another --workdir") -> Iterator[None]:
     """Holds ``folder`` for this run: an exclusive lock on ``<folder>.lock`` beside it, which the system
     releases when the holder ends, however it ends.
 
@@ -65,8 +66,8 @@ def held(folder: Path, name: str) -> Iterator[None]:
         except BlockingIOError:
             handle.seek(0)
             holder = handle.read().strip() or "another process"
-            raise InputError(f"the work folder {name} is in use by another run ({holder}): wait for it to "
-                             "end, or give this run another --workdir") from None
+            raise InputError(f"{what} {name} is in use by another run ({holder}): wait for it to end, or "
+                             f"{fix}") from None
         handle.seek(0)
         handle.truncate()
         handle.write(f"pid {os.getpid()} on {socket.gethostname()}, since "

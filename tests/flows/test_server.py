@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
 
 from nowcast.flows.serve import stop_process, wait_for_api
+from nowcast.processes import free_port
 from tests.flows.served import api, flow_run, local_server
 from tests.pause import pause_env
 from tests.pipelines.jobs.scoring_helpers import make_archive, save_tiny_model, synthetic_stats
@@ -121,3 +123,33 @@ def _wait(condition, what: str, process: subprocess.Popen | None = None, timeout
         assert time.monotonic() < deadline, what
         time.sleep(1)
     return value
+
+
+@pytest.mark.fault("command line", "a second `nowcast server` on the Prefect home of a running one (the "
+                   "default ~/.prefect), or on a PREFECT_HOME under a file",
+                   "exit 2 naming the Prefect home and the fix, before anything starts (the second took over "
+                   "the first's deployments and paused them as it stopped; under a file: 'the Prefect server "
+                   "exited (3)', naming nothing)")
+def test_one_server_per_prefect_home(tmp_path):
+    from nowcast.flows.workdir import held
+
+    home = tmp_path / "prefect"
+    with held(home / "nowcast-server", str(home)):  # as the running server holds it
+        process, _ports = local_server(tmp_path, stderr=subprocess.PIPE)
+        try:
+            _, err = process.communicate(timeout=120)
+        finally:
+            stop_process(process)
+    assert process.returncode == 2, err
+    assert f"the Prefect home {home} is in use by another run (pid {os.getpid()}" in err.decode()
+    assert "give this one its own PREFECT_HOME" in err.decode()
+    assert not (tmp_path / "work").exists()
+    (tmp_path / "afile").write_text("")
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "afile" / "home")}
+    env.pop("PREFECT_API_URL", None)
+    refused = subprocess.run([sys.executable, "-m", "nowcast.flows.cli", "server", "--workdir",
+                              str(tmp_path / "work"), "--port", str(free_port()), "--files-port",
+                              str(free_port())], env=env, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2, refused.stderr
+    assert "PREFECT_HOME" in refused.stderr
+    assert "afile is a file" in refused.stderr
