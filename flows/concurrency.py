@@ -117,9 +117,12 @@ def ensure_server() -> None:
         error = client.api_healthcheck()
     if error is not None:
         reason = str(error).strip() or type(error).__name__
+        # set in Prefect's profile (as `nowcast server` advises), unsetting the variable changes nothing
+        unset = ("unset PREFECT_API_URL" if "PREFECT_API_URL" in os.environ
+                 else "`prefect config unset PREFECT_API_URL` (set in Prefect's profile)")
         raise InputError(f"the Prefect server at PREFECT_API_URL={PREFECT_API_URL.value()} does not answer "
                          f"({reason}); start it (`nowcast server`, or `nowcast stack up`), fix the URL, or "
-                         "unset PREFECT_API_URL to run on a temporary local server")
+                         f"{unset} to run on a temporary local server")
 
 
 def _run_logger() -> logging.Logger | logging.LoggerAdapter:

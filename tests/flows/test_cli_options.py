@@ -264,8 +264,9 @@ def test_synthetic_frames_follow_the_time_step_given(tmp_path):
 
 @pytest.mark.fault("command line", "PREFECT_API_URL names a server that does not answer (train, backfill, "
                    "demo, serve)",
-                   "exit 2 naming the URL and the fixes (start it, fix it, or unset it), after the options "
-                   "are checked and before any work (it was a 115-line traceback from Prefect's client)")
+                   "exit 2 naming the URL and the fixes (start it, fix it, or unset it: the variable, or in "
+                   "Prefect's profile where it is set there), after the options are checked and before any "
+                   "work (it was a 115-line traceback from Prefect's client)")
 @pytest.mark.parametrize("command", ["train", "backfill", "demo", "serve"])
 def test_a_prefect_server_that_does_not_answer_is_named(command, tmp_path, monkeypatch, capsys):
     from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -281,11 +282,16 @@ def test_a_prefect_server_that_does_not_answer_is_named(command, tmp_path, monke
     port = free_port()  # a port nothing listens on
     monkeypatch.chdir(tmp_path)
     url = f"http://127.0.0.1:{port}/api"
-    with temporary_settings({PREFECT_API_URL: url}):
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    with temporary_settings({PREFECT_API_URL: url}):  # as from Prefect's profile
         assert cli.main(argv) == 2
     error = capsys.readouterr().err
     assert f"the Prefect server at PREFECT_API_URL={url} does not answer" in error
-    assert "unset PREFECT_API_URL" in error
+    assert "`prefect config unset PREFECT_API_URL` (set in Prefect's profile)" in error
+    monkeypatch.setenv("PREFECT_API_URL", url)
+    with temporary_settings({PREFECT_API_URL: url}):
+        assert cli.main(argv) == 2
+    assert "or unset PREFECT_API_URL to run" in capsys.readouterr().err
     created = {"archive.zarr", "archive.zarr.lock", "models"}  # by make_archive, which takes the store's lock
     assert {path.name for path in tmp_path.iterdir()} == created  # nothing more
 
