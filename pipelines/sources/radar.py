@@ -23,6 +23,8 @@ spacing of the listed files) and, for ODIM, the spacing of the listed frames
 from __future__ import annotations
 
 import dataclasses
+import gzip
+import itertools
 import os
 import re
 from collections import Counter
@@ -428,12 +430,18 @@ class RadarSource:
         """
         try:
             expected: tuple[int, int] | None
+            stated: np.datetime64 | None = None
             with local_file(item.path) as path:
                 if self.fmt == "odim":
                     field, metadata, expected = import_odim(path, self.quantity)
                 else:
                     field, metadata = import_radar(self.fmt, path)
                     expected = None if self.fmt == "bom" else shape_from_extent(metadata)
+                    stated = stated_time(self.fmt, path)
+            if stated is not None and stated != np.datetime64(item.time, "s"):
+                raise SourceError(f"{item.path}: its name says {item.time}, the file itself {stated} (a file "
+                                  "renamed or copied under another time); give it the name of its own time, "
+                                  "or move it out")
             metadata.update({key: value for key in ("zr_a", "zr_b")
                              if (value := getattr(self, key)) is not None})
             rate = to_rain_rate(field, metadata)
@@ -442,6 +450,38 @@ class RadarSource:
         except Exception as error:  # any reader failure means a bad file
             raise _unreadable(self.fmt, item.path, error) from error
         return {PRECIP.name: check_frame_shape(item, PRECIP.name, rate, expected)}
+
+
+def stated_time(fmt: str, path: str) -> np.datetime64 | None:
+    """The time a radar file states inside it, where its format has one: BoM's ``valid_time``, KNMI's
+    ``product_datetime_end``, FMI's ``obstime`` header line; None for the others (MeteoSwiss, whose GIFs
+    hold none; ODIM, whose items already take it from the file) and for a file that does not state it."""
+    if fmt == "bom":
+        import netCDF4
+
+        with netCDF4.Dataset(path) as ds:
+            valid = ds.variables.get("valid_time")
+            if valid is None or "since 1970-01-01" not in str(getattr(valid, "units", "")):
+                return None
+            return np.datetime64(int(np.asarray(valid[:]).ravel()[0]), "s")
+    if fmt == "knmi":
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            end = f["overview"].attrs.get("product_datetime_end") if "overview" in f else None
+        if end is None:
+            return None
+        text = np.asarray(end).ravel()[0]
+        text = text.decode() if isinstance(text, bytes) else str(text)
+        stamp = datetime.strptime(text, "%d-%b-%Y;%H:%M:%S.%f")
+        return np.datetime64(stamp.replace(microsecond=0), "s")
+    if fmt == "fmi":
+        opener = gzip.open if path.endswith(".gz") else open
+        with opener(path, "rb") as handle:
+            for line in itertools.islice(handle, 64):  # the header's comment lines come first
+                if line.startswith(b"# obstime "):
+                    return np.datetime64(datetime.strptime(line.split()[2].decode(), "%Y%m%d%H%M"), "s")
+    return None
 
 
 def _unreadable(fmt: str, path: str, error: Exception) -> SourceError:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import shutil
 from pathlib import Path
 
@@ -339,6 +340,30 @@ def test_an_empty_object_store_prefix_has_no_files_and_a_file_is_not_a_folder(s3
     fsspec.filesystem("s3").pipe_file(f"{s3_bucket}/a-file", b"x")
     with pytest.raises(SourceError, match="is a file"):
         list_files(f"{s3_bucket}/a-file", ("",))
+
+
+# per format: a file's name and the same file's name at another time
+RENAMED = {"bom": ("bom", "_001000.", "_005000."), "knmi": ("knmi", "201008260010", "201008260050"),
+           "fmi": ("fmi", "201609281500", "201609281540")}
+
+
+@pytest.mark.fault("ingest", "a BoM, KNMI or FMI file renamed or copied under another time",
+                   "refused naming the file, the time in its name and the time it states inside (it was "
+                   "stored at the name's time, exit 0)")
+@pytest.mark.parametrize("fmt", sorted(RENAMED))
+def test_a_file_named_at_another_time_than_its_own_is_refused(fmt, radar_dir, tmp_path):
+    folder_name, stamp, other = RENAMED[fmt]
+    (original,) = [p for p in (radar_dir / folder_name).rglob("*") if stamp in p.name]
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(original, folder / original.name)
+    shutil.copy(original, folder / original.name.replace(stamp, other))
+    source = get_source(fmt, directory=str(folder))
+    right, renamed = source.items()
+    assert np.isfinite(source.read(right)["precip"]).any()
+    with pytest.raises(SourceError, match=rf"{re.escape(str(renamed.path))}: its name says .*:[45]0:00, the "
+                                          r"file itself .*:[01]0:00 \(a file renamed"):
+        source.read(renamed)
 
 
 @pytest.mark.fault("ingest", "a folder mixing KNMI products or composites (RAP with RAC, NL25 with NL21) "
