@@ -13,7 +13,6 @@ from nowcast.flows.params import parse_time
 from nowcast.pipelines.stores.archive import PRECIP, VALID, open_archive, read_info, same_units
 from nowcast.pipelines.stores.grid import south_first
 from nowcast.pipelines.stores.groups import enclosing_store, looks_like_url
-from nowcast.quiet_import import pysteps_quietly
 
 MAX_SHOWN_FRAMES = 48  # frames in one picture (four hours of 5-minute frames)
 DEFAULT_SHOWN_FRAMES = 6  # an archive's picture: the last half hour of 5-minute frames
@@ -130,8 +129,7 @@ def _draw(ax, frame: np.ndarray, field: tuple[str, str], title: str, colorbar: b
     intensity scale with dry white; any other field on a plain colour scale, named with its units."""
     name, units = field
     if same_units(units, PRECIP.units):
-        with pysteps_quietly():
-            from nowcast.model.verification import draw_rain
+        from nowcast.model.verification import draw_rain  # quiets pysteps itself
 
         draw_rain(ax, frame, colorbar)
     else:

@@ -313,7 +313,8 @@ DRY_BELOW = 0.1  # mm/h: drawn as dry (pysteps' lowest colour level starts at 0.
 def draw_rain(ax, frame: np.ndarray, colorbar: bool) -> None:
     """``frame`` (mm/h) on ``ax`` as a forecaster reads rain: pysteps' logarithmic intensity scale, dry
     (below :data:`DRY_BELOW`) white, outside coverage (NaN) grey."""
-    from pysteps.visualization import plot_precip_field
+    with pysteps_quietly():
+        from pysteps.visualization import plot_precip_field
 
     ax.set_facecolor("white")  # dry is transparent in pysteps' scale
     shown = np.where(np.isfinite(frame) & (frame < DRY_BELOW), 0.0, frame)

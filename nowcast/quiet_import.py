@@ -10,7 +10,7 @@ import io
 import threading
 from collections.abc import Iterator
 
-_LOCK = threading.Lock()
+_LOCK = threading.RLock()  # re-entered where a module that quiets its own import is imported quietly
 
 
 @contextlib.contextmanager
