@@ -604,3 +604,20 @@ def write_block(url: str, first_index: int, frames: Mapping[str, np.ndarray],
             array(group, stat)[region] = values
     array(group, VALID)[region] = present
     return written
+
+
+def frame_digest(url: str, name: str, index: int) -> str:
+    """The sha256 of frame ``index`` of variable ``name`` (its float32 values): what the archive holds
+    there, to tell two archives of one grid and time axis apart (:class:`ArchiveInfo.fingerprint` names
+    what an archive is, not what it holds)."""
+    values = array(open_group(url, error=ArchiveError), name)
+    if not 0 <= index < values.shape[0]:
+        return ""
+    try:
+        frame = np.ascontiguousarray(values[index], dtype="float32")
+    except Exception as error:  # whatever the codec raises for a damaged chunk
+        raise ArchiveError(f"frame {index} of {url}/{name} cannot be read ({type(error).__name__}: "
+                           f"{str(error)[:100]}); `nowcast check {url}` lists the damaged chunks and "
+                           "`nowcast ingest ... --repair` rewrites them from the source files") from error
+    return hashlib.sha256(frame.tobytes()).hexdigest()
+

@@ -39,7 +39,7 @@ import xarray as xr
 import zarr
 from zarr.codecs import ZstdCodec
 
-from nowcast.pipelines.stores.archive import ArchiveInfo
+from nowcast.pipelines.stores.archive import ArchiveInfo, frame_digest, valid_flags
 from nowcast.pipelines.stores.groups import (
     StoreError,
     array,
@@ -124,13 +124,64 @@ class ModelVersion:
 
 @dataclasses.dataclass(frozen=True)
 class StoreInfo:
-    """Layout of an existing forecast store, from metadata only."""
+    """Layout of an existing forecast store, from metadata only; ``probe`` (:func:`archive_probe`) where the
+    store records one."""
 
     url: str
     identity: StoreIdentity
     start: np.datetime64
     time_step: np.timedelta64
     length: int
+    probe: dict[str, object] | None = None
+
+
+PROBE = "archive_probe"  # root attribute: {"index": i, "sha256": ...}, a frame of the archive it is made from
+
+
+def archive_probe(archive: ArchiveInfo, target: str) -> dict[str, object] | None:
+    """The first valid frame of ``target`` in ``archive``, by index and checksum (None: no valid frame).
+
+    Archives of one grid, start and step have one fingerprint; forecasts of one were read, and written,
+    against another's frames (another event, another seed) without a word. A valid frame never changes
+    (a repair restores its bytes), so its checksum tells them apart at the cost of one chunk read.
+    """
+    valid = np.flatnonzero(valid_flags(archive.url))
+    if not valid.size:
+        return None
+    index = first_wet(archive.url, target, valid, archive.time_chunk)
+    return {"index": index, "sha256": frame_digest(archive.url, target, index)}
+
+
+PROBE_CHUNKS = 4  # time chunks searched for a wet frame: dry frames of one network are alike
+
+
+def first_wet(url: str, target: str, valid: np.ndarray, time_chunk: int) -> int:
+    """The first of the ``valid`` frames with a value above 0 among the first :data:`PROBE_CHUNKS` time
+    chunks; else the first valid frame."""
+    values = array(open_group(url), target)
+    for first in range(int(valid[0]) // time_chunk * time_chunk, values.shape[0], time_chunk)[:PROBE_CHUNKS]:
+        try:
+            frames = np.asarray(values[first:first + time_chunk])
+        except Exception:  # a damaged chunk: the scoring job names it when it reads its windows
+            continue
+        wet = [i for i in valid[(valid >= first) & (valid < first + time_chunk)]
+               if np.nanmax(frames[i - first], initial=0.0) > 0]
+        if wet:
+            return int(wet[0])
+    return int(valid[0])
+
+
+def check_probe(info: StoreInfo, archive_url: str) -> None:
+    """Refuses an archive whose frame at the store's probe is not the one the forecasts were made from."""
+    if info.probe is None:  # a store made before the probe, or before the archive held data
+        return
+    index = int(info.probe["index"])  # type: ignore[call-overload]
+    if frame_digest(archive_url, info.identity.target, index) != info.probe["sha256"]:
+        when = np.datetime64(info.start + index * info.time_step, "s")
+        raise ForecastStoreError(f"{info.url} holds forecasts of another archive than {archive_url}: they "
+                                 f"share the grid and time axis, but its frame at {when} is not the one the "
+                                 "forecasts were made from (another event, or data ingested again): give the "
+                                 "archive the forecasts were made from, or write to a new forecast store")
 
 
 def template(identity: StoreIdentity, archive: ArchiveInfo, length: int) -> tuple[xr.Dataset, dict]:
@@ -206,7 +257,7 @@ def read_store_info(url: str) -> StoreInfo:
                                  "forecast was written: move it aside (rename it) and rerun the scoring job")
     return StoreInfo(url=url, identity=identity, start=to_datetime64(attrs["time_start"]),
                      time_step=parse_time_step(str(attrs["time_step"])),
-                     length=int(arrays["init_time"].shape[0]))
+                     length=int(arrays["init_time"].shape[0]), probe=attrs.get(PROBE))
 
 
 def check_made_from(info: StoreInfo, archive: ArchiveInfo, archive_url: str) -> None:
@@ -216,6 +267,7 @@ def check_made_from(info: StoreInfo, archive: ArchiveInfo, archive_url: str) -> 
         raise ForecastStoreError(f"{info.url} holds forecasts of another archive than {archive_url} "
                                  f"(fingerprint {info.identity.archive}, this archive "
                                  f"{archive.fingerprint()}): give the archive the forecasts were made from")
+    check_probe(info, archive_url)
 
 
 def check_identity(info: StoreInfo, identity: StoreIdentity, archive: ArchiveInfo) -> None:
@@ -229,6 +281,7 @@ def check_identity(info: StoreInfo, identity: StoreIdentity, archive: ArchiveInf
     if problems:
         raise ForecastStoreError(f"{info.url} holds other forecasts (" + "; ".join(problems)
                                  + "): write this model's forecasts of this archive to a new forecast store")
+    check_probe(info, archive.url)
 
 
 def ensure_store(url: str, identity: StoreIdentity, archive: ArchiveInfo) -> StoreInfo:
@@ -246,6 +299,8 @@ def ensure_store(url: str, identity: StoreIdentity, archive: ArchiveInfo) -> Sto
         with store_lock(url, "create the forecast store"):
             if not exists(url):
                 ds, encoding = template(identity, archive, archive.length)
+                if (probe := archive_probe(archive, identity.target)) is not None:
+                    ds.attrs[PROBE] = probe
                 with created_whole(url) as staging:
                     ds.to_zarr(zarr_store(staging), mode="w-", compute=False, encoding=encoding,
                                consolidated=False, zarr_format=3)

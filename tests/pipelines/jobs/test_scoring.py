@@ -266,6 +266,32 @@ def test_a_copied_pair_of_stores_still_fits(setup, tmp_path):
     assert run(copied).scored == 1
 
 
+@pytest.mark.fault("score", "a forecast store scored, shown or evaluated against another archive of the same "
+                   "grid, start and step (another event, another seed, data ingested again)",
+                   "refused naming the frame that differs (the fingerprint names what an archive is, not "
+                   "what it holds: one store took forecasts of both, and evaluate scored them against the "
+                   "wrong frames, exit 0)")
+def test_an_archive_of_the_same_grid_and_axis_with_other_data_is_refused(setup, tmp_path):
+    from nowcast.pipelines.stores.archive import read_info
+    from nowcast.pipelines.stores.forecasts import check_made_from, read_store_info
+
+    _root, archive, models = setup
+    url = str(tmp_path / "forecasts.zarr")
+    run(ScoringSpec(archive=archive, forecasts=url, models=str(models), model=MODEL,
+                    init_times=("2024-01-01T00:20",)))
+    other = make_archive(str(tmp_path / "other.zarr"), FRAMES, SIZE, CHUNK, seed=7)
+    assert read_info(other).fingerprint() == read_info(archive).fingerprint()
+    refused = r"holds forecasts of another archive than .*other\.zarr: .* frame at 2024-01-01T\S+ is not the"
+    with pytest.raises(ForecastStoreError, match=refused):
+        run(ScoringSpec(archive=other, forecasts=url, models=str(models), model=MODEL,
+                        init_times=("2024-01-01T00:25",)))
+    with pytest.raises(ForecastStoreError, match=refused):  # show and evaluate read through it
+        check_made_from(read_store_info(url), read_info(other), other)
+    check_made_from(read_store_info(url), read_info(archive), archive)
+    assert run(ScoringSpec(archive=archive, forecasts=url, models=str(models), model=MODEL,
+                           init_times=("2024-01-01T00:25",))).scored == 1
+
+
 @pytest.mark.fault("score", "a model that does not fit the archive, from the command line",
                    "exit 2 naming the mismatch")
 def test_cli_refuses_a_model_that_does_not_fit_the_archive(setup, tmp_path, capsys):
