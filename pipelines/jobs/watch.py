@@ -171,7 +171,8 @@ class Rejections:
         """One more failed poll of ``path``; after ``max_attempts`` it is given up on, with a warning."""
         self.failures[path] = self.failures.get(path, 0) + 1
         if self.failures[path] >= self.max_attempts:
-            self.refuse(path, f"{problems} (after {self.failures[path]} attempts)")
+            said = "; ".join(map(str, problems)) if isinstance(problems, list | tuple) else str(problems)
+            self.refuse(path, f"{said} (after {self.failures[path]} attempts)")  # was a list's repr
 
     def refuse(self, path: str, problem: str) -> None:
         if path not in self.given_up:

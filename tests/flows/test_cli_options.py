@@ -353,6 +353,8 @@ def test_store_paths_that_cannot_exist_are_refused_before_any_work(tmp_path, mon
         (["evaluate", *model, "--windows", "w.zarr", "--archive", "none.zarr", "--forecasts", archive],
          "no archive at"),
         (["windows", "--archive", "afile", "--windows", "w.zarr"], "afile is a file, not a store folder"),
+        (["watch", "--archive", "afile", "--input", ".", "--format", "knmi", "--duration", "3"],
+         "afile is a file, not a store folder"),
         (["ingest", "--synthetic", "--archive", "a" * 240 + ".zarr"],
          "is 245 bytes; the file system holds 255"),
         (["windows", "--archive", archive, "--windows", "b" * 300 + "/w.zarr"], "give a name of at most 255"),

@@ -23,7 +23,7 @@ LONGEST_S = 300.0  # a bound for a watch that never finishes its work, not an ex
 
 
 @pytest.mark.slow
-def test_watch_appends_files_as_they_arrive(tmp_path, radar_dir):
+def test_watch_appends_files_as_they_arrive(tmp_path, radar_dir, caplog):
     files = sorted((radar_dir / "knmi").rglob("*.h5"))[:8]
     incoming = tmp_path / "incoming"
     incoming.mkdir()
@@ -47,6 +47,9 @@ def test_watch_appends_files_as_they_arrive(tmp_path, radar_dir):
     thread.join()
     assert result.frames_written == len(files), f"the watch ran {LONGEST_S} s without the work done"
     assert result.files_rejected == 1  # the broken file, after max_attempts polls
+    (rejected,) = [r.message for r in caplog.records if r.message.startswith("rejected")]
+    assert "cannot read it as a KNMI" in rejected
+    assert "['" not in rejected  # the problems as sentences, not a list's repr
     assert result.polls >= spec.max_attempts
 
     streamed = open_archive(archive)
