@@ -428,10 +428,10 @@ def _stack_action(stack, args: argparse.Namespace) -> int:
               f"no stack was up in {args.folder}")
         return 0
     state = stack.read_state(args.folder)
-    gone = sorted(set(state["pids"]) - set(stack.running(state)))
-    if args.action == "status" and gone:  # a crash or a reboot: the recorded ports lead nowhere
-        raise stack.StackStateError(f"the stack in {args.folder} is not whole: {', '.join(gone)} no longer "
-                                    "run; nowcast stack down, then stack up")
+    gone = stack.not_running(state)
+    if args.action == "status" and gone:  # a crash, a reboot, an up killed part way: exit 0 said it was up
+        raise stack.StackStateError(f"the stack in {args.folder} is not whole ({'; '.join(gone)}): nowcast "
+                                    "stack down, then stack up")
     for key, value in stack.client_env(state).items():
         print(f"export {key}={value}")
     return 0

@@ -407,6 +407,8 @@ def up(folder: str | Path = "runs/stack", workers: int = 2) -> dict[str, object]
         save()
         _wait("Prefect worker", lambda: "started" in (root / "prefect-worker.log").read_text().lower(),
               root / "prefect-worker.log", 120, prefect_worker)
+        state["whole"] = True  # what status looks for: an up killed part way recorded only some services
+        save()
     except BaseException:
         down(root)
         raise
@@ -456,6 +458,17 @@ def _ours(state: Mapping[str, object], name: str, pid: int) -> bool:
     not on Linux, it is None on both sides)."""
     recorded: dict[str, str | None] = dict(state.get("started") or {})  # type: ignore[call-overload]
     return alive(pid) and started(pid) == recorded.get(name)
+
+
+def not_running(state: Mapping[str, object]) -> list[str]:
+    """What of the stack in ``state`` does not run: recorded processes gone, PostgreSQL stopped, or the
+    services a ``stack up`` stopped part way never started."""
+    gone = [f"{name} no longer runs" for name in sorted(set(state["pids"]) - set(running(state)))]  # type: ignore[call-overload]
+    if not _postmaster_runs(Path(str(state.get("postgres_data", "")))):
+        gone.append("PostgreSQL does not run")
+    if not state.get("whole"):
+        gone.append("its `stack up` did not finish")
+    return gone
 
 
 def _postmaster_runs(data: Path) -> bool:

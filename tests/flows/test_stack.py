@@ -184,9 +184,11 @@ def test_a_stack_folder_that_cannot_be_written_is_refused(tmp_path, capsys):
 
 @pytest.mark.slow
 @pytest.mark.fault("command line", "`stack up` killed (SIGKILL) while the Prefect server starts",
-                   "`stack down` stops every service it had started (the Prefect server, in its own session "
-                   "and recorded only once ready, was left running)")
-def test_a_stack_up_killed_while_starting_leaves_nothing_to_down(tmp_path):
+                   "`stack status` exits 2 saying the up did not finish (no output, exit 0); `stack down` "
+                   "stops every service it had started (the Prefect server, in its own session and recorded "
+                   "only once ready, was left running)")
+def test_a_stack_up_killed_while_starting_leaves_nothing_to_down(tmp_path, capsys):
+    from nowcast.flows.cli import main
     from nowcast.processes import alive
 
     folder = tmp_path / "stack"
@@ -202,6 +204,8 @@ def test_a_stack_up_killed_while_starting_leaves_nothing_to_down(tmp_path):
         up.kill()
         up.wait()
     assert alive(server)
+    assert main(["stack", "status", "--folder", str(folder)]) == 2  # it said nothing, exit 0
+    assert "its `stack up` did not finish" in capsys.readouterr().err
     stack.down(folder)
     assert not alive(server)
     assert not (folder / stack.STATE_FILE).exists()
@@ -232,7 +236,8 @@ def test_a_stale_stack_state_signals_no_other_process(tmp_path, capsys):
                  "postgres_data": str(tmp_path / "pg")}
         (tmp_path / stack.STATE_FILE).write_text(json.dumps(state))
         assert main(["stack", "status", "--folder", str(tmp_path)]) == 2
-        assert "is not whole: s3 no longer run" in capsys.readouterr().err
+        assert "is not whole (s3 no longer runs; PostgreSQL does not run; its `stack up` did not finish)" \
+            in capsys.readouterr().err
         assert main(["stack", "down", "--folder", str(tmp_path)]) == 0
         assert "was no longer running; its state is cleared" in capsys.readouterr().out
         assert bystander.poll() is None
