@@ -15,6 +15,7 @@ process, Docker and Kubernetes (GPU) workers are in infra/prefect.yaml.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import http
 import http.server
@@ -259,13 +260,17 @@ def stop_process(process: subprocess.Popen, timeout_s: float = 20.0) -> None:
         process.wait()
 
 
-def wait_for_api(api_url: str, timeout_s: float = 120.0, server: subprocess.Popen | None = None) -> None:
-    """Waits until ``<api_url>/health`` answers, or ``server``, the process that serves it, has exited."""
+def wait_for_api(api_url: str, timeout_s: float = 120.0, server: subprocess.Popen | None = None,
+                 log: Path | None = None) -> None:
+    """Waits until ``<api_url>/health`` answers, or ``server``, the process that serves it, has exited
+    (its messages above, or the last lines of ``log``)."""
     deadline = time.monotonic() + timeout_s
     while True:
         if server is not None and server.poll() is not None:
+            last = log.read_text(errors="replace").strip().splitlines()[-5:] if log is not None else []
+            said = "its messages are above" if log is None else f"it said: {' | '.join(last)} (all in {log})"
             raise InputError(f"the Prefect server for {api_url} exited ({server.returncode}) before it "
-                             "answered; its messages are above")
+                             f"answered; {said}")
         try:
             with urllib.request.urlopen(f"{api_url}/health", timeout=2) as response:
                 if response.status == 200:
@@ -289,10 +294,10 @@ def run_local_server(workdir: str | Path = "runs/demo", port: int = 4200, files_
     with held(home / "nowcast-server", str(home), "the Prefect home",
               "stop that `nowcast server` (its deployments are this one's: a second server took them over, "
               "then paused them as it stopped), or give this one its own PREFECT_HOME"):
-        _run_local_server(Path(workdir).resolve(), port, files_port, cron)
+        _run_local_server(Path(workdir).resolve(), port, files_port, cron, home / "nowcast-server.log")
 
 
-def _run_local_server(root: Path, port: int, files_port: int, cron: str) -> None:
+def _run_local_server(root: Path, port: int, files_port: int, cron: str, log: Path) -> None:
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     root.mkdir(parents=True, exist_ok=True)
@@ -304,11 +309,18 @@ def _run_local_server(root: Path, port: int, files_port: int, cron: str) -> None
     os.environ.setdefault(URL_ENV, f"http://127.0.0.1:{files_port}/")
     os.environ[ROOT_ENV] = str(root)  # the URLs name paths under the folder served
     # ends with this process, however it ends: a SIGKILL left the server holding the port for the next run
-    server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                               "--port", str(port)], env=env, preexec_fn=end_with_parent)
+    # its banner and request log go to a file unless -v (a 15-line banner was the command's output)
+    shown = logging.getLogger().isEnabledFor(logging.INFO)
+    with contextlib.nullcontext(None) if shown else open(log, "ab") as output:
+        server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+                                   "--port", str(port)], env=env, preexec_fn=end_with_parent, stdout=output,
+                                  stderr=None if shown else subprocess.STDOUT,
+                                  start_new_session=True)  # Ctrl-C reaches this process alone, which
+    # stops the server last: stopped with it, the runner's shutdown (pausing the deployments, crashing lost
+    # runs) met a server gone, and printed asyncio's ConnectError tracebacks
     signal.signal(signal.SIGTERM, interrupt)  # a plain kill stops the server too, as Ctrl-C does
     try:
-        wait_for_api(api, server=server)
+        wait_for_api(api, server=server, log=None if shown else log)
         print(f"Prefect UI: http://127.0.0.1:{port}  (deployments: {', '.join(DEPLOYED)} / {DEPLOYMENT}); "
               f"stores under {root}; Ctrl-C stops everything", flush=True)
         with temporary_settings({PREFECT_API_URL: api}):
