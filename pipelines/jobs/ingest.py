@@ -363,13 +363,19 @@ def file_series(source: Source, path: str) -> str | None:
     return stated(path) if stated is not None else None
 
 
-def series_problem(archive_series: str | None, source: Source, path: str) -> str | None:
-    """Why the file ``path`` does not belong in an archive of ``archive_series`` (None: it does, or
+def archive_series(url: str) -> str | None:
+    """The radar and product the archive at ``url`` records (:data:`SERIES`); None when it records none."""
+    series = open_group(url, error=ArchiveError).attrs.get(SERIES)
+    return str(series) if series is not None else None
+
+
+def series_problem(recorded: str | None, source: Source, path: str) -> str | None:
+    """Why the file ``path`` does not belong in an archive of ``recorded`` (None: it does, or
     either states none)."""
     series = file_series(source, path)
-    if archive_series is None or series is None or series == archive_series:
+    if recorded is None or series is None or series == recorded:
         return None
-    return (f"{os.path.basename(path)} is {series}, the archive holds {archive_series} (one radar and "
+    return (f"{os.path.basename(path)} is {series}, the archive holds {recorded} (one radar and "
             "product per archive): ingest it into an archive of its own")
 
 
@@ -485,7 +491,7 @@ def ingest_items(spec: IngestSpec, items: Sequence[SourceItem],
                               "ingest into a new archive")
         check_axis_growth(frame_indices(items, info.start, info.time_step), info.length, info.start,
                           info.time_step)
-        problem = series_problem(open_group(spec.archive).attrs.get(SERIES), spec.source, items[0].path)
+        problem = series_problem(archive_series(spec.archive), spec.source, items[0].path)
         if problem:  # items() holds one series: its first file speaks for all
             raise IngestError(f"{problem}; nothing was written")
         problem = None if spec.needs_check else info.grid.mismatch(spec.source.read_grid(items[0]))

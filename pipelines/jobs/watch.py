@@ -23,8 +23,8 @@ import apache_beam as beam
 
 from nowcast.errors import InputError
 from nowcast.pipelines.jobs.ingest import (
-    SERIES,
     IngestSpec,
+    archive_series,
     check_item,
     file_series,
     ingest_items,
@@ -42,7 +42,7 @@ from nowcast.pipelines.sources.base import (
     most_common_step,
 )
 from nowcast.pipelines.stores.archive import DEFAULT_TIME_CHUNK, read_info, time_chunk_problem, valid_flags
-from nowcast.pipelines.stores.groups import exists, open_group
+from nowcast.pipelines.stores.groups import exists
 from nowcast.pipelines.stores.timeaxis import format_time_step, parse_time_step
 from nowcast.text import counted
 
@@ -133,7 +133,7 @@ def on_the_axis(items: list[SourceItem],
     if exists(spec.archive):
         info = read_info(spec.archive)
         start, step = info.start, info.time_step
-        series = open_group(spec.archive).attrs.get(SERIES)
+        series = archive_series(spec.archive)
     else:
         start, step = new_time_axis(spec, items)
         series = file_series(spec.source, items[0].path)  # the one the new archive records

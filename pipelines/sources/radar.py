@@ -438,7 +438,7 @@ class RadarSource:
                     field, metadata = import_radar(self.fmt, path)
                     expected = None if self.fmt == "bom" else shape_from_extent(metadata)
                     stated = stated_time(self.fmt, path)
-            if stated is not None and stated != np.datetime64(item.time, "s"):
+            if stated is not None and stated != item.time:  # numpy compares across units
                 raise SourceError(f"{item.path}: its name says {item.time}, the file itself {stated} (a file "
                                   "renamed or copied under another time); give it the name of its own time, "
                                   "or move it out")

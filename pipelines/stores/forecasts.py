@@ -257,7 +257,8 @@ def read_store_info(url: str) -> StoreInfo:
                                  "forecast was written: move it aside (rename it) and rerun the scoring job")
     return StoreInfo(url=url, identity=identity, start=to_datetime64(attrs["time_start"]),
                      time_step=parse_time_step(str(attrs["time_step"])),
-                     length=int(arrays["init_time"].shape[0]), probe=attrs.get(PROBE))
+                     length=int(arrays["init_time"].shape[0]),
+                     probe=dict(probe) if isinstance(probe := attrs.get(PROBE), dict) else None)
 
 
 def check_made_from(info: StoreInfo, archive: ArchiveInfo, archive_url: str) -> None:

@@ -15,8 +15,8 @@ from nowcast.flows.params import ROOTS_ENV
 from nowcast.processes import free_port
 
 
-def local_server(tmp_path: Path, stderr,
-                 env: dict[str, str] | None = None) -> tuple[subprocess.Popen, list[int]]:
+def local_server(tmp_path: Path, stderr, env: dict[str, str] | None = None, stdout=subprocess.DEVNULL,
+                 start_new_session: bool = False) -> tuple[subprocess.Popen, list[int]]:
     """``nowcast server`` over ``tmp_path/work`` on two free ports with its own PREFECT_HOME, in ``env``
     (default ``os.environ``): the process and the ports (the API's, the artifact server's)."""
     ports = [free_port(), free_port()]
@@ -28,7 +28,7 @@ def local_server(tmp_path: Path, stderr,
     command = ["server", "--workdir", str(tmp_path / "work"), "--port", str(ports[0]), "--files-port",
                str(ports[1]), "--cron", "0 0 1 1 *"]  # runs only when a test asks
     return subprocess.Popen([sys.executable, "-m", "nowcast.flows.cli", *command], env=env, cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=stderr), ports
+                            stdout=stdout, stderr=stderr, start_new_session=start_new_session), ports
 
 
 def api(url: str, path: str, body: dict | None = None, tries: int = 5) -> object:

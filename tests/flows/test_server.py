@@ -159,18 +159,13 @@ def test_one_server_per_prefect_home(tmp_path):
 @pytest.mark.fault("command line", "Ctrl-C in the terminal of `nowcast server` (SIGINT to its whole process "
                    "group)", "one line 'stopped (SIGINT)' and nothing else, its Prefect server gone; without "
                    "-v its output is the UI's address alone (Prefect's server stopped at once with it, and "
-                   "the runner's shutdown printed asyncio's ConnectError tracebacks; Prefect's 15-line banner "
-                   "was printed)")
+                   "the runner's shutdown printed asyncio's ConnectError tracebacks; Prefect's 15-line "
+                   "banner was printed)")
 def test_ctrl_c_stops_the_local_server_in_order_and_quietly(tmp_path):
     import psutil
 
-    ports = [free_port(), free_port()]
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
-    env.pop("PREFECT_API_URL", None)
-    process = subprocess.Popen([sys.executable, "-m", "nowcast.flows.cli", "server", "--workdir",
-                                str(tmp_path / "work"), "--port", str(ports[0]), "--files-port", str(ports[1]),
-                                "--cron", "0 0 1 1 *"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               start_new_session=True)  # its own group, as a terminal's foreground job
+    process, ports = local_server(tmp_path, stderr=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  start_new_session=True)  # its own group, as a terminal's foreground job
     try:
         wait_for_api(f"http://127.0.0.1:{ports[0]}/api", timeout_s=180, server=process)
         time.sleep(3)  # the deployments registered and the runner polling

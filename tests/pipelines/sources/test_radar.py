@@ -342,6 +342,14 @@ def test_an_empty_object_store_prefix_has_no_files_and_a_file_is_not_a_folder(s3
         list_files(f"{s3_bucket}/a-file", ("",))
 
 
+def copied_into(folder: Path, paths) -> Path:
+    """``folder``, created, with a copy of each of ``paths`` under its own name."""
+    folder.mkdir()
+    for path in paths:
+        shutil.copy(path, folder / path.name)
+    return folder
+
+
 # per format: a file's name and the same file's name at another time
 RENAMED = {"bom": ("bom", "_001000.", "_005000."), "knmi": ("knmi", "201008260010", "201008260050"),
            "fmi": ("fmi", "201609281500", "201609281540")}
@@ -404,10 +412,7 @@ def test_a_pipe_named_like_a_radar_file_is_passed_over(radar_dir, tmp_path, capl
     from nowcast.pipelines.jobs.ingest import IngestSpec, ingest_items
     from nowcast.pipelines.stores.archive import read_info
 
-    folder = tmp_path / "in"
-    folder.mkdir()
-    for path in sorted((radar_dir / "bom").rglob("*prcp-c10.nc"))[:2]:
-        shutil.copy(path, folder / path.name)
+    folder = copied_into(tmp_path / "in", sorted((radar_dir / "bom").rglob("*prcp-c10.nc"))[:2])
     first = sorted(folder.iterdir())[0].name
     pipe = folder / first.replace("0000.prcp", "0020.prcp").replace("_000000.", "_002000.")
     os.mkfifo(pipe)
@@ -428,12 +433,9 @@ def test_another_formats_files_in_the_folder_are_named(radar_dir, tmp_path, capl
     from nowcast.flows import cli
     from nowcast.pipelines.sources import other_inputs
 
-    folder = tmp_path / "mixed"
-    folder.mkdir()
     knmi = sorted((radar_dir / "knmi").rglob("*.h5"))[:2]
     gifs = sorted((radar_dir / "mch").rglob("*.gif"))[:2]
-    for path in (*knmi, *gifs):
-        shutil.copy(path, folder / path.name)
+    folder = copied_into(tmp_path / "mixed", [*knmi, *gifs])
     (folder / "README.txt").write_text("from the radar's FTP")
     source = get_source("knmi", directory=str(folder))
     assert other_inputs(source, str(folder)) == [str(folder / path.name) for path in gifs]
