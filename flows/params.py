@@ -180,7 +180,12 @@ def _short_enough(url: str, path: Path) -> None:
     """Refuses a path whose names the file system cannot hold, counting the suffix of the staging copy
     and checks folder made beside a store (``.creating-HOST-PID-...``): a legal 245-byte store name failed
     with a traceback from the check step, and a longer one from the first look at the path."""
-    room = len(f".creating-{host_id()}-{2**22}-{'0' * 12}".encode())
+    # a new store is built beside itself; an existing one gets the check step's folder beside it
+    try:
+        exists = path.exists()
+    except OSError:  # a name past the limit: "File name too long"
+        exists = False
+    room = len((f".check-{'0' * 12}" if exists else f".creating-{host_id()}-{2**22}-{'0' * 12}").encode())
     for part in path.parts:
         limit = NAME_MAX - (room if part == path.name else 0)
         if len(part.encode()) > limit:

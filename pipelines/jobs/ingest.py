@@ -304,6 +304,9 @@ def reference_grid(spec: IngestSpec, first: SourceItem, info: ArchiveInfo | None
     return info.grid if info is not None else spec.source.read_grid(first)
 
 
+CHECK_HEX = 12  # hex digits naming a run's check folder: unique enough, and short beside a long name
+
+
 def check_reports_url(archive: str) -> str:
     """Where one run's check reports go: beside the archive, where every worker can write.
 
@@ -315,7 +318,7 @@ def check_reports_url(archive: str) -> str:
     True
     """
     base = archive if not is_local(archive) else local_path(archive)
-    return f"{base.rstrip('/')}.check-{uuid.uuid4().hex}"
+    return f"{base.rstrip('/')}.check-{uuid.uuid4().hex[:CHECK_HEX]}"
 
 
 def check_batch(spec: IngestSpec, items: Sequence[SourceItem], fields: tuple[FieldSpec, ...],

@@ -123,7 +123,7 @@ def list_files(directory: str, suffixes: Sequence[str]) -> list[str]:
     if not is_local(directory):
         return _list_url(directory, suffixes)
     directory = local_path(directory)
-    if os.path.isfile(directory) or glob.has_magic(directory):  # said not to exist: it did
+    if not os.path.isdir(directory) and (os.path.isfile(directory) or glob.has_magic(directory)):
         raise SourceError(f"input {directory!r} is a file or a pattern, which only --format netcdf reads; "
                           f"radar files are read from their folder: give {os.path.dirname(directory)!r}")
     if not os.path.isdir(directory):

@@ -22,6 +22,7 @@ import re
 import shutil
 import signal
 import threading
+import time
 import uuid
 import warnings
 from collections.abc import Iterator, Mapping
@@ -496,10 +497,24 @@ def _remove_abandoned_staging(url: str) -> None:
         entries = [found.rsplit("/", 1)[-1] for found in fs.glob(f"{glob.escape(path)}.creating-*")]
     for entry in entries:
         match = pattern.fullmatch(entry)
-        if match and match["host"] == host and not alive(int(match["pid"])):
+        if match and match["host"] == host and not alive(int(match["pid"])) \
+                and (is_local(url) or _untouched_for(fs, f"{folder}/{entry}", ABANDONED_S3_S)):
             log.info("removing %s, left by a creation killed part way", f"{folder}/{entry}")
             with contextlib.suppress(OSError):  # best effort: the creation that follows is the news
                 fs.rm(f"{folder}/{entry}", recursive=True)
+
+
+# on an object store, machines of one host name (and the same, initial, PID namespace) share a host id: a
+# staging copy is only taken for abandoned once nothing in it has been written for this long
+ABANDONED_S3_S = 3600.0
+
+
+def _untouched_for(fs: Any, path: str, seconds: float) -> bool:
+    """Whether no object under ``path`` was written in the last ``seconds``."""
+    stamps = [info.get("LastModified") or info.get("mtime") for info in fs.find(path, detail=True).values()]
+    newest = max((stamp.timestamp() if hasattr(stamp, "timestamp") else float(stamp)
+                  for stamp in stamps if stamp is not None), default=0.0)
+    return time.time() - newest > seconds
 
 
 @contextlib.contextmanager

@@ -15,6 +15,7 @@ from nowcast.flows.params import (
     ScoreParams,
     TrainParams,
     WindowsParams,
+    placeable,
 )
 from tests.pipelines.jobs.scoring_helpers import MODEL, make_archive, save_tiny_model, synthetic_stats
 
@@ -360,6 +361,10 @@ def test_store_paths_that_cannot_exist_are_refused_before_any_work(tmp_path, mon
         (["windows", "--archive", archive, "--windows", "b" * 300 + "/w.zarr"], "give a name of at most 255"),
         (["score", *model, "--archive", "afile", "--forecasts", "f.zarr"], "afile is a file, not a store"),
     ]
+    long_name = tmp_path / ("c" * 225 + ".zarr")  # a store copied in under a name nowcast could not build
+    long_name.mkdir()
+    assert placeable(str(long_name)) == str(long_name)  # read, and written in place: room for .check-*
+    long_name.rmdir()
     before = sorted(path.name for path in tmp_path.iterdir())
     for argv, message in cases:
         assert cli.main(argv) == 2, argv

@@ -292,6 +292,30 @@ def test_an_archive_of_the_same_grid_and_axis_with_other_data_is_refused(setup, 
                            init_times=("2024-01-01T00:25",))).scored == 1
 
 
+def test_a_damaged_probe_frame_skips_the_archive_check_and_blocks_nothing(setup, tmp_path, caplog):
+    """The probe's chunk damaged or gone: runs whose windows do not read it go on (with a warning), the
+    damage is not called another archive, and the jobs that read it name the damage."""
+    from nowcast.pipelines.stores.forecasts import read_store_info
+
+    _root, archive, models = setup
+    copy = str(tmp_path / "archive.zarr")
+    shutil.copytree(archive, copy)
+    url = str(tmp_path / "forecasts.zarr")
+    run(ScoringSpec(archive=copy, forecasts=url, models=str(models), model=MODEL,
+                    init_times=("2024-01-01T02:30",)))
+    chunk = tmp_path / "archive.zarr" / "precip" / "c" / str(read_store_info(url).probe["index"] // CHUNK)
+    for damage in ("garbage", "gone"):
+        for path in chunk.rglob("*"):
+            if path.is_file():
+                path.write_bytes(b"garbage") if damage == "garbage" else path.unlink()
+        caplog.clear()
+        later = f"2024-01-01T02:{35 + 5 * (damage == 'gone'):02d}"
+        assert run(ScoringSpec(archive=copy, forecasts=url, models=str(models), model=MODEL,
+                               init_times=(later,))).scored == 1
+        assert "the check that" in caplog.text
+        assert "is skipped" in caplog.text
+
+
 @pytest.mark.fault("score", "a model that does not fit the archive, from the command line",
                    "exit 2 naming the mismatch")
 def test_cli_refuses_a_model_that_does_not_fit_the_archive(setup, tmp_path, capsys):

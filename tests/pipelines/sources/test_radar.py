@@ -389,6 +389,8 @@ def test_files_of_several_radars_or_products_are_not_one_series(radar_dir, tmp_p
     with pytest.raises(SourceError, match=r"mixes knmi radars or products \(1 RAD_NL25_RAC, 1 RAD_NL25_RAP"):
         get_source("knmi", directory=str(folder)).items()
     (folder / knmi[1].name.replace("_RAP_", "_RAC_")).unlink()
+    brackets = copied_into(tmp_path / "knmi[a]", knmi[:2])  # a folder, though its name reads as a pattern
+    assert len(get_source("knmi", directory=str(brackets)).items()) == 2
     source = get_source("knmi", directory=str(folder))
     archive = str(tmp_path / "a.zarr")
     ingest_items(IngestSpec(archive=archive, source=source), source.items(), None)
