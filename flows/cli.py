@@ -314,7 +314,8 @@ def _model_version(text: str | None, action: str, default: str | None = None) ->
 
 def cmd_watch(args: argparse.Namespace) -> int:
     from nowcast.pipelines.jobs.watch import WatchSpec, run_watch
-    from nowcast.pipelines.stores.groups import is_local, local_path, not_a_store
+    from nowcast.pipelines.sources.base import not_a_local_folder
+    from nowcast.pipelines.stores.groups import not_a_store
 
     spec = WatchSpec(archive=args.archive, directory=args.input, fmt=args.format,
                      interval_s=args.interval, duration_s=args.duration, time_step=args.time_step,
@@ -322,7 +323,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
     placeable(args.archive)
     if problem := not_a_store(args.archive):  # a file: refused once polling began, a lock left beside it
         raise InputError(problem)
-    if is_local(args.input) and not os.path.isdir(local_path(args.input)):  # it polled, warned, exit 0
+    if not_a_local_folder(args.input):  # it polled, warned, exit 0
         raise InputError(f"the folder to watch, {args.input}, does not exist or is not a folder: give the "
                          "folder the files land in (create it first if they have not started arriving)")
     with stop_on_signals("nowcast watch") as stop:

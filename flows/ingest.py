@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import os
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -23,9 +22,8 @@ from nowcast.flows.progress import count_now, count_true, progress
 from nowcast.pipelines.jobs.ingest import IngestResult, IngestSpec, ingest_items
 from nowcast.pipelines.jobs.watch import pending_items
 from nowcast.pipelines.sources import folder_source, get_source, other_inputs
-from nowcast.pipelines.sources.base import Source, list_files, sorted_unique
+from nowcast.pipelines.sources.base import Source, list_files, not_a_local_folder, sorted_unique
 from nowcast.pipelines.stores.archive import valid_flags
-from nowcast.pipelines.stores.groups import is_local, local_path
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +59,7 @@ def warn_of_other_inputs(source: Source, directory: str | None, logger: Any = lo
 def _holds_no_file(input_dir: str | None) -> bool:
     """Whether ``input_dir`` is a folder (or prefix) with no file in it yet, searched recursively as the
     sources search; a file or a pattern (the NetCDF source reads either) is left to its source."""
-    if not input_dir or (is_local(input_dir) and not os.path.isdir(local_path(input_dir))):
+    if not input_dir or not_a_local_folder(input_dir):
         return False
     return not list_files(input_dir, ("",))
 

@@ -34,9 +34,17 @@ from pydantic import (
 )
 
 from nowcast.errors import InputError
-from nowcast.pipelines.stores.groups import StoreError, check_url, enclosing_store, is_local, local_path
+from nowcast.pipelines.stores.groups import (
+    PID_MAX,
+    StoreError,
+    check_suffix,
+    check_url,
+    enclosing_store,
+    is_local,
+    local_path,
+    staging_suffix,
+)
 from nowcast.pipelines.stores.timeaxis import DEFAULT_TIME_CHUNK, MAX_TIME_CHUNK, to_datetime64
-from nowcast.processes import host_id
 
 if TYPE_CHECKING:  # Beam is imported when a job runs, not when a form or the command line is built
     from nowcast.pipelines.jobs.runners import RunnerOptions
@@ -185,7 +193,7 @@ def _short_enough(url: str, path: Path) -> None:
         exists = path.exists()
     except OSError:  # a name past the limit: "File name too long"
         exists = False
-    room = len((f".check-{'0' * 12}" if exists else f".creating-{host_id()}-{2**22}-{'0' * 12}").encode())
+    room = len((check_suffix() if exists else staging_suffix(pid=PID_MAX)).encode())
     for part in path.parts:
         limit = NAME_MAX - (room if part == path.name else 0)
         if len(part.encode()) > limit:

@@ -463,10 +463,11 @@ def _ours(state: Mapping[str, object], name: str, pid: int) -> bool:
 def not_running(state: Mapping[str, object]) -> list[str]:
     """What of the stack in ``state`` does not run: recorded processes gone, PostgreSQL stopped, or the
     services a ``stack up`` stopped part way never started."""
-    gone = [f"{name} no longer runs" for name in sorted(set(state["pids"]) - set(running(state)))]  # type: ignore[call-overload]
+    runs = running(state)
+    gone = [f"{name} no longer runs" for name in sorted(set(state["pids"]) - set(runs))]  # type: ignore[call-overload]
     if not _postmaster_runs(Path(str(state.get("postgres_data", "")))):
         gone.append("PostgreSQL does not run")
-    if not state.get("whole") and "prefect-worker" not in running(state):  # its last service (an older
+    if not state.get("whole") and "prefect-worker" not in runs:  # its last service (an older
         gone.append("its `stack up` did not finish")  # nowcast's stack.json has no "whole")
     return gone
 

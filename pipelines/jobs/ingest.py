@@ -32,8 +32,8 @@ import hashlib
 import json
 import logging
 import os
-import uuid
 from collections.abc import Iterator, Sequence
+from typing import TypedDict
 
 import apache_beam as beam
 import numpy as np
@@ -72,6 +72,7 @@ from nowcast.pipelines.stores.grid import Grid
 from nowcast.pipelines.stores.groups import (
     array,
     arrays_along,
+    check_suffix,
     consolidate_if_behind,
     dimension_names,
     exists,
@@ -178,8 +179,17 @@ class IngestResult:
 
 # ---------------------------------------------------------------- the work of one element
 
-def check_item(source: Source, item: SourceItem, grid: Grid,
-               fields: Sequence[FieldSpec]) -> dict[str, object]:
+class FrameReport(TypedDict):
+    """One frame's check, as a worker writes it (JSON): which frame, its problems, whether it is all-NaN,
+    and its variables without data."""
+
+    item: str
+    problems: list[str]
+    all_nan: bool
+    empty: list[str]
+
+
+def check_item(source: Source, item: SourceItem, grid: Grid, fields: Sequence[FieldSpec]) -> FrameReport:
     """Reads one frame and reports its problems, whether it is all-NaN, and its variables without data."""
     try:
         grid_problem = grid.mismatch(source.read_grid(item))
@@ -247,7 +257,7 @@ class _CheckFrame(beam.DoFn):
         fs.makedirs(folder, exist_ok=True)  # a local folder must exist; on an object store a no-op
         with fs.open(f"{folder}/{name}", "w") as handle:
             json.dump(report, handle)
-        yield len(report["problems"])  # type: ignore[arg-type]
+        yield len(report["problems"])
 
 
 class CheckFrames(beam.PTransform):
@@ -304,9 +314,6 @@ def reference_grid(spec: IngestSpec, first: SourceItem, info: ArchiveInfo | None
     return info.grid if info is not None else spec.source.read_grid(first)
 
 
-CHECK_HEX = 12  # hex digits naming a run's check folder: unique enough, and short beside a long name
-
-
 def check_reports_url(archive: str) -> str:
     """Where one run's check reports go: beside the archive, where every worker can write.
 
@@ -318,7 +325,7 @@ def check_reports_url(archive: str) -> str:
     True
     """
     base = archive if not is_local(archive) else local_path(archive)
-    return f"{base.rstrip('/')}.check-{uuid.uuid4().hex[:CHECK_HEX]}"
+    return f"{base.rstrip('/')}{check_suffix()}"
 
 
 def check_batch(spec: IngestSpec, items: Sequence[SourceItem], fields: tuple[FieldSpec, ...],
@@ -341,19 +348,18 @@ def check_batch(spec: IngestSpec, items: Sequence[SourceItem], fields: tuple[Fie
         finally:
             if fs.exists(path):
                 fs.rm(path, recursive=True)
-    problems = sorted(p for report in reports for p in report["problems"])  # type: ignore[attr-defined]
+    problems = sorted(p for report in reports for p in report["problems"])
     if len(reports) != len(items):
         problems.append(f"only {len(reports)} of {len(items)} frames were checked")
     if problems:
         shown = "\n  ".join(problems[:20])
         more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
         raise IngestError(f"{len(problems)} problem(s) in the input; nothing was written:\n  {shown}{more}")
-    partial = sorted(f"{r['item']} ({', '.join(r['empty'])})" for r in reports  # type: ignore[arg-type]
-                     if r.get("empty"))
+    partial = sorted(f"{r['item']} ({', '.join(r['empty'])})" for r in reports if r["empty"])
     if partial:
         log.warning("%d frame(s) have variables without any data, stored as unobserved (NaN) beside the "
                     "frame's other variables: %s", len(partial), "; ".join(partial[:5]))
-    return sorted(str(r["item"]) for r in reports if r["all_nan"])  # a file may hold several frames
+    return sorted(r["item"] for r in reports if r["all_nan"])  # a file may hold several frames
 
 
 SERIES = "source_series"  # archive attribute: the radar and product of its files, where names state them

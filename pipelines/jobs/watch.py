@@ -167,12 +167,11 @@ class Rejections:
     count: int = 0
     warned: set[str] = dataclasses.field(default_factory=set)
 
-    def failed(self, path: str, problems: object) -> None:
+    def failed(self, path: str, problem: SourceError | str) -> None:
         """One more failed poll of ``path``; after ``max_attempts`` it is given up on, with a warning."""
         self.failures[path] = self.failures.get(path, 0) + 1
         if self.failures[path] >= self.max_attempts:
-            said = "; ".join(map(str, problems)) if isinstance(problems, list | tuple) else str(problems)
-            self.refuse(path, f"{said} (after {self.failures[path]} attempts)")  # was a list's repr
+            self.refuse(path, f"{problem} (after {self.failures[path]} attempts)")
 
     def refuse(self, path: str, problem: str) -> None:
         if path not in self.given_up:
@@ -288,7 +287,7 @@ def poll_once(spec: WatchSpec, rejections: Rejections) -> int:
         except SourceError as error:
             problems = [str(error)]
         if problems:
-            rejections.failed(item.path, problems)
+            rejections.failed(item.path, "; ".join(problems))
         else:
             good.append(item)
             rejections.passed(item.path)

@@ -13,12 +13,19 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from nowcast.pipelines.sources.base import Source, SourceError, SourceItem, has_suffix, list_files
+from nowcast.pipelines.sources.base import (
+    Source,
+    SourceError,
+    SourceItem,
+    has_suffix,
+    list_files,
+    not_a_local_folder,
+)
 from nowcast.pipelines.sources.netcdf import SUFFIXES as NETCDF_SUFFIXES
 from nowcast.pipelines.sources.netcdf import NetCDFSource
 from nowcast.pipelines.sources.radar import FORMATS, NoRadarFilesError, RadarSource, detect_radar_format
 from nowcast.pipelines.sources.synthetic import SyntheticSource
-from nowcast.pipelines.stores.groups import is_local, local_path
+from nowcast.pipelines.stores.groups import local_path
 
 __all__ = ["FORMATS", "NetCDFSource", "RadarSource", "Source", "SourceError", "SourceItem",
            "SyntheticSource", "detect_format", "detect_radar_format", "folder_source", "get_source",
@@ -82,7 +89,7 @@ def detect_format(directory: str) -> str:
     Raises:
         SourceError: if neither is there, or radar formats are mixed.
     """
-    if is_local(directory) and not os.path.isdir(local_path(directory)):  # a file or a pattern
+    if not_a_local_folder(directory):  # a file or a pattern
         named = local_path(directory)
         files = glob.glob(named) if glob.has_magic(named) else [named] if os.path.isfile(named) else []
         if files and all(has_suffix(name, NETCDF_SUFFIXES) for name in files):
@@ -114,7 +121,7 @@ def other_inputs(source: Source, directory: str) -> list[str]:
     reads its own files only; the caller says so, rather than skip the others without a word. Sidecar
     files (README, checksums) do not count."""
     files = getattr(source, "files", None)
-    if files is None or (is_local(directory) and not os.path.isdir(local_path(directory))):
+    if files is None or not_a_local_folder(directory):
         return []  # no source, or a file or pattern (the NetCDF source's): nothing else beside them
     suffixes = tuple({*NETCDF_SUFFIXES, *(suffix for fmt in FORMATS.values() for suffix in fmt.suffixes)})
     read = set(files())

@@ -108,6 +108,12 @@ class FolderSource(Source, Protocol):
         ...
 
 
+def not_a_local_folder(path: str) -> bool:
+    """Whether ``path`` is a local path but no folder: a file, a pattern, or nothing yet (an object-store
+    prefix is a folder, even an empty one)."""
+    return is_local(path) and not os.path.isdir(local_path(path))
+
+
 def list_files(directory: str, suffixes: Sequence[str]) -> list[str]:
     """Files under ``directory`` (recursively, in path order) whose names end with a suffix.
 

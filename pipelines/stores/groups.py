@@ -396,6 +396,21 @@ def stopped_publishing(url: str) -> str | None:
             "store whole")
 
 
+PID_MAX = 2**22  # the largest process id Linux hands out
+UNIQUE_HEX = 12  # hex digits that make a name beside a store unique: enough, and short beside a long name
+
+
+def staging_suffix(pid: int | None = None) -> str:
+    """The suffix of a staging copy this host's process ``pid`` (this one) makes beside a store:
+    ``.creating-HOST-PID-HEX``, which :func:`_remove_abandoned_staging` reads back."""
+    return f".creating-{host_id()}-{os.getpid() if pid is None else pid}-{uuid.uuid4().hex[:UNIQUE_HEX]}"
+
+
+def check_suffix() -> str:
+    """The suffix of one ingest run's check folder beside its archive: ``.check-HEX``."""
+    return f".check-{uuid.uuid4().hex[:UNIQUE_HEX]}"
+
+
 @contextlib.contextmanager
 def created_whole(url: str, replace: bool = False) -> Iterator[str]:
     """Yields a staging URL to build a store at; on success the store appears at ``url`` whole.
@@ -417,7 +432,7 @@ def created_whole(url: str, replace: bool = False) -> Iterator[str]:
             only an empty folder is replaced, never data.
     """
     _remove_abandoned_staging(url)
-    staging = f"{url.rstrip('/')}.creating-{host_id()}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+    staging = f"{url.rstrip('/')}{staging_suffix()}"
     fs, staged = filesystem(staging)
     try:
         yield staging
@@ -453,7 +468,7 @@ def _move_into_place(staged: str, target: str, replace: bool) -> None:
     if not (replace and os.path.exists(target)):
         os.rename(staged, target)  # replaces an empty folder, never data
     elif not _swap(staged, target):
-        aside = f"{target}.creating-{host_id()}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        aside = f"{target}{staging_suffix()}"
         os.rename(target, aside)  # named as a staging folder: removed by the next creation if killed now
         os.rename(staged, target)
         shutil.rmtree(aside)

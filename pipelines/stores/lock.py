@@ -210,8 +210,13 @@ def _written_temporary(name: str, data: bytes) -> str:
     return temporary
 
 
+def _process() -> str:
+    """The first part of every lease owner this process writes: ``host:pid:``."""
+    return f"{socket.gethostname()}:{os.getpid()}:"
+
+
 def _owner() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
+    return f"{_process()}{threading.get_ident()}"
 
 
 _held: dict[tuple[str, int], Lease] = {}  # (lock folder, thread) -> the lease this thread holds
@@ -247,7 +252,7 @@ def _acquire(folder: _Folder, purpose: str, lease_s: float, wait_s: float | None
                 f"{store} is being written: {newest.describe()}; waited {wait_s:.0f} s. Wait for that run "
                 f"to end, or, if its process is gone, for its lease to run out (then rerun)")
         if not told:  # another thread of this process (a backfill's next chunk) waits its turn as planned
-            mine = newest.owner.startswith(f"{socket.gethostname()}:{os.getpid()}:")
+            mine = newest.owner.startswith(_process())
             log.log(logging.INFO if mine else logging.WARNING, "waiting for %s: it is being written, %s",
                     store, newest.describe())
             told = True
