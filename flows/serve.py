@@ -127,7 +127,7 @@ def serve_deployments(workdir: str | Path = "runs/demo", cron: str = DEFAULT_CRO
     deployments = [runner.add_deployment(each) for each in build_deployments(root, cron, model_name)]
     crash_lost_runs(deployments)  # left by a serving process that was killed
     try:
-        asyncio.run(runner.start())
+        asyncio.run(_served(runner))
     finally:
         crash_lost_runs(deployments)  # the runner has ended the runs it had in flight
 
@@ -193,6 +193,36 @@ def running_here() -> set[str]:
     return ids
 
 
+SERVER_CHECK_S = 10.0  # how often a serving process checks that its Prefect server answers
+
+
+async def _served(runner) -> None:
+    """Runs ``runner`` until it is stopped, saying once when its server stops answering and once when it
+    answers again: the runner went on without a word (after one traceback) while no run could start."""
+    from prefect.settings import PREFECT_API_URL
+
+    api = PREFECT_API_URL.value()
+    watch = asyncio.create_task(_watch_server(api)) if api else None
+    try:
+        await runner.start()
+    finally:
+        if watch is not None:
+            watch.cancel()
+
+
+async def _watch_server(api: str) -> None:
+    log, lost = logging.getLogger(__name__), False
+    while True:
+        await asyncio.sleep(SERVER_CHECK_S)
+        if lost == await asyncio.to_thread(answers, api):
+            lost = not lost
+            if lost:
+                log.warning("the Prefect server at %s does not answer: no run starts until it is back; "
+                            "still trying every %.0f s (Ctrl-C stops)", api, SERVER_CHECK_S)
+            else:
+                log.warning("the Prefect server at %s answers again: runs start as scheduled", api)
+
+
 def _runner(limit: int):
     """Prefect's runner (what ``prefect.serve`` runs), stopped by SIGTERM as by Ctrl-C.
 
@@ -210,7 +240,22 @@ def _runner(limit: int):
         def handle_sigterm(self, *args: object, **kwargs: object) -> None:
             interrupt(signal.SIGTERM, None)
 
+        async def _pause_schedules(self) -> None:
+            """Pauses the deployments' schedules, as Prefect's runner does when it stops, unless the server
+            does not answer: the runner's retries held a SIGTERM for 74 s, then it printed tracebacks."""
+            from prefect.settings import PREFECT_API_URL
+
+            api = PREFECT_API_URL.value()
+            if api and not await asyncio.to_thread(answers, api):
+                logging.getLogger(__name__).warning(
+                    "the Prefect server at %s does not answer: the deployments' schedules stay as they are; "
+                    "pause them once it is back (`prefect deployment pause NAME`, or the UI) if no other "
+                    "process is to serve them", api)
+                return
+            await super()._pause_schedules()
+
     logging.getLogger("asyncio").addFilter(_no_cancelled_handlers)
+    logging.getLogger("prefect.FlowRunCancellingObserver").addFilter(_no_lost_connection_traceback)
     return _Runner(pause_on_shutdown=True, limit=limit)
 
 
@@ -219,6 +264,17 @@ def _no_cancelled_handlers(record: logging.LogRecord) -> bool:
     handlers when it stops, and asyncio logged each as an ERROR with two tracebacks after the command's
     "stopped (SIGTERM)"; nothing had failed."""
     return not (record.exc_info and isinstance(record.exc_info[1], asyncio.CancelledError))
+
+
+def _no_lost_connection_traceback(record: logging.LogRecord) -> bool:
+    """Keeps Prefect's warning that its connection to the server closed, less the traceback (unless -vv):
+    the server going away is said in a line (:func:`_watch_server`), not in ten."""
+    from websockets.exceptions import ConnectionClosed
+
+    lost = record.exc_info and isinstance(record.exc_info[1], OSError | ConnectionClosed)
+    if lost and not logging.getLogger().isEnabledFor(logging.DEBUG):
+        record.exc_info, record.exc_text = None, None
+    return True
 
 
 def start_file_server(folder: str | Path, port: int) -> http.server.ThreadingHTTPServer:
@@ -260,6 +316,15 @@ def stop_process(process: subprocess.Popen, timeout_s: float = 20.0) -> None:
         process.wait()
 
 
+def answers(api_url: str, timeout_s: float = 2.0) -> bool:
+    """Whether the Prefect API at ``api_url`` answers its health check now."""
+    try:
+        with urllib.request.urlopen(f"{api_url}/health", timeout=timeout_s) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
 def wait_for_api(api_url: str, timeout_s: float = 120.0, server: subprocess.Popen | None = None,
                  log: Path | None = None) -> None:
     """Waits until ``<api_url>/health`` answers, or ``server``, the process that serves it, has exited
@@ -271,12 +336,8 @@ def wait_for_api(api_url: str, timeout_s: float = 120.0, server: subprocess.Pope
             said = "its messages are above" if log is None else f"it said: {' | '.join(last)} (all in {log})"
             raise InputError(f"the Prefect server for {api_url} exited ({server.returncode}) before it "
                              f"answered; {said}")
-        try:
-            with urllib.request.urlopen(f"{api_url}/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
+        if answers(api_url):
+            return
         if time.monotonic() > deadline:
             raise TimeoutError(f"the Prefect server at {api_url} did not answer within {timeout_s:.0f} s")
         time.sleep(0.5)

@@ -7,10 +7,12 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from nowcast.flows.serve import stop_process, wait_for_api
+from nowcast.flows.temporary_server import SERVER_SETTINGS
 from nowcast.processes import free_port
 from tests.flows.served import api, flow_run, local_server
 from tests.pause import pause_env
@@ -179,3 +181,61 @@ def test_ctrl_c_stops_the_local_server_in_order_and_quietly(tmp_path):
     assert out.decode().startswith("Prefect UI: http://127.0.0.1:")
     assert len(out.decode().strip().splitlines()) == 1, out.decode()
     assert not alive
+
+
+def _prefect_server(home: Path, port: int) -> subprocess.Popen:
+    """``prefect server start`` on ``port`` over the database in ``home``, in its own process group."""
+    env = {**os.environ, **SERVER_SETTINGS, "PREFECT_HOME": str(home)}
+    env.pop("PREFECT_API_URL", None)
+    return subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+                             "--port", str(port)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def _said(log: Path, text: str, times: int = 1, timeout_s: float = 90) -> str:
+    """The log of a process once it holds ``text`` ``times`` times (at most ``timeout_s`` of waiting)."""
+    deadline = time.monotonic() + timeout_s
+    while (said := log.read_text()).count(text) < times:
+        assert time.monotonic() < deadline, f"never said {text!r} ({times}x):\n{said[-3000:]}"
+        time.sleep(1)
+    return said
+
+
+@pytest.mark.slow
+@pytest.mark.fault("command line", "the Prefect server of `nowcast serve` stops (a restart, a crash), comes "
+                   "back, and stops again before the command is stopped (SIGTERM)",
+                   "one warning when it stops answering, one when it answers again; SIGTERM without a server "
+                   "stops the command at once, saying the schedules were left as they are (after one "
+                   "websocket traceback it went on without a word, and SIGTERM took 74 s of the client's "
+                   "retries, then printed asyncio's ConnectError traceback)")
+def test_serve_says_when_its_server_is_gone_and_back_and_stops_without_it(tmp_path):
+    home, port, log = tmp_path / "prefect", free_port(), tmp_path / "serve.log"
+    url = f"http://127.0.0.1:{port}/api"
+    server = _prefect_server(home, port)
+    serving = None
+    try:
+        wait_for_api(url, timeout_s=180, server=server)
+        env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_API_URL": url}
+        with open(log, "w") as output:
+            serving = subprocess.Popen([sys.executable, "-m", "nowcast.flows.cli", "serve", "--workdir",
+                                        str(tmp_path / "work"), "--cron", "0 0 1 1 *"], env=env,
+                                       stdout=output, stderr=subprocess.STDOUT)
+        _said(log, "running the deployments")
+        time.sleep(5)  # the deployments registered and the runner polling
+        stop_process(server)
+        _said(log, f"the Prefect server at {url} does not answer: no run starts until it is back")
+        server = _prefect_server(home, port)
+        _said(log, f"the Prefect server at {url} answers again")
+        stop_process(server)
+        _said(log, "does not answer", times=2)
+        serving.send_signal(signal.SIGTERM)
+        serving.wait(timeout=60)
+    finally:
+        if serving is not None:
+            stop_process(serving)
+        stop_process(server)
+    said = log.read_text()
+    assert serving.returncode == 128 + signal.SIGTERM, said
+    assert f"the Prefect server at {url} does not answer: the deployments' schedules stay as they are" in said
+    assert said.strip().endswith("nowcast serve: stopped (SIGTERM)"), said
+    assert "Traceback" not in said, said
