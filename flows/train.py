@@ -205,12 +205,21 @@ def _saved_by_this_run(params: TrainParams, workdir: Path) -> str | None:
     if not same:
         return None
     try:  # checksums too: a version damaged since (a truncated model.keras) stopped every rerun
-        return registry.verify_version(params.models, params.architecture, registry.version_name(path),
-                                       archive=None).path
+        saved = registry.verify_version(params.models, params.architecture, registry.version_name(path),
+                                        archive=None)
     except registry.RegistryError as error:  # removed or damaged since: train it again
         get_run_logger().warning("the version an interrupted run saved cannot be used (%s): training anew",
                                  error)
         return None
+    from nowcast.model.train import training_data_hash
+
+    if saved.metadata.get("training_data_hash") != training_data_hash(params.windows):
+        get_run_logger().warning(  # the archive grew, or the windows were recut: it was promoted untrained
+            "the version an interrupted run saved, %s, was trained on other windows than %s holds now (the "
+            "archive grew, or they were cut again): training anew", registry.version_name(path),
+            params.windows)
+        return None
+    return saved.path
 
 
 def verdict_text(version: str, promoted: bool, better: bool, policy: str, by: str) -> str:

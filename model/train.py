@@ -177,6 +177,11 @@ def _fingerprint(urls: Sequence[str]) -> str:
     return hashlib.sha256("".join(fingerprint(url, "train") for url in urls).encode()).hexdigest()
 
 
+def training_data_hash(windows: str | tuple[str, ...]) -> str:
+    """The ``training_data_hash`` that a version trained on ``windows`` now records."""
+    return _fingerprint(_urls(windows))
+
+
 def _rewritten(urls: Sequence[str], trained_on: str) -> bool:
     """Whether the training windows are no longer those the run started on."""
     try:

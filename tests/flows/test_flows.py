@@ -154,13 +154,16 @@ def test_train_registers_and_promotes_only_a_model_that_beats_extrapolation(trai
                    "(verification, promotion)",
                    "the rerun verifies and promotes that version instead of training again (it trained "
                    "anew and left the first version behind, unpromoted); a version damaged meanwhile is "
-                   "trained anew (every rerun was refused on it)")
+                   "trained anew (every rerun was refused on it), and so is one saved before the archive "
+                   "grew (it was promoted as trained on the new frames, which it never saw)")
 def test_a_run_interrupted_after_saving_goes_on_from_its_version(trained, monkeypatch):
     from nowcast.flows import train as train_module
-    from nowcast.model.registry import list_versions
+    from nowcast.flows.ingest import ingest_flow
+    from nowcast.model.registry import list_versions, read_metadata
 
     root, _, _ = trained
-    params = TrainParams(archive=str(root / "archive.zarr"), windows=str(root / "windows-resume.zarr"),
+    shutil.copytree(root / "archive.zarr", root / "archive-resume.zarr")  # this test grows it
+    params = TrainParams(archive=str(root / "archive-resume.zarr"), windows=str(root / "windows-resume.zarr"),
                          models=str(root / "models-resume"), workdir=str(root / "train-resume"), epochs=1,
                          promote="always")
     verify = train_module.verify
@@ -191,6 +194,20 @@ def test_a_run_interrupted_after_saving_goes_on_from_its_version(trained, monkey
     rerun = train_module.train_flow(params)
     assert rerun.version not in (*first, *damaged)
     assert rerun.promoted
+    # interrupted once more, and frames land before the rerun: the windows are cut again, so the version it
+    # saved was trained on other windows and is trained anew
+    seen = list_versions(params.models, params.architecture)
+    monkeypatch.setattr(train_module, "verify", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train_module.train_flow(params)
+    [stale] = [v for v in list_versions(params.models, params.architecture) if v not in seen]
+    ingest_flow(synthetic(root, FRAMES + 24).model_copy(update={"archive": params.archive}))
+    monkeypatch.setattr(train_module, "verify", verify)
+    rerun = train_module.train_flow(params)
+    assert rerun.version not in (*seen, stale)
+    trained_on, before = (read_metadata(str(Path(params.models) / params.architecture / v))["training_range"]
+                          for v in (rerun.version, stale))
+    assert trained_on != before  # the new version saw the frames that landed
 
 
 @pytest.mark.slow
