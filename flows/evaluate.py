@@ -43,15 +43,22 @@ class EvaluateRun:
 @task(name="verify-windows")
 def verify_windows(params: EvaluateParams) -> Verification:
     """The model and the baselines on one windows.zarr split."""
-    from nowcast.model.verify import split_forecaster, verify_split
+    from nowcast.model.verify import seen_in_training, split_forecaster, verify_split
 
     forecaster = split_forecaster(params.models, params.model_name, params.model_version, params.windows)
-    name = f"{params.model_name}/{forecaster.metadata['version']}"
-    available = WindowsStore(params.windows, params.split).num_samples
+    name = f"{params.model_name}/{forecaster.version}"
+    store = WindowsStore(params.windows, params.split)
+    available = store.num_samples
     if not available:  # once a table of "-" and exit status 0
         raise InputError(f"the {params.split} split of {params.windows} has no samples: cut the windows "
                          "from a longer archive, or with a shorter split_block or a larger share for "
                          f"{params.split} in split_fractions")
+    if seen := seen_in_training(store, forecaster.metadata):  # scored as unseen, exit 0
+        get_run_logger().warning(
+            "%d of the %d %s samples of %s hold frames of %s's training split: their scores flatter it. "
+            "Evaluate it on the test split of the windows it was trained with, on windows cut with its "
+            "split settings, or on frames after %s", seen, available, params.split, params.windows, name,
+            max(span["end"] for span in forecaster.metadata["training_range"]))
     total = min(available, params.max_samples) if params.max_samples else available
     with reported("evaluate samples", total, artifact=artifact_key("evaluate-progress")) as on_samples:
         return verify_split(params.windows, params.split, forecaster, name, baselines=tuple(params.baselines),

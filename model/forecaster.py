@@ -65,6 +65,8 @@ class Forecaster:
         valid_range: ``(min, max)`` physical bounds of the target; None leaves a side open.
         probability_matching: give each lead the value distribution of the
             extrapolation the model corrects (see the module docstring).
+        version: the version's name in the registry, its folder's (the metadata's
+            ``version`` is what it was saved as: a copied folder's differs).
     """
 
     model: Any
@@ -74,6 +76,7 @@ class Forecaster:
     predict_batch_size: int
     valid_range: tuple[float | None, float | None]
     probability_matching: bool = False
+    version: str = ""
 
     def __post_init__(self) -> None:
         self._net, self._with_base = self.model, False
@@ -277,7 +280,7 @@ def load_forecaster(models: str, name: str, version: str, archive: Mapping[str, 
         probability_matching: override the model's recorded post-processing.
     """
     from nowcast.model.normalization import Normalizer
-    from nowcast.model.registry import load_model
+    from nowcast.model.registry import load_model, version_name
     from nowcast.pipelines.stores.archive import ArchiveDescription
 
     if predict_batch_size < 1:
@@ -296,7 +299,7 @@ def load_forecaster(models: str, name: str, version: str, archive: Mapping[str, 
         probability_matching = meta.get("postprocessing") == PROBABILITY_MATCHING
     return Forecaster(model=model, metadata=meta, normalizer=normalizer, tiling=tiling,
                       predict_batch_size=int(predict_batch_size), valid_range=valid_range,
-                      probability_matching=bool(probability_matching))
+                      probability_matching=bool(probability_matching), version=version_name(loaded.path))
 
 
 def _covering(model: Any, meta: Mapping[str, Any], normalizer: Any, grid: tuple[int, int],

@@ -125,6 +125,41 @@ def test_evaluate_of_an_empty_split_is_one_message_unless_verbose(stores, tmp_pa
     assert "Traceback" in verbose.stderr
 
 
+@pytest.mark.slow
+@pytest.mark.fault("models", "`evaluate` of a version folder copied under another name, on windows cut again "
+                   "with every frame as test",
+                   "the table names the version by its folder (it named the version it was copied from, "
+                   "which is not the one evaluated), and a warning counts the samples holding frames of the "
+                   "model's training split")
+def test_evaluate_names_the_folder_and_warns_of_training_frames(stores, tmp_path, prefect_server):
+    import shutil
+
+    from nowcast.model.train import training_range
+    from nowcast.pipelines.stores.windows import WindowsStore
+
+    def windows(name: str, *fractions: str) -> str:
+        url = str(tmp_path / name)
+        assert cli.main(["windows", "--archive", stores["archive"], "--windows", url, "--t-in", "3",
+                         "--t-out", "2", "--split-block", "PT20M", "--split-method", "contiguous",
+                         "--split-fractions", *fractions]) == 0
+        return url
+
+    train = WindowsStore(windows("trained.zarr", "0.5", "0.25", "0.25"), "train")
+    models = tmp_path / "models"
+    saved = Path(save_tiny_model(models, stores["archive"], synthetic_stats(FRAMES, SIZE), recorded={
+        "window_spec": train.attrs["window_spec"], "training_range": [training_range(train, 3, 2)]}))
+    shutil.copytree(saved, saved.parent / "candidate")
+    every = windows("all-test.zarr", "0", "0", "1")
+    run = nowcast("evaluate", "--windows", every, "--models", str(models), "--model-name", MODEL,
+                  "--model-version", "candidate", "--workdir", str(tmp_path / "evaluate"))
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert f"| {MODEL}/candidate |" in run.stdout
+    assert saved.name not in run.stdout
+    total = WindowsStore(every, "test").num_samples
+    assert f"of the {total} test samples of {every} hold frames of {MODEL}/candidate's training split: " \
+           "their scores flatter it" in run.stderr, run.stderr
+
+
 @pytest.mark.fault("command line", "`evaluate --forecasts` without `--archive`",
                    "exit 2 saying the archive is needed (the forecasts were once ignored without a word)")
 def test_evaluate_forecasts_needs_the_archive(stores, tmp_path, capsys):

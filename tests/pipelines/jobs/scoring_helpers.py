@@ -43,8 +43,9 @@ def synthetic_stats(frames: int = 40, size: tuple[int, int] = (32, 32), seed: in
 
 def save_tiny_model(models: Path, archive: str, stats: dict[str, float], patch: tuple[int, int] = (16, 16),
                     t_in: int = 3, t_out: int = 2, architecture: str = "cnn_lstm", seed: int = 1,
-                    version: str = "v1", name: str = MODEL) -> Path:
-    """A freshly initialised model (untrained, residual: persistence plus noise) saved via the registry."""
+                    version: str = "v1", name: str = MODEL, recorded: dict | None = None) -> Path:
+    """A freshly initialised model (untrained, residual: persistence plus noise) saved via the registry;
+    ``recorded``: more metadata (what training records, as its windows)."""
     import keras
 
     from nowcast.model.architectures import ArchitectureConfig, build_model
@@ -64,5 +65,6 @@ def save_tiny_model(models: Path, archive: str, stats: dict[str, float], patch: 
         "input_shape": list(patch), "time_step": step,
         "archive": {"time_step": step, "variables": {"precip": "mm h-1"},
                     "grid_shape": list(info.grid.shape)},
+        **(recorded or {}),
     }
     return save_model(net, models, name, metadata, version=version)

@@ -11,6 +11,7 @@ import zarr
 from nowcast.pipelines.jobs.runners import RunnerOptions
 from nowcast.pipelines.jobs.windows import WindowJob, run, run_in_process
 from nowcast.pipelines.plans.window_spec import SplitSpec, WetFilter, WindowSpec
+from nowcast.pipelines.plans.windows import frame_splits
 from nowcast.pipelines.stores.windows import SPLITS
 from tests.pipelines.jobs.ingest_helpers import snapshot
 from tests.pipelines.jobs.windows_testing import make_archive, random_frames
@@ -170,3 +171,46 @@ def test_a_damaged_archive_chunk_is_named_and_the_previous_store_is_kept(archive
     assert "Traceback" not in err
     assert snapshot(str(output)) == before
     assert not list(tmp_path.glob("w.zarr.creating-*"))
+
+
+@pytest.mark.fault("models", "`evaluate` on test windows cut again with other split settings (or another "
+                   "block, or all frames as test), which hold frames the model was trained on",
+                   "a warning counting the samples that hold frames of the model's training split, saying "
+                   "their scores flatter the model and what to evaluate instead (a table of the training "
+                   "data's scores, exit 0)")
+@pytest.mark.parametrize("method", ["hash", "contiguous"])
+def test_samples_of_another_cut_that_hold_training_frames_are_counted(archive, tmp_path, method):
+    from nowcast.model.train import training_range
+    from nowcast.model.verify import seen_in_training
+    from nowcast.pipelines.stores.windows import WindowsStore
+
+    def cut(name: str, fractions: tuple[float, float, float]) -> str:
+        spec = WindowSpec(channels=("precip",), target="precip", t_in=3, t_out=2,
+                          split=SplitSpec(block="PT12H", fractions=fractions, method=method))
+        run_in_process(WindowJob(archive, str(tmp_path / name), spec))
+        return str(tmp_path / name)
+
+    trained_on = cut("trained.zarr", (0.5, 0.25, 0.25))
+    train = WindowsStore(trained_on, "train")
+    metadata = {"window_spec": train.attrs["window_spec"], "training_range": [training_range(train, 3, 2)]}
+    assert seen_in_training(train, metadata) == train.num_samples
+    for split in ("val", "test"):  # the model's own cut: by construction none
+        assert WindowsStore(trained_on, split).num_samples
+        assert seen_in_training(WindowsStore(trained_on, split), metadata) == 0
+    every = WindowsStore(cut("all-test.zarr", (0.0, 0.0, 1.0)), "test")
+    step = np.timedelta64(1, "h")
+    frames_of = [set(t + np.arange(-2, 3) * step) for t in every.init_times()]
+    trained = set().union(*(set(t + np.arange(-2, 3) * step) for t in train.init_times()))
+    # frames of the training split inside the training windows' range: the training windows' frames, and
+    # those a gap kept out of every training window (a frame beside a missing one)
+    times = np.datetime64("2021-03-01T00:00", "s") + np.arange(72) * step
+    split = WindowSpec.from_dict(train.attrs["window_spec"]).split
+    span = metadata["training_range"][0]
+    in_range = (times >= np.datetime64(span["start"])) & (times <= np.datetime64(span["end"]))
+    of_training_split = set(times[(frame_splits(times, split) == 0) & in_range])
+    assert trained <= of_training_split
+    seen = seen_in_training(every, metadata)
+    assert sum(bool(frames & trained) for frames in frames_of) <= seen
+    assert seen == sum(bool(frames & of_training_split) for frames in frames_of)
+    assert 0 < seen < every.num_samples
+    assert seen_in_training(every, {}) == 0  # a model that does not record its training windows
