@@ -159,8 +159,8 @@ def _write_version(model: keras.Model, fs: Any, parent: str, final: str, name: s
         try:
             # mkdtemp's 0700 would hide the version from scorers running as another user: its parent's mode
             os.chmod(hidden, os.stat(parent).st_mode & 0o777)
-            for file in files:
-                os.replace(staging / file, os.path.join(hidden, file))
+            for file in files:  # a move, not a rename: the temporary folder may be another file system
+                shutil.move(staging / file, os.path.join(hidden, file))
             try:
                 os.rename(hidden, final)
             except OSError as error:  # ENOTEMPTY/EEXIST: a save of the same version won the race
@@ -399,9 +399,11 @@ def check_manifest(version_dir: str, known: Mapping[str, str]) -> None:
         return
     manifest = _json(fs, f"{folder}/{MANIFEST_FILE}")
     recorded = manifest.get("files") if isinstance(manifest, dict) else None
-    if not isinstance(recorded, dict):
-        raise ChecksumMismatchError(f"{version_dir}: {MANIFEST_FILE} lists no files: the version is damaged; "
-                                    "restore it, or retrain and save a new version")
+    recorded = recorded if isinstance(recorded, dict) else {}
+    unlisted = [file for file in (MODEL_FILE, METADATA_FILE, METRICS_FILE) if file not in recorded]
+    if unlisted:  # an edited manifest listing nothing checked nothing: edited metadata loaded as sound
+        raise ChecksumMismatchError(f"{version_dir}: {MANIFEST_FILE} does not list {', '.join(unlisted)}: the "
+                                    "version is damaged; restore it, or retrain and save a new version")
 
     def digest_of(file: str) -> str | None:  # a digest already computed is not computed again; None: gone
         if file in known:

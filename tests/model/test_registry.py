@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import keras
@@ -103,15 +104,24 @@ def test_an_edited_metadata_or_metrics_file_is_refused(saved, file):
     ("metadata.json not JSON", registry.RegistryError, "metadata.json is not valid JSON"),
     ("manifest.json not JSON", registry.RegistryError, "manifest.json is not valid JSON"),
     ("metrics.json deleted", registry.ChecksumMismatchError, r"metrics.json \(missing\) changed"),
+    ("manifest.json listing nothing", registry.ChecksumMismatchError,
+     "manifest.json does not list model.keras, metadata.json, metrics.json"),
+    ("manifest.json listing the model alone", registry.ChecksumMismatchError,
+     "manifest.json does not list metadata.json, metrics.json"),
 ])
 @pytest.mark.fault("models", "a version's metadata.json or manifest.json that is not JSON, or a file deleted",
                    "refused naming the file and the fix (restore it, or promote or train another version); "
-                   "no JSON traceback")
+                   "no JSON traceback; a manifest that lists not every file is damaged too (one listing none "
+                   "checked nothing: edited metadata loaded as sound)")
 def test_a_damaged_version_file_is_named(saved, damage, error, message):
     _, path, root, name = saved
     file = damage.split()[0]
     if damage.endswith("deleted"):
         (path / file).unlink()
+    elif "listing" in damage:
+        listed = json.loads((path / file).read_text())["files"]
+        kept = {"model.keras": listed["model.keras"]} if damage.endswith("alone") else {}
+        (path / file).write_text(json.dumps({"files": kept}))
     else:
         (path / file).write_text("{not json")
     with pytest.raises(error, match=message):
@@ -361,3 +371,22 @@ def test_an_unwritable_registry_and_a_padded_version_are_named(two_versions):
     with pytest.raises(registry.RegistryError, match="no space at either end"):
         registry.promote_version(root, "cnn_lstm", "v1 ")
     assert registry.promoted_version(root, "cnn_lstm") == "v2"
+
+
+@pytest.mark.fault("models", "a registry on another file system than the temporary folder (a mounted volume, "
+                   "/tmp on tmpfs)",
+                   "the version is saved (the training ended in exit 2, 'Invalid cross-device link', telling "
+                   "the user to make a writable folder writable; every rerun failed the same way)")
+def test_a_registry_on_another_file_system_than_the_temporary_folder_saves(tmp_path, monkeypatch):
+    other = Path("/dev/shm")
+    if not other.is_dir() or other.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip("no second file system (/dev/shm) beside the test's folder")
+    temporary = Path(tempfile.mkdtemp(dir=other))
+    monkeypatch.setattr(tempfile, "tempdir", str(temporary))
+    try:
+        model = build_model("convlstm", ArchitectureConfig(t_in=3, t_out=2, height=8, width=8, filters=(4,)))
+        path = registry.save_model(model, tmp_path / "models", "convlstm", _metadata(), version="v1")
+        assert registry.verify_version(tmp_path / "models", "convlstm", "v1", archive=ARCHIVE).path == path
+        assert not list(temporary.iterdir())
+    finally:
+        shutil.rmtree(temporary)
