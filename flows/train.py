@@ -12,17 +12,20 @@ where it was; the run's report says by how much it won or lost.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
 import logging
 import math
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from prefect import flow, get_run_logger, task
 
 from nowcast.errors import InputError
+from nowcast.files import write_atomically
 from nowcast.flows.artifacts import artifact_key, publish_png, publish_scores, publish_store
 from nowcast.flows.params import TrainParams, WindowsParams
 from nowcast.flows.progress import progress, reported
@@ -172,6 +175,10 @@ def fit(params: TrainParams, workdir: Path) -> str:
     from nowcast.model.architectures import BASES
     from nowcast.model.train import TrainConfig, train
 
+    run_id = uuid.uuid4().hex
+    run: dict[str, object] = {"params": params.model_dump(mode="json"), "run": run_id}
+    workdir.mkdir(parents=True, exist_ok=True)
+    write_atomically(workdir / SAVED, json.dumps(run))  # before the save: a kill right after it finds the
     config = TrainConfig(windows=params.windows, models=params.models, architecture=params.architecture,
                          workdir=str(workdir),
                          options={"filters": list(params.filters), "lstm_units": params.lstm_units,
@@ -179,18 +186,18 @@ def fit(params: TrainParams, workdir: Path) -> str:
                          epochs=params.epochs, steps_per_epoch=params.steps_per_epoch,
                          batch_size=params.batch_size, learning_rate=params.learning_rate, loss=params.loss,
                          augment=params.augment, seed=params.seed,
-                         verbose=0, promote=False)
+                         verbose=0, promote=False, run=run_id)  # version by the run it records
     log = _epoch_log()
     # a bar when the command line runs the flow and asked for bars, and the UI's artifact; early stopping
     # can end both short of the total
     with progress("train epochs", params.epochs, lambda: log.epochs, artifact=artifact_key("train-progress")):
         result = train(config, extra_callbacks=[log])
-    (workdir / SAVED).write_text(json.dumps({"params": params.model_dump(mode="json"), "path": result.path}))
+    write_atomically(workdir / SAVED, json.dumps({**run, "path": result.path}))
     get_run_logger().info("fitted %s in %.1f s", result.path, result.metrics["train_seconds"])
     return result.path
 
 
-SAVED = "saved-version.json"  # in the workdir from the version's save until the run's verdict
+SAVED = "saved-version.json"  # in the workdir from the training's start until the run's verdict
 
 
 def _saved_by_this_run(params: TrainParams, workdir: Path) -> str | None:
@@ -198,11 +205,11 @@ def _saved_by_this_run(params: TrainParams, workdir: Path) -> str | None:
     (a rerun trained it again and left the first one behind, unpromoted); None when there is none."""
     try:
         record = json.loads((workdir / SAVED).read_text())
-        path = str(record["path"])
         same = record["params"] == params.model_dump(mode="json")
-    except (OSError, ValueError, KeyError, TypeError):
+        path = record.get("path") or _version_of_run(params, str(record["run"]))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
-    if not same:
+    if not same or path is None:
         return None
     try:  # checksums too: a version damaged since (a truncated model.keras) stopped every rerun
         saved = registry.verify_version(params.models, params.architecture, registry.version_name(path),
@@ -220,6 +227,16 @@ def _saved_by_this_run(params: TrainParams, workdir: Path) -> str | None:
             params.windows)
         return None
     return saved.path
+
+
+def _version_of_run(params: TrainParams, run: str) -> str | None:
+    """The newest version that the training run ``run`` saved (killed before it could record it), or None."""
+    for version in reversed(registry.list_versions(params.models, params.architecture)):
+        folder = registry.resolve_version(params.models, params.architecture, version)
+        with contextlib.suppress(registry.RegistryError):  # a damaged one is not this run's to verify
+            if registry.read_metadata(folder).get("train_run") == run:
+                return folder
+    return None
 
 
 def verdict_text(version: str, promoted: bool, better: bool, policy: str, by: str) -> str:

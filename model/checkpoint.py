@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -32,6 +31,7 @@ import keras
 import numpy as np
 
 from nowcast.errors import InputError
+from nowcast.files import write_atomically
 
 STATE = "state.json"
 DATA = "training_data_hash"  # the run identity's key for the windows' content (model.train.run_identity)
@@ -164,9 +164,7 @@ class TrainingCheckpoint(keras.callbacks.Callback):
                     np.savez(handle, **{f"w{i}": w for i, w in enumerate(cb.best_weights)})
         state = {"run": self.run, "epoch": next_epoch, "weights": weights, "best_weights": best,
                  "callbacks": callbacks, "history": self.history, "stopped": bool(self.model.stop_training)}
-        temporary = self.folder / f".{STATE}.{os.getpid()}"
-        temporary.write_text(json.dumps(state, indent=1))
-        os.replace(temporary, self.folder / STATE)
+        write_atomically(self.folder / STATE, json.dumps(state, indent=1))
         keep = {STATE, weights, best}
         for path in self.folder.iterdir():
             if path.name not in keep:

@@ -402,8 +402,8 @@ def check_manifest(version_dir: str, known: Mapping[str, str]) -> None:
     recorded = recorded if isinstance(recorded, dict) else {}
     unlisted = [file for file in (MODEL_FILE, METADATA_FILE, METRICS_FILE) if file not in recorded]
     if unlisted:  # an edited manifest listing nothing checked nothing: edited metadata loaded as sound
-        raise ChecksumMismatchError(f"{version_dir}: {MANIFEST_FILE} does not list {', '.join(unlisted)}: the "
-                                    "version is damaged; restore it, or retrain and save a new version")
+        raise ChecksumMismatchError(f"{version_dir}: {MANIFEST_FILE} does not list {', '.join(unlisted)}: "
+                                    "the version is damaged; restore it, or retrain and save a new version")
 
     def digest_of(file: str) -> str | None:  # a digest already computed is not computed again; None: gone
         if file in known:

@@ -67,6 +67,8 @@ class TrainConfig:
         seed: seeds Python, NumPy, the backend, the input shuffles and the initial weights.
         augment: random flips/rotations of training samples.
         version: registry version (default: a UTC timestamp).
+        run: who asked for the version, recorded in its metadata (``train_run``):
+            a flow finds the version its interrupted run saved by it.
         archive: archive description (time_step, variables, grid_shape) to
             record instead of reading the archive named by windows.zarr.
         verbose: Keras verbosity (1: progress bar).
@@ -106,6 +108,7 @@ class TrainConfig:
     seed: int = 0
     augment: bool = False
     version: str | None = None
+    run: str | None = None
     archive: Mapping[str, object] | None = None
     verbose: int = 1
     wet: tuple[float, float] | None = None
@@ -389,6 +392,7 @@ def register(cfg: TrainConfig, tset: TrainingSet, net: keras.Model, history: Map
         "training_archives": [a.to_dict() for a in archives],
         "training_range": [training_range(s, t_in, t_out) for s in stores],
         "training_data_hash": _fingerprint(urls),
+        "train_run": cfg.run,
         "lead_scale": lead_scale,
         "training": {"loss": cfg.loss, "intensity_weight": cfg.intensity_weight, "batch_size": cfg.batch_size,
                      "learning_rate": cfg.learning_rate, "lr_schedule": cfg.lr_schedule, "seed": cfg.seed,

@@ -32,6 +32,7 @@ from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
 from apache_beam.transforms.periodicsequence import ImpulseSeqGenRestrictionProvider
 from apache_beam.utils.timestamp import MAX_TIMESTAMP, Timestamp
 
+from nowcast.files import write_atomically
 from nowcast.pipelines.jobs.runners import RunnerOptions
 
 MAX_INTERVAL_S = 86_400.0  # a day between polls: rarer polls are a schedule, not a stream
@@ -164,10 +165,7 @@ def write_totals(path: str, totals: dict[str, int]) -> None:
     The streaming jobs keep their running totals there rather than in Beam
     metrics: the FnApiRunner's metric merging recurses once per tick in long streams.
     """
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as handle:
-        json.dump(totals, handle)
-    os.replace(tmp, path)
+    write_atomically(path, json.dumps(totals))
 
 
 def read_totals(path: str, zeros: dict[str, int]) -> dict[str, int]:

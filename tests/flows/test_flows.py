@@ -155,7 +155,9 @@ def test_train_registers_and_promotes_only_a_model_that_beats_extrapolation(trai
                    "the rerun verifies and promotes that version instead of training again (it trained "
                    "anew and left the first version behind, unpromoted); a version damaged meanwhile is "
                    "trained anew (every rerun was refused on it), and so is one saved before the archive "
-                   "grew (it was promoted as trained on the new frames, which it never saw)")
+                   "grew (it was promoted as trained on the new frames, which it never saw); a run killed "
+                   "right after the save, before it recorded the version, is found by the run the version "
+                   "records")
 def test_a_run_interrupted_after_saving_goes_on_from_its_version(trained, monkeypatch):
     from nowcast.flows import train as train_module
     from nowcast.flows.ingest import ingest_flow
@@ -208,6 +210,24 @@ def test_a_run_interrupted_after_saving_goes_on_from_its_version(trained, monkey
     trained_on, before = (read_metadata(str(Path(params.models) / params.architecture / v))["training_range"]
                           for v in (rerun.version, stale))
     assert trained_on != before  # the new version saw the frames that landed
+    # killed right after the save, before the run recorded which version it saved: the rerun finds it by the
+    # run it records (it trained anew, leaving the first one behind unverified)
+    seen = list_versions(params.models, params.architecture)
+    write = train_module.write_atomically
+
+    def killed_before_recording(path, text):
+        if '"path"' in text:
+            raise KeyboardInterrupt
+        write(path, text)
+
+    monkeypatch.setattr(train_module, "write_atomically", killed_before_recording)
+    with pytest.raises(KeyboardInterrupt):
+        train_module.train_flow(params)
+    [killed] = [v for v in list_versions(params.models, params.architecture) if v not in seen]
+    monkeypatch.setattr(train_module, "write_atomically", write)
+    rerun = train_module.train_flow(params)
+    assert rerun.version == killed
+    assert list_versions(params.models, params.architecture) == [*seen, killed]
 
 
 @pytest.mark.slow
