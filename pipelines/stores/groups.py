@@ -651,9 +651,20 @@ def metadata_damage(url: str, damaged: list[str]) -> str:
             "write it anew (ingest into a new archive, rerun the job into a new store)")
 
 
+def _member(group: zarr.Group, name: str) -> zarr.Array | zarr.Group:
+    """``group[name]``; a member whose ``zarr.json`` is not zarr metadata is named, with the fix (it was
+    json's bare "Expecting value: line 1 column 1")."""
+    try:
+        return group[name]
+    except ValueError as unreadable:  # json's decode error, zarr's MetadataValidationError
+        member = "/".join(part for part in (group.path, name) if part)
+        raise StoreError(metadata_damage(str(group.store).removeprefix("file://"),
+                                         [f"{member}/zarr.json ({str(unreadable)[:80]})"])) from unreadable
+
+
 def array(group: zarr.Group, name: str) -> zarr.Array:
     """The array ``name`` of ``group`` (a member that is a group is refused with its name)."""
-    member = group[name]
+    member = _member(group, name)
     if not isinstance(member, zarr.Array):
         raise StoreError(f"{name!r} in {group.store} is a group where the schema has an array")
     return member
@@ -694,7 +705,7 @@ def consolidate_if_behind(group: zarr.Group) -> bool:
 
 def subgroup(group: zarr.Group, name: str) -> zarr.Group:
     """The group ``name`` of ``group`` (a member that is an array is refused with its name)."""
-    member = group[name]
+    member = _member(group, name)
     if not isinstance(member, zarr.Group):
         raise StoreError(f"{name!r} in {group.store} is an array where the schema has a group")
     return member

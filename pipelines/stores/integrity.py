@@ -34,6 +34,7 @@ from nowcast.pipelines.stores.groups import (
     filesystem,
     metadata_damage,
     open_group,
+    readable_members,
     stopped_publishing,
 )
 from nowcast.pipelines.stores.groups import array as group_array
@@ -122,13 +123,14 @@ class CheckReport:
 
 def store_kind(group: zarr.Group) -> str:
     """``archive``, ``forecasts`` or ``windows``, from the arrays the schema defines."""
-    names = {name for name, _ in group.arrays()}
-    if {"time", "valid"} <= names:
-        return "archive"
-    if {"init_time", "written"} <= names:
-        return "forecasts"
-    if "normalization" in group.attrs or any(name == "train" for name, _ in group.groups()):
-        return "windows"
+    with readable_members(str(group.store).removeprefix("file://")):  # a damaged member's zarr.json named
+        names = {name for name, _ in group.arrays()}
+        if {"time", "valid"} <= names:
+            return "archive"
+        if {"init_time", "written"} <= names:
+            return "forecasts"
+        if "normalization" in group.attrs or any(name == "train" for name, _ in group.groups()):
+            return "windows"
     raise StoreError(f"{group.store} is not a nowcast archive, forecasts or windows store")
 
 

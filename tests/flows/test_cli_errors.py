@@ -160,6 +160,28 @@ def test_evaluate_names_the_folder_and_warns_of_training_frames(stores, tmp_path
            "their scores flatter it" in run.stderr, run.stderr
 
 
+@pytest.mark.fault("stores", "a forecast store whose member's zarr.json is empty (a copy onto a full disk)",
+                   "score and the jobs' readers exit 2 naming the file and the fix, as check does "
+                   "(they printed json's bare 'Expecting value: line 1 column 1 (char 0)')")
+def test_a_damaged_member_of_a_forecast_store_is_named(stores, tmp_path, capsys):
+    import shutil
+
+    from nowcast.pipelines.stores.forecasts import written_flags
+    from nowcast.pipelines.stores.groups import StoreError
+
+    damaged = tmp_path / "forecasts.zarr"
+    shutil.copytree(stores["forecasts"], damaged)
+    (damaged / "written" / "zarr.json").write_text("")
+    named = f"{damaged}: the metadata of written/zarr.json (Expecting value: line 1 column 1 (char 0)) is " \
+            "damaged: restore the store from a copy"
+    assert cli.main(["score", "--archive", stores["archive"], "--models", stores["models"], "--model-name",
+                     MODEL, "--forecasts", str(damaged)]) == 2
+    assert named in capsys.readouterr().err
+    with pytest.raises(StoreError) as raised:  # what the jobs read, past the command's checks
+        written_flags(str(damaged))
+    assert named in str(raised.value)
+
+
 @pytest.mark.fault("command line", "`evaluate --forecasts` without `--archive`",
                    "exit 2 saying the archive is needed (the forecasts were once ignored without a word)")
 def test_evaluate_forecasts_needs_the_archive(stores, tmp_path, capsys):
