@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from nowcast.errors import InputError
-from nowcast.pipelines.stores.groups import filesystem, is_local, local_path
+from nowcast.pipelines.stores.groups import check_writable, filesystem, is_local, local_path
 
 
 @contextlib.contextmanager
@@ -58,6 +58,7 @@ def held(folder: Path, name: str, what: str = "the work folder",
     Raises:
         InputError: another run holds it, naming that run and the fix.
     """
+    check_writable(str(folder), what)  # a read-only one was an OSError traceback from the lock's file
     folder.parent.mkdir(parents=True, exist_ok=True)
     lock = folder.parent / f"{folder.name}.lock"
     with open(lock, "a+") as handle:

@@ -111,3 +111,54 @@ def test_a_windows_store_given_as_archive_is_named_by_its_kind(good, tmp_path, c
         err = capsys.readouterr().err
         assert f"{windows} is a windows store, not an archive" in err, err
     assert snapshot(str(windows)) == before
+
+
+@pytest.fixture
+def read_only_mount(tmp_path):
+    """A folder on a file system of its own (tmpfs), with ``remount(read_only)``: permissions do not stop
+    root, a read-only mount does. Skipped where this user may not mount."""
+    import subprocess
+
+    folder = tmp_path / "mount"
+    folder.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(folder)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("this user may not mount a file system (a read-only mount needs one)")
+
+    def remount(read_only: bool) -> None:
+        subprocess.run(["mount", "-o", f"remount,{'ro' if read_only else 'rw'}", str(folder)], check=True)
+
+    try:
+        yield folder, remount
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+@pytest.mark.fault("stores", "an archive on a read-only file system that radar files are ingested into; a "
+                   "work folder (train, evaluate) on one",
+                   "exit 2 saying the file system is read-only, with the fix; nothing written (ingest's "
+                   "check step and the work folder's lock were OSError tracebacks, exit 1)")
+def test_a_read_only_file_system_is_named(read_only_mount, radar_dir, capsys):
+    from nowcast.flows.workdir import held
+    from nowcast.pipelines.stores.groups import StoreError
+    from tests.pipelines.sources.test_radar import copied_into
+
+    folder, remount = read_only_mount
+    knmi = sorted((radar_dir / "knmi").rglob("*.h5"))[:4]
+    incoming = copied_into(folder / "in", knmi[:2])
+    archive = folder / "archive.zarr"
+    assert cli.main(["ingest", "--archive", str(archive), "--input", str(incoming)]) == 0
+    for path in knmi[2:]:
+        shutil.copy(path, incoming / path.name)
+    before = snapshot(str(archive))
+    remount(read_only=True)
+    for runner in ("inmemory", "multiprocess"):
+        command = ["ingest", "--archive", str(archive), "--input", str(incoming), "--runner", runner]
+        assert cli.main(command) == 2
+        err = capsys.readouterr().err
+        assert f"ingest could not write {archive}: it is on a read-only file system" in err, err
+        assert "give a writable location, or remount it writable" in err
+    assert snapshot(str(archive)) == before
+    with pytest.raises(StoreError, match=r"the work folder .* cannot be written"):
+        held(folder / "train", "x").__enter__()
+    assert sorted(path.name for path in folder.iterdir()) == ["archive.zarr", "archive.zarr.lock", "in"]
