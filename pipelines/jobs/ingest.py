@@ -70,6 +70,7 @@ from nowcast.pipelines.stores.archive import (
 )
 from nowcast.pipelines.stores.grid import Grid
 from nowcast.pipelines.stores.groups import (
+    CHECK,
     array,
     arrays_along,
     check_suffix,
@@ -80,6 +81,7 @@ from nowcast.pipelines.stores.groups import (
     is_local,
     local_path,
     open_group,
+    remove_untouched,
     storage_errors,
 )
 from nowcast.pipelines.stores.integrity import time_chunk_stored, unreadable
@@ -314,6 +316,10 @@ def reference_grid(spec: IngestSpec, first: SourceItem, info: ArchiveInfo | None
     return info.grid if info is not None else spec.source.read_grid(first)
 
 
+ABANDONED_CHECK_S = 3600.0  # a check folder untouched for this long is a killed run's: while a run checks,
+# each frame's report lands within seconds of the previous one
+
+
 def check_reports_url(archive: str) -> str:
     """Where one run's check reports go: beside the archive, where every worker can write.
 
@@ -338,6 +344,7 @@ def check_batch(spec: IngestSpec, items: Sequence[SourceItem], fields: tuple[Fie
     if runner is None:
         reports = [check_item(spec.source, item, grid, fields) for item in items]
     else:
+        remove_untouched(spec.archive, CHECK, ABANDONED_CHECK_S)  # a run killed while it checked left them
         report_dir = check_reports_url(spec.archive)
         fs, path = filesystem(report_dir)
         try:

@@ -402,13 +402,17 @@ UNIQUE_HEX = 12  # hex digits that make a name beside a store unique: enough, an
 
 def staging_suffix(pid: int | None = None) -> str:
     """The suffix of a staging copy this host's process ``pid`` (this one) makes beside a store:
-    ``.creating-HOST-PID-HEX``, which :func:`_remove_abandoned_staging` reads back."""
+    ``.creating-HOST-PID-HEX``, which :func:`remove_abandoned` reads back once that process is gone."""
     return f".creating-{host_id()}-{os.getpid() if pid is None else pid}-{uuid.uuid4().hex[:UNIQUE_HEX]}"
 
 
+CHECK = "check"
+
+
 def check_suffix() -> str:
-    """The suffix of one ingest run's check folder beside its archive: ``.check-HEX``."""
-    return f".check-{uuid.uuid4().hex[:UNIQUE_HEX]}"
+    """The suffix of one ingest run's check folder beside its archive: ``.check-HEX``, short beside a
+    long name (:func:`remove_untouched` removes one that a killed run left)."""
+    return f".{CHECK}-{uuid.uuid4().hex[:UNIQUE_HEX]}"
 
 
 @contextlib.contextmanager
@@ -424,14 +428,14 @@ def created_whole(url: str, replace: bool = False) -> Iterator[str]:
     (:func:`not_a_store`) from other data. A build that fails or is
     interrupted leaves ``url`` as it was. The staging copy is removed
     whatever happens, and on disk so is one left beside ``url`` by a creation
-    killed on this host (:func:`_remove_abandoned_staging`).
+    killed on this host (:func:`remove_abandoned`).
 
     Args:
         url: where the store appears.
         replace: replace a store at ``url`` (the caller checked it may); otherwise
             only an empty folder is replaced, never data.
     """
-    _remove_abandoned_staging(url)
+    remove_abandoned(url)
     staging = f"{url.rstrip('/')}{staging_suffix()}"
     fs, staged = filesystem(staging)
     try:
@@ -491,7 +495,7 @@ def _swap(first: str, second: str) -> bool:
     raise OSError(code, os.strerror(code), second)
 
 
-def _remove_abandoned_staging(url: str) -> None:
+def remove_abandoned(url: str) -> None:
     """Removes the staging copies beside ``url`` whose creator, on this host, is gone.
 
     A creation killed part way (SIGKILL, power loss, an object store lost in
@@ -501,22 +505,35 @@ def _remove_abandoned_staging(url: str) -> None:
     host). Copies of another host, or of a process still running, are left
     alone: no process there can be asked.
     """
+    kind = "creating"
     fs, path = filesystem(url)
     path = (local_path(url) if is_local(url) else path).rstrip("/")
     folder, name = posixpath.split(path)
-    pattern = re.compile(rf"{re.escape(name)}\.creating-(?P<host>.+)-(?P<pid>\d+)-[0-9a-f]+")
+    pattern = re.compile(rf"{re.escape(name)}\.{kind}-(?P<host>.+)-(?P<pid>\d+)-[0-9a-f]+")
     host = host_id()
     if is_local(url):
         entries = os.listdir(folder) if os.path.isdir(folder) else []
     else:  # the names beside it only: a listing of the whole folder may be long
-        entries = [found.rsplit("/", 1)[-1] for found in fs.glob(f"{glob.escape(path)}.creating-*")]
+        entries = [found.rsplit("/", 1)[-1] for found in fs.glob(f"{glob.escape(path)}.{kind}-*")]
     for entry in entries:
         match = pattern.fullmatch(entry)
         if match and match["host"] == host and not alive(int(match["pid"])) \
                 and (is_local(url) or _untouched_for(fs, f"{folder}/{entry}", ABANDONED_S3_S)):
-            log.info("removing %s, left by a creation killed part way", f"{folder}/{entry}")
-            with contextlib.suppress(OSError):  # best effort: the creation that follows is the news
+            log.info("removing %s, left by a process killed part way", f"{folder}/{entry}")
+            with contextlib.suppress(OSError):  # best effort: the work that follows is the news
                 fs.rm(f"{folder}/{entry}", recursive=True)
+
+
+def remove_untouched(url: str, kind: str, seconds: float) -> None:
+    """Removes the folders ``<url>.<kind>-*`` beside ``url`` in which nothing was written for ``seconds``:
+    what a run killed part way left (an ingest's check reports, written frame by frame while it runs)."""
+    fs, path = filesystem(url)
+    path = (local_path(url) if is_local(url) else path).rstrip("/")
+    for found in fs.glob(f"{glob.escape(path)}.{kind}-*"):
+        if fs.isdir(found) and _untouched_for(fs, found, seconds):
+            log.info("removing %s, left by a run killed part way", found)
+            with contextlib.suppress(OSError):  # best effort: the work that follows is the news
+                fs.rm(found, recursive=True)
 
 
 # on an object store, machines of one host name (and the same, initial, PID namespace) share a host id: a

@@ -162,3 +162,31 @@ def test_a_read_only_file_system_is_named(read_only_mount, radar_dir, capsys):
     with pytest.raises(StoreError, match=r"the work folder .* cannot be written"):
         held(folder / "train", "x").__enter__()
     assert sorted(path.name for path in folder.iterdir()) == ["archive.zarr", "archive.zarr.lock", "in"]
+
+
+@pytest.mark.fault("ingest", "an ingest killed (SIGKILL) while it checked the frames",
+                   "a later ingest into that archive removes the check folder it left beside the archive "
+                   "once nothing was written in it for an hour (each run's had a new name, and none was "
+                   "ever removed); a running check's is left alone")
+def test_check_reports_left_by_a_killed_ingest_are_removed(tmp_path, radar_dir):
+    import os
+    import time
+
+    from nowcast.pipelines.jobs.ingest import ABANDONED_CHECK_S
+    from tests.pipelines.sources.test_radar import copied_into
+
+    knmi = sorted((radar_dir / "knmi").rglob("*.h5"))[:4]
+    incoming = copied_into(tmp_path / "in", knmi[:2])
+    archive = tmp_path / "archive.zarr"
+    assert cli.main(["ingest", "--archive", str(archive), "--input", str(incoming)]) == 0
+    killed, running = (tmp_path / f"archive.zarr.check-{hex12}" for hex12 in ("0123456789ab", "ba98765432"))
+    for folder in (killed, running):
+        folder.mkdir()
+        (folder / "report.json").write_text("{}")
+    then = time.time() - ABANDONED_CHECK_S - 60
+    os.utime(killed / "report.json", (then, then))
+    for path in knmi[2:]:
+        shutil.copy(path, incoming / path.name)
+    assert cli.main(["ingest", "--archive", str(archive), "--input", str(incoming)]) == 0
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(
+        ["archive.zarr", "archive.zarr.lock", "in", running.name])
