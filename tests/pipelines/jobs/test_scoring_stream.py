@@ -135,6 +135,38 @@ def test_a_stream_without_a_duration_ends_when_its_event_is_set(tmp_path):
     assert len(events.read_text().splitlines()) == 6
 
 
+@pytest.mark.fault("score", "`score --follow --duration D` that waits for the store's lock (a batch run "
+                   "writing, a killed writer's lease) for longer than D",
+                   "ends with 0 polls and a warning that its duration ran out while it waited (Beam's "
+                   "'assert start <= end' traceback, exit 1)")
+def test_a_stream_whose_duration_runs_out_waiting_for_the_lock_ends_quietly(tmp_path, caplog):
+    from nowcast.pipelines.stores.lock import store_lock
+
+    archive = make_archive(str(tmp_path / "archive.zarr"), 8, SIZE, CHUNK)
+    models = tmp_path / "models"
+    save_tiny_model(models, archive, synthetic_stats(FRAMES, SIZE))
+    spec = ScoringSpec(archive=archive, forecasts=str(tmp_path / "stream.zarr"), models=str(models),
+                       model=MODEL)
+    held, release = threading.Event(), threading.Event()
+
+    def batch_writer() -> None:  # another run holds the store's lock for longer than the stream's duration
+        with store_lock(spec.forecasts, "score"):
+            held.set()
+            release.wait(LONGEST_S)
+
+    writer = threading.Thread(target=batch_writer)
+    writer.start()
+    try:
+        held.wait(LONGEST_S)
+        threading.Timer(2.0, release.set).start()
+        result = run_stream(StreamSpec(spec, interval_s=0.05, duration_s=0.5))
+    finally:
+        release.set()
+        writer.join()
+    assert (result.polls, result.emitted) == (0, 0)
+    assert "ran out before it could poll" in caplog.text
+
+
 @pytest.mark.fault("score", "a store error, or a bug, in the scoring stream's poll",
                    "store errors retried a bounded number of polls; a bug fails the stream")
 def test_a_poll_retries_store_errors_a_while_and_never_hides_a_bug(tmp_path, monkeypatch):
