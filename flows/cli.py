@@ -268,8 +268,16 @@ def cmd_models(args: argparse.Namespace) -> int:
         metadata = registry.read_metadata(path)
         metrics = registry.read_metadata(path, registry.METRICS_FILE)
         shown = {k: v for k, v in metadata.items() if k != "packages"}
-        print(json.dumps({"path": path, **shown, "metrics": {k: v for k, v in metrics.items()
-                                                             if k != "history"}}, indent=2, default=str))
+        try:  # checksums too: a truncated model or edited metrics were shown as they are, as sound
+            registry.verify_version(args.models, name, registry.version_name(path), archive=None)
+            damage = None
+        except registry.RegistryError as error:
+            damage = str(error)
+        print(json.dumps({"path": path, "damaged": damage, **shown,
+                          "metrics": {k: v for k, v in metrics.items() if k != "history"}},
+                         indent=2, default=str))
+        if damage:
+            print(f"nowcast models show: warning: {damage}", file=sys.stderr)
         return 0
     known = registry.list_names(args.models)
     if args.model and args.model not in known:
@@ -291,6 +299,9 @@ def cmd_models(args: argparse.Namespace) -> int:
         if promoted is not None and promoted not in versions:
             print(f"  latest: points at {promoted}, which is not a saved version: promote one "
                   f"(`nowcast models promote {name}/VERSION`)")
+        for version in registry.list_versions(args.models, name, complete=False):  # were left out
+            print(f"  {version}  incomplete: no {registry.METADATA_FILE} (a save in progress or stopped part "
+                  "way, or a partial copy): remove the folder, or restore the version whole")
         for version in versions:
             mark = "  latest" if version == promoted else ""
             try:  # checksums too: a truncated model.keras was listed as sound, and as latest

@@ -314,12 +314,13 @@ def _json(fs: Any, path: str) -> Any:
 
 
 def list_names(root: str | Path) -> list[str]:
-    """The model names under ``root`` with at least one complete version, sorted."""
+    """The model names under ``root`` with at least one version folder, sorted."""
     fs, base = _location(root)
     if not fs.isdir(base):
         return []
     folders = [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(base, detail=False)]
-    return sorted(f for f in folders if not f.startswith(".") and list_versions(root, f))
+    return sorted(f for f in folders if not f.startswith(".")
+                  and (list_versions(root, f) or list_versions(root, f, complete=False)))
 
 
 def one_models_folder(root: str | Path) -> str | None:
@@ -358,14 +359,16 @@ def _pointer(fs: Any, parent: str, name: str) -> str:
     return pointer
 
 
-def list_versions(root: str | Path, name: str) -> list[str]:
-    """The complete versions of ``name`` (those with their metadata), sorted."""
+def list_versions(root: str | Path, name: str, complete: bool = True) -> list[str]:
+    """The complete versions of ``name`` (those with their metadata), sorted; with ``complete`` False,
+    the version folders without it (a save in progress or stopped part way, a copy of some files)."""
     fs, parent = _location(root, name)
     if not fs.isdir(parent):
         return []
-    folders = [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(parent, detail=False)]
+    folders = [entry["name"].rstrip("/").rsplit("/", 1)[-1] for entry in fs.ls(parent, detail=True)
+               if entry["type"] == "directory"]
     return sorted(f for f in folders if not f.startswith(".") and f != LATEST
-                  and fs.isfile(f"{parent}/{f}/{METADATA_FILE}"))
+                  and fs.isfile(f"{parent}/{f}/{METADATA_FILE}") == complete)
 
 
 def _local_copy(version_dir: str, expected: str | None) -> str:

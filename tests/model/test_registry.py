@@ -319,6 +319,33 @@ def test_models_list_marks_a_damaged_version_and_shows_the_rest(two_versions, ca
     assert line.endswith("latest"), line
 
 
+@pytest.mark.fault("models", "`models show` of a damaged version (model.keras truncated, metrics edited); "
+                   "`models list` of a version folder without its metadata.json",
+                   "show prints the version with why it is damaged (and a warning); list shows the folder "
+                   "as incomplete, with the fix (show printed the damaged version as sound; list left the "
+                   "folder out, or said 'no models' when it was the only one)")
+def test_models_show_and_list_name_damaged_and_incomplete_versions(two_versions, capsys):
+    from nowcast.flows.cli import main
+
+    metrics = two_versions / "cnn_lstm" / "v2" / "metrics.json"
+    metrics.write_text(metrics.read_text().replace("}", ', "val_loss_edited": 0.001}', 1))
+    assert main(["models", "show", "--models", str(two_versions), "cnn_lstm/v2"]) == 0
+    shown = capsys.readouterr()
+    assert "metrics.json changed since the version was saved" in json.loads(shown.out)["damaged"]
+    assert "nowcast models show: warning: " in shown.err
+    assert main(["models", "show", "--models", str(two_versions), "cnn_lstm/v1"]) == 0
+    assert json.loads(capsys.readouterr().out)["damaged"] is None
+    incomplete = two_versions / "cnn_lstm" / "v3"
+    incomplete.mkdir()
+    shutil.copy(two_versions / "cnn_lstm" / "v1" / "model.keras", incomplete / "model.keras")
+    (two_versions / "other" / "v1").mkdir(parents=True)  # a model whose only version is incomplete
+    assert main(["models", "list", "--models", str(two_versions)]) == 0
+    out = capsys.readouterr().out
+    assert "  v3  incomplete: no metadata.json" in out
+    assert out.startswith("cnn_lstm\n")
+    assert "\nother\n  v1  incomplete: no metadata.json" in out
+
+
 @pytest.mark.fault("models", "a version whose metadata lacks its training archive; `latest` naming a version "
                    "that is gone",
                    "the first is refused naming the damage (a KeyError traceback in score); `models list` "
