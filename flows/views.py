@@ -264,7 +264,8 @@ def _field(ds) -> str:
 
 
 def _stamp(value: np.datetime64) -> str:
-    return str(np.datetime_as_string(value, unit="m")).replace("T", " ")
+    """A time as the maps and messages show it: ``2024-01-01 00:05 UTC``."""
+    return str(np.datetime_as_string(value, unit="m")).replace("T", " ") + " UTC"
 
 
 def _pick(times: np.ndarray, usable: np.ndarray, time: str | None, what: str) -> int:
@@ -327,5 +328,5 @@ def _forecast_panels(ds, archive: str, time: str | None, count: int | None) -> l
         unseen = "" if seen_then else " (not yet)" if later else " (missing)"
         rows.append([(truth, f"observed {_stamp(valid_time)}{unseen}"),
                      (north_up(ds, ds[name][i, k].values), f"{model} {ds[MODEL_VERSION].values[i]}\n"
-                                                           f"from {_stamp(init)[-5:]}, +{minutes} min")])
+                                                           f"from {_stamp(init)[11:16]}, +{minutes} min")])
     return rows

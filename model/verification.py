@@ -319,6 +319,11 @@ def draw_rain(ax, frame: np.ndarray, colorbar: bool) -> None:
     ax.set_facecolor("white")  # dry is transparent in pysteps' scale
     shown = np.where(np.isfinite(frame) & (frame < DRY_BELOW), 0.0, frame)
     plot_precip_field(shown, ax=ax, colorbar=colorbar, axis="off")
+    bar = ax.images[0].colorbar if colorbar and ax.images else None
+    if bar is not None:  # its lowest class starts at 0.08, where rain below DRY_BELOW is drawn dry
+        labels = [tick.get_text() for tick in bar.ax.get_yticklabels()]
+        if labels and float(bar.get_ticks()[0]) < DRY_BELOW:
+            bar.set_ticks(bar.get_ticks(), labels=[f"{DRY_BELOW:g}", *labels[1:]])
 
 
 def plot_maps(observed: np.ndarray, forecasts: Mapping[str, np.ndarray], leads: Sequence[int],
@@ -342,7 +347,7 @@ def plot_maps(observed: np.ndarray, forecasts: Mapping[str, np.ndarray], leads: 
         for c, k in enumerate(leads):
             ax = axes[r][c]
             draw_rain(ax, frames[k], colorbar=c == len(leads) - 1)
-            ax.set_title(f"{name}, +{(k + 1) * time_step_minutes:g} min", fontsize=8)
+            ax.set_title(f"{name}\n+{(k + 1) * time_step_minutes:g} min", fontsize=8)  # a long name ran on
     fig.savefig(path, dpi=80)
     plt.close(fig)
     return Path(path)

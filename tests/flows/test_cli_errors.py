@@ -593,7 +593,8 @@ def test_show_of_forecasts_draws_as_many_leads_as_asked(stores):
         assert [row[1][1].split()[-2] for row in rows] == [f"+{m}" for m in shown]
     # a forecast's panel names its model and init time (the version alone read like another time)
     observed, forecast = rows[0][0][1], rows[0][1][1]
-    init = np.datetime64(observed.split(" ", 1)[1].replace(" ", "T")) - ds["lead_time"].values[0]
+    init = np.datetime64(observed.split(" ", 1)[1].removesuffix(" UTC").replace(" ", "T")) - \
+        ds["lead_time"].values[0]
     assert forecast.startswith(f"{ds.attrs['model_name']} "), forecast
     assert f"from {str(init)[11:16]}, +" in forecast, (observed, forecast)
 
@@ -655,8 +656,8 @@ def test_an_animation_has_one_colour_bar(stores, tmp_path, monkeypatch):
 def test_show_names_the_nearest_held_init_times(stores, tmp_path, capsys):
     assert cli.main(["show", stores["forecasts"], "--time", "2024-01-01T00:05",
                      "--out", str(tmp_path / "f.png")]) == 2
-    assert ("no written forecast at 2024-01-01T00:05; the nearest: 2024-01-01 00:10 after it, of 2 from "
-            "2024-01-01 00:10 to 2024-01-01 00:15") in capsys.readouterr().err
+    assert ("no written forecast at 2024-01-01T00:05; the nearest: 2024-01-01 00:10 UTC after it, of 2 "
+            "from 2024-01-01 00:10 UTC to 2024-01-01 00:15 UTC") in capsys.readouterr().err
 
 
 @pytest.mark.fault("command line", "`show` of a forecast whose lead falls on a frame missing from the "
@@ -669,7 +670,8 @@ def test_a_missing_frame_is_not_called_not_yet(stores, tmp_path):
 
     gappy = make_archive(str(tmp_path / "gappy.zarr"), FRAMES, SIZE, missing=(3,))  # 00:15
     rows = _forecast_panels(open_forecasts(stores["forecasts"]), gappy, "2024-01-01T00:10", None)
-    assert [row[0][1] for row in rows] == ["observed 2024-01-01 00:15 (missing)", "observed 2024-01-01 00:20"]
+    assert [row[0][1] for row in rows] == ["observed 2024-01-01 00:15 UTC (missing)",
+                                           "observed 2024-01-01 00:20 UTC"]
 
 
 @pytest.mark.fault("train", "`nowcast windows --t-out 6`, then `nowcast train` (whose form cuts its own "

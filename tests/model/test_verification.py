@@ -169,8 +169,8 @@ def _colours(frame: np.ndarray) -> set[tuple[int, ...]]:
 
 
 @pytest.mark.fault("command line", "rain of 0.08-0.1 mm/h in `show`, `summary --png` or the evaluate maps",
-                   "drawn dry (white), as the maps' legend says (pysteps' lowest colour level starts at "
-                   "0.08 mm/h: it was drawn as rain)")
+                   "drawn dry (white), and the legend's lowest class starts at 0.1 (pysteps' lowest colour "
+                   "level starts at 0.08 mm/h: it was drawn as rain, then dry under a legend of 0.08)")
 def test_rain_below_a_tenth_of_a_millimetre_is_drawn_dry():
     background = _colours(np.zeros((8, 8)))
     lowest_rain = _colours(np.full((8, 8), 0.12)) - background  # pysteps' 0.08-0.16 mm/h colour
@@ -179,3 +179,10 @@ def test_rain_below_a_tenth_of_a_millimetre_is_drawn_dry():
     outside = np.full((8, 8), 0.09)
     outside[:4] = np.nan
     assert _colours(outside) - background  # outside coverage stays grey, not dry
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    v.draw_rain(ax, np.full((8, 8), 0.5), colorbar=True)
+    labels = [tick.get_text() for tick in ax.images[0].colorbar.ax.get_yticklabels()]
+    plt.close(fig)
+    assert labels[:3] == ["0.1", "0.16", "0.25"]  # the legend's lowest class starts where rain is drawn
