@@ -263,8 +263,9 @@ def cmd_models(args: argparse.Namespace) -> int:
             path = registry.resolve_version(args.models, name, version)
         except registry.RegistryError as error:
             known = registry.list_versions(args.models, name)
-            raise registry.RegistryError(f"{error}; versions of {name} there: {', '.join(known) or 'none'} "
-                                         "(`nowcast models list`)") from None
+            there = (f"versions of {name} there: {', '.join(known)}" if known else
+                     f"models there: {', '.join(registry.list_names(args.models)) or 'none'}")
+            raise registry.RegistryError(f"{error}; {there} (`nowcast models list`)") from None
         metadata = registry.read_metadata(path)
         metrics = registry.read_metadata(path, registry.METRICS_FILE)
         shown = {k: v for k, v in metadata.items() if k != "packages"}
@@ -454,8 +455,8 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpF
     (``(default: first frame)``) does not get argparse's ``(default: None)`` after it."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.help and "(default:" in action.help:
-            return action.help
+        if action.help and ("(default:" in action.help or action.required or action.default is None):
+            return action.help  # a required option's, or one left out, read "(default: None)"
         return super()._get_help_string(action)
 
 
@@ -568,10 +569,11 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("store", help="archive or forecasts store URL or path")
     show.add_argument("--out", required=True, help="the picture: .png, or .gif for an animation")
     show.add_argument("--time", default=None,
-                      help="archive: the last frame shown; forecasts: the init time (default: the newest)")
+                      help="archive: the last frame shown; forecasts: the init time (default: the newest "
+                           "frame; the newest forecast whose every lead is observed)")
     show.add_argument("--frames", type=int, default=None,
-                      help="archive: frames shown (default 6); forecasts: leads shown, spread from the first "
-                           "to the last (default all)")
+                      help="archive: frames shown; forecasts: leads shown, spread from the first to the last "
+                           "(default: 6 frames; every lead)")
     show.add_argument("--archive", default=None,
                       help="forecasts: the archive with the observations (default: the one scored from)")
     show.add_argument("--variable", default=None,

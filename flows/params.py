@@ -284,6 +284,7 @@ def _registry_check(models: str, model_name: str, model_version: str) -> None:
     from nowcast.model.registry import (
         LATEST,
         RegistryError,
+        list_names,
         list_versions,
         one_models_folder,
         resolve_version,
@@ -295,7 +296,9 @@ def _registry_check(models: str, model_name: str, model_version: str) -> None:
         if deeper := one_models_folder(models):
             raise ParameterError(deeper) from None
         known = list_versions(models, model_name)
-        hint = f"known versions: {known}" if known else f"no versions of {model_name!r} under {models}"
+        names = list_names(models)  # `--model-name cnn_lstm` where the registry holds convlstm
+        hint = (f"known versions: {known}" if known else f"no versions of {model_name!r} under {models} "
+                f"(models there: {', '.join(names) or 'none'})")
         which = "the promoted version" if model_version == LATEST else f"version {model_version!r}"
         raise ParameterError(f"unknown model {model_name}/{model_version}: {which} is not in the registry "
                              f"({error}); {hint}; train one first or pick a listed version") from None
@@ -379,7 +382,7 @@ class IngestParams(_Stores):
             if path is not None and not (Path(path).exists() or (glob.has_magic(path) and glob.glob(path))):
                 raise ParameterError(f"input_dir {self.input_dir!r} does not exist (nor is it a pattern "
                                      "matching files); create the folder and drop files there, or leave it "
-                                     "empty for synthetic data")
+                                     "empty for synthetic data (on the command line: --synthetic)")
         else:
             parse_time(self.synthetic_start, "synthetic_start")
         return self

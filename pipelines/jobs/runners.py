@@ -153,12 +153,13 @@ class RunnerOptions:
             raise RunnerError("the dask runner needs dask_address (e.g. tcp://127.0.0.1:8786)")
         # options of another runner were ignored without a word (exit 0 on the in-memory runner)
         if self.dask_address and self.kind != "dask":
-            raise RunnerError(f"dask_address ({self.dask_address}) is the dask runner's: choose the dask "
-                              f"runner (--runner dask), or drop it ({self.kind} runs without a scheduler)")
+            raise RunnerError(f"dask_address ({self.dask_address}, --dask-address) is the dask runner's: "
+                              f"choose the dask runner (--runner dask), or drop it ({self.kind} runs without "
+                              "a scheduler)")
         if self.workers != DEFAULT_WORKERS and self.kind != "multiprocess":
-            raise RunnerError(f"workers ({self.workers}) sets the multiprocess runner's processes: choose it "
-                              f"(--runner multiprocess), or drop workers (the {self.kind} runner does not "
-                              "use it)")
+            raise RunnerError(f"workers ({self.workers}, --workers) sets the multiprocess runner's "
+                              f"processes: choose it (--runner multiprocess), or drop --workers (the "
+                              f"{self.kind} runner does not use it)")
         if self.kind == "beam":
             check_beam_args(self.extra_args)
         elif "runner" in _flags(self.extra_args):

@@ -134,8 +134,8 @@ def test_command_line_stores_are_the_users_own_paths(tmp_path, monkeypatch):
 
 @pytest.mark.fault("command line", "`nowcast models` promote of an unknown version; show or list of a "
                    "model never trained; `--models` naming one model's folder (`models/convlstm`)",
-                   "exit 2 naming the known versions or the registry; latest unchanged (a model's folder was "
-                   "listed as holding no models, exit 0)")
+                   "exit 2 naming the known versions, or the models there, or the registry; latest unchanged "
+                   "(a model's folder was listed as holding no models, exit 0)")
 def test_models_list_show_and_promote(tmp_path, capsys):
     archive = make_archive(str(tmp_path / "archive.zarr"), 16, (16, 16))
     models = tmp_path / "models"
@@ -155,7 +155,11 @@ def test_models_list_show_and_promote(tmp_path, capsys):
     assert cli.main(["models", "promote", "convlstm/v9", *registry]) == 2
     assert "is not a saved version" in capsys.readouterr().err
     assert cli.main(["models", "show", "cnn_lstm", *registry]) == 2
-    assert "no promoted version of 'cnn_lstm'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "no promoted version of 'cnn_lstm'" in err
+    assert "models there: convlstm" in err  # the name the user meant
+    assert cli.main(["score", "--archive", archive, "--model-name", "cnn_lstm", *registry]) == 2
+    assert f"no versions of 'cnn_lstm' under {models} (models there: convlstm)" in capsys.readouterr().err
     assert cli.main(["models", "promote", "convlstm", *registry]) == 2
     assert "needs NAME/VERSION" in capsys.readouterr().err
     assert cli.main(["models", "show", *registry]) == 2  # said NAME/VERSION, where NAME alone is taken
@@ -177,9 +181,10 @@ NOT_APPLYING = {
     "repair of nothing": (["ingest", "--synthetic", "--frames", "6", "--size", "16", "--repair"],
                           "--repair rewrites the damaged chunks of an archive; there is none at"),
     "dask address": (["ingest", "--synthetic", "--frames", "6", "--size", "16", "--dask-address",
-                      "tcp://127.0.0.1:1"], "dask_address (tcp://127.0.0.1:1) is the dask runner's"),
+                      "tcp://127.0.0.1:1"],
+                     "dask_address (tcp://127.0.0.1:1, --dask-address) is the dask runner's"),
     "workers": (["ingest", "--synthetic", "--frames", "6", "--size", "16", "--workers", "8"],
-                "workers (8) sets the multiprocess runner's processes"),
+                "workers (8, --workers) sets the multiprocess runner's processes"),
     "stream pace": (["score", "--interval", "5", "--duration", "30"],
                     "--interval and --duration pace a stream: add --follow"),
     "watch step": (["watch", "--input", "in", "--format", "netcdf", "--time-step", "banana"],
