@@ -167,7 +167,7 @@ def backfill_flow(params: BackfillParams) -> BackfillRun:
         progress=100.0 * done / total if total else 100.0, key=artifact_key("backfill-progress"),
         description=f"init times scored of {total} in range")
     running: list[PrefectFuture[scoring.ScoringResult]] = []
-    queue, scored = list(chunks), 0
+    queue, scored, already = list(chunks), 0, pending.already_written
     while queue or running:
         while queue and len(running) < params.concurrency:
             running.append(score.submit(scoring_spec(params, init_times=queue.pop(0)), params.runner))
@@ -175,9 +175,10 @@ def backfill_flow(params: BackfillParams) -> BackfillRun:
         running.remove(finished)
         result = finished.result()
         scored += result.scored
-        done += result.scored + result.already_written  # unwritten when planned: another run wrote them
+        already += result.already_written  # unwritten when planned: another run wrote them meanwhile
+        done += result.scored + result.already_written
         update_progress_artifact(progress_id, 100.0 * done / total if total else 100.0)
         logger.info("backfill progress: %d of %d init times written", done, total)
     publish_store("backfill-forecasts", params.forecasts, "forecasts.zarr")
-    return BackfillRun(scored=scored, chunks=len(chunks), already_written=pending.already_written,
+    return BackfillRun(scored=scored, chunks=len(chunks), already_written=already,
                        missing_input=pending.missing_input, init_times=list(pending.init_times))

@@ -281,10 +281,13 @@ def test_a_damaged_promotion_is_passed_over_by_the_schedule(trained):
     assert not (root / "new.zarr").exists()
 
 
-@pytest.mark.fault("backfill", "a version promoted while a backfill of `latest` runs",
+@pytest.mark.fault("backfill", "a version promoted while a backfill of `latest` runs; another run writing "
+                   "the range between a backfill's plan and its chunks",
                    "the backfill keeps the version it started with (it switched chunk by chunk and split "
-                   "one backfill between two models, without a word)")
+                   "one backfill between two models, without a word); the init times the other run wrote "
+                   "count as already written in its summary (it said 0 scored, 0 already written)")
 def test_a_promotion_during_a_backfill_does_not_split_it(trained, monkeypatch):
+    from nowcast.flows import forecast
     from nowcast.flows.forecast import backfill_flow
     from nowcast.model.registry import promote_version
     from nowcast.pipelines.jobs import scoring
@@ -305,8 +308,16 @@ def test_a_promotion_during_a_backfill_does_not_split_it(trained, monkeypatch):
         return done
 
     monkeypatch.setattr(scoring, "run", promoting_after_the_first_chunk)
+    planned = forecast.plan_pending
+    plans = []
+    monkeypatch.setattr(forecast, "plan_pending", lambda spec: plans.append(planned(spec)) or plans[-1])
     assert backfill_flow(params).scored == 6
     assert set(open_forecasts(params.forecasts)["model_version"].values[12:18]) == {result.version}
+    # the range written by another run between a backfill's plan (the first one's, replayed) and its chunks:
+    # its summary counts them as written (it said "0 init times scored in 3 chunks, 0 already written")
+    monkeypatch.setattr(forecast, "plan_pending", lambda spec: plans[0])
+    overlapped = backfill_flow(params)
+    assert (overlapped.scored, overlapped.already_written) == (0, 6)
 
 
 @pytest.mark.slow
