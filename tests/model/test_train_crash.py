@@ -11,8 +11,8 @@ import keras
 import numpy as np
 import pytest
 
+from nowcast import files as files_module
 from nowcast.model import calibration, registry
-from nowcast.model import checkpoint as checkpoint_module
 from nowcast.model.checkpoint import CheckpointMismatchError
 from nowcast.model.train import TrainConfig, train
 from tests.model.conftest import make_tiny_windows
@@ -96,7 +96,7 @@ def test_sigkill_then_a_crash_while_checkpointing_then_rerun_is_byte_identical(r
     def crash_before_the_state(source, target):  # the resumed run's next epoch: its files written, not named
         raise OSError("simulated crash while checkpointing")
 
-    monkeypatch.setattr(checkpoint_module.os, "replace", crash_before_the_state)
+    monkeypatch.setattr(files_module.os, "replace", crash_before_the_state)  # in write_atomically
     with pytest.raises(OSError, match="simulated crash"):
         train(cfg)
     monkeypatch.undo()
