@@ -27,6 +27,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -317,10 +318,13 @@ def stop_process(process: subprocess.Popen, timeout_s: float = 20.0) -> None:
 
 
 def answers(api_url: str, timeout_s: float = 2.0) -> bool:
-    """Whether the Prefect API at ``api_url`` answers its health check now."""
+    """Whether the Prefect API at ``api_url`` answers now: its health check, or any answer short of a
+    server error (one that asks for credentials, as Prefect Cloud's may, is a server that is there)."""
     try:
-        with urllib.request.urlopen(f"{api_url}/health", timeout=timeout_s) as response:
+        with urllib.request.urlopen(f"{api_url.rstrip('/')}/health", timeout=timeout_s) as response:
             return response.status == 200
+    except urllib.error.HTTPError as error:
+        return error.code < 500
     except OSError:
         return False
 

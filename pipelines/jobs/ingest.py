@@ -520,8 +520,9 @@ def ingest_items(spec: IngestSpec, items: Sequence[SourceItem],
         check_new_axis(spec, items)
     check_disk_space(spec, items, info)
     if spec.needs_check:  # its reports go beside the archive: a read-only one was a Beam traceback
+        grid = reference_grid(spec, items[0], info)  # an input's read error is the input's, not the archive's
         with storage_errors(spec.archive, "ingest"):
-            all_nan = check_batch(spec, items, fields, reference_grid(spec, items[0], info), runner)
+            all_nan = check_batch(spec, items, fields, grid, runner)
         if all_nan:
             log.warning("%d all-NaN frames will be stored as missing (valid=false): %s",
                         len(all_nan), all_nan[:5])

@@ -204,8 +204,9 @@ def run_stream(spec: StreamSpec, events_path: str | None = None,
             pinned = dataclasses.replace(spec, scoring=dataclasses.replace(spec.scoring, version=version))
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:  # spent waiting for the store's lock: Beam's assertion, exit 1
-                log.warning("the stream's %.0f s ran out before it could poll (it waited for %s's lock)",
-                            spec.duration_s, spec.scoring.forecasts)
+                if not done.polls:
+                    log.warning("the stream's %.0f s ran out before it could poll (it waited for %s's lock)",
+                                spec.duration_s, spec.scoring.forecasts)
                 return done
             graph = functools.partial(build, spec=pinned, events_path=events_path, duration_s=left,
                                       follows_latest=follows_latest, refused=frozenset(refused))

@@ -251,7 +251,8 @@ def check_writable(url: str, what: str) -> None:
         while not os.path.exists(here) and os.path.dirname(here) != here:
             here = os.path.dirname(here)
         if not os.path.isdir(here) or not os.access(here, os.W_OK | os.X_OK):
-            problem = "a file" if not os.path.isdir(here) else "a folder this user cannot write"
+            problem = ("a file" if not os.path.isdir(here) else "on a read-only file system"
+                       if os.statvfs(here).f_flag & os.ST_RDONLY else "a folder this user cannot write")
             raise StoreError(f"{what} {url} cannot be written ({here} is {problem}); give a location this "
                              "user can write, or fix its permissions")
         return
@@ -529,8 +530,10 @@ def remove_untouched(url: str, kind: str, seconds: float) -> None:
     what a run killed part way left (an ingest's check reports, written frame by frame while it runs)."""
     fs, path = filesystem(url)
     path = (local_path(url) if is_local(url) else path).rstrip("/")
-    for found in fs.glob(f"{glob.escape(path)}.{kind}-*"):
-        if fs.isdir(found) and _untouched_for(fs, found, seconds):
+    ours = re.compile(rf"{re.escape(posixpath.basename(path))}\.{kind}-[0-9a-f]{{{UNIQUE_HEX}}}")
+    for found in fs.glob(f"{glob.escape(path)}.{kind}-*"):  # the names it makes: a user's folder stays
+        if ours.fullmatch(found.rstrip("/").rsplit("/", 1)[-1]) and fs.isdir(found) \
+                and _untouched_for(fs, found, seconds):
             log.info("removing %s, left by a run killed part way", found)
             with contextlib.suppress(OSError):  # best effort: the work that follows is the news
                 fs.rm(found, recursive=True)
@@ -543,7 +546,8 @@ ABANDONED_S3_S = 3600.0
 
 def _untouched_for(fs: Any, path: str, seconds: float) -> bool:
     """Whether no object under ``path`` was written in the last ``seconds``."""
-    stamps = [info.get("LastModified") or info.get("mtime") for info in fs.find(path, detail=True).values()]
+    found = list(fs.find(path, detail=True).values()) or [fs.info(path)]  # an empty folder: its own time
+    stamps = [info.get("LastModified") or info.get("mtime") for info in found]
     newest = max((stamp.timestamp() if hasattr(stamp, "timestamp") else float(stamp)
                   for stamp in stamps if stamp is not None), default=0.0)
     return time.time() - newest > seconds

@@ -44,7 +44,14 @@ import time
 import uuid
 from collections.abc import Iterator
 
-from nowcast.pipelines.stores.groups import StoreError, check_store_url, filesystem, is_local, local_path
+from nowcast.pipelines.stores.groups import (
+    StoreError,
+    check_store_url,
+    filesystem,
+    is_local,
+    local_path,
+    storage_errors,
+)
 
 log = logging.getLogger(__name__)
 LEASE_S = 60.0
@@ -285,7 +292,8 @@ def store_lock(store: str, purpose: str, lease_s: float | None = None, wait_s: f
     if key in _held:  # a job inside a flow that holds the lock already
         yield _held[key]
         return
-    lease = _acquire(folder, purpose, term, wait_s, poll_s, store)
+    with storage_errors(store, "nowcast"):  # a read-only location was an OSError traceback at the lock
+        lease = _acquire(folder, purpose, term, wait_s, poll_s, store)
     _held[key] = lease
     log.debug("locked %s: %s", store, lease)
     stop, lost = threading.Event(), threading.Event()

@@ -141,6 +141,7 @@ def read_only_mount(tmp_path):
 def test_a_read_only_file_system_is_named(read_only_mount, radar_dir, capsys):
     from nowcast.flows.workdir import held
     from nowcast.pipelines.stores.groups import StoreError
+    from nowcast.pipelines.stores.lock import store_lock
     from tests.pipelines.sources.test_radar import copied_into
 
     folder, remount = read_only_mount
@@ -159,8 +160,11 @@ def test_a_read_only_file_system_is_named(read_only_mount, radar_dir, capsys):
         assert f"ingest could not write {archive}: it is on a read-only file system" in err, err
         assert "give a writable location, or remount it writable" in err
     assert snapshot(str(archive)) == before
-    with pytest.raises(StoreError, match=r"the work folder .* cannot be written"):
+    with pytest.raises(StoreError, match=r"the work folder .* cannot be written \(.* is on a read-only file"):
         held(folder / "train", "x").__enter__()
+    forecasts = folder / "forecasts.zarr"  # the store's lock, the first write of a scoring run
+    with pytest.raises(StoreError, match=r"could not write .*forecasts.zarr: it is on a read-only file"):
+        store_lock(str(forecasts), "score").__enter__()
     assert sorted(path.name for path in folder.iterdir()) == ["archive.zarr", "archive.zarr.lock", "in"]
 
 
@@ -180,13 +184,15 @@ def test_check_reports_left_by_a_killed_ingest_are_removed(tmp_path, radar_dir):
     archive = tmp_path / "archive.zarr"
     assert cli.main(["ingest", "--archive", str(archive), "--input", str(incoming)]) == 0
     killed, running = (tmp_path / f"archive.zarr.check-{hex12}" for hex12 in ("0123456789ab", "ba98765432"))
-    for folder in (killed, running):
+    users = tmp_path / "archive.zarr.check-backup-2024"  # named like one, but not a name ingest makes
+    for folder in (killed, running, users):
         folder.mkdir()
         (folder / "report.json").write_text("{}")
     then = time.time() - ABANDONED_CHECK_S - 60
-    os.utime(killed / "report.json", (then, then))
+    for file in (killed / "report.json", users / "report.json"):
+        os.utime(file, (then, then))
     for path in knmi[2:]:
         shutil.copy(path, incoming / path.name)
     assert cli.main(["ingest", "--archive", str(archive), "--input", str(incoming)]) == 0
     assert sorted(path.name for path in tmp_path.iterdir()) == sorted(
-        ["archive.zarr", "archive.zarr.lock", "in", running.name])
+        ["archive.zarr", "archive.zarr.lock", "in", running.name, users.name])
