@@ -212,13 +212,13 @@ def show(url: str, path: str | Path, *, time: str | None = None, count: int | No
         open_forecasts,
         read_store_info,
     )
-    from nowcast.pipelines.stores.groups import exists, open_group
+    from nowcast.pipelines.stores.groups import exists, holds, open_group
 
     if count is not None and not 1 <= count <= MAX_SHOWN_FRAMES:  # 0 once showed every frame of the archive
         raise InputError(f"--frames {count} must be 1..{MAX_SHOWN_FRAMES} (the frames in one picture); "
                          "show a longer stretch as several pictures with --time")
     path = picture_path(path, (".png", ".gif"))
-    if WRITTEN not in open_group(url):  # not a forecast store: an archive (open_archive checks it is one)
+    if not holds(open_group(url), WRITTEN):  # not a forecast store: an archive (open_archive checks that)
         if archive is not None:  # it was ignored, exit 0
             raise InputError(f"--archive names the observations beside a forecast store's forecasts; {url} "
                              "is an archive, shown alone: drop --archive")

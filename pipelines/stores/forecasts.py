@@ -50,6 +50,7 @@ from nowcast.pipelines.stores.groups import (
     exists,
     filesystem,
     grow_axis,
+    holds,
     is_local,
     local_path,
     not_a_store,
@@ -350,7 +351,7 @@ def extend_init_time(url: str, length: int) -> StoreInfo:
     length = max(length, array(group, "init_time").shape[0])
     times = time_values(to_datetime64(attrs["time_start"]), parse_time_step(str(attrs["time_step"])), length)
     leads = np.asarray(array(group, "lead_time")[:])  # seconds
-    derived = {VALID_TIME: epoch_seconds(times)[:, None] + leads[None, :]} if VALID_TIME in group else {}
+    derived = {VALID_TIME: epoch_seconds(times)[:, None] + leads[None, :]} if holds(group, VALID_TIME) else {}
     grow_axis(group, "init_time", epoch_seconds(times), derived)
     return read_store_info(url)
 
@@ -385,7 +386,7 @@ def remove_if_unwritten(url: str) -> bool:
     reader sees a store without its arrays. Called under the store's lock.
     """
     group = open_group(url, error=ForecastStoreError) if exists(url) else None
-    if group is None or WRITTEN not in group or array(group, WRITTEN).nchunks_initialized:
+    if group is None or not holds(group, WRITTEN) or array(group, WRITTEN).nchunks_initialized:
         return False
     fs, path = filesystem(url)
     fs.rm(f"{path.rstrip('/')}/zarr.json")

@@ -672,15 +672,27 @@ def metadata_damage(url: str, damaged: list[str]) -> str:
             "write it anew (ingest into a new archive, rerun the job into a new store)")
 
 
-def _member(group: zarr.Group, name: str) -> zarr.Array | zarr.Group:
-    """``group[name]``; a member whose ``zarr.json`` is not zarr metadata is named, with the fix (it was
+@contextlib.contextmanager
+def _member_read(group: zarr.Group, name: str) -> Iterator[None]:
+    """A member's ``zarr.json`` that is not zarr metadata, met in the block, named with the fix (it was
     json's bare "Expecting value: line 1 column 1")."""
     try:
-        return group[name]
+        yield
     except ValueError as unreadable:  # json's decode error, zarr's MetadataValidationError
         member = "/".join(part for part in (group.path, name) if part)
         raise StoreError(metadata_damage(str(group.store).removeprefix("file://"),
                                          [f"{member}/zarr.json ({str(unreadable)[:80]})"])) from unreadable
+
+
+def _member(group: zarr.Group, name: str) -> zarr.Array | zarr.Group:
+    with _member_read(group, name):
+        return group[name]
+
+
+def holds(group: zarr.Group, name: str) -> bool:
+    """Whether ``group`` has the member ``name`` (one whose metadata is damaged is named, with the fix)."""
+    with _member_read(group, name):
+        return name in group
 
 
 def array(group: zarr.Group, name: str) -> zarr.Array:

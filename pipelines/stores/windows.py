@@ -33,6 +33,7 @@ from nowcast.pipelines.stores.groups import (
     building,
     consolidate,
     exists,
+    holds,
     not_a_store,
     open_group,
     subgroup,
@@ -198,7 +199,7 @@ class WindowsStore:
         if split not in SPLITS:
             raise WindowsError(f"split must be one of {SPLITS}, got {split!r}")
         self.root = open_group(url, error=WindowsError)
-        if split not in self.root:
+        if not holds(self.root, split):
             raise WindowsError(f"{url!r} has no {split!r} group (has {sorted(self.root.group_keys())})")
         self.url, self.split = url, split
         self.group = subgroup(self.root, split)
@@ -240,7 +241,7 @@ class WindowsStore:
 
     def has_samples(self, split: str) -> bool:
         """Whether another split of the same store holds samples."""
-        return split in self.root and array(subgroup(self.root, split), INPUTS).shape[0] > 0
+        return holds(self.root, split) and array(subgroup(self.root, split), INPUTS).shape[0] > 0
 
     def read_chunk(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Physical inputs and targets of sample chunk ``index``."""

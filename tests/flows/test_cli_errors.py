@@ -161,25 +161,35 @@ def test_evaluate_names_the_folder_and_warns_of_training_frames(stores, tmp_path
 
 
 @pytest.mark.fault("stores", "a forecast store whose member's zarr.json is empty (a copy onto a full disk)",
-                   "score and the jobs' readers exit 2 naming the file and the fix, as check does "
-                   "(they printed json's bare 'Expecting value: line 1 column 1 (char 0)')")
+                   "score, show and the jobs' readers (a windows store's too) exit 2 naming the file and "
+                   "the fix, as check does (they printed json's bare 'Expecting value: line 1 column 1 "
+                   "(char 0)', or its traceback)")
 def test_a_damaged_member_of_a_forecast_store_is_named(stores, tmp_path, capsys):
     import shutil
 
     from nowcast.pipelines.stores.forecasts import written_flags
     from nowcast.pipelines.stores.groups import StoreError
+    from nowcast.pipelines.stores.windows import WindowsStore
 
     damaged = tmp_path / "forecasts.zarr"
     shutil.copytree(stores["forecasts"], damaged)
     (damaged / "written" / "zarr.json").write_text("")
     named = f"{damaged}: the metadata of written/zarr.json (Expecting value: line 1 column 1 (char 0)) is " \
             "damaged: restore the store from a copy"
-    assert cli.main(["score", "--archive", stores["archive"], "--models", stores["models"], "--model-name",
-                     MODEL, "--forecasts", str(damaged)]) == 2
-    assert named in capsys.readouterr().err
+    score = ["score", "--archive", stores["archive"], "--models", stores["models"], "--model-name", MODEL]
+    show = ["show", str(damaged), "--out", str(tmp_path / "x.png")]
+    for command in ([*score, "--forecasts", str(damaged)], show):
+        assert cli.main(command) == 2
+        assert named in capsys.readouterr().err
     with pytest.raises(StoreError) as raised:  # what the jobs read, past the command's checks
         written_flags(str(damaged))
     assert named in str(raised.value)
+    windows = tmp_path / "windows.zarr"  # and a windows store's split
+    assert cli.main(["windows", "--archive", stores["archive"], "--windows", str(windows), "--t-in", "3",
+                     "--t-out", "2"]) == 0
+    (windows / "test" / "zarr.json").write_text("garbage")
+    with pytest.raises(StoreError, match=r"the metadata of test/zarr\.json"):
+        WindowsStore(str(windows), "test")
 
 
 @pytest.mark.fault("command line", "`evaluate --forecasts` without `--archive`",
