@@ -239,29 +239,6 @@ def _version_of_run(params: TrainParams, run: str) -> str | None:
     return None
 
 
-def archive_change(models: str, name: str, version_dir: str) -> str | None:
-    """What differs between the archive that ``name``'s promoted version was trained on and
-    ``version_dir``'s (time step, variables, grid): forecasts of the first kind of archive refuse the new
-    version, said before it replaces the other. None if nothing differs."""
-    try:
-        previous = registry.promoted_version(models, name)
-        if previous is None or previous == registry.version_name(version_dir):
-            return None
-        was = registry.read_metadata(registry.resolve_version(models, name, previous))
-        now = registry.read_metadata(version_dir)
-    except registry.RegistryError:  # a damaged latest: promoting the new version is the fix
-        return None
-    before, after = was.get("archive") or {}, now.get("archive") or {}
-    changed = [f"{key} {before.get(key)} -> {after.get(key)}" for key in sorted({*before, *after})
-               if before.get(key) != after.get(key)]
-    if not changed:
-        return None
-    return (f"{name}/{registry.version_name(version_dir)} replaces {name}/{previous} as latest but was "
-            f"trained on another kind of archive ({'; '.join(changed)}): forecasts of archives like the one "
-            f"{previous} was trained on will refuse it (`nowcast models promote {name}/{previous}` goes "
-            "back)")
-
-
 def verdict_text(version: str, promoted: bool, better: bool, policy: str, by: str) -> str:
     """What the run did with the new version, and why.
 
@@ -309,7 +286,7 @@ def _train(params: TrainParams, workdir: Path) -> TrainRun:
     better = result.beats(params.architecture, BASELINE)
     promote = params.promote == "always" or (params.promote == "if_better" and better)
     if promote:
-        if change := archive_change(params.models, params.architecture, version_dir):
+        if change := registry.archive_change(params.models, params.architecture, version_dir):
             logger.warning(change)  # the scheduled forecasts of the other archive failed after it, unsaid
         registry.promote_version(params.models, params.architecture, version)
     margins = result.margins(params.architecture, BASELINE)

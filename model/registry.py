@@ -424,6 +424,25 @@ def check_manifest(version_dir: str, known: Mapping[str, str]) -> None:
             "version")
 
 
+def archive_change(root: str | Path, name: str, version_dir: str) -> str | None:
+    """Why forecasts of the archive that ``name``'s promoted version was trained on would refuse
+    ``version_dir`` (another time step or units; another grid for a model not rebuilt for any grid), said
+    before it replaces that version as latest; None when they would not, or nothing is promoted."""
+    try:
+        previous = promoted_version(root, name)
+        if previous is None or previous == version_name(version_dir):
+            return None
+        was = read_metadata(resolve_version(root, name, previous))
+        check_archive(read_metadata(version_dir), ArchiveDescription.from_dict(was["archive"]))
+    except ArchiveMismatchError as error:
+        return (f"{name}/{version_name(version_dir)} replaces {name}/{previous} as latest, but forecasts of "
+                f"archives like the one {previous} was trained on will refuse it ({error}); `nowcast models "
+                f"promote {name}/{previous}` goes back")
+    except (RegistryError, OSError, KeyError, TypeError, ValueError):  # a damaged or missing version:
+        return None  # promoting anew fixes the first, the promotion names the second
+    return None
+
+
 def check_archive(metadata: Mapping[str, Any], archive: ArchiveDescription) -> None:
     """Refuses an archive whose time step, variables/units or grid differ from training.
 

@@ -419,22 +419,30 @@ def test_a_registry_on_another_file_system_than_the_temporary_folder_saves(tmp_p
         shutil.rmtree(temporary)
 
 
-@pytest.mark.fault("train", "a training run on an archive of another time step (or grid, or variables) than "
-                   "the promoted version's, promoted",
-                   "a warning before the promotion naming what changed and how to go back (latest was "
-                   "replaced without a word, and the scheduled forecasts of the old archive failed)")
-def test_a_promotion_across_kinds_of_archive_is_said(tmp_path):
-    from nowcast.flows.train import archive_change
+@pytest.mark.fault("train", "a training run on an archive of another time step (or units) than the "
+                   "promoted version's, promoted by the train flow or `nowcast models promote`",
+                   "a warning before the promotion naming what the old archive's forecasts would refuse and "
+                   "how to go back (latest was replaced without a word, and the scheduled forecasts of the "
+                   "old archive failed); none for another grid, which a model rebuilt for any grid runs on")
+def test_a_promotion_across_kinds_of_archive_is_said(tmp_path, capsys):
+    from nowcast.flows.cli import main
 
     model = build_model("convlstm", ArchitectureConfig(t_in=3, t_out=2, height=8, width=8, filters=(4,)))
-    registry.save_model(model, tmp_path, "convlstm", _metadata(), version="v1")
-    same = registry.save_model(model, tmp_path, "convlstm", _metadata(), version="v2", promote=False)
-    assert archive_change(str(tmp_path), "convlstm", same) is None
+    whole = {**_metadata(), "fully_convolutional": True}
+    registry.save_model(model, tmp_path, "convlstm", whole, version="v1")
+    larger = {**whole, "archive": {**ARCHIVE.to_dict(), "grid_shape": [16, 16]}}
+    other_grid = registry.save_model(model, tmp_path, "convlstm", larger, version="v2", promote=False)
+    assert registry.archive_change(str(tmp_path), "convlstm", other_grid) is None
     ten = {**_metadata(), "archive": {**ARCHIVE.to_dict(), "time_step": "PT10M"}}
     other = registry.save_model(model, tmp_path, "convlstm", ten, version="v3", promote=False)
-    said = archive_change(str(tmp_path), "convlstm", other)
+    said = registry.archive_change(str(tmp_path), "convlstm", other)
     assert said is not None
-    assert "convlstm/v3 replaces convlstm/v1 as latest but was trained on another kind of archive " \
-           "(time_step PT5M -> PT10M)" in said
+    assert "convlstm/v3 replaces convlstm/v1 as latest, but forecasts of archives like the one v1 was " \
+           "trained on will refuse it (" in said
+    assert "time step: model trained on PT10M, archive has PT5M" in said
     assert "`nowcast models promote convlstm/v1` goes back" in said
-    assert archive_change(str(tmp_path / "empty"), "convlstm", other) is None  # nothing promoted yet
+    assert registry.archive_change(str(tmp_path / "empty"), "convlstm", other) is None  # nothing promoted
+    assert main(["models", "promote", "--models", str(tmp_path), "convlstm/v9"]) == 2  # no such version
+    assert "warning" not in capsys.readouterr().err
+    assert main(["models", "promote", "--models", str(tmp_path), "convlstm/v3"]) == 0
+    assert "nowcast models promote: warning: convlstm/v3 replaces convlstm/v1" in capsys.readouterr().err
