@@ -95,7 +95,8 @@ def check_windows_fit(store: WindowsStore, forecaster: Forecaster, name: str) ->
 def seen_in_training(store: WindowsStore, metadata: Mapping[str, Any]) -> int:
     """How many of ``store``'s samples hold frames the model of ``metadata`` was trained on: frames inside
     its training windows' range that its own split put in train (its test windows hold none; another
-    cut's, of other split settings, may: their scores then flatter it). 0 where the model does not say."""
+    cut's, of other split settings, may: their scores then flatter it). 0 where the model does not say,
+    or the windows come from another kind of archive than its training archives (grid, step, units)."""
     import json
 
     from nowcast.pipelines.plans.window_spec import WindowSpec
@@ -105,6 +106,8 @@ def seen_in_training(store: WindowsStore, metadata: Mapping[str, Any]) -> int:
     spec, ranges = metadata.get("window_spec"), metadata.get("training_range") or []
     if not spec or not ranges or not store.num_samples:
         return 0
+    if describe_archive(store.url).to_dict() not in (metadata.get("training_archives") or []):
+        return 0  # windows of another kind of archive (another grid): the times are another radar's
     split = WindowSpec.from_dict(json.loads(spec) if isinstance(spec, str) else spec).split
     (t_in, *_), (t_out, *_) = store.sample_shapes
     offsets = np.arange(-(t_in - 1), t_out + 1) * parse_time_step(store.time_step)

@@ -135,7 +135,7 @@ def test_evaluate_names_the_folder_and_warns_of_training_frames(stores, tmp_path
     import shutil
 
     from nowcast.model.train import training_range
-    from nowcast.pipelines.stores.windows import WindowsStore
+    from nowcast.pipelines.stores.windows import WindowsStore, describe_archive
 
     def windows(name: str, *fractions: str) -> str:
         url = str(tmp_path / name)
@@ -147,7 +147,8 @@ def test_evaluate_names_the_folder_and_warns_of_training_frames(stores, tmp_path
     train = WindowsStore(windows("trained.zarr", "0.5", "0.25", "0.25"), "train")
     models = tmp_path / "models"
     saved = Path(save_tiny_model(models, stores["archive"], synthetic_stats(FRAMES, SIZE), recorded={
-        "window_spec": train.attrs["window_spec"], "training_range": [training_range(train, 3, 2)]}))
+        "window_spec": train.attrs["window_spec"], "training_range": [training_range(train, 3, 2)],
+        "training_archives": [describe_archive(train.url).to_dict()]}))
     shutil.copytree(saved, saved.parent / "candidate")
     every = windows("all-test.zarr", "0", "0", "1")
     run = nowcast("evaluate", "--windows", every, "--models", str(models), "--model-name", MODEL,

@@ -182,7 +182,7 @@ def test_a_damaged_archive_chunk_is_named_and_the_previous_store_is_kept(archive
 def test_samples_of_another_cut_that_hold_training_frames_are_counted(archive, tmp_path, method):
     from nowcast.model.train import training_range
     from nowcast.model.verify import seen_in_training
-    from nowcast.pipelines.stores.windows import WindowsStore
+    from nowcast.pipelines.stores.windows import WindowsStore, describe_archive
 
     def cut(name: str, fractions: tuple[float, float, float]) -> str:
         spec = WindowSpec(channels=("precip",), target="precip", t_in=3, t_out=2,
@@ -192,7 +192,8 @@ def test_samples_of_another_cut_that_hold_training_frames_are_counted(archive, t
 
     trained_on = cut("trained.zarr", (0.5, 0.25, 0.25))
     train = WindowsStore(trained_on, "train")
-    metadata = {"window_spec": train.attrs["window_spec"], "training_range": [training_range(train, 3, 2)]}
+    metadata = {"window_spec": train.attrs["window_spec"], "training_range": [training_range(train, 3, 2)],
+                "training_archives": [describe_archive(trained_on).to_dict()]}
     assert seen_in_training(train, metadata) == train.num_samples
     for split in ("val", "test"):  # the model's own cut: by construction none
         assert WindowsStore(trained_on, split).num_samples
@@ -214,3 +215,5 @@ def test_samples_of_another_cut_that_hold_training_frames_are_counted(archive, t
     assert seen == sum(bool(frames & of_training_split) for frames in frames_of)
     assert 0 < seen < every.num_samples
     assert seen_in_training(every, {}) == 0  # a model that does not record its training windows
+    another_grid = {**describe_archive(trained_on).to_dict(), "grid_shape": [64, 64]}
+    assert seen_in_training(every, {**metadata, "training_archives": [another_grid]}) == 0  # another radar
