@@ -283,7 +283,7 @@ def cmd_models(args: argparse.Namespace) -> int:
         if damage:
             print(f"nowcast models show: warning: {damage}", file=sys.stderr)
         return 0
-    known = registry.list_names(args.models)
+    known = registry.list_names(args.models, incomplete=True)  # a name whose versions are incomplete too
     if args.model and args.model not in known:
         raise InputError(f"no model {args.model!r} in {args.models} (models there: "
                          f"{', '.join(known) or 'none'}); check the name or --models")
@@ -304,8 +304,8 @@ def cmd_models(args: argparse.Namespace) -> int:
             print(f"  latest: points at {promoted}, which is not a saved version: promote one "
                   f"(`nowcast models promote {name}/VERSION`)")
         for version in registry.list_versions(args.models, name, complete=False):  # were left out
-            print(f"  {version}  incomplete: no {registry.METADATA_FILE} (a save in progress or stopped part "
-                  "way, or a partial copy): remove the folder, or restore the version whole")
+            print(f"  {version}  incomplete: no {registry.METADATA_FILE} (a save in progress, one stopped "
+                  "part way, or a partial copy): unless a save runs, remove the folder or restore it")
         for version in versions:
             mark = "  latest" if version == promoted else ""
             try:  # checksums too: a truncated model.keras was listed as sound, and as latest

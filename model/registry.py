@@ -140,7 +140,7 @@ def _write_version(model: keras.Model, fs: Any, parent: str, final: str, name: s
     with tempfile.TemporaryDirectory(prefix=f"nowcast-{version}-") as local:
         staging = Path(local)
         model.save(staging / MODEL_FILE)
-        full = {**metadata, "name": name, "version": version,
+        full = {**metadata, "name": name, "version": version, "manifest": MANIFEST_FILE,
                 "model_sha256": sha256_file(staging / MODEL_FILE), "packages": package_versions(),
                 "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         (staging / METADATA_FILE).write_text(json.dumps(full, indent=2, sort_keys=True, default=str) + "\n")
@@ -313,14 +313,15 @@ def _json(fs: Any, path: str) -> Any:
                             "list`)") from error
 
 
-def list_names(root: str | Path) -> list[str]:
-    """The model names under ``root`` with at least one version folder, sorted."""
+def list_names(root: str | Path, incomplete: bool = False) -> list[str]:
+    """The model names under ``root`` with at least one complete version (with ``incomplete``, or a
+    version folder without its metadata), sorted."""
     fs, base = _location(root)
     if not fs.isdir(base):
         return []
     folders = [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(base, detail=False)]
     return sorted(f for f in folders if not f.startswith(".")
-                  and (list_versions(root, f) or list_versions(root, f, complete=False)))
+                  and (list_versions(root, f) or (incomplete and list_versions(root, f, complete=False))))
 
 
 def one_models_folder(root: str | Path) -> str | None:
@@ -397,6 +398,10 @@ def check_manifest(version_dir: str, known: Mapping[str, str]) -> None:
     """
     fs, folder = filesystem(version_dir.rstrip("/"))
     if not fs.isfile(f"{folder}/{MANIFEST_FILE}"):
+        if read_metadata(version_dir).get("manifest"):  # deleted: edited metadata then went unchecked
+            raise ChecksumMismatchError(f"{version_dir}: {MANIFEST_FILE} is missing, though the version was "
+                                        "saved with one: the version is damaged; restore it, or retrain and "
+                                        "save a new version")
         log.warning("%s has no %s (saved by an older nowcast): only %s is verified", version_dir,
                     MANIFEST_FILE, MODEL_FILE)
         return

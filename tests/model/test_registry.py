@@ -138,6 +138,11 @@ def test_a_version_that_is_no_plain_folder_name_is_not_promoted(saved):
 def test_a_version_saved_before_manifests_still_loads(saved, caplog):
     _, path, root, name = saved
     (path / "manifest.json").unlink()
+    with pytest.raises(registry.ChecksumMismatchError, match=r"manifest\.json is missing, though"):
+        registry.load_model(root, name, archive=ARCHIVE)  # saved with one: deleted, edits went unchecked
+    metadata = json.loads((path / "metadata.json").read_text())
+    del metadata["manifest"]  # as an older nowcast wrote it
+    (path / "metadata.json").write_text(json.dumps(metadata))
     caplog.set_level(logging.WARNING, logger=registry.__name__)  # whatever level a command left the root at
     assert registry.load_model(root, name, archive=ARCHIVE).metrics == {"val_loss": 0.5}
     assert "has no manifest.json" in caplog.text
@@ -344,6 +349,8 @@ def test_models_show_and_list_name_damaged_and_incomplete_versions(two_versions,
     assert "  v3  incomplete: no metadata.json" in out
     assert out.startswith("cnn_lstm\n")
     assert "\nother\n  v1  incomplete: no metadata.json" in out
+    assert main(["models", "show", "--models", str(two_versions), "other"]) == 2  # named as a model there
+    assert "models there: cnn_lstm" in capsys.readouterr().err
 
 
 @pytest.mark.fault("models", "a version whose metadata lacks its training archive; `latest` naming a version "
