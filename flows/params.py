@@ -134,12 +134,13 @@ def _spelt_right(url: str) -> str:
 
 
 def parse_time(value: str, name: str) -> np.datetime64:
-    """An ISO 8601 UTC timestamp as datetime64[s]; one with an offset (``+02:00``) is converted to UTC.
+    """An ISO 8601 UTC timestamp as datetime64[s]; one with an offset (``+02:00``) is converted to UTC;
+    as the maps and messages write it (``2024-01-01 03:00 UTC``) too.
 
-    >>> parse_time("2024-01-01T03:00+02:00", "start")
-    np.datetime64('2024-01-01T01:00:00')
+    >>> parse_time("2024-01-01T03:00+02:00", "start"), parse_time("2024-01-01 03:00 UTC", "time")
+    (np.datetime64('2024-01-01T01:00:00'), np.datetime64('2024-01-01T03:00:00'))
     """
-    text = str(value).strip().removesuffix("Z")
+    text = str(value).strip().removesuffix("Z").removesuffix(" UTC")
     try:
         parsed = to_datetime64(text)  # an offset applied there: numpy would warn about it
     except ValueError:
