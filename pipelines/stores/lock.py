@@ -254,15 +254,15 @@ def _acquire(folder: _Folder, purpose: str, lease_s: float, wait_s: float | None
             time.sleep(poll_s / 10)
             continue
         unlisted = 0
-        if wait_s is not None and time.monotonic() - started > wait_s:
-            raise LockTimeoutError(
-                f"{store} is being written: {newest.describe()}; waited {wait_s:.0f} s. Wait for that run "
-                f"to end, or, if its process is gone, for its lease to run out (then rerun)")
         if not told:  # another thread of this process (a backfill's next chunk) waits its turn as planned
             mine = newest.owner.startswith(_process())
             log.log(logging.INFO if mine else logging.WARNING, "waiting for %s: it is being written, %s",
                     store, newest.describe())
             told = True
+        if wait_s is not None and time.monotonic() - started > wait_s:  # said above: a slow first look
+            raise LockTimeoutError(  # (an object store's listing) once timed out without it
+                f"{store} is being written: {newest.describe()}; waited {wait_s:.0f} s. Wait for that run "
+                f"to end, or, if its process is gone, for its lease to run out (then rerun)")
         time.sleep(poll_s)
 
 
