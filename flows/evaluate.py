@@ -43,7 +43,8 @@ class EvaluateRun:
 @task(name="verify-windows")
 def verify_windows(params: EvaluateParams) -> Verification:
     """The model and the baselines on one windows.zarr split."""
-    from nowcast.model.verify import seen_in_training, split_forecaster, verify_split
+    from nowcast.model.verify import split_forecaster, verify_split
+    from nowcast.pipelines.plans.windows import seen_in_training
 
     forecaster = split_forecaster(params.models, params.model_name, params.model_version, params.windows)
     name = f"{params.model_name}/{forecaster.version}"

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -90,34 +89,6 @@ def check_windows_fit(store: WindowsStore, forecaster: Forecaster, name: str) ->
             f"model {name} takes {ours[0]} input frames of {list(ours[2])} and forecasts {ours[1]} leads; "
             f"{store.url} was cut with t_in {theirs[0]}, t_out {theirs[1]} of {list(theirs[2])}: cut windows "
             f"for it (nowcast windows --t-in {ours[0]} --t-out {ours[1]}) or pick a model made for these")
-
-
-def seen_in_training(store: WindowsStore, metadata: Mapping[str, Any]) -> int:
-    """How many of ``store``'s samples hold frames the model of ``metadata`` was trained on: frames inside
-    its training windows' range that its own split put in train (its test windows hold none; another
-    cut's, of other split settings, may: their scores then flatter it). 0 where the model does not say,
-    or the windows come from another kind of archive than its training archives (grid, step, units)."""
-    import json
-
-    from nowcast.pipelines.plans.window_spec import WindowSpec
-    from nowcast.pipelines.plans.windows import frame_splits
-    from nowcast.pipelines.stores.timeaxis import parse_time_step
-
-    spec, ranges = metadata.get("window_spec"), metadata.get("training_range") or []
-    if not spec or not ranges or not store.num_samples:
-        return 0
-    if describe_archive(store.url).to_dict() not in (metadata.get("training_archives") or []):
-        return 0  # windows of another kind of archive (another grid): the times are another radar's
-    split = WindowSpec.from_dict(json.loads(spec) if isinstance(spec, str) else spec).split
-    (t_in, *_), (t_out, *_) = store.sample_shapes
-    offsets = np.arange(-(t_in - 1), t_out + 1) * parse_time_step(store.time_step)
-    frames = store.init_times()[:, None] + offsets  # every frame of every sample
-    inside = np.zeros(frames.shape, dtype=bool)
-    for span in ranges:
-        inside |= (frames >= np.datetime64(span["start"])) & (frames <= np.datetime64(span["end"]))
-    if split.method != "contiguous":  # hashed blocks: train and the other splits interleave in the range
-        inside &= (frame_splits(frames.ravel(), split) == 0).reshape(frames.shape)
-    return int(inside.any(axis=1).sum())
 
 
 def verify_split(windows: str, split: str, forecaster: Forecaster, name: str,

@@ -19,14 +19,16 @@ import dataclasses
 import hashlib
 import itertools
 import json
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
 from nowcast.pipelines.plans.window_spec import SplitSpec, WindowSpec, WindowSpecError
 from nowcast.pipelines.stores.archive import ArchiveError, ArchiveInfo, read_info, valid_flags
 from nowcast.pipelines.stores.groups import array, open_group
-from nowcast.pipelines.stores.timeaxis import format_time_step
-from nowcast.pipelines.stores.windows import SPLITS, SplitIndex, WindowsLayout
+from nowcast.pipelines.stores.timeaxis import format_time_step, parse_time_step
+from nowcast.pipelines.stores.windows import SPLITS, SplitIndex, WindowsLayout, WindowsStore, describe_archive
 
 SKIP_REASONS = ("missing_frame", "straddles_split", "too_dry")
 SKIP_FIXES = {  # what gives windows back, per reason
@@ -355,3 +357,25 @@ def plan_from_archive(url: str, spec: WindowSpec,
     """Reads an archive's metadata and plans ``spec`` on it."""
     info = read_info(url)
     return plan_windows(read_frame_meta(info, spec), info, spec, max_source_chunks)
+
+
+def seen_in_training(store: WindowsStore, metadata: Mapping[str, Any]) -> int:
+    """How many of ``store``'s samples hold frames the model of ``metadata`` was trained on: frames inside
+    its training windows' range that its own split put in train (its test windows hold none; another
+    cut's, of other split settings, may: their scores then flatter it). 0 where the model does not say,
+    or the windows come from another kind of archive than its training archives (grid, step, units)."""
+    spec, ranges = metadata.get("window_spec"), metadata.get("training_range") or []
+    if not spec or not ranges or not store.num_samples:
+        return 0
+    if describe_archive(store.url).to_dict() not in (metadata.get("training_archives") or []):
+        return 0  # windows of another kind of archive (another grid): the times are another radar's
+    split = WindowSpec.from_dict(json.loads(spec) if isinstance(spec, str) else spec).split
+    (t_in, *_), (t_out, *_) = store.sample_shapes
+    offsets = np.arange(-(t_in - 1), t_out + 1) * parse_time_step(store.time_step)
+    frames = store.init_times()[:, None] + offsets  # every frame of every sample
+    inside = np.zeros(frames.shape, dtype=bool)
+    for span in ranges:
+        inside |= (frames >= np.datetime64(span["start"])) & (frames <= np.datetime64(span["end"]))
+    if split.method != "contiguous":  # hashed blocks: train and the other splits interleave in the range
+        inside &= (frame_splits(frames.ravel(), split) == 0).reshape(frames.shape)
+    return int(inside.any(axis=1).sum())

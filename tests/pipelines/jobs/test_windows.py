@@ -181,7 +181,7 @@ def test_a_damaged_archive_chunk_is_named_and_the_previous_store_is_kept(archive
 @pytest.mark.parametrize("method", ["hash", "contiguous"])
 def test_samples_of_another_cut_that_hold_training_frames_are_counted(archive, tmp_path, method):
     from nowcast.model.train import training_range
-    from nowcast.model.verify import seen_in_training
+    from nowcast.pipelines.plans.windows import seen_in_training
     from nowcast.pipelines.stores.windows import WindowsStore, describe_archive
 
     def cut(name: str, fractions: tuple[float, float, float]) -> str:
