@@ -254,8 +254,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     _a_registry(args.models)
     if args.action == "promote":
         name, version = _model_version(args.model, "promote")
-        folder = f"{args.models.rstrip('/')}/{name}/{version}"
-        if change := registry.archive_change(args.models, name, folder):
+        if change := registry.archive_change(args.models, name, version):
             print(f"nowcast models promote: warning: {change}", file=sys.stderr)
         registry.promote_version(args.models, name, version)
         print(f"promoted {name}/{version}: latest now points at it")

@@ -286,7 +286,7 @@ def _train(params: TrainParams, workdir: Path) -> TrainRun:
     better = result.beats(params.architecture, BASELINE)
     promote = params.promote == "always" or (params.promote == "if_better" and better)
     if promote:
-        if change := registry.archive_change(params.models, params.architecture, version_dir):
+        if change := registry.archive_change(params.models, params.architecture, version):
             logger.warning(change)  # the scheduled forecasts of the other archive failed after it, unsaid
         registry.promote_version(params.models, params.architecture, version)
     margins = result.margins(params.architecture, BASELINE)

@@ -429,18 +429,19 @@ def check_manifest(version_dir: str, known: Mapping[str, str]) -> None:
             "version")
 
 
-def archive_change(root: str | Path, name: str, version_dir: str) -> str | None:
+def archive_change(root: str | Path, name: str, version: str) -> str | None:
     """Why forecasts of the archive that ``name``'s promoted version was trained on would refuse
-    ``version_dir`` (another time step or units; another grid for a model not rebuilt for any grid), said
+    ``version`` (another time step or units; another grid for a model not rebuilt for any grid), said
     before it replaces that version as latest; None when they would not, or nothing is promoted."""
     try:
         previous = promoted_version(root, name)
-        if previous is None or previous == version_name(version_dir):
+        if previous is None or previous == version:
             return None
-        was = read_metadata(resolve_version(root, name, previous))
-        check_archive(read_metadata(version_dir), ArchiveDescription.from_dict(was["archive"]))
+        fs, parent = _location(root, name)
+        was, now = (read_metadata(_url(fs, f"{parent}/{each}")) for each in (previous, version))
+        check_archive(now, ArchiveDescription.from_dict(was["archive"]))
     except ArchiveMismatchError as error:
-        return (f"{name}/{version_name(version_dir)} replaces {name}/{previous} as latest, but forecasts of "
+        return (f"{name}/{version} replaces {name}/{previous} as latest, but forecasts of "
                 f"archives like the one {previous} was trained on will refuse it ({error}); `nowcast models "
                 f"promote {name}/{previous}` goes back")
     except (RegistryError, OSError, KeyError, TypeError, ValueError):  # a damaged or missing version:

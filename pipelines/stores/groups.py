@@ -403,7 +403,7 @@ UNIQUE_HEX = 12  # hex digits that make a name beside a store unique: enough, an
 
 def staging_suffix(pid: int | None = None) -> str:
     """The suffix of a staging copy this host's process ``pid`` (this one) makes beside a store:
-    ``.creating-HOST-PID-HEX``, which :func:`remove_abandoned` reads back once that process is gone."""
+    ``.creating-HOST-PID-HEX``, which :func:`_remove_abandoned_staging` reads back once it is gone."""
     return f".creating-{host_id()}-{os.getpid() if pid is None else pid}-{uuid.uuid4().hex[:UNIQUE_HEX]}"
 
 
@@ -429,14 +429,14 @@ def created_whole(url: str, replace: bool = False) -> Iterator[str]:
     (:func:`not_a_store`) from other data. A build that fails or is
     interrupted leaves ``url`` as it was. The staging copy is removed
     whatever happens, and on disk so is one left beside ``url`` by a creation
-    killed on this host (:func:`remove_abandoned`).
+    killed on this host (:func:`_remove_abandoned_staging`).
 
     Args:
         url: where the store appears.
         replace: replace a store at ``url`` (the caller checked it may); otherwise
             only an empty folder is replaced, never data.
     """
-    remove_abandoned(url)
+    _remove_abandoned_staging(url)
     staging = f"{url.rstrip('/')}{staging_suffix()}"
     fs, staged = filesystem(staging)
     try:
@@ -496,7 +496,7 @@ def _swap(first: str, second: str) -> bool:
     raise OSError(code, os.strerror(code), second)
 
 
-def remove_abandoned(url: str) -> None:
+def _remove_abandoned_staging(url: str) -> None:
     """Removes the staging copies beside ``url`` whose creator, on this host, is gone.
 
     A creation killed part way (SIGKILL, power loss, an object store lost in
@@ -506,16 +506,15 @@ def remove_abandoned(url: str) -> None:
     host). Copies of another host, or of a process still running, are left
     alone: no process there can be asked.
     """
-    kind = "creating"
     fs, path = filesystem(url)
     path = (local_path(url) if is_local(url) else path).rstrip("/")
     folder, name = posixpath.split(path)
-    pattern = re.compile(rf"{re.escape(name)}\.{kind}-(?P<host>.+)-(?P<pid>\d+)-[0-9a-f]+")
+    pattern = re.compile(rf"{re.escape(name)}\.creating-(?P<host>.+)-(?P<pid>\d+)-[0-9a-f]+")
     host = host_id()
     if is_local(url):
         entries = os.listdir(folder) if os.path.isdir(folder) else []
     else:  # the names beside it only: a listing of the whole folder may be long
-        entries = [found.rsplit("/", 1)[-1] for found in fs.glob(f"{glob.escape(path)}.{kind}-*")]
+        entries = [found.rsplit("/", 1)[-1] for found in fs.glob(f"{glob.escape(path)}.creating-*")]
     for entry in entries:
         match = pattern.fullmatch(entry)
         if match and match["host"] == host and not alive(int(match["pid"])) \
@@ -672,6 +671,11 @@ def metadata_damage(url: str, damaged: list[str]) -> str:
             "write it anew (ingest into a new archive, rerun the job into a new store)")
 
 
+def group_url(group: zarr.Group) -> str:
+    """The URL of the store that holds ``group`` (a plain path for one on disk), as messages name it."""
+    return str(group.store).removeprefix("file://")
+
+
 @contextlib.contextmanager
 def _member_read(group: zarr.Group, name: str) -> Iterator[None]:
     """A member's ``zarr.json`` that is not zarr metadata, met in the block, named with the fix (it was
@@ -680,7 +684,7 @@ def _member_read(group: zarr.Group, name: str) -> Iterator[None]:
         yield
     except ValueError as unreadable:  # json's decode error, zarr's MetadataValidationError
         member = "/".join(part for part in (group.path, name) if part)
-        raise StoreError(metadata_damage(str(group.store).removeprefix("file://"),
+        raise StoreError(metadata_damage(group_url(group),
                                          [f"{member}/zarr.json ({str(unreadable)[:80]})"])) from unreadable
 
 

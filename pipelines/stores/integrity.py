@@ -32,6 +32,7 @@ from nowcast.pipelines.stores.groups import (
     damaged_metadata,
     dimension_names,
     filesystem,
+    group_url,
     metadata_damage,
     open_group,
     readable_members,
@@ -123,7 +124,7 @@ class CheckReport:
 
 def store_kind(group: zarr.Group) -> str:
     """``archive``, ``forecasts`` or ``windows``, from the arrays the schema defines."""
-    with readable_members(str(group.store).removeprefix("file://")):  # a damaged member's zarr.json named
+    with readable_members(group_url(group)):  # a damaged member's zarr.json named
         names = {name for name, _ in group.arrays()}
         if {"time", "valid"} <= names:
             return "archive"

@@ -438,17 +438,17 @@ def test_a_promotion_across_kinds_of_archive_is_said(tmp_path, capsys):
     whole = {**_metadata(), "fully_convolutional": True}
     registry.save_model(model, tmp_path, "convlstm", whole, version="v1")
     larger = {**whole, "archive": {**ARCHIVE.to_dict(), "grid_shape": [16, 16]}}
-    other_grid = registry.save_model(model, tmp_path, "convlstm", larger, version="v2", promote=False)
-    assert registry.archive_change(str(tmp_path), "convlstm", other_grid) is None
+    registry.save_model(model, tmp_path, "convlstm", larger, version="v2", promote=False)
+    assert registry.archive_change(str(tmp_path), "convlstm", "v2") is None
     ten = {**_metadata(), "archive": {**ARCHIVE.to_dict(), "time_step": "PT10M"}}
-    other = registry.save_model(model, tmp_path, "convlstm", ten, version="v3", promote=False)
-    said = registry.archive_change(str(tmp_path), "convlstm", other)
+    registry.save_model(model, tmp_path, "convlstm", ten, version="v3", promote=False)
+    said = registry.archive_change(str(tmp_path), "convlstm", "v3")
     assert said is not None
     assert "convlstm/v3 replaces convlstm/v1 as latest, but forecasts of archives like the one v1 was " \
            "trained on will refuse it (" in said
     assert "time step: model trained on PT10M, archive has PT5M" in said
     assert "`nowcast models promote convlstm/v1` goes back" in said
-    assert registry.archive_change(str(tmp_path / "empty"), "convlstm", other) is None  # nothing promoted
+    assert registry.archive_change(str(tmp_path / "empty"), "convlstm", "v3") is None  # nothing promoted
     assert main(["models", "promote", "--models", str(tmp_path), "convlstm/v9"]) == 2  # no such version
     assert "warning" not in capsys.readouterr().err
     assert main(["models", "promote", "--models", str(tmp_path), "convlstm/v3"]) == 0
