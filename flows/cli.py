@@ -348,12 +348,22 @@ def cmd_watch(args: argparse.Namespace) -> int:
 def cmd_summary(args: argparse.Namespace) -> int:
     from nowcast.flows.views import archive_summary, picture_path, plot_frames
 
+    archive = _summary_store(args)
     if args.png:
         picture_path(args.png, (".png",))  # before the summary is printed
-    print(archive_summary(args.archive))
+    print(archive_summary(archive))
     if args.png:
-        print(f"frames saved to {plot_frames(args.archive, args.png)}")
+        print(f"frames saved to {plot_frames(archive, args.png)}")
     return 0
+
+
+def _summary_store(args: argparse.Namespace) -> str:
+    """The archive, positional as show's and check's store, or --archive as before."""
+    if args.store and args.archive and args.store != args.archive:
+        raise InputError(f"two archives given ({args.store} and --archive {args.archive}): give one")
+    if not (args.store or args.archive):
+        raise InputError("summary needs an archive: nowcast summary STORE (a path or URL)")
+    return args.store or args.archive
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -406,14 +416,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                          "lasting one: nowcast server, or PREFECT_API_URL)")
     print(f"nowcast serve: running the deployments ({', '.join(DEPLOYED)} / {DEPLOYMENT}) of {server} here; "
           "Ctrl-C stops", file=sys.stderr, flush=True)
-    serve_deployments(args.workdir, args.cron, model_name=args.model)
+    serve_deployments(args.workdir, args.cron, model_name=args.model_name)
     return 0
 
 
 def cmd_server(args: argparse.Namespace) -> int:
     from nowcast.flows.serve import run_local_server
 
-    run_local_server(args.workdir, args.port, args.files_port, args.cron)
+    run_local_server(args.workdir, args.port, args.files_port, args.cron, args.model_name)
     return 0
 
 
@@ -474,7 +484,7 @@ EXAMPLES = {
     "evaluate": "nowcast evaluate --split test --baselines persistence extrapolation",
     "models": "nowcast models list\n  nowcast models show convlstm\n"
               "  nowcast models promote convlstm/20240101T000000Z",
-    "summary": "nowcast summary --archive runs/demo/archive.zarr --png frames.png",
+    "summary": "nowcast summary runs/demo/archive.zarr --png frames.png",
     "check": "nowcast check runs/demo/forecasts.zarr",
     "show": "nowcast show runs/demo/forecasts.zarr --out forecast.gif\n"
             "  nowcast show runs/demo/archive.zarr --out frames.png --frames 6",
@@ -563,7 +573,8 @@ def build_parser() -> argparse.ArgumentParser:
                            help="model registry folder")
 
     summary = command("summary", "print an archive's summary, optionally save a PNG", cmd_summary)
-    summary.add_argument("--archive", required=True, help="archive store URL or path")
+    summary.add_argument("store", nargs="?", default=None, help="archive store URL or path")
+    summary.add_argument("--archive", default=None, help="the same as STORE (the older spelling)")
     summary.add_argument("--png", default=None, help="save its frames as this PNG")
 
     show = command("show", "a picture of an archive, or of forecasts beside the observation (PNG or "
@@ -588,15 +599,15 @@ def build_parser() -> argparse.ArgumentParser:
     command("demo", "the whole chain on synthetic data with local defaults", cmd_demo, DemoParams)
 
     serve = command("serve", "register the flows' deployments with PREFECT_API_URL and run them", cmd_serve)
-    serve.add_argument("--workdir", default="runs/demo", help="where the stores are")
-    serve.add_argument("--cron", default="*/5 * * * *", help="cron of the ingest and forecast deployments")
-    serve.add_argument("--model", default="convlstm", help="registry model name the forms default to")
-
     server = command("server", "a local Prefect server (SQLite) with every deployment served", cmd_server)
-    server.add_argument("--workdir", default="runs/demo", help="where the stores are")
+    for served in (serve, server):
+        served.add_argument("--workdir", default="runs/demo", help="where the stores are")
+        served.add_argument("--cron", default="*/5 * * * *",
+                            help="cron of the ingest and forecast deployments")
+        served.add_argument("--model-name", default=ScoreParams.model_fields["model_name"].default,
+                            help="registry model name the forms default to")
     server.add_argument("--port", type=int, default=4200, help="Prefect UI and API port")
     server.add_argument("--files-port", type=int, default=4201, help="port serving the PNG artifacts")
-    server.add_argument("--cron", default="*/5 * * * *", help="cron of the ingest and forecast deployments")
 
     stack = command("stack", "the deployment on this machine: PostgreSQL-backed Prefect server, a process "
                              "worker, S3 (moto), a dask cluster", cmd_stack)

@@ -110,8 +110,9 @@ def add_runner(parser: argparse.ArgumentParser) -> None:
                        help="inmemory: one process; multiprocess: --workers processes; dask: a cluster at "
                             "--dask-address; beam: any Beam runner, named and configured by Beam's own "
                             "flags after '--' (e.g. -- --runner=FlinkRunner --flink_master=host:8081)")
-    group.add_argument("--workers", type=int, default=fields["workers"].default,
-                       help=fields["workers"].description)
+    # no default here: a --workers given to another runner is refused even at the default's value
+    group.add_argument("--workers", type=int, default=None,
+                       help=f"{fields['workers'].description} (default: {fields['workers'].default})")
     group.add_argument("--dask-address", default=fields["dask_address"].default,
                        help=fields["dask_address"].description)
 
@@ -125,8 +126,11 @@ def params_from_args(model: type[BaseModel], args: argparse.Namespace, **values:
     fields: dict[str, Any] = {}
     for name, field in model.model_fields.items():
         if field.annotation is Runner:
-            fields[name] = {"kind": args.runner_kind, "workers": args.workers,
-                            "dask_address": args.dask_address, "beam_args": list(args.beam_args)}
+            fields[name] = {"kind": args.runner_kind, "dask_address": args.dask_address,
+                            "beam_args": list(args.beam_args)}
+            if args.workers is not None:
+                _check_workers_given(args.runner_kind, args.workers)
+                fields[name]["workers"] = args.workers
         elif hasattr(args, name):
             fields[name] = getattr(args, name)
     fields.update(values)
@@ -135,6 +139,15 @@ def params_from_args(model: type[BaseModel], args: argparse.Namespace, **values:
     except ValidationError as error:
         raise ParameterError("; ".join(_problem(problem, model.model_fields) for problem in error.errors())
                              ) from None
+
+
+def _check_workers_given(kind: str, workers: int) -> None:
+    """The form cannot tell a default from a given value; the command line can (``--workers 2`` beside
+    the in-memory runner was accepted without a word, and ran one process)."""
+    if kind != "multiprocess":
+        raise ParameterError(f"--workers {workers} sets the multiprocess runner's processes: choose it "
+                             f"(--runner multiprocess), or drop --workers (the {kind} runner does not use "
+                             "it)")
 
 
 def _flags_named(message: str, fields: Iterable[str]) -> str:

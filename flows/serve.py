@@ -348,7 +348,7 @@ def wait_for_api(api_url: str, timeout_s: float = 120.0, server: subprocess.Pope
 
 
 def run_local_server(workdir: str | Path = "runs/demo", port: int = 4200, files_port: int = 4201,
-                     cron: str = DEFAULT_CRON) -> None:
+                     cron: str = DEFAULT_CRON, model_name: str = "convlstm") -> None:
     """``prefect server start`` (SQLite) + artifact file server + served deployments, until Ctrl-C; one
     such server per Prefect home (its database and deployments)."""
     from prefect.settings import PREFECT_HOME
@@ -359,10 +359,11 @@ def run_local_server(workdir: str | Path = "runs/demo", port: int = 4200, files_
     with held(home / "nowcast-server", str(home), "the Prefect home",
               "stop that `nowcast server` (its deployments are this one's: a second server took them over, "
               "then paused them as it stopped), or give this one its own PREFECT_HOME"):
-        _run_local_server(Path(workdir).resolve(), port, files_port, cron, home / "nowcast-server.log")
+        _run_local_server(Path(workdir).resolve(), port, files_port, cron, model_name,
+                          home / "nowcast-server.log")
 
 
-def _run_local_server(root: Path, port: int, files_port: int, cron: str, log: Path) -> None:
+def _run_local_server(root: Path, port: int, files_port: int, cron: str, model_name: str, log: Path) -> None:
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     root.mkdir(parents=True, exist_ok=True)
@@ -389,7 +390,7 @@ def _run_local_server(root: Path, port: int, files_port: int, cron: str, log: Pa
         print(f"Prefect UI: http://127.0.0.1:{port}  (deployments: {', '.join(DEPLOYED)} / {DEPLOYMENT}); "
               f"stores under {root}; Ctrl-C stops everything", flush=True)
         with temporary_settings({PREFECT_API_URL: api}):
-            serve_deployments(root, cron)
+            serve_deployments(root, cron, model_name=model_name)
     finally:
         stop_process(server)
         files.shutdown()

@@ -86,7 +86,7 @@ def test_a_picture_that_cannot_be_written_is_named(stores, tmp_path, capsys):
     blocker.write_text("not a folder")
     out = blocker / "x.png"
     for command in (["show", stores["archive"], "--out", str(out)],
-                    ["summary", "--archive", stores["archive"], "--png", str(out)]):
+                    ["summary", stores["archive"], "--png", str(out)]):
         assert cli.main(command) == 2
         err = capsys.readouterr().err
         assert f"cannot write the picture {out}: {blocker} is a file, not a folder" in err
@@ -95,7 +95,7 @@ def test_a_picture_that_cannot_be_written_is_named(stores, tmp_path, capsys):
     assert "is an extension without a file name; give a name such as map.gif" in capsys.readouterr().err
     for picture, suffixes in ((tmp_path / "noext", ".png"), (tmp_path / "x.jpg", ".png"),
                               (tmp_path / "x.jpg", ".png or .gif")):
-        command = (["summary", "--archive", stores["archive"], "--png", str(picture)] if suffixes == ".png"
+        command = (["summary", stores["archive"], "--png", str(picture)] if suffixes == ".png"
                    else ["show", stores["archive"], "--out", str(picture)])
         assert cli.main(command) == 2  # summary wrote noext.png and a JPEG, naming the path it was given
         assert f"{picture} must end in {suffixes} (the picture's format)" in capsys.readouterr().err
@@ -245,7 +245,7 @@ def test_quiet_prints_nothing_but_a_querys_answer(tmp_path, capsys):
     assert cli.main(["windows", "-q", "--archive", archive, "--windows", str(tmp_path / "w.zarr"),
                      "--t-in", "2", "--t-out", "1", "--split-block", "PT10M"]) == 0
     assert capsys.readouterr() == ("", "")
-    assert cli.main(["-q", "summary", "--archive", archive]) == 0  # what was asked for
+    assert cli.main(["-q", "summary", archive]) == 0  # what was asked for
     assert capsys.readouterr().out.startswith(f"archive   {archive}")
 
 
@@ -298,7 +298,7 @@ def test_output_into_a_closed_pipe_ends_quietly(stores):
     read, write = os.pipe()
     os.close(read)
     try:
-        result = subprocess.run([sys.executable, "-m", "nowcast.flows.cli", "summary", "--archive",
+        result = subprocess.run([sys.executable, "-m", "nowcast.flows.cli", "summary",
                                  stores["archive"]], stdout=write, stderr=subprocess.PIPE, text=True,
                                 timeout=300)
     finally:
@@ -635,7 +635,7 @@ def test_max_samples_are_spread_over_the_split(stores, tmp_path):
 def test_a_picture_is_a_local_file(stores, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     for command in (["show", stores["archive"], "--out", "s3://bucket/x.png"],
-                    ["summary", "--archive", stores["archive"], "--png", "s3://bucket/x.png"]):
+                    ["summary", stores["archive"], "--png", "s3://bucket/x.png"]):
         assert cli.main(command) == 2
         assert "s3://bucket/x.png: pictures are written to local files" in capsys.readouterr().err
     assert cli.main(["show", stores["archive"], "--out", ""]) == 2

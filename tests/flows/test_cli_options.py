@@ -41,6 +41,10 @@ def test_every_option_default_is_the_form_default(command):
     for action in subparser(command)._actions:
         if action.dest in COMMON:
             continue
+        if action.dest == "workers":  # None, so that a --workers given to another runner is refused
+            assert action.default is None
+            assert f"(default: {Runner.model_fields['workers'].default})" in action.help
+            continue
         if action.dest in RUNNER_FLAGS:
             expected = Runner.model_fields[RUNNER_FLAGS[action.dest]].get_default(call_default_factory=True)
         elif action.dest in form.model_fields:
@@ -184,7 +188,10 @@ NOT_APPLYING = {
                       "tcp://127.0.0.1:1"],
                      "dask_address (tcp://127.0.0.1:1, --dask-address) is the dask runner's"),
     "workers": (["ingest", "--synthetic", "--frames", "6", "--size", "16", "--workers", "8"],
-                "workers (8, --workers) sets the multiprocess runner's processes"),
+                "--workers 8 sets the multiprocess runner's processes"),
+    "workers at the default": (["ingest", "--synthetic", "--frames", "6", "--size", "16", "--workers", "2"],
+                               "--workers 2 sets the multiprocess runner's processes: choose it (--runner "
+                               "multiprocess), or drop --workers (the inmemory runner does not use it)"),
     "stream pace": (["score", "--interval", "5", "--duration", "30"],
                     "--interval and --duration pace a stream: add --follow"),
     "watch step": (["watch", "--input", "in", "--format", "netcdf", "--time-step", "banana"],
@@ -314,7 +321,8 @@ def test_home_is_expanded_and_a_file_is_no_work_folder(tmp_path, monkeypatch, ca
     assert (tmp_path / "home" / "a.zarr" / "zarr.json").exists()
     assert not (tmp_path / "~").exists()
     assert cli.main(["check", "~/a.zarr"]) == 0
-    assert cli.main(["summary", "--archive=~/a.zarr"]) == 0
+    assert cli.main(["summary", "--archive=~/a.zarr"]) == 0  # the older spelling
+    assert cli.main(["summary", "~/a.zarr"]) == 0
     capsys.readouterr()
     (tmp_path / "afile").write_text("")
     for argv in (["train", "--archive=~/a.zarr", "--windows", "w.zarr"], ["evaluate", "--windows", "w.zarr"],
@@ -377,3 +385,19 @@ def test_store_paths_that_cannot_exist_are_refused_before_any_work(tmp_path, mon
         assert message in err, (argv, err)
         assert "Traceback" not in err
     assert sorted(path.name for path in tmp_path.iterdir()) == before
+
+
+def test_summary_takes_its_archive_as_show_and_check_do(capsys):
+    """Positional like show's and check's store; --archive, the older spelling, still works alone."""
+    assert cli.main(["summary"]) == 2
+    assert "summary needs an archive: nowcast summary STORE" in capsys.readouterr().err
+    assert cli.main(["summary", "a.zarr", "--archive", "b.zarr"]) == 2
+    assert "two archives given (a.zarr and --archive b.zarr): give one" in capsys.readouterr().err
+
+
+def test_serve_and_server_name_the_forms_model_as_the_other_commands_do():
+    """--model-name, as score and backfill spell it (serve had --model); --model still reaches it."""
+    for command in ("serve", "server"):
+        assert cli.build_parser().parse_args([command, "--model-name", "cnn_lstm"]).model_name == "cnn_lstm"
+        assert cli.build_parser().parse_args([command, "--model", "cnn_lstm"]).model_name == "cnn_lstm"
+        assert cli.build_parser().parse_args([command]).model_name == "convlstm"

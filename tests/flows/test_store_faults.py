@@ -62,7 +62,7 @@ def test_a_path_that_is_not_a_v3_store_is_named_and_left_alone(good, tmp_path, c
     bad = tmp_path / "archive.zarr"
     damage(good, bad)
     before = digest(bad)
-    for command in (["summary", "--archive", str(bad)], ["ingest", "--archive", str(bad), *SYNTHETIC]):
+    for command in (["summary", str(bad)], ["ingest", "--archive", str(bad), *SYNTHETIC]):
         assert cli.main(command) == 2
         err = capsys.readouterr().err
         assert message in err
@@ -74,7 +74,7 @@ def test_a_path_that_is_not_a_v3_store_is_named_and_left_alone(good, tmp_path, c
 @pytest.mark.fault("stores", "a store URL whose scheme needs a package that is not installed",
                    "exit 2 naming the URL and the package to install")
 def test_a_url_whose_filesystem_is_not_installed_is_named(capsys):
-    assert cli.main(["summary", "--archive", "abfs://container/archive.zarr"]) == 2
+    assert cli.main(["summary", "abfs://container/archive.zarr"]) == 2
     err = capsys.readouterr().err
     assert "abfs://container/archive.zarr" in err
     assert "adlfs" in err
@@ -105,7 +105,7 @@ def test_a_windows_store_given_as_archive_is_named_by_its_kind(good, tmp_path, c
     windows = tmp_path / "windows.zarr"
     run_in_process(WindowJob(str(good), str(windows), WindowSpec(("precip",), "precip", t_in=2, t_out=1)))
     before = snapshot(str(windows))
-    for command in (["summary", "--archive", str(windows)], ["ingest", "--archive", str(windows), *SYNTHETIC],
+    for command in (["summary", str(windows)], ["ingest", "--archive", str(windows), *SYNTHETIC],
                     ["windows", "--archive", str(windows), "--windows", str(tmp_path / "w2.zarr")]):
         assert cli.main(command) == 2
         err = capsys.readouterr().err

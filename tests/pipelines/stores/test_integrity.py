@@ -296,7 +296,7 @@ def test_damaged_array_metadata_is_named_by_every_reader(archive, damage):
     if damage == "garbage":  # without its zarr.json zarr does not see the array at all
         with pytest.raises(ArchiveError, match=r"metadata of precip/zarr\.json"):
             open_archive(str(archive))
-    result = nowcast("summary", "--archive", str(archive))
+    result = nowcast("summary", str(archive))
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert "metadata of precip/zarr.json" in result.stderr
