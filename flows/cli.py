@@ -129,9 +129,14 @@ def cmd_windows(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from nowcast.flows.train import train_flow
+    from nowcast.model.verification import TABLE_KEY
 
-    run = local(train_flow)(params_from_args(TrainParams, args))  # its fit task draws the epochs' bar
+    params = params_from_args(TrainParams, args)
+    run = local(train_flow)(params)  # its fit task draws the epochs' bar
+    print(f"{params.architecture}/{run.version} against the baselines on the validation split of "
+          f"{params.windows}:")
     print(run.table)
+    print(f"{TABLE_KEY}\n")
     print(f"{'promoted' if run.promoted else 'registered (not promoted)'} {run.path}: {run.verdict}")
     return 0
 
@@ -215,6 +220,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from nowcast.flows.evaluate import evaluate_flow
+    from nowcast.model.verification import TABLE_KEY
 
     params = params_from_args(EvaluateParams, args)
     run = local(evaluate_flow)(params)
@@ -223,6 +229,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(run.table)
     if run.stored_table:
         print(run.stored_table)
+    print(f"{TABLE_KEY}\n")
     for kind, path in run.pictures.items():
         print(f"{kind}: {path}")
     return 0

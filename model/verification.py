@@ -46,6 +46,11 @@ FSS_SCALES = (1, 5, 15)
 # frequency bias (forecast over observed count) at 0.1 and 1 mm/h: above 1 paints rain that is not there
 METRICS = ("mae", "csi_0.5", "csi_1", "csi_5", "fss_1", "bias_0.1", "bias_1")
 CATEGORICAL = ("CSI", "POD", "FAR", "BIAS")
+# under a table of METRICS, for a reader who does not know the keys
+TABLE_KEY = ("mae: mean absolute error (mm/h), lower is better; csi_T: critical success index at T mm/h, "
+             "higher is better; fss_1: fractions skill score at 1 mm/h over "
+             f"{FSS_SCALES[1]}x{FSS_SCALES[1]} px, higher is better; bias_T: frequency bias at T mm/h, "
+             "1 is best")
 
 
 def _thr_key(thr: float) -> str:

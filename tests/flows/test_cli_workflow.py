@@ -50,6 +50,9 @@ def test_ingest_windows_train_score_evaluate_show(tmp_path, prefect_server):
     assert "ingested 96 frames" in outputs["ingest"]
     assert "samples: train" in outputs["windows"]
     assert "promoted" in outputs["train"]
+    assert "against the baselines on the validation split of" in outputs["train"]  # the table's caption
+    for command in ("train", "evaluate"):  # and its key
+        assert "csi_T: critical success index at T mm/h" in outputs[command]
     assert "latest" in outputs["models"]
     assert "scored 24 init times" in outputs["score"]
     assert "(stored)" in outputs["evaluate"]
