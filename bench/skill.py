@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         verification.plot_scores(shown, out / f"skill{suffix}_scores.png")
         _, i, truth, forecasts = example
         verification.plot_maps(truth, {n: f for n, f in forecasts.items() if not n.endswith(("_raw", "_pm"))},
-                               [0, 2, 5], out / f"skill{suffix}_maps.png")
+                               [0, 2, 5], out / f"skill{suffix}_maps.png", init=test_times[i])
         (out / f"skill{suffix}.md").write_text(
             f"# Skill on {TEST_EVENT[1]} (trained on {', '.join(TRAIN_EVENTS.values())})\n\n"
             + verification.markdown_table(scores) + f"\nMaps: init {str(test_times[i])[:16]} UTC.\n")

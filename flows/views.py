@@ -11,8 +11,9 @@ import numpy as np
 from nowcast.errors import InputError
 from nowcast.flows.params import parse_time
 from nowcast.pipelines.stores.archive import PRECIP, VALID, open_archive, read_info, same_units
-from nowcast.pipelines.stores.grid import south_first
+from nowcast.pipelines.stores.grid import drawn_north_up, east_first, south_first
 from nowcast.pipelines.stores.groups import enclosing_store, looks_like_url
+from nowcast.text import counted, utc_stamp
 
 MAX_SHOWN_FRAMES = 48  # frames in one picture (four hours of 5-minute frames)
 DEFAULT_SHOWN_FRAMES = 6  # an archive's picture: the last half hour of 5-minute frames
@@ -85,7 +86,7 @@ def plot_frames(url: str, path: str | Path, count: int = 4, field: str | None = 
     picks = valid_idx[np.linspace(0, valid_idx.size - 1, min(count, valid_idx.size)).astype(int)]
     with damage_named(url):
         steps = [[(north_up(ds, stored(url, name, int(i), ds[name][int(i)].values)),
-                   _stamp(ds["time"].values[i]))] for i in picks]
+                   utc_stamp(ds["time"].values[i]))] for i in picks]
     return _save(steps, _labelled(ds, name), path)
 
 
@@ -118,23 +119,48 @@ def stored(url: str, name: str, index: int, frame: np.ndarray) -> np.ndarray:
     return frame
 
 
+WRAPPED_AFTER = 8  # an archive's frames to a row of a PNG
+OUTSIDE_COVERAGE = "#BFBFBF"  # pysteps' grey for NaN on rain maps (grey at half alpha over white)
+
+
 def north_up(ds, frame: np.ndarray) -> np.ndarray:
-    """``frame`` with its first row the northernmost: stores keep rows in the input's order, and a CF NetCDF
-    file with ascending y was drawn upside down (pictures draw row 0 at the top)."""
-    return frame[::-1] if "y" in ds.coords and south_first(ds["y"].values) else frame
+    """``frame`` with its first row the northernmost and its first column the westernmost: stores keep
+    rows and columns in the input's order, and a CF NetCDF file with ascending y was drawn upside down,
+    one with descending x mirrored (pictures draw row 0 at the top, column 0 at the left)."""
+    return drawn_north_up(frame, "y" in ds.coords and south_first(ds["y"].values),
+                          "x" in ds.coords and east_first(ds["x"].values))
 
 
-def _draw(ax, frame: np.ndarray, field: tuple[str, str], title: str, colorbar: bool) -> None:
+def _is_rain(field: tuple[str, str]) -> bool:
+    return same_units(field[1], PRECIP.units)
+
+
+def _limits(steps: list[list[tuple[np.ndarray, str]]], field: tuple[str, str]) -> tuple[float, float] | None:
+    """One colour range for every panel of a field other than rain (each panel had its own, under one
+    colour bar, so four frames 15 K apart looked the same); None for rain (a fixed scale) or no data."""
+    frames = [frame for step in steps for frame, _ in step if np.isfinite(frame).any()]
+    if _is_rain(field) or not frames:
+        return None
+    return min(float(np.nanmin(f)) for f in frames), max(float(np.nanmax(f)) for f in frames)
+
+
+def _draw(ax, frame: np.ndarray, field: tuple[str, str], title: str, colorbar: bool,
+          limits: tuple[float, float] | None = None) -> None:
     """One map of ``field`` (its name and units) as a forecaster reads it: rain on pysteps' logarithmic
-    intensity scale with dry white; any other field on a plain colour scale, named with its units."""
+    intensity scale with dry white; any other field on a plain colour scale over ``limits``, named with
+    its units. Outside coverage (NaN) is grey on both, as pysteps draws it."""
     name, units = field
-    if same_units(units, PRECIP.units):
+    if _is_rain(field):
         from nowcast.model.verification import draw_rain  # quiets pysteps itself
 
         draw_rain(ax, frame, colorbar)
     else:
+        import matplotlib
+
         ax.set_facecolor("white")
-        image = ax.imshow(frame, cmap="viridis")
+        low, high = limits or (None, None)
+        image = ax.imshow(frame, cmap=matplotlib.colormaps["viridis"].with_extremes(bad=OUTSIDE_COVERAGE),
+                          vmin=low, vmax=high)
         ax.set_axis_off()
         if colorbar:
             ax.figure.colorbar(image, ax=ax, label=f"{name} ({units})" if units else name)
@@ -170,16 +196,19 @@ def _draw_steps(steps: list[list[tuple[np.ndarray, str]]], field: tuple[str, str
 
     gif = path.suffix.lower() == ".gif"
     grid = [list(row) for row in zip(*steps, strict=True)]  # rows: panel kinds; columns: steps
-    rows, columns = (1, len(steps[0])) if gif else (len(grid), len(steps))
-    fig, axes = plt.subplots(rows, columns, figsize=(3.0 * columns + 0.8, 2.7 * rows), squeeze=False,
+    if not gif and len(grid) == 1 and len(steps) > WRAPPED_AFTER:  # 48 frames made one strip 11584 px wide
+        grid = [grid[0][i:i + WRAPPED_AFTER] for i in range(0, len(steps), WRAPPED_AFTER)]
+    rows, columns = (1, len(steps[0])) if gif else (len(grid), max(len(row) for row in grid))
+    fig, axes = plt.subplots(rows, columns, figsize=(3.0 * columns + 0.8, 2.9 * rows), squeeze=False,
                              layout="constrained")
 
     barred: list[bool] = []  # FuncAnimation draws the first step twice (once to initialise): one bar
+    limits = _limits(steps, field)  # the bar drawn once holds for every frame of an animation
 
     def draw(step: int) -> None:
         for c, (frame, title) in enumerate(steps[step]):
             axes[0][c].clear()
-            _draw(axes[0][c], frame, field, title, colorbar=not barred and c == columns - 1)
+            _draw(axes[0][c], frame, field, title, colorbar=not barred and c == columns - 1, limits=limits)
         barred.append(True)
 
     try:
@@ -187,8 +216,10 @@ def _draw_steps(steps: list[list[tuple[np.ndarray, str]]], field: tuple[str, str
             FuncAnimation(fig, draw, frames=len(steps), interval=500).save(path, writer=PillowWriter(fps=2))
         else:
             for r, row in enumerate(grid):
-                for c, (frame, title) in enumerate(row):
-                    _draw(axes[r][c], frame, field, title, colorbar=c == columns - 1)
+                for c, (frame, title) in enumerate(row):  # one bar a row, on full rows only
+                    _draw(axes[r][c], frame, field, title, colorbar=c == columns - 1, limits=limits)
+                for ax in axes[r][len(row):]:  # the last row of wrapped frames may be short
+                    ax.set_axis_off()
             fig.savefig(path, dpi=80)
     finally:
         plt.close(fig)
@@ -263,11 +294,6 @@ def _field(ds) -> str:
     return next(str(name) for name, var in ds.data_vars.items() if var.dims[-2:] == ("y", "x"))
 
 
-def _stamp(value: np.datetime64) -> str:
-    """A time as the maps and messages show it: ``2024-01-01 00:05 UTC``."""
-    return str(np.datetime_as_string(value, unit="m")).replace("T", " ") + " UTC"
-
-
 def _pick(times: np.ndarray, usable: np.ndarray, time: str | None, what: str) -> int:
     """The index of ``time`` (or of the newest usable time) on ``times``."""
     if time is None:
@@ -281,10 +307,10 @@ def _pick(times: np.ndarray, usable: np.ndarray, time: str | None, what: str) ->
             raise InputError(f"no {what} to show yet")
         held = times[usable]  # not every time between the first and the last may be held
         before, after = held[held < wanted], held[held > wanted]
-        nearest = ([f"{_stamp(before[-1])} before it"] if before.size else []) + (
-            [f"{_stamp(after[0])} after it"] if after.size else [])
+        nearest = ([f"{utc_stamp(before[-1])} before it"] if before.size else []) + (
+            [f"{utc_stamp(after[0])} after it"] if after.size else [])
         raise InputError(f"no {what} at {time}; the nearest: {' and '.join(nearest)}, of {len(held)} from "
-                         f"{_stamp(held[0])} to {_stamp(held[-1])}")
+                         f"{utc_stamp(held[0])} to {utc_stamp(held[-1])}")
     return int(hits[0])
 
 
@@ -295,7 +321,14 @@ def _archive_panels(url: str, ds, name: str, time: str | None, count: int) -> li
     end = _pick(ds["time"].values, valid, time, f"valid frame in {url}")
     picks = np.flatnonzero(valid[: end + 1])[-count:]
     return [[(north_up(ds, stored(url, name, int(i), ds[name][int(i)].values)),
-              _stamp(ds["time"].values[i]))] for i in picks]
+              utc_stamp(ds["time"].values[i]) + _missing_before(picks, n))] for n, i in enumerate(picks)]
+
+
+def _missing_before(picks: np.ndarray, n: int) -> str:
+    """A title's note of the frames missing between pick ``n`` and the one before it (the panels sat side
+    by side as if consecutive)."""
+    gap = int(picks[n] - picks[n - 1] - 1) if n else 0
+    return f"\n({counted(gap, 'frame')} missing before)" if gap else ""
 
 
 def _forecast_panels(ds, archive: str, time: str | None, count: int | None) -> list[list[tuple[np.ndarray,
@@ -326,7 +359,7 @@ def _forecast_panels(ds, archive: str, time: str | None, count: int | None) -> l
                  np.full(ds[name].shape[-2:], np.nan))
         later = valid_time > observed["time"].values[-1]
         unseen = "" if seen_then else " (not yet)" if later else " (missing)"
-        rows.append([(truth, f"observed {_stamp(valid_time)}{unseen}"),
+        rows.append([(truth, f"observed {utc_stamp(valid_time)}{unseen}"),
                      (north_up(ds, ds[name][i, k].values), f"{model} {ds[MODEL_VERSION].values[i]}\n"
-                                                           f"from {_stamp(init)[11:16]}, +{minutes} min")])
+                                                           f"from {utc_stamp(init)[11:16]}, +{minutes} min")])
     return rows

@@ -34,6 +34,7 @@ import numpy as np
 from nowcast.errors import InputError
 from nowcast.model.tiling import WholeGrid
 from nowcast.quiet_import import pysteps_quietly
+from nowcast.text import utc_stamp
 
 with pysteps_quietly():
     from pysteps import motion, nowcasts
@@ -332,8 +333,9 @@ def draw_rain(ax, frame: np.ndarray, colorbar: bool) -> None:
 
 
 def plot_maps(observed: np.ndarray, forecasts: Mapping[str, np.ndarray], leads: Sequence[int],
-              path: str | Path, time_step_minutes: float = 5.0) -> Path:
-    """Forecast maps beside the truth: a row per source, a column per chosen lead index (PNG).
+              path: str | Path, time_step_minutes: float = 5.0, init: np.datetime64 | None = None) -> Path:
+    """Forecast maps beside the truth: a row per source, a column per chosen lead index (PNG); with
+    ``init`` (the forecasts' init time, UTC) each observation is titled with its valid time.
 
     Drawn as a forecaster sees rain: pysteps' intensity colour scale (steps
     on a logarithmic ladder from 0.1 mm/h), dry (< 0.1 mm/h) left white so
@@ -346,13 +348,19 @@ def plot_maps(observed: np.ndarray, forecasts: Mapping[str, np.ndarray], leads: 
 
     outside = ~np.isfinite(observed)  # show forecasts only where they are scored
     rows = {"observed": observed, **{k: np.where(outside, np.nan, v) for k, v in forecasts.items()}}
-    fig, axes = plt.subplots(len(rows), len(leads), figsize=(2.9 * len(leads) + 0.8, 2.5 * len(rows)),
+    # rows of 2.9 in: at 2.5 the colour bar's lowest labels (0.1 to 0.63) ran into each other
+    fig, axes = plt.subplots(len(rows), len(leads), figsize=(2.9 * len(leads) + 0.8, 2.9 * len(rows)),
                              squeeze=False, layout="constrained")
+    if init is not None:
+        fig.suptitle(f"forecasts from {utc_stamp(init)}", fontsize=9)
     for r, (name, frames) in enumerate(rows.items()):
         for c, k in enumerate(leads):
             ax = axes[r][c]
             draw_rain(ax, frames[k], colorbar=c == len(leads) - 1)
-            ax.set_title(f"{name}\n+{(k + 1) * time_step_minutes:g} min", fontsize=8)  # a long name ran on
+            minutes = (k + 1) * time_step_minutes
+            valid = ("" if init is None or r else
+                     f" {utc_stamp(np.datetime64(init, 's') + np.timedelta64(int(minutes * 60), 's'))[11:]}")
+            ax.set_title(f"{name}{valid}\n+{minutes:g} min", fontsize=8)  # a long name ran on
     fig.savefig(path, dpi=80)
     plt.close(fig)
     return Path(path)

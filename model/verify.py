@@ -25,7 +25,7 @@ from nowcast.pipelines.stores.forecasts import (
     read_store_info,
     written_flags,
 )
-from nowcast.pipelines.stores.grid import south_first
+from nowcast.pipelines.stores.grid import drawn_north_up, east_first, south_first
 from nowcast.pipelines.stores.timeaxis import step_minutes
 from nowcast.pipelines.stores.windows import WindowsStore, describe_archive
 
@@ -40,14 +40,19 @@ class Verification:
         scores: ``scores[source][lead_minutes][metric]``.
         samples: samples scored.
         example: ``(observed, {source: forecast})`` of the wettest sample, ``(t_out, y, x)`` each.
+        example_init: that sample's init time (the time of its last input frame), for the maps' titles.
         south_first: the archive's y ascends, so row 0 is the south (a CF NetCDF grid): the maps
             flip it to draw north up, as ``nowcast show`` does (they were drawn upside down).
+        east_first: the archive's x descends, so column 0 is the east: the maps flip it to draw west on
+            the left (they were mirrored).
     """
 
     scores: dict[str, dict[str, dict[str, float]]]
     samples: int
     example: tuple[np.ndarray, dict[str, np.ndarray]] | None
     south_first: bool = False  # the grid's first row is its southernmost (y ascends): pictures flip it
+    east_first: bool = False  # the grid's first column is its easternmost (x descends): pictures flip it
+    example_init: np.datetime64 | None = None
 
     def mean(self, source: str, metric: str = PRIMARY) -> float:
         """Mean of ``metric`` over the lead times (NaN when none was scored)."""
@@ -108,8 +113,9 @@ def verify_split(windows: str, split: str, forecaster: Forecaster, name: str,
         time_step_minutes = step_minutes(store.time_step)
     target = store.channels.index(store.target) if store.target in store.channels else 0
     states = {source: verification.skill_init(t_out) for source in (name, *baselines)}
-    seen, example, wettest = 0, None, -1.0
+    seen, example, example_init, wettest = 0, None, None, -1.0
     picked = spread(store.num_samples, max_samples)
+    init_times = store.init_times()
     for index in range(store.num_chunks):
         first = index * store.chunk
         wanted = picked[(picked >= first) & (picked < first + store.chunk)] - first
@@ -127,15 +133,16 @@ def verify_split(windows: str, split: str, forecaster: Forecaster, name: str,
                 verification.skill_accum(states[source], fct[i], truth)
             wet = float(np.nanmean(truth >= 1.0)) if np.isfinite(truth).any() else 0.0
             if wet > wettest:
-                wettest = wet
+                wettest, example_init = wet, init_times[first + wanted[i]]
                 example = (truth, {source: fct[i] for source, fct in forecasts.items()})
         seen += len(inputs)
         if on_samples is not None:
             on_samples(seen)
     scores = {source: verification.skill_compute(state, time_step_minutes)
               for source, state in states.items()}
-    return Verification(scores=scores, samples=seen, example=example,
-                        south_first=archive_south_first(store.attrs.get("archive")))
+    south, east = archive_orientation(store.attrs.get("archive"))
+    return Verification(scores=scores, samples=seen, example=example, south_first=south, east_first=east,
+                        example_init=example_init)
 
 
 def spread(count: int, most: int | None) -> np.ndarray:
@@ -174,7 +181,7 @@ def verify_forecasts(forecasts: str, archive: str, max_samples: int) -> Verifica
     names = {i: f"{info.identity.model_name}/{versions[i]} (stored)" for i in usable}
     states = {name: verification.skill_init(t_out) for name in sorted(set(names.values()))}
     states["persistence"] = verification.skill_init(t_out)
-    example, wettest = None, -1.0
+    example, example_init, wettest = None, None, -1.0
     for i in usable:
         truth = truth_all[i + 1:i + 1 + t_out].values
         fct = {names[i]: stored[i].values,
@@ -183,23 +190,25 @@ def verify_forecasts(forecasts: str, archive: str, max_samples: int) -> Verifica
             verification.skill_accum(states[source], values, truth)
         wet = float(np.nanmean(truth >= 1.0))
         if wet > wettest:
-            wettest, example = wet, (truth, fct)
+            wettest, example, example_init = wet, (truth, fct), store["init_time"].values[i]
     minutes = step_minutes(info.time_step)
     scores = {source: verification.skill_compute(state, minutes) for source, state in states.items()}
-    return Verification(scores=scores, samples=len(usable), example=example,
-                        south_first=south_first(archive_info.grid.y))
+    grid = archive_info.grid
+    return Verification(scores=scores, samples=len(usable), example=example, south_first=south_first(grid.y),
+                        east_first=east_first(grid.x), example_init=example_init)
 
 
-def archive_south_first(archive: object) -> bool:
-    """:func:`~nowcast.pipelines.stores.grid.south_first` of the grid of ``archive`` (a URL; None or one
-    that cannot be read: no)."""
+def archive_orientation(archive: object) -> tuple[bool, bool]:
+    """:func:`~nowcast.pipelines.stores.grid.south_first` and
+    :func:`~nowcast.pipelines.stores.grid.east_first` of the grid of ``archive`` (a URL; None or one that
+    cannot be read: neither)."""
     if not archive:
-        return False
+        return False, False
     try:
-        y = read_info(str(archive)).grid.y
+        grid = read_info(str(archive)).grid
     except Exception:  # the pictures keep the stored order; the scores do not depend on it
-        return False
-    return south_first(y)
+        return False, False
+    return south_first(grid.y), east_first(grid.x)
 
 
 def save_pictures(result: Verification, folder: str | Path, stem: str,
@@ -210,11 +219,13 @@ def save_pictures(result: Verification, folder: str | Path, stem: str,
     paths = {"scores": verification.plot_scores(result.scores, folder / f"{stem}_scores.png")}
     if result.example is not None:
         observed, forecasts = result.example
-        if result.south_first:  # north up, as `nowcast show` draws the same archive
-            observed, forecasts = observed[:, ::-1], {k: v[:, ::-1] for k, v in forecasts.items()}
+        def drawn(frames: np.ndarray) -> np.ndarray:  # north up, west left, as `nowcast show` draws them
+            return drawn_north_up(frames, result.south_first, result.east_first)
+
+        observed, forecasts = drawn(observed), {k: drawn(v) for k, v in forecasts.items()}
         leads = sorted({0, observed.shape[0] // 2, observed.shape[0] - 1})
         paths["maps"] = verification.plot_maps(observed, forecasts, leads, folder / f"{stem}_maps.png",
-                                               time_step_minutes)
+                                               time_step_minutes, init=result.example_init)
     return paths
 
 

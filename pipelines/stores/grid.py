@@ -148,6 +148,17 @@ def south_first(y: np.ndarray) -> bool:
     return len(y) > 1 and bool(y[0] < y[-1])
 
 
+def east_first(x: np.ndarray) -> bool:
+    """Whether columns with these x coordinates run from east to west (x descends): pictures, which draw
+    column 0 at the left, flip such a grid to show west on the left."""
+    return len(x) > 1 and bool(x[0] > x[-1])
+
+
+def drawn_north_up(frames: np.ndarray, south: bool, east: bool) -> np.ndarray:
+    """``frames`` (``(..., y, x)``) as a map draws them: north at the top, west at the left."""
+    return frames[..., ::-1 if south else 1, ::-1 if east else 1]
+
+
 def crs_of(projection: str) -> pyproj.CRS:
     """The CRS a file names: a PROJ string, ``EPSG:3035``, WKT, anything pyproj reads.
 

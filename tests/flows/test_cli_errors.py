@@ -707,18 +707,24 @@ def test_training_says_which_windows_it_replaces(stores, tmp_path):
     assert replaced_windows(same) is None
 
 
-@pytest.mark.fault("command line", "`show` of an archive ingested from NetCDF with ascending y",
-                   "drawn north up (it was drawn upside down: rows in the file's order, row 0 at the top)")
+@pytest.mark.fault("command line", "`show` of an archive ingested from NetCDF with ascending y, or with "
+                   "descending x",
+                   "drawn north up and west left (it was drawn upside down, or mirrored: rows and columns in "
+                   "the file's order, row 0 at the top, column 0 at the left)")
 def test_pictures_are_drawn_north_up():
     import xarray as xr
 
     from nowcast.flows.views import north_up
 
     frame = np.arange(6.0).reshape(3, 2)
-    ascending = xr.Dataset(coords={"y": [0.0, 1.0, 2.0]})
+    ascending = xr.Dataset(coords={"y": [0.0, 1.0, 2.0], "x": [0.0, 1.0]})
     np.testing.assert_array_equal(north_up(ascending, frame), frame[::-1])
-    descending = xr.Dataset(coords={"y": [2.0, 1.0, 0.0]})
+    descending = xr.Dataset(coords={"y": [2.0, 1.0, 0.0], "x": [0.0, 1.0]})
     np.testing.assert_array_equal(north_up(descending, frame), frame)
+    westward = xr.Dataset(coords={"y": [2.0, 1.0, 0.0], "x": [1.0, 0.0]})
+    np.testing.assert_array_equal(north_up(westward, frame), frame[:, ::-1])
+    both = xr.Dataset(coords={"y": [0.0, 1.0, 2.0], "x": [1.0, 0.0]})
+    np.testing.assert_array_equal(north_up(both, frame), frame[::-1, ::-1])
 
 
 @pytest.mark.fault("command line", "`show` of an archive holding several variables (NetCDF sensor fields)",
@@ -736,13 +742,19 @@ def test_show_draws_the_variable_asked_for(stores, tmp_path, capsys, monkeypatch
     assert cli.main(["ingest", "--input", str(folder), "--archive", archive, "-q"]) == 0
     drawn = []
 
-    def recording(ax, frame, field, title, colorbar):
+    def recording(ax, frame, field, title, colorbar, limits=None):
         drawn.append((field, frame))
+        ranges.add(limits)
+
+    ranges = set()
 
     monkeypatch.setattr(views, "_draw", recording)
     assert cli.main(["show", archive, "--variable", "temperature", "--out", str(tmp_path / "t.png")]) == 0
     assert {field for field, _ in drawn} == {("temperature", "K")}
     np.testing.assert_array_equal(drawn[-1][1], ds.temperature.values[-1])  # the newest frame last
+    frames = ds.temperature.values
+    # one colour range for every panel (each had its own under one bar)
+    assert ranges == {(float(np.nanmin(frames)), float(np.nanmax(frames)))}
     drawn.clear()
     assert cli.main(["show", archive, "--out", str(tmp_path / "first.png")]) == 0
     assert {field for field, _ in drawn} == {("humidity", "%")}  # the first that summary lists
@@ -755,3 +767,61 @@ def test_show_draws_the_variable_asked_for(stores, tmp_path, capsys, monkeypatch
     assert "hold precip alone, not temperature: leave --variable out" in capsys.readouterr().err
     assert not (tmp_path / "p.png").exists()
     assert not (tmp_path / "f.png").exists()
+
+
+@pytest.mark.fault("command line", "`show` of a field other than rain whose frames differ in range (a "
+                   "temperature 15 K warmer each frame), or with unobserved pixels",
+                   "every panel and every frame of an animation on one colour range, the one its bar shows, "
+                   "and unobserved pixels grey (each panel had its own range under one bar, so the frames "
+                   "looked the same; NaN was white on white)")
+def test_a_field_other_than_rain_is_drawn_on_one_scale(tmp_path):
+    from PIL import Image
+
+    from nowcast.flows import views
+
+    frames = [np.full((10, 12), 260.0 + 15 * i) + np.arange(12) for i in range(4)]
+    frames[0][:, :3] = np.nan
+    steps = [[(frame, f"t{i}")] for i, frame in enumerate(frames)]
+    assert views._limits(steps, ("temperature", "K")) == (263.0, 316.0)  # 260-262 K: NaN
+    assert views._limits(steps, ("precip", "mm h-1")) is None  # rain keeps its fixed scale
+    assert views._limits([[(np.full((2, 2), np.nan), "t")]], ("temperature", "K")) is None
+    views._draw_steps(steps, ("temperature", "K"), tmp_path / "t.png")
+    with Image.open(tmp_path / "t.png") as png:
+        pixels = np.asarray(png.convert("RGB"))
+    grey = np.array([0xBF, 0xBF, 0xBF])
+    assert (pixels == grey).all(axis=-1).sum() > 100  # the unobserved columns of the first frame
+
+
+@pytest.mark.fault("command line", "`show --frames 48` of an archive, or frames with missing ones between "
+                   "them",
+                   "the frames wrapped 8 to a row (they made one strip 11584 px wide), and a panel after a "
+                   "gap says how many frames are missing before it (they sat side by side as if consecutive)")
+def test_many_frames_wrap_and_a_gap_is_told(tmp_path):
+    from PIL import Image
+
+    from nowcast.flows import views
+
+    steps = [[(np.zeros((16, 16)), f"t{i}")] for i in range(20)]
+    views._draw_steps(steps, ("precip", "mm h-1"), tmp_path / "many.png")
+    with Image.open(tmp_path / "many.png") as png:
+        assert png.width < 4 * png.height  # 3 rows of 8, 8 and 4 frames, not one row of 20
+    picks = np.array([3, 4, 7, 8])
+    assert [views._missing_before(picks, n) for n in range(4)] == ["", "", "\n(2 frames missing before)", ""]
+
+
+def test_verification_maps_name_their_init_and_valid_times(tmp_path, monkeypatch):
+    """A forecaster cannot tell which forecast the maps show without a time (they said "+5 min" only)."""
+    import matplotlib.figure
+
+    from nowcast.model import verification
+
+    titles = []
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda fig, path, **kw: titles.extend(
+        [fig.get_suptitle(), *(ax.get_title() for ax in fig.axes)]))
+    frames = np.zeros((3, 8, 8))
+    verification.plot_maps(frames, {"m": frames}, [0, 2], tmp_path / "maps.png",
+                           init=np.datetime64("2016-07-11T22:40"))
+    assert titles[0] == "forecasts from 2016-07-11 22:40 UTC"
+    assert "observed 22:45 UTC\n+5 min" in titles
+    assert "observed 22:55 UTC\n+15 min" in titles
+    assert "m\n+15 min" in titles

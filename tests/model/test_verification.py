@@ -126,32 +126,38 @@ def test_frequency_bias_shows_drizzle_and_is_one_for_a_perfect_forecast():
 
 
 @pytest.mark.fault("flows", "the maps of `evaluate` and `train` for an archive whose y ascends (a CF "
-                   "NetCDF grid)",
-                   "drawn north up, as `nowcast show` draws the same archive (they were upside down)")
+                   "NetCDF grid), or whose x descends",
+                   "drawn north up and west left, as `nowcast show` draws the same archive (they were upside "
+                   "down, or mirrored)")
 def test_verification_maps_are_drawn_north_up(tmp_path, monkeypatch):
     from nowcast.model import verify
     from nowcast.pipelines.stores.groups import array, open_group
     from tests.pipelines.jobs.scoring_helpers import make_archive
 
     url = make_archive(str(tmp_path / "archive.zarr"), frames=12, size=(8, 10))
-    assert not verify.archive_south_first(url)  # the synthetic grid is north up
+    assert verify.archive_orientation(url) == (False, False)  # the synthetic grid is north up
     y = array(open_group(url, "r+"), "y")
     y[:] = y[:][::-1]
-    assert verify.archive_south_first(url)
-    assert not verify.archive_south_first(None)
+    assert verify.archive_orientation(url) == (True, False)
+    x = array(open_group(url, "r+"), "x")
+    x[:] = x[:][::-1]
+    assert verify.archive_orientation(url) == (True, True)
+    assert verify.archive_orientation(None) == (False, False)
 
     drawn = {}
     monkeypatch.setattr(verify.verification, "plot_maps",
-                        lambda observed, forecasts, *args: drawn.update(observed=observed, **forecasts))
+                        lambda observed, forecasts, *_, **__: drawn.update(observed=observed, **forecasts))
     frames = np.arange(2 * 8 * 10, dtype="float32").reshape(2, 8, 10)
     for south_first in (False, True):
-        result = verify.Verification(scores={"m": {}}, samples=1, example=(frames, {"m": frames + 1}),
-                                     south_first=south_first)
-        monkeypatch.setattr(verify.verification, "plot_scores", lambda *args: None)
-        verify.save_pictures(result, tmp_path / "pictures", "test")
-        rows = frames[:, ::-1] if south_first else frames
-        np.testing.assert_array_equal(drawn["observed"], rows)
-        np.testing.assert_array_equal(drawn["m"], rows + 1)
+        for east_first in (False, True):
+            result = verify.Verification(scores={"m": {}}, samples=1, example=(frames, {"m": frames + 1}),
+                                         south_first=south_first, east_first=east_first)
+            monkeypatch.setattr(verify.verification, "plot_scores", lambda *args: None)
+            verify.save_pictures(result, tmp_path / "pictures", "test")
+            rows = frames[:, ::-1] if south_first else frames
+            shown = rows[:, :, ::-1] if east_first else rows
+            np.testing.assert_array_equal(drawn["observed"], shown)
+            np.testing.assert_array_equal(drawn["m"], shown + 1)
 
 
 def _colours(frame: np.ndarray) -> set[tuple[int, ...]]:
