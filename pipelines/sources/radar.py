@@ -438,6 +438,7 @@ class RadarSource:
                     field, metadata = import_radar(self.fmt, path)
                     expected = None if self.fmt == "bom" else shape_from_extent(metadata)
                     stated = stated_time(self.fmt, path)
+                    check_stated_period(self.fmt, item.path, stated_period(self.fmt, path))
             if stated is not None and stated != item.time:  # numpy compares across units
                 raise SourceError(f"{item.path}: its name says {item.time}, the file itself {stated} (a file "
                                   "renamed or copied under another time); give it the name of its own time, "
@@ -465,16 +466,7 @@ def stated_time(fmt: str, path: str) -> np.datetime64 | None:
                 return None
             return np.datetime64(int(np.asarray(valid[:]).ravel()[0]), "s")
     if fmt == "knmi":
-        import h5py
-
-        with h5py.File(path, "r") as f:
-            end = f["overview"].attrs.get("product_datetime_end") if "overview" in f else None
-        if end is None:
-            return None
-        text = np.asarray(end).ravel()[0]
-        text = text.decode() if isinstance(text, bytes) else str(text)
-        stamp = datetime.strptime(text, "%d-%b-%Y;%H:%M:%S.%f")
-        return np.datetime64(stamp.replace(microsecond=0), "s")
+        return _knmi_product_times(path)[1]
     if fmt == "fmi":
         opener = gzip.open if path.endswith(".gz") else open
         with opener(path, "rb") as handle:
@@ -482,6 +474,51 @@ def stated_time(fmt: str, path: str) -> np.datetime64 | None:
                 if line.startswith(b"# obstime "):
                     return np.datetime64(datetime.strptime(line.split()[2].decode(), "%Y%m%d%H%M"), "s")
     return None
+
+
+def check_stated_period(fmt: str, path: str, stated: np.timedelta64 | None) -> None:
+    """Refuses a file whose name (``path``) states another accumulation period than the file itself
+    (``stated``, :func:`stated_period`): its amounts
+    were converted to mm/h by the name's period (a 5-minute file named ``_60min_`` was read 12 times too
+    low, exit 0).
+
+    Raises:
+        SourceError: naming both periods and the fix.
+    """
+    named = period_minutes(fmt, path)
+    if named and stated is not None and stated != np.timedelta64(named, "m"):
+        raise SourceError(f"{path}: its name says an accumulation of {named} min, the file itself "
+                          f"{int(stated // np.timedelta64(1, 'm'))} min (product_datetime_start to _end), so "
+                          "its amounts would be converted to mm/h with the wrong period; give it the name of "
+                          "its own period, or move it out")
+
+
+def stated_period(fmt: str, path: str) -> np.timedelta64 | None:
+    """The accumulation period a radar file states inside it: KNMI's ``product_datetime_end`` less its
+    ``product_datetime_start``; None for the other formats and a file that does not state both."""
+    if fmt != "knmi":
+        return None
+    start, end = _knmi_product_times(path)
+    return None if start is None or end is None else end - start
+
+
+def _knmi_product_times(path: str) -> tuple[np.datetime64 | None, np.datetime64 | None]:
+    """A KNMI file's ``product_datetime_start`` and ``product_datetime_end`` (None where absent)."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        attrs = f["overview"].attrs if "overview" in f else {}
+        stamps = [attrs.get(f"product_datetime_{edge}") for edge in ("start", "end")]
+
+    def parsed(value) -> np.datetime64 | None:
+        if value is None:
+            return None
+        text = np.asarray(value).ravel()[0]
+        text = text.decode() if isinstance(text, bytes) else str(text)
+        return np.datetime64(datetime.strptime(text, "%d-%b-%Y;%H:%M:%S.%f").replace(microsecond=0), "s")
+
+    start, end = (parsed(value) for value in stamps)
+    return start, end
 
 
 def _unreadable(fmt: str, path: str, error: Exception) -> SourceError:

@@ -374,6 +374,32 @@ def test_a_file_named_at_another_time_than_its_own_is_refused(fmt, radar_dir, tm
         source.read(renamed)
 
 
+@pytest.mark.fault("ingest", "a KNMI file whose name states another accumulation period than the file "
+                   "(a 5-minute file named `_60min_`, or an hour's accumulation named `_5min_`)",
+                   "refused naming both periods (its amounts were converted to mm/h with the name's period: "
+                   "12 times too low or too high, exit 0)")
+def test_a_knmi_file_named_with_another_period_than_its_own_is_refused(radar_dir, tmp_path):
+    import h5py
+
+    (original,) = [p for p in (radar_dir / "knmi").rglob("*") if "201008260010" in p.name]
+    folder = tmp_path / "in"
+    folder.mkdir()
+    hourly = folder / original.name.replace("_5min_", "_60min_")
+    shutil.copy(original, hourly)
+    source = get_source("knmi", directory=str(folder))
+    with pytest.raises(SourceError, match=rf"{re.escape(str(hourly))}: its name says an accumulation of 60 "
+                                          r"min, the file itself 5 min"):
+        source.read(source.items()[0])
+    hourly.unlink()
+    renamed = folder / original.name  # `_5min_`, but the file now says an hour
+    shutil.copy(original, renamed)
+    with h5py.File(renamed, "r+") as f:
+        f["overview"].attrs["product_datetime_start"] = np.array([b"25-AUG-2010;23:10:00.000"])
+    source = get_source("knmi", directory=str(folder))
+    with pytest.raises(SourceError, match="its name says an accumulation of 5 min, the file itself 60 min"):
+        source.read(source.items()[0])
+
+
 @pytest.mark.fault("ingest", "a folder mixing KNMI products or composites (RAP with RAC, NL25 with NL21) "
                    "or BoM radars, or such a batch into an archive of another", "refused naming the series "
                    "found (ingested as one series, exit 0); the archive records its series")
