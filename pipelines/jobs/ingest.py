@@ -254,7 +254,8 @@ class _CheckFrame(beam.DoFn):
     def process(self, item: SourceItem) -> Iterator[int]:
         report = check_item(self.source, item, self.grid, self.fields)
         self.checked.inc()
-        name = hashlib.sha1(f"{item.path}#{item.index_in_file}".encode()).hexdigest() + ".json"
+        # a name's bytes as the file system gave them (a name that is not UTF-8 was a UnicodeEncodeError)
+        name = hashlib.sha1(os.fsencode(f"{item.path}#{item.index_in_file}")).hexdigest() + ".json"
         fs, folder = filesystem(self.report_dir)
         fs.makedirs(folder, exist_ok=True)  # a local folder must exist; on an object store a no-op
         with fs.open(f"{folder}/{name}", "w") as handle:

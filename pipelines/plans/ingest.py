@@ -127,8 +127,11 @@ def check_frame(item: SourceItem, fields: Sequence[FieldSpec],
                 f"{item.path}: {count} values of {field.name} below its valid_min {field.valid_min} "
                 f"{field.units} (lowest {np.nanmin(values):g}); fix or mask them before ingest")
         if field.valid_max is not None and np.nanmax(values, initial=-np.inf) > field.valid_max:
-            problems.append(f"{item.path}: values of {field.name} above its valid_max "
-                            f"{field.valid_max} {field.units}; fix or mask them before ingest")
+            count = int(np.sum(values > field.valid_max))
+            problems.append(
+                f"{item.path}: {count} values of {field.name} above its valid_max {field.valid_max:g} "
+                f"{field.units} (highest {np.nanmax(values):g}); fix or mask them before ingest, or move "
+                "the file out to ingest its frame as missing")
     return problems
 
 

@@ -135,8 +135,15 @@ def list_files(directory: str, suffixes: Sequence[str]) -> list[str]:
     if not os.path.isdir(directory):
         raise SourceError(f"input folder {directory!r} does not exist or is not a folder; "
                           "give the folder that holds the input files")
-    found = []
-    for root, dirs, files in os.walk(os.path.abspath(directory)):
+    found, walked = [], set()
+    # through linked folders (a day's folder linked into the input was passed over without a word), each
+    # real folder once (a link to a folder above it would walk for ever)
+    for root, dirs, files in os.walk(os.path.abspath(directory), followlinks=True):
+        real = os.path.realpath(root)
+        if real in walked:
+            dirs[:] = []
+            continue
+        walked.add(real)
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         found += [os.path.join(root, name) for name in sorted(files)
                   if not name.startswith(".") and has_suffix(name, suffixes)]
@@ -144,12 +151,13 @@ def list_files(directory: str, suffixes: Sequence[str]) -> list[str]:
 
 
 def _a_file(path: str) -> bool:
-    """Whether ``path`` is a file to read, or a link (a dangling one is refused by its read, naming it). A
+    """Whether ``path`` is a file to read, or a link (a dangling one or a loop is refused by its read,
+    naming it). A
     pipe, socket or device named like an input file is passed over with a warning: a pipe held ingest
     and watch for ever, deaf to signals."""
     try:
         mode = os.stat(path).st_mode  # through a link: a link to a pipe would hold the read as well
-    except FileNotFoundError:  # a dangling link (or one gone since it was listed)
+    except OSError:  # a dangling link, a loop of links (a traceback that ended a watch), or gone since
         return os.path.islink(path)
     if stat.S_ISREG(mode):
         return True

@@ -145,6 +145,9 @@ PRECIP = FieldSpec(
     long_name="precipitation rate",
     standard_name="lwe_precipitation_rate",
     valid_min=0.0,
+    # no radar rain rate reaches it: the five networks in ../shared peak at 29-167 mm/h, a 70 dBZ hail
+    # core reads about 1000 mm/h by Z-R; a KNMI pixel of raw 65534 read 7864 mm/h and went in, exit 0
+    valid_max=1000.0,
     thresholds=(0.1, 0.5, 1.0, 2.0, 5.0, 10.0),
 )
 

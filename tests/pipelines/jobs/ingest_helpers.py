@@ -32,7 +32,8 @@ class ArraySource:
     """A real source over frames computed from their timestamps (picklable).
 
     ``overrides`` maps a timestamp string to a special frame kind: ``nan``
-    (all-NaN), ``negative``, ``infinite``, ``corrupt`` (read raises SourceError) or ``grid``
+    (all-NaN), ``negative``, ``infinite``, ``huge`` (above rain's valid_max), ``corrupt`` (read raises
+    SourceError) or ``grid``
     (the frame claims another grid).
     """
 
@@ -73,6 +74,8 @@ class ArraySource:
             frame[0, 0] = -1.0
         elif kind == "infinite":
             frame[1, :2] = np.inf
+        elif kind == "huge":
+            frame[2, :3] = 7864.08  # a KNMI pixel of raw 65534
         return {self.field.name: frame}
 
 

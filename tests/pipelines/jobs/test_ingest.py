@@ -90,8 +90,10 @@ def test_out_of_order_input_equals_ordered_input(tmp_path):
     ("grid", "grid differs"),
     ("negative", "below its valid_min"),
     ("infinite", "2 infinite values of precip; mask them"),  # were stored, poisoning the statistics
+    ("huge", r"3 values of precip above its valid_max 1000 mm h-1 \(highest 7864.08\)"),  # were stored
 ])
-@pytest.mark.fault("ingest", "a bad frame in a batch (corrupt, other grid, negative rain, infinite values)",
+@pytest.mark.fault("ingest", "a bad frame in a batch (corrupt, other grid, negative rain, infinite values, "
+                   "rain above 1000 mm/h)",
                    "the whole batch is refused naming the file and problem; archive bytes unchanged")
 def test_bad_frame_refuses_batch_and_leaves_archive_unchanged(tmp_path, override, message):
     _, url = ingest(tmp_path, ArraySource(times("2024-01-01T00:00", 4)))

@@ -454,6 +454,41 @@ def test_a_pipe_named_like_a_radar_file_is_passed_over(radar_dir, tmp_path, capl
     assert read_info(str(tmp_path / "a.zarr")).length >= 2
 
 
+@pytest.mark.fault("ingest", "an input folder holding a linked folder (a day's files linked in), a link "
+                   "to a folder above it, a link to itself named like a radar file, or a file whose name is "
+                   "not UTF-8",
+                   "the linked folder's files are ingested, each real folder walked once, the self-link "
+                   "refused naming it (exit 2) and the odd name ingested (the linked folder was passed over "
+                   "without a word; the self-link was an OSError traceback that ended a watch; the name a "
+                   "UnicodeEncodeError traceback)")
+def test_linked_folders_link_loops_and_odd_names(radar_dir, tmp_path):
+    from nowcast.pipelines.jobs.ingest import IngestSpec, ingest_items
+
+    knmi = sorted((radar_dir / "knmi").rglob("*.h5"))
+    folder = copied_into(tmp_path / "in", knmi[:2])
+    day = copied_into(tmp_path / "day", knmi[2:4])
+    (folder / "day").symlink_to(day)
+    (day / "up").symlink_to(folder)  # a loop through the linked folder
+    source = get_source("knmi", directory=str(folder))
+    assert [os.path.basename(item.path) for item in source.items()] == [path.name for path in knmi[:4]]
+    loop = folder / knmi[4].name
+    loop.symlink_to(loop.name)
+    source = get_source("knmi", directory=str(folder))
+    assert len(source.items()) == 5  # listed: the read names it
+    with pytest.raises(SourceError, match=rf"{re.escape(str(loop))}: cannot read it"):
+        source.read(source.items()[-1])
+    loop.unlink()
+
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    rmi = sorted((radar_dir / "rmi").rglob("*.hdf"))[:2]
+    shutil.copy(rmi[0], odd / rmi[0].name)
+    shutil.copy(rmi[1], os.path.join(os.fsencode(odd), b"radar_\xff\xfe_" + os.fsencode(rmi[1].name)))
+    source = get_source("odim", directory=str(odd))
+    result = ingest_items(IngestSpec(archive=str(tmp_path / "a.zarr"), source=source), source.items(), None)
+    assert result.frames_written == 2
+
+
 @pytest.mark.fault("ingest", "a folder ingested with a named --format that also holds another format's files",
                    "a warning counts and names them (they were left out without a word); sidecar files "
                    "(README, checksums) are not counted")
