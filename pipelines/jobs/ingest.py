@@ -531,16 +531,19 @@ def ingest_items(spec: IngestSpec, items: Sequence[SourceItem],
     with storage_errors(spec.archive, "ingest"), store_lock(spec.archive, "ingest"):
         if exists(spec.archive) and not spec.repair:  # before the axis grows: a refusal changes nothing
             check_chunks_to_merge(spec.archive, items)
-        info = prepare_archive(spec, items, fields, created_meanwhile=not existed and spec.needs_check)
+        if spec.repair:  # rewrites damaged chunks only: the axis stays (a refused repair had grown it)
+            info = _existing_info(spec.archive)
+        else:
+            info = prepare_archive(spec, items, fields, created_meanwhile=not existed and spec.needs_check)
         check_fields(info, fields, items[0].path)
         indexed = frame_indices(items, info.start, info.time_step)
-        tasks = plan_chunks(indexed, info.time_chunk, info.length)
-        log.info("ingest: %d frames in %d chunks into %s", len(items), len(tasks), spec.archive)
         if spec.repair:  # the valid flags may be among the damaged chunks: not read before
-            tasks = repair_tasks(spec, indexed, info)
+            tasks = repair_tasks(spec, [(i, item) for i, item in indexed if i < info.length], info)
             before = np.zeros(info.length, bool)
         else:
+            tasks = plan_chunks(indexed, info.time_chunk, info.length)
             before = valid_flags(spec.archive)
+        log.info("ingest: %d frames in %d chunks into %s", len(items), len(tasks), spec.archive)
         if runner is None:
             for task in tasks:
                 write_chunk(spec.archive, spec.source, task, spec.overwrite)

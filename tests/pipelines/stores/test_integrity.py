@@ -163,14 +163,20 @@ def test_check_then_repair_from_the_command_line(tmp_path):
     assert not again.stderr.strip()  # no WARNING line for a healthy archive
 
 
-@pytest.mark.fault("stores", "`--repair` without all frames of a damaged chunk",
-                   "refused naming the missing times; bytes unchanged")
+@pytest.mark.fault("stores", "`--repair` without all frames of a damaged chunk, also with frames later than "
+                   "the archive's end", "refused naming the missing times; bytes unchanged (with the later "
+                   "frames, the refused repair had grown the time axis)")
 def test_repair_refuses_when_the_input_lacks_valid_frames_of_a_damaged_chunk(archive):
     truncate(archive / "precip" / "c" / "1" / "0" / "0")
     damaged = snapshot(str(archive))
     partial = source().items()[:12]  # ends half way through the damaged chunk
     with pytest.raises(IngestError, match=r"lacks 4 valid frame\(s\) of them \(2024-01-01T01:00"):
         ingest_items(IngestSpec(archive=str(archive), source=source(), repair=True), partial, None)
+    assert snapshot(str(archive)) == damaged
+    longer = source(FRAMES + 4)
+    with pytest.raises(IngestError, match=r"lacks 4 valid frame\(s\) of them"):
+        ingest_items(IngestSpec(archive=str(archive), source=longer, repair=True),
+                     longer.items()[:12] + longer.items()[FRAMES:], None)
     assert snapshot(str(archive)) == damaged
 
 
