@@ -50,7 +50,14 @@ from nowcast.pipelines.plans.ingest import (
     frame_indices,
     plan_chunks,
 )
-from nowcast.pipelines.sources.base import Source, SourceError, SourceItem, sorted_unique
+from nowcast.pipelines.sources.base import (
+    Source,
+    SourceError,
+    SourceItem,
+    most_common_spacing,
+    sorted_unique,
+    step_from_spacing,
+)
 from nowcast.pipelines.stores.archive import (
     DEFAULT_TIME_CHUNK,
     FRAME_DIMS,
@@ -448,6 +455,12 @@ def check_new_axis(spec: IngestSpec, items: Sequence[SourceItem]) -> None:
     """Refuses frames a new archive's time axis cannot hold before the archive is created: a refusal
     after it would leave an empty archive whose axis then binds every rerun."""
     start, step = new_time_axis(spec, items)
+    if not spec.time_step and step_from_spacing(spec.source):
+        _, seen = most_common_spacing(item.time for item in items)
+        if seen == 1:  # a later frame between them is refused for ever (off the step)
+            log.warning("the new archive's time step %s is the one spacing of its first frames: if the "
+                        "input's step is shorter (a frame missing between them), later frames will be "
+                        "refused; then ingest into a new archive with --time-step", format_time_step(step))
     try:
         check_axis_growth(frame_indices(items, start, step), 0, start, step)
     except IngestError as error:

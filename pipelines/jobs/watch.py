@@ -39,7 +39,8 @@ from nowcast.pipelines.sources.base import (
     SourceError,
     SourceItem,
     file_signature,
-    most_common_step,
+    most_common_spacing,
+    step_from_spacing,
 )
 from nowcast.pipelines.stores.archive import DEFAULT_TIME_CHUNK, read_info, time_chunk_problem, valid_flags
 from nowcast.pipelines.stores.groups import exists
@@ -267,8 +268,9 @@ def poll_once(spec: WatchSpec, rejections: Rejections) -> int:
     listed = listed_items(source, rejections)
     step = _step(spec, source, listed)
     if listed and step is None and not exists(spec.archive):
-        rejections.warn_once(f"{spec.directory}: one frame so far, which gives no time step: waiting for the "
-                             "next, or give --time-step")
+        rejections.warn_once(f"{spec.directory}: too few frames so far to tell the input's time step (a "
+                             "spacing seen twice: one alone may span a missing frame): waiting for more, or "
+                             "give --time-step")
         return 0
     ingest_spec = IngestSpec(archive=spec.archive, source=source, time_step=step,
                              time_chunk=spec.time_chunk, check=False)
@@ -315,14 +317,19 @@ def _ingest_file(spec: IngestSpec, items: list[SourceItem], rejections: Rejectio
 
 def _step(spec: WatchSpec, source: FolderSource, listed: list[SourceItem]) -> str | None:
     """The time step a new archive gets: ``spec``'s, the format's, or the most common spacing of the files
-    listed readable in this poll (a NetCDF source's own step reads every file, a half-written one too, and
-    stopped the watcher); None for an existing archive, whose step is its own."""
+    listed readable in this poll once it is seen twice (a NetCDF source's own step reads every file, a
+    half-written one too, and stopped the watcher; ODIM files at 16:00 and 16:10 made a 10-minute archive
+    that refused 16:05 for ever); None for an existing archive, whose step is its own, and while the
+    spacing is not yet told."""
     if spec.time_step or exists(spec.archive):
         return spec.time_step
+    if step_from_spacing(source):
+        step, seen = most_common_spacing(item.time for item in listed)
+        return format_time_step(step) if step is not None and seen >= 2 else None
     try:
         step = source.time_step()
     except SourceError:
-        step = most_common_step(item.time for item in listed)
+        step = most_common_spacing(item.time for item in listed)[0]
     return format_time_step(step) if step is not None else None
 
 

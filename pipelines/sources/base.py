@@ -237,12 +237,25 @@ def most_common_step(times: Iterable[np.datetime64]) -> np.timedelta64 | None:
     The mode rather than the minimum, so that gaps (missing files) and an odd
     early file do not change the step.
     """
+    return most_common_spacing(times)[0]
+
+
+def most_common_spacing(times: Iterable[np.datetime64]) -> tuple[np.timedelta64 | None, int]:
+    """:func:`most_common_step` and how many spacings of ``times`` are that step (one alone cannot tell a
+    step from a missing frame: two files 10 minutes apart may be a 5-minute feed with a gap)."""
     ordered = np.array(sorted(times), dtype="datetime64[s]")
     if len(ordered) < 2:
-        return None
+        return None, 0
     counts = Counter(np.diff(ordered).tolist())
-    step, _ = max(counts.items(), key=lambda kv: (kv[1], -kv[0].total_seconds()))
-    return np.timedelta64(step, "s")
+    step, seen = max(counts.items(), key=lambda kv: (kv[1], -kv[0].total_seconds()))
+    return np.timedelta64(step, "s"), seen
+
+
+def step_from_spacing(source: object) -> bool:
+    """Whether ``source``'s time step is only the spacing of its frames (ODIM, a BoM product of unknown
+    step, NetCDF), not one its format or its files' names state."""
+    told = getattr(source, "step_from_spacing", None)
+    return bool(told()) if callable(told) else False
 
 
 def check_frame_shape(item: SourceItem, name: str, frame: np.ndarray,

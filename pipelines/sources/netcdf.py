@@ -240,6 +240,10 @@ class NetCDFSource:
         """The most common spacing of the times (None with fewer than two times)."""
         return most_common_step(item.time for item in self.items())
 
+    def step_from_spacing(self) -> bool:
+        """Always: CF time coordinates state times, not a step."""
+        return True
+
     def read_grid(self, item: SourceItem) -> Grid:
         """The grid from the y/x coordinates and the CF grid-mapping variable.
 

@@ -263,6 +263,12 @@ class RadarSource:
             return most_common_step(item.time for item in self.items())
         return _minutes(minutes)
 
+    def step_from_spacing(self) -> bool:
+        """Whether :meth:`time_step` is the frames' spacing: ODIM, and a BoM product of unknown step."""
+        if self.fmt == "bom":
+            return BOM_PRODUCT_MINUTES.get(self.product or bom_product(self.items()[0].path) or "") is None
+        return self.fmt == "odim"
+
     def file_step(self, path: str) -> np.timedelta64 | None:
         """The step one file's name states: the accumulation period (KNMI, MeteoSwiss), the product's step
         (BoM); None for the other formats, and for a name that states none."""

@@ -160,9 +160,13 @@ def test_one_bad_file_never_blocks_the_folder_and_a_repaired_file_is_tried_again
 
 
 @pytest.mark.filterwarnings("ignore:You will likely lose important projection:UserWarning")
-def test_a_first_odim_file_waits_for_a_second_to_give_the_step(tmp_path, caplog):
+@pytest.mark.fault("watch", "a watch of ODIM files whose first two are 10 minutes apart (a 5-minute feed "
+                   "with one file late)",
+                   "the watcher waits until a spacing is seen twice before it makes the archive (it made a "
+                   "10-minute archive that refused the late file and every file between for ever)")
+def test_a_first_odim_file_waits_for_the_step_to_be_told(tmp_path, caplog):
     """ODIM products come at 5, 6, 10 or 15 minutes: one file gives no step (it once made a 10-minute
-    series a 5-minute archive with every other frame missing)."""
+    series a 5-minute archive with every other frame missing), and one spacing may span a missing file."""
     from tests.pipelines.sources.test_odim import write_odim
 
     incoming = tmp_path / "incoming"
@@ -173,12 +177,32 @@ def test_a_first_odim_file_waits_for_a_second_to_give_the_step(tmp_path, caplog)
     write_odim(incoming / "first.H5", time="120000")  # any case of the suffix
     with caplog.at_level("WARNING", logger="nowcast.pipelines.jobs.watch"):
         assert poll_once(spec, rejections) == 0
-    assert "one frame so far" in caplog.text
-    write_odim(incoming / "second.h5", time="121000")
-    assert poll_once(spec, rejections) == 2
+        write_odim(incoming / "third.h5", time="121000")  # the one at 12:05 is late
+        assert poll_once(spec, rejections) == 0
+    assert "too few frames so far to tell the input's time step" in caplog.text
+    assert not (tmp_path / "archive.zarr").exists()
+    write_odim(incoming / "second.h5", time="120500")
+    assert poll_once(spec, rejections) == 3
+    archive = open_archive(spec.archive)
+    assert archive.attrs["time_step"] == "PT5M"
+    assert archive["valid"].values.tolist() == [True, True, True]
+
+
+@pytest.mark.filterwarnings("ignore:You will likely lose important projection:UserWarning")
+def test_a_ten_minute_odim_feed_is_told_by_its_third_file(tmp_path):
+    from tests.pipelines.sources.test_odim import write_odim
+
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    spec = WatchSpec(archive=str(tmp_path / "archive.zarr"), directory=str(incoming), fmt="odim",
+                     interval_s=1.0, duration_s=1.0)
+    rejections = Rejections(spec.max_attempts)
+    for name, time_ in (("a.h5", "120000"), ("b.h5", "121000"), ("c.h5", "122000")):
+        write_odim(incoming / name, time=time_)
+    assert poll_once(spec, rejections) == 3
     archive = open_archive(spec.archive)
     assert archive.attrs["time_step"] == "PT10M"
-    assert archive["valid"].values.tolist() == [True, True]
+    assert archive["valid"].values.tolist() == [True, True, True]
 
 
 @pytest.mark.filterwarnings("ignore:You will likely lose important projection:UserWarning")
@@ -213,12 +237,13 @@ def test_a_half_written_or_vanished_file_never_stops_the_watcher(tmp_path, radar
 
     incoming = tmp_path / "netcdf"
     incoming.mkdir()
-    write(sensor_dataset(["2024-03-01T00:00", "2024-03-01T00:10"], seed=1), incoming / "a.nc")
+    write(sensor_dataset(["2024-03-01T00:00", "2024-03-01T00:10", "2024-03-01T00:20"], seed=1),
+          incoming / "a.nc")
     (incoming / "b.nc").write_bytes((incoming / "a.nc").read_bytes()[:3000])  # still arriving
     spec = WatchSpec(archive=str(tmp_path / "netcdf.zarr"), directory=str(incoming), fmt="netcdf",
                      interval_s=1.0, duration_s=1.0)  # no time step given: the files' own
     rejections = Rejections(spec.max_attempts)
-    assert poll_once(spec, rejections) == 2
+    assert poll_once(spec, rejections) == 3
     assert rejections.failures == {str(incoming / "b.nc"): 1}
 
     knmi = tmp_path / "knmi"

@@ -266,6 +266,29 @@ def test_an_archive_from_odim_files_gets_their_step(tmp_path):
     np.testing.assert_allclose(ds["precip"][1].values, hand_rate(RAW_DBZH), rtol=1e-6, equal_nan=True)
 
 
+@pytest.mark.fault("ingest", "a new archive from two ODIM files 10 minutes apart (a 5-minute feed with the "
+                   "file between them missing?)",
+                   "ingested at the one spacing, with a warning that later frames off it will be refused and "
+                   "the fix (--time-step); three files spaced alike make no warning (it was silent)")
+def test_a_step_told_by_one_spacing_is_warned_of(tmp_path, caplog):
+    from nowcast.pipelines.jobs.ingest import IngestSpec, ingest_items
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for minute in ("00", "10"):
+        write_odim(folder / f"frame{minute}.h5", time=f"12{minute}00")
+    source = RadarSource(str(folder), "odim")
+    with caplog.at_level("WARNING", logger="nowcast.pipelines.jobs.ingest"):
+        ingest_items(IngestSpec(archive=str(tmp_path / "a.zarr"), source=source), source.items(), None)
+        assert "the new archive's time step PT10M is the one spacing of its first frames" in caplog.text
+        assert "--time-step" in caplog.text
+        caplog.clear()
+        write_odim(folder / "frame20.h5", time="122000")
+        source = RadarSource(str(folder), "odim")
+        ingest_items(IngestSpec(archive=str(tmp_path / "b.zarr"), source=source), source.items(), None)
+        assert "time step" not in caplog.text
+
+
 def test_grid_from_the_header_equals_pysteps_metadata(dbzh_dir):
     from pysteps.io.importers import import_odim_hdf5
 

@@ -6,6 +6,7 @@ import os
 import pickle
 import re
 import shutil
+from datetime import datetime
 from pathlib import Path
 
 import netCDF4
@@ -521,7 +522,16 @@ def test_the_accumulation_period_comes_from_the_name(radar_dir, tmp_path, fmt, f
     five = RadarSource(str(radar_dir / fmt), fmt).items()[0].path
     hourly = tmp_path / "hourly"
     hourly.mkdir()
-    shutil.copy(five, hourly / os.path.basename(five).replace(five_minutes, an_hour))
+    renamed = hourly / os.path.basename(five).replace(five_minutes, an_hour)
+    shutil.copy(five, renamed)
+    if fmt == "knmi":  # the file states its period too: an hour's, as its name
+        import h5py
+
+        with h5py.File(renamed, "r+") as f:
+            end = np.datetime64(datetime.strptime(f["overview"].attrs["product_datetime_end"][0].decode(),
+                                                  "%d-%b-%Y;%H:%M:%S.%f"))
+            start = (end - np.timedelta64(1, "h")).astype(datetime).strftime("%d-%b-%Y;%H:%M:%S.000").upper()
+            f["overview"].attrs["product_datetime_start"] = np.array([start.encode()])
     as_hourly = RadarSource(str(hourly), fmt)
     assert as_hourly.time_step() == np.timedelta64(3600, "s")
     as_five = RadarSource(str(radar_dir / fmt), fmt)
