@@ -279,13 +279,16 @@ class RadarSource:
     def file_series(self, path: str) -> str | None:
         """The radar and product one file's name states, one per archive: KNMI's composite and product
         (``RAD_NL25_RAP``; a ``RAC`` or ``NL21`` file matches the name pattern too), BoM's station and
-        product (``66 prcp-c10``); None for the other formats (one product per name pattern; ODIM's
-        quantity is checked from the files)."""
+        product (``66 prcp-c10``); ODIM's quantity, from the file's header (``ODIM RATE``: a watcher
+        appended reflectivity files to a rain-rate archive, as did a batch of them into it); None for the
+        other formats (one product per name pattern)."""
         name = os.path.basename(path)
         if self.fmt == "knmi" and (found := _KNMI_SERIES.match(name)):
             return found[1]
         if self.fmt == "bom" and (product := bom_product(name)):
             return f"{name.split('_', 1)[0]} {product}"
+        if self.fmt == "odim":
+            return f"ODIM {self._odim_item(path)[1]}"
         return None
 
     def files(self) -> list[str]:

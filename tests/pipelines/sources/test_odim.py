@@ -227,6 +227,40 @@ def test_files_that_resolve_to_different_quantities_are_refused(tmp_path):
     assert len(RadarSource(str(tmp_path), "odim", quantity="DBZH").items()) == 2
 
 
+@pytest.mark.fault("sources", "ODIM reflectivity files ingested into, or watched into, an archive of rain "
+                   "rates (each batch of one quantity)",
+                   "the archive records its quantity (`ODIM RATE`); a file of another is refused by ingest "
+                   "and rejected by the watcher, naming both (they were appended: dBZ read as mm/h, exit 0)")
+def test_an_archive_keeps_one_odim_quantity(tmp_path, caplog):
+    from nowcast.pipelines.jobs.ingest import IngestSpec, ingest_items
+    from nowcast.pipelines.jobs.watch import Rejections, WatchSpec, poll_once
+    from nowcast.pipelines.plans.ingest import IngestError
+
+    rate = dict(gain=0.01, offset=0.0, nodata=255, undetect=0)
+    folder = tmp_path / "rates"
+    folder.mkdir()
+    for minute in ("00", "05", "10"):
+        write_odim(folder / f"r{minute}.h5", time=f"12{minute}00",
+                   datasets=(("RATE", np.full(RAW_DBZH.shape, 100, "uint8"), rate),))
+    reflectivity = tmp_path / "dbzh"
+    reflectivity.mkdir()
+    write_odim(reflectivity / "z15.h5", time="121500")
+    url = str(tmp_path / "archive.zarr")
+    source = RadarSource(str(folder), "odim")
+    ingest_items(IngestSpec(archive=url, source=source), source.items(), None)
+    other = RadarSource(str(reflectivity), "odim")
+    with pytest.raises(IngestError, match=r"z15\.h5 is ODIM DBZH, the archive holds ODIM RATE"):
+        ingest_items(IngestSpec(archive=url, source=other), other.items(), None)
+
+    shutil.copy(reflectivity / "z15.h5", folder / "z15.h5")  # arrives among the rates
+    spec = WatchSpec(archive=url, directory=str(folder), fmt="odim", interval_s=1.0, duration_s=1.0)
+    rejections = Rejections(spec.max_attempts)
+    with caplog.at_level("WARNING", logger="nowcast.pipelines.jobs.watch"):
+        assert poll_once(spec, rejections) == 0
+    assert str(folder / "z15.h5") in rejections.given_up
+    assert "z15.h5 is ODIM DBZH, the archive holds ODIM RATE" in caplog.text
+
+
 @pytest.mark.fault("sources", "a first ingest or watcher poll of a single ODIM file (the product's step "
                    "unknown: 5, 6, 10 or 15 min)",
                    "no step is guessed: ingest asks for --time-step and the watcher waits for a second file "
