@@ -167,6 +167,9 @@ class Rejections:
     given_up: dict[str, tuple[object, ...] | None] = dataclasses.field(default_factory=dict)
     count: int = 0
     warned: set[str] = dataclasses.field(default_factory=set)
+    # files without an observed pixel, stored as missing: not read again until they change (their frames
+    # stay not valid, so each poll rewrote their chunk)
+    empty: dict[str, tuple[object, ...] | None] = dataclasses.field(default_factory=dict)
 
     def failed(self, path: str, problem: SourceError | str) -> None:
         """One more failed poll of ``path``; after ``max_attempts`` it is given up on, with a warning."""
@@ -183,16 +186,27 @@ class Rejections:
     def passed(self, path: str) -> None:
         self.failures.pop(path, None)
 
+    def stored_empty(self, path: str) -> None:
+        """``path`` holds no observed pixel and was stored as missing: said once, not read again unless it
+        changes."""
+        if path not in self.empty:
+            self.empty[path] = _signature(path)
+            log.warning("%s holds no observed pixel (all NaN): stored as missing (valid=false); it is read "
+                        "again if it changes", path)
+
     def listed(self, paths: list[str]) -> list[str]:
-        """The listed paths not held back; a given-up file that changed since, or vanished, is forgotten."""
+        """The listed paths not held back; a given-up or empty file that changed since, or vanished, is
+        forgotten."""
         present = set(paths)
-        for path in list(self.given_up):
-            if path not in present:
-                del self.given_up[path]
-            elif _signature(path) != self.given_up[path]:
-                del self.given_up[path]
-                self.failures.pop(path, None)
-                log.info("%s changed since it was rejected: trying it again", path)
+        for held in (self.given_up, self.empty):
+            for path in list(held):
+                if path not in present:
+                    del held[path]
+                elif _signature(path) != held[path]:
+                    del held[path]
+                    self.failures.pop(path, None)
+                    log.info("%s changed since it was %s: trying it again", path,
+                             "rejected" if held is self.given_up else "stored as missing")
         return [path for path in paths if path not in self.given_up]
 
     def warn_once(self, message: str) -> None:
@@ -277,15 +291,17 @@ def poll_once(spec: WatchSpec, rejections: Rejections) -> int:
     listed, misplaced = on_the_axis(listed, ingest_spec)
     for item, problem in misplaced:
         rejections.refuse(item.path, problem)
-    todo = [item for item in pending_items(listed, spec.archive) if item.path not in rejections.given_up]
+    todo = [item for item in pending_items(listed, spec.archive)
+            if item.path not in rejections.given_up and item.path not in rejections.empty]
     if not todo:
         return 0
     grid = read_info(spec.archive).grid if exists(spec.archive) else None
-    good = []
+    good, empty = [], {}  # empty: per file, whether every frame of it checked holds no observed pixel
     for item in todo:
         try:
             grid = grid or source.read_grid(item)  # a new archive takes the first readable grid
-            problems = check_item(source, item, grid, source.fields())["problems"]
+            report = check_item(source, item, grid, source.fields())
+            problems = report["problems"]
         except SourceError as error:
             problems = [str(error)]
         if problems:
@@ -293,6 +309,7 @@ def poll_once(spec: WatchSpec, rejections: Rejections) -> int:
         else:
             good.append(item)
             rejections.passed(item.path)
+        empty[item.path] = empty.get(item.path, True) and not problems and report["all_nan"]
     if not good:
         return 0
     try:
@@ -300,6 +317,8 @@ def poll_once(spec: WatchSpec, rejections: Rejections) -> int:
     except SourceError:  # a file changed or vanished since its check: file by file, that one held back
         return sum(_ingest_file(ingest_spec, [item for item in good if item.path == path], rejections)
                    for path in dict.fromkeys(item.path for item in good))
+    for path in sorted(path for path, nothing in empty.items() if nothing):
+        rejections.stored_empty(path)
     log.info("stream: %s", result.summary())
     return result.frames_written
 

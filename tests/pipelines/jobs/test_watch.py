@@ -159,6 +159,38 @@ def test_one_bad_file_never_blocks_the_folder_and_a_repaired_file_is_tried_again
     assert rejections.count == 2  # what was rejected stays counted
 
 
+@pytest.mark.fault("watch", "a file without any observed pixel (all no-data) in a watched folder",
+                   "stored as missing once, with one warning naming it; not read again unless it changes (each "
+                   "poll rewrote its chunk, valid frames and all, without a word)")
+def test_an_all_nan_file_is_stored_as_missing_once_and_said(tmp_path, radar_dir, caplog, monkeypatch):
+    import h5py
+
+    from nowcast.pipelines.jobs import watch
+
+    files = sorted((radar_dir / "knmi").rglob("*.h5"))[:3]
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    for path in files:
+        shutil.copy(path, incoming / path.name)
+    blank = incoming / files[1].name
+    with h5py.File(blank, "r+") as f:
+        f["image1/image_data"][...] = 65535  # KNMI's no-data everywhere
+    spec = WatchSpec(archive=str(tmp_path / "archive.zarr"), directory=str(incoming), fmt="knmi",
+                     interval_s=1.0, duration_s=1.0)
+    rejections = Rejections(spec.max_attempts)
+    writes = []
+    ingest = watch.ingest_items
+    monkeypatch.setattr(watch, "ingest_items", lambda *a, **k: writes.append(a[1]) or ingest(*a, **k))
+    with caplog.at_level("WARNING", logger="nowcast.pipelines.jobs.watch"):
+        assert [poll_once(spec, rejections) for _ in range(3)] == [2, 0, 0]
+    assert len(writes) == 1  # the later polls read and write nothing
+    assert caplog.text.count("holds no observed pixel (all NaN): stored as missing") == 1
+    assert open_archive(spec.archive)["valid"].values.tolist() == [True, False, True]
+    shutil.copy(files[1], blank)  # the sender sends it again, whole
+    assert poll_once(spec, rejections) == 1
+    assert open_archive(spec.archive)["valid"].values.tolist() == [True, True, True]
+
+
 @pytest.mark.filterwarnings("ignore:You will likely lose important projection:UserWarning")
 @pytest.mark.fault("watch", "a watch of ODIM files whose first two are 10 minutes apart (a 5-minute feed "
                    "with one file late)",
