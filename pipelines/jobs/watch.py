@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections import defaultdict
+from collections.abc import Iterable
 
 import apache_beam as beam
 
@@ -157,6 +158,9 @@ def on_the_axis(items: list[SourceItem],
     return placed, refused
 
 
+WATCHED_AFTER_WRITE = 2000  # files whose changes after their ingest are told: a week of 5-minute files
+
+
 @dataclasses.dataclass
 class Rejections:
     """The files a watcher holds back: failed polls per file, and those given up on with the signature
@@ -170,6 +174,8 @@ class Rejections:
     # files without an observed pixel, stored as missing: not read again until they change (their frames
     # stay not valid, so each poll rewrote their chunk)
     empty: dict[str, tuple[object, ...] | None] = dataclasses.field(default_factory=dict)
+    # files whose frames were written, as they were then: one sent again, corrected, was ignored unsaid
+    ingested: dict[str, tuple[object, ...] | None] = dataclasses.field(default_factory=dict)
 
     def failed(self, path: str, problem: SourceError | str) -> None:
         """One more failed poll of ``path``; after ``max_attempts`` it is given up on, with a warning."""
@@ -186,6 +192,13 @@ class Rejections:
     def passed(self, path: str) -> None:
         self.failures.pop(path, None)
 
+    def written(self, paths: Iterable[str]) -> None:
+        """The files of frames just written, each as it is now; the newest :data:`WATCHED_AFTER_WRITE`
+        only (a re-send comes within hours; each is looked at on every poll)."""
+        self.ingested.update((path, _signature(path)) for path in paths)
+        for path in list(self.ingested)[:-WATCHED_AFTER_WRITE]:
+            del self.ingested[path]
+
     def stored_empty(self, path: str) -> None:
         """``path`` holds no observed pixel and was stored as missing: said once, not read again unless it
         changes."""
@@ -198,6 +211,11 @@ class Rejections:
         """The listed paths not held back; a given-up or empty file that changed since, or vanished, is
         forgotten."""
         present = set(paths)
+        for path in [path for path in self.ingested if path in present]:
+            if (now := _signature(path)) != self.ingested[path]:
+                self.ingested[path] = now
+                log.warning("%s changed after its frames were ingested: the archive keeps what was read "
+                            "first; to take this version, ingest it with --overwrite", path)
         for held in (self.given_up, self.empty):
             for path in list(held):
                 if path not in present:
@@ -319,6 +337,7 @@ def poll_once(spec: WatchSpec, rejections: Rejections) -> int:
                    for path in dict.fromkeys(item.path for item in good))
     for path in sorted(path for path, nothing in empty.items() if nothing):
         rejections.stored_empty(path)
+    rejections.written(item.path for item in good if not empty[item.path])
     log.info("stream: %s", result.summary())
     return result.frames_written
 
@@ -330,6 +349,7 @@ def _ingest_file(spec: IngestSpec, items: list[SourceItem], rejections: Rejectio
     except SourceError as error:
         rejections.failed(items[0].path, error)
         return 0
+    rejections.written([items[0].path])
     log.info("stream: %s", result.summary())
     return result.frames_written
 

@@ -191,6 +191,28 @@ def test_an_all_nan_file_is_stored_as_missing_once_and_said(tmp_path, radar_dir,
     assert open_archive(spec.archive)["valid"].values.tolist() == [True, True, True]
 
 
+@pytest.mark.fault("watch", "a file sent again, changed, after its frame was ingested (a corrected re-send)",
+                   "one warning naming it and the fix (ingest it with --overwrite); the archive keeps the first "
+                   "version (the change was ignored without a word)")
+def test_a_file_changed_after_its_ingest_is_told(tmp_path, radar_dir, caplog):
+    files = sorted((radar_dir / "knmi").rglob("*.h5"))[:3]
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    for path in files[:2]:
+        shutil.copy(path, incoming / path.name)
+    spec = WatchSpec(archive=str(tmp_path / "archive.zarr"), directory=str(incoming), fmt="knmi",
+                     interval_s=1.0, duration_s=1.0)
+    rejections = Rejections(spec.max_attempts)
+    assert poll_once(spec, rejections) == 2
+    first = open_archive(spec.archive)["precip"][0].values.copy()
+    shutil.copy(files[2], incoming / files[0].name)  # other contents under the first name
+    with caplog.at_level("WARNING", logger="nowcast.pipelines.jobs.watch"):
+        assert [poll_once(spec, rejections) for _ in range(2)] == [0, 0]
+    assert caplog.text.count(f"{incoming / files[0].name} changed after its frames were ingested") == 1
+    assert "--overwrite" in caplog.text
+    np.testing.assert_array_equal(open_archive(spec.archive)["precip"][0].values, first)
+
+
 @pytest.mark.filterwarnings("ignore:You will likely lose important projection:UserWarning")
 @pytest.mark.fault("watch", "a watch of ODIM files whose first two are 10 minutes apart (a 5-minute feed "
                    "with one file late)",
