@@ -519,16 +519,18 @@ def ingest_items(spec: IngestSpec, items: Sequence[SourceItem],
             raise IngestError(f"--start {spec.start} sets a new archive's first time; {spec.archive} starts "
                               f"at {info.start}: leave --start out (frames go where their times are), or "
                               "ingest into a new archive")
-        check_axis_growth(frame_indices(items, info.start, info.time_step), info.length, info.start,
-                          info.time_step)
         problem = series_problem(archive_series(spec.archive), spec.source, items[0].path)
         if problem:  # items() holds one series: its first file speaks for all
             raise IngestError(f"{problem}; nothing was written")
-        problem = None if spec.needs_check else info.grid.mismatch(spec.source.read_grid(items[0]))
-        if problem:  # a trusted source skips the check step, which compares every frame's grid
+        # the first frame's grid before the axis: another network's files years away were refused for the
+        # empty steps they would add, not for being another network's
+        problem = info.grid.mismatch(spec.source.read_grid(items[0]))
+        if problem:  # the check step compares every other frame's grid
+            size = f" (--size {info.grid.shape[0]})" if spec.source.name == "synthetic" else ""
             raise IngestError(f"the frames are on another grid than {spec.archive} ({problem}); nothing was "
-                              f"written: ingest them into a new archive, or give the archive's grid "
-                              f"(synthetic frames: --size {info.grid.shape[0]})")
+                              f"written: ingest them into a new archive, or give the archive's grid{size}")
+        check_axis_growth(frame_indices(items, info.start, info.time_step), info.length, info.start,
+                          info.time_step)
     else:
         check_new_chunks(spec, items[0])
         check_new_axis(spec, items)

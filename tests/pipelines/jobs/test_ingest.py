@@ -220,3 +220,16 @@ def test_a_trusted_source_on_another_grid_is_refused_before_the_axis_grows(tmp_p
                                           r"\(16, 16\)\); nothing was written.*--size 16"):
         run(IngestSpec(archive=url, source=larger, time_chunk=4))
     assert snapshot(url) == before
+
+
+@pytest.mark.fault("ingest", "another network's files, years away, into an existing archive",
+                   "refused for the other grid, naming both shapes (it was refused for the empty steps the "
+                   "years would add, which asked whether a time stamp was wrong)")
+def test_another_networks_files_are_refused_for_their_grid_first(tmp_path):
+    url = str(tmp_path / "archive.zarr")
+    ingest(tmp_path, ArraySource(times("2024-01-01T00:00", 4)))
+    before = snapshot(url)
+    other = ArraySource(times("2031-06-01T00:00", 2), shape=(12, 20))
+    with pytest.raises(IngestError, match=r"another grid than .* \(shape \(12, 20\) \(y, x\) instead of "):
+        ingest(tmp_path, other)
+    assert snapshot(url) == before

@@ -160,8 +160,8 @@ def test_one_bad_file_never_blocks_the_folder_and_a_repaired_file_is_tried_again
 
 
 @pytest.mark.fault("watch", "a file without any observed pixel (all no-data) in a watched folder",
-                   "stored as missing once, with one warning naming it; not read again unless it changes (each "
-                   "poll rewrote its chunk, valid frames and all, without a word)")
+                   "stored as missing once, with one warning naming it; not read again unless it changes "
+                   "(each poll rewrote its chunk, valid frames and all, without a word)")
 def test_an_all_nan_file_is_stored_as_missing_once_and_said(tmp_path, radar_dir, caplog, monkeypatch):
     import h5py
 
@@ -192,8 +192,8 @@ def test_an_all_nan_file_is_stored_as_missing_once_and_said(tmp_path, radar_dir,
 
 
 @pytest.mark.fault("watch", "a file sent again, changed, after its frame was ingested (a corrected re-send)",
-                   "one warning naming it and the fix (ingest it with --overwrite); the archive keeps the first "
-                   "version (the change was ignored without a word)")
+                   "one warning naming it and the fix (ingest it with --overwrite); the archive keeps the "
+                   "first version (the change was ignored without a word)")
 def test_a_file_changed_after_its_ingest_is_told(tmp_path, radar_dir, caplog):
     files = sorted((radar_dir / "knmi").rglob("*.h5"))[:3]
     incoming = tmp_path / "incoming"
