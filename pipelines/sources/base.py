@@ -161,8 +161,14 @@ def _a_file(path: str) -> bool:
         return os.path.islink(path)
     if stat.S_ISREG(mode):
         return True
-    log.warning("%s is not a file (a pipe, socket or device) and is not read: move it out of the input", path)
+    if path not in _NOT_FILES_SAID:  # once a process: a run lists its folder several times (6 warnings)
+        _NOT_FILES_SAID.add(path)
+        log.warning("%s is not a file (a pipe, socket or device) and is not read: move it out of the input",
+                    path)
     return False
+
+
+_NOT_FILES_SAID: set[str] = set()
 
 
 def has_suffix(name: str, suffixes: Sequence[str]) -> bool:
