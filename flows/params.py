@@ -141,6 +141,9 @@ def parse_time(value: str, name: str) -> np.datetime64:
     (np.datetime64('2024-01-01T01:00:00'), np.datetime64('2024-01-01T03:00:00'))
     """
     text = str(value).strip().removesuffix("Z").removesuffix(" UTC")
+    if text.isdigit() and len(text) > 4:  # numpy reads 1704103200 as that year
+        raise ParameterError(f"{name} {value!r} is a number, not an ISO 8601 time (Unix seconds?); give one "
+                             "such as 2024-01-01T06:00")
     try:
         parsed = to_datetime64(text)  # an offset applied there: numpy would warn about it
     except ValueError:
@@ -384,8 +387,8 @@ class IngestParams(_Stores):
                 raise ParameterError(f"input_dir {self.input_dir!r} does not exist (nor is it a pattern "
                                      "matching files); create the folder and drop files there, or leave it "
                                      "empty for synthetic data (on the command line: --synthetic)")
-        else:
-            parse_time(self.synthetic_start, "synthetic_start")
+        else:  # kept as the generator reads it ("2024-01-01 10:00 UTC", which the rest accepts, failed there)
+            self.synthetic_start = str(parse_time(self.synthetic_start, "synthetic_start"))
         return self
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import numpy as np
 import pytest
 
 from nowcast.flows import cli
+from nowcast.pipelines.stores.archive import open_archive
 from nowcast.processes import alive
 from tests.pipelines.jobs.scoring_helpers import MODEL, make_archive, save_tiny_model, synthetic_stats
 
@@ -272,7 +274,14 @@ def test_values_the_forms_cannot_hold_name_their_flag(tmp_path, capsys):
     assert "--synthetic-start '2024-01-01T00:00:00.25' has a fraction" in capsys.readouterr().err
     assert cli.main(["ingest", *tiny, "--synthetic-density", "nan"]) == 2
     assert "--synthetic-density: Input should be a finite number" in capsys.readouterr().err
+    for flag in ("--start", "--synthetic-start"):  # numpy read it as the year 1704103200, exit 0
+        assert cli.main(["ingest", *tiny, flag, "1704103200"]) == 2
+        assert f"{flag} '1704103200' is a number, not an ISO 8601 time" in capsys.readouterr().err
     assert not os.path.exists(archive)
+    # as the maps and messages write a time, which --start took and the generator failed on
+    assert cli.main(["-q", "ingest", *tiny, "--synthetic-start", "2024-01-01 10:00 UTC"]) == 0
+    assert str(open_archive(archive)["time"].values[0]) == "2024-01-01T10:00:00.000000000"
+    shutil.rmtree(archive)
     assert cli.main(["-q", "ingest", *tiny, "--start", "2024-01-01T00:00:00.000"]) == 0  # no fraction
     assert cli.main(["train", "--archive", archive, "--windows", str(tmp_path / "w.zarr"),
                      "--split-fractions", "1", "0", "0"]) == 2
