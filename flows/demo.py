@@ -81,11 +81,12 @@ def demo_flow(workdir: str = "runs/demo", frames: int = 288, size: int = 128, ep
                workers=workers)  # every bound checked before the first step, not when its step comes
     logger = get_run_logger()
     runner = {"kind": "multiprocess", "workers": workers} if workers > 1 else {"kind": "inmemory"}
+    # the defaults' windows and splits, before the work folder is made (a refusal left it, empty)
+    check_frames_give_splits(frames, TrainParams.model_construct())
     root = Path(workdir).resolve()
     root.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault(ROOTS_ENV, str(root))
     archive = str(root / "archive.zarr")
-    check_frames_give_splits(frames, TrainParams.model_construct())  # the defaults' windows and splits
     logger.info("ingesting %d synthetic %dx%d frames into %s", frames, size, size, archive)
     ingest_flow(IngestParams(archive=archive, input_dir=None, synthetic_frames=frames, synthetic_size=size,
                              synthetic_density=DENSITY, time_chunk=24,

@@ -61,8 +61,12 @@ def _scalar(annotation: Any, optional: bool) -> tuple[Callable[[str], Any], list
 
     def convert(text: str) -> Any:
         if optional and text.strip().lower() in NONE_WORDS:
-            return None
-        return annotation(text)
+            return None  # not among the choices, which argparse checks: this converter checks them
+        value = annotation(text)
+        if optional and choices and value not in choices:
+            raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from "
+                                             f"{', '.join(map(str, choices))}, or none)")
+        return value
 
     convert.__name__ = annotation.__name__  # argparse names the type in its error message
     return convert, choices
@@ -96,7 +100,11 @@ def add_params(parser: argparse.ArgumentParser, model: type[BaseModel], *, skip:
             kwargs["type"], kwargs["choices"] = _scalar(item, optional=False)
             kwargs["nargs"] = "+"
         else:
-            kwargs["type"], kwargs["choices"] = _scalar(annotation, optional)
+            kwargs["type"], choices = _scalar(annotation, optional)
+            if choices and optional:  # its converter checks them: argparse would refuse "none" (None)
+                kwargs["metavar"] = "{" + ",".join(map(str, choices)) + "}"
+            else:
+                kwargs["choices"] = choices
         parser.add_argument(*names, **kwargs)
 
 
@@ -168,4 +176,6 @@ def _problem(problem: Mapping[str, Any], fields: Iterable[str]) -> str:
     if not location:  # a check across fields: the message names them as the form does, so say the flags
         return _flags_named(message, fields)
     name = "runner" if location[0] == "runner" and location[-1] == "kind" else location[-1]
+    if message.startswith(f"{name} "):  # the message names its field: once, as the flag
+        return f"{flag(name)}{message.removeprefix(name)}"
     return f"{flag(name)}: {message}"

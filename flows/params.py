@@ -284,6 +284,18 @@ def _apart(urls: dict[str, str]) -> None:
             raise ParameterError(f"{name} {url} is a zarr store, not a folder of its own: give another path")
 
 
+def work_folder(value: str, name: str = "workdir") -> str:
+    """``value`` as an absolute path of a folder that can hold stores: not a file, not a zarr store nor a
+    folder inside one (the demo's was a ValidationError traceback; serve wrote its incoming folder into
+    the archive). Errors name it ``name``."""
+    url = not_a_file(absolute(value), name)
+    try:
+        _apart({"workdir": url})
+    except ParameterError as error:
+        raise ParameterError(str(error).replace("workdir", name, 1)) from None
+    return url
+
+
 def _registry_check(models: str, model_name: str, model_version: str) -> None:
     from nowcast.model.registry import (
         LATEST,
@@ -620,7 +632,7 @@ class DemoParams(BaseModel):
     @field_validator("workdir")
     @classmethod
     def _a_folder(cls, value: str) -> str:
-        return not_a_file(absolute(value), "workdir")
+        return work_folder(value, "workdir")
 
     frames: int = Field(288, ge=1, le=MAX_SYNTHETIC_FRAMES,
                         description="synthetic frames (5-min steps)")

@@ -36,7 +36,7 @@ from nowcast.flows.artifacts import ROOT_ENV, URL_ENV
 from nowcast.flows.evaluate import evaluate_flow
 from nowcast.flows.forecast import backfill_flow, forecast_flow
 from nowcast.flows.ingest import ingest_flow
-from nowcast.flows.params import ROOTS_ENV, not_a_file, placeable
+from nowcast.flows.params import ROOTS_ENV, placeable, work_folder
 from nowcast.flows.stopping import interrupt
 from nowcast.flows.temporary_server import SERVER_SETTINGS, end_with_parent
 from nowcast.flows.train import train_flow
@@ -95,7 +95,7 @@ def check_serving(workdir: str | Path, cron: str, ports: tuple[int, ...] = ()) -
     """
     from prefect.client.schemas.schedules import CronSchedule
 
-    placeable(not_a_file(str(workdir), "--workdir"))
+    placeable(work_folder(str(workdir), "--workdir"))
     check_writable(str(workdir), "--workdir")  # read-only: a traceback once the server had started
     try:
         CronSchedule(cron=cron)

@@ -509,7 +509,7 @@ def test_a_prefect_home_that_cannot_be_a_folder_is_named(stores, tmp_path):
 
 @pytest.mark.fault("command line", "outputs that share a path (`--workdir` = `--windows`, `--models` = "
                    "`--archive`) or lie inside a zarr store (a registry, work folder or picture in "
-                   "archive.zarr), and an unknown `--format`",
+                   "archive.zarr; the demo's, serve's or server's work folder), and an unknown `--format`",
                    "exit 2 naming both paths or the store, before any work (the files written into a store "
                    "made every later read of it warn; a work folder cut again as windows lost the "
                    "checkpoints; a scheduled ingest with any format 'succeeded' while the folder was empty)")
@@ -525,6 +525,12 @@ def test_outputs_keep_apart_and_out_of_stores(stores, tmp_path, capsys):
              f"archive and models are both {archive}"),
             ([*train, "--windows", str(tmp_path / "w.zarr"), "--models", f"{archive}/models"],
              f"models {archive}/models lies inside the zarr store {archive}"),
+            # the demo's was a ValidationError traceback; serve wrote its incoming folder into the archive
+            (["demo", "--workdir", archive], f"--workdir {archive} is a zarr store, not a folder of"),
+            (["serve", "--workdir", archive], f"--workdir {archive} is a zarr store, not a folder of"),
+            (["server", "--workdir", f"{archive}/work"],
+             f"--workdir {archive}/work lies inside the zarr store {archive}"),
+            (["demo", "--workdir", str(tmp_path / "demo"), "--frames", "10"], "frames"),  # no folder left
             (["show", archive, "--out", f"{archive}/x.png"], f"lies inside the zarr store {archive}"),
             (["ingest", "--archive", str(tmp_path / "a.zarr"), "--input", str(tmp_path), "--format", "xyz"],
              "format 'xyz' is not one nowcast reads")):

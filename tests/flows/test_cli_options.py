@@ -401,3 +401,15 @@ def test_serve_and_server_name_the_forms_model_as_the_other_commands_do():
         assert cli.build_parser().parse_args([command, "--model-name", "cnn_lstm"]).model_name == "cnn_lstm"
         assert cli.build_parser().parse_args([command, "--model", "cnn_lstm"]).model_name == "cnn_lstm"
         assert cli.build_parser().parse_args([command]).model_name == "convlstm"
+
+
+@pytest.mark.fault("command line", "`train --base none` or `--base ''`, which the help offers (empty: the "
+                   "default base)", "taken as no base given (argparse refused None among the choices)")
+def test_an_optional_choice_takes_none(capsys):
+    parser = cli.build_parser()
+    for given, taken in (("none", None), ("", None), ("advection", "advection")):
+        assert parser.parse_args(["train", "--base", given]).base == taken
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "--base", "bogus"])
+    assert ("invalid choice: 'bogus' (choose from persistence, advection, lagrangian_ar, or none)"
+            in capsys.readouterr().err)
