@@ -282,6 +282,11 @@ def _apart(urls: dict[str, str]) -> None:
             raise ParameterError(f"{name} {url} lies inside the zarr store {inside}: give a path outside it")
         if name in ("workdir", "models") and store == path:
             raise ParameterError(f"{name} {url} is a zarr store, not a folder of its own: give another path")
+    registry = urls.get("models", "").rstrip("/")
+    for name, url in urls.items():  # the registry listed a store in it as a damaged model, to be removed
+        if registry and url.startswith(f"{registry}/"):
+            raise ParameterError(f"{name} {url} lies inside the model registry {registry}: give a path "
+                                 "outside it")
 
 
 def work_folder(value: str, name: str = "workdir") -> str:

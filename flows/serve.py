@@ -55,6 +55,15 @@ def stores(workdir: str | Path) -> dict[str, str]:
             "models": str(root / "models"), "forecasts": str(root / "forecasts.zarr")}
 
 
+def _one_at_a_time():
+    """A scheduled deployment's limit, as infra/prefect.yaml sets it: one run; a tick that finds one going
+    is cancelled, not queued (the next tick catches up; served deployments queued late ticks, which then
+    ran one after another finding nothing left)."""
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+
+    return ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW)
+
+
 def build_deployments(workdir: str | Path = "runs/demo", cron: str = DEFAULT_CRON,
                       model_name: str = "convlstm") -> list:
     """The five deployments (prefect RunnerDeployment objects) for stores under ``workdir``."""
@@ -62,14 +71,15 @@ def build_deployments(workdir: str | Path = "runs/demo", cron: str = DEFAULT_CRO
     s = stores(root)
     model = {"models": s["models"], "model_name": model_name, "model_version": "latest"}
     tags = ["nowcast"]
+    one_at_a_time = _one_at_a_time()
     return [
         ingest_flow.to_deployment(
             DEPLOYMENT, cron=cron, tags=tags, description="ingest new files from the incoming folder",
-            concurrency_limit=1,  # a slow run and the next one would both append the same new files
+            concurrency_limit=one_at_a_time,  # a slow run and the next would both append the same new files
             parameters={"params": {"archive": s["archive"], "input_dir": str(root / "incoming")}}),
         forecast_flow.to_deployment(
             DEPLOYMENT, cron=cron, tags=tags, description="forecast the newest frames not yet forecast",
-            concurrency_limit=1,
+            concurrency_limit=one_at_a_time,
             parameters={"params": {"archive": s["archive"], "forecasts": s["forecasts"], **model}}),
         backfill_flow.to_deployment(
             DEPLOYMENT, tags=tags, description="forecast a historical range, resumable",

@@ -315,12 +315,13 @@ def _json(fs: Any, path: str) -> Any:
 
 def list_names(root: str | Path, incomplete: bool = False) -> list[str]:
     """The model names under ``root`` with at least one complete version (with ``incomplete``, or a
-    version folder without its metadata), sorted."""
+    version folder without its metadata), sorted; a zarr store there is no model (it was listed as one
+    whose arrays were damaged versions, to be removed)."""
     fs, base = _location(root)
     if not fs.isdir(base):
         return []
     folders = [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(base, detail=False)]
-    return sorted(f for f in folders if not f.startswith(".")
+    return sorted(f for f in folders if not f.startswith(".") and not fs.isfile(f"{base}/{f}/zarr.json")
                   and (list_versions(root, f) or (incomplete and list_versions(root, f, complete=False))))
 
 

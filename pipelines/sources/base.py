@@ -144,6 +144,9 @@ def list_files(directory: str, suffixes: Sequence[str]) -> list[str]:
             dirs[:] = []
             continue
         walked.add(real)
+        if "zarr.json" in files:  # a store written under the input folder holds no input (its chunk files
+            dirs[:] = []          # made the format's detection fail every scheduled ingest)
+            continue
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         found += [os.path.join(root, name) for name in sorted(files)
                   if not name.startswith(".") and has_suffix(name, suffixes)]

@@ -146,6 +146,7 @@ def test_models_list_show_and_promote(tmp_path, capsys):
     for version in ("v1", "v2"):
         save_tiny_model(models, archive, synthetic_stats(16, (16, 16)), version=version, name="convlstm")
     registry = ["--models", str(models)]
+    make_archive(str(models / "fc.zarr"), 4, (16, 16))  # a store left there: no model, not to be removed
     assert cli.main(["models", "list", *registry]) == 0
     listed = capsys.readouterr().out.splitlines()
     assert listed == ["convlstm", listed[1], listed[2]]

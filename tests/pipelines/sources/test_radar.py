@@ -458,8 +458,8 @@ def test_a_pipe_named_like_a_radar_file_is_passed_over(radar_dir, tmp_path, capl
 
 
 @pytest.mark.fault("ingest", "an input folder holding a linked folder (a day's files linked in), a link "
-                   "to a folder above it, a link to itself named like a radar file, or a file whose name is "
-                   "not UTF-8",
+                   "to a folder above it, a link to itself named like a radar file, a file whose name is "
+                   "not UTF-8, or a zarr store",
                    "the linked folder's files are ingested, each real folder walked once, the self-link "
                    "refused naming it (exit 2) and the odd name ingested (the linked folder was passed over "
                    "without a word; the self-link was an OSError traceback that ended a watch; the name a "
@@ -481,6 +481,10 @@ def test_linked_folders_link_loops_and_odd_names(radar_dir, tmp_path):
     with pytest.raises(SourceError, match=rf"{re.escape(str(loop))}: cannot read it"):
         source.read(source.items()[-1])
     loop.unlink()
+    (folder / "fc.zarr" / "precip").mkdir(parents=True)  # a store written into the input folder
+    (folder / "fc.zarr" / "zarr.json").write_text("{}")
+    (folder / "fc.zarr" / "precip" / "RAD_NL25_RAP_5min_201008260100.h5").write_text("a chunk, by its name")
+    assert len(get_source("knmi", directory=str(folder)).items()) == 4  # a store holds no input
 
     odd = tmp_path / "odd"
     odd.mkdir()
