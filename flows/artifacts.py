@@ -12,8 +12,10 @@ in the UI with no file server at all.
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
 import re
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -57,12 +59,20 @@ def publish_scores(key: str, scores: Mapping[str, Mapping[str, Mapping[str, floa
 
 
 def publish_png(key: str, path: str | Path, description: str) -> None:
-    """A PNG as an image artifact (when served over http) and embedded in a markdown artifact."""
+    """A PNG as an image artifact (when served over http) and embedded in a markdown artifact.
+
+    The image artifact links a copy named by its content (``published/<stem>-<digest>.png`` beside it),
+    so a run's link keeps showing that run's picture: evaluate writes fixed names, and the links of
+    earlier runs showed the newest run's pictures.
+    """
     path = Path(path)
-    url = public_url(path)
-    if url:
-        create_image_artifact(image_url=url, key=artifact_key(key), description=description)
     data = path.read_bytes()
+    if public_url(path):
+        kept = path.parent / "published" / f"{path.stem}-{hashlib.sha256(data).hexdigest()[:12]}.png"
+        kept.parent.mkdir(exist_ok=True)
+        if not kept.exists():
+            shutil.copyfile(path, kept)
+        create_image_artifact(image_url=public_url(kept), key=artifact_key(key), description=description)
     body = f"**{description}** (`{path}`)\n\n"
     if len(data) <= MAX_EMBED_BYTES:
         body += f"![{description}](data:image/png;base64,{base64.b64encode(data).decode()})\n"

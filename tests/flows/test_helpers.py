@@ -233,3 +233,26 @@ def test_a_work_folder_is_held_by_one_run_at_a_time(tmp_path):
         holder.wait()
     with local_workdir(str(folder)) as same:  # free once its holder is gone, however it ended
         assert same == folder
+
+
+@pytest.mark.fault("flows", "two evaluate runs served by `nowcast server` (fixed picture names)",
+                   "each run's image artifact keeps linking its own picture (the links of earlier runs "
+                   "showed the newest run's pictures)")
+def test_a_runs_picture_links_stay_its_own(tmp_path, monkeypatch):
+    from nowcast.flows import artifacts
+
+    monkeypatch.setenv(artifacts.URL_ENV, "http://127.0.0.1:4201/")
+    monkeypatch.setenv(artifacts.ROOT_ENV, str(tmp_path))
+    linked = []
+    monkeypatch.setattr(artifacts, "create_image_artifact", lambda image_url, **_: linked.append(image_url))
+    monkeypatch.setattr(artifacts, "create_markdown_artifact", lambda **_: None)
+    picture = tmp_path / "evaluate" / "test_maps.png"
+    picture.parent.mkdir()
+    for run in (b"first run", b"second run", b"first run"):
+        picture.write_bytes(run)
+        artifacts.publish_png("evaluate-test-maps", picture, "test maps")
+    assert linked[0] != linked[1]
+    assert linked[0] == linked[2]  # by content: the same picture, one copy
+    for url, run in zip(linked, (b"first run", b"second run"), strict=False):
+        assert url.startswith("http://127.0.0.1:4201/evaluate/published/test_maps-")
+        assert (tmp_path / url.removeprefix("http://127.0.0.1:4201/")).read_bytes() == run
