@@ -109,9 +109,13 @@ def check_store_url(url: str) -> str:
                                          for base, p in ((root, path), (os.path.realpath(root), real))):
                 return path
     default = url.startswith(f"{DEFAULT_WORKDIR}/")  # a run given part of `params` gets the rest's defaults
+    # a form in the UI has no folder of its own: 'archive.zarr' was refused without saying where it was
+    relative = "" if _is_remote(url) or os.path.isabs(os.path.expanduser(url.removeprefix("file://"))) else (
+        f" (a relative path is taken from the folder the flow runs in: {_made_absolute(url)}; give an "
+        "absolute path)")
     raise ParameterError(
-        f"store {url!r} is outside the configured storage roots {roots}; use a location under one of "
-        f"them, or add its folder to {ROOTS_ENV} (separated by ':' or ',') where the flow runs"
+        f"store {url!r}{relative} is outside the configured storage roots {roots}; use a location under one "
+        f"of them, or add its folder to {ROOTS_ENV} (separated by ':' or ',') where the flow runs"
         + ("; it is the form's default: parameters given to a run (`prefect deployment run --param "
            "params=...`) replace the deployment's whole `params`, so give every store" if default else "")
     )

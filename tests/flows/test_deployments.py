@@ -4,6 +4,7 @@ invalid parameters are refused before the flow does any work."""
 from __future__ import annotations
 
 import asyncio
+import re
 
 import pytest
 from prefect.exceptions import ParameterTypeError
@@ -55,6 +56,11 @@ def test_parameter_models_refuse_bad_input_with_the_fix(tmp_path, monkeypatch):
         BackfillParams(**base, start="2024-01-01T02:00", end="2024-01-01T01:00")
     with pytest.raises(ValueError, match="outside the configured storage roots"):
         BackfillParams(**{**base, "forecasts": "/elsewhere/f.zarr"}, start="2024-01-01", end="2024-01-02")
+    monkeypatch.chdir(tmp_path.parent)  # as a UI form has it: no folder of its own, the server's
+    resolved = re.escape(str(tmp_path.parent / "f.zarr"))
+    with pytest.raises(ValueError, match=rf"store 'f\.zarr' \(a relative path is taken from the folder the "
+                                         rf"flow runs in: {resolved}; give"):
+        BackfillParams(**{**base, "forecasts": "f.zarr"}, start="2024-01-01", end="2024-01-02")
     with pytest.raises(ValueError, match="not an ISO 8601 time"):
         BackfillParams(**base, start="yesterday", end="2024-01-02")
     with pytest.raises(ValueError, match=r"unknown model convlstm/v9.*no versions"):
