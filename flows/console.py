@@ -50,6 +50,17 @@ def _not_a_run_failure(record: logging.LogRecord) -> bool:
     return record.levelno < logging.ERROR or record.name not in RUN_LOGGERS
 
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class _Plain(logging.Formatter):
+    """``warning: message``: what a user acts on, without the time and the module (-v shows them)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{record.levelname.lower()}: {record.getMessage()}" + (
+            f"\n{self.formatException(record.exc_info)}" if record.exc_info else "")
+
+
 def quiet_by_default(verbosity: int) -> None:
     """Log levels for the command's verbosity (-1 quiet, 0 default, 1 -v, 2 -vv), set before the heavy
     imports: TensorFlow's C++ start-up lines, Prefect's run chatter, Beam's workers and pysteps' banner
@@ -61,11 +72,13 @@ def quiet_by_default(verbosity: int) -> None:
     os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", logging.getLevelName(level))
     # Beam's import may have given the root logger a handler already (so basicConfig alone would not
     # apply the level): set the level either way
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(format=LOG_FORMAT)
     logging.getLogger().setLevel(level)
     for handler in logging.getLogger().handlers:  # records propagated from other loggers meet only these
         if type(handler) is logging.StreamHandler:  # the console's (not a test harness's capture)
             handler.setLevel(level)
+            # by default a warning reads as the command's errors do; -v keeps the time and the logger
+            handler.setFormatter(logging.Formatter(LOG_FORMAT) if verbosity >= 1 else _Plain())
             if verbosity < 1:
                 handler.addFilter(_not_a_run_failure)
     if verbosity < 1:  # a failing worker's traceback is logged by Beam, then raised to this command

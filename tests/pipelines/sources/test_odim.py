@@ -603,3 +603,23 @@ def test_frames_off_the_inferred_step_name_the_time_step_option(tmp_path):
     result = ingest_items(IngestSpec(archive=str(url), source=source, time_chunk=2, time_step="PT5M"),
                           source.items(), None)
     assert result.frames_written == 6
+
+
+@pytest.mark.fault("command line", "a warning of a command in its default verbosity",
+                   "one line, `warning: <message>`, as the command's errors read (it carried the time and "
+                   "the module: `2026-12-07 19:37:07,842 WARNING nowcast.flows.train: ...`); -v keeps them")
+def test_a_warning_reads_as_the_commands_errors_do(tmp_path):
+    import subprocess
+    import sys
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for minute in ("00", "10"):  # one spacing: the new archive's step is warned of
+        write_odim(folder / f"frame{minute}.h5", time=f"12{minute}00")
+    command = [sys.executable, "-m", "nowcast.flows.cli", "ingest", "--input", str(folder), "--archive"]
+    plain = subprocess.run([*command, str(tmp_path / "a.zarr")], capture_output=True, text=True, timeout=300)
+    assert plain.returncode == 0, plain.stderr
+    assert plain.stderr.startswith("warning: the new archive's time step PT10M is the one"), plain.stderr
+    verbose = subprocess.run([*command, str(tmp_path / "b.zarr"), "-v"], capture_output=True, text=True,
+                             timeout=300)
+    assert " WARNING nowcast.pipelines.jobs.ingest: the new archive's time step" in verbose.stderr
