@@ -222,10 +222,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from nowcast.flows.evaluate import evaluate_flow
     from nowcast.model.verification import TABLE_KEY
 
+    if args.archive and not args.forecasts:  # the form allows it (a UI form keeps its pre-filled archive)
+        raise InputError("--archive is the one --forecasts were scored from, to verify them: add "
+                         "--forecasts, or drop --archive (the split's windows need no archive)")
     params = params_from_args(EvaluateParams, args)
     run = local(evaluate_flow)(params)
+    # capped: spread over a larger split (it was said when every sample was verified too)
     print(f"the {params.split} split of {params.windows}: {run.samples} samples"
-          + (" (spread over the split)" if params.max_samples else ""))
+          + (" (spread over the split)" if run.samples == params.max_samples else ""))
     print(run.table)
     if run.stored_table:
         print(run.stored_table)

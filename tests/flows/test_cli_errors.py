@@ -195,12 +195,17 @@ def test_a_damaged_member_of_a_forecast_store_is_named(stores, tmp_path, capsys)
         WindowsStore(str(windows), "test")
 
 
-@pytest.mark.fault("command line", "`evaluate --forecasts` without `--archive`",
-                   "exit 2 saying the archive is needed (the forecasts were once ignored without a word)")
+@pytest.mark.fault("command line", "`evaluate --forecasts` without `--archive`, or `--archive` without "
+                   "`--forecasts`",
+                   "exit 2 saying the two go together (the forecasts, then the archive, were ignored without "
+                   "a word)")
 def test_evaluate_forecasts_needs_the_archive(stores, tmp_path, capsys):
-    assert cli.main(["evaluate", "--windows", str(tmp_path / "w.zarr"), "--models", stores["models"],
-                     "--model-name", MODEL, "--forecasts", stores["forecasts"]]) == 2
+    evaluate = ["evaluate", "--windows", str(tmp_path / "w.zarr"), "--models", stores["models"],
+                "--model-name", MODEL]
+    assert cli.main([*evaluate, "--forecasts", stores["forecasts"]]) == 2
     assert "give archive too" in capsys.readouterr().err
+    assert cli.main([*evaluate, "--archive", stores["archive"]]) == 2
+    assert "--archive is the one --forecasts were scored from" in capsys.readouterr().err
 
 
 @pytest.mark.fault("command line", "a store of another kind given as `score --archive` or `--forecasts` (or "
