@@ -534,6 +534,13 @@ class _ModelChoice(_Stores):
 
     @model_validator(mode="after")
     def _model_known(self):
+        name, slash, version = self.model_version.partition("/")
+        if slash and version and "/" not in version:  # NAME/VERSION, as `nowcast models` spells it
+            if name != self.model_name:
+                raise ParameterError(f"model_version {self.model_version!r} names the model {name!r}, "
+                                     f"model_name is {self.model_name!r}: give model_name {name!r} and "
+                                     f"model_version {version!r}")
+            self.model_version = version
         _registry_check(self.models, self.model_name, self.model_version)
         return self
 

@@ -175,6 +175,17 @@ def test_models_list_show_and_promote(tmp_path, capsys):
                f"--models {models}" in capsys.readouterr().err
     assert cli.main(["models", "show", *registry, "convlstm/v2"]) == 0  # options first: was unrecognised
     assert '"version": "v2"' in capsys.readouterr().out
+    # NAME/VERSION as `models` spells it (score refused it as a version named with a '/')
+    from nowcast.flows.options import params_from_args
+
+    args = cli.build_parser().parse_args(["score", "--archive", archive, *registry, "--model-version",
+                                          "convlstm/v1"])
+    args.beam_args = []
+    chosen = params_from_args(ScoreParams, args)
+    assert (chosen.model_name, chosen.model_version) == ("convlstm", "v1")
+    assert cli.main(["score", "--archive", archive, *registry, "--model-version", "cnn_lstm/v1"]) == 2
+    assert "names the model 'cnn_lstm', --model-name is 'convlstm': give --model-name 'cnn_lstm'" in \
+        capsys.readouterr().err
     assert cli.main(["models", "list", "cnn_lstm", *registry]) == 2  # was listed as a model without versions
     assert "no model 'cnn_lstm'" in capsys.readouterr().err
     assert (models / "convlstm" / "latest").read_text().strip() == "v1"
