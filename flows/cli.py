@@ -634,6 +634,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     beam_args = argv[argv.index("--") + 1:] if "--" in argv else []
     args = build_parser().parse_args(argv[:argv.index("--")] if "--" in argv else argv)
     args.beam_args = beam_args
+    problem = None
+    if "--" in argv and not hasattr(args, "runner_kind"):  # they were ignored, exit 0
+        problem = (f"Beam's flags after '--' are for the commands that run Beam jobs; {args.command} runs "
+                   "none: drop them")
+    if args.verbose and args.quiet:  # -q won the log, -v the children's output: half of each
+        problem = "-v and -q ask for more and for less: give one"
+    if problem:
+        print(f"nowcast {args.command}: error: {problem}", file=sys.stderr)
+        return 2
     quiet_by_default(-1 if args.quiet else args.verbose)
     command_line_bars(_bars(args))
     with interruptible() as signalled:

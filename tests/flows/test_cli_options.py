@@ -425,3 +425,14 @@ def test_an_optional_choice_takes_none(capsys):
         parser.parse_args(["train", "--base", "bogus"])
     assert ("invalid choice: 'bogus' (choose from persistence, advection, lagrangian_ar, or none)"
             in capsys.readouterr().err)
+
+
+@pytest.mark.fault("command line", "Beam's flags after `--` given to a command that runs no Beam job (`check "
+                   "STORE -- --foo`), or -v with -q",
+                   "exit 2 naming the problem (the flags were ignored, exit 0; -v -q printed half of each)")
+def test_flags_that_cannot_apply_are_refused(capsys):
+    assert cli.main(["check", "a.zarr", "--", "--foo"]) == 2
+    assert "Beam's flags after '--' are for the commands that run Beam jobs; check runs none" in \
+        capsys.readouterr().err
+    assert cli.main(["-v", "-q", "check", "a.zarr"]) == 2
+    assert "-v and -q ask for more and for less: give one" in capsys.readouterr().err
