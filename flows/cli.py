@@ -97,6 +97,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 STREAM_INTERVAL_S = 5.0  # score --follow's default poll
+INGEST_ALIASES = {"input_dir": "--input", "synthetic_frames": "--frames", "synthetic_size": "--size"}
 SYNTHETIC_ONLY = ("synthetic_frames", "synthetic_size", "synthetic_start", "synthetic_density", "seed")
 
 
@@ -104,15 +105,18 @@ def _one_source(args: argparse.Namespace) -> None:
     """Refuses options of the source a command does not read: the input folder's with ``--synthetic``, the
     generator's without it (they were ignored with exit 0: ``--input DIR --synthetic`` ingested
     synthetic rain)."""
-    def given(names: Sequence[str]) -> list[str]:
+    def given(names: Sequence[str]) -> list[str]:  # as the README spells them: --input, --frames, --size
         fields = IngestParams.model_fields
-        return [flag(name) for name in names if getattr(args, name) != fields[name].default]
+        return [INGEST_ALIASES.get(name, flag(name)) for name in names
+                if getattr(args, name) != fields[name].default]
 
+    # an empty --input is the generator, as in the form (--input "" --frames 3 was told to add --synthetic)
+    synthetic = args.synthetic or args.input_dir is None
     folder, generator = given(("input_dir", "format")), given(SYNTHETIC_ONLY)
     if args.synthetic and folder:
         raise ParameterError(f"--synthetic generates its frames, and {' and '.join(folder)} name files it "
                              "would not read: give --synthetic or the input, not both")
-    if not args.synthetic and generator:
+    if not synthetic and generator:
         raise ParameterError(f"{', '.join(generator)} shape the synthetic generator's frames and do nothing "
                              "for files: add --synthetic, or drop them")
 
@@ -538,8 +542,7 @@ def build_parser() -> argparse.ArgumentParser:
         return found
 
     ingest = command("ingest", "ingest radar, NetCDF or synthetic frames into an archive", cmd_ingest,
-                     IngestParams, aliases={"input_dir": "--input", "synthetic_frames": "--frames",
-                                            "synthetic_size": "--size"})
+                     IngestParams, aliases=INGEST_ALIASES)
     _ingest_extras(ingest)
 
     watch = command("watch", "append radar files to an archive as they arrive (streaming)", cmd_watch)

@@ -561,19 +561,24 @@ def test_sizes_the_encoder_cannot_take_are_refused_before_any_work(stores, tmp_p
 
 @pytest.mark.fault("command line", "`ingest` given options of the source it does not read: --synthetic with "
                    "--input or --format, or the generator's --frames/--size/--seed with files",
-                   "exit 2 naming the options and the choice to make, nothing written (they were ignored "
-                   "with exit 0: --input DIR --synthetic ingested synthetic rain)")
+                   "exit 2 naming the options as typed and the choice to make, nothing written (they were "
+                   "ignored with exit 0: --input DIR --synthetic ingested synthetic rain); an empty --input "
+                   "is the generator, with its options")
 def test_ingest_refuses_options_of_the_source_it_does_not_read(tmp_path, capsys):
     archive = str(tmp_path / "archive.zarr")
     folder = tmp_path / "files"
     folder.mkdir()
     refused(capsys, ["ingest", "--archive", archive, "--synthetic", "--input", str(folder)],
-            "--synthetic generates its frames, and --input-dir name files it would not read")
+            "--synthetic generates its frames, and --input name files it would not read")
     refused(capsys, ["ingest", "--archive", archive, "--synthetic", "--format", "knmi"],
             "and --format name files")
     refused(capsys, ["ingest", "--archive", archive, "--input", str(folder), "--frames", "10", "--seed", "5"],
-            "--synthetic-frames, --seed shape the synthetic generator's frames and do nothing for files")
+            "--frames, --seed shape the synthetic generator's frames and do nothing for files")
     assert sorted(path.name for path in tmp_path.iterdir()) == ["files"]
+    # an empty --input is the generator, as the help says (it was told to add --synthetic)
+    empty = ["-q", "ingest", "--archive", archive, "--input", ""]
+    assert cli.main([*empty, "--frames", "3", "--size", "8"]) == 0
+    assert open_archive(archive).sizes["time"] == 3
 
 
 @pytest.mark.fault("command line", "`models` with --models of nothing, of a zarr store, or a version that is "
