@@ -333,8 +333,8 @@ def _archive_exists(url: str) -> None:
     from nowcast.pipelines.stores.groups import exists, not_a_store
 
     if not exists(url):  # a file or a folder of other data is named as such: ingesting there fails
-        raise ParameterError(not_a_store(url) or f"no archive at {url}; run the ingest flow first (or fix "
-                             "the path)")
+        raise ParameterError(not_a_store(url) or f"no archive at {url}; ingest into it first (`nowcast "
+                             "ingest`, or the ingest flow), or fix the path")
 
 
 KINDS = {"archive": "an archive", "forecasts": "a forecasts store", "windows": "a windows store"}

@@ -150,7 +150,8 @@ class RunnerOptions:
         if self.workers < 1:
             raise RunnerError(f"workers must be at least 1, got {self.workers}")
         if self.kind == "dask" and not self.dask_address:
-            raise RunnerError("the dask runner needs dask_address (e.g. tcp://127.0.0.1:8786)")
+            raise RunnerError("the dask runner needs dask_address (--dask-address), the scheduler's address, "
+                              "e.g. tcp://127.0.0.1:8786")
         # options of another runner were ignored without a word (exit 0 on the in-memory runner)
         if self.dask_address and self.kind != "dask":
             raise RunnerError(f"dask_address ({self.dask_address}, --dask-address) is the dask runner's: "

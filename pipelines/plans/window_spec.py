@@ -51,7 +51,7 @@ class SplitSpec:
         try:
             parse_time_step(self.block)
         except ValueError as error:
-            raise WindowSpecError(f"split block: {error}") from None
+            raise WindowSpecError(f"split_block {self.block!r}: {error}") from None
         fractions = tuple(float(f) for f in self.fractions)
         if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
             raise WindowSpecError(
