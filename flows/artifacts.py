@@ -67,12 +67,13 @@ def publish_png(key: str, path: str | Path, description: str) -> None:
     """
     path = Path(path)
     data = path.read_bytes()
-    if public_url(path):
-        kept = path.parent / "published" / f"{path.stem}-{hashlib.sha256(data).hexdigest()[:12]}.png"
+    kept = path.parent / "published" / f"{path.stem}-{hashlib.sha256(data).hexdigest()[:12]}.png"
+    url = public_url(kept)
+    if url:
         kept.parent.mkdir(exist_ok=True)
         if not kept.exists():
             shutil.copyfile(path, kept)
-        create_image_artifact(image_url=public_url(kept), key=artifact_key(key), description=description)
+        create_image_artifact(image_url=url, key=artifact_key(key), description=description)
     body = f"**{description}** (`{path}`)\n\n"
     if len(data) <= MAX_EMBED_BYTES:
         body += f"![{description}](data:image/png;base64,{base64.b64encode(data).decode()})\n"

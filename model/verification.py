@@ -351,15 +351,16 @@ def plot_maps(observed: np.ndarray, forecasts: Mapping[str, np.ndarray], leads: 
     # rows of 2.9 in: at 2.5 the colour bar's lowest labels (0.1 to 0.63) ran into each other
     fig, axes = plt.subplots(len(rows), len(leads), figsize=(2.9 * len(leads) + 0.8, 2.9 * len(rows)),
                              squeeze=False, layout="constrained")
-    if init is not None:
-        fig.suptitle(f"forecasts from {utc_stamp(init)}", fontsize=9)
+    start = None if init is None else np.datetime64(str(init), "s")
+    if start is not None:
+        fig.suptitle(f"forecasts from {utc_stamp(start)}", fontsize=9)
     for r, (name, frames) in enumerate(rows.items()):
         for c, k in enumerate(leads):
             ax = axes[r][c]
             draw_rain(ax, frames[k], colorbar=c == len(leads) - 1)
             minutes = (k + 1) * time_step_minutes
-            valid = ("" if init is None or r else
-                     f" {utc_stamp(np.datetime64(init, 's') + np.timedelta64(int(minutes * 60), 's'))[11:]}")
+            valid = ("" if start is None or r else
+                     f" {utc_stamp(start + np.timedelta64(int(minutes * 60), 's'))[11:]}")
             ax.set_title(f"{name}{valid}\n+{minutes:g} min", fontsize=8)  # a long name ran on
     fig.savefig(path, dpi=80)
     plt.close(fig)

@@ -314,7 +314,8 @@ def poll_once(spec: WatchSpec, rejections: Rejections) -> int:
     if not todo:
         return 0
     grid = read_info(spec.archive).grid if exists(spec.archive) else None
-    good, empty = [], {}  # empty: per file, whether every frame of it checked holds no observed pixel
+    good: list[SourceItem] = []
+    empty: dict[str, bool] = {}  # per file, whether every frame of it checked holds no observed pixel
     for item in todo:
         try:
             grid = grid or source.read_grid(item)  # a new archive takes the first readable grid
