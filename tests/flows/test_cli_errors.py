@@ -850,3 +850,28 @@ def test_verification_maps_name_their_init_and_valid_times(tmp_path, monkeypatch
     assert "observed 22:45 UTC\n+5 min" in titles
     assert "observed 22:55 UTC\n+15 min" in titles
     assert "m\n+15 min" in titles
+
+
+@pytest.mark.fault("command line", "`show` of a grid much larger than its panel (FMI's 1226 x 760), or much "
+                   "wider or taller than square",
+                   "a large grid is reduced by blocks before it is drawn, rain to each block's maximum, so a "
+                   "heavy core stays visible (nearest-pixel sampling showed 114 pixels of 16 mm/h or more as "
+                   "one); a panel is as wide as the grid is, within bounds (a 30 x 600 grid was a sliver)")
+def test_large_and_oblong_grids_are_drawn_readably(tmp_path):
+    from PIL import Image
+
+    from nowcast.flows import views
+
+    frame = np.zeros((1200, 700))
+    frame[500:503, 300:303] = 40.0  # a 3 px core
+    frame[:, :50] = np.nan
+    reduced = views.shown(frame, ("precip", "mm h-1"), (232, 232))
+    assert reduced.shape == (200, 117)  # blocks of 6
+    assert np.nanmax(reduced) == 40.0
+    assert np.isnan(reduced[:, :8]).all()  # outside coverage stays outside
+    assert np.nanmax(views.shown(frame, ("t", "K"), (232, 232))) == pytest.approx(40.0 * 9 / 36)  # a mean
+    small = np.ones((100, 100))
+    assert views.shown(small, ("precip", "mm h-1"), (232, 232)) is small
+    views._draw_steps([[(np.zeros((30, 600)), "wide")]], ("precip", "mm h-1"), tmp_path / "wide.png")
+    with Image.open(tmp_path / "wide.png") as png:
+        assert png.width > 3 * png.height  # a square panel made 304 x 232 px
