@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -233,20 +232,12 @@ def _draw_steps(steps: list[list[tuple[np.ndarray, str]]], field: tuple[str, str
 
 
 def shown(frame: np.ndarray, field: tuple[str, str], panel: tuple[float, float]) -> np.ndarray:
-    """``frame`` as a panel of ``panel`` (height, width) pixels can show it: a grid much larger is reduced
-    by blocks first, rain to each block's maximum (a 1226 x 760 grid drawn 232 px tall lost its heavy
-    cores to nearest-pixel sampling: 114 pixels of 16 mm/h or more showed as one), other fields to the
-    mean."""
-    factor = int(np.ceil(max(frame.shape[0] / panel[0], frame.shape[1] / panel[1])))
-    if factor < 2:
-        return frame
-    ny, nx = -(-frame.shape[0] // factor) * factor, -(-frame.shape[1] // factor) * factor
-    padded = np.full((ny, nx), np.nan, dtype="float64")
-    padded[: frame.shape[0], : frame.shape[1]] = frame
-    blocks = padded.reshape(ny // factor, factor, nx // factor, factor)
-    with warnings.catch_warnings():  # a block outside coverage is NaN, as its pixels are
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return (np.nanmax if _is_rain(field) else np.nanmean)(blocks, axis=(1, 3))
+    """``frame`` as a panel of ``panel`` (height, width) pixels can show it
+    (:func:`~nowcast.model.verification.block_reduced`: rain to each block's maximum, other fields to
+    the mean)."""
+    from nowcast.model.verification import block_reduced
+
+    return block_reduced(frame, panel, rain=_is_rain(field))
 
 
 def show(url: str, path: str | Path, *, time: str | None = None, count: int | None = None,
