@@ -33,6 +33,7 @@ from nowcast.pipelines.jobs.scoring import ScoreInitTimes, plan, scoring_errors
 from nowcast.pipelines.jobs.ticks import Stop, run_streaming, ticks, timing_problem, write_totals
 from nowcast.pipelines.plans.scoring import ScoringError, ScoringSpec
 from nowcast.pipelines.stores.groups import worker_errors
+from nowcast.text import counted
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ class StreamResult:
     promoted: int = 0
 
     def summary(self) -> str:
-        return f"{self.polls} polls, {self.emitted} init times emitted for scoring"
+        return f"{counted(self.polls, 'poll')}, {counted(self.emitted, 'init time')} emitted for scoring"
 
 
 ZEROS = {"polls": 0, "emitted": 0, "promoted": 0}
