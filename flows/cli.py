@@ -225,6 +225,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from nowcast.flows.evaluate import evaluate_flow
     from nowcast.model.verification import TABLE_KEY
+    from nowcast.pipelines.stores.windows import WindowsStore
 
     if args.archive and not args.forecasts:  # the form allows it (a UI form keeps its pre-filled archive)
         raise InputError("--archive is the one --forecasts were scored from, to verify them: add "
@@ -232,8 +233,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     params = params_from_args(EvaluateParams, args)
     run = local(evaluate_flow)(params)
     # capped: spread over a larger split (it was said when every sample was verified too)
+    total = WindowsStore(params.windows, params.split).num_samples
     print(f"the {params.split} split of {params.windows}: {run.samples} samples"
-          + (" (spread over the split)" if run.samples == params.max_samples else ""))
+          + (f" of {total}, spread over the split" if run.samples < total else ""))
     print(run.table)
     if run.stored_table:
         print(run.stored_table)
@@ -639,8 +641,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.beam_args = beam_args
     problem = None
     if "--" in argv and not hasattr(args, "runner_kind"):  # they were ignored, exit 0
-        problem = (f"Beam's flags after '--' are for the commands that run Beam jobs; {args.command} runs "
-                   "none: drop them")
+        problem = (f"Beam's flags after '--' configure the runner of the commands with --runner; "
+                   f"{args.command} has none: drop them")
     if args.verbose and args.quiet:  # -q won the log, -v the children's output: half of each
         problem = "-v and -q ask for more and for less: give one"
     if problem:

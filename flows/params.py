@@ -145,7 +145,7 @@ def parse_time(value: str, name: str) -> np.datetime64:
     (np.datetime64('2024-01-01T01:00:00'), np.datetime64('2024-01-01T03:00:00'))
     """
     text = str(value).strip().removesuffix("Z").removesuffix(" UTC")
-    if text.isdigit() and len(text) > 4:  # numpy reads 1704103200 as that year
+    if text.isdigit() and len(text) not in (4, 8):  # numpy reads 1704103200 as that year (20240101 is ISO)
         raise ParameterError(f"{name} {value!r} is a number, not an ISO 8601 time (Unix seconds?); give one "
                              "such as 2024-01-01T06:00")
     try:

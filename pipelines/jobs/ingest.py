@@ -555,6 +555,9 @@ def ingest_items(spec: IngestSpec, items: Sequence[SourceItem],
         if spec.repair:  # the valid flags may be among the damaged chunks: not read before
             tasks = repair_tasks(spec, [(i, item) for i, item in indexed if i < info.length], info)
             before = np.zeros(info.length, bool)
+            if later := sum(i >= info.length for i, _ in indexed):  # dropped without a word
+                log.warning("%d frame(s) of the input lie past the archive's end and were not written: a "
+                            "repair rewrites damaged chunks only; ingest them without --repair", later)
         else:
             tasks = plan_chunks(indexed, info.time_chunk, info.length)
             before = valid_flags(spec.archive)

@@ -141,7 +141,11 @@ def on_the_axis(items: list[SourceItem],
         series = file_series(spec.source, items[0].path)  # the one the new archive records
     placed, refused = [], []
     for item in items:
-        if problem := series_problem(series, spec.source, item.path):  # a RAC file among RAP ones
+        try:
+            problem = series_problem(series, spec.source, item.path)  # a RAC file among RAP ones
+        except SourceError as error:  # an ODIM file read for its quantity, gone or rewritten since
+            problem = str(error)
+        if problem:
             refused.append((item, problem))
             continue
         stated = spec.source.file_step(item.path) if isinstance(spec.source, FolderSource) else None
@@ -171,9 +175,9 @@ class Rejections:
     given_up: dict[str, tuple[object, ...] | None] = dataclasses.field(default_factory=dict)
     count: int = 0
     warned: set[str] = dataclasses.field(default_factory=set)
-    # files without an observed pixel, stored as missing: not read again until they change (their frames
-    # stay not valid, so each poll rewrote their chunk)
-    empty: dict[str, tuple[object, ...] | None] = dataclasses.field(default_factory=dict)
+    # frames (path, index in the file) without an observed pixel, stored as missing: not read again until
+    # their file changes (they stay not valid, so each poll rewrote their chunk)
+    empty: dict[tuple[str, int], tuple[object, ...] | None] = dataclasses.field(default_factory=dict)
     # files whose frames were written, as they were then: one sent again, corrected, was ignored unsaid
     ingested: dict[str, tuple[object, ...] | None] = dataclasses.field(default_factory=dict)
 
@@ -199,32 +203,40 @@ class Rejections:
         for path in list(self.ingested)[:-WATCHED_AFTER_WRITE]:
             del self.ingested[path]
 
-    def stored_empty(self, path: str) -> None:
-        """``path`` holds no observed pixel and was stored as missing: said once, not read again unless it
-        changes."""
-        if path not in self.empty:
-            self.empty[path] = _signature(path)
-            log.warning("%s holds no observed pixel (all NaN): stored as missing (valid=false); it is read "
-                        "again if it changes", path)
+    def stored_empty(self, item: SourceItem) -> None:
+        """``item``'s frame holds no observed pixel and was stored as missing: said once, not read again
+        unless its file changes."""
+        if (item.path, item.index_in_file) not in self.empty:
+            self.empty[(item.path, item.index_in_file)] = _signature(item.path)
+            log.warning("%s holds no observed pixel at %s (all NaN): stored as missing (valid=false); it is "
+                        "read again if the file changes", item.path, item.time)
 
-    def listed(self, paths: list[str]) -> list[str]:
-        """The listed paths not held back; a given-up or empty file that changed since, or vanished, is
-        forgotten."""
-        present = set(paths)
-        for path in [path for path in self.ingested if path in present]:
+    def sent_again(self, paths: Iterable[str], pending: set[str]) -> None:
+        """Tells of each of ``paths`` whose frames were written and that changed since: the archive keeps
+        what was read first (a corrected re-send was ignored without a word). A file with frames still
+        ``pending`` is growing (a NetCDF file a frame longer), not sent again."""
+        for path in [path for path in paths if path in self.ingested]:
             if (now := _signature(path)) != self.ingested[path]:
                 self.ingested[path] = now
-                log.warning("%s changed after its frames were ingested: the archive keeps what was read "
-                            "first; to take this version, ingest it with --overwrite", path)
-        for held in (self.given_up, self.empty):
-            for path in list(held):
-                if path not in present:
-                    del held[path]
-                elif _signature(path) != held[path]:
-                    del held[path]
-                    self.failures.pop(path, None)
-                    log.info("%s changed since it was %s: trying it again", path,
-                             "rejected" if held is self.given_up else "stored as missing")
+                if path not in pending:
+                    log.warning("%s was written again after its frames were ingested; the archive keeps "
+                                "what was read first: if it was corrected, ingest its folder with "
+                                "--overwrite (or the file alone, moved into a folder of its own)", path)
+
+    def listed(self, paths: list[str]) -> list[str]:
+        """The listed paths not held back; a given-up file, or an empty frame's, that changed since, or
+        vanished, is forgotten."""
+        present = set(paths)
+        for path in list(self.given_up):
+            if path not in present:
+                del self.given_up[path]
+            elif _signature(path) != self.given_up[path]:
+                del self.given_up[path]
+                self.failures.pop(path, None)
+                log.info("%s changed since it was rejected: trying it again", path)
+        for frame in list(self.empty):
+            if frame[0] not in present or _signature(frame[0]) != self.empty[frame]:
+                del self.empty[frame]
         return [path for path in paths if path not in self.given_up]
 
     def warn_once(self, message: str) -> None:
@@ -309,13 +321,15 @@ def poll_once(spec: WatchSpec, rejections: Rejections) -> int:
     listed, misplaced = on_the_axis(listed, ingest_spec)
     for item, problem in misplaced:
         rejections.refuse(item.path, problem)
-    todo = [item for item in pending_items(listed, spec.archive)
-            if item.path not in rejections.given_up and item.path not in rejections.empty]
+    pending = pending_items(listed, spec.archive)
+    rejections.sent_again(dict.fromkeys(item.path for item in listed), {item.path for item in pending})
+    todo = [item for item in pending if item.path not in rejections.given_up
+            and (item.path, item.index_in_file) not in rejections.empty]
     if not todo:
         return 0
     grid = read_info(spec.archive).grid if exists(spec.archive) else None
     good: list[SourceItem] = []
-    empty: dict[str, bool] = {}  # per file, whether every frame of it checked holds no observed pixel
+    empty: list[SourceItem] = []  # frames without an observed pixel
     for item in todo:
         try:
             grid = grid or source.read_grid(item)  # a new archive takes the first readable grid
@@ -328,7 +342,8 @@ def poll_once(spec: WatchSpec, rejections: Rejections) -> int:
         else:
             good.append(item)
             rejections.passed(item.path)
-        empty[item.path] = empty.get(item.path, True) and not problems and report["all_nan"]
+            if report["all_nan"]:
+                empty.append(item)
     if not good:
         return 0
     try:
@@ -336,9 +351,9 @@ def poll_once(spec: WatchSpec, rejections: Rejections) -> int:
     except SourceError:  # a file changed or vanished since its check: file by file, that one held back
         return sum(_ingest_file(ingest_spec, [item for item in good if item.path == path], rejections)
                    for path in dict.fromkeys(item.path for item in good))
-    for path in sorted(path for path, nothing in empty.items() if nothing):
-        rejections.stored_empty(path)
-    rejections.written(item.path for item in good if not empty[item.path])
+    for item in empty:
+        rejections.stored_empty(item)
+    rejections.written(item.path for item in good if item not in empty)
     log.info("stream: %s", result.summary())
     return result.frames_written
 

@@ -136,11 +136,13 @@ def list_files(directory: str, suffixes: Sequence[str]) -> list[str]:
         raise SourceError(f"input folder {directory!r} does not exist or is not a folder; "
                           "give the folder that holds the input files")
     found, walked = [], set()
+    top = os.path.realpath(directory)
     # through linked folders (a day's folder linked into the input was passed over without a word), each
-    # real folder once (a link to a folder above it would walk for ever)
+    # real folder once (a link to a folder above it would walk for ever), never up to the input's own
+    # folders (`up -> ..` listed the files beside the input)
     for root, dirs, files in os.walk(os.path.abspath(directory), followlinks=True):
         real = os.path.realpath(root)
-        if real in walked:
+        if real in walked or (real != top and top.startswith(real.rstrip(os.sep) + os.sep)):
             dirs[:] = []
             continue
         walked.add(real)

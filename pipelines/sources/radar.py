@@ -22,6 +22,7 @@ spacing of the listed files) and, for ODIM, the spacing of the listed frames
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gzip
 import itertools
@@ -37,6 +38,7 @@ from nowcast.pipelines.sources.base import (
     SourceError,
     SourceItem,
     check_frame_shape,
+    file_signature,
     has_suffix,
     list_files,
     local_file,
@@ -264,9 +266,15 @@ class RadarSource:
         return _minutes(minutes)
 
     def step_from_spacing(self) -> bool:
-        """Whether :meth:`time_step` is the frames' spacing: ODIM, and a BoM product of unknown step."""
+        """Whether :meth:`time_step` is the frames' spacing: ODIM, and a BoM product of unknown step (told
+        by the files' names alone: a stray file, or none yet, must not stop a watcher's poll)."""
         if self.fmt == "bom":
-            return BOM_PRODUCT_MINUTES.get(self.product or bom_product(self.items()[0].path) or "") is None
+            try:
+                names = self.files()
+            except SourceError:  # no file yet
+                return False
+            product = self.product or next(filter(None, map(bom_product, names)), None)
+            return BOM_PRODUCT_MINUTES.get(product or "") is None
         return self.fmt == "odim"
 
     def file_step(self, path: str) -> np.timedelta64 | None:
@@ -288,8 +296,21 @@ class RadarSource:
         if self.fmt == "bom" and (product := bom_product(name)):
             return f"{name.split('_', 1)[0]} {product}"
         if self.fmt == "odim":
-            return f"ODIM {self._odim_item(path)[1]}"
+            return f"ODIM {self._odim_quantity(path)}"
         return None
+
+    def _odim_quantity(self, path: str) -> str:
+        """The quantity an ODIM file is read as, remembered per file version: the listing has just read
+        it, and an object store would download the file again."""
+        try:
+            key = (path, file_signature(path), self.quantity)
+        except OSError:  # gone since the listing: its read names it
+            return self._odim_item(path)[1]
+        if key not in _ODIM_QUANTITIES:
+            if len(_ODIM_QUANTITIES) >= 4096:
+                _ODIM_QUANTITIES.clear()
+            _ODIM_QUANTITIES[key] = self._odim_item(path)[1]
+        return _ODIM_QUANTITIES[key]
 
     def files(self) -> list[str]:
         """The format's files under the folder (with ``product``: that BoM product's), in path order.
@@ -380,7 +401,10 @@ class RadarSource:
         """One ODIM file's item at its nominal time, and the quantity it is read as."""
         with local_file(path) as local:
             header = odim.read_header(local)
-        return SourceItem(time=header.time, path=path), odim.choose_quantity(header, path, self.quantity)
+        quantity = odim.choose_quantity(header, path, self.quantity)
+        with contextlib.suppress(OSError):
+            _ODIM_QUANTITIES[(path, file_signature(path), self.quantity)] = quantity
+        return SourceItem(time=header.time, path=path), quantity
 
     def _odim_items(self, paths: list[str]) -> list[SourceItem]:
         """Items at the files' nominal times; every file must resolve to the same quantity."""
@@ -460,6 +484,9 @@ class RadarSource:
         except Exception as error:  # any reader failure means a bad file
             raise _unreadable(self.fmt, item.path, error) from error
         return {PRECIP.name: check_frame_shape(item, PRECIP.name, rate, expected)}
+
+
+_ODIM_QUANTITIES: dict[tuple[str, tuple[object, ...], str | None], str] = {}  # see _odim_quantity
 
 
 def stated_time(fmt: str, path: str) -> np.datetime64 | None:

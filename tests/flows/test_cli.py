@@ -37,7 +37,7 @@ def test_empty_folder_and_unknown_format_are_refused(tmp_path):
     assert "knmi" in result.stderr
     result = nowcast("ingest", "--archive", str(archive), "--input", str(empty), "--format", "gif")
     assert result.returncode == 2
-    assert "--format: format 'gif' is not one nowcast reads: give one of auto, knmi" in result.stderr
+    assert "--format 'gif' is not one nowcast reads: give one of auto, knmi" in result.stderr
     assert not archive.exists()
 
 

@@ -161,6 +161,9 @@ def test_evaluate_names_the_folder_and_warns_of_training_frames(stores, tmp_path
     total = WindowsStore(every, "test").num_samples
     assert f"of the {total} test samples of {every} hold frames of {MODEL}/candidate's training split: " \
            "their scores flatter it" in run.stderr, run.stderr
+    # every sample verified (fewer than --max-samples): not "spread over the split", said whenever capped
+    assert total < 64
+    assert f"the test split of {every}: {total} samples\n" in run.stdout
 
 
 @pytest.mark.fault("stores", "a forecast store whose member's zarr.json is empty (a copy onto a full disk)",
@@ -264,6 +267,7 @@ def test_a_time_with_an_offset_is_converted_without_a_warning():
         assert parse_time("2024-01-01T03:00+02:00", "start") == parse_time("2024-01-01T01:00", "start")
         assert parse_time("2024-01-01T03:00Z", "start") == parse_time("2024-01-01T03:00", "start")
         assert parse_time("2024-01-01T0300", "start") == parse_time("2024-01-01T03:00", "start")  # basic form
+        assert parse_time("20240101", "start") == parse_time("2024-01-01", "start")  # a basic date, no number
 
 
 @pytest.mark.fault("command line", "a time with a fraction of a second, a non-finite number, a share that "

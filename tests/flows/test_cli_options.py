@@ -432,7 +432,7 @@ def test_an_optional_choice_takes_none(capsys):
                    "exit 2 naming the problem (the flags were ignored, exit 0; -v -q printed half of each)")
 def test_flags_that_cannot_apply_are_refused(capsys):
     assert cli.main(["check", "a.zarr", "--", "--foo"]) == 2
-    assert "Beam's flags after '--' are for the commands that run Beam jobs; check runs none" in \
+    assert "Beam's flags after '--' configure the runner of the commands with --runner; check has none" in \
         capsys.readouterr().err
     assert cli.main(["-v", "-q", "check", "a.zarr"]) == 2
     assert "-v and -q ask for more and for less: give one" in capsys.readouterr().err

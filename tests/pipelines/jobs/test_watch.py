@@ -184,7 +184,7 @@ def test_an_all_nan_file_is_stored_as_missing_once_and_said(tmp_path, radar_dir,
     with caplog.at_level("WARNING", logger="nowcast.pipelines.jobs.watch"):
         assert [poll_once(spec, rejections) for _ in range(3)] == [2, 0, 0]
     assert len(writes) == 1  # the later polls read and write nothing
-    assert caplog.text.count("holds no observed pixel (all NaN): stored as missing") == 1
+    assert caplog.text.count("(all NaN): stored as missing") == 1
     assert open_archive(spec.archive)["valid"].values.tolist() == [True, False, True]
     shutil.copy(files[1], blank)  # the sender sends it again, whole
     assert poll_once(spec, rejections) == 1
@@ -208,9 +208,58 @@ def test_a_file_changed_after_its_ingest_is_told(tmp_path, radar_dir, caplog):
     shutil.copy(files[2], incoming / files[0].name)  # other contents under the first name
     with caplog.at_level("WARNING", logger="nowcast.pipelines.jobs.watch"):
         assert [poll_once(spec, rejections) for _ in range(2)] == [0, 0]
-    assert caplog.text.count(f"{incoming / files[0].name} changed after its frames were ingested") == 1
-    assert "--overwrite" in caplog.text
+    sent = f"{incoming / files[0].name} was written again after its frames were ingested"
+    assert caplog.text.count(sent) == 1
+    assert "ingest its folder with --overwrite" in caplog.text
     np.testing.assert_array_equal(open_archive(spec.archive)["precip"][0].values, first)
+
+
+@pytest.mark.fault("watch", "a BoM folder with a stray file (or none yet) before the archive exists",
+                   "the stray file is rejected after its attempts and the good files appended (the poll "
+                   "ended the watch, exit 2, while telling the step from the files)")
+def test_a_stray_file_in_a_new_bom_watch_never_stops_it(tmp_path, radar_dir):
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    spec = WatchSpec(archive=str(tmp_path / "archive.zarr"), directory=str(incoming), fmt="bom",
+                     interval_s=1.0, duration_s=1.0)
+    rejections = Rejections(spec.max_attempts)
+    assert poll_once(spec, rejections) == 0  # nothing there yet
+    for path in sorted((radar_dir / "bom").rglob("*prcp-c10.nc"))[:3]:
+        shutil.copy(path, incoming / path.name)
+    (incoming / "notes.nc").write_text("junk")
+    assert poll_once(spec, rejections) == 3
+
+
+@pytest.mark.filterwarnings("ignore:You will likely lose important projection:UserWarning")
+@pytest.mark.fault("watch", "a NetCDF file of several frames, one of them without any observed pixel, that "
+                   "then grows by a frame",
+                   "the empty frame is stored as missing once and said once, the others ingested; the frame "
+                   "the file grows by is ingested without a warning of a re-send (the file was called empty "
+                   "as a whole, and a growing file was warned of at every append)")
+def test_a_growing_netcdf_file_with_an_empty_frame(tmp_path, caplog):
+    from tests.pipelines.sources.test_netcdf import sensor_dataset, write
+
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    times = ["2024-03-01T00:00", "2024-03-01T00:10", "2024-03-01T00:20", "2024-03-01T00:30"]
+
+    def day(count: int) -> None:
+        ds = sensor_dataset(times[:count], seed=1)
+        for name in ("temperature", "humidity"):
+            ds[name][1] = np.nan  # 00:10 holds nothing
+        write(ds, incoming / "day.nc")
+
+    day(3)
+    spec = WatchSpec(archive=str(tmp_path / "archive.zarr"), directory=str(incoming), fmt="netcdf",
+                     interval_s=1.0, duration_s=1.0, time_step="PT10M")
+    rejections = Rejections(spec.max_attempts)
+    with caplog.at_level("WARNING", logger="nowcast.pipelines.jobs.watch"):
+        assert [poll_once(spec, rejections) for _ in range(2)] == [2, 0]
+        assert caplog.text.count("holds no observed pixel at 2024-03-01T00:10:00") == 1
+        day(4)
+        assert poll_once(spec, rejections) == 1
+    assert "was written again" not in caplog.text
+    assert open_archive(spec.archive)["valid"].values.tolist() == [True, False, True, True]
 
 
 @pytest.mark.filterwarnings("ignore:You will likely lose important projection:UserWarning")

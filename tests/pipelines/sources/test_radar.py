@@ -472,6 +472,8 @@ def test_linked_folders_link_loops_and_odd_names(radar_dir, tmp_path):
     day = copied_into(tmp_path / "day", knmi[2:4])
     (folder / "day").symlink_to(day)
     (day / "up").symlink_to(folder)  # a loop through the linked folder
+    (folder / "parent").symlink_to(tmp_path)  # up to the folders above the input: never walked
+    copied_into(tmp_path / "beside", knmi[5:6])
     source = get_source("knmi", directory=str(folder))
     assert [os.path.basename(item.path) for item in source.items()] == [path.name for path in knmi[:4]]
     loop = folder / knmi[4].name

@@ -166,7 +166,7 @@ def test_check_then_repair_from_the_command_line(tmp_path):
 @pytest.mark.fault("stores", "`--repair` without all frames of a damaged chunk, also with frames later than "
                    "the archive's end", "refused naming the missing times; bytes unchanged (with the later "
                    "frames, the refused repair had grown the time axis)")
-def test_repair_refuses_when_the_input_lacks_valid_frames_of_a_damaged_chunk(archive):
+def test_repair_refuses_when_the_input_lacks_valid_frames_of_a_damaged_chunk(archive, caplog):
     truncate(archive / "precip" / "c" / "1" / "0" / "0")
     damaged = snapshot(str(archive))
     partial = source().items()[:12]  # ends half way through the damaged chunk
@@ -178,6 +178,9 @@ def test_repair_refuses_when_the_input_lacks_valid_frames_of_a_damaged_chunk(arc
         ingest_items(IngestSpec(archive=str(archive), source=longer, repair=True),
                      longer.items()[:12] + longer.items()[FRAMES:], None)
     assert snapshot(str(archive)) == damaged
+    with caplog.at_level("WARNING", logger="nowcast.pipelines.jobs.ingest"):  # repaired: the rest is said
+        ingest_items(IngestSpec(archive=str(archive), source=longer, repair=True), longer.items(), None)
+    assert "4 frame(s) of the input lie past the archive's end and were not written" in caplog.text
 
 
 def test_merging_into_a_damaged_chunk_is_refused_by_the_job(archive):
