@@ -85,7 +85,7 @@ def plot_frames(url: str, path: str | Path, count: int = 4, field: str | None = 
         raise InputError(f"{url} has no valid frame to plot; ingest frames first")
     picks = valid_idx[np.linspace(0, valid_idx.size - 1, min(count, valid_idx.size)).astype(int)]
     with damage_named(url):
-        steps = [[(north_up(ds, stored(url, name, int(i), ds[name][int(i)].values)),
+        steps = [[(_rate(ds, name) * north_up(ds, stored(url, name, int(i), ds[name][int(i)].values)),
                    utc_stamp(ds["time"].values[i]))] for i in picks]
     return _save(steps, _labelled(ds, name), path)
 
@@ -289,9 +289,29 @@ def show(url: str, path: str | Path, *, time: str | None = None, count: int | No
     return _save(panels, _labelled(ds, _field(ds)), path)
 
 
+# rain rates in other units, drawn in mm/h on the rain scale (a kg m-2 s-1 precipitation_flux, as NWP and
+# reanalyses give it, was drawn as a generic field, dry dark purple); a kg m-2 of water is a mm. Only for
+# a field that says it is precipitation: an evaporation flux has the same units
+RAIN_RATES_PER_MM_H = {"kg m-2 s-1": 3600.0, "mm s-1": 3600.0, "mm min-1": 60.0}
+RAIN_WORDS = ("precip", "rain", "snow")
+
+
+def _units(ds, name: str) -> str:
+    return " ".join(str(ds[name].attrs.get("units", "")).split())
+
+
+def _rate(ds, name: str) -> float:
+    """The factor from ``name``'s units to mm/h when it is precipitation in another rate's units, else 1."""
+    said = " ".join(str(ds[name].attrs.get(key, "")) for key in ("standard_name", "long_name")) + f" {name}"
+    if not any(word in said.lower() for word in RAIN_WORDS):
+        return 1.0
+    return RAIN_RATES_PER_MM_H.get(_units(ds, name), 1.0)
+
+
 def _labelled(ds, name: str) -> tuple[str, str]:
-    """A field's name and units, as its maps label it."""
-    return name, str(ds[name].attrs.get("units", ""))
+    """A field's name and units, as its maps label it (precipitation in another rate's units: mm/h, see
+    :func:`_rate`)."""
+    return name, PRECIP.units if _rate(ds, name) != 1.0 else _units(ds, name)
 
 
 def _variable(url: str, wanted: str | None) -> str:
@@ -335,7 +355,7 @@ def _archive_panels(url: str, ds, name: str, time: str | None, count: int) -> li
     valid = ds[VALID].values
     end = _pick(ds["time"].values, valid, time, f"valid frame in {url}")
     picks = np.flatnonzero(valid[: end + 1])[-count:]
-    return [[(north_up(ds, stored(url, name, int(i), ds[name][int(i)].values)),
+    return [[(_rate(ds, name) * north_up(ds, stored(url, name, int(i), ds[name][int(i)].values)),
               utc_stamp(ds["time"].values[i]) + _missing_before(picks, n))] for n, i in enumerate(picks)]
 
 

@@ -879,3 +879,23 @@ def test_large_and_oblong_grids_are_drawn_readably(tmp_path):
     views._draw_steps([[(np.zeros((30, 600)), "wide")]], ("precip", "mm h-1"), tmp_path / "wide.png")
     with Image.open(tmp_path / "wide.png") as png:
         assert png.width > 3 * png.height  # a square panel made 304 x 232 px
+
+
+@pytest.mark.fault("command line", "`show` of precipitation in another rate's units (a CF precipitation_flux "
+                   "in kg m-2 s-1, as NWP and reanalyses give it)",
+                   "drawn in mm/h on the rain scale (it was a generic field, dry dark purple); an "
+                   "evaporation flux in the same units stays a generic field")
+def test_precipitation_in_other_units_is_drawn_as_rain():
+    import xarray as xr
+
+    from nowcast.flows import views
+
+    frame = np.full((2, 2), 1e-3)
+    ds = xr.Dataset({"pr": (("y", "x"), frame, {"units": "kg m-2 s-1",
+                                                "standard_name": "precipitation_flux"}),
+                     "evspsbl": (("y", "x"), frame, {"units": "kg m-2 s-1",
+                                                     "standard_name": "water_evapotranspiration_flux"})})
+    assert views._labelled(ds, "pr") == ("pr", "mm h-1")
+    assert views._rate(ds, "pr") == 3600.0  # 1e-3 kg m-2 s-1 = 3.6 mm/h
+    assert views._labelled(ds, "evspsbl") == ("evspsbl", "kg m-2 s-1")
+    assert views._rate(ds, "evspsbl") == 1.0
