@@ -87,7 +87,7 @@ def plot_frames(url: str, path: str | Path, count: int = 4, field: str | None = 
     with damage_named(url):
         steps = [[(_rate(ds, name) * north_up(ds, stored(url, name, int(i), ds[name][int(i)].values)),
                    utc_stamp(ds["time"].values[i]))] for i in picks]
-    return _save(steps, _labelled(ds, name), path)
+    return _save(steps, _labelled(ds, name), path, _aspect(ds))
 
 
 @contextlib.contextmanager
@@ -146,7 +146,7 @@ def _limits(steps: list[list[tuple[np.ndarray, str]]], field: tuple[str, str]) -
 
 
 def _draw(ax, frame: np.ndarray, field: tuple[str, str], title: str, colorbar: bool,
-          limits: tuple[float, float] | None = None) -> None:
+          limits: tuple[float, float] | None = None, aspect: float = 1.0) -> None:
     """One map of ``field`` (its name and units) as a forecaster reads it: rain on pysteps' logarithmic
     intensity scale with dry white; any other field on a plain colour scale over ``limits``, named with
     its units. Outside coverage (NaN) is grey on both, as pysteps draws it."""
@@ -165,10 +165,25 @@ def _draw(ax, frame: np.ndarray, field: tuple[str, str], title: str, colorbar: b
         ax.set_axis_off()
         if colorbar:
             ax.figure.colorbar(image, ax=ax, label=f"{name} ({units})" if units else name)
+    ax.set_aspect(aspect)  # a pixel's height over its width on the ground (see _aspect)
     ax.set_title(title, fontsize=8)
 
 
-def _save(steps: list[list[tuple[np.ndarray, str]]], field: tuple[str, str], path: Path) -> Path:
+def _aspect(ds) -> float:
+    """A pixel's height over its width on the ground: the grid's spacings, and on a longitude/latitude
+    grid the shrinking of a degree of longitude (0.34 x 0.22 degree cells at 45 N were drawn square, 2.1
+    times too wide)."""
+    if "x" not in ds.coords or "y" not in ds.coords or ds.sizes["x"] < 2 or ds.sizes["y"] < 2:
+        return 1.0
+    x, y = ds["x"].values, ds["y"].values
+    ratio = abs(float(y[1] - y[0]) / float(x[1] - x[0])) if x[1] != x[0] else 1.0
+    if str(ds["x"].attrs.get("units", "")).startswith("degree"):
+        ratio /= max(np.cos(np.radians(float(np.mean(y)))), 0.05)
+    return float(np.clip(ratio, 0.05, 20.0))
+
+
+def _save(steps: list[list[tuple[np.ndarray, str]]], field: tuple[str, str], path: Path,
+          aspect: float = 1.0) -> Path:
     """Saves steps of (map, title) panels: an animated GIF shows one step per frame, a PNG every step,
     one column per step (an archive's frames in a row; a forecast's leads with the observation above).
 
@@ -177,7 +192,7 @@ def _save(steps: list[list[tuple[np.ndarray, str]]], field: tuple[str, str], pat
     """
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        _draw_steps(steps, field, path)
+        _draw_steps(steps, field, path, aspect)
     except OSError as error:
         blocking = next(p for p in (path.parent, *path.parent.parents) if p.exists())
         if blocking.is_file():  # the OS says "File exists" for a file where a folder of the path belongs
@@ -188,7 +203,8 @@ def _save(steps: list[list[tuple[np.ndarray, str]]], field: tuple[str, str], pat
     return path
 
 
-def _draw_steps(steps: list[list[tuple[np.ndarray, str]]], field: tuple[str, str], path: Path) -> None:
+def _draw_steps(steps: list[list[tuple[np.ndarray, str]]], field: tuple[str, str], path: Path,
+                aspect: float = 1.0) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -198,7 +214,7 @@ def _draw_steps(steps: list[list[tuple[np.ndarray, str]]], field: tuple[str, str
     gif = path.suffix.lower() == ".gif"
     ny, nx = steps[0][0][0].shape
     # a panel as wide as the grid is (a 30 x 600 grid was a sliver in a square panel), within bounds
-    width = float(np.clip(PANEL_HEIGHT_IN * nx / ny, 1.8, 9.0))  # 1.8: room for a title
+    width = float(np.clip(PANEL_HEIGHT_IN * nx / (ny * aspect), 1.8, 9.0))  # 1.8: room for a title
     panel = (PANEL_HEIGHT_IN * DPI, width * DPI)
     steps = [[(shown(frame, field, panel), title) for frame, title in step] for step in steps]
     grid = [list(row) for row in zip(*steps, strict=True)]  # rows: panel kinds; columns: steps
@@ -214,7 +230,8 @@ def _draw_steps(steps: list[list[tuple[np.ndarray, str]]], field: tuple[str, str
     def draw(step: int) -> None:
         for c, (frame, title) in enumerate(steps[step]):
             axes[0][c].clear()
-            _draw(axes[0][c], frame, field, title, colorbar=not barred and c == columns - 1, limits=limits)
+            _draw(axes[0][c], frame, field, title, colorbar=not barred and c == columns - 1, limits=limits,
+                  aspect=aspect)
         barred.append(True)
 
     try:
@@ -223,7 +240,8 @@ def _draw_steps(steps: list[list[tuple[np.ndarray, str]]], field: tuple[str, str
         else:
             for r, row in enumerate(grid):
                 for c, (frame, title) in enumerate(row):  # one bar a row, on full rows only
-                    _draw(axes[r][c], frame, field, title, colorbar=c == columns - 1, limits=limits)
+                    _draw(axes[r][c], frame, field, title, colorbar=c == columns - 1, limits=limits,
+                          aspect=aspect)
                 for ax in axes[r][len(row):]:  # the last row of wrapped frames may be short
                     ax.set_axis_off()
             fig.savefig(path, dpi=DPI)
@@ -272,7 +290,7 @@ def show(url: str, path: str | Path, *, time: str | None = None, count: int | No
         with damage_named(url):
             ds = open_archive(url)
             panels = _archive_panels(url, ds, name, time, DEFAULT_SHOWN_FRAMES if count is None else count)
-        return _save(panels, _labelled(ds, name), path)
+        return _save(panels, _labelled(ds, name), path, _aspect(ds))
     try:
         ds = open_forecasts(url)
         observed = archive or str(ds.attrs["archive_url"])
@@ -286,7 +304,7 @@ def show(url: str, path: str | Path, *, time: str | None = None, count: int | No
         raise InputError(f"forecasts {url} hold {_field(ds)} alone, not {variable}: leave --variable out")
     with damage_named(url, observed):
         panels = _forecast_panels(ds, observed, time, count)
-    return _save(panels, _labelled(ds, _field(ds)), path)
+    return _save(panels, _labelled(ds, _field(ds)), path, _aspect(ds))
 
 
 # rain rates in other units, drawn in mm/h on the rain scale (a kg m-2 s-1 precipitation_flux, as NWP and

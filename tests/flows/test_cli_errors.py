@@ -771,7 +771,7 @@ def test_show_draws_the_variable_asked_for(stores, tmp_path, capsys, monkeypatch
     assert cli.main(["ingest", "--input", str(folder), "--archive", archive, "-q"]) == 0
     drawn = []
 
-    def recording(ax, frame, field, title, colorbar, limits=None):
+    def recording(ax, frame, field, title, colorbar, limits=None, aspect=1.0):
         drawn.append((field, frame))
         ranges.add(limits)
 
@@ -899,3 +899,19 @@ def test_precipitation_in_other_units_is_drawn_as_rain():
     assert views._rate(ds, "pr") == 3600.0  # 1e-3 kg m-2 s-1 = 3.6 mm/h
     assert views._labelled(ds, "evspsbl") == ("evspsbl", "kg m-2 s-1")
     assert views._rate(ds, "evspsbl") == 1.0
+
+
+@pytest.mark.fault("command line", "`show` of a longitude/latitude grid (0.34 x 0.22 degree cells at 45 N)",
+                   "pixels drawn as tall as they are on the ground (they were drawn square, 2.1 times too "
+                   "wide)")
+def test_a_longitude_latitude_grid_keeps_its_shape():
+    import xarray as xr
+
+    from nowcast.flows import views
+
+    lonlat = xr.Dataset(coords={"y": ("y", [45.0, 45.34], {"units": "degrees_north"}),
+                                "x": ("x", [0.0, 0.22], {"units": "degrees_east"})})
+    assert views._aspect(lonlat) == pytest.approx(0.34 / 0.22 / np.cos(np.radians(45.17)), rel=1e-3)
+    metres = xr.Dataset(coords={"y": ("y", [2000.0, 1000.0], {"units": "m"}),
+                                "x": ("x", [0.0, 1000.0], {"units": "m"})})
+    assert views._aspect(metres) == 1.0
