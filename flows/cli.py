@@ -66,7 +66,8 @@ def _ingest_extras(parser: argparse.ArgumentParser) -> None:
                        help="NetCDF variables to ingest (default: every gridded one)")
     group.add_argument("--time-step", default=None, help="ISO 8601 step of a new archive (e.g. PT5M)")
     group.add_argument("--start", default=None, help="first time of a new archive (default: first frame)")
-    group.add_argument("--overwrite", action="store_true", help="rewrite frames already ingested")
+    group.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=False,
+                       help="rewrite frames already ingested (as score's and backfill's --overwrite)")
     group.add_argument("--repair", action="store_true",
                        help="rewrite only the chunks `nowcast check` finds damaged, from the input's files")
 

@@ -436,3 +436,11 @@ def test_flags_that_cannot_apply_are_refused(capsys):
         capsys.readouterr().err
     assert cli.main(["-v", "-q", "check", "a.zarr"]) == 2
     assert "-v and -q ask for more and for less: give one" in capsys.readouterr().err
+
+
+def test_overwrite_is_spelt_alike_in_every_command():
+    """ingest's --overwrite was a plain flag where score's and backfill's have --no-overwrite too."""
+    parser = cli.build_parser()
+    for command in ("ingest", "score", "backfill"):
+        assert parser.parse_args([command, "--overwrite"]).overwrite is True
+        assert parser.parse_args([command, "--no-overwrite"]).overwrite is False
