@@ -441,6 +441,6 @@ def test_flags_that_cannot_apply_are_refused(capsys):
 def test_overwrite_is_spelt_alike_in_every_command():
     """ingest's --overwrite was a plain flag where score's and backfill's have --no-overwrite too."""
     parser = cli.build_parser()
-    for command in ("ingest", "score", "backfill"):
-        assert parser.parse_args([command, "--overwrite"]).overwrite is True
-        assert parser.parse_args([command, "--no-overwrite"]).overwrite is False
+    for command in (["ingest"], ["score"], ["backfill", "--start", "2024-01-01", "--end", "2024-01-02"]):
+        assert parser.parse_args([*command, "--overwrite"]).overwrite is True
+        assert parser.parse_args([*command, "--no-overwrite"]).overwrite is False
