@@ -269,10 +269,11 @@ class _Stores(BaseModel):
         return self
 
 
-def _apart(urls: dict[str, str]) -> None:
+def _apart(urls: dict[str, str], folders: tuple[str, ...] = ("workdir", "models")) -> None:
     """Each store and folder of a form has its own path, outside every zarr store, and a registry or work
-    folder is no zarr store (outputs written into a store left it warning on every read, and a work folder
-    that was the windows store lost the training's checkpoints when the windows were cut again)."""
+    folder (``folders``) is no zarr store (outputs written into a store left it warning on every read, and
+    a work folder that was the windows store lost the training's checkpoints when the windows were cut
+    again)."""
     seen: dict[str, str] = {}
     for name, url in urls.items():
         if url.rstrip("/") in seen:
@@ -284,7 +285,7 @@ def _apart(urls: dict[str, str]) -> None:
         inside = enclosing_store(parent) if store == path else store
         if inside is not None:
             raise ParameterError(f"{name} {url} lies inside the zarr store {inside}: give a path outside it")
-        if name in ("workdir", "models") and store == path:
+        if name in folders and store == path:
             raise ParameterError(f"{name} {url} is a zarr store, not a folder of its own: give another path")
     registry = urls.get("models", "").rstrip("/")
     for name, url in urls.items():  # the registry listed a store in it as a damaged model, to be removed
@@ -298,10 +299,7 @@ def work_folder(value: str, name: str = "workdir") -> str:
     folder inside one (the demo's was a ValidationError traceback; serve wrote its incoming folder into
     the archive). Errors name it ``name``."""
     url = not_a_file(absolute(value), name)
-    try:
-        _apart({"workdir": url})
-    except ParameterError as error:
-        raise ParameterError(str(error).replace("workdir", name, 1)) from None
+    _apart({name: url}, folders=(name,))
     return url
 
 
@@ -648,7 +646,7 @@ class DemoParams(BaseModel):
     @field_validator("workdir")
     @classmethod
     def _a_folder(cls, value: str) -> str:
-        return work_folder(value, "workdir")
+        return work_folder(value)
 
     frames: int = Field(288, ge=1, le=MAX_SYNTHETIC_FRAMES,
                         description="synthetic frames (5-min steps)")

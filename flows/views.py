@@ -85,8 +85,7 @@ def plot_frames(url: str, path: str | Path, count: int = 4, field: str | None = 
         raise InputError(f"{url} has no valid frame to plot; ingest frames first")
     picks = valid_idx[np.linspace(0, valid_idx.size - 1, min(count, valid_idx.size)).astype(int)]
     with damage_named(url):
-        steps = [[(_rate(ds, name) * north_up(ds, stored(url, name, int(i), ds[name][int(i)].values)),
-                   utc_stamp(ds["time"].values[i]))] for i in picks]
+        steps = [[(_frame(url, ds, name, int(i)), utc_stamp(ds["time"].values[i]))] for i in picks]
     return _save(steps, _labelled(ds, name), path, _aspect(ds))
 
 
@@ -373,8 +372,14 @@ def _archive_panels(url: str, ds, name: str, time: str | None, count: int) -> li
     valid = ds[VALID].values
     end = _pick(ds["time"].values, valid, time, f"valid frame in {url}")
     picks = np.flatnonzero(valid[: end + 1])[-count:]
-    return [[(_rate(ds, name) * north_up(ds, stored(url, name, int(i), ds[name][int(i)].values)),
-              utc_stamp(ds["time"].values[i]) + _missing_before(picks, n))] for n, i in enumerate(picks)]
+    return [[(_frame(url, ds, name, int(i)), utc_stamp(ds["time"].values[i]) + _missing_before(picks, n))]
+            for n, i in enumerate(picks)]
+
+
+def _frame(url: str, ds, name: str, index: int) -> np.ndarray:
+    """Frame ``index`` of ``name`` of archive ``url`` as its map draws it: checked as stored, north up,
+    a rain rate in mm/h."""
+    return _rate(ds, name) * north_up(ds, stored(url, name, index, ds[name][index].values))
 
 
 def _missing_before(picks: np.ndarray, n: int) -> str:

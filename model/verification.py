@@ -333,6 +333,11 @@ def draw_rain(ax, frame: np.ndarray, colorbar: bool) -> None:
             bar.set_ticks(bar.get_ticks(), labels=[f"{DRY_BELOW:g}", *labels[1:]])
 
 
+# a map panel's size (inches) and the maps' resolution: at 2.5 in the colour bar's lowest labels (0.1 to
+# 0.63) ran into each other
+MAP_PANEL_IN, MAP_DPI = 2.9, 80
+
+
 def block_reduced(frame: np.ndarray, panel: tuple[float, float], rain: bool = True) -> np.ndarray:
     """``frame`` as a panel of ``panel`` (height, width) pixels can show it: a grid much larger is reduced
     by blocks first, rain to each block's maximum (a 1226 x 760 grid drawn 232 px tall lost its heavy
@@ -366,20 +371,21 @@ def plot_maps(observed: np.ndarray, forecasts: Mapping[str, np.ndarray], leads: 
 
     outside = ~np.isfinite(observed)  # show forecasts only where they are scored
     rows = {"observed": observed, **{k: np.where(outside, np.nan, v) for k, v in forecasts.items()}}
-    # rows of 2.9 in: at 2.5 the colour bar's lowest labels (0.1 to 0.63) ran into each other
-    fig, axes = plt.subplots(len(rows), len(leads), figsize=(2.9 * len(leads) + 0.8, 2.9 * len(rows)),
+    fig, axes = plt.subplots(len(rows), len(leads), figsize=(MAP_PANEL_IN * len(leads) + 0.8,
+                                                             MAP_PANEL_IN * len(rows)),
                              squeeze=False, layout="constrained")
+    panel = (MAP_PANEL_IN * MAP_DPI, MAP_PANEL_IN * MAP_DPI)
     start = None if init is None else np.datetime64(str(init), "s")
     if start is not None:
         fig.suptitle(f"forecasts from {utc_stamp(start)}", fontsize=9)
     for r, (name, frames) in enumerate(rows.items()):
         for c, k in enumerate(leads):
             ax = axes[r][c]
-            draw_rain(ax, block_reduced(frames[k], (2.9 * 80, 2.9 * 80)), colorbar=c == len(leads) - 1)
+            draw_rain(ax, block_reduced(frames[k], panel), colorbar=c == len(leads) - 1)
             minutes = (k + 1) * time_step_minutes
             valid = ("" if start is None or r else
                      f" {utc_stamp(start + np.timedelta64(int(minutes * 60), 's'))[11:]}")
             ax.set_title(f"{name}{valid}\n+{minutes:g} min", fontsize=8)  # a long name ran on
-    fig.savefig(path, dpi=80)
+    fig.savefig(path, dpi=MAP_DPI)
     plt.close(fig)
     return Path(path)

@@ -41,6 +41,7 @@ from nowcast.pipelines.sources.base import (
     SourceItem,
     file_signature,
     most_common_spacing,
+    most_common_step,
     step_from_spacing,
 )
 from nowcast.pipelines.stores.archive import DEFAULT_TIME_CHUNK, read_info, time_chunk_problem, valid_flags
@@ -384,7 +385,7 @@ def _step(spec: WatchSpec, source: FolderSource, listed: list[SourceItem]) -> st
     try:
         step = source.time_step()
     except SourceError:
-        step = most_common_spacing(item.time for item in listed)[0]
+        step = most_common_step(item.time for item in listed)
     return format_time_step(step) if step is not None else None
 
 

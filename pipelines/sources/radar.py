@@ -300,17 +300,12 @@ class RadarSource:
         return None
 
     def _odim_quantity(self, path: str) -> str:
-        """The quantity an ODIM file is read as, remembered per file version: the listing has just read
-        it, and an object store would download the file again."""
+        """The quantity an ODIM file is read as, remembered per file version by :meth:`_odim_item`: the
+        listing has just read it, and an object store would download the file again."""
         try:
-            key = (path, file_signature(path), self.quantity)
-        except OSError:  # gone since the listing: its read names it
+            return _ODIM_QUANTITIES[(path, file_signature(path), self.quantity)]
+        except (KeyError, OSError):  # not read yet, or gone since the listing (its read names it)
             return self._odim_item(path)[1]
-        if key not in _ODIM_QUANTITIES:
-            if len(_ODIM_QUANTITIES) >= 4096:
-                _ODIM_QUANTITIES.clear()
-            _ODIM_QUANTITIES[key] = self._odim_item(path)[1]
-        return _ODIM_QUANTITIES[key]
 
     def files(self) -> list[str]:
         """The format's files under the folder (with ``product``: that BoM product's), in path order.
@@ -403,6 +398,8 @@ class RadarSource:
             header = odim.read_header(local)
         quantity = odim.choose_quantity(header, path, self.quantity)
         with contextlib.suppress(OSError):
+            if len(_ODIM_QUANTITIES) >= 4096:  # every listed file passes here: bounded
+                _ODIM_QUANTITIES.clear()
             _ODIM_QUANTITIES[(path, file_signature(path), self.quantity)] = quantity
         return SourceItem(time=header.time, path=path), quantity
 
