@@ -51,6 +51,7 @@ from nowcast.pipelines.plans.ingest import (
     plan_chunks,
 )
 from nowcast.pipelines.sources.base import (
+    FolderSource,
     Source,
     SourceError,
     SourceItem,
@@ -403,6 +404,18 @@ def series_problem(recorded: str | None, source: Source, path: str) -> str | Non
             "product per archive): ingest it into an archive of its own")
 
 
+def stated_step_problem(source: Source, path: str, step: np.timedelta64, whose: str = "the archive's"
+                        ) -> str | None:
+    """Why the file ``path`` does not belong on a time axis of ``step`` (``whose`` step it is): its name
+    states another (an accumulation period of KNMI or MeteoSwiss, a BoM product's step); None when it
+    states none or that one."""
+    stated = source.file_step(path) if isinstance(source, FolderSource) else None
+    if stated is None or stated == step:
+        return None
+    return (f"{os.path.basename(path)} states a step of {format_time_step(stated)}, {whose} is "
+            f"{format_time_step(step)} (one accumulation period, or one product, per archive)")
+
+
 def prepare_archive(spec: IngestSpec, items: Sequence[SourceItem], fields: tuple[FieldSpec, ...],
                     created_meanwhile: bool = False) -> ArchiveInfo:
     """Creates the archive or extends its time axis so every item has a slot.
@@ -455,6 +468,9 @@ def check_new_axis(spec: IngestSpec, items: Sequence[SourceItem]) -> None:
     """Refuses frames a new archive's time axis cannot hold before the archive is created: a refusal
     after it would leave an empty archive whose axis then binds every rerun."""
     start, step = new_time_axis(spec, items)
+    if spec.time_step and (problem := stated_step_problem(spec.source, items[0].path, step, "--time-step")):
+        raise IngestError(f"{problem}: leave --time-step out to take the files' own; nothing was "
+                          "written")  # 5-minute amounts every 10 minutes made a 10-minute archive
     if not spec.time_step and step_from_spacing(spec.source):
         _, seen = most_common_spacing(item.time for item in items)
         if seen == 1:  # a later frame between them is refused for ever (off the step)
@@ -519,9 +535,10 @@ def ingest_items(spec: IngestSpec, items: Sequence[SourceItem],
             raise IngestError(f"--start {spec.start} sets a new archive's first time; {spec.archive} starts "
                               f"at {info.start}: leave --start out (frames go where their times are), or "
                               "ingest into a new archive")
-        problem = series_problem(archive_series(spec.archive), spec.source, items[0].path)
-        if problem:  # items() holds one series: its first file speaks for all
-            raise IngestError(f"{problem}; nothing was written")
+        problem = (series_problem(archive_series(spec.archive), spec.source, items[0].path)
+                   or stated_step_problem(spec.source, items[0].path, info.time_step))
+        if problem:  # items() holds one series and one period: its first file speaks for all
+            raise IngestError(f"{problem}; nothing was written: ingest it into an archive of its own")
         # the first frame's grid before the axis: another network's files years away were refused for the
         # empty steps they would add, not for being another network's
         problem = info.grid.mismatch(spec.source.read_grid(items[0]))

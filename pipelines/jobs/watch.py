@@ -31,6 +31,7 @@ from nowcast.pipelines.jobs.ingest import (
     ingest_items,
     new_time_axis,
     series_problem,
+    stated_step_problem,
 )
 from nowcast.pipelines.jobs.ticks import Stop, run_streaming, ticks, timing_problem, write_totals
 from nowcast.pipelines.plans.ingest import IngestError, frame_indices
@@ -149,11 +150,9 @@ def on_the_axis(items: list[SourceItem],
         if problem:
             refused.append((item, problem))
             continue
-        stated = spec.source.file_step(item.path) if isinstance(spec.source, FolderSource) else None
-        if stated is not None and stated != step:
-            refused.append((item, f"its name states a step of {format_time_step(stated)}, the archive's is "
-                                  f"{format_time_step(step)} (one accumulation period, or one product, per "
-                                  "archive); watch its folder into an archive of its own"))
+        problem = stated_step_problem(spec.source, item.path, step)
+        if problem:
+            refused.append((item, f"{problem}; watch its folder into an archive of its own"))
             continue
         try:
             frame_indices([item], start, step)

@@ -12,6 +12,7 @@ from pysteps.utils import to_rainrate
 
 from nowcast.pipelines.jobs.ingest import IngestSpec, run
 from nowcast.pipelines.jobs.runners import RunnerOptions
+from nowcast.pipelines.plans.ingest import IngestError
 from nowcast.pipelines.sources import get_source
 from nowcast.pipelines.stores.archive import open_archive, read_info
 
@@ -104,3 +105,41 @@ def test_event_ingests_equal_to_pysteps(tmp_path, radar_dir, event):
     assert ds["crs"].attrs["grid_mapping_name"]
     assert "crs_wkt" in ds["crs"].attrs
     assert ds["precip"].attrs["units"] == "mm h-1"
+
+
+@pytest.mark.fault("ingest", "a batch of files whose names state another step than the archive's: an hour's "
+                   "MeteoSwiss accumulation into a 5-minute archive, or 5-minute files into a new archive "
+                   "given --time-step PT10M",
+                   "refused naming the file, both steps and the fix, nothing written (the hour's mean rate "
+                   "went in as a 5-minute frame, and 5-minute amounts every 10 minutes made a 10-minute "
+                   "archive, where the watcher refused both)")
+def test_files_stating_another_step_than_the_archive_are_refused(radar_dir, tmp_path):
+    files = sorted((radar_dir / "mch/20150515").iterdir())[:4]  # 15:45 to 16:00, 5-minute amounts
+    five = tmp_path / "five"
+    five.mkdir()
+    for path in files[:2]:
+        (five / path.name).symlink_to(path)
+    archive = str(tmp_path / "archive.zarr")
+    run(IngestSpec(archive=archive, source=get_source("radar", directory=str(five), fmt="mch")))
+    hourly = tmp_path / "hourly"
+    hourly.mkdir()
+    (hourly / files[2].name.replace("_00005.", "_00060.")).symlink_to(files[2])
+    before = open_archive(archive)["precip"].values.copy()
+    with pytest.raises(IngestError, match=r"AQC151351555F_00060.801.gif states a step of PT1H, the archive's "
+                                          r"is PT5M \(one accumulation period, or one product, per archive\); "
+                                          r"nothing was written: ingest it into an archive of its own"):
+        run(IngestSpec(archive=archive, source=get_source("radar", directory=str(hourly), fmt="mch")))
+    after = open_archive(archive)
+    assert after.sizes["time"] == 2
+    np.testing.assert_array_equal(after["precip"].values, before)
+
+    every_ten = tmp_path / "every_ten"
+    every_ten.mkdir()
+    for path in files[::2]:
+        (every_ten / path.name).symlink_to(path)
+    new = tmp_path / "ten.zarr"
+    with pytest.raises(IngestError, match=r"states a step of PT5M, --time-step is PT10M .*: leave "
+                                          r"--time-step out to take the files' own; nothing was written"):
+        run(IngestSpec(archive=str(new), source=get_source("radar", directory=str(every_ten), fmt="mch"),
+                       time_step="PT10M"))
+    assert not new.exists()

@@ -116,7 +116,7 @@ def test_a_file_the_time_axis_cannot_hold_is_rejected_and_the_rest_ingested(tmp_
     assert "is RAD_NL25_RAC, the archive holds RAD_NL25_RAP (one radar and product" in caplog.text
     assert "before the archive start" in caplog.text
     assert "not on the archive's PT5M axis" in caplog.text
-    assert "its name states a step of PT1H, the archive's is PT5M" in caplog.text
+    assert "states a step of PT1H, the archive's is PT5M" in caplog.text
     assert poll_once(spec, rejections) == 0  # and none is tried again
     assert open_archive(spec.archive)["valid"].values.tolist() == [True, True, True]
 
