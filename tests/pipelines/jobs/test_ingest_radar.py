@@ -125,9 +125,10 @@ def test_files_stating_another_step_than_the_archive_are_refused(radar_dir, tmp_
     hourly.mkdir()
     (hourly / files[2].name.replace("_00005.", "_00060.")).symlink_to(files[2])
     before = open_archive(archive)["precip"].values.copy()
-    with pytest.raises(IngestError, match=r"AQC151351555F_00060.801.gif states a step of PT1H, the archive's "
-                                          r"is PT5M \(one accumulation period, or one product, per archive\); "
-                                          r"nothing was written: ingest it into an archive of its own"):
+    with pytest.raises(IngestError, match=r"AQC151351555F_00060.801.gif states a step of PT1H, the "
+                                          r"archive's is PT5M \(one accumulation period, or one product, per "
+                                          r"archive\); nothing was written: ingest it into an archive of its "
+                                          r"own"):
         run(IngestSpec(archive=archive, source=get_source("radar", directory=str(hourly), fmt="mch")))
     after = open_archive(archive)
     assert after.sizes["time"] == 2
