@@ -250,12 +250,23 @@ BASELINES = {"persistence": persistence, "extrapolation": extrapolation, "sprog"
              "matched_motion": matched_motion, "lagrangian_ar": lagrangian_ar}
 
 
-def get_baseline(name: str):
-    """A baseline nowcast ``f(inputs (t_in, y, x), t_out) -> (t_out, y, x)`` by name."""
+# input frames a baseline needs: S-PROG's AR(2) and the lagrangian_ar base step each scale on from the last
+# three; a motion needs two (a model of t_in 2 had S-PROG fail in pysteps with a traceback)
+FRAMES_NEEDED = {"persistence": 1, "extrapolation": 2, "sprog": 3, "matched_motion": 2, "lagrangian_ar": 3}
+
+
+def get_baseline(name: str, t_in: int | None = None):
+    """A baseline nowcast ``f(inputs (t_in, y, x), t_out) -> (t_out, y, x)`` by name; refuses one that
+    needs more input frames than ``t_in``."""
     try:
-        return BASELINES[name]
+        method = BASELINES[name]
     except KeyError:
         raise InputError(f"unknown baseline {name!r}; choose one of {sorted(BASELINES)}") from None
+    if t_in is not None and t_in < FRAMES_NEEDED[name]:
+        raise InputError(f"baseline {name} needs {FRAMES_NEEDED[name]} input frames, the windows hold "
+                         f"{t_in}: leave {name} out of the baselines, or cut windows (and train a model) "
+                         f"with --t-in {FRAMES_NEEDED[name]} or more")
+    return method
 
 
 def markdown_table(scores: Mapping[str, Mapping[str, Mapping[str, float]]],

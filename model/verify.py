@@ -112,6 +112,8 @@ def verify_split(windows: str, split: str, forecaster: Forecaster, name: str,
     if time_step_minutes is None:
         time_step_minutes = step_minutes(store.time_step)
     target = store.channels.index(store.target) if store.target in store.channels else 0
+    t_in = store.sample_shapes[0][0]
+    methods = {baseline: verification.get_baseline(baseline, t_in) for baseline in baselines}
     states = {source: verification.skill_init(t_out) for source in (name, *baselines)}
     seen, example, example_init, wettest = 0, None, None, -1.0
     picked = spread(store.num_samples, max_samples)
@@ -124,8 +126,7 @@ def verify_split(windows: str, split: str, forecaster: Forecaster, name: str,
         inputs, targets = store.read_chunk(index)
         inputs, targets = inputs[wanted], targets[wanted]
         forecasts = {name: forecaster.forecast(inputs)}
-        for baseline in baselines:
-            method = verification.get_baseline(baseline)
+        for baseline, method in methods.items():
             forecasts[baseline] = np.stack([method(sample[..., target], t_out) for sample in inputs])
         for i in range(len(inputs)):
             truth = targets[i, ..., 0]

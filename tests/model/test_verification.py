@@ -77,6 +77,20 @@ def test_baselines_on_a_moving_field():
         v.get_baseline("optical")
 
 
+@pytest.mark.fault("evaluate", "a baseline that needs more input frames than the windows hold (sprog for a "
+                   "model of t_in 2)", "refused before any work, naming the frames it needs and the fix "
+                   "(it was a pysteps ValueError traceback)")
+def test_a_baseline_needs_its_input_frames():
+    frames = _moving_blobs(10)
+    for name, needed in v.FRAMES_NEEDED.items():
+        forecast = v.get_baseline(name, needed)(frames[4 - needed:4], 3)  # runs on as few as it says
+        assert forecast.shape == (3, *frames.shape[1:]) and np.isfinite(forecast).all()
+        if needed > 1:
+            with pytest.raises(ValueError, match=rf"baseline {name} needs {needed} input frames, the windows "
+                                                 rf"hold {needed - 1}: leave {name} out of the baselines"):
+                v.get_baseline(name, needed - 1)
+
+
 def test_report_table_and_plots(tmp_path):
     obs = _moving_blobs(4)
     scores = {}
