@@ -57,8 +57,10 @@ class Normalizer:
                                    "them under attrs['normalization'] (rerun the windows job)")
             kind, (_, std) = self.kind(var), self._mean_std(var)
             if not np.isfinite(std) or std <= 0:
-                raise NormalizationError(f"{kind} std of {var!r} is {std}; the train split has no variation "
-                                   "(all dry or constant?): widen the training range")
+                raise NormalizationError(
+                    f"{var!r} does not vary over the train split (its {kind} standard deviation is {std}): "
+                    "the archive is dry, or constant, over its training frames; ingest a period with rain "
+                    "(a field that varies) into the archive and train again")
 
     def kind(self, var: str) -> str:
         """``log1p`` for non-negative variables with log statistics, else ``standard``."""

@@ -7,7 +7,7 @@ import pytest
 import zarr
 
 from nowcast.model import data
-from nowcast.model.normalization import Normalizer
+from nowcast.model.normalization import NormalizationError, Normalizer
 from nowcast.pipelines.stores.windows import WindowsError, WindowsStore, fingerprint
 
 
@@ -92,3 +92,14 @@ def test_wet_filter_keeps_only_wet_samples(tiny_windows):
                       for r, f in zip(raw, fraction, strict=True) if f >= cut)
     assert kept == expected
     assert 0 < len(kept) < len(raw)
+
+
+@pytest.mark.fault("train", "an archive that is dry (or constant) over its training frames",
+                   "refused naming the variable and the fix, to ingest a period with rain (it said 'standard "
+                   "std' and pointed at a training range no option sets)")
+def test_a_train_split_without_variation_is_refused_with_the_fix():
+    dry = {"precip": {"mean": 0.0, "std": 0.0, "log1p_mean": 0.0, "log1p_std": 0.0}}
+    with pytest.raises(NormalizationError, match=r"'precip' does not vary over the train split \(its log1p "
+                                                 r"standard deviation is 0.0\): the archive is dry, or "
+                                                 r"constant, .* ingest a period with rain"):
+        Normalizer(("precip",), "precip", dry)

@@ -84,7 +84,8 @@ def test_a_baseline_needs_its_input_frames():
     frames = _moving_blobs(10)
     for name, needed in v.FRAMES_NEEDED.items():
         forecast = v.get_baseline(name, needed)(frames[4 - needed:4], 3)  # runs on as few as it says
-        assert forecast.shape == (3, *frames.shape[1:]) and np.isfinite(forecast).all()
+        assert forecast.shape == (3, *frames.shape[1:])
+        assert np.isfinite(forecast).all()
         if needed > 1:
             with pytest.raises(ValueError, match=rf"baseline {name} needs {needed} input frames, the windows "
                                                  rf"hold {needed - 1}: leave {name} out of the baselines"):
