@@ -41,7 +41,7 @@ from nowcast.flows.stopping import interrupt
 from nowcast.flows.temporary_server import SERVER_SETTINGS, end_with_parent
 from nowcast.flows.train import train_flow
 from nowcast.flows.workdir import held
-from nowcast.pipelines.stores.groups import check_writable
+from nowcast.pipelines.stores.groups import check_writable, is_local
 
 DEFAULT_CRON = "*/5 * * * *"
 DEPLOYMENT = "local"
@@ -105,7 +105,10 @@ def check_serving(workdir: str | Path, cron: str, ports: tuple[int, ...] = ()) -
     """
     from prefect.client.schemas.schedules import CronSchedule
 
-    placeable(work_folder(str(workdir), "--workdir"))
+    if not is_local(folder := placeable(work_folder(str(workdir), "--workdir"))):  # made a folder 's3:'
+        raise InputError(f"--workdir {folder}: the served stores, the incoming folder and the pictures lie "
+                         "in a local folder; give one (a run's stores can still be in a bucket: give them in "
+                         f"its parameters, with the bucket in {ROOTS_ENV})")
     check_writable(str(workdir), "--workdir")  # read-only: a traceback once the server had started
     try:
         CronSchedule(cron=cron)
@@ -128,12 +131,22 @@ def check_serving(workdir: str | Path, cron: str, ports: tuple[int, ...] = ()) -
                                  "holds it, or give another port") from None
 
 
+def with_root(roots: str | None, root: str) -> str:
+    """The storage roots (``NOWCAST_STORAGE_ROOTS``) with the served folder among them: roots exported for
+    a stack had made the served deployments refuse their own default stores, as outside the roots.
+
+    >>> with_root(None, "/srv"), with_root("s3://nowcast", "/srv")
+    ('/srv', 's3://nowcast,/srv')
+    """
+    return f"{roots},{root}" if roots and roots.strip() else root
+
+
 def serve_deployments(workdir: str | Path = "runs/demo", cron: str = DEFAULT_CRON, limit: int = 2,
                       model_name: str = "convlstm") -> None:
     """Registers the deployments and runs triggered flow runs here until interrupted."""
     root = Path(workdir).resolve()
     (root / "incoming").mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault(ROOTS_ENV, str(root))
+    os.environ[ROOTS_ENV] = with_root(os.environ.get(ROOTS_ENV), str(root))
     runner = _runner(limit)
     deployments = [runner.add_deployment(each) for each in build_deployments(root, cron, model_name)]
     crash_lost_runs(deployments)  # left by a serving process that was killed

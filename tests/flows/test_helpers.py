@@ -256,3 +256,23 @@ def test_a_runs_picture_links_stay_its_own(tmp_path, monkeypatch):
     for url, run in zip(linked, (b"first run", b"second run"), strict=False):
         assert url.startswith("http://127.0.0.1:4201/evaluate/published/test_maps-")
         assert (tmp_path / url.removeprefix("http://127.0.0.1:4201/")).read_bytes() == run
+
+
+@pytest.mark.fault("serve", "`nowcast serve` or `server` given --workdir s3://bucket, or started with the "
+                   "stack's NOWCAST_STORAGE_ROOTS exported",
+                   "a URL is refused naming the fix (it made a local folder 's3:' and served stores there); "
+                   "the served folder joins the exported roots (its own deployments refused their default "
+                   "stores as outside the roots)")
+def test_serving_takes_a_local_folder_and_adds_it_to_the_roots(tmp_path, monkeypatch):
+    from nowcast.flows.params import ROOTS_ENV, storage_roots
+    from nowcast.flows.serve import check_serving, with_root
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InputError, match=r"--workdir s3://nowcast: the served stores, the incoming folder "
+                                         r"and the pictures lie in a local folder; give one"):
+        check_serving("s3://nowcast", "*/5 * * * *")
+    assert not (tmp_path / "s3:").exists()
+    assert with_root("s3://nowcast", str(tmp_path)) == f"s3://nowcast,{tmp_path}"
+    assert with_root(" ", str(tmp_path)) == str(tmp_path)
+    monkeypatch.setenv(ROOTS_ENV, with_root("s3://nowcast", str(tmp_path)))
+    assert storage_roots() == ["s3://nowcast", str(tmp_path)]
