@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from prefect import flow, get_run_logger, task
 
+from nowcast.files import make_folder
 from nowcast.flows.evaluate import evaluate_flow
 from nowcast.flows.forecast import backfill_flow
 from nowcast.flows.ingest import ingest_flow
@@ -29,6 +30,7 @@ from nowcast.flows.params import (
     IngestParams,
     ParameterError,
     TrainParams,
+    with_root,
 )
 from nowcast.flows.train import train_flow, window_spec
 from nowcast.flows.views import archive_summary, plot_frames
@@ -84,8 +86,8 @@ def demo_flow(workdir: str = "runs/demo", frames: int = 288, size: int = 128, ep
     # the defaults' windows and splits, before the work folder is made (a refusal left it, empty)
     check_frames_give_splits(frames, TrainParams.model_construct())
     root = Path(workdir).resolve()
-    root.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault(ROOTS_ENV, str(root))
+    make_folder(root, "--workdir")
+    os.environ[ROOTS_ENV] = with_root(os.environ.get(ROOTS_ENV), str(root))
     archive = str(root / "archive.zarr")
     logger.info("ingesting %d synthetic %dx%d frames into %s", frames, size, size, archive)
     ingest_flow(IngestParams(archive=archive, input_dir=None, synthetic_frames=frames, synthetic_size=size,

@@ -60,6 +60,16 @@ class ParameterError(InputError):
     """A flow parameter that cannot work; raised before the flow does anything."""
 
 
+def with_root(roots: str | None, root: str) -> str:
+    """The storage roots (``NOWCAST_STORAGE_ROOTS``) with the served folder among them: roots exported for
+    a stack had made the served deployments refuse their own default stores, as outside the roots.
+
+    >>> with_root(None, "/srv"), with_root("s3://nowcast", "/srv")
+    ('/srv', 's3://nowcast,/srv')
+    """
+    return f"{roots},{root}" if roots and roots.strip() else root
+
+
 def storage_roots() -> list[str]:
     """The configured storage roots (absolute paths or URL prefixes)."""
     raw = os.environ.get(ROOTS_ENV, "")

@@ -32,11 +32,12 @@ import urllib.request
 from pathlib import Path
 
 from nowcast.errors import InputError
+from nowcast.files import make_folder
 from nowcast.flows.artifacts import ROOT_ENV, URL_ENV
 from nowcast.flows.evaluate import evaluate_flow
 from nowcast.flows.forecast import backfill_flow, forecast_flow
 from nowcast.flows.ingest import ingest_flow
-from nowcast.flows.params import ROOTS_ENV, placeable, work_folder
+from nowcast.flows.params import ROOTS_ENV, placeable, with_root, work_folder
 from nowcast.flows.stopping import interrupt
 from nowcast.flows.temporary_server import SERVER_SETTINGS, end_with_parent
 from nowcast.flows.train import train_flow
@@ -131,21 +132,11 @@ def check_serving(workdir: str | Path, cron: str, ports: tuple[int, ...] = ()) -
                                  "holds it, or give another port") from None
 
 
-def with_root(roots: str | None, root: str) -> str:
-    """The storage roots (``NOWCAST_STORAGE_ROOTS``) with the served folder among them: roots exported for
-    a stack had made the served deployments refuse their own default stores, as outside the roots.
-
-    >>> with_root(None, "/srv"), with_root("s3://nowcast", "/srv")
-    ('/srv', 's3://nowcast,/srv')
-    """
-    return f"{roots},{root}" if roots and roots.strip() else root
-
-
 def serve_deployments(workdir: str | Path = "runs/demo", cron: str = DEFAULT_CRON, limit: int = 2,
                       model_name: str = "convlstm") -> None:
     """Registers the deployments and runs triggered flow runs here until interrupted."""
     root = Path(workdir).resolve()
-    (root / "incoming").mkdir(parents=True, exist_ok=True)
+    make_folder(root / "incoming", "the served incoming folder")
     os.environ[ROOTS_ENV] = with_root(os.environ.get(ROOTS_ENV), str(root))
     runner = _runner(limit)
     deployments = [runner.add_deployment(each) for each in build_deployments(root, cron, model_name)]
@@ -389,7 +380,7 @@ def run_local_server(workdir: str | Path = "runs/demo", port: int = 4200, files_
 def _run_local_server(root: Path, port: int, files_port: int, cron: str, model_name: str, log: Path) -> None:
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    root.mkdir(parents=True, exist_ok=True)
+    make_folder(root, "--workdir")
     api = f"http://127.0.0.1:{port}/api"
     env = {**os.environ, **SERVER_SETTINGS, "PREFECT_UI_API_URL": api}
     # bound at once, as checked: bound after the Prefect server answered, the port had been taken meanwhile

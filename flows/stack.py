@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from nowcast.errors import InputError
+from nowcast.files import make_folder
 from nowcast.flows.temporary_server import SERVER_SETTINGS
 from nowcast.pipelines.stores.groups import check_writable
 from nowcast.processes import alive, free_port, started
@@ -338,7 +339,7 @@ def up(folder: str | Path = "runs/stack", workers: int = 2) -> dict[str, object]
                          "per core is the most that helps on one machine)")
     root = Path(folder).resolve()
     check_writable(str(root), "the stack folder")  # a file or read-only folder was a traceback, exit 1
-    root.mkdir(parents=True, exist_ok=True)
+    make_folder(root, "the stack folder")
     if (root / STATE_FILE).exists():
         raise StackStateError(f"a stack is already up in {root} ({STATE_FILE} exists): nowcast stack down "
                               "first")

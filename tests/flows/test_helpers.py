@@ -264,8 +264,8 @@ def test_a_runs_picture_links_stay_its_own(tmp_path, monkeypatch):
                    "the served folder joins the exported roots (its own deployments refused their default "
                    "stores as outside the roots)")
 def test_serving_takes_a_local_folder_and_adds_it_to_the_roots(tmp_path, monkeypatch):
-    from nowcast.flows.params import ROOTS_ENV, storage_roots
-    from nowcast.flows.serve import check_serving, with_root
+    from nowcast.flows.params import ROOTS_ENV, storage_roots, with_root
+    from nowcast.flows.serve import check_serving
 
     monkeypatch.chdir(tmp_path)
     with pytest.raises(InputError, match=r"--workdir s3://nowcast: the served stores, the incoming folder "

@@ -171,7 +171,8 @@ def test_stack_commands_without_a_stack_say_so(tmp_path, capsys):
         assert "stack.json cannot be read" in capsys.readouterr().err
 
 
-@pytest.mark.fault("command line", "`stack up` with a folder that is a file, or lies under one",
+@pytest.mark.fault("command line", "`stack up` with a folder that is a file, lies under one, or that the "
+                   "system cannot make (under /proc)",
                    "exit 2 naming the folder, nothing started (a traceback, exit 1)")
 def test_a_stack_folder_that_cannot_be_written_is_refused(tmp_path, capsys):
     from nowcast.flows.cli import main
@@ -180,6 +181,8 @@ def test_a_stack_folder_that_cannot_be_written_is_refused(tmp_path, capsys):
     for folder in ("afile", "afile/sub"):
         assert main(["stack", "up", "--folder", str(tmp_path / folder)]) == 2
         assert f"the stack folder {tmp_path / folder} cannot be written" in capsys.readouterr().err
+    assert main(["stack", "up", "--folder", "/proc/nowcast-stack"]) == 2  # root passes the access check
+    assert "the stack folder /proc/nowcast-stack cannot be" in capsys.readouterr().err
 
 
 @pytest.mark.slow
