@@ -522,6 +522,8 @@ def ingest_items(spec: IngestSpec, items: Sequence[SourceItem],
     """Checks, prepares and writes ``items``; in this process when ``runner`` is None."""
     if not items:
         raise IngestError(f"source {spec.source.name} has no frames to ingest")
+    if runner is not None:
+        runner.check_reachable()
     fields = tuple(spec.source.fields())
     check_field_names(fields, items[0].path)
     existed = exists(spec.archive)  # whole once it exists: created in one step (created_whole)

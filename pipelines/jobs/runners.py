@@ -14,10 +14,12 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import logging
+import socket
 import threading
 import weakref
 from collections.abc import Callable, Sequence
 from typing import Literal
+from urllib.parse import urlsplit
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
@@ -165,6 +167,27 @@ class RunnerOptions:
             check_beam_args(self.extra_args)
         elif "runner" in _flags(self.extra_args):
             raise RunnerError(f"--runner in the Beam flags needs the beam runner, not {self.kind!r}")
+
+    def check_reachable(self, timeout_s: float = 10.0) -> None:
+        """Refuses a dask scheduler that does not answer, before a job makes or changes a store: the dask
+        client's own 30 s timeout came after the archive was created (an empty archive and an OSError
+        traceback). Addresses of other protocols than tcp and tls are left to dask."""
+        if self.kind != "dask" or not self.dask_address:
+            return
+        parts = urlsplit(self.dask_address if "://" in self.dask_address else f"tcp://{self.dask_address}")
+        try:
+            host, port = parts.hostname, parts.port
+        except ValueError:  # a port that is no number
+            host = port = None
+        if parts.scheme not in ("tcp", "tls") or not host or not port:
+            return
+        try:
+            socket.create_connection((host, port), timeout=timeout_s).close()
+        except OSError as error:
+            raise RunnerError(f"the dask scheduler at {self.dask_address} does not answer "
+                              f"({error.strerror or error}): start it (`dask scheduler`; `nowcast stack up` "
+                              "starts one), or give its address with --dask-address; nothing was written"
+                              ) from None
 
     def build(self) -> tuple[PipelineRunner | str, PipelineOptions]:
         """The runner and pipeline options for ``beam.Pipeline(runner, options=...)``."""

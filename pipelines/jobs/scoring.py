@@ -391,6 +391,8 @@ def run(spec: ScoringSpec, runner: RunnerOptions | None = None,
         nowcast.model.registry.RegistryError: the model is missing or does not fit the archive.
         nowcast.pipelines.stores.forecasts.ForecastStoreError: the store holds another model's forecasts.
     """
+    if runner is not None:
+        runner.check_reachable()
     with scoring_errors(spec, "scoring"):
         model, tasks, counts = plan(spec)
         todo = [i for task in tasks for i in task.indices]

@@ -268,9 +268,11 @@ def staged(job: WindowJob) -> Iterator[WindowJob]:
 
 def run(job: WindowJob, runner_options: RunnerOptions | None = None) -> WindowResult:
     """Plans, creates windows.zarr and runs the job to completion; reports what it did."""
+    runner_options = runner_options or RunnerOptions()
+    runner_options.check_reachable()
     with staged(job) as building:
         plan = job.prepare(into=building.output)
-        result = run_pipeline(runner_options or RunnerOptions(),
+        result = run_pipeline(runner_options,
                               lambda pipeline: pipeline | "CutWindows" >> CutWindows(building, plan))
     stored = WindowsStore(job.output, "train")
     return WindowResult(counts=plan.counts, normalization=stored.normalization,

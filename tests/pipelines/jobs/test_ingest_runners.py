@@ -99,3 +99,20 @@ def test_runner_options_are_validated():
         RunnerOptions("dask")
     with pytest.raises(RunnerError, match="at least 1"):
         RunnerOptions("multiprocess", workers=0)
+
+
+@pytest.mark.fault("ingest", "--runner dask with a scheduler address where none answers",
+                   "refused before the archive is made, naming the address and the fix (an OSError traceback "
+                   "after 30 s, and an empty archive left behind)")
+def test_a_dask_scheduler_that_does_not_answer_is_refused_before_any_store(tmp_path):
+    from nowcast.processes import free_port
+
+    archive = tmp_path / "archive.zarr"
+    address = f"tcp://127.0.0.1:{free_port()}"
+    runner = RunnerOptions(kind="dask", dask_address=address)
+    with pytest.raises(RunnerError, match=rf"the dask scheduler at {address} does not answer \(.*\): start "
+                                          r"it \(`dask scheduler`; .*nothing was written"):
+        run(IngestSpec(archive=str(archive), source=get_source("synthetic", n_frames=4, shape=(16, 16))),
+            runner)
+    assert not archive.exists()
+    RunnerOptions(kind="dask", dask_address="inproc://a").check_reachable()  # other protocols: dask's to tell
