@@ -27,6 +27,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 from prefect.futures import PrefectFuture, as_completed
 
+from nowcast.errors import retry_unless_bad_input
 from nowcast.flows.artifacts import artifact_key, publish_store
 from nowcast.flows.concurrency import store_slot
 from nowcast.flows.params import BackfillParams, ForecastParams, Runner, ScoreParams
@@ -93,7 +94,7 @@ def plan_pending(spec: ScoringSpec) -> Pending:
                    already_written=counts.already_written, missing_input=counts.missing_input)
 
 
-@task(name="score-init-times", retries=1, retry_delay_seconds=2)
+@task(name="score-init-times", retries=1, retry_delay_seconds=2, retry_condition_fn=retry_unless_bad_input)
 def score(spec: ScoringSpec, runner: Runner) -> scoring.ScoringResult:
     """Scores the listed init times in the store's turn (those written meanwhile are skipped)."""
     with store_slot(spec.forecasts):

@@ -16,6 +16,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 
+from nowcast.errors import retry_unless_bad_input
 from nowcast.flows.artifacts import artifact_key, publish_store
 from nowcast.flows.params import IngestParams
 from nowcast.flows.progress import count_now, count_true, progress
@@ -24,6 +25,7 @@ from nowcast.pipelines.jobs.watch import pending_items
 from nowcast.pipelines.sources import folder_source, get_source, other_inputs
 from nowcast.pipelines.sources.base import Source, list_files, not_a_local_folder, sorted_unique
 from nowcast.pipelines.stores.archive import valid_flags
+from nowcast.pipelines.stores.groups import object_store_errors
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +66,14 @@ def _holds_no_file(input_dir: str | None) -> bool:
     return not list_files(input_dir, ("",))
 
 
-@task(name="ingest-new-frames", retries=1, retry_delay_seconds=5)
+@task(name="ingest-new-frames", retries=1, retry_delay_seconds=5, retry_condition_fn=retry_unless_bad_input)
 def ingest_new(params: IngestParams) -> IngestResult | None:
     """Ingests the frames not yet valid in the archive; None when there are none."""
+    with object_store_errors(params.input_dir, params.archive):
+        return _ingest_new(params)
+
+
+def _ingest_new(params: IngestParams) -> IngestResult | None:
     logger = get_run_logger()
     if _holds_no_file(params.input_dir):
         logger.info("no files in %s: nothing to ingest", params.input_dir)

@@ -22,3 +22,9 @@ def chain(error: BaseException | None) -> Iterator[BaseException]:
     while error is not None:
         yield error
         error = error.__cause__ or error.__context__
+
+
+def retry_unless_bad_input(_task: object, _run: object, state: object) -> bool:
+    """A Prefect task's ``retry_condition_fn``: retry a failure that may pass (a storage hiccup), not bad
+    input, which fails the same way again after the delay."""
+    return not isinstance(getattr(state, "data", None), InputError)

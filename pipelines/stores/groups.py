@@ -113,6 +113,23 @@ def object_store_problem(error: BaseException) -> str | None:
 
 
 @contextlib.contextmanager
+def object_store_errors(*urls: str | None) -> Iterator[None]:
+    """Turns an object store that cannot be used into a :class:`StoreError` naming why, the fix and the
+    ``urls`` involved, as the command line words it (a flow run had failed with a bare "The specified
+    bucket does not exist")."""
+    try:
+        yield
+    except InputError:
+        raise
+    except Exception as error:
+        problem = object_store_problem(error)
+        if problem is None:
+            raise
+        remote = sorted({url for url in urls if url and not is_local(url)})
+        raise StoreError(problem + (f" (URLs: {', '.join(remote)})" if remote else "")) from error
+
+
+@contextlib.contextmanager
 def storage_errors(url: str, job: str, rerun: str = "a rerun writes only what is missing") -> Iterator[None]:
     """Turns a storage failure while ``job`` writes ``url`` into a :class:`StorageWriteError` with the fix.
 

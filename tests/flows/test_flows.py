@@ -24,6 +24,7 @@ from nowcast.flows.params import (
 )
 from nowcast.pipelines.stores.archive import open_archive
 from nowcast.pipelines.stores.forecasts import open_forecasts, written_flags
+from nowcast.pipelines.stores.groups import StoreError
 from tests.pause import pause_env, paused_pid
 
 pytestmark = pytest.mark.xdist_group(__name__)  # its module fixture is built once, on one worker
@@ -75,6 +76,9 @@ def test_ingest_synthetic_then_nothing_new(trained):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("where", ["local", "s3"])
+@pytest.mark.fault("ingest", "a scheduled ingest whose input folder is in a bucket that does not exist",
+                   "the run fails once, naming the bucket's problem, the fix and the URLs (a bare "
+                   "FileNotFoundError, after a retry)")
 def test_ingest_folder_takes_only_new_files(where, tmp_path, radar_dir, prefect_server, monkeypatch, request):
     """Files arrive in dated subfolders (a scheduled run once looked at the top level only and did
     nothing), in a local folder or under an object-store prefix, with the archive beside them."""
@@ -93,6 +97,11 @@ def test_ingest_folder_takes_only_new_files(where, tmp_path, radar_dir, prefect_
         put = fs.put_file
     monkeypatch.setenv(ROOTS_ENV, root)
     incoming, archive = f"{root}/incoming", f"{root}/archive.zarr"
+    if where == "s3":  # a bare "The specified bucket does not exist", after a retry
+        missing = IngestParams(archive=archive, input_dir=f"{root}-missing/incoming")
+        with pytest.raises(StoreError, match=rf"the bucket does not exist \(.*\): create it, or fix the "
+                                             rf"bucket's name in the URL \(URLs: .*{root}-missing/incoming"):
+            ingest_flow(missing)
     params = IngestParams(archive=archive, input_dir=incoming)
     assert ingest_flow(params).frames_written == 0  # empty folder: a no-op, no archive
     assert not fsspec_exists(archive)
