@@ -490,7 +490,16 @@ class TrainParams(WindowsParams):
                                  f"is {self.t_in}; use t_in 3 or more, or base advection")
         self._fits_the_encoder()
         self._a_rain_rate()
+        self._a_registry()
         return self
+
+    def _a_registry(self) -> None:
+        """``models`` is a registry, not one model's folder in one: a registry made there held the new model
+        a level too deep, and the real one listed it as damaged, to be removed."""
+        from nowcast.model.registry import one_models_folder
+
+        if deeper := one_models_folder(self.models):
+            raise ParameterError(deeper)
 
     def _a_rain_rate(self) -> None:
         """The trained variable is a rain rate: validation scores it as rain (CSI at 1 mm/h, frequency bias)
@@ -523,9 +532,11 @@ class TrainParams(WindowsParams):
                 return
             what = f"the archive's grid {sizes[0]}x{sizes[1]} (no patch_size)"
         if sizes[0] % factor or sizes[1] % factor:
+            fewer = ", or fewer filters" if len(self.filters) > 1 else ""  # one level is the fewest
+            largest = f", at most {min(sizes)}" if self.patch_size is None else ""
             raise ParameterError(f"{what} does not divide by {factor}, the downsampling of "
                                  f"{len(self.filters)} encoder levels (filters {list(self.filters)}): give a "
-                                 f"patch_size that is a multiple of {factor}, or fewer filters")
+                                 f"patch_size that is a multiple of {factor}{largest}{fewer}")
 
     @property
     def chosen_base(self) -> str:

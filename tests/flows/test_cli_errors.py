@@ -558,6 +558,9 @@ def test_sizes_the_encoder_cannot_take_are_refused_before_any_work(stores, tmp_p
     refused(capsys, [*train, "--patch-size", "9"], "--patch-size 9 does not divide by 4, the downsampling")
     refused(capsys, [*train, "--filters", "2", "2", "2", "2", "2"],
             "the archive's grid 16x16 (no --patch-size) does not divide by 32")
+    refused(capsys, [*train, "--patch-size", "9", "--filters", "4"],  # one level: no fewer filters to give
+            "--patch-size 9 does not divide by 2, the downsampling of 1 encoder levels (filters [4]): give "
+            "a --patch-size that is a multiple of 2\n")
     refused(capsys, ["demo", "--workdir", str(tmp_path / "demo"), "--size", "50"],
             "--size: Input should be a multiple of 4")
     assert sorted(path.name for path in tmp_path.iterdir()) == []

@@ -137,9 +137,10 @@ def test_command_line_stores_are_the_users_own_paths(tmp_path, monkeypatch):
 
 
 @pytest.mark.fault("command line", "`nowcast models` promote of an unknown version; show or list of a "
-                   "model never trained; `--models` naming one model's folder (`models/convlstm`)",
-                   "exit 2 naming the known versions, or the models there, or the registry; latest unchanged "
-                   "(a model's folder was listed as holding no models, exit 0)")
+                   "model never trained; `--models` naming one model's folder (`models/convlstm`), also to "
+                   "train", "exit 2 naming the known versions, or the models there, or the registry; latest "
+                   "unchanged (a model's folder was listed as holding no models, exit 0; train made a "
+                   "registry in it, whose model the real one listed as damaged)")
 def test_models_list_show_and_promote(tmp_path, capsys):
     archive = make_archive(str(tmp_path / "archive.zarr"), 16, (16, 16))
     models = tmp_path / "models"
@@ -169,7 +170,9 @@ def test_models_list_show_and_promote(tmp_path, capsys):
     assert "needs NAME/VERSION" in capsys.readouterr().err
     assert cli.main(["models", "show", *registry]) == 2  # said NAME/VERSION, where NAME alone is taken
     assert "needs NAME (its latest version) or NAME/VERSION" in capsys.readouterr().err
-    for command in (["models", "list"], ["score", "--archive", archive]):  # "no models", exit 0; "train one"
+    train = ["train", "--archive", archive, "--windows", str(tmp_path / "w.zarr"), "--workdir",
+             str(tmp_path / "t")]  # train built a registry inside the model's folder, listed as damaged
+    for command in (["models", "list"], ["score", "--archive", archive], train):  # "no models"; "train one"
         assert cli.main([*command, "--models", str(models / "convlstm")]) == 2
         assert f"is the folder of one model, convlstm, not a registry: give the registry that holds it, " \
                f"--models {models}" in capsys.readouterr().err

@@ -44,8 +44,9 @@ for attempt in range(3):  # a run that lands on the schedule's own tick is cance
 with get_client(sync_client=True) as client:
     names = sorted(f"{client.read_flow(d.flow_id).name}/{d.name}" for d in client.read_deployments())
     pools = {d.work_pool_name for d in client.read_deployments()}
+    pulls = sorted({json.dumps(d.pull_steps) for d in client.read_deployments()})
 print(json.dumps({"state": run.state.type.value, "message": run.state.message, "id": str(run.id),
-                  "deployments": names, "pools": sorted(pools)}))
+                  "deployments": names, "pools": sorted(pools), "pull_steps": pulls}))
 """
 
 
@@ -90,6 +91,8 @@ def test_a_deployment_runs_on_the_stack_worker_into_s3_through_the_dask_cluster(
         "backfill/on-demand-cpu", "evaluate/on-demand", "forecast/scheduled-cpu", "ingest/scheduled",
         "train/on-demand-cpu"]
     assert report["pools"] == [stack.POOL]
+    # no pull step: `prefect deploy` had added one into the folder it ran in, and a run failed once it moved
+    assert report["pull_steps"] == ["[]"]
     worker_log = (folder / "stack" / "prefect-worker.log").read_text()
     assert report["id"] in worker_log  # the separate worker process ran it
 
