@@ -430,10 +430,15 @@ def check_manifest(version_dir: str, known: Mapping[str, str]) -> None:
             "version")
 
 
+# what a forecast store holds one of (forecasts.check_identity): a version that changes them cannot write there
+FORECAST_LAYOUT = ("target", "t_in", "t_out")
+
+
 def archive_change(root: str | Path, name: str, version: str) -> str | None:
     """Why forecasts of the archive that ``name``'s promoted version was trained on would refuse
-    ``version`` (another time step or units; another grid for a model not rebuilt for any grid), said
-    before it replaces that version as latest; None when they would not, or nothing is promoted."""
+    ``version`` (another time step or units; another grid for a model not rebuilt for any grid), or a
+    forecast store written by it would (another target, input or lead count), said before it replaces
+    that version as latest; None when neither would, or nothing is promoted."""
     try:
         previous = promoted_version(root, name)
         if previous is None or previous == version:
@@ -441,6 +446,12 @@ def archive_change(root: str | Path, name: str, version: str) -> str | None:
         fs, parent = _location(root, name)
         was, now = (read_metadata(_url(fs, f"{parent}/{each}")) for each in (previous, version))
         check_archive(now, ArchiveDescription.from_dict(was["archive"]))
+        layout = [f"{key} {was.get(key)!r} before, {now.get(key)!r} now" for key in FORECAST_LAYOUT
+                  if was.get(key) != now.get(key)]
+        if layout:  # the scheduled forecast failed into its store from then on, without a word here
+            return (f"{name}/{version} replaces {name}/{previous} as latest with other forecasts "
+                    f"({'; '.join(layout)}): a forecast store written by {previous} will refuse them; give "
+                    f"the forecasts a new store, or `nowcast models promote {name}/{previous}` to go back")
     except ArchiveMismatchError as error:
         return (f"{name}/{version} replaces {name}/{previous} as latest, but forecasts of "
                 f"archives like the one {previous} was trained on will refuse it ({error}); `nowcast models "

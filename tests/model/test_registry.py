@@ -427,7 +427,8 @@ def test_a_registry_on_another_file_system_than_the_temporary_folder_saves(tmp_p
 
 
 @pytest.mark.fault("train", "a training run on an archive of another time step (or units) than the "
-                   "promoted version's, promoted by the train flow or `nowcast models promote`",
+                   "promoted version's, or of other input or lead counts, promoted by the train flow or "
+                   "`nowcast models promote`",
                    "a warning before the promotion naming what the old archive's forecasts would refuse and "
                    "how to go back (latest was replaced without a word, and the scheduled forecasts of the "
                    "old archive failed); none for another grid, which a model rebuilt for any grid runs on")
@@ -449,6 +450,12 @@ def test_a_promotion_across_kinds_of_archive_is_said(tmp_path, capsys):
     assert "time step: model trained on PT10M, archive has PT5M" in said
     assert "`nowcast models promote convlstm/v1` goes back" in said
     assert registry.archive_change(str(tmp_path / "empty"), "convlstm", "v3") is None  # nothing promoted
+    registry.save_model(model, tmp_path, "convlstm", {**whole, "t_in": 2, "t_out": 3}, version="v4",
+                        promote=False)  # a store written by v1 refused every forecast of it
+    assert registry.archive_change(str(tmp_path), "convlstm", "v4") == (
+        "convlstm/v4 replaces convlstm/v1 as latest with other forecasts (t_in 3 before, 2 now; t_out 2 "
+        "before, 3 now): a forecast store written by v1 will refuse them; give the forecasts a new store, or "
+        "`nowcast models promote convlstm/v1` to go back")
     assert main(["models", "promote", "--models", str(tmp_path), "convlstm/v9"]) == 2  # no such version
     assert "warning" not in capsys.readouterr().err
     assert main(["models", "promote", "--models", str(tmp_path), "convlstm/v3"]) == 0
