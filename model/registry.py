@@ -430,7 +430,7 @@ def check_manifest(version_dir: str, known: Mapping[str, str]) -> None:
             "version")
 
 
-# what a forecast store holds one of (forecasts.check_identity): a version that changes them cannot write there
+# what a forecast store holds one of (forecasts.check_identity): a version changing them cannot write there
 FORECAST_LAYOUT = ("target", "t_in", "t_out")
 
 
