@@ -86,6 +86,10 @@ def _evaluate(params: EvaluateParams, workdir: Path) -> EvaluateRun:
 
     logger = get_run_logger()
     result = verify_windows(params)
+    if result.dry():
+        logger.warning("no pixel of the %d %s samples verified, observed or forecast, reaches 0.5 mm/h: "
+                       "every CSI reads '-' (no rain to detect); evaluate on windows cut from a period with "
+                       "rain", result.samples, params.split)
     markdown = table(result)
     print(markdown)
     publish_scores(f"evaluate-{params.split}", result.scores, markdown,

@@ -10,6 +10,7 @@ stored windows, not the scoring job: nothing is written to forecasts.zarr.)
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -58,6 +59,12 @@ class Verification:
         """Mean of ``metric`` over the lead times (NaN when none was scored)."""
         values = [v[metric] for v in self.scores[source].values() if metric in v]
         return float(np.mean(values)) if values else float("nan")
+
+    def dry(self) -> bool:
+        """Whether no verified pixel was observed wet enough to score a CSI (every CSI read NaN, a table of
+        '-' with no word why)."""
+        return not any(math.isfinite(value) for leads in self.scores.values() for metrics in leads.values()
+                       for metric, value in metrics.items() if metric.startswith("csi_"))
 
     def margins(self, source: str, baseline: str) -> dict[str, float]:
         """How much better ``source`` is than ``baseline`` on the promotion scores, averaged over leads.

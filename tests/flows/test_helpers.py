@@ -44,6 +44,17 @@ def test_promotion_needs_a_higher_csi_and_a_lower_mae_than_extrapolation():
     assert np.isnan(unscored.mean("m"))
 
 
+@pytest.mark.fault("evaluate", "a split where neither the observations nor the forecasts reach 0.5 mm/h "
+                   "(a dry period)", "a warning says why every CSI reads '-' and what to evaluate on instead "
+                   "(the table of '-' came without a word, exit 0)")
+def test_a_dry_verification_is_told_apart():
+    dry = Verification({"m": scores([0.0, 0.0], [float("nan")] * 2), "extrapolation": scores([0.0, 0.0],
+                       [float("nan")] * 2)}, 4, None)
+    assert dry.dry()
+    one_wet_lead = Verification({"m": scores([0.1, 0.0], [0.0, float("nan")])}, 4, None)
+    assert not one_wet_lead.dry()
+
+
 def test_store_roots_accept_paths_and_url_prefixes(tmp_path, monkeypatch):
     monkeypatch.setenv(ROOTS_ENV, f"{tmp_path}:s3://bucket/nowcast/")
     assert check_store_url(str(tmp_path / "a" / ".." / "b.zarr")) == str(tmp_path / "b.zarr")
