@@ -455,7 +455,20 @@ def cmd_stack(args: argparse.Namespace) -> int:
         return 1
 
 
+def _worker_alone_stopped(stack, folder: str) -> bool:
+    try:
+        return stack.only_the_worker_gone(stack.read_state(folder))
+    except stack.StackStateError:  # none up, or a state up cannot read: up says so
+        return False
+
+
 def _stack_action(stack, args: argparse.Namespace) -> int:
+    if args.action == "up" and _worker_alone_stopped(stack, args.folder):
+        lost = stack.restart_worker(args.folder)
+        print(f"started a new Prefect worker in the stack in {args.folder}"
+              + (f"; flow runs the stopped one had left Running are marked Crashed (run them again): "
+                 f"{', '.join(lost)}" if lost else ""))
+        return 0
     if args.action == "up":
         state = stack.up(args.folder, workers=args.workers)
         env = stack.client_env(state)
@@ -466,15 +479,19 @@ def _stack_action(stack, args: argparse.Namespace) -> int:
     elif args.action == "down":
         recorded = os.path.isfile(os.path.join(args.folder, stack.STATE_FILE))
         stopped = stack.down(args.folder)
-        print(f"stopped {', '.join(stopped)}" if stopped else
+        print(f"stopped {', '.join(stopped)}; the object store's contents (moto keeps them in memory) went "
+              "with it" if stopped else
               f"the stack in {args.folder} was no longer running; its state is cleared" if recorded else
               f"no stack was up in {args.folder}")
         return 0
     state = stack.read_state(args.folder)
     gone = stack.not_running(state)
     if args.action == "status" and gone:  # a crash, a reboot, an up killed part way: exit 0 said it was up
-        raise stack.StackStateError(f"the stack in {args.folder} is not whole ({'; '.join(gone)}): nowcast "
-                                    "stack down, then stack up")
+        fix = ("nowcast stack up starts a new worker, and marks Crashed the flow runs the stopped one had"
+               if stack.only_the_worker_gone(state) else
+               "nowcast stack down, then stack up (the object store's contents, which moto keeps in memory, "
+               "go with it)")
+        raise stack.StackStateError(f"the stack in {args.folder} is not whole ({'; '.join(gone)}): {fix}")
     for key, value in stack.client_env(state).items():
         print(f"export {key}={value}")
     return 0
@@ -629,7 +646,7 @@ def build_parser() -> argparse.ArgumentParser:
     stack = command("stack", "the deployment on this machine: PostgreSQL-backed Prefect server, a process "
                              "worker, S3 (moto), a dask cluster", cmd_stack)
     stack.add_argument("action", choices=["up", "down", "status"])
-    stack.add_argument("--folder", default="runs/stack", help="state, logs and the database")
+    stack.add_argument("--folder", default="runs/stack", help="state, logs and (except as root) the database")
     stack.add_argument("--workers", type=int, default=2, help="dask worker processes")
     return parser
 

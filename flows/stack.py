@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from nowcast.errors import InputError
-from nowcast.files import make_folder
+from nowcast.files import make_folder, write_atomically
 from nowcast.flows.temporary_server import SERVER_SETTINGS
 from nowcast.pipelines.stores.groups import check_writable
 from nowcast.processes import alive, free_port, started
@@ -343,11 +343,7 @@ def up(folder: str | Path = "runs/stack", workers: int = 2) -> dict[str, object]
     if (root / STATE_FILE).exists():
         raise StackStateError(f"a stack is already up in {root} ({STATE_FILE} exists): nowcast stack down "
                               "first")
-    # the services' logs are files an operator reads: at INFO whatever the level of the command that started
-    # them (the command line sets its own console quieter, and children inherit its environment)
-    base = {**os.environ, **{k: os.environ.get(k, v) for k, v in DUMMY_CREDENTIALS.items()},
-            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "INFO"}
-    base.pop("PREFECT_API_URL", None)
+    base = _service_env()
     ports: dict[str, int] = {}  # each service's, known once it listens (a port can be lost before that)
     state: dict[str, object] = {"folder": str(root), "ports": ports, "env": {}, "pids": {}, "started": {}}
     pids: dict[str, int] = state["pids"]  # type: ignore[assignment]
@@ -399,15 +395,7 @@ def up(folder: str | Path = "runs/stack", workers: int = 2) -> dict[str, object]
         deploy = [arg for name in DEPLOYMENTS for arg in ("--name", name)]
         _prefect(["deploy", "--prefect-file", str(REPO / "infra" / "prefect.yaml"), *deploy, "--no-prompt"],
                  base, root, cwd=REPO)
-        worker_home = root / "prefect-worker"
-        (worker_home / "tmp").mkdir(parents=True, exist_ok=True)
-        prefect_worker = _start("prefect-worker", [_bin("prefect"), "worker", "start", "--pool", POOL,
-                                                   "--type", "process"],
-                                root, {**base, "TMPDIR": str(worker_home / "tmp")}, cwd=worker_home)
-        pids["prefect-worker"] = prefect_worker.pid
-        save()
-        _wait("Prefect worker", lambda: "started" in (root / "prefect-worker.log").read_text().lower(),
-              root / "prefect-worker.log", 120, prefect_worker)
+        _start_worker(root, base)
         state["whole"] = True  # what status looks for: an up killed part way recorded only some services
         save()
     except BaseException:
@@ -416,6 +404,83 @@ def up(folder: str | Path = "runs/stack", workers: int = 2) -> dict[str, object]
     finally:
         _ON_START.reset(recording)
     return state
+
+
+def _start_worker(root: Path, env: Mapping[str, str]) -> None:
+    """The Prefect worker on the stack's pool (recorded by ``_start``), waited for until it polls."""
+    worker_home = root / "prefect-worker"
+    (worker_home / "tmp").mkdir(parents=True, exist_ok=True)
+    log = root / "prefect-worker.log"
+    since = _size(log)  # a restarted worker's lines follow the stopped one's in the same log
+    command = [_bin("prefect"), "worker", "start", "--pool", POOL, "--type", "process"]
+    worker = _start("prefect-worker", command, root, {**env, "TMPDIR": str(worker_home / "tmp")},
+                    cwd=worker_home)
+    _wait("Prefect worker", lambda: "started" in log.read_bytes()[since:].decode(errors="replace").lower(),
+          log, 120, worker, since)
+
+
+def _service_env() -> dict[str, str]:
+    """The environment the stack's services start in (a client's Prefect API left out). Their logs are
+    files an operator reads: at INFO whatever the level of the command that started them (the command
+    line sets its own console quieter, and children inherit its environment)."""
+    env = {**os.environ, **{k: os.environ.get(k, v) for k, v in DUMMY_CREDENTIALS.items()},
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "INFO"}
+    env.pop("PREFECT_API_URL", None)
+    return env
+
+
+def only_the_worker_gone(state: Mapping[str, object]) -> bool:
+    """Whether the Prefect worker is all that stopped of a stack that came up whole."""
+    return bool(state.get("whole")) and not_running(state) == ["prefect-worker no longer runs"]
+
+
+def restart_worker(folder: str | Path = "runs/stack") -> list[str]:
+    """Starts the Prefect worker again in a stack whose worker alone stopped (SIGTERM, a crash), after
+    marking Crashed the flow runs it had left Running (no process runs them: they held their slots, and
+    showed Running for good); returns those runs' names. The rest of the stack, its object store's
+    contents and its database are kept, where ``down`` then ``up`` would lose them.
+
+    Raises:
+        StackStateError: no stack there, or more than the worker is gone (then down, then up).
+    """
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    root = Path(folder).resolve()
+    state = read_state(root)
+    if not only_the_worker_gone(state):
+        gone = not_running(state)
+        what = f"not whole ({'; '.join(gone)})" if gone else "whole"
+        raise StackStateError(f"the stack in {root} is {what}: only a stack whose worker alone stopped gets "
+                              "a new one")
+    env = client_env(state)
+    with temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}):
+        lost = _crash_lost_runs()
+    base = {**_service_env(), **env}
+    pids: dict[str, int] = state["pids"]  # type: ignore[assignment]
+
+    def record(name: str, process: subprocess.Popen) -> None:
+        pids[name] = process.pid
+        state["started"] = {each: started(pid) for each, pid in pids.items()}
+        write_atomically(root / STATE_FILE, json.dumps(state, indent=2) + "\n")
+
+    recording = _ON_START.set(record)
+    try:
+        _start_worker(root, base)
+    finally:
+        _ON_START.reset(recording)
+    return lost
+
+
+def _crash_lost_runs() -> list[str]:
+    """Marks Crashed the runs of the stack's deployments that no process on this machine runs (every
+    deployment of the stack's own server is the stack's)."""
+    from prefect import get_client
+
+    from nowcast.flows.serve import crash_lost_runs
+
+    with get_client(sync_client=True) as client:
+        ids = [deployment.id for deployment in client.read_deployments()]
+    return crash_lost_runs(ids)
 
 
 def _prefect(args: Sequence[str], env: Mapping[str, str], folder: Path, cwd: Path | None = None) -> None:

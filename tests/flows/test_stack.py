@@ -651,3 +651,46 @@ def test_every_part_of_the_stack_listens_on_loopback_only(deployed):
     assert {"prefect-server", "s3", "dask-scheduler", "postgres"} <= set(found), found
     exposed = {name: addresses - {"127.0.0.1", "::1"} for name, addresses in found.items()}
     assert not any(exposed.values()), exposed
+
+
+@pytest.mark.slow
+@pytest.mark.fault("deployment", "the stack's Prefect worker stopped (SIGTERM, a crash) with a flow run "
+                   "in flight", "`stack status` exits 2 naming the worker and the fix; `stack up` marks that "
+                   "run Crashed and starts a new worker, the stores and the database kept (the run showed "
+                   "Running for good, holding its slot, and the fix said, down then up, emptied the object "
+                   "store)")
+def test_a_stopped_worker_is_started_again_and_its_runs_crashed(deployed, capsys):
+    from prefect import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.states import Running
+
+    from nowcast.flows.cli import main
+
+    folder, state = deployed
+    root = str(folder / "stack")
+    env = stack.client_env(state)
+    fs = stack.s3_filesystem(env)
+    fs.pipe(f"{stack.BUCKET}/kept/marker", b"kept")
+    stack_api = {PREFECT_API_URL: env["PREFECT_API_URL"]}
+    with temporary_settings(stack_api), get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name("evaluate/on-demand")
+        # what the worker had in flight: Running on the server, no process of it left on this machine
+        lost = client.create_flow_run_from_deployment(deployment.id, state=Running())
+    worker = stack.read_state(root)["pids"]["prefect-worker"]  # type: ignore[index]
+    os.killpg(worker, signal.SIGTERM)
+    deadline = time.monotonic() + 60
+    while alive(worker) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert main(["stack", "status", "--folder", root]) == 2
+    assert ("(prefect-worker no longer runs): nowcast stack up starts a new worker, and marks Crashed the "
+            "flow runs the stopped one had") in capsys.readouterr().err
+    assert main(["stack", "up", "--folder", root]) == 0
+    assert (f"started a new Prefect worker in the stack in {root}; flow runs the stopped one had left "
+            f"Running are marked Crashed (run them again): {lost.name}") in capsys.readouterr().out
+    assert main(["stack", "status", "--folder", root]) == 0
+    assert stack.read_state(root)["pids"]["prefect-worker"] != worker  # type: ignore[index]
+    with temporary_settings(stack_api), get_client(sync_client=True) as client:
+        assert client.read_flow_run(lost.id).state.type.value == "CRASHED"
+    assert fs.cat(f"{stack.BUCKET}/kept/marker") == b"kept"
+    assert main(["stack", "up", "--folder", root]) == 2  # whole again: up is refused as before
+    assert "a stack is already up in" in capsys.readouterr().err
