@@ -86,6 +86,7 @@ from nowcast.pipelines.stores.groups import (
     dimension_names,
     exists,
     filesystem,
+    growing_to,
     is_local,
     local_path,
     open_group,
@@ -709,8 +710,11 @@ def _settled_info(url: str) -> ArchiveInfo:
 
 
 def _existing_info(url: str) -> ArchiveInfo:
-    """The layout under the lock: an extension a stopped ingest left part way is completed first."""
+    """The layout under the lock: an extension a stopped ingest left part way is completed first, to the
+    length it was growing to (completed to the coordinate's old length, it stayed part way for good)."""
     try:
         return read_info(url)
     except InterruptedExtensionError:
-        return extend_time(url, array(open_group(url, error=ArchiveError), "time").shape[0])
+        along = arrays_along(open_group(url, error=ArchiveError), "time")
+        lengths = [each.shape[0] for each in along.values()]
+        return extend_time(url, max([*lengths, growing_to(along["time"]) or 0]))

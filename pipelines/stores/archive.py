@@ -34,6 +34,7 @@ from nowcast.pipelines.stores.groups import (
     damaged_metadata,
     dimension_names,
     grow_axis,
+    growing_to,
     metadata_damage,
     not_a_store,
     open_group,
@@ -424,6 +425,10 @@ def read_info(url: str) -> ArchiveInfo:
             )
     with readable_members(url, ArchiveError):  # a member's zarr.json that is not zarr metadata
         arrays = dict(group.arrays())
+    if not {"time", "y", "x"} <= arrays.keys():  # a coordinate's zarr.json deleted: a KeyError traceback
+        _refuse_damage_or_other_kind(url, group)
+        raise ArchiveError(f"archive {url} lacks its {sorted({'time', 'y', 'x'} - arrays.keys())} "
+                           "coordinates: restore the store from a copy")
     fields = tuple(FieldSpec.from_attrs(name, dict(arr.attrs)) for name, arr in sorted(arrays.items())
                    if dimension_names(arr) == FRAME_DIMS)
     if not fields:
@@ -433,16 +438,22 @@ def read_info(url: str) -> ArchiveInfo:
         _refuse_damage_or_other_kind(url, group)
         raise ArchiveError(f"archive {url} lacks the per-frame {VALID!r} flag")
     time_lengths = {name: arr.shape[0] for name, arr in arrays_along(group, "time").items()}
-    if len(set(time_lengths.values())) != 1:
+    if len(set(time_lengths.values())) != 1 or growing_to(arrays["time"]) is not None:
         raise InterruptedExtensionError(
             f"archive {url} is part way through a time-axis extension (lengths "
             f"{sorted(set(time_lengths.values()))}); an ingest was interrupted: rerun it to repair"
         )
     first = arrays[fields[0].name]
+    try:
+        grid = Grid.from_zarr_group(group)
+    except Exception as error:  # whatever the codec raises for a damaged chunk of x or y (a traceback)
+        raise ArchiveError(f"the grid coordinates of {url} cannot be read ({type(error).__name__}: "
+                           f"{str(error)[:100]}): restore the store from a copy (they are not in the source "
+                           f"files a repair reads); `nowcast check {url}` lists the damage") from error
     return ArchiveInfo(
         url=url,
         fields=fields,
-        grid=Grid.from_zarr_group(group),
+        grid=grid,
         start=to_datetime64(attrs["time_start"]),
         time_step=parse_time_step(str(attrs["time_step"])),
         length=int(first.shape[0]),

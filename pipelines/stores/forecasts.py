@@ -50,6 +50,7 @@ from nowcast.pipelines.stores.groups import (
     exists,
     filesystem,
     grow_axis,
+    growing_to,
     holds,
     is_local,
     local_path,
@@ -321,10 +322,11 @@ def ensure_store(url: str, identity: StoreIdentity, archive: ArchiveInfo) -> Sto
                     consolidate(open_group(staging, "r+", error=ForecastStoreError))
     info = _read_when_complete(url)
     check_identity(info, identity, archive)
-    if info.length < archive.length:
+    group = open_group(url, "r+", error=ForecastStoreError)
+    if info.length < archive.length or growing_to(array(group, "init_time")) is not None:  # one stopped
         info = extend_init_time(url, archive.length)
     else:
-        consolidate_if_behind(open_group(url, "r+", error=ForecastStoreError))
+        consolidate_if_behind(group)
     return info
 
 

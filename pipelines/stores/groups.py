@@ -672,9 +672,12 @@ def damaged_metadata(url: str) -> list[str]:
 def readable_members(url: str, error: type[StoreError] = StoreError) -> Iterator[None]:
     """Turns the ValueError zarr raises on a member's damaged ``zarr.json`` (json's decode error,
     zarr's MetadataValidationError) into ``error`` naming the file and the fix; any other ValueError
-    passes on unchanged."""
+    passes on unchanged. A member without its ``zarr.json`` is left to the caller, which names it; zarr's
+    own warning of it (a raw ZarrUserWarning line before the message) is not shown."""
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".* is not recognized as a component of a Zarr")
+            yield
     except ValueError as unreadable:
         damaged = damaged_metadata(url)
         if not damaged:
@@ -775,15 +778,23 @@ def arrays_along(group: zarr.Group, dim: str) -> dict[str, zarr.Array]:
     return {name: member for name, member in group.arrays() if dimension_names(member)[:1] == (dim,)}
 
 
+GROWING = "nowcast_growing_to"  # the axis coordinate's attribute while it grows: the length it grows to
+
+
 def grow_axis(group: zarr.Group, dim: str, values: np.ndarray,
               derived: Mapping[str, np.ndarray] | None = None) -> None:
     """Grows every array along ``dim`` to ``len(values)``; the coordinate ``dim`` last.
 
     The data arrays are resized first (new entries read as their fill values,
-    so no chunk is written), then the coordinate takes its new values. A
-    writer stopped in between leaves arrays of unequal length, which the
-    schema modules report as an interrupted extension; calling this again
-    with the same values completes it. Never shrinks.
+    so no chunk is written), then the coordinate takes its new values. The
+    coordinate carries the attribute :data:`GROWING` for as long as that
+    takes, so a writer stopped anywhere in between leaves a state the schema
+    modules report as an interrupted extension (:func:`growing_to`), even once
+    every array has its new length: zarr writes a coordinate's chunks in any
+    order, and a kill had left a middle chunk at its fill value (times of
+    1970) that no rerun saw. Calling this again with the same values
+    completes it. Never shrinks. (The mark is not in the root's attributes:
+    writing them drops the consolidated metadata that plain readers open.)
 
     Args:
         group: the store's root group, writable.
@@ -797,17 +808,37 @@ def grow_axis(group: zarr.Group, dim: str, values: np.ndarray,
     coord = arrays[dim]
     if length < coord.shape[0]:
         raise ValueError(f"cannot shrink {dim} from {coord.shape[0]} to {length}")
+    resumed = GROWING in coord.attrs
+    growing = resumed or any(array.shape[0] < length for array in arrays.values())
+    if growing:
+        coord.attrs[GROWING] = length
     for name, array in sorted(arrays.items()):
         if name != dim and array.shape[0] < length:
             array.resize((length, *array.shape[1:]))
     for name, whole in (derived or {}).items():  # rewritten from the coordinate's old end: restartable
         arrays[name][coord.shape[0]:length] = whole[coord.shape[0]:length]
-    written = _written_prefix(coord, values)
+    # a stopped extension may have written any of the new chunks: compare them all, from its start
+    written = _first_difference(coord, values) if resumed else _written_prefix(coord, values)
     if coord.shape[0] < length:
         coord.resize((length,))
     if written < length:
         coord[written:] = values[written:]
+    if growing:
+        del coord.attrs[GROWING]
     consolidate(group)
+
+
+def growing_to(coord: zarr.Array) -> int | None:
+    """The length an interrupted :func:`grow_axis` of the axis ``coord`` was growing to, or None."""
+    growing = coord.attrs.get(GROWING)
+    return int(growing) if isinstance(growing, int | float) else None
+
+
+def _first_difference(coord: zarr.Array, values: np.ndarray) -> int:
+    """How many leading coordinate values hold ``values`` (the whole coordinate read)."""
+    end = min(coord.shape[0], len(values))
+    differ = np.flatnonzero(np.asarray(coord[:end]) != values[:end])
+    return int(differ[0]) if len(differ) else end
 
 
 def _written_prefix(coord: zarr.Array, values: np.ndarray) -> int:

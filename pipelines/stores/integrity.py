@@ -196,7 +196,9 @@ def check_store(url: str, progress: Callable[[int, int], None] | None = None) ->
         first_chunk = array.chunks[0] if array.ndim else 1
         for chunk in keys[path]:
             problem = unreadable(array, chunk)
-            if problem:
+            if problem and kind in AXES and not (array.ndim and dimension_names(array)[:1] == (AXES[kind],)):
+                damaged.append(Damage(path, chunk, problem, 0, 0))  # no times to name: x, y, thresholds
+            elif problem:
                 first = chunk[0] * first_chunk if chunk else 0
                 damaged.append(Damage(path, chunk, problem, first, min(first + first_chunk, array.shape[0]
                                                                        if array.ndim else 1)))
@@ -297,7 +299,9 @@ def _inconsistent(kind: str, arrays: dict[str, zarr.Array], keys: dict[str, list
                 first = index * a.chunks[0]
                 found.append(Damage(path, (index,), f"no value at {flag_name} entries (a lost chunk)", first,
                                     min(first + a.chunks[0], len(flags))))
-    for path, a in arrays.items():
+    for path, a in arrays.items():  # an unreadable chunk of them is listed already (it was a traceback)
+        if path in unreadable:
+            continue
         if dimension_names(a) in (("x",), ("y",)) and not np.isfinite(np.asarray(a[:], "float64")).all():
             found.append(Damage(path, (), "grid coordinates that are not finite (a lost chunk)", 0, 0))
     return sorted(found, key=lambda d: (d.first, d.array))

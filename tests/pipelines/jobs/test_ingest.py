@@ -233,3 +233,34 @@ def test_another_networks_files_are_refused_for_their_grid_first(tmp_path):
     with pytest.raises(IngestError, match=r"another grid than .* \(shape \(12, 20\) \(y, x\) instead of "):
         ingest(tmp_path, other)
     assert snapshot(url) == before
+
+
+@pytest.mark.fault("ingest", "an ingest killed while it grew the time axis: after resizing some arrays, or "
+                   "after every array had its length but before every chunk of the time values was written",
+                   "the next ingest completes the extension and the archive equals an uninterrupted run's "
+                   "(the first stayed part way for every rerun, exit 2; the second kept times of 1970 that "
+                   "every rerun refused as duplicates)")
+@pytest.mark.parametrize("stopped", ["arrays_resized", "time_values_part_written"])
+def test_an_extension_stopped_anywhere_is_completed_by_the_next_ingest(tmp_path, stopped):
+    import zarr
+
+    from nowcast.pipelines.stores.groups import GROWING, arrays_along
+
+    first, every = times("2024-01-01T00:00", 6), times("2024-01-01T00:00", 15)
+    for folder in ("reference", "stopped"):
+        (tmp_path / folder).mkdir()
+        ingest(tmp_path / folder, ArraySource(first))
+    reference = ingest(tmp_path / "reference", ArraySource(every))[1]
+    url = str(tmp_path / "stopped" / "archive.zarr")
+    group = zarr.open_group(url, mode="r+")
+    if stopped == "arrays_resized":
+        group["precip"].resize((15, *group["precip"].shape[1:]))
+    else:  # as grow_axis leaves it: its mark set, every array resized, one late chunk of times written
+        group["time"].attrs[GROWING] = 15
+        for member in arrays_along(group, "time").values():
+            member.resize((15, *member.shape[1:]))
+        group["time"][12:] = zarr.open_group(reference)["time"][12:]
+    with pytest.raises(Exception, match="part way through a time-axis extension"):
+        read_info(url)
+    ingest(tmp_path / "stopped", ArraySource(every))
+    assert snapshot(url) == snapshot(reference)

@@ -290,22 +290,47 @@ def test_lost_grid_coordinates_and_an_axis_of_two_lengths_are_found(archive, tmp
     assert "rerun the job" in report.fix()
 
 
-@pytest.mark.parametrize("damage", ["garbage", "deleted"])
-@pytest.mark.fault("stores", "an array's zarr.json that is not zarr metadata, or deleted",
-                   "every reader (check, summary, ingest, windows) refuses naming the file and the fix, no "
-                   "traceback")
-def test_damaged_array_metadata_is_named_by_every_reader(archive, damage):
-    meta = archive / "precip" / "zarr.json"
+@pytest.mark.parametrize(("damage", "member"), [("garbage", "precip"), ("deleted", "precip"),
+                                                ("deleted", "time"), ("deleted", "x")])
+@pytest.mark.fault("stores", "an array's zarr.json that is not zarr metadata, or deleted (a field's, or "
+                   "a coordinate's)", "every reader (check, summary, ingest, windows) refuses naming the "
+                   "file and the fix, no traceback (a deleted time or x zarr.json was a KeyError traceback "
+                   "from ingest)")
+def test_damaged_array_metadata_is_named_by_every_reader(archive, damage, member):
+    from nowcast.pipelines.stores.archive import read_info
+
+    meta = archive / member / "zarr.json"
     if damage == "garbage":
         meta.write_text("{garbage")
     else:
         meta.unlink()
-    with pytest.raises(StoreError, match=r"metadata of precip/zarr\.json .*restore the store from a copy"):
+    named = rf"metadata of {member}/zarr\.json .*restore the store from a copy"
+    with pytest.raises(StoreError, match=named):
         check_store(str(archive))
+    with pytest.raises(ArchiveError, match=named):
+        read_info(str(archive))  # what ingest and windows open it with
     if damage == "garbage":  # without its zarr.json zarr does not see the array at all
         with pytest.raises(ArchiveError, match=r"metadata of precip/zarr\.json"):
             open_archive(str(archive))
     result = nowcast("summary", str(archive))
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
-    assert "metadata of precip/zarr.json" in result.stderr
+    assert "ZarrUserWarning" not in result.stderr
+    assert f"metadata of {member}/zarr.json" in result.stderr
+
+
+@pytest.mark.fault("stores", "a grid coordinate's chunk truncated (x or y)",
+                   "`check` lists it, with no time span, and restoring a copy as the fix; every job that "
+                   "opens the archive names it with that fix (a Zstd traceback, exit 1, from check, ingest, "
+                   "summary and windows)")
+def test_a_truncated_grid_coordinate_is_named_by_check_and_the_jobs(archive):
+    from nowcast.pipelines.stores.archive import read_info
+
+    truncate(archive / "y" / "c" / "0")
+    report = check_store(str(archive))
+    assert [d.array for d in report.damaged] == ["y"]
+    assert "\n  y chunk 0: unreadable (" in report.text()
+    assert "restore the store from a copy" in report.fix()
+    with pytest.raises(ArchiveError, match=r"the grid coordinates of .* cannot be read \(.*\): restore the "
+                                           r"store from a copy"):
+        read_info(str(archive))
