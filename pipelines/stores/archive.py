@@ -437,6 +437,10 @@ def read_info(url: str) -> ArchiveInfo:
     if VALID not in arrays:
         _refuse_damage_or_other_kind(url, group)
         raise ArchiveError(f"archive {url} lacks the per-frame {VALID!r} flag")
+    if any(name not in arrays for field in fields for name in stat_names(field)):
+        # a statistic's zarr.json deleted: ingest said fine and left it so, and windows lost the check that
+        # finds a lost data chunk (its samples went out as NaN); an archive of an older nowcast has none
+        _refuse_damage_or_other_kind(url, group)
     time_lengths = {name: arr.shape[0] for name, arr in arrays_along(group, "time").items()}
     if len(set(time_lengths.values())) != 1 or growing_to(arrays["time"]) is not None:
         raise InterruptedExtensionError(

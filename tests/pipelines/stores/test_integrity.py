@@ -291,11 +291,12 @@ def test_lost_grid_coordinates_and_an_axis_of_two_lengths_are_found(archive, tmp
 
 
 @pytest.mark.parametrize(("damage", "member"), [("garbage", "precip"), ("deleted", "precip"),
-                                                ("deleted", "time"), ("deleted", "x")])
+                                                ("deleted", "time"), ("deleted", "x"),
+                                                ("deleted", "precip_finite_fraction")])
 @pytest.mark.fault("stores", "an array's zarr.json that is not zarr metadata, or deleted (a field's, or "
                    "a coordinate's)", "every reader (check, summary, ingest, windows) refuses naming the "
                    "file and the fix, no traceback (a deleted time or x zarr.json was a KeyError traceback "
-                   "from ingest)")
+                   "from ingest; a statistic's was passed over by ingest and windows, exit 0)")
 def test_damaged_array_metadata_is_named_by_every_reader(archive, damage, member):
     from nowcast.pipelines.stores.archive import read_info
 
