@@ -44,8 +44,8 @@ def test_promotion_needs_a_higher_csi_and_a_lower_mae_than_extrapolation():
     assert np.isnan(unscored.mean("m"))
 
 
-@pytest.mark.fault("evaluate", "a split where neither the observations nor the forecasts reach 0.5 mm/h "
-                   "(a dry period)", "a warning says why every CSI reads '-' and what to evaluate on instead "
+@pytest.mark.fault("command line", "evaluate on a split where neither the observations nor the forecasts "
+                   "reach 0.5 mm/h (a dry period)", "a warning says why every CSI reads '-' and what to evaluate on instead "
                    "(the table of '-' came without a word, exit 0)")
 def test_a_dry_verification_is_told_apart():
     dry = Verification({"m": scores([0.0, 0.0], [float("nan")] * 2), "extrapolation": scores([0.0, 0.0],
@@ -269,7 +269,7 @@ def test_a_runs_picture_links_stay_its_own(tmp_path, monkeypatch):
         assert (tmp_path / url.removeprefix("http://127.0.0.1:4201/")).read_bytes() == run
 
 
-@pytest.mark.fault("serve", "`nowcast serve` or `server` given --workdir s3://bucket, or started with the "
+@pytest.mark.fault("flows", "`nowcast serve` or `server` given --workdir s3://bucket, or started with the "
                    "stack's NOWCAST_STORAGE_ROOTS exported",
                    "a URL is refused naming the fix (it made a local folder 's3:' and served stores there); "
                    "the served folder joins the exported roots (its own deployments refused their default "

@@ -654,7 +654,7 @@ def test_every_part_of_the_stack_listens_on_loopback_only(deployed):
 
 
 @pytest.mark.slow
-@pytest.mark.fault("deployment", "the stack's Prefect worker stopped (SIGTERM, a crash) with a flow run "
+@pytest.mark.fault("flows", "the stack's Prefect worker stopped (SIGTERM, a crash) with a flow run "
                    "in flight", "`stack status` exits 2 naming the worker and the fix; `stack up` marks that "
                    "run Crashed and starts a new worker, the stores and the database kept (the run showed "
                    "Running for good, holding its slot, and the fix said, down then up, emptied the object "
