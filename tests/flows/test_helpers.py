@@ -45,8 +45,9 @@ def test_promotion_needs_a_higher_csi_and_a_lower_mae_than_extrapolation():
 
 
 @pytest.mark.fault("command line", "evaluate on a split where neither the observations nor the forecasts "
-                   "reach 0.5 mm/h (a dry period)", "a warning says why every CSI reads '-' and what to evaluate on instead "
-                   "(the table of '-' came without a word, exit 0)")
+                   "reach 0.5 mm/h (a dry period)",
+                   "a warning says why every CSI reads '-' and what to evaluate on instead (the table of '-' "
+                   "came without a word, exit 0)")
 def test_a_dry_verification_is_told_apart():
     dry = Verification({"m": scores([0.0, 0.0], [float("nan")] * 2), "extrapolation": scores([0.0, 0.0],
                        [float("nan")] * 2)}, 4, None)

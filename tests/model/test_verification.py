@@ -78,8 +78,9 @@ def test_baselines_on_a_moving_field():
 
 
 @pytest.mark.fault("command line", "evaluate with a baseline that needs more input frames than the "
-                   "windows hold (sprog for a model of t_in 2)", "refused before any work, naming the frames it needs and the fix "
-                   "(it was a pysteps ValueError traceback)")
+                   "windows hold (sprog for a model of t_in 2)",
+                   "refused before any work, naming the frames it needs and the fix (it was a pysteps "
+                   "ValueError traceback)")
 def test_a_baseline_needs_its_input_frames():
     frames = _moving_blobs(10)
     for name, needed in v.FRAMES_NEEDED.items():
