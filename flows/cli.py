@@ -426,7 +426,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from nowcast.flows.concurrency import ensure_server
     from nowcast.flows.serve import DEPLOYED, DEPLOYMENT, check_serving, serve_deployments
 
-    check_serving(args.workdir, args.cron)  # before the server is looked for: each was a traceback after it
+    folder = check_serving(args.workdir, args.cron)  # before the server is looked for: each was a traceback
     ensure_server()
     from prefect.settings import PREFECT_API_URL
 
@@ -434,7 +434,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                          "lasting one: nowcast server, or PREFECT_API_URL)")
     print(f"nowcast serve: running the deployments ({', '.join(DEPLOYED)} / {DEPLOYMENT}) of {server} here; "
           "Ctrl-C stops", file=sys.stderr, flush=True)
-    serve_deployments(args.workdir, args.cron, model_name=args.model_name)
+    serve_deployments(folder, args.cron, model_name=args.model_name)
     return 0
 
 

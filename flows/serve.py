@@ -42,7 +42,7 @@ from nowcast.flows.stopping import interrupt
 from nowcast.flows.temporary_server import SERVER_SETTINGS, end_with_parent
 from nowcast.flows.train import train_flow
 from nowcast.flows.workdir import held
-from nowcast.pipelines.stores.groups import check_writable, is_local
+from nowcast.pipelines.stores.groups import check_writable, is_local, local_path
 
 DEFAULT_CRON = "*/5 * * * *"
 DEPLOYMENT = "local"
@@ -96,10 +96,12 @@ def build_deployments(workdir: str | Path = "runs/demo", cron: str = DEFAULT_CRO
     ]
 
 
-def check_serving(workdir: str | Path, cron: str, ports: tuple[int, ...] = ()) -> None:
+def check_serving(workdir: str | Path, cron: str, ports: tuple[int, ...] = ()) -> Path:
     """Refuses a work folder that cannot be one, a cron Prefect would refuse, and ports that are taken or
     out of range, before anything starts (each was a traceback, the last two after the server's start, or
-    a wait of two minutes; a port held by another Prefect server was silently shared).
+    a wait of two minutes; a port held by another Prefect server was silently shared). Returns the work
+    folder as the path it checked (``file://`` and ``~`` spelt out: served as given, they made a folder
+    named ``file:``).
 
     Raises:
         InputError: naming the option and the fix.
@@ -110,7 +112,7 @@ def check_serving(workdir: str | Path, cron: str, ports: tuple[int, ...] = ()) -
         raise InputError(f"--workdir {folder}: the served stores, the incoming folder and the pictures lie "
                          "in a local folder; give one (a run's stores can still be in a bucket: give them in "
                          f"its parameters, with the bucket in {ROOTS_ENV})")
-    check_writable(str(workdir), "--workdir")  # read-only: a traceback once the server had started
+    check_writable(folder, "--workdir")  # read-only: a traceback once the server had started
     try:
         CronSchedule(cron=cron)
     except ValueError:
@@ -130,6 +132,7 @@ def check_serving(workdir: str | Path, cron: str, ports: tuple[int, ...] = ()) -
             except OSError:
                 raise InputError(f"port {port} on 127.0.0.1 is in use (another `nowcast server`?): stop what "
                                  "holds it, or give another port") from None
+    return Path(local_path(folder))
 
 
 def serve_deployments(workdir: str | Path = "runs/demo", cron: str = DEFAULT_CRON, limit: int = 2,
@@ -367,13 +370,13 @@ def run_local_server(workdir: str | Path = "runs/demo", port: int = 4200, files_
     such server per Prefect home (its database and deployments)."""
     from prefect.settings import PREFECT_HOME
 
-    check_serving(workdir, cron, (port, files_port))
+    root = check_serving(workdir, cron, (port, files_port))
     home = Path(PREFECT_HOME.value())
     check_writable(str(home), "PREFECT_HOME")  # under a file: "the server exited (3)", and nothing more
     with held(home / "nowcast-server", str(home), "the Prefect home",
               "stop that `nowcast server` (its deployments are this one's: a second server took them over, "
               "then paused them as it stopped), or give this one its own PREFECT_HOME"):
-        _run_local_server(Path(workdir).resolve(), port, files_port, cron, model_name,
+        _run_local_server(root, port, files_port, cron, model_name,
                           home / "nowcast-server.log")
 
 

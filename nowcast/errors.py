@@ -13,7 +13,13 @@ from collections.abc import Iterator
 
 
 class InputError(ValueError):
-    """Bad input: the message names the problem and the fix (the command line exits 2)."""
+    """Bad input: the message names the problem and the fix (the command line exits 2).
+
+    ``transient``: a state that passes by itself (a store another writer holds or is extending, an object
+    store that did not answer); a flow's task retries it, where other bad input fails the same way again.
+    """
+
+    transient = False
 
 
 def chain(error: BaseException | None) -> Iterator[BaseException]:
@@ -25,6 +31,8 @@ def chain(error: BaseException | None) -> Iterator[BaseException]:
 
 
 def retry_unless_bad_input(_task: object, _run: object, state: object) -> bool:
-    """A Prefect task's ``retry_condition_fn``: retry a failure that may pass (a storage hiccup), not bad
-    input, which fails the same way again after the delay."""
-    return not isinstance(getattr(state, "data", None), InputError)
+    """A Prefect task's ``retry_condition_fn``: retry a failure that may pass (a storage hiccup, a store
+    held or being extended, an object store that did not answer: ``transient``), not bad input, which
+    fails the same way again after the delay."""
+    error = getattr(state, "data", None)
+    return not isinstance(error, InputError) or error.transient

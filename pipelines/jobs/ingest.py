@@ -538,9 +538,11 @@ def ingest_items(spec: IngestSpec, items: Sequence[SourceItem],
             raise IngestError(f"--start {spec.start} sets a new archive's first time; {spec.archive} starts "
                               f"at {info.start}: leave --start out (frames go where their times are), or "
                               "ingest into a new archive")
-        problem = (series_problem(archive_series(spec.archive), spec.source, items[0].path)
-                   or stated_step_problem(spec.source, items[0].path, info.time_step))
+        problem = series_problem(archive_series(spec.archive), spec.source, items[0].path)
         if problem:  # items() holds one series and one period: its first file speaks for all
+            raise IngestError(f"{problem}; nothing was written")
+        problem = stated_step_problem(spec.source, items[0].path, info.time_step)
+        if problem:
             raise IngestError(f"{problem}; nothing was written: ingest it into an archive of its own")
         # the first frame's grid before the axis: another network's files years away were refused for the
         # empty steps they would add, not for being another network's

@@ -69,7 +69,9 @@ class ArchiveError(StoreError):
 
 
 class InterruptedExtensionError(ArchiveError):
-    """The time axis was being extended when a writer stopped; ``extend_time`` completes it."""
+    """The time axis is being extended by a writer, or was when one stopped; ``extend_time`` completes it."""
+
+    transient = True
 
 # spellings of one unit that files use (CF/UDUNITS, the radar services' own); the archive keeps the first
 _UNIT_SPELLINGS = {"mm/h": "mm h-1", "mm/hr": "mm h-1", "mm hr-1": "mm h-1", "mm h^-1": "mm h-1",
@@ -437,15 +439,19 @@ def read_info(url: str) -> ArchiveInfo:
     if VALID not in arrays:
         _refuse_damage_or_other_kind(url, group)
         raise ArchiveError(f"archive {url} lacks the per-frame {VALID!r} flag")
-    if any(name not in arrays for field in fields for name in stat_names(field)):
+    if lacking := [name for field in fields for name in stat_names(field) if name not in arrays]:
         # a statistic's zarr.json deleted: ingest said fine and left it so, and windows lost the check that
-        # finds a lost data chunk (its samples went out as NaN); an archive of an older nowcast has none
+        # finds a lost data chunk (its samples went out as NaN)
         _refuse_damage_or_other_kind(url, group)
+        raise ArchiveError(f"archive {url} lacks the per-frame statistics {lacking}: restore the store "
+                           "from a copy, or ingest its files into a new archive")
     time_lengths = {name: arr.shape[0] for name, arr in arrays_along(group, "time").items()}
     if len(set(time_lengths.values())) != 1 or growing_to(arrays["time"]) is not None:
+        lengths = sorted(set(time_lengths.values()))
+        state = f"lengths {lengths}" if len(lengths) > 1 else "its time coordinate not yet all written"
         raise InterruptedExtensionError(
-            f"archive {url} is part way through a time-axis extension (lengths "
-            f"{sorted(set(time_lengths.values()))}); an ingest was interrupted: rerun it to repair"
+            f"archive {url} is part way through a time-axis extension ({state}): an ingest is extending it, "
+            "or was stopped while it did; if none runs, rerun one to complete it"
         )
     first = arrays[fields[0].name]
     try:

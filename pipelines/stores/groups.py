@@ -80,6 +80,7 @@ def storage_problem(error: BaseException) -> int | None:
     return None
 
 
+UNREACHABLE = "the object store cannot be reached"
 # What s3fs, botocore and aiohttp raise (or a Beam worker re-raises as text) when the object store cannot be
 # used at all, and the fix; matched on the exception's class name and message along its chain.
 OBJECT_STORE_PROBLEMS = (
@@ -88,7 +89,7 @@ OBJECT_STORE_PROBLEMS = (
      "AWS_PROFILE) where the command runs"),
     (r"EndpointConnectionError|ConnectTimeoutError|ReadTimeoutError|ClientConnectorError|"
      r"Could not connect to the endpoint",
-     "the object store cannot be reached", "check AWS_ENDPOINT_URL (now {endpoint}) and that the server "
+     UNREACHABLE, "check AWS_ENDPOINT_URL (now {endpoint}) and that the server "
      "runs and is reachable from here"),
     (r"The specified bucket does not exist|NoSuchBucket",
      "the bucket does not exist", "create it, or fix the bucket's name in the URL"),
@@ -126,7 +127,9 @@ def object_store_errors(*urls: str | None) -> Iterator[None]:
         if problem is None:
             raise
         remote = sorted({url for url in urls if url and not is_local(url)})
-        raise StoreError(problem + (f" (URLs: {', '.join(remote)})" if remote else "")) from error
+        worded = StoreError(problem + (f" (URLs: {', '.join(remote)})" if remote else ""))
+        worded.transient = problem.startswith(UNREACHABLE)  # a timeout may pass; a missing bucket does not
+        raise worded from error
 
 
 @contextlib.contextmanager
@@ -786,13 +789,14 @@ def grow_axis(group: zarr.Group, dim: str, values: np.ndarray,
     """Grows every array along ``dim`` to ``len(values)``; the coordinate ``dim`` last.
 
     The data arrays are resized first (new entries read as their fill values,
-    so no chunk is written), then the coordinate takes its new values. The
-    coordinate carries the attribute :data:`GROWING` for as long as that
-    takes, so a writer stopped anywhere in between leaves a state the schema
-    modules report as an interrupted extension (:func:`growing_to`), even once
-    every array has its new length: zarr writes a coordinate's chunks in any
-    order, and a kill had left a middle chunk at its fill value (times of
-    1970) that no rerun saw. Calling this again with the same values
+    so no chunk is written), then the coordinate takes its new values. A
+    writer stopped in between leaves arrays of unequal length; while the
+    coordinate is resized and written it carries the attribute
+    :data:`GROWING`, so a writer stopped then leaves a state the schema
+    modules report as an interrupted extension too (:func:`growing_to`),
+    though every array has its new length: zarr writes a coordinate's chunks
+    in any order, and a kill had left a middle chunk at its fill value (times
+    of 1970) that no rerun saw. Calling this again with the same values
     completes it. Never shrinks. (The mark is not in the root's attributes:
     writing them drops the consolidated metadata that plain readers open.)
 
@@ -809,9 +813,6 @@ def grow_axis(group: zarr.Group, dim: str, values: np.ndarray,
     if length < coord.shape[0]:
         raise ValueError(f"cannot shrink {dim} from {coord.shape[0]} to {length}")
     resumed = GROWING in coord.attrs
-    growing = resumed or any(array.shape[0] < length for array in arrays.values())
-    if growing:
-        coord.attrs[GROWING] = length
     for name, array in sorted(arrays.items()):
         if name != dim and array.shape[0] < length:
             array.resize((length, *array.shape[1:]))
@@ -819,11 +820,13 @@ def grow_axis(group: zarr.Group, dim: str, values: np.ndarray,
         arrays[name][coord.shape[0]:length] = whole[coord.shape[0]:length]
     # a stopped extension may have written any of the new chunks: compare them all, from its start
     written = _first_difference(coord, values) if resumed else _written_prefix(coord, values)
+    if written < length and not resumed:  # only while the coordinate itself is written: readers refuse it
+        coord.attrs[GROWING] = length
     if coord.shape[0] < length:
         coord.resize((length,))
     if written < length:
         coord[written:] = values[written:]
-    if growing:
+    if written < length or resumed:
         del coord.attrs[GROWING]
     consolidate(group)
 

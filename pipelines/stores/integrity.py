@@ -33,6 +33,7 @@ from nowcast.pipelines.stores.groups import (
     dimension_names,
     filesystem,
     group_url,
+    growing_to,
     metadata_damage,
     open_group,
     readable_members,
@@ -41,6 +42,7 @@ from nowcast.pipelines.stores.groups import (
 from nowcast.pipelines.stores.groups import array as group_array
 
 log = logging.getLogger(__name__)
+LOST_ARRAY = "gone (the whole array, its metadata and chunks)"
 FLAGS = {"archive": "valid", "forecasts": "written"}  # per kind: the flag array along the first axis
 AXES = {"archive": "time", "forecasts": "init_time"}
 
@@ -88,6 +90,8 @@ class CheckReport:
         """What to do, for this kind of store; never deletes the store."""
         if any(d.array in ("x", "y") for d in self.damaged):
             return "restore the store from a copy: its grid coordinates cannot be rebuilt from source files"
+        if any(d.problem == LOST_ARRAY for d in self.damaged):
+            return "restore the store from a copy, or ingest its files into a new archive"
         if any(d.array == AXES.get(self.kind) and not d.chunk for d in self.damaged):
             return ("rerun the job that writes the store (an ingest of any batch, a backfill): it completes "
                     "the interrupted extension of the axis")
@@ -191,7 +195,7 @@ def check_store(url: str, progress: Callable[[int, int], None] | None = None) ->
     kind = store_kind(group)
     arrays = dict(_arrays(group))
     keys = {path: _chunk_keys(url, path) for path in arrays}
-    total, done, damaged = sum(map(len, keys.values())), 0, []
+    total, done, damaged = sum(map(len, keys.values())), 0, _lost_statistics(kind, arrays)
     for path, array in arrays.items():
         first_chunk = array.chunks[0] if array.ndim else 1
         for chunk in keys[path]:
@@ -215,6 +219,19 @@ def check_store(url: str, progress: Callable[[int, int], None] | None = None) ->
         damaged += _inconsistent(kind, arrays, keys, {d.array for d in damaged}, times)
     damaged.sort(key=lambda d: (d.first, d.array))
     return CheckReport(url=url, kind=kind, chunks_read=total, damaged=tuple(damaged), times=times)
+
+
+def _lost_statistics(kind: str, arrays: dict[str, zarr.Array]) -> list[Damage]:
+    """An archive's per-frame statistics that are gone, folder and all (check said none damaged; the jobs
+    refuse the archive)."""
+    from nowcast.pipelines.stores.archive import FRAME_DIMS, FieldSpec, stat_names
+
+    if kind != "archive":
+        return []
+    fields = [FieldSpec.from_attrs(path, dict(a.attrs)) for path, a in arrays.items()
+              if dimension_names(a) == FRAME_DIMS]
+    return [Damage(name, (), LOST_ARRAY, 0, 0) for field in fields for name in stat_names(field)
+            if name not in arrays]
 
 
 def _axis_times(group: zarr.Group, kind: str) -> np.ndarray | None:
@@ -267,6 +284,9 @@ def _inconsistent(kind: str, arrays: dict[str, zarr.Array], keys: dict[str, list
     if len(lengths) > 1:
         return [Damage(axis, (), f"the arrays along {axis} have lengths {sorted(lengths)}: an extension of "
                        "the axis was interrupted", 0, 0)]
+    if axis in arrays and growing_to(arrays[axis]) is not None:  # jobs refuse it: check said none damaged
+        return [Damage(axis, (), "an extension of the axis was interrupted while its values were written",
+                       0, 0)]
     found = []
     if times is not None and axis in along:
         expected = (times.astype("datetime64[s]") - np.datetime64(0, "s")).astype("int64")

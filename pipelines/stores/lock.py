@@ -64,9 +64,13 @@ DIGITS = 12
 class LockLostError(StoreError):
     """The writer's lease ran out and another writer took the store over while this one wrote."""
 
+    transient = True
+
 
 class LockTimeoutError(StoreError):
     """The lock was held by another writer for longer than this writer would wait."""
+
+    transient = True
 
 
 @dataclasses.dataclass(frozen=True)

@@ -280,6 +280,7 @@ def test_serving_takes_a_local_folder_and_adds_it_to_the_roots(tmp_path, monkeyp
     from nowcast.flows.serve import check_serving
 
     monkeypatch.chdir(tmp_path)
+    assert check_serving(f"file://{tmp_path}/w", "*/5 * * * *") == tmp_path / "w"  # not a folder 'file:'
     with pytest.raises(InputError, match=r"--workdir s3://nowcast: the served stores, the incoming folder "
                                          r"and the pictures lie in a local folder; give one"):
         check_serving("s3://nowcast", "*/5 * * * *")
@@ -288,3 +289,28 @@ def test_serving_takes_a_local_folder_and_adds_it_to_the_roots(tmp_path, monkeyp
     assert with_root(" ", str(tmp_path)) == str(tmp_path)
     monkeypatch.setenv(ROOTS_ENV, with_root("s3://nowcast", str(tmp_path)))
     assert storage_roots() == ["s3://nowcast", str(tmp_path)]
+
+
+def test_flow_tasks_retry_what_may_pass_and_not_bad_input():
+    """A held or growing store and an object store that did not answer may pass; a missing bucket or a
+    bad parameter fails the same way again (the retry rule first declined every store error)."""
+    from types import SimpleNamespace
+
+    from nowcast.errors import retry_unless_bad_input
+    from nowcast.pipelines.stores.archive import ArchiveError, InterruptedExtensionError
+    from nowcast.pipelines.stores.groups import StoreError, object_store_errors
+    from nowcast.pipelines.stores.lock import LockLostError, LockTimeoutError
+
+    def retried(error: BaseException) -> bool:
+        return retry_unless_bad_input(None, None, SimpleNamespace(data=error))
+
+    for passing in (OSError("a hiccup"), LockTimeoutError("held"), LockLostError("lost"),
+                    InterruptedExtensionError("growing")):
+        assert retried(passing), passing
+    assert not retried(ArchiveError("another grid"))
+    with pytest.raises(StoreError) as unreachable, object_store_errors("s3://b/a.zarr"):
+        raise OSError("Could not connect to the endpoint URL: http://127.0.0.1:1/b")
+    assert retried(unreachable.value)
+    with pytest.raises(StoreError) as missing, object_store_errors("s3://b/a.zarr"):
+        raise FileNotFoundError("The specified bucket does not exist")
+    assert not retried(missing.value)

@@ -423,7 +423,8 @@ def test_files_of_several_radars_or_products_are_not_one_series(radar_dir, tmp_p
     ingest_items(IngestSpec(archive=archive, source=source), source.items(), None)
     shutil.copy(knmi[2], later / knmi[2].name.replace("_NL25_", "_NL21_"))
     other = get_source("knmi", directory=str(later))
-    with pytest.raises(IngestError, match=r"is RAD_NL21_RAP, the archive holds RAD_NL25_RAP .*nothing was"):
+    with pytest.raises(IngestError, match=r"is RAD_NL21_RAP, the archive holds RAD_NL25_RAP .*: ingest it "
+                                          r"into an archive of its own; nothing was written$"):
         ingest_items(IngestSpec(archive=archive, source=other), other.items(), None)
     bom = sorted((radar_dir / "bom").rglob("*prcp-c10.nc"))[:2]
     stations = tmp_path / "bom"

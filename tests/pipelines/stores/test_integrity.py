@@ -335,3 +335,29 @@ def test_a_truncated_grid_coordinate_is_named_by_check_and_the_jobs(archive):
     with pytest.raises(ArchiveError, match=r"the grid coordinates of .* cannot be read \(.*\): restore the "
                                            r"store from a copy"):
         read_info(str(archive))
+
+
+@pytest.mark.fault("stores", "a statistic's array gone whole (folder and all), or an axis coordinate still "
+                   "marked as growing (an ingest killed while it wrote the times)",
+                   "`check` names it with its fix and every job refuses the archive (check said none damaged "
+                   "while the jobs failed, or a KeyError traceback)")
+def test_a_lost_statistic_and_a_marked_extension_are_found_by_check(archive, tmp_path):
+    import shutil
+
+    import zarr
+
+    from nowcast.pipelines.stores.archive import read_info
+    from nowcast.pipelines.stores.groups import GROWING
+
+    marked = tmp_path / "marked.zarr"
+    shutil.copytree(archive, marked)
+    shutil.rmtree(archive / "precip_mean")
+    report = check_store(str(archive))
+    assert [d.array for d in report.damaged] == ["precip_mean"]
+    assert report.fix() == "restore the store from a copy, or ingest its files into a new archive"
+    with pytest.raises(ArchiveError, match=r"lacks the per-frame statistics \['precip_mean'\]: restore"):
+        read_info(str(archive))
+    zarr.open_group(str(marked), mode="r+")["time"].attrs[GROWING] = 24
+    report = check_store(str(marked))
+    assert "time: an extension of the axis was interrupted while its values were written" in report.text()
+    assert "it completes the interrupted extension" in report.fix()
