@@ -677,16 +677,21 @@ def test_a_stopped_worker_is_started_again_and_its_runs_crashed(deployed, capsys
         # what the worker had in flight: Running on the server, no process of it left on this machine
         lost = client.create_flow_run_from_deployment(deployment.id, state=Running())
     worker = stack.read_state(root)["pids"]["prefect-worker"]  # type: ignore[index]
-    os.killpg(worker, signal.SIGTERM)
-    deadline = time.monotonic() + 60
-    while alive(worker) and time.monotonic() < deadline:
-        time.sleep(0.2)
+    for signum, wait_s in ((signal.SIGTERM, 30), (signal.SIGKILL, 30)):  # a busy worker may outlast SIGTERM
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(worker, signum)
+        deadline = time.monotonic() + wait_s
+        while alive(worker) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    assert not alive(worker)
     assert main(["stack", "status", "--folder", root]) == 2
     assert ("(prefect-worker no longer runs): nowcast stack up starts a new worker, and marks Crashed the "
             "flow runs the stopped one had") in capsys.readouterr().err
     assert main(["stack", "up", "--folder", root]) == 0
+    out = capsys.readouterr().out  # the live schedule's runs may be among them
     assert (f"started a new Prefect worker in the stack in {root}; flow runs the stopped one had left "
-            f"Running are marked Crashed (run them again): {lost.name}") in capsys.readouterr().out
+            "Running are marked Crashed (run them again): ") in out
+    assert lost.name in out
     assert main(["stack", "status", "--folder", root]) == 0
     assert stack.read_state(root)["pids"]["prefect-worker"] != worker  # type: ignore[index]
     with temporary_settings(stack_api), get_client(sync_client=True) as client:
