@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -414,8 +415,25 @@ def _refuse_damage_or_other_kind(url: str, group: Any) -> None:
                            "one at a new path)")
 
 
+EXTENSION_WAIT_S = (0.2, 0.5, 1.0)  # a reader's waits for a live ingest's extension to end, before it refuses
+
+
 def read_info(url: str) -> ArchiveInfo:
-    """Reads the archive's layout from metadata only and checks it is consistent."""
+    """Reads the archive's layout from metadata only and checks it is consistent.
+
+    An archive part way through a time-axis extension is read again a few times (``EXTENSION_WAIT_S``): a
+    live ingest takes well under a second to grow it, and a reader (score, windows) then goes on; one a
+    stopped ingest left is refused, naming the fix.
+    """
+    for wait in EXTENSION_WAIT_S:
+        try:
+            return _read_info(url)
+        except InterruptedExtensionError:
+            time.sleep(wait)
+    return _read_info(url)
+
+
+def _read_info(url: str) -> ArchiveInfo:
     group = open_group(url, error=ArchiveError)
     attrs = dict(group.attrs)
     for key in ("time_step", "time_start"):

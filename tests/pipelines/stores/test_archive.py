@@ -260,3 +260,23 @@ def test_a_creation_stopped_part_way_on_s3_is_replaced(s3_bucket):
     assert [f.name for f in read_info(url).fields] == [PRECIP.name]
     assert not fs.exists(f"{path}/rain")
     assert not fs.exists(f"{path}/{PUBLISHING}")
+
+
+@pytest.mark.fault("stores", "an archive read (score, windows, summary) while a live ingest writes its time "
+                   "values", "the reader waits the moment out and goes on; a stopped extension is still "
+                   "refused, naming the fix")
+def test_a_reader_waits_out_a_live_extension(archive):
+    import threading
+
+    import zarr
+
+    from nowcast.pipelines.stores.groups import GROWING
+
+    time_axis = zarr.open_group(archive, mode="r+")["time"]
+    time_axis.attrs[GROWING] = int(time_axis.shape[0])  # as grow_axis marks it while it writes the values
+    threading.Timer(0.3, lambda: time_axis.attrs.__delitem__(GROWING)).start()  # the writer ends
+    assert read_info(archive).length == time_axis.shape[0]
+    time_axis.attrs[GROWING] = int(time_axis.shape[0])  # and one that never ends: a stopped ingest
+    with pytest.raises(ArchiveError, match=r"\(its time coordinate not yet all written\): an ingest is "
+                                           r"extending it, or was stopped while it did"):
+        read_info(archive)
