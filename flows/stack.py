@@ -348,9 +348,8 @@ def up(folder: str | Path = "runs/stack", workers: int = 2) -> dict[str, object]
     state: dict[str, object] = {"folder": str(root), "ports": ports, "env": {}, "pids": {}, "started": {}}
     pids: dict[str, int] = state["pids"]  # type: ignore[assignment]
 
-    def save() -> None:  # each pid with its start, so down never signals a process that took its number
-        state["started"] = {name: started(pid) for name, pid in pids.items()}
-        (root / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
+    def save() -> None:
+        _save_state(root, state)
 
     def record(name: str, process: subprocess.Popen) -> None:
         pids[name] = process.pid
@@ -406,6 +405,14 @@ def up(folder: str | Path = "runs/stack", workers: int = 2) -> dict[str, object]
     return state
 
 
+def _save_state(root: Path, state: dict[str, object]) -> None:
+    """Writes ``stack.json``, each pid with its start, so down never signals a process that took its
+    number."""
+    pids: dict[str, int] = state["pids"]  # type: ignore[assignment]
+    state["started"] = {name: started(pid) for name, pid in pids.items()}
+    write_atomically(root / STATE_FILE, json.dumps(state, indent=2) + "\n")
+
+
 def _start_worker(root: Path, env: Mapping[str, str]) -> None:
     """The Prefect worker on the stack's pool (recorded by ``_start``), waited for until it polls."""
     worker_home = root / "prefect-worker"
@@ -431,7 +438,7 @@ def _service_env() -> dict[str, str]:
 
 def only_the_worker_gone(state: Mapping[str, object]) -> bool:
     """Whether the Prefect worker is all that stopped of a stack that came up whole."""
-    return bool(state.get("whole")) and not_running(state) == ["prefect-worker no longer runs"]
+    return bool(state.get("whole")) and not_running(state) == [_gone("prefect-worker")]
 
 
 def restart_worker(folder: str | Path = "runs/stack") -> list[str]:
@@ -460,8 +467,7 @@ def restart_worker(folder: str | Path = "runs/stack") -> list[str]:
 
     def record(name: str, process: subprocess.Popen) -> None:
         pids[name] = process.pid
-        state["started"] = {each: started(pid) for each, pid in pids.items()}
-        write_atomically(root / STATE_FILE, json.dumps(state, indent=2) + "\n")
+        _save_state(root, state)
 
     recording = _ON_START.set(record)
     try:
@@ -530,12 +536,16 @@ def not_running(state: Mapping[str, object]) -> list[str]:
     """What of the stack in ``state`` does not run: recorded processes gone, PostgreSQL stopped, or the
     services a ``stack up`` stopped part way never started."""
     runs = running(state)
-    gone = [f"{name} no longer runs" for name in sorted(set(state["pids"]) - set(runs))]  # type: ignore[call-overload]
+    gone = [_gone(name) for name in sorted(set(state["pids"]) - set(runs))]  # type: ignore[call-overload]
     if not _postmaster_runs(Path(str(state.get("postgres_data", "")))):
         gone.append("PostgreSQL does not run")
     if not state.get("whole") and "prefect-worker" not in runs:  # its last service (an older
         gone.append("its `stack up` did not finish")  # nowcast's stack.json has no "whole")
     return gone
+
+
+def _gone(name: str) -> str:
+    return f"{name} no longer runs"
 
 
 def _postmaster_runs(data: Path) -> bool:

@@ -69,6 +69,7 @@ from nowcast.pipelines.stores.archive import (
     FieldSpec,
     InterruptedExtensionError,
     check_chunk_size,
+    complete_extension,
     create_archive,
     extend_time,
     read_info,
@@ -86,7 +87,6 @@ from nowcast.pipelines.stores.groups import (
     dimension_names,
     exists,
     filesystem,
-    growing_to,
     is_local,
     local_path,
     open_group,
@@ -703,20 +703,18 @@ def rewrite_time_coordinate(archive: str, info: ArchiveInfo) -> None:
 
 def _settled_info(url: str) -> ArchiveInfo:
     """The layout before this run holds the lock: an extension part way, another ingest's still going or
-    a stopped one's, is waited out or repaired under the lock, never repaired beside its writer."""
+    a stopped one's, is waited out or repaired under the lock, never repaired beside its writer (the lock
+    waits out a live one: no reader's waits here)."""
     try:
-        return read_info(url)
+        return read_info(url, waits=())
     except InterruptedExtensionError:
         with store_lock(url, "ingest"):
             return _existing_info(url)
 
 
 def _existing_info(url: str) -> ArchiveInfo:
-    """The layout under the lock: an extension a stopped ingest left part way is completed first, to the
-    length it was growing to (completed to the coordinate's old length, it stayed part way for good)."""
+    """The layout under the lock: an extension a stopped ingest left part way is completed first."""
     try:
-        return read_info(url)
+        return read_info(url, waits=())
     except InterruptedExtensionError:
-        along = arrays_along(open_group(url, error=ArchiveError), "time")
-        lengths = [each.shape[0] for each in along.values()]
-        return extend_time(url, max([*lengths, growing_to(along["time"]) or 0]))
+        return complete_extension(url)

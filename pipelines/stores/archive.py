@@ -418,19 +418,32 @@ def _refuse_damage_or_other_kind(url: str, group: Any) -> None:
 EXTENSION_WAIT_S = (0.2, 0.5, 1.0)  # a reader's waits for a live ingest's extension to end, before it refuses
 
 
-def read_info(url: str) -> ArchiveInfo:
+def read_info(url: str, waits: Sequence[float] = EXTENSION_WAIT_S) -> ArchiveInfo:
     """Reads the archive's layout from metadata only and checks it is consistent.
 
-    An archive part way through a time-axis extension is read again a few times (``EXTENSION_WAIT_S``): a
+    An archive part way through a time-axis extension is read again after each of ``waits`` (seconds): a
     live ingest takes well under a second to grow it, and a reader (score, windows) then goes on; one a
-    stopped ingest left is refused, naming the fix.
+    stopped ingest left is refused, naming the fix. A writer that holds the store's lock waits for none
+    (no other ingest can be extending it).
     """
-    for wait in EXTENSION_WAIT_S:
+    for wait in waits:
         try:
             return _read_info(url)
         except InterruptedExtensionError:
             time.sleep(wait)
     return _read_info(url)
+
+
+def frame_fields(arrays: Mapping[str, Any]) -> tuple[FieldSpec, ...]:
+    """The (time, y, x) fields among an archive's ``arrays`` (name -> zarr array), in name order."""
+    return tuple(FieldSpec.from_attrs(name, dict(arr.attrs)) for name, arr in sorted(arrays.items())
+                 if dimension_names(arr) == FRAME_DIMS)
+
+
+def lacking_statistics(arrays: Mapping[str, Any]) -> list[str]:
+    """The per-frame statistics of the fields among ``arrays`` that are not there (their zarr.json, or
+    the whole array, lost)."""
+    return [name for field in frame_fields(arrays) for name in stat_names(field) if name not in arrays]
 
 
 def _read_info(url: str) -> ArchiveInfo:
@@ -449,15 +462,14 @@ def _read_info(url: str) -> ArchiveInfo:
         _refuse_damage_or_other_kind(url, group)
         raise ArchiveError(f"archive {url} lacks its {sorted({'time', 'y', 'x'} - arrays.keys())} "
                            "coordinates: restore the store from a copy")
-    fields = tuple(FieldSpec.from_attrs(name, dict(arr.attrs)) for name, arr in sorted(arrays.items())
-                   if dimension_names(arr) == FRAME_DIMS)
+    fields = frame_fields(arrays)
     if not fields:
         _refuse_damage_or_other_kind(url, group)
         raise ArchiveError(f"archive {url} has no (time, y, x) variable")
     if VALID not in arrays:
         _refuse_damage_or_other_kind(url, group)
         raise ArchiveError(f"archive {url} lacks the per-frame {VALID!r} flag")
-    if lacking := [name for field in fields for name in stat_names(field) if name not in arrays]:
+    if lacking := lacking_statistics(arrays):
         # a statistic's zarr.json deleted: ingest said fine and left it so, and windows lost the check that
         # finds a lost data chunk (its samples went out as NaN)
         _refuse_damage_or_other_kind(url, group)
@@ -573,6 +585,15 @@ def validate_archive(ds: xr.Dataset, fields: Sequence[FieldSpec] | None = None,
         problem = grid.mismatch(Grid.from_dataset(ds))
         if problem:
             raise ArchiveError(f"{url}: grid differs from the expected one: {problem}")
+
+
+def complete_extension(url: str) -> ArchiveInfo:
+    """Completes a time-axis extension that a stopped writer left part way, to the length it was growing
+    to: its longest array, or the length its coordinate's mark names (completed to the coordinate's old
+    length, the archive stayed part way for good)."""
+    along = arrays_along(open_group(url, error=ArchiveError), "time")
+    lengths = [each.shape[0] for each in along.values()]
+    return extend_time(url, max([*lengths, growing_to(along["time"]) or 0]))
 
 
 def extend_time(url: str, length: int) -> ArchiveInfo:

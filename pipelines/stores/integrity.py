@@ -224,14 +224,11 @@ def check_store(url: str, progress: Callable[[int, int], None] | None = None) ->
 def _lost_statistics(kind: str, arrays: dict[str, zarr.Array]) -> list[Damage]:
     """An archive's per-frame statistics that are gone, folder and all (check said none damaged; the jobs
     refuse the archive)."""
-    from nowcast.pipelines.stores.archive import FRAME_DIMS, FieldSpec, stat_names
+    from nowcast.pipelines.stores.archive import lacking_statistics
 
     if kind != "archive":
         return []
-    fields = [FieldSpec.from_attrs(path, dict(a.attrs)) for path, a in arrays.items()
-              if dimension_names(a) == FRAME_DIMS]
-    return [Damage(name, (), LOST_ARRAY, 0, 0) for field in fields for name in stat_names(field)
-            if name not in arrays]
+    return [Damage(name, (), LOST_ARRAY, 0, 0) for name in lacking_statistics(arrays)]
 
 
 def _axis_times(group: zarr.Group, kind: str) -> np.ndarray | None:
