@@ -86,6 +86,8 @@ def quiet_by_default(verbosity: int) -> None:
         logging.getLogger().addFilter(_beam_through_root)  # also its import's notes on GCP clients
         for library in ("pysteps", "apache_beam"):  # numerical and platform notes nobody can act on
             warnings.filterwarnings("ignore", module=rf"{library}(\.|$)")
+        for client in ("s3fs", "gcsfs"):  # a retry's traceback; the command words the failure itself
+            logging.getLogger(client).setLevel(logging.CRITICAL)
         for service in PREFECT_QUEUE_SERVICES:  # "Still processing items: 1 items remaining..." at exit
             logging.getLogger(service).setLevel(logging.ERROR)
 
@@ -212,13 +214,11 @@ def exit_status(args: argparse.Namespace, error: BaseException, signum: int | No
     if isinstance(error, InputError):
         print(f"nowcast {args.command}: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    from nowcast.pipelines.stores.groups import object_store_problem
+    from nowcast.pipelines.stores.groups import object_store_message
 
-    problem = object_store_problem(error)
-    if problem is not None:  # the command's object-store URLs, so the user sees which bucket or endpoint
-        urls = sorted({value for value in vars(args).values() if isinstance(value, str) and "://" in value})
-        print(f"nowcast {args.command}: error: {problem}" + (f" (URLs: {', '.join(urls)})" if urls else ""),
-              file=sys.stderr)
+    message = object_store_message(error, vars(args).values())  # the command's URLs: which bucket or endpoint
+    if message is not None:
+        print(f"nowcast {args.command}: error: {message}", file=sys.stderr)
         return EXIT_BAD_INPUT
     raise error
 

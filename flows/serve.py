@@ -108,10 +108,11 @@ def check_serving(workdir: str | Path, cron: str, ports: tuple[int, ...] = ()) -
     """
     from prefect.client.schemas.schedules import CronSchedule
 
-    if not is_local(folder := placeable(work_folder(str(workdir), "--workdir"))):  # made a folder 's3:'
-        raise InputError(f"--workdir {folder}: the served stores, the incoming folder and the pictures lie "
+    if not is_local(str(workdir)):  # made a folder 's3:'; checked before any request to the bucket
+        raise InputError(f"--workdir {workdir}: the served stores, the incoming folder and the pictures lie "
                          "in a local folder; give one (a run's stores can still be in a bucket: give them in "
                          f"its parameters, with the bucket in {ROOTS_ENV})")
+    folder = placeable(work_folder(str(workdir), "--workdir"))
     check_writable(folder, "--workdir")  # read-only: a traceback once the server had started
     try:
         CronSchedule(cron=cron)

@@ -25,7 +25,7 @@ import threading
 import time
 import uuid
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -87,10 +87,10 @@ OBJECT_STORE_PROBLEMS = (
     (r"NoCredentialsError|PartialCredentialsError|Unable to locate credentials",
      "no credentials for the object store", "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or "
      "AWS_PROFILE) where the command runs"),
-    (r"EndpointConnectionError|ConnectTimeoutError|ReadTimeoutError|ClientConnectorError|"
-     r"Could not connect to the endpoint",
-     UNREACHABLE, "check AWS_ENDPOINT_URL (now {endpoint}) and that the server "
-     "runs and is reachable from here"),
+    (r"EndpointConnectionError|ConnectTimeoutError|ReadTimeoutError|ClientConnector\w*Error|"
+     r"Could not connect to the endpoint|Cannot connect to host",
+     UNREACHABLE, "check that the object store runs and is reachable from here (for s3:// URLs its "
+     "endpoint is AWS_ENDPOINT_URL, now {endpoint})"),
     (r"The specified bucket does not exist|NoSuchBucket",
      "the bucket does not exist", "create it, or fix the bucket's name in the URL"),
     (r"InvalidAccessKeyId|SignatureDoesNotMatch|AccessDenied|Access Denied|PermissionError: Forbidden|"
@@ -113,6 +113,16 @@ def object_store_problem(error: BaseException) -> str | None:
     return None
 
 
+def object_store_message(error: BaseException, urls: Iterable[object]) -> str | None:
+    """:func:`object_store_problem` followed by the remote ones of ``urls`` (which bucket or endpoint);
+    None if ``error`` is not an object-store failure. The command line and the flows word it alike."""
+    problem = object_store_problem(error)
+    if problem is None:
+        return None
+    remote = sorted({url for url in urls if isinstance(url, str) and url and not is_local(url)})
+    return problem + (f" (URLs: {', '.join(remote)})" if remote else "")
+
+
 @contextlib.contextmanager
 def object_store_errors(*urls: str | None) -> Iterator[None]:
     """Turns an object store that cannot be used into a :class:`StoreError` naming why, the fix and the
@@ -123,12 +133,11 @@ def object_store_errors(*urls: str | None) -> Iterator[None]:
     except InputError:
         raise
     except Exception as error:
-        problem = object_store_problem(error)
-        if problem is None:
+        message = object_store_message(error, urls)
+        if message is None:
             raise
-        remote = sorted({url for url in urls if url and not is_local(url)})
-        worded = StoreError(problem + (f" (URLs: {', '.join(remote)})" if remote else ""))
-        worded.transient = problem.startswith(UNREACHABLE)  # a timeout may pass; a missing bucket does not
+        worded = StoreError(message)
+        worded.transient = message.startswith(UNREACHABLE)  # a timeout may pass; a missing bucket does not
         raise worded from error
 
 

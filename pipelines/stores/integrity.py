@@ -43,6 +43,7 @@ from nowcast.pipelines.stores.groups import array as group_array
 
 log = logging.getLogger(__name__)
 LOST_ARRAY = "gone (the whole array, its metadata and chunks)"
+UNFLAGGED = "(a job stopped before flagging what it wrote, which its rerun completes, or flags lost)"
 FLAGS = {"archive": "valid", "forecasts": "written"}  # per kind: the flag array along the first axis
 AXES = {"archive": "time", "forecasts": "init_time"}
 
@@ -95,7 +96,7 @@ class CheckReport:
         if any(d.array == AXES.get(self.kind) and not d.chunk for d in self.damaged):
             return ("rerun the job that writes the store (an ingest of any batch, a backfill): it completes "
                     "the interrupted extension of the axis")
-        if self.kind == "archive" and all("(flags lost)" in d.problem for d in self.damaged):
+        if self.kind == "archive" and all(d.problem.endswith(UNFLAGGED) for d in self.damaged):
             return ("if an ingest was interrupted there, rerun it: it flags the frames last, and a rerun "
                     "completes them; otherwise rewrite those chunks from the source files: nowcast ingest "
                     f"--archive {self.url} --input <the files of those times> --repair")
@@ -305,8 +306,8 @@ def _inconsistent(kind: str, arrays: dict[str, zarr.Array], keys: dict[str, list
         first, stop = index * chunk, min((index + 1) * chunk, len(flags))
         if not flags[first:stop].any():
             held = f"{' and '.join(paths)} {'holds' if len(paths) == 1 else 'hold'}"
-            found.append(Damage(flag_name, (index,), f"no frame flagged, though {held} data there (flags "
-                                "lost)", first, stop))
+            found.append(Damage(flag_name, (index,), f"no frame flagged, though {held} data there "
+                                f"{UNFLAGGED}", first, stop))
     for path, a in along.items():
         statistic = a.ndim == 1 and np.issubdtype(a.dtype, np.floating) and path not in (axis, flag_name)
         if statistic:

@@ -143,7 +143,11 @@ def test_object_store_failures_are_one_message_with_the_fix(s3_bucket, tmp_path,
     wrapped.__cause__ = no_endpoint
     assert object_store_problem(wrapped).startswith(
         'the object store cannot be reached (Could not connect to the endpoint URL: "http://127.0.0.1:9/b"): '
-        "check AWS_ENDPOINT_URL (now http://127.0.0.1:9)")
+        "check that the object store runs and is reachable from here (for s3:// URLs its endpoint is "
+        "AWS_ENDPOINT_URL, now http://127.0.0.1:9)")
+    gcs_offline = OSError("Cannot connect to host storage.googleapis.com:443 ssl:default [Name or service not "
+                          "known]")  # aiohttp's, under gcsfs: it had been a traceback
+    assert object_store_problem(gcs_offline).startswith("the object store cannot be reached (Cannot connect")
     assert object_store_problem(botocore.exceptions.NoCredentialsError()).startswith(
         "no credentials for the object store")
     in_worker = RuntimeError("PermissionError: Forbidden [while running 'WriteChunks']")  # a Beam worker's
@@ -184,7 +188,7 @@ def test_a_stalled_object_store_ends_in_a_clear_error(stalled_endpoint, monkeypa
     assert cli.main(["models", "list", "--models", "s3://bucket/models"]) == 2
     err = capsys.readouterr().err
     assert f"the object store cannot be reached (Read timeout on endpoint URL: \"{stalled_endpoint}/" in err
-    assert f"check AWS_ENDPOINT_URL (now {stalled_endpoint})" in err
+    assert f"AWS_ENDPOINT_URL, now {stalled_endpoint})" in err
     assert "Traceback" not in err
 
 
@@ -284,6 +288,8 @@ def test_serving_takes_a_local_folder_and_adds_it_to_the_roots(tmp_path, monkeyp
     with pytest.raises(InputError, match=r"--workdir s3://nowcast: the served stores, the incoming folder "
                                          r"and the pictures lie in a local folder; give one"):
         check_serving("s3://nowcast", "*/5 * * * *")
+    with pytest.raises(InputError, match=r"--workdir gs://bucket/w: the served stores"):  # before any request:
+        check_serving("gs://bucket/w", "*/5 * * * *")  # offline, gcsfs's retries had been a traceback
     assert not (tmp_path / "s3:").exists()
     assert with_root("s3://nowcast", str(tmp_path)) == f"s3://nowcast,{tmp_path}"
     assert with_root(" ", str(tmp_path)) == str(tmp_path)
