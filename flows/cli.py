@@ -72,6 +72,25 @@ def _ingest_extras(parser: argparse.ArgumentParser) -> None:
                        help="rewrite only the chunks `nowcast check` finds damaged, from the input's files")
 
 
+def _radar_extras(parser: argparse.ArgumentParser) -> None:
+    """A radar source's options (ingest and watch): which product, quantity and Z-R relation to read."""
+    group = parser.add_argument_group("radar files (command line only)")
+    group.add_argument("--quantity", default=None, help="ODIM: RATE (rain rate) or DBZH (reflectivity) "
+                       "(default: the one every file holds, RATE if both)")
+    group.add_argument("--product", default=None,
+                       help="BoM: the Rainfields3 product of the folder's files, e.g. prcp-cscn")
+    group.add_argument("--zr-a", type=float, default=None,
+                       help="reflectivity (FMI, ODIM DBZH): a of Z = a R^b (default: the file's, else 200)")
+    group.add_argument("--zr-b", type=float, default=None, help="reflectivity: b of Z = a R^b (default: the "
+                       "file's, else 1.6)")
+
+
+def radar_options(args: argparse.Namespace) -> dict[str, object]:
+    """The radar options given on the command line (:func:`_radar_extras`), as the source names them."""
+    given = {name: getattr(args, name, None) for name in ("quantity", "product", "zr_a", "zr_b")}
+    return {name: value for name, value in given.items() if value is not None}
+
+
 def cmd_ingest(args: argparse.Namespace) -> int:
     from nowcast.flows.ingest import source_for, warn_of_other_inputs
     from nowcast.flows.views import archive_summary
@@ -82,8 +101,11 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
     _one_source(args)
     params = params_from_args(IngestParams, args, **({"input_dir": None} if args.synthetic else {}))
-    source = (folder_source(params.input_dir, params.format, args.variables) if params.input_dir
-              else source_for(params, args.time_step))
+    if args.synthetic and (radar := radar_options(args)):  # ignored, exit 0
+        raise InputError(f"--{', --'.join(name.replace('_', '-') for name in radar)} apply to radar files, "
+                         "not to --synthetic: drop them, or give --input")
+    source = (folder_source(params.input_dir, params.format, args.variables, **radar_options(args))
+              if params.input_dir else source_for(params, args.time_step))
     start = str(parse_time(args.start, "--start")) if args.start else None
     spec = IngestSpec(archive=params.archive, source=source, time_step=args.time_step, start=start,
                       time_chunk=params.time_chunk, overwrite=args.overwrite, repair=args.repair)
@@ -351,7 +373,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
     spec = WatchSpec(archive=args.archive, directory=args.input, fmt=args.format,
                      interval_s=args.interval, duration_s=args.duration, time_step=args.time_step,
-                     time_chunk=args.time_chunk)  # its bounds first
+                     time_chunk=args.time_chunk, radar=radar_options(args))  # its bounds first
     placeable(args.archive)
     if problem := not_a_store(args.archive):  # a file: refused once polling began, a lock left beside it
         raise InputError(problem)
@@ -564,6 +586,7 @@ def build_parser() -> argparse.ArgumentParser:
     ingest = command("ingest", "ingest radar, NetCDF or synthetic frames into an archive", cmd_ingest,
                      IngestParams, aliases=INGEST_ALIASES)
     _ingest_extras(ingest)
+    _radar_extras(ingest)
 
     watch = command("watch", "append radar files to an archive as they arrive (streaming)", cmd_watch)
     watch.add_argument("--archive", required=True, help="archive store URL or path")
@@ -575,6 +598,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "after the poll in progress)")
     watch.add_argument("--time-step", default=None, help="ISO 8601 step of a new archive")
     watch.add_argument("--time-chunk", type=int, default=24, help="frames per chunk of a new archive")
+    _radar_extras(watch)
 
     command("windows", "cut training windows from an archive", cmd_windows, WindowsParams)
     command("train", "cut windows, fit, verify against LK extrapolation, register", cmd_train, TrainParams)

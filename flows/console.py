@@ -40,6 +40,7 @@ def _beam_through_root(record: logging.LogRecord) -> bool:
 # own (`nowcast server`'s deployments, the stack's worker): they apply it as they import the flows
 VERBOSITY_ENV = "NOWCAST_VERBOSITY"
 RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
+BEAM_IMPORT_LOGGERS = ("apache_beam.io.gcp", "apache_beam.typehints")
 # Prefect's background senders log under their class names, not under "prefect"
 PREFECT_QUEUE_SERVICES = ("EventsWorker", "APILogWorker")
 
@@ -81,6 +82,10 @@ def quiet_by_default(verbosity: int) -> None:
             handler.setFormatter(logging.Formatter(LOG_FORMAT) if verbosity >= 1 else _Plain())
             if verbosity < 1:
                 handler.addFilter(_not_a_run_failure)
+    if verbosity == 1:  # Beam's import notes (BigQuery clients, type hints) are no stage's log: -vv
+        logging.getLogger().addFilter(_beam_through_root)
+        for chatter in BEAM_IMPORT_LOGGERS:
+            logging.getLogger(chatter).setLevel(logging.WARNING)
     if verbosity < 1:  # a failing worker's traceback is logged by Beam, then raised to this command
         logging.getLogger("apache_beam").setLevel(logging.CRITICAL)
         logging.getLogger().addFilter(_beam_through_root)  # also its import's notes on GCP clients

@@ -56,13 +56,16 @@ def stores(workdir: str | Path) -> dict[str, str]:
             "models": str(root / "models"), "forecasts": str(root / "forecasts.zarr")}
 
 
-def _one_at_a_time():
-    """A scheduled deployment's limit, as infra/prefect.yaml sets it: one run; a tick that finds one going
-    is cancelled, not queued (the next tick catches up; served deployments queued late ticks, which then
-    ran one after another finding nothing left)."""
+def _one_at_a_time(scheduled: bool = True):
+    """A deployment's limit: one run. For a scheduled one, as infra/prefect.yaml sets it, a tick that finds
+    one going is cancelled, not queued (the next tick catches up; served deployments queued late ticks,
+    which then ran one after another finding nothing left). An on-demand run waits for the one going: with
+    each deployment one at a time, the runner's processes (one per deployment) always leave the schedule
+    its own (two backfills had taken both of the two, and the forecasts stopped until they ended)."""
     from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 
-    return ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW)
+    strategy = ConcurrencyLimitStrategy.CANCEL_NEW if scheduled else ConcurrencyLimitStrategy.ENQUEUE
+    return ConcurrencyLimitConfig(limit=1, collision_strategy=strategy)
 
 
 def build_deployments(workdir: str | Path = "runs/demo", cron: str = DEFAULT_CRON,
@@ -72,7 +75,7 @@ def build_deployments(workdir: str | Path = "runs/demo", cron: str = DEFAULT_CRO
     s = stores(root)
     model = {"models": s["models"], "model_name": model_name, "model_version": "latest"}
     tags = ["nowcast"]
-    one_at_a_time = _one_at_a_time()
+    one_at_a_time, queued = _one_at_a_time(), _one_at_a_time(scheduled=False)
     return [
         ingest_flow.to_deployment(
             DEPLOYMENT, cron=cron, tags=tags, description="ingest new files from the incoming folder",
@@ -84,13 +87,15 @@ def build_deployments(workdir: str | Path = "runs/demo", cron: str = DEFAULT_CRO
             parameters={"params": {"archive": s["archive"], "forecasts": s["forecasts"], **model}}),
         backfill_flow.to_deployment(
             DEPLOYMENT, tags=tags, description="forecast a historical range, resumable",
+            concurrency_limit=queued,
             parameters={"params": {"archive": s["archive"], "forecasts": s["forecasts"], **model}}),
         train_flow.to_deployment(
             DEPLOYMENT, tags=tags, description="windows, fit, verify, register (promote if better)",
+            concurrency_limit=queued,
             parameters={"params": {"archive": s["archive"], "windows": s["windows"], "models": s["models"],
                                    "workdir": str(root / "train"), "architecture": model_name}}),
         evaluate_flow.to_deployment(
-            DEPLOYMENT, tags=tags, description="verification tables and pictures",
+            DEPLOYMENT, tags=tags, description="verification tables and pictures", concurrency_limit=queued,
             parameters={"params": {"windows": s["windows"], "workdir": str(root / "evaluate"),
                                    "archive": s["archive"], "forecasts": s["forecasts"], **model}}),
     ]
@@ -136,14 +141,15 @@ def check_serving(workdir: str | Path, cron: str, ports: tuple[int, ...] = ()) -
     return Path(local_path(folder))
 
 
-def serve_deployments(workdir: str | Path = "runs/demo", cron: str = DEFAULT_CRON, limit: int = 2,
+def serve_deployments(workdir: str | Path = "runs/demo", cron: str = DEFAULT_CRON, limit: int | None = None,
                       model_name: str = "convlstm") -> None:
     """Registers the deployments and runs triggered flow runs here until interrupted."""
     root = Path(workdir).resolve()
     make_folder(root / "incoming", "the served incoming folder")
     os.environ[ROOTS_ENV] = with_root(os.environ.get(ROOTS_ENV), str(root))
-    runner = _runner(limit)
-    deployments = [runner.add_deployment(each) for each in build_deployments(root, cron, model_name)]
+    built = build_deployments(root, cron, model_name)
+    runner = _runner(limit or len(built))  # a process for each, as each runs one at a time
+    deployments = [runner.add_deployment(each) for each in built]
     crash_lost_runs(deployments)  # left by a serving process that was killed
     try:
         asyncio.run(_served(runner))

@@ -155,16 +155,19 @@ def _filled(inputs: np.ndarray, value: float) -> np.ndarray:
 
 
 def extrapolation(inputs: np.ndarray, t_out: int) -> np.ndarray:
-    """pySTEPS Lucas-Kanade motion + semi-Lagrangian extrapolation of the last frame (mm/h)."""
+    """pySTEPS Lucas-Kanade motion + semi-Lagrangian extrapolation of the last frame (mm/h); NaN where the
+    motion brings in pixels from outside the grid (no forecast there: scored as dry, as
+    :func:`mask_to_coverage` scores every NaN forecast, and drawn as no data, not as dry)."""
     frames = _filled(inputs, 0.0)
     velocity = motion.get_method("LK")(frames[-3:], verbose=False)
     forecast = nowcasts.get_method("extrapolation")(frames[-1], velocity, t_out)
-    return np.nan_to_num(forecast, nan=0.0).astype("float32")
+    return np.asarray(forecast, dtype="float32")
 
 
 def sprog(inputs: np.ndarray, t_out: int, threshold: float = 0.1, zerovalue: float = -15.0,
           n_cascade_levels: int = 6) -> np.ndarray:
-    """pySTEPS S-PROG on dBR (rain below ``threshold`` mm/h set to ``zerovalue`` dBR); mm/h out."""
+    """pySTEPS S-PROG on dBR (rain below ``threshold`` mm/h set to ``zerovalue`` dBR); mm/h out, NaN where
+    the motion brings in pixels from outside the grid (as :func:`extrapolation`)."""
     frames = _filled(inputs, 0.0)
     if not (frames >= threshold).any():
         return np.zeros((t_out, *frames.shape[1:]), dtype="float32")
@@ -177,7 +180,7 @@ def sprog(inputs: np.ndarray, t_out: int, threshold: float = 0.1, zerovalue: flo
                                                 precip_thr=meta["threshold"], measure_time=False)
     rain, _ = transformation.dB_transform(forecast, meta, inverse=True, threshold=meta["threshold"],
                                           zerovalue=0.0)
-    return np.nan_to_num(rain, nan=0.0).astype("float32")
+    return np.asarray(rain, dtype="float32")
 
 
 def matched_motion(inputs: np.ndarray, t_out: int) -> np.ndarray:

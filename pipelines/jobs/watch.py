@@ -18,7 +18,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import apache_beam as beam
 
@@ -69,6 +70,7 @@ class WatchSpec:
         time_step: step of a new archive (default: the format's).
         time_chunk: frames per chunk of a new archive.
         max_attempts: polls a file may fail before it is rejected.
+        radar: the radar source's options (``product``, ``quantity``, ``zr_a``, ``zr_b``).
     """
 
     archive: str
@@ -79,6 +81,7 @@ class WatchSpec:
     time_step: str | None = None
     time_chunk: int = DEFAULT_TIME_CHUNK
     max_attempts: int = 3
+    radar: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         problem = timing_problem(self.interval_s, self.duration_s)
@@ -96,6 +99,8 @@ class WatchSpec:
         if self.fmt not in WATCH_FORMATS:
             raise IngestError(f"watch --format {self.fmt!r}: a watched folder holds one of "
                               f"{', '.join(WATCH_FORMATS)}; name its format")
+        if self.radar:  # checked before polling begins
+            folder_source(self.directory, self.fmt, **self.radar)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,14 +115,17 @@ class WatchResult:
 
 
 def pending_items(items: list[SourceItem], archive: str) -> list[SourceItem]:
-    """Items whose frame is not yet valid in the archive (all of them if it does not exist)."""
+    """Items whose frame is not yet valid in the archive (all of them if it does not exist). One before
+    the archive's start is pending too, so the ingest refuses it naming the fix (the ingest flow had
+    dropped it, saying every frame was in the archive already)."""
     if not exists(archive):
         return items
     info = read_info(archive)
     valid = valid_flags(archive)
+    before = [item for item in items if item.time < info.start]
     in_range = [item for item in items if item.time >= info.start]
-    return [item for index, item in frame_indices(in_range, info.start, info.time_step)
-            if index >= len(valid) or not valid[index]]
+    return before + [item for index, item in frame_indices(in_range, info.start, info.time_step)
+                     if index >= len(valid) or not valid[index]]
 
 
 def on_the_axis(items: list[SourceItem],
@@ -307,7 +315,7 @@ class _Poll(beam.DoFn):
 
 def poll_once(spec: WatchSpec, rejections: Rejections) -> int:
     """One poll: ingest every new, readable frame; returns frames written."""
-    source = folder_source(spec.directory, spec.fmt)
+    source = folder_source(spec.directory, spec.fmt, **spec.radar)
     assert isinstance(source, FolderSource)
     listed = listed_items(source, rejections)
     step = _step(spec, source, listed)

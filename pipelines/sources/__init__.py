@@ -102,16 +102,20 @@ def detect_format(directory: str) -> str:
         raise NoRadarFilesError(f"{error}; or CF NetCDF files ({', '.join(NETCDF_SUFFIXES)})") from None
 
 
-def folder_source(directory: str, fmt: str = "auto", variables: Any = None) -> Source:
+def folder_source(directory: str, fmt: str = "auto", variables: Any = None, **radar: Any) -> Source:
     """The source for a folder (or object-store prefix) of input files; ``fmt`` auto: :func:`detect_format`.
 
-    ``variables`` selects NetCDF variables (None: every gridded one).
+    ``variables`` selects NetCDF variables (None: every gridded one); ``radar`` are a radar source's
+    options (``product``, ``quantity``, ``zr_a``, ``zr_b``), refused for NetCDF files.
     """
     fmt = detect_format(directory) if fmt == "auto" else fmt
     if fmt == "netcdf":
+        if radar:
+            raise SourceError(f"{', '.join(sorted(radar))} apply to radar files; {directory} holds CF NetCDF "
+                              "files: drop them")
         chosen = {} if variables is None else {"variables": variables}
         return get_source("netcdf", paths=directory, **chosen)
-    return get_source(fmt, directory=directory)
+    return get_source(fmt, directory=directory, **radar)
 
 
 

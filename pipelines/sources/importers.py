@@ -25,6 +25,8 @@ from nowcast.quiet_import import pysteps_quietly
 
 # Units of BoM's precipitation variable, as pysteps' to_rainrate units: amounts
 # (over start_time..valid_time; all that pysteps' importer reads) and rates.
+LENGTH_UNITS = {"m": 1.0, "metre": 1.0, "metres": 1.0, "meter": 1.0, "meters": 1.0, "km": 1000.0,
+                "kilometre": 1000.0, "kilometres": 1000.0, "kilometer": 1000.0, "kilometers": 1000.0}
 _BOM_UNITS = {"kg m-2": "mm", "mm": "mm", "mm h-1": "mm/h", "mm/h": "mm/h", "mm hr-1": "mm/h",
               "kg m-2 h-1": "mm/h"}
 
@@ -152,10 +154,13 @@ def _import_bom_fast(path: str) -> tuple[np.ndarray, dict[str, Any]] | None:
             )
         accutime = None
         if {"valid_time", "start_time"} <= names:
-            time_units = {getattr(ds[v], "units", "") for v in ("valid_time", "start_time")}
-            if len(time_units) != 1 or not time_units.pop().startswith("seconds since"):
+            start, valid = cf_time(ds["start_time"]), cf_time(ds["valid_time"])
+            if start is None or valid is None:
                 return None
-            accutime = (int(ds["valid_time"][...]) - int(ds["start_time"][...])) // 60
+            accutime = int((valid - start) // np.timedelta64(1, "m"))
+            if accutime < 0:  # a negative rate everywhere: all rain read as unobserved, exit 0
+                raise SourceError(f"{path}: start_time {start} is after valid_time {valid}, so its amounts "
+                                  "have no accumulation period; replace the file")
         if unit == "mm" and not accutime:
             raise SourceError(
                 f"{path}: precipitation is an amount ({units}) but the file has no accumulation period "
@@ -167,6 +172,22 @@ def _import_bom_fast(path: str) -> tuple[np.ndarray, dict[str, Any]] | None:
                 "zerovalue": np.nanmin(field), "threshold": importers._get_threshold_value(field),
                 "institution": "Commonwealth of Australia, Bureau of Meteorology"}
     return field, metadata
+
+
+def cf_time(variable: Any) -> np.datetime64 | None:
+    """The first value of a NetCDF time variable in UTC, to the second, from its CF ``units`` (any
+    ``<unit> since <date>``); None for a variable without such units."""
+    import cftime
+
+    units = str(getattr(variable, "units", ""))
+    if " since " not in units:
+        return None
+    try:
+        value = float(np.asarray(variable[...], dtype="float64").ravel()[0])
+        when = cftime.num2pydate(value, units, calendar=getattr(variable, "calendar", "standard"))
+    except (ValueError, TypeError, IndexError, OverflowError):
+        return None
+    return np.datetime64(when.replace(tzinfo=None, microsecond=0), "s")
 
 
 def to_rain_rate(field: np.ndarray, metadata: Mapping[str, Any]) -> np.ndarray:
@@ -223,7 +244,11 @@ def bom_grid(path: str) -> Grid:
     """
     import netCDF4
     with netCDF4.Dataset(path) as ds:
-        scale = {"km": 1000.0, "m": 1.0}[getattr(ds["x"], "units", "m")]
+        unit = str(getattr(ds["x"], "units", "m"))
+        scale = LENGTH_UNITS.get(unit.strip().lower())
+        if scale is None:
+            raise SourceError(f"{path}: coordinate x has units {unit!r}; a BoM grid is in metres or km "
+                              f"({', '.join(LENGTH_UNITS)}): check the product")
         x = np.asarray(ds["x"][:], "float64") * scale
         y = np.asarray(ds["y"][:], "float64") * scale
         mapping = {k: ds["proj"].getncattr(k) for k in ds["proj"].ncattrs()}

@@ -20,6 +20,7 @@ import numpy as np
 import pyproj
 import xarray as xr
 
+from nowcast.errors import InputError
 from nowcast.pipelines.sources.base import (
     SourceError,
     SourceItem,
@@ -267,7 +268,11 @@ class NetCDFSource:
             units = str(ds[x_dim].attrs.get("units", "degrees_east" if lonlat else "m"))
             attrs = dict(ds[mapping].attrs) if mapping in ds.variables else LONLAT
             try:
-                return grid_from_cf(ds[y_dim].values, ds[x_dim].values, attrs, units)
+                grid = grid_from_cf(ds[y_dim].values, ds[x_dim].values, attrs, units)
+                grid.to_lonlat()
+                return grid
+            except InputError as error:  # no transformation to longitude and latitude
+                raise SourceError(f"{item.path}: grid mapping {mapping!r}: {error}") from error
             except pyproj.exceptions.CRSError as error:
                 raise SourceError(f"{item.path}: grid mapping {mapping!r} is not a valid CF grid "
                                   f"mapping ({error}); write it with pyproj.CRS.to_cf()") from error
@@ -297,7 +302,7 @@ class NetCDFSource:
                         f"({type(error).__name__}: {error}); the file is corrupt or truncated"
                     ) from error
                 frame = check_frame_shape(item, name, values, shape)
-                frames[name] = frame  # infinities stay: the ingest check refuses them, with the count
+                frames[name] = outside_valid_range_masked(frame, *_valid_range(ds[name], item.path))
         return frames
 
 
@@ -336,6 +341,22 @@ def _seconds(times: np.ndarray) -> np.ndarray:
     00:04:59.999999488, which a cast cut to 00:04:59, off every 5-minute axis."""
     nanoseconds = np.atleast_1d(times).astype("datetime64[ns]")
     return (nanoseconds + np.timedelta64(500, "ms")).astype("datetime64[s]")
+
+
+def outside_valid_range_masked(frame: np.ndarray, low: float | None, high: float | None) -> np.ndarray:
+    """``frame`` with its values outside the variable's own valid range as NaN (missing), as CF defines
+    them and netCDF4 reads them (they had refused the whole batch). Infinities stay: the ingest check
+    refuses them, with the count; the archive's own range is checked there too."""
+    finite, outside = np.isfinite(frame), np.zeros(frame.shape, dtype=bool)
+    if low is not None:
+        outside |= finite & (frame < low)
+    if high is not None:
+        outside |= finite & (frame > high)
+    if not outside.any():
+        return frame
+    frame = np.array(frame, dtype=np.result_type(frame.dtype, np.float32))
+    frame[outside] = np.nan
+    return frame
 
 
 def _valid_range(var: xr.DataArray, path: str) -> tuple[float | None, float | None]:

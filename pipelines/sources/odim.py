@@ -43,6 +43,7 @@ ODIM_SUFFIXES = (".h5", ".hdf", ".hdf5")
 QUANTITIES = ("RATE", "DBZH")  # rain rate in mm/h; reflectivity in dBZ, converted with a Z-R relation
 CARTESIAN_OBJECTS = ("COMP", "IMAGE")  # composites and single-radar images (PVOL/SCAN are polar)
 MARSHALL_PALMER = (200.0, 1.6)  # Z = a R^b when neither the options nor the file give a relation
+EARTH_RADIUS_M = 6_371_000.0  # within 1% of every Earth ellipsoid's axes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,7 +156,8 @@ def choose_quantity(header: OdimHeader, path: str, requested: str | None) -> str
     if quantity is None or quantity not in header.quantities:
         found = sorted(set(header.quantities)) or "none"
         if requested and held:
-            problem, fix = f"no {requested} data", f"pass quantity={held[0]!r}, or leave quantity unset"
+            problem = f"no {requested} data"
+            fix = f"give --quantity {held[0]} (quantity={held[0]!r} in Python), or leave the quantity unset"
         else:
             problem = f"no {requested} data" if requested else "neither RATE nor DBZH data"
             fix = ("this source reads rain-rate (RATE, mm/h) or reflectivity (DBZH, dBZ) composites: "
@@ -194,6 +196,9 @@ def read_data(path: str, quantity: str) -> tuple[np.ndarray, OdimData]:
         zr = {key: _nearest(key, group, group.parent, f) for key in ("zr_a", "zr_b")}
         raw = group["data"][...]
         gain, offset = what.get("gain", 1.0), what.get("offset", 0.0)
+        if not np.isfinite(np.asarray([gain, offset], dtype="float64")).all():  # was an all-NaN frame
+            raise SourceError(f"{path}: the {quantity} data group's coding is gain {gain}, offset {offset}; "
+                              "both must be numbers: replace the file")
         field = np.asarray(raw * gain + offset, dtype="float64")
         # pysteps' default: raw 0 is undetect
         field[_coded(raw, what.get("undetect", 0.0))] = -np.inf if quantity == "DBZH" else 0.0
@@ -254,13 +259,15 @@ def _crs(path: str, projection: str) -> Any:
 
 
 def _cartesian_unit(crs: Any) -> str:
-    """The unit the projection's coordinates come in: ``km`` for a PROJ string with ``+units=km`` (the
-    corners project to km, which the source rescales to metres), ``degrees`` for a longitude/latitude
-    grid, else ``m``."""
+    """The unit the projection's coordinates come in: ``km`` for a PROJ string with ``+units=km`` or with
+    the Earth's axes in km (KNMI's ``+a=6378.137``: the corners project to km, which the source rescales
+    to metres), ``degrees`` for a longitude/latitude grid, else ``m``."""
     if crs.is_geographic:
         return "degrees"
     factor = crs.axis_info[0].unit_conversion_factor if crs.axis_info else 1.0
-    return "km" if np.isclose(factor, 1000.0) else "m"
+    axis = crs.ellipsoid.semi_major_metre if crs.ellipsoid is not None else EARTH_RADIUS_M
+    in_km = np.isclose(factor, 1000.0) or np.isclose(axis * 1000.0, EARTH_RADIUS_M, rtol=0.01)
+    return "km" if in_km else "m"
 
 
 def _nominal_time(path: str, what: Mapping[str, Any]) -> np.datetime64:

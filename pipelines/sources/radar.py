@@ -26,13 +26,16 @@ import contextlib
 import dataclasses
 import gzip
 import itertools
+import logging
 import os
 import re
 from collections import Counter
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 import numpy as np
 
+from nowcast.errors import InputError
 from nowcast.pipelines.sources import odim
 from nowcast.pipelines.sources.base import (
     SourceError,
@@ -47,6 +50,7 @@ from nowcast.pipelines.sources.base import (
 )
 from nowcast.pipelines.sources.importers import (
     bom_grid,
+    cf_time,
     header_metadata,
     import_odim,
     import_radar,
@@ -57,6 +61,8 @@ from nowcast.pipelines.sources.importers import (
 )
 from nowcast.pipelines.stores.archive import PRECIP, FieldSpec
 from nowcast.pipelines.stores.grid import Grid
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -416,13 +422,13 @@ class RadarSource:
                               for quantity, files in sorted(by_quantity.items()))
             raise SourceError(
                 f"{self.directory!r}: the ODIM files do not share a quantity ({found}); give the folder of "
-                "one product (or, in Python, pass quantity='DBZH' to the source if every file holds "
-                "reflectivity)"
+                "one product, or --quantity DBZH (quantity='DBZH' in Python) if every file holds "
+                "reflectivity"
             )
         if "RATE" in by_quantity and (self.zr_a is not None or self.zr_b is not None):
             raise SourceError(
                 f"{self.directory!r}: zr_a/zr_b given, but the ODIM files are read as RATE (already mm/h); "
-                "drop zr_a/zr_b, or pass quantity='DBZH' to read reflectivity"
+                "drop zr_a/zr_b, or give --quantity DBZH (quantity='DBZH' in Python) to read reflectivity"
             )
         return items
 
@@ -437,6 +443,14 @@ class RadarSource:
             raise _unreadable(self.fmt, item.path, error) from error
 
     def _read_grid(self, path: str) -> Grid:
+        grid = self._grid(path)
+        try:
+            grid.to_lonlat()
+        except InputError as error:
+            raise SourceError(f"{path}: {error}") from error
+        return grid
+
+    def _grid(self, path: str) -> Grid:
         if self.fmt == "bom":
             return bom_grid(path)
         shape: tuple[int, int] | None
@@ -476,11 +490,26 @@ class RadarSource:
             metadata.update({key: value for key in ("zr_a", "zr_b")
                              if (value := getattr(self, key)) is not None})
             rate = to_rain_rate(field, metadata)
+            if metadata.get("unit") == "dBZ":
+                rate = hail_capped(rate, item.path)
         except SourceError:
             raise
         except Exception as error:  # any reader failure means a bad file
             raise _unreadable(self.fmt, item.path, error) from error
         return {PRECIP.name: check_frame_shape(item, PRECIP.name, rate, expected)}
+
+
+def hail_capped(rate: np.ndarray, path: str) -> np.ndarray:
+    """Rain rates from reflectivity capped at the archive's ``valid_max`` (1000 mm/h, 70 dBZ in
+    Marshall-Palmer), as radar rain estimates cap hail. Composites do reach 70+ dBZ in hail cores and
+    clutter, and one such pixel had refused the frame's whole batch; an amount or rate product above it
+    stays refused (a unit error, not a measurement)."""
+    cap = float(PRECIP.valid_max)  # type: ignore[arg-type]
+    above = int(np.count_nonzero(rate > cap))
+    if above:
+        log.warning("%s: %d pixels above %g mm/h (hail or clutter) capped at it", path, above, cap)
+        rate = np.minimum(rate, np.float32(cap))  # NaN stays NaN
+    return rate
 
 
 _ODIM_QUANTITIES: dict[tuple[str, tuple[object, ...], str | None], str] = {}  # see _odim_quantity
@@ -495,17 +524,32 @@ def stated_time(fmt: str, path: str) -> np.datetime64 | None:
 
         with netCDF4.Dataset(path) as ds:
             valid = ds.variables.get("valid_time")
-            if valid is None or "since 1970-01-01" not in str(getattr(valid, "units", "")):
-                return None
-            return np.datetime64(int(np.asarray(valid[:]).ravel()[0]), "s")
+            return None if valid is None else cf_time(valid)
     if fmt == "knmi":
         return _knmi_product_times(path)[1]
     if fmt == "fmi":
         opener = gzip.open if path.endswith(".gz") else open
         with opener(path, "rb") as handle:
             for line in itertools.islice(handle, 64):  # the header's comment lines come first
-                if line.startswith(b"# obstime "):
-                    return np.datetime64(datetime.strptime(line.split()[2].decode(), "%Y%m%d%H%M"), "s")
+                if line.startswith(b"# obstime ") and len(words := line.split()) > 2:
+                    return parsed_time(words[2].decode(errors="replace"), FMI_TIMES)
+    return None
+
+
+KNMI_TIMES = ("%d-%b-%Y;%H:%M:%S.%f", "%d-%b-%Y;%H:%M:%S", "%d-%b-%Y;%H:%M")
+FMI_TIMES = ("%Y%m%d%H%M", "%Y%m%d%H%M%S", "%Y-%m-%dT%H:%MZ", "%Y-%m-%dT%H:%M:%SZ", "%Y-%m-%dT%H:%M",
+             "%Y-%m-%dT%H:%M:%S")
+
+
+def parsed_time(text: str, forms: Sequence[str]) -> np.datetime64 | None:
+    """``text`` read with the first of ``forms`` that fits, to the second; None if none does. A time a
+    file states is a check on the time its name gives, so a spelling not foreseen skips the check rather
+    than refuse a file that pysteps reads."""
+    for form in forms:
+        try:
+            return np.datetime64(datetime.strptime(text.strip(), form).replace(microsecond=0), "s")
+        except ValueError:
+            continue
     return None
 
 
@@ -547,8 +591,8 @@ def _knmi_product_times(path: str) -> tuple[np.datetime64 | None, np.datetime64 
         if value is None:
             return None
         text = np.asarray(value).ravel()[0]
-        text = text.decode() if isinstance(text, bytes) else str(text)
-        return np.datetime64(datetime.strptime(text, "%d-%b-%Y;%H:%M:%S.%f").replace(microsecond=0), "s")
+        text = text.decode(errors="replace") if isinstance(text, bytes) else str(text)
+        return parsed_time(text, KNMI_TIMES)
 
     start, end = (parsed(value) for value in stamps)
     return start, end

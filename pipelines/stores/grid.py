@@ -110,11 +110,26 @@ class Grid:
         xx, yy = np.meshgrid(np.asarray(self.x) * metres / per_unit, np.asarray(self.y) * metres / per_unit)
         if self.crs.is_geographic:  # the coordinates are degrees already
             xx, yy = np.meshgrid(np.asarray(self.x), np.asarray(self.y))
-        lon, lat = pyproj.Transformer.from_crs(self.crs, "EPSG:4326", always_xy=True).transform(xx, yy)
+        lon, lat = self.to_lonlat().transform(xx, yy)
         return {"latitude": (("y", "x"), np.asarray(lat, "float32"),
                              {"standard_name": "latitude", "units": "degrees_north"}),
                 "longitude": (("y", "x"), np.asarray(lon, "float32"),
                               {"standard_name": "longitude", "units": "degrees_east"})}
+
+    def to_lonlat(self) -> pyproj.Transformer:
+        """The transformation of the grid's projection to WGS 84 longitude and latitude.
+
+        Raises:
+            InputError: naming the projection, when PROJ has none (an ellipsoid of another size than the
+                Earth's, such as one given in km, was a pyproj traceback in every ingest).
+        """
+        try:
+            return pyproj.Transformer.from_crs(self.crs, "EPSG:4326", always_xy=True)
+        except pyproj.exceptions.ProjError as error:
+            named = self.crs_attrs.get("proj4") or self.crs.srs  # the file's own spelling where it has one
+            raise InputError(f"projection {named!r} has no transformation to longitude and latitude "
+                             f"on the Earth ({error}); its ellipsoid must be the Earth's in metres (e.g. "
+                             "+a=6378137, not the km of +a=6378.137)") from error
 
     def mapping_coord(self) -> dict[str, xr.DataArray]:
         """The grid mapping as a scalar coordinate (``crs``), so it stays with any variable selected."""

@@ -269,7 +269,8 @@ def check_store_url(url: str) -> str:
 def check_writable(url: str, what: str) -> None:
     """Finds out before a long run that it could not save its result under ``url``: on an object store it
     writes and removes a small object there; on disk it checks that the nearest existing folder up the
-    path is a folder this user can write (nothing is created: a refusal later left an empty folder).
+    path is a folder this user can write, and makes and removes an empty file in it (no folder is
+    created: a refusal later left an empty folder).
 
     Raises:
         StoreError: naming ``what``, the URL and the storage's answer (object-store failures keep theirs:
@@ -284,6 +285,13 @@ def check_writable(url: str, what: str) -> None:
                        if os.statvfs(here).f_flag & os.ST_RDONLY else "a folder this user cannot write")
             raise StoreError(f"{what} {url} cannot be written ({here} is {problem}); give a location this "
                              "user can write, or fix its permissions")
+        probe = os.path.join(here, f".nowcast-write-check-{uuid.uuid4().hex[:12]}")
+        try:  # what access() cannot tell, root's above all: /proc, an immutable folder, no inodes left
+            os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            os.unlink(probe)
+        except OSError as error:
+            raise StoreError(f"{what} {url} cannot be written (a file cannot be made in {here}: "
+                             f"{error.strerror or error}); give a location this user can write") from None
         return
     fs, path = filesystem(url)
     probe = f"{path.rstrip('/')}/.nowcast-write-check-{uuid.uuid4().hex[:12]}"

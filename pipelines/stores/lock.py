@@ -51,6 +51,7 @@ from nowcast.pipelines.stores.groups import (
     is_local,
     local_path,
     storage_errors,
+    storage_problem,
 )
 
 log = logging.getLogger(__name__)
@@ -190,7 +191,14 @@ class _Folder:
         if os.path.lexists(self.path) and not os.path.isdir(self.path):  # makedirs: FileExistsError forever
             raise StoreError(f"{self.path} is a file where the writers' lock folder of the store belongs: "
                              "move or delete it, then rerun")
-        os.makedirs(self.path, exist_ok=True)
+        try:
+            os.makedirs(self.path, exist_ok=True)
+        except OSError as error:  # under /proc: a FileNotFoundError traceback (EACCES and EROFS are worded
+            if storage_problem(error) is not None:  # by the jobs' storage_errors)
+                raise
+            raise StoreError(f"the store's lock folder {self.path} cannot be made "
+                             f"({error.strerror or error}): give the store a location this user can write"
+                             ) from None
         temporary = _written_temporary(name, data)
         try:
             os.link(temporary, name)

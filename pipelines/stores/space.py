@@ -38,7 +38,8 @@ def free_bytes(url: str) -> int | None:
         if parent == path:
             return None
         path = parent
-    return shutil.disk_usage(path).free
+    usage = shutil.disk_usage(path)  # a file system of no size (/proc, /sys) holds no stores: the write
+    return usage.free if usage.total else None  # says why, not "0 B free"
 
 
 def human(size: float) -> str:

@@ -918,3 +918,56 @@ def test_a_longitude_latitude_grid_keeps_its_shape():
     metres = xr.Dataset(coords={"y": ("y", [2000.0, 1000.0], {"units": "m"}),
                                 "x": ("x", [0.0, 1000.0], {"units": "m"})})
     assert views._aspect(metres) == 1.0
+
+
+@pytest.mark.fault("command line", "an output the system cannot make (under /proc, where root passes the "
+                   "access check): windows, ingest, score, evaluate's work folder",
+                   "exit 2 naming the path (windows and evaluate were a FileNotFoundError traceback; ingest "
+                   "and score said the disk had 0 B free)")
+def test_an_output_the_system_cannot_make_is_named(stores, tmp_path, capsys):
+    refused(capsys, ["windows", "--archive", stores["archive"], "--windows", "/proc/nowcast-w.zarr"],
+            "the store's lock folder /proc/nowcast-w.zarr.lock cannot be made")
+    refused(capsys, ["ingest", "--synthetic", "--frames", "2", "--size", "16", "--archive",
+                     "/proc/nowcast-a.zarr"],
+            "the store's lock folder /proc/nowcast-a.zarr.lock cannot be made")
+    refused(capsys, ["score", "--archive", stores["archive"], "--models", stores["models"], "--model-name",
+                     MODEL, "--forecasts", "/proc/nowcast-f.zarr", "--start", "2024-01-01T00:10", "--end",
+                     "2024-01-01T00:15"], "/proc/nowcast-f.zarr")
+    assert "free" not in capsys.readouterr().err
+    from nowcast.pipelines.stores.groups import StoreError, check_writable
+
+    with pytest.raises(StoreError, match=r"the work folder /proc/nowcast-ev cannot be written \(a file "
+                                         r"cannot be made in /proc"):
+        check_writable("/proc/nowcast-ev", "the work folder")
+
+
+@pytest.mark.fault("command line", "radar options on the command line: an ODIM folder of reflectivity beside "
+                   "rain rate, a Z-R relation, a BoM product; or such an option with --synthetic",
+                   "--quantity, --zr-a/--zr-b and --product on ingest and watch, checked as the source "
+                   "checks them (the refusal's fix named a Python argument the command line did not have); "
+                   "with --synthetic refused (it would be ignored)")
+def test_radar_options_reach_the_source(tmp_path, capsys):
+    from tests.pipelines.sources.test_odim import write_odim
+
+    folder = tmp_path / "odim"
+    folder.mkdir()
+    write_odim(folder / "a.h5", time="120000")
+    write_odim(folder / "b.h5", time="120500")
+    archive = str(tmp_path / "a.zarr")
+    for value in ("RATE", "VRAD"):
+        assert cli.main(["ingest", "--input", str(folder), "--archive", archive, "--quantity", value]) == 2
+        assert "quantity" in capsys.readouterr().err
+    assert cli.main(["ingest", "--input", str(folder), "--archive", archive, "--quantity", "dbzh",
+                     "--zr-a", "300", "--zr-b", "1.4"]) == 0
+    capsys.readouterr()
+    from nowcast.pipelines.sources.odim import read_data
+
+    dbz, _ = read_data(str(folder / "a.h5"), "DBZH")  # undetect -inf: 0 mm/h; nodata NaN
+    expected = (10.0 ** (dbz / 10.0) / 300.0) ** (1.0 / 1.4)
+    stored = open_archive(archive)["precip"].isel(time=0).values
+    np.testing.assert_allclose(stored, expected, rtol=1e-5, equal_nan=True)
+    refused(capsys, ["ingest", "--synthetic", "--archive", str(tmp_path / "s.zarr"), "--zr-a", "300"],
+            "--zr-a apply to radar files, not to --synthetic")
+    refused(capsys, ["watch", "--input", str(folder), "--archive", str(tmp_path / "w.zarr"), "--format",
+                     "odim", "--product", "prcp-cscn", "--duration", "1"],
+            "product='prcp-cscn' applies to BoM")

@@ -33,9 +33,9 @@ def test_deployments_register_with_schedules_and_forms(tmp_path, prefect_server)
         crons = [s.schedule.cron for s in deployment.schedules]
         assert crons == ([CRON] if name.split("/")[0] in ("ingest", "forecast") else []), name
         assert deployment.parameters["params"]  # the form is pre-filled with the workdir's stores
-        if name.split("/")[0] in ("ingest", "forecast"):  # as infra/prefect.yaml: late ticks are cancelled
-            assert deployment.global_concurrency_limit.limit == 1
-            assert deployment.concurrency_options.collision_strategy == "CANCEL_NEW", name
+        scheduled = name.split("/")[0] in ("ingest", "forecast")  # as prefect.yaml: late ticks cancelled
+        assert deployment.global_concurrency_limit.limit == 1  # on demand queued: the schedule keeps a slot
+        assert deployment.concurrency_options.collision_strategy == ("CANCEL_NEW" if scheduled else "ENQUEUE")
     backfill = stored["backfill/local"]
     assert backfill.parameters["params"]["forecasts"] == str(tmp_path / "forecasts.zarr")
     schema = backfill.parameter_openapi_schema

@@ -145,8 +145,8 @@ def test_object_store_failures_are_one_message_with_the_fix(s3_bucket, tmp_path,
         'the object store cannot be reached (Could not connect to the endpoint URL: "http://127.0.0.1:9/b"): '
         "check that the object store runs and is reachable from here (for s3:// URLs its endpoint is "
         "AWS_ENDPOINT_URL, now http://127.0.0.1:9)")
-    gcs_offline = OSError("Cannot connect to host storage.googleapis.com:443 ssl:default [Name or service not "
-                          "known]")  # aiohttp's, under gcsfs: it had been a traceback
+    gcs_offline = OSError("Cannot connect to host storage.googleapis.com:443 ssl:default [Name or service "
+                          "not known]")  # aiohttp's, under gcsfs: it had been a traceback
     assert object_store_problem(gcs_offline).startswith("the object store cannot be reached (Cannot connect")
     assert object_store_problem(botocore.exceptions.NoCredentialsError()).startswith(
         "no credentials for the object store")
@@ -288,7 +288,7 @@ def test_serving_takes_a_local_folder_and_adds_it_to_the_roots(tmp_path, monkeyp
     with pytest.raises(InputError, match=r"--workdir s3://nowcast: the served stores, the incoming folder "
                                          r"and the pictures lie in a local folder; give one"):
         check_serving("s3://nowcast", "*/5 * * * *")
-    with pytest.raises(InputError, match=r"--workdir gs://bucket/w: the served stores"):  # before any request:
+    with pytest.raises(InputError, match=r"--workdir gs://bucket/w: the served stores"):  # before a request:
         check_serving("gs://bucket/w", "*/5 * * * *")  # offline, gcsfs's retries had been a traceback
     assert not (tmp_path / "s3:").exists()
     assert with_root("s3://nowcast", str(tmp_path)) == f"s3://nowcast,{tmp_path}"

@@ -187,3 +187,44 @@ def test_amount_without_its_period_is_a_source_error_naming_the_file(tmp_path):
     (item,) = source.items()
     with pytest.raises(SourceError, match=r"prcp-cscn\.nc: precipitation is an amount.*no accumulation"):
         source.read(item)
+
+
+@pytest.mark.fault("sources", "a BoM file whose x/y units are spelt 'metres' or 'meters', whose times are "
+                   "in minutes since 1970, or whose start_time is after its valid_time",
+                   "the first two read as pysteps reads them (they were refused as corrupt, or as renamed "
+                   "from 1970); the third refused naming both times (its rain had become unobserved, exit 0)")
+def test_cf_spellings_of_units_and_times_are_read_and_a_reversed_period_refused(tmp_path):
+    reference = write_rainfields(tmp_path / "2_20180616_100000.prcp-cscn.nc", "2018-06-16T10:00")
+    expected = RadarSource(str(tmp_path), "bom")
+    (item,) = expected.items()
+    frame, grid = expected.read(item)["precip"], expected.read_grid(item)
+    for folder, edit in (("metres", _units_in_metres), ("minutes", _times_in_minutes)):
+        (tmp_path / folder).mkdir()
+        edit(shutil.copy(reference, tmp_path / folder / reference.name))
+        source = RadarSource(str(tmp_path / folder), "bom")
+        (item,) = source.items()
+        np.testing.assert_array_equal(source.read(item)["precip"], frame)
+        assert source.read_grid(item).mismatch(grid) is None
+    (tmp_path / "reversed").mkdir()
+    reversed_period = shutil.copy(reference, tmp_path / "reversed" / reference.name)
+    with netCDF4.Dataset(reversed_period, "a") as ds:
+        ds["start_time"].assignValue(int(ds["valid_time"][...]) + 360)
+    source = RadarSource(str(tmp_path / "reversed"), "bom")
+    (item,) = source.items()
+    with pytest.raises(SourceError, match=r"start_time 2018-06-16T10:06:00 is after valid_time "
+                                          r"2018-06-16T10:00:00, so its amounts have no accumulation period"):
+        source.read(item)
+
+
+def _units_in_metres(path: str) -> None:
+    with netCDF4.Dataset(path, "a") as ds:
+        for name in ("x", "y"):
+            ds[name][:] = ds[name][:] * 1000.0
+            ds[name].units = "metres" if name == "x" else "meters"
+
+
+def _times_in_minutes(path: str) -> None:
+    with netCDF4.Dataset(path, "a") as ds:
+        for name in ("valid_time", "start_time"):
+            ds[name].assignValue(int(ds[name][...]) // 60)
+            ds[name].units = "minutes since 1970-01-01 00:00:00 UTC"

@@ -623,3 +623,48 @@ def test_a_warning_reads_as_the_commands_errors_do(tmp_path):
     verbose = subprocess.run([*command, str(tmp_path / "b.zarr"), "-v"], capture_output=True, text=True,
                              timeout=300)
     assert " WARNING nowcast.pipelines.jobs.ingest: the new archive's time step" in verbose.stderr
+
+
+@pytest.mark.fault("sources", "an ODIM file whose projdef gives the Earth's axes in km (KNMI's "
+                   "+a=6378.137), or names another planet's",
+                   "the km projection is read as the same grid in metres; one with no transformation to "
+                   "longitude and latitude is refused naming the projection and the fix (both were a pyproj "
+                   "traceback in ingest and watch)")
+def test_a_projection_in_km_is_rescaled_and_another_planet_refused(tmp_path):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "km").mkdir()
+    in_metres = write_odim(tmp_path / "m" / "a.h5")
+    shutil.copy(in_metres, tmp_path / "km" / "a.h5")
+    with h5py.File(tmp_path / "km" / "a.h5", "a") as f:  # WGS84's axes in km, the false origin too
+        f["where"].attrs["projdef"] = np.bytes_("+proj=laea +lat_0=55.0 +lon_0=10.0 +x_0=1950.0 +y_0=-2100.0 "
+                                                "+a=6378.137 +rf=298.257223563")
+    grids = {}
+    for name in ("m", "km"):
+        source = RadarSource(str(tmp_path / name), "odim")
+        (item,) = source.items()
+        grids[name] = source.read_grid(item)
+    assert grids["km"].units == "m"
+    np.testing.assert_allclose(grids["km"].x, grids["m"].x, atol=1e-3)
+    np.testing.assert_allclose(grids["km"].y, grids["m"].y, atol=1e-3)
+    for key in ("latitude", "longitude"):
+        np.testing.assert_allclose(grids["km"].geographic_coords()[key][1],
+                                   grids["m"].geographic_coords()[key][1], atol=1e-6)
+    with h5py.File(tmp_path / "km" / "a.h5", "a") as f:
+        f["where"].attrs["projdef"] = np.bytes_("+proj=laea +lat_0=55.0 +lon_0=10.0 +R=1737400")  # the Moon
+    source = RadarSource(str(tmp_path / "km"), "odim")
+    (item,) = source.items()
+    with pytest.raises(SourceError, match=r"a\.h5: projection '\+proj=laea .*\+R=1737400' has no "
+                                          r"transformation to longitude and latitude on the Earth"):
+        source.read_grid(item)
+
+
+@pytest.mark.fault("sources", "an ODIM data group whose gain or offset is NaN",
+                   "refused naming the file and its coding (it was stored as a valid frame of NaN and 0)")
+def test_a_coding_that_is_not_a_number_is_refused(tmp_path):
+    path = write_odim(tmp_path / "nan.h5")
+    with h5py.File(path, "a") as f:
+        f["dataset1/data1/what"].attrs["gain"] = np.nan
+    source = RadarSource(str(tmp_path), "odim")
+    (item,) = source.items()
+    with pytest.raises(SourceError, match=r"nan\.h5: the DBZH data group's coding is gain nan, offset "):
+        source.read(item)

@@ -569,3 +569,63 @@ def test_files_named_like_another_format_point_at_the_format_option(tmp_path):
                                           r"bom's\), "
                                           r"name it with --format \(netcdf for CF NetCDF files\)"):
         source.read(source.items()[0])
+
+
+def _rewritten_fmi(original: Path, target: Path, obstime: bytes | None = None, hail: bool = False) -> Path:
+    """A copy of an FMI composite with its ``obstime`` line spelt ``obstime``, or with one covered pixel at
+    raw 208 (72 dBZ: hail)."""
+    import gzip
+
+    with gzip.open(original) as handle:
+        data = handle.read()
+    if obstime is not None:
+        data = re.sub(rb"# obstime \S+", b"# obstime " + obstime, data, count=1)
+    if hail:
+        header = [line for line in data.split(b"\n") if not line.startswith(b"#")]
+        width, height = map(int, header[1].split()[:2])  # P5, then "width height", then the maximum
+        start = len(data) - width * height
+        pixels = np.frombuffer(data[start:], dtype=np.uint8).reshape(height, width).copy()
+        pixels[tuple(np.argwhere((pixels > 70) & (pixels < 255))[0])] = 208
+        data = data[:start] + pixels.tobytes()
+    with gzip.open(target, "wb") as handle:
+        handle.write(data)
+    return target
+
+
+@pytest.mark.fault("sources", "times a file states in other spellings (KNMI without fractional seconds, "
+                   "FMI's obstime in ISO 8601, or one not foreseen); a reflectivity composite with a hail "
+                   "pixel above 1000 mm/h",
+                   "the times read (they were refused as corrupt files) or, unforeseen, the check skipped; "
+                   "the hail pixel capped at 1000 mm/h with a warning (it refused the batch)")
+def test_stated_times_in_other_spellings_and_hail_are_read(radar_dir, tmp_path, caplog):
+    (original,) = (radar_dir / "fmi").rglob("201609281500_*")
+    folder = tmp_path / "fmi"
+    folder.mkdir()
+    _rewritten_fmi(original, folder / original.name, obstime=b"2016-09-28T15:00Z")
+    _rewritten_fmi(original, folder / original.name.replace("1500_", "1505_"), obstime=b"tomorrow")
+    _rewritten_fmi(original, folder / original.name.replace("1500_", "1510_"), obstime=b"2016-09-28T15:00Z")
+    hail = _rewritten_fmi(original, folder / original.name.replace("1500_", "1515_"), b"201609281515", True)
+    source = get_source("fmi", directory=str(folder))
+    iso, unforeseen, moved, hailed = source.items()
+    expected = source.read(iso)["precip"]
+    np.testing.assert_array_equal(expected, direct_read("fmi", str(original))[0])
+    np.testing.assert_array_equal(source.read(unforeseen)["precip"], expected)
+    with pytest.raises(SourceError, match=r"its name says 2016-09-28T15:10:00, the file itself "
+                                          r"2016-09-28T15:00:00"):
+        source.read(moved)
+    with caplog.at_level("WARNING"):
+        capped = source.read(hailed)["precip"]
+    assert np.nanmax(capped) == 1000.0
+    assert f"{hail}: 1 pixels above 1000 mm/h (hail or clutter) capped at it" in caplog.text
+    assert np.array_equal(capped[capped < 1000], expected[capped < 1000])
+    (knmi,) = (radar_dir / "knmi").rglob("*201008260010*")
+    copied = shutil.copy(knmi, tmp_path / knmi.name)
+    import h5py
+
+    with h5py.File(copied, "a") as f:  # KNMI's own spelling has .000 after the seconds
+        for edge in ("start", "end"):
+            stamp = f["overview"].attrs[f"product_datetime_{edge}"][0].decode().split(".")[0]
+            f["overview"].attrs[f"product_datetime_{edge}"] = np.array([stamp.encode()])
+    source = get_source("knmi", directory=str(tmp_path))
+    (item,) = [item for item in source.items() if item.path.endswith(knmi.name)]
+    np.testing.assert_array_equal(source.read(item)["precip"], direct_read("knmi", str(knmi))[0])
