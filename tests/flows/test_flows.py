@@ -22,6 +22,7 @@ from nowcast.flows.params import (
     IngestParams,
     TrainParams,
 )
+from nowcast.pipelines.plans.ingest import IngestError
 from nowcast.pipelines.stores.archive import open_archive
 from nowcast.pipelines.stores.forecasts import open_forecasts, written_flags
 from nowcast.pipelines.stores.groups import StoreError
@@ -76,9 +77,11 @@ def test_ingest_synthetic_then_nothing_new(trained):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("where", ["local", "s3"])
-@pytest.mark.fault("ingest", "a scheduled ingest whose input folder is in a bucket that does not exist",
+@pytest.mark.fault("ingest", "a scheduled ingest whose input folder is in a bucket that does not exist, "
+                   "or that holds a file from before the archive's start",
                    "the run fails once, naming the bucket's problem, the fix and the URLs (a bare "
-                   "FileNotFoundError, after a retry)")
+                   "FileNotFoundError, after a retry); the file is refused as the command line refuses it "
+                   "(the run said every frame was in the archive already and completed)")
 def test_ingest_folder_takes_only_new_files(where, tmp_path, radar_dir, prefect_server, monkeypatch, request):
     """Files arrive in dated subfolders (a scheduled run once looked at the top level only and did
     nothing), in a local folder or under an object-store prefix, with the archive beside them."""
@@ -113,13 +116,16 @@ def test_ingest_folder_takes_only_new_files(where, tmp_path, radar_dir, prefect_
                 os.makedirs(folder, exist_ok=True)
             put(str(path), f"{folder}/{path.name}")
 
-    arrive(files[:3])
+    arrive(files[1:4])
     assert ingest_flow(params).frames_written == 3
     assert ingest_flow(params).frames_written == 0
-    arrive(files[3:5])
+    arrive(files[4:6])
     assert ingest_flow(params).frames_written == 2
     assert bool(open_archive(archive)["valid"].all())
     assert int(open_archive(archive).sizes["time"]) == 5
+    arrive(files[:1])  # before the archive's start: it had been "every frame is already in", Completed
+    with pytest.raises(IngestError, match=r"before the archive"):
+        ingest_flow(params)
 
 
 def fsspec_exists(url: str) -> bool:
