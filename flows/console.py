@@ -14,6 +14,7 @@ import contextlib
 import io
 import logging
 import os
+import re
 import signal
 import sys
 import traceback
@@ -111,9 +112,11 @@ def quiet_flow_run() -> None:
         every = [logger for logger in logging.Logger.manager.loggerDict.values()
                  if isinstance(logger, logging.Logger)]
         _, consoles = _python_stderr_only([logging.getLogger(), *every])  # Prefect's console handlers too
+        once = BadInputOnce()  # one per run: each served run is a process of its own
         for handler in consoles:
             handler.setFormatter(BadInputOnOneLine(handler.formatter))
             handler.addFilter(_said_once)
+            handler.addFilter(once)
 
 
 # Prefect's engine reports refused parameters three times (pydantic's raw error list, then the message
@@ -132,6 +135,51 @@ def bad_input(error: BaseException | None) -> bool:
     flow run's parameters refused by their form."""
     return any(isinstance(seen, InputError) or type(seen).__name__ == "ParameterTypeError"
                for seen in chain(error))
+
+
+class BadInputOnce(logging.Filter):
+    """Drops a record that repeats bad input already said: Prefect reports an error a task raised three
+    times (the task's final state, the flow's exception, the engine's exit), each a line in the serving
+    terminal. The first stays; the run's page in the UI keeps them all."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.said: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        said = _bad_input_said(record)
+        if said is None:
+            return True
+        if said in self.said:
+            return False
+        self.said.add(said)
+        return True
+
+
+def _bad_input_said(record: logging.LogRecord) -> str | None:
+    """The start of the bad input a record reports (its exception's, or one a final state names), as a
+    key; None for any other record."""
+    error = record.exc_info[1] if record.exc_info else None
+    if error is not None:
+        return str(error).strip()[:SAID_KEY] if bad_input(error) else None
+    named = re.search(r"exception (\w+): (.+)", record.getMessage())
+    if named and named[1] in _input_error_names():
+        return named[2].strip().removesuffix("')").removesuffix('")')[:SAID_KEY]
+    return None
+
+
+SAID_KEY = 60  # characters: a final state quotes the message with its quotes escaped further on
+
+
+def _input_error_names() -> frozenset[str]:
+    """The class names of every kind of bad input (:class:`InputError` and its subclasses) imported so far:
+    the one a record names has been raised, so its module is imported."""
+    found, todo = set(), [InputError]
+    while todo:
+        kind = todo.pop()
+        found.add(kind.__name__)
+        todo.extend(kind.__subclasses__())
+    return frozenset(found)
 
 
 class BadInputOnOneLine(logging.Formatter):

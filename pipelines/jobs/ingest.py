@@ -94,7 +94,7 @@ from nowcast.pipelines.stores.groups import (
     storage_errors,
 )
 from nowcast.pipelines.stores.integrity import time_chunk_stored, unreadable
-from nowcast.pipelines.stores.lock import store_lock
+from nowcast.pipelines.stores.lock import Fence, held_fence, store_lock
 from nowcast.pipelines.stores.space import check_frames_fit, free_bytes
 from nowcast.pipelines.stores.timeaxis import (
     epoch_seconds,
@@ -289,13 +289,16 @@ class CheckFrames(beam.PTransform):
 class _WriteChunk(beam.DoFn):
     """Reads the frames of one archive time chunk and writes the chunk whole."""
 
-    def __init__(self, archive: str, source: Source, overwrite: bool) -> None:
+    def __init__(self, archive: str, source: Source, overwrite: bool, fence: Fence | None = None) -> None:
         self.archive = archive
         self.source = source
         self.overwrite = overwrite
+        self.fence = fence  # the archive's lock, checked before each chunk
         self.counters = {count: Metrics.counter(NAMESPACE, name) for count, name in WRITE_COUNTERS.items()}
 
     def process(self, task: ChunkTask) -> Iterator[dict[str, int]]:
+        if self.fence is not None:
+            self.fence.check()
         counts = write_chunk(self.archive, self.source, task, self.overwrite)
         for name, counter in self.counters.items():
             counter.inc(counts[name])
@@ -310,7 +313,8 @@ class WriteChunks(beam.PTransform):
         starts = [task.first_index for task in tasks]
         if len(set(starts)) != len(starts):
             raise IngestError("two tasks write one archive chunk (a planning bug); plan with plan_chunks")
-        self.tasks, self.write = list(tasks), _WriteChunk(spec.archive, spec.source, spec.overwrite)
+        self.tasks = list(tasks)
+        self.write = _WriteChunk(spec.archive, spec.source, spec.overwrite, held_fence(spec.archive))
 
     def expand(self, root: beam.pvalue.PBegin) -> beam.PCollection:
         # Create's own reshuffle spreads elements over the multi-process runner's workers; a
@@ -585,7 +589,10 @@ def ingest_items(spec: IngestSpec, items: Sequence[SourceItem],
             before = valid_flags(spec.archive)
         log.info("ingest: %d frames in %d chunks into %s", len(items), len(tasks), spec.archive)
         if runner is None:
+            fence = held_fence(spec.archive)
             for task in tasks:
+                if fence is not None:
+                    fence.check()
                 write_chunk(spec.archive, spec.source, task, spec.overwrite)
         else:
             run_pipeline(runner, lambda p: p | "WriteChunks" >> WriteChunks(spec, tasks))

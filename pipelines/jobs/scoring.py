@@ -75,7 +75,7 @@ from nowcast.pipelines.stores.groups import (
     worker_errors,
 )
 from nowcast.pipelines.stores.integrity import StoreDamagedError, read_span
-from nowcast.pipelines.stores.lock import store_lock
+from nowcast.pipelines.stores.lock import Fence, held_fence, store_lock
 from nowcast.pipelines.stores.space import check_space, compression_ratio, free_bytes
 from nowcast.text import counted
 
@@ -301,8 +301,9 @@ class _WriteForecast(beam.DoFn):
     """
 
     def __init__(self, forecasts: str, target: str, model: ModelVersion,
-                 events_path: str | None = None) -> None:
+                 events_path: str | None = None, fence: Fence | None = None) -> None:
         self.forecasts, self.target, self.model, self.events_path = forecasts, target, model, events_path
+        self.fence = fence  # the store's lock, checked before each write
 
     def setup(self) -> None:
         self._writer = Background[int]("forecast-writer")
@@ -320,6 +321,8 @@ class _WriteForecast(beam.DoFn):
         self._writer.close()
 
     def _write(self, index: int, forecast: np.ndarray) -> int:
+        if self.fence is not None:
+            self.fence.check()
         write_forecast(self.forecasts, index, self.target, forecast, self.model)
         if self.events_path:
             event = {"init_index": index, "pid": os.getpid(), "time": time.time()}
@@ -350,6 +353,7 @@ class ScoreInitTimes(beam.PTransform):
             raise ScoringError(f"the model was resolved for {model.identity.model_name!r}, the spec names "
                                f"{spec.model!r}: resolve it with plan(spec)")
         self.spec, self.model, self.events_path = spec, model, events_path
+        self.fence = held_fence(spec.forecasts)  # built under the store's lock (scoring_errors)
 
     def expand(self, tasks: beam.PCollection) -> beam.PCollection:
         spec, model = self.spec, self.model
@@ -358,7 +362,7 @@ class ScoreInitTimes(beam.PTransform):
                                                            spec.batch_size))
                 | "Forecast" >> RunInference(make_handler(spec, model))
                 | "Write" >> beam.ParDo(_WriteForecast(spec.forecasts, model.identity.target,
-                                                       model.written_by, self.events_path)))
+                                                       model.written_by, self.events_path, self.fence)))
 
 
 @contextlib.contextmanager

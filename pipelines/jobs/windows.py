@@ -51,13 +51,14 @@ from nowcast.pipelines.plans.windows import (
 )
 from nowcast.pipelines.stores.groups import created_whole, storage_errors, worker_errors
 from nowcast.pipelines.stores.integrity import StoreDamagedError
-from nowcast.pipelines.stores.lock import store_lock
+from nowcast.pipelines.stores.lock import held_fence, store_lock
 from nowcast.pipelines.stores.space import check_space, compression_ratio, free_bytes
 from nowcast.pipelines.stores.windows import (
     WindowsLayout,
     WindowsStore,
     check_replaceable,
     create_windows_store,
+    record_stored_chunks,
     write_normalization,
 )
 
@@ -262,8 +263,12 @@ def staged(job: WindowJob) -> Iterator[WindowJob]:
           store_lock(job.output, "windows"),
           worker_errors(StoreDamagedError)):
         check_replaceable(job.output, job.overwrite)
+        fence = held_fence(job.output)
         with created_whole(job.output, replace=True) as staging:
             yield dataclasses.replace(job, output=staging, overwrite=False)
+            record_stored_chunks(staging)
+            if fence is not None:  # not over the store of a writer that took it while this one was paused
+                fence.check()
 
 
 def run(job: WindowJob, runner_options: RunnerOptions | None = None) -> WindowResult:

@@ -305,6 +305,25 @@ def check_writable(url: str, what: str) -> None:
                          "or fix its permissions") from error
 
 
+def chunk_keys(url: str, path: str) -> list[tuple[int, ...]]:
+    """The chunk coordinates that exist as objects for the array at ``path`` (default key encoding)."""
+    fs, root = filesystem(url)
+    base = f"{root.rstrip('/')}/{path}/c"
+    try:
+        found = fs.find(base)
+    except FileNotFoundError:
+        return []
+    keys: list[tuple[int, ...]] = []
+    for name in found:
+        if name == base:  # a 0-d array's one chunk
+            keys.append(())
+            continue
+        parts = name[len(base) + 1:].split("/")
+        if all(part.isdigit() for part in parts):
+            keys.append(tuple(int(part) for part in parts))
+    return sorted(keys)
+
+
 def local_path(url: str) -> str:
     """The filesystem path of a local store URL, ``~`` expanded."""
     if not is_local(url):

@@ -29,6 +29,7 @@ import zarr
 
 from nowcast.pipelines.stores.groups import (
     StoreError,
+    chunk_keys,
     damaged_metadata,
     dimension_names,
     filesystem,
@@ -40,6 +41,7 @@ from nowcast.pipelines.stores.groups import (
     stopped_publishing,
 )
 from nowcast.pipelines.stores.groups import array as group_array
+from nowcast.pipelines.stores.windows import STORED_CHUNKS
 
 log = logging.getLogger(__name__)
 LOST_ARRAY = "gone (the whole array, its metadata and chunks)"
@@ -96,6 +98,9 @@ class CheckReport:
         if any(d.array == AXES.get(self.kind) and not d.chunk for d in self.damaged):
             return ("rerun the job that writes the store (an ingest of any batch, a backfill): it completes "
                     "the interrupted extension of the axis")
+        if self.kind == "forecasts" and all(d.problem.endswith(UNFLAGGED) for d in self.damaged):
+            return ("rerun the scoring over those init times (the scoring run that stopped, or a backfill of "
+                    "that range): it scores every init time not flagged written; no overwrite needed")
         if self.kind == "archive" and all(d.problem.endswith(UNFLAGGED) for d in self.damaged):
             return ("if an ingest was interrupted there, rerun it: it flags the frames last, and a rerun "
                     "completes them; otherwise rewrite those chunks from the source files: nowcast ingest "
@@ -148,25 +153,6 @@ def _arrays(group: zarr.Group, prefix: str = "") -> Iterator[tuple[str, zarr.Arr
             yield from _arrays(member, f"{prefix}{name}/")
 
 
-def _chunk_keys(url: str, path: str) -> list[tuple[int, ...]]:
-    """The chunk coordinates that exist as objects for the array at ``path`` (default key encoding)."""
-    fs, root = filesystem(url)
-    base = f"{root.rstrip('/')}/{path}/c"
-    try:
-        found = fs.find(base)
-    except FileNotFoundError:
-        return []
-    keys: list[tuple[int, ...]] = []
-    for name in found:
-        if name == base:  # a 0-d array's one chunk
-            keys.append(())
-            continue
-        parts = name[len(base) + 1:].split("/")
-        if all(part.isdigit() for part in parts):
-            keys.append(tuple(int(part) for part in parts))
-    return sorted(keys)
-
-
 def unreadable(array: zarr.Array, chunk: tuple[int, ...]) -> str | None:
     """Why chunk ``chunk`` of ``array`` does not decode, or None when it reads."""
     try:
@@ -195,7 +181,7 @@ def check_store(url: str, progress: Callable[[int, int], None] | None = None) ->
     group = open_group(url)
     kind = store_kind(group)
     arrays = dict(_arrays(group))
-    keys = {path: _chunk_keys(url, path) for path in arrays}
+    keys = {path: chunk_keys(url, path) for path in arrays}
     total, done, damaged = sum(map(len, keys.values())), 0, _lost_statistics(kind, arrays)
     for path, array in arrays.items():
         first_chunk = array.chunks[0] if array.ndim else 1
@@ -329,8 +315,9 @@ def _unfinished_windows(group: zarr.Group, keys: dict[str, list[tuple[int, ...]]
     """What a windows job that did not finish leaves: no normalisation (written last), splits without data.
 
     A sample chunk whose patches hold no data at all (outside the radar's
-    coverage) is legitimately never stored, so only a split that promises
-    samples and stores none of them is reported.
+    coverage) is legitimately never stored, so absence alone is no damage: a
+    split that promises samples and stores none is reported, and a chunk that
+    the job recorded as stored (``nowcast_stored_chunks``) and is gone.
     """
     found = []
     if not group.attrs.get("normalization"):
@@ -342,6 +329,15 @@ def _unfinished_windows(group: zarr.Group, keys: dict[str, list[tuple[int, ...]]
         if isinstance(count, int) and count and not stored:
             found.append(Damage(f"{split}/inputs", (), f"missing: {count} samples promised, none stored",
                                 0, count))
+            continue
+        recorded = member.attrs.get(STORED_CHUNKS) or {}  # stores cut since stop 47 say what they stored
+        for name, chunks in sorted(recorded.items()):
+            present = {key[0] for key in keys.get(f"{split}/{name}", [])}
+            per_chunk = group_array(member, name).chunks[0] if name in member else 1
+            for index in sorted(set(chunks) - present):  # read as NaN samples, which evaluate passed over
+                first = index * per_chunk
+                found.append(Damage(f"{split}/{name}", (index,), "missing: the windows job stored this chunk "
+                                    "(lost since)", first, min(first + per_chunk, int(count or 0))))
     return found
 
 

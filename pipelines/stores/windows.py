@@ -31,6 +31,7 @@ from nowcast.pipelines.stores.groups import (
     StoreError,
     array,
     building,
+    chunk_keys,
     consolidate,
     exists,
     holds,
@@ -47,6 +48,7 @@ INPUT_DIMS = ("sample", "t_in", "y", "x", "channel")
 # targets get their own channel dimension: xarray needs one size per dimension name
 TARGET_DIMS = ("sample", "t_out", "y", "x", "target_channel")
 NORMALIZATION = "normalization"
+STORED_CHUNKS = "nowcast_stored_chunks"  # per split: {array: the sample chunks the windows job stored}
 
 
 class WindowsError(StoreError):
@@ -190,6 +192,18 @@ def write_normalization(url: str, normalization: Mapping[str, object]) -> None:
 
 def _json_attr(value: object) -> object:
     return json.loads(value) if isinstance(value, str) and value[:1] in "{[" else value
+
+
+def record_stored_chunks(url: str) -> None:
+    """Records per split which sample chunks the job stored. A chunk of patches outside radar coverage is
+    never stored, so absence alone is no damage; with the record, `nowcast check` finds a chunk lost since
+    (it read as NaN samples, and check had said none damaged)."""
+    root = open_group(url, "r+", error=WindowsError)
+    for split in SPLITS:
+        subgroup(root, split).attrs[STORED_CHUNKS] = {
+            name: sorted({key[0] for key in chunk_keys(url, f"{split}/{name}")})
+            for name in (INPUTS, TARGETS)}
+    consolidate(root)
 
 
 class WindowsStore:

@@ -320,3 +320,31 @@ def test_flow_tasks_retry_what_may_pass_and_not_bad_input():
     with pytest.raises(StoreError) as missing, object_store_errors("s3://b/a.zarr"):
         raise FileNotFoundError("The specified bucket does not exist")
     assert not retried(missing.value)
+
+
+@pytest.mark.fault("flows", "bad input raised in a task of a served flow run (a damaged model in a backfill)",
+                   "one line in the serving terminal (Prefect's three reports of it: the task's final state, "
+                   "the flow's exception, the engine's exit, were each a line); other errors all stay")
+def test_a_served_run_says_bad_input_once():
+    import logging
+
+    from nowcast.flows.console import BadInputOnce
+    from nowcast.pipelines.plans.ingest import IngestError
+
+    error = IngestError("/data/a.h5: time 2023-12-31T20:00:00 is before the archive start; ingest it into a "
+                        "new archive")
+
+    def record(message: str, failure: BaseException | None = None) -> logging.LogRecord:
+        info = (type(failure), failure, None) if failure is not None else None
+        return logging.LogRecord("prefect", logging.ERROR, __file__, 1, message, None, info)
+
+    once = BadInputOnce()
+    said = [record(f"Finished in state Failed('Task run encountered an exception IngestError: {error}')"),
+            record("Encountered exception during execution:", error),
+            record("Engine execution exited with unexpected exception", error),
+            record("Finished in state Failed('Task run encountered an exception ValueError: a bug')"),
+            record("Encountered exception during execution:", ValueError("a bug")),
+            record("Encountered exception during execution:", IngestError("another file: corrupt")),
+            record("Finished in state Failed('Task run encountered an exception IngestError: short')"),
+            record("Encountered exception during execution:", IngestError("short"))]
+    assert [once.filter(each) for each in said] == [True, False, False, True, True, True, True, False]

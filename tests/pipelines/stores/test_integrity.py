@@ -226,6 +226,46 @@ def test_forecast_and_windows_stores_are_checked_with_their_own_fix(tmp_path):
     np.testing.assert_array_equal(open_archive(archive)["valid"].values, True)
 
 
+@pytest.mark.fault("stores", "a windows store that lost a sample chunk; a forecast store whose scoring "
+                   "stopped between an init time's data and its flag",
+                   "check names the lost chunk with the fix (rerun windows; it said none damaged, and the "
+                   "chunk read as NaN samples); the unflagged init time is named with a plain rerun of the "
+                   "scoring as its fix (it had said rescore with overwrite)")
+def test_a_lost_windows_chunk_and_an_unflagged_forecast_are_told_apart(tmp_path):
+    import zarr
+
+    from nowcast.pipelines.jobs.scoring import run
+    from nowcast.pipelines.jobs.windows import WindowJob, run_in_process
+    from nowcast.pipelines.plans.scoring import ScoringSpec
+    from nowcast.pipelines.plans.window_spec import SplitSpec, WindowSpec
+
+    archive = make_archive(str(tmp_path / "archive.zarr"), frames=16)
+    windows = str(tmp_path / "windows.zarr")
+    run_in_process(WindowJob(archive, windows, WindowSpec(("precip",), "precip", t_in=3, t_out=2,
+                                                          patch_size=(16, 16), samples_per_chunk=4,
+                                                          split=SplitSpec(fractions=(1.0, 0.0, 0.0)))))
+    assert check_store(windows).ok
+    targets = tmp_path / "windows.zarr" / "train" / "targets" / "c"
+    chunks = sorted(p for p in targets.rglob("*") if p.is_file())  # c/<sample chunk>/0/0/0/0
+    assert len(chunks) > 1
+    chunks[1].unlink()
+    report = check_store(windows)
+    assert [(d.array, d.chunk[0], d.problem) for d in report.damaged] == [
+        ("train/targets", int(chunks[1].parts[-5]),
+         "missing: the windows job stored this chunk (lost since)")]
+    assert "rerun the windows job" in report.fix()
+
+    save_tiny_model(tmp_path / "models", archive, synthetic_stats(frames=16))
+    forecasts = str(tmp_path / "forecasts.zarr")
+    run(ScoringSpec(archive=archive, forecasts=forecasts, models=str(tmp_path / "models"), model="tiny"))
+    written = zarr.open_array(f"{forecasts}/written", mode="r+")
+    written[:] = False  # as a kill between the data and the flags leaves a chunk of them
+    report = check_store(forecasts)
+    assert report.damaged
+    assert {d.array for d in report.damaged} == {"written"}
+    assert report.fix().startswith("rerun the scoring over those init times")
+
+
 @pytest.mark.fault("windows", "a windows store that an interrupted run of an older nowcast left (samples "
                    "promised but never written, no normalisation)",
                    "`check` exit 2 naming what is missing and the fix (rerun `nowcast windows`); training "

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import multiprocessing
 import os
+import pickle
 import signal
 import sys
 import threading
@@ -14,7 +16,8 @@ import time
 import fsspec
 import pytest
 
-from nowcast.pipelines.stores.lock import LockLostError, LockTimeoutError, lock_url, store_lock
+from nowcast.pipelines.stores.groups import local_path
+from nowcast.pipelines.stores.lock import LockLostError, LockTimeoutError, held_fence, lock_url, store_lock
 
 ROUNDS, WRITERS = 8, 4
 SPAWN = multiprocessing.get_context("spawn")
@@ -73,6 +76,22 @@ def _hold_then_wait(store: str, ready: str, go: str, lease_s: float) -> None:
         sys.exit(3)
 
 
+def _hold_then_write(store: str, ready: str, go: str, lease_s: float) -> None:
+    """Holds the lock, says so, waits for ``go``, then writes ``<store>.written`` through a fence that was
+    pickled as Beam ships it to a worker (exits 3 without writing when the lock was lost meanwhile)."""
+    with contextlib.suppress(LockLostError), store_lock(store, "scoring", lease_s=lease_s):
+        fence = pickle.loads(pickle.dumps(held_fence(store)))
+        open(ready, "w").close()
+        while not os.path.exists(go):
+            time.sleep(0.05)
+        try:
+            fence.check()
+        except LockLostError as error:
+            print(error, file=sys.stderr)
+            sys.exit(3)
+        open(f"{local_path(store)}.written", "w").close()
+
+
 def _wait_for(path: str, process, timeout_s: float = 120) -> None:
     deadline = time.monotonic() + timeout_s
     while not os.path.exists(path):
@@ -81,10 +100,10 @@ def _wait_for(path: str, process, timeout_s: float = 120) -> None:
         time.sleep(0.05)
 
 
-def _start_holder(store: str, tmp_path, lease_s: float):
+def _start_holder(store: str, tmp_path, lease_s: float, then=_hold_then_wait):
     """A process holding the lock of ``store`` (it has taken it on return), and the file that releases it."""
     ready, go = str(tmp_path / "ready"), str(tmp_path / "go")
-    holder = SPAWN.Process(target=_hold_then_wait, args=(store, ready, go, lease_s))
+    holder = SPAWN.Process(target=then, args=(store, ready, go, lease_s))
     holder.start()
     _wait_for(ready, holder)
     return holder, go
@@ -120,6 +139,26 @@ def test_a_paused_holder_whose_lease_ran_out_fails_instead_of_reporting_success(
     open(go, "w").close()
     holder.join(timeout=60)
     assert holder.exitcode == 3
+
+
+@pytest.mark.fault("stores", "a writer paused (SIGSTOP) past its lease, whose store another writer took and "
+                   "wrote, then woken part way through its writes",
+                   "its next write finds the lock taken (the fence its writing steps check) and it stops "
+                   "without writing; it had gone on writing over the other writer's finished work")
+def test_a_writer_whose_lock_was_taken_stops_before_its_next_write(tmp_path):
+    store = str(tmp_path / "forecasts.zarr")
+    holder, go = _start_holder(store, tmp_path, lease_s=1.5, then=_hold_then_write)
+    os.kill(holder.pid, signal.SIGSTOP)
+    try:
+        with store_lock(store, "scoring", wait_s=60):
+            held_fence(store).check()  # this writer's own fence holds
+    finally:
+        os.kill(holder.pid, signal.SIGCONT)
+    open(go, "w").close()
+    holder.join(timeout=60)
+    assert holder.exitcode == 3
+    assert not os.path.exists(f"{store}.written")
+    assert held_fence(store) is None  # no lock held here any more
 
 
 @pytest.mark.fault("backfill", "`backfill --concurrency 3`: its chunks wait for each other's turn at the "
