@@ -102,8 +102,9 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     _one_source(args)
     params = params_from_args(IngestParams, args, **({"input_dir": None} if args.synthetic else {}))
     if args.synthetic and (radar := radar_options(args)):  # ignored, exit 0
-        raise InputError(f"--{', --'.join(name.replace('_', '-') for name in radar)} apply to radar files, "
-                         "not to --synthetic: drop them, or give --input")
+        given = " and ".join(f"--{name.replace('_', '-')}" for name in radar)
+        raise InputError(f"{given}: radar file options, not the generator's (--synthetic): drop them, or "
+                         "give --input")
     source = (folder_source(params.input_dir, params.format, args.variables, **radar_options(args))
               if params.input_dir else source_for(params, args.time_step))
     start = str(parse_time(args.start, "--start")) if args.start else None

@@ -21,7 +21,7 @@ from nowcast.flows.artifacts import artifact_key, publish_store
 from nowcast.flows.params import IngestParams
 from nowcast.flows.progress import count_now, count_true, progress
 from nowcast.pipelines.jobs.ingest import IngestResult, IngestSpec, ingest_items
-from nowcast.pipelines.jobs.watch import pending_items
+from nowcast.pipelines.jobs.watch import on_the_axis, pending_items
 from nowcast.pipelines.sources import folder_source, get_source, other_inputs
 from nowcast.pipelines.sources.base import Source, list_files, not_a_local_folder, sorted_unique
 from nowcast.pipelines.stores.archive import valid_flags
@@ -80,11 +80,15 @@ def _ingest_new(params: IngestParams) -> IngestResult | None:
         return None
     source = source_for(params)
     warn_of_other_inputs(source, params.input_dir, logger)
-    items = pending_items(sorted_unique(source.items()), params.archive)
-    if not items:
-        logger.info("every frame of %s is already in %s: nothing to ingest", source.name, params.archive)
-        return None
     spec = IngestSpec(archive=params.archive, source=source, time_chunk=params.time_chunk)
+    placed, refused = on_the_axis(sorted_unique(source.items()), spec)
+    for item, problem in refused:  # as the watcher does: the other files still go in, every run says it
+        logger.warning("not ingested: %s", problem if item.path in problem else f"{item.path}: {problem}")
+    items = pending_items(placed, params.archive)
+    if not items:
+        logger.info("every frame of %s %sis already in %s: nothing to ingest", source.name,
+                    "that the archive's time axis can hold " if refused else "", params.archive)
+        return None
     valid = functools.partial(valid_flags, params.archive)
     with progress("ingest frames", len(items), count_true(valid, count_now(valid)), enabled=False,
                   artifact=artifact_key("ingest-progress")):

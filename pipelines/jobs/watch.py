@@ -115,17 +115,14 @@ class WatchResult:
 
 
 def pending_items(items: list[SourceItem], archive: str) -> list[SourceItem]:
-    """Items whose frame is not yet valid in the archive (all of them if it does not exist). One before
-    the archive's start is pending too, so the ingest refuses it naming the fix (the ingest flow had
-    dropped it, saying every frame was in the archive already)."""
+    """Items whose frame is not yet valid in the archive (all of them if it does not exist); the items
+    are on its axis (:func:`on_the_axis`)."""
     if not exists(archive):
         return items
     info = read_info(archive)
     valid = valid_flags(archive)
-    before = [item for item in items if item.time < info.start]
-    in_range = [item for item in items if item.time >= info.start]
-    return before + [item for index, item in frame_indices(in_range, info.start, info.time_step)
-                     if index >= len(valid) or not valid[index]]
+    return [item for index, item in frame_indices(items, info.start, info.time_step)
+            if index >= len(valid) or not valid[index]]
 
 
 def on_the_axis(items: list[SourceItem],

@@ -111,8 +111,9 @@ def folder_source(directory: str, fmt: str = "auto", variables: Any = None, **ra
     fmt = detect_format(directory) if fmt == "auto" else fmt
     if fmt == "netcdf":
         if radar:
-            raise SourceError(f"{', '.join(sorted(radar))} apply to radar files; {directory} holds CF NetCDF "
-                              "files: drop them")
+            given = " and ".join(f"--{name.replace('_', '-')}" for name in sorted(radar))
+            raise SourceError(f"{given} ({', '.join(sorted(radar))} in Python) applies to radar files; "
+                              f"{directory} holds CF NetCDF files: drop it")
         chosen = {} if variables is None else {"variables": variables}
         return get_source("netcdf", paths=directory, **chosen)
     return get_source(fmt, directory=directory, **radar)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import glob
+import logging
 import os
 import warnings
 from collections.abc import Iterator
@@ -34,6 +35,8 @@ from nowcast.pipelines.sources.base import (
 from nowcast.pipelines.stores.archive import FieldSpec, same_units
 from nowcast.pipelines.stores.grid import Grid
 from nowcast.pipelines.stores.groups import is_local
+
+log = logging.getLogger(__name__)
 
 SUFFIXES = (".nc", ".nc4", ".netcdf")
 # the (y, x) dimension names of a grid: projected, or latitude and longitude (CF needs no grid-mapping
@@ -302,7 +305,8 @@ class NetCDFSource:
                         f"({type(error).__name__}: {error}); the file is corrupt or truncated"
                     ) from error
                 frame = check_frame_shape(item, name, values, shape)
-                frames[name] = outside_valid_range_masked(frame, *_valid_range(ds[name], item.path))
+                frames[name] = outside_valid_range_masked(frame, *_valid_range(ds[name], item.path),
+                                                          where=f"{item.path}: {name}")
         return frames
 
 
@@ -343,10 +347,12 @@ def _seconds(times: np.ndarray) -> np.ndarray:
     return (nanoseconds + np.timedelta64(500, "ms")).astype("datetime64[s]")
 
 
-def outside_valid_range_masked(frame: np.ndarray, low: float | None, high: float | None) -> np.ndarray:
+def outside_valid_range_masked(frame: np.ndarray, low: float | None, high: float | None,
+                               where: str = "") -> np.ndarray:
     """``frame`` with its values outside the variable's own valid range as NaN (missing), as CF defines
-    them and netCDF4 reads them (they had refused the whole batch). Infinities stay: the ingest check
-    refuses them, with the count; the archive's own range is checked there too."""
+    them and netCDF4 reads them (they had refused the whole batch), with a warning that counts them
+    (``where`` names the file and variable). Infinities stay: the ingest check refuses them, with the
+    count; the archive's own range is checked there too."""
     finite, outside = np.isfinite(frame), np.zeros(frame.shape, dtype=bool)
     if low is not None:
         outside |= finite & (frame < low)
@@ -354,6 +360,9 @@ def outside_valid_range_masked(frame: np.ndarray, low: float | None, high: float
         outside |= finite & (frame > high)
     if not outside.any():
         return frame
+    log.warning("%s: %d values outside its valid range [%s, %s] read as missing (CF); if they are "
+                "measurements, the file's units or range attributes are wrong", where,
+                int(outside.sum()), low, high)
     frame = np.array(frame, dtype=np.result_type(frame.dtype, np.float32))
     frame[outside] = np.nan
     return frame

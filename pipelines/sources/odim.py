@@ -157,7 +157,7 @@ def choose_quantity(header: OdimHeader, path: str, requested: str | None) -> str
         found = sorted(set(header.quantities)) or "none"
         if requested and held:
             problem = f"no {requested} data"
-            fix = f"give --quantity {held[0]} (quantity={held[0]!r} in Python), or leave the quantity unset"
+            fix = f"give --quantity {held[0]} (quantity={held[0]!r} in Python), or none"
         else:
             problem = f"no {requested} data" if requested else "neither RATE nor DBZH data"
             fix = ("this source reads rain-rate (RATE, mm/h) or reflectivity (DBZH, dBZ) composites: "

@@ -214,15 +214,15 @@ class RadarSource:
             raise SourceError(f"unknown radar format {self.fmt!r}; supported formats: {sorted(FORMATS)}")
         object.__setattr__(self, "directory", os.fspath(self.directory))
         if self.product is not None and self.fmt != "bom":
-            raise SourceError(f"product={self.product!r} applies to BoM Rainfields3 folders (format bom), "
-                              f"not to {self.fmt}; drop it")
+            raise SourceError(f"{option('product', self.product)} applies to BoM Rainfields3 folders (format "
+                              f"bom), not to {self.fmt}; drop it")
         if self.quantity is not None:
             if self.fmt != "odim":
-                raise SourceError(f"quantity={self.quantity!r} applies to ODIM files (format odim), "
+                raise SourceError(f"{option('quantity', self.quantity)} applies to ODIM files (format odim), "
                                   f"not to {self.fmt}; drop it")
             quantity = str(self.quantity).upper()
             if quantity not in odim.QUANTITIES:
-                raise SourceError(f"quantity={self.quantity!r}: ODIM files are read as one of "
+                raise SourceError(f"{option('quantity', self.quantity)}: ODIM files are read as one of "
                                   f"{list(odim.QUANTITIES)} (rain rate or reflectivity); pick one")
             object.__setattr__(self, "quantity", quantity)
         for key in ("zr_a", "zr_b"):
@@ -230,7 +230,7 @@ class RadarSource:
             if value is None:
                 continue
             if self.fmt not in _REFLECTIVITY_FORMATS:
-                raise SourceError(f"{key}={value!r}: a Z-R relation applies to reflectivity formats "
+                raise SourceError(f"{option(key, value)}: a Z-R relation applies to reflectivity formats "
                                   f"({', '.join(_REFLECTIVITY_FORMATS)}); {self.fmt} files hold rain "
                                   "amounts or rates: drop it")
             try:
@@ -238,8 +238,8 @@ class RadarSource:
             except (TypeError, ValueError):
                 number = float("nan")
             if not number > 0 or not np.isfinite(number):
-                raise SourceError(f"{key}={value!r}: give a positive number (Marshall-Palmer: "
-                                  f"zr_a={odim.MARSHALL_PALMER[0]}, zr_b={odim.MARSHALL_PALMER[1]})")
+                raise SourceError(f"{option(key, value)}: give a positive number (Marshall-Palmer: "
+                                  f"a {odim.MARSHALL_PALMER[0]}, b {odim.MARSHALL_PALMER[1]})")
             object.__setattr__(self, key, number)
 
     @property
@@ -395,7 +395,7 @@ class RadarSource:
             found = ", ".join(f"{count} {product}" for product, count in sorted(products.items()))
             raise SourceError(
                 f"{self.directory!r} mixes BoM Rainfields3 products ({found}); give the folder of one "
-                f"product (or, in Python, pass product={sorted(products)[0]!r} to the source)"
+                f"product, or name one: {option('product', sorted(products)[0])}"
             )
 
     def _odim_item(self, path: str) -> tuple[SourceItem, str]:
@@ -422,13 +422,12 @@ class RadarSource:
                               for quantity, files in sorted(by_quantity.items()))
             raise SourceError(
                 f"{self.directory!r}: the ODIM files do not share a quantity ({found}); give the folder of "
-                "one product, or --quantity DBZH (quantity='DBZH' in Python) if every file holds "
-                "reflectivity"
+                f"one product, or {option('quantity', 'DBZH')} if every file holds reflectivity"
             )
         if "RATE" in by_quantity and (self.zr_a is not None or self.zr_b is not None):
             raise SourceError(
-                f"{self.directory!r}: zr_a/zr_b given, but the ODIM files are read as RATE (already mm/h); "
-                "drop zr_a/zr_b, or give --quantity DBZH (quantity='DBZH' in Python) to read reflectivity"
+                f"{self.directory!r}: a Z-R relation (--zr-a/--zr-b) given, but the ODIM files are read as "
+                f"RATE (already mm/h); drop it, or give {option('quantity', 'DBZH')} to read reflectivity"
             )
         return items
 
@@ -510,6 +509,11 @@ def hail_capped(rate: np.ndarray, path: str) -> np.ndarray:
         log.warning("%s: %d pixels above %g mm/h (hail or clutter) capped at it", path, above, cap)
         rate = np.minimum(rate, np.float32(cap))  # NaN stays NaN
     return rate
+
+
+def option(name: str, value: object) -> str:
+    """A source option as both its users spell it: ``--zr-a 300 (zr_a=300 in Python)``."""
+    return f"--{name.replace('_', '-')} {value} ({name}={value!r} in Python)"
 
 
 _ODIM_QUANTITIES: dict[tuple[str, tuple[object, ...], str | None], str] = {}  # see _odim_quantity

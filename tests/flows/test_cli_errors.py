@@ -967,7 +967,7 @@ def test_radar_options_reach_the_source(tmp_path, capsys):
     stored = open_archive(archive)["precip"].isel(time=0).values
     np.testing.assert_allclose(stored, expected, rtol=1e-5, equal_nan=True)
     refused(capsys, ["ingest", "--synthetic", "--archive", str(tmp_path / "s.zarr"), "--zr-a", "300"],
-            "--zr-a apply to radar files, not to --synthetic")
+            "--zr-a: radar file options, not the generator's (--synthetic)")
     refused(capsys, ["watch", "--input", str(folder), "--archive", str(tmp_path / "w.zarr"), "--format",
                      "odim", "--product", "prcp-cscn", "--duration", "1"],
-            "product='prcp-cscn' applies to BoM")
+            "--product prcp-cscn (product='prcp-cscn' in Python) applies to BoM")

@@ -22,7 +22,6 @@ from nowcast.flows.params import (
     IngestParams,
     TrainParams,
 )
-from nowcast.pipelines.plans.ingest import IngestError
 from nowcast.pipelines.stores.archive import open_archive
 from nowcast.pipelines.stores.forecasts import open_forecasts, written_flags
 from nowcast.pipelines.stores.groups import StoreError
@@ -80,9 +79,10 @@ def test_ingest_synthetic_then_nothing_new(trained):
 @pytest.mark.fault("ingest", "a scheduled ingest whose input folder is in a bucket that does not exist, "
                    "or that holds a file from before the archive's start",
                    "the run fails once, naming the bucket's problem, the fix and the URLs (a bare "
-                   "FileNotFoundError, after a retry); the file is refused as the command line refuses it "
-                   "(the run said every frame was in the archive already and completed)")
-def test_ingest_folder_takes_only_new_files(where, tmp_path, radar_dir, prefect_server, monkeypatch, request):
+                   "FileNotFoundError, after a retry); the early file is named in a warning and the new ones "
+                   "still go in (the run said every frame was in the archive already)")
+def test_ingest_folder_takes_only_new_files(where, tmp_path, radar_dir, prefect_server, monkeypatch, request,
+                                            caplog):
     """Files arrive in dated subfolders (a scheduled run once looked at the top level only and did
     nothing), in a local folder or under an object-store prefix, with the archive beside them."""
     from nowcast.flows.ingest import ingest_flow
@@ -123,9 +123,11 @@ def test_ingest_folder_takes_only_new_files(where, tmp_path, radar_dir, prefect_
     assert ingest_flow(params).frames_written == 2
     assert bool(open_archive(archive)["valid"].all())
     assert int(open_archive(archive).sizes["time"]) == 5
-    arrive(files[:1])  # before the archive's start: it had been "every frame is already in", Completed
-    with pytest.raises(IngestError, match=r"before the archive"):
-        ingest_flow(params)
+    arrive([files[0], files[6]])  # one before the archive's start: "every frame is already in" had hidden it
+    with caplog.at_level("WARNING"):
+        assert ingest_flow(params).frames_written == 1  # the new one still goes in, as a watcher's would
+    assert f"not ingested: {incoming}/{files[0].parent.name}/{files[0].name}: time " in caplog.text
+    assert "is before the archive start" in caplog.text
 
 
 def fsspec_exists(url: str) -> bool:

@@ -150,8 +150,8 @@ def test_mixed_products_are_refused_until_one_is_picked(radar_dir, cscn_dir):
     assert detect_radar_format(str(cscn_dir)) == "bom"
     mixed = RadarSource(str(cscn_dir), "bom")
     with pytest.raises(SourceError, match=r"mixes BoM Rainfields3 products \(2 prcp-c10, 4 prcp-cscn\); "
-                                          r"give the folder of one product \(or, in Python, pass "
-                                          r"product='prcp-c10'"):
+                                          r"give the folder of one product, or name one: --product "
+                                          r"prcp-c10 \(product='prcp-c10' in Python\)"):
         mixed.items()
     with pytest.raises(SourceError, match="mixes BoM"):
         mixed.time_step()

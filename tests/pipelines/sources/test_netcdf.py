@@ -436,14 +436,16 @@ def test_a_model_calendar_is_named(tmp_path, calendar):
 @pytest.mark.fault("ingest", "NetCDF values outside the variable's own valid_min/valid_max",
                    "read as missing (NaN), as CF defines them and netCDF4 reads them (every file was "
                    "refused); infinities stay refused by the ingest check")
-def test_values_outside_the_valid_range_are_missing(tmp_path):
+def test_values_outside_the_valid_range_are_missing(tmp_path, caplog):
     ds = sensor_dataset(["2024-03-01T00:00"], seed=5)
     temperature = ds["temperature"].values
     temperature[0, 3, :4] = [100.0, 400.0, np.inf, 300.0]  # below, above, infinite, inside 180..340
     write(ds, tmp_path / "a.nc")
     source = NetCDFSource(str(tmp_path))
     (item,) = source.items()
-    read = source.read(item)["temperature"]
+    with caplog.at_level("WARNING"):
+        read = source.read(item)["temperature"]
+    assert "a.nc: temperature: 2 values outside its valid range [180.0, 340.0] read as missing" in caplog.text
     assert np.isnan(read[3, :2]).all()
     assert read[3, 2] == np.inf
     assert read[3, 3] == 300.0

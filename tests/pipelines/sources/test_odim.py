@@ -171,7 +171,7 @@ def test_rate_is_read_as_mm_per_hour_with_undetect_dry(tmp_path):
     expected[raw == 0] = 0.0
     expected[raw == 65535] = np.nan
     np.testing.assert_allclose(frame, expected, rtol=1e-6, equal_nan=True)
-    with pytest.raises(SourceError, match=r"zr_a/zr_b given.*RATE"):
+    with pytest.raises(SourceError, match=r"a Z-R relation \(--zr-a/--zr-b\) given.*RATE"):
         RadarSource(str(folder), "odim", zr_a=300.0).items()
 
 
