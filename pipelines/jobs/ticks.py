@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -34,6 +35,7 @@ from apache_beam.utils.timestamp import MAX_TIMESTAMP, Timestamp
 
 from nowcast.files import write_atomically
 from nowcast.pipelines.jobs.runners import RunnerOptions
+from nowcast.processes import alive
 
 MAX_INTERVAL_S = 86_400.0  # a day between polls: rarer polls are a schedule, not a stream
 MAX_DURATION_S = 366 * 86_400.0  # a year; a longer run leaves the duration out and is stopped by a signal
@@ -136,7 +138,8 @@ def run_streaming(prefix: str, result: Callable[..., T], zeros: dict[str, int],
     names the temporary folder that holds the status file.
     """
     runner, options = RunnerOptions(kind="inmemory", extra_args=("--streaming",)).build()
-    with tempfile.TemporaryDirectory(prefix=prefix) as state:
+    remove_abandoned_state(prefix)
+    with tempfile.TemporaryDirectory(prefix=f"{prefix}{os.getpid()}-") as state:
         status_path = os.path.join(state, "status.json")
 
         def totals() -> T:
@@ -147,6 +150,16 @@ def run_streaming(prefix: str, result: Callable[..., T], zeros: dict[str, int],
             build(pipeline, status_path, stop_key)
             pipeline.run().wait_until_finish()
         return totals()
+
+
+def remove_abandoned_state(prefix: str) -> None:
+    """Removes the status folders of streaming jobs whose process is gone (a SIGKILLed watcher or
+    follower left one in the temporary folder for good); a folder named by a live process stays."""
+    root = tempfile.gettempdir()
+    for name in os.listdir(root):
+        owner = name[len(prefix):].split("-", 1)[0]
+        if name.startswith(prefix) and owner.isdigit() and not alive(int(owner)):
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
 
 
 def stop_condition(stop: Stop[T], totals: Callable[[], T]) -> StopCondition | None:

@@ -6,6 +6,7 @@ a clock: ``duration_s`` only bounds a run whose work never comes.
 
 from __future__ import annotations
 
+import os
 import shutil
 import threading
 import time
@@ -387,3 +388,23 @@ def test_an_empty_folder_is_warned_of_once(tmp_path, caplog):
 def test_watch_names_the_formats_it_takes():
     with pytest.raises(IngestError, match="knmi, bom, fmi, mch, odim, netcdf"):
         WatchSpec(archive="a.zarr", directory="in", fmt="synthetic")
+
+
+@pytest.mark.fault("watch", "a watcher or `score --follow` SIGKILLed",
+                   "the next streaming job removes the status folder it left in the temporary folder (one "
+                   "was left for good per kill); a live job's folder stays")
+def test_a_killed_streams_status_folder_is_removed_by_the_next():
+    import tempfile
+
+    from nowcast.pipelines.jobs.ticks import remove_abandoned_state
+
+    prefix = f"nowcast-test-stream-{os.getpid()}x"
+    gone = tempfile.mkdtemp(prefix=f"{prefix}{2**22 + 1}-")  # above Linux's default pid_max: no process
+    live = tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-")
+    try:
+        remove_abandoned_state(prefix)
+        assert not os.path.exists(gone)
+        assert os.path.isdir(live)
+    finally:
+        shutil.rmtree(live, ignore_errors=True)
+        shutil.rmtree(gone, ignore_errors=True)
