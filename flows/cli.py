@@ -374,7 +374,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
     spec = WatchSpec(archive=args.archive, directory=args.input, fmt=args.format,
                      interval_s=args.interval, duration_s=args.duration, time_step=args.time_step,
-                     time_chunk=args.time_chunk, radar=radar_options(args))  # its bounds first
+                     time_chunk=args.time_chunk, radar=radar_options(args),
+                     start=str(parse_time(args.start, "--start")) if args.start else None)  # its bounds first
     placeable(args.archive)
     if problem := not_a_store(args.archive):  # a file: refused once polling began, a lock left beside it
         raise InputError(problem)
@@ -599,6 +600,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "after the poll in progress)")
     watch.add_argument("--time-step", default=None, help="ISO 8601 step of a new archive")
     watch.add_argument("--time-chunk", type=int, default=24, help="frames per chunk of a new archive")
+    watch.add_argument("--start", default=None, help="first time of a new archive (default: the first file's "
+                       "of the first poll; a file from before it that arrives later is refused)")
     _radar_extras(watch)
 
     command("windows", "cut training windows from an archive", cmd_windows, WindowsParams)

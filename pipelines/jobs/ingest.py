@@ -457,6 +457,14 @@ def prepare_archive(spec: IngestSpec, items: Sequence[SourceItem], fields: tuple
     return read_info(spec.archive)
 
 
+def check_start(start: str | None, archive: str, archive_start: np.datetime64) -> None:
+    """Refuses a ``--start`` other than an existing archive's (it was once ignored without a word)."""
+    if start and to_datetime64(start) != archive_start:
+        raise IngestError(f"--start {start} sets a new archive's first time; {archive} starts at "
+                          f"{archive_start}: leave --start out (frames go where their times are), or ingest "
+                          "into a new archive")
+
+
 def new_time_axis(spec: IngestSpec, items: Sequence[SourceItem]) -> tuple[np.datetime64, np.timedelta64]:
     """The start and step a new archive gets: ``--start`` or the first frame's time, ``--time-step`` or
     the source's own step."""
@@ -538,10 +546,7 @@ def ingest_items(spec: IngestSpec, items: Sequence[SourceItem],
     info = _settled_info(spec.archive) if existed else None
     if info is not None:
         check_fields(info, fields, items[0].path)
-        if spec.start and to_datetime64(spec.start) != info.start:  # once ignored without a word
-            raise IngestError(f"--start {spec.start} sets a new archive's first time; {spec.archive} starts "
-                              f"at {info.start}: leave --start out (frames go where their times are), or "
-                              "ingest into a new archive")
+        check_start(spec.start, spec.archive, info.start)
         problem = series_problem(archive_series(spec.archive), spec.source, items[0].path)
         if problem:  # items() holds one series and one period: its first file speaks for all
             raise IngestError(f"{problem}; nothing was written")

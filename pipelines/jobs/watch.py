@@ -28,6 +28,7 @@ from nowcast.pipelines.jobs.ingest import (
     IngestSpec,
     archive_series,
     check_item,
+    check_start,
     file_series,
     ingest_items,
     new_time_axis,
@@ -69,6 +70,8 @@ class WatchSpec:
         duration_s: stop after this many seconds; None runs until stopped.
         time_step: step of a new archive (default: the format's).
         time_chunk: frames per chunk of a new archive.
+        start: first time of a new archive (default: the first file's of the first poll that finds any;
+            a file from before it that arrives later is refused, as before an existing archive's start).
         max_attempts: polls a file may fail before it is rejected.
         radar: the radar source's options (``product``, ``quantity``, ``zr_a``, ``zr_b``).
     """
@@ -80,6 +83,7 @@ class WatchSpec:
     duration_s: float | None = None
     time_step: str | None = None
     time_chunk: int = DEFAULT_TIME_CHUNK
+    start: str | None = None
     max_attempts: int = 3
     radar: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -196,7 +200,7 @@ class Rejections:
         if path not in self.given_up:
             self.given_up[path] = _signature(path)
             self.count += 1
-            log.warning("rejected %s: %s", path, problem)
+            log.warning("rejected %s: %s; it is tried again if it changes", path, problem)
 
     def passed(self, path: str) -> None:
         self.failures.pop(path, None)
@@ -221,7 +225,10 @@ class Rejections:
         what was read first (a corrected re-send was ignored without a word). A file with frames still
         ``pending`` is growing (a NetCDF file a frame longer), not sent again."""
         for path in [path for path in paths if path in self.ingested]:
-            if (now := _signature(path)) != self.ingested[path]:
+            now = _signature(path)
+            if now is None:  # removed since the listing: cleaning up after ingest changes nothing
+                continue
+            if now != self.ingested[path]:
                 self.ingested[path] = now
                 if path not in pending:
                     log.warning("%s was written again after its frames were ingested; the archive keeps "
@@ -235,9 +242,10 @@ class Rejections:
         for path in list(self.given_up):
             if path not in present:
                 del self.given_up[path]
-            elif _signature(path) != self.given_up[path]:
+            elif _signature(path) != self.given_up[path]:  # a copy still arriving, or a file replaced
                 del self.given_up[path]
                 self.failures.pop(path, None)
+                self.count -= 1  # the summary counts the files rejected for good
                 log.info("%s changed since it was rejected: trying it again", path)
         for frame in list(self.empty):
             if frame[0] not in present or _signature(frame[0]) != self.empty[frame]:
@@ -321,8 +329,8 @@ def poll_once(spec: WatchSpec, rejections: Rejections) -> int:
                              "spacing seen twice: one alone may span a missing frame): waiting for more, or "
                              "give --time-step")
         return 0
-    ingest_spec = IngestSpec(archive=spec.archive, source=source, time_step=step,
-                             time_chunk=spec.time_chunk, check=False)
+    ingest_spec = IngestSpec(archive=spec.archive, source=source, time_step=step, time_chunk=spec.time_chunk,
+                             start=None if exists(spec.archive) else spec.start, check=False)
     listed, misplaced = on_the_axis(listed, ingest_spec)
     for item, problem in misplaced:
         rejections.refuse(item.path, problem)
@@ -410,6 +418,8 @@ def run_watch(spec: WatchSpec,
             (checked before every poll) that ends it once true, e.g.
             ``lambda totals: totals.frames_written >= 8``. The poll in progress finishes first.
     """
+    if spec.start and exists(spec.archive):  # before polling begins
+        check_start(spec.start, spec.archive, read_info(spec.archive).start)
     return run_streaming(
         "nowcast-watch-", WatchResult, ZEROS,
         lambda pipeline, status_path, stop_key: build(pipeline, spec, status_path, stop_key), stop)

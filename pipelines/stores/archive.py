@@ -183,7 +183,8 @@ def frame_stats(field: FieldSpec, frames: np.ndarray) -> dict[str, np.ndarray]:
     stats = {
         f"{field.name}_mean": mean.astype("float32"),
         f"{field.name}_max": maximum.astype("float32"),
-        f"{field.name}_finite_fraction": (counts / pixels).astype("float32"),
+        # NaN as the others: 0 for a missing frame in a rewritten chunk, NaN past an old chunk's end
+        f"{field.name}_finite_fraction": np.where(observed, counts / pixels, np.nan).astype("float32"),
     }
     if field.thresholds:
         above = np.stack([np.count_nonzero(frames >= t, axis=axes) for t in field.thresholds], axis=1)

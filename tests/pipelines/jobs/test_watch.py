@@ -157,7 +157,7 @@ def test_one_bad_file_never_blocks_the_folder_and_a_repaired_file_is_tried_again
     assert poll_once(spec, rejections) == 3
     valid = open_archive(spec.archive)["valid"].values
     assert valid.tolist() == [True, True, True, True]
-    assert rejections.count == 2  # what was rejected stays counted
+    assert rejections.count == 1  # the nameless file; the one copied again whole went in
 
 
 @pytest.mark.fault("watch", "a file without any observed pixel (all no-data) in a watched folder",
@@ -408,3 +408,40 @@ def test_a_killed_streams_status_folder_is_removed_by_the_next():
     finally:
         shutil.rmtree(live, ignore_errors=True)
         shutil.rmtree(gone, ignore_errors=True)
+
+
+@pytest.mark.fault("watch", "a watcher's first poll finds one late file (its earlier files still arriving); "
+                   "files removed after their ingest; a rejected file whose copy then completes",
+                   "--start sets the new archive's first time, so the earlier files go in (they were "
+                   "refused for good, the fix named an option watch lacked); removal is no 'written again' "
+                   "warning; the completed file no longer counts as rejected in the summary")
+def test_a_start_for_a_new_archive_and_what_counts_as_rejected(tmp_path, radar_dir, caplog):
+    files = sorted((radar_dir / "knmi").rglob("*.h5"))[:3]  # 00:00, 00:05, 00:10
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    shutil.copy(files[2], incoming / files[2].name)
+    spec = WatchSpec(archive=str(tmp_path / "archive.zarr"), directory=str(incoming), fmt="knmi",
+                     interval_s=1.0, duration_s=1.0, start="2010-08-26T00:00")
+    rejections = Rejections(spec.max_attempts)
+    assert poll_once(spec, rejections) == 1
+    for path in files[:2]:
+        shutil.copy(path, incoming / path.name)
+    assert poll_once(spec, rejections) == 2
+    assert open_archive(spec.archive)["valid"].values.tolist() == [True, True, True]
+    with pytest.raises(IngestError, match=r"--start 2010-08-26T00:05:00 sets a new archive's first time"):
+        run_watch(WatchSpec(archive=spec.archive, directory=str(incoming), fmt="knmi", duration_s=1.0,
+                            start="2010-08-26T00:05:00"))
+    removed = str(incoming / files[0].name)
+    assert removed in rejections.ingested
+    (incoming / files[0].name).unlink()  # cleaned up after its ingest, between a poll's listing and its look
+    with caplog.at_level("WARNING", logger="nowcast.pipelines.jobs.watch"):
+        rejections.sent_again([removed], set())
+    assert "written again" not in caplog.text
+    late = incoming / files[2].name.replace("201008260010", "201008260015")
+    late.write_bytes(files[2].read_bytes()[:5000])  # a copy still arriving
+    for _ in range(spec.max_attempts):
+        poll_once(spec, rejections)
+    assert rejections.count == 1
+    late.write_bytes(files[2].read_bytes())  # renamed copy of 00:10: refused again, as another time's file
+    rejections.listed([str(late)])
+    assert rejections.count == 0  # tried again, no longer rejected

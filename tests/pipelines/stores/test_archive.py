@@ -104,13 +104,17 @@ def test_missing_store_and_interrupted_extension_are_reported(tmp_path, archive)
     assert str(read_info(archive).end) == "2024-01-01T00:40:00"
 
 
+@pytest.mark.fault("watch", "a missing frame's statistics in an archive a watcher extended, against the same "
+                   "frames ingested in one batch", "NaN in both (finite_fraction read 0 in a rewritten chunk "
+                   "and NaN past an old chunk's end: the two archives differed)")
 def test_frame_stats_ignore_unobserved_pixels():
     frames = np.array([[[0.0, 2.0], [np.nan, 6.0]], [[np.nan, np.nan], [np.nan, np.nan]]], "float32")
     stats = frame_stats(PRECIP, frames)
     assert stats["precip_mean"][0] == pytest.approx(8 / 3)
     assert np.isnan(stats["precip_mean"][1])
     assert stats["precip_max"][0] == 6.0
-    assert stats["precip_finite_fraction"].tolist() == [0.75, 0.0]
+    assert stats["precip_finite_fraction"][0] == 0.75
+    assert np.isnan(stats["precip_finite_fraction"][1])  # as the others: the watcher's and batch's agree
     k = PRECIP.thresholds.index(5.0)
     assert stats["precip_fraction_above"][0, k] == pytest.approx(1 / 3)
 
