@@ -124,24 +124,39 @@ def cut(params: WindowsParams, bar: bool | None = None) -> windows_job.WindowRes
     if empty:  # a share asked for and nothing in it: evaluate would find the split empty later
         splits = " and ".join(empty) + (" splits" if len(empty) > 1 else " split")
         log.warning("the %s of %s: no samples although split_fractions gives a share (%s); ingest more "
-                    "frames or shorten split_block", splits, params.windows, samples)
+                    "frames or shorten split_block (for an archive of events with gaps between them, "
+                    "--split-method hash: contiguous shares cut the whole span, gaps included)", splits,
+                    params.windows, samples)
     return result
 
 
 @task(name="cut-windows")
 def cut_windows(params: TrainParams) -> dict[str, object]:
     """Runs the windows job (rewriting windows.zarr) and checks both train and val hold samples."""
+    from nowcast.pipelines.plans.windows import plan_from_archive
+
+    try:  # the plan reads metadata only: an empty split is refused before the store is replaced
+        planned = dict(plan_from_archive(params.archive, window_spec(params)).counts.get("samples", {}))
+    except Exception:  # the windows job itself says what is wrong
+        planned = None
+    if planned is not None:
+        _train_and_val_hold_samples(params, planned)
     replaced = replaced_windows(params)
     if replaced:
         get_run_logger().warning(replaced)
     result = cut(params)
     samples = dict(result.counts.get("samples", {}))
     get_run_logger().info("windows: %s", samples)
+    _train_and_val_hold_samples(params, samples)
+    return result.counts
+
+
+def _train_and_val_hold_samples(params: TrainParams, samples: dict) -> None:
     for split in ("train", "val"):
         if not samples.get(split):
             raise TrainFlowError(f"the {split} split of {params.windows} is empty ({samples}); ingest more "
-                                 "frames, shorten split_block or change split_fractions")
-    return result.counts
+                                 "frames, shorten split_block or change split_fractions (or, for an archive "
+                                 "of events with gaps between them, --split-method hash)")
 
 
 def replaced_windows(params: TrainParams) -> str | None:

@@ -229,9 +229,25 @@ class TrainingSet:
         return [url for url, store in zip(self.urls, self.stores, strict=True) if store.has_samples("val")]
 
 
+def trained_archive(cfg: TrainConfig, urls: Sequence[str]) -> registry.ArchiveDescription:
+    """The kind of archive the model is trained on (``cfg.archive``, else the windows stores' own).
+
+    Raises:
+        TrainConfigError: for windows stores of archives of different time steps or units (it was found
+            only after the whole fit).
+    """
+    archives = [describe_archive(url) for url in urls] if not cfg.archive else []
+    archive = registry.ArchiveDescription.from_dict(cfg.archive) if cfg.archive else archives[0]
+    if any(a.time_step != archive.time_step or a.variables != archive.variables for a in archives):
+        raise TrainConfigError(f"the windows stores come from archives of different time steps or units "
+                               f"({[a.to_dict() for a in archives]}); train one model per time step")
+    return archive
+
+
 def training_set(cfg: TrainConfig) -> TrainingSet:
     """Opens ``cfg.windows``' train splits and derives the normalisation and the architecture's shapes."""
     urls = _urls(cfg.windows)
+    trained_archive(cfg, urls)  # before any work
     stores = data.open_stores(urls, "train")
     store = stores[0]
     normalizer = Normalizer.from_stores(stores, coverage=cfg.coverage)
@@ -368,11 +384,8 @@ def register(cfg: TrainConfig, tset: TrainingSet, net: keras.Model, history: Map
     store = stores[0]
     t_in, t_out, (height, width) = arch.t_in, arch.t_out, (arch.height, arch.width)
     time_step = store.time_step
+    archive = trained_archive(cfg, urls)
     archives = [describe_archive(url) for url in urls] if not cfg.archive else []
-    archive = registry.ArchiveDescription.from_dict(cfg.archive) if cfg.archive else archives[0]
-    if any(a.time_step != archive.time_step or a.variables != archive.variables for a in archives):
-        raise TrainConfigError(f"the windows stores come from archives of different time steps or units "
-                               f"({[a.to_dict() for a in archives]}); train one model per time step")
     metadata = {
         "architecture": cfg.architecture,
         "architecture_config": arch.to_dict(),

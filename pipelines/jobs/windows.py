@@ -277,6 +277,8 @@ def run(job: WindowJob, runner_options: RunnerOptions | None = None) -> WindowRe
     runner_options.check_reachable()
     with staged(job) as building:
         plan = job.prepare(into=building.output)
+        if uncovered := plan.uncovered():
+            log.warning("%s", uncovered)
         result = run_pipeline(runner_options,
                               lambda pipeline: pipeline | "CutWindows" >> CutWindows(building, plan))
     stored = WindowsStore(job.output, "train")

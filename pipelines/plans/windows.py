@@ -112,6 +112,18 @@ class WindowPlan:
     def patch_shape(self) -> tuple[int, int]:
         return self.spec.patch_size or self.info.grid.shape
 
+    def uncovered(self) -> str | None:
+        """The grid's edge rows and columns that no patch reaches (patches that do not tile the grid), as a
+        sentence with the fix; None when the patches cover it."""
+        (ny, nx), (py, px) = self.info.grid.shape, self.patch_shape
+        rows = ny - (int(self.patches[:, 0].max()) + py)
+        columns = nx - (int(self.patches[:, 1].max()) + px)
+        if rows <= 0 and columns <= 0:
+            return None
+        return (f"patches of {py} x {px} leave the last {rows} rows and {columns} columns of the {ny} x {nx} "
+                "grid out of every sample (never trained on, nor scored by evaluate); a patch size that "
+                "divides the grid covers them (or, in Python, a WindowSpec patch_stride that does)")
+
     def init_times(self, split: str) -> np.ndarray:
         """``datetime64[s]`` time of the last input frame of each sample."""
         starts = self.samples[split].starts

@@ -297,6 +297,18 @@ def test_values_the_forms_cannot_hold_name_their_flag(tmp_path, capsys):
     assert "--split-fractions gives no validation share" in capsys.readouterr().err
 
 
+@pytest.mark.fault("train", "`train` whose window settings leave the validation split empty (one split "
+                   "block, or events with gaps)",
+                   "refused from the plan before the windows store is cut or replaced, naming --split-method "
+                   "hash for gaps (it cut and replaced the store, then refused)")
+def test_train_refuses_an_empty_validation_split_before_cutting(stores, tmp_path, capsys):
+    windows = tmp_path / "w.zarr"
+    refused(capsys, ["train", "--archive", stores["archive"], "--windows", str(windows), "--models",
+                     str(tmp_path / "m"), "--workdir", str(tmp_path / "run"), "--t-in", "3", "--t-out", "2",
+                     "--split-block", "P1D"], "the val split of")
+    assert not windows.exists()
+
+
 @pytest.mark.fault("windows", "a split given a share in --split-fractions that ends with no samples",
                    "a warning names the empty split and the fix (silent until evaluate found it empty)")
 def test_a_split_left_empty_is_warned_of(stores, tmp_path, caplog):

@@ -49,6 +49,26 @@ def test_one_model_learns_from_several_stores_with_merged_statistics(tmp_path):
     assert meta["architecture_config"]["motion_penalty"] == pytest.approx(motion_penalty(merged["log1p_std"]))
 
 
+@pytest.mark.fault("train", "windows stores of archives of different time steps given to one training",
+                   "refused before any work, naming the steps (it was found after the whole fit, leaving its "
+                   "history and checkpoints behind)")
+def test_stores_of_different_time_steps_are_refused_before_the_fit(tmp_path):
+    from tests.model.conftest import rain_like, write_archive, write_windows
+
+    rng = np.random.default_rng(6)
+    urls = []
+    for name, step in (("five", "PT5M"), ("ten", "PT10M")):
+        archive = write_archive(tmp_path / f"{name}_archive.zarr", 64, (16, 16), time_step=step)
+        splits = {split: (rain_like(rng, (4, 4, 8, 8, 1)), rain_like(rng, (4, 3, 8, 8, 1)))
+                  for split in ("train", "val")}
+        urls.append(write_windows(tmp_path / f"{name}_windows.zarr", splits, archive=archive))
+    cfg = TrainConfig(windows=tuple(urls), models=str(tmp_path / "models"), architecture="cnn_lstm",
+                      workdir=str(tmp_path / "run"), options=OPTIONS, epochs=1, batch_size=4, verbose=0)
+    with pytest.raises(TrainConfigError, match=r"archives of different time steps or units .*PT10M"):
+        train(cfg)
+    assert not (tmp_path / "run" / "history.csv").exists()
+
+
 @pytest.mark.fault("train", "a bad training configuration",
                    "refused naming the setting")
 def test_bad_training_config_is_refused():

@@ -217,3 +217,18 @@ def test_samples_of_another_cut_that_hold_training_frames_are_counted(archive, t
     assert seen_in_training(every, {}) == 0  # a model that does not record its training windows
     another_grid = {**describe_archive(trained_on).to_dict(), "grid_shape": [64, 64]}
     assert seen_in_training(every, {**metadata, "training_archives": [another_grid]}) == 0  # another radar
+
+
+@pytest.mark.fault("windows", "a patch size that does not divide the grid (128 px on KNMI's 765 x 700)",
+                   "a warning names the rows and columns no sample holds, with the fix (they were left out "
+                   "of training and evaluation without a word)")
+def test_edges_no_patch_reaches_are_named(tmp_path):
+    from nowcast.pipelines.plans.windows import plan_from_archive
+    from tests.pipelines.jobs.scoring_helpers import make_archive
+
+    archive = make_archive(str(tmp_path / "a.zarr"), frames=12, size=(20, 24))
+    spec = WindowSpec(("precip",), "precip", t_in=3, t_out=2, patch_size=(16, 8))
+    assert plan_from_archive(archive, spec).uncovered().startswith(
+        "patches of 16 x 8 leave the last 4 rows and 0 columns of the 20 x 24 grid out of every sample")
+    assert plan_from_archive(archive, WindowSpec(("precip",), "precip", t_in=3, t_out=2,
+                                                 patch_size=(10, 8))).uncovered() is None
