@@ -23,7 +23,8 @@ FORMS = {"ingest": IngestParams, "windows": WindowsParams, "train": TrainParams,
          "backfill": BackfillParams, "evaluate": EvaluateParams}
 RUNNER_FLAGS = {"runner_kind": "kind", "workers": "workers", "dask_address": "dask_address"}
 # options a command has that its form has not, each for a reason given in its help
-COMMAND_LINE_ONLY = {"ingest": {"synthetic", "variables", "time_step", "start", "overwrite", "repair"},
+COMMAND_LINE_ONLY = {"ingest": {"synthetic", "variables", "time_step", "start", "overwrite", "repair",
+                                "quantity", "product", "zr_a", "zr_b"},
                      "score": {"follow", "interval", "duration"}}
 COMMON = {"help", "verbose", "quiet"}
 
