@@ -136,7 +136,8 @@ def cut_windows(params: TrainParams) -> dict[str, object]:
     from nowcast.pipelines.plans.windows import plan_from_archive
 
     try:  # the plan reads metadata only: an empty split is refused before the store is replaced
-        planned = dict(plan_from_archive(params.archive, window_spec(params)).counts.get("samples", {}))
+        counts = plan_from_archive(params.archive, window_spec(params)).counts
+        planned: dict | None = dict(counts.get("samples", {}))  # type: ignore[call-overload]
     except Exception:  # the windows job itself says what is wrong
         planned = None
     if planned is not None:

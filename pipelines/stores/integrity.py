@@ -22,7 +22,8 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from typing import cast
 
 import numpy as np
 import zarr
@@ -330,14 +331,16 @@ def _unfinished_windows(group: zarr.Group, keys: dict[str, list[tuple[int, ...]]
             found.append(Damage(f"{split}/inputs", (), f"missing: {count} samples promised, none stored",
                                 0, count))
             continue
-        recorded = member.attrs.get(STORED_CHUNKS) or {}  # stores cut since stop 47 say what they stored
-        for name, chunks in sorted(recorded.items()):
+        recorded = member.attrs.get(STORED_CHUNKS)  # stores cut since stop 47 say what they stored
+        listed = cast(Mapping[str, list[int]], recorded if isinstance(recorded, Mapping) else {})
+        for name, chunks in sorted(listed.items()):
             present = {key[0] for key in keys.get(f"{split}/{name}", [])}
             per_chunk = group_array(member, name).chunks[0] if name in member else 1
             for index in sorted(set(chunks) - present):  # read as NaN samples, which evaluate passed over
                 first = index * per_chunk
+                promised = count if isinstance(count, int) else int(first + per_chunk)
                 found.append(Damage(f"{split}/{name}", (index,), "missing: the windows job stored this chunk "
-                                    "(lost since)", first, min(first + per_chunk, int(count or 0))))
+                                    "(lost since)", first, min(first + per_chunk, promised)))
     return found
 
 
