@@ -235,6 +235,9 @@ def check_url(url: str) -> str:
     scheme, rest = url.split("://", 1)
     if scheme != scheme.lower():  # fsspec knows schemes in lower case only: "S3" read as unreadable metadata
         raise StoreError(f"{url}: write the scheme in lower case: {scheme.lower()}://{rest}")
+    if rest.startswith("/"):  # 's3:///bkt/a.zarr': garbled keys written into the bucket (zarrprecip, ...)
+        raise StoreError(f"{url} has no bucket right after '{scheme}://' (a slash too many): write "
+                         f"{scheme}://{rest.lstrip('/')}")
     if "//" in rest.rstrip("/"):
         raise StoreError(f"{url} has an empty path segment ('//'), which an object store keeps as a key of "
                          f"its own: write {scheme}://{re.sub('/+', '/', rest)}")

@@ -128,14 +128,17 @@ def test_a_publish_stopped_part_way_is_named_with_its_fix(s3_bucket):
 
 @pytest.mark.fault("stores", "a store URL a slash short (`s3:/bucket/a.zarr`), with an empty, `.` or "
                    "`..` segment, with a wildcard (`s3://bucket/run[1].zarr`), a bucket's root, or an "
-                   "upper-case scheme (`S3://`), in a form or the API",
+                   "upper-case scheme (`S3://`), or a slash too many (`s3:///bucket`), in a form or the API",
                    "refused naming the URL meant or the fix (the first created a local folder `s3:`, exit "
                    "0; an empty segment crashed the store lock, then made every rerun spin at full CPU for "
                    "ever; `.`/`..` made a second store under those keys, exit 0; a wildcard left a garbled "
                    "store or a traceback; a bucket's root was said not to exist; `S3://` was read as a store "
-                   "whose root metadata cannot be read)")
+                   "whose root metadata cannot be read; `s3:///` wrote keys without their slash, which broke "
+                   "the store of the right URL for good)")
 @pytest.mark.parametrize(("url", "meant"), [("s3:/bucket/a.zarr", "the URL s3://bucket/a.zarr"),
                                             ("s3://bucket//a.zarr", "write s3://bucket/a.zarr"),
+                                            ("s3:///bucket/a.zarr", "a slash too many\\): write "
+                                                                    "s3://bucket/a.zarr"),
                                             ("gs://bucket/x//a.zarr/", "write gs://bucket/x/a.zarr"),
                                             ("s3://bucket/sub/../a.zarr", "write s3://bucket/a.zarr"),
                                             ("s3://bucket/./a.zarr", "write s3://bucket/a.zarr"),
