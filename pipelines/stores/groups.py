@@ -603,8 +603,12 @@ ABANDONED_S3_S = 3600.0
 
 
 def _untouched_for(fs: Any, path: str, seconds: float) -> bool:
-    """Whether no object under ``path`` was written in the last ``seconds``."""
-    found = list(fs.find(path, detail=True).values()) or [fs.info(path)]  # an empty folder: its own time
+    """Whether no object under ``path`` was written in the last ``seconds``; False for a folder gone since
+    it was listed (its run finished and removed it: three ingests at once on S3 had failed on it)."""
+    try:
+        found = list(fs.find(path, detail=True).values()) or [fs.info(path)]  # an empty folder: its own time
+    except FileNotFoundError:
+        return False
     stamps = [info.get("LastModified") or info.get("mtime") for info in found]
     newest = max((stamp.timestamp() if hasattr(stamp, "timestamp") else float(stamp)
                   for stamp in stamps if stamp is not None), default=0.0)
