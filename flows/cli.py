@@ -97,12 +97,13 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     from nowcast.pipelines.jobs.ingest import IngestSpec, ingest_items
     from nowcast.pipelines.sources import folder_source
     from nowcast.pipelines.sources.base import sorted_unique
+    from nowcast.pipelines.sources.radar import flag
     from nowcast.pipelines.stores.archive import valid_flags
 
     _one_source(args)
     params = params_from_args(IngestParams, args, **({"input_dir": None} if args.synthetic else {}))
     if args.synthetic and (radar := radar_options(args)):  # ignored, exit 0
-        given = " and ".join(f"--{name.replace('_', '-')}" for name in radar)
+        given = " and ".join(flag(name) for name in radar)
         raise InputError(f"{given}: radar file options, not the generator's (--synthetic): drop them, or "
                          "give --input")
     source = (folder_source(params.input_dir, params.format, args.variables, **radar_options(args))

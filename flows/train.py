@@ -39,6 +39,7 @@ from nowcast.pipelines.stores.windows import SPLITS, WindowsStore
 
 if TYPE_CHECKING:  # Keras and pysteps are imported by the tasks that use them: `nowcast serve` imports
     from nowcast.model.verify import Verification  # this module to register the flow, in 7 s less
+    from nowcast.pipelines.plans.windows import WindowPlan
 
 BASELINE = "extrapolation"  # what a new version must beat to be promoted
 
@@ -95,26 +96,29 @@ def _three(fractions: list[float]) -> tuple[float, float, float]:
     return train, val, test
 
 
-def planned_chunks(params: WindowsParams) -> int:
-    """The sample chunks the windows job will write (its plan reads metadata only); 0, and no bar, when
-    the archive cannot be planned: the job itself then says what is wrong."""
+def planned(params: WindowsParams) -> WindowPlan | None:
+    """The windows job's plan (it reads metadata only); None when the archive cannot be planned: the job
+    itself then says what is wrong."""
     from nowcast.pipelines.plans.windows import plan_from_archive
 
     try:
-        return plan_from_archive(params.archive, window_spec(params)).layout().num_chunks()
+        return plan_from_archive(params.archive, window_spec(params))
     except Exception:
-        return 0
+        return None
 
 
-def cut(params: WindowsParams, bar: bool | None = None) -> windows_job.WindowResult:
+def cut(params: WindowsParams, bar: bool | None = None,
+        plan: WindowPlan | None = None) -> windows_job.WindowResult:
     """Runs the windows job the parameters describe, rewriting windows.zarr (``nowcast windows``), with a
-    bar of the sample chunks written (``bar``: as :func:`~nowcast.flows.progress.progress`'s ``enabled``)
-    and, in a flow run, its artifact."""
+    bar of the sample chunks written (``bar``: as :func:`~nowcast.flows.progress.progress`'s ``enabled``;
+    its total from ``plan``, planned here if not given; none without a plan) and, in a flow run, its
+    artifact."""
     from nowcast.pipelines.stores.windows import chunks_written
 
     job = windows_job.WindowJob(archive=params.archive, output=params.windows, spec=window_spec(params),
                                 overwrite=True)
-    with progress("cut windows (sample chunks)", planned_chunks(params),
+    plan = plan or planned(params)
+    with progress("cut windows (sample chunks)", plan.layout().num_chunks() if plan else 0,
                   functools.partial(chunks_written, params.windows), enabled=bar,
                   artifact=artifact_key("windows-progress")):
         result = windows_job.run(job, params.runner.options())
@@ -133,19 +137,13 @@ def cut(params: WindowsParams, bar: bool | None = None) -> windows_job.WindowRes
 @task(name="cut-windows")
 def cut_windows(params: TrainParams) -> dict[str, object]:
     """Runs the windows job (rewriting windows.zarr) and checks both train and val hold samples."""
-    from nowcast.pipelines.plans.windows import plan_from_archive
-
-    try:  # the plan reads metadata only: an empty split is refused before the store is replaced
-        counts = plan_from_archive(params.archive, window_spec(params)).counts
-        planned: dict | None = dict(counts.get("samples", {}))  # type: ignore[call-overload]
-    except Exception:  # the windows job itself says what is wrong
-        planned = None
-    if planned is not None:
-        _train_and_val_hold_samples(params, planned)
+    plan = planned(params)
+    if plan is not None:  # an empty split is refused before the store is replaced
+        _train_and_val_hold_samples(params, dict(plan.counts.get("samples", {})))  # type: ignore[call-overload]
     replaced = replaced_windows(params)
     if replaced:
         get_run_logger().warning(replaced)
-    result = cut(params)
+    result = cut(params, plan=plan)
     samples = dict(result.counts.get("samples", {}))
     get_run_logger().info("windows: %s", samples)
     _train_and_val_hold_samples(params, samples)

@@ -229,8 +229,10 @@ class TrainingSet:
         return [url for url, store in zip(self.urls, self.stores, strict=True) if store.has_samples("val")]
 
 
-def trained_archive(cfg: TrainConfig, urls: Sequence[str]) -> registry.ArchiveDescription:
-    """The kind of archive the model is trained on (``cfg.archive``, else the windows stores' own).
+def trained_archive(cfg: TrainConfig, urls: Sequence[str]) -> tuple[registry.ArchiveDescription,
+                                                                      list[registry.ArchiveDescription]]:
+    """The kind of archive the model is trained on (``cfg.archive``, else the windows stores' own), and the
+    windows stores' archives (none with ``cfg.archive``).
 
     Raises:
         TrainConfigError: for windows stores of archives of different time steps or units (it was found
@@ -241,7 +243,7 @@ def trained_archive(cfg: TrainConfig, urls: Sequence[str]) -> registry.ArchiveDe
     if any(a.time_step != archive.time_step or a.variables != archive.variables for a in archives):
         raise TrainConfigError(f"the windows stores come from archives of different time steps or units "
                                f"({[a.to_dict() for a in archives]}); train one model per time step")
-    return archive
+    return archive, archives
 
 
 def training_set(cfg: TrainConfig) -> TrainingSet:
@@ -384,8 +386,7 @@ def register(cfg: TrainConfig, tset: TrainingSet, net: keras.Model, history: Map
     store = stores[0]
     t_in, t_out, (height, width) = arch.t_in, arch.t_out, (arch.height, arch.width)
     time_step = store.time_step
-    archive = trained_archive(cfg, urls)
-    archives = [describe_archive(url) for url in urls] if not cfg.archive else []
+    archive, archives = trained_archive(cfg, urls)
     metadata = {
         "architecture": cfg.architecture,
         "architecture_config": arch.to_dict(),

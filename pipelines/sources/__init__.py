@@ -23,7 +23,7 @@ from nowcast.pipelines.sources.base import (
 )
 from nowcast.pipelines.sources.netcdf import SUFFIXES as NETCDF_SUFFIXES
 from nowcast.pipelines.sources.netcdf import NetCDFSource
-from nowcast.pipelines.sources.radar import FORMATS, NoRadarFilesError, RadarSource, detect_radar_format
+from nowcast.pipelines.sources.radar import FORMATS, NoRadarFilesError, RadarSource, detect_radar_format, flag
 from nowcast.pipelines.sources.synthetic import SyntheticSource
 from nowcast.pipelines.stores.groups import local_path
 
@@ -111,7 +111,7 @@ def folder_source(directory: str, fmt: str = "auto", variables: Any = None, **ra
     fmt = detect_format(directory) if fmt == "auto" else fmt
     if fmt == "netcdf":
         if radar:
-            given = " and ".join(f"--{name.replace('_', '-')}" for name in sorted(radar))
+            given = " and ".join(flag(name) for name in sorted(radar))
             raise SourceError(f"{given} ({', '.join(sorted(radar))} in Python) applies to radar files; "
                               f"{directory} holds CF NetCDF files: drop it")
         chosen = {} if variables is None else {"variables": variables}

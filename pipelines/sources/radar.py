@@ -511,9 +511,14 @@ def hail_capped(rate: np.ndarray, path: str) -> np.ndarray:
     return rate
 
 
+def flag(name: str) -> str:
+    """A source option's command-line flag: ``--zr-a`` for ``zr_a``."""
+    return f"--{name.replace('_', '-')}"
+
+
 def option(name: str, value: object) -> str:
     """A source option as both its users spell it: ``--zr-a 300 (zr_a=300 in Python)``."""
-    return f"--{name.replace('_', '-')} {value} ({name}={value!r} in Python)"
+    return f"{flag(name)} {value} ({name}={value!r} in Python)"
 
 
 _ODIM_QUANTITIES: dict[tuple[str, tuple[object, ...], str | None], str] = {}  # see _odim_quantity
